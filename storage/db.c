@@ -1,0 +1,771 @@
+/*
+ * db.c — the engine: open and recovery, the append path, reads, scans,
+ * sync policy with group commit, sealing, stats.
+ *
+ * Why one file owns all of this: these are the pieces that share the
+ * handle's locks, and their ordering rules are easiest to keep in one place.
+ *
+ * Locks, in the order they may be taken:
+ *   append_mu  one appender at a time: assigns seqs, copies records into
+ *              the active segment, rotates, updates the keydir
+ *   seg_mu     the list of segments (the table segtab is read lock-free)
+ *   keydir shard locks (keydir.c), sync_mu (group commit and the flusher)
+ *
+ * Invariants:
+ *  1. A record is fully copied into the active segment, and the segment's
+ *     `end` advanced past it, before the keydir points at it.
+ *  2. Records in a segment appear in increasing seq order; the appender
+ *     assigns seq and position under append_mu.
+ *  3. For every key the keydir holds the location of the record with the
+ *     highest seq seen (only_if_newer everywhere), never file order.
+ *  4. synced_seq only grows, and every record with seq <= synced_seq is on
+ *     disk: it is advanced to a target read *before* the segments are synced.
+ *  5. A segment is published in segtab before any keydir entry points at it
+ *     and is unmapped only after a keydir barrier (readers copy values while
+ *     holding their shard's read lock).
+ *  6. After a failed write or fsync `failed` is set and never cleared: the
+ *     page cache may have dropped the data, so no later write may be
+ *     acknowledged as durable (LMDB, PostgreSQL's fsync lesson).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "hint.h"
+#include "record.h"
+
+#define SEGTAB_BITS 12u
+#define SEGTAB_CHUNK (1u << SEGTAB_BITS)
+#define SEGTAB_TOP 4096u
+
+/* ---- small helpers ------------------------------------------------------ */
+
+void sl_db_log(sl_db *db, const char *level, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (db->opt.log_fn != NULL) {
+		db->opt.log_fn(db->opt.log_arg, level, msg);
+		return;
+	}
+	if (db->opt.quiet) {
+		return;
+	}
+	fprintf(stderr, "shiplog-storage %s %s: %s\n", level, db->dir, msg);
+}
+
+static inline void count(uint64_t *c, uint64_t n) { __atomic_fetch_add(c, n, __ATOMIC_RELAXED); }
+
+static void set_failed(sl_db *db, int rc, const char *what)
+{
+	int expect = 0;
+	if (atomic_compare_exchange_strong(&db->failed, &expect, rc)) {
+		sl_db_log(db, "error", "%s failed (%s); refusing writes until reopen", what,
+			  sl_strerror(rc));
+	}
+}
+
+const char *sl_strerror(int rc)
+{
+	switch (rc) {
+	case SL_OK:
+		return "ok";
+	case SL_ENOTFOUND:
+		return "not found";
+	case SL_EINVAL:
+		return "invalid argument";
+	case SL_ETOOBIG:
+		return "key or value too large";
+	case SL_ECORRUPT:
+		return "data corrupted (checksum mismatch)";
+	case SL_EIO:
+		return "I/O error";
+	case SL_ENOSPC:
+		return "no space left on device";
+	case SL_EBUSY:
+		return "data directory in use by another process or handle";
+	case SL_EREADONLY:
+		return "read-only: writes are not accepted here";
+	case SL_ENOMEM:
+		return "out of memory";
+	case SL_EFAILED:
+		return "an earlier write or fsync failed; reopen the store";
+	case SL_ENOTSUP:
+		return "unsupported format version";
+	case SL_ESTALE:
+		return "sequence number no longer in the log";
+	case SL_EBEHIND:
+		return "node has not applied the requested sequence number yet";
+	case SL_ETIMEDOUT:
+		return "timed out";
+	case SL_EPROTO:
+		return "malformed message";
+	default:
+		return "unknown error";
+	}
+}
+
+void sl_options_init(sl_options *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->sync = SL_SYNC_EVERYSEC;
+	o->sync_interval_ms = 1000;
+	o->segment_bytes = 64ull << 20;
+	o->max_key_bytes = SL_MAX_KEY;
+	o->max_value_bytes = 16u << 20;
+}
+
+/* ---- segment table ------------------------------------------------------ */
+
+sl_seg *sl_db_seg(sl_db *db, uint32_t id)
+{
+	_Atomic(sl_seg *) *chunk = atomic_load_explicit(&db->segtab[(id >> SEGTAB_BITS) % SEGTAB_TOP],
+							memory_order_acquire);
+	if (chunk == NULL || (id >> SEGTAB_BITS) >= SEGTAB_TOP) {
+		return NULL;
+	}
+	return atomic_load_explicit(&chunk[id & (SEGTAB_CHUNK - 1)], memory_order_acquire);
+}
+
+/* Adds s to the table and the id-ordered list.  Caller holds seg_mu. */
+int sl_db_seg_publish(sl_db *db, sl_seg *s)
+{
+	uint32_t top = s->id >> SEGTAB_BITS;
+	if (top >= SEGTAB_TOP) {
+		return SL_ENOMEM;
+	}
+	_Atomic(sl_seg *) *chunk = atomic_load(&db->segtab[top]);
+	if (chunk == NULL) {
+		chunk = calloc(SEGTAB_CHUNK, sizeof(*chunk));
+		if (chunk == NULL) {
+			return SL_ENOMEM;
+		}
+		atomic_store_explicit(&db->segtab[top], chunk, memory_order_release);
+	}
+	if (db->nsegs == db->capsegs) {
+		size_t cap = db->capsegs ? db->capsegs * 2 : 16;
+		sl_seg **l = realloc(db->segs, cap * sizeof(*l));
+		if (l == NULL) {
+			return SL_ENOMEM;
+		}
+		db->segs = l;
+		db->capsegs = cap;
+	}
+	size_t i = db->nsegs;
+	while (i > 0 && db->segs[i - 1]->id > s->id) {
+		db->segs[i] = db->segs[i - 1];
+		i--;
+	}
+	db->segs[i] = s;
+	db->nsegs++;
+	atomic_store_explicit(&chunk[s->id & (SEGTAB_CHUNK - 1)], s, memory_order_release);
+	return SL_OK;
+}
+
+/* ---- keydir bookkeeping shared by recovery and the append path --------- */
+
+/* Installs loc for key (highest seq wins) and moves live-byte counts. */
+int sl_db_index(sl_db *db, uint64_t h, const void *key, size_t klen, const sl_loc *loc)
+{
+	sl_loc old;
+	int rc = sl_keydir_put(db->kd, h, key, klen, loc, 1, &old);
+	if (rc < 0) {
+		return rc;
+	}
+	if (rc == 0) {
+		return SL_OK; /* an equal or newer record is already indexed */
+	}
+	if (!loc->tomb) {
+		atomic_fetch_add(&sl_db_seg(db, loc->seg)->live, loc->size);
+	}
+	if (rc == 1 && !old.tomb) {
+		sl_seg *os = sl_db_seg(db, old.seg);
+		if (os != NULL) {
+			atomic_fetch_sub(&os->live, old.size);
+		}
+	}
+	return SL_OK;
+}
+
+/* ---- syncing: group commit, flusher, sealing ---------------------------- */
+
+/* fdatasyncs every segment holding unsynced bytes (the newest few). */
+static int flush_all(sl_db *db)
+{
+	sl_seg *todo[8];
+	size_t n = 0;
+	pthread_mutex_lock(&db->seg_mu);
+	for (size_t i = db->nsegs; i > 0 && n < 8; i--) {
+		sl_seg *s = db->segs[i - 1];
+		if (atomic_load(&s->synced) < atomic_load(&s->end)) {
+			todo[n++] = s;
+		} else if (s->sealed) {
+			break; /* sealed ⇒ synced, and everything older is sealed */
+		}
+	}
+	pthread_mutex_unlock(&db->seg_mu);
+	for (size_t i = 0; i < n; i++) {
+		int rc = sl_seg_sync(db->io, todo[i], &db->n_fsyncs);
+		if (rc != SL_OK) {
+			return rc;
+		}
+	}
+	return SL_OK;
+}
+
+/* Makes every record up to the current last seq durable (invariant 4). */
+int sl_db_sync_all(sl_db *db)
+{
+	uint64_t target = atomic_load(&db->last_seq);
+	int rc = flush_all(db);
+	pthread_mutex_lock(&db->sync_mu);
+	if (rc != SL_OK) {
+		set_failed(db, SL_EFAILED, "fdatasync");
+	} else if (target > db->synced_seq) {
+		db->synced_seq = target;
+	}
+	pthread_cond_broadcast(&db->sync_cv);
+	pthread_mutex_unlock(&db->sync_mu);
+	return rc;
+}
+
+/* Group commit: the first waiter syncs for everyone behind it. */
+static int sync_wait(sl_db *db, uint64_t seq)
+{
+	int rc = SL_OK;
+	pthread_mutex_lock(&db->sync_mu);
+	while (db->synced_seq < seq) {
+		if (atomic_load(&db->failed)) {
+			rc = SL_EFAILED;
+			break;
+		}
+		if (!db->syncing) {
+			db->syncing = 1;
+			pthread_mutex_unlock(&db->sync_mu);
+			int r = sl_db_sync_all(db);
+			pthread_mutex_lock(&db->sync_mu);
+			db->syncing = 0;
+			pthread_cond_broadcast(&db->sync_cv);
+			if (r != SL_OK) {
+				rc = SL_EFAILED;
+				break;
+			}
+		} else {
+			pthread_cond_wait(&db->sync_cv, &db->sync_mu);
+		}
+	}
+	pthread_mutex_unlock(&db->sync_mu);
+	return rc;
+}
+
+int sl_sync_now(sl_db *db)
+{
+	if (atomic_load(&db->failed)) {
+		return SL_EFAILED;
+	}
+	return sync_wait(db, atomic_load(&db->last_seq));
+}
+
+/* Seals a segment that is no longer active: sync, trim, hint.  A failed
+ * hint only costs a scan at the next open, so it is logged, not fatal. */
+int sl_db_seal(sl_db *db, sl_seg *s)
+{
+	int rc = sl_seg_sync(db->io, s, &db->n_fsyncs);
+	if (rc != SL_OK) {
+		set_failed(db, SL_EFAILED, "fdatasync of a sealed segment");
+		return rc;
+	}
+	if (sl_seg_trim(db->io, s) != SL_OK || db->io->fsync(s->fd) != 0) {
+		sl_db_log(db, "warn", "could not trim segment %u", s->id);
+	}
+	count(&db->n_fsyncs, 1);
+	rc = sl_hint_write(db->io, db->dir, db->dirfd, s, db->opt.max_key_bytes,
+			   db->opt.max_value_bytes);
+	if (rc != SL_OK) {
+		sl_db_log(db, "warn", "hint for segment %u not written: %s", s->id, sl_strerror(rc));
+	}
+	atomic_store(&s->sealed, 1);
+	return SL_OK;
+}
+
+/* Seals every non-active, unsealed segment. */
+static void seal_pending(sl_db *db)
+{
+	for (;;) {
+		sl_seg *s = NULL;
+		pthread_mutex_lock(&db->seg_mu);
+		for (size_t i = 0; i < db->nsegs; i++) {
+			sl_seg *c = db->segs[i];
+			if (!atomic_load(&c->sealed) && c != db->active_pub) {
+				s = c;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&db->seg_mu);
+		if (s == NULL || sl_db_seal(db, s) != SL_OK) {
+			return;
+		}
+	}
+}
+
+void *sl_db_flusher_main(void *arg)
+{
+	sl_db *db = arg;
+	pthread_mutex_lock(&db->sync_mu);
+	while (!db->stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)db->opt.sync_interval_ms * 1000000u;
+		ts.tv_sec += (time_t)(ns / 1000000000u);
+		ts.tv_nsec = (long)(ns % 1000000000u);
+		if (!db->seal_wanted) {
+			pthread_cond_timedwait(&db->flush_cv, &db->sync_mu, &ts);
+		}
+		int stop = db->stop;
+		db->seal_wanted = 0;
+		pthread_mutex_unlock(&db->sync_mu);
+		if (!atomic_load(&db->failed)) {
+			seal_pending(db);
+			if (db->opt.sync == SL_SYNC_EVERYSEC && !stop) {
+				sl_db_sync_all(db);
+			}
+		}
+		pthread_mutex_lock(&db->sync_mu);
+	}
+	pthread_mutex_unlock(&db->sync_mu);
+	return NULL;
+}
+
+/* ---- the append path ---------------------------------------------------- */
+
+/* Starts a new active segment big enough for a record of `need` bytes.
+ * Caller holds append_mu.  The old segment is sealed by the flusher. */
+static int rotate(sl_db *db, size_t need)
+{
+	sl_seg *old = db->active;
+	size_t cap = (size_t)db->opt.segment_bytes;
+	if (cap < SL_SEG_HDR_SIZE + need) {
+		cap = SL_SEG_HDR_SIZE + need;
+	}
+	sl_seg *n;
+	int rc = sl_seg_create(db->io, db->dir, db->dirfd, old->id + 1,
+			       atomic_load(&db->last_seq) + 1, cap, &n);
+	if (rc != SL_OK) {
+		sl_db_log(db, "error", "cannot start segment %u: %s", old->id + 1, sl_strerror(rc));
+		return rc; /* nothing written: the store keeps serving */
+	}
+	pthread_mutex_lock(&db->seg_mu);
+	rc = sl_db_seg_publish(db, n);
+	if (rc == SL_OK) {
+		db->active_pub = n;
+	}
+	pthread_mutex_unlock(&db->seg_mu);
+	if (rc != SL_OK) {
+		sl_seg_close(db->io, n);
+		return rc;
+	}
+	db->active = n;
+	pthread_mutex_lock(&db->sync_mu);
+	db->seal_wanted = 1;
+	pthread_cond_signal(&db->flush_cv);
+	pthread_mutex_unlock(&db->sync_mu);
+	return SL_OK;
+}
+
+static int live_cb(void *arg, const sl_loc *loc)
+{
+	sl_db *db = arg;
+	if (loc->tomb) {
+		return SL_ENOTFOUND;
+	}
+	sl_seg *s = sl_db_seg(db, loc->seg);
+	uint64_t exp = sl_get64(s->map + loc->off + 20);
+	return exp != 0 && exp <= db->io->now_ms() ? SL_ENOTFOUND : SL_OK;
+}
+
+/* One record into the log and the keydir.  raw != NULL: a verified record
+ * from another node, appended byte for byte keeping its seq. */
+static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const void *val,
+		  size_t vlen, uint64_t expire_at, const uint8_t *raw, uint64_t raw_seq,
+		  uint64_t *seq_out)
+{
+	size_t size = sl_rec_size(klen, vlen);
+	uint64_t h = sl_keydir_hash(key, klen);
+	int rc = SL_OK;
+	uint64_t seq;
+	pthread_mutex_lock(&db->append_mu);
+	if (atomic_load(&db->failed)) {
+		rc = SL_EFAILED;
+		goto out;
+	}
+	if (type == SL_REC_DEL && raw == NULL &&
+	    sl_keydir_get(db->kd, h, key, klen, live_cb, db) != SL_OK) {
+		rc = SL_ENOTFOUND;
+		goto out;
+	}
+	seq = raw ? raw_seq : atomic_load(&db->last_seq) + 1;
+	if (seq <= atomic_load(&db->last_seq) || seq > SL_KD_SEQ_MAX) {
+		rc = SL_EINVAL;
+		goto out;
+	}
+	sl_seg *a = db->active;
+	uint64_t end = atomic_load(&a->end);
+	if (end + size > a->cap) {
+		if ((rc = rotate(db, size)) != SL_OK) {
+			goto out;
+		}
+		a = db->active;
+		end = atomic_load(&a->end);
+	}
+	uint8_t *dst = a->map + end;
+	if (raw != NULL) {
+		memcpy(dst, raw, size);
+	} else {
+		sl_rec_encode(dst, type, seq, expire_at, key, klen, val, vlen);
+	}
+	atomic_store_explicit(&a->end, end + size, memory_order_release); /* invariant 1 */
+	a->last_seq = seq;
+	atomic_store_explicit(&db->last_seq, seq, memory_order_release);
+	sl_loc loc = {.seg = a->id, .off = (uint32_t)end, .size = (uint32_t)size,
+		      .tomb = type == SL_REC_DEL, .seq = seq};
+	rc = sl_db_index(db, h, key, klen, &loc);
+	if (rc != SL_OK) {
+		/* The record is in the log but not indexed: a reopen would serve
+		 * it, this handle would not.  Refuse further writes. */
+		set_failed(db, rc, "keydir insert");
+		goto out;
+	}
+	if (seq_out != NULL) {
+		*seq_out = seq;
+	}
+out:
+	pthread_mutex_unlock(&db->append_mu);
+	if (rc == SL_OK && db->opt.sync == SL_SYNC_ALWAYS) {
+		rc = sync_wait(db, seq);
+	}
+	return rc;
+}
+
+static int check_write(sl_db *db, const void *key, size_t klen, size_t vlen)
+{
+	if (db == NULL || key == NULL || klen == 0) {
+		return SL_EINVAL;
+	}
+	if (klen > db->opt.max_key_bytes || vlen > db->opt.max_value_bytes) {
+		return SL_ETOOBIG;
+	}
+	if (db->opt.read_only || db->active == NULL) {
+		return SL_EREADONLY;
+	}
+	return SL_OK;
+}
+
+int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
+	       uint64_t ttl_ms, uint64_t *seq_out)
+{
+	int rc = check_write(db, key, klen, vlen);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	if (val == NULL && vlen > 0) {
+		return SL_EINVAL;
+	}
+	uint64_t exp = ttl_ms ? db->io->now_ms() + ttl_ms : 0;
+	rc = append(db, SL_REC_PUT, key, klen, val, vlen, exp, NULL, 0, seq_out);
+	if (rc == SL_OK) {
+		count(&db->n_puts, 1);
+	}
+	return rc;
+}
+
+int sl_put(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
+	   uint64_t *seq_out)
+{
+	return sl_put_ttl(db, key, klen, val, vlen, 0, seq_out);
+}
+
+int sl_delete(sl_db *db, const void *key, size_t klen, uint64_t *seq_out)
+{
+	int rc = check_write(db, key, klen, 0);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	rc = append(db, SL_REC_DEL, key, klen, NULL, 0, 0, NULL, 0, seq_out);
+	if (rc == SL_OK) {
+		count(&db->n_deletes, 1);
+	}
+	return rc;
+}
+
+int sl_apply_raw(sl_db *db, const void *rec, size_t len)
+{
+	if (db == NULL || rec == NULL) {
+		return SL_EINVAL;
+	}
+	sl_rec r;
+	size_t size;
+	if (sl_rec_decode(rec, len, db->opt.max_key_bytes, db->opt.max_value_bytes, &r, &size) !=
+		SL_REC_OK ||
+	    size != len) {
+		return SL_ECORRUPT;
+	}
+	if (db->active == NULL) {
+		return SL_EREADONLY;
+	}
+	return append(db, r.type, r.key, r.klen, r.val, r.vlen, r.expire_at, rec, r.seq, NULL);
+}
+
+/* ---- reads -------------------------------------------------------------- */
+
+typedef struct get_ctx {
+	sl_db *db;
+	const void *key;
+	size_t klen;
+	void *val;
+	size_t vlen;
+	uint64_t seq;
+} get_ctx;
+
+/* Verifies the record at loc (checksum, key) and returns it in *r.
+ * Called under the key's shard read lock (invariant 5). */
+static int read_record(sl_db *db, const sl_loc *loc, const void *key, size_t klen, sl_rec *r)
+{
+	sl_seg *s = sl_db_seg(db, loc->seg);
+	size_t size;
+	if (s == NULL || (uint64_t)loc->off + loc->size > atomic_load(&s->end) ||
+	    sl_rec_decode(s->map + loc->off, loc->size, db->opt.max_key_bytes,
+			  db->opt.max_value_bytes, r, &size) != SL_REC_OK ||
+	    size != loc->size || r->klen != klen || memcmp(r->key, key, klen) != 0) {
+		count(&db->n_corrupt, 1);
+		return SL_ECORRUPT;
+	}
+	return SL_OK;
+}
+
+static int get_cb(void *arg, const sl_loc *loc)
+{
+	get_ctx *c = arg;
+	if (loc->tomb) {
+		return SL_ENOTFOUND;
+	}
+	sl_rec r;
+	int rc = read_record(c->db, loc, c->key, c->klen, &r);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	if (r.expire_at != 0 && r.expire_at <= c->db->io->now_ms()) {
+		return SL_ENOTFOUND;
+	}
+	c->val = malloc(r.vlen ? r.vlen : 1);
+	if (c->val == NULL) {
+		return SL_ENOMEM;
+	}
+	memcpy(c->val, r.val, r.vlen);
+	c->vlen = r.vlen;
+	c->seq = r.seq;
+	return SL_OK;
+}
+
+int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out,
+	       uint64_t *seq_out)
+{
+	if (db == NULL || key == NULL || klen == 0 || val_out == NULL || vlen_out == NULL) {
+		return SL_EINVAL;
+	}
+	if (klen > db->opt.max_key_bytes) {
+		return SL_ENOTFOUND;
+	}
+	get_ctx c = {.db = db, .key = key, .klen = klen};
+	int rc = sl_keydir_get(db->kd, sl_keydir_hash(key, klen), key, klen, get_cb, &c);
+	count(&db->n_gets, 1);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	*val_out = c.val;
+	*vlen_out = c.vlen;
+	if (seq_out != NULL) {
+		*seq_out = c.seq;
+	}
+	return SL_OK;
+}
+
+int sl_get(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out)
+{
+	return sl_get_seq(db, key, klen, val_out, vlen_out, NULL);
+}
+
+typedef struct scan_ctx {
+	sl_db *db;
+	const void *prefix;
+	size_t plen;
+	uint64_t now;
+	uint8_t *buf; /* (klen u32, vlen u32, key, value)* for one shard */
+	size_t len, cap;
+	int err;
+} scan_ctx;
+
+static int scan_collect(void *arg, const void *key, size_t klen, const sl_loc *loc)
+{
+	scan_ctx *c = arg;
+	if (loc->tomb || klen < c->plen || memcmp(key, c->prefix, c->plen) != 0) {
+		return 0;
+	}
+	sl_rec r;
+	if (read_record(c->db, loc, key, klen, &r) != SL_OK) {
+		return 0; /* counted; a corrupt record is never served */
+	}
+	if (r.expire_at != 0 && r.expire_at <= c->now) {
+		return 0;
+	}
+	size_t need = 8 + klen + r.vlen;
+	if (c->len + need > c->cap) {
+		size_t cap = c->cap ? c->cap : 4096;
+		while (cap < c->len + need) {
+			cap *= 2;
+		}
+		uint8_t *b = realloc(c->buf, cap);
+		if (b == NULL) {
+			c->err = SL_ENOMEM;
+			return 1;
+		}
+		c->buf = b;
+		c->cap = cap;
+	}
+	uint8_t *p = c->buf + c->len;
+	sl_put32(p, (uint32_t)klen);
+	sl_put32(p + 4, r.vlen);
+	memcpy(p + 8, key, klen);
+	memcpy(p + 8 + klen, r.val, r.vlen);
+	c->len += need;
+	return 0;
+}
+
+int sl_scan(sl_db *db, const void *prefix, size_t plen,
+	    int (*fn)(void *arg, const void *k, size_t kl, const void *v, size_t vl), void *arg)
+{
+	if (db == NULL || fn == NULL || (prefix == NULL && plen > 0)) {
+		return SL_EINVAL;
+	}
+	scan_ctx c = {.db = db, .prefix = prefix, .plen = plen, .now = db->io->now_ms()};
+	int rc = 0;
+	/* Values are copied out under each shard's lock, then handed to fn with
+	 * no lock held, so fn may call back into the store. */
+	for (unsigned sh = 0; sh < SL_KD_SHARDS && rc == 0; sh++) {
+		c.len = 0;
+		sl_keydir_scan_shard(db->kd, sh, scan_collect, &c);
+		if (c.err != 0) {
+			rc = c.err;
+			break;
+		}
+		for (size_t off = 0; off < c.len && rc == 0;) {
+			uint32_t kl = sl_get32(c.buf + off), vl = sl_get32(c.buf + off + 4);
+			rc = fn(arg, c.buf + off + 8, kl, c.buf + off + 8 + kl, vl);
+			off += 8 + kl + vl;
+		}
+	}
+	free(c.buf);
+	return rc;
+}
+
+/* ---- replication building blocks ---------------------------------------- */
+
+int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len_out,
+		uint64_t *next_seq_out)
+{
+	if (db == NULL || buf == NULL || len_out == NULL || next_seq_out == NULL || from_seq == 0) {
+		return SL_EINVAL;
+	}
+	*len_out = 0;
+	*next_seq_out = from_seq;
+	int rc = SL_OK;
+	pthread_mutex_lock(&db->seg_mu);
+	size_t i = db->nsegs;
+	while (i > 0 && db->segs[i - 1]->first_seq > from_seq) {
+		i--;
+	}
+	if (i == 0) {
+		rc = db->nsegs > 0 && from_seq <= atomic_load(&db->last_seq) ? SL_ESTALE : SL_OK;
+		goto out;
+	}
+	size_t len = 0;
+	for (i = i - 1; i < db->nsegs; i++) {
+		sl_seg *s = db->segs[i];
+		uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
+		for (uint64_t off = SL_SEG_HDR_SIZE; off < end;) {
+			sl_rec r;
+			size_t size;
+			if (sl_rec_decode(s->map + off, end - off, db->opt.max_key_bytes,
+					  db->opt.max_value_bytes, &r, &size) != SL_REC_OK) {
+				break;
+			}
+			if (r.seq >= *next_seq_out) {
+				if (len + size > cap) {
+					goto done;
+				}
+				memcpy((uint8_t *)buf + len, s->map + off, size);
+				len += size;
+				*next_seq_out = r.seq + 1;
+			}
+			off += size;
+		}
+	}
+done:
+	*len_out = len;
+out:
+	pthread_mutex_unlock(&db->seg_mu);
+	return rc;
+}
+
+/* ---- stats -------------------------------------------------------------- */
+
+int sl_stats_get(sl_db *db, sl_stats *out)
+{
+	if (db == NULL || out == NULL) {
+		return SL_EINVAL;
+	}
+	memset(out, 0, sizeof(*out));
+	sl_keydir_stats ks;
+	sl_keydir_stats_get(db->kd, &ks);
+	out->keys = ks.keys;
+	out->tombstones = ks.tombstones;
+	out->keydir_bytes = ks.bytes;
+	pthread_mutex_lock(&db->seg_mu);
+	out->segments = db->nsegs;
+	for (size_t i = 0; i < db->nsegs; i++) {
+		sl_seg *s = db->segs[i];
+		uint64_t end = atomic_load(&s->end), live = atomic_load(&s->live);
+		out->disk_bytes += end;
+		out->live_bytes += live;
+		out->dead_bytes += end - SL_SEG_HDR_SIZE - live;
+	}
+	pthread_mutex_unlock(&db->seg_mu);
+	out->last_seq = atomic_load(&db->last_seq);
+	pthread_mutex_lock(&db->sync_mu);
+	out->synced_seq = db->synced_seq;
+	pthread_mutex_unlock(&db->sync_mu);
+	out->recovery_ms = db->recovery_ms;
+	out->corrupt_records = __atomic_load_n(&db->n_corrupt, __ATOMIC_RELAXED);
+	out->hints_loaded = db->hints_loaded;
+	out->segments_scanned = db->segments_scanned;
+	out->fsyncs = __atomic_load_n(&db->n_fsyncs, __ATOMIC_RELAXED);
+	out->puts = __atomic_load_n(&db->n_puts, __ATOMIC_RELAXED);
+	out->gets = __atomic_load_n(&db->n_gets, __ATOMIC_RELAXED);
+	out->deletes = __atomic_load_n(&db->n_deletes, __ATOMIC_RELAXED);
+	out->failed = atomic_load(&db->failed);
+	return SL_OK;
+}

@@ -1,0 +1,214 @@
+/*
+ * hint.c — hint files (format.h).  A hint is an accelerator, never the
+ * truth: a missing or damaged hint only costs a scan of its segment, so every
+ * check here fails towards "ignore the hint".
+ *
+ * Invariant: a hint is visible under its final name only after its bytes are
+ * fsynced (write .tmp, fsync, rename, fsync directory), so a hint that exists
+ * is either complete or fails its checksum.
+ */
+#define _GNU_SOURCE
+#include "hint.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "format.h"
+#include "record.h"
+#include "shiplog.h"
+
+typedef struct buf {
+	uint8_t *p;
+	size_t len, cap;
+} buf;
+
+static int buf_need(buf *b, size_t n)
+{
+	if (b->len + n <= b->cap) {
+		return SL_OK;
+	}
+	size_t cap = b->cap ? b->cap * 2 : 65536;
+	while (cap < b->len + n) {
+		cap *= 2;
+	}
+	uint8_t *p = realloc(b->p, cap);
+	if (p == NULL) {
+		return SL_ENOMEM;
+	}
+	b->p = p;
+	b->cap = cap;
+	return SL_OK;
+}
+
+static int write_all(const struct sl_io *io, int fd, const uint8_t *p, size_t n)
+{
+	off_t off = 0;
+	while (n > 0) {
+		ssize_t w = io->pwrite(fd, p, n, off);
+		if (w <= 0) {
+			return errno == ENOSPC ? SL_ENOSPC : SL_EIO;
+		}
+		p += w;
+		n -= (size_t)w;
+		off += w;
+	}
+	return SL_OK;
+}
+
+int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_seg *s,
+		  uint32_t max_key, uint32_t max_value)
+{
+	buf b = {0};
+	int rc = buf_need(&b, SL_HINT_HDR_SIZE);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	b.len = SL_HINT_HDR_SIZE;
+	uint32_t count = 0;
+	uint64_t end = atomic_load(&s->end);
+	for (uint64_t off = SL_SEG_HDR_SIZE; off < end;) {
+		sl_rec r;
+		size_t size;
+		int d = sl_rec_decode(s->map + off, end - off, max_key, max_value, &r, &size);
+		if (d != SL_REC_OK) {
+			break; /* the segment's own scan decided where it ends */
+		}
+		if ((rc = buf_need(&b, SL_HINT_ENTRY_FIXED + r.klen + 4)) != SL_OK) {
+			goto out;
+		}
+		uint8_t *e = b.p + b.len;
+		sl_put64(e, r.seq);
+		sl_put64(e + 8, r.expire_at);
+		sl_put32(e + 16, (uint32_t)off);
+		sl_put32(e + 20, (uint32_t)size);
+		e[24] = r.type;
+		sl_put16(e + 25, r.klen);
+		memcpy(e + SL_HINT_ENTRY_FIXED, r.key, r.klen);
+		b.len += SL_HINT_ENTRY_FIXED + r.klen;
+		count++;
+		off += size;
+	}
+	memcpy(b.p, SL_HINT_MAGIC, 8);
+	sl_put32(b.p + 8, SL_FORMAT_VERSION);
+	sl_put32(b.p + 12, count);
+	sl_put64(b.p + 16, s->id);
+	if ((rc = buf_need(&b, 4)) != SL_OK) {
+		goto out;
+	}
+	sl_put32(b.p + b.len, sl_crc32c(b.p, b.len));
+	b.len += 4;
+
+	char *tmp = sl_seg_path(dir, s->id, ".hint.tmp");
+	char *fin = sl_seg_path(dir, s->id, ".hint");
+	rc = SL_ENOMEM;
+	if (tmp == NULL || fin == NULL) {
+		goto out_names;
+	}
+	int fd = io->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0) {
+		rc = errno == ENOSPC ? SL_ENOSPC : SL_EIO;
+		goto out_names;
+	}
+	rc = write_all(io, fd, b.p, b.len);
+	if (rc == SL_OK && io->fsync(fd) != 0) {
+		rc = SL_EIO;
+	}
+	io->close(fd);
+	if (rc == SL_OK && io->rename(tmp, fin) != 0) {
+		rc = SL_EIO;
+	}
+	if (rc != SL_OK) {
+		io->unlink(tmp);
+	} else if (io->fsync(dirfd) != 0) {
+		rc = SL_EIO;
+	}
+out_names:
+	free(tmp);
+	free(fin);
+out:
+	free(b.p);
+	return rc;
+}
+
+int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
+		 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
+{
+	char *path = sl_seg_path(dir, id, ".hint");
+	if (path == NULL) {
+		return SL_ENOMEM;
+	}
+	int fd = io->open(path, O_RDONLY, 0);
+	free(path);
+	if (fd < 0) {
+		return errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
+	}
+	int rc = SL_ECORRUPT;
+	uint8_t *p = NULL;
+	struct stat st;
+	if (fstat(fd, &st) != 0 || st.st_size < (off_t)(SL_HINT_HDR_SIZE + 4) ||
+	    (uint64_t)st.st_size > seg_size * 2 + 4096) {
+		goto out; /* a hint is never much larger than its segment */
+	}
+	size_t len = (size_t)st.st_size;
+	p = malloc(len);
+	if (p == NULL) {
+		rc = SL_ENOMEM;
+		goto out;
+	}
+	for (size_t got = 0; got < len;) {
+		ssize_t r = io->pread(fd, p + got, len - got, (off_t)got);
+		if (r <= 0) {
+			rc = SL_EIO;
+			goto out;
+		}
+		got += (size_t)r;
+	}
+	if (memcmp(p, SL_HINT_MAGIC, 8) != 0 || sl_get32(p + 8) != SL_FORMAT_VERSION ||
+	    sl_get64(p + 16) != id || sl_get32(p + len - 4) != sl_crc32c(p, len - 4)) {
+		goto out;
+	}
+	uint32_t count = sl_get32(p + 12);
+	/* Verify every entry's bounds before applying any. */
+	size_t off = SL_HINT_HDR_SIZE;
+	for (uint32_t i = 0; i < count; i++) {
+		if (off + SL_HINT_ENTRY_FIXED > len - 4) {
+			goto out;
+		}
+		const uint8_t *e = p + off;
+		uint16_t klen = sl_get16(e + 25);
+		uint64_t roff = sl_get32(e + 16), rsize = sl_get32(e + 20);
+		if (klen == 0 || klen > max_key || (e[24] != SL_REC_PUT && e[24] != SL_REC_DEL) ||
+		    roff < SL_SEG_HDR_SIZE || rsize < SL_REC_HDR_SIZE + (uint64_t)klen ||
+		    roff + rsize > seg_size || off + SL_HINT_ENTRY_FIXED + klen > len - 4) {
+			goto out;
+		}
+		off += SL_HINT_ENTRY_FIXED + klen;
+	}
+	if (off != len - 4) {
+		goto out;
+	}
+	off = SL_HINT_HDR_SIZE;
+	rc = SL_OK;
+	for (uint32_t i = 0; i < count && rc == SL_OK; i++) {
+		const uint8_t *e = p + off;
+		sl_hint_entry h = {
+		    .seq = sl_get64(e),
+		    .expire_at = sl_get64(e + 8),
+		    .off = sl_get32(e + 16),
+		    .size = sl_get32(e + 20),
+		    .type = e[24],
+		    .klen = sl_get16(e + 25),
+		    .key = e + SL_HINT_ENTRY_FIXED,
+		};
+		rc = fn(arg, &h);
+		off += SL_HINT_ENTRY_FIXED + h.klen;
+	}
+out:
+	free(p);
+	io->close(fd);
+	return rc;
+}

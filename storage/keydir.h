@@ -1,0 +1,80 @@
+/*
+ * keydir.h — the in-memory hash index: key → location of its latest record.
+ *
+ * One table for the whole node, split into SL_KD_SHARDS shards by hash so a
+ * writer updating one key never blocks readers of most others, and a resize
+ * moves only one shard.  Each shard is an open-addressing, linear-probing
+ * table of 4-byte slots (8-bit hash tag + index into the shard's key arena);
+ * entries live packed in the arena — no per-entry malloc, no linked nodes.
+ *
+ * Memory per key: 20 + klen bytes of arena (rounded up to 4) plus 4 bytes
+ * per slot at a load factor between 0.4 and 0.8.
+ */
+#ifndef SL_KEYDIR_H
+#define SL_KEYDIR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SL_KD_SHARDS 1024u
+#define SL_KD_SEQ_MAX ((1ull << 48) - 1) /* seqs are stored in 48 bits */
+
+typedef struct sl_loc {
+	uint32_t seg;  /* segment id */
+	uint32_t off;  /* offset of the record in the segment */
+	uint32_t size; /* whole record size */
+	int tomb;      /* 1: the latest record is a tombstone */
+	uint64_t seq;
+} sl_loc;
+
+typedef struct sl_keydir sl_keydir;
+
+sl_keydir *sl_keydir_new(void);
+void sl_keydir_free(sl_keydir *kd);
+
+uint64_t sl_keydir_hash(const void *key, size_t klen);
+
+/* Looks key up.  When found, calls fn(arg, loc) while holding the shard's
+ * read lock (so the location cannot be replaced or compacted away during fn)
+ * and returns fn's result; SL_ENOTFOUND (1) when absent.  fn must be short
+ * and must not call back into the keydir. */
+int sl_keydir_get(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
+		  int (*fn)(void *arg, const sl_loc *loc), void *arg);
+
+/* Inserts or replaces key's location.  With only_if_newer, an existing entry
+ * whose seq is >= loc->seq is kept.  Returns 2 when the key was new, 1 when
+ * an entry was replaced (*old filled, old may be NULL), 0 when kept
+ * (*old filled with the current entry), SL_ENOMEM when memory or the shard's
+ * arena (64 MiB) ran out. */
+int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
+		  int only_if_newer, sl_loc *old);
+
+/* Replaces key's location only if it is still exactly *expect (same segment
+ * and offset): a concurrent overwrite wins.  1 when replaced, 0 when not. */
+int sl_keydir_cas(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *expect,
+		  const sl_loc *loc);
+
+/* Removes key only if its entry is still exactly *expect.  1 / 0 as above. */
+int sl_keydir_remove(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
+		     const sl_loc *expect);
+
+/* Calls fn for every entry of shard `shard` (0 .. SL_KD_SHARDS-1) under its
+ * read lock.  A non-zero return stops and is returned.  key is borrowed. */
+int sl_keydir_scan_shard(sl_keydir *kd, unsigned shard,
+			 int (*fn)(void *arg, const void *key, size_t klen, const sl_loc *loc),
+			 void *arg);
+
+/* Takes and releases every shard's write lock once: after it returns, no
+ * reader that looked a location up before the call is still inside its fn. */
+void sl_keydir_barrier(sl_keydir *kd);
+
+typedef struct sl_keydir_stats {
+	uint64_t keys;       /* entries that are not tombstones */
+	uint64_t tombstones; /* entries that are */
+	uint64_t bytes;      /* slot tables + arena bytes in use */
+	uint64_t arena_cap;  /* arena bytes allocated */
+} sl_keydir_stats;
+
+void sl_keydir_stats_get(sl_keydir *kd, sl_keydir_stats *out);
+
+#endif

@@ -1,0 +1,470 @@
+/*
+ * open.c — opening a data directory: lock, recovery, and closing it.
+ *
+ * Recovery rebuilds the keydir from every segment, in id order but resolving
+ * by seq (db.c invariant 3), so the order segments are read in never
+ * matters:
+ *
+ *   sealed segment, valid hint   load the hint (keys, seqs, offsets; no values)
+ *   sealed segment, no/bad hint  scan its records; a bad record is counted,
+ *                                logged and skipped by resynchronising on the
+ *                                next valid record; then seal it again
+ *                                (trim, write a hint) so the next open is fast
+ *   last segment (the active)    scan; a torn or checksum-failing tail (no
+ *                                valid record after it) is cut off; then it
+ *                                is preallocated and mapped for appends
+ *
+ * Invariants:
+ *  1. Only one handle holds a directory: flock(LOCK_EX) on dir/LOCK, which
+ *     conflicts across processes and across handles of one process.
+ *  2. last_seq after open >= every seq on disk and >= the active segment's
+ *     first_seq - 1, so seqs stay strictly increasing across reopen even when
+ *     the newest records were removed by compaction.
+ *  3. Temporary files (*.tmp) are never part of the store: removed on open.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "hint.h"
+#include "record.h"
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int mkdir_p(const char *dir)
+{
+	char *p = strdup(dir);
+	if (p == NULL) {
+		return SL_ENOMEM;
+	}
+	for (char *s = p + 1; *s; s++) {
+		if (*s == '/') {
+			*s = 0;
+			if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+				free(p);
+				return SL_EIO;
+			}
+			*s = '/';
+		}
+	}
+	int rc = mkdir(p, 0755) != 0 && errno != EEXIST ? SL_EIO : SL_OK;
+	free(p);
+	return rc;
+}
+
+static int is_digits(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9') {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Lists segment ids (sorted) and removes temporaries (invariant 3). */
+static int list_segments(sl_db *db, uint32_t **ids_out, size_t *n_out)
+{
+	DIR *d = opendir(db->dir);
+	if (d == NULL) {
+		return SL_EIO;
+	}
+	uint32_t *ids = NULL;
+	size_t n = 0, cap = 0;
+	struct dirent *e;
+	int rc = SL_OK;
+	while ((e = readdir(d)) != NULL) {
+		size_t len = strlen(e->d_name);
+		if (len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0 && !db->opt.read_only) {
+			unlinkat(db->dirfd, e->d_name, 0);
+			continue;
+		}
+		if (len != 14 || strcmp(e->d_name + 10, ".seg") != 0 || !is_digits(e->d_name, 10)) {
+			continue;
+		}
+		unsigned long id = strtoul(e->d_name, NULL, 10);
+		if (id == 0 || id >= (1ul << 24)) {
+			sl_db_log(db, "warn", "ignoring segment file %s (id out of range)", e->d_name);
+			continue;
+		}
+		if (n == cap) {
+			cap = cap ? cap * 2 : 64;
+			uint32_t *p = realloc(ids, cap * sizeof(*ids));
+			if (p == NULL) {
+				rc = SL_ENOMEM;
+				break;
+			}
+			ids = p;
+		}
+		ids[n++] = (uint32_t)id;
+	}
+	closedir(d);
+	if (rc != SL_OK) {
+		free(ids);
+		return rc;
+	}
+	qsort(ids, n, sizeof(*ids), cmp_u32);
+	*ids_out = ids;
+	*n_out = n;
+	return SL_OK;
+}
+
+/* ---- rebuilding the keydir ---------------------------------------------- */
+
+typedef struct load_ctx {
+	sl_db *db;
+	sl_seg *seg;
+	uint64_t max_seq;
+} load_ctx;
+
+static int index_one(load_ctx *c, uint8_t type, const void *key, size_t klen, uint32_t off,
+		     uint32_t size, uint64_t seq)
+{
+	sl_loc loc = {.seg = c->seg->id, .off = off, .size = size, .tomb = type == SL_REC_DEL,
+		      .seq = seq};
+	if (seq > c->max_seq) {
+		c->max_seq = seq;
+	}
+	if (seq > c->seg->last_seq) {
+		c->seg->last_seq = seq;
+	}
+	return sl_db_index(c->db, sl_keydir_hash(key, klen), key, klen, &loc);
+}
+
+static int hint_cb(void *arg, const sl_hint_entry *e)
+{
+	return index_one(arg, e->type, e->key, e->klen, e->off, e->size, e->seq);
+}
+
+static int all_zero(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] != 0) {
+			return 0;
+		}
+	}
+	return 1;
+}
+
+/* Scans records [header, limit) into the keydir.  Returns the end of the
+ * last valid record in *end_out.  A bad record followed by valid ones is
+ * corruption: counted and skipped.  A bad record with nothing valid after
+ * it is a torn tail when `active` (cut off, not counted) and corruption
+ * otherwise. */
+static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_out)
+{
+	sl_db *db = c->db;
+	const uint8_t *m = c->seg->map;
+	uint32_t mk = db->opt.max_key_bytes, mv = db->opt.max_value_bytes;
+	uint64_t off = SL_SEG_HDR_SIZE, good_end = SL_SEG_HDR_SIZE;
+	while (off < limit) {
+		sl_rec r;
+		size_t size;
+		int d = sl_rec_decode(m + off, limit - off, mk, mv, &r, &size);
+		if (d == SL_REC_OK) {
+			int rc = index_one(c, r.type, r.key, r.klen, (uint32_t)off, (uint32_t)size, r.seq);
+			if (rc != SL_OK) {
+				return rc;
+			}
+			off += size;
+			good_end = off;
+			continue;
+		}
+		/* A zero header ends the data of a preallocated active segment;
+		 * in a sealed one only if everything after it is zero too. */
+		if (d == SL_REC_END && (active || all_zero(m + off, limit - off))) {
+			break;
+		}
+		uint64_t next = off + 1;
+		for (; next + SL_REC_HDR_SIZE <= limit; next++) {
+			if ((m[next + 4] == SL_REC_PUT || m[next + 4] == SL_REC_DEL) &&
+			    sl_rec_decode(m + next, limit - next, mk, mv, &r, &size) == SL_REC_OK) {
+				break;
+			}
+		}
+		if (next + SL_REC_HDR_SIZE > limit) {
+			if (!active) {
+				__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
+				sl_db_log(db, "warn", "segment %u: bad record at offset %llu, none after it",
+					  c->seg->id, (unsigned long long)off);
+			} else {
+				sl_db_log(db, "info", "segment %u: torn tail cut at offset %llu (%llu bytes)",
+					  c->seg->id, (unsigned long long)good_end,
+					  (unsigned long long)(limit - good_end));
+			}
+			break;
+		}
+		__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
+		sl_db_log(db, "warn", "segment %u: bad record at offset %llu, %llu bytes skipped",
+			  c->seg->id, (unsigned long long)off, (unsigned long long)(next - off));
+		off = next;
+	}
+	*end_out = good_end;
+	return SL_OK;
+}
+
+static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
+{
+	int writable = !db->opt.read_only;
+	sl_seg *s;
+	int hdr_ok;
+	int rc = sl_seg_open(db->io, db->dir, id, writable, &s, &hdr_ok);
+	if (rc != SL_OK) {
+		sl_db_log(db, "error", "cannot open segment %u: %s", id, sl_strerror(rc));
+		return rc;
+	}
+	uint64_t size = sl_seg_file_size(s);
+	if (!hdr_ok && !(last && all_zero(s->map, size < SL_SEG_HDR_SIZE ? size : SL_SEG_HDR_SIZE))) {
+		__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
+		sl_db_log(db, "warn", "segment %u: damaged file header", id);
+	}
+	pthread_mutex_lock(&db->seg_mu);
+	rc = sl_db_seg_publish(db, s);
+	pthread_mutex_unlock(&db->seg_mu);
+	if (rc != SL_OK) {
+		sl_seg_close(db->io, s);
+		return rc;
+	}
+	load_ctx c = {.db = db, .seg = s};
+	if (!last && hdr_ok) {
+		rc = sl_hint_load(db->io, db->dir, id, size, db->opt.max_key_bytes, hint_cb, &c);
+		if (rc == SL_OK) {
+			db->hints_loaded++;
+			atomic_store(&s->end, size);
+			atomic_store(&s->synced, size);
+			goto done;
+		}
+		if (rc != SL_ENOTFOUND && rc != SL_ECORRUPT) {
+			return rc;
+		}
+		if (rc == SL_ECORRUPT) {
+			sl_db_log(db, "warn", "segment %u: damaged hint file, scanning", id);
+		}
+	}
+	uint64_t end;
+	db->segments_scanned++;
+	if ((rc = scan_segment(&c, size, last, &end)) != SL_OK) {
+		return rc;
+	}
+	if (last && writable) {
+		if (!hdr_ok) {
+			s->first_seq = (c.max_seq > *max_seq ? c.max_seq : *max_seq) + 1;
+		}
+		size_t cap = (size_t)db->opt.segment_bytes;
+		rc = sl_seg_activate(db->io, s, end, cap > end ? cap : (size_t)end);
+		if (rc == SL_OK && !hdr_ok) {
+			rc = sl_seg_write_header(db->io, s);
+		}
+		if (rc != SL_OK) {
+			return rc;
+		}
+		db->active = s;
+		db->active_pub = s;
+	} else {
+		atomic_store(&s->end, end);
+		atomic_store(&s->synced, end);
+		if (writable && hdr_ok) {
+			/* Seal it again: cut any zero tail and write the missing hint. */
+			if ((rc = sl_db_seal(db, s)) != SL_OK) {
+				return rc;
+			}
+		}
+	}
+done:
+	if (c.max_seq > *max_seq) {
+		*max_seq = c.max_seq;
+	}
+	if (s->first_seq > 0 && s->first_seq - 1 > *max_seq) {
+		*max_seq = s->first_seq - 1; /* invariant 2 */
+	}
+	return SL_OK;
+}
+
+/* ---- open / close ------------------------------------------------------- */
+
+static int check_options(const sl_options *o)
+{
+	if (o->sync != SL_SYNC_NO && o->sync != SL_SYNC_EVERYSEC && o->sync != SL_SYNC_ALWAYS) {
+		return SL_EINVAL;
+	}
+	if (o->sync_interval_ms == 0 || o->segment_bytes < 4096 ||
+	    o->segment_bytes > 0xffffffffull - (SL_MAX_VALUE + (1u << 20))) {
+		return SL_EINVAL;
+	}
+	if (o->max_key_bytes == 0 || o->max_key_bytes > SL_MAX_KEY || o->max_value_bytes > SL_MAX_VALUE) {
+		return SL_EINVAL;
+	}
+	return SL_OK;
+}
+
+static void db_free(sl_db *db)
+{
+	for (size_t i = 0; i < db->nsegs; i++) {
+		sl_seg_close(db->io, db->segs[i]);
+	}
+	for (size_t i = 0; i < 4096; i++) {
+		free(atomic_load(&db->segtab[i]));
+	}
+	free(db->segs);
+	sl_keydir_free(db->kd);
+	if (db->lockfd >= 0) {
+		close(db->lockfd); /* releases the flock */
+	}
+	if (db->dirfd >= 0) {
+		close(db->dirfd);
+	}
+	pthread_mutex_destroy(&db->seg_mu);
+	pthread_mutex_destroy(&db->append_mu);
+	pthread_mutex_destroy(&db->sync_mu);
+	pthread_cond_destroy(&db->sync_cv);
+	pthread_cond_destroy(&db->flush_cv);
+	free(db->dir);
+	free(db);
+}
+
+int sl_open(const char *dir, const sl_options *o, sl_db **out)
+{
+	if (dir == NULL || *dir == 0 || out == NULL) {
+		return SL_EINVAL;
+	}
+	*out = NULL;
+	sl_options def;
+	if (o == NULL) {
+		sl_options_init(&def);
+		o = &def;
+	}
+	int rc = check_options(o);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	sl_db *db = calloc(1, sizeof(*db));
+	if (db == NULL) {
+		return SL_ENOMEM;
+	}
+	db->opt = *o;
+	db->io = o->io != NULL ? o->io : &sl_io_default;
+	db->dirfd = db->lockfd = -1;
+	pthread_mutex_init(&db->seg_mu, NULL);
+	pthread_mutex_init(&db->append_mu, NULL);
+	pthread_mutex_init(&db->sync_mu, NULL);
+	pthread_cond_init(&db->sync_cv, NULL);
+	pthread_cond_init(&db->flush_cv, NULL);
+	db->dir = strdup(dir);
+	db->kd = sl_keydir_new();
+	if (db->dir == NULL || db->kd == NULL) {
+		rc = SL_ENOMEM;
+		goto fail;
+	}
+	uint64_t t0 = mono_ms();
+	if ((rc = mkdir_p(dir)) != SL_OK) {
+		goto fail;
+	}
+	db->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	char *lock = malloc(strlen(dir) + 8);
+	if (db->dirfd < 0 || lock == NULL) {
+		free(lock);
+		rc = db->dirfd < 0 ? SL_EIO : SL_ENOMEM;
+		goto fail;
+	}
+	strcpy(lock, dir);
+	strcat(lock, "/LOCK");
+	db->lockfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	free(lock);
+	if (db->lockfd < 0) {
+		rc = SL_EIO;
+		goto fail;
+	}
+	if (flock(db->lockfd, LOCK_EX | LOCK_NB) != 0) { /* invariant 1 */
+		rc = errno == EWOULDBLOCK ? SL_EBUSY : SL_EIO;
+		goto fail;
+	}
+
+	uint32_t *ids = NULL;
+	size_t n = 0;
+	if ((rc = list_segments(db, &ids, &n)) != SL_OK) {
+		goto fail;
+	}
+	uint64_t max_seq = 0;
+	for (size_t i = 0; i < n && rc == SL_OK; i++) {
+		rc = load_segment(db, ids[i], i + 1 == n, &max_seq);
+	}
+	uint32_t next_id = n > 0 ? ids[n - 1] + 1 : 1;
+	free(ids);
+	if (rc != SL_OK) {
+		goto fail;
+	}
+	atomic_store(&db->last_seq, max_seq);
+	db->synced_seq = max_seq;
+	if (db->active == NULL && !db->opt.read_only) {
+		sl_seg *s;
+		rc = sl_seg_create(db->io, db->dir, db->dirfd, next_id, max_seq + 1,
+				   (size_t)db->opt.segment_bytes, &s);
+		if (rc != SL_OK) {
+			goto fail;
+		}
+		pthread_mutex_lock(&db->seg_mu);
+		rc = sl_db_seg_publish(db, s);
+		db->active_pub = s;
+		pthread_mutex_unlock(&db->seg_mu);
+		if (rc != SL_OK) {
+			sl_seg_close(db->io, s);
+			goto fail;
+		}
+		db->active = s;
+	}
+	db->recovery_ms = mono_ms() - t0;
+	if (!db->opt.read_only) {
+		if (pthread_create(&db->flusher, NULL, sl_db_flusher_main, db) != 0) {
+			rc = SL_ENOMEM;
+			goto fail;
+		}
+		db->flusher_started = 1;
+	}
+	*out = db;
+	return SL_OK;
+fail:
+	db_free(db);
+	return rc;
+}
+
+void sl_close(sl_db *db)
+{
+	if (db == NULL) {
+		return;
+	}
+	if (db->flusher_started) {
+		pthread_mutex_lock(&db->sync_mu);
+		db->stop = 1;
+		pthread_cond_signal(&db->flush_cv);
+		pthread_mutex_unlock(&db->sync_mu);
+		pthread_join(db->flusher, NULL);
+	}
+	if (db->active != NULL && !atomic_load(&db->failed)) {
+		sl_db_sync_all(db);
+		/* Drop the preallocated tail so the directory shows real sizes;
+		 * the next open preallocates again. */
+		if (sl_seg_trim(db->io, db->active) == SL_OK) {
+			db->io->fsync(db->active->fd);
+		}
+	}
+	db_free(db);
+}

@@ -1,0 +1,252 @@
+/*
+ * segment.c — segment files: create, open, map, sync, trim.
+ *
+ * Invariants:
+ *  1. A segment is created by: open(O_EXCL), fallocate(cap), write header,
+ *     fdatasync, fsync(directory).  Only then do records go into it, so a
+ *     crash leaves either no file, or a file whose header is zero or valid.
+ *  2. Bytes past `end` are zero (preallocated) until a record is copied
+ *     there; the keydir points at a record only after the whole record is
+ *     copied, so readers never see a partial record.
+ *  3. The mapping is never accessed at or past the file's length: the file
+ *     is only trimmed down to `end`.
+ */
+#define _GNU_SOURCE
+#include "segment.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "format.h"
+#include "record.h"
+#include "shiplog.h"
+
+static uint64_t file_size_of(int fd)
+{
+	struct stat st;
+	return fstat(fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+static int err_of(int e) { return e == ENOSPC || e == EDQUOT ? SL_ENOSPC : SL_EIO; }
+
+char *sl_seg_path(const char *dir, uint32_t id, const char *suffix)
+{
+	size_t n = strlen(dir) + 32 + strlen(suffix);
+	char *p = malloc(n);
+	if (p != NULL) {
+		snprintf(p, n, "%s/%010u%s", dir, id, suffix);
+	}
+	return p;
+}
+
+static void encode_header(uint8_t *h, uint32_t id, uint64_t first_seq)
+{
+	memcpy(h, SL_SEG_MAGIC, 8);
+	sl_put32(h + 8, SL_FORMAT_VERSION);
+	sl_put64(h + 16, id);
+	sl_put64(h + 24, first_seq);
+	sl_put32(h + 12, sl_crc32c(h + 16, 16));
+}
+
+int sl_seg_write_header(const struct sl_io *io, sl_seg *s)
+{
+	uint8_t h[SL_SEG_HDR_SIZE];
+	encode_header(h, s->id, s->first_seq);
+	if (io->pwrite(s->fd, h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
+		return err_of(errno);
+	}
+	if (io->fdatasync(s->fd) != 0) {
+		return SL_EIO;
+	}
+	return SL_OK;
+}
+
+static int map_seg(sl_seg *s, size_t len, int writable)
+{
+	if (len == 0) {
+		len = 1; /* never mapped past EOF by invariant 3 */
+	}
+	void *m = mmap(NULL, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, s->fd, 0);
+	if (m == MAP_FAILED) {
+		return errno == ENOMEM ? SL_ENOMEM : SL_EIO;
+	}
+	s->map = m;
+	s->cap = len;
+	return SL_OK;
+}
+
+int sl_seg_create(const struct sl_io *io, const char *dir, int dirfd, uint32_t id,
+		  uint64_t first_seq, size_t cap, sl_seg **out)
+{
+	int rc = SL_ENOMEM;
+	char *path = sl_seg_path(dir, id, ".seg");
+	sl_seg *s = calloc(1, sizeof(*s));
+	if (path == NULL || s == NULL) {
+		goto fail;
+	}
+	s->id = id;
+	s->first_seq = first_seq;
+	s->last_seq = first_seq - 1;
+	s->writable = 1;
+	s->fd = io->open(path, O_RDWR | O_CREAT | O_EXCL, 0644);
+	if (s->fd < 0) {
+		rc = err_of(errno);
+		goto fail;
+	}
+	if (io->fallocate(s->fd, 0, (off_t)cap) != 0) {
+		rc = err_of(errno);
+		goto fail_file;
+	}
+	if ((rc = sl_seg_write_header(io, s)) != SL_OK) {
+		goto fail_file;
+	}
+	if (io->fsync(dirfd) != 0) {
+		rc = SL_EIO;
+		goto fail_file;
+	}
+	if ((rc = map_seg(s, cap, 1)) != SL_OK) {
+		goto fail_file;
+	}
+	atomic_store(&s->end, SL_SEG_HDR_SIZE);
+	atomic_store(&s->synced, SL_SEG_HDR_SIZE);
+	free(path);
+	*out = s;
+	return SL_OK;
+fail_file:
+	io->close(s->fd);
+	io->unlink(path);
+fail:
+	free(path);
+	free(s);
+	return rc;
+}
+
+int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writable,
+		sl_seg **out, int *hdr_ok)
+{
+	int rc = SL_ENOMEM;
+	char *path = sl_seg_path(dir, id, ".seg");
+	sl_seg *s = calloc(1, sizeof(*s));
+	if (path == NULL || s == NULL) {
+		goto fail;
+	}
+	s->id = id;
+	s->fd = io->open(path, writable ? O_RDWR : O_RDONLY, 0);
+	if (s->fd < 0) {
+		rc = SL_EIO;
+		goto fail;
+	}
+	uint64_t size = file_size_of(s->fd);
+	if ((rc = map_seg(s, (size_t)size, 0)) != SL_OK) {
+		goto fail_fd;
+	}
+	*hdr_ok = 0;
+	if (size >= SL_SEG_HDR_SIZE) {
+		const uint8_t *h = s->map;
+		if (memcmp(h, SL_SEG_MAGIC, 8) == 0 && sl_get32(h + 8) == SL_FORMAT_VERSION &&
+		    sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get64(h + 16) == id) {
+			s->first_seq = sl_get64(h + 24);
+			*hdr_ok = 1;
+		} else if (memcmp(h, SL_SEG_MAGIC, 8) == 0 && sl_get32(h + 8) != SL_FORMAT_VERSION) {
+			rc = SL_ENOTSUP;
+			goto fail_map;
+		}
+	}
+	if (s->first_seq == 0) {
+		s->first_seq = 1;
+	}
+	s->last_seq = s->first_seq - 1;
+	/* end and synced are set by the caller's scan. */
+	atomic_store(&s->end, size < SL_SEG_HDR_SIZE ? SL_SEG_HDR_SIZE : size);
+	atomic_store(&s->synced, atomic_load(&s->end));
+	s->sealed = 1;
+	free(path);
+	*out = s;
+	return SL_OK;
+fail_map:
+	munmap(s->map, s->cap);
+fail_fd:
+	io->close(s->fd);
+fail:
+	free(path);
+	free(s);
+	return rc;
+}
+
+uint64_t sl_seg_file_size(const sl_seg *s) { return file_size_of(s->fd); }
+
+void sl_seg_close(const struct sl_io *io, sl_seg *s)
+{
+	if (s == NULL) {
+		return;
+	}
+	if (s->map != NULL) {
+		munmap(s->map, s->cap);
+	}
+	io->close(s->fd);
+	free(s);
+}
+
+int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
+{
+	uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
+	if (atomic_load(&s->synced) >= end) {
+		return SL_OK;
+	}
+	if (fsyncs != NULL) {
+		__atomic_fetch_add(fsyncs, 1, __ATOMIC_RELAXED);
+	}
+	if (io->fdatasync(s->fd) != 0) {
+		return SL_EIO;
+	}
+	/* Monotonic: a concurrent syncer may have covered more already. */
+	uint64_t cur = atomic_load(&s->synced);
+	while (cur < end && !atomic_compare_exchange_weak(&s->synced, &cur, end)) {
+	}
+	return SL_OK;
+}
+
+int sl_seg_trim(const struct sl_io *io, sl_seg *s)
+{
+	uint64_t end = atomic_load(&s->end);
+	if (file_size_of(s->fd) == end) {
+		return SL_OK;
+	}
+	if (io->ftruncate(s->fd, (off_t)end) != 0) {
+		return SL_EIO;
+	}
+	return SL_OK;
+}
+
+int sl_seg_activate(const struct sl_io *io, sl_seg *s, uint64_t end, size_t cap)
+{
+	if (cap < end) {
+		cap = (size_t)end;
+	}
+	munmap(s->map, s->cap);
+	s->map = NULL;
+	if (io->ftruncate(s->fd, (off_t)end) != 0) {
+		return SL_EIO;
+	}
+	if (io->fallocate(s->fd, 0, (off_t)cap) != 0) {
+		return err_of(errno);
+	}
+	if (io->fdatasync(s->fd) != 0) {
+		return SL_EIO;
+	}
+	int rc = map_seg(s, cap, 1);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	s->writable = 1;
+	s->sealed = 0;
+	atomic_store(&s->end, end);
+	atomic_store(&s->synced, end);
+	return SL_OK;
+}

@@ -1,0 +1,69 @@
+/*
+ * segment.h — one log segment file NNNNNNNNNN.seg (format.h) and its mapping.
+ *
+ * The active segment is preallocated to its capacity and mapped shared and
+ * writable: an append is a memcpy into the page cache, so a record is in the
+ * kernel (safe from a process crash) the moment the copy ends, without a
+ * system call per write.  Sealed segments stay mapped for reads.
+ */
+#ifndef SL_SEGMENT_H
+#define SL_SEGMENT_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "io.h"
+
+typedef struct sl_seg {
+	uint32_t id;
+	int fd;
+	uint8_t *map;    /* [0, cap) mapped; bytes [0, end) hold the header and records */
+	size_t cap;      /* mapped length (file length while active) */
+	uint64_t first_seq;
+	uint64_t last_seq;          /* highest seq appended or found here */
+	_Atomic uint64_t end;       /* bytes written: header + whole records */
+	_Atomic uint64_t synced;    /* bytes known durable */
+	_Atomic uint64_t live;      /* bytes of put records the keydir points at */
+	_Atomic int sealed;         /* trimmed, synced, hint written */
+	int writable;
+} sl_seg;
+
+/* Name of segment id's file with the given suffix (".seg", ".hint") in dir;
+ * returns a malloc'd string (caller frees) or NULL. */
+char *sl_seg_path(const char *dir, uint32_t id, const char *suffix);
+
+/* Creates segment `id` holding seqs >= first_seq: preallocates cap bytes,
+ * writes and syncs the header, maps it writable.  Errors: SL_ENOSPC, SL_EIO,
+ * SL_ENOMEM; a partly created file is removed. */
+int sl_seg_create(const struct sl_io *io, const char *dir, int dirfd, uint32_t id,
+		  uint64_t first_seq, size_t cap, sl_seg **out);
+
+/* Opens existing segment `id` (fd read-write when writable) and maps its
+ * current length read-only; `end` is the file length until the caller's scan
+ * says otherwise.  *hdr_ok is set to 0 when the file header is missing or
+ * damaged (the caller decides).  Does not scan. */
+int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writable, sl_seg **out,
+		int *hdr_ok);
+
+/* Writes a fresh header into an opened, writable segment. */
+int sl_seg_write_header(const struct sl_io *io, sl_seg *s);
+
+/* File size at open (before growing). */
+uint64_t sl_seg_file_size(const sl_seg *s);
+
+/* Unmaps and closes.  NULL is fine. */
+void sl_seg_close(const struct sl_io *io, sl_seg *s);
+
+/* Makes bytes [synced, end) durable with fdatasync.  SL_EIO on failure. */
+int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs);
+
+/* Cuts the file to its written length (drops the preallocated tail). */
+int sl_seg_trim(const struct sl_io *io, sl_seg *s);
+
+
+
+/* Turns an opened segment into the active one: cuts the file at `end`
+ * (dropping a torn tail), preallocates cap bytes again and maps it writable. */
+int sl_seg_activate(const struct sl_io *io, sl_seg *s, uint64_t end, size_t cap);
+#endif

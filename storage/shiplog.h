@@ -1,0 +1,163 @@
+/*
+ * shiplog.h — the embedded storage engine's public API.
+ *
+ * A data directory holds append-only log segments and their hint files; an
+ * in-memory hash index (the keydir) maps each key to its latest record.  The
+ * record with the highest sequence number for a key wins, never file order.
+ *
+ * Threads: every function is safe to call from many threads on one sl_db.
+ * Errors: SL_OK (0), SL_ENOTFOUND (1, an ordinary result) or a negative SL_E*
+ * code; sl_strerror() names each.  After a failed write or fsync the handle is
+ * "failed": writes return SL_EFAILED until the directory is reopened.
+ *
+ * Memory: values returned by sl_get() are malloc'd and owned by the caller
+ * (free()).  Pointers passed to an sl_scan() callback are borrowed and valid
+ * only during that call.
+ *
+ * Replication (see DESIGN.md §3) builds on two engine calls declared at the
+ * end: sl_log_read() copies raw records in seq order out of the segments still
+ * holding them contiguously, and sl_apply_raw() appends a verified raw record
+ * keeping its seq.  Both work on the exact record bytes of storage/format.h.
+ */
+#ifndef SHIPLOG_H
+#define SHIPLOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+	SL_OK = 0,
+	SL_ENOTFOUND = 1,   /* key absent, deleted or expired */
+	SL_EINVAL = -1,     /* bad argument (empty key, NULL where not allowed) */
+	SL_ETOOBIG = -2,    /* key or value over the configured limit */
+	SL_ECORRUPT = -3,   /* checksum mismatch or malformed data on disk */
+	SL_EIO = -4,        /* an I/O call failed */
+	SL_ENOSPC = -5,     /* the disk is full */
+	SL_EBUSY = -6,      /* the data directory is in use by another handle */
+	SL_EREADONLY = -7,  /* writes are not accepted here */
+	SL_ENOMEM = -8,     /* out of memory */
+	SL_EFAILED = -9,    /* an earlier write or fsync failed; reopen */
+	SL_ENOTSUP = -10,   /* version or feature not supported */
+	SL_ESTALE = -11,    /* requested seq no longer in the log (replication) */
+	SL_EBEHIND = -12,   /* node has not applied the requested seq yet */
+	SL_ETIMEDOUT = -13, /* deadline passed */
+	SL_EPROTO = -14,    /* malformed message (network layers) */
+};
+
+typedef struct sl_db sl_db;
+
+typedef enum { SL_SYNC_NO, SL_SYNC_EVERYSEC, SL_SYNC_ALWAYS } sl_sync;
+
+struct sl_io; /* the I/O seam, storage/io.h; tests swap it to inject faults */
+
+typedef struct sl_options {
+	sl_sync sync;              /* default SL_SYNC_EVERYSEC */
+	uint32_t sync_interval_ms; /* everysec period, default 1000 */
+	uint64_t segment_bytes;    /* rotate the active segment past this, default 64 MiB */
+	uint32_t max_key_bytes;    /* default and upper bound 65535 */
+	uint32_t max_value_bytes;  /* default 16 MiB, upper bound 1 GiB */
+	int read_only;             /* 1: refuse writes with SL_EREADONLY */
+	const struct sl_io *io;    /* NULL: the real system calls */
+	/* Warnings and errors (corrupt records, failed fsyncs): NULL logs to
+	 * stderr unless quiet is set. */
+	void (*log_fn)(void *arg, const char *level, const char *msg);
+	void *log_arg;
+	int quiet;
+} sl_options;
+
+typedef struct sl_stats {
+	uint64_t keys;            /* keys with a live (non-deleted) value */
+	uint64_t tombstones;      /* deleted keys whose tombstone is still on disk */
+	uint64_t live_bytes;      /* bytes of records the keydir points at (puts) */
+	uint64_t dead_bytes;      /* every other record byte in the segments */
+	uint64_t disk_bytes;      /* size of segment files (active: written part) */
+	uint64_t segments;        /* segment files, the active one included */
+	uint64_t last_seq;        /* highest seq written or recovered */
+	uint64_t synced_seq;      /* highest seq known durable (fdatasync'd) */
+	uint64_t keydir_bytes;    /* memory the keydir uses (tables + key arena) */
+	uint64_t recovery_ms;     /* time sl_open took to rebuild the keydir */
+	uint64_t corrupt_records; /* bad records found at recovery or read */
+	uint64_t hints_loaded;    /* sealed segments loaded from hint files */
+	uint64_t segments_scanned;/* segments rebuilt by scanning records */
+	uint64_t fsyncs;          /* fdatasync/fsync calls made */
+	uint64_t puts, gets, deletes;
+	int failed;               /* 0, or the sticky error that refuses writes */
+} sl_stats;
+
+/* Fills *o with the defaults above. */
+void sl_options_init(sl_options *o);
+
+/* Opens (creating if missing) the data directory `dir`.  o may be NULL for
+ * defaults.  Errors: SL_EBUSY (directory locked by another handle or process),
+ * SL_EINVAL (bad options), SL_EIO/SL_ENOSPC, SL_ENOMEM, SL_ENOTSUP (unknown
+ * format version).  On success *out owns the handle; release it with sl_close. */
+int sl_open(const char *dir, const sl_options *o, sl_db **out);
+
+/* Syncs (under every policy), writes the active segment's state and releases
+ * the directory.  NULL is fine. */
+void sl_close(sl_db *db);
+
+/* Stores key → val.  *seq_out (may be NULL) receives the write's seq.
+ * Errors: SL_EINVAL (empty key), SL_ETOOBIG, SL_EREADONLY, SL_EFAILED,
+ * SL_EIO, SL_ENOSPC.  Under every sync policy the record is in the kernel
+ * before return; with SL_SYNC_ALWAYS it is also on disk. */
+int sl_put(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
+	   uint64_t *seq_out);
+
+/* As sl_put, the key expiring ttl_ms from now (ttl_ms 0 = never). */
+int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
+	       uint64_t ttl_ms, uint64_t *seq_out);
+
+/* Looks key up.  On SL_OK *val_out is a malloc'd copy (caller frees; a
+ * zero-length value still gets a non-NULL 1-byte allocation) and *vlen_out
+ * its length.  SL_ENOTFOUND when absent, deleted or expired; SL_ECORRUPT when
+ * the record fails its checksum. */
+int sl_get(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out);
+
+/* As sl_get, also returning the seq of the record read (seq_out may be NULL). */
+int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out,
+	       uint64_t *seq_out);
+
+/* Writes a tombstone for key.  SL_ENOTFOUND (nothing written) when the key
+ * has no live value. */
+int sl_delete(sl_db *db, const void *key, size_t klen, uint64_t *seq_out);
+
+/* Calls fn for every live key starting with prefix (plen 0: every key), in no
+ * particular order.  A non-zero return from fn stops the scan and is
+ * returned.  fn may call other sl_* functions on db.  The scan sees each key
+ * at most once; keys written during the scan may or may not be seen. */
+int sl_scan(sl_db *db, const void *prefix, size_t plen,
+	    int (*fn)(void *arg, const void *k, size_t kl, const void *v, size_t vl), void *arg);
+
+/* Fills *out with a snapshot of the counters. */
+int sl_stats_get(sl_db *db, sl_stats *out);
+
+/* Forces the active segment to disk now (any policy). */
+int sl_sync_now(sl_db *db);
+
+/* A static message for rc.  Never NULL. */
+const char *sl_strerror(int rc);
+
+/* ---- replication building blocks (DESIGN.md §3) ----------------------- */
+
+/* Copies whole raw records with seq >= from_seq, in seq order, into buf (at
+ * most cap bytes; always at least one record when one exists and fits cap).
+ * *len_out gets the bytes copied, *next_seq_out the seq to ask for next.
+ * SL_ESTALE when from_seq is no longer contiguous in the log (compacted). */
+int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len_out,
+		uint64_t *next_seq_out);
+
+/* Verifies one raw record (format.h) and appends it keeping its seq; the
+ * keydir takes it only if its seq is higher than the key's current one.
+ * Errors: SL_ECORRUPT (bad checksum/length), SL_EINVAL (seq not above
+ * last_seq), and the write errors of sl_put. */
+int sl_apply_raw(sl_db *db, const void *rec, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
