@@ -47,6 +47,7 @@
 #include "record.h"
 
 #define SEGTAB_BITS 12u
+#define POP_AHEAD (16u << 20) /* populate this far ahead of the appender */
 #define SEGTAB_CHUNK (1u << SEGTAB_BITS)
 #define SEGTAB_TOP 4096u
 
@@ -333,12 +334,20 @@ void *sl_db_flusher_main(void *arg)
 		uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)db->opt.sync_interval_ms * 1000000u;
 		ts.tv_sec += (time_t)(ns / 1000000000u);
 		ts.tv_nsec = (long)(ns % 1000000000u);
-		if (!db->seal_wanted) {
+		if (!db->seal_wanted && !atomic_load(&db->pop_wanted)) {
 			pthread_cond_timedwait(&db->flush_cv, &db->sync_mu, &ts);
 		}
 		int stop = db->stop;
 		db->seal_wanted = 0;
 		pthread_mutex_unlock(&db->sync_mu);
+		if (atomic_exchange(&db->pop_wanted, 0)) {
+			pthread_mutex_lock(&db->seg_mu);
+			sl_seg *a = db->active_pub;
+			if (a != NULL) {
+				sl_seg_populate(a, atomic_load(&a->end) + POP_AHEAD);
+			}
+			pthread_mutex_unlock(&db->seg_mu);
+		}
 		if (!atomic_load(&db->failed)) {
 			seal_pending(db);
 			if (db->opt.sync == SL_SYNC_EVERYSEC && !stop) {
@@ -439,6 +448,14 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 		sl_rec_encode(dst, type, seq, expire_at, key, klen, val, vlen);
 	}
 	atomic_store_explicit(&a->end, end + size, memory_order_release); /* invariant 1 */
+	uint64_t pop = atomic_load_explicit(&a->populated, memory_order_relaxed);
+	if (end + size + POP_AHEAD / 2 > pop && pop < (a->cap & ~(uint64_t)4095u) &&
+	    !atomic_load_explicit(&db->pop_wanted, memory_order_relaxed)) {
+		pthread_mutex_lock(&db->sync_mu);
+		atomic_store(&db->pop_wanted, 1);
+		pthread_cond_signal(&db->flush_cv);
+		pthread_mutex_unlock(&db->sync_mu);
+	}
 	a->last_seq = seq;
 	atomic_store_explicit(&db->last_seq, seq, memory_order_release);
 	sl_loc loc = {.seg = a->id, .off = (uint32_t)end, .size = (uint32_t)size,

@@ -39,6 +39,7 @@ struct sl_db {
 	pthread_cond_t flush_cv; /* wakes the flusher */
 	uint64_t synced_seq;
 	int syncing, stop, seal_wanted;
+	_Atomic int pop_wanted; /* the appender nears the populated mark */
 	pthread_t flusher;
 	int flusher_started;
 

@@ -22,6 +22,7 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <xxhash.h>
 
@@ -41,11 +42,36 @@ typedef struct shard {
 	uint8_t *arena;
 	uint32_t used, cap, freed;
 	uint32_t keys, tombs;
+	int mapped; /* arena is an ARENA_MAX reservation (else malloc'd) */
 } shard;
 
 struct sl_keydir {
 	shard shards[SL_KD_SHARDS];
 };
+
+/* Arenas live in reserved anonymous memory: ARENA_MAX of address space per
+ * shard, mapped without a commitment, so growing never copies and resident
+ * memory is what was written (rounded to a page).  When the reservation is
+ * refused (strict overcommit), fall back to realloc. */
+static uint8_t *arena_map(void)
+{
+	void *p = mmap(NULL, ARENA_MAX, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static void arena_release(shard *s)
+{
+	if (s->arena == NULL) {
+		return;
+	}
+	if (s->mapped) {
+		munmap(s->arena, ARENA_MAX);
+	} else {
+		free(s->arena);
+	}
+	s->arena = NULL;
+}
 
 uint64_t sl_keydir_hash(const void *key, size_t klen) { return XXH3_64bits(key, klen); }
 
@@ -105,7 +131,7 @@ void sl_keydir_free(sl_keydir *kd)
 	for (unsigned i = 0; i < SL_KD_SHARDS; i++) {
 		pthread_rwlock_destroy(&kd->shards[i].lock);
 		free(kd->shards[i].slots);
-		free(kd->shards[i].arena);
+		arena_release(&kd->shards[i]);
 	}
 	free(kd);
 }
@@ -159,8 +185,9 @@ static int grow_slots(shard *s)
 static int arena_repack(shard *s)
 {
 	uint32_t cap = s->used - s->freed + 64u;
-	uint8_t *a = malloc(cap);
-	if (a == NULL) {
+	uint8_t *a = arena_map();
+	int mapped = a != NULL;
+	if (a == NULL && (a = malloc(cap)) == NULL) {
 		return SL_ENOMEM;
 	}
 	uint32_t used = 0;
@@ -175,10 +202,11 @@ static int arena_repack(shard *s)
 		s->slots[i] = (v & 0xff000000u) | (used / 4u + 1u);
 		used += (uint32_t)sz;
 	}
-	free(s->arena);
+	arena_release(s);
 	s->arena = a;
+	s->mapped = mapped;
 	s->used = used;
-	s->cap = cap;
+	s->cap = mapped ? ARENA_MAX : cap;
 	s->freed = 0;
 	return SL_OK;
 }
@@ -190,6 +218,11 @@ static int arena_reserve(shard *s, size_t need)
 	}
 	if ((size_t)s->used + need > ARENA_MAX) {
 		return SL_ENOMEM;
+	}
+	if (s->arena == NULL && (s->arena = arena_map()) != NULL) {
+		s->mapped = 1;
+		s->cap = ARENA_MAX;
+		return SL_OK;
 	}
 	/* Grow by 1/4: the arena is most of the keydir, so slack is memory. */
 	size_t cap = (size_t)s->cap + s->cap / 4u;
@@ -409,7 +442,7 @@ void sl_keydir_stats_get(sl_keydir *kd, sl_keydir_stats *out)
 		out->keys += s->keys;
 		out->tombstones += s->tombs;
 		out->bytes += (uint64_t)(s->mask ? s->mask + 1 : 0) * 4u + s->used - s->freed + sizeof(*s);
-		out->arena_cap += s->cap;
+		out->arena_cap += s->mapped ? (s->used + 4095u) & ~4095u : s->cap;
 		pthread_rwlock_unlock(&s->lock);
 	}
 }

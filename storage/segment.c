@@ -202,6 +202,16 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
 	if (fsyncs != NULL) {
 		__atomic_fetch_add(fsyncs, 1, __ATOMIC_RELAXED);
 	}
+	if (s->writable) {
+		/* Unmap the fully written pages first: writeback then finds no
+		 * writable mapping to clean, which would cost a TLB-shootdown IPI
+		 * per page.  The pages stay dirty in the page cache; a later read
+		 * faults them back in.  Nothing is lost by this. */
+		uint64_t from = atomic_load(&s->synced) & ~(uint64_t)4095u, to = end & ~(uint64_t)4095u;
+		if (to > from) {
+			madvise(s->map + from, (size_t)(to - from), MADV_DONTNEED);
+		}
+	}
 	if (io->fdatasync(s->fd) != 0) {
 		return SL_EIO;
 	}
@@ -210,6 +220,30 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
 	while (cur < end && !atomic_compare_exchange_weak(&s->synced, &cur, end)) {
 	}
 	return SL_OK;
+}
+
+void sl_seg_populate(sl_seg *s, uint64_t upto)
+{
+#ifdef MADV_POPULATE_WRITE
+	if (!s->writable) {
+		return;
+	}
+	if (upto > s->cap) {
+		upto = s->cap;
+	}
+	uint64_t from = atomic_load(&s->populated) & ~(uint64_t)4095u;
+	upto = (upto + 4095u) & ~(uint64_t)4095u;
+	if (upto > s->cap) {
+		upto = s->cap & ~(uint64_t)4095u;
+	}
+	if (upto > from) {
+		madvise(s->map + from, (size_t)(upto - from), MADV_POPULATE_WRITE);
+		atomic_store(&s->populated, upto);
+	}
+#else
+	(void)s;
+	(void)upto;
+#endif
 }
 
 int sl_seg_trim(const struct sl_io *io, sl_seg *s)

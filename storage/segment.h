@@ -26,6 +26,7 @@ typedef struct sl_seg {
 	_Atomic uint64_t synced;    /* bytes known durable */
 	_Atomic uint64_t live;      /* bytes of put records the keydir points at */
 	_Atomic int sealed;         /* trimmed, synced, hint written */
+	_Atomic uint64_t populated; /* active: pages before this are mapped in */
 	int writable;
 } sl_seg;
 
@@ -57,6 +58,11 @@ void sl_seg_close(const struct sl_io *io, sl_seg *s);
 
 /* Makes bytes [synced, end) durable with fdatasync.  SL_EIO on failure. */
 int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs);
+
+/* Faults pages [populated, upto) of a writable mapping in ahead of the
+ * appender (MADV_POPULATE_WRITE), so appends do not page-fault.  Best
+ * effort: older kernels just leave the faults to the appender. */
+void sl_seg_populate(sl_seg *s, uint64_t upto);
 
 /* Cuts the file to its written length (drops the preallocated tail). */
 int sl_seg_trim(const struct sl_io *io, sl_seg *s);
