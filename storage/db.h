@@ -35,10 +35,12 @@ struct sl_db {
 
 	/* sync policy and the flusher thread */
 	pthread_mutex_t sync_mu;
-	pthread_cond_t sync_cv;  /* group commit waiters */
 	pthread_cond_t flush_cv; /* wakes the flusher */
-	uint64_t synced_seq;
-	int syncing, stop, seal_wanted;
+	_Atomic uint64_t synced_seq;
+	_Atomic uint32_t sync_gen; /* futex word: bumped after every sync */
+	_Atomic int syncing;       /* a group-commit leader is syncing */
+	int stop, seal_wanted;
+	_Atomic int arriving;   /* sync=always writers not yet in the log */
 	_Atomic int pop_wanted; /* the appender nears the populated mark */
 	pthread_t flusher;
 	int flusher_started;

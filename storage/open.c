@@ -335,7 +335,6 @@ static void db_free(sl_db *db)
 	pthread_mutex_destroy(&db->seg_mu);
 	pthread_mutex_destroy(&db->append_mu);
 	pthread_mutex_destroy(&db->sync_mu);
-	pthread_cond_destroy(&db->sync_cv);
 	pthread_cond_destroy(&db->flush_cv);
 	free(db->dir);
 	free(db);
@@ -364,9 +363,14 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	db->io = o->io != NULL ? o->io : &sl_io_default;
 	db->dirfd = db->lockfd = -1;
 	pthread_mutex_init(&db->seg_mu, NULL);
-	pthread_mutex_init(&db->append_mu, NULL);
+	/* Adaptive: the appender's critical section is a memcpy and a keydir
+	 * update, shorter than a futex sleep. */
+	pthread_mutexattr_t ma;
+	pthread_mutexattr_init(&ma);
+	pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+	pthread_mutex_init(&db->append_mu, &ma);
+	pthread_mutexattr_destroy(&ma);
 	pthread_mutex_init(&db->sync_mu, NULL);
-	pthread_cond_init(&db->sync_cv, NULL);
 	pthread_cond_init(&db->flush_cv, NULL);
 	db->dir = strdup(dir);
 	db->kd = sl_keydir_new();
@@ -413,7 +417,7 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 		goto fail;
 	}
 	atomic_store(&db->last_seq, max_seq);
-	db->synced_seq = max_seq;
+	atomic_store(&db->synced_seq, max_seq);
 	if (db->active == NULL && !db->opt.read_only) {
 		sl_seg *s;
 		rc = sl_seg_create(db->io, db->dir, db->dirfd, next_id, max_seq + 1,
