@@ -122,7 +122,9 @@ static int list_segments(sl_db *db, uint32_t **ids_out, size_t *n_out)
 		free(ids);
 		return rc;
 	}
-	qsort(ids, n, sizeof(*ids), cmp_u32);
+	if (n > 1) {
+		qsort(ids, n, sizeof(*ids), cmp_u32);
+	}
 	*ids_out = ids;
 	*n_out = n;
 	return SL_OK;

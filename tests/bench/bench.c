@@ -10,7 +10,8 @@
  * benchmark, ops_per_sec, p50_us, p99_us, p999_us, rss_bytes_per_key).
  *
  *   shiplog-bench [--benchmarks=LIST] [--num=N] [--value-size=B] [--threads=T1,T2,...]
- *                 [--dir=D] [--sync=no|everysec|always] [--json] [--keep] [--help]
+ *                 [--dir=D] [--sync=no|everysec|always] [--json] [--segment-bytes=B]
+ *                 [--keep] [--help]
  *
  * Workloads (the table `benches` below; add compact, readwhilecompacting there):
  *   fillseq           N puts of keys 0..N-1 in order into an empty dir
@@ -35,7 +36,8 @@
  * (fixed 58 KiB, relative error under 0.4 %), merged for p50/p99/p99.9.  After
  * a write workload: keydir bytes per key (sl_stats), RssAnon growth per key
  * since before sl_open, and the dir's bytes on disk (sum of st_size, which
- * includes the active segment's preallocation; disk_alloc_bytes is st_blocks).
+ * includes the active segment's preallocation; disk_alloc_bytes is st_blocks,
+ * engine_disk_bytes the engine's written bytes).
  *
  * Exit status: 0; 1 on any sl_* error or a failed correctness check (a read
  * finding the wrong number of keys or a value of the wrong size); 2 on bad
@@ -46,6 +48,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <getopt.h>
 #include <malloc.h>
@@ -57,6 +60,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,6 +78,7 @@ static int opt_threads[64] = {1};
 static int opt_nthreads = 1;
 static const char *opt_dir = "/tmp/shiplog-bench";
 static sl_sync opt_sync = SL_SYNC_NO;
+static uint64_t opt_segment_bytes; /* 0: the engine's default */
 static int opt_json, opt_keep;
 
 static uint64_t *perm; /* perm[i]: the key index of the i-th fill put */
@@ -255,27 +260,70 @@ static long rss_anon_kb(void)
 	return kb;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+static int is_store_file(const char *name)
 {
-	(void)st;
-	(void)flag;
-	if (ftw->level == 0) {
-		return 0; /* keep the dir itself */
+	static const char *const suffixes[] = {".seg", ".hint", ".tmp"};
+	size_t len = strlen(name);
+	if (!strcmp(name, "LOCK")) {
+		return 1;
 	}
-	if (remove(path) != 0) {
-		die_sys("remove", path);
+	for (size_t i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
+		size_t sl = strlen(suffixes[i]);
+		if (len > sl && !strcmp(name + len - sl, suffixes[i])) {
+			return 1;
+		}
 	}
 	return 0;
 }
 
+/* Empties the data dir, creating it if missing.  It must hold only the
+ * engine's files (LOCK, *.seg, *.hint, *.tmp), so a mistyped --dir loses
+ * nothing, and no other handle may hold it: the engine's flock on dir/LOCK
+ * (open.c invariant 1) is checked first, as deleting LOCK would defeat it. */
 static void dir_wipe(void)
 {
-	if (nftw(opt_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 && errno != ENOENT) {
-		die_sys("nftw", opt_dir);
+	char path[4096];
+	DIR *d = opendir(opt_dir);
+	struct dirent *e;
+	if (!d) {
+		if (errno != ENOENT) {
+			die_sys("opendir", opt_dir);
+		}
+		if (mkdir(opt_dir, 0755) != 0 && errno != EEXIST) {
+			die_sys("mkdir", opt_dir);
+		}
+		return;
 	}
-	if (mkdir(opt_dir, 0755) != 0 && errno != EEXIST) {
-		die_sys("mkdir", opt_dir);
+	while ((e = readdir(d)) != NULL) {
+		if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) {
+			continue;
+		}
+		if (!is_store_file(e->d_name)) {
+			fprintf(stderr, "shiplog-bench: refusing to wipe %s: it holds '%s'\n",
+			        opt_dir, e->d_name);
+			exit(2);
+		}
 	}
+	snprintf(path, sizeof path, "%s/LOCK", opt_dir);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd >= 0) {
+		if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+			fprintf(stderr, "shiplog-bench: not wiping %s: %s\n", opt_dir,
+			        errno == EWOULDBLOCK ? sl_strerror(SL_EBUSY) : strerror(errno));
+			exit(1);
+		}
+		close(fd);
+	}
+	rewinddir(d);
+	while ((e = readdir(d)) != NULL) {
+		if (is_store_file(e->d_name)) {
+			snprintf(path, sizeof path, "%s/%s", opt_dir, e->d_name);
+			if (unlink(path) != 0) {
+				die_sys("unlink", path);
+			}
+		}
+	}
+	closedir(d);
 }
 
 static uint64_t du_size, du_alloc;
@@ -331,6 +379,9 @@ static void db_open(sl_sync sync)
 	sl_options o;
 	sl_options_init(&o);
 	o.sync = sync;
+	if (opt_segment_bytes) {
+		o.segment_bytes = opt_segment_bytes;
+	}
 	int rc = sl_open(opt_dir, &o, &db);
 	if (rc != SL_OK) {
 		die("sl_open", rc);
@@ -548,6 +599,7 @@ static void extra_fill(struct result *r)
 	      (double)(rss_anon_kb() - db_rss0_kb) * 1024.0 / keys);
 	extra(r, 0, "disk_bytes", "disk", "%llu", (unsigned long long)size);
 	extra(r, 0, "disk_alloc_bytes", "disk alloc", "%llu", (unsigned long long)alloc);
+	extra(r, 0, "engine_disk_bytes", "written", "%llu", (unsigned long long)st.disk_bytes);
 	extra(r, 0, "segments", "segments", "%llu", (unsigned long long)st.segments);
 }
 
@@ -750,6 +802,9 @@ static void bench_reopen(int threads)
 	extra(&r, 0, "open_hint_ms", "open with hints ms", "%.1f", us_hint / 1000);
 	extra(&r, 0, "open_nohint_ms", "without ms", "%.1f", us_nohint / 1000);
 	extra(&r, 0, "nohint_hint_ratio", "ratio", "%.2f", us_nohint / (us_hint > 0 ? us_hint : 1));
+	extra(&r, 0, "recovery_ms_hint", "engine recovery ms", "%llu",
+	      (unsigned long long)a.recovery_ms);
+	extra(&r, 0, "recovery_ms_nohint", "without", "%llu", (unsigned long long)b.recovery_ms);
 	extra(&r, 0, "keys", "keys", "%llu", (unsigned long long)keys);
 	extra(&r, 0, "hints_loaded", "hints loaded", "%llu", (unsigned long long)a.hints_loaded);
 	extra(&r, 0, "hints_removed", "hints removed", "%d", removed);
@@ -802,6 +857,8 @@ static void usage(FILE *f)
 	    "  --dir=D              data directory, wiped by fills (default /tmp/shiplog-bench)\n"
 	    "  --sync=no|everysec|always  sync policy except fillsync's always (default no)\n"
 	    "  --json               one JSON object per workload per line\n"
+	    "  --segment-bytes=B    segment size (default: the engine's, 64 MiB); smaller\n"
+	    "                       makes reopen load hint files at a small --num\n"
 	    "  --keep               leave the data directory behind (default: removed at exit)\n"
 	    "  --help               this text\n",
 	    opt_benchmarks);
@@ -853,6 +910,7 @@ int main(int argc, char **argv)
 	    {"sync", required_argument, NULL, 's'},
 	    {"json", no_argument, NULL, 'j'},
 	    {"keep", no_argument, NULL, 'k'},
+	    {"segment-bytes", required_argument, NULL, 'S'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -903,6 +961,12 @@ int main(int argc, char **argv)
 			break;
 		case 'k':
 			opt_keep = 1;
+			break;
+		case 'S':
+			if (parse_u64(optarg, &v) || v < 4096) {
+				bad_arg("segment-bytes", optarg);
+			}
+			opt_segment_bytes = v;
 			break;
 		case 'h':
 			usage(stdout);
