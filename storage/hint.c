@@ -49,8 +49,11 @@ static int write_all(const struct sl_io *io, int fd, const uint8_t *p, size_t n)
 	off_t off = 0;
 	while (n > 0) {
 		ssize_t w = io->pwrite(fd, p, n, off);
-		if (w <= 0) {
+		if (w < 0) {
 			return errno == ENOSPC ? SL_ENOSPC : SL_EIO;
+		}
+		if (w == 0) {
+			return SL_EIO;
 		}
 		p += w;
 		n -= (size_t)w;
@@ -75,7 +78,10 @@ int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_s
 		size_t size;
 		int d = sl_rec_decode(s->map + off, end - off, max_key, max_value, &r, &size);
 		if (d != SL_REC_OK) {
-			break; /* the segment's own scan decided where it ends */
+			/* Skip damage the way recovery's scan does, or the hint
+			 * would hide the valid records after it. */
+			off = sl_rec_next_valid(s->map, (size_t)off, (size_t)end, max_key, max_value);
+			continue;
 		}
 		if ((rc = buf_need(&b, SL_HINT_ENTRY_FIXED + r.klen + 4)) != SL_OK) {
 			goto out;
@@ -182,6 +188,7 @@ int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t 
 		uint16_t klen = sl_get16(e + 25);
 		uint64_t roff = sl_get32(e + 16), rsize = sl_get32(e + 20);
 		if (klen == 0 || klen > max_key || (e[24] != SL_REC_PUT && e[24] != SL_REC_DEL) ||
+		    (e[24] == SL_REC_DEL && rsize != SL_REC_HDR_SIZE + (uint64_t)klen) ||
 		    roff < SL_SEG_HDR_SIZE || rsize < SL_REC_HDR_SIZE + (uint64_t)klen ||
 		    roff + rsize > seg_size || off + SL_HINT_ENTRY_FIXED + klen > len - 4) {
 			goto out;

@@ -49,8 +49,8 @@ int sl_keydir_get(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
 int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
 		  int only_if_newer, sl_loc *old);
 
-/* Replaces key's location only if it is still exactly *expect (same segment
- * and offset): a concurrent overwrite wins.  1 when replaced, 0 when not. */
+/* Replaces key's location only if it is still exactly *expect (same segment,
+ * offset and seq): a concurrent overwrite wins.  1 when replaced, 0 when not. */
 int sl_keydir_cas(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *expect,
 		  const sl_loc *loc);
 

@@ -196,14 +196,8 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 		if (d == SL_REC_END && (active || all_zero(m + off, limit - off))) {
 			break;
 		}
-		uint64_t next = off + 1;
-		for (; next + SL_REC_HDR_SIZE <= limit; next++) {
-			if ((m[next + 4] == SL_REC_PUT || m[next + 4] == SL_REC_DEL) &&
-			    sl_rec_decode(m + next, limit - next, mk, mv, &r, &size) == SL_REC_OK) {
-				break;
-			}
-		}
-		if (next + SL_REC_HDR_SIZE > limit) {
+		uint64_t next = sl_rec_next_valid(m, (size_t)off, (size_t)limit, mk, mv);
+		if (next >= limit) {
 			if (!active) {
 				__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
 				sl_db_log(db, "warn", "segment %u: bad record at offset %llu, none after it",

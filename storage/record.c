@@ -58,7 +58,8 @@ int sl_rec_decode_header(const uint8_t *p, size_t avail, uint32_t max_key, uint3
 	r->vlen = sl_get32(p + 8);
 	r->seq = sl_get64(p + 12);
 	r->expire_at = sl_get64(p + 20);
-	if (r->type == 0 && r->crc == 0 && r->klen == 0 && r->vlen == 0 && r->seq == 0) {
+	if (r->type == 0 && r->crc == 0 && r->klen == 0 && r->vlen == 0 && r->seq == 0 &&
+	    p[5] == 0 && r->expire_at == 0) {
 		return SL_REC_END;
 	}
 	if ((r->type != SL_REC_PUT && r->type != SL_REC_DEL) || p[5] != 0 || r->klen == 0 ||
@@ -87,4 +88,18 @@ int sl_rec_decode(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max
 	r->val = p + SL_REC_HDR_SIZE + r->klen;
 	*size_out = size;
 	return SL_REC_OK;
+}
+
+size_t sl_rec_next_valid(const uint8_t *p, size_t from, size_t limit, uint32_t max_key,
+			 uint32_t max_value)
+{
+	for (size_t o = from + 1; o + SL_REC_HDR_SIZE <= limit; o++) {
+		sl_rec r;
+		size_t size;
+		if ((p[o + 4] == SL_REC_PUT || p[o + 4] == SL_REC_DEL) &&
+		    sl_rec_decode(p + o, limit - o, max_key, max_value, &r, &size) == SL_REC_OK) {
+			return o;
+		}
+	}
+	return limit;
 }

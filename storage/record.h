@@ -49,4 +49,10 @@ int sl_rec_decode(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max
 int sl_rec_decode_header(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max_value,
 			 sl_rec *r);
 
+/* The first offset in (from, limit) where a valid record starts (a PUT or
+ * DEL type byte and a matching checksum), or limit when there is none.
+ * Used to resynchronise after a damaged record. */
+size_t sl_rec_next_valid(const uint8_t *p, size_t from, size_t limit, uint32_t max_key,
+			 uint32_t max_value);
+
 #endif

@@ -153,7 +153,9 @@ int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writab
 		    sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get64(h + 16) == id) {
 			s->first_seq = sl_get64(h + 24);
 			*hdr_ok = 1;
-		} else if (memcmp(h, SL_SEG_MAGIC, 8) == 0 && sl_get32(h + 8) != SL_FORMAT_VERSION) {
+		} else if (memcmp(h, SL_SEG_MAGIC, 8) == 0 && sl_get32(h + 8) != SL_FORMAT_VERSION &&
+			   sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get64(h + 16) == id) {
+			/* An intact header of another version: not ours to read. */
 			rc = SL_ENOTSUP;
 			goto fail_map;
 		}
