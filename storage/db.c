@@ -31,11 +31,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
-#include <sys/syscall.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -43,6 +42,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,11 +50,11 @@
 #include "hint.h"
 #include "record.h"
 
-#define SEGTAB_BITS 12u
-#define GATHER_MAX_US 200 /* longest a group-commit leader waits for arrivals */
-#define POP_AHEAD (16u << 20) /* populate this far ahead of the appender */
-#define SEGTAB_CHUNK (1u << SEGTAB_BITS)
-#define SEGTAB_TOP 4096u
+#define SEGTAB_BITS   12u
+#define GATHER_MAX_US 200         /* longest a group-commit leader waits for arrivals */
+#define POP_AHEAD     (16u << 20) /* populate this far ahead of the appender */
+#define SEGTAB_CHUNK  (1u << SEGTAB_BITS)
+#define SEGTAB_TOP    4096u
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -75,14 +75,17 @@ void sl_db_log(sl_db *db, const char *level, const char *fmt, ...)
 	fprintf(stderr, "shiplog-storage %s %s: %s\n", level, db->dir, msg);
 }
 
-static inline void count(uint64_t *c, uint64_t n) { __atomic_fetch_add(c, n, __ATOMIC_RELAXED); }
+static inline void count(uint64_t *c, uint64_t n)
+{
+	__atomic_fetch_add(c, n, __ATOMIC_RELAXED);
+}
 
 static void set_failed(sl_db *db, int rc, const char *what)
 {
 	int expect = 0;
 	if (atomic_compare_exchange_strong(&db->failed, &expect, rc)) {
 		sl_db_log(db, "error", "%s failed (%s); refusing writes until reopen", what,
-			  sl_strerror(rc));
+		          sl_strerror(rc));
 	}
 }
 
@@ -140,8 +143,8 @@ void sl_options_init(sl_options *o)
 
 sl_seg *sl_db_seg(sl_db *db, uint32_t id)
 {
-	_Atomic(sl_seg *) *chunk = atomic_load_explicit(&db->segtab[(id >> SEGTAB_BITS) % SEGTAB_TOP],
-							memory_order_acquire);
+	_Atomic(sl_seg *) *chunk = atomic_load_explicit(
+	    &db->segtab[(id >> SEGTAB_BITS) % SEGTAB_TOP], memory_order_acquire);
 	if (chunk == NULL || (id >> SEGTAB_BITS) >= SEGTAB_TOP) {
 		return NULL;
 	}
@@ -259,7 +262,8 @@ int sl_db_sync_all(sl_db *db)
 		set_failed(db, SL_EFAILED, "fdatasync");
 	} else {
 		uint64_t cur = atomic_load(&db->synced_seq);
-		while (cur < target && !atomic_compare_exchange_weak(&db->synced_seq, &cur, target)) {
+		while (cur < target &&
+		       !atomic_compare_exchange_weak(&db->synced_seq, &cur, target)) {
 		}
 	}
 	gen_bump(db);
@@ -332,9 +336,10 @@ int sl_db_seal(sl_db *db, sl_seg *s)
 	}
 	count(&db->n_fsyncs, 1);
 	rc = sl_hint_write(db->io, db->dir, db->dirfd, s, db->opt.max_key_bytes,
-			   db->opt.max_value_bytes);
+	                   db->opt.max_value_bytes);
 	if (rc != SL_OK) {
-		sl_db_log(db, "warn", "hint for segment %u not written: %s", s->id, sl_strerror(rc));
+		sl_db_log(db, "warn", "hint for segment %u not written: %s", s->id,
+		          sl_strerror(rc));
 	}
 	atomic_store(&s->sealed, 1);
 	return SL_OK;
@@ -385,7 +390,8 @@ void *sl_db_flusher_main(void *arg)
 			pthread_mutex_unlock(&db->seg_mu);
 			if (a != NULL) {
 				uint64_t upto = atomic_load(&a->end) + POP_AHEAD;
-				while (atomic_load(&a->populated) < upto && atomic_load(&a->populated) < a->cap &&
+				while (atomic_load(&a->populated) < upto &&
+				       atomic_load(&a->populated) < a->cap &&
 				       !atomic_load(&a->sealed)) {
 					sl_seg_populate(a, atomic_load(&a->populated) + (1u << 20));
 				}
@@ -416,7 +422,7 @@ static int rotate(sl_db *db, size_t need)
 	}
 	sl_seg *n;
 	int rc = sl_seg_create(db->io, db->dir, db->dirfd, old->id + 1,
-			       atomic_load(&db->last_seq) + 1, cap, &n);
+	                       atomic_load(&db->last_seq) + 1, cap, &n);
 	if (rc != SL_OK) {
 		sl_db_log(db, "error", "cannot start segment %u: %s", old->id + 1, sl_strerror(rc));
 		return rc; /* nothing written: the store keeps serving */
@@ -453,8 +459,8 @@ static int live_cb(void *arg, const sl_loc *loc)
 /* One record into the log and the keydir.  raw != NULL: a verified record
  * from another node, appended byte for byte keeping its seq. */
 static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const void *val,
-		  size_t vlen, uint64_t expire_at, const uint8_t *raw, uint64_t raw_seq,
-		  uint64_t *seq_out)
+                  size_t vlen, uint64_t expire_at, const uint8_t *raw, uint64_t raw_seq,
+                  uint64_t *seq_out)
 {
 	size_t size = sl_rec_size(klen, vlen);
 	uint64_t h = sl_keydir_hash(key, klen);
@@ -505,8 +511,11 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 	}
 	a->last_seq = seq;
 	atomic_store_explicit(&db->last_seq, seq, memory_order_release);
-	sl_loc loc = {.seg = a->id, .off = (uint32_t)end, .size = (uint32_t)size,
-		      .tomb = type == SL_REC_DEL, .seq = seq};
+	sl_loc loc = {.seg = a->id,
+	              .off = (uint32_t)end,
+	              .size = (uint32_t)size,
+	              .tomb = type == SL_REC_DEL,
+	              .seq = seq};
 	rc = sl_db_index(db, h, key, klen, &loc);
 	if (rc != SL_OK) {
 		/* The record is in the log but not indexed: a reopen would serve
@@ -543,7 +552,7 @@ static int check_write(sl_db *db, const void *key, size_t klen, size_t vlen)
 }
 
 int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
-	       uint64_t ttl_ms, uint64_t *seq_out)
+               uint64_t ttl_ms, uint64_t *seq_out)
 {
 	int rc = check_write(db, key, klen, vlen);
 	if (rc != SL_OK) {
@@ -560,8 +569,7 @@ int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t 
 	return rc;
 }
 
-int sl_put(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
-	   uint64_t *seq_out)
+int sl_put(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen, uint64_t *seq_out)
 {
 	return sl_put_ttl(db, key, klen, val, vlen, 0, seq_out);
 }
@@ -587,7 +595,7 @@ int sl_apply_raw(sl_db *db, const void *rec, size_t len)
 	sl_rec r;
 	size_t size;
 	if (sl_rec_decode(rec, len, db->opt.max_key_bytes, db->opt.max_value_bytes, &r, &size) !=
-		SL_REC_OK ||
+	        SL_REC_OK ||
 	    size != len) {
 		return SL_ECORRUPT;
 	}
@@ -616,7 +624,7 @@ static int read_record(sl_db *db, const sl_loc *loc, const void *key, size_t kle
 	size_t size;
 	if (s == NULL || (uint64_t)loc->off + loc->size > atomic_load(&s->end) ||
 	    sl_rec_decode(s->map + loc->off, loc->size, db->opt.max_key_bytes,
-			  db->opt.max_value_bytes, r, &size) != SL_REC_OK ||
+	                  db->opt.max_value_bytes, r, &size) != SL_REC_OK ||
 	    size != loc->size || r->klen != klen || memcmp(r->key, key, klen) != 0) {
 		count(&db->n_corrupt, 1);
 		return SL_ECORRUPT;
@@ -649,7 +657,7 @@ static int get_cb(void *arg, const sl_loc *loc)
 }
 
 int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out,
-	       uint64_t *seq_out)
+               uint64_t *seq_out)
 {
 	if (db == NULL || key == NULL || klen == 0 || val_out == NULL || vlen_out == NULL) {
 		return SL_EINVAL;
@@ -723,7 +731,7 @@ static int scan_collect(void *arg, const void *key, size_t klen, const sl_loc *l
 }
 
 int sl_scan(sl_db *db, const void *prefix, size_t plen,
-	    int (*fn)(void *arg, const void *k, size_t kl, const void *v, size_t vl), void *arg)
+            int (*fn)(void *arg, const void *k, size_t kl, const void *v, size_t vl), void *arg)
 {
 	if (db == NULL || fn == NULL || (prefix == NULL && plen > 0)) {
 		return SL_EINVAL;
@@ -752,7 +760,7 @@ int sl_scan(sl_db *db, const void *prefix, size_t plen,
 /* ---- replication building blocks ---------------------------------------- */
 
 int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len_out,
-		uint64_t *next_seq_out)
+                uint64_t *next_seq_out)
 {
 	if (db == NULL || buf == NULL || len_out == NULL || next_seq_out == NULL || from_seq == 0) {
 		return SL_EINVAL;
@@ -777,7 +785,7 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 			sl_rec r;
 			size_t size;
 			if (sl_rec_decode(s->map + off, end - off, db->opt.max_key_bytes,
-					  db->opt.max_value_bytes, &r, &size) != SL_REC_OK) {
+			                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK) {
 				break;
 			}
 			if (r.seq >= *next_seq_out) {

@@ -45,19 +45,19 @@
 #include <stdint.h>
 #include <string.h>
 
-#define SL_SEG_MAGIC "SHIPLSEG"
-#define SL_HINT_MAGIC "SHIPLHNT"
+#define SL_SEG_MAGIC      "SHIPLSEG"
+#define SL_HINT_MAGIC     "SHIPLHNT"
 #define SL_FORMAT_VERSION 1u
 
-#define SL_SEG_HDR_SIZE 32u
-#define SL_REC_HDR_SIZE 28u
-#define SL_HINT_HDR_SIZE 24u
+#define SL_SEG_HDR_SIZE     32u
+#define SL_REC_HDR_SIZE     28u
+#define SL_HINT_HDR_SIZE    24u
 #define SL_HINT_ENTRY_FIXED 27u
 
 #define SL_REC_PUT 1u
 #define SL_REC_DEL 2u
 
-#define SL_MAX_KEY 65535u
+#define SL_MAX_KEY   65535u
 #define SL_MAX_VALUE (1u << 30)
 
 _Static_assert(SL_REC_HDR_SIZE == 4 + 1 + 1 + 2 + 4 + 8 + 8, "record header layout");
@@ -67,7 +67,11 @@ _Static_assert(SL_HINT_ENTRY_FIXED == 8 + 8 + 4 + 4 + 1 + 2, "hint entry layout"
 
 /* Little-endian helpers (x86 and arm64 are little-endian; the memcpy keeps
  * unaligned access defined). */
-static inline void sl_put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static inline void sl_put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
 static inline void sl_put32(uint8_t *p, uint32_t v)
 {
 	for (int i = 0; i < 4; i++) {
@@ -80,11 +84,18 @@ static inline void sl_put64(uint8_t *p, uint64_t v)
 		p[i] = (uint8_t)(v >> (8 * i));
 	}
 }
-static inline uint16_t sl_get16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint16_t sl_get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | (p[1] << 8));
+}
 static inline uint32_t sl_get32(const uint8_t *p)
 {
-	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+	return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+	       ((uint32_t)p[3] << 24);
 }
-static inline uint64_t sl_get64(const uint8_t *p) { return (uint64_t)sl_get32(p) | ((uint64_t)sl_get32(p + 4) << 32); }
+static inline uint64_t sl_get64(const uint8_t *p)
+{
+	return (uint64_t)sl_get32(p) | ((uint64_t)sl_get32(p + 4) << 32);
+}
 
 #endif

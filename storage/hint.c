@@ -63,7 +63,7 @@ static int write_all(const struct sl_io *io, int fd, const uint8_t *p, size_t n)
 }
 
 int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_seg *s,
-		  uint32_t max_key, uint32_t max_value)
+                  uint32_t max_key, uint32_t max_value)
 {
 	buf b = {0};
 	int rc = buf_need(&b, SL_HINT_HDR_SIZE);
@@ -80,7 +80,8 @@ int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_s
 		if (d != SL_REC_OK) {
 			/* Skip damage the way recovery's scan does, or the hint
 			 * would hide the valid records after it. */
-			off = sl_rec_next_valid(s->map, (size_t)off, (size_t)end, max_key, max_value);
+			off =
+			    sl_rec_next_valid(s->map, (size_t)off, (size_t)end, max_key, max_value);
 			continue;
 		}
 		if ((rc = buf_need(&b, SL_HINT_ENTRY_FIXED + r.klen + 4)) != SL_OK) {
@@ -141,7 +142,7 @@ out:
 }
 
 int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
-		 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
+                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
 {
 	char *path = sl_seg_path(dir, id, ".hint");
 	if (path == NULL) {

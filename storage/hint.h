@@ -26,7 +26,7 @@ typedef struct sl_hint_entry {
  * their checksum are left out.  Errors: SL_EIO, SL_ENOSPC, SL_ENOMEM; the
  * temporary file is removed on failure. */
 int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_seg *s,
-		  uint32_t max_key, uint32_t max_value);
+                  uint32_t max_key, uint32_t max_value);
 
 /* Reads and verifies segment id's hint file, then calls fn for each entry
  * in file order.  SL_ENOTFOUND when there is no hint file, SL_ECORRUPT when
@@ -34,6 +34,6 @@ int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_s
  * is only called once the whole file has verified.  A non-zero fn result
  * stops and is returned. */
 int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
-		 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg);
+                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg);
 
 #endif

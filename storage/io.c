@@ -13,7 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static int io_open(const char *path, int flags, mode_t mode) { return open(path, flags | O_CLOEXEC, mode); }
+static int io_open(const char *path, int flags, mode_t mode)
+{
+	return open(path, flags | O_CLOEXEC, mode);
+}
 
 static int io_fallocate(int fd, off_t off, off_t len)
 {
@@ -33,15 +36,15 @@ static uint64_t io_now_ms(void)
 }
 
 const struct sl_io sl_io_default = {
-	.open = io_open,
-	.close = close,
-	.pread = pread,
-	.pwrite = pwrite,
-	.fdatasync = fdatasync,
-	.fsync = fsync,
-	.ftruncate = ftruncate,
-	.fallocate = io_fallocate,
-	.rename = rename,
-	.unlink = unlink,
-	.now_ms = io_now_ms,
+    .open = io_open,
+    .close = close,
+    .pread = pread,
+    .pwrite = pwrite,
+    .fdatasync = fdatasync,
+    .fsync = fsync,
+    .ftruncate = ftruncate,
+    .fallocate = io_fallocate,
+    .rename = rename,
+    .unlink = unlink,
+    .now_ms = io_now_ms,
 };

@@ -22,17 +22,17 @@
 
 #include <pthread.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <xxhash.h>
 
 #include "format.h"
 #include "shiplog.h"
 
 #define ENTRY_FIXED 20u
-#define TOMB_BIT 0x80000000u
-#define ARENA_MAX (64u << 20)
-#define MIN_SLOTS 16u
+#define TOMB_BIT    0x80000000u
+#define ARENA_MAX   (64u << 20)
+#define MIN_SLOTS   16u
 
 typedef struct shard {
 	pthread_rwlock_t lock;
@@ -56,7 +56,7 @@ struct sl_keydir {
 static uint8_t *arena_map(void)
 {
 	void *p = mmap(NULL, ARENA_MAX, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	return p == MAP_FAILED ? NULL : p;
 }
 
@@ -73,17 +73,29 @@ static void arena_release(shard *s)
 	s->arena = NULL;
 }
 
-uint64_t sl_keydir_hash(const void *key, size_t klen) { return XXH3_64bits(key, klen); }
+uint64_t sl_keydir_hash(const void *key, size_t klen)
+{
+	return XXH3_64bits(key, klen);
+}
 
-static inline unsigned shard_of(uint64_t h) { return (unsigned)(h >> 54); }
-static inline uint32_t tag_of(uint64_t h) { return (uint32_t)(h >> 46) & 0xffu; }
+static inline unsigned shard_of(uint64_t h)
+{
+	return (unsigned)(h >> 54);
+}
+static inline uint32_t tag_of(uint64_t h)
+{
+	return (uint32_t)(h >> 46) & 0xffu;
+}
 
 static inline uint8_t *entry_at(const shard *s, uint32_t slot)
 {
 	return s->arena + (size_t)((slot & 0xffffffu) - 1) * 4u;
 }
 
-static inline size_t entry_size(size_t klen) { return (ENTRY_FIXED + klen + 3u) & ~(size_t)3u; }
+static inline size_t entry_size(size_t klen)
+{
+	return (ENTRY_FIXED + klen + 3u) & ~(size_t)3u;
+}
 
 static void entry_read(const uint8_t *e, sl_loc *loc)
 {
@@ -104,7 +116,10 @@ static void entry_write(uint8_t *e, const sl_loc *loc)
 	sl_put16(e + 16, (uint16_t)(loc->seq >> 32));
 }
 
-static inline uint16_t entry_klen(const uint8_t *e) { return sl_get16(e + 18); }
+static inline uint16_t entry_klen(const uint8_t *e)
+{
+	return sl_get16(e + 18);
+}
 
 static inline int entry_is(const uint8_t *e, const void *key, size_t klen)
 {
@@ -254,7 +269,7 @@ static void count_entry(shard *s, int tomb, int delta)
 }
 
 int sl_keydir_get(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
-		  int (*fn)(void *arg, const sl_loc *loc), void *arg)
+                  int (*fn)(void *arg, const sl_loc *loc), void *arg)
 {
 	shard *s = &kd->shards[shard_of(h)];
 	int rc = SL_ENOTFOUND;
@@ -273,7 +288,7 @@ int sl_keydir_get(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
 }
 
 int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
-		  int only_if_newer, sl_loc *old)
+                  int only_if_newer, sl_loc *old)
 {
 	shard *s = &kd->shards[shard_of(h)];
 	int rc;
@@ -333,7 +348,7 @@ static int same_place(const sl_loc *a, const sl_loc *b)
 }
 
 int sl_keydir_cas(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *expect,
-		  const sl_loc *loc)
+                  const sl_loc *loc)
 {
 	shard *s = &kd->shards[shard_of(h)];
 	int rc = 0;
@@ -357,8 +372,7 @@ int sl_keydir_cas(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const
 	return rc;
 }
 
-int sl_keydir_remove(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
-		     const sl_loc *expect)
+int sl_keydir_remove(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *expect)
 {
 	shard *s = &kd->shards[shard_of(h)];
 	int rc = 0;
@@ -405,8 +419,8 @@ out:
 }
 
 int sl_keydir_scan_shard(sl_keydir *kd, unsigned shard_idx,
-			 int (*fn)(void *arg, const void *key, size_t klen, const sl_loc *loc),
-			 void *arg)
+                         int (*fn)(void *arg, const void *key, size_t klen, const sl_loc *loc),
+                         void *arg)
 {
 	shard *s = &kd->shards[shard_idx];
 	int rc = 0;
@@ -441,7 +455,8 @@ void sl_keydir_stats_get(sl_keydir *kd, sl_keydir_stats *out)
 		pthread_rwlock_rdlock(&s->lock);
 		out->keys += s->keys;
 		out->tombstones += s->tombs;
-		out->bytes += (uint64_t)(s->mask ? s->mask + 1 : 0) * 4u + s->used - s->freed + sizeof(*s);
+		out->bytes +=
+		    (uint64_t)(s->mask ? s->mask + 1 : 0) * 4u + s->used - s->freed + sizeof(*s);
 		out->arena_cap += s->mapped ? (s->used + 4095u) & ~4095u : s->cap;
 		pthread_rwlock_unlock(&s->lock);
 	}

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SL_KD_SHARDS 1024u
+#define SL_KD_SHARDS  1024u
 #define SL_KD_SEQ_MAX ((1ull << 48) - 1) /* seqs are stored in 48 bits */
 
 typedef struct sl_loc {
@@ -39,7 +39,7 @@ uint64_t sl_keydir_hash(const void *key, size_t klen);
  * and returns fn's result; SL_ENOTFOUND (1) when absent.  fn must be short
  * and must not call back into the keydir. */
 int sl_keydir_get(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
-		  int (*fn)(void *arg, const sl_loc *loc), void *arg);
+                  int (*fn)(void *arg, const sl_loc *loc), void *arg);
 
 /* Inserts or replaces key's location.  With only_if_newer, an existing entry
  * whose seq is >= loc->seq is kept.  Returns 2 when the key was new, 1 when
@@ -47,22 +47,21 @@ int sl_keydir_get(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
  * (*old filled with the current entry), SL_ENOMEM when memory or the shard's
  * arena (64 MiB) ran out. */
 int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
-		  int only_if_newer, sl_loc *old);
+                  int only_if_newer, sl_loc *old);
 
 /* Replaces key's location only if it is still exactly *expect (same segment,
  * offset and seq): a concurrent overwrite wins.  1 when replaced, 0 when not. */
 int sl_keydir_cas(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *expect,
-		  const sl_loc *loc);
+                  const sl_loc *loc);
 
 /* Removes key only if its entry is still exactly *expect.  1 / 0 as above. */
-int sl_keydir_remove(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
-		     const sl_loc *expect);
+int sl_keydir_remove(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *expect);
 
 /* Calls fn for every entry of shard `shard` (0 .. SL_KD_SHARDS-1) under its
  * read lock.  A non-zero return stops and is returned.  key is borrowed. */
 int sl_keydir_scan_shard(sl_keydir *kd, unsigned shard,
-			 int (*fn)(void *arg, const void *key, size_t klen, const sl_loc *loc),
-			 void *arg);
+                         int (*fn)(void *arg, const void *key, size_t klen, const sl_loc *loc),
+                         void *arg);
 
 /* Takes and releases every shard's write lock once: after it returns, no
  * reader that looked a location up before the call is still inside its fn. */

@@ -103,7 +103,8 @@ static int list_segments(sl_db *db, uint32_t **ids_out, size_t *n_out)
 		}
 		unsigned long id = strtoul(e->d_name, NULL, 10);
 		if (id == 0 || id >= (1ul << 24)) {
-			sl_db_log(db, "warn", "ignoring segment file %s (id out of range)", e->d_name);
+			sl_db_log(db, "warn", "ignoring segment file %s (id out of range)",
+			          e->d_name);
 			continue;
 		}
 		if (n == cap) {
@@ -139,10 +140,10 @@ typedef struct load_ctx {
 } load_ctx;
 
 static int index_one(load_ctx *c, uint8_t type, const void *key, size_t klen, uint32_t off,
-		     uint32_t size, uint64_t seq)
+                     uint32_t size, uint64_t seq)
 {
-	sl_loc loc = {.seg = c->seg->id, .off = off, .size = size, .tomb = type == SL_REC_DEL,
-		      .seq = seq};
+	sl_loc loc = {
+	    .seg = c->seg->id, .off = off, .size = size, .tomb = type == SL_REC_DEL, .seq = seq};
 	if (seq > c->max_seq) {
 		c->max_seq = seq;
 	}
@@ -183,7 +184,8 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 		size_t size;
 		int d = sl_rec_decode(m + off, limit - off, mk, mv, &r, &size);
 		if (d == SL_REC_OK) {
-			int rc = index_one(c, r.type, r.key, r.klen, (uint32_t)off, (uint32_t)size, r.seq);
+			int rc = index_one(c, r.type, r.key, r.klen, (uint32_t)off, (uint32_t)size,
+			                   r.seq);
 			if (rc != SL_OK) {
 				return rc;
 			}
@@ -200,18 +202,20 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 		if (next >= limit) {
 			if (!active) {
 				__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
-				sl_db_log(db, "warn", "segment %u: bad record at offset %llu, none after it",
-					  c->seg->id, (unsigned long long)off);
+				sl_db_log(db, "warn",
+				          "segment %u: bad record at offset %llu, none after it",
+				          c->seg->id, (unsigned long long)off);
 			} else {
-				sl_db_log(db, "info", "segment %u: torn tail cut at offset %llu (%llu bytes)",
-					  c->seg->id, (unsigned long long)good_end,
-					  (unsigned long long)(limit - good_end));
+				sl_db_log(db, "info",
+				          "segment %u: torn tail cut at offset %llu (%llu bytes)",
+				          c->seg->id, (unsigned long long)good_end,
+				          (unsigned long long)(limit - good_end));
 			}
 			break;
 		}
 		__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
 		sl_db_log(db, "warn", "segment %u: bad record at offset %llu, %llu bytes skipped",
-			  c->seg->id, (unsigned long long)off, (unsigned long long)(next - off));
+		          c->seg->id, (unsigned long long)off, (unsigned long long)(next - off));
 		off = next;
 	}
 	*end_out = good_end;
@@ -229,7 +233,8 @@ static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
 		return rc;
 	}
 	uint64_t size = sl_seg_file_size(s);
-	if (!hdr_ok && !(last && all_zero(s->map, size < SL_SEG_HDR_SIZE ? size : SL_SEG_HDR_SIZE))) {
+	if (!hdr_ok &&
+	    !(last && all_zero(s->map, size < SL_SEG_HDR_SIZE ? size : SL_SEG_HDR_SIZE))) {
 		__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
 		sl_db_log(db, "warn", "segment %u: damaged file header", id);
 	}
@@ -306,7 +311,8 @@ static int check_options(const sl_options *o)
 	    o->segment_bytes > 0xffffffffull - (SL_MAX_VALUE + (1u << 20))) {
 		return SL_EINVAL;
 	}
-	if (o->max_key_bytes == 0 || o->max_key_bytes > SL_MAX_KEY || o->max_value_bytes > SL_MAX_VALUE) {
+	if (o->max_key_bytes == 0 || o->max_key_bytes > SL_MAX_KEY ||
+	    o->max_value_bytes > SL_MAX_VALUE) {
 		return SL_EINVAL;
 	}
 	return SL_OK;
@@ -417,7 +423,7 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	if (db->active == NULL && !db->opt.read_only) {
 		sl_seg *s;
 		rc = sl_seg_create(db->io, db->dir, db->dirfd, next_id, max_seq + 1,
-				   (size_t)db->opt.segment_bytes, &s);
+		                   (size_t)db->opt.segment_bytes, &s);
 		if (rc != SL_OK) {
 			goto fail;
 		}

@@ -22,10 +22,13 @@ uint32_t sl_crc32c_extend(uint32_t crc, const void *buf, size_t len)
 	return ~c;
 }
 
-uint32_t sl_crc32c(const void *buf, size_t len) { return sl_crc32c_extend(0, buf, len); }
+uint32_t sl_crc32c(const void *buf, size_t len)
+{
+	return sl_crc32c_extend(0, buf, len);
+}
 
 void sl_rec_encode(uint8_t *dst, uint8_t type, uint64_t seq, uint64_t expire_at, const void *key,
-		   size_t klen, const void *val, size_t vlen)
+                   size_t klen, const void *val, size_t vlen)
 {
 	dst[4] = type;
 	dst[5] = 0;
@@ -41,7 +44,7 @@ void sl_rec_encode(uint8_t *dst, uint8_t type, uint64_t seq, uint64_t expire_at,
 }
 
 int sl_rec_decode_header(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max_value,
-			 sl_rec *r)
+                         sl_rec *r)
 {
 	if (avail < SL_REC_HDR_SIZE) {
 		/* A short, all-zero remainder is still the clean end. */
@@ -71,7 +74,7 @@ int sl_rec_decode_header(const uint8_t *p, size_t avail, uint32_t max_key, uint3
 }
 
 int sl_rec_decode(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max_value, sl_rec *r,
-		  size_t *size_out)
+                  size_t *size_out)
 {
 	int rc = sl_rec_decode_header(p, avail, max_key, max_value, r);
 	if (rc != SL_REC_OK) {
@@ -91,7 +94,7 @@ int sl_rec_decode(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max
 }
 
 size_t sl_rec_next_valid(const uint8_t *p, size_t from, size_t limit, uint32_t max_key,
-			 uint32_t max_value)
+                         uint32_t max_value)
 {
 	for (size_t o = from + 1; o + SL_REC_HDR_SIZE <= limit; o++) {
 		sl_rec r;

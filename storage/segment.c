@@ -33,7 +33,10 @@ static uint64_t file_size_of(int fd)
 	return fstat(fd, &st) == 0 ? (uint64_t)st.st_size : 0;
 }
 
-static int err_of(int e) { return e == ENOSPC || e == EDQUOT ? SL_ENOSPC : SL_EIO; }
+static int err_of(int e)
+{
+	return e == ENOSPC || e == EDQUOT ? SL_ENOSPC : SL_EIO;
+}
 
 char *sl_seg_path(const char *dir, uint32_t id, const char *suffix)
 {
@@ -82,7 +85,7 @@ static int map_seg(sl_seg *s, size_t len, int writable)
 }
 
 int sl_seg_create(const struct sl_io *io, const char *dir, int dirfd, uint32_t id,
-		  uint64_t first_seq, size_t cap, sl_seg **out)
+                  uint64_t first_seq, size_t cap, sl_seg **out)
 {
 	int rc = SL_ENOMEM;
 	char *path = sl_seg_path(dir, id, ".seg");
@@ -127,8 +130,8 @@ fail:
 	return rc;
 }
 
-int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writable,
-		sl_seg **out, int *hdr_ok)
+int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writable, sl_seg **out,
+                int *hdr_ok)
 {
 	int rc = SL_ENOMEM;
 	char *path = sl_seg_path(dir, id, ".seg");
@@ -153,8 +156,9 @@ int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writab
 		    sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get64(h + 16) == id) {
 			s->first_seq = sl_get64(h + 24);
 			*hdr_ok = 1;
-		} else if (memcmp(h, SL_SEG_MAGIC, 8) == 0 && sl_get32(h + 8) != SL_FORMAT_VERSION &&
-			   sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get64(h + 16) == id) {
+		} else if (memcmp(h, SL_SEG_MAGIC, 8) == 0 &&
+		           sl_get32(h + 8) != SL_FORMAT_VERSION &&
+		           sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get64(h + 16) == id) {
 			/* An intact header of another version: not ours to read. */
 			rc = SL_ENOTSUP;
 			goto fail_map;
@@ -181,7 +185,10 @@ fail:
 	return rc;
 }
 
-uint64_t sl_seg_file_size(const sl_seg *s) { return file_size_of(s->fd); }
+uint64_t sl_seg_file_size(const sl_seg *s)
+{
+	return file_size_of(s->fd);
+}
 
 void sl_seg_close(const struct sl_io *io, sl_seg *s)
 {
@@ -209,7 +216,8 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
 		 * writable mapping to clean, which would cost a TLB-shootdown IPI
 		 * per page.  The pages stay dirty in the page cache; a later read
 		 * faults them back in.  Nothing is lost by this. */
-		uint64_t from = atomic_load(&s->synced) & ~(uint64_t)4095u, to = end & ~(uint64_t)4095u;
+		uint64_t from = atomic_load(&s->synced) & ~(uint64_t)4095u,
+		         to = end & ~(uint64_t)4095u;
 		if (to > from) {
 			madvise(s->map + from, (size_t)(to - from), MADV_DONTNEED);
 		}

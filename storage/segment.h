@@ -18,8 +18,8 @@
 typedef struct sl_seg {
 	uint32_t id;
 	int fd;
-	uint8_t *map;    /* [0, cap) mapped; bytes [0, end) hold the header and records */
-	size_t cap;      /* mapped length (file length while active) */
+	uint8_t *map; /* [0, cap) mapped; bytes [0, end) hold the header and records */
+	size_t cap;   /* mapped length (file length while active) */
 	uint64_t first_seq;
 	uint64_t last_seq;          /* highest seq appended or found here */
 	_Atomic uint64_t end;       /* bytes written: header + whole records */
@@ -38,14 +38,14 @@ char *sl_seg_path(const char *dir, uint32_t id, const char *suffix);
  * writes and syncs the header, maps it writable.  Errors: SL_ENOSPC, SL_EIO,
  * SL_ENOMEM; a partly created file is removed. */
 int sl_seg_create(const struct sl_io *io, const char *dir, int dirfd, uint32_t id,
-		  uint64_t first_seq, size_t cap, sl_seg **out);
+                  uint64_t first_seq, size_t cap, sl_seg **out);
 
 /* Opens existing segment `id` (fd read-write when writable) and maps its
  * current length read-only; `end` is the file length until the caller's scan
  * says otherwise.  *hdr_ok is set to 0 when the file header is missing or
  * damaged (the caller decides).  Does not scan. */
 int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writable, sl_seg **out,
-		int *hdr_ok);
+                int *hdr_ok);
 
 /* Writes a fresh header into an opened, writable segment. */
 int sl_seg_write_header(const struct sl_io *io, sl_seg *s);
@@ -66,8 +66,6 @@ void sl_seg_populate(sl_seg *s, uint64_t upto);
 
 /* Cuts the file to its written length (drops the preallocated tail). */
 int sl_seg_trim(const struct sl_io *io, sl_seg *s);
-
-
 
 /* Turns an opened segment into the active one: cuts the file at `end`
  * (dropping a torn tail), preallocates cap bytes again and maps it writable. */

@@ -70,22 +70,22 @@ typedef struct sl_options {
 } sl_options;
 
 typedef struct sl_stats {
-	uint64_t keys;            /* keys with a live (non-deleted) value */
-	uint64_t tombstones;      /* deleted keys whose tombstone is still on disk */
-	uint64_t live_bytes;      /* bytes of records the keydir points at (puts) */
-	uint64_t dead_bytes;      /* every other record byte in the segments */
-	uint64_t disk_bytes;      /* size of segment files (active: written part) */
-	uint64_t segments;        /* segment files, the active one included */
-	uint64_t last_seq;        /* highest seq written or recovered */
-	uint64_t synced_seq;      /* highest seq known durable (fdatasync'd) */
-	uint64_t keydir_bytes;    /* memory the keydir uses (tables + key arena) */
-	uint64_t recovery_ms;     /* time sl_open took to rebuild the keydir */
-	uint64_t corrupt_records; /* bad records found at recovery or read */
-	uint64_t hints_loaded;    /* sealed segments loaded from hint files */
-	uint64_t segments_scanned;/* segments rebuilt by scanning records */
-	uint64_t fsyncs;          /* fdatasync/fsync calls made */
+	uint64_t keys;             /* keys with a live (non-deleted) value */
+	uint64_t tombstones;       /* deleted keys whose tombstone is still on disk */
+	uint64_t live_bytes;       /* bytes of records the keydir points at (puts) */
+	uint64_t dead_bytes;       /* every other record byte in the segments */
+	uint64_t disk_bytes;       /* size of segment files (active: written part) */
+	uint64_t segments;         /* segment files, the active one included */
+	uint64_t last_seq;         /* highest seq written or recovered */
+	uint64_t synced_seq;       /* highest seq known durable (fdatasync'd) */
+	uint64_t keydir_bytes;     /* memory the keydir uses (tables + key arena) */
+	uint64_t recovery_ms;      /* time sl_open took to rebuild the keydir */
+	uint64_t corrupt_records;  /* bad records found at recovery or read */
+	uint64_t hints_loaded;     /* sealed segments loaded from hint files */
+	uint64_t segments_scanned; /* segments rebuilt by scanning records */
+	uint64_t fsyncs;           /* fdatasync/fsync calls made */
 	uint64_t puts, gets, deletes;
-	int failed;               /* 0, or the sticky error that refuses writes */
+	int failed; /* 0, or the sticky error that refuses writes */
 } sl_stats;
 
 /* Fills *o with the defaults above. */
@@ -106,11 +106,11 @@ void sl_close(sl_db *db);
  * SL_EIO, SL_ENOSPC.  Under every sync policy the record is in the kernel
  * before return; with SL_SYNC_ALWAYS it is also on disk. */
 int sl_put(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
-	   uint64_t *seq_out);
+           uint64_t *seq_out);
 
 /* As sl_put, the key expiring ttl_ms from now (ttl_ms 0 = never). */
 int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
-	       uint64_t ttl_ms, uint64_t *seq_out);
+               uint64_t ttl_ms, uint64_t *seq_out);
 
 /* Looks key up.  On SL_OK *val_out is a malloc'd copy (caller frees; a
  * zero-length value still gets a non-NULL 1-byte allocation) and *vlen_out
@@ -120,7 +120,7 @@ int sl_get(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen
 
 /* As sl_get, also returning the seq of the record read (seq_out may be NULL). */
 int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out,
-	       uint64_t *seq_out);
+               uint64_t *seq_out);
 
 /* Writes a tombstone for key.  SL_ENOTFOUND (nothing written) when the key
  * has no live value. */
@@ -131,7 +131,7 @@ int sl_delete(sl_db *db, const void *key, size_t klen, uint64_t *seq_out);
  * returned.  fn may call other sl_* functions on db.  The scan sees each key
  * at most once; keys written during the scan may or may not be seen. */
 int sl_scan(sl_db *db, const void *prefix, size_t plen,
-	    int (*fn)(void *arg, const void *k, size_t kl, const void *v, size_t vl), void *arg);
+            int (*fn)(void *arg, const void *k, size_t kl, const void *v, size_t vl), void *arg);
 
 /* Fills *out with a snapshot of the counters. */
 int sl_stats_get(sl_db *db, sl_stats *out);
@@ -149,7 +149,7 @@ const char *sl_strerror(int rc);
  * *len_out gets the bytes copied, *next_seq_out the seq to ask for next.
  * SL_ESTALE when from_seq is no longer contiguous in the log (compacted). */
 int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len_out,
-		uint64_t *next_seq_out);
+                uint64_t *next_seq_out);
 
 /* Verifies one raw record (format.h) and appends it keeping its seq; the
  * keydir takes it only if its seq is higher than the key's current one.

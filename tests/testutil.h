@@ -25,6 +25,8 @@
 
 #include "format.h"
 
+#define TU_PATH 4400 /* a directory path plus a file name */
+
 /* ---- environment ------------------------------------------------------ */
 
 /* An unsigned integer from the environment, or def when unset/unparsable. */
@@ -175,9 +177,15 @@ static inline int tu_rm_rf(const char *path)
 			if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
 				continue;
 			}
-			char sub[4096];
-			snprintf(sub, sizeof(sub), "%s/%s", path, e->d_name);
+			size_t n = strlen(path) + strlen(e->d_name) + 2;
+			char *sub = malloc(n);
+			if (sub == NULL) {
+				closedir(d);
+				return -1;
+			}
+			snprintf(sub, n, "%s/%s", path, e->d_name);
 			tu_rm_rf(sub);
+			free(sub);
 		}
 		closedir(d);
 		return rmdir(path);
@@ -298,7 +306,7 @@ static inline int tu_snapshot_take(const char *dir, tu_snapshot *s)
 	struct dirent *e;
 	int rc = 0;
 	while ((e = readdir(d)) != NULL) {
-		char p[4096];
+		char p[TU_PATH];
 		struct stat st;
 		snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
 		if (lstat(p, &st) != 0 || !S_ISREG(st.st_mode) || strlen(e->d_name) >= 256) {
@@ -334,13 +342,13 @@ static inline int tu_snapshot_restore(const char *dir, const tu_snapshot *s)
 		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
 			continue;
 		}
-		char p[4096];
+		char p[TU_PATH];
 		snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
 		tu_rm_rf(p);
 	}
 	closedir(d);
 	for (size_t i = 0; i < s->n; i++) {
-		char p[4096];
+		char p[TU_PATH];
 		snprintf(p, sizeof(p), "%s/%s", dir, s->files[i].name);
 		if (tu_write_file(p, s->files[i].data, s->files[i].len) != 0) {
 			return -1;
