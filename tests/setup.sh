@@ -1,6 +1,9 @@
 # Shared setup steps for tests/run and cluster/up (sourced, not run).
 # Debian 12 packages the build and the tests need.
-SL_PACKAGES=(build-essential cmake pkg-config libxxhash-dev libisal-dev libcmocka-dev)
+SL_PACKAGES=(build-essential cmake pkg-config clang libclang-rt-14-dev
+	libxxhash-dev libisal-dev libcmocka-dev
+	libnng-dev libprotobuf-c-dev protobuf-c-compiler libjansson-dev libedit-dev
+	prometheus fio)
 
 sl_setup_packages() {
 	local missing=() p
