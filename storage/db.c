@@ -137,6 +137,10 @@ void sl_options_init(sl_options *o)
 	o->segment_bytes = 64ull << 20;
 	o->max_key_bytes = SL_MAX_KEY;
 	o->max_value_bytes = 16u << 20;
+	o->compact_background = 1;
+	o->compact_dead_ratio = 0.5;
+	o->compact_min_bytes = 0; /* 0: segment_bytes / 4, decided at open */
+	o->compact_interval_ms = 1000;
 }
 
 /* ---- segment table ------------------------------------------------------ */
@@ -186,9 +190,40 @@ int sl_db_seg_publish(sl_db *db, sl_seg *s)
 	return SL_OK;
 }
 
+void sl_db_seg_unpublish(sl_db *db, sl_seg *s)
+{
+	for (size_t i = 0; i < db->nsegs; i++) {
+		if (db->segs[i] == s) {
+			memmove(&db->segs[i], &db->segs[i + 1],
+			        (db->nsegs - i - 1) * sizeof(*db->segs));
+			db->nsegs--;
+			break;
+		}
+	}
+	_Atomic(sl_seg *) *chunk = atomic_load(&db->segtab[s->id >> SEGTAB_BITS]);
+	if (chunk != NULL) {
+		atomic_store_explicit(&chunk[s->id & (SEGTAB_CHUNK - 1)], NULL,
+		                      memory_order_release);
+	}
+}
+
 /* ---- keydir bookkeeping shared by recovery and the append path --------- */
 
 /* Installs loc for key (highest seq wins) and moves live-byte counts. */
+void sl_db_account(sl_db *db, const sl_loc *loc, int delta)
+{
+	sl_seg *s = sl_db_seg(db, loc->seg);
+	if (s == NULL) {
+		return;
+	}
+	_Atomic uint64_t *c = loc->tomb ? &s->tomb : &s->live;
+	if (delta > 0) {
+		atomic_fetch_add(c, loc->size);
+	} else {
+		atomic_fetch_sub(c, loc->size);
+	}
+}
+
 int sl_db_index(sl_db *db, uint64_t h, const void *key, size_t klen, const sl_loc *loc)
 {
 	sl_loc old;
@@ -199,14 +234,9 @@ int sl_db_index(sl_db *db, uint64_t h, const void *key, size_t klen, const sl_lo
 	if (rc == 0) {
 		return SL_OK; /* an equal or newer record is already indexed */
 	}
-	if (!loc->tomb) {
-		atomic_fetch_add(&sl_db_seg(db, loc->seg)->live, loc->size);
-	}
-	if (rc == 1 && !old.tomb) {
-		sl_seg *os = sl_db_seg(db, old.seg);
-		if (os != NULL) {
-			atomic_fetch_sub(&os->live, old.size);
-		}
+	sl_db_account(db, loc, +1);
+	if (rc == 1) {
+		sl_db_account(db, &old, -1);
 	}
 	return SL_OK;
 }
@@ -221,10 +251,13 @@ static int flush_all(sl_db *db)
 	pthread_mutex_lock(&db->seg_mu);
 	for (size_t i = db->nsegs; i > 0 && n < 8; i--) {
 		sl_seg *s = db->segs[i - 1];
+		if (s->flags & SL_SEG_COMPACTED) {
+			continue; /* synced before it was published */
+		}
 		if (atomic_load(&s->synced) < atomic_load(&s->end)) {
 			todo[n++] = s;
 		} else if (s->sealed) {
-			break; /* sealed ⇒ synced, and everything older is sealed */
+			break; /* sealed ⇒ synced, and every older log segment too */
 		}
 	}
 	pthread_mutex_unlock(&db->seg_mu);
@@ -346,7 +379,7 @@ int sl_db_seal(sl_db *db, sl_seg *s)
 }
 
 /* Seals every non-active, unsealed segment. */
-static void seal_pending(sl_db *db)
+void sl_db_seal_pending(sl_db *db)
 {
 	for (;;) {
 		sl_seg *s = NULL;
@@ -398,7 +431,7 @@ void *sl_db_flusher_main(void *arg)
 			}
 		}
 		if (!atomic_load(&db->failed)) {
-			seal_pending(db);
+			sl_db_seal_pending(db);
 			if (db->opt.sync == SL_SYNC_EVERYSEC && !stop) {
 				sl_db_sync_all(db);
 			}
@@ -415,16 +448,16 @@ void *sl_db_flusher_main(void *arg)
  * Caller holds append_mu.  The old segment is sealed by the flusher. */
 static int rotate(sl_db *db, size_t need)
 {
-	sl_seg *old = db->active;
 	size_t cap = (size_t)db->opt.segment_bytes;
 	if (cap < SL_SEG_HDR_SIZE + need) {
 		cap = SL_SEG_HDR_SIZE + need;
 	}
 	sl_seg *n;
-	int rc = sl_seg_create(db->io, db->dir, db->dirfd, old->id + 1,
-	                       atomic_load(&db->last_seq) + 1, cap, &n);
+	uint32_t id = atomic_fetch_add(&db->next_id, 1);
+	int rc =
+	    sl_seg_create(db->io, db->dir, db->dirfd, id, atomic_load(&db->last_seq) + 1, cap, &n);
 	if (rc != SL_OK) {
-		sl_db_log(db, "error", "cannot start segment %u: %s", old->id + 1, sl_strerror(rc));
+		sl_db_log(db, "error", "cannot start segment %u: %s", id, sl_strerror(rc));
 		return rc; /* nothing written: the store keeps serving */
 	}
 	pthread_mutex_lock(&db->seg_mu);
@@ -627,6 +660,9 @@ static int read_record(sl_db *db, const sl_loc *loc, const void *key, size_t kle
 	                  db->opt.max_value_bytes, r, &size) != SL_REC_OK ||
 	    size != loc->size || r->klen != klen || memcmp(r->key, key, klen) != 0) {
 		count(&db->n_corrupt, 1);
+		if (s != NULL) {
+			atomic_store(&s->corrupt, 1); /* never compacted away */
+		}
 		return SL_ECORRUPT;
 	}
 	return SL_OK;
@@ -768,18 +804,32 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 	*len_out = 0;
 	*next_seq_out = from_seq;
 	int rc = SL_OK;
+	size_t len = 0;
 	pthread_mutex_lock(&db->seg_mu);
-	size_t i = db->nsegs;
-	while (i > 0 && db->segs[i - 1]->first_seq > from_seq) {
-		i--;
+	/* The log is the run of segments not written by compaction, in id
+	 * order; a seq before the first of them is gone. */
+	size_t start = db->nsegs;
+	for (size_t i = db->nsegs; i > 0; i--) {
+		sl_seg *s = db->segs[i - 1];
+		if (s->flags & SL_SEG_COMPACTED) {
+			continue;
+		}
+		start = i - 1;
+		if (s->first_seq <= from_seq) {
+			break;
+		}
 	}
-	if (i == 0) {
-		rc = db->nsegs > 0 && from_seq <= atomic_load(&db->last_seq) ? SL_ESTALE : SL_OK;
+	if (start == db->nsegs || db->segs[start]->first_seq > from_seq) {
+		if (from_seq <= atomic_load(&db->last_seq)) {
+			rc = SL_ESTALE;
+		}
 		goto out;
 	}
-	size_t len = 0;
-	for (i = i - 1; i < db->nsegs; i++) {
+	for (size_t i = start; i < db->nsegs; i++) {
 		sl_seg *s = db->segs[i];
+		if (s->flags & SL_SEG_COMPACTED) {
+			continue;
+		}
 		uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
 		for (uint64_t off = SL_SEG_HDR_SIZE; off < end;) {
 			sl_rec r;
@@ -790,7 +840,7 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 			}
 			if (r.seq >= *next_seq_out) {
 				if (len + size > cap) {
-					goto done;
+					goto out;
 				}
 				memcpy((uint8_t *)buf + len, s->map + off, size);
 				len += size;
@@ -799,9 +849,8 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 			off += size;
 		}
 	}
-done:
-	*len_out = len;
 out:
+	*len_out = len;
 	pthread_mutex_unlock(&db->seg_mu);
 	return rc;
 }
@@ -824,9 +873,11 @@ int sl_stats_get(sl_db *db, sl_stats *out)
 	for (size_t i = 0; i < db->nsegs; i++) {
 		sl_seg *s = db->segs[i];
 		uint64_t end = atomic_load(&s->end), live = atomic_load(&s->live);
+		uint64_t tomb = atomic_load(&s->tomb);
 		out->disk_bytes += end;
 		out->live_bytes += live;
-		out->dead_bytes += end - SL_SEG_HDR_SIZE - live;
+		out->tomb_bytes += tomb;
+		out->dead_bytes += end - SL_SEG_HDR_SIZE - live - tomb;
 	}
 	pthread_mutex_unlock(&db->seg_mu);
 	out->last_seq = atomic_load(&db->last_seq);
@@ -840,5 +891,14 @@ int sl_stats_get(sl_db *db, sl_stats *out)
 	out->gets = __atomic_load_n(&db->n_gets, __ATOMIC_RELAXED);
 	out->deletes = __atomic_load_n(&db->n_deletes, __ATOMIC_RELAXED);
 	out->failed = atomic_load(&db->failed);
+	pthread_mutex_lock(&db->cthread_mu);
+	out->compactions = db->n_compactions;
+	out->compact_bytes_reclaimed = db->c_reclaimed;
+	out->compact_bytes_written = db->c_written;
+	out->compact_bytes_read = db->c_read;
+	out->last_compaction_ms = db->c_last_ms;
+	out->compact_errors = db->c_errors;
+	pthread_mutex_unlock(&db->cthread_mu);
+	out->compact_last_error = atomic_load(&db->c_last_error);
 	return SL_OK;
 }

@@ -25,7 +25,8 @@ struct sl_db {
 	sl_seg **segs;
 	size_t nsegs, capsegs;
 	_Atomic(_Atomic(sl_seg *) *) segtab[4096];
-	sl_seg *active_pub; /* the active segment, as seen under seg_mu */
+	sl_seg *active_pub;       /* the active segment, as seen under seg_mu */
+	_Atomic uint32_t next_id; /* next segment id (rotation and compaction) */
 
 	/* the appender */
 	pthread_mutex_t append_mu;
@@ -45,6 +46,17 @@ struct sl_db {
 	pthread_t flusher;
 	int flusher_started;
 
+	/* compaction (compact.c) */
+	pthread_mutex_t compact_mu; /* one run at a time */
+	pthread_mutex_t cthread_mu;
+	pthread_cond_t cthread_cv;
+	pthread_t compactor;
+	int compactor_started;
+	_Atomic int compact_stop;
+	_Atomic uint64_t protect_seq;
+	uint64_t n_compactions, c_reclaimed, c_written, c_read, c_last_ms, c_errors;
+	_Atomic int c_last_error;
+
 	/* counters */
 	uint64_t recovery_ms, hints_loaded, segments_scanned;
 	uint64_t n_corrupt, n_fsyncs, n_puts, n_gets, n_deletes;
@@ -57,11 +69,21 @@ sl_seg *sl_db_seg(sl_db *db, uint32_t id);
 int sl_db_seg_publish(sl_db *db, sl_seg *s);
 /* Points key at loc if loc's seq is the highest seen; moves live bytes. */
 int sl_db_index(sl_db *db, uint64_t h, const void *key, size_t klen, const sl_loc *loc);
+/* Adds (delta +1) or removes (-1) loc's record from its segment's live or
+ * tombstone byte count. */
+void sl_db_account(sl_db *db, const sl_loc *loc, int delta);
+/* Removes s from the table and the list.  Caller holds seg_mu. */
+void sl_db_seg_unpublish(sl_db *db, sl_seg *s);
 /* Sync, trim and write the hint of a segment that is no longer active. */
 int sl_db_seal(sl_db *db, sl_seg *s);
 /* Makes every record up to last_seq durable and advances synced_seq. */
 int sl_db_sync_all(sl_db *db);
 void *sl_db_flusher_main(void *arg);
+/* Seals every segment that is no longer active (normally the flusher's job). */
+void sl_db_seal_pending(sl_db *db);
+/* Starts / stops the background compaction thread (compact.c). */
+int sl_compactor_start(sl_db *db);
+void sl_compactor_stop(sl_db *db);
 
 void sl_db_log(sl_db *db, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

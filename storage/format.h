@@ -6,7 +6,7 @@
  *
  *   +--------------------------- 32-byte file header -----------------------+
  *   | magic "SHIPLSEG" (8) | version u32 | crc32c u32 of bytes 16..31       |
- *   | segment id u64       | first_seq u64 (seqs in this file are >= it)    |
+ *   | segment id u32 | flags u32 | first_seq u64 (seqs in file are >= it) |
  *   +-----------------------------------------------------------------------+
  *   | record | record | record | ...  | zero bytes (preallocated, unused)  |
  *
@@ -26,6 +26,10 @@
  *   rsvd    0
  *   seq     global sequence number assigned by the primary (1, 2, 3 ...)
  *   expire_at  milliseconds since the Unix epoch, 0 = never
+ *
+ * Segment flags: bit 0 SL_SEG_COMPACTED — written by compaction: records
+ * are not in seq order and the file is not part of the replication log;
+ * first_seq is the lowest seq it holds.  Other bits are 0.
  *
  * A record is self-contained: the same bytes are written to disk, shipped to
  * followers and replayed by them.
@@ -54,6 +58,8 @@
 #define SL_HINT_HDR_SIZE    24u
 #define SL_HINT_ENTRY_FIXED 27u
 
+#define SL_SEG_COMPACTED 1u
+
 #define SL_REC_PUT 1u
 #define SL_REC_DEL 2u
 
@@ -61,7 +67,7 @@
 #define SL_MAX_VALUE (1u << 30)
 
 _Static_assert(SL_REC_HDR_SIZE == 4 + 1 + 1 + 2 + 4 + 8 + 8, "record header layout");
-_Static_assert(SL_SEG_HDR_SIZE == 8 + 4 + 4 + 8 + 8, "segment header layout");
+_Static_assert(SL_SEG_HDR_SIZE == 8 + 4 + 4 + 4 + 4 + 8, "segment header layout");
 _Static_assert(SL_HINT_HDR_SIZE == 8 + 4 + 4 + 8, "hint header layout");
 _Static_assert(SL_HINT_ENTRY_FIXED == 8 + 8 + 4 + 4 + 1 + 2, "hint entry layout");
 

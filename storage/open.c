@@ -26,6 +26,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -96,6 +97,18 @@ static int list_segments(sl_db *db, uint32_t **ids_out, size_t *n_out)
 		size_t len = strlen(e->d_name);
 		if (len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0 && !db->opt.read_only) {
 			unlinkat(db->dirfd, e->d_name, 0);
+			continue;
+		}
+		if (len == 15 && strcmp(e->d_name + 10, ".hint") == 0 && is_digits(e->d_name, 10) &&
+		    !db->opt.read_only) {
+			/* A hint whose segment is gone (a crash between a
+			 * compaction's unlinks, or its hint written before the
+			 * output's rename) belongs to nothing. */
+			char seg[32];
+			snprintf(seg, sizeof(seg), "%.10s.seg", e->d_name);
+			if (faccessat(db->dirfd, seg, F_OK, 0) != 0 && errno == ENOENT) {
+				unlinkat(db->dirfd, e->d_name, 0);
+			}
 			continue;
 		}
 		if (len != 14 || strcmp(e->d_name + 10, ".seg") != 0 || !is_digits(e->d_name, 10)) {
@@ -202,6 +215,7 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 		if (next >= limit) {
 			if (!active) {
 				__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
+				atomic_store(&c->seg->corrupt, 1);
 				sl_db_log(db, "warn",
 				          "segment %u: bad record at offset %llu, none after it",
 				          c->seg->id, (unsigned long long)off);
@@ -214,6 +228,7 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 			break;
 		}
 		__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
+		atomic_store(&c->seg->corrupt, 1);
 		sl_db_log(db, "warn", "segment %u: bad record at offset %llu, %llu bytes skipped",
 		          c->seg->id, (unsigned long long)off, (unsigned long long)(next - off));
 		off = next;
@@ -311,6 +326,10 @@ static int check_options(const sl_options *o)
 	    o->segment_bytes > 0xffffffffull - (SL_MAX_VALUE + (1u << 20))) {
 		return SL_EINVAL;
 	}
+	if (!(o->compact_dead_ratio > 0.0 && o->compact_dead_ratio <= 1.0) ||
+	    (o->compact_background && o->compact_interval_ms == 0)) {
+		return SL_EINVAL;
+	}
 	if (o->max_key_bytes == 0 || o->max_key_bytes > SL_MAX_KEY ||
 	    o->max_value_bytes > SL_MAX_VALUE) {
 		return SL_EINVAL;
@@ -338,6 +357,9 @@ static void db_free(sl_db *db)
 	pthread_mutex_destroy(&db->append_mu);
 	pthread_mutex_destroy(&db->sync_mu);
 	pthread_cond_destroy(&db->flush_cv);
+	pthread_mutex_destroy(&db->compact_mu);
+	pthread_mutex_destroy(&db->cthread_mu);
+	pthread_cond_destroy(&db->cthread_cv);
 	free(db->dir);
 	free(db);
 }
@@ -374,6 +396,13 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	pthread_mutexattr_destroy(&ma);
 	pthread_mutex_init(&db->sync_mu, NULL);
 	pthread_cond_init(&db->flush_cv, NULL);
+	pthread_mutex_init(&db->compact_mu, NULL);
+	pthread_mutex_init(&db->cthread_mu, NULL);
+	pthread_cond_init(&db->cthread_cv, NULL);
+	if (db->opt.compact_min_bytes == 0) {
+		db->opt.compact_min_bytes = db->opt.segment_bytes / 4;
+	}
+	atomic_store(&db->protect_seq, db->opt.compact_protect_seq);
 	db->dir = strdup(dir);
 	db->kd = sl_keydir_new();
 	if (db->dir == NULL || db->kd == NULL) {
@@ -409,11 +438,29 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	if ((rc = list_segments(db, &ids, &n)) != SL_OK) {
 		goto fail;
 	}
+	/* The active segment is the newest one not written by compaction
+	 * (compaction outputs take fresh ids too, so it need not be the last);
+	 * it is loaded last so its first_seq can follow every other seq. */
+	size_t act = n;
+	for (size_t i = n; i > 0; i--) {
+		uint32_t flags = 0;
+		if (!sl_seg_peek(db->io, db->dir, ids[i - 1], &flags) ||
+		    !(flags & SL_SEG_COMPACTED)) {
+			act = i - 1;
+			break;
+		}
+	}
 	uint64_t max_seq = 0;
 	for (size_t i = 0; i < n && rc == SL_OK; i++) {
-		rc = load_segment(db, ids[i], i + 1 == n, &max_seq);
+		if (i != act) {
+			rc = load_segment(db, ids[i], 0, &max_seq);
+		}
+	}
+	if (rc == SL_OK && act < n) {
+		rc = load_segment(db, ids[act], 1, &max_seq);
 	}
 	uint32_t next_id = n > 0 ? ids[n - 1] + 1 : 1;
+	atomic_store(&db->next_id, next_id);
 	free(ids);
 	if (rc != SL_OK) {
 		goto fail;
@@ -422,8 +469,8 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	atomic_store(&db->synced_seq, max_seq);
 	if (db->active == NULL && !db->opt.read_only) {
 		sl_seg *s;
-		rc = sl_seg_create(db->io, db->dir, db->dirfd, next_id, max_seq + 1,
-		                   (size_t)db->opt.segment_bytes, &s);
+		rc = sl_seg_create(db->io, db->dir, db->dirfd, atomic_fetch_add(&db->next_id, 1),
+		                   max_seq + 1, (size_t)db->opt.segment_bytes, &s);
 		if (rc != SL_OK) {
 			goto fail;
 		}
@@ -444,6 +491,9 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 			goto fail;
 		}
 		db->flusher_started = 1;
+		if ((rc = sl_compactor_start(db)) != SL_OK) {
+			goto fail;
+		}
 	}
 	*out = db;
 	return SL_OK;
@@ -457,6 +507,7 @@ void sl_close(sl_db *db)
 	if (db == NULL) {
 		return;
 	}
+	sl_compactor_stop(db);
 	if (db->flusher_started) {
 		pthread_mutex_lock(&db->sync_mu);
 		db->stop = 1;

@@ -48,11 +48,12 @@ char *sl_seg_path(const char *dir, uint32_t id, const char *suffix)
 	return p;
 }
 
-static void encode_header(uint8_t *h, uint32_t id, uint64_t first_seq)
+static void encode_header(uint8_t *h, uint32_t id, uint32_t flags, uint64_t first_seq)
 {
 	memcpy(h, SL_SEG_MAGIC, 8);
 	sl_put32(h + 8, SL_FORMAT_VERSION);
-	sl_put64(h + 16, id);
+	sl_put32(h + 16, id);
+	sl_put32(h + 20, flags);
 	sl_put64(h + 24, first_seq);
 	sl_put32(h + 12, sl_crc32c(h + 16, 16));
 }
@@ -60,7 +61,7 @@ static void encode_header(uint8_t *h, uint32_t id, uint64_t first_seq)
 int sl_seg_write_header(const struct sl_io *io, sl_seg *s)
 {
 	uint8_t h[SL_SEG_HDR_SIZE];
-	encode_header(h, s->id, s->first_seq);
+	encode_header(h, s->id, s->flags, s->first_seq);
 	if (io->pwrite(s->fd, h, sizeof(h), 0) != (ssize_t)sizeof(h)) {
 		return err_of(errno);
 	}
@@ -87,13 +88,23 @@ static int map_seg(sl_seg *s, size_t len, int writable)
 int sl_seg_create(const struct sl_io *io, const char *dir, int dirfd, uint32_t id,
                   uint64_t first_seq, size_t cap, sl_seg **out)
 {
+	return sl_seg_create_as(io, dir, dirfd, id, first_seq, cap, "", 0, out);
+}
+
+int sl_seg_create_as(const struct sl_io *io, const char *dir, int dirfd, uint32_t id,
+                     uint64_t first_seq, size_t cap, const char *suffix, uint32_t flags,
+                     sl_seg **out)
+{
 	int rc = SL_ENOMEM;
-	char *path = sl_seg_path(dir, id, ".seg");
+	char sfx[32];
+	snprintf(sfx, sizeof(sfx), ".seg%s", suffix);
+	char *path = sl_seg_path(dir, id, sfx);
 	sl_seg *s = calloc(1, sizeof(*s));
 	if (path == NULL || s == NULL) {
 		goto fail;
 	}
 	s->id = id;
+	s->flags = flags;
 	s->first_seq = first_seq;
 	s->last_seq = first_seq - 1;
 	s->writable = 1;
@@ -153,12 +164,13 @@ int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writab
 	if (size >= SL_SEG_HDR_SIZE) {
 		const uint8_t *h = s->map;
 		if (memcmp(h, SL_SEG_MAGIC, 8) == 0 && sl_get32(h + 8) == SL_FORMAT_VERSION &&
-		    sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get64(h + 16) == id) {
+		    sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get32(h + 16) == id) {
+			s->flags = sl_get32(h + 20);
 			s->first_seq = sl_get64(h + 24);
 			*hdr_ok = 1;
 		} else if (memcmp(h, SL_SEG_MAGIC, 8) == 0 &&
 		           sl_get32(h + 8) != SL_FORMAT_VERSION &&
-		           sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get64(h + 16) == id) {
+		           sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get32(h + 16) == id) {
 			/* An intact header of another version: not ours to read. */
 			rc = SL_ENOTSUP;
 			goto fail_map;
@@ -293,4 +305,26 @@ int sl_seg_activate(const struct sl_io *io, sl_seg *s, uint64_t end, size_t cap)
 	atomic_store(&s->end, end);
 	atomic_store(&s->synced, end);
 	return SL_OK;
+}
+
+int sl_seg_peek(const struct sl_io *io, const char *dir, uint32_t id, uint32_t *flags)
+{
+	char *path = sl_seg_path(dir, id, ".seg");
+	if (path == NULL) {
+		return 0;
+	}
+	int fd = io->open(path, O_RDONLY, 0);
+	free(path);
+	if (fd < 0) {
+		return 0;
+	}
+	uint8_t h[SL_SEG_HDR_SIZE];
+	int ok = io->pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
+	         memcmp(h, SL_SEG_MAGIC, 8) == 0 && sl_get32(h + 12) == sl_crc32c(h + 16, 16) &&
+	         sl_get32(h + 16) == id;
+	io->close(fd);
+	if (ok) {
+		*flags = sl_get32(h + 20);
+	}
+	return ok;
 }

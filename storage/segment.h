@@ -22,9 +22,13 @@ typedef struct sl_seg {
 	size_t cap;   /* mapped length (file length while active) */
 	uint64_t first_seq;
 	uint64_t last_seq;          /* highest seq appended or found here */
+	uint32_t flags;             /* SL_SEG_COMPACTED (format.h) */
+	_Atomic int compacting;     /* an input of the running compaction */
 	_Atomic uint64_t end;       /* bytes written: header + whole records */
 	_Atomic uint64_t synced;    /* bytes known durable */
 	_Atomic uint64_t live;      /* bytes of put records the keydir points at */
+	_Atomic uint64_t tomb;      /* bytes of tombstones the keydir points at */
+	_Atomic int corrupt;        /* a bad record was found: never compacted */
 	_Atomic int sealed;         /* trimmed, synced, hint written */
 	_Atomic uint64_t populated; /* active: pages before this are mapped in */
 	int writable;
@@ -46,6 +50,17 @@ int sl_seg_create(const struct sl_io *io, const char *dir, int dirfd, uint32_t i
  * damaged (the caller decides).  Does not scan. */
 int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writable, sl_seg **out,
                 int *hdr_ok);
+
+/* As sl_seg_create, under the name NNNNNNNNNN.seg<suffix> (e.g. ".tmp" for
+ * compaction output, renamed into place later), with header flags.  With
+ * suffix ".seg" exactly sl_seg_create; the header is written again (with the
+ * final first_seq) by sl_seg_write_header before the rename. */
+int sl_seg_create_as(const struct sl_io *io, const char *dir, int dirfd, uint32_t id,
+                     uint64_t first_seq, size_t cap, const char *suffix, uint32_t flags,
+                     sl_seg **out);
+
+/* Reads segment id's header only: 1 and *flags when valid, 0 when not. */
+int sl_seg_peek(const struct sl_io *io, const char *dir, uint32_t id, uint32_t *flags);
 
 /* Writes a fresh header into an opened, writable segment. */
 int sl_seg_write_header(const struct sl_io *io, sl_seg *s);

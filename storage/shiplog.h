@@ -67,13 +67,23 @@ typedef struct sl_options {
 	void (*log_fn)(void *arg, const char *level, const char *msg);
 	void *log_arg;
 	int quiet;
+	/* Compaction (storage/compact.c) */
+	int compact_background;       /* 1 (default): a background thread compacts */
+	double compact_dead_ratio;    /* compact a sealed segment at this dead share, default 0.5 */
+	uint64_t compact_min_bytes;   /* sealed segments smaller than this are merged together
+	                               * rather than compacted alone; default segment_bytes / 4 */
+	uint32_t compact_interval_ms; /* how often the background thread looks, default 1000 */
+	uint64_t compact_protect_seq; /* never compact a segment holding a seq >= this
+	                               * (replication backlog); 0 = no limit.  See
+	                               * sl_compact_protect(). */
 } sl_options;
 
 typedef struct sl_stats {
 	uint64_t keys;             /* keys with a live (non-deleted) value */
 	uint64_t tombstones;       /* deleted keys whose tombstone is still on disk */
 	uint64_t live_bytes;       /* bytes of records the keydir points at (puts) */
-	uint64_t dead_bytes;       /* every other record byte in the segments */
+	uint64_t tomb_bytes;       /* bytes of tombstones the keydir points at */
+	uint64_t dead_bytes;       /* every other record byte: what compaction can reclaim */
 	uint64_t disk_bytes;       /* size of segment files (active: written part) */
 	uint64_t segments;         /* segment files, the active one included */
 	uint64_t last_seq;         /* highest seq written or recovered */
@@ -85,7 +95,14 @@ typedef struct sl_stats {
 	uint64_t segments_scanned; /* segments rebuilt by scanning records */
 	uint64_t fsyncs;           /* fdatasync/fsync calls made */
 	uint64_t puts, gets, deletes;
-	int failed; /* 0, or the sticky error that refuses writes */
+	int failed;                       /* 0, or the sticky error that refuses writes */
+	uint64_t compactions;             /* compaction runs that finished */
+	uint64_t compact_bytes_reclaimed; /* segment bytes deleted minus bytes written */
+	uint64_t compact_bytes_written;   /* bytes written by compaction */
+	uint64_t compact_bytes_read;      /* bytes of input segments read */
+	uint64_t last_compaction_ms; /* wall clock (ms since epoch) of the last run, 0 = never */
+	int compact_last_error;      /* SL_E* of the last abandoned run, 0 = none */
+	uint64_t compact_errors;     /* runs abandoned (disk full, I/O error) */
 } sl_stats;
 
 /* Fills *o with the defaults above. */
@@ -135,6 +152,16 @@ int sl_scan(sl_db *db, const void *prefix, size_t plen,
 
 /* Fills *out with a snapshot of the counters. */
 int sl_stats_get(sl_db *db, sl_stats *out);
+
+/* Runs a full compaction now (every sealed segment with dead bytes, and the
+ * small ones merged) and returns when it is done.  Reads and writes go on
+ * meanwhile.  Errors: SL_ENOSPC/SL_EIO (the run is abandoned, its partial
+ * output removed, the store unchanged), SL_EREADONLY. */
+int sl_compact(sl_db *db);
+
+/* Forbids compacting segments that hold any seq >= seq (0: lift the limit).
+ * Replication keeps its backlog contiguous with it. */
+void sl_compact_protect(sl_db *db, uint64_t seq);
 
 /* Forces the active segment to disk now (any policy). */
 int sl_sync_now(sl_db *db);

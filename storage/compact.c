@@ -1,0 +1,549 @@
+/*
+ * compact.c — reclaiming space: sealed segments are rewritten keeping only
+ * the records the keydir still points at, small ones merged together.
+ *
+ * Why here and like this: a log that only grows is a toy, and every node
+ * compacts its own segments (DESIGN.md §2).  Reads and writes go on during a
+ * run: compaction reads its inputs through their mappings, writes outputs that
+ * nobody sees yet, and touches the keydir one entry at a time.
+ *
+ * Visibility order of one run (tests cite these numbers):
+ *  1. Live records are copied into fresh outputs NNNNNNNNNN.seg.tmp
+ *     (preallocated, mapped; ids from the same counter as rotation).
+ *  2. Each output is trimmed, its header rewritten (lowest seq held, flag
+ *     SL_SEG_COMPACTED) and fdatasync'd.
+ *  3. Its hint NNNNNNNNNN.hint is written (.tmp, fsync, rename, fsync dir).
+ *  4. NNNNNNNNNN.seg.tmp is renamed to .seg; the directory is fsync'd.
+ *  5. Only then are outputs published and keydir entries moved to them,
+ *     compare-and-swap on location (a concurrent overwrite wins).
+ *  6. Tombstones and expired records that can be dropped are removed from the
+ *     keydir, again only if the entry is still exactly theirs.
+ *  7. Inputs are unpublished, a keydir barrier waits out every reader that
+ *     could still be copying from them, then they are unlinked oldest first
+ *     (lowest first_seq), hints with them, and the directory fsync'd.
+ * A crash before 4 leaves only *.tmp files and hints without segments, both
+ * removed at open.  A crash after 4 leaves outputs beside their inputs:
+ * records with equal seqs, harmless since the highest seq wins.
+ *
+ * Dropping: a tombstone, or an expired record, with seq T may be dropped
+ * only when every segment that stays (not an input of this run) holds seqs
+ * > T only — then no older value of its key survives anywhere to be
+ * resurrected at the next open.  Inputs are unlinked oldest first (7), so a
+ * crash midway never leaves an older value without the record that hid it.
+ *
+ * Never compacted: the active segment, unsealed segments, segments holding a
+ * seq >= protect_seq (the replication backlog), segments found corrupt (kept
+ * as evidence; their bad records are never served).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "hint.h"
+#include "record.h"
+
+typedef struct move {
+	uint32_t in_seg, in_off, out_off, size;
+} move;
+
+typedef struct output {
+	sl_seg *s;
+	uint64_t min_seq, max_seq;
+	move *moves;
+	size_t nmoves, capmoves;
+	int renamed;
+} output;
+
+typedef struct run {
+	sl_db *db;
+	sl_seg **in;
+	size_t nin;
+	output *out;
+	size_t nout;
+	move *drops; /* in_seg/in_off/size of records dropped (out_off unused) */
+	size_t ndrops, capdrops;
+	uint64_t keep_min_seq; /* lowest first_seq among segments that stay */
+	uint64_t bytes_read, bytes_written;
+} run;
+
+static uint64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int push_move(move **v, size_t *n, size_t *cap, move m)
+{
+	if (*n == *cap) {
+		size_t c = *cap ? *cap * 2 : 1024;
+		move *p = realloc(*v, c * sizeof(*p));
+		if (p == NULL) {
+			return SL_ENOMEM;
+		}
+		*v = p;
+		*cap = c;
+	}
+	(*v)[(*n)++] = m;
+	return SL_OK;
+}
+
+typedef struct at_ctx {
+	uint32_t seg, off;
+} at_ctx;
+
+/* Is the keydir entry exactly this record? */
+static int at_cb(void *arg, const sl_loc *loc)
+{
+	const at_ctx *c = arg;
+	return loc->seg == c->seg && loc->off == c->off ? SL_OK : SL_ENOTFOUND;
+}
+
+static int new_output(run *r, size_t need)
+{
+	sl_db *db = r->db;
+	output *o = realloc(r->out, (r->nout + 1) * sizeof(*o));
+	if (o == NULL) {
+		return SL_ENOMEM;
+	}
+	r->out = o;
+	o = &r->out[r->nout];
+	memset(o, 0, sizeof(*o));
+	size_t cap = (size_t)db->opt.segment_bytes;
+	if (cap < SL_SEG_HDR_SIZE + need) {
+		cap = SL_SEG_HDR_SIZE + need;
+	}
+	int rc = sl_seg_create_as(db->io, db->dir, db->dirfd, atomic_fetch_add(&db->next_id, 1), 1,
+	                          cap, ".tmp", SL_SEG_COMPACTED, &o->s);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	o->min_seq = UINT64_MAX;
+	r->nout++;
+	return SL_OK;
+}
+
+/* Step 1 for one input: copy what the keydir still points at. */
+static int copy_input(run *r, sl_seg *in, uint64_t now)
+{
+	sl_db *db = r->db;
+	uint32_t mk = db->opt.max_key_bytes, mv = db->opt.max_value_bytes;
+	uint64_t end = atomic_load(&in->end);
+	r->bytes_read += end;
+	for (uint64_t off = SL_SEG_HDR_SIZE; off < end;) {
+		if (atomic_load_explicit(&db->compact_stop, memory_order_relaxed)) {
+			return SL_EBUSY; /* closing: abandon */
+		}
+		sl_rec rec;
+		size_t size;
+		if (sl_rec_decode(in->map + off, end - off, mk, mv, &rec, &size) != SL_REC_OK) {
+			/* Keep a damaged segment as it is: its bad record is never
+			 * served, and deleting it would hide the evidence. */
+			atomic_store(&in->corrupt, 1);
+			sl_db_log(db, "warn",
+			          "compaction: segment %u has a bad record at %llu; left alone",
+			          in->id, (unsigned long long)off);
+			return SL_ECORRUPT;
+		}
+		at_ctx at = {in->id, (uint32_t)off};
+		uint64_t h = sl_keydir_hash(rec.key, rec.klen);
+		int live = sl_keydir_get(db->kd, h, rec.key, rec.klen, at_cb, &at) == SL_OK;
+		if (live) {
+			int expired =
+			    rec.type == SL_REC_PUT && rec.expire_at != 0 && rec.expire_at <= now;
+			move m = {in->id, (uint32_t)off, 0, (uint32_t)size};
+			int rc;
+			if ((rec.type == SL_REC_DEL || expired) && rec.seq < r->keep_min_seq) {
+				rc = push_move(&r->drops, &r->ndrops, &r->capdrops, m);
+			} else {
+				output *o = r->nout ? &r->out[r->nout - 1] : NULL;
+				if (o == NULL || atomic_load(&o->s->end) + size > o->s->cap) {
+					if ((rc = new_output(r, size)) != SL_OK) {
+						return rc;
+					}
+					o = &r->out[r->nout - 1];
+				}
+				uint64_t oend = atomic_load(&o->s->end);
+				memcpy(o->s->map + oend, in->map + off, size);
+				atomic_store(&o->s->end, oend + size);
+				m.out_off = (uint32_t)oend;
+				o->min_seq = rec.seq < o->min_seq ? rec.seq : o->min_seq;
+				o->max_seq = rec.seq > o->max_seq ? rec.seq : o->max_seq;
+				r->bytes_written += size;
+				rc = push_move(&o->moves, &o->nmoves, &o->capmoves, m);
+			}
+			if (rc != SL_OK) {
+				return rc;
+			}
+		}
+		off += size;
+	}
+	return SL_OK;
+}
+
+/* Steps 2-4 for every output. */
+static int finish_outputs(run *r)
+{
+	sl_db *db = r->db;
+	const struct sl_io *io = db->io;
+	for (size_t i = 0; i < r->nout; i++) {
+		output *o = &r->out[i];
+		sl_seg *s = o->s;
+		s->first_seq = o->min_seq == UINT64_MAX ? 1 : o->min_seq;
+		s->last_seq = o->max_seq;
+		int rc = sl_seg_trim(io, s);
+		if (rc == SL_OK) {
+			rc = sl_seg_write_header(io, s); /* pwrite + fdatasync */
+		}
+		if (rc == SL_OK && io->fsync(s->fd) != 0) {
+			rc = SL_EIO;
+		}
+		if (rc == SL_OK) {
+			rc = sl_hint_write(io, db->dir, db->dirfd, s, db->opt.max_key_bytes,
+			                   db->opt.max_value_bytes);
+		}
+		if (rc != SL_OK) {
+			return rc;
+		}
+	}
+	for (size_t i = 0; i < r->nout; i++) {
+		output *o = &r->out[i];
+		char *tmp = sl_seg_path(db->dir, o->s->id, ".seg.tmp");
+		char *fin = sl_seg_path(db->dir, o->s->id, ".seg");
+		int ok = tmp != NULL && fin != NULL && io->rename(tmp, fin) == 0;
+		free(tmp);
+		free(fin);
+		if (!ok) {
+			return SL_EIO;
+		}
+		o->renamed = 1;
+	}
+	return io->fsync(db->dirfd) == 0 ? SL_OK : SL_EIO;
+}
+
+/* Removes an abandoned run's outputs, whatever step they reached. */
+static void discard_outputs(run *r)
+{
+	sl_db *db = r->db;
+	for (size_t i = 0; i < r->nout; i++) {
+		output *o = &r->out[i];
+		char *seg = sl_seg_path(db->dir, o->s->id, o->renamed ? ".seg" : ".seg.tmp");
+		char *hint = sl_seg_path(db->dir, o->s->id, ".hint");
+		if (seg != NULL) {
+			db->io->unlink(seg);
+		}
+		if (hint != NULL) {
+			db->io->unlink(hint);
+		}
+		free(seg);
+		free(hint);
+		sl_seg_close(db->io, o->s);
+		o->s = NULL;
+	}
+}
+
+static int rec_loc(sl_db *db, uint32_t seg, uint32_t off, uint32_t size, sl_rec *rec, sl_loc *loc)
+{
+	sl_seg *s = sl_db_seg(db, seg);
+	if (s == NULL || sl_rec_decode_header(s->map + off, size, db->opt.max_key_bytes,
+	                                      db->opt.max_value_bytes, rec) != SL_REC_OK) {
+		return SL_ECORRUPT;
+	}
+	rec->key = s->map + off + SL_REC_HDR_SIZE;
+	*loc = (sl_loc){
+	    .seg = seg, .off = off, .size = size, .tomb = rec->type == SL_REC_DEL, .seq = rec->seq};
+	return SL_OK;
+}
+
+/* Steps 5-6. */
+static void switch_keydir(run *r)
+{
+	sl_db *db = r->db;
+	pthread_mutex_lock(&db->seg_mu);
+	for (size_t i = 0; i < r->nout; i++) {
+		sl_seg *s = r->out[i].s;
+		s->writable = 0;
+		atomic_store(&s->synced, atomic_load(&s->end));
+		atomic_store(&s->sealed, 1);
+		sl_db_seg_publish(db, s); /* ids are fresh: cannot fail but for memory */
+	}
+	pthread_mutex_unlock(&db->seg_mu);
+	for (size_t i = 0; i < r->nout; i++) {
+		output *o = &r->out[i];
+		for (size_t j = 0; j < o->nmoves; j++) {
+			move *m = &o->moves[j];
+			sl_rec rec;
+			sl_loc from, to;
+			if (rec_loc(db, m->in_seg, m->in_off, m->size, &rec, &from) != SL_OK) {
+				continue;
+			}
+			to = from;
+			to.seg = o->s->id;
+			to.off = m->out_off;
+			if (sl_keydir_cas(db->kd, sl_keydir_hash(rec.key, rec.klen), rec.key,
+			                  rec.klen, &from, &to)) {
+				sl_db_account(db, &to, +1);
+				sl_db_account(db, &from, -1);
+			}
+		}
+	}
+	for (size_t j = 0; j < r->ndrops; j++) {
+		move *m = &r->drops[j];
+		sl_rec rec;
+		sl_loc from;
+		if (rec_loc(db, m->in_seg, m->in_off, m->size, &rec, &from) != SL_OK) {
+			continue;
+		}
+		if (sl_keydir_remove(db->kd, sl_keydir_hash(rec.key, rec.klen), rec.key, rec.klen,
+		                     &from)) {
+			sl_db_account(db, &from, -1);
+		}
+	}
+}
+
+static int cmp_first_seq(const void *a, const void *b)
+{
+	const sl_seg *x = *(sl_seg *const *)a, *y = *(sl_seg *const *)b;
+	return x->first_seq < y->first_seq ? -1 : x->first_seq > y->first_seq;
+}
+
+/* Step 7. */
+static void drop_inputs(run *r)
+{
+	sl_db *db = r->db;
+	pthread_mutex_lock(&db->seg_mu);
+	for (size_t i = 0; i < r->nin; i++) {
+		sl_db_seg_unpublish(db, r->in[i]);
+	}
+	pthread_mutex_unlock(&db->seg_mu);
+	sl_keydir_barrier(db->kd);
+	qsort(r->in, r->nin, sizeof(*r->in), cmp_first_seq);
+	for (size_t i = 0; i < r->nin; i++) {
+		char *seg = sl_seg_path(db->dir, r->in[i]->id, ".seg");
+		char *hint = sl_seg_path(db->dir, r->in[i]->id, ".hint");
+		if (seg != NULL) {
+			db->io->unlink(seg);
+		}
+		if (hint != NULL) {
+			db->io->unlink(hint);
+		}
+		free(seg);
+		free(hint);
+	}
+	db->io->fsync(db->dirfd);
+	for (size_t i = 0; i < r->nin; i++) {
+		sl_seg_close(db->io, r->in[i]);
+	}
+}
+
+static void run_free(run *r)
+{
+	for (size_t i = 0; i < r->nout; i++) {
+		free(r->out[i].moves);
+	}
+	free(r->out);
+	free(r->drops);
+	free(r->in);
+}
+
+/* Chooses inputs and marks them `compacting`.  full: every sealed segment
+ * with an id below `below` (those that existed when sl_compact began, so a
+ * run's own outputs are not taken again); else those past the dead ratio,
+ * and small ones when there are at least two to merge. */
+static int pick(sl_db *db, int full, uint32_t below, run *r)
+{
+	uint64_t protect = atomic_load(&db->protect_seq);
+	uint64_t min_bytes = db->opt.compact_min_bytes;
+	uint64_t budget = 8 * db->opt.segment_bytes, taken = 0;
+	size_t nsmall = 0;
+	pthread_mutex_lock(&db->seg_mu);
+	r->in = calloc(db->nsegs ? db->nsegs : 1, sizeof(*r->in));
+	if (r->in == NULL) {
+		pthread_mutex_unlock(&db->seg_mu);
+		return SL_ENOMEM;
+	}
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < db->nsegs && taken < budget; i++) {
+			sl_seg *s = db->segs[i];
+			if (s == db->active_pub || !atomic_load(&s->sealed) ||
+			    atomic_load(&s->corrupt) || atomic_load(&s->compacting) ||
+			    (protect != 0 && s->last_seq >= protect)) {
+				continue;
+			}
+			uint64_t size = atomic_load(&s->end) - SL_SEG_HDR_SIZE;
+			uint64_t need = atomic_load(&s->live) + atomic_load(&s->tomb);
+			uint64_t dead = size > need ? size - need : 0;
+			int small = size < min_bytes;
+			int want;
+			if (pass == 0) { /* count the small ones first */
+				nsmall += small;
+				continue;
+			}
+			if (full) {
+				want = s->id < below;
+			} else {
+				want = (dead > 0 && (double)dead >= db->opt.compact_dead_ratio *
+				                                        (double)size) ||
+				       (small && nsmall >= 2);
+			}
+			if (want) {
+				atomic_store(&s->compacting, 1);
+				r->in[r->nin++] = s;
+				taken += size;
+			}
+		}
+	}
+	/* The lowest seq any staying segment may hold (see "Dropping"). */
+	r->keep_min_seq = atomic_load(&db->last_seq) + 1;
+	for (size_t i = 0; i < db->nsegs; i++) {
+		sl_seg *s = db->segs[i];
+		if (!atomic_load(&s->compacting) && s->first_seq < r->keep_min_seq) {
+			r->keep_min_seq = s->first_seq;
+		}
+	}
+	pthread_mutex_unlock(&db->seg_mu);
+	return SL_OK;
+}
+
+/* One run: pick, copy, make durable, switch, drop.  *did: inputs taken. */
+static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
+{
+	run r = {.db = db};
+	*did = 0;
+	int rc = pick(db, full, below, &r);
+	if (rc != SL_OK || r.nin == 0) {
+		run_free(&r);
+		return rc;
+	}
+	*did = r.nin;
+	uint64_t now = db->io->now_ms();
+	for (size_t i = 0; i < r.nin && rc == SL_OK; i++) {
+		rc = copy_input(&r, r.in[i], now);
+	}
+	if (rc == SL_OK) {
+		rc = finish_outputs(&r);
+	}
+	if (rc != SL_OK) {
+		discard_outputs(&r);
+		for (size_t i = 0; i < r.nin; i++) {
+			atomic_store(&r.in[i]->compacting, 0);
+		}
+		if (rc != SL_EBUSY && rc != SL_ECORRUPT) {
+			sl_db_log(db, "error", "compaction abandoned: %s (store unchanged)",
+			          sl_strerror(rc));
+			pthread_mutex_lock(&db->cthread_mu);
+			db->c_errors++;
+			pthread_mutex_unlock(&db->cthread_mu);
+			atomic_store(&db->c_last_error, rc);
+		}
+		run_free(&r);
+		return rc;
+	}
+	switch_keydir(&r);
+	uint64_t in_bytes = 0;
+	for (size_t i = 0; i < r.nin; i++) {
+		in_bytes += atomic_load(&r.in[i]->end);
+	}
+	uint64_t out_bytes = 0;
+	for (size_t i = 0; i < r.nout; i++) {
+		out_bytes += atomic_load(&r.out[i].s->end);
+	}
+	drop_inputs(&r);
+	pthread_mutex_lock(&db->cthread_mu);
+	db->n_compactions++;
+	db->c_read += r.bytes_read;
+	db->c_written += out_bytes;
+	db->c_reclaimed += in_bytes > out_bytes ? in_bytes - out_bytes : 0;
+	db->c_last_ms = wall_ms();
+	pthread_mutex_unlock(&db->cthread_mu);
+	sl_db_log(db, "info", "compacted %zu segments (%llu bytes) into %zu (%llu bytes)", r.nin,
+	          (unsigned long long)in_bytes, r.nout, (unsigned long long)out_bytes);
+	run_free(&r);
+	return SL_OK;
+}
+
+int sl_compact(sl_db *db)
+{
+	if (db == NULL) {
+		return SL_EINVAL;
+	}
+	if (db->opt.read_only || db->active == NULL) {
+		return SL_EREADONLY;
+	}
+	/* Segments sealed by now are what "full" covers; the flusher seals
+	 * asynchronously, so wait for it first. */
+	sl_db_seal_pending(db);
+	pthread_mutex_lock(&db->compact_mu);
+	uint32_t below = atomic_load(&db->next_id);
+	int rc;
+	size_t did;
+	do { /* in runs of a bounded size, until every older segment is done */
+		rc = compact_once(db, 1, below, &did);
+	} while (rc == SL_OK && did > 0 && !atomic_load(&db->compact_stop));
+	pthread_mutex_unlock(&db->compact_mu);
+	return rc == SL_ECORRUPT ? SL_OK : rc;
+}
+
+void sl_compact_protect(sl_db *db, uint64_t seq)
+{
+	if (db != NULL) {
+		atomic_store(&db->protect_seq, seq);
+	}
+}
+
+static void *compactor_main(void *arg)
+{
+	sl_db *db = arg;
+	pthread_mutex_lock(&db->cthread_mu);
+	while (!db->compact_stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t ns =
+		    (uint64_t)ts.tv_nsec + (uint64_t)db->opt.compact_interval_ms * 1000000u;
+		ts.tv_sec += (time_t)(ns / 1000000000u);
+		ts.tv_nsec = (long)(ns % 1000000000u);
+		pthread_cond_timedwait(&db->cthread_cv, &db->cthread_mu, &ts);
+		if (db->compact_stop) {
+			break;
+		}
+		pthread_mutex_unlock(&db->cthread_mu);
+		if (!atomic_load(&db->failed)) {
+			size_t did;
+			pthread_mutex_lock(&db->compact_mu);
+			compact_once(db, 0, 0, &did);
+			pthread_mutex_unlock(&db->compact_mu);
+		}
+		pthread_mutex_lock(&db->cthread_mu);
+	}
+	pthread_mutex_unlock(&db->cthread_mu);
+	return NULL;
+}
+
+int sl_compactor_start(sl_db *db)
+{
+	if (!db->opt.compact_background || db->opt.read_only) {
+		return SL_OK;
+	}
+	if (pthread_create(&db->compactor, NULL, compactor_main, db) != 0) {
+		return SL_ENOMEM;
+	}
+	db->compactor_started = 1;
+	return SL_OK;
+}
+
+void sl_compactor_stop(sl_db *db)
+{
+	pthread_mutex_lock(&db->cthread_mu);
+	db->compact_stop = 1;
+	pthread_cond_signal(&db->cthread_cv);
+	pthread_mutex_unlock(&db->cthread_mu);
+	if (db->compactor_started) {
+		pthread_join(db->compactor, NULL);
+		db->compactor_started = 0;
+	}
+}

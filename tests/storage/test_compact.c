@@ -1,0 +1,596 @@
+/*
+ * test_compact.c — compaction (storage/compact.c): space reclaimed, nothing
+ * resurrected, the protect hook, TTL drop, disk full, and real crashes at
+ * every I/O step inside a run.  Numbers in comments cite the visibility
+ * order at the top of compact.c.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "format.h"
+#include "io.h"
+#include "shiplog.h"
+
+/* ---- helpers ------------------------------------------------------------- */
+
+static char g_dir[512];
+
+static void make_dir(const char *tag)
+{
+	const char *base = getenv("SL_TEST_TMP");
+	if (base == NULL || *base == 0) {
+		base = "/tmp";
+	}
+	mkdir(base, 0755);
+	snprintf(g_dir, sizeof(g_dir), "%s/compact-%s-XXXXXX", base, tag);
+	assert_non_null(mkdtemp(g_dir));
+}
+
+static void remove_dir(void)
+{
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
+	assert_int_equal(system(cmd), 0);
+}
+
+static void key_of(int i, char *k)
+{
+	snprintf(k, 17, "key-%012d", i);
+}
+
+/* Value of key i at version r: 100 bytes, first bytes name both. */
+static void val_of(int i, int r, char *v)
+{
+	memset(v, 'a' + (r % 26), 100);
+	snprintf(v, 100, "%d/%d", i, r);
+	v[strlen(v)] = '.';
+}
+
+static sl_options opts(void)
+{
+	sl_options o;
+	sl_options_init(&o);
+	o.segment_bytes = 64 * 1024;
+	o.sync = SL_SYNC_NO;
+	o.compact_background = 0;
+	o.quiet = 1;
+	return o;
+}
+
+static void check_value(sl_db *db, int i, int r)
+{
+	char k[32], v[128];
+	void *got;
+	size_t gl;
+	key_of(i, k);
+	val_of(i, r, v);
+	int rc = sl_get(db, k, 16, &got, &gl);
+	if (rc != SL_OK) {
+		fail_msg("key %d: %s, wanted version %d", i, sl_strerror(rc), r);
+	}
+	assert_int_equal(gl, 100);
+	assert_memory_equal(got, v, 100);
+	free(got);
+}
+
+static void check_absent(sl_db *db, int i)
+{
+	char k[32];
+	void *got;
+	size_t gl;
+	key_of(i, k);
+	int rc = sl_get(db, k, 16, &got, &gl);
+	if (rc != SL_ENOTFOUND) {
+		fail_msg("key %d: expected absent, got %s", i, sl_strerror(rc));
+	}
+}
+
+static void put(sl_db *db, int i, int r)
+{
+	char k[32], v[128];
+	key_of(i, k);
+	val_of(i, r, v);
+	assert_int_equal(sl_put(db, k, 16, v, 100, NULL), SL_OK);
+}
+
+static void del(sl_db *db, int i)
+{
+	char k[32];
+	key_of(i, k);
+	assert_int_equal(sl_delete(db, k, 16, NULL), SL_OK);
+}
+
+static int count_files(const char *suffix)
+{
+	DIR *d = opendir(g_dir);
+	struct dirent *e;
+	int n = 0;
+	while ((e = readdir(d)) != NULL) {
+		size_t l = strlen(e->d_name), sl = strlen(suffix);
+		n += l > sl && strcmp(e->d_name + l - sl, suffix) == 0;
+	}
+	closedir(d);
+	return n;
+}
+
+static int file_exists(uint32_t id, const char *suffix)
+{
+	char p[600];
+	snprintf(p, sizeof(p), "%s/%010u%s", g_dir, id, suffix);
+	return access(p, F_OK) == 0;
+}
+
+/* ---- space: 10 overwrites of the same keys, then a full compaction ------- */
+
+static void test_space_after_overwrites(void **state)
+{
+	(void)state;
+	make_dir("space");
+	sl_options o = opts();
+	o.segment_bytes = 1 << 20;
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	const int n = 100000;
+	for (int r = 0; r < 10; r++) {
+		for (int i = 0; i < n; i++) {
+			put(db, i, r);
+		}
+	}
+	sl_stats before, after;
+	assert_int_equal(sl_stats_get(db, &before), SL_OK);
+	assert_int_equal(sl_compact(db), SL_OK);
+	assert_int_equal(sl_stats_get(db, &after), SL_OK);
+	/* Space test: bytes on disk within 1.5x of the live bytes. */
+	assert_true(after.disk_bytes <= after.live_bytes + after.live_bytes / 2);
+	assert_true(after.compactions >= 1);
+	assert_true(after.compact_bytes_reclaimed > before.disk_bytes / 2);
+	assert_true(after.compact_bytes_written > 0);
+	assert_true(after.last_compaction_ms > 0);
+	assert_int_equal(after.keys, n);
+	for (int i = 0; i < n; i += 7) {
+		check_value(db, i, 9);
+	}
+	sl_close(db);
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < n; i += 7) {
+		check_value(db, i, 9);
+	}
+	sl_stats re;
+	assert_int_equal(sl_stats_get(db, &re), SL_OK);
+	assert_int_equal(re.keys, n);
+	assert_int_equal(re.corrupt_records, 0);
+	assert_int_equal(count_files(".tmp"), 0);
+	sl_close(db);
+	remove_dir();
+}
+
+/* ---- resurrection: delete, compact part of the log, reopen ---------------- */
+
+static void test_no_resurrection_partial_compaction(void **state)
+{
+	(void)state;
+	make_dir("resurrect");
+	sl_options o = opts();
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	/* key 0's old values spread over many early segments */
+	for (int r = 0; r < 50; r++) {
+		put(db, 0, r);
+		for (int i = 1; i < 40; i++) {
+			put(db, i, r);
+		}
+	}
+	uint64_t del_seq;
+	char k[32];
+	key_of(0, k);
+	assert_int_equal(sl_delete(db, k, 16, &del_seq), SL_OK);
+	for (int r = 50; r < 60; r++) { /* more segments after the tombstone */
+		for (int i = 1; i < 40; i++) {
+			put(db, i, r);
+		}
+	}
+	/* Compact only the segments before the tombstone's: protect the rest. */
+	sl_compact_protect(db, del_seq);
+	assert_int_equal(sl_compact(db), SL_OK);
+	sl_stats st;
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_true(st.compactions >= 1);
+	check_absent(db, 0);
+	sl_close(db);
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	check_absent(db, 0);
+	for (int i = 1; i < 40; i++) {
+		check_value(db, i, 59);
+	}
+	/* Now everything, tombstone included (it may be dropped). */
+	sl_compact_protect(db, 0);
+	assert_int_equal(sl_compact(db), SL_OK);
+	check_absent(db, 0);
+	sl_close(db);
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	check_absent(db, 0);
+	for (int i = 1; i < 40; i++) {
+		check_value(db, i, 59);
+	}
+	sl_close(db);
+	remove_dir();
+}
+
+/* ---- the protect hook: segments holding seq >= X are not touched -------- */
+
+static void test_protect_hook(void **state)
+{
+	(void)state;
+	make_dir("protect");
+	sl_options o = opts();
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int r = 0; r < 50; r++) {
+		for (int i = 0; i < 100; i++) {
+			put(db, i, r);
+		}
+	}
+	sl_stats st;
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	uint64_t x = st.last_seq / 2;
+	sl_compact_protect(db, x);
+	/* The highest seq in each segment file, read off the disk (format.h). */
+	static uint64_t maxseq[1000];
+	uint32_t maxid = 0;
+	for (uint32_t id = 1; id < 1000; id++) {
+		char p[600];
+		snprintf(p, sizeof(p), "%s/%010u.seg", g_dir, id);
+		FILE *f = fopen(p, "rb");
+		if (f == NULL) {
+			continue;
+		}
+		maxid = id;
+		static uint8_t buf[1 << 20];
+		size_t len = fread(buf, 1, sizeof(buf), f);
+		fclose(f);
+		for (size_t off = SL_SEG_HDR_SIZE; off + SL_REC_HDR_SIZE <= len;) {
+			if (buf[off + 4] == 0) {
+				break;
+			}
+			uint64_t seq = sl_get64(buf + off + 12);
+			maxseq[id] = seq > maxseq[id] ? seq : maxseq[id];
+			off += SL_REC_HDR_SIZE + sl_get16(buf + off + 6) + sl_get32(buf + off + 8);
+		}
+	}
+	assert_true(maxid > 10);
+	assert_int_equal(sl_compact(db), SL_OK);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_true(st.compactions >= 1);
+	int gone = 0;
+	for (uint32_t id = 1; id <= maxid; id++) {
+		if (maxseq[id] >= x && !file_exists(id, ".seg")) {
+			fail_msg("segment %u (holding seq %llu >= %llu) was compacted", id,
+			         (unsigned long long)maxseq[id], (unsigned long long)x);
+		}
+		gone += maxseq[id] != 0 && maxseq[id] < x && !file_exists(id, ".seg");
+	}
+	assert_true(gone > 0);
+	for (int i = 0; i < 100; i++) {
+		check_value(db, i, 49);
+	}
+	sl_close(db);
+	remove_dir();
+}
+
+/* ---- TTL: expired records are dropped by compaction --------------------- */
+
+static uint64_t fake_now = 1700000000000ull;
+static uint64_t fake_clock(void)
+{
+	return fake_now;
+}
+
+static void test_ttl_dropped(void **state)
+{
+	(void)state;
+	make_dir("ttl");
+	struct sl_io io = sl_io_default;
+	io.now_ms = fake_clock;
+	sl_options o = opts();
+	o.io = &io;
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	char k[32], v[128];
+	for (int i = 0; i < 2000; i++) {
+		key_of(i, k);
+		val_of(i, 0, v);
+		assert_int_equal(sl_put_ttl(db, k, 16, v, 100, i % 2 ? 1000 : 0, NULL), SL_OK);
+	}
+	for (int i = 0; i < 1000; i++) { /* push them out of the active segment */
+		put(db, 100000 + i, 0);
+	}
+	fake_now += 5000;
+	for (int i = 1; i < 2000; i += 2) {
+		check_absent(db, i);
+	}
+	sl_stats before, after;
+	assert_int_equal(sl_stats_get(db, &before), SL_OK);
+	assert_int_equal(sl_compact(db), SL_OK);
+	assert_int_equal(sl_stats_get(db, &after), SL_OK);
+	/* expired keys left the keydir: they were dropped, not copied */
+	assert_int_equal(before.keys - after.keys, 1000);
+	for (int i = 0; i < 2000; i++) {
+		if (i % 2) {
+			check_absent(db, i);
+		} else {
+			check_value(db, i, 0);
+		}
+	}
+	sl_close(db);
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < 2000; i++) {
+		if (i % 2) {
+			check_absent(db, i);
+		} else {
+			check_value(db, i, 0);
+		}
+	}
+	sl_close(db);
+	remove_dir();
+}
+
+/* ---- disk full during compaction ---------------------------------------- */
+
+static int g_full; /* 1: fallocate and pwrite fail with ENOSPC */
+static int full_fallocate(int fd, off_t off, off_t len)
+{
+	if (g_full) {
+		errno = ENOSPC;
+		return -1;
+	}
+	return sl_io_default.fallocate(fd, off, len);
+}
+static ssize_t full_pwrite(int fd, const void *b, size_t n, off_t off)
+{
+	if (g_full) {
+		errno = ENOSPC;
+		return -1;
+	}
+	return sl_io_default.pwrite(fd, b, n, off);
+}
+
+static void test_disk_full_abandons(void **state)
+{
+	(void)state;
+	make_dir("enospc");
+	struct sl_io io = sl_io_default;
+	io.fallocate = full_fallocate;
+	io.pwrite = full_pwrite;
+	sl_options o = opts();
+	o.io = &io;
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int r = 0; r < 10; r++) {
+		for (int i = 0; i < 300; i++) {
+			put(db, i, r);
+		}
+	}
+	sl_stats before, st;
+	assert_int_equal(sl_stats_get(db, &before), SL_OK);
+	g_full = 1;
+	assert_int_equal(sl_compact(db), SL_ENOSPC);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_int_equal(st.compact_errors, 1);
+	assert_int_equal(st.compact_last_error, SL_ENOSPC);
+	assert_int_equal(st.compactions, 0);
+	assert_int_equal(st.segments, before.segments);
+	assert_int_equal(count_files(".tmp"), 0);
+	for (int i = 0; i < 300; i++) {
+		check_value(db, i, 9); /* still serving */
+	}
+	g_full = 0;
+	assert_int_equal(sl_compact(db), SL_OK); /* and recovers */
+	put(db, 5, 10);
+	check_value(db, 5, 10);
+	sl_close(db);
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < 300; i++) {
+		check_value(db, i, i == 5 ? 10 : 9);
+	}
+	sl_close(db);
+	remove_dir();
+}
+
+/* ---- crash at every I/O step inside a compaction -------------------------- */
+
+static long g_calls, g_crash_at = -1;
+static void maybe_crash(void)
+{
+	if (g_crash_at >= 0 && ++g_calls >= g_crash_at) {
+		_exit(77); /* the process dies here: nothing after this reaches disk */
+	}
+}
+static int c_open(const char *p, int f, mode_t m)
+{
+	maybe_crash();
+	return sl_io_default.open(p, f, m);
+}
+static ssize_t c_pwrite(int fd, const void *b, size_t n, off_t off)
+{
+	maybe_crash();
+	return sl_io_default.pwrite(fd, b, n, off);
+}
+static int c_fdatasync(int fd)
+{
+	maybe_crash();
+	return sl_io_default.fdatasync(fd);
+}
+static int c_fsync(int fd)
+{
+	maybe_crash();
+	return sl_io_default.fsync(fd);
+}
+static int c_ftruncate(int fd, off_t l)
+{
+	maybe_crash();
+	return sl_io_default.ftruncate(fd, l);
+}
+static int c_fallocate(int fd, off_t o, off_t l)
+{
+	maybe_crash();
+	return sl_io_default.fallocate(fd, o, l);
+}
+static int c_rename(const char *a, const char *b)
+{
+	maybe_crash();
+	return sl_io_default.rename(a, b);
+}
+static int c_unlink(const char *p)
+{
+	maybe_crash();
+	return sl_io_default.unlink(p);
+}
+
+/* The workload: keys 0..199 at version r, every 5th deleted at the end. */
+static void crash_workload(sl_db *db)
+{
+	for (int r = 0; r < 8; r++) {
+		for (int i = 0; i < 200; i++) {
+			put(db, i, r);
+		}
+	}
+	for (int i = 0; i < 200; i += 5) {
+		del(db, i);
+	}
+	for (int i = 0; i < 200; i++) { /* push the tombstones into sealed segments */
+		if (i % 5) {
+			put(db, i, 8);
+		}
+	}
+}
+
+static void check_crash_contents(sl_db *db)
+{
+	for (int i = 0; i < 200; i++) {
+		if (i % 5 == 0) {
+			check_absent(db, i);
+		} else {
+			check_value(db, i, 8);
+		}
+	}
+}
+
+static void test_crash_inside_compaction(void **state)
+{
+	(void)state;
+	struct sl_io io = sl_io_default;
+	io.open = c_open;
+	io.pwrite = c_pwrite;
+	io.fdatasync = c_fdatasync;
+	io.fsync = c_fsync;
+	io.ftruncate = c_ftruncate;
+	io.fallocate = c_fallocate;
+	io.rename = c_rename;
+	io.unlink = c_unlink;
+	int crashed = 0, completed = 0;
+	for (long n = 1; n < 400 && completed == 0; n++) {
+		make_dir("crash");
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			sl_options o = opts();
+			o.io = &io;
+			sl_db *db;
+			if (sl_open(g_dir, &o, &db) != SL_OK) {
+				_exit(3);
+			}
+			crash_workload(db);
+			/* Count I/O calls from the start of the compaction only. */
+			g_calls = 0;
+			g_crash_at = n;
+			int rc = sl_compact(db);
+			g_crash_at = -1;
+			_exit(rc == SL_OK ? 0 : 4);
+		}
+		int status;
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		assert_true(WIFEXITED(status));
+		int code = WEXITSTATUS(status);
+		if (code != 77 && code != 0) {
+			fail_msg("child at n=%ld exited %d", n, code);
+		}
+		crashed += code == 77;
+		completed += code == 0;
+		/* Reopen after the crash: same contents (compact.c 1-7). */
+		sl_options o = opts();
+		sl_db *db;
+		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+		check_crash_contents(db);
+		assert_int_equal(count_files(".tmp"), 0);
+		/* and once more through a full compaction and reopen */
+		assert_int_equal(sl_compact(db), SL_OK);
+		check_crash_contents(db);
+		sl_close(db);
+		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+		check_crash_contents(db);
+		sl_close(db);
+		remove_dir();
+	}
+	/* The loop walked through every I/O step of the run and then past it. */
+	assert_true(crashed > 10);
+	assert_int_equal(completed, 1);
+}
+
+/* ---- background compaction while readers and a writer run --------------- */
+
+static void test_background_compaction_runs(void **state)
+{
+	(void)state;
+	make_dir("bg");
+	sl_options o = opts();
+	o.compact_background = 1;
+	o.compact_interval_ms = 20;
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int r = 0; r < 30; r++) {
+		for (int i = 0; i < 300; i++) {
+			put(db, i, r);
+		}
+		for (int i = 0; i < 300; i += 13) {
+			check_value(db, i, r);
+		}
+	}
+	sl_stats st = {0};
+	for (int t = 0; t < 200 && st.compactions == 0; t++) {
+		usleep(20000);
+		assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	}
+	assert_true(st.compactions >= 1);
+	for (int i = 0; i < 300; i++) {
+		check_value(db, i, 29);
+	}
+	sl_close(db);
+	remove_dir();
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_space_after_overwrites),
+	    cmocka_unit_test(test_no_resurrection_partial_compaction),
+	    cmocka_unit_test(test_protect_hook),
+	    cmocka_unit_test(test_ttl_dropped),
+	    cmocka_unit_test(test_disk_full_abandons),
+	    cmocka_unit_test(test_crash_inside_compaction),
+	    cmocka_unit_test(test_background_compaction_runs),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
