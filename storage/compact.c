@@ -128,58 +128,97 @@ static int new_output(run *r, size_t need)
 	return SL_OK;
 }
 
-/* Step 1 for one input: copy what the keydir still points at. */
+/* Step 1 for one record at `off` of `in` whose key is known live-or-not by
+ * the keydir: copy it, drop it (see "Dropping"), or skip it when dead. */
+static int take_record(run *r, sl_seg *in, uint64_t off, uint64_t now)
+{
+	sl_db *db = r->db;
+	uint64_t end = atomic_load(&in->end);
+	sl_rec rec;
+	size_t size;
+	if (sl_rec_decode(in->map + off, end - off, db->opt.max_key_bytes, db->opt.max_value_bytes,
+	                  &rec, &size) != SL_REC_OK) {
+		/* Keep a damaged segment as it is: its bad record is never
+		 * served, and deleting it would hide the evidence. */
+		atomic_store(&in->corrupt, 1);
+		sl_db_log(db, "warn", "compaction: segment %u has a bad record at %llu; left alone",
+		          in->id, (unsigned long long)off);
+		return SL_ECORRUPT;
+	}
+	r->bytes_read += size;
+	int expired = rec.type == SL_REC_PUT && rec.expire_at != 0 && rec.expire_at <= now;
+	move m = {in->id, (uint32_t)off, 0, (uint32_t)size};
+	if ((rec.type == SL_REC_DEL || expired) && rec.seq < r->keep_min_seq) {
+		return push_move(&r->drops, &r->ndrops, &r->capdrops, m);
+	}
+	output *o = r->nout ? &r->out[r->nout - 1] : NULL;
+	int rc;
+	if (o == NULL || atomic_load(&o->s->end) + size > o->s->cap) {
+		if ((rc = new_output(r, size)) != SL_OK) {
+			return rc;
+		}
+		o = &r->out[r->nout - 1];
+	}
+	uint64_t oend = atomic_load(&o->s->end);
+	memcpy(o->s->map + oend, in->map + off, size);
+	atomic_store(&o->s->end, oend + size);
+	m.out_off = (uint32_t)oend;
+	o->min_seq = rec.seq < o->min_seq ? rec.seq : o->min_seq;
+	o->max_seq = rec.seq > o->max_seq ? rec.seq : o->max_seq;
+	r->bytes_written += size;
+	return push_move(&o->moves, &o->nmoves, &o->capmoves, m);
+}
+
+typedef struct hint_walk {
+	run *r;
+	sl_seg *in;
+	uint64_t now;
+} hint_walk;
+
+static int hint_entry_cb(void *arg, const sl_hint_entry *e)
+{
+	hint_walk *w = arg;
+	sl_db *db = w->r->db;
+	if (atomic_load_explicit(&db->compact_stop, memory_order_relaxed)) {
+		return SL_EBUSY; /* closing: abandon */
+	}
+	at_ctx at = {w->in->id, e->off};
+	if (sl_keydir_get(db->kd, sl_keydir_hash(e->key, e->klen), e->key, e->klen, at_cb, &at) !=
+	    SL_OK) {
+		return SL_OK; /* dead: its bytes are never even read */
+	}
+	return take_record(w->r, w->in, e->off, w->now);
+}
+
+/* Step 1 for one input: copy what the keydir still points at.  The input's
+ * hint says where every record is and whose it is, so dead records (most of
+ * a segment worth compacting) are skipped without reading them; without a
+ * usable hint, the segment is scanned. */
 static int copy_input(run *r, sl_seg *in, uint64_t now)
 {
 	sl_db *db = r->db;
-	uint32_t mk = db->opt.max_key_bytes, mv = db->opt.max_value_bytes;
 	uint64_t end = atomic_load(&in->end);
-	r->bytes_read += end;
+	hint_walk w = {r, in, now};
+	int rc =
+	    sl_hint_load(db->io, db->dir, in->id, end, db->opt.max_key_bytes, hint_entry_cb, &w);
+	if (rc != SL_ENOTFOUND && rc != SL_ECORRUPT) {
+		return rc; /* SL_OK, or a failure of take_record / the stop flag */
+	}
 	for (uint64_t off = SL_SEG_HDR_SIZE; off < end;) {
 		if (atomic_load_explicit(&db->compact_stop, memory_order_relaxed)) {
-			return SL_EBUSY; /* closing: abandon */
+			return SL_EBUSY;
 		}
 		sl_rec rec;
 		size_t size;
-		if (sl_rec_decode(in->map + off, end - off, mk, mv, &rec, &size) != SL_REC_OK) {
-			/* Keep a damaged segment as it is: its bad record is never
-			 * served, and deleting it would hide the evidence. */
-			atomic_store(&in->corrupt, 1);
-			sl_db_log(db, "warn",
-			          "compaction: segment %u has a bad record at %llu; left alone",
-			          in->id, (unsigned long long)off);
-			return SL_ECORRUPT;
+		if (sl_rec_decode(in->map + off, end - off, db->opt.max_key_bytes,
+		                  db->opt.max_value_bytes, &rec, &size) != SL_REC_OK) {
+			return take_record(r, in, off, now); /* reports the damage */
 		}
 		at_ctx at = {in->id, (uint32_t)off};
-		uint64_t h = sl_keydir_hash(rec.key, rec.klen);
-		int live = sl_keydir_get(db->kd, h, rec.key, rec.klen, at_cb, &at) == SL_OK;
-		if (live) {
-			int expired =
-			    rec.type == SL_REC_PUT && rec.expire_at != 0 && rec.expire_at <= now;
-			move m = {in->id, (uint32_t)off, 0, (uint32_t)size};
-			int rc;
-			if ((rec.type == SL_REC_DEL || expired) && rec.seq < r->keep_min_seq) {
-				rc = push_move(&r->drops, &r->ndrops, &r->capdrops, m);
-			} else {
-				output *o = r->nout ? &r->out[r->nout - 1] : NULL;
-				if (o == NULL || atomic_load(&o->s->end) + size > o->s->cap) {
-					if ((rc = new_output(r, size)) != SL_OK) {
-						return rc;
-					}
-					o = &r->out[r->nout - 1];
-				}
-				uint64_t oend = atomic_load(&o->s->end);
-				memcpy(o->s->map + oend, in->map + off, size);
-				atomic_store(&o->s->end, oend + size);
-				m.out_off = (uint32_t)oend;
-				o->min_seq = rec.seq < o->min_seq ? rec.seq : o->min_seq;
-				o->max_seq = rec.seq > o->max_seq ? rec.seq : o->max_seq;
-				r->bytes_written += size;
-				rc = push_move(&o->moves, &o->nmoves, &o->capmoves, m);
-			}
-			if (rc != SL_OK) {
-				return rc;
-			}
+		if (sl_keydir_get(db->kd, sl_keydir_hash(rec.key, rec.klen), rec.key, rec.klen,
+		                  at_cb, &at) == SL_OK &&
+		    (rc = take_record(r, in, off, now)) != SL_OK) {
+			return rc;
 		}
 		off += size;
 	}

@@ -87,6 +87,7 @@ static uint64_t *perm; /* perm[i]: the key index of the i-th fill put */
  * fillseq/fillrandom.  PARTIAL: something else (fillsync's N/50 keys). */
 static sl_db *db;
 static sl_sync db_sync;
+static int db_compact_bg = 1; /* background compaction on (the engine's default) */
 static enum { DB_NONE, DB_PARTIAL, DB_FULL } db_state;
 static long db_rss0_kb; /* RssAnon before the db was opened on an empty dir */
 
@@ -401,6 +402,7 @@ static void db_open(sl_sync sync)
 	sl_options o;
 	sl_options_init(&o);
 	o.sync = sync;
+	o.compact_background = db_compact_bg;
 	if (opt_segment_bytes) {
 		o.segment_bytes = opt_segment_bytes;
 	}
@@ -692,9 +694,24 @@ static void bench_overwrite(int threads)
 
 /* T readers of `op`, N split among them; with_writer adds one thread that
  * overwrites random keys until the readers are done (not counted in r). */
+static void *compact_thread(void *arg)
+{
+	double *secs = arg;
+	uint64_t t0 = now_ns();
+	int rc = sl_compact(db);
+	if (rc != SL_OK) {
+		die("sl_compact", rc);
+	}
+	*secs = (double)(now_ns() - t0) / 1e9;
+	return NULL;
+}
+
+/* with_writer: 1 an overwriting writer thread alongside, 2 a full sl_compact */
 static void run_reads(const char *name, enum op op, int threads, int with_writer)
 {
 	struct result r;
+	pthread_t cth;
+	double csecs = 0;
 	struct worker *ws = xcalloc((size_t)threads, sizeof *ws), wr;
 	uint64_t per = opt_num / (uint64_t)threads, found = 0;
 	atomic_int stop = 0;
@@ -708,7 +725,13 @@ static void run_reads(const char *name, enum op op, int threads, int with_writer
 	for (int t = 0; t < threads; t++) {
 		worker_init(&ws[t], op, 0, per, 1234567 + (uint64_t)t * 7919);
 	}
-	if (with_writer) {
+	if (with_writer == 2) {
+		int rc = pthread_create(&cth, NULL, compact_thread, &csecs);
+		if (rc != 0) {
+			errno = rc;
+			die_sys("pthread_create", "");
+		}
+	} else if (with_writer) {
 		worker_init(&wr, OP_WRITER, 0, 0, 0xabcdef);
 		wr.stop = &stop;
 		int rc = pthread_create(&wr.th, NULL, worker_run, &wr);
@@ -718,7 +741,9 @@ static void run_reads(const char *name, enum op op, int threads, int with_writer
 		}
 	}
 	r.secs = workers_run(ws, threads);
-	if (with_writer) {
+	if (with_writer == 2) {
+		pthread_join(cth, NULL);
+	} else if (with_writer) {
 		atomic_store(&stop, 1);
 		pthread_join(wr.th, NULL);
 	}
@@ -730,7 +755,10 @@ static void run_reads(const char *name, enum op op, int threads, int with_writer
 	free(ws);
 	uint64_t expected = op == OP_GET ? per * (uint64_t)threads : 0;
 	extra(&r, 0, "found", "found", "%llu", (unsigned long long)found);
-	if (with_writer) {
+	if (with_writer == 2) {
+		extra(&r, 0, "compact_secs", "compaction s", "%.3f", csecs);
+		extra(&r, 0, "read_secs", "reads s", "%.3f", r.secs);
+	} else if (with_writer) {
 		extra(&r, 0, "writer_ops", "writer ops", "%llu", (unsigned long long)wr.ops);
 		extra(&r, 0, "writer_ops_per_sec", "writer ops/s", "%.0f",
 		      (double)wr.ops / (r.secs > 0 ? r.secs : 1e-9));
@@ -757,6 +785,68 @@ static void bench_readmissing(int threads)
 static void bench_readwhilewriting(int threads)
 {
 	run_reads("readwhilewriting", OP_GET, threads, 1);
+}
+
+/* A db whose keys were all written 5 times (fill + 4 overwrites of every key),
+ * background compaction off, so 80% of the log is dead. */
+static uint64_t prepare_overwritten(void)
+{
+	struct worker w;
+	db_compact_bg = 0;
+	db_fresh(SL_SYNC_NO);
+	for (int round = 0; round < 5; round++) {
+		worker_init(&w, OP_PUT_PERM, 0, opt_num, 0x1000 + (uint64_t)round);
+		workers_run(&w, 1);
+		free(w.h);
+	}
+	db_state = DB_FULL;
+	return 5 * opt_num * (uint64_t)(28 + KEY_SIZE + opt_value_size);
+}
+
+static void bench_compact(int threads)
+{
+	struct result r;
+	(void)threads;
+	uint64_t user_bytes = prepare_overwritten();
+	sl_stats a = db_stats();
+	result_init(&r, "compact", 1);
+	uint64_t t0 = now_ns();
+	int rc = sl_compact(db);
+	if (rc != SL_OK) {
+		die("sl_compact", rc);
+	}
+	r.secs = (double)(now_ns() - t0) / 1e9;
+	sl_stats b = db_stats();
+	r.ops = a.keys;
+	hist_add(&r.h, (uint64_t)(r.secs * 1e9));
+	double rd = (double)(b.compact_bytes_read - a.compact_bytes_read);
+	double wr = (double)(b.compact_bytes_written - a.compact_bytes_written);
+	extra(&r, 0, "read_mb_per_sec", "read MB/s", "%.1f", rd / 1e6 / r.secs);
+	extra(&r, 0, "write_mb_per_sec", "written MB/s", "%.1f", wr / 1e6 / r.secs);
+	extra(&r, 0, "space_before_bytes", "space before", "%llu",
+	      (unsigned long long)a.disk_bytes);
+	extra(&r, 0, "space_after_bytes", "after", "%llu", (unsigned long long)b.disk_bytes);
+	extra(&r, 0, "live_bytes", "live", "%llu", (unsigned long long)b.live_bytes);
+	extra(&r, 0, "space_over_live", "after/live", "%.3f",
+	      (double)b.disk_bytes / (double)(b.live_bytes ? b.live_bytes : 1));
+	extra(&r, 0, "write_amplification", "write amp", "%.3f",
+	      ((double)user_bytes + wr) / (double)user_bytes);
+	report(&r);
+	db_compact_bg = 1;
+	if (b.keys != a.keys) {
+		die_check("compact: %llu keys after, %llu before", (unsigned long long)b.keys,
+		          (unsigned long long)a.keys);
+	}
+}
+
+/* readrandom on the overwritten db, first with no compaction, then while a
+ * full sl_compact runs, in the same run. */
+static void bench_readwhilecompacting(int threads)
+{
+	prepare_overwritten();
+	run_reads("readrandom_nocompact", OP_GET, threads, 0);
+	run_reads("readwhilecompacting", OP_GET, threads, 2);
+	db_compact_bg = 1;
 }
 
 static void bench_fillsync(int threads)
@@ -859,6 +949,7 @@ static const struct bench {
     {"overwrite", bench_overwrite, 0},     {"readrandom", bench_readrandom, 1},
     {"readmissing", bench_readmissing, 1}, {"readwhilewriting", bench_readwhilewriting, 1},
     {"fillsync", bench_fillsync, 1},       {"reopen", bench_reopen, 0},
+    {"compact", bench_compact, 0},         {"readwhilecompacting", bench_readwhilecompacting, 1},
 };
 
 static const struct bench *bench_find(const char *name)
@@ -881,7 +972,8 @@ static void usage(FILE *f)
 	    "  --benchmarks=LIST    comma list of workloads, run in order (default\n"
 	    "                       %s)\n"
 	    "                       fillseq fillrandom overwrite readrandom readmissing\n"
-	    "                       readwhilewriting fillsync reopen\n"
+	    "                       readwhilewriting fillsync reopen compact\n"
+	    "                       readwhilecompacting (not in the default list)\n"
 	    "  --num=N              ops per workload (default 1000000; fillsync does N/50)\n"
 	    "  --value-size=B       value bytes (default 100)\n"
 	    "  --threads=T1,T2,...  thread counts for readrandom, readmissing,\n"
@@ -893,7 +985,12 @@ static void usage(FILE *f)
 	    "  --segment-bytes=B    segment size (default: the engine's, 64 MiB); smaller\n"
 	    "                       makes reopen load hint files at a small --num\n"
 	    "  --keep               leave the data directory behind (default: removed at exit)\n"
-	    "  --help               this text\n",
+	    "  --help               this text\n"
+#ifdef SL_HAVE_NETBENCH
+	    "With --url URL it benchmarks a shiplogd server instead (redis-benchmark's\n"
+	    "options: -t -c -n -d -r -P); shiplog-bench --url URL --help lists them.\n"
+#endif
+	    ,
 	    opt_benchmarks);
 }
 
@@ -932,8 +1029,20 @@ static void bad_arg(const char *opt, const char *val)
 	exit(2);
 }
 
+#ifdef SL_HAVE_NETBENCH
+/* tests/bench/netbench.c: the server benchmark, `shiplog-bench --url URL`. */
+int sl_netbench_main(int argc, char **argv);
+#endif
+
 int main(int argc, char **argv)
 {
+#ifdef SL_HAVE_NETBENCH
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--url") || !strncmp(argv[i], "--url=", 6)) {
+			return sl_netbench_main(argc, argv);
+		}
+	}
+#endif
 	static const struct option longopts[] = {
 	    {"benchmarks", required_argument, NULL, 'b'},
 	    {"num", required_argument, NULL, 'n'},
