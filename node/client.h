@@ -137,7 +137,7 @@ int sl_client_mget(sl_client *c, size_t n, const void *const *keys, const size_t
  * many entries (0: server default 1000; the server also caps a page by bytes).
  * cursor/curlen: resume after this key (NULL/0: from the start) — pass the
  * previous page's *cursor_out.  keys_only: 1 to skip values (val NULL).
- * On SL_OK: *items_out/*n_out the entries (free with sl_client_items_free);
+ * On SL_OK: *items_out and *n_out the entries (free with sl_client_items_free);
  * *cursor_out a malloc'd cursor for the next page and *curlen_out its length,
  * or NULL/0 when the scan is complete.  Keys written during a multi-page scan
  * may or may not be seen; each key is returned at most once. */

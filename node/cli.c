@@ -1,0 +1,793 @@
+/*
+ * cli.c — `shiplog`, the command-line client (redis-cli's role for shiplogd).
+ *
+ * It exists so that people and shell scripts can use a node without writing C:
+ * every command is one client-library call (node/client.h), its output is
+ * either plain (the value's exact bytes for `get`, one line per item
+ * otherwise) or one JSON object (--json, jansson), and the exit status says
+ * what happened: 0 ok, 1 not found, 2 error (message on stderr).
+ *
+ * Binary safety: `get` writes the value's bytes unchanged (a newline is added
+ * only when stdout is a terminal) and `put K -` stores stdin unchanged.  JSON
+ * cannot hold arbitrary bytes, so a key or value that is valid UTF-8 goes in
+ * "key"/"value" as a JSON string, and any other goes in "key_base64" /
+ * "value_base64" (RFC 4648 base64, with padding) instead — exactly one of
+ * the two fields is present.  Multi-item plain output (mget, scan --values)
+ * escapes bytes that would break its one-item-per-line shape.
+ *
+ * The interactive prompt is in cli_repl.c.
+ */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define STDIN_MAX          (1ull << 30) /* the engine's upper bound on a value */
+#define COMPACT_TIMEOUT_MS 600000
+#define SCAN_PAGE          1000
+
+/* ---- output helpers ---------------------------------------------------- */
+
+static int out_failed; /* a write to stdout failed (EPIPE, ENOSPC …) */
+
+static void out_bytes(const void *p, size_t n)
+{
+	if (n && fwrite(p, 1, n, stdout) != n) {
+		out_failed = 1;
+	}
+}
+
+static void out_str(const char *s)
+{
+	out_bytes(s, strlen(s));
+}
+
+/* Writes b escaped for one-line display: backslash, control bytes and DEL
+ * as C escapes; everything else (UTF-8 included) unchanged, so the output
+ * can be decoded back unambiguously. */
+static void out_escaped(const void *b, size_t n)
+{
+	const unsigned char *p = b;
+	char e[8];
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = p[i];
+		if (ch == '\\') {
+			out_str("\\\\");
+		} else if (ch == '\n') {
+			out_str("\\n");
+		} else if (ch == '\r') {
+			out_str("\\r");
+		} else if (ch == '\t') {
+			out_str("\\t");
+		} else if (ch < 0x20 || ch == 0x7f) {
+			snprintf(e, sizeof e, "\\x%02x", ch);
+			out_str(e);
+		} else {
+			out_bytes(&ch, 1);
+		}
+	}
+}
+
+static char *base64(const void *data, size_t n)
+{
+	static const char tab[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const unsigned char *p = data;
+	char *s = malloc((n + 2) / 3 * 4 + 1), *o = s;
+	if (!s) {
+		return NULL;
+	}
+	size_t i = 0;
+	for (; i + 2 < n; i += 3) {
+		uint32_t v = (uint32_t)p[i] << 16 | (uint32_t)p[i + 1] << 8 | p[i + 2];
+		*o++ = tab[v >> 18];
+		*o++ = tab[(v >> 12) & 63];
+		*o++ = tab[(v >> 6) & 63];
+		*o++ = tab[v & 63];
+	}
+	if (i < n) {
+		uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0);
+		*o++ = tab[v >> 18];
+		*o++ = tab[(v >> 12) & 63];
+		*o++ = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+		*o++ = '=';
+	}
+	*o = 0;
+	return s;
+}
+
+/* Sets obj[name] to b as a JSON string when b is valid UTF-8, otherwise
+ * obj[name + "_base64"] to its base64.  NULL b sets obj[name] to null. */
+static void json_set_bytes(json_t *obj, const char *name, const void *b, size_t n)
+{
+	if (!b) {
+		json_object_set_new(obj, name, json_null());
+		return;
+	}
+	json_t *s = json_stringn(b, n); /* NULL when not valid UTF-8 */
+	if (s) {
+		json_object_set_new(obj, name, s);
+		return;
+	}
+	char field[64], *enc = base64(b, n);
+	snprintf(field, sizeof field, "%s_base64", name);
+	json_object_set_new(obj, field, enc ? json_string(enc) : json_null());
+	free(enc);
+}
+
+/* Prints obj on one line and releases it. */
+static void out_json(json_t *obj)
+{
+	char *s = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII);
+	json_decref(obj);
+	if (!s) {
+		out_failed = 1;
+		return;
+	}
+	out_str(s);
+	out_str("\n");
+	free(s);
+}
+
+/* ---- errors ------------------------------------------------------------ */
+
+/* Reports rc from command cmd on stderr (naming the server for transport
+ * errors) and returns the matching exit status. */
+static int fail(cli *c, const char *cmd, int rc)
+{
+	if (rc == SL_ENOTFOUND) {
+		return CLI_NOTFOUND;
+	}
+	const char *msg = c->client ? sl_client_errmsg(c->client) : "";
+	if (rc == SL_ECONN || rc == SL_ETIMEDOUT || rc == SL_ESHUTDOWN) {
+		fprintf(stderr, "shiplog: %s: server %s: %s%s%s\n", cmd, c->url,
+		        sl_client_strerror(rc), *msg ? ": " : "", msg);
+	} else {
+		fprintf(stderr, "shiplog: %s: %s%s%s\n", cmd, sl_client_strerror(rc),
+		        *msg ? ": " : "", msg);
+	}
+	return CLI_ERROR;
+}
+
+static int usage_error(const char *fmt, const char *arg)
+{
+	fputs("shiplog: ", stderr);
+	fprintf(stderr, fmt, arg);
+	fputs(" (see shiplog help)\n", stderr);
+	return CLI_ERROR;
+}
+
+/* Opens the connection on first use (a prompt retries after a failure). */
+static int connect_server(cli *c, const char *cmd)
+{
+	if (c->client) {
+		return SL_OK;
+	}
+	int rc = sl_client_open(c->url, c->timeout_ms, &c->client);
+	if (rc != SL_OK) {
+		c->client = NULL;
+		fprintf(stderr, "shiplog: %s: cannot connect to %s: %s\n", cmd, c->url,
+		        sl_client_strerror(rc));
+		return rc;
+	}
+	if (c->min_seq) {
+		sl_client_set_min_seq(c->client, c->min_seq);
+	}
+	if (c->acks) {
+		sl_client_set_acks(c->client, c->acks, (uint32_t)c->timeout_ms);
+	}
+	return SL_OK;
+}
+
+/* ---- per-command options ----------------------------------------------- */
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-' || s[0] == '+' || s[0] == ' ') {
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+/* Options a command accepts anywhere among its arguments (until "--"). */
+typedef struct cmd_opts {
+	uint64_t limit; /* scan --limit */
+	int has_limit;
+	uint64_t ttl; /* put --ttl */
+	int values;   /* scan --values */
+} cmd_opts;
+
+enum { OPT_LIMIT = 1, OPT_TTL = 2, OPT_VALUES = 4 };
+
+/* Moves a's positional arguments (after the command name) into pos and the
+ * options allowed by mask into o.  Returns 0, or CLI_ERROR after a message. */
+static int split_opts(const cli_args *a, unsigned mask, cli_args *pos, cmd_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	pos->n = 0;
+	int dashdash = 0;
+	for (int i = 1; i < a->n; i++) {
+		const char *s = a->v[i];
+		if (!dashdash && s[0] == '-' && s[1] == '-' && a->len[i] == strlen(s)) {
+			if (!s[2]) {
+				dashdash = 1;
+				continue;
+			}
+			if ((mask & OPT_VALUES) && !strcmp(s, "--values")) {
+				o->values = 1;
+				continue;
+			}
+			int is_limit = (mask & OPT_LIMIT) && !strcmp(s, "--limit");
+			int is_ttl = (mask & OPT_TTL) && !strcmp(s, "--ttl");
+			if (!is_limit && !is_ttl) {
+				return usage_error(
+				    "%s: unknown option (put \"--\" before an argument "
+				    "that starts with --)",
+				    s);
+			}
+			uint64_t v;
+			if (i + 1 >= a->n || parse_u64(a->v[i + 1], &v)) {
+				return usage_error("%s needs a number", s);
+			}
+			i++;
+			if (is_limit) {
+				o->limit = v;
+				o->has_limit = 1;
+			} else {
+				o->ttl = v;
+			}
+			continue;
+		}
+		pos->v[pos->n] = a->v[i];
+		pos->len[pos->n] = a->len[i];
+		pos->n++;
+	}
+	return 0;
+}
+
+/* ---- commands ----------------------------------------------------------- */
+
+static int cmd_get(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)o;
+	void *val = NULL;
+	size_t vlen = 0;
+	uint64_t seq = 0;
+	int rc = sl_client_get(c->client, p->v[0], p->len[0], &val, &vlen, &seq);
+	if (rc != SL_OK && rc != SL_ENOTFOUND) {
+		return fail(c, "get", rc);
+	}
+	if (c->json) {
+		json_t *j = json_object();
+		json_set_bytes(j, "key", p->v[0], p->len[0]);
+		json_set_bytes(j, "value", rc == SL_OK ? val : NULL, vlen);
+		if (rc == SL_OK) {
+			json_object_set_new(j, "seq", json_integer((json_int_t)seq));
+		}
+		out_json(j);
+	} else if (rc == SL_OK) {
+		out_bytes(val, vlen);
+		if (isatty(STDOUT_FILENO)) {
+			out_str("\n");
+		}
+	} else if (isatty(STDOUT_FILENO)) {
+		out_str("(nil)\n");
+	}
+	free(val);
+	return rc == SL_OK ? CLI_OK : CLI_NOTFOUND;
+}
+
+/* Reads all of stdin (binary) into a malloc'd buffer. */
+static int read_stdin(void **out, size_t *len)
+{
+	size_t cap = 65536, n = 0;
+	char *b = malloc(cap);
+	if (!b) {
+		return -1;
+	}
+	for (;;) {
+		if (n == cap) {
+			if (cap > STDIN_MAX) {
+				fprintf(stderr,
+				        "shiplog: put: the value on stdin is over %llu bytes\n",
+				        STDIN_MAX);
+				free(b);
+				return -1;
+			}
+			char *nb = realloc(b, cap * 2);
+			if (!nb) {
+				free(b);
+				fprintf(stderr, "shiplog: put: out of memory reading stdin\n");
+				return -1;
+			}
+			b = nb;
+			cap *= 2;
+		}
+		ssize_t r = read(STDIN_FILENO, b + n, cap - n);
+		if (r < 0 && errno == EINTR) {
+			continue;
+		}
+		if (r < 0) {
+			fprintf(stderr, "shiplog: put: reading stdin: %s\n", strerror(errno));
+			free(b);
+			return -1;
+		}
+		if (r == 0) {
+			break;
+		}
+		n += (size_t)r;
+	}
+	*out = b;
+	*len = n;
+	return 0;
+}
+
+static void out_seq(cli *c, int rc, uint64_t seq)
+{
+	if (c->json) {
+		json_t *j = json_object();
+		json_object_set_new(j, "seq", json_integer((json_int_t)seq));
+		out_json(j);
+	} else {
+		char line[64];
+		snprintf(line, sizeof line, "OK (seq %llu)\n", (unsigned long long)seq);
+		(void)rc;
+		out_str(line);
+	}
+}
+
+static int cmd_put(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	void *val = p->v[1], *owned = NULL;
+	size_t vlen = p->len[1];
+	if (p->len[1] == 1 && p->v[1][0] == '-') {
+		if (c->interactive) {
+			fprintf(stderr,
+			        "shiplog: put: '-' (value from stdin) is not available at the "
+			        "prompt\n");
+			return CLI_ERROR;
+		}
+		if (read_stdin(&owned, &vlen)) {
+			return CLI_ERROR;
+		}
+		val = owned;
+	}
+	uint64_t seq = 0;
+	int rc = o->ttl ? sl_client_put_ttl(c->client, p->v[0], p->len[0], val, vlen, o->ttl, &seq)
+	                : sl_client_put(c->client, p->v[0], p->len[0], val, vlen, &seq);
+	free(owned);
+	if (rc != SL_OK) {
+		return fail(c, "put", rc);
+	}
+	out_seq(c, rc, seq);
+	return CLI_OK;
+}
+
+static int cmd_del(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)o;
+	uint64_t seq = 0;
+	int rc = sl_client_del(c->client, p->v[0], p->len[0], &seq);
+	if (rc == SL_ENOTFOUND) {
+		if (c->json) {
+			json_t *j = json_object();
+			json_object_set_new(j, "seq", json_null());
+			out_json(j);
+		} else if (isatty(STDOUT_FILENO)) {
+			out_str("(not found)\n");
+		}
+		return CLI_NOTFOUND;
+	}
+	if (rc != SL_OK) {
+		return fail(c, "del", rc);
+	}
+	out_seq(c, rc, seq);
+	return CLI_OK;
+}
+
+static int cmd_mget(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)o;
+	sl_client_item *items = NULL;
+	int rc = sl_client_mget(c->client, (size_t)p->n, (const void *const *)p->v, p->len, &items);
+	if (rc != SL_OK) {
+		return fail(c, "mget", rc);
+	}
+	int missing = 0;
+	json_t *arr = c->json ? json_array() : NULL;
+	for (int i = 0; i < p->n; i++) {
+		const sl_client_item *it = &items[i];
+		int found = it->status == SL_OK;
+		missing += !found;
+		if (arr) {
+			json_t *e = json_object();
+			json_set_bytes(e, "key", p->v[i], p->len[i]);
+			json_set_bytes(e, "value", found ? it->val : NULL, it->vlen);
+			if (found) {
+				json_object_set_new(e, "seq", json_integer((json_int_t)it->seq));
+			}
+			json_array_append_new(arr, e);
+		} else if (found) {
+			out_escaped(it->val, it->vlen);
+			out_str("\n");
+		} else {
+			out_str("(nil)\n");
+		}
+	}
+	if (arr) {
+		json_t *j = json_object();
+		json_object_set_new(j, "items", arr);
+		json_object_set_new(j, "found", json_integer(p->n - missing));
+		json_object_set_new(j, "missing", json_integer(missing));
+		out_json(j);
+	}
+	sl_client_items_free(items, (size_t)p->n);
+	return missing ? CLI_NOTFOUND : CLI_OK;
+}
+
+static int cmd_scan(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	const void *prefix = p->n ? p->v[0] : NULL;
+	size_t plen = p->n ? p->len[0] : 0;
+	void *cursor = NULL;
+	size_t curlen = 0;
+	uint64_t left = o->has_limit ? o->limit : UINT64_MAX, count = 0;
+	json_t *arr = c->json ? json_array() : NULL;
+	int rc = SL_OK;
+	while (left > 0) {
+		sl_client_item *items = NULL;
+		size_t n = 0;
+		void *next = NULL;
+		size_t nextlen = 0;
+		uint32_t page = left < SCAN_PAGE ? (uint32_t)left : SCAN_PAGE;
+		rc = sl_client_scan(c->client, prefix, plen, page, cursor, curlen, !o->values,
+		                    &items, &n, &next, &nextlen);
+		free(cursor);
+		cursor = NULL;
+		if (rc != SL_OK) {
+			break;
+		}
+		for (size_t i = 0; i < n && left > 0; i++, left--, count++) {
+			const sl_client_item *it = &items[i];
+			if (arr) {
+				json_t *e = json_object();
+				json_set_bytes(e, "key", it->key, it->klen);
+				if (o->values) {
+					json_set_bytes(e, "value", it->val ? it->val : "",
+					               it->vlen);
+				}
+				json_array_append_new(arr, e);
+			} else {
+				out_escaped(it->key, it->klen);
+				if (o->values) {
+					out_str("\t");
+					out_escaped(it->val, it->vlen);
+				}
+				out_str("\n");
+			}
+		}
+		sl_client_items_free(items, n);
+		if (!next) {
+			break;
+		}
+		cursor = next;
+		curlen = nextlen;
+	}
+	free(cursor);
+	if (rc != SL_OK) {
+		json_decref(arr);
+		return fail(c, "scan", rc);
+	}
+	if (arr) {
+		json_t *j = json_object();
+		json_object_set_new(j, "items", arr);
+		json_object_set_new(j, "count", json_integer((json_int_t)count));
+		out_json(j);
+	}
+	return CLI_OK;
+}
+
+static int cmd_stats(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)p;
+	(void)o;
+	sl_client_stats *st = NULL;
+	int rc = sl_client_stats_get(c->client, &st);
+	if (rc != SL_OK) {
+		return fail(c, "stats", rc);
+	}
+	json_t *j = c->json ? json_object() : NULL;
+	for (size_t i = 0; i < st->n; i++) {
+		const sl_client_stat *s = &st->items[i];
+		char num[32];
+		snprintf(num, sizeof num, "%llu", (unsigned long long)s->value);
+		if (j) {
+			json_object_set_new(j, s->name,
+			                    s->text ? json_string(s->text)
+			                            : json_integer((json_int_t)s->value));
+		} else {
+			out_str(s->name);
+			out_str(": ");
+			out_str(s->text ? s->text : num);
+			out_str("\n");
+		}
+	}
+	sl_client_stats_free(st);
+	if (j) {
+		out_json(j);
+	}
+	return CLI_OK;
+}
+
+static int cmd_compact(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)p;
+	(void)o;
+	if (!c->timeout_set) {
+		sl_client_set_timeout(c->client, COMPACT_TIMEOUT_MS);
+	}
+	int rc = sl_client_compact(c->client);
+	if (!c->timeout_set) {
+		sl_client_set_timeout(c->client, c->timeout_ms);
+	}
+	if (rc != SL_OK) {
+		return fail(c, "compact", rc);
+	}
+	if (c->json) {
+		json_t *j = json_object();
+		json_object_set_new(j, "ok", json_true());
+		out_json(j);
+	} else {
+		out_str("OK\n");
+	}
+	return CLI_OK;
+}
+
+static int cmd_ping(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)p;
+	(void)o;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	int rc = sl_client_ping(c->client);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	if (rc != SL_OK) {
+		return fail(c, "ping", rc);
+	}
+	long long us = (t1.tv_sec - t0.tv_sec) * 1000000LL + (t1.tv_nsec - t0.tv_nsec) / 1000;
+	if (c->json) {
+		json_t *j = json_object();
+		json_object_set_new(j, "pong", json_true());
+		json_object_set_new(j, "latency_us", json_integer(us));
+		out_json(j);
+	} else {
+		out_str("PONG\n");
+	}
+	return CLI_OK;
+}
+
+static int cmd_help(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)c;
+	(void)p;
+	(void)o;
+	cli_help_commands(stdout);
+	return CLI_OK;
+}
+
+/* ---- the command table -------------------------------------------------- */
+
+typedef struct command {
+	const char *name;
+	int min, max; /* positional arguments; max -1: any number */
+	unsigned opts;
+	int needs_server;
+	int (*fn)(cli *c, const cli_args *p, const cmd_opts *o);
+	const char *usage;
+	const char *what;
+} command;
+
+static const command commands[] = {
+    {"get", 1, 1, 0, 1, cmd_get, "get KEY",
+     "print KEY's value: its exact bytes (a newline is added only on a terminal)"},
+    {"put", 2, 2, OPT_TTL, 1, cmd_put, "put [--ttl MS] KEY VALUE|-",
+     "store VALUE under KEY ('-': read the value from stdin, binary-safe); --ttl: expire "
+     "after MS ms; prints the write's seq"},
+    {"del", 1, 1, 0, 1, cmd_del, "del KEY", "delete KEY; prints the tombstone's seq"},
+    {"mget", 1, -1, 0, 1, cmd_mget, "mget KEY...",
+     "print each KEY's value on its own line (escaped; (nil) when absent); exit 1 if any "
+     "is absent"},
+    {"scan", 0, 1, OPT_LIMIT | OPT_VALUES, 1, cmd_scan, "scan [PREFIX] [--limit N] [--values]",
+     "list keys starting with PREFIX (all keys without one) in byte order, one per line "
+     "(escaped); --values: KEY<TAB>VALUE"},
+    {"stats", 0, 0, 0, 1, cmd_stats, "stats", "the server's statistics, one 'name: value' a line"},
+    {"compact", 0, 0, 0, 1, cmd_compact, "compact",
+     "run a full compaction and wait for it (timeout 10 min unless --timeout)"},
+    {"ping", 0, 0, 0, 1, cmd_ping, "ping", "round trip that touches no storage: prints PONG"},
+    {"help", 0, 1, 0, 0, cmd_help, "help", "this list"},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+const char *const cli_command_names[] = {"get",     "put",  "del",  "mget", "scan", "stats",
+                                         "compact", "ping", "help", "quit", "exit", NULL};
+
+void cli_help_commands(FILE *f)
+{
+	fprintf(f, "commands:\n");
+	for (size_t i = 0; i < NCOMMANDS; i++) {
+		fprintf(f, "  %-38s %s\n", commands[i].usage, commands[i].what);
+	}
+	fprintf(f, "  %-38s %s\n", "(prompt only) quit, exit", "leave the prompt (so does EOF)");
+	fprintf(f, "Options after the command name may come anywhere among its arguments;\n"
+	           "\"--\" ends them (shiplog put -- KEY --value-starting-with-dashes).\n");
+}
+
+int cli_command(cli *c, const cli_args *a)
+{
+	const command *cmd = NULL;
+	for (size_t i = 0; i < NCOMMANDS; i++) {
+		if (!strcmp(a->v[0], commands[i].name)) {
+			cmd = &commands[i];
+		}
+	}
+	if (!cmd) {
+		return usage_error("unknown command '%s'", a->v[0]);
+	}
+	char *pv[a->n > 0 ? a->n : 1];
+	size_t pl[a->n > 0 ? a->n : 1];
+	cli_args pos = {0, pv, pl};
+	cmd_opts o;
+	if (split_opts(a, cmd->opts, &pos, &o)) {
+		return CLI_ERROR;
+	}
+	if (pos.n < cmd->min || (cmd->max >= 0 && pos.n > cmd->max)) {
+		return usage_error("usage: %s", cmd->usage);
+	}
+	if (cmd->needs_server && connect_server(c, cmd->name) != SL_OK) {
+		return CLI_ERROR;
+	}
+	out_failed = 0;
+	int rc = cmd->fn(c, &pos, &o);
+	if (fflush(stdout) != 0 || out_failed) {
+		if (!c->interactive) {
+			fprintf(stderr, "shiplog: %s: writing to stdout: %s\n", cmd->name,
+			        strerror(errno));
+		}
+		clearerr(stdout);
+		return CLI_ERROR;
+	}
+	return rc;
+}
+
+/* ---- main --------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: shiplog [-a URL] [--json] [--timeout MS] [--acks N] [--min-seq S] "
+	        "[COMMAND ARGS...]\n"
+	        "\n"
+	        "The command-line client of a shiplogd node.  Without a command: an interactive\n"
+	        "prompt (history, tab completion of commands, \"a b\" / 'a b' quoting; quit or\n"
+	        "EOF leaves); with stdin not a terminal it reads one command a line instead.\n"
+	        "\n"
+	        "global options (before the command):\n"
+	        "  -a, --url URL     the server (default " SL_CLIENT_DEFAULT_URL ")\n"
+	        "  --json            print one JSON object per command (see below)\n"
+	        "  --timeout MS      per-request timeout (default %d; compact: 10 min unless "
+	        "given)\n"
+	        "  --acks N          writes: wait until N followers have the write durably\n"
+	        "                    (a server without replication ignores it)\n"
+	        "  --min-seq S       reads: answer only once the node has applied seq S\n"
+	        "  -h, --help        this text\n"
+	        "\n",
+	        SL_CLIENT_DEFAULT_TIMEOUT_MS);
+	cli_help_commands(f);
+	fprintf(
+	    f,
+	    "\n"
+	    "JSON output: put/del {\"seq\": N} (del of an absent key: {\"seq\": null});\n"
+	    "get {\"key\": K, \"value\": V, \"seq\": N} (value null when absent);\n"
+	    "mget {\"items\": [{\"key\", \"value\", \"seq\"}...], \"found\": N, \"missing\": M};\n"
+	    "scan {\"items\": [{\"key\"[, \"value\"]}...], \"count\": N}; stats {name: value...};\n"
+	    "ping {\"pong\": true, \"latency_us\": N}; compact {\"ok\": true}.\n"
+	    "Keys and values that are valid UTF-8 are JSON strings; any other is given\n"
+	    "instead as \"key_base64\" / \"value_base64\" (RFC 4648 base64 with padding).\n"
+	    "\n"
+	    "exit status: 0 ok, 1 not found (get, del, or any key of mget), 2 error\n"
+	    "(message on stderr; connection errors name the server's URL).\n");
+}
+
+static int parse_num_opt(const char *name, const char *s, uint64_t max, uint64_t *out)
+{
+	if (parse_u64(s, out) || *out > max) {
+		fprintf(stderr, "shiplog: bad value for %s: '%s'\n", name, s);
+		return -1;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+	    {"url", required_argument, NULL, 'a'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"timeout", required_argument, NULL, 't'},
+	    {"acks", required_argument, NULL, 'A'},
+	    {"min-seq", required_argument, NULL, 'm'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	cli c = {.url = SL_CLIENT_DEFAULT_URL, .timeout_ms = SL_CLIENT_DEFAULT_TIMEOUT_MS};
+	uint64_t v;
+	int ch;
+	/* "+": stop at the command name; its arguments are not ours. */
+	while ((ch = getopt_long(argc, argv, "+a:h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'a':
+			if (!optarg[0]) {
+				fprintf(stderr, "shiplog: -a needs a URL\n");
+				return CLI_ERROR;
+			}
+			c.url = optarg;
+			break;
+		case 'j':
+			c.json = 1;
+			break;
+		case 't':
+			if (parse_num_opt("--timeout", optarg, 86400000, &v) || v == 0) {
+				if (v == 0) {
+					fprintf(stderr,
+					        "shiplog: --timeout must be at least 1 ms\n");
+				}
+				return CLI_ERROR;
+			}
+			c.timeout_ms = (int)v;
+			c.timeout_set = 1;
+			break;
+		case 'A':
+			if (parse_num_opt("--acks", optarg, 1000, &v)) {
+				return CLI_ERROR;
+			}
+			c.acks = (uint32_t)v;
+			break;
+		case 'm':
+			if (parse_num_opt("--min-seq", optarg, UINT64_MAX, &v)) {
+				return CLI_ERROR;
+			}
+			c.min_seq = v;
+			break;
+		case 'h':
+			usage(stdout);
+			return CLI_OK;
+		default:
+			fprintf(stderr, "(see shiplog --help)\n");
+			return CLI_ERROR;
+		}
+	}
+	int rc;
+	if (optind >= argc) {
+		rc = cli_repl(&c);
+	} else {
+		int n = argc - optind;
+		size_t len[n];
+		for (int i = 0; i < n; i++) {
+			len[i] = strlen(argv[optind + i]);
+		}
+		cli_args a = {n, argv + optind, len};
+		rc = cli_command(&c, &a);
+	}
+	sl_client_close(c.client);
+	return rc;
+}

@@ -1,0 +1,692 @@
+/*
+ * handler.c — one Request in, one Response out (see handler.h).
+ *
+ * Invariants kept here (docs/protocol.md cites them):
+ *  1. Nothing is allocated from a message's contents before its sizes are
+ *     bounded: nng's receive limit bounds the message, sl_request_precheck
+ *     bounds the per-element allocations of protobuf-c, and the handler
+ *     checks key and value lengths before calling the engine.
+ *  2. A request that fails validation touches no stored data: every check
+ *     runs before the first engine write of that operation.
+ *  3. A response never exceeds the node's max_msg_bytes: values are counted
+ *     into r->bytes as they are added; an operation that would go over
+ *     answers SL_ETOOBIG instead.
+ *  4. The decoded Request is freed before sl_handle returns; the Response
+ *     owns (r->owned) every buffer it points at.
+ */
+#include "handler.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "scan.h"
+#include "status.h"
+
+/* TTLs beyond a century are almost certainly unit mistakes, and would
+ * overflow expire_at arithmetic near UINT64_MAX. */
+#define SL_MAX_TTL_MS (100ull * 365 * 24 * 3600 * 1000)
+
+/* ---- reply helpers --------------------------------------------------- */
+
+static void reply_init(sl_reply *r)
+{
+	memset(r, 0, sizeof(*r));
+	shiplog__response__init(&r->resp);
+	r->resp.has_status = 1;
+	r->resp.status = SL_OK;
+}
+
+/* Takes ownership of p (freed with the reply).  On allocation failure p is
+ * freed at once and -1 returned. */
+static int own(sl_reply *r, void *p)
+{
+	if (p == NULL) {
+		return -1;
+	}
+	if (r->nowned == r->capowned) {
+		size_t cap = r->capowned ? r->capowned * 2 : 8;
+		void **o = realloc(r->owned, cap * sizeof(*o));
+		if (o == NULL) {
+			free(p);
+			return -1;
+		}
+		r->owned = o;
+		r->capowned = cap;
+	}
+	r->owned[r->nowned++] = p;
+	return 0;
+}
+
+static void *own_alloc(sl_reply *r, size_t n)
+{
+	void *p = calloc(1, n ? n : 1);
+	return own(r, p) == 0 ? p : NULL;
+}
+
+static void fail(sl_reply *r, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void fail(sl_reply *r, int status, const char *fmt, ...)
+{
+	r->resp.status = status;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(r->errbuf, sizeof(r->errbuf), fmt, ap);
+	va_end(ap);
+	r->resp.error = r->errbuf;
+}
+
+/* An engine result that is neither OK nor NOTFOUND, with context. */
+static void fail_engine(sl_reply *r, int rc, const char *what)
+{
+	fail(r, rc, "%s: %s", what, sl_status_str(rc));
+	if (rc == SL_EFAILED || rc == SL_EIO || rc == SL_ENOSPC || rc == SL_ECORRUPT) {
+		sl_log_error("%s: %s", what, sl_status_str(rc));
+	}
+}
+
+/* A malloc'd "what: detail" for a batch result; NULL on ENOMEM. */
+static char *own_printf(sl_reply *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static char *own_printf(sl_reply *r, const char *fmt, ...)
+{
+	char buf[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	char *s = strdup(buf);
+	return own(r, s) == 0 ? s : NULL;
+}
+
+/* ---- argument checks (invariant 2) ---------------------------------- */
+
+/* 0 when key is acceptable; else the status, with a message in msg. */
+static int check_key(const sl_node *n, const ProtobufCBinaryData *k, int has, char *msg,
+                     size_t cap)
+{
+	if (!has || k->len == 0) {
+		snprintf(msg, cap, "empty key");
+		return SL_EINVAL;
+	}
+	if (k->len > n->max_key_bytes) {
+		snprintf(msg, cap, "key is %zu bytes, limit %u", k->len, n->max_key_bytes);
+		return SL_ETOOBIG;
+	}
+	return SL_OK;
+}
+
+static int check_put(const sl_node *n, const Shiplog__Put *p, char *msg, size_t cap)
+{
+	int rc = check_key(n, &p->key, p->has_key, msg, cap);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	if (p->has_value && p->value.len > n->max_value_bytes) {
+		snprintf(msg, cap, "value is %zu bytes, limit %u", p->value.len,
+		         n->max_value_bytes);
+		return SL_ETOOBIG;
+	}
+	if (p->has_ttl_ms && p->ttl_ms > SL_MAX_TTL_MS) {
+		snprintf(msg, cap, "ttl_ms %llu is over 100 years", (unsigned long long)p->ttl_ms);
+		return SL_EINVAL;
+	}
+	return SL_OK;
+}
+
+/* The value bytes of a Put; an absent value is the empty value. */
+static const void *put_value(const Shiplog__Put *p, size_t *len)
+{
+	static const uint8_t empty = 0;
+	if (!p->has_value || p->value.data == NULL) {
+		*len = 0;
+		return &empty;
+	}
+	*len = p->value.len;
+	return p->value.data;
+}
+
+/* ---- single-key operations (shared by plain requests and batches) --- */
+
+typedef struct op_result {
+	int status;
+	uint64_t seq;
+	void *val; /* owned by the reply once set */
+	size_t vlen;
+	int over_budget; /* SL_ETOOBIG because the response is full */
+	char msg[200];
+} op_result;
+
+static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
+{
+	o->status = check_key(n, &g->key, g->has_key, o->msg, sizeof(o->msg));
+	if (o->status != SL_OK) {
+		return;
+	}
+	void *v = NULL;
+	size_t vl = 0;
+	int rc = sl_get_seq(n->db, g->key.data, g->key.len, &v, &vl, &o->seq);
+	if (rc != SL_OK) {
+		o->status = rc;
+		if (rc != SL_ENOTFOUND) {
+			snprintf(o->msg, sizeof(o->msg), "get: %s", sl_status_str(rc));
+		}
+		return;
+	}
+	if (own(r, v) != 0) {
+		o->status = SL_ENOMEM;
+		snprintf(o->msg, sizeof(o->msg), "get: out of memory");
+		return;
+	}
+	if (r->bytes + vl + g->key.len > n->max_msg_bytes - SL_MSG_SLACK / 2) {
+		o->status = SL_ETOOBIG;
+		o->over_budget = 1;
+		snprintf(o->msg, sizeof(o->msg), "response would exceed %zu bytes", n->max_msg_bytes);
+		return;
+	}
+	r->bytes += vl + g->key.len;
+	o->val = v;
+	o->vlen = vl;
+}
+
+static void do_put(sl_node *n, const Shiplog__Put *p, op_result *o)
+{
+	o->status = check_put(n, p, o->msg, sizeof(o->msg));
+	if (o->status != SL_OK) {
+		return;
+	}
+	size_t vl;
+	const void *v = put_value(p, &vl);
+	uint64_t ttl = p->has_ttl_ms ? p->ttl_ms : 0;
+	int rc = ttl ? sl_put_ttl(n->db, p->key.data, p->key.len, v, vl, ttl, &o->seq)
+	             : sl_put(n->db, p->key.data, p->key.len, v, vl, &o->seq);
+	o->status = rc;
+	if (rc != SL_OK) {
+		snprintf(o->msg, sizeof(o->msg), "put: %s", sl_status_str(rc));
+		if (rc == SL_EFAILED || rc == SL_EIO || rc == SL_ENOSPC) {
+			sl_log_error("put: %s", sl_status_str(rc));
+		}
+	}
+}
+
+static void do_del(sl_node *n, const Shiplog__Del *d, op_result *o)
+{
+	o->status = check_key(n, &d->key, d->has_key, o->msg, sizeof(o->msg));
+	if (o->status != SL_OK) {
+		return;
+	}
+	int rc = sl_delete(n->db, d->key.data, d->key.len, &o->seq);
+	o->status = rc;
+	if (rc != SL_OK && rc != SL_ENOTFOUND) {
+		snprintf(o->msg, sizeof(o->msg), "del: %s", sl_status_str(rc));
+		if (rc == SL_EFAILED || rc == SL_EIO || rc == SL_ENOSPC) {
+			sl_log_error("del: %s", sl_status_str(rc));
+		}
+	}
+}
+
+/* Copies a single-key result into the top-level Response. */
+static void set_top(sl_reply *r, const op_result *o)
+{
+	r->resp.status = o->status;
+	if (o->status == SL_OK || o->status == SL_ENOTFOUND) {
+		if (o->seq != 0) {
+			r->resp.has_seq = 1;
+			r->resp.seq = o->seq;
+		}
+		if (o->val != NULL) {
+			r->resp.has_value = 1;
+			r->resp.value.data = o->val;
+			r->resp.value.len = o->vlen;
+		}
+		return;
+	}
+	snprintf(r->errbuf, sizeof(r->errbuf), "%s", o->msg[0] ? o->msg : sl_status_str(o->status));
+	r->resp.error = r->errbuf;
+}
+
+/* ---- multi-key operations ------------------------------------------- */
+
+static void do_mget(sl_node *n, sl_reply *r, const Shiplog__MGet *m)
+{
+	size_t k = m->n_keys;
+	if (k == 0) {
+		return;
+	}
+	Shiplog__Entry *ents = own_alloc(r, k * sizeof(*ents));
+	Shiplog__Entry **ptrs = own_alloc(r, k * sizeof(*ptrs));
+	if (ents == NULL || ptrs == NULL) {
+		fail(r, SL_ENOMEM, "mget: out of memory");
+		return;
+	}
+	for (size_t i = 0; i < k; i++) {
+		Shiplog__Get g = SHIPLOG__GET__INIT;
+		g.has_key = 1;
+		g.key = m->keys[i];
+		op_result o = {0};
+		do_get(n, r, &g, &o);
+		if (o.over_budget) {
+			fail(r, SL_ETOOBIG, "mget: response would exceed %zu bytes; ask for fewer keys",
+			     n->max_msg_bytes);
+			r->resp.n_entries = 0;
+			return;
+		}
+		if (o.status == SL_ENOMEM) {
+			fail(r, o.status, "mget: %s", o.msg[0] ? o.msg : sl_status_str(o.status));
+			r->resp.n_entries = 0;
+			return;
+		}
+		shiplog__entry__init(&ents[i]);
+		ents[i].has_status = 1;
+		ents[i].status = o.status;
+		if (o.status == SL_OK) {
+			ents[i].has_value = 1;
+			ents[i].value.data = o.val;
+			ents[i].value.len = o.vlen;
+			ents[i].has_seq = 1;
+			ents[i].seq = o.seq;
+		}
+		ptrs[i] = &ents[i];
+		r->resp.entries = ptrs;
+		r->resp.n_entries = i + 1;
+	}
+}
+
+static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
+{
+	sl_scan_page pg;
+	size_t plen = s->has_prefix ? s->prefix.len : 0;
+	size_t clen = s->has_cursor ? s->cursor.len : 0;
+	if (plen > n->max_key_bytes || clen > n->max_key_bytes) {
+		fail(r, SL_ETOOBIG, "scan: prefix or cursor longer than %u bytes", n->max_key_bytes);
+		return;
+	}
+	uint32_t limit = s->has_limit && s->limit ? s->limit : n->scan_default;
+	if (limit > n->scan_max) {
+		limit = n->scan_max;
+	}
+	size_t budget = n->max_msg_bytes - SL_MSG_SLACK / 2;
+	int rc = sl_scan_page_run(n->db, plen ? s->prefix.data : NULL, plen,
+	                          clen ? s->cursor.data : NULL, clen, limit, budget,
+	                          s->has_keys_only && s->keys_only, &pg);
+	if (rc != SL_OK) {
+		fail(r, rc, "scan: %s", sl_status_str(rc));
+		return;
+	}
+	/* The page's buffers move into the reply. */
+	Shiplog__Entry *ents = own_alloc(r, (pg.n ? pg.n : 1) * sizeof(*ents));
+	Shiplog__Entry **ptrs = own_alloc(r, (pg.n ? pg.n : 1) * sizeof(*ptrs));
+	if (ents == NULL || ptrs == NULL) {
+		sl_scan_page_free(&pg);
+		fail(r, SL_ENOMEM, "scan: out of memory");
+		return;
+	}
+	int oom = 0;
+	for (size_t i = 0; i < pg.n; i++) {
+		sl_scan_entry *e = &pg.e[i];
+		shiplog__entry__init(&ents[i]);
+		ents[i].has_key = 1;
+		ents[i].key.data = e->k;
+		ents[i].key.len = e->kl;
+		if (own(r, e->k) != 0) {
+			oom = 1;
+		}
+		e->k = NULL;
+		if (e->v != NULL) {
+			ents[i].has_value = 1;
+			ents[i].value.data = e->v;
+			ents[i].value.len = e->vl;
+			if (own(r, e->v) != 0) {
+				oom = 1;
+			}
+			e->v = NULL;
+		}
+		ptrs[i] = &ents[i];
+	}
+	size_t count = pg.n;
+	if (pg.more && count > 0) {
+		r->resp.has_cursor = 1;
+		r->resp.cursor = ents[count - 1].key;
+	}
+	sl_scan_page_free(&pg);
+	if (oom) {
+		fail(r, SL_ENOMEM, "scan: out of memory");
+		r->resp.has_cursor = 0;
+		return;
+	}
+	r->resp.entries = ptrs;
+	r->resp.n_entries = count;
+}
+
+/* ---- stats ------------------------------------------------------------ */
+
+#define MAX_STATS 40
+
+static void add_stat(sl_reply *r, Shiplog__Stat *st, Shiplog__Stat **ptrs, const char *name,
+                     uint64_t v, const char *text)
+{
+	size_t i = r->resp.n_stats;
+	if (i >= MAX_STATS) {
+		return;
+	}
+	shiplog__stat__init(&st[i]);
+	st[i].name = (char *)name;
+	if (text != NULL) {
+		st[i].text = (char *)text;
+	} else {
+		st[i].has_value = 1;
+		st[i].value = v;
+	}
+	ptrs[i] = &st[i];
+	r->resp.n_stats = i + 1;
+}
+
+static void do_stats(sl_node *n, sl_reply *r)
+{
+	sl_stats s;
+	int rc = sl_stats_get(n->db, &s);
+	if (rc != SL_OK) {
+		fail(r, rc, "stats: %s", sl_status_str(rc));
+		return;
+	}
+	Shiplog__Stat *st = own_alloc(r, MAX_STATS * sizeof(*st));
+	Shiplog__Stat **ptrs = own_alloc(r, MAX_STATS * sizeof(*ptrs));
+	if (st == NULL || ptrs == NULL) {
+		fail(r, SL_ENOMEM, "stats: out of memory");
+		return;
+	}
+	r->resp.stats = ptrs;
+	uint64_t uptime = (sl_node_mono_ms() - n->start_ms) / 1000;
+	add_stat(r, st, ptrs, "role", 0, n->role);
+	add_stat(r, st, ptrs, "version", 0, SL_NODE_VERSION);
+	add_stat(r, st, ptrs, "uptime_s", uptime, NULL);
+	add_stat(r, st, ptrs, "keys", s.keys, NULL);
+	add_stat(r, st, ptrs, "tombstones", s.tombstones, NULL);
+	add_stat(r, st, ptrs, "live_bytes", s.live_bytes, NULL);
+	add_stat(r, st, ptrs, "dead_bytes", s.dead_bytes, NULL);
+	add_stat(r, st, ptrs, "disk_bytes", s.disk_bytes, NULL);
+	add_stat(r, st, ptrs, "segments", s.segments, NULL);
+	add_stat(r, st, ptrs, "last_seq", s.last_seq, NULL);
+	add_stat(r, st, ptrs, "synced_seq", s.synced_seq, NULL);
+	add_stat(r, st, ptrs, "keydir_bytes", s.keydir_bytes, NULL);
+	add_stat(r, st, ptrs, "recovery_ms", s.recovery_ms, NULL);
+	add_stat(r, st, ptrs, "corrupt_records", s.corrupt_records, NULL);
+	add_stat(r, st, ptrs, "hints_loaded", s.hints_loaded, NULL);
+	add_stat(r, st, ptrs, "segments_scanned", s.segments_scanned, NULL);
+	add_stat(r, st, ptrs, "fsyncs", s.fsyncs, NULL);
+	add_stat(r, st, ptrs, "puts", s.puts, NULL);
+	add_stat(r, st, ptrs, "gets", s.gets, NULL);
+	add_stat(r, st, ptrs, "deletes", s.deletes, NULL);
+	add_stat(r, st, ptrs, "compactions", atomic_load(&n->compactions), NULL);
+	add_stat(r, st, ptrs, "failed", (uint64_t)(int64_t)s.failed, NULL);
+	add_stat(r, st, ptrs, "sync", 0, n->sync_name);
+	add_stat(r, st, ptrs, "max_key_bytes", n->max_key_bytes, NULL);
+	add_stat(r, st, ptrs, "max_value_bytes", n->max_value_bytes, NULL);
+	add_stat(r, st, ptrs, "max_message_bytes", n->max_msg_bytes, NULL);
+}
+
+/* ---- batch ------------------------------------------------------------ */
+
+static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
+{
+	size_t k = b->n_ops;
+	if (k == 0) {
+		return;
+	}
+	Shiplog__Result *res = own_alloc(r, k * sizeof(*res));
+	Shiplog__Result **ptrs = own_alloc(r, k * sizeof(*ptrs));
+	if (res == NULL || ptrs == NULL) {
+		fail(r, SL_ENOMEM, "batch: out of memory");
+		return;
+	}
+	for (size_t i = 0; i < k; i++) {
+		const Shiplog__Op *op = b->ops[i];
+		op_result o = {0};
+		switch (op->op_case) {
+		case SHIPLOG__OP__OP_GET:
+			do_get(n, r, op->get, &o);
+			break;
+		case SHIPLOG__OP__OP_PUT:
+			do_put(n, op->put, &o);
+			break;
+		case SHIPLOG__OP__OP_DEL:
+			do_del(n, op->del, &o);
+			break;
+		case SHIPLOG__OP__OP_PING:
+			o.status = SL_OK;
+			break;
+		default:
+			o.status = SL_EBADOP;
+			snprintf(o.msg, sizeof(o.msg), "batch op %zu: unknown operation", i);
+			break;
+		}
+		shiplog__result__init(&res[i]);
+		res[i].has_status = 1;
+		res[i].status = o.status;
+		if (o.seq != 0) {
+			res[i].has_seq = 1;
+			res[i].seq = o.seq;
+		}
+		if (o.val != NULL) {
+			res[i].has_value = 1;
+			res[i].value.data = o.val;
+			res[i].value.len = o.vlen;
+		}
+		if (o.status < 0) {
+			res[i].error = own_printf(r, "%s", o.msg[0] ? o.msg : sl_status_str(o.status));
+		}
+		ptrs[i] = &res[i];
+	}
+	r->resp.results = ptrs;
+	r->resp.n_results = k;
+}
+
+/* ---- dispatch --------------------------------------------------------- */
+
+static int is_read(int op)
+{
+	return op == SL_OP_GET || op == SL_OP_MGET || op == SL_OP_SCAN || op == SL_OP_BATCH;
+}
+
+static int is_write(int op) { return op == SL_OP_PUT || op == SL_OP_DEL || op == SL_OP_BATCH; }
+
+static int op_of(const Shiplog__Request *q)
+{
+	switch (q->op_case) {
+	case SHIPLOG__REQUEST__OP_GET:
+		return SL_OP_GET;
+	case SHIPLOG__REQUEST__OP_PUT:
+		return SL_OP_PUT;
+	case SHIPLOG__REQUEST__OP_DEL:
+		return SL_OP_DEL;
+	case SHIPLOG__REQUEST__OP_MGET:
+		return SL_OP_MGET;
+	case SHIPLOG__REQUEST__OP_SCAN:
+		return SL_OP_SCAN;
+	case SHIPLOG__REQUEST__OP_STATS:
+		return SL_OP_STATS;
+	case SHIPLOG__REQUEST__OP_COMPACT:
+		return SL_OP_COMPACT;
+	case SHIPLOG__REQUEST__OP_PING:
+		return SL_OP_PING;
+	case SHIPLOG__REQUEST__OP_BATCH:
+		return SL_OP_BATCH;
+	case SHIPLOG__REQUEST__OP_PROMOTE:
+		return SL_OP_PROMOTE;
+	case SHIPLOG__REQUEST__OP_FOLLOW:
+		return SL_OP_FOLLOW;
+	case SHIPLOG__REQUEST__OP_WAIT:
+		return SL_OP_WAIT;
+	default:
+		return SL_OP_INVALID;
+	}
+}
+
+/* Decodes buf after bounding it (invariant 1).  NULL with r failed. */
+static Shiplog__Request *decode(const void *buf, size_t len, sl_reply *r)
+{
+	size_t ops = 0, keys = 0;
+	int rc = sl_request_precheck(buf, len, &ops, &keys);
+	if (rc == SL_ETOOBIG) {
+		fail(r, SL_ETOOBIG, "request has %zu batch ops / %zu mget keys; limit %u each", ops,
+		     keys, SL_MAX_BATCH_OPS);
+		return NULL;
+	}
+	if (rc != SL_OK) {
+		fail(r, SL_EPROTO, "malformed request: not a valid protobuf Request");
+		return NULL;
+	}
+	Shiplog__Request *q = shiplog__request__unpack(NULL, len, buf);
+	if (q == NULL) {
+		fail(r, SL_EPROTO, "malformed request: protobuf decode failed");
+	}
+	return q;
+}
+
+static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
+{
+	if (is_read(op) && q->has_min_seq && q->min_seq > 0) {
+		sl_stats s;
+		if (sl_stats_get(n->db, &s) == SL_OK && s.last_seq < q->min_seq) {
+			fail(r, SL_EBEHIND, "node has applied seq %llu, request needs %llu",
+			     (unsigned long long)s.last_seq, (unsigned long long)q->min_seq);
+			r->resp.has_applied_seq = 1;
+			r->resp.applied_seq = s.last_seq;
+			return;
+		}
+	}
+	op_result o = {0};
+	switch (op) {
+	case SL_OP_GET:
+		do_get(n, r, q->get, &o);
+		set_top(r, &o);
+		break;
+	case SL_OP_PUT:
+		do_put(n, q->put, &o);
+		set_top(r, &o);
+		break;
+	case SL_OP_DEL:
+		do_del(n, q->del, &o);
+		set_top(r, &o);
+		break;
+	case SL_OP_MGET:
+		do_mget(n, r, q->mget);
+		break;
+	case SL_OP_SCAN:
+		do_scan(n, r, q->scan);
+		break;
+	case SL_OP_STATS:
+		do_stats(n, r);
+		break;
+	case SL_OP_COMPACT: {
+		int rc = sl_compact(n->db);
+		if (rc == SL_OK) {
+			atomic_fetch_add(&n->compactions, 1);
+		} else {
+			fail_engine(r, rc, "compact");
+		}
+		break;
+	}
+	case SL_OP_PING:
+		break;
+	case SL_OP_BATCH:
+		do_batch(n, r, q->batch);
+		break;
+	case SL_OP_PROMOTE:
+	case SL_OP_FOLLOW:
+	case SL_OP_WAIT:
+		fail(r, SL_ENOTIMPL, "%s: replication is not available on this server",
+		     sl_op_names[op]);
+		break;
+	default:
+		fail(r, SL_EBADOP, "unknown or missing operation");
+		break;
+	}
+	/* Without replication no follower can acknowledge: say so with 0. */
+	if (is_write(op) && q->has_acks && q->acks > 0 && r->resp.status >= 0) {
+		r->resp.has_acks = 1;
+		r->resp.acks = 0;
+	}
+}
+
+int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r)
+{
+	reply_init(r);
+	Shiplog__Request *q = decode(buf, len, r);
+	if (q == NULL) {
+		return SL_OP_INVALID;
+	}
+	if (q->has_id) {
+		r->resp.has_id = 1;
+		r->resp.id = q->id;
+	}
+	int op = op_of(q);
+	run(n, r, q, op);
+	/* Values sent back never point into the request (invariant 4), so the
+	 * request can go now. */
+	shiplog__request__free_unpacked(q, NULL);
+	return op;
+}
+
+/* Requests this short cannot carry anything but a ping, an id and the
+ * replication fields; decoding them in a callback thread costs little. */
+#define QUICK_MAX 64
+
+int sl_handle_quick(sl_node *n, const void *buf, size_t len, sl_reply *r)
+{
+	(void)n;
+	if (len > QUICK_MAX || sl_request_precheck(buf, len, NULL, NULL) != SL_OK) {
+		return 0;
+	}
+	Shiplog__Request *q = shiplog__request__unpack(NULL, len, buf);
+	if (q == NULL) {
+		return 0;
+	}
+	int quick = q->op_case == SHIPLOG__REQUEST__OP_PING;
+	if (quick) {
+		reply_init(r);
+		if (q->has_id) {
+			r->resp.has_id = 1;
+			r->resp.id = q->id;
+		}
+	}
+	shiplog__request__free_unpacked(q, NULL);
+	return quick;
+}
+
+void sl_handle_reject(const void *buf, size_t len, int status, const char *msg, sl_reply *r)
+{
+	reply_init(r);
+	fail(r, status, "%s", msg);
+	if (sl_request_precheck(buf, len, NULL, NULL) != SL_OK) {
+		return;
+	}
+	Shiplog__Request *q = shiplog__request__unpack(NULL, len, buf);
+	if (q != NULL) {
+		if (q->has_id) {
+			r->resp.has_id = 1;
+			r->resp.id = q->id;
+		}
+		shiplog__request__free_unpacked(q, NULL);
+	}
+}
+
+size_t sl_reply_size(const sl_reply *r) { return shiplog__response__get_packed_size(&r->resp); }
+
+void sl_reply_pack(const sl_reply *r, void *out) { shiplog__response__pack(&r->resp, out); }
+
+void sl_reply_free(sl_reply *r)
+{
+	if (r == NULL) {
+		return;
+	}
+	for (size_t i = 0; i < r->nowned; i++) {
+		free(r->owned[i]);
+	}
+	free(r->owned);
+	r->owned = NULL;
+	r->nowned = r->capowned = 0;
+}

@@ -1,0 +1,62 @@
+/*
+ * handler.h — turns one encoded Request into one Response.
+ *
+ * This is the whole request path minus the transport: bound the sizes,
+ * decode, check the arguments, call the engine, build the Response.  It is
+ * a plain function of (node, bytes) so that the server's workers, the unit
+ * tests and the libFuzzer target (tests/node/fuzz_handler.c) all drive the
+ * same code.  It may block on disk (sl_put under --sync always, sl_compact):
+ * call it only from the node's worker threads, never from an nng callback.
+ */
+#ifndef SL_NODE_HANDLER_H
+#define SL_NODE_HANDLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "node.h"
+#include "shiplog.pb-c.h"
+
+/* Bounds checked on the wire before protobuf-c allocates anything. */
+#define SL_MAX_BATCH_OPS 65536u
+#define SL_MAX_MGET_KEYS 65536u
+
+/* A Response being built, and every allocation it points into. */
+typedef struct sl_reply {
+	Shiplog__Response resp;
+	void **owned; /* freed by sl_reply_free */
+	size_t nowned, capowned;
+	size_t bytes; /* running size of the values/keys added, for budgets */
+	char errbuf[256];
+} sl_reply;
+
+/* Decodes the len bytes at buf as a Request, runs it against n and fills r
+ * (which the caller has not initialised; release with sl_reply_free whatever
+ * the outcome).  Returns the operation (SL_OP_*) for metrics; the status is
+ * r->resp.status.  Never fails: bad input gives an error status. */
+int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r);
+
+/* Answers buf without touching storage when that is possible: a ping.
+ * Returns 1 and fills r (free with sl_reply_free) when it did; 0 (r
+ * untouched) when the request needs a worker.  Cheap: only small messages
+ * are decoded.  Safe in nng callback threads. */
+int sl_handle_quick(sl_node *n, const void *buf, size_t len, sl_reply *r);
+
+/* Fills r with status (and message) for the request in buf, whose id is
+ * echoed when it can be decoded; used for SL_ESHUTDOWN while stopping. */
+void sl_handle_reject(const void *buf, size_t len, int status, const char *msg, sl_reply *r);
+
+/* Encoded size of r's Response, and the encoding itself into out (which has
+ * room for sl_reply_size(r) bytes). */
+size_t sl_reply_size(const sl_reply *r);
+void sl_reply_pack(const sl_reply *r, void *out);
+
+void sl_reply_free(sl_reply *r);
+
+/* Walks the protobuf wire format of a Request without allocating: checks
+ * that it is well-formed at the top level and counts batch operations and
+ * mget keys.  SL_OK, SL_EPROTO (malformed), SL_ETOOBIG (over the bounds
+ * above).  Exposed for tests. */
+int sl_request_precheck(const void *buf, size_t len, size_t *batch_ops, size_t *mget_keys);
+
+#endif

@@ -1,0 +1,397 @@
+/*
+ * main.c — shiplogd: flags, startup, signals, shutdown.
+ *
+ * Startup refuses (message on stderr, exit status 1) rather than limping:
+ * a bad flag, a data directory already in use, an address already in use.
+ * Shutdown on SIGTERM/SIGINT: the server stops taking requests and finishes
+ * the ones it has (server.c), then the store is synced and closed; exit 0.
+ * Signals are blocked in every thread and taken synchronously by the main
+ * thread with sigwait(), so no work happens in a signal handler.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "node.h"
+#include "server.h"
+#include "shiplog.h"
+
+typedef struct config {
+	const char *dir;
+	const char *listen;
+	const char *metrics;
+	const char *pidfile;
+	sl_sync sync;
+	const char *sync_name;
+	uint64_t segment_bytes;
+	double dead_ratio;
+	uint64_t max_value;
+	uint64_t max_key;
+	int log_level;
+	int workers;
+	int contexts;
+} config;
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: shiplogd [options]\n"
+	        "\n"
+	        "  --dir DIR                   data directory (default ./shiplog-data)\n"
+	        "  --listen URL                client URL (default tcp://127.0.0.1:7420)\n"
+	        "  --sync always|everysec|no   when writes reach the disk (default everysec)\n"
+	        "  --segment-bytes N           rotate segments past N bytes (default 64m)\n"
+	        "  --compact-dead-ratio R      compact a segment at this dead share, 0<R<=1\n"
+	        "                              (default 0.5)\n"
+	        "  --metrics-listen URL        serve /metrics at http://HOST:PORT (default off)\n"
+	        "  --log-level LEVEL           debug|info|warn|error (default info)\n"
+	        "  --max-value-bytes N         largest value accepted (default 16m, max 1g)\n"
+	        "  --max-key-bytes N           largest key accepted (default 65535)\n"
+	        "  --pidfile PATH              write the pid here while running (default none)\n"
+	        "  --workers N                 worker threads running requests (default 16)\n"
+	        "  --contexts N                requests in flight at once (default 256)\n"
+	        "  --version                   print the version and exit\n"
+	        "  --help                      this text\n"
+	        "\n"
+	        "Sizes take k, m, g suffixes (powers of 1024).  SIGTERM or SIGINT stops the\n"
+	        "server cleanly (in-flight requests finish, data is synced).\n");
+}
+
+/* "64m" → 67108864.  0 on success, -1 on a bad or overflowing number. */
+static int parse_size(const char *s, uint64_t *out)
+{
+	char *end = NULL;
+	errno = 0;
+	if (s == NULL || *s == '\0' || *s == '-') {
+		return -1;
+	}
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno != 0 || end == s) {
+		return -1;
+	}
+	unsigned shift = 0;
+	if (*end != '\0') {
+		switch (*end) {
+		case 'k':
+		case 'K':
+			shift = 10;
+			break;
+		case 'm':
+		case 'M':
+			shift = 20;
+			break;
+		case 'g':
+		case 'G':
+			shift = 30;
+			break;
+		default:
+			return -1;
+		}
+		end++;
+		if (*end == 'b' || *end == 'B') {
+			end++;
+		}
+		if (*end != '\0') {
+			return -1;
+		}
+	}
+	if (shift && v > (UINT64_MAX >> shift)) {
+		return -1;
+	}
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+static int bad_flag(const char *flag, const char *val, const char *why)
+{
+	fprintf(stderr, "shiplogd: bad value '%s' for %s: %s (see --help)\n", val, flag, why);
+	return -1;
+}
+
+enum {
+	O_DIR = 256,
+	O_LISTEN,
+	O_SYNC,
+	O_SEGMENT,
+	O_RATIO,
+	O_METRICS,
+	O_LOGLEVEL,
+	O_MAXVAL,
+	O_MAXKEY,
+	O_PIDFILE,
+	O_WORKERS,
+	O_CONTEXTS,
+	O_VERSION,
+	O_HELP,
+};
+
+static const struct option long_opts[] = {
+    {"dir", required_argument, NULL, O_DIR},
+    {"listen", required_argument, NULL, O_LISTEN},
+    {"sync", required_argument, NULL, O_SYNC},
+    {"segment-bytes", required_argument, NULL, O_SEGMENT},
+    {"compact-dead-ratio", required_argument, NULL, O_RATIO},
+    {"metrics-listen", required_argument, NULL, O_METRICS},
+    {"log-level", required_argument, NULL, O_LOGLEVEL},
+    {"max-value-bytes", required_argument, NULL, O_MAXVAL},
+    {"max-key-bytes", required_argument, NULL, O_MAXKEY},
+    {"pidfile", required_argument, NULL, O_PIDFILE},
+    {"workers", required_argument, NULL, O_WORKERS},
+    {"contexts", required_argument, NULL, O_CONTEXTS},
+    {"version", no_argument, NULL, O_VERSION},
+    {"help", no_argument, NULL, O_HELP},
+    {NULL, 0, NULL, 0},
+};
+
+/* 0: run; 1: exit 0 (help/version); -1: exit 1 (message printed). */
+static int parse_flags(int argc, char **argv, config *c)
+{
+	*c = (config){
+	    .dir = "shiplog-data",
+	    .listen = "tcp://127.0.0.1:7420",
+	    .sync = SL_SYNC_EVERYSEC,
+	    .sync_name = "everysec",
+	    .segment_bytes = 64ull << 20,
+	    .dead_ratio = 0.5,
+	    .max_value = 16ull << 20,
+	    .max_key = 65535,
+	    .log_level = SL_LOG_INFO,
+	    .workers = 16,
+	    .contexts = 256,
+	};
+	int ch;
+	uint64_t v;
+	opterr = 0; /* our own messages */
+	while ((ch = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1) {
+		switch (ch) {
+		case O_DIR:
+			c->dir = optarg;
+			break;
+		case O_LISTEN:
+			c->listen = optarg;
+			break;
+		case O_SYNC:
+			if (strcmp(optarg, "always") == 0) {
+				c->sync = SL_SYNC_ALWAYS;
+			} else if (strcmp(optarg, "everysec") == 0) {
+				c->sync = SL_SYNC_EVERYSEC;
+			} else if (strcmp(optarg, "no") == 0) {
+				c->sync = SL_SYNC_NO;
+			} else {
+				return bad_flag("--sync", optarg, "want always, everysec or no");
+			}
+			c->sync_name = optarg;
+			break;
+		case O_SEGMENT:
+			if (parse_size(optarg, &c->segment_bytes) != 0 || c->segment_bytes < 4096) {
+				return bad_flag("--segment-bytes", optarg, "want a size >= 4k");
+			}
+			break;
+		case O_RATIO: {
+			char *end = NULL;
+			c->dead_ratio = strtod(optarg, &end);
+			if (end == optarg || *end != '\0' || !(c->dead_ratio > 0.0) ||
+			    c->dead_ratio > 1.0) {
+				return bad_flag("--compact-dead-ratio", optarg, "want 0 < R <= 1");
+			}
+			break;
+		}
+		case O_METRICS:
+			c->metrics = optarg;
+			break;
+		case O_LOGLEVEL:
+			c->log_level = sl_log_parse_level(optarg);
+			if (c->log_level < 0) {
+				return bad_flag("--log-level", optarg, "want debug, info, warn or error");
+			}
+			break;
+		case O_MAXVAL:
+			if (parse_size(optarg, &c->max_value) != 0 || c->max_value > (1ull << 30)) {
+				return bad_flag("--max-value-bytes", optarg, "want a size <= 1g");
+			}
+			break;
+		case O_MAXKEY:
+			if (parse_size(optarg, &c->max_key) != 0 || c->max_key == 0 ||
+			    c->max_key > 65535) {
+				return bad_flag("--max-key-bytes", optarg, "want 1..65535");
+			}
+			break;
+		case O_PIDFILE:
+			c->pidfile = optarg;
+			break;
+		case O_WORKERS:
+			if (parse_size(optarg, &v) != 0 || v < 1 || v > 1024) {
+				return bad_flag("--workers", optarg, "want 1..1024");
+			}
+			c->workers = (int)v;
+			break;
+		case O_CONTEXTS:
+			if (parse_size(optarg, &v) != 0 || v < 1 || v > 65536) {
+				return bad_flag("--contexts", optarg, "want 1..65536");
+			}
+			c->contexts = (int)v;
+			break;
+		case O_VERSION:
+			printf("shiplogd %s\n", SL_NODE_VERSION);
+			return 1;
+		case 'h':
+		case O_HELP:
+			usage(stdout);
+			return 1;
+		case ':':
+			fprintf(stderr, "shiplogd: %s needs a value (see --help)\n", argv[optind - 1]);
+			return -1;
+		default:
+			fprintf(stderr, "shiplogd: unknown option '%s' (see --help)\n",
+			        argv[optind - 1]);
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "shiplogd: unexpected argument '%s' (see --help)\n", argv[optind]);
+		return -1;
+	}
+	return 0;
+}
+
+static void engine_log(void *arg, const char *level, const char *msg)
+{
+	(void)arg;
+	int l = sl_log_parse_level(level);
+	sl_log(l < 0 ? SL_LOG_WARN : l, "storage: %s", msg);
+}
+
+static int write_pidfile(const char *path)
+{
+	char tmp[4096];
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
+		return -1;
+	}
+	FILE *f = fopen(tmp, "w");
+	if (f == NULL) {
+		return -1;
+	}
+	fprintf(f, "%d\n", (int)getpid());
+	if (fclose(f) != 0 || rename(tmp, path) != 0) {
+		unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	config c;
+	int pr = parse_flags(argc, argv, &c);
+	if (pr != 0) {
+		return pr > 0 ? 0 : 1;
+	}
+	sl_log_set_level(c.log_level);
+
+	/* Every thread created from here on inherits this mask. */
+	sigset_t sigs;
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	sl_node n = {0};
+	n.start_ms = sl_node_mono_ms();
+	n.max_key_bytes = (uint32_t)c.max_key;
+	n.max_value_bytes = (uint32_t)c.max_value;
+	n.max_msg_bytes = (size_t)c.max_value + SL_MSG_SLACK;
+	n.scan_default = 1000;
+	n.scan_max = 100000;
+	n.sync_name = c.sync_name;
+	n.role = "primary";
+
+	sl_options o;
+	sl_options_init(&o);
+	o.sync = c.sync;
+	o.segment_bytes = c.segment_bytes;
+	o.compact_dead_ratio = c.dead_ratio;
+	o.max_key_bytes = (uint32_t)c.max_key;
+	o.max_value_bytes = (uint32_t)c.max_value;
+	o.log_fn = engine_log;
+
+	uint64_t t0 = sl_node_mono_ms();
+	int rc = sl_open(c.dir, &o, &n.db);
+	if (rc != SL_OK) {
+		if (rc == SL_EBUSY) {
+			sl_log_error("data directory %s is in use by another process; refusing to start",
+			             c.dir);
+		} else {
+			sl_log_error("cannot open data directory %s: %s", c.dir, sl_strerror(rc));
+		}
+		return 1;
+	}
+	sl_stats st;
+	sl_stats_get(n.db, &st);
+	sl_log_info("opened %s in %llu ms: %llu keys, last seq %llu, %llu segments", c.dir,
+	            (unsigned long long)(sl_node_mono_ms() - t0), (unsigned long long)st.keys,
+	            (unsigned long long)st.last_seq, (unsigned long long)st.segments);
+
+	n.metrics = sl_metrics_new();
+	sl_server_opts so = {
+	    .listen_url = c.listen,
+	    .metrics_url = c.metrics,
+	    .contexts = c.contexts,
+	    .workers = c.workers,
+	    .drain_ms = 30000,
+	};
+	sl_server *srv = NULL;
+	char err[512];
+	if (n.metrics == NULL || (rc = sl_server_start(&n, &so, &srv, err, sizeof(err))) != SL_OK) {
+		sl_log_error("%s; refusing to start", n.metrics ? err : "out of memory");
+		sl_close(n.db);
+		sl_metrics_free(n.metrics);
+		return 1;
+	}
+	if (c.pidfile != NULL && write_pidfile(c.pidfile) != 0) {
+		sl_log_error("cannot write pidfile %s: %s", c.pidfile, strerror(errno));
+		sl_server_stop(srv);
+		sl_close(n.db);
+		sl_metrics_free(n.metrics);
+		return 1;
+	}
+	sl_log_info("shiplogd %s ready: listening on %s, sync %s, pid %d%s%s", SL_NODE_VERSION,
+	            c.listen, c.sync_name, (int)getpid(), c.metrics ? ", metrics on " : "",
+	            c.metrics ? c.metrics : "");
+
+	int sig = 0;
+	for (;;) {
+		if (sigwait(&sigs, &sig) != 0) {
+			continue;
+		}
+		if (sig == SIGHUP) {
+			sl_log_info("SIGHUP ignored (no configuration file to reload)");
+			continue;
+		}
+		break;
+	}
+	sl_log_info("received %s; stopping: finishing in-flight requests",
+	            sig == SIGTERM ? "SIGTERM" : "SIGINT");
+	sl_server_stop(srv);
+	rc = sl_sync_now(n.db);
+	if (rc != SL_OK) {
+		sl_log_error("final sync failed: %s", sl_strerror(rc));
+	}
+	sl_close(n.db);
+	sl_metrics_free(n.metrics);
+	if (c.pidfile != NULL) {
+		unlink(c.pidfile);
+	}
+	sl_log_info("stopped cleanly");
+	return rc == SL_OK ? 0 : 1;
+}

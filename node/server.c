@@ -1,0 +1,379 @@
+/*
+ * server.c — the REP socket, its contexts, the hand-off to workers, the
+ * metrics endpoint and the graceful stop (see server.h).
+ *
+ * A context's life, driven by its one aio:
+ *
+ *     RECV --msg--> [ping: reply in place] ----------------> SEND
+ *       \          [stopping: SL_ESHUTDOWN in place] ------> SEND
+ *        \--------> WORK (queued; a worker runs sl_handle) -> SEND
+ *     SEND --done--> RECV (unless the socket is closing)
+ *
+ * Invariants:
+ *  1. An nng callback never calls into the engine (no disk, no fsync).
+ *  2. `working` counts requests handed to workers whose response has not
+ *     been handed back to nng; stop waits for it to reach 0 before closing.
+ *  3. Once `stopping` is set no request reaches the engine: callbacks
+ *     answer SL_ESHUTDOWN and the pipe hook refuses new connections.
+ */
+#include "server.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/supplemental/http/http.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "handler.h"
+#include "log.h"
+#include "metrics.h"
+#include "status.h"
+#include "workq.h"
+
+enum { ST_RECV, ST_WORK, ST_SEND };
+
+typedef struct sctx {
+	sl_work work; /* first: a worker gets back to the sctx from it */
+	struct sl_server *s;
+	nng_ctx ctx;
+	nng_aio *aio;
+	int state;
+	nng_msg *req;
+	uint64_t t0_ns;
+	int op, status;
+} sctx;
+
+typedef struct http_work {
+	sl_work work; /* first */
+	struct sl_server *s;
+	nng_aio *aio;
+} http_work;
+
+struct sl_server {
+	sl_node *n;
+	nng_socket sock;
+	int sock_open;
+	sctx *ctxs;
+	int nctx;
+	sl_workq *wq;
+	nng_http_server *http;
+	nng_http_handler *http_h; /* owned by http once added */
+	atomic_int stopping;
+	atomic_int closing;
+	atomic_int working;
+	int drain_ms;
+};
+
+/* ---- replies ------------------------------------------------------- */
+
+/* Hands r's encoding to nng as c's response (and frees r).  If the
+ * response cannot even be allocated, the request is dropped: the client
+ * times out, which it must handle anyway. */
+static void send_reply(sctx *c, sl_reply *r)
+{
+	c->status = r->resp.status;
+	size_t sz = sl_reply_size(r);
+	nng_msg *m = NULL;
+	if (nng_msg_alloc(&m, sz) != 0) {
+		sl_reply_free(r);
+		sl_log_error("out of memory for a %zu-byte response; request dropped", sz);
+		sl_metrics_observe(c->s->n->metrics, c->op, SL_ENOMEM, 0);
+		sl_metrics_inflight_add(c->s->n->metrics, -1);
+		c->state = ST_RECV;
+		nng_ctx_recv(c->ctx, c->aio);
+		return;
+	}
+	sl_reply_pack(r, nng_msg_body(m));
+	sl_reply_free(r);
+	c->state = ST_SEND;
+	nng_aio_set_msg(c->aio, m);
+	nng_ctx_send(c->ctx, c->aio);
+}
+
+static void work_run(sl_work *w)
+{
+	sctx *c = (sctx *)w;
+	sl_reply r;
+	c->op = sl_handle(c->s->n, nng_msg_body(c->req), nng_msg_len(c->req), &r);
+	nng_msg_free(c->req);
+	c->req = NULL;
+	send_reply(c, &r);
+	atomic_fetch_sub(&c->s->working, 1);
+}
+
+/* ---- the context callback (nng's threads: invariant 1) -------------- */
+
+static void on_request(sctx *c, nng_msg *m)
+{
+	sl_server *s = c->s;
+	sl_reply r;
+	c->t0_ns = sl_node_mono_ns();
+	c->op = SL_OP_INVALID;
+	sl_metrics_inflight_add(s->n->metrics, 1);
+	if (atomic_load(&s->stopping)) {
+		sl_handle_reject(nng_msg_body(m), nng_msg_len(m), SL_ESHUTDOWN,
+		                 "server is shutting down; request not executed", &r);
+		nng_msg_free(m);
+		send_reply(c, &r);
+		return;
+	}
+	if (sl_handle_quick(s->n, nng_msg_body(m), nng_msg_len(m), &r)) {
+		c->op = SL_OP_PING;
+		nng_msg_free(m);
+		send_reply(c, &r);
+		return;
+	}
+	c->req = m;
+	c->state = ST_WORK;
+	atomic_fetch_add(&s->working, 1);
+	c->work.fn = work_run;
+	sl_workq_submit(s->wq, &c->work);
+}
+
+static void ctx_cb(void *arg)
+{
+	sctx *c = arg;
+	sl_server *s = c->s;
+	int rv = nng_aio_result(c->aio);
+	if (c->state == ST_SEND) {
+		if (rv != 0) {
+			nng_msg_free(nng_aio_get_msg(c->aio));
+			nng_aio_set_msg(c->aio, NULL);
+		}
+		sl_metrics_observe(s->n->metrics, c->op, c->status, sl_node_mono_ns() - c->t0_ns);
+		sl_metrics_inflight_add(s->n->metrics, -1);
+		c->state = ST_RECV;
+		if (atomic_load(&s->closing) || rv == NNG_ECLOSED) {
+			return;
+		}
+		nng_ctx_recv(c->ctx, c->aio);
+		return;
+	}
+	if (rv != 0) {
+		if (rv == NNG_ECLOSED || atomic_load(&s->closing)) {
+			return;
+		}
+		/* Anything else (NNG_ENOMEM, a cancelled receive) is transient. */
+		sl_log_warn("receive failed: %s", nng_strerror(rv));
+		nng_ctx_recv(c->ctx, c->aio);
+		return;
+	}
+	nng_msg *m = nng_aio_get_msg(c->aio);
+	nng_aio_set_msg(c->aio, NULL);
+	on_request(c, m);
+}
+
+/* Refuses connections once stopping (invariant 3). */
+static void pipe_cb(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+	sl_server *s = arg;
+	if (ev == NNG_PIPE_EV_ADD_PRE && atomic_load(&s->stopping)) {
+		nng_pipe_close(p);
+	}
+}
+
+/* ---- metrics over HTTP --------------------------------------------- */
+
+static void http_run(sl_work *w)
+{
+	http_work *hw = (http_work *)w;
+	nng_aio *aio = hw->aio;
+	char *text = NULL;
+	size_t len = 0;
+	nng_http_res *res = NULL;
+	int rv = NNG_ENOMEM;
+	if (sl_metrics_render(hw->s->n->metrics, hw->s->n, &text, &len) == SL_OK &&
+	    nng_http_res_alloc(&res) == 0) {
+		rv = nng_http_res_set_header(res, "Content-Type",
+		                             "text/plain; version=0.0.4; charset=utf-8");
+		if (rv == 0) {
+			rv = nng_http_res_copy_data(res, text, len);
+		}
+	}
+	free(text);
+	free(hw);
+	if (rv != 0) {
+		nng_http_res_free(res);
+		nng_aio_finish(aio, rv);
+		return;
+	}
+	nng_aio_set_output(aio, 0, res);
+	nng_aio_finish(aio, 0);
+}
+
+/* nng's HTTP thread: hand the render (sl_stats_get) to a worker. */
+static void http_metrics(nng_aio *aio)
+{
+	nng_http_handler *h = nng_aio_get_input(aio, 1);
+	sl_server *s = nng_http_handler_get_data(h);
+	http_work *hw = calloc(1, sizeof(*hw));
+	if (hw == NULL) {
+		nng_aio_finish(aio, NNG_ENOMEM);
+		return;
+	}
+	hw->s = s;
+	hw->aio = aio;
+	hw->work.fn = http_run;
+	sl_workq_submit(s->wq, &hw->work);
+}
+
+static int http_start(sl_server *s, const char *url, char *err, size_t cap)
+{
+	nng_url *u = NULL;
+	int rv = nng_url_parse(&u, url);
+	if (rv != 0 || strcmp(u->u_scheme, "http") != 0) {
+		snprintf(err, cap, "bad --metrics-listen URL '%s' (want http://HOST:PORT)", url);
+		nng_url_free(u);
+		return SL_EINVAL;
+	}
+	rv = nng_http_server_hold(&s->http, u);
+	nng_url_free(u);
+	if (rv != 0) {
+		snprintf(err, cap, "metrics server %s: %s", url, nng_strerror(rv));
+		return SL_EIO;
+	}
+	if ((rv = nng_http_handler_alloc(&s->http_h, "/metrics", http_metrics)) != 0 ||
+	    (rv = nng_http_handler_set_method(s->http_h, "GET")) != 0 ||
+	    (rv = nng_http_handler_set_data(s->http_h, s, NULL)) != 0 ||
+	    (rv = nng_http_server_add_handler(s->http, s->http_h)) != 0) {
+		snprintf(err, cap, "metrics handler: %s", nng_strerror(rv));
+		return SL_EIO;
+	}
+	s->http_h = NULL; /* the server owns it now */
+	if ((rv = nng_http_server_start(s->http)) != 0) {
+		snprintf(err, cap, "cannot listen for metrics on %s: %s", url, nng_strerror(rv));
+		return rv == NNG_EADDRINUSE ? SL_EBUSY : SL_EIO;
+	}
+	return SL_OK;
+}
+
+/* ---- start and stop ------------------------------------------------ */
+
+static int rep_start(sl_server *s, const sl_server_opts *o, char *err, size_t cap)
+{
+	int rv = nng_rep0_open(&s->sock);
+	if (rv != 0) {
+		snprintf(err, cap, "cannot open socket: %s", nng_strerror(rv));
+		return SL_EIO;
+	}
+	s->sock_open = 1;
+	/* Over-long messages are dropped by nng before they are buffered
+	 * whole (docs/protocol.md: the connection is closed). */
+	nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, s->n->max_msg_bytes);
+	nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_PRE, pipe_cb, s);
+	s->nctx = o->contexts > 0 ? o->contexts : 64;
+	s->ctxs = calloc((size_t)s->nctx, sizeof(*s->ctxs));
+	if (s->ctxs == NULL) {
+		s->nctx = 0;
+		snprintf(err, cap, "out of memory");
+		return SL_ENOMEM;
+	}
+	for (int i = 0; i < s->nctx; i++) {
+		sctx *c = &s->ctxs[i];
+		c->s = s;
+		if ((rv = nng_aio_alloc(&c->aio, ctx_cb, c)) != 0 ||
+		    (rv = nng_ctx_open(&c->ctx, s->sock)) != 0) {
+			snprintf(err, cap, "cannot open context: %s", nng_strerror(rv));
+			return SL_ENOMEM;
+		}
+	}
+	rv = nng_listen(s->sock, o->listen_url, NULL, 0);
+	if (rv != 0) {
+		snprintf(err, cap, "cannot listen on %s: %s", o->listen_url, nng_strerror(rv));
+		return rv == NNG_EADDRINUSE ? SL_EBUSY : rv == NNG_EADDRINVAL || rv == NNG_EINVAL ||
+		                                               rv == NNG_ENOTSUP
+		                                           ? SL_EINVAL
+		                                           : SL_EIO;
+	}
+	for (int i = 0; i < s->nctx; i++) {
+		s->ctxs[i].state = ST_RECV;
+		nng_ctx_recv(s->ctxs[i].ctx, s->ctxs[i].aio);
+	}
+	return SL_OK;
+}
+
+int sl_server_start(sl_node *n, const sl_server_opts *o, sl_server **out, char *err, size_t cap)
+{
+	err[0] = '\0';
+	sl_server *s = calloc(1, sizeof(*s));
+	if (s == NULL) {
+		snprintf(err, cap, "out of memory");
+		return SL_ENOMEM;
+	}
+	s->n = n;
+	s->drain_ms = o->drain_ms > 0 ? o->drain_ms : 30000;
+	int rc = sl_workq_start(o->workers > 0 ? o->workers : 8, &s->wq);
+	if (rc != SL_OK) {
+		snprintf(err, cap, "cannot start worker threads");
+		free(s);
+		return rc;
+	}
+	if (o->metrics_url != NULL && o->metrics_url[0] != '\0') {
+		rc = http_start(s, o->metrics_url, err, cap);
+	}
+	if (rc == SL_OK) {
+		rc = rep_start(s, o, err, cap);
+	}
+	if (rc != SL_OK) {
+		sl_server_stop(s);
+		return rc;
+	}
+	*out = s;
+	return SL_OK;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+void sl_server_stop(sl_server *s)
+{
+	if (s == NULL) {
+		return;
+	}
+	atomic_store(&s->stopping, 1);
+	if (s->http != NULL) {
+		nng_http_server_stop(s->http);
+		nng_http_server_release(s->http);
+		s->http = NULL;
+	}
+	if (s->http_h != NULL) {
+		nng_http_handler_free(s->http_h);
+	}
+	/* Invariant 2: finish what workers hold, then give nng a moment to
+	 * write those responses out before the socket's pipes are closed. */
+	int waited = 0;
+	while (atomic_load(&s->working) > 0 && waited < s->drain_ms) {
+		sleep_ms(5);
+		waited += 5;
+	}
+	if (atomic_load(&s->working) > 0) {
+		sl_log_warn("%d requests still running after %d ms; closing anyway",
+		            atomic_load(&s->working), s->drain_ms);
+	}
+	if (s->sock_open) {
+		sleep_ms(100);
+	}
+	atomic_store(&s->closing, 1);
+	if (s->sock_open) {
+		nng_close(s->sock);
+	}
+	for (int i = 0; i < s->nctx; i++) {
+		if (s->ctxs[i].aio != NULL) {
+			nng_aio_stop(s->ctxs[i].aio);
+		}
+	}
+	/* Workers may still hold requests if the drain timed out: stopping
+	 * the queue runs them (their sends fail on the closed socket). */
+	sl_workq_stop(s->wq);
+	for (int i = 0; i < s->nctx; i++) {
+		nng_aio_free(s->ctxs[i].aio);
+	}
+	free(s->ctxs);
+	free(s);
+}

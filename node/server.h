@@ -1,0 +1,38 @@
+/*
+ * server.h — shiplogd's transport: an nng REP socket served by many
+ * contexts, the node's worker threads, and the metrics HTTP endpoint.
+ *
+ * Request path: an nng callback receives a message and only enqueues it
+ * (pings are answered in place: they touch no storage); a worker runs
+ * sl_handle() and hands the response back to nng.  Shutdown: stop taking
+ * requests (later ones get SL_ESHUTDOWN, new connections are refused),
+ * finish those already taken, then close the socket.
+ */
+#ifndef SL_NODE_SERVER_H
+#define SL_NODE_SERVER_H
+
+#include <stddef.h>
+
+#include "node.h"
+
+typedef struct sl_server_opts {
+	const char *listen_url;  /* nng URL for clients, e.g. tcp://127.0.0.1:7420 */
+	const char *metrics_url; /* http://host:port, or NULL for none */
+	int contexts;            /* requests served at once (nng contexts) */
+	int workers;             /* worker threads running requests */
+	int drain_ms;            /* at stop: how long to wait for in-flight work */
+} sl_server_opts;
+
+typedef struct sl_server sl_server;
+
+/* Starts serving n (which must outlive the server).  On failure returns
+ * SL_EBUSY (an address is in use), SL_EINVAL (bad URL), SL_ENOMEM or SL_EIO,
+ * with a one-line reason in err (cap bytes).  The socket's receive limit is
+ * n->max_msg_bytes. */
+int sl_server_start(sl_node *n, const sl_server_opts *o, sl_server **out, char *err, size_t cap);
+
+/* Graceful stop (see above) and free.  NULL is fine.  After it returns no
+ * thread of the server touches n. */
+void sl_server_stop(sl_server *s);
+
+#endif
