@@ -32,6 +32,7 @@
 #define STDIN_MAX          (1ull << 30) /* the engine's upper bound on a value */
 #define COMPACT_TIMEOUT_MS 600000
 #define SCAN_PAGE          1000
+#define BIG_VALUE          (1u << 20) /* larger puts check the server's limit first */
 
 /* ---- output helpers ---------------------------------------------------- */
 
@@ -347,6 +348,27 @@ static void out_seq(cli *c, int rc, uint64_t seq)
 	}
 }
 
+/* The server drops the connection on a message over its size limit rather
+ * than answering, which would read as "connection lost"; so before sending a
+ * large value ask for the limit and refuse with a clear message.  Returns 0
+ * when the value fits (or the limit is unknown). */
+static int check_value_limit(cli *c, size_t vlen)
+{
+	sl_client_stats *st = NULL;
+	if (sl_client_stats_get(c->client, &st) != SL_OK) {
+		return 0; /* the put itself will report what is wrong */
+	}
+	const sl_client_stat *m = sl_client_stats_find(st, "max_value_bytes");
+	int over = m && !m->text && vlen > m->value;
+	if (over) {
+		fprintf(stderr,
+		        "shiplog: put: %s: value is %zu bytes, the server's limit is %llu\n",
+		        sl_client_strerror(SL_ETOOBIG), vlen, (unsigned long long)m->value);
+	}
+	sl_client_stats_free(st);
+	return over;
+}
+
 static int cmd_put(cli *c, const cli_args *p, const cmd_opts *o)
 {
 	void *val = p->v[1], *owned = NULL;
@@ -362,6 +384,10 @@ static int cmd_put(cli *c, const cli_args *p, const cmd_opts *o)
 			return CLI_ERROR;
 		}
 		val = owned;
+	}
+	if (vlen > BIG_VALUE && check_value_limit(c, vlen)) {
+		free(owned);
+		return CLI_ERROR;
 	}
 	uint64_t seq = 0;
 	int rc = o->ttl ? sl_client_put_ttl(c->client, p->v[0], p->len[0], val, vlen, o->ttl, &seq)
@@ -683,7 +709,8 @@ static void usage(FILE *f)
 	        "EOF leaves); with stdin not a terminal it reads one command a line instead.\n"
 	        "\n"
 	        "global options (before the command):\n"
-	        "  -a, --url URL     the server (default " SL_CLIENT_DEFAULT_URL ")\n"
+	        "  -a, --url URL     the server (default " SL_CLIENT_DEFAULT_URL "); HOST:PORT\n"
+	        "                    means tcp://HOST:PORT\n"
 	        "  --json            print one JSON object per command (see below)\n"
 	        "  --timeout MS      per-request timeout (default %d; compact: 10 min unless "
 	        "given)\n"
@@ -729,6 +756,7 @@ int main(int argc, char **argv)
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
+	static char url_buf[1024];
 	cli c = {.url = SL_CLIENT_DEFAULT_URL, .timeout_ms = SL_CLIENT_DEFAULT_TIMEOUT_MS};
 	uint64_t v;
 	int ch;
@@ -741,6 +769,10 @@ int main(int argc, char **argv)
 				return CLI_ERROR;
 			}
 			c.url = optarg;
+			if (!strstr(optarg, "://")) { /* HOST:PORT means tcp:// */
+				snprintf(url_buf, sizeof url_buf, "tcp://%s", optarg);
+				c.url = url_buf;
+			}
 			break;
 		case 'j':
 			c.json = 1;

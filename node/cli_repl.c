@@ -290,6 +290,9 @@ int cli_repl(cli *c)
 			break;
 		}
 	}
+	if (!line) {
+		putchar('\n'); /* EOF (Ctrl-D) leaves the cursor after the prompt */
+	}
 	if (hist) {
 		write_history(hist);
 		history_truncate_file(hist, HISTORY_MAX);

@@ -1,0 +1,579 @@
+/*
+ * netbench.c — `shiplog-bench --url URL`: a shiplogd server benchmark in the
+ * manner of redis-benchmark.
+ *
+ * It exists to put a number on the whole request path (client library, nng,
+ * protobuf, the server's workers, the engine) and to compare it with
+ * redis-benchmark against redis-server on the same machine in the same run,
+ * so its shape follows redis-benchmark's:
+ *
+ *   shiplog-bench --url URL [-t put,get,ping] [-c CLIENTS] [-n REQUESTS]
+ *                 [-d VALUE_SIZE] [-r KEYSPACE] [-P PIPELINE] [--sequential]
+ *                 [--timeout MS] [--json]
+ *
+ * -c connections, each with its own thread and its own sl_client; -n
+ * operations per test in total, shared by all clients; -P N operations per
+ * Batch message (the client library's pipeline, sl_pipeline_*); -P 1 sends
+ * one plain request per operation.  Keys are "key:%012llu" (16 bytes, like
+ * redis-benchmark's key:__rand_int__) with the number uniform in [0, r) —
+ * without -r every operation uses key:000000000000, as redis-benchmark does
+ * — or, with --sequential, the operation's index mod r (so -n N -r N
+ * --sequential writes exactly N distinct keys).  Values are incompressible
+ * random bytes.
+ *
+ * Latency of an operation = the round trip of the message that carried it
+ * (with -P N all N operations of a batch get the batch's round trip, as in
+ * redis-benchmark's pipeline mode), kept in a per-thread log-linear
+ * histogram (relative error under 1.6 %) merged for p50/p99/p99.9.  ops/s =
+ * operations / wall time from the moment every client is connected to the
+ * moment the last finishes.
+ *
+ * Exit status: 0; 1 when any operation failed (the first error is printed)
+ * or a get returned a value of the wrong size; 2 on bad arguments or when
+ * a client cannot connect.
+ */
+#define _GNU_SOURCE
+#include "client.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int sl_netbench_main(int argc, char **argv);
+
+enum { T_PING, T_PUT, T_GET };
+static const char *const test_names[] = {"ping", "put", "get"};
+
+static const char *opt_url;
+static int opt_tests[16], opt_ntests;
+static int opt_clients = 50;
+static uint64_t opt_requests = 100000;
+static size_t opt_value_size = 3; /* redis-benchmark's default */
+static uint64_t opt_keyspace;     /* 0: one key */
+static int opt_pipeline = 1;
+static int opt_sequential;
+static int opt_timeout_ms = 10000;
+static int opt_json;
+
+/* ---- histogram ---------------------------------------------------------- */
+
+/* Values (ns) below 128 have their own bucket; above, each power of two is
+ * split into 64 buckets. */
+#define HBUCKETS (128 + 57 * 64)
+
+typedef struct hist {
+	uint64_t b[HBUCKETS];
+	uint64_t count;
+} hist;
+
+static int hist_index(uint64_t v)
+{
+	if (v < 128) {
+		return (int)v;
+	}
+	int e = 63 - __builtin_clzll(v);
+	return 128 + (e - 7) * 64 + (int)((v >> (e - 6)) & 63);
+}
+
+/* The middle of bucket i. */
+static double hist_value(int i)
+{
+	if (i < 128) {
+		return i;
+	}
+	int e = (i - 128) / 64 + 7, sub = (i - 128) % 64;
+	double lo = (double)(1ull << e) + (double)sub * (double)(1ull << (e - 6));
+	return lo + (double)(1ull << (e - 6)) / 2;
+}
+
+static void hist_add(hist *h, uint64_t ns, uint64_t n)
+{
+	h->b[hist_index(ns)] += n;
+	h->count += n;
+}
+
+static double hist_pct(const hist *h, double q)
+{
+	if (!h->count) {
+		return 0;
+	}
+	uint64_t want = (uint64_t)(q * (double)h->count), seen = 0;
+	if (want >= h->count) {
+		want = h->count - 1;
+	}
+	for (int i = 0; i < HBUCKETS; i++) {
+		seen += h->b[i];
+		if (seen > want) {
+			return hist_value(i);
+		}
+	}
+	return 0;
+}
+
+/* ---- the clients ------------------------------------------------------ */
+
+typedef struct worker {
+	pthread_t th;
+	int id;
+	sl_client *c;
+	sl_pipeline *p;
+	uint64_t rng;
+	char *vbuf; /* value bytes: opt_value_size + 256, values start at random offsets */
+	hist h;
+	uint64_t ops, hits, misses, errors, badsize;
+	int first_err;
+	char first_msg[256];
+} worker;
+
+static int cur_test;
+static _Atomic uint64_t next_op;
+static pthread_barrier_t start_bar, end_bar;
+static _Atomic int quit;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+	uint64_t x = *s;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
+static void make_key(worker *w, uint64_t op, char key[17])
+{
+	uint64_t k = 0;
+	if (opt_sequential) {
+		k = op % (opt_keyspace ? opt_keyspace : opt_requests);
+	} else if (opt_keyspace) {
+		k = rng_next(&w->rng) % opt_keyspace;
+	}
+	snprintf(key, 17, "key:%012llu", (unsigned long long)(k % 1000000000000ull));
+}
+
+static const char *value_for(worker *w)
+{
+	return w->vbuf + rng_next(&w->rng) % 256;
+}
+
+static void note_error(worker *w, int rc)
+{
+	w->errors++;
+	if (!w->first_err) {
+		w->first_err = rc;
+		snprintf(w->first_msg, sizeof w->first_msg, "%s%s%s", sl_client_strerror(rc),
+		         *sl_client_errmsg(w->c) ? ": " : "", sl_client_errmsg(w->c));
+	}
+}
+
+static void note_get(worker *w, int status, size_t vlen)
+{
+	if (status == SL_OK) {
+		w->hits++;
+		if (vlen != opt_value_size) {
+			w->badsize++;
+		}
+	} else if (status == SL_ENOTFOUND) {
+		w->misses++;
+	} else {
+		note_error(w, status);
+	}
+}
+
+/* One operation as one request. */
+static void run_single(worker *w, uint64_t op)
+{
+	char key[17];
+	void *val = NULL;
+	size_t vlen = 0;
+	int rc = SL_OK;
+	uint64_t t0 = now_ns();
+	switch (cur_test) {
+	case T_PING:
+		rc = sl_client_ping(w->c);
+		break;
+	case T_PUT:
+		make_key(w, op, key);
+		rc = sl_client_put(w->c, key, 16, value_for(w), opt_value_size, NULL);
+		break;
+	case T_GET:
+		make_key(w, op, key);
+		rc = sl_client_get(w->c, key, 16, &val, &vlen, NULL);
+		break;
+	}
+	hist_add(&w->h, now_ns() - t0, 1);
+	w->ops++;
+	if (cur_test == T_GET) {
+		note_get(w, rc, vlen);
+		free(val);
+	} else if (rc != SL_OK) {
+		note_error(w, rc);
+	}
+}
+
+/* ops operations as one Batch message. */
+static void run_batch(worker *w, uint64_t op, uint64_t ops)
+{
+	char key[17];
+	for (uint64_t i = 0; i < ops; i++) {
+		int rc = SL_OK;
+		switch (cur_test) {
+		case T_PING:
+			rc = sl_pipeline_ping(w->p);
+			break;
+		case T_PUT:
+			make_key(w, op + i, key);
+			rc = sl_pipeline_put(w->p, key, 16, value_for(w), opt_value_size, 0);
+			break;
+		case T_GET:
+			make_key(w, op + i, key);
+			rc = sl_pipeline_get(w->p, key, 16);
+			break;
+		}
+		if (rc != SL_OK) {
+			note_error(w, rc);
+			sl_pipeline_reset(w->p);
+			return;
+		}
+	}
+	const sl_client_item *items;
+	size_t n;
+	uint64_t t0 = now_ns();
+	int rc = sl_pipeline_exec(w->p, &items, &n);
+	hist_add(&w->h, now_ns() - t0, ops);
+	w->ops += ops;
+	if (rc != SL_OK) {
+		w->errors += ops - 1;
+		note_error(w, rc);
+		sl_pipeline_reset(w->p);
+		return;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (cur_test == T_GET) {
+			note_get(w, items[i].status, items[i].vlen);
+		} else if (items[i].status != SL_OK) {
+			note_error(w, items[i].status);
+		}
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	worker *w = arg;
+	for (;;) {
+		pthread_barrier_wait(&start_bar);
+		if (atomic_load(&quit)) {
+			return NULL;
+		}
+		for (;;) {
+			uint64_t op = atomic_fetch_add(&next_op, (uint64_t)opt_pipeline);
+			if (op >= opt_requests) {
+				break;
+			}
+			uint64_t ops = opt_requests - op < (uint64_t)opt_pipeline
+			                   ? opt_requests - op
+			                   : (uint64_t)opt_pipeline;
+			if (opt_pipeline == 1) {
+				run_single(w, op);
+			} else {
+				run_batch(w, op, ops);
+			}
+		}
+		pthread_barrier_wait(&end_bar);
+	}
+}
+
+/* ---- running a test and printing it ------------------------------------- */
+
+static int run_test(worker *ws, int test)
+{
+	for (int i = 0; i < opt_clients; i++) {
+		worker *w = &ws[i];
+		memset(&w->h, 0, sizeof w->h);
+		w->ops = w->hits = w->misses = w->errors = w->badsize = 0;
+		w->first_err = 0;
+	}
+	cur_test = test;
+	atomic_store(&next_op, 0);
+	uint64_t t0 = now_ns();
+	pthread_barrier_wait(&start_bar);
+	pthread_barrier_wait(&end_bar);
+	double secs = (double)(now_ns() - t0) / 1e9;
+
+	static hist h;
+	memset(&h, 0, sizeof h);
+	uint64_t ops = 0, hits = 0, misses = 0, errors = 0, badsize = 0;
+	const worker *errw = NULL;
+	for (int i = 0; i < opt_clients; i++) {
+		const worker *w = &ws[i];
+		for (int b = 0; b < HBUCKETS; b++) {
+			h.b[b] += w->h.b[b];
+		}
+		h.count += w->h.count;
+		ops += w->ops;
+		hits += w->hits;
+		misses += w->misses;
+		errors += w->errors;
+		badsize += w->badsize;
+		if (w->first_err && !errw) {
+			errw = w;
+		}
+	}
+	double opss = secs > 0 ? (double)ops / secs : 0;
+	double p50 = hist_pct(&h, 0.50) / 1000, p99 = hist_pct(&h, 0.99) / 1000,
+	       p999 = hist_pct(&h, 0.999) / 1000;
+	if (opt_json) {
+		printf("{\"engine\":\"shiplog\",\"benchmark\":\"%s\",\"ops_per_sec\":%.0f,"
+		       "\"p50_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,\"requests\":%llu,"
+		       "\"clients\":%d,\"pipeline\":%d,\"value_size\":%zu,\"keyspace\":%llu,"
+		       "\"secs\":%.3f,\"errors\":%llu",
+		       test_names[test], opss, p50, p99, p999, (unsigned long long)ops, opt_clients,
+		       opt_pipeline, opt_value_size, (unsigned long long)opt_keyspace, secs,
+		       (unsigned long long)errors);
+		if (test == T_GET) {
+			printf(",\"hits\":%llu,\"misses\":%llu", (unsigned long long)hits,
+			       (unsigned long long)misses);
+		}
+		printf("}\n");
+	} else {
+		printf("%-5s %10.0f ops/s   p50 %8.1f us   p99 %8.1f us   p99.9 %8.1f us   "
+		       "(%llu ops in %.2f s",
+		       test_names[test], opss, p50, p99, p999, (unsigned long long)ops, secs);
+		if (test == T_GET) {
+			printf(", %.1f%% hits", ops ? 100.0 * (double)hits / (double)ops : 0.0);
+		}
+		if (errors) {
+			printf(", %llu ERRORS", (unsigned long long)errors);
+		}
+		printf(")\n");
+	}
+	fflush(stdout);
+	if (errw) {
+		fprintf(stderr, "shiplog-bench: %s: %llu operations failed; first: %s\n",
+		        test_names[test], (unsigned long long)errors, errw->first_msg);
+	}
+	if (badsize) {
+		fprintf(stderr, "shiplog-bench: get: %llu values of the wrong size\n",
+		        (unsigned long long)badsize);
+	}
+	return errors || badsize ? 1 : 0;
+}
+
+/* ---- options ------------------------------------------------------------ */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: shiplog-bench --url URL [options]   (the network benchmark; without\n"
+	        "       --url shiplog-bench runs the embedded engine's workloads, see --help)\n"
+	        "  --url URL          the shiplogd to load (e.g. " SL_CLIENT_DEFAULT_URL ")\n"
+	        "  -t, --tests LIST   comma list of put,get,ping, run in order (default "
+	        "ping,put,get)\n"
+	        "  -c, --clients N    connections, one thread each (default 50)\n"
+	        "  -n, --requests N   operations per test, all clients together (default 100000)\n"
+	        "  -d, --data-size B  value bytes (default 3)\n"
+	        "  -r, --keyspace N   keys key:%%012d with the number uniform in [0, N)\n"
+	        "                     (default: one key, key:000000000000)\n"
+	        "  --sequential       key number = operation index mod N instead (mod -n without "
+	        "-r)\n"
+	        "  -P, --pipeline N   operations per Batch message (default 1: one request each)\n"
+	        "  --timeout MS       per-request timeout (default 10000)\n"
+	        "  --json             one JSON object per test: benchmark, ops_per_sec, p50_us,\n"
+	        "                     p99_us, p999_us, requests, clients, pipeline, ...\n"
+	        "  -h, --help         this text\n"
+	        "Exit status: 0; 1 when an operation failed; 2 on bad arguments or no "
+	        "connection.\n");
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *end || s[0] == '-') {
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+static int bad(const char *opt, const char *val)
+{
+	fprintf(stderr, "shiplog-bench: bad value for %s: '%s'\n", opt, val);
+	return 2;
+}
+
+static int parse_tests(const char *s)
+{
+	char b[256], *save = NULL;
+	snprintf(b, sizeof b, "%s", s);
+	opt_ntests = 0;
+	for (char *t = strtok_r(b, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		int found = -1;
+		for (int i = 0; i < 3; i++) {
+			if (!strcmp(t, test_names[i])) {
+				found = i;
+			}
+		}
+		if (found < 0 || opt_ntests == 16) {
+			return -1;
+		}
+		opt_tests[opt_ntests++] = found;
+	}
+	return opt_ntests ? 0 : -1;
+}
+
+int sl_netbench_main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+	    {"url", required_argument, NULL, 'u'},
+	    {"tests", required_argument, NULL, 't'},
+	    {"clients", required_argument, NULL, 'c'},
+	    {"requests", required_argument, NULL, 'n'},
+	    {"data-size", required_argument, NULL, 'd'},
+	    {"keyspace", required_argument, NULL, 'r'},
+	    {"pipeline", required_argument, NULL, 'P'},
+	    {"sequential", no_argument, NULL, 'S'},
+	    {"timeout", required_argument, NULL, 'T'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	parse_tests("ping,put,get");
+	uint64_t v;
+	int ch;
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "t:c:n:d:r:P:h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'u':
+			opt_url = optarg;
+			break;
+		case 't':
+			if (parse_tests(optarg)) {
+				return bad("-t", optarg);
+			}
+			break;
+		case 'c':
+			if (parse_u64(optarg, &v) || v < 1 || v > 10000) {
+				return bad("-c", optarg);
+			}
+			opt_clients = (int)v;
+			break;
+		case 'n':
+			if (parse_u64(optarg, &v) || v < 1) {
+				return bad("-n", optarg);
+			}
+			opt_requests = v;
+			break;
+		case 'd':
+			if (parse_u64(optarg, &v) || v > (64u << 20)) {
+				return bad("-d", optarg);
+			}
+			opt_value_size = (size_t)v;
+			break;
+		case 'r':
+			if (parse_u64(optarg, &v) || v > 1000000000000ull) {
+				return bad("-r", optarg);
+			}
+			opt_keyspace = v;
+			break;
+		case 'P':
+			if (parse_u64(optarg, &v) || v < 1 || v > 100000) {
+				return bad("-P", optarg);
+			}
+			opt_pipeline = (int)v;
+			break;
+		case 'S':
+			opt_sequential = 1;
+			break;
+		case 'T':
+			if (parse_u64(optarg, &v) || v < 1 || v > 86400000) {
+				return bad("--timeout", optarg);
+			}
+			opt_timeout_ms = (int)v;
+			break;
+		case 'j':
+			opt_json = 1;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "shiplog-bench: unexpected argument '%s'\n", argv[optind]);
+		return 2;
+	}
+	if (!opt_url || !*opt_url) {
+		fprintf(stderr, "shiplog-bench: --url needs a URL\n");
+		return 2;
+	}
+
+	worker *ws = calloc((size_t)opt_clients, sizeof *ws);
+	if (!ws) {
+		fprintf(stderr, "shiplog-bench: out of memory\n");
+		return 2;
+	}
+	for (int i = 0; i < opt_clients; i++) {
+		worker *w = &ws[i];
+		w->id = i;
+		w->rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
+		w->vbuf = malloc(opt_value_size + 256);
+		int rc = w->vbuf ? sl_client_open(opt_url, opt_timeout_ms, &w->c) : SL_ENOMEM;
+		if (rc == SL_OK && opt_pipeline > 1) {
+			rc = sl_pipeline_new(w->c, &w->p);
+		}
+		if (rc != SL_OK) {
+			fprintf(stderr, "shiplog-bench: client %d: cannot connect to %s: %s\n", i,
+			        opt_url, sl_client_strerror(rc));
+			return 2;
+		}
+		for (size_t b = 0; b < opt_value_size + 256; b++) {
+			w->vbuf[b] = (char)rng_next(&w->rng);
+		}
+	}
+	pthread_barrier_init(&start_bar, NULL, (unsigned)opt_clients + 1);
+	pthread_barrier_init(&end_bar, NULL, (unsigned)opt_clients + 1);
+	for (int i = 0; i < opt_clients; i++) {
+		if (pthread_create(&ws[i].th, NULL, worker_main, &ws[i])) {
+			fprintf(stderr, "shiplog-bench: cannot start thread %d\n", i);
+			return 2;
+		}
+	}
+	if (!opt_json) {
+		printf("shiplog-bench: %s, %d clients, %llu requests per test, %zu B values, "
+		       "keyspace %llu%s, pipeline %d\n",
+		       opt_url, opt_clients, (unsigned long long)opt_requests, opt_value_size,
+		       (unsigned long long)opt_keyspace, opt_sequential ? " (sequential)" : "",
+		       opt_pipeline);
+	}
+	int status = 0;
+	for (int t = 0; t < opt_ntests; t++) {
+		status |= run_test(ws, opt_tests[t]);
+	}
+	atomic_store(&quit, 1);
+	pthread_barrier_wait(&start_bar);
+	for (int i = 0; i < opt_clients; i++) {
+		pthread_join(ws[i].th, NULL);
+		sl_pipeline_free(ws[i].p);
+		sl_client_close(ws[i].c);
+		free(ws[i].vbuf);
+	}
+	free(ws);
+	return status;
+}

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# netbench_vs_redis.sh [BUILD_DIR] — shiplogd beside redis-server, one run,
+# same machine, same shape (50 clients, 100-byte values, 1M keyspace,
+# 200k requests): shiplog-bench --url vs redis-benchmark.
+#
+#   1. shiplogd --sync everysec: ping,put,get at -P 1 and -P 16
+#   2. shiplogd --sync always:   put at -P 1 (and -P 16)
+#   3. redis-server appendfsync everysec: set,get at -P 1 and -P 16
+#   4. redis-server appendfsync always:   set,get at -P 1 (and set -P 16)
+#   5. memory per key: 1M distinct keys (key:%012d, 100 B values) written
+#      into a fresh shiplogd (RSS growth / keys) and a fresh redis-server
+#      (used_memory growth / keys, and its RSS growth)
+#
+# Servers are started by hand on free ports in a temporary directory on disk
+# and stopped by pid.  Needs redis-server, redis-benchmark, redis-cli.
+set -eu
+B=$(cd "${1:-$(dirname "$0")/../../build}" && pwd)
+N=${N:-200000}
+T=$(mktemp -d "${TMPDIR:-/var/tmp}/netbench.XXXXXX")
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+	rm -rf "$T"
+}
+trap cleanup EXIT
+
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_shiplogd SYNC → sets SPID, SURL
+start_shiplogd() {
+	local port
+	port=$(free_port)
+	SURL=tcp://127.0.0.1:$port
+	rm -rf "$T/ship"
+	"$B/shiplogd" --dir "$T/ship" --listen "$SURL" --sync "$1" --log-level warn 2>>"$T/shiplogd.log" &
+	SPID=$!
+	PIDS+=("$SPID")
+	for _ in $(seq 100); do
+		"$B/shiplog" -a "$SURL" --timeout 200 ping >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "shiplogd did not start"; cat "$T/shiplogd.log"; exit 1
+}
+
+stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
+
+# start_redis FSYNC → sets RPID, RPORT
+start_redis() {
+	RPORT=$(free_port)
+	rm -rf "$T/redis"
+	mkdir -p "$T/redis"
+	redis-server --bind 127.0.0.1 --port "$RPORT" --save '' --appendonly yes \
+		--appendfsync "$1" --dir "$T/redis" --logfile "$T/redis.log" &
+	RPID=$!
+	PIDS+=("$RPID")
+	for _ in $(seq 100); do
+		redis-cli -p "$RPORT" ping >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "redis-server did not start"; exit 1
+}
+
+rss_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+
+run() {
+	echo "\$ $*"
+	"$@"
+}
+
+bench() { run "$B/shiplog-bench" --url "$SURL" -c 50 -n "$N" -d 100 -r 1000000 "$@"; }
+rbench() { run redis-benchmark -h 127.0.0.1 -p "$RPORT" -c 50 -n "$N" -d 100 -r 1000000 --csv "$@"; }
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores; $(redis-server --version | cut -d' ' -f1-3)"
+echo "## shiplogd --sync everysec"
+start_shiplogd everysec
+bench -t ping,put,get -P 1
+bench -t ping,put,get -P 16
+stop "$SPID"
+
+echo "## shiplogd --sync always"
+start_shiplogd always
+bench -t put -P 1
+bench -t put -P 16
+stop "$SPID"
+
+echo "## redis-server --appendonly yes --appendfsync everysec"
+start_redis everysec
+rbench -t set,get
+rbench -t set,get -P 16
+stop "$RPID"
+
+echo "## redis-server --appendonly yes --appendfsync always"
+start_redis always
+rbench -t set,get
+rbench -t set -P 16
+stop "$RPID"
+
+echo "## memory per key: 1000000 distinct keys, 100-byte values"
+start_shiplogd everysec
+a0=$(rss_kb "$SPID" RssAnon) v0=$(rss_kb "$SPID" VmRSS)
+"$B/shiplog-bench" --url "$SURL" -t put -c 50 -n 1000000 -d 100 -r 1000000 --sequential -P 16 >/dev/null
+keys=$("$B/shiplog" -a "$SURL" --json stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["keys"])')
+a1=$(rss_kb "$SPID" RssAnon) v1=$(rss_kb "$SPID" VmRSS)
+echo "shiplogd: keys $keys; RssAnon $a0 -> $a1 kB = $(((a1 - a0) * 1024 / keys)) B/key;" \
+	"VmRSS $v0 -> $v1 kB = $(((v1 - v0) * 1024 / keys)) B/key (VmRSS includes mapped segment pages)"
+stop "$SPID"
+
+start_redis everysec
+m0=$(redis-cli -p "$RPORT" info memory | awk -F: '/^used_memory:/ { print $2 + 0 }')
+r0=$(rss_kb "$RPID" VmRSS)
+python3 -c '
+import sys
+out = sys.stdout.buffer
+v = b"v" * 100
+for i in range(1000000):
+    k = b"key:%012d" % i
+    out.write(b"*3\r\n$3\r\nSET\r\n$16\r\n" + k + b"\r\n$100\r\n" + v + b"\r\n")
+' | redis-cli -p "$RPORT" --pipe >/dev/null
+rkeys=$(redis-cli -p "$RPORT" dbsize)
+m1=$(redis-cli -p "$RPORT" info memory | awk -F: '/^used_memory:/ { print $2 + 0 }')
+r1=$(rss_kb "$RPID" VmRSS)
+echo "redis-server: keys $rkeys; used_memory $m0 -> $m1 B = $(((m1 - m0) / rkeys)) B/key;" \
+	"VmRSS $r0 -> $r1 kB = $(((r1 - r0) * 1024 / rkeys)) B/key"
+stop "$RPID"

@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# test_cli.sh BUILD_DIR — the `shiplog` CLI against a real shiplogd.
+#
+# Starts BUILD_DIR/shiplogd on a free 127.0.0.1 port in a temporary directory,
+# runs every command (plain and --json, exit statuses, binary round trips,
+# TTL, the prompt through a pipe and through a pty) and stops the server by
+# its pid on exit.  Each check prints "ok" or "FAIL"; the script exits 1 if
+# any failed.
+set -u
+B=$(cd "${1:-$(dirname "$0")/../../build}" && pwd)
+CLI=$B/shiplog
+D=$B/test-tmp/test_cli.$$
+mkdir -p "$D"
+SRV_PID=
+cleanup() {
+	if [ -n "$SRV_PID" ]; then
+		kill "$SRV_PID" 2>/dev/null
+		wait "$SRV_PID" 2>/dev/null
+	fi
+	rm -rf "$D"
+}
+trap cleanup EXIT
+
+fails=0 checks=0
+ok() { checks=$((checks + 1)); echo "ok   $1"; }
+bad() { checks=$((checks + 1)); fails=$((fails + 1)); echo "FAIL $1"; }
+
+free_port() {
+	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# run ARGS... : runs the CLI, leaving stdout in $D/out, stderr in $D/err and
+# the exit status in $rc.
+run() {
+	"$CLI" -a "$URL" "$@" >"$D/out" 2>"$D/err"
+	rc=$?
+}
+
+# expect NAME STATUS STDOUT ARGS... : exit status and exact stdout.
+expect() {
+	local name=$1 want_rc=$2 want_out=$3
+	shift 3
+	run "$@"
+	local got
+	got=$(cat "$D/out"; echo x)
+	got=${got%x}
+	if [ "$rc" = "$want_rc" ] && [ "$got" = "$want_out" ]; then
+		ok "$name"
+	else
+		bad "$name: status $rc (want $want_rc), stdout '$got' (want '$want_out'), stderr: $(cat "$D/err")"
+	fi
+}
+
+# expect_rc NAME STATUS ARGS...
+expect_rc() {
+	local name=$1 want_rc=$2
+	shift 2
+	run "$@"
+	if [ "$rc" = "$want_rc" ]; then ok "$name"; else bad "$name: status $rc (want $want_rc), stderr: $(cat "$D/err")"; fi
+}
+
+# json NAME PYTHON_EXPR : evaluates the expression with j = json of $D/out.
+json() {
+	if python3 -c '
+import json, sys, base64
+j = json.loads(open(sys.argv[1]).read())
+if not ('"$2"'):
+    print("  got:", j); sys.exit(1)
+' "$D/out"; then ok "$1"; else bad "$1: $(cat "$D/out")"; fi
+}
+
+# contains NAME FILE TEXT
+contains() {
+	if grep -qF -- "$3" "$2"; then ok "$1"; else bad "$1: '$3' not in: $(cat "$2")"; fi
+}
+
+# ---- things that need no server ---------------------------------------------
+URL=tcp://127.0.0.1:$(free_port) # nobody listens here yet
+
+expect_rc "--help exits 0" 0 --help
+contains "--help shows the usage line" "$D/out" "usage: shiplog [-a URL] [--json] [--timeout MS]"
+contains "--help documents base64 in JSON" "$D/out" "value_base64"
+for c in get put del mget scan stats compact ping help; do
+	grep -qE "^  $c( |$)" "$D/out" || { bad "--help lists $c"; continue; }
+	ok "--help lists $c"
+done
+expect_rc "help command exits 0" 0 help
+contains "help lists scan" "$D/out" "scan [PREFIX] [--limit N]"
+expect_rc "unknown command: 2" 2 frobnicate
+contains "unknown command named" "$D/err" "frobnicate"
+expect_rc "get without key: 2" 2 get
+expect_rc "put without value: 2" 2 put k
+expect_rc "get with two keys: 2" 2 get a b
+expect_rc "bad --timeout: 2" 2 --timeout abc ping
+expect_rc "unknown global option: 2" 2 --bogus ping
+expect_rc "scan --limit without number: 2" 2 scan --limit
+expect_rc "put --ttl not a number: 2" 2 put --ttl soon k v
+
+# No server: exit 2 and the message names the address.
+run --timeout 500 ping
+if [ "$rc" = 2 ] && grep -qF "$URL" "$D/err"; then ok "no server: 2, names $URL"; else bad "no server: status $rc, stderr: $(cat "$D/err")"; fi
+
+# ---- the server -----------------------------------------------------------
+start_server() {
+	local i
+	for i in 1 2 3 4 5; do
+		PORT=$(free_port)
+		URL=tcp://127.0.0.1:$PORT
+		"$B/shiplogd" --dir "$D/data" --listen "$URL" --sync everysec --pidfile "$D/shiplogd.pid" \
+			2>>"$D/shiplogd.log" &
+		SRV_PID=$!
+		for _ in $(seq 100); do
+			if "$CLI" -a "$URL" --timeout 200 ping >/dev/null 2>&1; then
+				return 0
+			fi
+			kill -0 "$SRV_PID" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill "$SRV_PID" 2>/dev/null
+		wait "$SRV_PID" 2>/dev/null
+		SRV_PID=
+	done
+	echo "cannot start shiplogd; its log:"
+	cat "$D/shiplogd.log"
+	exit 1
+}
+start_server
+echo "# shiplogd pid $SRV_PID on $URL"
+if [ "$(cat "$D/shiplogd.pid" 2>/dev/null)" = "$SRV_PID" ]; then ok "pidfile holds the server's pid"; else bad "pidfile: '$(cat "$D/shiplogd.pid" 2>/dev/null)' vs $SRV_PID"; fi
+
+# ping
+expect "ping" 0 $'PONG\n' ping
+run --json ping
+json "ping --json" 'j["pong"] is True and isinstance(j["latency_us"], int)'
+
+# put / get / del
+run put k1 hello
+if [ "$rc" = 0 ] && grep -qE '^OK \(seq [0-9]+\)$' "$D/out"; then ok "put: OK (seq N)"; else bad "put: $rc $(cat "$D/out" "$D/err")"; fi
+expect "get: exact bytes, no newline when stdout is not a tty" 0 "hello" get k1
+expect "get missing: 1, nothing on stdout" 1 "" get nosuchkey
+run --json put k2 world
+json "put --json: {seq}" 'isinstance(j["seq"], int) and j["seq"] > 0 and list(j) == ["seq"]'
+seq1=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seq"])' "$D/out")
+run --json put k2 world2
+json "put --json: seq grows" "j['seq'] > $seq1"
+run --json get k2
+json "get --json: key, value, seq" 'j["key"] == "k2" and j["value"] == "world2" and j["seq"] > '"$seq1"
+run --json get nosuchkey
+if [ "$rc" = 1 ]; then ok "get --json missing: 1"; else bad "get --json missing: status $rc"; fi
+json "get --json missing: value null" 'j["key"] == "nosuchkey" and j["value"] is None'
+run del k1
+if [ "$rc" = 0 ] && grep -qE '^OK \(seq [0-9]+\)$' "$D/out"; then ok "del: OK (seq N)"; else bad "del: $rc $(cat "$D/out" "$D/err")"; fi
+expect_rc "get after del: 1" 1 get k1
+expect_rc "del again: 1" 1 del k1
+run --json del k2
+json "del --json: {seq}" 'isinstance(j["seq"], int) and j["seq"] > '"$seq1"
+run --json del k2
+if [ "$rc" = 1 ]; then ok "del --json missing: 1"; else bad "del --json missing: status $rc"; fi
+json "del --json missing: seq null" 'j["seq"] is None'
+expect_rc "value that starts with dashes after --" 0 put -- dash --x--
+expect "... reads back" 0 "--x--" get dash
+
+# binary values through stdin and stdout
+head -c 300000 /dev/urandom >"$D/bin"
+printf 'a\0b\nc\n\n' >>"$D/bin"
+"$CLI" -a "$URL" put binkey - <"$D/bin" >/dev/null
+rc=$?
+"$CLI" -a "$URL" get binkey >"$D/bin.out"
+if [ "$rc" = 0 ] && cmp -s "$D/bin" "$D/bin.out"; then ok "binary value round-trips (put -, get >)"; else bad "binary round trip (put status $rc): $(cmp "$D/bin" "$D/bin.out" 2>&1)"; fi
+printf 'x\377y' >"$D/small"
+"$CLI" -a "$URL" put smallbin - <"$D/small" >/dev/null
+run --json get smallbin
+json "get --json binary: value_base64" '"value" not in j and base64.b64decode(j["value_base64"]) == b"x\xffy"'
+"$CLI" -a "$URL" put nul - < <(printf 'a\0b') >/dev/null
+run --json get nul
+json "get --json: NUL is valid UTF-8, stays a string" 'j["value"] == "a\0b"'
+"$CLI" -a "$URL" put empty - </dev/null >/dev/null
+"$CLI" -a "$URL" get empty >"$D/empty.out"
+rc=$?
+if [ "$rc" = 0 ] && [ ! -s "$D/empty.out" ]; then ok "empty value: found, 0 bytes"; else bad "empty value: status $rc, $(wc -c <"$D/empty.out") bytes"; fi
+run --json get empty
+json "get --json empty value" 'j["value"] == ""'
+run put utf8 "héllo wörld ✓"
+run --json get utf8
+json "get --json UTF-8 stays a string" 'j["value"] == "héllo wörld ✓"'
+"$CLI" -a "$URL" get binkey >/dev/full 2>"$D/err"
+rc=$?
+if [ "$rc" = 2 ]; then ok "stdout write error: 2"; else bad "stdout write error: status $rc"; fi
+
+# mget
+"$CLI" -a "$URL" put m1 one >/dev/null
+"$CLI" -a "$URL" put m2 $'two\nlines' >/dev/null
+expect "mget: one line per key, escaped" 0 $'one\ntwo\\nlines\n' mget m1 m2
+expect "mget with a missing key: 1, (nil)" 1 $'one\n(nil)\ntwo\\nlines\n' mget m1 nosuchkey m2
+run --json mget m1 nosuchkey smallbin
+json "mget --json" 'j["found"] == 2 and j["missing"] == 1 and j["items"][0] == {"key": "m1", "value": "one", "seq": j["items"][0]["seq"]} and j["items"][1]["value"] is None and base64.b64decode(j["items"][2]["value_base64"]) == b"x\xffy"'
+
+# scan
+for k in s:3 s:1 s:2 t:1; do "$CLI" -a "$URL" put "$k" "v$k" >/dev/null; done
+expect "scan PREFIX: keys in order" 0 $'s:1\ns:2\ns:3\n' scan s:
+expect "scan --limit" 0 $'s:1\ns:2\n' scan s: --limit 2
+expect "scan --limit before prefix" 0 $'s:1\n' scan --limit 1 s:
+expect "scan --values" 0 $'s:1\tvs:1\ns:2\tvs:2\ns:3\tvs:3\n' scan --values s:
+expect "scan no match" 0 "" scan zzz
+run --json scan s: --values
+json "scan --json" 'j["count"] == 3 and [e["key"] for e in j["items"]] == ["s:1","s:2","s:3"] and j["items"][2]["value"] == "vs:3"'
+run scan
+if [ "$rc" = 0 ] && grep -qx 't:1' "$D/out" && grep -qx 'm1' "$D/out"; then ok "scan without prefix lists every key"; else bad "scan all: $rc $(cat "$D/err")"; fi
+
+# many keys through the prompt's pipe mode, then a scan across pages
+for i in $(seq -w 1 2500); do echo "put many:$i v$i"; done | "$CLI" -a "$URL" >/dev/null 2>"$D/err"
+rc=$?
+if [ "$rc" = 0 ]; then ok "2500 puts through a pipe: 0"; else bad "2500 puts through a pipe: $rc $(head -3 "$D/err")"; fi
+run scan many:
+if [ "$rc" = 0 ] && [ "$(wc -l <"$D/out")" = 2500 ] && [ "$(head -1 "$D/out")" = many:0001 ] && [ "$(tail -1 "$D/out")" = many:2500 ] && sort -c "$D/out"; then ok "scan across pages: 2500 keys in order"; else bad "scan across pages: status $rc, $(wc -l <"$D/out") lines"; fi
+run scan many: --limit 1500
+if [ "$(wc -l <"$D/out")" = 1500 ] && [ "$(tail -1 "$D/out")" = many:1500 ]; then ok "scan --limit across pages"; else bad "scan --limit 1500: $(wc -l <"$D/out") lines"; fi
+run --json scan many:
+json "scan --json across pages" 'j["count"] == 2500 and len(j["items"]) == 2500'
+
+# stats, compact
+run stats
+if [ "$rc" = 0 ] && grep -qE '^keys: [0-9]+$' "$D/out"; then ok "stats: name: value lines"; else bad "stats: $rc $(cat "$D/out" "$D/err")"; fi
+run --json stats
+json "stats --json" 'isinstance(j["keys"], int) and j["keys"] >= 2500 and isinstance(j["last_seq"], int)'
+expect "compact" 0 $'OK\n' compact
+run --json compact
+json "compact --json" 'j["ok"] is True'
+expect "data intact after compact" 0 "v0042" get many:0042
+
+# TTL
+expect_rc "put --ttl" 0 put --ttl 400 ttlkey short-lived
+expect "ttl key readable at once" 0 "short-lived" get ttlkey
+sleep 1.2
+expect_rc "ttl key gone after its TTL: 1" 1 get ttlkey
+
+# limits and server-side errors
+run put "$(head -c 70000 /dev/zero | tr '\0' k)" v
+if [ "$rc" = 2 ] && [ -s "$D/err" ]; then ok "key over the limit: 2 with a message"; else bad "oversized key: status $rc"; fi
+expect_rc "empty key: 2" 2 put "" v
+head -c $((16 * 1024 * 1024 + 1)) /dev/zero | "$CLI" -a "$URL" put huge - >/dev/null 2>"$D/err"
+rc=$?
+if [ "$rc" = 2 ] && grep -q "limit is" "$D/err"; then ok "value over the server's limit: 2, names the limit"; else bad "oversized value: status $rc, $(cat "$D/err")"; fi
+if "$CLI" -a "127.0.0.1:$PORT" ping >/dev/null 2>&1; then ok "-a HOST:PORT means tcp://"; else bad "-a HOST:PORT"; fi
+
+# replication options: passed through (a server without replication ignores
+# --acks and answers a --min-seq it has not reached with an error)
+expect_rc "--acks 0 put" 0 --acks 0 put acked v
+expect_rc "--min-seq 1 get" 0 --min-seq 1 get acked
+run --min-seq 999999999 --timeout 1000 get acked
+if [ "$rc" = 2 ] && [ -s "$D/err" ]; then ok "--min-seq beyond the server: 2"; else bad "--min-seq beyond: status $rc, $(cat "$D/err")"; fi
+
+# ---- the prompt -------------------------------------------------------------
+# Pipe mode: one command a line, quoting, errors do not stop it.
+printf '%s\n' 'put "a b" "x y"' "put 'c d' 'it''s'" 'put "e\x41\tf" "1\n2"' 'frob' 'get "a b"' | "$CLI" -a "$URL" >"$D/pipe.out" 2>"$D/pipe.err"
+expect "double-quoted key with a space" 0 "x y" get "a b"
+expect "single quotes, adjacent parts" 0 "its" get "c d"
+expect "double-quote escapes" 0 $'1\n2' get $'eA\tf'
+contains "prompt goes on after an unknown command" "$D/pipe.out" "x y"
+contains "unknown command reported" "$D/pipe.err" "frob"
+printf 'get "a b\n' | "$CLI" -a "$URL" >/dev/null 2>"$D/err"
+contains "unterminated quote reported" "$D/err" "unterminated"
+printf 'get nosuchkey\n' | "$CLI" -a "$URL" >/dev/null 2>&1
+rc=$?
+if [ "$rc" = 1 ]; then ok "pipe mode: last command's status"; else bad "pipe mode status: $rc"; fi
+printf 'ping\nquit\nput afterquit x\n' | "$CLI" -a "$URL" >"$D/out" 2>&1
+expect_rc "quit stops reading" 1 get afterquit
+
+# A real terminal (script(1) gives a pty, so libedit runs): "pi<TAB>"
+# completes to ping; quoted keys; quit.
+if command -v script >/dev/null; then
+	{
+		sleep 0.5
+		printf 'pi\t\r'
+		sleep 0.5
+		printf "get 'a b'\r"
+		sleep 0.5
+		printf 'quit\r'
+		sleep 0.5
+	} | HOME=$D TERM=xterm script -qfec "$CLI -a $URL" /dev/null >"$D/tty" 2>&1
+	contains "tty prompt shows the address" "$D/tty" "127.0.0.1:$PORT> "
+	contains "tab completes pi to ping (PONG)" "$D/tty" "PONG"
+	contains "tty: quoted key read" "$D/tty" "x y"
+	script -qfec "$CLI -a $URL get dash" /dev/null </dev/null >"$D/tty.get" 2>&1
+	if [ "$(cat "$D/tty.get")" = $'--x--\r' ]; then ok "get on a terminal adds a newline"; else bad "get on a tty: '$(cat -v "$D/tty.get")'"; fi
+	if [ -s "$D/.shiplog_history" ] && grep -qF "get\\040'a\\040b'" "$D/.shiplog_history"; then ok "history saved"; else bad "history file: $(cat "$D/.shiplog_history" 2>&1)"; fi
+else
+	bad "script(1) missing: cannot test the tty prompt"
+fi
+
+# ---- server gone --------------------------------------------------------------
+kill "$SRV_PID"
+wait "$SRV_PID" 2>/dev/null
+SRV_PID=
+run --timeout 500 get k1
+if [ "$rc" = 2 ] && grep -qF "$URL" "$D/err"; then ok "server stopped: 2, names $URL"; else bad "server stopped: status $rc, stderr: $(cat "$D/err")"; fi
+
+echo "# $checks checks, $fails failed"
+[ "$fails" = 0 ]
