@@ -39,9 +39,15 @@ struct sl_client {
 
 /* ---- errors ---------------------------------------------------------- */
 
-const char *sl_client_strerror(int rc) { return sl_status_str(rc); }
+const char *sl_client_strerror(int rc)
+{
+	return sl_status_str(rc);
+}
 
-const char *sl_client_errmsg(const sl_client *c) { return c != NULL ? c->errmsg : ""; }
+const char *sl_client_errmsg(const sl_client *c)
+{
+	return c != NULL ? c->errmsg : "";
+}
 
 static void set_err(sl_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -631,7 +637,10 @@ void sl_pipeline_free(sl_pipeline *p)
 	free(p);
 }
 
-size_t sl_pipeline_len(const sl_pipeline *p) { return p ? p->n : 0; }
+size_t sl_pipeline_len(const sl_pipeline *p)
+{
+	return p ? p->n : 0;
+}
 
 static int queue(sl_pipeline *p, int kind, const void *key, size_t klen, const void *val,
                  size_t vlen, uint64_t ttl_ms)
@@ -682,7 +691,10 @@ int sl_pipeline_del(sl_pipeline *p, const void *key, size_t klen)
 	return queue(p, P_DEL, key, klen, NULL, 0, 0);
 }
 
-int sl_pipeline_ping(sl_pipeline *p) { return queue(p, P_PING, NULL, 0, NULL, 0, 0); }
+int sl_pipeline_ping(sl_pipeline *p)
+{
+	return queue(p, P_PING, NULL, 0, NULL, 0, 0);
+}
 
 /* The protobuf view of the queued ops, pointing at p's copies. */
 typedef struct batch_view {
@@ -693,7 +705,7 @@ typedef struct batch_view {
 		Shiplog__Put put;
 		Shiplog__Del del;
 		Shiplog__Ping ping;
-	} *body;
+	} * body;
 } batch_view;
 
 static int build_view(const sl_pipeline *p, batch_view *v)

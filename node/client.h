@@ -113,10 +113,10 @@ int sl_client_del(sl_client *c, const void *key, size_t klen, uint64_t *seq_out)
 
 /* One key's answer in sl_client_mget / sl_client_scan / a pipeline. */
 typedef struct sl_client_item {
-	int status;   /* SL_OK, SL_ENOTFOUND or an error (pipeline ops) */
-	void *key;    /* scan: the key; mget/pipeline: NULL */
+	int status; /* SL_OK, SL_ENOTFOUND or an error (pipeline ops) */
+	void *key;  /* scan: the key; mget/pipeline: NULL */
 	size_t klen;
-	void *val;    /* get/mget/scan on SL_OK: the value; else NULL */
+	void *val; /* get/mget/scan on SL_OK: the value; else NULL */
 	size_t vlen;
 	uint64_t seq; /* put/del: the write's seq; get/mget: the record's */
 } sl_client_item;
@@ -149,9 +149,9 @@ int sl_client_scan(sl_client *c, const void *prefix, size_t plen, uint32_t limit
 
 /* One named server statistic: a number, or text when text != NULL. */
 typedef struct sl_client_stat {
-	char *name;    /* e.g. "keys", "live_bytes", "role" */
+	char *name; /* e.g. "keys", "live_bytes", "role" */
 	uint64_t value;
-	char *text;    /* NULL for numbers; "primary", "always", … for text */
+	char *text; /* NULL for numbers; "primary", "always", … for text */
 } sl_client_stat;
 
 /* The server's statistics, in the server's order (stable names, see

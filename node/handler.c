@@ -105,8 +105,7 @@ static char *own_printf(sl_reply *r, const char *fmt, ...)
 /* ---- argument checks (invariant 2) ---------------------------------- */
 
 /* 0 when key is acceptable; else the status, with a message in msg. */
-static int check_key(const sl_node *n, const ProtobufCBinaryData *k, int has, char *msg,
-                     size_t cap)
+static int check_key(const sl_node *n, const ProtobufCBinaryData *k, int has, char *msg, size_t cap)
 {
 	if (!has || k->len == 0) {
 		snprintf(msg, cap, "empty key");
@@ -184,7 +183,8 @@ static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 	if (r->bytes + vl + g->key.len > n->max_msg_bytes - SL_MSG_SLACK / 2) {
 		o->status = SL_ETOOBIG;
 		o->over_budget = 1;
-		snprintf(o->msg, sizeof(o->msg), "response would exceed %zu bytes", n->max_msg_bytes);
+		snprintf(o->msg, sizeof(o->msg), "response would exceed %zu bytes",
+		         n->max_msg_bytes);
 		return;
 	}
 	r->bytes += vl + g->key.len;
@@ -269,7 +269,8 @@ static void do_mget(sl_node *n, sl_reply *r, const Shiplog__MGet *m)
 		op_result o = {0};
 		do_get(n, r, &g, &o);
 		if (o.over_budget) {
-			fail(r, SL_ETOOBIG, "mget: response would exceed %zu bytes; ask for fewer keys",
+			fail(r, SL_ETOOBIG,
+			     "mget: response would exceed %zu bytes; ask for fewer keys",
 			     n->max_msg_bytes);
 			r->resp.n_entries = 0;
 			return;
@@ -301,7 +302,8 @@ static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
 	size_t plen = s->has_prefix ? s->prefix.len : 0;
 	size_t clen = s->has_cursor ? s->cursor.len : 0;
 	if (plen > n->max_key_bytes || clen > n->max_key_bytes) {
-		fail(r, SL_ETOOBIG, "scan: prefix or cursor longer than %u bytes", n->max_key_bytes);
+		fail(r, SL_ETOOBIG, "scan: prefix or cursor longer than %u bytes",
+		     n->max_key_bytes);
 		return;
 	}
 	uint32_t limit = s->has_limit && s->limit ? s->limit : n->scan_default;
@@ -476,7 +478,8 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 			res[i].value.len = o.vlen;
 		}
 		if (o.status < 0) {
-			res[i].error = own_printf(r, "%s", o.msg[0] ? o.msg : sl_status_str(o.status));
+			res[i].error =
+			    own_printf(r, "%s", o.msg[0] ? o.msg : sl_status_str(o.status));
 		}
 		ptrs[i] = &res[i];
 	}
@@ -491,7 +494,10 @@ static int is_read(int op)
 	return op == SL_OP_GET || op == SL_OP_MGET || op == SL_OP_SCAN || op == SL_OP_BATCH;
 }
 
-static int is_write(int op) { return op == SL_OP_PUT || op == SL_OP_DEL || op == SL_OP_BATCH; }
+static int is_write(int op)
+{
+	return op == SL_OP_PUT || op == SL_OP_DEL || op == SL_OP_BATCH;
+}
 
 static int op_of(const Shiplog__Request *q)
 {
@@ -674,9 +680,15 @@ void sl_handle_reject(const void *buf, size_t len, int status, const char *msg, 
 	}
 }
 
-size_t sl_reply_size(const sl_reply *r) { return shiplog__response__get_packed_size(&r->resp); }
+size_t sl_reply_size(const sl_reply *r)
+{
+	return shiplog__response__get_packed_size(&r->resp);
+}
 
-void sl_reply_pack(const sl_reply *r, void *out) { shiplog__response__pack(&r->resp, out); }
+void sl_reply_pack(const sl_reply *r, void *out)
+{
+	shiplog__response__pack(&r->resp, out);
+}
 
 void sl_reply_free(sl_reply *r)
 {

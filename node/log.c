@@ -17,9 +17,15 @@ static atomic_int log_level = SL_LOG_INFO;
 
 static const char *const names[] = {"debug", "info", "warn", "error", "off"};
 
-void sl_log_set_level(int level) { atomic_store(&log_level, level); }
+void sl_log_set_level(int level)
+{
+	atomic_store(&log_level, level);
+}
 
-int sl_log_get_level(void) { return atomic_load(&log_level); }
+int sl_log_get_level(void)
+{
+	return atomic_load(&log_level);
+}
 
 int sl_log_parse_level(const char *s)
 {
@@ -56,8 +62,8 @@ void sl_log(int level, const char *fmt, ...)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	gmtime_r(&ts.tv_sec, &tm);
 	size_t n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ %d %-5s ",
-	                      ts.tv_nsec / 1000000, (int)getpid(), names[level]);
+	n += (size_t)snprintf(line + n, sizeof(line) - n, ".%03ldZ %d %-5s ", ts.tv_nsec / 1000000,
+	                      (int)getpid(), names[level]);
 	va_list ap;
 	va_start(ap, fmt);
 	int m = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);

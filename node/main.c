@@ -211,7 +211,8 @@ static int parse_flags(int argc, char **argv, config *c)
 		case O_LOGLEVEL:
 			c->log_level = sl_log_parse_level(optarg);
 			if (c->log_level < 0) {
-				return bad_flag("--log-level", optarg, "want debug, info, warn or error");
+				return bad_flag("--log-level", optarg,
+				                "want debug, info, warn or error");
 			}
 			break;
 		case O_MAXVAL:
@@ -248,7 +249,8 @@ static int parse_flags(int argc, char **argv, config *c)
 			usage(stdout);
 			return 1;
 		case ':':
-			fprintf(stderr, "shiplogd: %s needs a value (see --help)\n", argv[optind - 1]);
+			fprintf(stderr, "shiplogd: %s needs a value (see --help)\n",
+			        argv[optind - 1]);
 			return -1;
 		default:
 			fprintf(stderr, "shiplogd: unknown option '%s' (see --help)\n",
@@ -329,8 +331,9 @@ int main(int argc, char **argv)
 	int rc = sl_open(c.dir, &o, &n.db);
 	if (rc != SL_OK) {
 		if (rc == SL_EBUSY) {
-			sl_log_error("data directory %s is in use by another process; refusing to start",
-			             c.dir);
+			sl_log_error(
+			    "data directory %s is in use by another process; refusing to start",
+			    c.dir);
 		} else {
 			sl_log_error("cannot open data directory %s: %s", c.dir, sl_strerror(rc));
 		}

@@ -43,8 +43,8 @@ static int status_of_index(int i)
 
 /* Upper bounds in nanoseconds, and as Prometheus writes them. */
 static const uint64_t bucket_ns[] = {
-    50000,     100000,    250000,     500000,     1000000,    2500000,
-    5000000,   10000000,  25000000,   50000000,   100000000,  250000000,
+    50000,     100000,     250000,     500000,     1000000,     2500000,
+    5000000,   10000000,   25000000,   50000000,   100000000,   250000000,
     500000000, 1000000000, 2500000000, 5000000000, 10000000000,
 };
 static const char *const bucket_le[] = {
@@ -61,9 +61,15 @@ struct sl_metrics {
 	atomic_int inflight;
 };
 
-sl_metrics *sl_metrics_new(void) { return calloc(1, sizeof(sl_metrics)); }
+sl_metrics *sl_metrics_new(void)
+{
+	return calloc(1, sizeof(sl_metrics));
+}
 
-void sl_metrics_free(sl_metrics *m) { free(m); }
+void sl_metrics_free(sl_metrics *m)
+{
+	free(m);
+}
 
 void sl_metrics_observe(sl_metrics *m, int op, int status, uint64_t ns)
 {
@@ -143,12 +149,14 @@ static void render_requests(sl_metrics *m, buf *b)
 	     "Client requests answered, by operation and status.");
 	for (int op = 0; op < SL_OP_COUNT; op++) {
 		for (int s = 0; s < N_STATUS; s++) {
-			uint64_t v = atomic_load_explicit(&m->requests[op][s], memory_order_relaxed);
+			uint64_t v =
+			    atomic_load_explicit(&m->requests[op][s], memory_order_relaxed);
 			if (v == 0) {
 				continue;
 			}
-			put(b, "shiplog_requests_total{op=\"%s\",status=\"%s\"} %llu\n", sl_op_names[op],
-			    sl_status_name(status_of_index(s)), (unsigned long long)v);
+			put(b, "shiplog_requests_total{op=\"%s\",status=\"%s\"} %llu\n",
+			    sl_op_names[op], sl_status_name(status_of_index(s)),
+			    (unsigned long long)v);
 		}
 	}
 	meta(b, "shiplog_request_duration_seconds", "histogram",
@@ -166,13 +174,16 @@ static void render_requests(sl_metrics *m, buf *b)
 			if (cum > count) {
 				cum = count;
 			}
-			put(b, "shiplog_request_duration_seconds_bucket{op=\"%s\",le=\"%s\"} %llu\n",
+			put(b,
+			    "shiplog_request_duration_seconds_bucket{op=\"%s\",le=\"%s\"} %llu\n",
 			    sl_op_names[op], bucket_le[i], (unsigned long long)cum);
 		}
-		double sum = (double)atomic_load_explicit(&m->sum_ns[op], memory_order_relaxed) / 1e9;
+		double sum =
+		    (double)atomic_load_explicit(&m->sum_ns[op], memory_order_relaxed) / 1e9;
 		put(b, "shiplog_request_duration_seconds_bucket{op=\"%s\",le=\"+Inf\"} %llu\n",
 		    sl_op_names[op], (unsigned long long)count);
-		put(b, "shiplog_request_duration_seconds_sum{op=\"%s\"} %.9f\n", sl_op_names[op], sum);
+		put(b, "shiplog_request_duration_seconds_sum{op=\"%s\"} %.9f\n", sl_op_names[op],
+		    sum);
 		put(b, "shiplog_request_duration_seconds_count{op=\"%s\"} %llu\n", sl_op_names[op],
 		    (unsigned long long)count);
 	}
@@ -202,35 +213,39 @@ int sl_metrics_render(sl_metrics *m, sl_node *n, char **out, size_t *len)
 		    atomic_load(&n->compactions));
 	}
 	if (m != NULL) {
-		one(&b, "shiplog_inflight_requests", "gauge", "Requests received and not yet answered.",
+		one(&b, "shiplog_inflight_requests", "gauge",
+		    "Requests received and not yet answered.",
 		    (uint64_t)(atomic_load(&m->inflight) < 0 ? 0 : atomic_load(&m->inflight)));
 		render_requests(m, &b);
 	}
 	if (have) {
 		one(&b, "shiplog_keys", "gauge", "Keys with a live value.", s.keys);
-		one(&b, "shiplog_tombstones", "gauge", "Deleted keys whose tombstone is still on disk.",
-		    s.tombstones);
+		one(&b, "shiplog_tombstones", "gauge",
+		    "Deleted keys whose tombstone is still on disk.", s.tombstones);
 		one(&b, "shiplog_live_bytes", "gauge", "Bytes of records the keydir points at.",
 		    s.live_bytes);
-		one(&b, "shiplog_dead_bytes", "gauge", "Bytes of superseded records in the segments.",
-		    s.dead_bytes);
+		one(&b, "shiplog_dead_bytes", "gauge",
+		    "Bytes of superseded records in the segments.", s.dead_bytes);
 		one(&b, "shiplog_disk_bytes", "gauge", "Bytes of segment files.", s.disk_bytes);
 		one(&b, "shiplog_keydir_bytes", "gauge", "Memory used by the keydir.",
 		    s.keydir_bytes);
 		one(&b, "shiplog_segments", "gauge", "Segment files, the active one included.",
 		    s.segments);
-		one(&b, "shiplog_last_seq", "gauge", "Highest sequence number written or recovered.",
-		    s.last_seq);
+		one(&b, "shiplog_last_seq", "gauge",
+		    "Highest sequence number written or recovered.", s.last_seq);
 		one(&b, "shiplog_synced_seq", "gauge", "Highest sequence number known durable.",
 		    s.synced_seq);
-		one(&b, "shiplog_fsyncs_total", "counter", "fdatasync/fsync calls made by the engine.",
-		    s.fsyncs);
+		one(&b, "shiplog_fsyncs_total", "counter",
+		    "fdatasync/fsync calls made by the engine.", s.fsyncs);
 		one(&b, "shiplog_corrupt_records_total", "counter",
 		    "Bad records found at recovery or on read.", s.corrupt_records);
-		meta(&b, "shiplog_recovery_seconds", "gauge", "Time the last open took to rebuild the keydir.");
+		meta(&b, "shiplog_recovery_seconds", "gauge",
+		     "Time the last open took to rebuild the keydir.");
 		put(&b, "shiplog_recovery_seconds %.3f\n", (double)s.recovery_ms / 1000.0);
-		one(&b, "shiplog_engine_puts_total", "counter", "Puts applied by the engine.", s.puts);
-		one(&b, "shiplog_engine_gets_total", "counter", "Gets served by the engine.", s.gets);
+		one(&b, "shiplog_engine_puts_total", "counter", "Puts applied by the engine.",
+		    s.puts);
+		one(&b, "shiplog_engine_gets_total", "counter", "Gets served by the engine.",
+		    s.gets);
 		one(&b, "shiplog_engine_deletes_total", "counter", "Deletes applied by the engine.",
 		    s.deletes);
 		one(&b, "shiplog_store_failed", "gauge",

@@ -17,4 +17,7 @@ uint64_t sl_node_mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-uint64_t sl_node_mono_ms(void) { return sl_node_mono_ns() / 1000000u; }
+uint64_t sl_node_mono_ms(void)
+{
+	return sl_node_mono_ns() / 1000000u;
+}

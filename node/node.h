@@ -46,14 +46,14 @@ typedef struct sl_node {
 	sl_db *db;
 	uint32_t max_key_bytes;
 	uint32_t max_value_bytes;
-	size_t max_msg_bytes;  /* bound on a request and on a response */
-	uint32_t scan_default; /* scan page size when the request gives none */
-	uint32_t scan_max;     /* upper bound on a scan page */
-	const char *sync_name; /* "always", "everysec", "no" */
-	const char *role;      /* "primary" until replication lands */
-	uint64_t start_ms;     /* CLOCK_MONOTONIC at start */
+	size_t max_msg_bytes;             /* bound on a request and on a response */
+	uint32_t scan_default;            /* scan page size when the request gives none */
+	uint32_t scan_max;                /* upper bound on a scan page */
+	const char *sync_name;            /* "always", "everysec", "no" */
+	const char *role;                 /* "primary" until replication lands */
+	uint64_t start_ms;                /* CLOCK_MONOTONIC at start */
 	atomic_uint_fast64_t compactions; /* manual compactions run by this node */
-	struct sl_metrics *metrics;      /* NULL: not counted */
+	struct sl_metrics *metrics;       /* NULL: not counted */
 } sl_node;
 
 /* Milliseconds / nanoseconds on CLOCK_MONOTONIC. */

@@ -45,7 +45,10 @@ static int ent_cmp(const sl_scan_entry *a, const sl_scan_entry *b)
 	return key_cmp(a->k, a->kl, b->k, b->kl);
 }
 
-static int ent_qsort_cmp(const void *a, const void *b) { return ent_cmp(a, b); }
+static int ent_qsort_cmp(const void *a, const void *b)
+{
+	return ent_cmp(a, b);
+}
 
 static void sift_up(sl_scan_entry *h, size_t i)
 {

@@ -88,6 +88,9 @@ static void send_reply(sctx *c, sl_reply *r)
 	}
 	sl_reply_pack(r, nng_msg_body(m));
 	sl_reply_free(r);
+	/* Counted before the send so that a client that has its response
+	 * also finds it counted (tests scrape right after). */
+	sl_metrics_observe(c->s->n->metrics, c->op, c->status, sl_node_mono_ns() - c->t0_ns);
 	c->state = ST_SEND;
 	nng_aio_set_msg(c->aio, m);
 	nng_ctx_send(c->ctx, c->aio);
@@ -143,7 +146,6 @@ static void ctx_cb(void *arg)
 			nng_msg_free(nng_aio_get_msg(c->aio));
 			nng_aio_set_msg(c->aio, NULL);
 		}
-		sl_metrics_observe(s->n->metrics, c->op, c->status, sl_node_mono_ns() - c->t0_ns);
 		sl_metrics_inflight_add(s->n->metrics, -1);
 		c->state = ST_RECV;
 		if (atomic_load(&s->closing) || rv == NNG_ECLOSED) {
@@ -283,10 +285,9 @@ static int rep_start(sl_server *s, const sl_server_opts *o, char *err, size_t ca
 	rv = nng_listen(s->sock, o->listen_url, NULL, 0);
 	if (rv != 0) {
 		snprintf(err, cap, "cannot listen on %s: %s", o->listen_url, nng_strerror(rv));
-		return rv == NNG_EADDRINUSE ? SL_EBUSY : rv == NNG_EADDRINVAL || rv == NNG_EINVAL ||
-		                                               rv == NNG_ENOTSUP
-		                                           ? SL_EINVAL
-		                                           : SL_EIO;
+		return rv == NNG_EADDRINUSE                                            ? SL_EBUSY
+		       : rv == NNG_EADDRINVAL || rv == NNG_EINVAL || rv == NNG_ENOTSUP ? SL_EINVAL
+		                                                                       : SL_EIO;
 	}
 	for (int i = 0; i < s->nctx; i++) {
 		s->ctxs[i].state = ST_RECV;

@@ -1,0 +1,211 @@
+/*
+ * nodeutil.h — helpers for the node's integration tests: free ports, start
+ * a real shiplogd (path in $SHIPLOGD) on 127.0.0.1, wait until it answers,
+ * stop it by pid.  Every test stops what it started; nothing here kills by
+ * name.
+ */
+#ifndef SL_NODEUTIL_H
+#define SL_NODEUTIL_H
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "testutil.h"
+
+typedef struct nu_daemon {
+	pid_t pid;
+	int port;
+	char url[64];
+	char dir[TU_PATH];
+	char log[TU_PATH];
+} nu_daemon;
+
+static inline void nu_sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+	}
+}
+
+/* A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks). */
+static inline int nu_free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0) {
+		return -1;
+	}
+	struct sockaddr_in a;
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = 0;
+	socklen_t len = sizeof(a);
+	int port = -1;
+	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0) {
+		port = ntohs(a.sin_port);
+	}
+	close(fd);
+	return port;
+}
+
+static inline const char *nu_shiplogd(void)
+{
+	const char *p = getenv("SHIPLOGD");
+	return p != NULL && *p ? p : "./shiplogd";
+}
+
+/* Forks and execs shiplogd with argv[1..] = args (NULL-terminated), stderr
+ * (and stdout) appended to logpath.  Returns the pid or -1. */
+static inline pid_t nu_spawn_args(const char *const *args, const char *logpath)
+{
+	const char *argv[64];
+	size_t n = 0;
+	argv[n++] = nu_shiplogd();
+	for (size_t i = 0; args != NULL && args[i] != NULL && n < 63; i++) {
+		argv[n++] = args[i];
+	}
+	argv[n] = NULL;
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (logpath != NULL) {
+			int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
+			if (fd >= 0) {
+				dup2(fd, 1);
+				dup2(fd, 2);
+				close(fd);
+			}
+		}
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	return pid;
+}
+
+/* Waits up to timeout_ms for pid to exit.  Returns its exit status (0-255),
+ * 128+signal when killed by a signal, or -1 when it is still running. */
+static inline int nu_wait_exit(pid_t pid, int timeout_ms)
+{
+	for (int waited = 0;; waited += 10) {
+		int st = 0;
+		pid_t r = waitpid(pid, &st, WNOHANG);
+		if (r == pid) {
+			if (WIFEXITED(st)) {
+				return WEXITSTATUS(st);
+			}
+			if (WIFSIGNALED(st)) {
+				return 128 + WTERMSIG(st);
+			}
+			return -1;
+		}
+		if (r < 0 || waited >= timeout_ms) {
+			return -1;
+		}
+		nu_sleep_ms(10);
+	}
+}
+
+/* Starts shiplogd on a fresh free port over dir, with extra flags, and
+ * waits until it answers a ping (up to 15 s).  0 on success (d filled),
+ * -1 when it exited or never answered (it is killed then). */
+static inline int nu_start(nu_daemon *d, const char *dir, const char *const *extra)
+{
+	memset(d, 0, sizeof(*d));
+	snprintf(d->dir, sizeof(d->dir), "%s", dir);
+	if (snprintf(d->log, sizeof(d->log), "%s.log", dir) >= (int)sizeof(d->log)) {
+		return -1;
+	}
+	for (int attempt = 0; attempt < 5; attempt++) {
+		d->port = nu_free_port();
+		snprintf(d->url, sizeof(d->url), "tcp://127.0.0.1:%d", d->port);
+		const char *args[48];
+		size_t n = 0;
+		args[n++] = "--dir";
+		args[n++] = d->dir;
+		args[n++] = "--listen";
+		args[n++] = d->url;
+		for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 46; i++) {
+			args[n++] = extra[i];
+		}
+		args[n] = NULL;
+		d->pid = nu_spawn_args(args, d->log);
+		if (d->pid < 0) {
+			return -1;
+		}
+		for (int waited = 0; waited < 15000; waited += 20) {
+			int st = nu_wait_exit(d->pid, 0);
+			if (st >= 0) {
+				d->pid = -1;
+				break; /* exited: maybe the port was taken meanwhile */
+			}
+			sl_client *c = NULL;
+			if (sl_client_open(d->url, 1000, &c) == SL_OK) {
+				int rc = sl_client_ping(c);
+				sl_client_close(c);
+				if (rc == SL_OK) {
+					return 0;
+				}
+			}
+			nu_sleep_ms(20);
+		}
+		if (d->pid > 0) {
+			kill(d->pid, SIGKILL);
+			nu_wait_exit(d->pid, 5000);
+			d->pid = -1;
+		}
+	}
+	return -1;
+}
+
+/* Sends sig to the daemon and waits for it (up to 30 s, then SIGKILL).
+ * Returns its exit status as nu_wait_exit does. */
+static inline int nu_stop(nu_daemon *d, int sig)
+{
+	if (d->pid <= 0) {
+		return -1;
+	}
+	kill(d->pid, sig);
+	int st = nu_wait_exit(d->pid, 30000);
+	if (st < 0) {
+		kill(d->pid, SIGKILL);
+		st = nu_wait_exit(d->pid, 5000);
+		st = -1;
+	}
+	d->pid = -1;
+	return st;
+}
+
+/* Prints the daemon's log (for failures). */
+static inline void nu_dump_log(const nu_daemon *d)
+{
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	if (tu_read_file(d->log, &buf, &len) == 0) {
+		fprintf(stderr, "---- %s ----\n%.*s---- end ----\n", d->log, (int)len, (char *)buf);
+		free(buf);
+	}
+}
+
+/* Opens a client or returns NULL. */
+static inline sl_client *nu_client(const nu_daemon *d)
+{
+	sl_client *c = NULL;
+	if (sl_client_open(d->url, 10000, &c) != SL_OK) {
+		return NULL;
+	}
+	return c;
+}
+
+#endif

@@ -1,0 +1,388 @@
+/*
+ * test_node_garbage.c — bad input on the wire, through a raw nng REQ socket
+ * and a raw TCP socket: random bytes, every truncation of a valid request,
+ * oversized messages, too many batch operations / mget keys, unknown
+ * operations and fields, replication operations this server lacks.  The
+ * server must answer (with an error status) or drop the connection, never
+ * crash, never store anything from a refused request, and keep serving a
+ * well-behaved client running alongside the whole time.
+ */
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "nodeutil.h"
+#include "shiplog.pb-c.h"
+
+static char *root;
+static nu_daemon d;
+static nng_socket raw;
+
+/* The good client: put/get pairs until told to stop; any failure counts. */
+static atomic_int good_stop, good_fail, good_ops;
+
+static void *good_loop(void *arg)
+{
+	(void)arg;
+	sl_client *c = nu_client(&d);
+	if (c == NULL) {
+		atomic_fetch_add(&good_fail, 1);
+		return NULL;
+	}
+	char k[32];
+	for (int i = 0; !atomic_load(&good_stop); i++) {
+		snprintf(k, sizeof(k), "good%d", i % 100);
+		void *v = NULL;
+		size_t vl = 0;
+		if (sl_client_put(c, k, strlen(k), k, strlen(k), NULL) != SL_OK ||
+		    sl_client_get(c, k, strlen(k), &v, &vl, NULL) != SL_OK || vl != strlen(k) ||
+		    memcmp(v, k, vl) != 0) {
+			fprintf(stderr, "good client failed: %s\n", sl_client_errmsg(c));
+			atomic_fetch_add(&good_fail, 1);
+		}
+		free(v);
+		atomic_fetch_add(&good_ops, 1);
+	}
+	sl_client_close(c);
+	return NULL;
+}
+
+static pthread_t good_th;
+
+static int setup(void **state)
+{
+	(void)state;
+	root = tu_mkdtemp("node-garbage");
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/data", root);
+	const char *extra[] = {"--max-value-bytes", "64k", "--max-key-bytes", "256", NULL};
+	if (nu_start(&d, dir, extra) != 0) {
+		return -1;
+	}
+	if (nng_req0_open(&raw) != 0) {
+		return -1;
+	}
+	nng_socket_set_ms(raw, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+	nng_socket_set_ms(raw, NNG_OPT_RECVTIMEO, 5000);
+	nng_socket_set_ms(raw, NNG_OPT_SENDTIMEO, 5000);
+	nng_socket_set_ms(raw, NNG_OPT_RECONNMINT, 20);
+	nng_socket_set_size(raw, NNG_OPT_RECVMAXSZ, 64u << 20);
+	if (nng_dial(raw, d.url, NULL, 0) != 0) {
+		return -1;
+	}
+	return pthread_create(&good_th, NULL, good_loop, NULL);
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	atomic_store(&good_stop, 1);
+	pthread_join(good_th, NULL);
+	nng_close(raw);
+	int fails = atomic_load(&good_fail);
+	fprintf(stderr, "good client: %d operations, %d failures\n", atomic_load(&good_ops), fails);
+	/* still alive and serving, then a clean stop */
+	int alive = kill(d.pid, 0) == 0;
+	int st = nu_stop(&d, SIGTERM);
+	if (!alive || st != 0 || fails != 0) {
+		nu_dump_log(&d);
+	}
+	tu_rm_rf(root);
+	free(root);
+	return alive && st == 0 && fails == 0 ? 0 : -1;
+}
+
+/* Sends len bytes and waits for a reply.  Returns the unpacked Response
+ * (caller frees) or NULL; *nrv gets the nng error of the round trip. */
+static Shiplog__Response *raw_call(const void *buf, size_t len, int *nrv)
+{
+	nng_msg *m = NULL;
+	*nrv = nng_msg_alloc(&m, len);
+	assert_int_equal(*nrv, 0);
+	if (len > 0) {
+		memcpy(nng_msg_body(m), buf, len);
+	}
+	*nrv = nng_sendmsg(raw, m, 0);
+	if (*nrv != 0) {
+		nng_msg_free(m);
+		return NULL;
+	}
+	*nrv = nng_recvmsg(raw, &m, 0);
+	if (*nrv != 0) {
+		return NULL;
+	}
+	Shiplog__Response *r = shiplog__response__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	nng_msg_free(m);
+	assert_non_null(r); /* the server always answers with a valid Response */
+	return r;
+}
+
+static uint64_t last_seq(void)
+{
+	sl_client *c = nu_client(&d);
+	assert_non_null(c);
+	sl_client_stats *st = NULL;
+	assert_int_equal(sl_client_stats_get(c, &st), SL_OK);
+	uint64_t s = sl_client_stats_find(st, "last_seq")->value;
+	sl_client_stats_free(st);
+	sl_client_close(c);
+	return s;
+}
+
+static size_t pack_req(Shiplog__Request *q, uint8_t **out)
+{
+	size_t n = shiplog__request__get_packed_size(q);
+	*out = malloc(n ? n : 1);
+	shiplog__request__pack(q, *out);
+	return n;
+}
+
+static void test_random_bytes(void **state)
+{
+	(void)state;
+	tu_rng rng;
+	tu_rng_seed(&rng, tu_env_u64("SL_TEST_SEED", 7));
+	static uint8_t buf[4096];
+	int answered = 0;
+	for (int i = 0; i < 400; i++) {
+		size_t len = (size_t)tu_rng_below(&rng, i < 100 ? 16 : sizeof(buf));
+		tu_rng_fill(&rng, buf, len);
+		int nrv;
+		Shiplog__Response *r = raw_call(buf, len, &nrv);
+		if (r != NULL) {
+			answered++;
+			shiplog__response__free_unpacked(r, NULL);
+		} else {
+			assert_true(nrv == NNG_ECONNRESET || nrv == NNG_ETIMEDOUT);
+		}
+	}
+	assert_true(answered > 350);
+}
+
+static void test_truncations_store_nothing(void **state)
+{
+	(void)state;
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Put p = SHIPLOG__PUT__INIT;
+	q.has_id = 1;
+	q.id = 12345678901ull;
+	p.has_key = 1;
+	p.key.data = (uint8_t *)"truncated-key";
+	p.key.len = 13;
+	p.has_value = 1;
+	p.value.data = (uint8_t *)"truncated-value";
+	p.value.len = 15;
+	p.has_ttl_ms = 1;
+	p.ttl_ms = 3600000;
+	q.op_case = SHIPLOG__REQUEST__OP_PUT;
+	q.put = &p;
+	uint8_t *buf;
+	size_t n = pack_req(&q, &buf);
+	uint64_t before = last_seq();
+	for (size_t len = 0; len < n; len++) {
+		int nrv;
+		Shiplog__Response *r = raw_call(buf, len, &nrv);
+		assert_non_null(r);
+		assert_true(r->status == SL_EPROTO || r->status == SL_EBADOP ||
+		            r->status == SL_EINVAL);
+		assert_non_null(r->error);
+		shiplog__response__free_unpacked(r, NULL);
+	}
+	/* other writers run meanwhile (good%), so look for the key itself */
+	sl_client *c = nu_client(&d);
+	void *v;
+	size_t vl;
+	assert_int_equal(sl_client_get(c, "truncated-key", 13, &v, &vl, NULL), SL_ENOTFOUND);
+	/* the whole message is a valid put with its id echoed */
+	int nrv;
+	Shiplog__Response *r = raw_call(buf, n, &nrv);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_OK);
+	assert_int_equal(r->id, 12345678901ull);
+	assert_true(r->seq > before);
+	shiplog__response__free_unpacked(r, NULL);
+	assert_int_equal(sl_client_get(c, "truncated-key", 13, &v, &vl, NULL), SL_OK);
+	free(v);
+	sl_client_close(c);
+	free(buf);
+}
+
+static void test_oversized_dropped(void **state)
+{
+	(void)state;
+	/* over nng's receive limit (64 KiB + 1 MiB): the connection is dropped */
+	size_t big = 3u << 20;
+	uint8_t *buf = calloc(1, big);
+	int nrv;
+	Shiplog__Response *r = raw_call(buf, big, &nrv);
+	assert_null(r);
+	assert_true(nrv == NNG_ECONNRESET || nrv == NNG_ETIMEDOUT);
+	free(buf);
+	/* under the message limit but over the value limit: a clear error */
+	static uint8_t val[(64 << 10) + 1];
+	sl_client *c = nu_client(&d);
+	assert_int_equal(sl_client_put(c, "k", 1, val, sizeof(val), NULL), SL_ETOOBIG);
+	uint8_t key[257] = {1};
+	assert_int_equal(sl_client_put(c, key, sizeof(key), "v", 1, NULL), SL_ETOOBIG);
+	void *v;
+	size_t vl;
+	assert_int_equal(sl_client_get(c, "k", 1, &v, &vl, NULL), SL_ENOTFOUND);
+	assert_int_equal(sl_client_ping(c), SL_OK);
+	sl_client_close(c);
+	/* the raw socket reconnects and is served again */
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Ping p = SHIPLOG__PING__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_PING;
+	q.ping = &p;
+	uint8_t *pb;
+	size_t n = pack_req(&q, &pb);
+	for (int i = 0; i < 50; i++) {
+		r = raw_call(pb, n, &nrv);
+		if (r != NULL) {
+			break;
+		}
+		nu_sleep_ms(50);
+	}
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_OK);
+	shiplog__response__free_unpacked(r, NULL);
+	free(pb);
+}
+
+static void test_too_many_elements(void **state)
+{
+	(void)state;
+	/* 70000 empty batch ops: 2 bytes each on the wire */
+	size_t nops = 70000;
+	size_t inner = nops * 2;
+	uint8_t *buf = malloc(inner + 16);
+	size_t n = 0;
+	buf[n++] = 0x80 | (((18 << 3) | 2) & 0x7f); /* Request.batch: a 2-byte tag */
+	buf[n++] = ((18 << 3) | 2) >> 7;
+	size_t l = inner;
+	while (l >= 0x80) {
+		buf[n++] = (uint8_t)(l | 0x80);
+		l >>= 7;
+	}
+	buf[n++] = (uint8_t)l;
+	for (size_t i = 0; i < nops; i++) {
+		buf[n++] = (1 << 3) | 2; /* Batch.ops, empty */
+		buf[n++] = 0;
+	}
+	int nrv;
+	Shiplog__Response *r = raw_call(buf, n, &nrv);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_ETOOBIG);
+	shiplog__response__free_unpacked(r, NULL);
+	/* the same as mget keys (a 1-byte tag) */
+	buf[1] = (13 << 3) | 2;
+	r = raw_call(buf + 1, n - 1, &nrv);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_ETOOBIG);
+	shiplog__response__free_unpacked(r, NULL);
+	/* 1000 empty batch ops are fine: each answers "unknown operation" */
+	n = 0;
+	buf[n++] = 0x80 | (((18 << 3) | 2) & 0x7f);
+	buf[n++] = ((18 << 3) | 2) >> 7;
+	buf[n++] = (uint8_t)(2000 & 0x7f) | 0x80;
+	buf[n++] = (uint8_t)(2000 >> 7);
+	for (size_t i = 0; i < 1000; i++) {
+		buf[n++] = (1 << 3) | 2;
+		buf[n++] = 0;
+	}
+	r = raw_call(buf, n, &nrv);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_OK);
+	assert_int_equal(r->n_results, 1000);
+	assert_int_equal(r->results[999]->status, SL_EBADOP);
+	shiplog__response__free_unpacked(r, NULL);
+	free(buf);
+}
+
+static void test_unknown_ops(void **state)
+{
+	(void)state;
+	int nrv;
+	/* only an id: no operation */
+	uint8_t only_id[] = {0x08, 0x07};
+	Shiplog__Response *r = raw_call(only_id, sizeof(only_id), &nrv);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_EBADOP);
+	assert_int_equal(r->id, 7);
+	shiplog__response__free_unpacked(r, NULL);
+	/* an unknown field 99 (a newer client's operation) */
+	uint8_t unknown[] = {0x08, 0x09, 0x9a, 0x06, 0x00};
+	r = raw_call(unknown, sizeof(unknown), &nrv);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_EBADOP);
+	shiplog__response__free_unpacked(r, NULL);
+	/* a group wire type: not protobuf we accept */
+	uint8_t group[] = {0x0b, 0x0c};
+	r = raw_call(group, sizeof(group), &nrv);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_EPROTO);
+	shiplog__response__free_unpacked(r, NULL);
+	/* replication operations: not here yet */
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Promote pr = SHIPLOG__PROMOTE__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_PROMOTE;
+	q.promote = &pr;
+	uint8_t *buf;
+	size_t n = pack_req(&q, &buf);
+	r = raw_call(buf, n, &nrv);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_ENOTIMPL);
+	shiplog__response__free_unpacked(r, NULL);
+	free(buf);
+}
+
+static void test_raw_tcp_garbage(void **state)
+{
+	(void)state;
+	tu_rng rng;
+	tu_rng_seed(&rng, 99);
+	for (int i = 0; i < 50; i++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = {0};
+		a.sin_family = AF_INET;
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		a.sin_port = htons((uint16_t)d.port);
+		assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+		uint8_t buf[512];
+		size_t len = (size_t)tu_rng_range(&rng, 1, sizeof(buf));
+		tu_rng_fill(&rng, buf, len);
+		if (i % 5 == 0) {
+			/* a valid SP header for REQ then a huge length */
+			uint8_t hdr[] = {0,    'S',  'P',  0,    0,    0x30, 0,    0,
+			                 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+			memcpy(buf, hdr, sizeof(hdr));
+			len = sizeof(hdr);
+		}
+		ssize_t w = write(fd, buf, len);
+		(void)w;
+		close(fd);
+	}
+	sl_client *c = nu_client(&d);
+	assert_int_equal(sl_client_ping(c), SL_OK);
+	sl_client_close(c);
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_random_bytes),
+	    cmocka_unit_test(test_truncations_store_nothing),
+	    cmocka_unit_test(test_oversized_dropped),
+	    cmocka_unit_test(test_too_many_elements),
+	    cmocka_unit_test(test_unknown_ops),
+	    cmocka_unit_test(test_raw_tcp_garbage),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

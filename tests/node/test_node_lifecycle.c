@@ -1,0 +1,375 @@
+/*
+ * test_node_lifecycle.c — how shiplogd starts and stops: refusals with exit
+ * status 1 (data directory in use, address in use, bad flags), --help,
+ * SIGTERM/SIGINT → exit 0 with the data kept and the pidfile removed, and
+ * the metrics endpoint scraped over HTTP and checked by `promtool check
+ * metrics`.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "nodeutil.h"
+
+static char *root;
+
+static int setup(void **state)
+{
+	(void)state;
+	root = tu_mkdtemp("node-life");
+	return root == NULL ? -1 : 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	tu_rm_rf(root);
+	free(root);
+	return 0;
+}
+
+static void subdir(char *buf, size_t cap, const char *name)
+{
+	snprintf(buf, cap, "%s/%s", root, name);
+}
+
+/* Runs shiplogd with args to completion (it must exit by itself within
+ * 15 s) and returns its exit status; its output goes to root/<tag>.out. */
+static int run_to_exit(const char *tag, const char *const *args)
+{
+	char log[TU_PATH];
+	snprintf(log, sizeof(log), "%s/%s.out", root, tag);
+	pid_t pid = nu_spawn_args(args, log);
+	assert_true(pid > 0);
+	int st = nu_wait_exit(pid, 15000);
+	if (st < 0) {
+		kill(pid, SIGKILL);
+		nu_wait_exit(pid, 5000);
+	}
+	return st;
+}
+
+static int out_contains(const char *tag, const char *needle)
+{
+	char log[TU_PATH];
+	snprintf(log, sizeof(log), "%s/%s.out", root, tag);
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	if (tu_read_file(log, &buf, &len) != 0) {
+		return 0;
+	}
+	buf[len] = '\0';
+	int found = strstr((char *)buf, needle) != NULL;
+	if (!found) {
+		fprintf(stderr, "expected '%s' in:\n%s\n", needle, (char *)buf);
+	}
+	free(buf);
+	return found;
+}
+
+static void test_bad_flags_exit_1(void **state)
+{
+	(void)state;
+	const char *a1[] = {"--no-such-flag", NULL};
+	assert_int_equal(run_to_exit("bad1", a1), 1);
+	assert_true(out_contains("bad1", "unknown option"));
+	const char *a2[] = {"--sync", "sometimes", NULL};
+	assert_int_equal(run_to_exit("bad2", a2), 1);
+	assert_true(out_contains("bad2", "--sync"));
+	const char *a3[] = {"--segment-bytes", "12q", NULL};
+	assert_int_equal(run_to_exit("bad3", a3), 1);
+	const char *a4[] = {"--compact-dead-ratio", "1.5", NULL};
+	assert_int_equal(run_to_exit("bad4", a4), 1);
+	const char *a5[] = {"--dir", NULL};
+	assert_int_equal(run_to_exit("bad5", a5), 1);
+	assert_true(out_contains("bad5", "needs a value"));
+	const char *a6[] = {"stray-argument", NULL};
+	assert_int_equal(run_to_exit("bad6", a6), 1);
+	const char *a7[] = {"--max-value-bytes", "2g", NULL};
+	assert_int_equal(run_to_exit("bad7", a7), 1);
+	const char *a8[] = {"--log-level", "loud", NULL};
+	assert_int_equal(run_to_exit("bad8", a8), 1);
+	const char *h[] = {"--help", NULL};
+	assert_int_equal(run_to_exit("help", h), 0);
+	assert_true(out_contains("help", "--metrics-listen"));
+	assert_true(out_contains("help", "default tcp://127.0.0.1:7420"));
+}
+
+static void test_dir_in_use_exit_1(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	subdir(dir, sizeof(dir), "busy");
+	nu_daemon d;
+	assert_int_equal(nu_start(&d, dir, NULL), 0);
+	char url[64];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", nu_free_port());
+	const char *a[] = {"--dir", dir, "--listen", url, NULL};
+	assert_int_equal(run_to_exit("busy2", a), 1);
+	assert_true(out_contains("busy2", "in use"));
+	/* the first one is unharmed */
+	sl_client *c = nu_client(&d);
+	assert_non_null(c);
+	assert_int_equal(sl_client_ping(c), SL_OK);
+	sl_client_close(c);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+}
+
+static void test_address_in_use_exit_1(void **state)
+{
+	(void)state;
+	char dir[TU_PATH], dir2[TU_PATH];
+	subdir(dir, sizeof(dir), "addr1");
+	subdir(dir2, sizeof(dir2), "addr2");
+	nu_daemon d;
+	assert_int_equal(nu_start(&d, dir, NULL), 0);
+	const char *a[] = {"--dir", dir2, "--listen", d.url, NULL};
+	assert_int_equal(run_to_exit("addr", a), 1);
+	assert_true(out_contains("addr", "in use"));
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+}
+
+static void test_sigterm_sigint_exit_0_keep_data(void **state)
+{
+	(void)state;
+	char dir[TU_PATH], pidfile[TU_PATH];
+	subdir(dir, sizeof(dir), "term");
+	subdir(pidfile, sizeof(pidfile), "term.pid");
+	const char *extra[] = {"--pidfile", pidfile, "--sync", "no", NULL};
+	nu_daemon d;
+	assert_int_equal(nu_start(&d, dir, extra), 0);
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	assert_int_equal(tu_read_file(pidfile, &buf, &len), 0);
+	buf[len] = '\0';
+	assert_int_equal(atoi((char *)buf), d.pid);
+	free(buf);
+	sl_client *c = nu_client(&d);
+	char k[32];
+	for (int i = 0; i < 500; i++) {
+		snprintf(k, sizeof(k), "term%d", i);
+		assert_int_equal(sl_client_put(c, k, strlen(k), k, strlen(k), NULL), SL_OK);
+	}
+	sl_client_close(c);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+	assert_false(tu_exists(pidfile));
+
+	assert_int_equal(nu_start(&d, dir, extra), 0);
+	c = nu_client(&d);
+	for (int i = 0; i < 500; i++) {
+		snprintf(k, sizeof(k), "term%d", i);
+		void *v;
+		size_t vl;
+		assert_int_equal(sl_client_get(c, k, strlen(k), &v, &vl, NULL), SL_OK);
+		assert_memory_equal(v, k, vl);
+		free(v);
+	}
+	sl_client_close(c);
+	assert_int_equal(nu_stop(&d, SIGINT), 0);
+}
+
+/* Requests in flight when SIGTERM arrives are answered (or refused with
+ * SL_ESHUTDOWN); every acknowledged write survives.  (Threads, not fork:
+ * nng is not fork-safe.) */
+typedef struct load_arg {
+	const char *url;
+	int id;
+	int acked;
+	int bad_rc;
+} load_arg;
+
+static void *load_writer(void *p)
+{
+	load_arg *a = p;
+	sl_client *c = NULL;
+	if (sl_client_open(a->url, 2000, &c) != SL_OK) {
+		a->bad_rc = -1;
+		return NULL;
+	}
+	char k[32];
+	for (int i = 0; i < 10000000; i++) {
+		snprintf(k, sizeof(k), "load%d-%d", a->id, i);
+		int rc = sl_client_put(c, k, strlen(k), k, strlen(k), NULL);
+		if (rc != SL_OK) {
+			if (rc != SL_ESHUTDOWN && rc != SL_ECONN && rc != SL_ETIMEDOUT) {
+				a->bad_rc = rc;
+			}
+			break;
+		}
+		a->acked = i + 1;
+	}
+	sl_client_close(c);
+	return NULL;
+}
+
+static void test_sigterm_under_load(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	subdir(dir, sizeof(dir), "load");
+	nu_daemon d;
+	assert_int_equal(nu_start(&d, dir, NULL), 0);
+	enum { W = 4 };
+	pthread_t th[W];
+	load_arg la[W];
+	for (int i = 0; i < W; i++) {
+		la[i] = (load_arg){.url = d.url, .id = i};
+		assert_int_equal(pthread_create(&th[i], NULL, load_writer, &la[i]), 0);
+	}
+	nu_sleep_ms(400);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+	for (int i = 0; i < W; i++) {
+		pthread_join(th[i], NULL);
+		assert_int_equal(la[i].bad_rc, 0);
+		assert_true(la[i].acked > 0);
+	}
+	assert_int_equal(nu_start(&d, dir, NULL), 0);
+	sl_client *c = nu_client(&d);
+	char k[32];
+	for (int w = 0; w < W; w++) {
+		for (int i = 0; i < la[w].acked; i++) {
+			snprintf(k, sizeof(k), "load%d-%d", w, i);
+			void *v;
+			size_t vl;
+			assert_int_equal(sl_client_get(c, k, strlen(k), &v, &vl, NULL), SL_OK);
+			free(v);
+		}
+	}
+	sl_client_close(c);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+}
+
+/* GET path over plain TCP; returns the malloc'd body or NULL. */
+static char *http_get(int port, const char *path, int *status)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {0};
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons((uint16_t)port);
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+		close(fd);
+		return NULL;
+	}
+	char req[256];
+	int n = snprintf(req, sizeof(req),
+	                 "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", path);
+	if (write(fd, req, (size_t)n) != n) {
+		close(fd);
+		return NULL;
+	}
+	size_t cap = 1 << 16, len = 0;
+	char *buf = malloc(cap);
+	for (;;) {
+		if (len + 1 >= cap) {
+			cap *= 2;
+			buf = realloc(buf, cap);
+		}
+		ssize_t r = read(fd, buf + len, cap - len - 1);
+		if (r <= 0) {
+			break;
+		}
+		len += (size_t)r;
+	}
+	close(fd);
+	buf[len] = '\0';
+	*status = 0;
+	sscanf(buf, "HTTP/1.%*d %d", status);
+	char *body = strstr(buf, "\r\n\r\n");
+	if (body == NULL) {
+		free(buf);
+		return NULL;
+	}
+	char *out = strdup(body + 4);
+	free(buf);
+	return out;
+}
+
+static void test_metrics_promtool(void **state)
+{
+	(void)state;
+	char dir[TU_PATH], murl[64];
+	subdir(dir, sizeof(dir), "metrics");
+	int mport = nu_free_port();
+	snprintf(murl, sizeof(murl), "http://127.0.0.1:%d", mport);
+	const char *extra[] = {"--metrics-listen", murl, NULL};
+	nu_daemon d;
+	assert_int_equal(nu_start(&d, dir, extra), 0);
+	sl_client *c = nu_client(&d);
+	for (int i = 0; i < 50; i++) {
+		assert_int_equal(sl_client_put(c, "mk", 2, "v", 1, NULL), SL_OK);
+	}
+	void *v;
+	size_t vl;
+	assert_int_equal(sl_client_get(c, "mk", 2, &v, &vl, NULL), SL_OK);
+	free(v);
+	assert_int_equal(sl_client_get(c, "missing", 7, &v, &vl, NULL), SL_ENOTFOUND);
+	assert_int_equal(sl_client_put(c, "", 0, "v", 1, NULL), SL_EINVAL);
+	assert_int_equal(sl_client_ping(c), SL_OK);
+	sl_client_close(c);
+
+	int status = 0;
+	char *body = http_get(mport, "/metrics", &status);
+	assert_non_null(body);
+	assert_int_equal(status, 200);
+	assert_non_null(strstr(body, "shiplog_requests_total{op=\"put\",status=\"ok\"} 50"));
+	assert_non_null(strstr(body, "shiplog_requests_total{op=\"get\",status=\"not_found\"} 1"));
+	assert_non_null(strstr(body, "shiplog_requests_total{op=\"put\",status=\"invalid\"} 1"));
+	assert_non_null(strstr(body, "shiplog_requests_total{op=\"ping\",status=\"ok\"}"));
+	assert_non_null(
+	    strstr(body, "shiplog_request_duration_seconds_bucket{op=\"put\",le=\"+Inf\"} 51"));
+	assert_non_null(strstr(body, "shiplog_keys 1\n"));
+	assert_non_null(strstr(body, "shiplog_last_seq 50\n"));
+	assert_non_null(strstr(body, "shiplog_role{role=\"primary\"} 1"));
+	assert_non_null(strstr(body, "shiplog_uptime_seconds"));
+	assert_non_null(strstr(body, "shiplog_fsyncs_total"));
+	assert_non_null(strstr(body, "shiplog_segments"));
+	assert_non_null(strstr(body, "shiplog_compactions_total"));
+	char path[TU_PATH];
+	snprintf(path, sizeof(path), "%s/metrics.txt", root);
+	assert_int_equal(tu_write_file(path, body, strlen(body)), 0);
+	free(body);
+	if (system("command -v promtool >/dev/null 2>&1") == 0) {
+		char cmd[TU_PATH + 64];
+		snprintf(cmd, sizeof(cmd), "promtool check metrics < '%s'", path);
+		assert_int_equal(system(cmd), 0);
+	} else {
+		fprintf(stderr, "promtool not installed: format not checked\n");
+	}
+	body = http_get(mport, "/other", &status);
+	free(body);
+	assert_int_equal(status, 404);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+
+	/* the metrics port in use is a refusal too */
+	int busy = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {0};
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons((uint16_t)mport);
+	int one = 1;
+	setsockopt(busy, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	assert_int_equal(bind(busy, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(busy, 1), 0);
+	char url[64];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", nu_free_port());
+	const char *args[] = {"--dir", dir, "--listen", url, "--metrics-listen", murl, NULL};
+	assert_int_equal(run_to_exit("mbusy", args), 1);
+	close(busy);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_bad_flags_exit_1),
+	    cmocka_unit_test(test_dir_in_use_exit_1),
+	    cmocka_unit_test(test_address_in_use_exit_1),
+	    cmocka_unit_test(test_sigterm_sigint_exit_0_keep_data),
+	    cmocka_unit_test(test_sigterm_under_load),
+	    cmocka_unit_test(test_metrics_promtool),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

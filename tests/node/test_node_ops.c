@@ -1,0 +1,437 @@
+/*
+ * test_node_ops.c — every client operation against a real shiplogd on
+ * 127.0.0.1: put/get/del, binary and empty values, TTL expiry, mget, scan
+ * pages, stats, compact, ping, batches in order, limits, min_seq, and a
+ * restart that keeps the data.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
+
+#include "nodeutil.h"
+
+static char *root;
+static nu_daemon d;
+static sl_client *c;
+
+static int setup(void **state)
+{
+	(void)state;
+	root = tu_mkdtemp("node-ops");
+	if (root == NULL) {
+		return -1;
+	}
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/data", root);
+	const char *extra[] = {
+	    "--max-value-bytes", "1m", "--max-key-bytes", "1024", "--segment-bytes", "64k", NULL};
+	if (nu_start(&d, dir, extra) != 0) {
+		fprintf(stderr, "shiplogd did not start\n");
+		return -1;
+	}
+	c = nu_client(&d);
+	return c == NULL ? -1 : 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	sl_client_close(c);
+	int st = nu_stop(&d, SIGTERM);
+	if (st != 0) {
+		nu_dump_log(&d);
+	}
+	tu_rm_rf(root);
+	free(root);
+	return st == 0 ? 0 : -1;
+}
+
+static void test_ping(void **state)
+{
+	(void)state;
+	assert_int_equal(sl_client_ping(c), SL_OK);
+}
+
+static void test_put_get_del(void **state)
+{
+	(void)state;
+	uint64_t s1 = 0, s2 = 0, s3 = 0, gs = 0;
+	assert_int_equal(sl_client_put(c, "alpha", 5, "one", 3, &s1), SL_OK);
+	assert_true(s1 > 0);
+	assert_int_equal(sl_client_put(c, "alpha", 5, "two", 3, &s2), SL_OK);
+	assert_true(s2 > s1);
+	void *v = NULL;
+	size_t vl = 0;
+	assert_int_equal(sl_client_get(c, "alpha", 5, &v, &vl, &gs), SL_OK);
+	assert_int_equal(vl, 3);
+	assert_memory_equal(v, "two", 3);
+	assert_int_equal(gs, s2);
+	free(v);
+	assert_int_equal(sl_client_del(c, "alpha", 5, &s3), SL_OK);
+	assert_true(s3 > s2);
+	assert_int_equal(sl_client_get(c, "alpha", 5, &v, &vl, NULL), SL_ENOTFOUND);
+	assert_int_equal(sl_client_del(c, "alpha", 5, NULL), SL_ENOTFOUND);
+	assert_int_equal(sl_client_get(c, "never", 5, &v, &vl, NULL), SL_ENOTFOUND);
+}
+
+static void test_binary_and_empty(void **state)
+{
+	(void)state;
+	uint8_t key[300], val[70000];
+	tu_fill_tagged(key, sizeof(key), 1);
+	tu_fill_tagged(val, sizeof(val), 2);
+	key[0] = 0;
+	val[0] = 0;
+	val[100] = 0;
+	assert_int_equal(sl_client_put(c, key, sizeof(key), val, sizeof(val), NULL), SL_OK);
+	void *v = NULL;
+	size_t vl = 0;
+	assert_int_equal(sl_client_get(c, key, sizeof(key), &v, &vl, NULL), SL_OK);
+	assert_int_equal(vl, sizeof(val));
+	assert_memory_equal(v, val, sizeof(val));
+	free(v);
+	/* every byte value, and the empty value */
+	uint8_t all[256];
+	for (int i = 0; i < 256; i++) {
+		all[i] = (uint8_t)i;
+	}
+	assert_int_equal(sl_client_put(c, all, sizeof(all), all, sizeof(all), NULL), SL_OK);
+	assert_int_equal(sl_client_get(c, all, sizeof(all), &v, &vl, NULL), SL_OK);
+	assert_int_equal(vl, 256);
+	assert_memory_equal(v, all, 256);
+	free(v);
+	assert_int_equal(sl_client_put(c, "empty", 5, "", 0, NULL), SL_OK);
+	v = NULL;
+	assert_int_equal(sl_client_get(c, "empty", 5, &v, &vl, NULL), SL_OK);
+	assert_non_null(v);
+	assert_int_equal(vl, 0);
+	free(v);
+}
+
+static void test_limits(void **state)
+{
+	(void)state;
+	static uint8_t big[(1 << 20) + 1];
+	void *v;
+	size_t vl;
+	assert_int_equal(sl_client_put(c, "", 0, "x", 1, NULL), SL_EINVAL);
+	assert_string_equal(sl_client_errmsg(c), "empty key");
+	assert_int_equal(sl_client_get(c, "", 0, &v, &vl, NULL), SL_EINVAL);
+	assert_int_equal(sl_client_put(c, big, 1025, "x", 1, NULL), SL_ETOOBIG);
+	assert_non_null(strstr(sl_client_errmsg(c), "limit 1024"));
+	assert_int_equal(sl_client_put(c, "k", 1, big, sizeof(big), NULL), SL_ETOOBIG);
+	assert_non_null(strstr(sl_client_errmsg(c), "value is"));
+	/* exactly at the limits is fine */
+	assert_int_equal(sl_client_put(c, big, 1024, big, sizeof(big) - 1, NULL), SL_OK);
+	assert_int_equal(sl_client_get(c, big, 1024, &v, &vl, NULL), SL_OK);
+	assert_int_equal(vl, sizeof(big) - 1);
+	free(v);
+	assert_int_equal(sl_client_del(c, big, 1024, NULL), SL_OK);
+	/* nothing stored was touched by the refused requests */
+	assert_int_equal(sl_client_get(c, "k", 1, &v, &vl, NULL), SL_ENOTFOUND);
+	assert_int_equal(sl_client_ping(c), SL_OK);
+}
+
+static void test_ttl(void **state)
+{
+	(void)state;
+	assert_int_equal(sl_client_put_ttl(c, "ttl", 3, "soon", 4, 300, NULL), SL_OK);
+	assert_int_equal(sl_client_put_ttl(c, "ttl-long", 8, "later", 5, 600000, NULL), SL_OK);
+	void *v;
+	size_t vl;
+	assert_int_equal(sl_client_get(c, "ttl", 3, &v, &vl, NULL), SL_OK);
+	free(v);
+	nu_sleep_ms(600);
+	assert_int_equal(sl_client_get(c, "ttl", 3, &v, &vl, NULL), SL_ENOTFOUND);
+	assert_int_equal(sl_client_get(c, "ttl-long", 8, &v, &vl, NULL), SL_OK);
+	free(v);
+}
+
+static void test_mget(void **state)
+{
+	(void)state;
+	assert_int_equal(sl_client_put(c, "m1", 2, "v1", 2, NULL), SL_OK);
+	assert_int_equal(sl_client_put(c, "m3", 2, "v3", 2, NULL), SL_OK);
+	const void *keys[] = {"m1", "m2", "m3", ""};
+	size_t kl[] = {2, 2, 2, 0};
+	sl_client_item *it = NULL;
+	assert_int_equal(sl_client_mget(c, 4, keys, kl, &it), SL_OK);
+	assert_int_equal(it[0].status, SL_OK);
+	assert_int_equal(it[0].vlen, 2);
+	assert_memory_equal(it[0].val, "v1", 2);
+	assert_int_equal(it[1].status, SL_ENOTFOUND);
+	assert_null(it[1].val);
+	assert_int_equal(it[2].status, SL_OK);
+	assert_memory_equal(it[2].val, "v3", 2);
+	assert_int_equal(it[3].status, SL_EINVAL);
+	sl_client_items_free(it, 4);
+	assert_int_equal(sl_client_mget(c, 0, NULL, NULL, &it), SL_OK);
+	sl_client_items_free(it, 0);
+}
+
+static void test_scan_pages(void **state)
+{
+	(void)state;
+	char k[32], v[32];
+	const int N = 537;
+	for (int i = 0; i < N; i++) {
+		snprintf(k, sizeof(k), "scan:%05d", i);
+		snprintf(v, sizeof(v), "val%d", i);
+		assert_int_equal(sl_client_put(c, k, strlen(k), v, strlen(v), NULL), SL_OK);
+	}
+	assert_int_equal(sl_client_put(c, "scan;", 5, "x", 1, NULL), SL_OK);
+	assert_int_equal(sl_client_put(c, "scam", 4, "x", 1, NULL), SL_OK);
+	/* a key deleted is not returned */
+	assert_int_equal(sl_client_del(c, "scan:00007", 10, NULL), SL_OK);
+	void *cur = NULL;
+	size_t curlen = 0;
+	int seen = 0, pages = 0, expect = 0;
+	char last[32] = "";
+	do {
+		sl_client_item *it = NULL;
+		size_t n = 0;
+		void *next = NULL;
+		size_t nextlen = 0;
+		assert_int_equal(
+		    sl_client_scan(c, "scan:", 5, 100, cur, curlen, 0, &it, &n, &next, &nextlen),
+		    SL_OK);
+		assert_true(n <= 100);
+		for (size_t i = 0; i < n; i++) {
+			if (expect == 7) {
+				expect++;
+			}
+			snprintf(k, sizeof(k), "scan:%05d", expect);
+			snprintf(v, sizeof(v), "val%d", expect);
+			assert_int_equal(it[i].klen, strlen(k));
+			assert_memory_equal(it[i].key, k, strlen(k));
+			assert_int_equal(it[i].vlen, strlen(v));
+			assert_memory_equal(it[i].val, v, strlen(v));
+			assert_true(strcmp(k, last) > 0);
+			snprintf(last, sizeof(last), "%s", k);
+			expect++;
+			seen++;
+		}
+		sl_client_items_free(it, n);
+		free(cur);
+		cur = next;
+		curlen = nextlen;
+		pages++;
+		assert_true(pages < 20);
+	} while (cur != NULL);
+	assert_int_equal(seen, N - 1);
+	assert_int_equal(pages, 6);
+
+	/* keys_only, default limit */
+	sl_client_item *it = NULL;
+	size_t n = 0;
+	assert_int_equal(sl_client_scan(c, "scan", 4, 0, NULL, 0, 1, &it, &n, &cur, &curlen),
+	                 SL_OK);
+	assert_int_equal(n, N - 1 + 1); /* scan:… and scan; */
+	assert_null(cur);
+	for (size_t i = 0; i < n; i++) {
+		assert_null(it[i].val);
+	}
+	sl_client_items_free(it, n);
+	/* no match */
+	assert_int_equal(sl_client_scan(c, "zzz", 3, 10, NULL, 0, 0, &it, &n, &cur, &curlen),
+	                 SL_OK);
+	assert_int_equal(n, 0);
+	assert_null(cur);
+	sl_client_items_free(it, n);
+}
+
+static void test_stats_compact(void **state)
+{
+	(void)state;
+	char k[16];
+	/* overwrite to create dead bytes across 64 KiB segments */
+	static uint8_t val[2000];
+	for (int r = 0; r < 5; r++) {
+		for (int i = 0; i < 100; i++) {
+			snprintf(k, sizeof(k), "cmp%03d", i);
+			assert_int_equal(sl_client_put(c, k, strlen(k), val, sizeof(val), NULL),
+			                 SL_OK);
+		}
+	}
+	sl_client_stats *st = NULL;
+	assert_int_equal(sl_client_stats_get(c, &st), SL_OK);
+	const sl_client_stat *role = sl_client_stats_find(st, "role");
+	assert_non_null(role);
+	assert_string_equal(role->text, "primary");
+	const sl_client_stat *keys = sl_client_stats_find(st, "keys");
+	assert_non_null(keys);
+	assert_null(keys->text);
+	assert_true(keys->value >= 100);
+	uint64_t dead = sl_client_stats_find(st, "dead_bytes")->value;
+	assert_true(dead > 0);
+	assert_non_null(sl_client_stats_find(st, "last_seq"));
+	assert_non_null(sl_client_stats_find(st, "uptime_s"));
+	assert_null(sl_client_stats_find(st, "no-such-stat"));
+	sl_client_stats_free(st);
+
+	sl_client_set_timeout(c, 60000);
+	assert_int_equal(sl_client_compact(c), SL_OK);
+	sl_client_set_timeout(c, 10000);
+	assert_int_equal(sl_client_stats_get(c, &st), SL_OK);
+	assert_true(sl_client_stats_find(st, "compactions")->value >= 1);
+	assert_true(sl_client_stats_find(st, "dead_bytes")->value < dead);
+	sl_client_stats_free(st);
+	void *v;
+	size_t vl;
+	for (int i = 0; i < 100; i++) {
+		snprintf(k, sizeof(k), "cmp%03d", i);
+		assert_int_equal(sl_client_get(c, k, strlen(k), &v, &vl, NULL), SL_OK);
+		assert_int_equal(vl, sizeof(val));
+		free(v);
+	}
+}
+
+static void test_batch_in_order(void **state)
+{
+	(void)state;
+	sl_pipeline *p = NULL;
+	assert_int_equal(sl_pipeline_new(c, &p), SL_OK);
+	const sl_client_item *it = NULL;
+	size_t n = 99;
+	assert_int_equal(sl_pipeline_exec(p, &it, &n), SL_OK);
+	assert_int_equal(n, 0);
+
+	assert_int_equal(sl_pipeline_put(p, "b1", 2, "x1", 2, 0), SL_OK);
+	assert_int_equal(sl_pipeline_get(p, "b1", 2), SL_OK);
+	assert_int_equal(sl_pipeline_put(p, "b1", 2, "x2", 2, 0), SL_OK);
+	assert_int_equal(sl_pipeline_get(p, "b1", 2), SL_OK);
+	assert_int_equal(sl_pipeline_put(p, "", 0, "bad", 3, 0), SL_OK); /* fails alone */
+	assert_int_equal(sl_pipeline_ping(p), SL_OK);
+	assert_int_equal(sl_pipeline_del(p, "b1", 2), SL_OK);
+	assert_int_equal(sl_pipeline_get(p, "b1", 2), SL_OK);
+	assert_int_equal(sl_pipeline_del(p, "b1", 2), SL_OK);
+	assert_int_equal(sl_pipeline_put(p, "b2", 2, "", 0, 0), SL_OK);
+	assert_int_equal(sl_pipeline_get(p, "b2", 2), SL_OK);
+	assert_int_equal(sl_pipeline_len(p), 11);
+	assert_int_equal(sl_pipeline_exec(p, &it, &n), SL_OK);
+	assert_int_equal(n, 11);
+	assert_int_equal(sl_pipeline_len(p), 0);
+	assert_int_equal(it[0].status, SL_OK);
+	assert_true(it[0].seq > 0);
+	assert_int_equal(it[1].status, SL_OK);
+	assert_memory_equal(it[1].val, "x1", 2);
+	assert_int_equal(it[1].seq, it[0].seq);
+	assert_int_equal(it[2].status, SL_OK);
+	assert_true(it[2].seq > it[0].seq);
+	assert_memory_equal(it[3].val, "x2", 2);
+	assert_int_equal(it[4].status, SL_EINVAL);
+	assert_int_equal(it[5].status, SL_OK);
+	assert_int_equal(it[6].status, SL_OK);
+	assert_true(it[6].seq > it[2].seq);
+	assert_int_equal(it[7].status, SL_ENOTFOUND);
+	assert_int_equal(it[8].status, SL_ENOTFOUND);
+	assert_int_equal(it[9].status, SL_OK);
+	assert_int_equal(it[10].status, SL_OK);
+	assert_non_null(it[10].val);
+	assert_int_equal(it[10].vlen, 0);
+
+	/* a big pipeline */
+	char k[32];
+	for (int i = 0; i < 2000; i++) {
+		snprintf(k, sizeof(k), "bp%d", i);
+		assert_int_equal(sl_pipeline_put(p, k, strlen(k), k, strlen(k), 0), SL_OK);
+	}
+	assert_int_equal(sl_pipeline_exec(p, &it, &n), SL_OK);
+	assert_int_equal(n, 2000);
+	for (int i = 0; i < 2000; i++) {
+		assert_int_equal(it[i].status, SL_OK);
+		if (i > 0) {
+			assert_true(it[i].seq > it[i - 1].seq);
+		}
+	}
+	for (int i = 0; i < 2000; i++) {
+		snprintf(k, sizeof(k), "bp%d", i);
+		assert_int_equal(sl_pipeline_get(p, k, strlen(k)), SL_OK);
+	}
+	assert_int_equal(sl_pipeline_exec(p, &it, &n), SL_OK);
+	for (int i = 0; i < 2000; i++) {
+		snprintf(k, sizeof(k), "bp%d", i);
+		assert_int_equal(it[i].status, SL_OK);
+		assert_int_equal(it[i].vlen, strlen(k));
+		assert_memory_equal(it[i].val, k, strlen(k));
+	}
+	sl_pipeline_free(p);
+}
+
+static void test_min_seq(void **state)
+{
+	(void)state;
+	uint64_t seq = 0;
+	assert_int_equal(sl_client_put(c, "ms", 2, "v", 1, &seq), SL_OK);
+	void *v;
+	size_t vl;
+	sl_client_set_min_seq(c, seq);
+	assert_int_equal(sl_client_get(c, "ms", 2, &v, &vl, NULL), SL_OK);
+	free(v);
+	sl_client_set_min_seq(c, seq + 1000000);
+	assert_int_equal(sl_client_get(c, "ms", 2, &v, &vl, NULL), SL_EBEHIND);
+	sl_client_set_min_seq(c, 0);
+	sl_client_set_acks(c, 1, 100);
+	assert_int_equal(sl_client_put(c, "ms", 2, "w", 1, NULL), SL_OK);
+	sl_client_set_acks(c, 0, 0);
+}
+
+static void test_restart_keeps_data(void **state)
+{
+	(void)state;
+	uint64_t seq = 0;
+	assert_int_equal(sl_client_put(c, "persist", 7, "yes", 3, &seq), SL_OK);
+	sl_client_close(c);
+	c = NULL;
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s", d.dir);
+	const char *extra[] = {"--max-value-bytes", "1m", "--max-key-bytes", "1024", NULL};
+	assert_int_equal(nu_start(&d, dir, extra), 0);
+	c = nu_client(&d);
+	assert_non_null(c);
+	void *v;
+	size_t vl;
+	uint64_t gs = 0;
+	assert_int_equal(sl_client_get(c, "persist", 7, &v, &vl, &gs), SL_OK);
+	assert_memory_equal(v, "yes", 3);
+	assert_int_equal(gs, seq);
+	free(v);
+	assert_int_equal(sl_client_get(c, "bp1999", 6, &v, &vl, NULL), SL_OK);
+	free(v);
+	assert_int_equal(sl_client_get(c, "b1", 2, &v, &vl, NULL), SL_ENOTFOUND);
+}
+
+static void test_connection_refused(void **state)
+{
+	(void)state;
+	int port = nu_free_port();
+	char url[64];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+	sl_client *x = NULL;
+	assert_int_equal(sl_client_open(url, 500, &x), SL_ECONN);
+	assert_null(x);
+	assert_int_equal(sl_client_open("nonsense://x", 500, &x), SL_EINVAL);
+	sl_client_close(NULL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_ping),
+	    cmocka_unit_test(test_put_get_del),
+	    cmocka_unit_test(test_binary_and_empty),
+	    cmocka_unit_test(test_limits),
+	    cmocka_unit_test(test_ttl),
+	    cmocka_unit_test(test_mget),
+	    cmocka_unit_test(test_scan_pages),
+	    cmocka_unit_test(test_stats_compact),
+	    cmocka_unit_test(test_batch_in_order),
+	    cmocka_unit_test(test_min_seq),
+	    cmocka_unit_test(test_restart_keeps_data),
+	    cmocka_unit_test(test_connection_refused),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
