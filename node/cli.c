@@ -648,13 +648,38 @@ static const command commands[] = {
 const char *const cli_command_names[] = {"get",     "put",  "del",  "mget", "scan", "stats",
                                          "compact", "ping", "help", "quit", "exit", NULL};
 
+/* Writes text word-wrapped to 78 columns, each line indented by indent. */
+static void wrap(FILE *f, const char *text, int indent)
+{
+	const char *p = text;
+	while (*p) {
+		int room = 78 - indent, n = (int)strlen(p);
+		if (n > room) {
+			n = room;
+			while (n > 0 && p[n] != ' ') {
+				n--;
+			}
+			if (n == 0) {
+				n = room;
+			}
+		}
+		fprintf(f, "%*s%.*s\n", indent, "", n, p);
+		p += n;
+		while (*p == ' ') {
+			p++;
+		}
+	}
+}
+
 void cli_help_commands(FILE *f)
 {
 	fprintf(f, "commands:\n");
 	for (size_t i = 0; i < NCOMMANDS; i++) {
-		fprintf(f, "  %-38s %s\n", commands[i].usage, commands[i].what);
+		fprintf(f, "  %s\n", commands[i].usage);
+		wrap(f, commands[i].what, 6);
 	}
-	fprintf(f, "  %-38s %s\n", "(prompt only) quit, exit", "leave the prompt (so does EOF)");
+	fprintf(f, "  quit, exit\n");
+	wrap(f, "(at the prompt) leave it; so does EOF", 6);
 	fprintf(f, "Options after the command name may come anywhere among its arguments;\n"
 	           "\"--\" ends them (shiplog put -- KEY --value-starting-with-dashes).\n");
 }
@@ -714,9 +739,11 @@ static void usage(FILE *f)
 	        "  --json            print one JSON object per command (see below)\n"
 	        "  --timeout MS      per-request timeout (default %d; compact: 10 min unless "
 	        "given)\n"
-	        "  --acks N          writes: wait until N followers have the write durably\n"
-	        "                    (a server without replication ignores it)\n"
-	        "  --min-seq S       reads: answer only once the node has applied seq S\n"
+	        "  --acks N          writes: wait (up to the timeout) until N followers have\n"
+	        "                    the write durably (a server without replication\n"
+	        "                    ignores it)\n"
+	        "  --min-seq S       reads: answer only once the node has applied seq S (an\n"
+	        "                    error when it cannot within the timeout)\n"
 	        "  -h, --help        this text\n"
 	        "\n",
 	        SL_CLIENT_DEFAULT_TIMEOUT_MS);

@@ -229,9 +229,9 @@ json "compact --json" 'j["ok"] is True'
 expect "data intact after compact" 0 "v0042" get many:0042
 
 # TTL
-expect_rc "put --ttl" 0 put --ttl 400 ttlkey short-lived
+expect_rc "put --ttl" 0 put --ttl 1500 ttlkey short-lived
 expect "ttl key readable at once" 0 "short-lived" get ttlkey
-sleep 1.2
+sleep 2
 expect_rc "ttl key gone after its TTL: 1" 1 get ttlkey
 
 # limits and server-side errors
@@ -286,6 +286,22 @@ if command -v script >/dev/null; then
 	if [ -s "$D/.shiplog_history" ] && grep -qF "get\\040'a\\040b'" "$D/.shiplog_history"; then ok "history saved"; else bad "history file: $(cat "$D/.shiplog_history" 2>&1)"; fi
 else
 	bad "script(1) missing: cannot test the tty prompt"
+fi
+
+# ---- shiplog-bench --url (smoke: it runs, its JSON has the fields) -----------
+if [ -x "$B/shiplog-bench" ]; then
+	for pl in 1 8; do
+		"$B/shiplog-bench" --url "$URL" -t put,get,ping -c 4 -n 2000 -d 100 -r 500 -P $pl --json >"$D/out" 2>"$D/err"
+		rc=$?
+		if [ "$rc" = 0 ] && python3 -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert [r["benchmark"] for r in rows] == ["put", "get", "ping"], rows
+for r in rows:
+    assert r["ops_per_sec"] > 0 and 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] and r["requests"] == 2000 and r["errors"] == 0, r
+assert rows[1]["hits"] > 0
+' "$D/out"; then ok "shiplog-bench --url -P $pl --json"; else bad "shiplog-bench -P $pl: status $rc: $(cat "$D/out" "$D/err")"; fi
+	done
 fi
 
 # ---- server gone --------------------------------------------------------------
