@@ -292,7 +292,7 @@ int sl_db_sync_all(sl_db *db)
 	uint64_t target = atomic_load(&db->last_seq);
 	int rc = flush_all(db);
 	if (rc != SL_OK) {
-		set_failed(db, SL_EFAILED, "fdatasync");
+		set_failed(db, rc, "fdatasync");
 	} else {
 		uint64_t cur = atomic_load(&db->synced_seq);
 		while (cur < target &&
@@ -361,7 +361,7 @@ int sl_db_seal(sl_db *db, sl_seg *s)
 {
 	int rc = sl_seg_sync(db->io, s, &db->n_fsyncs);
 	if (rc != SL_OK) {
-		set_failed(db, SL_EFAILED, "fdatasync of a sealed segment");
+		set_failed(db, rc, "fdatasync of a sealed segment");
 		return rc;
 	}
 	if (sl_seg_trim(db->io, s) != SL_OK || db->io->fsync(s->fd) != 0) {
@@ -381,6 +381,10 @@ int sl_db_seal(sl_db *db, sl_seg *s)
 /* Seals every non-active, unsealed segment. */
 void sl_db_seal_pending(sl_db *db)
 {
+	/* One sealer at a time (the flusher, sl_compact): two sealing the same
+	 * segment would let the second still be writing its hint after the
+	 * first marked it sealed and a compaction freed it. */
+	pthread_mutex_lock(&db->seal_mu);
 	for (;;) {
 		sl_seg *s = NULL;
 		pthread_mutex_lock(&db->seg_mu);
@@ -393,9 +397,10 @@ void sl_db_seal_pending(sl_db *db)
 		}
 		pthread_mutex_unlock(&db->seg_mu);
 		if (s == NULL || sl_db_seal(db, s) != SL_OK) {
-			return;
+			break;
 		}
 	}
+	pthread_mutex_unlock(&db->seal_mu);
 }
 
 void *sl_db_flusher_main(void *arg)
@@ -423,10 +428,19 @@ void *sl_db_flusher_main(void *arg)
 			pthread_mutex_unlock(&db->seg_mu);
 			if (a != NULL) {
 				uint64_t upto = atomic_load(&a->end) + POP_AHEAD;
-				while (atomic_load(&a->populated) < upto &&
-				       atomic_load(&a->populated) < a->cap &&
-				       !atomic_load(&a->sealed)) {
-					sl_seg_populate(a, atomic_load(&a->populated) + (1u << 20));
+				/* seal_mu keeps `a` alive: once sealed (by sl_compact's
+				 * sealing, say) it may be compacted and freed. */
+				int more = 1;
+				while (more) {
+					pthread_mutex_lock(&db->seal_mu);
+					more = !atomic_load(&a->sealed) &&
+					       atomic_load(&a->populated) < upto &&
+					       atomic_load(&a->populated) < a->cap;
+					if (more) {
+						sl_seg_populate(a, atomic_load(&a->populated) +
+						                       (1u << 20));
+					}
+					pthread_mutex_unlock(&db->seal_mu);
 				}
 			}
 		}
@@ -504,6 +518,10 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 		atomic_fetch_add(&db->arriving, 1);
 	}
 	pthread_mutex_lock(&db->append_mu);
+	if (db->active == NULL) {
+		rc = SL_EREADONLY; /* opened read-only: no active segment */
+		goto out;
+	}
 	if (atomic_load(&db->failed)) {
 		rc = SL_EFAILED;
 		goto out;
@@ -578,7 +596,7 @@ static int check_write(sl_db *db, const void *key, size_t klen, size_t vlen)
 	if (klen > db->opt.max_key_bytes || vlen > db->opt.max_value_bytes) {
 		return SL_ETOOBIG;
 	}
-	if (db->opt.read_only || db->active == NULL) {
+	if (db->opt.read_only) {
 		return SL_EREADONLY;
 	}
 	return SL_OK;
@@ -632,7 +650,7 @@ int sl_apply_raw(sl_db *db, const void *rec, size_t len)
 	    size != len) {
 		return SL_ECORRUPT;
 	}
-	if (db->active == NULL) {
+	if (db->opt.read_only) {
 		return SL_EREADONLY;
 	}
 	return append(db, r.type, r.key, r.klen, r.val, r.vlen, r.expire_at, rec, r.seq, NULL);
@@ -733,7 +751,7 @@ typedef struct scan_ctx {
 static int scan_collect(void *arg, const void *key, size_t klen, const sl_loc *loc)
 {
 	scan_ctx *c = arg;
-	if (loc->tomb || klen < c->plen || memcmp(key, c->prefix, c->plen) != 0) {
+	if (loc->tomb || klen < c->plen || (c->plen > 0 && memcmp(key, c->prefix, c->plen) != 0)) {
 		return 0;
 	}
 	sl_rec r;

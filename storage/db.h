@@ -48,6 +48,7 @@ struct sl_db {
 
 	/* compaction (compact.c) */
 	pthread_mutex_t compact_mu; /* one run at a time */
+	pthread_mutex_t seal_mu;    /* one sealer at a time */
 	pthread_mutex_t cthread_mu;
 	pthread_cond_t cthread_cv;
 	pthread_t compactor;

@@ -358,6 +358,7 @@ static void db_free(sl_db *db)
 	pthread_mutex_destroy(&db->sync_mu);
 	pthread_cond_destroy(&db->flush_cv);
 	pthread_mutex_destroy(&db->compact_mu);
+	pthread_mutex_destroy(&db->seal_mu);
 	pthread_mutex_destroy(&db->cthread_mu);
 	pthread_cond_destroy(&db->cthread_cv);
 	free(db->dir);
@@ -397,6 +398,7 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	pthread_mutex_init(&db->sync_mu, NULL);
 	pthread_cond_init(&db->flush_cv, NULL);
 	pthread_mutex_init(&db->compact_mu, NULL);
+	pthread_mutex_init(&db->seal_mu, NULL);
 	pthread_mutex_init(&db->cthread_mu, NULL);
 	pthread_cond_init(&db->cthread_cv, NULL);
 	if (db->opt.compact_min_bytes == 0) {

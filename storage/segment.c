@@ -253,14 +253,20 @@ void sl_seg_populate(sl_seg *s, uint64_t upto)
 	if (upto > s->cap) {
 		upto = s->cap;
 	}
+	/* The mapping covers whole pages, so the page holding the end of a
+	 * capacity that is not page-aligned is populated too; `populated`
+	 * then reaches cap exactly and the flusher stops asking. */
+	uint64_t lim = (s->cap + 4095u) & ~(uint64_t)4095u;
 	uint64_t from = atomic_load(&s->populated) & ~(uint64_t)4095u;
 	upto = (upto + 4095u) & ~(uint64_t)4095u;
-	if (upto > s->cap) {
-		upto = s->cap & ~(uint64_t)4095u;
+	if (upto > lim) {
+		upto = lim;
 	}
 	if (upto > from) {
 		madvise(s->map + from, (size_t)(upto - from), MADV_POPULATE_WRITE);
-		atomic_store(&s->populated, upto);
+	}
+	if (upto > from || upto == lim) {
+		atomic_store(&s->populated, upto >= lim ? s->cap : upto);
 	}
 #else
 	(void)s;

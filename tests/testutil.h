@@ -7,6 +7,11 @@
  *
  * Nothing here calls cmocka: the helpers are also used in forked children,
  * which must report through exit codes.
+ *
+ * Environment understood by the storage tests: SL_TEST_TMP (scratch root),
+ * SL_TEST_SEEDS / SL_TEST_SEED (how much randomized work, and where its
+ * seeds start), SL_TEST_FILTER (a cmocka test-name pattern, e.g.
+ * "test_hint*"), SL_TEST_VERBOSE (let the engine log).
  */
 #ifndef SL_TESTUTIL_H
 #define SL_TESTUTIL_H
@@ -42,6 +47,12 @@ static inline uint64_t tu_env_u64(const char *name, uint64_t def)
 		return def;
 	}
 	return (uint64_t)v;
+}
+
+/* Options' `quiet`: the engine's log lines only with SL_TEST_VERBOSE set. */
+static inline int tu_quiet(void)
+{
+	return getenv("SL_TEST_VERBOSE") == NULL;
 }
 
 static inline uint64_t tu_mono_ms(void)
@@ -84,7 +95,10 @@ static inline uint64_t tu_rng_next(tu_rng *r)
 }
 
 /* Uniform-enough value in [0, n); n > 0. */
-static inline uint64_t tu_rng_below(tu_rng *r, uint64_t n) { return tu_rng_next(r) % n; }
+static inline uint64_t tu_rng_below(tu_rng *r, uint64_t n)
+{
+	return tu_rng_next(r) % n;
+}
 
 /* Value in [lo, hi] inclusive. */
 static inline uint64_t tu_rng_range(tu_rng *r, uint64_t lo, uint64_t hi)
@@ -262,7 +276,10 @@ static inline int tu_write_file(const char *path, const void *buf, size_t len)
 	return close(fd);
 }
 
-static inline int tu_truncate(const char *path, long long len) { return truncate(path, (off_t)len); }
+static inline int tu_truncate(const char *path, long long len)
+{
+	return truncate(path, (off_t)len);
+}
 
 /* XORs the byte at off with mask (non-zero). */
 static inline int tu_flip_byte(const char *path, long long off, uint8_t mask)
@@ -477,11 +494,12 @@ typedef struct tu_seg {
 	size_t len;
 	int hdr_ok; /* magic, version and header crc check out */
 	uint64_t id;
+	uint32_t flags; /* SL_SEG_COMPACTED, ... */
 	uint64_t first_seq;
 	tu_rec *recs; /* the valid records from the start, in file order */
 	size_t nrecs;
-	size_t end;  /* offset where valid records stop */
-	int tail;    /* why they stop: 0 end of file, 1 zero type, 2 truncated, 3 bad crc/type */
+	size_t end; /* offset where valid records stop */
+	int tail;   /* why they stop: 0 end of file, 1 zero type, 2 truncated, 3 bad crc/type */
 } tu_seg;
 
 /* Parses a segment file: header, then records until a type-0 header, the end
@@ -499,8 +517,9 @@ static inline int tu_seg_parse(const char *path, tu_seg *s)
 		return 0;
 	}
 	s->hdr_ok = memcmp(b, SL_SEG_MAGIC, 8) == 0 && sl_get32(b + 8) == SL_FORMAT_VERSION &&
-		    sl_get32(b + 12) == tu_crc32c(b + 16, 16);
-	s->id = sl_get64(b + 16);
+	            sl_get32(b + 12) == tu_crc32c(b + 16, 16);
+	s->id = sl_get32(b + 16);
+	s->flags = sl_get32(b + 20);
 	s->first_seq = sl_get64(b + 24);
 	size_t off = SL_SEG_HDR_SIZE;
 	for (;;) {

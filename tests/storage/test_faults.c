@@ -1,0 +1,1396 @@
+/*
+ * test_faults.c — damaged files, a locked directory and failing I/O.
+ *
+ * Adversarial cases, each named after what it does to the data directory:
+ *
+ *   torn_tail_every_offset     cut the last record of the active segment at
+ *                              every length, or flip each of its bytes: the
+ *                              record is dropped, everything before it stays,
+ *                              the next put gets a fresh seq and survives a
+ *                              further reopen (the torn bytes were cut away).
+ *   sealed_segment_flips       flip bytes inside records of a sealed segment,
+ *                              with and without its hint: the damaged key
+ *                              reads SL_ECORRUPT or an older value, never
+ *                              wrong bytes; every other key reads right;
+ *                              stats.corrupt_records counts it.
+ *   sealed_segment_header_flips  flip each byte of a sealed segment's file
+ *                              header: the same promises for its keys.
+ *   hint_flips                 flip every byte of a hint file, truncate it,
+ *                              give it another segment's hint: recovery falls
+ *                              back to a scan of that one segment.
+ *   busy_same_process/_fork    a second handle, or another process, gets
+ *                              SL_EBUSY; the lock goes with the holder.
+ *   enospc_via_seam            fallocate/pwrite/ftruncate fail with ENOSPC
+ *                              after N calls: the put fails cleanly, reads
+ *                              go on, acknowledged data survives reopen.
+ *   fsync_eio_*                fdatasync fails: the write fails, the handle
+ *                              refuses writes (SL_EFAILED) until reopened,
+ *                              reads go on.
+ *
+ * SL_TEST_SEEDS sets how many ENOSPC budgets (0 .. N-1 calls) are tried,
+ * default 16.  Background compaction is off: the files are checked exactly.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "format.h"
+#include "io.h"
+#include "shiplog.h"
+#include "testutil.h"
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static void open_db(const char *dir, const sl_options *o, sl_db **db)
+{
+	*db = NULL;
+	int rc = sl_open(dir, o, db);
+	if (rc != SL_OK) {
+		fail_msg("sl_open(%s) = %d (%s)", dir, rc, sl_strerror(rc));
+	}
+	assert_non_null(*db);
+}
+
+static sl_stats stats(sl_db *db)
+{
+	sl_stats st;
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	return st;
+}
+
+/* A tiny model: for each key every acknowledged version, oldest first. */
+#define MAXVER 4
+typedef struct kv {
+	char key[32];
+	int nver;
+	uint8_t *val[MAXVER]; /* NULL: the version is a delete */
+	size_t vlen[MAXVER];
+	uint64_t seq[MAXVER];
+} kv;
+
+typedef struct kvset {
+	kv *k;
+	int n;
+} kvset;
+
+static kv *kv_lookup(kvset *s, const char *key)
+{
+	for (int i = 0; i < s->n; i++) {
+		if (strcmp(s->k[i].key, key) == 0) {
+			return &s->k[i];
+		}
+	}
+	return NULL;
+}
+
+static kv *kv_find(kvset *s, const char *key)
+{
+	for (int i = 0; i < s->n; i++) {
+		if (strcmp(s->k[i].key, key) == 0) {
+			return &s->k[i];
+		}
+	}
+	s->k = realloc(s->k, (size_t)(s->n + 1) * sizeof(*s->k));
+	assert_non_null(s->k);
+	kv *e = &s->k[s->n++];
+	memset(e, 0, sizeof(*e));
+	snprintf(e->key, sizeof(e->key), "%s", key);
+	return e;
+}
+
+static void kv_add(kvset *s, const char *key, const void *val, size_t vlen, uint64_t seq)
+{
+	kv *e = kv_find(s, key);
+	assert_true(e->nver < MAXVER);
+	if (val != NULL) {
+		e->val[e->nver] = malloc(vlen + 1);
+		assert_non_null(e->val[e->nver]);
+		memcpy(e->val[e->nver], val, vlen);
+	} else {
+		e->val[e->nver] = NULL;
+	}
+	e->vlen[e->nver] = vlen;
+	e->seq[e->nver] = seq;
+	e->nver++;
+}
+
+static void kvset_free(kvset *s)
+{
+	for (int i = 0; i < s->n; i++) {
+		for (int j = 0; j < s->k[i].nver; j++) {
+			free(s->k[i].val[j]);
+		}
+	}
+	free(s->k);
+	s->k = NULL;
+	s->n = 0;
+}
+
+static uint64_t do_put(sl_db *db, kvset *s, const char *key, size_t vlen, uint64_t tag)
+{
+	uint8_t *v = malloc(vlen + 1);
+	assert_non_null(v);
+	tu_fill_tagged(v, vlen, tag);
+	uint64_t seq = 0;
+	int rc = sl_put(db, key, strlen(key), v, vlen, &seq);
+	if (rc != SL_OK) {
+		fail_msg("put %s = %d (%s)", key, rc, sl_strerror(rc));
+	}
+	kv_add(s, key, v, vlen, seq);
+	free(v);
+	return seq;
+}
+
+static uint64_t do_delete(sl_db *db, kvset *s, const char *key)
+{
+	uint64_t seq = 0;
+	int rc = sl_delete(db, key, strlen(key), &seq);
+	if (rc != SL_OK) {
+		fail_msg("delete %s = %d (%s)", key, rc, sl_strerror(rc));
+	}
+	kv_add(s, key, NULL, 0, seq);
+	return seq;
+}
+
+/* Does (val, vlen, seq) equal version j of e? */
+static int ver_eq(const kv *e, int j, int rc, const void *val, size_t vlen, uint64_t seq)
+{
+	if (e->val[j] == NULL) {
+		return rc == SL_ENOTFOUND;
+	}
+	return rc == SL_OK && vlen == e->vlen[j] && seq == e->seq[j] &&
+	       (vlen == 0 || memcmp(val, e->val[j], vlen) == 0);
+}
+
+/* Checks every key reads its latest version, except keys in `damaged` (a
+ * predicate on the key) which may also read SL_ECORRUPT or any older version
+ * (or SL_ENOTFOUND when there is none).  Returns how many damaged keys read
+ * SL_ECORRUPT. */
+typedef int (*damaged_fn)(void *arg, const kv *e);
+
+static int check_kvset(sl_db *db, kvset *s, damaged_fn damaged, void *arg, const char *what)
+{
+	int ncorrupt = 0;
+	for (int i = 0; i < s->n; i++) {
+		const kv *e = &s->k[i];
+		void *v = NULL;
+		size_t vl = 0;
+		uint64_t seq = 0;
+		int rc = sl_get_seq(db, e->key, strlen(e->key), &v, &vl, &seq);
+		int ok = ver_eq(e, e->nver - 1, rc, v, vl, seq);
+		if (!ok && damaged != NULL && damaged(arg, e)) {
+			if (rc == SL_ECORRUPT) {
+				ok = 1;
+				ncorrupt++;
+			} else if (rc == SL_ENOTFOUND) {
+				ok = 1; /* the damaged put was the key's first write */
+				for (int j = 0; j < e->nver - 1; j++) {
+					ok &= e->val[j] == NULL;
+				}
+			} else {
+				for (int j = 0; j < e->nver - 1; j++) {
+					ok |= ver_eq(e, j, rc, v, vl, seq);
+				}
+			}
+		}
+		if (!ok) {
+			fail_msg(
+			    "%s: key %s: rc %d (%s), %zu bytes, seq %llu; latest is %s seq %llu",
+			    what, e->key, rc, sl_strerror(rc), vl, (unsigned long long)seq,
+			    e->val[e->nver - 1] ? "a put" : "a delete",
+			    (unsigned long long)e->seq[e->nver - 1]);
+		}
+		free(v);
+	}
+	return ncorrupt;
+}
+
+typedef struct scan_chk {
+	kvset *s;
+	damaged_fn damaged;
+	void *arg;
+	int seen, bad;
+	const char *what;
+} scan_chk;
+
+static int scan_chk_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	scan_chk *c = arg;
+	char key[64];
+	if (kl >= sizeof(key)) {
+		c->bad++;
+		return 0;
+	}
+	memcpy(key, k, kl);
+	key[kl] = '\0';
+	kv *e = NULL;
+	for (int i = 0; i < c->s->n; i++) {
+		if (strcmp(c->s->k[i].key, key) == 0) {
+			e = &c->s->k[i];
+		}
+	}
+	int ok = 0;
+	if (e != NULL) {
+		int last = e->nver - 1;
+		ok = e->val[last] != NULL && vl == e->vlen[last] &&
+		     (vl == 0 || memcmp(v, e->val[last], vl) == 0);
+		if (!ok && c->damaged != NULL && c->damaged(c->arg, e)) {
+			for (int j = 0; j < last; j++) {
+				ok |= e->val[j] != NULL && vl == e->vlen[j] &&
+				      (vl == 0 || memcmp(v, e->val[j], vl) == 0);
+			}
+		}
+	}
+	if (!ok) {
+		print_error("%s: scan served wrong bytes for key %s (%zu bytes)\n", c->what, key,
+		            vl);
+		c->bad++;
+	}
+	c->seen++;
+	return 0;
+}
+
+/* A scan serves only right bytes; when it completes it has every live key
+ * that is not damaged. */
+static void check_scan(sl_db *db, kvset *s, damaged_fn damaged, void *arg, const char *what)
+{
+	scan_chk c = {s, damaged, arg, 0, 0, what};
+	int rc = sl_scan(db, "", 0, scan_chk_cb, &c);
+	assert_int_equal(c.bad, 0);
+	if (rc == SL_ECORRUPT && damaged != NULL) {
+		return;
+	}
+	if (rc != 0) {
+		fail_msg("%s: sl_scan = %d", what, rc);
+	}
+	int want = 0;
+	for (int i = 0; i < s->n; i++) {
+		if (s->k[i].val[s->k[i].nver - 1] != NULL &&
+		    (damaged == NULL || !damaged(arg, &s->k[i]))) {
+			want++;
+		}
+	}
+	if (c.seen < want) {
+		fail_msg("%s: scan saw %d keys, want at least %d", what, c.seen, want);
+	}
+}
+
+static char *seg_file(const char *dir, uint64_t id, const char *ext)
+{
+	char *p = malloc(4096);
+	assert_non_null(p);
+	tu_seg_path(p, 4096, dir, id, ext);
+	return p;
+}
+
+static uint64_t highest_seg(const char *dir)
+{
+	uint64_t *ids;
+	int n = tu_list_ids(dir, "seg", &ids);
+	assert_true(n >= 1);
+	uint64_t top = ids[n - 1];
+	free(ids);
+	return top;
+}
+
+/* ======================================================================
+ * Torn tail at every offset of the last record
+ * ====================================================================== */
+
+/* Every segment holds only whole, valid records, then nothing or zeros: no
+ * torn bytes were left behind for later records to sit after.  Returns the
+ * seq of the last record of the highest segment. */
+static uint64_t check_clean_segments(const char *dir, const char *what)
+{
+	uint64_t *ids;
+	int n = tu_list_ids(dir, "seg", &ids);
+	assert_true(n >= 1);
+	uint64_t last = 0;
+	for (int i = 0; i < n; i++) {
+		char *p = seg_file(dir, ids[i], "seg");
+		tu_seg sg;
+		assert_int_equal(tu_seg_parse(p, &sg), 0);
+		int clean = sg.hdr_ok && (sg.tail == 0 || sg.tail == 1);
+		for (size_t j = sg.end; clean && j < sg.len; j++) {
+			clean = sg.buf[j] == 0;
+		}
+		if (!clean) {
+			fail_msg("%s: %s: bytes that are no record at offset %zu of %zu", what, p,
+			         sg.end, sg.len);
+		}
+		if (i == n - 1 && sg.nrecs > 0) {
+			last = sg.recs[sg.nrecs - 1].seq;
+		}
+		tu_seg_free(&sg);
+		free(p);
+	}
+	free(ids);
+	return last;
+}
+
+static void torn_tail_case(int last_is_delete)
+{
+	char *dir = tu_mkdtemp("torn");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0; /* the files are damaged and checked exactly */
+	o.sync = SL_SYNC_NO;
+	o.segment_bytes = 64 << 10;
+	sl_db *db;
+	open_db(dir, &o, &db);
+	kvset s = {0};
+	for (int i = 0; i < 20; i++) {
+		char k[16];
+		snprintf(k, sizeof(k), "k%02d", i);
+		do_put(db, &s, k, 20 + (size_t)i * 7, (uint64_t)i);
+	}
+	uint64_t last;
+	if (last_is_delete) {
+		last = do_delete(db, &s, "k07");
+	} else {
+		last = do_put(db, &s, "k05", 100, 999); /* overwrites k05 */
+	}
+	assert_int_equal(last, 21);
+	sl_close(db);
+
+	uint64_t top = highest_seg(dir);
+	char *segp = seg_file(dir, top, "seg");
+	char *hintp = seg_file(dir, top, "hint");
+	tu_seg sg;
+	assert_int_equal(tu_seg_parse(segp, &sg), 0);
+	assert_true(sg.nrecs >= 1);
+	tu_rec rec = sg.recs[sg.nrecs - 1];
+	assert_int_equal(rec.seq, last);
+	tu_seg_free(&sg);
+	tu_snapshot snap;
+	assert_int_equal(tu_snapshot_take(dir, &snap), 0);
+
+	/* The record as the model sees it once dropped. */
+	kv *victim = kv_find(&s, last_is_delete ? "k07" : "k05");
+	victim->nver--; /* val[nver] stays allocated for the control below */
+
+	for (int mode = 0; mode < 2; mode++) {
+		for (size_t at = rec.off; at < rec.off + rec.size; at++) {
+			char what[96];
+			snprintf(what, sizeof(what), "%s %s at %zu (record %zu..%zu)",
+			         last_is_delete ? "delete" : "put", mode ? "flip" : "truncate", at,
+			         rec.off, rec.off + rec.size);
+			assert_int_equal(tu_snapshot_restore(dir, &snap), 0);
+			if (mode == 0) {
+				assert_int_equal(tu_truncate(segp, (long long)at), 0);
+			} else {
+				uint8_t mask = (uint8_t)(1u << (at % 8));
+				assert_int_equal(tu_flip_byte(segp, (long long)at, mask), 0);
+			}
+			unlink(hintp); /* a crash comes before sealing */
+			int rc = sl_open(dir, &o, &db);
+			if (rc != SL_OK) {
+				fail_msg("%s: sl_open = %d (%s)", what, rc, sl_strerror(rc));
+			}
+			check_kvset(db, &s, NULL, NULL, what);
+			sl_stats st = stats(db);
+			if (st.last_seq != last - 1 && st.last_seq != last) {
+				fail_msg("%s: last_seq %llu", what,
+				         (unsigned long long)st.last_seq);
+			}
+			/* A new write gets a seq above every surviving record and is
+			 * appended where the torn bytes were cut away. */
+			uint64_t seq = 0;
+			assert_int_equal(sl_put(db, "after", 5, "A", 1, &seq), SL_OK);
+			assert_true(seq >= last);
+			assert_int_equal(seq, st.last_seq + 1);
+			sl_close(db);
+			if (check_clean_segments(dir, what) != seq) {
+				fail_msg("%s: the put after recovery is not the last record", what);
+			}
+			open_db(dir, &o, &db);
+			check_kvset(db, &s, NULL, NULL, what);
+			assert_int_equal(stats(db).corrupt_records, 0);
+			void *v = NULL;
+			size_t vl = 0;
+			uint64_t got = 0;
+			rc = sl_get_seq(db, "after", 5, &v, &vl, &got);
+			if (rc != SL_OK || vl != 1 || got != seq) {
+				fail_msg(
+				    "%s: the put after recovery is lost on the next reopen (rc %d)",
+				    what, rc);
+			}
+			free(v);
+			assert_int_equal(stats(db).last_seq, seq);
+			sl_close(db);
+		}
+	}
+
+	/* Control: the whole record present is the record kept. */
+	assert_int_equal(tu_snapshot_restore(dir, &snap), 0);
+	assert_int_equal(tu_truncate(segp, (long long)(rec.off + rec.size)), 0);
+	unlink(hintp);
+	victim->nver++;
+	open_db(dir, &o, &db);
+	check_kvset(db, &s, NULL, NULL, "intact tail");
+	assert_int_equal(stats(db).last_seq, last);
+	sl_close(db);
+
+	tu_snapshot_free(&snap);
+	kvset_free(&s);
+	free(segp);
+	free(hintp);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+static void test_torn_tail_every_offset_put(void **state)
+{
+	(void)state;
+	torn_tail_case(0);
+}
+
+static void test_torn_tail_every_offset_delete(void **state)
+{
+	(void)state;
+	torn_tail_case(1);
+}
+
+/* ======================================================================
+ * Byte flips inside a sealed segment
+ * ====================================================================== */
+
+typedef struct victim {
+	const char *key; /* key of the damaged record */
+	size_t klen;
+} victim;
+
+static int is_victim(void *arg, const kv *e)
+{
+	victim *v = arg;
+	return strlen(e->key) == v->klen && memcmp(e->key, v->key, v->klen) == 0;
+}
+
+/* Builds a store whose sealed segments hold records that are each the
+ * latest of their key, some overwriting an older value in an earlier
+ * segment.  Returns the id of a sealed segment in the middle. */
+static uint64_t build_sealed(const char *dir, const sl_options *o, kvset *s)
+{
+	sl_db *db;
+	open_db(dir, o, &db);
+	char k[32];
+	for (int i = 0; i < 12; i++) {
+		snprintf(k, sizeof(k), "old-%02d", i);
+		do_put(db, s, k, 150, 100 + (uint64_t)i);
+	}
+	for (int i = 0; i < 36; i++) {
+		if (i % 3 == 0) {
+			snprintf(k, sizeof(k), "old-%02d", i / 3);
+		} else {
+			snprintf(k, sizeof(k), "t-%02d", i);
+		}
+		do_put(db, s, k, 180 + (size_t)(i % 5) * 11, 200 + (uint64_t)i);
+	}
+	for (int i = 0; i < 40; i++) {
+		snprintf(k, sizeof(k), "f-%02d", i);
+		do_put(db, s, k, 200, 300 + (uint64_t)i);
+	}
+	sl_close(db);
+
+	/* The sealed segment holding the most overwrites of old-* keys. */
+	uint64_t *ids;
+	int n = tu_list_ids(dir, "seg", &ids);
+	assert_true(n >= 4);
+	uint64_t best = 0;
+	int best_n = -1;
+	for (int i = 0; i < n - 1; i++) {
+		char *p = seg_file(dir, ids[i], "seg");
+		tu_seg sg;
+		assert_int_equal(tu_seg_parse(p, &sg), 0);
+		int cnt = 0;
+		for (size_t j = 0; j < sg.nrecs; j++) {
+			cnt += sg.recs[j].seq > 12 && memcmp(sg.recs[j].key, "old-", 4) == 0;
+		}
+		if (cnt > best_n && sg.nrecs >= 4) {
+			best_n = cnt;
+			best = ids[i];
+		}
+		tu_seg_free(&sg);
+		free(p);
+	}
+	free(ids);
+	assert_true(best_n >= 1);
+	char *hp = seg_file(dir, best, "hint");
+	assert_true(tu_exists(hp));
+	free(hp);
+	return best;
+}
+
+static void sealed_flips(int with_hint)
+{
+	char *dir = tu_mkdtemp("sealed");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0; /* the files are damaged and checked exactly */
+	o.sync = SL_SYNC_NO;
+	o.segment_bytes = 4096;
+	kvset s = {0};
+	uint64_t target = build_sealed(dir, &o, &s);
+	char *segp = seg_file(dir, target, "seg");
+	char *hintp = seg_file(dir, target, "hint");
+	tu_seg sg;
+	assert_int_equal(tu_seg_parse(segp, &sg), 0);
+	assert_int_equal(sg.tail, 0); /* sealed: trimmed to its records */
+	tu_snapshot snap;
+	assert_int_equal(tu_snapshot_take(dir, &snap), 0);
+
+	/* Offsets inside each record: every header field, key and value. */
+	static const int rel[] = {0, 3, 4, 5, 6, 7, 8, 10, 11, 12, 17, 19, 20, 27};
+	int cases = 0;
+	for (size_t r = 0; r < sg.nrecs; r++) {
+		const tu_rec *rec = &sg.recs[r];
+		char key[64];
+		memcpy(key, rec->key, rec->klen);
+		key[rec->klen] = '\0';
+		size_t nrel = sizeof(rel) / sizeof(rel[0]);
+		for (size_t q = 0; q < nrel + 3; q++) {
+			size_t at;
+			if (q < nrel) {
+				at = rec->off + (size_t)rel[q];
+			} else if (q == nrel) {
+				at = rec->off + SL_REC_HDR_SIZE; /* first key byte */
+			} else if (q == nrel + 1) {
+				at = rec->off + SL_REC_HDR_SIZE + rec->klen + rec->vlen / 2;
+			} else {
+				at = rec->off + rec->size - 1;
+			}
+			uint8_t mask = (uint8_t)(q % 2 ? 0x80u >> (q % 8) : 0xffu);
+			char what[192];
+			snprintf(what, sizeof(what),
+			         "%s hint: flip 0x%02x at %zu (record %zu of key %s)",
+			         with_hint ? "with" : "without", mask, at, r, key);
+			assert_int_equal(tu_snapshot_restore(dir, &snap), 0);
+			assert_int_equal(tu_flip_byte(segp, (long long)at, mask), 0);
+			if (!with_hint) {
+				assert_int_equal(unlink(hintp), 0);
+			}
+			sl_db *db = NULL;
+			int rc = sl_open(dir, &o, &db);
+			if (rc != SL_OK) {
+				fail_msg("%s: sl_open = %d (%s)", what, rc, sl_strerror(rc));
+			}
+			victim vic = {key, rec->klen};
+			check_kvset(db, &s, is_victim, &vic, what);
+			check_scan(db, &s, is_victim, &vic, what);
+			sl_stats st = stats(db);
+			if (st.corrupt_records == 0) {
+				fail_msg("%s: stats.corrupt_records is 0", what);
+			}
+			/* The store stays writable: the damaged key can be rewritten. */
+			uint64_t seq = 0;
+			assert_int_equal(sl_put(db, key, rec->klen, "fresh", 5, &seq), SL_OK);
+			assert_int_equal(seq, 89);
+			void *v = NULL;
+			size_t vl = 0;
+			assert_int_equal(sl_get(db, key, rec->klen, &v, &vl), SL_OK);
+			assert_int_equal(vl, 5);
+			assert_memory_equal(v, "fresh", 5);
+			free(v);
+			sl_close(db);
+			cases++;
+		}
+	}
+	print_message("sealed segment %llu %s hint: %d flips over %zu records\n",
+	              (unsigned long long)target, with_hint ? "with" : "without", cases, sg.nrecs);
+	tu_seg_free(&sg);
+	tu_snapshot_free(&snap);
+	kvset_free(&s);
+	free(segp);
+	free(hintp);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+static void test_sealed_segment_flips_with_hint(void **state)
+{
+	(void)state;
+	sealed_flips(1);
+}
+
+static void test_sealed_segment_flips_without_hint(void **state)
+{
+	(void)state;
+	sealed_flips(0);
+}
+
+/* Every byte of a sealed segment's 32-byte file header flipped, hint in
+ * place: the directory still opens (a flipped version may be refused as
+ * SL_ENOTSUP), the keys whose latest record lives there may read SL_ECORRUPT
+ * or an older value, never wrong bytes; everything else reads right. */
+typedef struct in_seg {
+	const char **keys;
+	size_t n;
+} in_seg;
+
+static int is_in_seg(void *arg, const kv *e)
+{
+	in_seg *v = arg;
+	for (size_t i = 0; i < v->n; i++) {
+		if (strcmp(v->keys[i], e->key) == 0) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static void test_sealed_segment_header_flips(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp("sealhdr");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0;
+	o.sync = SL_SYNC_NO;
+	o.segment_bytes = 4096;
+	kvset s = {0};
+	uint64_t target = build_sealed(dir, &o, &s);
+	char *segp = seg_file(dir, target, "seg");
+	tu_seg sg;
+	assert_int_equal(tu_seg_parse(segp, &sg), 0);
+	assert_true(sg.hdr_ok);
+	char keys[64][64];
+	const char *kp[64];
+	in_seg vic = {kp, 0};
+	for (size_t r = 0; r < sg.nrecs && r < 64; r++) {
+		memcpy(keys[r], sg.recs[r].key, sg.recs[r].klen);
+		keys[r][sg.recs[r].klen] = '\0';
+		kp[vic.n++] = keys[r];
+	}
+	tu_seg_free(&sg);
+	tu_snapshot snap;
+	assert_int_equal(tu_snapshot_take(dir, &snap), 0);
+	for (int at = 0; at < (int)SL_SEG_HDR_SIZE; at++) {
+		char what[96];
+		snprintf(what, sizeof(what), "segment %llu header flipped at %d",
+		         (unsigned long long)target, at);
+		assert_int_equal(tu_snapshot_restore(dir, &snap), 0);
+		assert_int_equal(tu_flip_byte(segp, at, (uint8_t)(1u << (at % 8))), 0);
+		sl_db *db = NULL;
+		int rc = sl_open(dir, &o, &db);
+		if (rc == SL_ENOTSUP && at >= 8 && at < 12) {
+			/* The version field is outside the header checksum: a flipped
+			 * version is indistinguishable from a newer format, and
+			 * refusing the directory is the safe answer. */
+			continue;
+		}
+		if (rc != SL_OK) {
+			fail_msg("%s: sl_open = %d (%s)", what, rc, sl_strerror(rc));
+		}
+		check_kvset(db, &s, is_in_seg, &vic, what);
+		check_scan(db, &s, is_in_seg, &vic, what);
+		if (stats(db).corrupt_records == 0) {
+			fail_msg("%s: stats.corrupt_records is 0", what);
+		}
+		uint64_t seq = 0;
+		assert_int_equal(sl_put(db, "new", 3, "n", 1, &seq), SL_OK);
+		assert_int_equal(seq, 89);
+		sl_close(db);
+	}
+	tu_snapshot_free(&snap);
+	kvset_free(&s);
+	free(segp);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+/* ======================================================================
+ * Damaged hint files: fall back to scanning that segment
+ * ====================================================================== */
+
+static void test_hint_flips(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp("hint");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0; /* the files are damaged and checked exactly */
+	o.sync = SL_SYNC_NO;
+	o.segment_bytes = 4096;
+	kvset s = {0};
+	uint64_t target = build_sealed(dir, &o, &s);
+	/* Some tombstones in sealed segments too. */
+	sl_db *db;
+	open_db(dir, &o, &db);
+	do_delete(db, &s, "t-01");
+	do_delete(db, &s, "old-05");
+	char k[32];
+	for (int i = 0; i < 30; i++) {
+		snprintf(k, sizeof(k), "g-%02d", i);
+		do_put(db, &s, k, 250, 400 + (uint64_t)i);
+	}
+	sl_close(db);
+
+	uint64_t *segs, *hints;
+	int ns = tu_list_ids(dir, "seg", &segs);
+	int nh = tu_list_ids(dir, "hint", &hints);
+	assert_true(nh >= 5);
+	tu_snapshot snap;
+	assert_int_equal(tu_snapshot_take(dir, &snap), 0);
+
+	open_db(dir, &o, &db);
+	sl_stats base = stats(db);
+	assert_int_equal(base.hints_loaded, (uint64_t)nh);
+	assert_int_equal(base.segments_scanned, (uint64_t)(ns - nh));
+	check_kvset(db, &s, NULL, NULL, "pristine");
+	sl_close(db);
+
+	char *hintp = seg_file(dir, target, "hint");
+	uint8_t *hb = NULL;
+	size_t hl = 0;
+	assert_int_equal(tu_read_file(hintp, &hb, &hl), 0);
+	free(hb);
+	assert_true(hl > SL_HINT_HDR_SIZE + 4);
+
+	/* Every byte flipped (a strided subset under a big hint). */
+	size_t step = hl > 400 ? hl / 400 : 1;
+	int cases = 0;
+	for (size_t at = 0; at < hl; at += (at + 4 >= hl ? 1 : step)) {
+		char what[96];
+		snprintf(what, sizeof(what), "hint %llu flipped at %zu of %zu",
+		         (unsigned long long)target, at, hl);
+		assert_int_equal(tu_snapshot_restore(dir, &snap), 0);
+		assert_int_equal(tu_flip_byte(hintp, (long long)at, (uint8_t)(1u << (at % 8))), 0);
+		open_db(dir, &o, &db);
+		sl_stats st = stats(db);
+		if (st.hints_loaded != (uint64_t)nh - 1 ||
+		    st.segments_scanned != base.segments_scanned + 1) {
+			fail_msg(
+			    "%s: hints_loaded %llu (want %d), segments_scanned %llu (want %llu)",
+			    what, (unsigned long long)st.hints_loaded, nh - 1,
+			    (unsigned long long)st.segments_scanned,
+			    (unsigned long long)base.segments_scanned + 1);
+		}
+		check_kvset(db, &s, NULL, NULL, what);
+		assert_int_equal(stats(db).corrupt_records, 0);
+		assert_int_equal(stats(db).last_seq, base.last_seq);
+		sl_close(db);
+		cases++;
+	}
+
+	/* Truncated at assorted lengths, emptied, missing. */
+	long long lens[] = {0,
+	                    1,
+	                    8,
+	                    SL_HINT_HDR_SIZE - 1,
+	                    SL_HINT_HDR_SIZE,
+	                    SL_HINT_HDR_SIZE + 10,
+	                    (long long)hl / 2,
+	                    (long long)hl - 5,
+	                    (long long)hl - 1,
+	                    -1};
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		char what[64];
+		snprintf(what, sizeof(what), "hint truncated to %lld", lens[i]);
+		assert_int_equal(tu_snapshot_restore(dir, &snap), 0);
+		if (lens[i] < 0) {
+			assert_int_equal(unlink(hintp), 0);
+		} else {
+			assert_int_equal(tu_truncate(hintp, lens[i]), 0);
+		}
+		open_db(dir, &o, &db);
+		sl_stats st = stats(db);
+		if (st.hints_loaded != (uint64_t)nh - 1 ||
+		    st.segments_scanned != base.segments_scanned + 1) {
+			fail_msg("%s: hints_loaded %llu, segments_scanned %llu", what,
+			         (unsigned long long)st.hints_loaded,
+			         (unsigned long long)st.segments_scanned);
+		}
+		check_kvset(db, &s, NULL, NULL, what);
+		sl_close(db);
+		cases++;
+	}
+
+	/* Another segment's (valid) hint under this segment's name: only its
+	 * own segment id inside gives it away.  Take one of a segment no bigger
+	 * than this one, so every entry is in bounds here too. */
+	char *tsegp = seg_file(dir, target, "seg");
+	long long tsize = tu_file_size(tsegp);
+	free(tsegp);
+	uint64_t other = 0;
+	long long osize = -1;
+	for (int i = 0; i < nh; i++) {
+		char *sp = seg_file(dir, hints[i], "seg");
+		long long sz = tu_file_size(sp);
+		free(sp);
+		if (hints[i] != target && sz > 0 && sz <= tsize && sz > osize) {
+			other = hints[i];
+			osize = sz;
+		}
+	}
+	assert_true(osize > 0);
+	char *otherp = seg_file(dir, other, "hint");
+	assert_int_equal(tu_snapshot_restore(dir, &snap), 0);
+	uint8_t *ob = NULL;
+	size_t ol = 0;
+	assert_int_equal(tu_read_file(otherp, &ob, &ol), 0);
+	assert_int_equal(tu_write_file(hintp, ob, ol), 0);
+	free(ob);
+	open_db(dir, &o, &db);
+	check_kvset(db, &s, NULL, NULL, "foreign hint");
+	assert_int_equal(stats(db).hints_loaded, (uint64_t)nh - 1);
+	sl_close(db);
+
+	/* After a fallback the next open is fast again (the hint is rewritten)
+	 * or at least still correct. */
+	open_db(dir, &o, &db);
+	check_kvset(db, &s, NULL, NULL, "after fallback");
+	sl_close(db);
+
+	print_message("hint %llu (%zu bytes): %d damaged variants\n", (unsigned long long)target,
+	              hl, cases);
+	tu_snapshot_free(&snap);
+	kvset_free(&s);
+	free(segs);
+	free(hints);
+	free(hintp);
+	free(otherp);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+/* ======================================================================
+ * One handle per directory
+ * ====================================================================== */
+
+/* In a child: try to open dir; exit 0 if the result is `want`. */
+static void child_try_open(const char *dir, int want, int do_put)
+{
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		sl_db *db = NULL;
+		int rc = sl_open(dir, NULL, &db);
+		if (rc != want) {
+			_exit(10 + (rc < 0 ? -rc : rc));
+		}
+		if (rc == SL_OK) {
+			if (do_put && sl_put(db, "child", 5, "c", 1, NULL) != SL_OK) {
+				_exit(40);
+			}
+			sl_close(db);
+		}
+		_exit(0);
+	}
+	int status = 0;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	if (WEXITSTATUS(status) != 0) {
+		fail_msg("child sl_open: wanted %d, exit status %d", want, WEXITSTATUS(status));
+	}
+}
+
+static void test_busy(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp("busy");
+	assert_non_null(dir);
+	sl_db *db, *db2 = NULL;
+	open_db(dir, NULL, &db);
+	assert_int_equal(sl_put(db, "k", 1, "v", 1, NULL), SL_OK);
+
+	/* Same process, second handle. */
+	assert_int_equal(sl_open(dir, NULL, &db2), SL_EBUSY);
+	assert_int_equal(sl_open(dir, NULL, &db2), SL_EBUSY);
+	/* The failed attempts released nothing: another process is refused. */
+	child_try_open(dir, SL_EBUSY, 0);
+	/* And the first handle still works. */
+	assert_int_equal(sl_put(db, "k2", 2, "v2", 2, NULL), SL_OK);
+	void *v = NULL;
+	size_t vl;
+	assert_int_equal(sl_get(db, "k", 1, &v, &vl), SL_OK);
+	free(v);
+	sl_close(db);
+
+	/* Closed: another process may open it and write. */
+	child_try_open(dir, SL_OK, 1);
+	open_db(dir, NULL, &db);
+	assert_int_equal(sl_get(db, "child", 5, &v, &vl), SL_OK);
+	free(v);
+	assert_int_equal(stats(db).last_seq, 3);
+
+	/* A child holding the directory, then killed: the lock dies with it. */
+	sl_close(db);
+	int p2c[2], c2p[2];
+	assert_int_equal(pipe(p2c), 0);
+	assert_int_equal(pipe(c2p), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		sl_db *cdb = NULL;
+		char c = sl_open(dir, NULL, &cdb) == SL_OK ? 'y' : 'n';
+		if (write(c2p[1], &c, 1) != 1) {
+			_exit(1);
+		}
+		char x;
+		ssize_t r = read(p2c[0], &x, 1); /* wait to be killed */
+		(void)r;
+		_exit(0);
+	}
+	char c = 0;
+	assert_int_equal(read(c2p[0], &c, 1), 1);
+	assert_int_equal(c, 'y');
+	db2 = NULL;
+	assert_int_equal(sl_open(dir, NULL, &db2), SL_EBUSY);
+	kill(pid, SIGKILL);
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	close(p2c[0]);
+	close(p2c[1]);
+	close(c2p[0]);
+	close(c2p[1]);
+	open_db(dir, NULL, &db);
+	assert_int_equal(stats(db).last_seq, 3);
+	sl_close(db);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+/* ======================================================================
+ * Failing I/O through the seam
+ * ====================================================================== */
+
+static _Atomic long g_budget = -1;  /* fallocate/pwrite/ftruncate calls left; -1: off */
+static _Atomic int g_sync_fail = 0; /* fdatasync/fsync fail with EIO */
+static _Atomic long g_space_calls = 0, g_space_fails = 0, g_sync_calls = 0;
+
+static int spend(void)
+{
+	atomic_fetch_add(&g_space_calls, 1);
+	long b = atomic_load(&g_budget);
+	while (b >= 0) {
+		if (b == 0) {
+			atomic_fetch_add(&g_space_fails, 1);
+			errno = ENOSPC;
+			return -1;
+		}
+		if (atomic_compare_exchange_weak(&g_budget, &b, b - 1)) {
+			break;
+		}
+	}
+	return 0;
+}
+
+static ssize_t f_pwrite(int fd, const void *b, size_t n, off_t off)
+{
+	if (spend() != 0) {
+		return -1;
+	}
+	return sl_io_default.pwrite(fd, b, n, off);
+}
+
+static int f_ftruncate(int fd, off_t len)
+{
+	if (spend() != 0) {
+		return -1;
+	}
+	return sl_io_default.ftruncate(fd, len);
+}
+
+static int f_fallocate(int fd, off_t off, off_t len)
+{
+	if (spend() != 0) {
+		return -1;
+	}
+	return sl_io_default.fallocate(fd, off, len);
+}
+
+static int f_fdatasync(int fd)
+{
+	atomic_fetch_add(&g_sync_calls, 1);
+	if (atomic_load(&g_sync_fail)) {
+		errno = EIO;
+		return -1;
+	}
+	return sl_io_default.fdatasync(fd);
+}
+
+static int f_fsync(int fd)
+{
+	atomic_fetch_add(&g_sync_calls, 1);
+	if (atomic_load(&g_sync_fail)) {
+		errno = EIO;
+		return -1;
+	}
+	return sl_io_default.fsync(fd);
+}
+
+static struct sl_io g_fio;
+
+static const struct sl_io *faulty_io(void)
+{
+	g_fio = sl_io_default;
+	g_fio.pwrite = f_pwrite;
+	g_fio.ftruncate = f_ftruncate;
+	g_fio.fallocate = f_fallocate;
+	g_fio.fdatasync = f_fdatasync;
+	g_fio.fsync = f_fsync;
+	atomic_store(&g_budget, -1);
+	atomic_store(&g_sync_fail, 0);
+	return &g_fio;
+}
+
+/* The put of key -> (val, vlen) failed: the key reads its last
+ * acknowledged state or, at most, exactly the value of the failed put. */
+static void check_failed_put(sl_db *db, kvset *s, const char *key, const void *val, size_t vlen,
+                             const char *what)
+{
+	kv *e = kv_lookup(s, key);
+	void *v = NULL;
+	size_t vl = 0;
+	int g = sl_get(db, key, strlen(key), &v, &vl);
+	int old_ok;
+	if (e == NULL || e->val[e->nver - 1] == NULL) {
+		old_ok = g == SL_ENOTFOUND;
+	} else {
+		old_ok = g == SL_OK && vl == e->vlen[e->nver - 1] &&
+		         memcmp(v, e->val[e->nver - 1], vl) == 0;
+	}
+	int new_ok = g == SL_OK && vl == vlen && memcmp(v, val, vl) == 0;
+	if (!old_ok && !new_ok) {
+		fail_msg("%s: the failed put of %s reads rc %d, %zu bytes", what, key, g, vl);
+	}
+	free(v);
+}
+
+static void enospc_case(long n, sl_sync sync)
+{
+	char *dir = tu_mkdtemp("enospc");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0; /* no background writer besides the appender */
+	o.sync = sync;
+	o.segment_bytes = 4096;
+	o.io = faulty_io();
+	sl_db *db;
+	open_db(dir, &o, &db);
+	kvset s = {0};
+	char k[32];
+	for (int i = 0; i < 20; i++) {
+		snprintf(k, sizeof(k), "pre-%02d", i);
+		do_put(db, &s, k, 300, (uint64_t)i);
+	}
+	long calls_before = atomic_load(&g_space_calls);
+	assert_true(calls_before > 0); /* the engine goes through the seam */
+
+	atomic_store(&g_budget, n);
+	int rc = SL_OK;
+	int i;
+	char fkey[32] = "";
+	uint8_t fval[300];
+	for (i = 0; i < 600; i++) {
+		/* Overwrite pre-* keys now and then so a failed put has an old value. */
+		if (i % 4 == 0) {
+			snprintf(k, sizeof(k), "pre-%02d", (i / 4) % 20);
+		} else {
+			snprintf(k, sizeof(k), "new-%03d", i);
+		}
+		uint8_t v[300];
+		tu_fill_tagged(v, sizeof(v), 1000 + (uint64_t)i);
+		uint64_t seq = 0;
+		rc = sl_put(db, k, strlen(k), v, sizeof(v), &seq);
+		if (rc != SL_OK) {
+			snprintf(fkey, sizeof(fkey), "%s", k);
+			memcpy(fval, v, sizeof(v));
+			break;
+		}
+		kv_add(&s, k, v, sizeof(v), seq);
+	}
+	if (rc == SL_OK) {
+		fail_msg("budget %ld: 600 puts and no failure (space calls %ld)", n,
+		         atomic_load(&g_space_calls) - calls_before);
+	}
+	assert_true(rc < 0);
+	assert_true(strlen(sl_strerror(rc)) > 0);
+	assert_true(atomic_load(&g_space_fails) > 0);
+
+	char what[64];
+	snprintf(what, sizeof(what), "ENOSPC after %ld calls", n);
+	/* The failed put's key is checked exactly by check_failed_put. */
+	victim fv = {fkey, strlen(fkey)};
+
+	/* Reads keep working; the failed put is either absent (old value) or
+	 * complete. */
+	check_kvset(db, &s, is_victim, &fv, what);
+	check_failed_put(db, &s, fkey, fval, sizeof(fval), what);
+
+	/* Still full.  A write may fail again or (when what failed was only
+	 * housekeeping, e.g. a hint) succeed; either way nothing half-applies. */
+	uint64_t seq = 0;
+	int rc2 = sl_put(db, "more", 4, "m", 1, &seq);
+	if (rc2 == SL_OK) {
+		kv_add(&s, "more", "m", 1, seq);
+	} else {
+		assert_true(rc2 < 0);
+	}
+	uint64_t ls = stats(db).last_seq;
+	if (strcmp(fkey, "pre-00") != 0) {
+		rc2 = sl_delete(db, "pre-00", 6, &seq);
+		if (rc2 == SL_OK) {
+			kv_add(&s, "pre-00", NULL, 0, seq);
+			ls = seq;
+		} else {
+			assert_true(rc2 < 0);
+			assert_int_equal(stats(db).last_seq, ls);
+		}
+	}
+	check_kvset(db, &s, is_victim, &fv, what);
+	check_failed_put(db, &s, fkey, fval, sizeof(fval), what);
+
+	/* Space comes back.  Either writes resume or the handle stays failed. */
+	atomic_store(&g_budget, -1);
+	rc2 = sl_put(db, "later", 5, "L", 1, &seq);
+	int later_ok = rc2 == SL_OK;
+	if (!later_ok) {
+		assert_int_equal(rc2, SL_EFAILED);
+		assert_true(stats(db).failed != 0);
+	}
+	if (n % 2 == 0) {
+		atomic_store(&g_budget, 0); /* close on a still-full disk */
+	}
+	sl_close(db);
+
+	/* Everything acknowledged is there with the normal seam. */
+	o.io = NULL;
+	open_db(dir, &o, &db);
+	snprintf(what, sizeof(what), "ENOSPC after %ld calls, reopened", n);
+	check_kvset(db, &s, is_victim, &fv, what);
+	check_failed_put(db, &s, fkey, fval, sizeof(fval), what);
+	void *v = NULL;
+	size_t vl = 0;
+	int g = sl_get(db, "later", 5, &v, &vl);
+	if (later_ok) {
+		assert_int_equal(g, SL_OK);
+	} else {
+		assert_int_equal(g, SL_ENOTFOUND);
+	}
+	free(v);
+	sl_stats st = stats(db);
+	assert_int_equal(st.failed, 0);
+	assert_int_equal(st.corrupt_records, 0);
+	uint64_t seq2 = 0;
+	assert_int_equal(sl_put(db, "final", 5, "F", 1, &seq2), SL_OK);
+	assert_true(seq2 > ls);
+	if (later_ok) {
+		assert_true(seq2 > seq);
+	}
+	sl_close(db);
+	kvset_free(&s);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+static void test_enospc_via_seam(void **state)
+{
+	(void)state;
+	long max = (long)tu_env_u64("SL_TEST_SEEDS", 16);
+	for (long n = 0; n < max; n++) {
+		enospc_case(n, n % 3 == 2 ? SL_SYNC_ALWAYS : SL_SYNC_NO);
+	}
+	atomic_store(&g_budget, -1);
+}
+
+static void test_fsync_eio_always(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp("eio");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0; /* the files are damaged and checked exactly */
+	o.sync = SL_SYNC_ALWAYS;
+	o.segment_bytes = 1 << 20;
+	o.io = faulty_io();
+	sl_db *db;
+	open_db(dir, &o, &db);
+	kvset s = {0};
+	char k[32];
+	for (int i = 0; i < 10; i++) {
+		snprintf(k, sizeof(k), "k%d", i);
+		do_put(db, &s, k, 100, (uint64_t)i);
+	}
+	sl_stats st = stats(db);
+	assert_int_equal(st.failed, 0);
+	assert_true(st.synced_seq >= 10);
+	assert_true(atomic_load(&g_sync_calls) > 0);
+
+	atomic_store(&g_sync_fail, 1);
+	int rc = sl_put(db, "k3", 2, "doomed", 6, NULL);
+	assert_true(rc < 0);
+	assert_true(rc != SL_ENOTFOUND);
+	assert_true(strlen(sl_strerror(rc)) > 0);
+	st = stats(db);
+	assert_true(st.failed != 0);
+	assert_true(st.synced_seq < 11);
+	atomic_store(&g_sync_fail, 0);
+
+	/* Sticky: the disk is fine again, the handle still refuses writes. */
+	assert_int_equal(sl_put(db, "x", 1, "y", 1, NULL), SL_EFAILED);
+	assert_int_equal(sl_put_ttl(db, "x", 1, "y", 1, 1000, NULL), SL_EFAILED);
+	assert_int_equal(sl_delete(db, "k1", 2, NULL), SL_EFAILED);
+	assert_int_equal(sl_put(db, "x", 1, "y", 1, NULL), SL_EFAILED);
+	uint64_t ls = stats(db).last_seq;
+	assert_true(ls == 10 || ls == 11);
+
+	/* Reads keep working. */
+	kv *e = kv_find(&s, "k3");
+	for (int i = 0; i < s.n; i++) {
+		if (&s.k[i] == e) {
+			continue;
+		}
+		void *v = NULL;
+		size_t vl = 0;
+		assert_int_equal(sl_get(db, s.k[i].key, strlen(s.k[i].key), &v, &vl), SL_OK);
+		assert_int_equal(vl, s.k[i].vlen[0]);
+		assert_memory_equal(v, s.k[i].val[0], vl);
+		free(v);
+	}
+	check_failed_put(db, &s, "k3", "doomed", 6, "fdatasync EIO");
+	sl_close(db);
+
+	/* Reopen: writable again, acknowledged data intact. */
+	open_db(dir, &o, &db);
+	assert_int_equal(stats(db).failed, 0);
+	for (int i = 0; i < s.n; i++) {
+		if (&s.k[i] == e) {
+			continue;
+		}
+		void *v = NULL;
+		size_t vl = 0;
+		assert_int_equal(sl_get(db, s.k[i].key, strlen(s.k[i].key), &v, &vl), SL_OK);
+		assert_memory_equal(v, s.k[i].val[0], vl);
+		free(v);
+	}
+	check_failed_put(db, &s, "k3", "doomed", 6, "fdatasync EIO, reopened");
+	uint64_t seq = 0;
+	assert_int_equal(sl_put(db, "x", 1, "y", 1, &seq), SL_OK);
+	assert_true(seq > 10);
+	sl_close(db);
+	kvset_free(&s);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+static void test_fsync_eio_everysec(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp("eio-es");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0; /* the files are damaged and checked exactly */
+	o.sync = SL_SYNC_EVERYSEC;
+	o.sync_interval_ms = 20;
+	o.io = faulty_io();
+	sl_db *db;
+	open_db(dir, &o, &db);
+	kvset s = {0};
+	do_put(db, &s, "a", 10, 1);
+	/* The background sync catches up. */
+	uint64_t t0 = tu_mono_ms();
+	while (stats(db).synced_seq < 1 && tu_mono_ms() - t0 < 5000) {
+		usleep(5000);
+	}
+	assert_true(stats(db).synced_seq >= 1);
+
+	atomic_store(&g_sync_fail, 1);
+	int rc = SL_OK;
+	int i = 0;
+	t0 = tu_mono_ms();
+	while (tu_mono_ms() - t0 < 5000) {
+		char k[16];
+		snprintf(k, sizeof(k), "b%d", i++);
+		uint64_t seq = 0;
+		rc = sl_put(db, k, strlen(k), "v", 1, &seq);
+		if (rc != SL_OK) {
+			break;
+		}
+		kv_add(&s, k, "v", 1, seq);
+		usleep(2000);
+	}
+	atomic_store(&g_sync_fail, 0);
+	if (rc != SL_EFAILED) {
+		fail_msg("background fdatasync failing for 5 s: put = %d, want SL_EFAILED", rc);
+	}
+	assert_true(stats(db).failed != 0);
+	assert_int_equal(sl_put(db, "c", 1, "v", 1, NULL), SL_EFAILED);
+	check_kvset(db, &s, NULL, NULL, "everysec failed");
+	sl_close(db);
+	open_db(dir, &o, &db);
+	check_kvset(db, &s, NULL, NULL, "everysec reopened");
+	assert_int_equal(sl_put(db, "c", 1, "v", 1, NULL), SL_OK);
+	sl_close(db);
+
+	/* sl_sync_now failing makes the handle failed too (sync=no). */
+	o.sync = SL_SYNC_NO;
+	open_db(dir, &o, &db);
+	assert_int_equal(sl_put(db, "d", 1, "v", 1, NULL), SL_OK);
+	atomic_store(&g_sync_fail, 1);
+	rc = sl_sync_now(db);
+	atomic_store(&g_sync_fail, 0);
+	assert_true(rc < 0);
+	assert_int_equal(sl_put(db, "e", 1, "v", 1, NULL), SL_EFAILED);
+	assert_true(stats(db).failed != 0);
+	void *v = NULL;
+	size_t vl;
+	assert_int_equal(sl_get(db, "c", 1, &v, &vl), SL_OK);
+	free(v);
+	sl_close(db);
+	open_db(dir, &o, &db);
+	assert_int_equal(sl_get(db, "d", 1, &v, &vl), SL_OK);
+	free(v);
+	assert_int_equal(sl_put(db, "e", 1, "v", 1, NULL), SL_OK);
+	sl_close(db);
+	kvset_free(&s);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_torn_tail_every_offset_put),
+	    cmocka_unit_test(test_torn_tail_every_offset_delete),
+	    cmocka_unit_test(test_sealed_segment_flips_with_hint),
+	    cmocka_unit_test(test_sealed_segment_flips_without_hint),
+	    cmocka_unit_test(test_sealed_segment_header_flips),
+	    cmocka_unit_test(test_hint_flips),
+	    cmocka_unit_test(test_busy),
+	    cmocka_unit_test(test_enospc_via_seam),
+	    cmocka_unit_test(test_fsync_eio_always),
+	    cmocka_unit_test(test_fsync_eio_everysec),
+	};
+	const char *filter = getenv("SL_TEST_FILTER"); /* e.g. "test_hint*" */
+	if (filter != NULL) {
+		cmocka_set_test_filter(filter);
+	}
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
