@@ -360,6 +360,11 @@ static void drop_inputs(run *r)
 		sl_db_seg_unpublish(db, r->in[i]);
 	}
 	pthread_mutex_unlock(&db->seg_mu);
+	/* The appender moves live-byte counts of the segment an overwritten
+	 * entry pointed at, under append_mu but after its keydir update: wait
+	 * it out too, then every reader (the barrier). */
+	pthread_mutex_lock(&db->append_mu);
+	pthread_mutex_unlock(&db->append_mu);
 	sl_keydir_barrier(db->kd);
 	qsort(r->in, r->nin, sizeof(*r->in), cmp_first_seq);
 	for (size_t i = 0; i < r->nin; i++) {
@@ -511,7 +516,7 @@ int sl_compact(sl_db *db)
 	if (db == NULL) {
 		return SL_EINVAL;
 	}
-	if (db->opt.read_only || db->active == NULL) {
+	if (db->opt.read_only) {
 		return SL_EREADONLY;
 	}
 	/* Segments sealed by now are what "full" covers; the flusher seals

@@ -420,28 +420,21 @@ void *sl_db_flusher_main(void *arg)
 		db->seal_wanted = 0;
 		pthread_mutex_unlock(&db->sync_mu);
 		if (atomic_exchange(&db->pop_wanted, 0)) {
-			/* No lock held while faulting pages in (tens of ms for
-			 * POP_AHEAD): the active segment is never freed while the
-			 * handle is open, only sealed. */
-			pthread_mutex_lock(&db->seg_mu);
-			sl_seg *a = db->active_pub;
-			pthread_mutex_unlock(&db->seg_mu);
-			if (a != NULL) {
-				uint64_t upto = atomic_load(&a->end) + POP_AHEAD;
-				/* seal_mu keeps `a` alive: once sealed (by sl_compact's
-				 * sealing, say) it may be compacted and freed. */
-				int more = 1;
-				while (more) {
-					pthread_mutex_lock(&db->seal_mu);
-					more = !atomic_load(&a->sealed) &&
-					       atomic_load(&a->populated) < upto &&
-					       atomic_load(&a->populated) < a->cap;
-					if (more) {
-						sl_seg_populate(a, atomic_load(&a->populated) +
-						                       (1u << 20));
-					}
-					pthread_mutex_unlock(&db->seal_mu);
+			/* In 1 MiB steps, each under seal_mu with the active segment
+			 * looked up afresh: a segment that is not sealed cannot be
+			 * compacted and freed, and seal_mu keeps it unsealed. */
+			for (int more = 1; more;) {
+				pthread_mutex_lock(&db->seal_mu);
+				pthread_mutex_lock(&db->seg_mu);
+				sl_seg *a = db->active_pub;
+				pthread_mutex_unlock(&db->seg_mu);
+				uint64_t pop = a ? atomic_load(&a->populated) : 0;
+				more = a != NULL && !atomic_load(&a->sealed) &&
+				       pop < atomic_load(&a->end) + POP_AHEAD && pop < a->cap;
+				if (more) {
+					sl_seg_populate(a, pop + (1u << 20));
 				}
+				pthread_mutex_unlock(&db->seal_mu);
 			}
 		}
 		if (!atomic_load(&db->failed)) {
