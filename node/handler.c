@@ -192,7 +192,7 @@ static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 	o->vlen = vl;
 }
 
-static void do_put(sl_node *n, const Shiplog__Put *p, op_result *o)
+static void do_put(sl_node *n, const Shiplog__Put *p, unsigned flags, op_result *o)
 {
 	o->status = check_put(n, p, o->msg, sizeof(o->msg));
 	if (o->status != SL_OK) {
@@ -201,8 +201,7 @@ static void do_put(sl_node *n, const Shiplog__Put *p, op_result *o)
 	size_t vl;
 	const void *v = put_value(p, &vl);
 	uint64_t ttl = p->has_ttl_ms ? p->ttl_ms : 0;
-	int rc = ttl ? sl_put_ttl(n->db, p->key.data, p->key.len, v, vl, ttl, &o->seq)
-	             : sl_put(n->db, p->key.data, p->key.len, v, vl, &o->seq);
+	int rc = sl_put_ex(n->db, p->key.data, p->key.len, v, vl, ttl, flags, &o->seq);
 	o->status = rc;
 	if (rc != SL_OK) {
 		snprintf(o->msg, sizeof(o->msg), "put: %s", sl_status_str(rc));
@@ -212,13 +211,13 @@ static void do_put(sl_node *n, const Shiplog__Put *p, op_result *o)
 	}
 }
 
-static void do_del(sl_node *n, const Shiplog__Del *d, op_result *o)
+static void do_del(sl_node *n, const Shiplog__Del *d, unsigned flags, op_result *o)
 {
 	o->status = check_key(n, &d->key, d->has_key, o->msg, sizeof(o->msg));
 	if (o->status != SL_OK) {
 		return;
 	}
-	int rc = sl_delete(n->db, d->key.data, d->key.len, &o->seq);
+	int rc = sl_delete_ex(n->db, d->key.data, d->key.len, flags, &o->seq);
 	o->status = rc;
 	if (rc != SL_OK && rc != SL_ENOTFOUND) {
 		snprintf(o->msg, sizeof(o->msg), "del: %s", sl_status_str(rc));
@@ -438,6 +437,7 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 	if (k == 0) {
 		return;
 	}
+	uint64_t max_seq = 0;
 	Shiplog__Result *res = own_alloc(r, k * sizeof(*res));
 	Shiplog__Result **ptrs = own_alloc(r, k * sizeof(*ptrs));
 	if (res == NULL || ptrs == NULL) {
@@ -452,10 +452,11 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 			do_get(n, r, op->get, &o);
 			break;
 		case SHIPLOG__OP__OP_PUT:
-			do_put(n, op->put, &o);
+			/* Writes of a batch share one group commit (below). */
+			do_put(n, op->put, SL_NOWAIT, &o);
 			break;
 		case SHIPLOG__OP__OP_DEL:
-			do_del(n, op->del, &o);
+			do_del(n, op->del, SL_NOWAIT, &o);
 			break;
 		case SHIPLOG__OP__OP_PING:
 			o.status = SL_OK;
@@ -482,6 +483,22 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 			    own_printf(r, "%s", o.msg[0] ? o.msg : sl_status_str(o.status));
 		}
 		ptrs[i] = &res[i];
+		if (o.status == SL_OK && o.seq > max_seq &&
+		    (op->op_case == SHIPLOG__OP__OP_PUT || op->op_case == SHIPLOG__OP__OP_DEL)) {
+			max_seq = o.seq;
+		}
+	}
+	/* Reply only once every write of the batch is as durable as the sync
+	 * policy promises; a failed sync fails each of them. */
+	int src =
+	    max_seq && strcmp(n->sync_name, "always") == 0 ? sl_sync_wait(n->db, max_seq) : SL_OK;
+	for (size_t i = 0; src != SL_OK && i < k; i++) {
+		const Shiplog__Op *op = b->ops[i];
+		if (res[i].status == SL_OK &&
+		    (op->op_case == SHIPLOG__OP__OP_PUT || op->op_case == SHIPLOG__OP__OP_DEL)) {
+			res[i].status = src;
+			res[i].error = own_printf(r, "sync: %s", sl_status_str(src));
+		}
 	}
 	r->resp.results = ptrs;
 	r->resp.n_results = k;
@@ -571,11 +588,11 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 		set_top(r, &o);
 		break;
 	case SL_OP_PUT:
-		do_put(n, q->put, &o);
+		do_put(n, q->put, 0, &o);
 		set_top(r, &o);
 		break;
 	case SL_OP_DEL:
-		do_del(n, q->del, &o);
+		do_del(n, q->del, 0, &o);
 		set_top(r, &o);
 		break;
 	case SL_OP_MGET:

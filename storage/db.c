@@ -347,6 +347,17 @@ static int sync_wait(sl_db *db, uint64_t seq)
 	}
 }
 
+int sl_sync_wait(sl_db *db, uint64_t seq)
+{
+	if (db == NULL) {
+		return SL_EINVAL;
+	}
+	if (seq > atomic_load(&db->last_seq)) {
+		seq = atomic_load(&db->last_seq);
+	}
+	return sync_wait(db, seq);
+}
+
 int sl_sync_now(sl_db *db)
 {
 	if (atomic_load(&db->failed)) {
@@ -500,13 +511,13 @@ static int live_cb(void *arg, const sl_loc *loc)
  * from another node, appended byte for byte keeping its seq. */
 static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const void *val,
                   size_t vlen, uint64_t expire_at, const uint8_t *raw, uint64_t raw_seq,
-                  uint64_t *seq_out)
+                  unsigned flags, uint64_t *seq_out)
 {
 	size_t size = sl_rec_size(klen, vlen);
 	uint64_t h = sl_keydir_hash(key, klen);
 	int rc = SL_OK;
 	uint64_t seq;
-	int always = db->opt.sync == SL_SYNC_ALWAYS;
+	int always = db->opt.sync == SL_SYNC_ALWAYS && !(flags & SL_NOWAIT);
 	if (always) {
 		atomic_fetch_add(&db->arriving, 1);
 	}
@@ -595,8 +606,8 @@ static int check_write(sl_db *db, const void *key, size_t klen, size_t vlen)
 	return SL_OK;
 }
 
-int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
-               uint64_t ttl_ms, uint64_t *seq_out)
+int sl_put_ex(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
+              uint64_t ttl_ms, unsigned flags, uint64_t *seq_out)
 {
 	int rc = check_write(db, key, klen, vlen);
 	if (rc != SL_OK) {
@@ -606,25 +617,36 @@ int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t 
 		return SL_EINVAL;
 	}
 	uint64_t exp = ttl_ms ? db->io->now_ms() + ttl_ms : 0;
-	rc = append(db, SL_REC_PUT, key, klen, val, vlen, exp, NULL, 0, seq_out);
+	rc = append(db, SL_REC_PUT, key, klen, val, vlen, exp, NULL, 0, flags, seq_out);
 	if (rc == SL_OK) {
 		count(&db->n_puts, 1);
 	}
 	return rc;
 }
 
+int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
+               uint64_t ttl_ms, uint64_t *seq_out)
+{
+	return sl_put_ex(db, key, klen, val, vlen, ttl_ms, 0, seq_out);
+}
+
 int sl_put(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen, uint64_t *seq_out)
 {
-	return sl_put_ttl(db, key, klen, val, vlen, 0, seq_out);
+	return sl_put_ex(db, key, klen, val, vlen, 0, 0, seq_out);
 }
 
 int sl_delete(sl_db *db, const void *key, size_t klen, uint64_t *seq_out)
+{
+	return sl_delete_ex(db, key, klen, 0, seq_out);
+}
+
+int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64_t *seq_out)
 {
 	int rc = check_write(db, key, klen, 0);
 	if (rc != SL_OK) {
 		return rc;
 	}
-	rc = append(db, SL_REC_DEL, key, klen, NULL, 0, 0, NULL, 0, seq_out);
+	rc = append(db, SL_REC_DEL, key, klen, NULL, 0, 0, NULL, 0, flags, seq_out);
 	if (rc == SL_OK) {
 		count(&db->n_deletes, 1);
 	}
@@ -646,7 +668,7 @@ int sl_apply_raw(sl_db *db, const void *rec, size_t len)
 	if (db->opt.read_only) {
 		return SL_EREADONLY;
 	}
-	return append(db, r.type, r.key, r.klen, r.val, r.vlen, r.expire_at, rec, r.seq, NULL);
+	return append(db, r.type, r.key, r.klen, r.val, r.vlen, r.expire_at, rec, r.seq, 0, NULL);
 }
 
 /* ---- reads -------------------------------------------------------------- */

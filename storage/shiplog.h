@@ -129,6 +129,21 @@ int sl_put(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen
 int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
                uint64_t ttl_ms, uint64_t *seq_out);
 
+/* Flags for sl_put_ex / sl_delete_ex. */
+#define SL_NOWAIT                                                                                  \
+	1u /* under SL_SYNC_ALWAYS, return once the record is in the                               \
+	    * kernel without waiting for fdatasync; follow with                                    \
+	    * sl_sync_wait(highest seq) so a batch of writes shares                                \
+	    * one group commit.  No effect under other policies. */
+
+/* sl_put_ttl with flags. */
+int sl_put_ex(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
+              uint64_t ttl_ms, unsigned flags, uint64_t *seq_out);
+
+/* Returns once every record up to seq is durable (fdatasync'd), joining the
+ * group commit in flight.  SL_EFAILED if a sync failed. */
+int sl_sync_wait(sl_db *db, uint64_t seq);
+
 /* Looks key up.  On SL_OK *val_out is a malloc'd copy (caller frees; a
  * zero-length value still gets a non-NULL 1-byte allocation) and *vlen_out
  * its length.  SL_ENOTFOUND when absent, deleted or expired; SL_ECORRUPT when
@@ -142,6 +157,9 @@ int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *
 /* Writes a tombstone for key.  SL_ENOTFOUND (nothing written) when the key
  * has no live value. */
 int sl_delete(sl_db *db, const void *key, size_t klen, uint64_t *seq_out);
+
+/* sl_delete with flags (SL_NOWAIT). */
+int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64_t *seq_out);
 
 /* Calls fn for every live key starting with prefix (plen 0: every key), in no
  * particular order.  A non-zero return from fn stops the scan and is
