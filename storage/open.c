@@ -518,6 +518,11 @@ void sl_close(sl_db *db)
 		pthread_join(db->flusher, NULL);
 	}
 	if (db->active != NULL && !atomic_load(&db->failed)) {
+		/* The flusher may have stopped with a rotation not yet sealed:
+		 * seal now so the next open finds every hint. */
+		sl_db_seal_pending(db);
+	}
+	if (db->active != NULL && !atomic_load(&db->failed)) {
 		sl_db_sync_all(db);
 		/* Drop the preallocated tail so the directory shows real sizes;
 		 * the next open preallocates again. */
