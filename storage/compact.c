@@ -416,7 +416,7 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 			sl_seg *s = db->segs[i];
 			if (s == db->active_pub || !atomic_load(&s->sealed) ||
 			    atomic_load(&s->corrupt) || atomic_load(&s->compacting) ||
-			    (protect != 0 && s->last_seq >= protect)) {
+			    atomic_load(&s->pins) > 0 || (protect != 0 && s->last_seq >= protect)) {
 				continue;
 			}
 			uint64_t size = atomic_load(&s->end) - SL_SEG_HDR_SIZE;

@@ -51,6 +51,7 @@
 #include "record.h"
 
 #define SEGTAB_BITS   12u
+#define SL_LOAD       (1u << 8)   /* append: a snapshot record, any seq order */
 #define GATHER_MAX_US 200         /* longest a group-commit leader waits for arrivals */
 #define POP_AHEAD     (16u << 20) /* populate this far ahead of the appender */
 #define SEGTAB_CHUNK  (1u << SEGTAB_BITS)
@@ -536,7 +537,8 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 		goto out;
 	}
 	seq = raw ? raw_seq : atomic_load(&db->last_seq) + 1;
-	if (seq <= atomic_load(&db->last_seq) || seq > SL_KD_SEQ_MAX) {
+	if ((seq <= atomic_load(&db->last_seq) && !(flags & SL_LOAD)) || seq == 0 ||
+	    seq > SL_KD_SEQ_MAX) {
 		rc = SL_EINVAL;
 		goto out;
 	}
@@ -564,8 +566,12 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 		pthread_cond_signal(&db->flush_cv);
 		pthread_mutex_unlock(&db->sync_mu);
 	}
-	a->last_seq = seq;
-	atomic_store_explicit(&db->last_seq, seq, memory_order_release);
+	if (seq > a->last_seq) {
+		a->last_seq = seq;
+	}
+	if (seq > atomic_load(&db->last_seq)) {
+		atomic_store_explicit(&db->last_seq, seq, memory_order_release);
+	}
 	sl_loc loc = {.seg = a->id,
 	              .off = (uint32_t)end,
 	              .size = (uint32_t)size,
@@ -653,7 +659,7 @@ int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64
 	return rc;
 }
 
-int sl_apply_raw(sl_db *db, const void *rec, size_t len)
+static int apply_raw(sl_db *db, const void *rec, size_t len, unsigned flags)
 {
 	if (db == NULL || rec == NULL) {
 		return SL_EINVAL;
@@ -668,7 +674,23 @@ int sl_apply_raw(sl_db *db, const void *rec, size_t len)
 	if (db->opt.read_only) {
 		return SL_EREADONLY;
 	}
-	return append(db, r.type, r.key, r.klen, r.val, r.vlen, r.expire_at, rec, r.seq, 0, NULL);
+	return append(db, r.type, r.key, r.klen, r.val, r.vlen, r.expire_at, rec, r.seq, flags,
+	              NULL);
+}
+
+int sl_apply_raw(sl_db *db, const void *rec, size_t len)
+{
+	return apply_raw(db, rec, len, 0);
+}
+
+int sl_load_raw(sl_db *db, const void *rec, size_t len)
+{
+	return apply_raw(db, rec, len, SL_LOAD | SL_NOWAIT);
+}
+
+uint64_t sl_last_seq(sl_db *db)
+{
+	return db ? atomic_load(&db->last_seq) : 0;
 }
 
 /* ---- reads -------------------------------------------------------------- */
@@ -823,68 +845,6 @@ int sl_scan(sl_db *db, const void *prefix, size_t plen,
 		}
 	}
 	free(c.buf);
-	return rc;
-}
-
-/* ---- replication building blocks ---------------------------------------- */
-
-int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len_out,
-                uint64_t *next_seq_out)
-{
-	if (db == NULL || buf == NULL || len_out == NULL || next_seq_out == NULL || from_seq == 0) {
-		return SL_EINVAL;
-	}
-	*len_out = 0;
-	*next_seq_out = from_seq;
-	int rc = SL_OK;
-	size_t len = 0;
-	pthread_mutex_lock(&db->seg_mu);
-	/* The log is the run of segments not written by compaction, in id
-	 * order; a seq before the first of them is gone. */
-	size_t start = db->nsegs;
-	for (size_t i = db->nsegs; i > 0; i--) {
-		sl_seg *s = db->segs[i - 1];
-		if (s->flags & SL_SEG_COMPACTED) {
-			continue;
-		}
-		start = i - 1;
-		if (s->first_seq <= from_seq) {
-			break;
-		}
-	}
-	if (start == db->nsegs || db->segs[start]->first_seq > from_seq) {
-		if (from_seq <= atomic_load(&db->last_seq)) {
-			rc = SL_ESTALE;
-		}
-		goto out;
-	}
-	for (size_t i = start; i < db->nsegs; i++) {
-		sl_seg *s = db->segs[i];
-		if (s->flags & SL_SEG_COMPACTED) {
-			continue;
-		}
-		uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
-		for (uint64_t off = SL_SEG_HDR_SIZE; off < end;) {
-			sl_rec r;
-			size_t size;
-			if (sl_rec_decode(s->map + off, end - off, db->opt.max_key_bytes,
-			                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK) {
-				break;
-			}
-			if (r.seq >= *next_seq_out) {
-				if (len + size > cap) {
-					goto out;
-				}
-				memcpy((uint8_t *)buf + len, s->map + off, size);
-				len += size;
-				*next_seq_out = r.seq + 1;
-			}
-			off += size;
-		}
-	}
-out:
-	*len_out = len;
-	pthread_mutex_unlock(&db->seg_mu);
 	return rc;
 }
 

@@ -58,6 +58,13 @@ struct sl_db {
 	uint64_t n_compactions, c_reclaimed, c_written, c_read, c_last_ms, c_errors;
 	_Atomic int c_last_error;
 
+	/* sl_log_read's resume points, one per reader position (replog.c) */
+	struct {
+		uint32_t seg;
+		uint64_t off, seq;
+	} lr_cache[8];
+	unsigned lr_next;
+
 	/* counters */
 	uint64_t recovery_ms, hints_loaded, segments_scanned;
 	uint64_t n_corrupt, n_fsyncs, n_puts, n_gets, n_deletes;

@@ -24,6 +24,7 @@ typedef struct sl_seg {
 	uint64_t last_seq;          /* highest seq appended or found here */
 	uint32_t flags;             /* SL_SEG_COMPACTED (format.h) */
 	_Atomic int compacting;     /* an input of the running compaction */
+	_Atomic int pins;           /* snapshots holding it: not compacted */
 	_Atomic uint64_t end;       /* bytes written: header + whole records */
 	_Atomic uint64_t synced;    /* bytes known durable */
 	_Atomic uint64_t live;      /* bytes of put records the keydir points at */

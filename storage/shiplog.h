@@ -202,6 +202,46 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
  * last_seq), and the write errors of sl_put. */
 int sl_apply_raw(sl_db *db, const void *rec, size_t len);
 
+/* As sl_apply_raw without the order check: for loading a full-resync
+ * snapshot into an empty store, whose records arrive in any order (the
+ * highest seq still wins).  last_seq becomes the highest seq loaded.  The
+ * loaded segments are not a contiguous log: replication must not serve
+ * sl_log_read below the snapshot's head seq from this store. */
+int sl_load_raw(sl_db *db, const void *rec, size_t len);
+
+/* The oldest seq sl_log_read can still return (start of the contiguous
+ * log), or last_seq + 1 when the log is empty. */
+uint64_t sl_log_start(sl_db *db);
+
+/* The seq from which the newest log segments hold at most `bytes` bytes:
+ * what to pass to sl_compact_protect() to keep a replication backlog of
+ * that size out of compaction's reach. */
+uint64_t sl_log_backlog_seq(sl_db *db, uint64_t bytes);
+
+/* Highest seq written or applied. */
+uint64_t sl_last_seq(sl_db *db);
+
+/* A content digest over the live (not deleted, not expired) keys and their
+ * values, independent of order and segment layout: equal on two stores with
+ * equal live contents.  out gets 32 hex digits and a NUL; *keys_out (may be
+ * NULL) the number of keys digested. */
+int sl_digest(sl_db *db, char out[33], uint64_t *keys_out);
+
+/* Full-resync source: pins the segments that hold every record up to the
+ * current head seq (*head_seq_out), so compaction leaves them alone until
+ * sl_snapshot_close.  Writes go on meanwhile. */
+typedef struct sl_snapshot sl_snapshot;
+int sl_snapshot_open(sl_db *db, sl_snapshot **out, uint64_t *head_seq_out);
+
+/* Copies the next whole raw records of the snapshot into buf (at most cap
+ * bytes; SL_ETOOBIG if a single record does not fit in cap): the records,
+ * with seq <= head seq, that are the current version of their key (puts and
+ * tombstones), in no particular order.  *len_out 0 and *done 1 at the end. */
+int sl_snapshot_read(sl_snapshot *sn, void *buf, size_t cap, size_t *len_out, int *done);
+
+/* Unpins.  NULL is fine. */
+void sl_snapshot_close(sl_snapshot *sn);
+
 #ifdef __cplusplus
 }
 #endif

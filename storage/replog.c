@@ -1,0 +1,305 @@
+/*
+ * replog.c — the engine's side of replication (DESIGN.md §3): reading the
+ * log in seq order, pinning a snapshot for a full resync, and a content
+ * digest to compare nodes.  No networking here: replication/ moves the bytes.
+ *
+ * The log is the run of segments not written by compaction, in id order:
+ * the appender writes records in seq order (db.c invariant 2), so within and
+ * across those segments seqs only grow.  Compaction outputs (SL_SEG_COMPACTED)
+ * hold records in no order and are never read here.
+ *
+ * Invariants:
+ *  1. A pinned segment (pins > 0) is never a compaction input, so records a
+ *     snapshot reads stay where its keydir entries say until unpinned.
+ *  2. A snapshot's head seq S and its segments' ends are taken under
+ *     append_mu: every record with seq <= S lies before a recorded end.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "db.h"
+#include "record.h"
+
+/* ---- sl_log_read -------------------------------------------------------- */
+
+/* Where a previous read stopped in segment `seg`, if it stopped at `seq`. */
+static uint64_t cache_find(sl_db *db, uint32_t seg, uint64_t seq)
+{
+	for (unsigned i = 0; i < 8; i++) {
+		if (db->lr_cache[i].seg == seg && db->lr_cache[i].seq == seq) {
+			return db->lr_cache[i].off;
+		}
+	}
+	return SL_SEG_HDR_SIZE;
+}
+
+static void cache_put(sl_db *db, uint32_t seg, uint64_t off, uint64_t seq)
+{
+	unsigned i = db->lr_next++ % 8;
+	db->lr_cache[i].seg = seg;
+	db->lr_cache[i].off = off;
+	db->lr_cache[i].seq = seq;
+}
+
+int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len_out,
+                uint64_t *next_seq_out)
+{
+	if (db == NULL || buf == NULL || len_out == NULL || next_seq_out == NULL || from_seq == 0) {
+		return SL_EINVAL;
+	}
+	*len_out = 0;
+	*next_seq_out = from_seq;
+	int rc = SL_OK;
+	size_t len = 0;
+	pthread_mutex_lock(&db->seg_mu);
+	size_t start = db->nsegs;
+	for (size_t i = db->nsegs; i > 0; i--) {
+		sl_seg *s = db->segs[i - 1];
+		if (s->flags & SL_SEG_COMPACTED) {
+			continue;
+		}
+		start = i - 1;
+		if (s->first_seq <= from_seq) {
+			break;
+		}
+	}
+	if (start == db->nsegs || db->segs[start]->first_seq > from_seq) {
+		if (from_seq <= atomic_load(&db->last_seq)) {
+			rc = SL_ESTALE;
+		}
+		goto out;
+	}
+	for (size_t i = start; i < db->nsegs; i++) {
+		sl_seg *s = db->segs[i];
+		if (s->flags & SL_SEG_COMPACTED) {
+			continue;
+		}
+		uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
+		uint64_t off = cache_find(db, s->id, *next_seq_out);
+		while (off < end) {
+			sl_rec r;
+			size_t size;
+			if (sl_rec_decode(s->map + off, end - off, db->opt.max_key_bytes,
+			                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK) {
+				break;
+			}
+			if (r.seq >= *next_seq_out) {
+				if (len + size > cap) {
+					cache_put(db, s->id, off, *next_seq_out);
+					goto out;
+				}
+				memcpy((uint8_t *)buf + len, s->map + off, size);
+				len += size;
+				*next_seq_out = r.seq + 1;
+			}
+			off += size;
+		}
+		cache_put(db, s->id, off, *next_seq_out);
+	}
+out:
+	*len_out = len;
+	pthread_mutex_unlock(&db->seg_mu);
+	return rc;
+}
+
+uint64_t sl_log_start(sl_db *db)
+{
+	uint64_t start = atomic_load(&db->last_seq) + 1;
+	pthread_mutex_lock(&db->seg_mu);
+	for (size_t i = 0; i < db->nsegs; i++) {
+		if (!(db->segs[i]->flags & SL_SEG_COMPACTED)) {
+			start = db->segs[i]->first_seq;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&db->seg_mu);
+	return start;
+}
+
+uint64_t sl_log_backlog_seq(sl_db *db, uint64_t bytes)
+{
+	uint64_t seq = atomic_load(&db->last_seq) + 1, total = 0;
+	pthread_mutex_lock(&db->seg_mu);
+	for (size_t i = db->nsegs; i > 0; i--) {
+		sl_seg *s = db->segs[i - 1];
+		if (s->flags & SL_SEG_COMPACTED) {
+			continue;
+		}
+		total += atomic_load(&s->end) - SL_SEG_HDR_SIZE;
+		if (total > bytes && seq <= atomic_load(&db->last_seq)) {
+			break; /* the newest segment always counts */
+		}
+		seq = s->first_seq;
+	}
+	pthread_mutex_unlock(&db->seg_mu);
+	return seq;
+}
+
+/* ---- digest --------------------------------------------------------------- */
+
+typedef struct digest_ctx {
+	uint64_t lo, hi, keys;
+	XXH3_state_t *st;
+} digest_ctx;
+
+static int digest_cb(void *arg, const void *k, size_t kl, const void *v, size_t vl)
+{
+	digest_ctx *c = arg;
+	uint8_t len[8];
+	sl_put32(len, (uint32_t)kl);
+	sl_put32(len + 4, (uint32_t)vl);
+	XXH3_128bits_reset(c->st);
+	XXH3_128bits_update(c->st, len, sizeof(len));
+	XXH3_128bits_update(c->st, k, kl);
+	XXH3_128bits_update(c->st, v, vl);
+	XXH128_hash_t h = XXH3_128bits_digest(c->st);
+	c->lo += h.low64; /* a sum: the same whatever the order keys come in */
+	c->hi += h.high64;
+	c->keys++;
+	return 0;
+}
+
+int sl_digest(sl_db *db, char out[33], uint64_t *keys_out)
+{
+	if (db == NULL || out == NULL) {
+		return SL_EINVAL;
+	}
+	digest_ctx c = {0};
+	c.st = XXH3_createState();
+	if (c.st == NULL) {
+		return SL_ENOMEM;
+	}
+	int rc = sl_scan(db, NULL, 0, digest_cb, &c);
+	XXH3_freeState(c.st);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	snprintf(out, 33, "%016llx%016llx", (unsigned long long)(c.hi + c.keys),
+	         (unsigned long long)c.lo);
+	if (keys_out != NULL) {
+		*keys_out = c.keys;
+	}
+	return SL_OK;
+}
+
+/* ---- snapshots for a full resync ---------------------------------------- */
+
+struct sl_snapshot {
+	sl_db *db;
+	uint64_t head;
+	sl_seg **segs;
+	uint64_t *ends;
+	size_t n, i;
+	uint64_t off;
+};
+
+int sl_snapshot_open(sl_db *db, sl_snapshot **out, uint64_t *head_seq_out)
+{
+	if (db == NULL || out == NULL) {
+		return SL_EINVAL;
+	}
+	sl_snapshot *sn = calloc(1, sizeof(*sn));
+	if (sn == NULL) {
+		return SL_ENOMEM;
+	}
+	sn->db = db;
+	/* No compaction run is between its pick and its unlinks (compact_mu),
+	 * and no record is half appended (append_mu): invariant 2. */
+	pthread_mutex_lock(&db->compact_mu);
+	pthread_mutex_lock(&db->append_mu);
+	pthread_mutex_lock(&db->seg_mu);
+	sn->segs = calloc(db->nsegs ? db->nsegs : 1, sizeof(*sn->segs));
+	sn->ends = calloc(db->nsegs ? db->nsegs : 1, sizeof(*sn->ends));
+	int rc = sn->segs && sn->ends ? SL_OK : SL_ENOMEM;
+	for (size_t i = 0; rc == SL_OK && i < db->nsegs; i++) {
+		sl_seg *s = db->segs[i];
+		atomic_fetch_add(&s->pins, 1);
+		sn->segs[sn->n] = s;
+		sn->ends[sn->n++] = atomic_load(&s->end);
+	}
+	sn->head = atomic_load(&db->last_seq);
+	pthread_mutex_unlock(&db->seg_mu);
+	pthread_mutex_unlock(&db->append_mu);
+	pthread_mutex_unlock(&db->compact_mu);
+	if (rc != SL_OK) {
+		sl_snapshot_close(sn);
+		return rc;
+	}
+	sn->off = SL_SEG_HDR_SIZE;
+	*out = sn;
+	if (head_seq_out != NULL) {
+		*head_seq_out = sn->head;
+	}
+	return SL_OK;
+}
+
+typedef struct at_ctx {
+	uint32_t seg, off;
+} at_ctx;
+
+static int at_cb(void *arg, const sl_loc *loc)
+{
+	const at_ctx *c = arg;
+	return loc->seg == c->seg && loc->off == c->off ? SL_OK : SL_ENOTFOUND;
+}
+
+int sl_snapshot_read(sl_snapshot *sn, void *buf, size_t cap, size_t *len_out, int *done)
+{
+	if (sn == NULL || buf == NULL || len_out == NULL || done == NULL) {
+		return SL_EINVAL;
+	}
+	sl_db *db = sn->db;
+	size_t len = 0;
+	*done = 0;
+	while (sn->i < sn->n) {
+		sl_seg *s = sn->segs[sn->i];
+		uint64_t end = sn->ends[sn->i];
+		if (sn->off >= end) {
+			sn->i++;
+			sn->off = SL_SEG_HDR_SIZE;
+			continue;
+		}
+		sl_rec r;
+		size_t size;
+		if (sl_rec_decode(s->map + sn->off, end - sn->off, db->opt.max_key_bytes,
+		                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK) {
+			/* Damage: skip to the next valid record (never served). */
+			sn->off = sl_rec_next_valid(s->map, (size_t)sn->off, (size_t)end,
+			                            db->opt.max_key_bytes, db->opt.max_value_bytes);
+			continue;
+		}
+		at_ctx at = {s->id, (uint32_t)sn->off};
+		int live = r.seq <= sn->head && sl_keydir_get(db->kd, sl_keydir_hash(r.key, r.klen),
+		                                              r.key, r.klen, at_cb, &at) == SL_OK;
+		if (live) {
+			if (len + size > cap) {
+				if (len == 0) {
+					return SL_ETOOBIG;
+				}
+				break;
+			}
+			memcpy((uint8_t *)buf + len, s->map + sn->off, size);
+			len += size;
+		}
+		sn->off += size;
+	}
+	*len_out = len;
+	*done = sn->i >= sn->n && len == 0;
+	return SL_OK;
+}
+
+void sl_snapshot_close(sl_snapshot *sn)
+{
+	if (sn == NULL) {
+		return;
+	}
+	for (size_t i = 0; i < sn->n; i++) {
+		atomic_fetch_sub(&sn->segs[i]->pins, 1);
+	}
+	free(sn->segs);
+	free(sn->ends);
+	free(sn);
+}
