@@ -161,6 +161,9 @@ static int take_record(run *r, sl_seg *in, uint64_t off, uint64_t now)
 	}
 	uint64_t oend = atomic_load(&o->s->end);
 	memcpy(o->s->map + oend, in->map + off, size);
+	if (rec.expire_at != 0) {
+		atomic_store(&o->s->has_ttl, 1);
+	}
 	atomic_store(&o->s->end, oend + size);
 	m.out_off = (uint32_t)oend;
 	o->min_seq = rec.seq < o->min_seq ? rec.seq : o->min_seq;
@@ -429,7 +432,10 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 				continue;
 			}
 			if (full) {
-				want = s->id < below;
+				/* Everything that existed, unless it cannot shrink:
+				 * no dead bytes, no tombstone, no TTL record, not small. */
+				want = s->id < below && (dead > 0 || atomic_load(&s->tomb) > 0 ||
+				                         atomic_load(&s->has_ttl) || small);
 			} else {
 				want = (dead > 0 && (double)dead >= db->opt.compact_dead_ratio *
 				                                        (double)size) ||

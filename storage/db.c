@@ -569,6 +569,9 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 	if (seq > a->last_seq) {
 		a->last_seq = seq;
 	}
+	if (expire_at != 0 && !atomic_load_explicit(&a->has_ttl, memory_order_relaxed)) {
+		atomic_store(&a->has_ttl, 1);
+	}
 	if (seq > atomic_load(&db->last_seq)) {
 		atomic_store_explicit(&db->last_seq, seq, memory_order_release);
 	}

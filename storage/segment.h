@@ -25,6 +25,7 @@ typedef struct sl_seg {
 	uint32_t flags;             /* SL_SEG_COMPACTED (format.h) */
 	_Atomic int compacting;     /* an input of the running compaction */
 	_Atomic int pins;           /* snapshots holding it: not compacted */
+	_Atomic int has_ttl;        /* holds a record with an expiry time */
 	_Atomic uint64_t end;       /* bytes written: header + whole records */
 	_Atomic uint64_t synced;    /* bytes known durable */
 	_Atomic uint64_t live;      /* bytes of put records the keydir points at */

@@ -821,6 +821,8 @@ static void bench_compact(int threads)
 	hist_add(&r.h, (uint64_t)(r.secs * 1e9));
 	double rd = (double)(b.compact_bytes_read - a.compact_bytes_read);
 	double wr = (double)(b.compact_bytes_written - a.compact_bytes_written);
+	double in = (double)(b.compact_bytes_reclaimed - a.compact_bytes_reclaimed) + wr;
+	extra(&r, 0, "input_mb_per_sec", "input MB/s", "%.1f", in / 1e6 / r.secs);
 	extra(&r, 0, "read_mb_per_sec", "read MB/s", "%.1f", rd / 1e6 / r.secs);
 	extra(&r, 0, "write_mb_per_sec", "written MB/s", "%.1f", wr / 1e6 / r.secs);
 	extra(&r, 0, "space_before_bytes", "space before", "%llu",
