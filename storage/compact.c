@@ -408,13 +408,21 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 	uint64_t min_bytes = db->opt.compact_min_bytes;
 	uint64_t budget = 8 * db->opt.segment_bytes, taken = 0;
 	size_t nsmall = 0;
+	uint64_t small_need = 0; /* live + tombstone bytes of the small ones */
 	pthread_mutex_lock(&db->seg_mu);
 	r->in = calloc(db->nsegs ? db->nsegs : 1, sizeof(*r->in));
 	if (r->in == NULL) {
 		pthread_mutex_unlock(&db->seg_mu);
 		return SL_ENOMEM;
 	}
+	int merge_small = 0;
 	for (int pass = 0; pass < 2; pass++) {
+		if (pass == 1) {
+			/* Merging pays only if the small ones' live bytes fit in
+			 * fewer segments than there are small ones. */
+			uint64_t seg = db->opt.segment_bytes;
+			merge_small = nsmall >= 2 && (small_need + seg - 1) / seg < nsmall;
+		}
 		for (size_t i = 0; i < db->nsegs && taken < budget; i++) {
 			sl_seg *s = db->segs[i];
 			if (s == db->active_pub || !atomic_load(&s->sealed) ||
@@ -429,6 +437,7 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 			int want;
 			if (pass == 0) { /* count the small ones first */
 				nsmall += small;
+				small_need += small ? need : 0;
 				continue;
 			}
 			if (full) {
@@ -439,7 +448,7 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 			} else {
 				want = (dead > 0 && (double)dead >= db->opt.compact_dead_ratio *
 				                                        (double)size) ||
-				       (small && nsmall >= 2);
+				       (small && merge_small);
 			}
 			if (want) {
 				atomic_store(&s->compacting, 1);

@@ -177,6 +177,79 @@ static void test_space_after_overwrites(void **state)
 	remove_dir();
 }
 
+/* ---- small segments are merged together ---------------------------------- */
+
+static int count_small_segments(uint64_t below)
+{
+	DIR *d = opendir(g_dir);
+	struct dirent *e;
+	int n = 0;
+	while ((e = readdir(d)) != NULL) {
+		size_t l = strlen(e->d_name);
+		if (l == 14 && strcmp(e->d_name + 10, ".seg") == 0) {
+			char p[600];
+			struct stat st;
+			snprintf(p, sizeof(p), "%s/%s", g_dir, e->d_name);
+			n += stat(p, &st) == 0 && (uint64_t)st.st_size < below;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+static void test_small_segments_merged(void **state)
+{
+	(void)state;
+	make_dir("merge");
+	sl_options o = opts();
+	o.compact_background = 1;
+	o.compact_interval_ms = 10;
+	o.compact_dead_ratio = 1.0; /* only merging small segments triggers a run */
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	/* Each round: a few small records, then a value that fills a segment on
+	 * its own, so the small records' segment is sealed small. */
+	static char big[65400];
+	memset(big, 'B', sizeof(big));
+	char k[32];
+	for (int r = 0; r < 10; r++) {
+		for (int i = 0; i < 5; i++) {
+			put(db, r * 5 + i, r);
+		}
+		snprintf(k, sizeof(k), "big-%02d", r);
+		assert_int_equal(sl_put(db, k, strlen(k), big, sizeof(big), NULL), SL_OK);
+	}
+	sl_stats st;
+	int small = 0;
+	for (int t = 0; t < 300; t++) { /* the background thread merges them */
+		usleep(10000);
+		small = count_small_segments(16 * 1024);
+		if (small <= 2) { /* one merged output, and the active segment */
+			break;
+		}
+	}
+	if (small > 2) {
+		fail_msg("%d small segments left unmerged", small);
+	}
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_true(st.compactions >= 1);
+	for (int r = 0; r < 10; r++) {
+		for (int i = 0; i < 5; i++) {
+			check_value(db, r * 5 + i, r);
+		}
+	}
+	sl_close(db);
+	/* And it stays merged: no run rewrites an output that cannot shrink. */
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	uint64_t runs = st.compactions;
+	usleep(200000);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_int_equal(st.compactions, runs);
+	sl_close(db);
+	remove_dir();
+}
+
 /* ---- resurrection: delete, compact part of the log, reopen ---------------- */
 
 static void test_no_resurrection_partial_compaction(void **state)
@@ -585,6 +658,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_space_after_overwrites),
+	    cmocka_unit_test(test_small_segments_merged),
 	    cmocka_unit_test(test_no_resurrection_partial_compaction),
 	    cmocka_unit_test(test_protect_hook),
 	    cmocka_unit_test(test_ttl_dropped),
