@@ -336,13 +336,22 @@ static int read_stdin(void **out, size_t *len)
 
 static void out_seq(cli *c, int rc, uint64_t seq)
 {
+	int acks = c->acks ? sl_client_last_acks(c->client) : -1;
 	if (c->json) {
 		json_t *j = json_object();
 		json_object_set_new(j, "seq", json_integer((json_int_t)seq));
+		if (acks >= 0) {
+			json_object_set_new(j, "acks", json_integer(acks));
+		}
 		out_json(j);
 	} else {
-		char line[64];
-		snprintf(line, sizeof line, "OK (seq %llu)\n", (unsigned long long)seq);
+		char line[96];
+		if (acks >= 0) {
+			snprintf(line, sizeof line, "OK (seq %llu, acks %d)\n",
+			         (unsigned long long)seq, acks);
+		} else {
+			snprintf(line, sizeof line, "OK (seq %llu)\n", (unsigned long long)seq);
+		}
 		(void)rc;
 		out_str(line);
 	}
@@ -603,6 +612,97 @@ static int cmd_ping(cli *c, const cli_args *p, const cmd_opts *o)
 	return CLI_OK;
 }
 
+static int cmd_digest(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)p;
+	(void)o;
+	char d[33];
+	uint64_t keys = 0;
+	int rc = sl_client_digest(c->client, d, &keys);
+	if (rc != SL_OK) {
+		return fail(c, "digest", rc);
+	}
+	if (c->json) {
+		json_t *j = json_object();
+		json_object_set_new(j, "digest", json_string(d));
+		json_object_set_new(j, "keys", json_integer((json_int_t)keys));
+		out_json(j);
+	} else {
+		out_str(d);
+		out_str("\n");
+	}
+	return CLI_OK;
+}
+
+static void out_hid(cli *c, const char *hid)
+{
+	if (c->json) {
+		json_t *j = json_object();
+		json_object_set_new(j, "ok", json_true());
+		json_object_set_new(j, "history_id", json_string(hid));
+		out_json(j);
+	} else {
+		out_str("OK (history ");
+		out_str(hid);
+		out_str(")\n");
+	}
+}
+
+static int cmd_promote(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)p;
+	(void)o;
+	char hid[33];
+	int rc = sl_client_promote(c->client, hid);
+	if (rc != SL_OK) {
+		return fail(c, "promote", rc);
+	}
+	out_hid(c, hid);
+	return CLI_OK;
+}
+
+static int cmd_follow(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)o;
+	char hid[33], url[1024];
+	snprintf(url, sizeof url, "%s%s", strstr(p->v[0], "://") ? "" : "tcp://", p->v[0]);
+	int rc = sl_client_follow(c->client, url, hid);
+	if (rc != SL_OK) {
+		return fail(c, "follow", rc);
+	}
+	out_hid(c, hid);
+	return CLI_OK;
+}
+
+static int cmd_wait(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)o;
+	uint64_t n, tmo;
+	if (parse_u64(p->v[0], &n) || n > 1000 || parse_u64(p->v[1], &tmo) || tmo > 86400000) {
+		return usage_error("usage: %s", "wait REPLICAS TIMEOUT_MS");
+	}
+	uint32_t acks = 0;
+	int rc = sl_client_wait(c->client, (uint32_t)n, 0, (uint32_t)tmo, &acks);
+	if (rc != SL_OK) {
+		return fail(c, "wait", rc);
+	}
+	if (c->json) {
+		json_t *j = json_object();
+		json_object_set_new(j, "acks", json_integer(acks));
+		out_json(j);
+	} else {
+		char line[32];
+		snprintf(line, sizeof line, "%u\n", acks);
+		out_str(line);
+	}
+	if (acks < n) {
+		fprintf(stderr, "shiplog: wait: only %u of %llu followers within %llu ms\n", acks,
+		        (unsigned long long)n, (unsigned long long)tmo);
+		return CLI_ERROR;
+	}
+	return CLI_OK;
+}
+
 static int cmd_help(cli *c, const cli_args *p, const cmd_opts *o)
 {
 	(void)c;
@@ -641,12 +741,23 @@ static const command commands[] = {
     {"compact", 0, 0, 0, 1, cmd_compact, "compact",
      "run a full compaction and wait for it (timeout 10 min unless --timeout)"},
     {"ping", 0, 0, 0, 1, cmd_ping, "ping", "round trip that touches no storage: prints PONG"},
+    {"digest", 0, 0, 0, 1, cmd_digest, "digest",
+     "the node's content digest over its live keys and values (32 hex digits): equal on "
+     "nodes with equal contents"},
+    {"promote", 0, 0, 0, 1, cmd_promote, "promote",
+     "turn this follower into a primary with a new history id"},
+    {"follow", 1, 1, 0, 1, cmd_follow, "follow URL",
+     "make this node a follower of the primary whose replication URL is URL"},
+    {"wait", 2, 2, 0, 1, cmd_wait, "wait REPLICAS TIMEOUT_MS",
+     "like Redis WAIT: print how many followers have every write so far durably, waiting "
+     "up to TIMEOUT_MS for REPLICAS of them (exit 2 when fewer)"},
     {"help", 0, 1, 0, 0, cmd_help, "help", "this list"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
-const char *const cli_command_names[] = {"get",     "put",  "del",  "mget", "scan", "stats",
-                                         "compact", "ping", "help", "quit", "exit", NULL};
+const char *const cli_command_names[] = {"get",     "put",  "del",    "mget",    "scan",   "stats",
+                                         "compact", "ping", "digest", "promote", "follow", "wait",
+                                         "help",    "quit", "exit",   NULL};
 
 /* Writes text word-wrapped to 78 columns, each line indented by indent. */
 static void wrap(FILE *f, const char *text, int indent)
@@ -740,8 +851,7 @@ static void usage(FILE *f)
 	        "  --timeout MS      per-request timeout (default %d; compact: 10 min unless "
 	        "given)\n"
 	        "  --acks N          writes: wait (up to the timeout) until N followers have\n"
-	        "                    the write durably (a server without replication\n"
-	        "                    ignores it)\n"
+	        "                    the write durably; fewer: exit 2 (the write WAS made)\n"
 	        "  --min-seq S       reads: answer only once the node has applied seq S (an\n"
 	        "                    error when it cannot within the timeout)\n"
 	        "  -h, --help        this text\n"

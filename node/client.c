@@ -34,6 +34,8 @@ struct sl_client {
 	uint64_t next_id;
 	uint64_t min_seq;
 	uint32_t acks, acks_timeout_ms;
+	int last_acks;     /* acks reported by the last write; -1 none */
+	char primary[256]; /* the primary named by the last SL_EREADONLY */
 	char errmsg[512];
 };
 
@@ -184,6 +186,16 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 		return SL_ENOMEM;
 	}
 	shiplog__request__pack(q, nng_msg_body(m));
+	c->last_acks = -1;
+	/* A write with acks may be held by the server for acks_timeout_ms:
+	 * wait that much longer for its answer. */
+	int extra = q->has_acks && q->acks > 0 ? (int)c->acks_timeout_ms : 0;
+	if (q->op_case == SHIPLOG__REQUEST__OP_WAIT && q->wait->has_timeout_ms) {
+		extra = (int)q->wait->timeout_ms;
+	}
+	if (extra > 0) {
+		nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, c->timeout_ms + extra);
+	}
 	rv = nng_sendmsg(c->sock, m, 0);
 	if (rv != 0) {
 		nng_msg_free(m);
@@ -191,6 +203,9 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 		return map_nng(rv);
 	}
 	rv = nng_recvmsg(c->sock, &m, 0);
+	if (extra > 0) {
+		apply_timeout(c);
+	}
 	if (rv != 0) {
 		if (rv == NNG_ETIMEDOUT) {
 			set_err(c, "no response within %d ms", c->timeout_ms);
@@ -212,6 +227,13 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 	}
 	if (r->status < 0 && r->error != NULL) {
 		set_err(c, "%s", r->error);
+	}
+	if (r->has_acks) {
+		c->last_acks = (int)r->acks;
+	}
+	c->primary[0] = '\0';
+	if (r->primary != NULL) {
+		snprintf(c->primary, sizeof(c->primary), "%s", r->primary);
 	}
 	*out = r;
 	return SL_OK;
@@ -318,7 +340,7 @@ int sl_client_put_ttl(sl_client *c, const void *key, size_t klen, const void *va
 	q.put = &p;
 	Shiplog__Response *r = NULL;
 	int rc = call(c, &q, &r);
-	if (rc == SL_OK && seq_out != NULL) {
+	if ((rc == SL_OK || (rc == SL_ETIMEDOUT && r != NULL && r->has_seq)) && seq_out != NULL) {
 		*seq_out = r->seq;
 	}
 	shiplog__response__free_unpacked(r, NULL);
@@ -344,7 +366,7 @@ int sl_client_del(sl_client *c, const void *key, size_t klen, uint64_t *seq_out)
 	q.del = &d;
 	Shiplog__Response *r = NULL;
 	int rc = call(c, &q, &r);
-	if (rc == SL_OK && seq_out != NULL) {
+	if ((rc == SL_OK || (rc == SL_ETIMEDOUT && r != NULL && r->has_seq)) && seq_out != NULL) {
 		*seq_out = r->seq;
 	}
 	shiplog__response__free_unpacked(r, NULL);
@@ -561,6 +583,103 @@ int sl_client_compact(sl_client *c)
 	q.compact = &k;
 	Shiplog__Response *r = NULL;
 	int rc = call(c, &q, &r);
+	shiplog__response__free_unpacked(r, NULL);
+	return rc;
+}
+
+/* ---- replication ------------------------------------------------------ */
+
+int sl_client_last_acks(const sl_client *c)
+{
+	return c != NULL ? c->last_acks : -1;
+}
+
+const char *sl_client_primary(const sl_client *c)
+{
+	return c != NULL ? c->primary : "";
+}
+
+int sl_client_digest(sl_client *c, char out[33], uint64_t *keys_out)
+{
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Digest d = SHIPLOG__DIGEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_DIGEST;
+	q.digest = &d;
+	Shiplog__Response *r = NULL;
+	int rc = call(c, &q, &r);
+	if (rc == SL_OK) {
+		if (r->digest == NULL || strlen(r->digest) != 32) {
+			rc = SL_EPROTO;
+		} else {
+			memcpy(out, r->digest, 33);
+			if (keys_out != NULL) {
+				*keys_out = r->digest_keys;
+			}
+		}
+	}
+	shiplog__response__free_unpacked(r, NULL);
+	return rc;
+}
+
+static void copy_hid(const Shiplog__Response *r, char hid[33])
+{
+	if (hid == NULL) {
+		return;
+	}
+	hid[0] = '\0';
+	if (r != NULL && r->history_id != NULL) {
+		snprintf(hid, 33, "%s", r->history_id);
+	}
+}
+
+int sl_client_promote(sl_client *c, char hid[33])
+{
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Promote p = SHIPLOG__PROMOTE__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_PROMOTE;
+	q.promote = &p;
+	Shiplog__Response *r = NULL;
+	int rc = call(c, &q, &r);
+	copy_hid(rc == SL_OK ? r : NULL, hid);
+	shiplog__response__free_unpacked(r, NULL);
+	return rc;
+}
+
+int sl_client_follow(sl_client *c, const char *url, char hid[33])
+{
+	if (url == NULL) {
+		return SL_EINVAL;
+	}
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Follow f = SHIPLOG__FOLLOW__INIT;
+	f.url = (char *)url;
+	q.op_case = SHIPLOG__REQUEST__OP_FOLLOW;
+	q.follow = &f;
+	Shiplog__Response *r = NULL;
+	int rc = call(c, &q, &r);
+	copy_hid(rc == SL_OK ? r : NULL, hid);
+	shiplog__response__free_unpacked(r, NULL);
+	return rc;
+}
+
+int sl_client_wait(sl_client *c, uint32_t replicas, uint64_t seq, uint32_t timeout_ms,
+                   uint32_t *acks_out)
+{
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Wait w = SHIPLOG__WAIT__INIT;
+	w.has_replicas = 1;
+	w.replicas = replicas;
+	w.has_seq = seq > 0;
+	w.seq = seq;
+	w.has_timeout_ms = 1;
+	w.timeout_ms = timeout_ms;
+	q.op_case = SHIPLOG__REQUEST__OP_WAIT;
+	q.wait = &w;
+	Shiplog__Response *r = NULL;
+	int rc = call(c, &q, &r);
+	if (rc == SL_OK && acks_out != NULL) {
+		*acks_out = r->acks;
+	}
 	shiplog__response__free_unpacked(r, NULL);
 	return rc;
 }

@@ -179,6 +179,39 @@ void sl_client_stats_free(sl_client_stats *st);
  * generous timeout).  Errors: the engine's (SL_ENOSPC, SL_EIO, SL_EREADONLY). */
 int sl_client_compact(sl_client *c);
 
+/* ---- replication (docs/replication.md) -------------------------------- */
+
+/* Followers that acknowledged this handle's last write made with acks
+ * (sl_client_set_acks), or -1 when the last response carried no count.
+ * With acks set, a write that reached fewer followers than asked within
+ * acks_timeout_ms returns SL_ETIMEDOUT — yet it WAS applied on the primary
+ * (its seq is still returned through seq_out). */
+int sl_client_last_acks(const sl_client *c);
+
+/* After SL_EREADONLY from a follower: the primary's replication URL it
+ * named, or "" — borrowed, valid until the next call on c. */
+const char *sl_client_primary(const sl_client *c);
+
+/* The node's content digest over its live keys (out: 32 hex digits + NUL)
+ * and the number of keys digested (keys_out may be NULL).  Equal on nodes
+ * with equal live contents. */
+int sl_client_digest(sl_client *c, char out[33], uint64_t *keys_out);
+
+/* Turns a follower into a primary with a new history id (hid, 33 bytes,
+ * may be NULL).  SL_OK also when it already was one. */
+int sl_client_promote(sl_client *c, char hid[33]);
+
+/* Re-points the node at the primary whose replication URL is url (the node
+ * becomes a follower if it was a primary).  SL_EINVAL for a bad URL. */
+int sl_client_follow(sl_client *c, const char *url, char hid[33]);
+
+/* Like Redis WAIT: waits up to timeout_ms until `replicas` followers have
+ * seq (0: the node's last seq) durably; *acks_out gets how many did (the
+ * call succeeds either way).  The request is allowed timeout_ms more than
+ * the handle's timeout. */
+int sl_client_wait(sl_client *c, uint32_t replicas, uint64_t seq, uint32_t timeout_ms,
+                   uint32_t *acks_out);
+
 /* ---- pipeline: many operations in one Batch message -------------------- */
 
 /* A pipeline queues get/put/del/ping operations on a client and sends them

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "repl.h"
 #include "scan.h"
 #include "status.h"
 
@@ -364,7 +365,7 @@ static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
 
 /* ---- stats ------------------------------------------------------------ */
 
-#define MAX_STATS 40
+#define MAX_STATS (48 + 16 + 8 * 64)
 
 static void add_stat(sl_reply *r, Shiplog__Stat *st, Shiplog__Stat **ptrs, const char *name,
                      uint64_t v, const char *text)
@@ -385,6 +386,56 @@ static void add_stat(sl_reply *r, Shiplog__Stat *st, Shiplog__Stat **ptrs, const
 	r->resp.n_stats = i + 1;
 }
 
+/* Replication: role details, positions, resyncs, and one group of
+ * "follower.N.*" stats per follower the primary knows. */
+static void add_repl_stats(sl_node *n, sl_reply *r, Shiplog__Stat *st, Shiplog__Stat **ptrs)
+{
+	sl_repl_stats rs;
+	sl_repl_stats_get(n->repl, &rs);
+	add_stat(r, st, ptrs, "history_id", 0, own_printf(r, "%s", rs.history_id));
+	add_stat(r, st, ptrs, "node_id", 0, own_printf(r, "%s", rs.node_id));
+	if (rs.primary[0]) {
+		add_stat(r, st, ptrs, "primary", 0, own_printf(r, "%s", rs.primary));
+		add_stat(r, st, ptrs, "repl_state", 0, rs.state);
+	}
+	add_stat(r, st, ptrs, "applied_seq", rs.applied_seq, NULL);
+	add_stat(r, st, ptrs, "log_floor", rs.log_floor, NULL);
+	add_stat(r, st, ptrs, "resyncs_full", rs.resyncs_full, NULL);
+	add_stat(r, st, ptrs, "resyncs_partial", rs.resyncs_partial, NULL);
+	add_stat(r, st, ptrs, "repl_bytes_fetched", rs.bytes_fetched, NULL);
+	add_stat(r, st, ptrs, "repl_records_fetched", rs.records_fetched, NULL);
+	add_stat(r, st, ptrs, "repl_refused_batches", rs.refused_batches, NULL);
+	add_stat(r, st, ptrs, "repl_bytes_served", rs.bytes_served, NULL);
+	add_stat(r, st, ptrs, "repl_records_served", rs.records_served, NULL);
+	add_stat(r, st, ptrs, "repl_backlog_bytes", rs.backlog_bytes, NULL);
+	add_stat(r, st, ptrs, "repl_protect_seq", rs.protect_seq, NULL);
+	size_t connected = 0;
+	for (size_t i = 0; i < rs.n_followers; i++) {
+		connected += rs.followers[i].connected != 0;
+	}
+	add_stat(r, st, ptrs, "followers", rs.n_followers, NULL);
+	add_stat(r, st, ptrs, "followers_connected", connected, NULL);
+	for (size_t i = 0; i < rs.n_followers && i < 64; i++) {
+		const sl_repl_follower_stat *f = &rs.followers[i];
+		char *nm[8];
+		static const char *const what[8] = {"id",          "address",     "applied_seq",
+		                                    "durable_seq", "lag_records", "lag_ms",
+		                                    "connected",   "last_seen_ms"};
+		for (int k = 0; k < 8; k++) {
+			nm[k] = own_printf(r, "follower.%zu.%s", i, what[k]);
+		}
+		add_stat(r, st, ptrs, nm[0], 0, own_printf(r, "%s", f->node_id));
+		add_stat(r, st, ptrs, nm[1], 0, own_printf(r, "%s", f->address));
+		add_stat(r, st, ptrs, nm[2], f->applied_seq, NULL);
+		add_stat(r, st, ptrs, nm[3], f->durable_seq, NULL);
+		add_stat(r, st, ptrs, nm[4], f->lag_records, NULL);
+		add_stat(r, st, ptrs, nm[5], f->lag_ms, NULL);
+		add_stat(r, st, ptrs, nm[6], (uint64_t)f->connected, NULL);
+		add_stat(r, st, ptrs, nm[7], f->last_seen_ms_ago, NULL);
+	}
+	sl_repl_stats_free(&rs);
+}
+
 static void do_stats(sl_node *n, sl_reply *r)
 {
 	sl_stats s;
@@ -401,7 +452,7 @@ static void do_stats(sl_node *n, sl_reply *r)
 	}
 	r->resp.stats = ptrs;
 	uint64_t uptime = (sl_node_mono_ms() - n->start_ms) / 1000;
-	add_stat(r, st, ptrs, "role", 0, n->role);
+	add_stat(r, st, ptrs, "role", 0, n->repl ? sl_repl_role(n->repl) : n->role);
 	add_stat(r, st, ptrs, "version", 0, SL_NODE_VERSION);
 	add_stat(r, st, ptrs, "uptime_s", uptime, NULL);
 	add_stat(r, st, ptrs, "keys", s.keys, NULL);
@@ -427,6 +478,9 @@ static void do_stats(sl_node *n, sl_reply *r)
 	add_stat(r, st, ptrs, "max_key_bytes", n->max_key_bytes, NULL);
 	add_stat(r, st, ptrs, "max_value_bytes", n->max_value_bytes, NULL);
 	add_stat(r, st, ptrs, "max_message_bytes", n->max_msg_bytes, NULL);
+	if (n->repl != NULL) {
+		add_repl_stats(n, r, st, ptrs);
+	}
 }
 
 /* ---- batch ------------------------------------------------------------ */
@@ -543,6 +597,8 @@ static int op_of(const Shiplog__Request *q)
 		return SL_OP_FOLLOW;
 	case SHIPLOG__REQUEST__OP_WAIT:
 		return SL_OP_WAIT;
+	case SHIPLOG__REQUEST__OP_DIGEST:
+		return SL_OP_DIGEST;
 	default:
 		return SL_OP_INVALID;
 	}
@@ -569,19 +625,148 @@ static Shiplog__Request *decode(const void *buf, size_t len, sl_reply *r)
 	return q;
 }
 
+static int batch_writes(const Shiplog__Batch *b)
+{
+	for (size_t i = 0; b != NULL && i < b->n_ops; i++) {
+		if (b->ops[i]->op_case == SHIPLOG__OP__OP_PUT ||
+		    b->ops[i]->op_case == SHIPLOG__OP__OP_DEL) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* The highest seq written by the request just run (0: none). */
+static uint64_t written_seq(const sl_reply *r, const Shiplog__Request *q, int op)
+{
+	if (op != SL_OP_BATCH) {
+		return r->resp.status == SL_OK && r->resp.has_seq ? r->resp.seq : 0;
+	}
+	uint64_t max = 0;
+	for (size_t i = 0; i < r->resp.n_results && i < q->batch->n_ops; i++) {
+		const Shiplog__Result *x = r->resp.results[i];
+		int oc = q->batch->ops[i]->op_case;
+		if ((oc == SHIPLOG__OP__OP_PUT || oc == SHIPLOG__OP__OP_DEL) &&
+		    x->status == SL_OK && x->has_seq && x->seq > max) {
+			max = x->seq;
+		}
+	}
+	return max;
+}
+
+/* promote, follow, wait, digest: replication's own operations.  They take
+ * no store lock themselves except digest (promote/follow stop the fetch
+ * loop, which may be waiting for the write lock). */
+static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
+{
+	char msg[256], hid[33];
+	if (op == SL_OP_DIGEST) {
+		char d[33];
+		uint64_t keys = 0;
+		pthread_rwlock_rdlock(&n->db_lock);
+		int rc = sl_digest(n->db, d, &keys);
+		pthread_rwlock_unlock(&n->db_lock);
+		if (rc != SL_OK) {
+			fail_engine(r, rc, "digest");
+			return;
+		}
+		r->resp.digest = own_printf(r, "%s", d);
+		r->resp.has_digest_keys = 1;
+		r->resp.digest_keys = keys;
+		return;
+	}
+	if (n->repl == NULL) {
+		fail(r, SL_ENOTIMPL, "%s: replication is not available on this server",
+		     sl_op_names[op]);
+		return;
+	}
+	if (op == SL_OP_PROMOTE) {
+		int rc = sl_repl_promote(n->repl, hid, msg, sizeof(msg));
+		if (rc != SL_OK) {
+			fail(r, rc, "promote: %s", msg);
+			return;
+		}
+		r->resp.history_id = own_printf(r, "%s", hid);
+		return;
+	}
+	if (op == SL_OP_FOLLOW) {
+		int rc = sl_repl_follow(n->repl, q->follow->url, msg, sizeof(msg));
+		if (rc != SL_OK) {
+			fail(r, rc, "follow: %s", msg);
+			return;
+		}
+		sl_repl_history_id(n->repl, hid);
+		r->resp.history_id = own_printf(r, "%s", hid);
+		return;
+	}
+	/* wait: like Redis WAIT, always answers how many followers have it. */
+	const Shiplog__Wait *w = q->wait;
+	uint64_t seq = w->has_seq ? w->seq : 0;
+	if (seq == 0) {
+		pthread_rwlock_rdlock(&n->db_lock);
+		seq = sl_last_seq(n->db);
+		pthread_rwlock_unlock(&n->db_lock);
+	}
+	uint32_t want = w->has_replicas ? w->replicas : 0;
+	uint32_t tmo = w->has_timeout_ms ? w->timeout_ms : 0;
+	uint32_t got = 0;
+	sl_repl_ack_begin(n->repl);
+	sl_repl_wait_acks(n->repl, seq, want, tmo, &got);
+	sl_repl_ack_end(n->repl);
+	r->resp.has_acks = 1;
+	r->resp.acks = got;
+	r->resp.has_seq = 1;
+	r->resp.seq = seq;
+}
+
 static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 {
+	int writes =
+	    op == SL_OP_PUT || op == SL_OP_DEL || (op == SL_OP_BATCH && batch_writes(q->batch));
 	if (is_read(op) && q->has_min_seq && q->min_seq > 0) {
-		sl_stats s;
-		if (sl_stats_get(n->db, &s) == SL_OK && s.last_seq < q->min_seq) {
+		uint64_t applied = 0;
+		int behind;
+		if (n->repl != NULL) {
+			behind = sl_repl_wait_applied(n->repl, q->min_seq, n->min_seq_wait_ms,
+			                              &applied) != SL_OK;
+		} else {
+			pthread_rwlock_rdlock(&n->db_lock);
+			applied = sl_last_seq(n->db);
+			pthread_rwlock_unlock(&n->db_lock);
+			behind = applied < q->min_seq;
+		}
+		if (behind) {
 			fail(r, SL_EBEHIND, "node has applied seq %llu, request needs %llu",
-			     (unsigned long long)s.last_seq, (unsigned long long)q->min_seq);
+			     (unsigned long long)applied, (unsigned long long)q->min_seq);
 			r->resp.has_applied_seq = 1;
-			r->resp.applied_seq = s.last_seq;
+			r->resp.applied_seq = applied;
 			return;
 		}
 	}
+	if (op == SL_OP_PROMOTE || op == SL_OP_FOLLOW || op == SL_OP_WAIT || op == SL_OP_DIGEST) {
+		run_repl_op(n, r, q, op);
+		return;
+	}
+	if (writes && n->repl != NULL) {
+		char msg[256], primary[256];
+		int rc = sl_repl_write_check(n->repl, msg, sizeof(msg), primary, sizeof(primary));
+		if (rc != SL_OK) {
+			fail(r, rc, "%s", msg);
+			if (primary[0]) {
+				r->resp.primary = own_printf(r, "%s", primary);
+			}
+			return;
+		}
+	}
+	int want_acks = writes && q->has_acks && q->acks > 0 && n->repl != NULL;
+	if (want_acks) {
+		sl_repl_ack_begin(n->repl);
+	}
+	if (op == SL_OP_COMPACT) {
+		sl_repl_protect_update(n->repl); /* the backlog as of now */
+	}
 	op_result o = {0};
+	pthread_rwlock_rdlock(&n->db_lock);
 	switch (op) {
 	case SL_OP_GET:
 		do_get(n, r, q->get, &o);
@@ -618,15 +803,32 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 	case SL_OP_BATCH:
 		do_batch(n, r, q->batch);
 		break;
-	case SL_OP_PROMOTE:
-	case SL_OP_FOLLOW:
-	case SL_OP_WAIT:
-		fail(r, SL_ENOTIMPL, "%s: replication is not available on this server",
-		     sl_op_names[op]);
-		break;
 	default:
 		fail(r, SL_EBADOP, "unknown or missing operation");
 		break;
+	}
+	pthread_rwlock_unlock(&n->db_lock);
+	uint64_t seq = writes ? written_seq(r, q, op) : 0;
+	if (seq > 0) {
+		sl_repl_notify_write(n->repl, seq);
+	}
+	if (want_acks) {
+		uint32_t got = 0;
+		if (seq > 0) {
+			uint32_t tmo = q->has_acks_timeout_ms ? q->acks_timeout_ms : 0;
+			if (sl_repl_wait_acks(n->repl, seq, q->acks, tmo, &got) != SL_OK) {
+				fail(r, SL_ETIMEDOUT,
+				     "written as seq %llu, but only %u of %u followers have it "
+				     "durably after %u ms",
+				     (unsigned long long)seq, got, q->acks, tmo);
+			}
+		}
+		sl_repl_ack_end(n->repl);
+		if (r->resp.status >= 0 || r->resp.status == SL_ETIMEDOUT) {
+			r->resp.has_acks = 1;
+			r->resp.acks = got;
+		}
+		return;
 	}
 	/* Without replication no follower can acknowledge: say so with 0. */
 	if (is_write(op) && q->has_acks && q->acks > 0 && r->resp.status >= 0) {

@@ -8,6 +8,7 @@
  * Signals are blocked in every thread and taken synchronously by the main
  * thread with sigwait(), so no work happens in a signal handler.
  */
+#define _GNU_SOURCE /* pthread_rwlockattr_setkind_np */
 #include <errno.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -22,6 +23,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
+#include "repl.h"
 #include "server.h"
 #include "shiplog.h"
 
@@ -39,6 +41,12 @@ typedef struct config {
 	int log_level;
 	int workers;
 	int contexts;
+	const char *repl_listen; /* NULL: default (see usage) */
+	const char *follow;
+	uint64_t backlog_bytes;
+	uint64_t min_replicas;
+	uint64_t repl_timeout_ms;
+	uint64_t min_seq_wait_ms;
 } config;
 
 static void usage(FILE *f)
@@ -59,6 +67,18 @@ static void usage(FILE *f)
 	        "  --pidfile PATH              write the pid here while running (default none)\n"
 	        "  --workers N                 worker threads running requests (default 16)\n"
 	        "  --contexts N                requests in flight at once (default 256)\n"
+	        "  --repl-listen URL|none      serve followers' fetches here (default\n"
+	        "                              " SL_REPL_DEFAULT_URL "; with --follow: none)\n"
+	        "  --follow URL                be a follower of the primary whose --repl-listen\n"
+	        "                              is URL (remembered in DIR/REPL across restarts)\n"
+	        "  --repl-backlog-bytes N      log kept for followers to catch up from\n"
+	        "                              (default 256m)\n"
+	        "  --min-replicas N            refuse writes while fewer than N followers are\n"
+	        "                              connected (default 0)\n"
+	        "  --repl-timeout-ms MS        a follower silent this long counts as\n"
+	        "                              disconnected (default 5000)\n"
+	        "  --min-seq-wait-ms MS        a read with --min-seq waits this long on a\n"
+	        "                              follower before answering behind (default 1000)\n"
 	        "  --version                   print the version and exit\n"
 	        "  --help                      this text\n"
 	        "\n"
@@ -130,6 +150,12 @@ enum {
 	O_PIDFILE,
 	O_WORKERS,
 	O_CONTEXTS,
+	O_REPL_LISTEN,
+	O_FOLLOW,
+	O_BACKLOG,
+	O_MIN_REPLICAS,
+	O_REPL_TIMEOUT,
+	O_MIN_SEQ_WAIT,
 	O_VERSION,
 	O_HELP,
 };
@@ -147,6 +173,12 @@ static const struct option long_opts[] = {
     {"pidfile", required_argument, NULL, O_PIDFILE},
     {"workers", required_argument, NULL, O_WORKERS},
     {"contexts", required_argument, NULL, O_CONTEXTS},
+    {"repl-listen", required_argument, NULL, O_REPL_LISTEN},
+    {"follow", required_argument, NULL, O_FOLLOW},
+    {"repl-backlog-bytes", required_argument, NULL, O_BACKLOG},
+    {"min-replicas", required_argument, NULL, O_MIN_REPLICAS},
+    {"repl-timeout-ms", required_argument, NULL, O_REPL_TIMEOUT},
+    {"min-seq-wait-ms", required_argument, NULL, O_MIN_SEQ_WAIT},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0},
@@ -167,6 +199,9 @@ static int parse_flags(int argc, char **argv, config *c)
 	    .log_level = SL_LOG_INFO,
 	    .workers = 16,
 	    .contexts = 256,
+	    .backlog_bytes = 256ull << 20,
+	    .repl_timeout_ms = 5000,
+	    .min_seq_wait_ms = 1000,
 	};
 	int ch;
 	uint64_t v;
@@ -241,6 +276,38 @@ static int parse_flags(int argc, char **argv, config *c)
 			}
 			c->contexts = (int)v;
 			break;
+		case O_REPL_LISTEN:
+			c->repl_listen = optarg;
+			break;
+		case O_FOLLOW:
+			if (strstr(optarg, "://") == NULL) {
+				return bad_flag("--follow", optarg,
+				                "want a URL like tcp://HOST:PORT");
+			}
+			c->follow = optarg;
+			break;
+		case O_BACKLOG:
+			if (parse_size(optarg, &c->backlog_bytes) != 0) {
+				return bad_flag("--repl-backlog-bytes", optarg, "want a size");
+			}
+			break;
+		case O_MIN_REPLICAS:
+			if (parse_size(optarg, &c->min_replicas) != 0 || c->min_replicas > 64) {
+				return bad_flag("--min-replicas", optarg, "want 0..64");
+			}
+			break;
+		case O_REPL_TIMEOUT:
+			if (parse_size(optarg, &c->repl_timeout_ms) != 0 ||
+			    c->repl_timeout_ms < 100 || c->repl_timeout_ms > 3600000) {
+				return bad_flag("--repl-timeout-ms", optarg, "want 100..3600000");
+			}
+			break;
+		case O_MIN_SEQ_WAIT:
+			if (parse_size(optarg, &c->min_seq_wait_ms) != 0 ||
+			    c->min_seq_wait_ms > 600000) {
+				return bad_flag("--min-seq-wait-ms", optarg, "want 0..600000");
+			}
+			break;
 		case O_VERSION:
 			printf("shiplogd %s\n", SL_NODE_VERSION);
 			return 1;
@@ -270,6 +337,11 @@ static void engine_log(void *arg, const char *level, const char *msg)
 	(void)arg;
 	int l = sl_log_parse_level(level);
 	sl_log(l < 0 ? SL_LOG_WARN : l, "storage: %s", msg);
+}
+
+static void repl_log(int level, const char *msg)
+{
+	sl_log(level, "repl: %s", msg);
 }
 
 static int write_pidfile(const char *path)
@@ -309,6 +381,13 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	sl_node n = {0};
+	pthread_rwlockattr_t rwa;
+	pthread_rwlockattr_init(&rwa);
+	/* A full resync's swap must not starve behind a stream of reads. */
+	pthread_rwlockattr_setkind_np(&rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&n.db_lock, &rwa);
+	pthread_rwlockattr_destroy(&rwa);
+	n.min_seq_wait_ms = (uint32_t)c.min_seq_wait_ms;
 	n.start_ms = sl_node_mono_ms();
 	n.max_key_bytes = (uint32_t)c.max_key;
 	n.max_value_bytes = (uint32_t)c.max_value;
@@ -326,6 +405,8 @@ int main(int argc, char **argv)
 	o.max_key_bytes = (uint32_t)c.max_key;
 	o.max_value_bytes = (uint32_t)c.max_value;
 	o.log_fn = engine_log;
+	/* Nothing is compacted until replication has set the backlog limit. */
+	o.compact_protect_seq = 1;
 
 	uint64_t t0 = sl_node_mono_ms();
 	int rc = sl_open(c.dir, &o, &n.db);
@@ -345,6 +426,41 @@ int main(int argc, char **argv)
 	            (unsigned long long)(sl_node_mono_ms() - t0), (unsigned long long)st.keys,
 	            (unsigned long long)st.last_seq, (unsigned long long)st.segments);
 
+	int listen_default = c.repl_listen == NULL;
+	const char *rl = c.repl_listen != NULL ? c.repl_listen
+	                 : c.follow != NULL    ? NULL
+	                                       : SL_REPL_DEFAULT_URL;
+	if (rl != NULL && strcmp(rl, "none") == 0) {
+		rl = NULL;
+	}
+	sl_repl_opts ro = {
+	    .dir = c.dir,
+	    .db_opts = &o,
+	    .dbp = &n.db,
+	    .db_lock = &n.db_lock,
+	    .listen_url = rl,
+	    .follow_url = c.follow,
+	    .self_url = c.listen,
+	    .backlog_bytes = c.backlog_bytes,
+	    .min_replicas = (uint32_t)c.min_replicas,
+	    .timeout_ms = (uint32_t)c.repl_timeout_ms,
+	    .min_seq_wait_ms = (uint32_t)c.min_seq_wait_ms,
+	    .max_record_bytes = 28 + (size_t)c.max_key + (size_t)c.max_value,
+	    .log_fn = repl_log,
+	};
+	char rerr[512];
+	rc = sl_repl_start(&ro, &n.repl, rerr, sizeof(rerr));
+	if (rc == SL_EBUSY && listen_default) {
+		sl_log_warn("%s; serving no fetches (give --repl-listen)", rerr);
+		ro.listen_url = NULL;
+		rc = sl_repl_start(&ro, &n.repl, rerr, sizeof(rerr));
+	}
+	if (rc != SL_OK) {
+		sl_log_error("%s; refusing to start", rerr);
+		sl_close(n.db);
+		return 1;
+	}
+
 	n.metrics = sl_metrics_new();
 	sl_server_opts so = {
 	    .listen_url = c.listen,
@@ -357,6 +473,7 @@ int main(int argc, char **argv)
 	char err[512];
 	if (n.metrics == NULL || (rc = sl_server_start(&n, &so, &srv, err, sizeof(err))) != SL_OK) {
 		sl_log_error("%s; refusing to start", n.metrics ? err : "out of memory");
+		sl_repl_stop(n.repl);
 		sl_close(n.db);
 		sl_metrics_free(n.metrics);
 		return 1;
@@ -364,13 +481,16 @@ int main(int argc, char **argv)
 	if (c.pidfile != NULL && write_pidfile(c.pidfile) != 0) {
 		sl_log_error("cannot write pidfile %s: %s", c.pidfile, strerror(errno));
 		sl_server_stop(srv);
+		sl_repl_stop(n.repl);
 		sl_close(n.db);
 		sl_metrics_free(n.metrics);
 		return 1;
 	}
-	sl_log_info("shiplogd %s ready: listening on %s, sync %s, pid %d%s%s", SL_NODE_VERSION,
-	            c.listen, c.sync_name, (int)getpid(), c.metrics ? ", metrics on " : "",
-	            c.metrics ? c.metrics : "");
+	sl_log_info("shiplogd %s ready: listening on %s, sync %s, pid %d%s%s, %s%s%s",
+	            SL_NODE_VERSION, c.listen, c.sync_name, (int)getpid(),
+	            c.metrics ? ", metrics on " : "", c.metrics ? c.metrics : "",
+	            sl_repl_role(n.repl), ro.listen_url ? ", replication on " : "",
+	            ro.listen_url ? ro.listen_url : "");
 
 	int sig = 0;
 	for (;;) {
@@ -386,6 +506,7 @@ int main(int argc, char **argv)
 	sl_log_info("received %s; stopping: finishing in-flight requests",
 	            sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	sl_server_stop(srv);
+	sl_repl_stop(n.repl);
 	rc = sl_sync_now(n.db);
 	if (rc != SL_OK) {
 		sl_log_error("final sync failed: %s", sl_strerror(rc));

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "repl.h"
 #include "status.h"
 
 /* Status codes get a dense index: 1..-14 (engine), -100..-103 (protocol),
@@ -189,6 +190,48 @@ static void render_requests(sl_metrics *m, buf *b)
 	}
 }
 
+static void render_repl(sl_node *n, buf *b)
+{
+	sl_repl_stats rs;
+	sl_repl_stats_get(n->repl, &rs);
+	one(b, "shiplog_repl_applied_seq", "gauge", "Highest seq applied (primary: written).",
+	    rs.applied_seq);
+	one(b, "shiplog_repl_resyncs_full_total", "counter",
+	    "Full resyncs completed as a follower.", rs.resyncs_full);
+	one(b, "shiplog_repl_resyncs_partial_total", "counter",
+	    "Times streaming resumed from the applied seq (partial resync).", rs.resyncs_partial);
+	one(b, "shiplog_repl_fetched_bytes_total", "counter", "Record bytes fetched as a follower.",
+	    rs.bytes_fetched);
+	one(b, "shiplog_repl_fetched_records_total", "counter", "Records fetched as a follower.",
+	    rs.records_fetched);
+	one(b, "shiplog_repl_refused_batches_total", "counter",
+	    "Fetch replies refused because of a bad record.", rs.refused_batches);
+	one(b, "shiplog_repl_served_bytes_total", "counter", "Record bytes served to followers.",
+	    rs.bytes_served);
+	one(b, "shiplog_repl_backlog_bytes", "gauge", "Configured replication backlog.",
+	    rs.backlog_bytes);
+	one(b, "shiplog_repl_protect_seq", "gauge",
+	    "Segments holding seqs from here on are kept out of compaction.", rs.protect_seq);
+	meta(b, "shiplog_repl_follower_lag_records", "gauge", "Records a follower is behind.");
+	for (size_t i = 0; i < rs.n_followers; i++) {
+		put(b, "shiplog_repl_follower_lag_records{follower=\"%s\"} %llu\n",
+		    rs.followers[i].node_id, (unsigned long long)rs.followers[i].lag_records);
+	}
+	meta(b, "shiplog_repl_follower_lag_seconds", "gauge",
+	     "Time since a follower last had every record.");
+	for (size_t i = 0; i < rs.n_followers; i++) {
+		put(b, "shiplog_repl_follower_lag_seconds{follower=\"%s\"} %.3f\n",
+		    rs.followers[i].node_id, (double)rs.followers[i].lag_ms / 1000.0);
+	}
+	meta(b, "shiplog_repl_follower_connected", "gauge",
+	     "1 when the follower fetched recently.");
+	for (size_t i = 0; i < rs.n_followers; i++) {
+		put(b, "shiplog_repl_follower_connected{follower=\"%s\"} %d\n",
+		    rs.followers[i].node_id, rs.followers[i].connected);
+	}
+	sl_repl_stats_free(&rs);
+}
+
 int sl_metrics_render(sl_metrics *m, sl_node *n, char **out, size_t *len)
 {
 	buf b = {.p = malloc(8192), .cap = 8192};
@@ -203,7 +246,13 @@ int sl_metrics_render(sl_metrics *m, sl_node *n, char **out, size_t *len)
 	meta(&b, "shiplog_build_info", "gauge", "Always 1; the version is a label.");
 	put(&b, "shiplog_build_info{version=\"%s\"} 1\n", SL_NODE_VERSION);
 	meta(&b, "shiplog_role", "gauge", "1 for this node's current role.");
-	put(&b, "shiplog_role{role=\"%s\"} 1\n", n && n->role ? n->role : "primary");
+	put(&b, "shiplog_role{role=\"%s\"} 1\n",
+	    n && n->repl   ? sl_repl_role(n->repl)
+	    : n && n->role ? n->role
+	                   : "primary");
+	if (n != NULL && n->repl != NULL) {
+		render_repl(n, &b);
+	}
 	if (n != NULL) {
 		double up = (double)(sl_node_mono_ms() - n->start_ms) / 1000.0;
 		meta(&b, "shiplog_uptime_seconds", "gauge", "Seconds since the node started.");

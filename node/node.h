@@ -7,6 +7,7 @@
 #ifndef SL_NODE_H
 #define SL_NODE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -33,6 +34,7 @@ enum {
 	SL_OP_PROMOTE,
 	SL_OP_FOLLOW,
 	SL_OP_WAIT,
+	SL_OP_DIGEST,
 	SL_OP_INVALID, /* malformed or unknown: no operation could be read */
 	SL_OP_COUNT
 };
@@ -41,16 +43,20 @@ enum {
 extern const char *const sl_op_names[SL_OP_COUNT];
 
 struct sl_metrics;
+struct sl_repl;
 
 typedef struct sl_node {
-	sl_db *db;
+	sl_db *db; /* use under db_lock (read): a full resync swaps it */
+	pthread_rwlock_t db_lock;
+	struct sl_repl *repl;     /* NULL: no replication (a lone primary) */
+	uint32_t min_seq_wait_ms; /* longest a read with min_seq waits on a follower */
 	uint32_t max_key_bytes;
 	uint32_t max_value_bytes;
 	size_t max_msg_bytes;             /* bound on a request and on a response */
 	uint32_t scan_default;            /* scan page size when the request gives none */
 	uint32_t scan_max;                /* upper bound on a scan page */
 	const char *sync_name;            /* "always", "everysec", "no" */
-	const char *role;                 /* "primary" until replication lands */
+	const char *role;                 /* without replication: "primary" */
 	uint64_t start_ms;                /* CLOCK_MONOTONIC at start */
 	atomic_uint_fast64_t compactions; /* manual compactions run by this node */
 	struct sl_metrics *metrics;       /* NULL: not counted */

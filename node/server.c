@@ -187,8 +187,10 @@ static void http_run(sl_work *w)
 	size_t len = 0;
 	nng_http_res *res = NULL;
 	int rv = NNG_ENOMEM;
-	if (sl_metrics_render(hw->s->n->metrics, hw->s->n, &text, &len) == SL_OK &&
-	    nng_http_res_alloc(&res) == 0) {
+	pthread_rwlock_rdlock(&hw->s->n->db_lock);
+	int mrc = sl_metrics_render(hw->s->n->metrics, hw->s->n, &text, &len);
+	pthread_rwlock_unlock(&hw->s->n->db_lock);
+	if (mrc == SL_OK && nng_http_res_alloc(&res) == 0) {
 		rv = nng_http_res_set_header(res, "Content-Type",
 		                             "text/plain; version=0.0.4; charset=utf-8");
 		if (rv == 0) {

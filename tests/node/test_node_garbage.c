@@ -328,16 +328,16 @@ static void test_unknown_ops(void **state)
 	assert_non_null(r);
 	assert_int_equal(r->status, SL_EPROTO);
 	shiplog__response__free_unpacked(r, NULL);
-	/* replication operations: not here yet */
+	/* replication: follow without a URL is refused */
 	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
-	Shiplog__Promote pr = SHIPLOG__PROMOTE__INIT;
-	q.op_case = SHIPLOG__REQUEST__OP_PROMOTE;
-	q.promote = &pr;
+	Shiplog__Follow fo = SHIPLOG__FOLLOW__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_FOLLOW;
+	q.follow = &fo;
 	uint8_t *buf;
 	size_t n = pack_req(&q, &buf);
 	r = raw_call(buf, n, &nrv);
 	assert_non_null(r);
-	assert_int_equal(r->status, SL_ENOTIMPL);
+	assert_int_equal(r->status, SL_EINVAL);
 	shiplog__response__free_unpacked(r, NULL);
 	free(buf);
 }

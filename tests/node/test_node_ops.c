@@ -25,8 +25,15 @@ static int setup(void **state)
 	}
 	char dir[TU_PATH];
 	snprintf(dir, sizeof(dir), "%s/data", root);
-	const char *extra[] = {
-	    "--max-value-bytes", "1m", "--max-key-bytes", "1024", "--segment-bytes", "64k", NULL};
+	const char *extra[] = {"--max-value-bytes",
+	                       "1m",
+	                       "--max-key-bytes",
+	                       "1024",
+	                       "--segment-bytes",
+	                       "64k",
+	                       "--repl-backlog-bytes",
+	                       "0",
+	                       NULL};
 	if (nu_start(&d, dir, extra) != 0) {
 		fprintf(stderr, "shiplogd did not start\n");
 		return -1;
@@ -373,9 +380,16 @@ static void test_min_seq(void **state)
 	sl_client_set_min_seq(c, seq + 1000000);
 	assert_int_equal(sl_client_get(c, "ms", 2, &v, &vl, NULL), SL_EBEHIND);
 	sl_client_set_min_seq(c, 0);
+	/* No follower: the write is made but not acknowledged in time. */
 	sl_client_set_acks(c, 1, 100);
-	assert_int_equal(sl_client_put(c, "ms", 2, "w", 1, NULL), SL_OK);
+	seq = 0;
+	assert_int_equal(sl_client_put(c, "ms", 2, "w", 1, &seq), SL_ETIMEDOUT);
 	sl_client_set_acks(c, 0, 0);
+	assert_true(seq > 0);
+	assert_int_equal(sl_client_last_acks(c), 0);
+	assert_int_equal(sl_client_get(c, "ms", 2, &v, &vl, NULL), SL_OK);
+	assert_memory_equal(v, "w", 1);
+	free(v);
 }
 
 static void test_restart_keeps_data(void **state)

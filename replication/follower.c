@@ -1,0 +1,633 @@
+/*
+ * follower.c — the follower side: one thread fetches the primary's log,
+ * applies it record by record, reports how far it is durable, and falls
+ * back to a full resync when the primary says its position is gone.
+ *
+ * Invariants:
+ *  1. Only this thread writes the follower's store (sl_apply_raw), and only
+ *     this thread swaps it; so it may use *dbp without the read lock, and
+ *     takes the write lock only for the swap.
+ *  2. Nothing from the network reaches the store unchecked: every record's
+ *     header is bounded against the reply and the limits before it is
+ *     applied, sl_apply_raw verifies its checksum, and seqs must rise.  A
+ *     reply with one bad record is refused from that record on (the ones
+ *     before it were whole and verified), the connection is dropped and the
+ *     loop reconnects after a backoff.
+ *  3. A full resync loads into DIR.resync, a sibling directory that is
+ *     removed at start, and becomes the store only through one
+ *     renameat2(RENAME_EXCHANGE) of two complete directories followed by an
+ *     fsync of the parent: a crash leaves either the old store or the new
+ *     one as DIR, never a mix.  DIR/REPL moves with the data.
+ *  4. Reads go on from the old store while a resync loads; they pause only
+ *     for the swap (close, exchange, reopen).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#include "format.h"
+#include "repl_int.h"
+
+#define FETCH_WAIT_MS  1000
+#define FETCH_MAX      (4u << 20)
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 2000
+#define SNAP_TIMEOUT   30000
+
+int repl_split_records(const uint8_t *p, size_t len, size_t max_rec,
+                       int (*fn)(void *arg, const uint8_t *rec, size_t n, uint64_t seq), void *arg)
+{
+	size_t off = 0;
+	while (off < len) {
+		if (len - off < SL_REC_HDR_SIZE) {
+			return SL_ECORRUPT;
+		}
+		const uint8_t *h = p + off;
+		size_t kl = sl_get16(h + 6), vl = sl_get32(h + 8);
+		uint64_t seq = sl_get64(h + 12);
+		size_t size = SL_REC_HDR_SIZE + kl + vl;
+		if (kl == 0 || (h[4] != SL_REC_PUT && h[4] != SL_REC_DEL) || size > max_rec ||
+		    size > len - off || seq == 0) {
+			return SL_ECORRUPT;
+		}
+		int rc = fn(arg, h, size, seq);
+		if (rc != SL_OK) {
+			return rc;
+		}
+		off += size;
+	}
+	return SL_OK;
+}
+
+/* Sleeps up to ms unless asked to stop.  mu NOT held.  1 when stopping. */
+static int pause_ms(sl_repl *r, uint64_t ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)(ms / 1000);
+	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&r->mu);
+	while (!r->fetch_stop) {
+		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0) {
+			break;
+		}
+	}
+	int stop = r->fetch_stop;
+	pthread_mutex_unlock(&r->mu);
+	return stop;
+}
+
+/* ---- the connection ----------------------------------------------------- */
+
+static void drop_conn(sl_repl *r)
+{
+	pthread_mutex_lock(&r->mu);
+	if (r->fsock_open) {
+		nng_close(r->fsock);
+		r->fsock_open = 0;
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+static int ensure_conn(sl_repl *r, const char *url)
+{
+	pthread_mutex_lock(&r->mu);
+	if (r->fsock_open || r->fetch_stop) {
+		int stop = r->fetch_stop;
+		pthread_mutex_unlock(&r->mu);
+		return stop ? SL_EIO : SL_OK;
+	}
+	int rv = nng_req0_open(&r->fsock);
+	if (rv == 0) {
+		r->fsock_open = 1;
+		/* Fetches are idempotent, but a resend could overlap a long
+		 * poll; the loop retries itself. */
+		nng_socket_set_ms(r->fsock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+		nng_socket_set_size(
+		    r->fsock, NNG_OPT_RECVMAXSZ,
+		    (FETCH_MAX > r->o.max_record_bytes ? FETCH_MAX : r->o.max_record_bytes) +
+		        (1u << 20));
+		nng_socket_set_ms(r->fsock, NNG_OPT_RECONNMINT, BACKOFF_MIN_MS);
+		nng_socket_set_ms(r->fsock, NNG_OPT_RECONNMAXT, BACKOFF_MAX_MS);
+		rv = nng_dial(r->fsock, url, NULL, NNG_FLAG_NONBLOCK);
+		if (rv != 0) {
+			nng_close(r->fsock);
+			r->fsock_open = 0;
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+	return rv == 0 ? SL_OK : SL_EIO;
+}
+
+/* One request/reply on the loop's socket.  *out is freed by the caller. */
+static int call(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms, Shiplog__ReplReply **out)
+{
+	pthread_mutex_lock(&r->mu);
+	nng_socket s = r->fsock;
+	int open = r->fsock_open;
+	pthread_mutex_unlock(&r->mu);
+	if (!open) {
+		return SL_EIO;
+	}
+	size_t sz = shiplog__repl_request__get_packed_size(q);
+	nng_msg *m = NULL;
+	if (nng_msg_alloc(&m, sz) != 0) {
+		return SL_ENOMEM;
+	}
+	shiplog__repl_request__pack(q, nng_msg_body(m));
+	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, timeout_ms);
+	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, timeout_ms);
+	int rv = nng_sendmsg(s, m, 0);
+	if (rv != 0) {
+		nng_msg_free(m);
+		return rv == NNG_ETIMEDOUT ? SL_ETIMEDOUT : SL_EIO;
+	}
+	rv = nng_recvmsg(s, &m, 0);
+	if (rv != 0) {
+		return rv == NNG_ETIMEDOUT ? SL_ETIMEDOUT : SL_EIO;
+	}
+	*out = shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	nng_msg_free(m);
+	return *out != NULL ? SL_OK : SL_EPROTO;
+}
+
+/* ---- streaming ---------------------------------------------------------- */
+
+typedef struct apply_ctx {
+	sl_repl *r;
+	sl_db *db;
+	uint64_t last; /* highest seq applied */
+	uint64_t count;
+	int err;
+} apply_ctx;
+
+static int apply_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
+{
+	apply_ctx *a = arg;
+	if (seq <= a->last) {
+		return SL_EINVAL; /* invariant 2: seqs rise */
+	}
+	int rc = sl_apply_raw(a->db, rec, n);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	a->last = seq;
+	a->count++;
+	atomic_store(&a->r->applied, seq);
+	return SL_OK;
+}
+
+/* Adopts the primary's history (id and ancestors) when it differs. */
+static void adopt_history(sl_repl *r, const ProtobufCBinaryData *hid, size_t n,
+                          Shiplog__HistoryLink **links)
+{
+	if (hid->len != SL_HID_BYTES) {
+		return;
+	}
+	pthread_mutex_lock(&r->mu);
+	int same = memcmp(r->st.hid, hid->data, SL_HID_BYTES) == 0 && r->st.nlinks == n;
+	for (size_t i = 0; same && i < n; i++) {
+		same = links[i]->id.len == SL_HID_BYTES &&
+		       memcmp(r->st.links[i].id, links[i]->id.data, SL_HID_BYTES) == 0 &&
+		       r->st.links[i].last_seq == links[i]->last_seq;
+	}
+	if (!same) {
+		memcpy(r->st.hid, hid->data, SL_HID_BYTES);
+		r->st.nlinks = 0;
+		for (size_t i = 0; i < n && i < SL_MAX_LINKS; i++) {
+			if (links[i]->id.len != SL_HID_BYTES) {
+				continue;
+			}
+			memcpy(r->st.links[r->st.nlinks].id, links[i]->id.data, SL_HID_BYTES);
+			r->st.links[r->st.nlinks++].last_seq = links[i]->last_seq;
+		}
+		repl_state st = r->st;
+		pthread_mutex_unlock(&r->mu);
+		char h[33];
+		repl_hex(st.hid, SL_HID_BYTES, h);
+		if (repl_state_save(r->dir, &st) != SL_OK) {
+			repl_log(r, 3, "cannot save replication state in %s", r->dir);
+		} else {
+			repl_log(r, 1, "following history %s", h);
+		}
+		return;
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- full resync --------------------------------------------------------- */
+
+static int fsync_path(const char *p)
+{
+	int fd = open(p, O_RDONLY | O_DIRECTORY);
+	if (fd < 0) {
+		return -1;
+	}
+	int rc = fsync(fd);
+	close(fd);
+	return rc;
+}
+
+typedef struct load_ctx {
+	sl_db *db;
+	uint64_t count;
+} load_ctx;
+
+static int load_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
+{
+	(void)seq;
+	load_ctx *l = arg;
+	l->count++;
+	return sl_load_raw(l->db, rec, n);
+}
+
+static void parent_of(const char *dir, char *out, size_t cap)
+{
+	snprintf(out, cap, "%s", dir);
+	char *s = strrchr(out, '/');
+	if (s == NULL) {
+		snprintf(out, cap, ".");
+	} else if (s == out) {
+		out[1] = '\0';
+	} else {
+		*s = '\0';
+	}
+}
+
+static int full_resync(sl_repl *r, const char *url)
+{
+	char tmp[4200];
+	snprintf(tmp, sizeof(tmp), "%s.resync", r->dir);
+	repl_rm_rf(tmp);
+	pthread_mutex_lock(&r->mu);
+	r->fstate = "resyncing";
+	pthread_mutex_unlock(&r->mu);
+	repl_log(r, 1, "full resync from %s into %s", url, tmp);
+	uint64_t t0 = repl_now_ms();
+	sl_options o = *r->o.db_opts;
+	o.compact_background = 0;
+	sl_db *db = NULL;
+	int rc = sl_open(tmp, &o, &db);
+	if (rc != SL_OK) {
+		repl_log(r, 3, "full resync: cannot create %s: %s", tmp, sl_strerror(rc));
+		return rc;
+	}
+	load_ctx l = {.db = db};
+	uint64_t snap_id = 0, chunk = 0, head = 0, bytes = 0;
+	repl_state nst;
+	pthread_mutex_lock(&r->mu);
+	nst = r->st;
+	pthread_mutex_unlock(&r->mu);
+	for (;;) {
+		Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+		Shiplog__SnapFetch sf = SHIPLOG__SNAP_FETCH__INIT;
+		sf.has_snap_id = 1;
+		sf.snap_id = snap_id;
+		sf.has_chunk = 1;
+		sf.chunk = chunk;
+		sf.has_max_bytes = 1;
+		sf.max_bytes = FETCH_MAX;
+		sf.node_id = nst.node_id;
+		q.op_case = SHIPLOG__REPL_REQUEST__OP_SNAP;
+		q.snap = &sf;
+		Shiplog__ReplReply *rep = NULL;
+		rc = call(r, &q, SNAP_TIMEOUT, &rep);
+		if (rc != SL_OK) {
+			break;
+		}
+		if (rep->op_case != SHIPLOG__REPL_REPLY__OP_SNAP || !rep->snap->has_status) {
+			rc = SL_EPROTO;
+		} else if (rep->snap->status != SL_OK) {
+			rc = rep->snap->status;
+			repl_log(r, 2, "full resync: primary says %s",
+			         rep->snap->error ? rep->snap->error : sl_strerror(rc));
+		} else {
+			Shiplog__SnapChunk *c = rep->snap;
+			if (chunk == 0) {
+				snap_id = c->snap_id;
+				head = c->head_seq;
+				if (c->history_id.len == SL_HID_BYTES) {
+					memcpy(nst.hid, c->history_id.data, SL_HID_BYTES);
+				}
+				nst.nlinks = 0;
+				for (size_t i = 0; i < c->n_history && i < SL_MAX_LINKS; i++) {
+					if (c->history[i]->id.len == SL_HID_BYTES) {
+						memcpy(nst.links[nst.nlinks].id,
+						       c->history[i]->id.data, SL_HID_BYTES);
+						nst.links[nst.nlinks++].last_seq =
+						    c->history[i]->last_seq;
+					}
+				}
+			} else if (c->snap_id != snap_id || c->head_seq != head) {
+				rc = SL_EPROTO;
+			}
+			if (rc == SL_OK) {
+				rc = repl_split_records(c->records.data, c->records.len,
+				                        r->o.max_record_bytes, load_one, &l);
+				bytes += c->records.len;
+				if (rc != SL_OK) {
+					repl_log(
+					    r, 3,
+					    "full resync: refused a chunk with a bad record: %s",
+					    sl_strerror(rc));
+				}
+			}
+			chunk++;
+			if (rc == SL_OK && c->done) {
+				shiplog__repl_reply__free_unpacked(rep, NULL);
+				break;
+			}
+		}
+		shiplog__repl_reply__free_unpacked(rep, NULL);
+		if (rc != SL_OK) {
+			break;
+		}
+		pthread_mutex_lock(&r->mu);
+		int stop = r->fetch_stop;
+		pthread_mutex_unlock(&r->mu);
+		if (stop) {
+			rc = SL_ETIMEDOUT;
+			break;
+		}
+	}
+	if (rc == SL_OK) {
+		nst.floor = head;
+		nst.role = ROLE_FOLLOWER;
+		rc = sl_sync_now(db);
+	}
+	if (rc == SL_OK) {
+		rc = repl_state_save(tmp, &nst);
+	}
+	sl_close(db);
+	if (rc != SL_OK) {
+		repl_rm_rf(tmp);
+		return rc;
+	}
+	/* Invariant 3: swap two complete directories. */
+	char parent[4200];
+	parent_of(r->dir, parent, sizeof(parent));
+	pthread_rwlock_wrlock(r->o.db_lock);
+	pthread_mutex_lock(&r->mu);
+	repl_snaps_close_all(r);
+	pthread_mutex_unlock(&r->mu);
+	sl_close(*r->o.dbp);
+	*r->o.dbp = NULL;
+	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, r->dir, RENAME_EXCHANGE) != 0) {
+		repl_log(r, 3, "full resync: cannot swap %s and %s: %s", tmp, r->dir,
+		         strerror(errno));
+		rc = SL_EIO;
+	} else if (fsync_path(parent) != 0) {
+		repl_log(r, 3, "full resync: fsync of %s failed", parent);
+	}
+	int orc = sl_open(r->dir, r->o.db_opts, r->o.dbp);
+	if (orc != SL_OK) {
+		repl_log(r, 3, "cannot reopen %s after the resync: %s; stopping", r->dir,
+		         sl_strerror(orc));
+		abort(); /* no store to serve from: a restart recovers (invariant 3) */
+	}
+	uint64_t last = sl_last_seq(*r->o.dbp);
+	pthread_rwlock_unlock(r->o.db_lock);
+	if (rc != SL_OK) {
+		repl_rm_rf(tmp);
+		return rc;
+	}
+	repl_rm_rf(tmp); /* the old store */
+	if (last < head) {
+		last = head;
+	}
+	pthread_mutex_lock(&r->mu);
+	r->st.floor = nst.floor;
+	memcpy(r->st.hid, nst.hid, SL_HID_BYTES);
+	r->st.nlinks = nst.nlinks;
+	memcpy(r->st.links, nst.links, sizeof(nst.links));
+	r->durable = last;
+	atomic_store(&r->applied, last);
+	atomic_store(&r->head, last);
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+	atomic_fetch_add(&r->resyncs_full, 1);
+	atomic_fetch_add(&r->bytes_fetched, bytes);
+	atomic_fetch_add(&r->records_fetched, l.count);
+	repl_log(r, 1, "full resync done: %llu records (%llu bytes) up to seq %llu in %llu ms",
+	         (unsigned long long)l.count, (unsigned long long)bytes, (unsigned long long)head,
+	         (unsigned long long)(repl_now_ms() - t0));
+	return SL_OK;
+}
+
+/* ---- the loop ------------------------------------------------------------ */
+
+static void *fetch_main(void *arg)
+{
+	sl_repl *r = arg;
+	uint64_t backoff = BACKOFF_MIN_MS;
+	int connected = 0; /* a fetch succeeded on this connection */
+	int last_err = 0;
+	uint64_t last_stats_ms = 0;
+	for (;;) {
+		char url[256];
+		repl_state st;
+		pthread_mutex_lock(&r->mu);
+		int stop = r->fetch_stop;
+		snprintf(url, sizeof(url), "%s", r->st.primary);
+		st = r->st;
+		uint64_t durable = r->durable;
+		if (!connected) {
+			r->fstate = "connecting";
+		}
+		pthread_mutex_unlock(&r->mu);
+		if (stop) {
+			break;
+		}
+		if (ensure_conn(r, url) != SL_OK) {
+			if (pause_ms(r, backoff)) {
+				break;
+			}
+			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			continue;
+		}
+		sl_db *db = *r->o.dbp; /* invariant 1 */
+		uint64_t applied = atomic_load(&r->applied);
+		uint64_t now = repl_now_ms();
+		if (now - last_stats_ms >= 1000) {
+			sl_stats s;
+			if (sl_stats_get(db, &s) == SL_OK && s.synced_seq > durable) {
+				durable = s.synced_seq;
+			}
+			last_stats_ms = now;
+		}
+		Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+		Shiplog__Fetch f = SHIPLOG__FETCH__INIT;
+		f.has_history_id = 1;
+		f.history_id.data = st.hid;
+		f.history_id.len = SL_HID_BYTES;
+		f.has_from_seq = 1;
+		f.from_seq = applied + 1;
+		f.has_max_bytes = 1;
+		f.max_bytes = FETCH_MAX;
+		f.has_wait_ms = 1;
+		f.wait_ms = FETCH_WAIT_MS;
+		f.node_id = st.node_id;
+		f.has_durable_seq = 1;
+		f.durable_seq = durable > applied ? applied : durable;
+		f.address = (char *)(r->o.self_url ? r->o.self_url : "");
+		q.op_case = SHIPLOG__REPL_REQUEST__OP_FETCH;
+		q.fetch = &f;
+		Shiplog__ReplReply *rep = NULL;
+		int rc = call(r, &q, FETCH_WAIT_MS + 5000, &rep);
+		if (rc == SL_OK &&
+		    (rep->op_case != SHIPLOG__REPL_REPLY__OP_FETCH || !rep->fetch->has_status)) {
+			rc = SL_EPROTO;
+		}
+		if (rc != SL_OK) {
+			if (rc != last_err) {
+				repl_log(r, 2, "fetch from %s failed: %s; retrying", url,
+				         rc == SL_EIO ? "not connected" : sl_strerror(rc));
+				last_err = rc;
+			}
+			shiplog__repl_reply__free_unpacked(rep, NULL);
+			if (rc != SL_ETIMEDOUT || connected) {
+				drop_conn(r);
+			}
+			connected = 0;
+			if (pause_ms(r, backoff)) {
+				break;
+			}
+			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			continue;
+		}
+		Shiplog__FetchReply *fr = rep->fetch;
+		if (fr->status == SL_ESTALE) {
+			shiplog__repl_reply__free_unpacked(rep, NULL);
+			repl_log(r, 1, "primary %s cannot continue from seq %llu: full resync", url,
+			         (unsigned long long)(applied + 1));
+			rc = full_resync(r, url);
+			if (rc != SL_OK) {
+				repl_log(r, 2, "full resync failed: %s; retrying", sl_strerror(rc));
+				drop_conn(r);
+				connected = 0;
+				if (pause_ms(r, backoff)) {
+					break;
+				}
+				backoff =
+				    backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			} else {
+				connected = 1;
+				backoff = BACKOFF_MIN_MS;
+			}
+			continue;
+		}
+		if (fr->status != SL_OK) {
+			if (fr->status != last_err) {
+				repl_log(r, 2, "primary %s refused the fetch: %s", url,
+				         fr->error ? fr->error : sl_strerror(fr->status));
+				last_err = fr->status;
+			}
+			shiplog__repl_reply__free_unpacked(rep, NULL);
+			connected = 0;
+			if (pause_ms(r, backoff)) {
+				break;
+			}
+			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			continue;
+		}
+		if (!connected) {
+			repl_log(r, 1, "streaming from %s at seq %llu", url,
+			         (unsigned long long)(applied + 1));
+			if (applied > 0) {
+				atomic_fetch_add(&r->resyncs_partial, 1);
+			}
+			pthread_mutex_lock(&r->mu);
+			r->fstate = "streaming";
+			pthread_mutex_unlock(&r->mu);
+		}
+		connected = 1;
+		last_err = 0;
+		backoff = BACKOFF_MIN_MS;
+		adopt_history(r, &fr->history_id, fr->n_history, fr->history);
+		apply_ctx a = {.r = r, .db = db, .last = applied};
+		rc = repl_split_records(fr->records.data, fr->records.len, r->o.max_record_bytes,
+		                        apply_one, &a);
+		if (a.count > 0) {
+			atomic_fetch_add(&r->records_fetched, a.count);
+			atomic_fetch_add(&r->bytes_fetched, fr->records.len);
+			uint64_t h = atomic_load(&r->head);
+			while (h < a.last && !atomic_compare_exchange_weak(&r->head, &h, a.last)) {
+			}
+		}
+		if (rc == SL_OK && fr->has_sync_seq && fr->sync_seq > 0 && a.last > durable) {
+			if (sl_sync_wait(db, a.last) == SL_OK) {
+				durable = a.last;
+			}
+		}
+		pthread_mutex_lock(&r->mu);
+		if (durable > r->durable) {
+			r->durable = durable;
+		}
+		if (a.count > 0 && atomic_load(&r->applied_waiters) > 0) {
+			pthread_cond_broadcast(&r->cv);
+		}
+		pthread_mutex_unlock(&r->mu);
+		shiplog__repl_reply__free_unpacked(rep, NULL);
+		if (rc != SL_OK) {
+			atomic_fetch_add(&r->refused, 1);
+			repl_log(r, 3, "refused records from %s after seq %llu: %s; reconnecting",
+			         url, (unsigned long long)a.last, sl_strerror(rc));
+			drop_conn(r);
+			connected = 0;
+			if (pause_ms(r, backoff)) {
+				break;
+			}
+			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+		}
+	}
+	drop_conn(r);
+	return NULL;
+}
+
+void repl_follower_start(sl_repl *r)
+{
+	if (r->fetcher_started) {
+		return;
+	}
+	r->fetch_stop = 0;
+	r->fstate = "connecting";
+	if (pthread_create(&r->fetcher, NULL, fetch_main, r) == 0) {
+		r->fetcher_started = 1;
+	} else {
+		repl_log(r, 3, "cannot start the fetch thread");
+	}
+}
+
+void repl_follower_stop(sl_repl *r)
+{
+	pthread_mutex_lock(&r->mu);
+	if (!r->fetcher_started) {
+		pthread_mutex_unlock(&r->mu);
+		return;
+	}
+	r->fetch_stop = 1;
+	if (r->fsock_open) {
+		nng_close(r->fsock); /* interrupts a long poll */
+		r->fsock_open = 0;
+	}
+	pthread_cond_broadcast(&r->cv);
+	pthread_t t = r->fetcher;
+	pthread_mutex_unlock(&r->mu);
+	pthread_join(t, NULL);
+	pthread_mutex_lock(&r->mu);
+	r->fetcher_started = 0;
+	r->fetch_stop = 0;
+	pthread_mutex_unlock(&r->mu);
+}

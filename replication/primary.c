@@ -1,0 +1,736 @@
+/*
+ * primary.c — the primary side of replication: serve fetches out of the
+ * log, stream snapshots for full resyncs, keep the follower table, keep the
+ * backlog out of compaction.
+ *
+ * A request's life (one nng context, like node/server.c):
+ *
+ *     RECV --msg--> RUNQ --worker--> reply --------------------> SEND
+ *                     ^                \-- nothing new: PARKED --+
+ *                     +---- waker: new records or deadline ------+
+ *
+ * Invariants:
+ *  1. nng callbacks only move a context onto the run queue: the engine (disk)
+ *     is called by this file's worker threads only.
+ *  2. A parked fetch holds no thread and no store lock; the waker thread
+ *     moves it back to the run queue when the head passes its from_seq
+ *     (sl_repl_notify_write) or its wait_ms ends.
+ *  3. Records are served only from the contiguous log above the node's
+ *     floor (the head of its last full resync): below it the store holds a
+ *     snapshot, not a log, and the follower must full-resync.
+ *  4. A follower continues (partial resync) only if its history is ours or
+ *     one of our ancestors and it has not applied past the point where that
+ *     history ended; otherwise it gets SL_ESTALE and full-resyncs.
+ *  5. Every store access holds the store read lock (the node may swap the
+ *     store under the write lock when it is itself a follower).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+
+#include "repl_int.h"
+#include "status.h"
+
+enum { ST_RECV, ST_WORK, ST_SEND };
+
+#define SNAP_IDLE_MS   30000
+#define MAX_WAIT_MS    10000
+#define CHUNK_DEFAULT  (4u << 20)
+#define CHUNK_MAX      (64u << 20)
+#define REPL_REQ_LIMIT (64u << 10)
+
+typedef struct rctx {
+	struct rctx *next;
+	sl_repl *r;
+	nng_ctx ctx;
+	nng_aio *aio;
+	int state;
+	Shiplog__ReplRequest *q; /* decoded; kept while parked */
+	int parked_once;
+	uint64_t deadline_ms;
+} rctx;
+
+/* ---- replies --------------------------------------------------------- */
+
+static void send_reply(rctx *c, Shiplog__ReplReply *rep)
+{
+	size_t sz = shiplog__repl_reply__get_packed_size(rep);
+	nng_msg *m = NULL;
+	if (c->q != NULL) {
+		shiplog__repl_request__free_unpacked(c->q, NULL);
+		c->q = NULL;
+	}
+	c->parked_once = 0;
+	if (nng_msg_alloc(&m, sz) != 0) {
+		repl_log(c->r, 3, "out of memory for a %zu-byte fetch reply", sz);
+		c->state = ST_RECV;
+		nng_ctx_recv(c->ctx, c->aio);
+		return;
+	}
+	shiplog__repl_reply__pack(rep, nng_msg_body(m));
+	c->state = ST_SEND;
+	nng_aio_set_msg(c->aio, m);
+	nng_ctx_send(c->ctx, c->aio);
+}
+
+static void reply_fetch_status(rctx *c, int status, const char *msg)
+{
+	Shiplog__ReplReply rep = SHIPLOG__REPL_REPLY__INIT;
+	Shiplog__FetchReply f = SHIPLOG__FETCH_REPLY__INIT;
+	f.has_status = 1;
+	f.status = status;
+	f.error = (char *)msg;
+	f.has_head_seq = 1;
+	f.head_seq = atomic_load(&c->r->head);
+	rep.op_case = SHIPLOG__REPL_REPLY__OP_FETCH;
+	rep.fetch = &f;
+	send_reply(c, &rep);
+}
+
+static void reply_snap_status(rctx *c, int status, const char *msg)
+{
+	Shiplog__ReplReply rep = SHIPLOG__REPL_REPLY__INIT;
+	Shiplog__SnapChunk s = SHIPLOG__SNAP_CHUNK__INIT;
+	s.has_status = 1;
+	s.status = status;
+	s.error = (char *)msg;
+	rep.op_case = SHIPLOG__REPL_REPLY__OP_SNAP;
+	rep.snap = &s;
+	send_reply(c, &rep);
+}
+
+/* The history chain as protobuf links (pointers into the arrays given). */
+typedef struct links_buf {
+	Shiplog__HistoryLink l[SL_MAX_LINKS];
+	Shiplog__HistoryLink *p[SL_MAX_LINKS];
+	repl_link copy[SL_MAX_LINKS];
+	size_t n;
+	uint8_t hid[SL_HID_BYTES];
+} links_buf;
+
+static void links_fill(sl_repl *r, links_buf *b)
+{
+	pthread_mutex_lock(&r->mu);
+	b->n = r->st.nlinks;
+	memcpy(b->copy, r->st.links, b->n * sizeof(repl_link));
+	memcpy(b->hid, r->st.hid, SL_HID_BYTES);
+	pthread_mutex_unlock(&r->mu);
+	for (size_t i = 0; i < b->n; i++) {
+		shiplog__history_link__init(&b->l[i]);
+		b->l[i].has_id = 1;
+		b->l[i].id.data = b->copy[i].id;
+		b->l[i].id.len = SL_HID_BYTES;
+		b->l[i].has_last_seq = 1;
+		b->l[i].last_seq = b->copy[i].last_seq;
+		b->p[i] = &b->l[i];
+	}
+}
+
+/* ---- the follower table ----------------------------------------------- */
+
+/* Records what a fetch says about its follower.  mu held. */
+static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
+{
+	const char *id = f->node_id != NULL && f->node_id[0] ? f->node_id : "?";
+	follower_ent *e = NULL, *oldest = NULL;
+	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
+		follower_ent *x = &r->followers[i];
+		if (x->used && strcmp(x->node_id, id) == 0) {
+			e = x;
+			break;
+		}
+		if (!x->used) {
+			if (oldest == NULL || oldest->used) {
+				oldest = x;
+			}
+		} else if (oldest == NULL ||
+		           (oldest->used && x->last_seen_ms < oldest->last_seen_ms)) {
+			oldest = x;
+		}
+	}
+	if (e == NULL) {
+		e = oldest;
+		memset(e, 0, sizeof(*e));
+		e->used = 1;
+		snprintf(e->node_id, sizeof(e->node_id), "%s", id);
+		e->caught_up_ms = now;
+	}
+	if (f->address != NULL) {
+		snprintf(e->address, sizeof(e->address), "%s", f->address);
+	}
+	uint64_t from = f->has_from_seq ? f->from_seq : 1;
+	e->applied = from > 0 ? from - 1 : 0;
+	e->durable = f->has_durable_seq ? f->durable_seq : 0;
+	if (e->durable > e->applied) {
+		e->durable = e->applied;
+	}
+	e->last_seen_ms = now;
+	if (e->applied >= atomic_load(&r->head)) {
+		e->caught_up_ms = now;
+	}
+	pthread_cond_broadcast(&r->cv); /* acks waiters */
+}
+
+static void table_touch(sl_repl *r, const char *id, uint64_t now)
+{
+	for (int i = 0; id != NULL && i < SL_MAX_FOLLOW; i++) {
+		follower_ent *x = &r->followers[i];
+		if (x->used && strcmp(x->node_id, id) == 0) {
+			x->last_seen_ms = now;
+		}
+	}
+}
+
+/* ---- fetch -------------------------------------------------------------- */
+
+/* Invariant 4.  mu held.  SL_OK: continue from from_seq; SL_ESTALE. */
+static int ancestry_check(sl_repl *r, const Shiplog__Fetch *f, uint64_t head)
+{
+	uint64_t applied = f->from_seq - 1;
+	if (applied == 0) {
+		return SL_OK; /* an empty store is a prefix of every history */
+	}
+	if (!f->has_history_id || f->history_id.len != SL_HID_BYTES) {
+		return SL_ESTALE;
+	}
+	if (memcmp(f->history_id.data, r->st.hid, SL_HID_BYTES) == 0) {
+		return applied <= head ? SL_OK : SL_ESTALE;
+	}
+	for (size_t i = 0; i < r->st.nlinks; i++) {
+		if (memcmp(f->history_id.data, r->st.links[i].id, SL_HID_BYTES) == 0) {
+			return applied <= r->st.links[i].last_seq ? SL_OK : SL_ESTALE;
+		}
+	}
+	return SL_ESTALE;
+}
+
+/* Returns 1 when c was parked (no reply yet). */
+static int serve_fetch(rctx *c)
+{
+	sl_repl *r = c->r;
+	const Shiplog__Fetch *f = c->q->fetch;
+	uint64_t now = repl_now_ms();
+	if (!f->has_from_seq || f->from_seq == 0) {
+		reply_fetch_status(c, SL_EPROTO, "fetch without from_seq");
+		return 0;
+	}
+	pthread_mutex_lock(&r->mu);
+	if (!c->parked_once) {
+		table_update(r, f, now);
+	} else {
+		table_touch(r, f->node_id, now);
+	}
+	int role = atomic_load(&r->role);
+	char primary[256];
+	snprintf(primary, sizeof(primary), "%s", r->st.primary);
+	uint64_t floor = r->st.floor;
+	uint64_t head = atomic_load(&r->head);
+	int rc = ancestry_check(r, f, head);
+	pthread_mutex_unlock(&r->mu);
+	if (role != ROLE_PRIMARY) {
+		char msg[320];
+		snprintf(msg, sizeof(msg), "this node is a follower (of %s), not a primary",
+		         primary[0] ? primary : "?");
+		reply_fetch_status(c, SL_EREADONLY, msg);
+		return 0;
+	}
+	if (rc == SL_OK && f->from_seq <= floor) {
+		rc = SL_ESTALE; /* invariant 3 */
+	}
+	if (rc != SL_OK) {
+		reply_fetch_status(c, rc, "history diverged or seq not in the log: full resync");
+		return 0;
+	}
+	size_t cap = f->has_max_bytes && f->max_bytes ? f->max_bytes : CHUNK_DEFAULT;
+	if (cap > CHUNK_MAX) {
+		cap = CHUNK_MAX;
+	}
+	if (cap < r->o.max_record_bytes) {
+		cap = r->o.max_record_bytes;
+	}
+	uint8_t *buf = malloc(cap);
+	if (buf == NULL) {
+		reply_fetch_status(c, SL_ENOMEM, "out of memory");
+		return 0;
+	}
+	size_t len = 0;
+	uint64_t next = f->from_seq;
+	pthread_rwlock_rdlock(r->o.db_lock);
+	rc = sl_log_read(*r->o.dbp, f->from_seq, buf, cap, &len, &next);
+	head = sl_last_seq(*r->o.dbp);
+	pthread_rwlock_unlock(r->o.db_lock);
+	if (rc == SL_ESTALE) {
+		free(buf);
+		reply_fetch_status(c, SL_ESTALE, "seq no longer in the backlog: full resync");
+		return 0;
+	}
+	if (rc != SL_OK) {
+		free(buf);
+		reply_fetch_status(c, rc, sl_strerror(rc));
+		return 0;
+	}
+	uint32_t wait = f->has_wait_ms ? f->wait_ms : 0;
+	if (wait > MAX_WAIT_MS) {
+		wait = MAX_WAIT_MS;
+	}
+	if (len == 0 && wait > 0 && (!c->parked_once || now < c->deadline_ms)) {
+		free(buf);
+		pthread_mutex_lock(&r->mu);
+		if (!c->parked_once) {
+			c->parked_once = 1;
+			c->deadline_ms = now + wait;
+		}
+		if (!r->stopping) {
+			c->next = r->parked;
+			r->parked = c;
+			pthread_cond_broadcast(&r->cv);
+			pthread_mutex_unlock(&r->mu);
+			return 1;
+		}
+		pthread_mutex_unlock(&r->mu);
+		buf = NULL;
+	}
+	links_buf lb;
+	links_fill(r, &lb);
+	Shiplog__ReplReply rep = SHIPLOG__REPL_REPLY__INIT;
+	Shiplog__FetchReply fr = SHIPLOG__FETCH_REPLY__INIT;
+	fr.has_status = 1;
+	fr.status = SL_OK;
+	fr.has_records = 1;
+	fr.records.data = buf;
+	fr.records.len = len;
+	fr.has_head_seq = 1;
+	fr.head_seq = head;
+	fr.has_history_id = 1;
+	fr.history_id.data = lb.hid;
+	fr.history_id.len = SL_HID_BYTES;
+	fr.n_history = lb.n;
+	fr.history = lb.p;
+	if (atomic_load(&r->ack_waiters) > 0) {
+		fr.has_sync_seq = 1;
+		fr.sync_seq = head;
+	}
+	rep.op_case = SHIPLOG__REPL_REPLY__OP_FETCH;
+	rep.fetch = &fr;
+	if (len > 0) {
+		size_t nrec = 0;
+		for (size_t off = 0; off + 28 <= len;) {
+			const uint8_t *p = buf + off;
+			size_t kl = (size_t)p[6] | (size_t)p[7] << 8;
+			size_t vl = (size_t)p[8] | (size_t)p[9] << 8 | (size_t)p[10] << 16 |
+			            (size_t)p[11] << 24;
+			off += 28 + kl + vl;
+			nrec++;
+		}
+		atomic_fetch_add(&r->bytes_served, len);
+		atomic_fetch_add(&r->records_served, nrec);
+	}
+	send_reply(c, &rep);
+	free(buf);
+	return 0;
+}
+
+/* ---- snapshots (full resync source) ------------------------------------ */
+
+void repl_snaps_close_all(sl_repl *r)
+{
+	for (int i = 0; i < SL_MAX_SNAPS; i++) {
+		if (r->snaps[i].sn != NULL) {
+			sl_snapshot_close(r->snaps[i].sn);
+			memset(&r->snaps[i], 0, sizeof(r->snaps[i]));
+		}
+	}
+}
+
+static void serve_snap(rctx *c)
+{
+	sl_repl *r = c->r;
+	const Shiplog__SnapFetch *s = c->q->snap;
+	uint64_t now = repl_now_ms();
+	if (atomic_load(&r->role) != ROLE_PRIMARY) {
+		reply_snap_status(c, SL_EREADONLY, "this node is a follower, not a primary");
+		return;
+	}
+	size_t cap = s->has_max_bytes && s->max_bytes ? s->max_bytes : CHUNK_DEFAULT;
+	if (cap > CHUNK_MAX) {
+		cap = CHUNK_MAX;
+	}
+	if (cap < r->o.max_record_bytes) {
+		cap = r->o.max_record_bytes;
+	}
+	uint64_t id = s->has_snap_id ? s->snap_id : 0;
+	snap_sess *ss = NULL;
+	pthread_rwlock_rdlock(r->o.db_lock);
+	pthread_mutex_lock(&r->mu);
+	if (id == 0) {
+		for (int i = 0; i < SL_MAX_SNAPS && ss == NULL; i++) {
+			if (r->snaps[i].sn == NULL) {
+				ss = &r->snaps[i];
+			}
+		}
+		if (ss != NULL) {
+			sl_snapshot *sn = NULL;
+			uint64_t head = 0;
+			int rc = sl_snapshot_open(*r->o.dbp, &sn, &head);
+			if (rc != SL_OK) {
+				pthread_mutex_unlock(&r->mu);
+				pthread_rwlock_unlock(r->o.db_lock);
+				reply_snap_status(c, rc, "cannot open a snapshot");
+				return;
+			}
+			ss->sn = sn;
+			ss->head = head;
+			ss->id = ++r->next_snap_id;
+			ss->next_chunk = 0;
+			repl_log(r, 1, "full resync for %s: snapshot %llu at seq %llu",
+			         s->node_id ? s->node_id : "?", (unsigned long long)ss->id,
+			         (unsigned long long)head);
+		}
+	} else {
+		for (int i = 0; i < SL_MAX_SNAPS && ss == NULL; i++) {
+			if (r->snaps[i].sn != NULL && r->snaps[i].id == id) {
+				ss = &r->snaps[i];
+			}
+		}
+	}
+	if (ss == NULL || ss->busy || (s->has_chunk ? s->chunk : 0) != ss->next_chunk) {
+		pthread_mutex_unlock(&r->mu);
+		pthread_rwlock_unlock(r->o.db_lock);
+		reply_snap_status(c, id == 0 ? SL_EBUSY : SL_EINVAL,
+		                  id == 0 ? "too many snapshots open; retry later"
+		                          : "unknown snapshot or chunk out of order; restart");
+		return;
+	}
+	ss->busy = 1;
+	ss->last_ms = now;
+	pthread_mutex_unlock(&r->mu);
+
+	uint8_t *buf = malloc(cap);
+	size_t len = 0;
+	int done = 0;
+	int rc = buf ? sl_snapshot_read(ss->sn, buf, cap, &len, &done) : SL_ENOMEM;
+	links_buf lb;
+	links_fill(r, &lb);
+	pthread_mutex_lock(&r->mu);
+	ss->busy = 0;
+	ss->next_chunk++;
+	ss->last_ms = repl_now_ms();
+	uint64_t sid = ss->id, head = ss->head;
+	if (done || rc != SL_OK) {
+		sl_snapshot_close(ss->sn);
+		memset(ss, 0, sizeof(*ss));
+	}
+	pthread_mutex_unlock(&r->mu);
+	pthread_rwlock_unlock(r->o.db_lock);
+	if (rc != SL_OK) {
+		free(buf);
+		reply_snap_status(c, rc, "snapshot read failed");
+		return;
+	}
+	Shiplog__ReplReply rep = SHIPLOG__REPL_REPLY__INIT;
+	Shiplog__SnapChunk ch = SHIPLOG__SNAP_CHUNK__INIT;
+	ch.has_status = 1;
+	ch.status = SL_OK;
+	ch.has_snap_id = 1;
+	ch.snap_id = sid;
+	ch.has_head_seq = 1;
+	ch.head_seq = head;
+	ch.has_history_id = 1;
+	ch.history_id.data = lb.hid;
+	ch.history_id.len = SL_HID_BYTES;
+	ch.n_history = lb.n;
+	ch.history = lb.p;
+	ch.has_records = 1;
+	ch.records.data = buf;
+	ch.records.len = len;
+	ch.has_done = 1;
+	ch.done = done != 0;
+	rep.op_case = SHIPLOG__REPL_REPLY__OP_SNAP;
+	rep.snap = &ch;
+	atomic_fetch_add(&r->bytes_served, len);
+	send_reply(c, &rep);
+	free(buf);
+}
+
+/* ---- workers, waker, callbacks ----------------------------------------- */
+
+static void tick(sl_repl *r, uint64_t now);
+
+static void run_ctx(rctx *c)
+{
+	if (c->q == NULL) {
+		nng_msg *m = nng_aio_get_msg(c->aio);
+		nng_aio_set_msg(c->aio, NULL);
+		c->q = shiplog__repl_request__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+		nng_msg_free(m);
+		if (c->q == NULL) {
+			reply_fetch_status(c, SL_EPROTO, "malformed replication request");
+			return;
+		}
+	}
+	switch (c->q->op_case) {
+	case SHIPLOG__REPL_REQUEST__OP_FETCH:
+		serve_fetch(c);
+		break;
+	case SHIPLOG__REPL_REQUEST__OP_SNAP:
+		serve_snap(c);
+		break;
+	default:
+		reply_fetch_status(c, SL_EBADOP, "unknown replication request");
+		break;
+	}
+}
+
+static void runq_push(sl_repl *r, rctx *c) /* mu held */
+{
+	c->next = NULL;
+	if (r->runq_tail != NULL) {
+		r->runq_tail->next = c;
+	} else {
+		r->runq_head = c;
+	}
+	r->runq_tail = c;
+	pthread_cond_signal(&r->runq_cv);
+}
+
+static void *worker_main(void *arg)
+{
+	sl_repl *r = arg;
+	pthread_mutex_lock(&r->mu);
+	for (;;) {
+		while (r->runq_head == NULL && !r->stopping) {
+			pthread_cond_wait(&r->runq_cv, &r->mu);
+		}
+		rctx *c = r->runq_head;
+		if (c == NULL) {
+			break;
+		}
+		r->runq_head = c->next;
+		if (r->runq_head == NULL) {
+			r->runq_tail = NULL;
+		}
+		pthread_mutex_unlock(&r->mu);
+		run_ctx(c);
+		pthread_mutex_lock(&r->mu);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+/* Keeps the backlog (and what connected followers still need) out of
+ * compaction; closes abandoned snapshots. */
+void sl_repl_protect_update(sl_repl *r)
+{
+	if (r != NULL) {
+		tick(r, repl_now_ms());
+	}
+}
+
+static void tick(sl_repl *r, uint64_t now)
+{
+	pthread_rwlock_rdlock(r->o.db_lock);
+	uint64_t seq = sl_log_backlog_seq(*r->o.dbp, r->o.backlog_bytes);
+	pthread_mutex_lock(&r->mu);
+	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
+		follower_ent *e = &r->followers[i];
+		if (e->used && now - e->last_seen_ms <= r->o.timeout_ms && e->applied + 1 < seq) {
+			seq = e->applied + 1;
+		}
+	}
+	if (seq == 0) {
+		seq = 1;
+	}
+	r->protect_seq = seq;
+	for (int i = 0; i < SL_MAX_SNAPS; i++) {
+		snap_sess *s = &r->snaps[i];
+		if (s->sn != NULL && !s->busy && now - s->last_ms > SNAP_IDLE_MS) {
+			repl_log(r, 2, "snapshot %llu abandoned by its follower; closed",
+			         (unsigned long long)s->id);
+			sl_snapshot_close(s->sn);
+			memset(s, 0, sizeof(*s));
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+	sl_compact_protect(*r->o.dbp, seq);
+	pthread_rwlock_unlock(r->o.db_lock);
+}
+
+static void *waker_main(void *arg)
+{
+	sl_repl *r = arg;
+	uint64_t next_tick = 0;
+	pthread_mutex_lock(&r->mu);
+	while (!r->stopping) {
+		uint64_t now = repl_now_ms();
+		uint64_t head = atomic_load(&r->head);
+		uint64_t wake = now + 1000;
+		rctx **pp = &r->parked;
+		while (*pp != NULL) {
+			rctx *c = *pp;
+			if (head >= c->q->fetch->from_seq || now >= c->deadline_ms) {
+				*pp = c->next;
+				runq_push(r, c);
+				continue;
+			}
+			if (c->deadline_ms < wake) {
+				wake = c->deadline_ms;
+			}
+			pp = &c->next;
+		}
+		if (now >= next_tick) {
+			pthread_mutex_unlock(&r->mu);
+			tick(r, now);
+			pthread_mutex_lock(&r->mu);
+			next_tick = now + 1000;
+			continue;
+		}
+		if (next_tick < wake) {
+			wake = next_tick;
+		}
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t d = wake > now ? wake - now : 1;
+		ts.tv_sec += (time_t)(d / 1000);
+		ts.tv_nsec += (long)(d % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+	}
+	/* Stopping: answer every parked fetch (empty) through the workers. */
+	while (r->parked != NULL) {
+		rctx *c = r->parked;
+		r->parked = c->next;
+		runq_push(r, c);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+static void ctx_cb(void *arg)
+{
+	rctx *c = arg;
+	sl_repl *r = c->r;
+	int rv = nng_aio_result(c->aio);
+	if (c->state == ST_SEND) {
+		if (rv != 0) {
+			nng_msg_free(nng_aio_get_msg(c->aio));
+			nng_aio_set_msg(c->aio, NULL);
+		}
+		c->state = ST_RECV;
+		if (rv == NNG_ECLOSED) {
+			return;
+		}
+		nng_ctx_recv(c->ctx, c->aio);
+		return;
+	}
+	if (rv != 0) {
+		if (rv != NNG_ECLOSED) {
+			nng_ctx_recv(c->ctx, c->aio);
+		}
+		return;
+	}
+	c->state = ST_WORK;
+	pthread_mutex_lock(&r->mu);
+	runq_push(r, c); /* invariant 1 */
+	pthread_mutex_unlock(&r->mu);
+}
+
+int repl_primary_start(sl_repl *r, char *err, size_t cap)
+{
+	pthread_cond_init(&r->runq_cv, NULL);
+	if (pthread_create(&r->waker, NULL, waker_main, r) != 0) {
+		snprintf(err, cap, "cannot start the replication thread");
+		return SL_EIO;
+	}
+	r->waker_started = 1;
+	for (int i = 0; i < 4; i++) {
+		if (pthread_create(&r->workers[i], NULL, worker_main, r) != 0) {
+			snprintf(err, cap, "cannot start replication workers");
+			return SL_EIO;
+		}
+		r->nworkers++;
+	}
+	if (r->o.listen_url == NULL || r->o.listen_url[0] == '\0') {
+		return SL_OK;
+	}
+	int rv = nng_rep0_open(&r->sock);
+	if (rv != 0) {
+		snprintf(err, cap, "cannot open replication socket: %s", nng_strerror(rv));
+		return SL_EIO;
+	}
+	r->sock_open = 1;
+	nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ, REPL_REQ_LIMIT);
+	r->nctx = 64;
+	r->ctxs = calloc((size_t)r->nctx, sizeof(rctx));
+	if (r->ctxs == NULL) {
+		r->nctx = 0;
+		snprintf(err, cap, "out of memory");
+		return SL_ENOMEM;
+	}
+	for (int i = 0; i < r->nctx; i++) {
+		rctx *c = &r->ctxs[i];
+		c->r = r;
+		if ((rv = nng_aio_alloc(&c->aio, ctx_cb, c)) != 0 ||
+		    (rv = nng_ctx_open(&c->ctx, r->sock)) != 0) {
+			snprintf(err, cap, "cannot open replication context: %s", nng_strerror(rv));
+			return SL_ENOMEM;
+		}
+	}
+	rv = nng_listen(r->sock, r->o.listen_url, NULL, 0);
+	if (rv != 0) {
+		snprintf(err, cap, "cannot listen for replication on %s: %s", r->o.listen_url,
+		         nng_strerror(rv));
+		return rv == NNG_EADDRINUSE                                            ? SL_EBUSY
+		       : rv == NNG_EADDRINVAL || rv == NNG_EINVAL || rv == NNG_ENOTSUP ? SL_EINVAL
+		                                                                       : SL_EIO;
+	}
+	for (int i = 0; i < r->nctx; i++) {
+		r->ctxs[i].state = ST_RECV;
+		nng_ctx_recv(r->ctxs[i].ctx, r->ctxs[i].aio);
+	}
+	return SL_OK;
+}
+
+void repl_primary_stop(sl_repl *r)
+{
+	pthread_mutex_lock(&r->mu);
+	r->stopping = 1;
+	pthread_cond_broadcast(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+	if (r->waker_started) {
+		pthread_join(r->waker, NULL);
+	}
+	/* Workers drain the run queue (parked fetches answered empty), then
+	 * exit; the socket is closed after so the replies can go out. */
+	pthread_mutex_lock(&r->mu);
+	pthread_cond_broadcast(&r->runq_cv);
+	pthread_mutex_unlock(&r->mu);
+	for (int i = 0; i < r->nworkers; i++) {
+		pthread_join(r->workers[i], NULL);
+	}
+	if (r->sock_open) {
+		nng_close(r->sock);
+	}
+	for (int i = 0; i < r->nctx; i++) {
+		if (r->ctxs[i].aio != NULL) {
+			nng_aio_stop(r->ctxs[i].aio);
+		}
+	}
+	for (int i = 0; i < r->nctx; i++) {
+		nng_aio_free(r->ctxs[i].aio);
+		if (r->ctxs[i].q != NULL) {
+			shiplog__repl_request__free_unpacked(r->ctxs[i].q, NULL);
+		}
+	}
+	free(r->ctxs);
+	pthread_mutex_lock(&r->mu);
+	repl_snaps_close_all(r);
+	pthread_mutex_unlock(&r->mu);
+	pthread_cond_destroy(&r->runq_cv);
+}

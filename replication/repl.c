@@ -1,0 +1,449 @@
+/*
+ * repl.c — the replication object: start/stop, role changes (promote,
+ * follow), what the request path asks of replication (may I write? has seq
+ * been applied? how many followers have seq durably?) and statistics.
+ *
+ * Roles:
+ *
+ *            promote (new history id; (old id, applied) recorded)
+ *   follower ----------------------------------------------> primary
+ *      ^  \__ follow URL (re-point; same role)                 |
+ *      +-------------------------------------------------------+
+ *                         follow URL
+ *
+ * Invariant: the role and history in memory change only after DIR/REPL
+ * says so on disk (a crash never brings a node back in a role or history
+ * it had not recorded).
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "repl_int.h"
+
+uint64_t repl_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void repl_log(sl_repl *r, int level, const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (r != NULL && r->o.log_fn != NULL) {
+		r->o.log_fn(level, buf);
+	} else {
+		fprintf(stderr, "replication: %s\n", buf);
+	}
+}
+
+static void abs_deadline(struct timespec *ts, uint32_t ms)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+	ts->tv_sec += (time_t)(ms / 1000);
+	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
+{
+	err[0] = '\0';
+	sl_repl *r = calloc(1, sizeof(*r));
+	if (r == NULL) {
+		snprintf(err, cap, "out of memory");
+		return SL_ENOMEM;
+	}
+	r->o = *o;
+	snprintf(r->dir, sizeof(r->dir), "%s", o->dir);
+	size_t dl = strlen(r->dir);
+	while (dl > 1 && r->dir[dl - 1] == '/') {
+		r->dir[--dl] = '\0';
+	}
+	if (r->o.timeout_ms == 0) {
+		r->o.timeout_ms = 5000;
+	}
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->cv, NULL);
+	/* A resync that did not finish leaves DIR.resync: discard it. */
+	char tmp[4200];
+	snprintf(tmp, sizeof(tmp), "%s.resync", r->dir);
+	if (repl_rm_rf(tmp) != 0) {
+		repl_log(r, 2, "could not remove %s", tmp);
+	}
+	int rc = repl_state_load(r->dir, &r->st);
+	if (rc == SL_ENOTFOUND) {
+		uint8_t nid[8];
+		memset(&r->st, 0, sizeof(r->st));
+		if (repl_random(r->st.hid, SL_HID_BYTES) != SL_OK ||
+		    repl_random(nid, sizeof(nid)) != SL_OK) {
+			snprintf(err, cap, "getrandom failed");
+			free(r);
+			return SL_EIO;
+		}
+		repl_hex(nid, sizeof(nid), r->st.node_id);
+		r->st.role = ROLE_PRIMARY;
+		rc = SL_OK;
+		if (o->follow_url == NULL) {
+			rc = repl_state_save(r->dir, &r->st);
+		}
+	}
+	if (rc != SL_OK) {
+		snprintf(err, cap, "cannot read replication state %s/REPL: %s", r->dir,
+		         sl_strerror(rc));
+		free(r);
+		return rc;
+	}
+	if (o->follow_url != NULL && o->follow_url[0] != '\0') {
+		r->st.role = ROLE_FOLLOWER;
+		snprintf(r->st.primary, sizeof(r->st.primary), "%s", o->follow_url);
+		if ((rc = repl_state_save(r->dir, &r->st)) != SL_OK) {
+			snprintf(err, cap, "cannot write replication state %s/REPL: %s", r->dir,
+			         sl_strerror(rc));
+			free(r);
+			return rc;
+		}
+	}
+	uint64_t last = sl_last_seq(*o->dbp);
+	if (last < r->st.floor) {
+		last = r->st.floor;
+	}
+	atomic_store(&r->head, last);
+	atomic_store(&r->applied, last);
+	r->durable = 0;
+	atomic_store(&r->role, r->st.role);
+	rc = repl_primary_start(r, err, cap);
+	if (rc != SL_OK) {
+		sl_repl_stop(r);
+		return rc;
+	}
+	char hid[33];
+	repl_hex(r->st.hid, SL_HID_BYTES, hid);
+	repl_log(r, 1, "replication: node %s, %s, history %s, seq %llu%s%s", r->st.node_id,
+	         r->st.role == ROLE_FOLLOWER ? "follower" : "primary", hid,
+	         (unsigned long long)last, r->st.role == ROLE_FOLLOWER ? ", following " : "",
+	         r->st.role == ROLE_FOLLOWER ? r->st.primary : "");
+	if (r->st.role == ROLE_FOLLOWER) {
+		pthread_mutex_lock(&r->mu);
+		repl_follower_start(r);
+		pthread_mutex_unlock(&r->mu);
+	}
+	*out = r;
+	return SL_OK;
+}
+
+void sl_repl_stop(sl_repl *r)
+{
+	if (r == NULL) {
+		return;
+	}
+	repl_follower_stop(r);
+	repl_primary_stop(r);
+	pthread_cond_destroy(&r->cv);
+	pthread_mutex_destroy(&r->mu);
+	free(r);
+}
+
+const char *sl_repl_role(sl_repl *r)
+{
+	return r != NULL && atomic_load(&r->role) == ROLE_FOLLOWER ? "follower" : "primary";
+}
+
+void sl_repl_history_id(sl_repl *r, char hid[33])
+{
+	if (r == NULL) {
+		hid[0] = '\0';
+		return;
+	}
+	pthread_mutex_lock(&r->mu);
+	repl_hex(r->st.hid, SL_HID_BYTES, hid);
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* Followers seen within the timeout.  mu held. */
+static uint32_t connected_followers(sl_repl *r, uint64_t now)
+{
+	uint32_t n = 0;
+	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
+		const follower_ent *e = &r->followers[i];
+		if (e->used && now - e->last_seen_ms <= r->o.timeout_ms) {
+			n++;
+		}
+	}
+	return n;
+}
+
+int sl_repl_write_check(sl_repl *r, char *msg, size_t cap, char *primary, size_t pcap)
+{
+	if (primary != NULL && pcap > 0) {
+		primary[0] = '\0';
+	}
+	if (r == NULL) {
+		return SL_OK;
+	}
+	int rc = SL_OK;
+	pthread_mutex_lock(&r->mu);
+	if (atomic_load(&r->role) == ROLE_FOLLOWER) {
+		snprintf(msg, cap, "this node is a read-only follower; write to the primary at %s",
+		         r->st.primary[0] ? r->st.primary : "(unknown)");
+		if (primary != NULL) {
+			snprintf(primary, pcap, "%s", r->st.primary);
+		}
+		rc = SL_EREADONLY;
+	} else if (r->o.min_replicas > 0) {
+		uint32_t n = connected_followers(r, repl_now_ms());
+		if (n < r->o.min_replicas) {
+			snprintf(msg, cap,
+			         "not enough followers: %u connected, --min-replicas %u; writes "
+			         "refused",
+			         n, r->o.min_replicas);
+			rc = SL_EREADONLY;
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+	return rc;
+}
+
+void sl_repl_notify_write(sl_repl *r, uint64_t seq)
+{
+	if (r == NULL) {
+		return;
+	}
+	uint64_t h = atomic_load(&r->head);
+	while (h < seq && !atomic_compare_exchange_weak(&r->head, &h, seq)) {
+	}
+	pthread_mutex_lock(&r->mu);
+	if (r->parked != NULL) {
+		pthread_cond_broadcast(&r->cv);
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+int sl_repl_wait_applied(sl_repl *r, uint64_t seq, uint32_t timeout_ms, uint64_t *applied)
+{
+	if (r == NULL) {
+		return SL_OK;
+	}
+	if (atomic_load(&r->applied) >= seq && atomic_load(&r->head) >= seq) {
+		return SL_OK;
+	}
+	if (atomic_load(&r->role) == ROLE_PRIMARY) {
+		/* A primary has applied everything it has: waiting cannot help. */
+		uint64_t h = atomic_load(&r->head);
+		if (applied != NULL) {
+			*applied = h;
+		}
+		return h >= seq ? SL_OK : SL_EBEHIND;
+	}
+	struct timespec ts;
+	abs_deadline(&ts, timeout_ms);
+	pthread_mutex_lock(&r->mu);
+	atomic_fetch_add(&r->applied_waiters, 1);
+	while (atomic_load(&r->applied) < seq) {
+		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0) {
+			break;
+		}
+	}
+	atomic_fetch_sub(&r->applied_waiters, 1);
+	pthread_mutex_unlock(&r->mu);
+	uint64_t a = atomic_load(&r->applied);
+	if (applied != NULL) {
+		*applied = a;
+	}
+	return a >= seq ? SL_OK : SL_EBEHIND;
+}
+
+void sl_repl_ack_begin(sl_repl *r)
+{
+	if (r != NULL) {
+		atomic_fetch_add(&r->ack_waiters, 1);
+	}
+}
+
+void sl_repl_ack_end(sl_repl *r)
+{
+	if (r != NULL) {
+		atomic_fetch_sub(&r->ack_waiters, 1);
+	}
+}
+
+int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms, uint32_t *acked)
+{
+	*acked = 0;
+	if (r == NULL) {
+		return n == 0 ? SL_OK : SL_ETIMEDOUT;
+	}
+	struct timespec ts;
+	abs_deadline(&ts, timeout_ms);
+	pthread_mutex_lock(&r->mu);
+	/* Wake parked fetches so the followers hear "sync now". */
+	pthread_cond_broadcast(&r->cv);
+	for (;;) {
+		uint32_t k = 0;
+		for (int i = 0; i < SL_MAX_FOLLOW; i++) {
+			if (r->followers[i].used && r->followers[i].durable >= seq) {
+				k++;
+			}
+		}
+		*acked = k;
+		if (k >= n) {
+			break;
+		}
+		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0) {
+			break;
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+	return *acked >= n ? SL_OK : SL_ETIMEDOUT;
+}
+
+int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
+{
+	msg[0] = '\0';
+	if (r == NULL) {
+		hid[0] = '\0';
+		return SL_OK;
+	}
+	if (atomic_load(&r->role) == ROLE_PRIMARY) {
+		sl_repl_history_id(r, hid);
+		snprintf(msg, cap, "already the primary");
+		return SL_OK;
+	}
+	repl_follower_stop(r);
+	pthread_mutex_lock(&r->mu);
+	repl_state st = r->st;
+	uint64_t last = atomic_load(&r->applied);
+	if (st.nlinks == SL_MAX_LINKS) {
+		memmove(&st.links[0], &st.links[1], (SL_MAX_LINKS - 1) * sizeof(repl_link));
+		st.nlinks--;
+	}
+	memcpy(st.links[st.nlinks].id, st.hid, SL_HID_BYTES);
+	st.links[st.nlinks++].last_seq = last;
+	int rc = repl_random(st.hid, SL_HID_BYTES);
+	st.role = ROLE_PRIMARY;
+	st.primary[0] = '\0';
+	if (rc == SL_OK) {
+		rc = repl_state_save(r->dir, &st);
+	}
+	if (rc != SL_OK) {
+		snprintf(msg, cap, "cannot record the promotion: %s", sl_strerror(rc));
+		repl_follower_start(r);
+		pthread_mutex_unlock(&r->mu);
+		return rc;
+	}
+	r->st = st;
+	atomic_store(&r->role, ROLE_PRIMARY);
+	atomic_store(&r->head, last);
+	repl_hex(st.hid, SL_HID_BYTES, hid);
+	pthread_mutex_unlock(&r->mu);
+	repl_log(r, 1, "promoted to primary: history %s from seq %llu", hid,
+	         (unsigned long long)last);
+	return SL_OK;
+}
+
+int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
+{
+	msg[0] = '\0';
+	if (r == NULL) {
+		snprintf(msg, cap, "replication is not available on this server");
+		return SL_ENOTSUP;
+	}
+	if (url == NULL || url[0] == '\0' || strstr(url, "://") == NULL || strlen(url) >= 255) {
+		snprintf(msg, cap, "follow needs the primary's replication URL (tcp://HOST:PORT)");
+		return SL_EINVAL;
+	}
+	repl_follower_stop(r);
+	pthread_mutex_lock(&r->mu);
+	repl_state st = r->st;
+	st.role = ROLE_FOLLOWER;
+	snprintf(st.primary, sizeof(st.primary), "%s", url);
+	int rc = repl_state_save(r->dir, &st);
+	if (rc != SL_OK) {
+		snprintf(msg, cap, "cannot record the new primary: %s", sl_strerror(rc));
+		if (atomic_load(&r->role) == ROLE_FOLLOWER) {
+			repl_follower_start(r);
+		}
+		pthread_mutex_unlock(&r->mu);
+		return rc;
+	}
+	r->st = st;
+	atomic_store(&r->role, ROLE_FOLLOWER);
+	atomic_store(&r->applied, atomic_load(&r->head));
+	repl_follower_start(r);
+	pthread_mutex_unlock(&r->mu);
+	repl_log(r, 1, "now following %s", url);
+	return SL_OK;
+}
+
+int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->role = sl_repl_role(r);
+	out->state = "";
+	if (r == NULL) {
+		return SL_OK;
+	}
+	uint64_t now = repl_now_ms();
+	pthread_mutex_lock(&r->mu);
+	repl_hex(r->st.hid, SL_HID_BYTES, out->history_id);
+	snprintf(out->node_id, sizeof(out->node_id), "%s", r->st.node_id);
+	if (atomic_load(&r->role) == ROLE_FOLLOWER) {
+		snprintf(out->primary, sizeof(out->primary), "%s", r->st.primary);
+		out->state = r->fstate ? r->fstate : "";
+	}
+	out->applied_seq = atomic_load(&r->applied);
+	if (atomic_load(&r->role) == ROLE_PRIMARY) {
+		out->applied_seq = atomic_load(&r->head);
+	}
+	out->log_floor = r->st.floor;
+	out->resyncs_full = atomic_load(&r->resyncs_full);
+	out->resyncs_partial = atomic_load(&r->resyncs_partial);
+	out->bytes_fetched = atomic_load(&r->bytes_fetched);
+	out->records_fetched = atomic_load(&r->records_fetched);
+	out->bytes_served = atomic_load(&r->bytes_served);
+	out->records_served = atomic_load(&r->records_served);
+	out->refused_batches = atomic_load(&r->refused);
+	out->backlog_bytes = r->o.backlog_bytes;
+	out->protect_seq = r->protect_seq;
+	size_t n = 0;
+	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
+		n += r->followers[i].used;
+	}
+	out->followers = n ? calloc(n, sizeof(*out->followers)) : NULL;
+	uint64_t head = atomic_load(&r->head);
+	for (int i = 0; out->followers != NULL && i < SL_MAX_FOLLOW; i++) {
+		const follower_ent *e = &r->followers[i];
+		if (!e->used) {
+			continue;
+		}
+		sl_repl_follower_stat *f = &out->followers[out->n_followers++];
+		snprintf(f->node_id, sizeof(f->node_id), "%s", e->node_id);
+		snprintf(f->address, sizeof(f->address), "%s", e->address);
+		f->applied_seq = e->applied;
+		f->durable_seq = e->durable;
+		f->lag_records = head > e->applied ? head - e->applied : 0;
+		f->lag_ms = f->lag_records ? now - e->caught_up_ms : 0;
+		f->last_seen_ms_ago = now - e->last_seen_ms;
+		f->connected = now - e->last_seen_ms <= r->o.timeout_ms;
+	}
+	pthread_mutex_unlock(&r->mu);
+	return SL_OK;
+}
+
+void sl_repl_stats_free(sl_repl_stats *s)
+{
+	if (s != NULL) {
+		free(s->followers);
+		s->followers = NULL;
+		s->n_followers = 0;
+	}
+}

@@ -1,0 +1,147 @@
+/*
+ * repl.h — replication: a primary streams its log to followers that replay
+ * it (DESIGN.md §3, docs/replication.md).
+ *
+ * One sl_repl per node.  It owns:
+ *  - the node's persistent replication state (DIR/REPL: node id, history id
+ *    and its ancestors, role, primary URL, log floor);
+ *  - the primary side: a REP socket on --repl-listen served by nng contexts
+ *    and its own worker threads (fetches with long poll, snapshot chunks for
+ *    full resyncs, the follower table, acks, the backlog kept out of
+ *    compaction);
+ *  - the follower side: one fetch-loop thread (fetch, apply, report the
+ *    durable seq, reconnect with backoff, full resync into a sibling
+ *    directory swapped in atomically).
+ *
+ * The store: the node keeps `sl_db *` in *o->dbp and guards every use of it
+ * with a read lock on *o->db_lock; a full resync takes the write lock only
+ * to close the old store, swap the directories and reopen (reads go on from
+ * the old store while the snapshot loads).
+ *
+ * Errors: SL_* codes (storage/shiplog.h, proto/status.h).  Every function
+ * accepts r == NULL (a node without replication) and then behaves as a
+ * lone primary.
+ */
+#ifndef SL_REPL_H
+#define SL_REPL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shiplog.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SL_REPL_DEFAULT_URL "tcp://127.0.0.1:7520"
+
+typedef struct sl_repl sl_repl;
+
+/* Log levels passed to log_fn: as node/log.h (0 debug … 3 error). */
+typedef void (*sl_repl_log_fn)(int level, const char *msg);
+
+typedef struct sl_repl_opts {
+	const char *dir;           /* the data directory (state in DIR/REPL) */
+	const sl_options *db_opts; /* to open the resync store and reopen */
+	sl_db **dbp;               /* the node's store pointer (swapped by full resyncs) */
+	pthread_rwlock_t *db_lock; /* read: any use of *dbp; write: the swap */
+	const char *listen_url;    /* NULL: serve no fetches */
+	const char *follow_url;    /* non-NULL: follow it (else the persisted role) */
+	const char *self_url;      /* this node's client URL (follower table, errors) */
+	uint64_t backlog_bytes;    /* --repl-backlog-bytes */
+	uint32_t min_replicas;     /* --min-replicas */
+	uint32_t timeout_ms;       /* a follower unseen this long is disconnected */
+	uint32_t min_seq_wait_ms;  /* longest a min_seq read waits */
+	size_t max_record_bytes;   /* largest raw record (key + value limits + header) */
+	sl_repl_log_fn log_fn;
+} sl_repl_opts;
+
+/* Loads (or creates) DIR/REPL, discards a half-done resync directory,
+ * listens on o->listen_url and starts following when the node is a
+ * follower.  SL_EBUSY (address in use), SL_EINVAL (bad URL), SL_EIO
+ * (state file), SL_ENOMEM; err gets one line.  The options' strings and
+ * pointers must outlive r. */
+int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap);
+
+/* Stops the fetch loop and the listener and frees r.  NULL is fine.  Call
+ * after the client server has stopped and before the store is closed. */
+void sl_repl_stop(sl_repl *r);
+
+/* "primary" or "follower" (static). */
+const char *sl_repl_role(sl_repl *r);
+
+/* SL_OK when writes are accepted now; else SL_EREADONLY with a message in
+ * msg and, on a follower, the primary's replication URL copied into
+ * primary (cap bytes; "" when unknown). */
+int sl_repl_write_check(sl_repl *r, char *msg, size_t cap, char *primary, size_t pcap);
+
+/* Recomputes the backlog limit handed to sl_compact_protect now (it is
+ * otherwise refreshed every second): call before a manual compaction.
+ * Takes the store read lock itself. */
+void sl_repl_protect_update(sl_repl *r);
+
+/* A write of seq was made: wakes fetches waiting for new records. */
+void sl_repl_notify_write(sl_repl *r, uint64_t seq);
+
+/* Waits up to timeout_ms for the node to have applied seq.  SL_OK, or
+ * SL_EBEHIND with *applied (may be NULL) set to the applied seq. */
+int sl_repl_wait_applied(sl_repl *r, uint64_t seq, uint32_t timeout_ms, uint64_t *applied);
+
+/* Acks: call begin before a write that will wait for acks (so fetch
+ * replies ask followers to sync at once), then wait, then end. */
+void sl_repl_ack_begin(sl_repl *r);
+void sl_repl_ack_end(sl_repl *r);
+
+/* Waits up to timeout_ms until n followers report durable_seq >= seq.
+ * *acked gets how many did.  SL_OK or SL_ETIMEDOUT. */
+int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms, uint32_t *acked);
+
+/* Follower → primary: stops the fetch loop, records (old history id,
+ * applied seq) and starts a new history.  hid gets the new id (33 bytes).
+ * SL_OK (also when already primary: nothing changes). */
+int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap);
+
+/* Re-points the node at url (becoming a follower if it was a primary).
+ * SL_EINVAL for an empty/bad url. */
+int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap);
+
+/* The current history id (33 bytes, hex). */
+void sl_repl_history_id(sl_repl *r, char hid[33]);
+
+typedef struct sl_repl_follower_stat {
+	char node_id[40];
+	char address[128];
+	uint64_t applied_seq, durable_seq;
+	uint64_t lag_records, lag_bytes, lag_ms;
+	uint64_t last_seen_ms_ago;
+	int connected;
+} sl_repl_follower_stat;
+
+typedef struct sl_repl_stats {
+	const char *role;
+	char history_id[33];
+	char node_id[40];
+	char primary[256]; /* follower: the URL followed */
+	const char *state; /* follower: "connecting", "streaming", "resyncing" */
+	uint64_t applied_seq;
+	uint64_t log_floor; /* below it this node cannot serve a partial resync */
+	uint64_t resyncs_full, resyncs_partial;
+	uint64_t bytes_fetched, records_fetched; /* follower side */
+	uint64_t bytes_served, records_served;   /* primary side */
+	uint64_t refused_batches;                /* follower: fetch replies refused (bad records) */
+	uint64_t backlog_bytes, protect_seq;
+	size_t n_followers;
+	sl_repl_follower_stat *followers; /* malloc'd; sl_repl_stats_free */
+} sl_repl_stats;
+
+/* Fills *out.  Takes no store lock beyond what it documents: safe on
+ * worker threads. */
+int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out);
+void sl_repl_stats_free(sl_repl_stats *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,131 @@
+/*
+ * repl_int.h — what the replication files share (not a public API):
+ * the persistent state (state.c), the sl_repl object, and the entry points
+ * of the primary side (primary.c) and the follower side (follower.c).
+ */
+#ifndef SL_REPL_INT_H
+#define SL_REPL_INT_H
+
+#include <nng/nng.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "repl.h"
+#include "shiplog.pb-c.h"
+
+#define SL_HID_BYTES  16
+#define SL_MAX_LINKS  64
+#define SL_MAX_FOLLOW 64
+#define SL_MAX_SNAPS  8
+
+enum { ROLE_PRIMARY, ROLE_FOLLOWER };
+
+/* One ancestor: history `id` ended at last_seq when its successor began. */
+typedef struct repl_link {
+	uint8_t id[SL_HID_BYTES];
+	uint64_t last_seq;
+} repl_link;
+
+/* DIR/REPL, written whole: temp, fsync, rename, fsync dir. */
+typedef struct repl_state {
+	char node_id[17]; /* 16 hex */
+	uint8_t hid[SL_HID_BYTES];
+	int role;
+	char primary[256]; /* follower: the URL followed */
+	uint64_t floor;    /* the log is contiguous only above it (full resync head) */
+	size_t nlinks;
+	repl_link links[SL_MAX_LINKS]; /* oldest first */
+} repl_state;
+
+/* state.c */
+int repl_state_load(const char *dir, repl_state *st); /* SL_ENOTFOUND when absent */
+int repl_state_save(const char *dir, const repl_state *st);
+int repl_random(void *buf, size_t n);
+void repl_hex(const uint8_t *b, size_t n, char *out); /* out: 2n+1 */
+int repl_rm_rf(const char *path);
+
+typedef struct follower_ent {
+	int used;
+	char node_id[40];
+	char address[128];
+	uint64_t applied, durable;
+	uint64_t last_seen_ms;
+	uint64_t caught_up_ms; /* last time applied reached head */
+} follower_ent;
+
+typedef struct snap_sess {
+	uint64_t id;
+	sl_snapshot *sn;
+	uint64_t head;
+	uint64_t next_chunk;
+	uint64_t last_ms;
+	int busy;
+} snap_sess;
+
+struct rctx;
+
+struct sl_repl {
+	sl_repl_opts o;
+	char dir[4096];
+
+	pthread_mutex_t mu; /* everything below unless said otherwise */
+	pthread_cond_t cv;  /* state changes: applied, acks, parked fetches, stop */
+	repl_state st;
+	atomic_int role;
+	atomic_uint_fast64_t head;    /* the store's last seq, as writes report it */
+	atomic_uint_fast64_t applied; /* follower: last seq applied */
+	atomic_int ack_waiters;
+	atomic_int applied_waiters;
+	int stopping;
+
+	/* primary side (primary.c) */
+	nng_socket sock;
+	int sock_open;
+	struct rctx *ctxs;
+	int nctx;
+	struct rctx *runq_head, *runq_tail; /* ready for a worker */
+	struct rctx *parked;                /* long polls waiting for records */
+	pthread_cond_t runq_cv;
+	pthread_t workers[4];
+	int nworkers;
+	pthread_t waker;
+	int waker_started;
+	follower_ent followers[SL_MAX_FOLLOW];
+	snap_sess snaps[SL_MAX_SNAPS];
+	uint64_t next_snap_id;
+	uint64_t protect_seq;
+	atomic_uint_fast64_t bytes_served, records_served;
+
+	/* follower side (follower.c) */
+	pthread_t fetcher;
+	int fetcher_started;
+	int fetch_stop;   /* ask the fetch loop to end */
+	nng_socket fsock; /* the loop's REQ socket (closed to interrupt it) */
+	int fsock_open;
+	const char *fstate; /* "connecting", "streaming", "resyncing" */
+	uint64_t durable;   /* follower: highest seq known synced */
+	atomic_uint_fast64_t resyncs_full, resyncs_partial;
+	atomic_uint_fast64_t bytes_fetched, records_fetched, refused;
+};
+
+void repl_log(sl_repl *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+uint64_t repl_now_ms(void);
+
+/* primary.c */
+int repl_primary_start(sl_repl *r, char *err, size_t cap);
+void repl_primary_stop(sl_repl *r);
+/* Closes every open snapshot (before the store is swapped).  mu held. */
+void repl_snaps_close_all(sl_repl *r);
+
+/* follower.c */
+void repl_follower_start(sl_repl *r); /* mu held */
+void repl_follower_stop(sl_repl *r);  /* mu NOT held; joins the loop */
+
+/* Splits a buffer of raw records; calls fn on each.  Returns SL_OK or
+ * SL_ECORRUPT (a record's header does not fit the buffer or its limits),
+ * or fn's first error. */
+int repl_split_records(const uint8_t *p, size_t len, size_t max_rec,
+                       int (*fn)(void *arg, const uint8_t *rec, size_t n, uint64_t seq), void *arg);
+
+#endif
