@@ -218,6 +218,14 @@ static int serve_fetch(rctx *c)
 		reply_fetch_status(c, SL_EPROTO, "fetch without from_seq");
 		return 0;
 	}
+	/* The head as the store has it: a write's notification may lag the
+	 * records a previous fetch already returned. */
+	pthread_rwlock_rdlock(r->o.db_lock);
+	uint64_t dbhead = sl_last_seq(*r->o.dbp);
+	pthread_rwlock_unlock(r->o.db_lock);
+	uint64_t h0 = atomic_load(&r->head);
+	while (h0 < dbhead && !atomic_compare_exchange_weak(&r->head, &h0, dbhead)) {
+	}
 	pthread_mutex_lock(&r->mu);
 	if (!c->parked_once) {
 		table_update(r, f, now);

@@ -1,0 +1,204 @@
+/*
+ * test_repl_basic.c — one primary and two followers as real processes:
+ * convergence under a mixed load, read-only followers that name the
+ * primary, read-your-writes with min_seq, --acks and wait, a follower
+ * killed (SIGKILL) mid-stream that resumes with a partial resync, and
+ * followers compacting on their own while replicating.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include "replutil.h"
+
+static char *root;
+static ru_node P, F1, F2;
+
+static int setup(void **state)
+{
+	(void)state;
+	root = tu_mkdtemp("repl-basic");
+	if (root == NULL) {
+		return -1;
+	}
+	char dir[TU_PATH];
+	const char *pex[] = {"--segment-bytes", "64k", NULL};
+	snprintf(dir, sizeof(dir), "%s/p", root);
+	if (ru_start(&P, dir, NULL, pex) != 0) {
+		return -1;
+	}
+	const char *fex[] = {"--segment-bytes", "64k", "--min-seq-wait-ms", "2000", NULL};
+	snprintf(dir, sizeof(dir), "%s/f1", root);
+	if (ru_start(&F1, dir, P.rurl, fex) != 0) {
+		return -1;
+	}
+	snprintf(dir, sizeof(dir), "%s/f2", root);
+	if (ru_start(&F2, dir, P.rurl, fex) != 0) {
+		return -1;
+	}
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	nu_stop(&F2.d, SIGTERM);
+	nu_stop(&F1.d, SIGTERM);
+	nu_stop(&P.d, SIGTERM);
+	if (getenv("SL_TEST_KEEP") == NULL) {
+		tu_rm_rf(root);
+	}
+	free(root);
+	return 0;
+}
+
+static void test_converge_mixed_load(void **state)
+{
+	(void)state;
+	ru_node *f[] = {&F1, &F2};
+	for (int round = 0; round < 3; round++) {
+		ru_load(&P, "mix", 3000, round);
+	}
+	ru_assert_converged(&P, f, 2);
+	char role[32];
+	ru_stat(&F1, "role", role, sizeof(role));
+	assert_string_equal(role, "follower");
+	assert_int_equal(ru_stat(&P, "followers_connected", NULL, 0), 2);
+	assert_int_equal(ru_stat(&F1, "resyncs_full", NULL, 0), 0);
+}
+
+static void test_follower_read_only(void **state)
+{
+	(void)state;
+	sl_client *c = ru_client(&F1);
+	assert_non_null(c);
+	uint64_t seq = 0;
+	assert_int_equal(sl_client_put(c, "ro", 2, "x", 1, &seq), SL_EREADONLY);
+	assert_non_null(strstr(sl_client_errmsg(c), P.rurl));
+	assert_string_equal(sl_client_primary(c), P.rurl);
+	assert_int_equal(sl_client_del(c, "mix00000", 8, NULL), SL_EREADONLY);
+	/* reads are served */
+	void *v = NULL;
+	size_t vl = 0;
+	assert_int_equal(sl_client_get(c, "mix00000", 8, &v, &vl, NULL), SL_OK);
+	free(v);
+	sl_client_stats *st = NULL;
+	assert_int_equal(sl_client_stats_get(c, &st), SL_OK);
+	sl_client_stats_free(st);
+	sl_client_close(c);
+}
+
+static void test_min_seq_on_follower(void **state)
+{
+	(void)state;
+	sl_client *p = ru_client(&P), *f = ru_client(&F2);
+	assert_non_null(p);
+	assert_non_null(f);
+	for (int i = 0; i < 50; i++) {
+		uint64_t seq = 0;
+		char v[32];
+		snprintf(v, sizeof(v), "ryw-%d", i);
+		assert_int_equal(sl_client_put(p, "ryw", 3, v, strlen(v), &seq), SL_OK);
+		sl_client_set_min_seq(f, seq);
+		void *got = NULL;
+		size_t gl = 0;
+		uint64_t gs = 0;
+		assert_int_equal(sl_client_get(f, "ryw", 3, &got, &gl, &gs), SL_OK);
+		assert_int_equal(gl, strlen(v));
+		assert_memory_equal(got, v, gl);
+		assert_true(gs >= seq);
+		free(got);
+	}
+	/* far ahead: answered behind, with the applied seq */
+	sl_client_set_min_seq(f, ru_last_seq(&P) + 1000000);
+	void *got = NULL;
+	size_t gl = 0;
+	assert_int_equal(sl_client_get(f, "ryw", 3, &got, &gl, NULL), SL_EBEHIND);
+	sl_client_close(p);
+	sl_client_close(f);
+}
+
+static void test_acks_and_wait(void **state)
+{
+	(void)state;
+	sl_client *p = ru_client(&P);
+	assert_non_null(p);
+	sl_client_set_acks(p, 1, 5000);
+	for (int i = 0; i < 20; i++) {
+		uint64_t seq = 0;
+		assert_int_equal(sl_client_put(p, "acked", 5, "v", 1, &seq), SL_OK);
+		assert_true(sl_client_last_acks(p) >= 1);
+	}
+	sl_client_set_acks(p, 2, 5000);
+	assert_int_equal(sl_client_put(p, "acked2", 6, "v", 1, NULL), SL_OK);
+	assert_int_equal(sl_client_last_acks(p), 2);
+	/* three followers do not exist: the write is made, the ack times out */
+	sl_client_set_acks(p, 3, 300);
+	uint64_t seq = 0;
+	assert_int_equal(sl_client_put(p, "acked3", 6, "v", 1, &seq), SL_ETIMEDOUT);
+	assert_true(seq > 0);
+	assert_int_equal(sl_client_last_acks(p), 2);
+	sl_client_set_acks(p, 0, 0);
+	uint32_t acks = 0;
+	assert_int_equal(sl_client_wait(p, 2, 0, 5000, &acks), SL_OK);
+	assert_int_equal(acks, 2);
+	assert_int_equal(sl_client_wait(p, 3, 0, 200, &acks), SL_OK);
+	assert_int_equal(acks, 2);
+	sl_client_close(p);
+}
+
+static void test_kill_follower_partial_resync(void **state)
+{
+	(void)state;
+	ru_node *f[] = {&F1, &F2};
+	uint64_t partial0 = ru_stat(&F1, "resyncs_partial", NULL, 0);
+	/* kill it while records stream */
+	sl_client *c = ru_client(&P);
+	assert_non_null(c);
+	char k[32];
+	for (int i = 0; i < 300; i++) {
+		snprintf(k, sizeof(k), "kill%04d", i);
+		assert_int_equal(sl_client_put(c, k, strlen(k), k, strlen(k), NULL), SL_OK);
+		if (i == 150) {
+			kill(F1.d.pid, SIGKILL);
+			nu_wait_exit(F1.d.pid, 5000);
+			F1.d.pid = -1;
+		}
+	}
+	sl_client_close(c);
+	ru_load(&P, "kill-more", 2000, 1);
+	assert_int_equal(ru_start(&F1, NULL, NULL, NULL), 0);
+	ru_assert_converged(&P, f, 2);
+	assert_int_equal(ru_stat(&F1, "resyncs_full", NULL, 0), 0);
+	uint64_t partial = ru_stat(&F1, "resyncs_partial", NULL, 0);
+	(void)partial0; /* counters restart with the process */
+	assert_true(partial >= 1);
+}
+
+static void test_followers_compact_independently(void **state)
+{
+	(void)state;
+	ru_node *f[] = {&F1, &F2};
+	for (int round = 0; round < 4; round++) {
+		ru_load(&P, "cmp", 1500, round);
+		sl_client *c = ru_client(round % 2 ? &F1 : &F2);
+		assert_non_null(c);
+		sl_client_set_timeout(c, 60000);
+		assert_int_equal(sl_client_compact(c), SL_OK);
+		sl_client_close(c);
+	}
+	ru_assert_converged(&P, f, 2);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_converge_mixed_load),
+	    cmocka_unit_test(test_follower_read_only),
+	    cmocka_unit_test(test_min_seq_on_follower),
+	    cmocka_unit_test(test_acks_and_wait),
+	    cmocka_unit_test(test_kill_follower_partial_resync),
+	    cmocka_unit_test(test_followers_compact_independently),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
