@@ -278,6 +278,11 @@ static int full_resync(sl_repl *r, const char *url)
 	uint64_t t0 = repl_now_ms();
 	sl_options o = *r->o.db_opts;
 	o.compact_background = 0;
+	/* One sync at the end (below), and few big segments while loading. */
+	o.sync = SL_SYNC_NO;
+	if (o.segment_bytes < (64ull << 20)) {
+		o.segment_bytes = 64ull << 20;
+	}
 	sl_db *db = NULL;
 	int rc = sl_open(tmp, &o, &db);
 	if (rc != SL_OK) {
