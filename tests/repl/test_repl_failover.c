@@ -1,0 +1,162 @@
+/*
+ * test_repl_failover.c — kill the primary (SIGKILL) under --acks 1 writes,
+ * promote the most advanced follower, re-point the other (partial: it is
+ * not ahead of the promotion seq) and the old primary, which holds an
+ * unreplicated tail (full resync).  No acknowledged write is lost and all
+ * three digests end equal.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include "replutil.h"
+
+static char *root;
+static ru_node P, F1, F2;
+
+#define NKEYS 400
+
+static int setup(void **state)
+{
+	(void)state;
+	root = tu_mkdtemp("repl-failover");
+	if (root == NULL) {
+		return -1;
+	}
+	char dir[TU_PATH];
+	const char *ex[] = {"--segment-bytes", "64k", NULL};
+	snprintf(dir, sizeof(dir), "%s/p", root);
+	if (ru_start(&P, dir, NULL, ex) != 0) {
+		return -1;
+	}
+	snprintf(dir, sizeof(dir), "%s/f1", root);
+	if (ru_start(&F1, dir, P.rurl, ex) != 0) {
+		return -1;
+	}
+	snprintf(dir, sizeof(dir), "%s/f2", root);
+	if (ru_start(&F2, dir, P.rurl, ex) != 0) {
+		return -1;
+	}
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	nu_stop(&F2.d, SIGTERM);
+	nu_stop(&F1.d, SIGTERM);
+	nu_stop(&P.d, SIGTERM);
+	if (getenv("SL_TEST_KEEP") == NULL) {
+		tu_rm_rf(root);
+	}
+	free(root);
+	return 0;
+}
+
+static void test_failover(void **state)
+{
+	(void)state;
+	/* acknowledged[i]: the last value of key i whose write got acks >= 1 */
+	static int acked[NKEYS];
+	memset(acked, -1, sizeof(acked));
+	sl_client *c = ru_client(&P);
+	assert_non_null(c);
+	sl_client_set_acks(c, 1, 5000);
+	char k[32], v[32];
+	for (int round = 0; round < 3; round++) {
+		for (int i = 0; i < NKEYS; i++) {
+			snprintf(k, sizeof(k), "fo%04d", i);
+			snprintf(v, sizeof(v), "r%d-%d", round, i);
+			int rc = sl_client_put(c, k, strlen(k), v, strlen(v), NULL);
+			if (rc == SL_OK && sl_client_last_acks(c) >= 1) {
+				acked[i] = round;
+			}
+		}
+	}
+	/* An unreplicated tail on the primary: followers paused, writes
+	 * without acks, then the primary dies. */
+	kill(F1.d.pid, SIGSTOP);
+	kill(F2.d.pid, SIGSTOP);
+	sl_client_set_acks(c, 0, 0);
+	/* The followers' parked fetches are answered by this first write
+	 * (its reply waits in their sockets); nothing asks for the rest. */
+	nu_sleep_ms(100);
+	assert_int_equal(sl_client_put(c, "bait", 4, "b", 1, NULL), SL_OK);
+	nu_sleep_ms(300);
+	for (int i = 0; i < 50; i++) {
+		snprintf(k, sizeof(k), "tail%04d", i);
+		assert_int_equal(sl_client_put(c, k, strlen(k), "lost", 4, NULL), SL_OK);
+	}
+	sl_client_close(c);
+	kill(P.d.pid, SIGKILL);
+	nu_wait_exit(P.d.pid, 5000);
+	P.d.pid = -1;
+	kill(F1.d.pid, SIGCONT);
+	kill(F2.d.pid, SIGCONT);
+
+	/* promote the follower that applied the most */
+	uint64_t a1 = ru_stat(&F1, "applied_seq", NULL, 0);
+	uint64_t a2 = ru_stat(&F2, "applied_seq", NULL, 0);
+	ru_node *np = a1 >= a2 ? &F1 : &F2, *other = a1 >= a2 ? &F2 : &F1;
+	c = ru_client(np);
+	assert_non_null(c);
+	char hid[33];
+	assert_int_equal(sl_client_promote(c, hid), SL_OK);
+	assert_int_equal(strlen(hid), 32);
+	sl_client_close(c);
+	char role[32];
+	ru_stat(np, "role", role, sizeof(role));
+	assert_string_equal(role, "primary");
+
+	/* re-point the other follower: it continues without a full resync */
+	c = ru_client(other);
+	assert_non_null(c);
+	assert_int_equal(sl_client_follow(c, np->rurl, NULL), SL_OK);
+	sl_client_close(c);
+	/* new writes on the new primary */
+	ru_load(np, "new", 500, 0);
+	/* the old primary comes back as a follower of the new one */
+	snprintf(P.follow, sizeof(P.follow), "%s", np->rurl);
+	assert_int_equal(ru_start(&P, NULL, NULL, NULL), 0);
+	ru_node *fs[] = {other, &P};
+	ru_assert_converged(np, fs, 2);
+	assert_int_equal(ru_stat(other, "resyncs_full", NULL, 0), 0);
+	assert_true(ru_stat(&P, "resyncs_full", NULL, 0) >= 1);
+
+	/* no acknowledged write lost; the unreplicated tail is gone */
+	c = ru_client(np);
+	assert_non_null(c);
+	for (int i = 0; i < NKEYS; i++) {
+		if (acked[i] < 0) {
+			continue;
+		}
+		snprintf(k, sizeof(k), "fo%04d", i);
+		void *got = NULL;
+		size_t gl = 0;
+		assert_int_equal(sl_client_get(c, k, strlen(k), &got, &gl, NULL), SL_OK);
+		int round = -1, idx = -1;
+		char buf[32];
+		snprintf(buf, sizeof(buf), "%.*s", (int)gl, (char *)got);
+		assert_int_equal(sscanf(buf, "r%d-%d", &round, &idx), 2);
+		assert_true(round >= acked[i]);
+		free(got);
+	}
+	sl_client_close(c);
+	c = ru_client(&P);
+	assert_non_null(c);
+	void *got = NULL;
+	size_t gl = 0;
+	assert_int_equal(sl_client_get(c, "tail0000", 8, &got, &gl, NULL), SL_ENOTFOUND);
+	/* the old primary is read-only now and names the new one */
+	assert_int_equal(sl_client_put(c, "x", 1, "y", 1, NULL), SL_EREADONLY);
+	assert_string_equal(sl_client_primary(c), np->rurl);
+	sl_client_close(c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_failover),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
