@@ -1,0 +1,189 @@
+/*
+ * test_repl_garbage.c — a test-only fake primary (a REP socket in this
+ * process) answers a real follower's fetches with garbage, truncated
+ * records, a bad checksum, a seq that goes backwards and a malformed
+ * message.  The follower must refuse each (counting it), reconnect, resume
+ * from the last good record and store nothing bad.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+
+#include "replutil.h"
+#include "shiplog.pb-c.h"
+
+static char *root;
+static ru_node F;
+static nng_socket fake;
+static char fake_url[64];
+static uint8_t hid[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+
+static int setup(void **state)
+{
+	(void)state;
+	root = tu_mkdtemp("repl-garbage");
+	if (root == NULL || nng_rep0_open(&fake) != 0) {
+		return -1;
+	}
+	snprintf(fake_url, sizeof(fake_url), "tcp://127.0.0.1:%d", nu_free_port());
+	if (nng_listen(fake, fake_url, NULL, 0) != 0) {
+		return -1;
+	}
+	nng_socket_set_ms(fake, NNG_OPT_RECVTIMEO, 15000);
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/f", root);
+	return ru_start(&F, dir, fake_url, NULL);
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	nu_stop(&F.d, SIGTERM);
+	nng_close(fake);
+	if (getenv("SL_TEST_KEEP") == NULL) {
+		tu_rm_rf(root);
+	}
+	free(root);
+	return 0;
+}
+
+/* A raw record (storage/format.h) appended to b at *len. */
+static void rec(uint8_t *b, size_t *len, uint64_t seq, const char *k, const char *v)
+{
+	uint8_t *h = b + *len;
+	size_t kl = strlen(k), vl = strlen(v);
+	h[4] = 1;
+	h[5] = 0;
+	sl_put16(h + 6, (uint16_t)kl);
+	sl_put32(h + 8, (uint32_t)vl);
+	sl_put64(h + 12, seq);
+	sl_put64(h + 20, 0);
+	memcpy(h + 28, k, kl);
+	memcpy(h + 28 + kl, v, vl);
+	sl_put32(h, tu_crc32c(h + 4, 24 + kl + vl));
+	*len += 28 + kl + vl;
+}
+
+/* Receives the next fetch; returns its from_seq. */
+static uint64_t next_fetch(void)
+{
+	nng_msg *m = NULL;
+	assert_int_equal(nng_recvmsg(fake, &m, 0), 0);
+	Shiplog__ReplRequest *q =
+	    shiplog__repl_request__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	nng_msg_free(m);
+	assert_non_null(q);
+	assert_int_equal(q->op_case, SHIPLOG__REPL_REQUEST__OP_FETCH);
+	uint64_t from = q->fetch->from_seq;
+	shiplog__repl_request__free_unpacked(q, NULL);
+	return from;
+}
+
+static void reply_records(const uint8_t *b, size_t len)
+{
+	Shiplog__ReplReply rep = SHIPLOG__REPL_REPLY__INIT;
+	Shiplog__FetchReply f = SHIPLOG__FETCH_REPLY__INIT;
+	f.has_status = 1;
+	f.status = SL_OK;
+	f.has_records = 1;
+	f.records.data = (uint8_t *)b;
+	f.records.len = len;
+	f.has_head_seq = 1;
+	f.head_seq = 100;
+	f.has_history_id = 1;
+	f.history_id.data = hid;
+	f.history_id.len = 16;
+	rep.op_case = SHIPLOG__REPL_REPLY__OP_FETCH;
+	rep.fetch = &f;
+	nng_msg *m = NULL;
+	size_t sz = shiplog__repl_reply__get_packed_size(&rep);
+	assert_int_equal(nng_msg_alloc(&m, sz), 0);
+	shiplog__repl_reply__pack(&rep, nng_msg_body(m));
+	assert_int_equal(nng_sendmsg(fake, m, 0), 0);
+}
+
+static void reply_raw(const void *b, size_t len)
+{
+	nng_msg *m = NULL;
+	assert_int_equal(nng_msg_alloc(&m, len), 0);
+	memcpy(nng_msg_body(m), b, len);
+	assert_int_equal(nng_sendmsg(fake, m, 0), 0);
+}
+
+static void test_fake_primary_garbage(void **state)
+{
+	(void)state;
+	uint8_t b[4096];
+	size_t len;
+
+	/* 1. random bytes as records */
+	assert_int_equal(next_fetch(), 1);
+	tu_rng rng;
+	tu_rng_seed(&rng, 42);
+	tu_rng_fill(&rng, b, 300);
+	reply_records(b, 300);
+
+	/* 2. a truncated record */
+	assert_int_equal(next_fetch(), 1);
+	len = 0;
+	rec(b, &len, 1, "trunc", "0123456789abcdef");
+	reply_records(b, len - 5);
+
+	/* 3. a checksum mismatch */
+	assert_int_equal(next_fetch(), 1);
+	len = 0;
+	rec(b, &len, 1, "badcrc", "value");
+	b[len - 1] ^= 0x40;
+	reply_records(b, len);
+
+	/* 4. not a ReplReply at all */
+	assert_int_equal(next_fetch(), 1);
+	reply_raw("\xff\xff\xff\xff garbage", 13);
+
+	/* 5. one good record, then one whose seq goes backwards */
+	assert_int_equal(next_fetch(), 1);
+	len = 0;
+	rec(b, &len, 5, "good", "yes");
+	rec(b, &len, 3, "back", "no");
+	reply_records(b, len);
+
+	/* 6. the follower resumes after the good record */
+	assert_int_equal(next_fetch(), 6);
+	len = 0;
+	rec(b, &len, 6, "good2", "yes2");
+	reply_records(b, len);
+	assert_int_equal(next_fetch(), 7);
+	reply_records(b, 0);
+
+	assert_int_equal(ru_wait_applied(&F, 6, 10000), 0);
+	sl_client *c = ru_client(&F);
+	assert_non_null(c);
+	void *v = NULL;
+	size_t vl = 0;
+	assert_int_equal(sl_client_get(c, "good", 4, &v, &vl, NULL), SL_OK);
+	assert_int_equal(vl, 3);
+	assert_memory_equal(v, "yes", 3);
+	free(v);
+	assert_int_equal(sl_client_get(c, "good2", 5, &v, &vl, NULL), SL_OK);
+	free(v);
+	const char *bad[] = {"trunc", "badcrc", "back"};
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(sl_client_get(c, bad[i], strlen(bad[i]), &v, &vl, NULL),
+		                 SL_ENOTFOUND);
+	}
+	sl_client_close(c);
+	assert_int_equal(ru_stat(&F, "keys", NULL, 0), 2);
+	assert_true(ru_stat(&F, "repl_refused_batches", NULL, 0) >= 4);
+	assert_int_equal(ru_stat(&F, "corrupt_records", NULL, 0), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_fake_primary_garbage),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
