@@ -179,7 +179,7 @@ static int apply_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
 	if (seq <= a->last) {
 		return SL_EINVAL; /* invariant 2: seqs rise */
 	}
-	int rc = sl_apply_raw(a->db, rec, n);
+	int rc = sl_apply_raw_ex(a->db, rec, n, SL_NOWAIT); /* one sync per batch, below */
 	if (rc != SL_OK) {
 		return rc;
 	}
@@ -569,6 +569,13 @@ static void *fetch_main(void *arg)
 			atomic_fetch_add(&r->bytes_fetched, fr->records.len);
 			uint64_t h = atomic_load(&r->head);
 			while (h < a.last && !atomic_compare_exchange_weak(&r->head, &h, a.last)) {
+			}
+		}
+		if (a.count > 0 && sl_sync_policy(db) == SL_SYNC_ALWAYS) {
+			/* --sync always: the batch is durable before the next fetch
+			 * reports it, with one fdatasync for all its records. */
+			if (sl_sync_wait(db, a.last) != SL_OK) {
+				rc = SL_EFAILED;
 			}
 		}
 		if (rc == SL_OK && fr->has_sync_seq && fr->sync_seq > 0 && a.last > durable) {

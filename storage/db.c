@@ -686,6 +686,16 @@ int sl_apply_raw(sl_db *db, const void *rec, size_t len)
 	return apply_raw(db, rec, len, 0);
 }
 
+int sl_apply_raw_ex(sl_db *db, const void *rec, size_t len, unsigned flags)
+{
+	return apply_raw(db, rec, len, flags & SL_NOWAIT);
+}
+
+sl_sync sl_sync_policy(sl_db *db)
+{
+	return db->opt.sync;
+}
+
 int sl_load_raw(sl_db *db, const void *rec, size_t len)
 {
 	return apply_raw(db, rec, len, SL_LOAD | SL_NOWAIT);

@@ -202,6 +202,13 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
  * last_seq), and the write errors of sl_put. */
 int sl_apply_raw(sl_db *db, const void *rec, size_t len);
 
+/* sl_apply_raw with flags: SL_NOWAIT lets a batch of applied records share
+ * one group commit (follow with sl_sync_wait). */
+int sl_apply_raw_ex(sl_db *db, const void *rec, size_t len, unsigned flags);
+
+/* The handle's sync policy. */
+sl_sync sl_sync_policy(sl_db *db);
+
 /* As sl_apply_raw without the order check: for loading a full-resync
  * snapshot into an empty store, whose records arrive in any order (the
  * highest seq still wins).  last_seq becomes the highest seq loaded.  The
