@@ -93,15 +93,20 @@ static int push_move(move **v, size_t *n, size_t *cap, move m)
 	return SL_OK;
 }
 
-typedef struct at_ctx {
-	uint32_t seg, off;
-} at_ctx;
-
-/* Is the keydir entry exactly this record? */
-static int at_cb(void *arg, const sl_loc *loc)
+/* Unlinks segment id's file (with `suffix`) and its hint.  Best effort: a
+ * file left behind is a duplicate or an orphan hint, both harmless. */
+static void unlink_files(sl_db *db, uint32_t id, const char *suffix)
 {
-	const at_ctx *c = arg;
-	return loc->seg == c->seg && loc->off == c->off ? SL_OK : SL_ENOTFOUND;
+	char *seg = sl_seg_path(db->dir, id, suffix);
+	char *hint = sl_seg_path(db->dir, id, ".hint");
+	if (seg != NULL) {
+		db->io->unlink(seg);
+	}
+	if (hint != NULL) {
+		db->io->unlink(hint);
+	}
+	free(seg);
+	free(hint);
 }
 
 static int new_output(run *r, size_t need)
@@ -185,9 +190,7 @@ static int hint_entry_cb(void *arg, const sl_hint_entry *e)
 	if (atomic_load_explicit(&db->compact_stop, memory_order_relaxed)) {
 		return SL_EBUSY; /* closing: abandon */
 	}
-	at_ctx at = {w->in->id, e->off};
-	if (sl_keydir_get(db->kd, sl_keydir_hash(e->key, e->klen), e->key, e->klen, at_cb, &at) !=
-	    SL_OK) {
+	if (!sl_keydir_is_at(db->kd, e->key, e->klen, w->in->id, e->off)) {
 		return SL_OK; /* dead: its bytes are never even read */
 	}
 	return take_record(w->r, w->in, e->off, w->now);
@@ -217,9 +220,7 @@ static int copy_input(run *r, sl_seg *in, uint64_t now)
 		                  db->opt.max_value_bytes, &rec, &size) != SL_REC_OK) {
 			return take_record(r, in, off, now); /* reports the damage */
 		}
-		at_ctx at = {in->id, (uint32_t)off};
-		if (sl_keydir_get(db->kd, sl_keydir_hash(rec.key, rec.klen), rec.key, rec.klen,
-		                  at_cb, &at) == SL_OK &&
+		if (sl_keydir_is_at(db->kd, rec.key, rec.klen, in->id, (uint32_t)off) &&
 		    (rc = take_record(r, in, off, now)) != SL_OK) {
 			return rc;
 		}
@@ -274,16 +275,7 @@ static void discard_outputs(run *r)
 	sl_db *db = r->db;
 	for (size_t i = 0; i < r->nout; i++) {
 		output *o = &r->out[i];
-		char *seg = sl_seg_path(db->dir, o->s->id, o->renamed ? ".seg" : ".seg.tmp");
-		char *hint = sl_seg_path(db->dir, o->s->id, ".hint");
-		if (seg != NULL) {
-			db->io->unlink(seg);
-		}
-		if (hint != NULL) {
-			db->io->unlink(hint);
-		}
-		free(seg);
-		free(hint);
+		unlink_files(db, o->s->id, o->renamed ? ".seg" : ".seg.tmp");
 		sl_seg_close(db->io, o->s);
 		o->s = NULL;
 	}
@@ -371,16 +363,7 @@ static void drop_inputs(run *r)
 	sl_keydir_barrier(db->kd);
 	qsort(r->in, r->nin, sizeof(*r->in), cmp_first_seq);
 	for (size_t i = 0; i < r->nin; i++) {
-		char *seg = sl_seg_path(db->dir, r->in[i]->id, ".seg");
-		char *hint = sl_seg_path(db->dir, r->in[i]->id, ".hint");
-		if (seg != NULL) {
-			db->io->unlink(seg);
-		}
-		if (hint != NULL) {
-			db->io->unlink(hint);
-		}
-		free(seg);
-		free(hint);
+		unlink_files(db, r->in[i]->id, ".seg");
 	}
 	db->io->fsync(db->dirfd);
 	for (size_t i = 0; i < r->nin; i++) {

@@ -287,6 +287,22 @@ int sl_keydir_get(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
 	return rc;
 }
 
+typedef struct at_ctx {
+	uint32_t seg, off;
+} at_ctx;
+
+static int at_cb(void *arg, const sl_loc *loc)
+{
+	const at_ctx *c = arg;
+	return loc->seg == c->seg && loc->off == c->off ? SL_OK : SL_ENOTFOUND;
+}
+
+int sl_keydir_is_at(sl_keydir *kd, const void *key, size_t klen, uint32_t seg, uint32_t off)
+{
+	at_ctx c = {seg, off};
+	return sl_keydir_get(kd, sl_keydir_hash(key, klen), key, klen, at_cb, &c) == SL_OK;
+}
+
 int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
                   int only_if_newer, sl_loc *old)
 {

@@ -41,6 +41,10 @@ uint64_t sl_keydir_hash(const void *key, size_t klen);
 int sl_keydir_get(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
                   int (*fn)(void *arg, const sl_loc *loc), void *arg);
 
+/* 1 when key's entry is exactly the record at (seg, off), else 0: is that
+ * record the key's current version? */
+int sl_keydir_is_at(sl_keydir *kd, const void *key, size_t klen, uint32_t seg, uint32_t off);
+
 /* Inserts or replaces key's location.  With only_if_newer, an existing entry
  * whose seq is >= loc->seq is kept.  Returns 2 when the key was new, 1 when
  * an entry was replaced (*old filled, old may be NULL), 0 when kept

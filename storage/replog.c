@@ -236,16 +236,6 @@ int sl_snapshot_open(sl_db *db, sl_snapshot **out, uint64_t *head_seq_out)
 	return SL_OK;
 }
 
-typedef struct at_ctx {
-	uint32_t seg, off;
-} at_ctx;
-
-static int at_cb(void *arg, const sl_loc *loc)
-{
-	const at_ctx *c = arg;
-	return loc->seg == c->seg && loc->off == c->off ? SL_OK : SL_ENOTFOUND;
-}
-
 int sl_snapshot_read(sl_snapshot *sn, void *buf, size_t cap, size_t *len_out, int *done)
 {
 	if (sn == NULL || buf == NULL || len_out == NULL || done == NULL) {
@@ -271,9 +261,8 @@ int sl_snapshot_read(sl_snapshot *sn, void *buf, size_t cap, size_t *len_out, in
 			                            db->opt.max_key_bytes, db->opt.max_value_bytes);
 			continue;
 		}
-		at_ctx at = {s->id, (uint32_t)sn->off};
-		int live = r.seq <= sn->head && sl_keydir_get(db->kd, sl_keydir_hash(r.key, r.klen),
-		                                              r.key, r.klen, at_cb, &at) == SL_OK;
+		int live = r.seq <= sn->head &&
+		           sl_keydir_is_at(db->kd, r.key, r.klen, s->id, (uint32_t)sn->off);
 		if (live) {
 			if (len + size > cap) {
 				if (len == 0) {
