@@ -14,6 +14,7 @@ struct sl_workq {
 	pthread_cond_t cv;
 	sl_work *head, *tail;
 	int stopping;
+	int idle; /* workers waiting on cv */
 	int nthreads;
 	pthread_t *threads;
 };
@@ -24,7 +25,9 @@ static void *worker(void *arg)
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
 		while (q->head == NULL && !q->stopping) {
+			q->idle++;
 			pthread_cond_wait(&q->cv, &q->mu);
+			q->idle--;
 		}
 		sl_work *w = q->head;
 		if (w == NULL) {
@@ -81,7 +84,12 @@ void sl_workq_submit(sl_workq *q, sl_work *w)
 		q->head = w;
 	}
 	q->tail = w;
-	pthread_cond_signal(&q->cv);
+	/* A busy worker takes the next item when it finishes: wake one only if
+	 * one is asleep (a futex wake per request is a syscall and often a
+	 * context switch). */
+	if (q->idle > 0) {
+		pthread_cond_signal(&q->cv);
+	}
 	pthread_mutex_unlock(&q->mu);
 }
 
