@@ -438,6 +438,7 @@ static void *fetch_main(void *arg)
 	sl_repl *r = arg;
 	uint64_t backoff = BACKOFF_MIN_MS;
 	int connected = 0; /* a fetch succeeded on this connection */
+	int resynced = 0;  /* a full resync just ended: the next fetch streams */
 	int last_err = 0;
 	uint64_t last_stats_ms = 0;
 	for (;;) {
@@ -529,6 +530,7 @@ static void *fetch_main(void *arg)
 				    backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 			} else {
 				connected = 1;
+				resynced = 1;
 				backoff = BACKOFF_MIN_MS;
 			}
 			continue;
@@ -553,9 +555,13 @@ static void *fetch_main(void *arg)
 			if (applied > 0) {
 				atomic_fetch_add(&r->resyncs_partial, 1);
 			}
+		}
+		if (!connected || resynced) {
+			/* also after a full resync, which leaves connected set */
 			pthread_mutex_lock(&r->mu);
 			r->fstate = "streaming";
 			pthread_mutex_unlock(&r->mu);
+			resynced = 0;
 		}
 		connected = 1;
 		last_err = 0;

@@ -85,6 +85,10 @@ static void test_fall_off_backlog(void **state)
 	/* and streaming goes on after it */
 	ru_load(&P, "after", 300, 0);
 	ru_assert_converged(&P, f, 1);
+	/* the stats say so (they said "resyncing" forever after a full resync) */
+	char st[32];
+	ru_stat(&F, "repl_state", st, sizeof(st));
+	assert_string_equal(st, "streaming");
 }
 
 static void test_stale_resync_dir_discarded(void **state)
