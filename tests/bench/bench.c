@@ -1034,11 +1034,16 @@ static void bad_arg(const char *opt, const char *val)
 #ifdef SL_HAVE_NETBENCH
 /* tests/bench/netbench.c: the server benchmark, `shiplog-bench --url URL`. */
 int sl_netbench_main(int argc, char **argv);
+/* tests/bench/replbench.c: the replication benchmark, `shiplog-bench repl`. */
+int sl_replbench_main(int argc, char **argv);
 #endif
 
 int main(int argc, char **argv)
 {
 #ifdef SL_HAVE_NETBENCH
+	if (argc > 1 && !strcmp(argv[1], "repl")) {
+		return sl_replbench_main(argc - 1, argv + 1);
+	}
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--url") || !strncmp(argv[i], "--url=", 6)) {
 			return sl_netbench_main(argc, argv);

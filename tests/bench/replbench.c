@@ -1,0 +1,1007 @@
+/*
+ * replbench.c — `shiplog-bench repl`: the replication benchmark.
+ *
+ * Starts its own shiplogd processes on 127.0.0.1 (a primary and two
+ * followers, plus short-lived ones for the resync figures), each on free
+ * ports with its data under --dir, and stops each by its pid.  It measures
+ * what /work/shared/anchors/redis/run.sh measures for Redis, so that the two
+ * can be quoted side by side:
+ *
+ *   resync    a fresh follower gets 1M keys x 100 B (--keys, --value-size):
+ *             "full resync" is the snapshot path (the follower's dir holds a
+ *             diverged history, so the primary answers stale and streams a
+ *             pinned snapshot); "initial sync" is an empty follower, which
+ *             the primary serves from its log.  Clock: from exec of the
+ *             follower until it reports applied_seq >= the primary's head
+ *             (stats polled every 10 ms), like Redis's waitsync.
+ *   acks      one client, --acks-writes puts each with --acks 0, 1, 2 (a
+ *             primary with 2 followers, no other load): p50/p99/max.
+ *   lag       write -> visible on a follower: put on the primary, then a get
+ *             on the follower with min_seq = the put's seq (read-your-writes:
+ *             the follower answers as soon as it has applied it); latency
+ *             from before the put to the get's reply.  "idle": one writer
+ *             pausing --lag-pause-us between writes; "load": the same while
+ *             --load-clients clients put 100 B values non-stop (random keys
+ *             over 1M), like redis-benchmark -t set -c 50 -d 100 -r 1000000.
+ *   tput      put throughput of --load-clients clients (-P 1) on the primary
+ *             with its 2 followers streaming, then with both stopped.
+ *   catchup   one follower is SIGKILLed, --catchup-mb MB of log (100 B
+ *             values) are written, it is restarted: MB/s of log it fetched
+ *             from exec (and from the moment it is streaming) until it has
+ *             applied the primary's head.  The primary keeps a backlog large
+ *             enough (--repl-backlog-bytes 2x the figure, at least 1 GiB).
+ *
+ *   shiplog-bench repl [--shiplogd PATH] [--dir D] [--figures LIST] [--json]
+ *                      [--keys N] [--value-size B] [--acks-writes N]
+ *                      [--lag-writes N] [--lag-pause-us US] [--load-clients N]
+ *                      [--tput-requests N] [--catchup-mb MB] [--keep]
+ *
+ * --json prints one object per figure ({"engine":"shiplog","benchmark":
+ * "repl_...", ...}).  Exit status 0; 1 when a figure failed; 2 on bad
+ * arguments.
+ */
+#define _GNU_SOURCE
+#include "client.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <getopt.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+int sl_replbench_main(int argc, char **argv);
+
+static const char *opt_shiplogd;
+static const char *opt_dir = "/tmp/shiplog-replbench";
+static const char *opt_figures = "resync,acks,lag,tput,catchup";
+static int opt_json, opt_keep;
+static uint64_t opt_keys = 1000000;
+static size_t opt_value_size = 100;
+static uint64_t opt_acks_writes = 10000;
+static uint64_t opt_lag_writes = 2000;
+static uint64_t opt_lag_pause_us = 1000;
+static int opt_load_clients = 50;
+static uint64_t opt_tput_requests = 300000;
+static uint64_t opt_catchup_mb = 500;
+
+static int failed;
+
+/* ---- small things ------------------------------------------------------- */
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+	}
+}
+
+static uint64_t rng_next(uint64_t *s)
+{
+	uint64_t x = *s;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
+static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void note(const char *fmt, ...)
+{
+	if (opt_json) {
+		return;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	printf("# ");
+	vprintf(fmt, ap);
+	printf("\n");
+	fflush(stdout);
+	va_end(ap);
+}
+
+static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("shiplog-bench repl: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	failed = 1;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Nearest-rank percentile (as anchor.py) of n sorted values, in µs. */
+static double pct_us(const uint64_t *v, size_t n, double q)
+{
+	if (n == 0) {
+		return 0;
+	}
+	size_t k = (size_t)(q / 100.0 * (double)n + 0.999999);
+	k = k == 0 ? 0 : k - 1;
+	if (k >= n) {
+		k = n - 1;
+	}
+	return (double)v[k] / 1000.0;
+}
+
+/* ---- processes ------------------------------------------------------------ */
+
+typedef struct node {
+	const char *name;
+	pid_t pid;
+	char dir[1024], log[1100];
+	char url[64], rurl[64];
+	uint64_t t_exec; /* now_ns() just before the fork */
+} node;
+
+static int free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	int port = -1;
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0) {
+		port = ntohs(a.sin_port);
+	}
+	if (fd >= 0) {
+		close(fd);
+	}
+	return port;
+}
+
+/* Starts shiplogd over n->dir (ports chosen on the first start and kept),
+ * following `follow` (NULL: none) with extra flags; waits until it answers
+ * a ping.  0 or -1. */
+static int node_start(node *n, const char *follow, const char *const *extra)
+{
+	if (n->url[0] == '\0') {
+		snprintf(n->url, sizeof(n->url), "tcp://127.0.0.1:%d", free_port());
+		snprintf(n->rurl, sizeof(n->rurl), "tcp://127.0.0.1:%d", free_port());
+		snprintf(n->log, sizeof(n->log), "%s.log", n->dir);
+	}
+	const char *argv[40];
+	int a = 0;
+	argv[a++] = opt_shiplogd;
+	argv[a++] = "--dir";
+	argv[a++] = n->dir;
+	argv[a++] = "--listen";
+	argv[a++] = n->url;
+	argv[a++] = "--repl-listen";
+	argv[a++] = n->rurl;
+	if (follow != NULL) {
+		argv[a++] = "--follow";
+		argv[a++] = follow;
+	}
+	for (int i = 0; extra != NULL && extra[i] != NULL && a < 38; i++) {
+		argv[a++] = extra[i];
+	}
+	argv[a] = NULL;
+	n->t_exec = now_ns();
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(n->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+			close(fd);
+		}
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	if (pid < 0) {
+		return -1;
+	}
+	n->pid = pid;
+	for (int waited = 0; waited < 60000; waited += 5) {
+		int st;
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			n->pid = 0;
+			fail("%s exited at start (see %s)", n->name, n->log);
+			return -1;
+		}
+		sl_client *c = NULL;
+		if (sl_client_open(n->url, 1000, &c) == SL_OK) {
+			int rc = sl_client_ping(c);
+			sl_client_close(c);
+			if (rc == SL_OK) {
+				return 0;
+			}
+		}
+		sleep_ms(5);
+	}
+	fail("%s did not answer within 60 s", n->name);
+	return -1;
+}
+
+static void node_stop(node *n, int sig)
+{
+	if (n->pid <= 0) {
+		return;
+	}
+	kill(n->pid, sig);
+	for (int waited = 0; waited < 30000; waited += 10) {
+		int st;
+		if (waitpid(n->pid, &st, WNOHANG) == n->pid) {
+			n->pid = 0;
+			return;
+		}
+		sleep_ms(10);
+	}
+	fprintf(stderr, "shiplog-bench repl: %s (pid %d) did not stop in 30 s; SIGKILL\n", n->name,
+	        (int)n->pid);
+	kill(n->pid, SIGKILL);
+	waitpid(n->pid, NULL, 0);
+	n->pid = 0;
+}
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	remove(p);
+	return 0;
+}
+
+static void rm_rf(const char *p)
+{
+	nftw(p, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* A numeric stat of the node at url (UINT64_MAX when unavailable); text
+ * stats into text when given. */
+static uint64_t stat_of(sl_client *c, const char *name, char *text, size_t cap)
+{
+	uint64_t v = UINT64_MAX;
+	sl_client_stats *st = NULL;
+	if (text != NULL) {
+		text[0] = '\0';
+	}
+	if (sl_client_stats_get(c, &st) == SL_OK) {
+		const sl_client_stat *s = sl_client_stats_find(st, name);
+		if (s != NULL) {
+			v = s->value;
+			if (text != NULL && s->text != NULL) {
+				snprintf(text, cap, "%s", s->text);
+			}
+		}
+		sl_client_stats_free(st);
+	}
+	return v;
+}
+
+static uint64_t node_stat(const node *n, const char *name)
+{
+	sl_client *c = NULL;
+	if (sl_client_open(n->url, 5000, &c) != SL_OK) {
+		return UINT64_MAX;
+	}
+	uint64_t v = stat_of(c, name, NULL, 0);
+	sl_client_close(c);
+	return v;
+}
+
+/* Polls f every 10 ms until it has applied seq (and is streaming).  Returns
+ * now_ns() at that moment, 0 on timeout; *t_stream (may be NULL) gets the
+ * first poll that saw "streaming". */
+static uint64_t wait_applied(const node *f, uint64_t seq, int timeout_s, uint64_t *t_stream)
+{
+	uint64_t deadline = now_ns() + (uint64_t)timeout_s * 1000000000ull;
+	sl_client *c = NULL;
+	char state[32];
+	if (t_stream != NULL) {
+		*t_stream = 0;
+	}
+	while (now_ns() < deadline) {
+		if (c == NULL && sl_client_open(f->url, 5000, &c) != SL_OK) {
+			c = NULL;
+			sleep_ms(10);
+			continue;
+		}
+		uint64_t a = stat_of(c, "applied_seq", NULL, 0);
+		stat_of(c, "repl_state", state, sizeof(state));
+		uint64_t t = now_ns();
+		if (t_stream != NULL && *t_stream == 0 && strcmp(state, "streaming") == 0) {
+			*t_stream = t;
+		}
+		if (a != UINT64_MAX && a >= seq) {
+			sl_client_close(c);
+			if (t_stream != NULL && *t_stream == 0) {
+				*t_stream = t;
+			}
+			return t;
+		}
+		sleep_ms(10);
+	}
+	sl_client_close(c);
+	return 0;
+}
+
+/* ---- loaders ------------------------------------------------------------------ */
+
+typedef struct loader {
+	pthread_t th;
+	const char *url;
+	const char *prefix;
+	uint64_t first, count; /* keys prefix%0Nllu first .. first+count-1 (sequential) */
+	uint64_t keyspace;     /* > 0: random keys in [0, keyspace) instead, count ops */
+	int pipeline;
+	uint64_t rng;
+	_Atomic int *stop; /* non-NULL: run until set (count ignored) */
+	uint64_t ops;
+	int err;
+	uint64_t *lat; /* pipeline 1: per-op latency (ns) when non-NULL, cap lat_cap */
+	size_t nlat, lat_cap;
+} loader;
+
+static void make_key(char *k, const char *prefix, uint64_t i)
+{
+	/* 16 bytes: prefix + zero-padded number */
+	char b[48];
+	size_t pl = strlen(prefix);
+	snprintf(b, sizeof(b), "%s%0*llu", prefix, (int)(16 - pl), (unsigned long long)i);
+	memcpy(k, b, 16);
+	k[16] = '\0';
+}
+
+static void *loader_main(void *arg)
+{
+	loader *l = arg;
+	sl_client *c = NULL;
+	sl_pipeline *p = NULL;
+	int rc = sl_client_open(l->url, 30000, &c);
+	if (rc == SL_OK && l->pipeline > 1) {
+		rc = sl_pipeline_new(c, &p);
+	}
+	if (rc != SL_OK) {
+		l->err = rc;
+		sl_client_close(c);
+		return NULL;
+	}
+	char *vbuf = malloc(opt_value_size + 256);
+	for (size_t i = 0; i < opt_value_size + 256; i++) {
+		vbuf[i] = (char)rng_next(&l->rng);
+	}
+	char k[17];
+	for (uint64_t i = 0; l->stop ? !atomic_load(l->stop) : i < l->count;) {
+		int batch = l->pipeline;
+		if (!l->stop && l->count - i < (uint64_t)batch) {
+			batch = (int)(l->count - i);
+		}
+		for (int j = 0; j < batch; j++) {
+			uint64_t idx =
+			    l->keyspace ? rng_next(&l->rng) % l->keyspace : l->first + i + j;
+			make_key(k, l->prefix, idx);
+			const char *v = vbuf + rng_next(&l->rng) % 256;
+			if (l->pipeline > 1) {
+				sl_pipeline_put(p, k, 16, v, opt_value_size, 0);
+			} else {
+				uint64_t t0 = now_ns();
+				rc = sl_client_put(c, k, 16, v, opt_value_size, NULL);
+				if (l->lat != NULL && l->nlat < l->lat_cap) {
+					l->lat[l->nlat++] = now_ns() - t0;
+				}
+				if (rc != SL_OK && !l->err) {
+					l->err = rc;
+				}
+			}
+		}
+		if (l->pipeline > 1) {
+			const sl_client_item *it;
+			size_t n;
+			rc = sl_pipeline_exec(p, &it, &n);
+			if (rc != SL_OK && !l->err) {
+				l->err = rc;
+				sl_pipeline_reset(p);
+			}
+		}
+		i += (uint64_t)batch;
+		l->ops += (uint64_t)batch;
+	}
+	free(vbuf);
+	sl_pipeline_free(p);
+	sl_client_close(c);
+	return NULL;
+}
+
+/* Runs n loaders; returns wall seconds. */
+static double run_loaders(loader *ls, int n)
+{
+	uint64_t t0 = now_ns();
+	for (int i = 0; i < n; i++) {
+		pthread_create(&ls[i].th, NULL, loader_main, &ls[i]);
+	}
+	for (int i = 0; i < n; i++) {
+		pthread_join(ls[i].th, NULL);
+		if (ls[i].err) {
+			fail("loader %d: %s", i, sl_client_strerror(ls[i].err));
+		}
+	}
+	return (double)(now_ns() - t0) / 1e9;
+}
+
+/* count sequential keys prefix000.. through `clients` pipelined clients. */
+static double load_seq(const char *url, const char *prefix, uint64_t count, int clients)
+{
+	loader *ls = calloc((size_t)clients, sizeof(*ls));
+	for (int i = 0; i < clients; i++) {
+		ls[i].url = url;
+		ls[i].prefix = prefix;
+		ls[i].first = count * (uint64_t)i / (uint64_t)clients;
+		ls[i].count = count * (uint64_t)(i + 1) / (uint64_t)clients - ls[i].first;
+		ls[i].pipeline = 100;
+		ls[i].rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 7);
+	}
+	double s = run_loaders(ls, clients);
+	free(ls);
+	return s;
+}
+
+/* ---- output --------------------------------------------------------------------- */
+
+static void emit_lat(const char *bench, uint64_t *v, size_t n, const char *extra_json,
+                     const char *extra_text)
+{
+	qsort(v, n, sizeof(*v), cmp_u64);
+	double p50 = pct_us(v, n, 50), p99 = pct_us(v, n, 99), mx = pct_us(v, n, 100);
+	if (opt_json) {
+		printf("{\"engine\":\"shiplog\",\"benchmark\":\"%s\",\"n\":%zu,\"p50_us\":%.1f,"
+		       "\"p99_us\":%.1f,\"max_us\":%.1f%s}\n",
+		       bench, n, p50, p99, mx, extra_json ? extra_json : "");
+	} else {
+		printf("%-22s p50 %9.1f us   p99 %9.1f us   max %9.1f us   (n %zu%s)\n", bench, p50,
+		       p99, mx, n, extra_text ? extra_text : "");
+	}
+	fflush(stdout);
+}
+
+/* ---- the cluster ------------------------------------------------------------------ */
+
+static node P = {.name = "primary"}, F1 = {.name = "follower1"}, F2 = {.name = "follower2"};
+static char backlog_flag[32];
+static const char *p_flags[] = {"--repl-backlog-bytes", backlog_flag, NULL};
+
+static void stop_all(void)
+{
+	node_stop(&F2, SIGTERM);
+	node_stop(&F1, SIGTERM);
+	node_stop(&P, SIGTERM);
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	stop_all();
+	_exit(130);
+}
+
+static int figure_on(const char *name)
+{
+	char b[256], *save = NULL;
+	snprintf(b, sizeof(b), "%s", opt_figures);
+	for (char *t = strtok_r(b, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+		if (!strcmp(t, name)) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* Both followers at the primary's head. */
+static int converge(int timeout_s)
+{
+	uint64_t head = node_stat(&P, "last_seq");
+	node *fs[] = {&F1, &F2};
+	for (int i = 0; i < 2; i++) {
+		if (fs[i]->pid > 0 && wait_applied(fs[i], head, timeout_s, NULL) == 0) {
+			fail("%s did not reach seq %llu", fs[i]->name, (unsigned long long)head);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* ---- figures ------------------------------------------------------------------------ */
+
+static void fig_resync(void)
+{
+	uint64_t head = node_stat(&P, "last_seq");
+	uint64_t live = node_stat(&P, "live_bytes");
+	/* full resync: a dir with a diverged history (one write as a lone primary) */
+	node F = {.name = "resync-follower"};
+	snprintf(F.dir, sizeof(F.dir), "%s/resync", opt_dir);
+	rm_rf(F.dir);
+	if (node_start(&F, NULL, NULL) != 0) {
+		return;
+	}
+	sl_client *c = NULL;
+	if (sl_client_open(F.url, 5000, &c) != SL_OK || sl_client_put(c, "x", 1, "y", 1, NULL)) {
+		fail("cannot write to the resync follower's dir");
+	}
+	sl_client_close(c);
+	node_stop(&F, SIGTERM);
+	node_start(&F, P.rurl, NULL);
+	uint64_t t_stream = 0;
+	uint64_t t = wait_applied(&F, head, 300, &t_stream);
+	uint64_t full = node_stat(&F, "resyncs_full"), bytes = node_stat(&F, "repl_bytes_fetched");
+	node_stop(&F, SIGTERM);
+	rm_rf(F.dir);
+	if (t == 0) {
+		fail("full resync did not finish in 300 s");
+		return;
+	}
+	double secs = (double)(t - F.t_exec) / 1e9;
+	if (full != 1) {
+		fail("expected a full resync, the follower reports %llu", (unsigned long long)full);
+	}
+	if (opt_json) {
+		printf("{\"engine\":\"shiplog\",\"benchmark\":\"repl_full_resync\",\"keys\":%llu,"
+		       "\"value_size\":%zu,\"seconds\":%.3f,\"bytes\":%llu,\"MBps\":%.1f,"
+		       "\"live_MBps\":%.1f,\"resyncs_full\":%llu}\n",
+		       (unsigned long long)opt_keys, opt_value_size, secs,
+		       (unsigned long long)bytes, (double)bytes / 1e6 / secs,
+		       (double)live / 1e6 / secs, (unsigned long long)full);
+	} else {
+		printf("full resync (snapshot)  %.3f s   %.1f MB/s   (%llu keys x %zu B, %.1f MB "
+		       "streamed, exec -> applied head)\n",
+		       secs, (double)bytes / 1e6 / secs, (unsigned long long)opt_keys,
+		       opt_value_size, (double)bytes / 1e6);
+	}
+	/* initial sync: an empty follower (served from the log) */
+	snprintf(F.dir, sizeof(F.dir), "%s/initial", opt_dir);
+	rm_rf(F.dir);
+	F.url[0] = '\0';
+	node_start(&F, P.rurl, NULL);
+	t = wait_applied(&F, head, 300, NULL);
+	full = node_stat(&F, "resyncs_full");
+	bytes = node_stat(&F, "repl_bytes_fetched");
+	node_stop(&F, SIGTERM);
+	rm_rf(F.dir);
+	if (t == 0) {
+		fail("initial sync did not finish in 300 s");
+		return;
+	}
+	secs = (double)(t - F.t_exec) / 1e9;
+	if (opt_json) {
+		printf("{\"engine\":\"shiplog\",\"benchmark\":\"repl_initial_sync\",\"keys\":%llu,"
+		       "\"value_size\":%zu,\"seconds\":%.3f,\"bytes\":%llu,\"MBps\":%.1f,"
+		       "\"resyncs_full\":%llu}\n",
+		       (unsigned long long)opt_keys, opt_value_size, secs,
+		       (unsigned long long)bytes, (double)bytes / 1e6 / secs,
+		       (unsigned long long)full);
+	} else {
+		printf("initial sync (log)      %.3f s   %.1f MB/s   (empty follower, %.1f MB "
+		       "streamed)\n",
+		       secs, (double)bytes / 1e6 / secs, (double)bytes / 1e6);
+	}
+	fflush(stdout);
+}
+
+static void fig_acks(void)
+{
+	sl_client *c = NULL;
+	if (sl_client_open(P.url, 10000, &c) != SL_OK) {
+		fail("cannot connect to the primary");
+		return;
+	}
+	uint64_t *lat = malloc(opt_acks_writes * sizeof(*lat));
+	char k[17], v[4096];
+	uint64_t rng = 42;
+	for (size_t i = 0; i < sizeof(v); i++) {
+		v[i] = (char)rng_next(&rng);
+	}
+	size_t vs = opt_value_size < sizeof(v) - 64 ? opt_value_size : sizeof(v) - 64;
+	for (int acks = 0; acks <= 2; acks++) {
+		sl_client_set_acks(c, (uint32_t)acks, 1000);
+		uint64_t short_acks = 0;
+		for (uint64_t i = 0; i < opt_acks_writes + 200; i++) {
+			make_key(k, "acks:", i % 100000);
+			uint64_t t0 = now_ns();
+			int rc = sl_client_put(c, k, 16, v + i % 64, vs, NULL);
+			uint64_t dt = now_ns() - t0;
+			if (rc != SL_OK) {
+				short_acks++;
+			}
+			if (i >= 200) { /* 200 warm-up writes */
+				lat[i - 200] = dt;
+			}
+		}
+		char name[32], ej[64], et[64];
+		snprintf(name, sizeof(name), "repl_put_acks%d", acks);
+		snprintf(ej, sizeof(ej), ",\"acks\":%d,\"failed\":%llu", acks,
+		         (unsigned long long)short_acks);
+		snprintf(et, sizeof(et), ", %llu without enough acks",
+		         (unsigned long long)short_acks);
+		emit_lat(name, lat, opt_acks_writes, ej, et);
+	}
+	sl_client_close(c);
+	free(lat);
+}
+
+/* write -> visible on F1; with load > 0 clients putting meanwhile. */
+static void fig_lag(int load)
+{
+	_Atomic int stop = 0;
+	loader *ls = NULL;
+	if (load > 0) {
+		ls = calloc((size_t)load, sizeof(*ls));
+		for (int i = 0; i < load; i++) {
+			ls[i].url = P.url;
+			ls[i].prefix = "key:";
+			ls[i].keyspace = 1000000;
+			ls[i].pipeline = 1;
+			ls[i].stop = &stop;
+			ls[i].rng = 0x2545f4914f6cdd1dull * (uint64_t)(i + 3);
+			pthread_create(&ls[i].th, NULL, loader_main, &ls[i]);
+		}
+		sleep_ms(1000);
+	}
+	sl_client *p = NULL, *f = NULL;
+	if (sl_client_open(P.url, 10000, &p) != SL_OK || sl_client_open(F1.url, 10000, &f)) {
+		fail("cannot connect");
+		return;
+	}
+	uint64_t *vis = malloc(opt_lag_writes * sizeof(*vis));
+	uint64_t *rtt = malloc(opt_lag_writes * sizeof(*rtt));
+	char k[17], v[4096];
+	size_t vs = opt_value_size < sizeof(v) - 32 ? opt_value_size : sizeof(v) - 32;
+	uint64_t bad = 0, ops0 = 0;
+	for (int i = 0; i < load; i++) {
+		ops0 += ls[i].ops;
+	}
+	uint64_t t_start = now_ns();
+	for (uint64_t i = 0; i < opt_lag_writes; i++) {
+		make_key(k, "lag:", i);
+		memset(v, 'a' + (int)(i % 26), vs);
+		snprintf(v, vs, "%llu-%d", (unsigned long long)i, load);
+		uint64_t seq = 0, gs = 0;
+		void *got = NULL;
+		size_t gl = 0;
+		uint64_t t0 = now_ns();
+		int rc = sl_client_put(p, k, 16, v, vs, &seq);
+		uint64_t t1 = now_ns();
+		sl_client_set_min_seq(f, seq);
+		int rc2 = sl_client_get(f, k, 16, &got, &gl, &gs);
+		uint64_t t2 = now_ns();
+		if (rc != SL_OK || rc2 != SL_OK || gl != vs || memcmp(got, v, vs) != 0) {
+			bad++;
+		}
+		free(got);
+		vis[i] = t2 - t0;
+		rtt[i] = t1 - t0;
+		if (opt_lag_pause_us > 0) {
+			struct timespec ts = {0, (long)opt_lag_pause_us * 1000};
+			nanosleep(&ts, NULL);
+		}
+	}
+	double secs = (double)(now_ns() - t_start) / 1e9;
+	uint64_t ops1 = 0;
+	for (int i = 0; i < load; i++) {
+		ops1 += ls[i].ops;
+	}
+	atomic_store(&stop, 1);
+	for (int i = 0; i < load; i++) {
+		pthread_join(ls[i].th, NULL);
+		if (ls[i].err) {
+			fail("load client %d: %s", i, sl_client_strerror(ls[i].err));
+		}
+	}
+	free(ls);
+	sl_client_close(p);
+	sl_client_close(f);
+	if (bad) {
+		fail("%llu writes not read back correctly on the follower",
+		     (unsigned long long)bad);
+	}
+	qsort(rtt, opt_lag_writes, sizeof(*rtt), cmp_u64);
+	double load_ops = (double)(ops1 - ops0) / secs;
+	char ej[160], et[160];
+	snprintf(ej, sizeof(ej),
+	         ",\"load_clients\":%d,\"load_puts_per_sec\":%.0f,\"put_rtt_p50_us\":%.1f,"
+	         "\"pause_us\":%llu",
+	         load, load_ops, pct_us(rtt, opt_lag_writes, 50),
+	         (unsigned long long)opt_lag_pause_us);
+	snprintf(et, sizeof(et), ", put RTT p50 %.1f us%s", pct_us(rtt, opt_lag_writes, 50), "");
+	if (load > 0) {
+		snprintf(et + strlen(et), sizeof(et) - strlen(et),
+		         ", under %d clients: %.0f puts/s", load, load_ops);
+	}
+	emit_lat(load > 0 ? "repl_visible_load" : "repl_visible_idle", vis, opt_lag_writes, ej, et);
+	free(vis);
+	free(rtt);
+}
+
+static double put_tput(void)
+{
+	int n = opt_load_clients;
+	loader *ls = calloc((size_t)n, sizeof(*ls));
+	for (int i = 0; i < n; i++) {
+		ls[i].url = P.url;
+		ls[i].prefix = "key:";
+		ls[i].keyspace = 1000000;
+		ls[i].count = opt_tput_requests / (uint64_t)n;
+		ls[i].pipeline = 1;
+		ls[i].rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 11);
+	}
+	double secs = run_loaders(ls, n);
+	uint64_t ops = 0;
+	for (int i = 0; i < n; i++) {
+		ops += ls[i].ops;
+	}
+	free(ls);
+	return (double)ops / secs;
+}
+
+static void fig_tput(void)
+{
+	double with = put_tput();
+	converge(120);
+	node_stop(&F1, SIGTERM);
+	node_stop(&F2, SIGTERM);
+	double without = put_tput();
+	double with2 = 0;
+	node_start(&F1, NULL, NULL);
+	node_start(&F2, NULL, NULL);
+	converge(300);
+	with2 = put_tput();
+	converge(120);
+	double w = (with + with2) / 2;
+	double cost = without > 0 ? 100.0 * (1.0 - w / without) : 0;
+	if (opt_json) {
+		printf("{\"engine\":\"shiplog\",\"benchmark\":\"repl_put_tput\",\"clients\":%d,"
+		       "\"requests\":%llu,\"ops_per_sec_2_followers\":%.0f,"
+		       "\"ops_per_sec_no_followers\":%.0f,\"cost_pct\":%.1f,"
+		       "\"runs_2_followers\":[%.0f,%.0f]}\n",
+		       opt_load_clients, (unsigned long long)opt_tput_requests, w, without, cost,
+		       with, with2);
+	} else {
+		printf(
+		    "put throughput          %.0f puts/s with 2 followers (runs %.0f, %.0f), %.0f "
+		    "without: replication costs %.1f%%   (%d clients, -P 1)\n",
+		    w, with, with2, without, cost, opt_load_clients);
+	}
+	fflush(stdout);
+}
+
+static void fig_catchup(void)
+{
+	converge(120);
+	node_stop(&F2, SIGKILL);
+	uint64_t rec = 28 + 16 + opt_value_size;
+	uint64_t count = opt_catchup_mb * 1000000ull / rec;
+	uint64_t head0 = node_stat(&P, "last_seq");
+	double ws = load_seq(P.url, "cu:", count, 4);
+	uint64_t head = node_stat(&P, "last_seq");
+	note("catch-up: wrote %llu records (%.0f MB of log) in %.1f s while follower2 was down",
+	     (unsigned long long)(head - head0), (double)(count * rec) / 1e6, ws);
+	converge(300); /* follower1 is at the head: only follower2 works now */
+	node_start(&F2, NULL, NULL);
+	uint64_t t_stream = 0;
+	uint64_t t = wait_applied(&F2, head, 600, &t_stream);
+	uint64_t bytes = node_stat(&F2, "repl_bytes_fetched");
+	uint64_t full = node_stat(&F2, "resyncs_full");
+	if (t == 0) {
+		fail("follower2 did not catch up in 600 s");
+		return;
+	}
+	double secs = (double)(t - F2.t_exec) / 1e9;
+	double secs_s = (double)(t - t_stream) / 1e9;
+	if (full != 0) {
+		fail("follower2 did a full resync instead of catching up");
+	}
+	if (opt_json) {
+		printf("{\"engine\":\"shiplog\",\"benchmark\":\"repl_catchup\",\"bytes\":%llu,"
+		       "\"records\":%llu,\"seconds\":%.3f,\"MBps\":%.1f,"
+		       "\"seconds_after_streaming\":%.3f,\"MBps_after_streaming\":%.1f,"
+		       "\"resyncs_full\":%llu}\n",
+		       (unsigned long long)bytes, (unsigned long long)(head - head0), secs,
+		       (double)bytes / 1e6 / secs, secs_s,
+		       secs_s > 0 ? (double)bytes / 1e6 / secs_s : 0, (unsigned long long)full);
+	} else {
+		printf("catch-up                %.3f s   %.1f MB/s   (%.1f MB of log missed; "
+		       "%.1f MB/s once streaming)\n",
+		       secs, (double)bytes / 1e6 / secs, (double)bytes / 1e6,
+		       secs_s > 0 ? (double)bytes / 1e6 / secs_s : 0);
+	}
+	fflush(stdout);
+}
+
+/* ---- main ---------------------------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: shiplog-bench repl [options]   (replication benchmark: starts its own\n"
+	           "       primary and followers on 127.0.0.1)\n"
+	           "  --shiplogd PATH     the server (default: shiplogd beside shiplog-bench)\n"
+	           "  --dir D             data directories under D (default "
+	           "/tmp/shiplog-replbench; wiped)\n"
+	           "  --figures LIST      resync,acks,lag,tput,catchup (default: all)\n"
+	           "  --keys N            keys for the resync figure (default 1000000)\n"
+	           "  --value-size B      value bytes (default 100)\n"
+	           "  --acks-writes N     puts per --acks level (default 10000)\n"
+	           "  --lag-writes N      write->visible samples (default 2000)\n"
+	           "  --lag-pause-us US   pause between them (default 1000)\n"
+	           "  --load-clients N    clients of the write load (default 50)\n"
+	           "  --tput-requests N   puts per throughput run (default 300000)\n"
+	           "  --catchup-mb MB     log written while a follower is down (default 500)\n"
+	           "  --json              one JSON object per figure\n"
+	           "  --keep              keep the data directories\n");
+}
+
+int sl_replbench_main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+	    {"shiplogd", required_argument, NULL, 's'},
+	    {"dir", required_argument, NULL, 'd'},
+	    {"figures", required_argument, NULL, 'f'},
+	    {"keys", required_argument, NULL, 'k'},
+	    {"value-size", required_argument, NULL, 'v'},
+	    {"acks-writes", required_argument, NULL, 'a'},
+	    {"lag-writes", required_argument, NULL, 'l'},
+	    {"lag-pause-us", required_argument, NULL, 'p'},
+	    {"load-clients", required_argument, NULL, 'c'},
+	    {"tput-requests", required_argument, NULL, 't'},
+	    {"catchup-mb", required_argument, NULL, 'm'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"keep", no_argument, NULL, 'K'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
+	};
+	int ch;
+	optind = 1;
+	while ((ch = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+		char *end = NULL;
+		unsigned long long v = optarg ? strtoull(optarg, &end, 10) : 0;
+		int num_ok = optarg && end != optarg && *end == '\0' && optarg[0] != '-';
+		switch (ch) {
+		case 's':
+			opt_shiplogd = optarg;
+			break;
+		case 'd':
+			opt_dir = optarg;
+			break;
+		case 'f':
+			opt_figures = optarg;
+			break;
+		case 'j':
+			opt_json = 1;
+			break;
+		case 'K':
+			opt_keep = 1;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'k':
+		case 'v':
+		case 'a':
+		case 'l':
+		case 'p':
+		case 'c':
+		case 't':
+		case 'm':
+			if (!num_ok || (ch != 'p' && v == 0) || (ch == 'v' && v > 4000) ||
+			    (ch == 'c' && v > 1000)) {
+				fprintf(stderr, "shiplog-bench repl: bad value '%s'\n", optarg);
+				return 2;
+			}
+			if (ch == 'k') {
+				opt_keys = v;
+			} else if (ch == 'v') {
+				opt_value_size = (size_t)v;
+			} else if (ch == 'a') {
+				opt_acks_writes = v;
+			} else if (ch == 'l') {
+				opt_lag_writes = v;
+			} else if (ch == 'p') {
+				opt_lag_pause_us = v;
+			} else if (ch == 'c') {
+				opt_load_clients = (int)v;
+			} else if (ch == 't') {
+				opt_tput_requests = v;
+			} else {
+				opt_catchup_mb = v;
+			}
+			break;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	static char self[PATH_MAX + 16];
+	if (opt_shiplogd == NULL) {
+		ssize_t n = readlink("/proc/self/exe", self, PATH_MAX);
+		if (n > 0) {
+			self[n] = '\0';
+			char *s = strrchr(self, '/');
+			snprintf(s ? s + 1 : self, 16, "shiplogd");
+		}
+		opt_shiplogd = self;
+	}
+	if (access(opt_shiplogd, X_OK) != 0) {
+		fprintf(stderr, "shiplog-bench repl: no shiplogd at %s (use --shiplogd)\n",
+		        opt_shiplogd);
+		return 2;
+	}
+	if (!strcmp(opt_dir, "/") || !opt_dir[0]) {
+		return 2;
+	}
+	rm_rf(opt_dir);
+	mkdir(opt_dir, 0755);
+	snprintf(P.dir, sizeof(P.dir), "%s/primary", opt_dir);
+	snprintf(F1.dir, sizeof(F1.dir), "%s/follower1", opt_dir);
+	snprintf(F2.dir, sizeof(F2.dir), "%s/follower2", opt_dir);
+	uint64_t backlog = opt_catchup_mb * 2 * 1000000ull;
+	if (backlog < (1ull << 30)) {
+		backlog = 1ull << 30;
+	}
+	snprintf(backlog_flag, sizeof(backlog_flag), "%llu", (unsigned long long)backlog);
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	signal(SIGPIPE, SIG_IGN);
+	if (node_start(&P, NULL, p_flags) || node_start(&F1, P.rurl, NULL) ||
+	    node_start(&F2, P.rurl, NULL)) {
+		stop_all();
+		return 1;
+	}
+	note("shiplog-bench repl: primary %s, followers %s %s (%s), values %zu B", P.url, F1.url,
+	     F2.url, opt_shiplogd, opt_value_size);
+	if (figure_on("resync")) {
+		double s = load_seq(P.url, "key:", opt_keys, 4);
+		note("loaded %llu keys x %zu B in %.1f s", (unsigned long long)opt_keys,
+		     opt_value_size, s);
+		converge(300);
+		fig_resync();
+	}
+	if (figure_on("acks")) {
+		converge(300);
+		fig_acks();
+	}
+	if (figure_on("lag")) {
+		converge(300);
+		fig_lag(0);
+		converge(300);
+		fig_lag(opt_load_clients);
+	}
+	if (figure_on("tput")) {
+		converge(300);
+		fig_tput();
+	}
+	if (figure_on("catchup")) {
+		fig_catchup();
+	}
+	stop_all();
+	if (!opt_keep) {
+		rm_rf(opt_dir);
+	}
+	return failed;
+}
