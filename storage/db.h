@@ -13,6 +13,8 @@
 #include "segment.h"
 #include "shiplog.h"
 
+#define POP_AHEAD (16u << 20) /* populate the active segment this far ahead */
+
 struct sl_db {
 	char *dir;
 	int dirfd, lockfd;
@@ -92,6 +94,13 @@ void sl_db_seal_pending(sl_db *db);
 /* Starts / stops the background compaction thread (compact.c). */
 int sl_compactor_start(sl_db *db);
 void sl_compactor_stop(sl_db *db);
+
+/* Relaxed counter add. */
+void sl_db_count(uint64_t *c, uint64_t n);
+/* Makes the handle refuse writes from now on (first error wins), logged. */
+void sl_db_fail(sl_db *db, int rc, const char *what);
+/* Group commit: returns once seq is durable (sync.c). */
+int sl_db_sync_wait(sl_db *db, uint64_t seq);
 
 void sl_db_log(sl_db *db, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -1,0 +1,249 @@
+/*
+ * sync.c — durability: the sync policies, group commit, the flusher thread
+ * and sealing of segments that are no longer active.
+ *
+ * Why apart from db.c: this is where the engine waits for the disk; the
+ * append path only hands it a seq to wait for.
+ *
+ * Invariants (db.c numbers them with the rest):
+ *  4. synced_seq only grows, and every record with seq <= synced_seq is on
+ *     disk: it is advanced to a target read *before* the segments are synced.
+ *  6. A failed fdatasync is sticky (sl_db_fail).
+ *  7. One sealer at a time (seal_mu): a segment being sealed is not sealed,
+ *     so compaction cannot free it under the sealer.
+ */
+#define _GNU_SOURCE
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "db.h"
+#include "format.h"
+#include "hint.h"
+
+#define GATHER_MAX_US 200 /* longest a group-commit leader waits for arrivals */
+
+/* ---- syncing: group commit, flusher, sealing ---------------------------- */
+
+/* fdatasyncs every segment holding unsynced bytes (the newest few). */
+static int flush_all(sl_db *db)
+{
+	sl_seg *todo[8];
+	size_t n = 0;
+	pthread_mutex_lock(&db->seg_mu);
+	for (size_t i = db->nsegs; i > 0 && n < 8; i--) {
+		sl_seg *s = db->segs[i - 1];
+		if (s->flags & SL_SEG_COMPACTED) {
+			continue; /* synced before it was published */
+		}
+		if (atomic_load(&s->synced) < atomic_load(&s->end)) {
+			todo[n++] = s;
+		} else if (s->sealed) {
+			break; /* sealed ⇒ synced, and every older log segment too */
+		}
+	}
+	pthread_mutex_unlock(&db->seg_mu);
+	for (size_t i = 0; i < n; i++) {
+		int rc = sl_seg_sync(db->io, todo[i], &db->n_fsyncs);
+		if (rc != SL_OK) {
+			return rc;
+		}
+	}
+	return SL_OK;
+}
+
+/* Group-commit waiters sleep on a futex word, sync_gen, bumped after every
+ * sync: one wake reaches all of them and none has to re-take a mutex to
+ * learn its fate (with 32 writers on 2 cores a condition variable's mutex
+ * handoff chain cost more than the fdatasync). */
+static void gen_wait(sl_db *db, uint32_t seen)
+{
+	struct timespec ts = {0, 20 * 1000 * 1000}; /* bounded: re-check failure */
+	syscall(SYS_futex, &db->sync_gen, FUTEX_WAIT_PRIVATE, seen, &ts, NULL, 0);
+}
+
+static void gen_bump(sl_db *db)
+{
+	atomic_fetch_add(&db->sync_gen, 1);
+	syscall(SYS_futex, &db->sync_gen, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
+}
+
+/* Makes every record up to the current last seq durable (invariant 4). */
+int sl_db_sync_all(sl_db *db)
+{
+	uint64_t target = atomic_load(&db->last_seq);
+	int rc = flush_all(db);
+	if (rc != SL_OK) {
+		sl_db_fail(db, rc, "fdatasync");
+	} else {
+		uint64_t cur = atomic_load(&db->synced_seq);
+		while (cur < target &&
+		       !atomic_compare_exchange_weak(&db->synced_seq, &cur, target)) {
+		}
+	}
+	gen_bump(db);
+	return rc;
+}
+
+/* Before a group-commit leader syncs, it lets writers that are already on
+ * their way into the log (counted in `arriving`) append, so one fdatasync
+ * covers them too; bounded so a lone writer never waits. */
+static void gather(sl_db *db)
+{
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (atomic_load(&db->arriving) > 0) {
+		sched_yield();
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		int64_t us = (t.tv_sec - t0.tv_sec) * 1000000 + (t.tv_nsec - t0.tv_nsec) / 1000;
+		if (us >= GATHER_MAX_US) {
+			break;
+		}
+	}
+}
+
+/* Group commit: the first waiter to find no sync running syncs for
+ * everyone whose record is already in the log. */
+int sl_db_sync_wait(sl_db *db, uint64_t seq)
+{
+	for (;;) {
+		uint32_t gen = atomic_load(&db->sync_gen);
+		if (atomic_load(&db->synced_seq) >= seq) {
+			return SL_OK;
+		}
+		if (atomic_load(&db->failed)) {
+			return SL_EFAILED;
+		}
+		int idle = 0;
+		if (atomic_compare_exchange_strong(&db->syncing, &idle, 1)) {
+			gather(db);
+			int r = sl_db_sync_all(db);
+			atomic_store(&db->syncing, 0);
+			gen_bump(db);
+			if (r != SL_OK) {
+				return SL_EFAILED;
+			}
+		} else {
+			gen_wait(db, gen);
+		}
+	}
+}
+
+int sl_sync_wait(sl_db *db, uint64_t seq)
+{
+	if (db == NULL) {
+		return SL_EINVAL;
+	}
+	if (seq > atomic_load(&db->last_seq)) {
+		seq = atomic_load(&db->last_seq);
+	}
+	return sl_db_sync_wait(db, seq);
+}
+
+int sl_sync_now(sl_db *db)
+{
+	if (atomic_load(&db->failed)) {
+		return SL_EFAILED;
+	}
+	return sl_db_sync_wait(db, atomic_load(&db->last_seq));
+}
+
+/* Seals a segment that is no longer active: sync, trim, hint.  A failed
+ * hint only costs a scan at the next open, so it is logged, not fatal. */
+int sl_db_seal(sl_db *db, sl_seg *s)
+{
+	int rc = sl_seg_sync(db->io, s, &db->n_fsyncs);
+	if (rc != SL_OK) {
+		sl_db_fail(db, rc, "fdatasync of a sealed segment");
+		return rc;
+	}
+	if (sl_seg_trim(db->io, s) != SL_OK || db->io->fsync(s->fd) != 0) {
+		sl_db_log(db, "warn", "could not trim segment %u", s->id);
+	}
+	sl_db_count(&db->n_fsyncs, 1);
+	rc = sl_hint_write(db->io, db->dir, db->dirfd, s, db->opt.max_key_bytes,
+	                   db->opt.max_value_bytes);
+	if (rc != SL_OK) {
+		sl_db_log(db, "warn", "hint for segment %u not written: %s", s->id,
+		          sl_strerror(rc));
+	}
+	atomic_store(&s->sealed, 1);
+	return SL_OK;
+}
+
+/* Seals every non-active, unsealed segment. */
+void sl_db_seal_pending(sl_db *db)
+{
+	/* One sealer at a time (the flusher, sl_compact): two sealing the same
+	 * segment would let the second still be writing its hint after the
+	 * first marked it sealed and a compaction freed it. */
+	pthread_mutex_lock(&db->seal_mu);
+	for (;;) {
+		sl_seg *s = NULL;
+		pthread_mutex_lock(&db->seg_mu);
+		for (size_t i = 0; i < db->nsegs; i++) {
+			sl_seg *c = db->segs[i];
+			if (!atomic_load(&c->sealed) && c != db->active_pub) {
+				s = c;
+				break;
+			}
+		}
+		pthread_mutex_unlock(&db->seg_mu);
+		if (s == NULL || sl_db_seal(db, s) != SL_OK) {
+			break;
+		}
+	}
+	pthread_mutex_unlock(&db->seal_mu);
+}
+
+void *sl_db_flusher_main(void *arg)
+{
+	sl_db *db = arg;
+	pthread_mutex_lock(&db->sync_mu);
+	while (!db->stop) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)db->opt.sync_interval_ms * 1000000u;
+		ts.tv_sec += (time_t)(ns / 1000000000u);
+		ts.tv_nsec = (long)(ns % 1000000000u);
+		if (!db->seal_wanted && !atomic_load(&db->pop_wanted)) {
+			pthread_cond_timedwait(&db->flush_cv, &db->sync_mu, &ts);
+		}
+		int stop = db->stop;
+		db->seal_wanted = 0;
+		pthread_mutex_unlock(&db->sync_mu);
+		if (atomic_exchange(&db->pop_wanted, 0)) {
+			/* In 1 MiB steps, each under seal_mu with the active segment
+			 * looked up afresh: a segment that is not sealed cannot be
+			 * compacted and freed, and seal_mu keeps it unsealed. */
+			for (int more = 1; more;) {
+				pthread_mutex_lock(&db->seal_mu);
+				pthread_mutex_lock(&db->seg_mu);
+				sl_seg *a = db->active_pub;
+				pthread_mutex_unlock(&db->seg_mu);
+				uint64_t pop = a ? atomic_load(&a->populated) : 0;
+				more = a != NULL && !atomic_load(&a->sealed) &&
+				       pop < atomic_load(&a->end) + POP_AHEAD && pop < a->cap;
+				if (more) {
+					sl_seg_populate(a, pop + (1u << 20));
+				}
+				pthread_mutex_unlock(&db->seal_mu);
+			}
+		}
+		if (!atomic_load(&db->failed)) {
+			sl_db_seal_pending(db);
+			if (db->opt.sync == SL_SYNC_EVERYSEC && !stop) {
+				sl_db_sync_all(db);
+			}
+		}
+		pthread_mutex_lock(&db->sync_mu);
+	}
+	pthread_mutex_unlock(&db->sync_mu);
+	return NULL;
+}
