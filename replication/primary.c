@@ -185,6 +185,20 @@ static void table_touch(sl_repl *r, const char *id, uint64_t now)
 	}
 }
 
+/* Zeroes a follower's positions (it is resyncing onto this history) while
+ * keeping it in the table as seen.  mu held. */
+static void table_forget(sl_repl *r, const char *id, uint64_t now)
+{
+	for (int i = 0; id != NULL && i < SL_MAX_FOLLOW; i++) {
+		follower_ent *x = &r->followers[i];
+		if (x->used && strcmp(x->node_id, id) == 0) {
+			x->applied = 0;
+			x->durable = 0;
+			x->last_seen_ms = now;
+		}
+	}
+}
+
 /* ---- fetch -------------------------------------------------------------- */
 
 /* Invariant 4.  mu held.  SL_OK: continue from from_seq; SL_ESTALE. */
@@ -227,17 +241,25 @@ static int serve_fetch(rctx *c)
 	while (h0 < dbhead && !atomic_compare_exchange_weak(&r->head, &h0, dbhead)) {
 	}
 	pthread_mutex_lock(&r->mu);
-	if (!c->parked_once) {
-		table_update(r, f, now);
-	} else {
-		table_touch(r, f->node_id, now);
-	}
 	int role = atomic_load(&r->role);
 	char primary[256];
 	snprintf(primary, sizeof(primary), "%s", r->st.primary);
 	uint64_t floor = r->st.floor;
 	uint64_t head = atomic_load(&r->head);
 	int rc = ancestry_check(r, f, head);
+	if (rc == SL_OK && f->from_seq <= floor) {
+		rc = SL_ESTALE; /* invariant 3 */
+	}
+	if (rc != SL_OK) {
+		/* A follower off this history (an old primary ahead of us, say)
+		 * holds none of our writes past the fork: its positions must not
+		 * count as acks while it resyncs. */
+		table_forget(r, f->node_id, now);
+	} else if (!c->parked_once) {
+		table_update(r, f, now);
+	} else {
+		table_touch(r, f->node_id, now);
+	}
 	pthread_mutex_unlock(&r->mu);
 	if (role != ROLE_PRIMARY) {
 		char msg[320];
@@ -245,9 +267,6 @@ static int serve_fetch(rctx *c)
 		         primary[0] ? primary : "?");
 		reply_fetch_status(c, SL_EREADONLY, msg);
 		return 0;
-	}
-	if (rc == SL_OK && f->from_seq <= floor) {
-		rc = SL_ESTALE; /* invariant 3 */
 	}
 	if (rc != SL_OK) {
 		reply_fetch_status(c, rc, "history diverged or seq not in the log: full resync");

@@ -11,6 +11,7 @@
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
 
 #include "replutil.h"
 #include "shiplog.pb-c.h"
@@ -180,10 +181,66 @@ static void test_fake_primary_garbage(void **state)
 	assert_int_equal(ru_stat(&F, "corrupt_records", NULL, 0), 0);
 }
 
+/* A fake follower off the primary's history (an old primary that came
+ * back ahead, say) claims a high durable seq: the primary answers
+ * SL_ESTALE and must not count it as an ack for its own writes. */
+static void test_diverged_follower_is_no_ack(void **state)
+{
+	(void)state;
+	ru_node P = {0};
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/p", root);
+	assert_int_equal(ru_start(&P, dir, NULL, NULL), 0);
+	sl_client *c = ru_client(&P);
+	assert_non_null(c);
+	for (int i = 0; i < 10; i++) {
+		assert_int_equal(sl_client_put(c, "k", 1, "v", 1, NULL), SL_OK);
+	}
+	nng_socket req;
+	assert_int_equal(nng_req0_open(&req), 0);
+	nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 5000);
+	assert_int_equal(nng_dial(req, P.rurl, NULL, 0), 0);
+	Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+	Shiplog__Fetch f = SHIPLOG__FETCH__INIT;
+	f.has_history_id = 1;
+	f.history_id.data = hid; /* not the primary's history */
+	f.history_id.len = 16;
+	f.has_from_seq = 1;
+	f.from_seq = 1000;
+	f.has_durable_seq = 1;
+	f.durable_seq = 999;
+	f.node_id = "diverged";
+	q.op_case = SHIPLOG__REPL_REQUEST__OP_FETCH;
+	q.fetch = &f;
+	size_t n = shiplog__repl_request__get_packed_size(&q);
+	nng_msg *m;
+	assert_int_equal(nng_msg_alloc(&m, n), 0);
+	shiplog__repl_request__pack(&q, nng_msg_body(m));
+	assert_int_equal(nng_sendmsg(req, m, 0), 0);
+	assert_int_equal(nng_recvmsg(req, &m, 0), 0);
+	Shiplog__ReplReply *rep =
+	    shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	nng_msg_free(m);
+	assert_non_null(rep);
+	assert_int_equal(rep->op_case, SHIPLOG__REPL_REPLY__OP_FETCH);
+	assert_int_equal(rep->fetch->status, SL_ESTALE);
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	/* No real follower exists: an --acks 1 write must time out. */
+	sl_client_set_acks(c, 1, 300);
+	uint64_t seq = 0;
+	assert_int_equal(sl_client_put(c, "k", 1, "w", 1, &seq), SL_ETIMEDOUT);
+	assert_true(seq > 10);
+	assert_int_equal(sl_client_last_acks(c), 0);
+	sl_client_close(c);
+	nng_close(req);
+	nu_stop(&P.d, SIGTERM);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_fake_primary_garbage),
+	    cmocka_unit_test(test_diverged_follower_is_no_ack),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
