@@ -13,13 +13,19 @@
  */
 #include "client.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "shiplog.pb-c.h"
 
@@ -89,6 +95,55 @@ static void apply_timeout(sl_client *c)
 	nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, c->timeout_ms);
 }
 
+/* For tcp://HOST:PORT, a connect with a deadline before nng's dial, which
+ * has none: against a cut link a blocking dial waits minutes for the kernel
+ * to give up.  SL_OK (reachable, or not a tcp URL), SL_ECONN (refused,
+ * unreachable) or SL_ETIMEDOUT. */
+static int probe_tcp(const char *url, int timeout_ms)
+{
+	if (strncmp(url, "tcp://", 6) != 0) {
+		return SL_OK;
+	}
+	char host[256];
+	snprintf(host, sizeof(host), "%s", url + 6);
+	char *colon = strrchr(host, ':');
+	if (colon == NULL) {
+		return SL_OK; /* let nng report the malformed URL */
+	}
+	*colon = '\0';
+	const char *port = colon + 1;
+	char *h = host;
+	if (h[0] == '[') { /* [v6]:port */
+		h++;
+		h[strlen(h) - 1] = '\0';
+	}
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	if (getaddrinfo(h, port, &hints, &ai) != 0 || ai == NULL) {
+		return SL_OK;
+	}
+	int rc = SL_ECONN;
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd >= 0) {
+		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+			rc = SL_OK;
+		} else if (errno == EINPROGRESS) {
+			struct pollfd p = {.fd = fd, .events = POLLOUT};
+			int n = poll(&p, 1, timeout_ms);
+			int err = 0;
+			socklen_t el = sizeof(err);
+			if (n == 0) {
+				rc = SL_ETIMEDOUT;
+			} else if (n > 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 &&
+			           err == 0) {
+				rc = SL_OK;
+			}
+		}
+		close(fd);
+	}
+	freeaddrinfo(ai);
+	return rc;
+}
+
 int sl_client_open(const char *url, int timeout_ms, sl_client **out)
 {
 	if (url == NULL || out == NULL) {
@@ -114,6 +169,12 @@ int sl_client_open(const char *url, int timeout_ms, sl_client **out)
 	}
 	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 50);
 	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000);
+	int prc = probe_tcp(url, c->timeout_ms);
+	if (prc != SL_OK) {
+		nng_close(c->sock);
+		free(c);
+		return prc;
+	}
 	rv = nng_dial(c->sock, url, NULL, 0);
 	if (rv != 0) {
 		nng_close(c->sock);

@@ -514,6 +514,14 @@ static void *fetch_main(void *arg)
 			continue;
 		}
 		Shiplog__FetchReply *fr = rep->fetch;
+		if ((fr->status == SL_OK || fr->status == SL_ESTALE) && fr->client_url != NULL &&
+		    fr->client_url[0]) {
+			/* a primary's answer: remember where clients should write */
+			pthread_mutex_lock(&r->mu);
+			snprintf(r->primary_client, sizeof(r->primary_client), "%s",
+			         fr->client_url);
+			pthread_mutex_unlock(&r->mu);
+		}
 		if (fr->status == SL_ESTALE) {
 			shiplog__repl_reply__free_unpacked(rep, NULL);
 			repl_log(r, 1, "primary %s cannot continue from seq %llu: full resync", url,

@@ -86,6 +86,7 @@ static void reply_fetch_status(rctx *c, int status, const char *msg)
 	f.error = (char *)msg;
 	f.has_head_seq = 1;
 	f.head_seq = atomic_load(&c->r->head);
+	f.client_url = (char *)(c->r->o.self_url ? c->r->o.self_url : "");
 	rep.op_case = SHIPLOG__REPL_REPLY__OP_FETCH;
 	rep.fetch = &f;
 	send_reply(c, &rep);
@@ -337,6 +338,7 @@ static int serve_fetch(rctx *c)
 	fr.history_id.len = SL_HID_BYTES;
 	fr.n_history = lb.n;
 	fr.history = lb.p;
+	fr.client_url = (char *)(r->o.self_url ? r->o.self_url : "");
 	if (atomic_load(&r->ack_waiters) > 0) {
 		fr.has_sync_seq = 1;
 		fr.sync_seq = head;

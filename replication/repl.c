@@ -193,10 +193,13 @@ int sl_repl_write_check(sl_repl *r, char *msg, size_t cap, char *primary, size_t
 	int rc = SL_OK;
 	pthread_mutex_lock(&r->mu);
 	if (atomic_load(&r->role) == ROLE_FOLLOWER) {
+		/* Clients need the primary's client URL; until the first fetch
+		 * reply brings it, name the replication URL followed. */
+		const char *to = r->primary_client[0] ? r->primary_client : r->st.primary;
 		snprintf(msg, cap, "this node is a read-only follower; write to the primary at %s",
-		         r->st.primary[0] ? r->st.primary : "(unknown)");
+		         to[0] ? to : "(unknown)");
 		if (primary != NULL) {
-			snprintf(primary, pcap, "%s", r->st.primary);
+			snprintf(primary, pcap, "%s", to);
 		}
 		rc = SL_EREADONLY;
 	} else if (r->o.min_replicas > 0) {
@@ -376,6 +379,7 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 		return rc;
 	}
 	r->st = st;
+	r->primary_client[0] = '\0'; /* learnt again from the new primary's replies */
 	atomic_store(&r->role, ROLE_FOLLOWER);
 	atomic_store(&r->applied, atomic_load(&r->head));
 	repl_follower_start(r);

@@ -103,8 +103,9 @@ struct sl_repl {
 	int fetch_stop;   /* ask the fetch loop to end */
 	nng_socket fsock; /* the loop's REQ socket (closed to interrupt it) */
 	int fsock_open;
-	const char *fstate; /* "connecting", "streaming", "resyncing" */
-	uint64_t durable;   /* follower: highest seq known synced */
+	const char *fstate;       /* "connecting", "streaming", "resyncing" */
+	char primary_client[256]; /* follower: the primary's client URL, once known */
+	uint64_t durable;         /* follower: highest seq known synced */
 	atomic_uint_fast64_t resyncs_full, resyncs_partial;
 	atomic_uint_fast64_t bytes_fetched, records_fetched, refused;
 };

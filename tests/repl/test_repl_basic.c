@@ -74,8 +74,9 @@ static void test_follower_read_only(void **state)
 	assert_non_null(c);
 	uint64_t seq = 0;
 	assert_int_equal(sl_client_put(c, "ro", 2, "x", 1, &seq), SL_EREADONLY);
-	assert_non_null(strstr(sl_client_errmsg(c), P.rurl));
-	assert_string_equal(sl_client_primary(c), P.rurl);
+	/* the primary's client URL: where a client should send the write */
+	assert_non_null(strstr(sl_client_errmsg(c), P.d.url));
+	assert_string_equal(sl_client_primary(c), P.d.url);
 	assert_int_equal(sl_client_del(c, "mix00000", 8, NULL), SL_EREADONLY);
 	/* reads are served */
 	void *v = NULL;
