@@ -9,7 +9,7 @@
  *
  *   shiplog-bench --url URL [-t put,get,ping] [-c CLIENTS] [-n REQUESTS]
  *                 [-d VALUE_SIZE] [-r KEYSPACE] [-P PIPELINE] [--sequential]
- *                 [--timeout MS] [--json]
+ *                 [--timeout MS] [--acks N] [--json]
  *
  * -c connections, each with its own thread and its own sl_client; -n
  * operations per test in total, shared by all clients; -P N operations per
@@ -56,6 +56,7 @@ static int opt_clients = 50;
 static uint64_t opt_requests = 100000;
 static size_t opt_value_size = 3; /* redis-benchmark's default */
 static uint64_t opt_keyspace;     /* 0: one key */
+static uint32_t opt_acks;         /* --acks: followers per write (0: none) */
 static int opt_pipeline = 1;
 static int opt_sequential;
 static int opt_timeout_ms = 10000;
@@ -390,6 +391,8 @@ static void usage(FILE *f)
 	        "-r)\n"
 	        "  -P, --pipeline N   operations per Batch message (default 1: one request each)\n"
 	        "  --timeout MS       per-request timeout (default 10000)\n"
+	        "  --acks N           writes wait until N followers hold them durably (the\n"
+	        "                     primary's --acks; a write short of N acks fails)\n"
 	        "  --json             one JSON object per test: benchmark, ops_per_sec, p50_us,\n"
 	        "                     p99_us, p999_us, requests, clients, pipeline, ...\n"
 	        "  -h, --help         this text\n"
@@ -447,6 +450,7 @@ int sl_netbench_main(int argc, char **argv)
 	    {"pipeline", required_argument, NULL, 'P'},
 	    {"sequential", no_argument, NULL, 'S'},
 	    {"timeout", required_argument, NULL, 'T'},
+	    {"acks", required_argument, NULL, 'A'},
 	    {"json", no_argument, NULL, 'j'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
@@ -504,6 +508,12 @@ int sl_netbench_main(int argc, char **argv)
 			}
 			opt_timeout_ms = (int)v;
 			break;
+		case 'A':
+			if (parse_u64(optarg, &v) || v > 64) {
+				return bad("--acks", optarg);
+			}
+			opt_acks = (uint32_t)v;
+			break;
 		case 'j':
 			opt_json = 1;
 			break;
@@ -535,6 +545,9 @@ int sl_netbench_main(int argc, char **argv)
 		w->rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
 		w->vbuf = malloc(opt_value_size + 256);
 		int rc = w->vbuf ? sl_client_open(opt_url, opt_timeout_ms, &w->c) : SL_ENOMEM;
+		if (rc == SL_OK && opt_acks > 0) {
+			sl_client_set_acks(w->c, opt_acks, (uint32_t)opt_timeout_ms);
+		}
 		if (rc == SL_OK && opt_pipeline > 1) {
 			rc = sl_pipeline_new(w->c, &w->p);
 		}
