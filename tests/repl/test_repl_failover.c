@@ -150,8 +150,8 @@ static void test_failover(void **state)
 	/* the old primary is read-only now and names the new one */
 	assert_int_equal(sl_client_put(c, "x", 1, "y", 1, NULL), SL_EREADONLY);
 	if (strcmp(sl_client_primary(c), np->d.url) != 0) {
-		fail_msg("primary named %s (%s); new primary: client %s repl %s", sl_client_primary(c),
-		         sl_client_errmsg(c), np->d.url, np->rurl);
+		fail_msg("primary named %s (%s); new primary: client %s repl %s",
+		         sl_client_primary(c), sl_client_errmsg(c), np->d.url, np->rurl);
 	}
 	sl_client_close(c);
 }
