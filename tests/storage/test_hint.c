@@ -21,7 +21,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,29 +33,9 @@
 #include "record.h"
 #include "segment.h"
 #include "shiplog.h"
+#include "testutil.h"
 
 /* ---- helpers: files --------------------------------------------------- */
-
-static uint32_t ref_crc32c(const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	uint32_t c = 0xffffffffu;
-	for (size_t i = 0; i < len; i++) {
-		c ^= p[i];
-		for (int k = 0; k < 8; k++) {
-			c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
-		}
-	}
-	return c ^ 0xffffffffu;
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
 
 static char *make_tmpdir(void)
 {
@@ -70,12 +49,6 @@ static char *make_tmpdir(void)
 	sprintf(p, "%s/test_hint-XXXXXX", root);
 	assert_non_null(mkdtemp(p));
 	return p;
-}
-
-static int exists(const char *path)
-{
-	struct stat st;
-	return stat(path, &st) == 0;
 }
 
 static uint8_t *read_all(const char *path, size_t *len)
@@ -265,7 +238,7 @@ static void fx_close(fx *f)
 {
 	sl_seg_close(&sl_io_default, f->seg);
 	close(f->dirfd);
-	nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	tu_rm_rf(f->dir);
 	free(f->dir);
 }
 
@@ -356,8 +329,8 @@ static void write_then_load_gives_entries_in_order(void **state)
 	fx *f = *state;
 	fx_fill(f, 60);
 	assert_int_equal(write_hint(f), SL_OK);
-	assert_true(exists(f->hint));
-	assert_false(exists(f->tmp));
+	assert_true(tu_exists(f->hint));
+	assert_false(tu_exists(f->tmp));
 	got g;
 	assert_int_equal(load(f, seg_end(f), &g), SL_OK);
 	expect_entries(&g, f->w, f->n);
@@ -379,7 +352,7 @@ static void written_file_matches_format_h(void **state)
 	assert_int_equal(sl_get32(b + 8), 1);
 	assert_int_equal(sl_get32(b + 12), f->n);
 	assert_int_equal(sl_get64(b + 16), SEG_ID);
-	assert_int_equal(sl_get32(b + len - 4), ref_crc32c(b, len - 4));
+	assert_int_equal(sl_get32(b + len - 4), tu_crc32c(b, len - 4));
 	size_t off = SL_HINT_HDR_SIZE;
 	for (size_t i = 0; i < f->n; i++) {
 		const uint8_t *e = b + off;
@@ -635,7 +608,7 @@ static size_t build_hint(uint8_t *b, const char *magic, uint32_t version, uint32
 		memset(p + 27, 'k', e[i].key_len);
 		off += 27 + e[i].key_len;
 	}
-	sl_put32(b + off, ref_crc32c(b, off));
+	sl_put32(b + off, tu_crc32c(b, off));
 	return off + 4;
 }
 
@@ -774,7 +747,7 @@ static void crafted_header_fields_are_checked(void **state)
 	n = build_hint(buf, SL_HINT_MAGIC, 1, 1, SEG_ID, es, 0);
 	assert_int_equal(load_crafted(f, buf, n, 1000, SL_MAX_KEY, &g), SL_ECORRUPT);
 	memset(buf + SL_HINT_HDR_SIZE, 0, 20);
-	sl_put32(buf + SL_HINT_HDR_SIZE + 20, ref_crc32c(buf, SL_HINT_HDR_SIZE + 20));
+	sl_put32(buf + SL_HINT_HDR_SIZE + 20, tu_crc32c(buf, SL_HINT_HDR_SIZE + 20));
 	assert_int_equal(load_crafted(f, buf, SL_HINT_HDR_SIZE + 24, 1000, SL_MAX_KEY, &g),
 	                 SL_ECORRUPT);
 	assert_int_equal(g.n, 0);
@@ -856,20 +829,20 @@ static void write_failure_leaves_no_tmp_and_keeps_old_hint(void **state)
 
 	pwrite_errno = ENOSPC;
 	assert_int_equal(write_hint(f), SL_ENOSPC);
-	assert_false(exists(f->tmp));
+	assert_false(tu_exists(f->tmp));
 	pwrite_errno = EIO;
 	assert_int_equal(write_hint(f), SL_EIO);
-	assert_false(exists(f->tmp));
+	assert_false(tu_exists(f->tmp));
 	pwrite_errno = 0;
 
 	fsync_fail = 1;
 	assert_int_equal(write_hint(f), SL_EIO);
-	assert_false(exists(f->tmp));
+	assert_false(tu_exists(f->tmp));
 	fsync_fail = 0;
 
 	rename_fail = 1;
 	assert_int_equal(write_hint(f), SL_EIO);
-	assert_false(exists(f->tmp));
+	assert_false(tu_exists(f->tmp));
 	rename_fail = 0;
 
 	/* Each failure left the previous hint untouched. */
@@ -882,8 +855,8 @@ static void write_failure_leaves_no_tmp_and_keeps_old_hint(void **state)
 	pwrite_errno = ENOSPC;
 	assert_int_equal(write_hint(f), SL_ENOSPC);
 	pwrite_errno = 0;
-	assert_false(exists(f->tmp));
-	assert_false(exists(f->hint));
+	assert_false(tu_exists(f->tmp));
+	assert_false(tu_exists(f->hint));
 	assert_int_equal(load(f, seg_end(f), &g), SL_ENOTFOUND);
 }
 

@@ -21,7 +21,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,35 +32,9 @@
 #include "record.h"
 #include "segment.h"
 #include "shiplog.h"
+#include "testutil.h"
 
 /* ---- helpers: files --------------------------------------------------- */
-
-static uint32_t ref_crc32c(const void *buf, size_t len)
-{
-	const uint8_t *p = buf;
-	uint32_t c = 0xffffffffu;
-	for (size_t i = 0; i < len; i++) {
-		c ^= p[i];
-		for (int k = 0; k < 8; k++) {
-			c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
-		}
-	}
-	return c ^ 0xffffffffu;
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static long long file_size(const char *path)
-{
-	struct stat st;
-	return stat(path, &st) == 0 ? (long long)st.st_size : -1;
-}
 
 static uint8_t *read_all(const char *path, size_t *len)
 {
@@ -218,7 +191,7 @@ static void fx_open(fx *f)
 static void fx_close(fx *f)
 {
 	close(f->dirfd);
-	nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	tu_rm_rf(f->dir);
 	free(f->dir);
 }
 
@@ -277,7 +250,7 @@ static void expect_header(const uint8_t *h, uint32_t id, uint64_t first_seq)
 {
 	assert_memory_equal(h, "SHIPLSEG", 8);
 	assert_int_equal(sl_get32(h + 8), 1);
-	assert_int_equal(sl_get32(h + 12), ref_crc32c(h + 16, 16));
+	assert_int_equal(sl_get32(h + 12), tu_crc32c(h + 16, 16));
 	assert_int_equal(sl_get64(h + 16), id);
 	assert_int_equal(sl_get64(h + 24), first_seq);
 }
@@ -312,7 +285,7 @@ static void create_preallocates_and_writes_valid_header(void **state)
 
 	char path[512];
 	seg_file(f, 12, path, sizeof(path));
-	assert_int_equal(file_size(path), (long long)cap);
+	assert_int_equal(tu_file_size(path), (long long)cap);
 	assert_int_equal(sl_seg_file_size(s), cap);
 	assert_int_equal(s->id, 12);
 	assert_true(s->fd >= 0);
@@ -422,7 +395,7 @@ static void create_existing_id_fails_and_keeps_file(void **state)
 	/* Also through the real system calls. */
 	rc = sl_seg_create(&sl_io_default, f->dir, f->dirfd, 3, 100, 128 * 1024, &s2);
 	assert_int_not_equal(rc, SL_OK);
-	assert_int_equal(file_size(path), (long long)len0);
+	assert_int_equal(tu_file_size(path), (long long)len0);
 	sl_seg *o;
 	int hdr_ok = -1;
 	assert_int_equal(sl_seg_open(&fio, f->dir, 3, 0, &o, &hdr_ok), SL_OK);
@@ -442,9 +415,9 @@ static void expect_create_fails_cleanly(fx *f, uint32_t id, int want_rc)
 		fail_msg("create rc %d, want %d (calls %s)", rc, want_rc, calls);
 	}
 	assert_ptr_equal(s, (sl_seg *)(uintptr_t)0x1);
-	if (file_size(path) != -1) {
+	if (tu_file_size(path) != -1) {
 		fail_msg("failed create left %s behind (%lld bytes; calls %s)", path,
-		         file_size(path), calls);
+		         tu_file_size(path), calls);
 	}
 }
 
