@@ -25,6 +25,7 @@
 #include "repl.h"
 #include "scan.h"
 #include "status.h"
+#include "workq.h"
 
 /* TTLs beyond a century are almost certainly unit mistakes, and would
  * overflow expire_at arithmetic near UINT64_MAX. */
@@ -491,7 +492,6 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 	if (k == 0) {
 		return;
 	}
-	uint64_t max_seq = 0;
 	Shiplog__Result *res = own_alloc(r, k * sizeof(*res));
 	Shiplog__Result **ptrs = own_alloc(r, k * sizeof(*ptrs));
 	if (res == NULL || ptrs == NULL) {
@@ -537,23 +537,9 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 			    own_printf(r, "%s", o.msg[0] ? o.msg : sl_status_str(o.status));
 		}
 		ptrs[i] = &res[i];
-		if (o.status == SL_OK && o.seq > max_seq &&
-		    (op->op_case == SHIPLOG__OP__OP_PUT || op->op_case == SHIPLOG__OP__OP_DEL)) {
-			max_seq = o.seq;
-		}
 	}
-	/* Reply only once every write of the batch is as durable as the sync
-	 * policy promises; a failed sync fails each of them. */
-	int src =
-	    max_seq && strcmp(n->sync_name, "always") == 0 ? sl_sync_wait(n->db, max_seq) : SL_OK;
-	for (size_t i = 0; src != SL_OK && i < k; i++) {
-		const Shiplog__Op *op = b->ops[i];
-		if (res[i].status == SL_OK &&
-		    (op->op_case == SHIPLOG__OP__OP_PUT || op->op_case == SHIPLOG__OP__OP_DEL)) {
-			res[i].status = src;
-			res[i].error = own_printf(r, "sync: %s", sl_status_str(src));
-		}
-	}
+	/* Under --sync always the batch's writes were appended with SL_NOWAIT
+	 * and share one sl_sync_wait in run() (or the caller's committer). */
 	r->resp.results = ptrs;
 	r->resp.n_results = k;
 }
@@ -711,7 +697,9 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 	uint32_t tmo = w->has_timeout_ms ? w->timeout_ms : 0;
 	uint32_t got = 0;
 	sl_repl_ack_begin(n->repl);
+	sl_workq_blocking(1);
 	sl_repl_wait_acks(n->repl, seq, want, tmo, &got);
+	sl_workq_blocking(0);
 	sl_repl_ack_end(n->repl);
 	r->resp.has_acks = 1;
 	r->resp.acks = got;
@@ -719,7 +707,11 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 	r->resp.seq = seq;
 }
 
-static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
+/* defer_seq != NULL: under --sync always, a write that needs no follower
+ * acknowledgement is appended without waiting for its fdatasync; *defer_seq
+ * gets the seq the caller must sl_sync_wait for (then sl_reply_sync_failed on
+ * failure, then sl_repl_notify_write) before sending the reply. */
+static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint64_t *defer_seq)
 {
 	int writes =
 	    op == SL_OP_PUT || op == SL_OP_DEL || (op == SL_OP_BATCH && batch_writes(q->batch));
@@ -727,8 +719,10 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 		uint64_t applied = 0;
 		int behind;
 		if (n->repl != NULL) {
+			sl_workq_blocking(1);
 			behind = sl_repl_wait_applied(n->repl, q->min_seq, n->min_seq_wait_ms,
 			                              &applied) != SL_OK;
+			sl_workq_blocking(0);
 		} else {
 			pthread_rwlock_rdlock(&n->db_lock);
 			applied = sl_last_seq(n->db);
@@ -759,6 +753,12 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 		}
 	}
 	int want_acks = writes && q->has_acks && q->acks > 0 && n->repl != NULL;
+	/* Under --sync always a write is appended first and made durable
+	 * after (sl_sync_wait below, or the caller's committer when deferred),
+	 * so the worker can mark the wait for the disk as a wait. */
+	int sync_after = writes && strcmp(n->sync_name, "always") == 0;
+	int defer = defer_seq != NULL && sync_after && !want_acks;
+	unsigned wflags = sync_after ? SL_NOWAIT : 0;
 	if (want_acks) {
 		sl_repl_ack_begin(n->repl);
 	}
@@ -773,11 +773,11 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 		set_top(r, &o);
 		break;
 	case SL_OP_PUT:
-		do_put(n, q->put, 0, &o);
+		do_put(n, q->put, wflags, &o);
 		set_top(r, &o);
 		break;
 	case SL_OP_DEL:
-		do_del(n, q->del, 0, &o);
+		do_del(n, q->del, wflags, &o);
 		set_top(r, &o);
 		break;
 	case SL_OP_MGET:
@@ -790,7 +790,9 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 		do_stats(n, r);
 		break;
 	case SL_OP_COMPACT: {
+		sl_workq_blocking(1);
 		int rc = sl_compact(n->db);
+		sl_workq_blocking(0);
 		if (rc == SL_OK) {
 			atomic_fetch_add(&n->compactions, 1);
 		} else {
@@ -807,8 +809,22 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 		fail(r, SL_EBADOP, "unknown or missing operation");
 		break;
 	}
-	pthread_rwlock_unlock(&n->db_lock);
 	uint64_t seq = writes ? written_seq(r, q, op) : 0;
+	if (defer) {
+		pthread_rwlock_unlock(&n->db_lock);
+		*defer_seq = seq; /* durable (and then notified) by the caller */
+		return;
+	}
+	if (sync_after && seq > 0) {
+		sl_workq_blocking(1);
+		int src = sl_sync_wait(n->db, seq);
+		sl_workq_blocking(0);
+		if (src != SL_OK) {
+			sl_reply_sync_failed(r, src);
+			seq = 0; /* not durable: not notified, not acknowledged */
+		}
+	}
+	pthread_rwlock_unlock(&n->db_lock);
 	if (seq > 0) {
 		sl_repl_notify_write(n->repl, seq);
 	}
@@ -816,7 +832,10 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 		uint32_t got = 0;
 		if (seq > 0) {
 			uint32_t tmo = q->has_acks_timeout_ms ? q->acks_timeout_ms : 0;
-			if (sl_repl_wait_acks(n->repl, seq, q->acks, tmo, &got) != SL_OK) {
+			sl_workq_blocking(1);
+			int arc = sl_repl_wait_acks(n->repl, seq, q->acks, tmo, &got);
+			sl_workq_blocking(0);
+			if (arc != SL_OK) {
 				fail(r, SL_ETIMEDOUT,
 				     "written as seq %llu, but only %u of %u followers have it "
 				     "durably after %u ms",
@@ -839,6 +858,14 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
 
 int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r)
 {
+	return sl_handle_defer(n, buf, len, r, NULL);
+}
+
+int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq)
+{
+	if (sync_seq != NULL) {
+		*sync_seq = 0;
+	}
 	reply_init(r);
 	Shiplog__Request *q = decode(buf, len, r);
 	if (q == NULL) {
@@ -849,7 +876,7 @@ int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r)
 		r->resp.id = q->id;
 	}
 	int op = op_of(q);
-	run(n, r, q, op);
+	run(n, r, q, op, sync_seq);
 	/* Values sent back never point into the request (invariant 4), so the
 	 * request can go now. */
 	shiplog__request__free_unpacked(q, NULL);
@@ -907,6 +934,25 @@ size_t sl_reply_size(const sl_reply *r)
 void sl_reply_pack(const sl_reply *r, void *out)
 {
 	shiplog__response__pack(&r->resp, out);
+}
+
+void sl_reply_sync_failed(sl_reply *r, int rc)
+{
+	if (r->resp.n_results > 0) {
+		for (size_t i = 0; i < r->resp.n_results; i++) {
+			Shiplog__Result *x = r->resp.results[i];
+			/* A get's result carries a value (never NULL when found). */
+			if (x->status == SL_OK && x->has_seq && !x->has_value) {
+				x->status = rc;
+				char *e = own_printf(r, "sync: %s", sl_status_str(rc));
+				x->error = e != NULL ? e : (char *)"sync failed";
+			}
+		}
+		return;
+	}
+	if (r->resp.status == SL_OK && r->resp.has_seq) {
+		fail(r, rc, "sync: %s", sl_status_str(rc));
+	}
 }
 
 void sl_reply_free(sl_reply *r)

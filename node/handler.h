@@ -36,6 +36,19 @@ typedef struct sl_reply {
  * r->resp.status.  Never fails: bad input gives an error status. */
 int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r);
 
+/* As sl_handle, but under --sync always a put, delete or batch of writes
+ * without --acks is only appended: *sync_seq (never NULL here) gets the seq
+ * that must be durable before the reply may be sent (0: send at once).  The
+ * caller then runs sl_sync_wait(db, seq) — one call covers many replies —,
+ * sl_reply_sync_failed on each reply if it failed, sl_repl_notify_write, and
+ * sends.  Lets the server answer many connections per fdatasync without a
+ * thread blocked per write. */
+int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq);
+
+/* Turns every successful write in r (the top-level put/delete, or the
+ * batch results carrying a seq) into status rc ("sync: …"). */
+void sl_reply_sync_failed(sl_reply *r, int rc);
+
 /* Answers buf without touching storage when that is possible: a ping.
  * Returns 1 and fills r (free with sl_reply_free) when it did; 0 (r
  * untouched) when the request needs a worker.  Cheap: only small messages

@@ -65,9 +65,9 @@ static void usage(FILE *f)
 	        "  --max-value-bytes N         largest value accepted (default 16m, max 1g)\n"
 	        "  --max-key-bytes N           largest key accepted (default 65535)\n"
 	        "  --pidfile PATH              write the pid here while running (default none)\n"
-	        "  --workers N                 worker threads running requests (default 2 per\n"
-	        "                              core; 64 with --sync always, so that many\n"
-	        "                              writes share one fdatasync)\n"
+	        "  --workers N                 worker threads for requests (default 64); at\n"
+	        "                              most 2 per core run at once, the others cover\n"
+	        "                              requests waiting for --acks or --min-seq\n"
 	        "  --contexts N                requests in flight at once (default 256)\n"
 	        "  --repl-listen URL|none      serve followers' fetches here (default\n"
 	        "                              " SL_REPL_DEFAULT_URL "; with --follow: none)\n"
@@ -364,11 +364,18 @@ static int write_pidfile(const char *path)
 	return 0;
 }
 
-/* Few workers when a request never waits on the disk: each extra thread
- * is a context switch per request on a small machine (measured on 2 cores:
- * 16 workers 35k puts/s, 2-4 workers 45-50k).  Under --sync always a worker
- * waits for the group commit, so many are needed for writes from many
- * connections to share one fdatasync. */
+/* Many worker threads, few running at once: each extra running thread is a
+ * context switch per request on a small machine (measured on 2 cores: 16
+ * running workers 35k puts/s, 2-4 workers 45-50k), while requests that wait
+ * (--acks, --min-seq, compact) park their thread with sl_workq_blocking and
+ * let another run.  Under --sync always no thread waits for the disk on a
+ * plain write: the server's committer answers after the group commit. */
+static int cpu_count(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 && n < 512 ? (int)n : 4;
+}
+
 /* Ends a shutdown that nng left hanging (see main).  The store was synced
  * before the sockets began to close, so nothing acknowledged is lost; the
  * next start recovers the active segment as after any stop. */
@@ -386,21 +393,16 @@ static void *shutdown_watchdog(void *arg)
 	return NULL;
 }
 
-static int default_workers(const config *c)
-{
-	if (c->sync == SL_SYNC_ALWAYS) {
-		return 64;
-	}
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
-	return n > 0 && n < 64 ? (int)(2 * n) : 8;
-}
-
 int main(int argc, char **argv)
 {
 	config c;
 	int pr = parse_flags(argc, argv, &c);
+	int running = 2 * cpu_count();
 	if (c.workers == 0) {
-		c.workers = default_workers(&c);
+		c.workers = 64;
+	}
+	if (running > c.workers) {
+		running = c.workers;
 	}
 	if (pr != 0) {
 		return pr > 0 ? 0 : 1;
@@ -503,6 +505,7 @@ int main(int argc, char **argv)
 	    .metrics_url = c.metrics,
 	    .contexts = c.contexts,
 	    .workers = c.workers,
+	    .running = running,
 	    .drain_ms = 30000,
 	};
 	sl_server *srv = NULL;
@@ -541,10 +544,10 @@ int main(int argc, char **argv)
 	}
 	sl_log_info("received %s; stopping: finishing in-flight requests",
 	            sig == SIGTERM ? "SIGTERM" : "SIGINT");
-	sl_server_stop(srv);
-	/* Sync before the replication sockets close: nng 1.5.2 can hang for
-	 * good in nng_close (nanomsg/nng#1543), and the watchdog below then
-	 * ends the process with the data already on disk. */
+	sl_server_drain(srv);
+	/* Sync before any socket closes: nng 1.5.2 can hang for good in
+	 * nng_close (nanomsg/nng#1543), and the watchdog below then ends the
+	 * process with the data already on disk. */
 	rc = sl_sync_now(n.db);
 	if (rc != SL_OK) {
 		sl_log_error("final sync failed: %s", sl_strerror(rc));
@@ -552,6 +555,7 @@ int main(int argc, char **argv)
 	static pthread_t watchdog;
 	g_pidfile = c.pidfile;
 	pthread_create(&watchdog, NULL, shutdown_watchdog, NULL);
+	sl_server_stop(srv);
 	sl_repl_stop(n.repl);
 	sl_close(n.db);
 	sl_metrics_free(n.metrics);

@@ -15,12 +15,22 @@
  *     been handed back to nng; stop waits for it to reach 0 before closing.
  *  3. Once `stopping` is set no request reaches the engine: callbacks
  *     answer SL_ESHUTDOWN and the pipe hook refuses new connections.
+ *  4. Under --sync always a worker never waits for the disk on a plain
+ *     write: it appends (sl_handle_defer) and hands the reply to the
+ *     committer thread, which takes every reply queued so far, makes the
+ *     highest of their seqs durable with one sl_sync_wait and sends them
+ *     all.  While it syncs, workers append the next group — Redis's
+ *     "write the AOF, fsync once, then reply to every client" loop, with
+ *     two or three threads instead of one blocked thread per connection.
+ *     A reply leaves only after its write is durable, so an acknowledged
+ *     write survives a crash exactly as before.
  */
 #include "server.h"
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/supplemental/http/http.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +40,7 @@
 #include "handler.h"
 #include "log.h"
 #include "metrics.h"
+#include "repl.h"
 #include "status.h"
 #include "workq.h"
 
@@ -44,6 +55,9 @@ typedef struct sctx {
 	nng_msg *req;
 	uint64_t t0_ns;
 	int op, status;
+	sl_reply reply;     /* built by a worker, sent by it or by the committer */
+	uint64_t sync_seq;  /* deferred: the seq that must be durable first */
+	struct sctx *dnext; /* in the committer's list */
 } sctx;
 
 typedef struct http_work {
@@ -65,6 +79,12 @@ struct sl_server {
 	atomic_int closing;
 	atomic_int working;
 	int drain_ms;
+	/* The committer (invariant 4): replies waiting for an fdatasync. */
+	pthread_mutex_t cmu;
+	pthread_cond_t ccv;
+	sctx *chead, *ctail;
+	int cwaiting, cstop, cstarted;
+	pthread_t cthread;
 };
 
 /* ---- replies ------------------------------------------------------- */
@@ -96,14 +116,77 @@ static void send_reply(sctx *c, sl_reply *r)
 	nng_ctx_send(c->ctx, c->aio);
 }
 
+/* ---- the committer (invariant 4) ------------------------------------ */
+
+static void commit_submit(sl_server *s, sctx *c)
+{
+	c->dnext = NULL;
+	pthread_mutex_lock(&s->cmu);
+	if (s->ctail != NULL) {
+		s->ctail->dnext = c;
+	} else {
+		s->chead = c;
+	}
+	s->ctail = c;
+	if (s->cwaiting) {
+		pthread_cond_signal(&s->ccv);
+	}
+	pthread_mutex_unlock(&s->cmu);
+}
+
+static void *committer(void *arg)
+{
+	sl_server *s = arg;
+	sl_node *n = s->n;
+	pthread_mutex_lock(&s->cmu);
+	for (;;) {
+		while (s->chead == NULL && !s->cstop) {
+			s->cwaiting = 1;
+			pthread_cond_wait(&s->ccv, &s->cmu);
+			s->cwaiting = 0;
+		}
+		sctx *list = s->chead;
+		if (list == NULL) {
+			break; /* stopping and drained */
+		}
+		s->chead = s->ctail = NULL;
+		pthread_mutex_unlock(&s->cmu);
+		uint64_t max = 0;
+		for (sctx *c = list; c != NULL; c = c->dnext) {
+			max = c->sync_seq > max ? c->sync_seq : max;
+		}
+		pthread_rwlock_rdlock(&n->db_lock);
+		int rc = sl_sync_wait(n->db, max);
+		pthread_rwlock_unlock(&n->db_lock);
+		if (rc == SL_OK) {
+			sl_repl_notify_write(n->repl, max);
+		}
+		for (sctx *c = list, *next; c != NULL; c = next) {
+			next = c->dnext;
+			if (rc != SL_OK) {
+				sl_reply_sync_failed(&c->reply, rc);
+			}
+			send_reply(c, &c->reply);
+			atomic_fetch_sub(&s->working, 1);
+		}
+		pthread_mutex_lock(&s->cmu);
+	}
+	pthread_mutex_unlock(&s->cmu);
+	return NULL;
+}
+
 static void work_run(sl_work *w)
 {
 	sctx *c = (sctx *)w;
-	sl_reply r;
-	c->op = sl_handle(c->s->n, nng_msg_body(c->req), nng_msg_len(c->req), &r);
+	c->op = sl_handle_defer(c->s->n, nng_msg_body(c->req), nng_msg_len(c->req), &c->reply,
+	                        &c->sync_seq);
 	nng_msg_free(c->req);
 	c->req = NULL;
-	send_reply(c, &r);
+	if (c->sync_seq > 0) {
+		commit_submit(c->s, c);
+		return;
+	}
+	send_reply(c, &c->reply);
 	atomic_fetch_sub(&c->s->working, 1);
 }
 
@@ -308,10 +391,18 @@ int sl_server_start(sl_node *n, const sl_server_opts *o, sl_server **out, char *
 	}
 	s->n = n;
 	s->drain_ms = o->drain_ms > 0 ? o->drain_ms : 30000;
-	int rc = sl_workq_start(o->workers > 0 ? o->workers : 8, &s->wq);
+	pthread_mutex_init(&s->cmu, NULL);
+	pthread_cond_init(&s->ccv, NULL);
+	if (pthread_create(&s->cthread, NULL, committer, s) != 0) {
+		snprintf(err, cap, "cannot start the committer thread");
+		free(s);
+		return SL_EIO;
+	}
+	s->cstarted = 1;
+	int rc = sl_workq_start(o->workers > 0 ? o->workers : 8, o->running, &s->wq);
 	if (rc != SL_OK) {
 		snprintf(err, cap, "cannot start worker threads");
-		free(s);
+		sl_server_stop(s);
 		return rc;
 	}
 	if (o->metrics_url != NULL && o->metrics_url[0] != '\0') {
@@ -334,12 +425,11 @@ static void sleep_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
-void sl_server_stop(sl_server *s)
+void sl_server_drain(sl_server *s)
 {
-	if (s == NULL) {
+	if (s == NULL || atomic_exchange(&s->stopping, 1)) {
 		return;
 	}
-	atomic_store(&s->stopping, 1);
 	if (s->http != NULL) {
 		nng_http_server_stop(s->http);
 		nng_http_server_release(s->http);
@@ -362,6 +452,14 @@ void sl_server_stop(sl_server *s)
 	if (s->sock_open) {
 		sleep_ms(100);
 	}
+}
+
+void sl_server_stop(sl_server *s)
+{
+	if (s == NULL) {
+		return;
+	}
+	sl_server_drain(s);
 	atomic_store(&s->closing, 1);
 	if (s->sock_open) {
 		nng_close(s->sock);
@@ -374,6 +472,15 @@ void sl_server_stop(sl_server *s)
 	/* Workers may still hold requests if the drain timed out: stopping
 	 * the queue runs them (their sends fail on the closed socket). */
 	sl_workq_stop(s->wq);
+	if (s->cstarted) {
+		pthread_mutex_lock(&s->cmu);
+		s->cstop = 1;
+		pthread_cond_signal(&s->ccv);
+		pthread_mutex_unlock(&s->cmu);
+		pthread_join(s->cthread, NULL);
+	}
+	pthread_mutex_destroy(&s->cmu);
+	pthread_cond_destroy(&s->ccv);
 	for (int i = 0; i < s->nctx; i++) {
 		nng_aio_free(s->ctxs[i].aio);
 	}

@@ -20,6 +20,8 @@ typedef struct sl_server_opts {
 	const char *metrics_url; /* http://host:port, or NULL for none */
 	int contexts;            /* requests served at once (nng contexts) */
 	int workers;             /* worker threads running requests */
+	int running;             /* of which at most this many run at once, unless
+	                          * waiting (see workq.h); 0: workers */
 	int drain_ms;            /* at stop: how long to wait for in-flight work */
 } sl_server_opts;
 
@@ -31,7 +33,12 @@ typedef struct sl_server sl_server;
  * n->max_msg_bytes. */
 int sl_server_start(sl_node *n, const sl_server_opts *o, sl_server **out, char *err, size_t cap);
 
-/* Graceful stop (see above) and free.  NULL is fine.  After it returns no
+/* The first half of a graceful stop: refuses new requests and waits (up to
+ * drain_ms) for those in flight to be answered.  Does not close the socket,
+ * so it cannot hang in nng (see main.c's watchdog).  Idempotent. */
+void sl_server_drain(sl_server *s);
+
+/* Graceful stop (drain, if not done yet, then close) and free.  NULL is fine.  After it returns no
  * thread of the server touches n. */
 void sl_server_stop(sl_server *s);
 

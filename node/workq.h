@@ -16,9 +16,18 @@ typedef struct sl_work {
 
 typedef struct sl_workq sl_workq;
 
-/* Starts nthreads (>= 1) workers.  SL_OK, SL_ENOMEM, SL_EIO (thread
- * creation failed). */
-int sl_workq_start(int nthreads, sl_workq **out);
+/* Starts nthreads (>= 1) workers, of which at most `running` (>= 1; 0:
+ * nthreads) run items at once unless some of them are parked in
+ * sl_workq_blocking.  Many threads cover requests that wait (for follower
+ * acks, for a follower to catch up, for a compaction); a small running
+ * bound keeps requests that never wait from paying a wakeup and a context
+ * switch each.  SL_OK, SL_ENOMEM, SL_EIO (thread creation failed). */
+int sl_workq_start(int nthreads, int running, sl_workq **out);
+
+/* Called by an item's fn around a wait that is not CPU work (1 before, 0
+ * after): while it waits another worker may run the queue.  A no-op
+ * outside a worker thread. */
+void sl_workq_blocking(int on);
 
 /* Queues w; w must stay valid until its fn runs.  Never blocks on work. */
 void sl_workq_submit(sl_workq *q, sl_work *w);
