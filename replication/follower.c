@@ -37,7 +37,7 @@
 #include "repl_int.h"
 
 #define FETCH_WAIT_MS  1000
-#define FETCH_MAX      (4u << 20)
+#define FETCH_MAX      (8u << 20)
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
 #define SNAP_TIMEOUT   30000
@@ -131,9 +131,25 @@ static int ensure_conn(sl_repl *r, const char *url)
 	return rv == 0 ? SL_OK : SL_EIO;
 }
 
-/* One request/reply on the loop's socket.  *out is freed by the caller. */
-static int call(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms, Shiplog__ReplReply **out)
+/* A request in flight on the loop's socket: sent, its reply not yet read.
+ * One at a time; it lets the loop apply one reply while the primary reads
+ * and sends the next (catch-up and full resync overlap network and disk). */
+typedef struct pending {
+	nng_aio *aio;
+	nng_ctx ctx;
+	int live;
+} pending;
+
+static int nng_to_sl(int rv)
 {
+	return rv == NNG_ETIMEDOUT ? SL_ETIMEDOUT : rv == NNG_ENOMEM ? SL_ENOMEM : SL_EIO;
+}
+
+/* Sends q on a fresh context of the loop's socket and starts receiving
+ * its reply; finish with call_finish (or pend_abort). */
+static int call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms, pending *p)
+{
+	p->live = 0;
 	pthread_mutex_lock(&r->mu);
 	nng_socket s = r->fsock;
 	int open = r->fsock_open;
@@ -141,26 +157,96 @@ static int call(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms, Shipl
 	if (!open) {
 		return SL_EIO;
 	}
+	if (p->aio == NULL && nng_aio_alloc(&p->aio, NULL, NULL) != 0) {
+		return SL_ENOMEM;
+	}
+	int rv = nng_ctx_open(&p->ctx, s);
+	if (rv != 0) {
+		return nng_to_sl(rv);
+	}
 	size_t sz = shiplog__repl_request__get_packed_size(q);
 	nng_msg *m = NULL;
 	if (nng_msg_alloc(&m, sz) != 0) {
+		nng_ctx_close(p->ctx);
 		return SL_ENOMEM;
 	}
 	shiplog__repl_request__pack(q, nng_msg_body(m));
-	nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, timeout_ms);
-	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, timeout_ms);
-	int rv = nng_sendmsg(s, m, 0);
-	if (rv != 0) {
-		nng_msg_free(m);
-		return rv == NNG_ETIMEDOUT ? SL_ETIMEDOUT : SL_EIO;
+	nng_aio_set_timeout(p->aio, timeout_ms);
+	nng_aio_set_msg(p->aio, m);
+	nng_ctx_send(p->ctx, p->aio);
+	nng_aio_wait(p->aio);
+	if ((rv = nng_aio_result(p->aio)) != 0) {
+		nng_msg_free(nng_aio_get_msg(p->aio));
+		nng_aio_set_msg(p->aio, NULL);
+		nng_ctx_close(p->ctx);
+		return nng_to_sl(rv);
 	}
-	rv = nng_recvmsg(s, &m, 0);
+	nng_ctx_recv(p->ctx, p->aio);
+	p->live = 1;
+	return SL_OK;
+}
+
+/* Waits for the reply of the request p carries.  *out is freed by the
+ * caller. */
+static int call_finish(pending *p, Shiplog__ReplReply **out)
+{
+	*out = NULL;
+	if (!p->live) {
+		return SL_EIO;
+	}
+	nng_aio_wait(p->aio);
+	p->live = 0;
+	int rv = nng_aio_result(p->aio);
+	nng_msg *m = rv == 0 ? nng_aio_get_msg(p->aio) : NULL;
+	nng_aio_set_msg(p->aio, NULL);
+	nng_ctx_close(p->ctx);
 	if (rv != 0) {
-		return rv == NNG_ETIMEDOUT ? SL_ETIMEDOUT : SL_EIO;
+		return nng_to_sl(rv);
 	}
 	*out = shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
 	nng_msg_free(m);
 	return *out != NULL ? SL_OK : SL_EPROTO;
+}
+
+/* Drops the request in flight, if any. */
+static void pend_abort(pending *p)
+{
+	if (p->live) {
+		nng_aio_cancel(p->aio);
+		Shiplog__ReplReply *rep = NULL;
+		call_finish(p, &rep);
+		shiplog__repl_reply__free_unpacked(rep, NULL);
+	}
+}
+
+static void pend_free(pending *p)
+{
+	pend_abort(p);
+	if (p->aio != NULL) {
+		nng_aio_free(p->aio);
+		p->aio = NULL;
+	}
+}
+
+/* The seq after the last whole record in buf (0: none, or malformed —
+ * the apply that follows finds out which). */
+static uint64_t next_seq_of(const uint8_t *p, size_t len)
+{
+	uint64_t last = 0;
+	for (size_t off = 0; off + SL_REC_HDR_SIZE <= len;) {
+		const uint8_t *h = p + off;
+		size_t kl = sl_get16(h + 6), vl = sl_get32(h + 8);
+		if (SL_REC_HDR_SIZE + kl + vl > len - off) {
+			return 0;
+		}
+		uint64_t seq = sl_get64(h + 12);
+		if (seq <= last) {
+			return 0;
+		}
+		last = seq;
+		off += SL_REC_HDR_SIZE + kl + vl;
+	}
+	return last ? last + 1 : 0;
 }
 
 /* ---- streaming ---------------------------------------------------------- */
@@ -229,17 +315,6 @@ static void adopt_history(sl_repl *r, const ProtobufCBinaryData *hid, size_t n,
 
 /* ---- full resync --------------------------------------------------------- */
 
-static int fsync_path(const char *p)
-{
-	int fd = open(p, O_RDONLY | O_DIRECTORY);
-	if (fd < 0) {
-		return -1;
-	}
-	int rc = fsync(fd);
-	close(fd);
-	return rc;
-}
-
 typedef struct load_ctx {
 	sl_db *db;
 	uint64_t count;
@@ -253,17 +328,22 @@ static int load_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
 	return sl_load_raw(l->db, rec, n);
 }
 
-static void parent_of(const char *dir, char *out, size_t cap)
+/* Asks for chunk `chunk` of snapshot snap_id (0: open one). */
+static int snap_start(sl_repl *r, const repl_state *st, uint64_t snap_id, uint64_t chunk,
+                      pending *p)
 {
-	snprintf(out, cap, "%s", dir);
-	char *s = strrchr(out, '/');
-	if (s == NULL) {
-		snprintf(out, cap, ".");
-	} else if (s == out) {
-		out[1] = '\0';
-	} else {
-		*s = '\0';
-	}
+	Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+	Shiplog__SnapFetch sf = SHIPLOG__SNAP_FETCH__INIT;
+	sf.has_snap_id = 1;
+	sf.snap_id = snap_id;
+	sf.has_chunk = 1;
+	sf.chunk = chunk;
+	sf.has_max_bytes = 1;
+	sf.max_bytes = FETCH_MAX;
+	sf.node_id = (char *)st->node_id;
+	q.op_case = SHIPLOG__REPL_REQUEST__OP_SNAP;
+	q.snap = &sf;
+	return call_start(r, &q, SNAP_TIMEOUT, p);
 }
 
 static int full_resync(sl_repl *r, const char *url)
@@ -295,21 +375,17 @@ static int full_resync(sl_repl *r, const char *url)
 	pthread_mutex_lock(&r->mu);
 	nst = r->st;
 	pthread_mutex_unlock(&r->mu);
+	pending ahead = {0}; /* chunk+1, asked for while chunk loads */
 	for (;;) {
-		Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
-		Shiplog__SnapFetch sf = SHIPLOG__SNAP_FETCH__INIT;
-		sf.has_snap_id = 1;
-		sf.snap_id = snap_id;
-		sf.has_chunk = 1;
-		sf.chunk = chunk;
-		sf.has_max_bytes = 1;
-		sf.max_bytes = FETCH_MAX;
-		sf.node_id = nst.node_id;
-		q.op_case = SHIPLOG__REPL_REQUEST__OP_SNAP;
-		q.snap = &sf;
 		Shiplog__ReplReply *rep = NULL;
-		rc = call(r, &q, SNAP_TIMEOUT, &rep);
+		if (!ahead.live) {
+			rc = snap_start(r, &nst, snap_id, chunk, &ahead);
+		}
+		if (rc == SL_OK) {
+			rc = call_finish(&ahead, &rep);
+		}
 		if (rc != SL_OK) {
+			shiplog__repl_reply__free_unpacked(rep, NULL);
 			break;
 		}
 		if (rep->op_case != SHIPLOG__REPL_REPLY__OP_SNAP || !rep->snap->has_status) {
@@ -337,6 +413,10 @@ static int full_resync(sl_repl *r, const char *url)
 				}
 			} else if (c->snap_id != snap_id || c->head_seq != head) {
 				rc = SL_EPROTO;
+			}
+			if (rc == SL_OK && !c->done &&
+			    snap_start(r, &nst, snap_id, chunk + 1, &ahead) != SL_OK) {
+				pend_abort(&ahead); /* asked for again at the top */
 			}
 			if (rc == SL_OK) {
 				rc = repl_split_records(c->records.data, c->records.len,
@@ -367,40 +447,46 @@ static int full_resync(sl_repl *r, const char *url)
 			break;
 		}
 	}
-	if (rc == SL_OK) {
-		nst.floor = head;
-		nst.role = ROLE_FOLLOWER;
-		rc = sl_sync_now(db);
-	}
-	if (rc == SL_OK) {
-		rc = repl_state_save(tmp, &nst);
-	}
-	sl_close(db);
+	pend_free(&ahead);
+	uint64_t t_stream = repl_now_ms();
 	if (rc != SL_OK) {
+		sl_close(db);
 		repl_rm_rf(tmp);
 		return rc;
 	}
-	/* Invariant 3: swap two complete directories. */
-	char parent[4200];
-	parent_of(r->dir, parent, sizeof(parent));
+	nst.floor = head;
+	nst.role = ROLE_FOLLOWER;
+	rc = sl_sync_now(db);
+	if (rc == SL_OK) {
+		rc = repl_state_save(tmp, &nst);
+	}
+	uint64_t t_closed = repl_now_ms();
+	if (rc != SL_OK) {
+		sl_close(db);
+		repl_rm_rf(tmp);
+		return rc;
+	}
+	/* Invariant 3: swap two complete directories.  The loaded store stays
+	 * open and becomes the node's (sl_swap_dir): no close and reopen. */
 	pthread_rwlock_wrlock(r->o.db_lock);
 	pthread_mutex_lock(&r->mu);
 	repl_snaps_close_all(r);
 	pthread_mutex_unlock(&r->mu);
 	sl_close(*r->o.dbp);
 	*r->o.dbp = NULL;
-	if (renameat2(AT_FDCWD, tmp, AT_FDCWD, r->dir, RENAME_EXCHANGE) != 0) {
+	rc = sl_swap_dir(db, r->dir, r->o.db_opts);
+	if (rc == SL_OK) {
+		*r->o.dbp = db;
+	} else {
 		repl_log(r, 3, "full resync: cannot swap %s and %s: %s", tmp, r->dir,
-		         strerror(errno));
-		rc = SL_EIO;
-	} else if (fsync_path(parent) != 0) {
-		repl_log(r, 3, "full resync: fsync of %s failed", parent);
-	}
-	int orc = sl_open(r->dir, r->o.db_opts, r->o.dbp);
-	if (orc != SL_OK) {
-		repl_log(r, 3, "cannot reopen %s after the resync: %s; stopping", r->dir,
-		         sl_strerror(orc));
-		abort(); /* no store to serve from: a restart recovers (invariant 3) */
+		         sl_strerror(rc));
+		sl_close(db);
+		int orc = sl_open(r->dir, r->o.db_opts, r->o.dbp);
+		if (orc != SL_OK) {
+			repl_log(r, 3, "cannot reopen %s after the resync: %s; stopping", r->dir,
+			         sl_strerror(orc));
+			abort(); /* no store to serve from: a restart recovers (invariant 3) */
+		}
 	}
 	uint64_t last = sl_last_seq(*r->o.dbp);
 	pthread_rwlock_unlock(r->o.db_lock);
@@ -408,7 +494,6 @@ static int full_resync(sl_repl *r, const char *url)
 		repl_rm_rf(tmp);
 		return rc;
 	}
-	repl_rm_rf(tmp); /* the old store */
 	if (last < head) {
 		last = head;
 	}
@@ -422,16 +507,45 @@ static int full_resync(sl_repl *r, const char *url)
 	atomic_store(&r->head, last);
 	pthread_cond_broadcast(&r->cv);
 	pthread_mutex_unlock(&r->mu);
+	repl_rm_rf(tmp); /* the old store, now that reads see the new one */
 	atomic_fetch_add(&r->resyncs_full, 1);
 	atomic_fetch_add(&r->bytes_fetched, bytes);
 	atomic_fetch_add(&r->records_fetched, l.count);
-	repl_log(r, 1, "full resync done: %llu records (%llu bytes) up to seq %llu in %llu ms",
+	uint64_t t_end = repl_now_ms();
+	repl_log(r, 1,
+	         "full resync done: %llu records (%llu bytes) up to seq %llu in %llu ms "
+	         "(stream and load %llu, sync %llu, swap %llu)",
 	         (unsigned long long)l.count, (unsigned long long)bytes, (unsigned long long)head,
-	         (unsigned long long)(repl_now_ms() - t0));
+	         (unsigned long long)(t_end - t0), (unsigned long long)(t_stream - t0),
+	         (unsigned long long)(t_closed - t_stream), (unsigned long long)(t_end - t_closed));
 	return SL_OK;
 }
 
 /* ---- the loop ------------------------------------------------------------ */
+
+/* Sends a fetch from seq `from` reporting `durable`. */
+static int fetch_start(sl_repl *r, const repl_state *st, uint64_t from, uint64_t durable,
+                       pending *p)
+{
+	Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+	Shiplog__Fetch f = SHIPLOG__FETCH__INIT;
+	f.has_history_id = 1;
+	f.history_id.data = (uint8_t *)st->hid;
+	f.history_id.len = SL_HID_BYTES;
+	f.has_from_seq = 1;
+	f.from_seq = from;
+	f.has_max_bytes = 1;
+	f.max_bytes = FETCH_MAX;
+	f.has_wait_ms = 1;
+	f.wait_ms = FETCH_WAIT_MS;
+	f.node_id = (char *)st->node_id;
+	f.has_durable_seq = 1;
+	f.durable_seq = durable;
+	f.address = (char *)(r->o.self_url ? r->o.self_url : "");
+	q.op_case = SHIPLOG__REPL_REQUEST__OP_FETCH;
+	q.fetch = &f;
+	return call_start(r, &q, FETCH_WAIT_MS + 5000, p);
+}
 
 static void *fetch_main(void *arg)
 {
@@ -441,6 +555,7 @@ static void *fetch_main(void *arg)
 	int resynced = 0;  /* a full resync just ended: the next fetch streams */
 	int last_err = 0;
 	uint64_t last_stats_ms = 0;
+	pending ahead = {0}; /* the next fetch, sent early (see below) */
 	for (;;) {
 		char url[256];
 		repl_state st;
@@ -473,25 +588,18 @@ static void *fetch_main(void *arg)
 			}
 			last_stats_ms = now;
 		}
-		Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
-		Shiplog__Fetch f = SHIPLOG__FETCH__INIT;
-		f.has_history_id = 1;
-		f.history_id.data = st.hid;
-		f.history_id.len = SL_HID_BYTES;
-		f.has_from_seq = 1;
-		f.from_seq = applied + 1;
-		f.has_max_bytes = 1;
-		f.max_bytes = FETCH_MAX;
-		f.has_wait_ms = 1;
-		f.wait_ms = FETCH_WAIT_MS;
-		f.node_id = st.node_id;
-		f.has_durable_seq = 1;
-		f.durable_seq = durable > applied ? applied : durable;
-		f.address = (char *)(r->o.self_url ? r->o.self_url : "");
-		q.op_case = SHIPLOG__REPL_REQUEST__OP_FETCH;
-		q.fetch = &f;
 		Shiplog__ReplReply *rep = NULL;
-		int rc = call(r, &q, FETCH_WAIT_MS + 5000, &rep);
+		int rc;
+		if (ahead.live) {
+			/* sent before the previous reply was applied (below) */
+			rc = call_finish(&ahead, &rep);
+		} else {
+			rc = fetch_start(r, &st, applied + 1, durable > applied ? applied : durable,
+			                 &ahead);
+			if (rc == SL_OK) {
+				rc = call_finish(&ahead, &rep);
+			}
+		}
 		if (rc == SL_OK &&
 		    (rep->op_case != SHIPLOG__REPL_REPLY__OP_FETCH || !rep->fetch->has_status)) {
 			rc = SL_EPROTO;
@@ -575,6 +683,23 @@ static void *fetch_main(void *arg)
 		last_err = 0;
 		backoff = BACKOFF_MIN_MS;
 		adopt_history(r, &fr->history_id, fr->n_history, fr->history);
+		pthread_mutex_lock(&r->mu);
+		st = r->st; /* the history just adopted goes in the next fetch */
+		pthread_mutex_unlock(&r->mu);
+		/* A full reply means more is waiting (catch-up): ask for it now,
+		 * so the primary reads and sends it while this one is applied.
+		 * Not when the primary wants a durable position back (acks):
+		 * that goes in the fetch sent after the sync below. */
+		uint64_t next =
+		    fr->records.len >= FETCH_MAX / 2 && !(fr->has_sync_seq && fr->sync_seq)
+		        ? next_seq_of(fr->records.data, fr->records.len)
+		        : 0;
+		if (next > applied + 1) {
+			if (fetch_start(r, &st, next, durable > applied ? applied : durable,
+			                &ahead) != SL_OK) {
+				pend_abort(&ahead); /* the loop reconnects as after any failure */
+			}
+		}
 		apply_ctx a = {.r = r, .db = db, .last = applied};
 		rc = repl_split_records(fr->records.data, fr->records.len, r->o.max_record_bytes,
 		                        apply_one, &a);
@@ -610,6 +735,7 @@ static void *fetch_main(void *arg)
 			atomic_fetch_add(&r->refused, 1);
 			repl_log(r, 3, "refused records from %s after seq %llu: %s; reconnecting",
 			         url, (unsigned long long)a.last, sl_strerror(rc));
+			pend_abort(&ahead);
 			drop_conn(r);
 			connected = 0;
 			if (pause_ms(r, backoff)) {
@@ -618,6 +744,7 @@ static void *fetch_main(void *arg)
 			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
 		}
 	}
+	pend_free(&ahead);
 	drop_conn(r);
 	return NULL;
 }

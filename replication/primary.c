@@ -224,6 +224,21 @@ static int ancestry_check(sl_repl *r, const Shiplog__Fetch *f, uint64_t head)
 }
 
 /* Returns 1 when c was parked (no reply yet). */
+/* The worker thread's fetch buffer, kept between fetches: a fresh 4 MiB
+ * allocation per fetch cost a page fault and a page clear per 4 KiB. */
+static __thread uint8_t *tl_buf;
+static __thread size_t tl_cap;
+
+static uint8_t *fetch_buf(size_t cap)
+{
+	if (tl_cap < cap) {
+		free(tl_buf);
+		tl_buf = malloc(cap);
+		tl_cap = tl_buf != NULL ? cap : 0;
+	}
+	return tl_buf;
+}
+
 static int serve_fetch(rctx *c)
 {
 	sl_repl *r = c->r;
@@ -280,7 +295,7 @@ static int serve_fetch(rctx *c)
 	if (cap < r->o.max_record_bytes) {
 		cap = r->o.max_record_bytes;
 	}
-	uint8_t *buf = malloc(cap);
+	uint8_t *buf = fetch_buf(cap);
 	if (buf == NULL) {
 		reply_fetch_status(c, SL_ENOMEM, "out of memory");
 		return 0;
@@ -292,12 +307,10 @@ static int serve_fetch(rctx *c)
 	head = sl_last_seq(*r->o.dbp);
 	pthread_rwlock_unlock(r->o.db_lock);
 	if (rc == SL_ESTALE) {
-		free(buf);
 		reply_fetch_status(c, SL_ESTALE, "seq no longer in the backlog: full resync");
 		return 0;
 	}
 	if (rc != SL_OK) {
-		free(buf);
 		reply_fetch_status(c, rc, sl_strerror(rc));
 		return 0;
 	}
@@ -306,7 +319,6 @@ static int serve_fetch(rctx *c)
 		wait = MAX_WAIT_MS;
 	}
 	if (len == 0 && wait > 0 && (!c->parked_once || now < c->deadline_ms)) {
-		free(buf);
 		pthread_mutex_lock(&r->mu);
 		if (!c->parked_once) {
 			c->parked_once = 1;
@@ -320,7 +332,6 @@ static int serve_fetch(rctx *c)
 			return 1;
 		}
 		pthread_mutex_unlock(&r->mu);
-		buf = NULL;
 	}
 	links_buf lb;
 	links_fill(r, &lb);
@@ -359,7 +370,6 @@ static int serve_fetch(rctx *c)
 		atomic_fetch_add(&r->records_served, nrec);
 	}
 	send_reply(c, &rep);
-	free(buf);
 	return 0;
 }
 
@@ -438,7 +448,7 @@ static void serve_snap(rctx *c)
 	ss->last_ms = now;
 	pthread_mutex_unlock(&r->mu);
 
-	uint8_t *buf = malloc(cap);
+	uint8_t *buf = fetch_buf(cap);
 	size_t len = 0;
 	int done = 0;
 	int rc = buf ? sl_snapshot_read(ss->sn, buf, cap, &len, &done) : SL_ENOMEM;
@@ -456,7 +466,6 @@ static void serve_snap(rctx *c)
 	pthread_mutex_unlock(&r->mu);
 	pthread_rwlock_unlock(r->o.db_lock);
 	if (rc != SL_OK) {
-		free(buf);
 		reply_snap_status(c, rc, "snapshot read failed");
 		return;
 	}
@@ -482,7 +491,6 @@ static void serve_snap(rctx *c)
 	rep.snap = &ch;
 	atomic_fetch_add(&r->bytes_served, len);
 	send_reply(c, &rep);
-	free(buf);
 }
 
 /* ---- workers, waker, callbacks ----------------------------------------- */
@@ -547,6 +555,9 @@ static void *worker_main(void *arg)
 		pthread_mutex_lock(&r->mu);
 	}
 	pthread_mutex_unlock(&r->mu);
+	free(tl_buf);
+	tl_buf = NULL;
+	tl_cap = 0;
 	return NULL;
 }
 

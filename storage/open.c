@@ -510,6 +510,76 @@ fail:
 	return rc;
 }
 
+/* fsyncs the directory holding path (its entries). */
+static int fsync_parent(const char *path)
+{
+	char *d = strdup(path);
+	if (d == NULL) {
+		return -1;
+	}
+	char *slash = strrchr(d, '/');
+	const char *parent = slash == NULL ? "." : slash == d ? "/" : (*slash = '\0', d);
+	int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
+	if (fd >= 0) {
+		close(fd);
+	}
+	free(d);
+	return rc;
+}
+
+int sl_swap_dir(sl_db *db, const char *other, const sl_options *o)
+{
+	if (db == NULL || other == NULL || o == NULL || db->opt.read_only) {
+		return SL_EINVAL;
+	}
+	sl_options n = db->opt;
+	n.sync = o->sync;
+	n.sync_interval_ms = o->sync_interval_ms;
+	n.segment_bytes = o->segment_bytes;
+	n.compact_background = o->compact_background;
+	n.compact_dead_ratio = o->compact_dead_ratio;
+	n.compact_min_bytes = o->compact_min_bytes ? o->compact_min_bytes : o->segment_bytes / 4;
+	n.compact_interval_ms = o->compact_interval_ms;
+	if (check_options(&n) != SL_OK) {
+		return SL_EINVAL;
+	}
+	char *nd = strdup(other);
+	if (nd == NULL) {
+		return SL_ENOMEM;
+	}
+	/* Every user of db->dir runs under one of these (sealing: seal_mu;
+	 * compaction: compact_mu; rotation: append_mu), so none builds a path
+	 * from the old name while the directories trade places. */
+	pthread_mutex_lock(&db->seal_mu);
+	pthread_mutex_lock(&db->compact_mu);
+	pthread_mutex_lock(&db->append_mu);
+	int rc = SL_OK;
+	if (renameat2(AT_FDCWD, db->dir, AT_FDCWD, other, RENAME_EXCHANGE) != 0) {
+		rc = errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
+		free(nd);
+	} else {
+		if (fsync_parent(other) != 0) {
+			sl_db_log(db, "warn", "fsync of the parent of %s failed", other);
+		}
+		free(db->dir);
+		db->dir = nd;
+		pthread_mutex_lock(&db->sync_mu);
+		db->opt = n;
+		pthread_mutex_unlock(&db->sync_mu);
+	}
+	pthread_mutex_unlock(&db->append_mu);
+	pthread_mutex_unlock(&db->compact_mu);
+	pthread_mutex_unlock(&db->seal_mu);
+	if (rc == SL_OK && !db->compactor_started) {
+		pthread_mutex_lock(&db->cthread_mu);
+		db->compact_stop = 0;
+		pthread_mutex_unlock(&db->cthread_mu);
+		rc = sl_compactor_start(db);
+	}
+	return rc;
+}
+
 void sl_close(sl_db *db)
 {
 	if (db == NULL) {

@@ -1,0 +1,509 @@
+/*
+ * test_node_defer.c — the deferred-sync request path of node/handler.c
+ * under --sync always: sl_handle_defer appends a write without waiting for
+ * its fdatasync and reports the seq the caller must make durable (0 for
+ * requests that write nothing), sl_handle still answers only once durable,
+ * sl_reply_sync_failed turns the writes of a reply (and only those) into
+ * errors, and a failing fdatasync shows up in sl_sync_wait.  An in-process
+ * sl_node over a real store, without replication.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "handler.h"
+#include "io.h"
+#include "shiplog.h"
+#include "testutil.h"
+
+/* ---- a store whose fdatasync can be made to fail ----------------------- */
+
+static atomic_int g_sync_fail; /* fdatasync fails with EIO while set */
+static atomic_long g_sync_calls;
+
+static int f_fdatasync(int fd)
+{
+	atomic_fetch_add(&g_sync_calls, 1);
+	if (atomic_load(&g_sync_fail)) {
+		errno = EIO;
+		return -1;
+	}
+	return sl_io_default.fdatasync(fd);
+}
+
+static struct sl_io g_fio;
+
+static char *dir;
+static sl_node node;
+
+static int setup(void **state)
+{
+	(void)state;
+	dir = tu_mkdtemp("node-defer");
+	if (dir == NULL) {
+		return -1;
+	}
+	g_fio = sl_io_default;
+	g_fio.fdatasync = f_fdatasync;
+	atomic_store(&g_sync_fail, 0);
+	atomic_store(&g_sync_calls, 0);
+	sl_options o;
+	sl_options_init(&o);
+	o.sync = SL_SYNC_ALWAYS;
+	o.segment_bytes = 4 << 20; /* no rotation (whose seal would sync) */
+	o.max_key_bytes = 1024;
+	o.max_value_bytes = 64 << 10;
+	o.compact_background = 0;
+	o.quiet = tu_quiet();
+	o.io = &g_fio;
+	memset(&node, 0, sizeof(node));
+	if (sl_open(dir, &o, &node.db) != SL_OK) {
+		return -1;
+	}
+	pthread_rwlock_init(&node.db_lock, NULL);
+	node.repl = NULL;
+	node.max_key_bytes = o.max_key_bytes;
+	node.max_value_bytes = o.max_value_bytes;
+	node.max_msg_bytes = o.max_value_bytes + SL_MSG_SLACK;
+	node.scan_default = 100;
+	node.scan_max = 1000;
+	node.sync_name = "always";
+	node.role = "primary";
+	node.start_ms = sl_node_mono_ms();
+	atomic_init(&node.compactions, 0);
+	node.metrics = NULL;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	atomic_store(&g_sync_fail, 0);
+	sl_close(node.db);
+	node.db = NULL;
+	pthread_rwlock_destroy(&node.db_lock);
+	tu_rm_rf(dir);
+	free(dir);
+	dir = NULL;
+	return 0;
+}
+
+/* ---- requests -------------------------------------------------------- */
+
+typedef struct enc {
+	uint8_t *buf;
+	size_t len;
+} enc;
+
+static enc pack(const Shiplog__Request *q)
+{
+	enc e;
+	e.len = shiplog__request__get_packed_size(q);
+	e.buf = malloc(e.len ? e.len : 1);
+	assert_non_null(e.buf);
+	assert_int_equal(shiplog__request__pack(q, e.buf), e.len);
+	return e;
+}
+
+static ProtobufCBinaryData bin(const char *s)
+{
+	ProtobufCBinaryData b = {strlen(s), (uint8_t *)s};
+	return b;
+}
+
+static enc req_put(const char *k, const char *v)
+{
+	Shiplog__Put p = SHIPLOG__PUT__INIT;
+	p.has_key = 1;
+	p.key = bin(k);
+	p.has_value = 1;
+	p.value = bin(v);
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.has_id = 1;
+	q.id = 7;
+	q.op_case = SHIPLOG__REQUEST__OP_PUT;
+	q.put = &p;
+	return pack(&q);
+}
+
+static enc req_get(const char *k)
+{
+	Shiplog__Get g = SHIPLOG__GET__INIT;
+	g.has_key = 1;
+	g.key = bin(k);
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_GET;
+	q.get = &g;
+	return pack(&q);
+}
+
+static enc req_del(const char *k)
+{
+	Shiplog__Del d = SHIPLOG__DEL__INIT;
+	d.has_key = 1;
+	d.key = bin(k);
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_DEL;
+	q.del = &d;
+	return pack(&q);
+}
+
+static enc req_stats(void)
+{
+	Shiplog__Stats s = SHIPLOG__STATS__INIT;
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_STATS;
+	q.stats = &s;
+	return pack(&q);
+}
+
+static enc req_ping(void)
+{
+	Shiplog__Ping p = SHIPLOG__PING__INIT;
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_PING;
+	q.ping = &p;
+	return pack(&q);
+}
+
+/* [put put_key=put_val, get get_key, del del_key] */
+static enc req_batch(const char *put_key, const char *put_val, const char *get_key,
+                     const char *del_key)
+{
+	Shiplog__Put p = SHIPLOG__PUT__INIT;
+	p.has_key = 1;
+	p.key = bin(put_key);
+	p.has_value = 1;
+	p.value = bin(put_val);
+	Shiplog__Get g = SHIPLOG__GET__INIT;
+	g.has_key = 1;
+	g.key = bin(get_key);
+	Shiplog__Del d = SHIPLOG__DEL__INIT;
+	d.has_key = 1;
+	d.key = bin(del_key);
+	Shiplog__Op ops[3] = {SHIPLOG__OP__INIT, SHIPLOG__OP__INIT, SHIPLOG__OP__INIT};
+	ops[0].op_case = SHIPLOG__OP__OP_PUT;
+	ops[0].put = &p;
+	ops[1].op_case = SHIPLOG__OP__OP_GET;
+	ops[1].get = &g;
+	ops[2].op_case = SHIPLOG__OP__OP_DEL;
+	ops[2].del = &d;
+	Shiplog__Op *ptrs[3] = {&ops[0], &ops[1], &ops[2]};
+	Shiplog__Batch b = SHIPLOG__BATCH__INIT;
+	b.n_ops = 3;
+	b.ops = ptrs;
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_BATCH;
+	q.batch = &b;
+	return pack(&q);
+}
+
+/* sl_handle_defer on e (freed); *sync_seq starts as garbage so a handler
+ * that forgets to set it is caught. */
+static int defer(enc e, sl_reply *r, uint64_t *sync_seq)
+{
+	*sync_seq = 0xdeadbeef;
+	int op = sl_handle_defer(&node, e.buf, e.len, r, sync_seq);
+	free(e.buf);
+	return op;
+}
+
+static uint64_t synced_seq(void)
+{
+	sl_stats s;
+	assert_int_equal(sl_stats_get(node.db, &s), SL_OK);
+	return s.synced_seq;
+}
+
+static void assert_value(const ProtobufCBinaryData *v, const char *want)
+{
+	assert_int_equal(v->len, strlen(want));
+	assert_memory_equal(v->data, want, v->len);
+}
+
+/* A synced plain put of k=v (setup for reads and deletes). */
+static uint64_t put_synced(const char *k, const char *v)
+{
+	sl_reply r;
+	enc e = req_put(k, v);
+	assert_int_equal(sl_handle(&node, e.buf, e.len, &r), SL_OP_PUT);
+	free(e.buf);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_true(r.resp.has_seq);
+	uint64_t seq = r.resp.seq;
+	sl_reply_free(&r);
+	return seq;
+}
+
+/* Packs r and decodes it again (the caller frees the result). */
+static Shiplog__Response *roundtrip(const sl_reply *r)
+{
+	size_t n = sl_reply_size(r);
+	uint8_t *out = malloc(n ? n : 1);
+	assert_non_null(out);
+	sl_reply_pack(r, out);
+	Shiplog__Response *x = shiplog__response__unpack(NULL, n, out);
+	free(out);
+	assert_non_null(x);
+	return x;
+}
+
+/* ---- tests ------------------------------------------------------------- */
+
+/* A deferred put (and delete) is appended but not yet durable; the seq to
+ * wait for is the write's; sl_sync_wait makes it durable. */
+static void test_deferred_put_waits_for_caller(void **state)
+{
+	(void)state;
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(defer(req_put("k1", "v1"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_true(r.resp.has_seq);
+	assert_true(r.resp.has_id);
+	assert_int_equal(r.resp.id, 7);
+	uint64_t seq = r.resp.seq;
+	assert_true(seq > 0);
+	assert_int_equal(ss, seq);
+	/* Under sync always only sl_sync_wait (or a seal at rotation, which
+	 * cannot happen in a 4 MiB segment) advances synced_seq. */
+	assert_true(synced_seq() < seq);
+	long calls = atomic_load(&g_sync_calls);
+	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
+	assert_true(synced_seq() >= seq);
+	assert_true(atomic_load(&g_sync_calls) > calls);
+	sl_reply_free(&r);
+
+	/* The value is there. */
+	assert_int_equal(defer(req_get("k1"), &r, &ss), SL_OP_GET);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_true(r.resp.has_value);
+	assert_value(&r.resp.value, "v1");
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+
+	/* A deferred delete likewise. */
+	assert_int_equal(defer(req_del("k1"), &r, &ss), SL_OP_DEL);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_true(r.resp.has_seq);
+	assert_true(r.resp.seq > seq);
+	assert_int_equal(ss, r.resp.seq);
+	assert_true(synced_seq() < ss);
+	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
+	assert_true(synced_seq() >= ss);
+	sl_reply_free(&r);
+
+	/* A delete of a missing key writes nothing: nothing to wait for. */
+	assert_int_equal(defer(req_del("k1"), &r, &ss), SL_OP_DEL);
+	assert_int_equal(r.resp.status, SL_ENOTFOUND);
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+}
+
+/* Without defer the handler waits for the fdatasync itself. */
+static void test_plain_put_is_durable(void **state)
+{
+	(void)state;
+	for (int i = 0; i < 3; i++) {
+		long calls = atomic_load(&g_sync_calls);
+		uint64_t seq = put_synced("k", "v");
+		assert_true(seq > 0);
+		assert_true(synced_seq() >= seq);
+		assert_true(atomic_load(&g_sync_calls) > calls);
+	}
+}
+
+/* Requests that write nothing need no sync, even with an unsynced write
+ * pending in the store. */
+static void test_reads_need_no_sync(void **state)
+{
+	(void)state;
+	put_synced("a", "apple");
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(defer(req_put("pending", "x"), &r, &ss), SL_OP_PUT);
+	assert_true(ss > 0);
+	assert_true(synced_seq() < ss);
+	sl_reply_free(&r);
+
+	assert_int_equal(defer(req_get("a"), &r, &ss), SL_OP_GET);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_value(&r.resp.value, "apple");
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+
+	assert_int_equal(defer(req_get("missing"), &r, &ss), SL_OP_GET);
+	assert_int_equal(r.resp.status, SL_ENOTFOUND);
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+
+	assert_int_equal(defer(req_stats(), &r, &ss), SL_OP_STATS);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_true(r.resp.n_stats > 0);
+	int saw_sync = 0;
+	for (size_t i = 0; i < r.resp.n_stats; i++) {
+		const Shiplog__Stat *s = r.resp.stats[i];
+		if (strcmp(s->name, "sync") == 0) {
+			assert_non_null(s->text);
+			assert_string_equal(s->text, "always");
+			saw_sync = 1;
+		}
+	}
+	assert_true(saw_sync);
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+
+	assert_int_equal(defer(req_ping(), &r, &ss), SL_OP_PING);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+}
+
+/* A batch [put, get, del] waits for its highest write seq (the del's). */
+static void test_batch_sync_seq_is_highest_write(void **state)
+{
+	(void)state;
+	uint64_t gseq = put_synced("g", "gval");
+	put_synced("d", "dval");
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(defer(req_batch("p", "pval", "g", "d"), &r, &ss), SL_OP_BATCH);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_int_equal(r.resp.n_results, 3);
+	Shiplog__Result **x = r.resp.results;
+	assert_int_equal(x[0]->status, SL_OK);
+	assert_true(x[0]->has_seq);
+	assert_int_equal(x[1]->status, SL_OK);
+	assert_true(x[1]->has_value);
+	assert_value(&x[1]->value, "gval");
+	assert_true(x[1]->has_seq);
+	assert_int_equal(x[1]->seq, gseq); /* the record's seq, not a write */
+	assert_int_equal(x[2]->status, SL_OK);
+	assert_true(x[2]->has_seq);
+	assert_true(x[2]->seq > x[0]->seq);
+	assert_true(x[0]->seq > gseq);
+	assert_int_equal(ss, x[2]->seq);
+	assert_true(synced_seq() < ss);
+	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
+	assert_true(synced_seq() >= ss);
+	sl_reply_free(&r);
+}
+
+/* sl_reply_sync_failed on a single put: the reply becomes the error. */
+static void test_sync_failed_single_put(void **state)
+{
+	(void)state;
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(defer(req_put("k", "v"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_true(ss > 0);
+	sl_reply_sync_failed(&r, SL_EFAILED);
+	assert_int_equal(r.resp.status, SL_EFAILED);
+	assert_non_null(r.resp.error);
+	assert_non_null(strstr(r.resp.error, "sync"));
+
+	Shiplog__Response *x = roundtrip(&r);
+	assert_true(x->has_status);
+	assert_int_equal(x->status, SL_EFAILED);
+	assert_non_null(x->error);
+	assert_non_null(strstr(x->error, "sync"));
+	assert_true(x->has_id);
+	assert_int_equal(x->id, 7);
+	shiplog__response__free_unpacked(x, NULL);
+	sl_reply_free(&r);
+}
+
+/* ... on a batch: the writes fail, the get keeps its value. */
+static void test_sync_failed_batch(void **state)
+{
+	(void)state;
+	put_synced("g", "gval");
+	put_synced("d", "dval");
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(defer(req_batch("p", "pval", "g", "d"), &r, &ss), SL_OP_BATCH);
+	assert_true(ss > 0);
+	assert_int_equal(r.resp.n_results, 3);
+	sl_reply_sync_failed(&r, SL_EFAILED);
+	assert_int_equal(r.resp.status, SL_OK); /* per-op statuses carry it */
+	Shiplog__Result **res = r.resp.results;
+	assert_int_equal(res[0]->status, SL_EFAILED);
+	assert_non_null(res[0]->error);
+	assert_non_null(strstr(res[0]->error, "sync"));
+	assert_int_equal(res[1]->status, SL_OK);
+	assert_null(res[1]->error);
+	assert_true(res[1]->has_value);
+	assert_value(&res[1]->value, "gval");
+	assert_int_equal(res[2]->status, SL_EFAILED);
+	assert_non_null(res[2]->error);
+	assert_non_null(strstr(res[2]->error, "sync"));
+
+	Shiplog__Response *x = roundtrip(&r);
+	assert_int_equal(x->n_results, 3);
+	assert_int_equal(x->results[0]->status, SL_EFAILED);
+	assert_non_null(x->results[0]->error);
+	assert_non_null(strstr(x->results[0]->error, "sync"));
+	assert_int_equal(x->results[1]->status, SL_OK);
+	assert_true(x->results[1]->has_value);
+	assert_value(&x->results[1]->value, "gval");
+	assert_int_equal(x->results[2]->status, SL_EFAILED);
+	assert_non_null(strstr(x->results[2]->error, "sync"));
+	shiplog__response__free_unpacked(x, NULL);
+	sl_reply_free(&r);
+}
+
+/* A deferred put whose fdatasync fails: sl_sync_wait reports it, and the
+ * store refuses further writes. */
+static void test_failed_fdatasync(void **state)
+{
+	(void)state;
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(defer(req_put("k", "v"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_true(ss > 0);
+	assert_true(synced_seq() < ss);
+	atomic_store(&g_sync_fail, 1);
+	long calls = atomic_load(&g_sync_calls);
+	int rc = sl_sync_wait(node.db, ss);
+	assert_int_not_equal(rc, SL_OK);
+	assert_true(rc < 0);
+	assert_true(atomic_load(&g_sync_calls) > calls); /* it did try */
+	assert_true(synced_seq() < ss);
+	sl_reply_sync_failed(&r, rc);
+	assert_int_equal(r.resp.status, rc);
+	assert_non_null(strstr(r.resp.error, "sync"));
+	sl_reply_free(&r);
+
+	/* Sticky: a later deferred put is refused, and asks for no sync. */
+	atomic_store(&g_sync_fail, 0);
+	assert_int_equal(defer(req_put("k2", "v2"), &r, &ss), SL_OP_PUT);
+	assert_true(r.resp.status < 0);
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+}
+
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    T(test_deferred_put_waits_for_caller),
+	    T(test_plain_put_is_durable),
+	    T(test_reads_need_no_sync),
+	    T(test_batch_sync_seq_is_highest_write),
+	    T(test_sync_failed_single_put),
+	    T(test_sync_failed_batch),
+	    T(test_failed_fdatasync),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
