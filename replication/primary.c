@@ -327,6 +327,7 @@ static int serve_fetch(rctx *c)
 		if (!r->stopping) {
 			c->next = r->parked;
 			r->parked = c;
+			atomic_store(&r->parked_any, 1);
 			pthread_cond_broadcast(&r->cv);
 			pthread_mutex_unlock(&r->mu);
 			return 1;
@@ -599,6 +600,22 @@ static void tick(sl_repl *r, uint64_t now)
 	pthread_rwlock_unlock(r->o.db_lock);
 }
 
+void repl_release_parked(sl_repl *r)
+{
+	uint64_t head = atomic_load(&r->head);
+	rctx **pp = &r->parked;
+	while (*pp != NULL) {
+		rctx *c = *pp;
+		if (head >= c->q->fetch->from_seq) {
+			*pp = c->next;
+			runq_push(r, c);
+			continue;
+		}
+		pp = &c->next;
+	}
+	atomic_store(&r->parked_any, r->parked != NULL);
+}
+
 static void *waker_main(void *arg)
 {
 	sl_repl *r = arg;
@@ -621,6 +638,7 @@ static void *waker_main(void *arg)
 			}
 			pp = &c->next;
 		}
+		atomic_store(&r->parked_any, r->parked != NULL);
 		if (now >= next_tick) {
 			pthread_mutex_unlock(&r->mu);
 			tick(r, now);
@@ -648,6 +666,7 @@ static void *waker_main(void *arg)
 		r->parked = c->next;
 		runq_push(r, c);
 	}
+	atomic_store(&r->parked_any, 0);
 	pthread_mutex_unlock(&r->mu);
 	return NULL;
 }

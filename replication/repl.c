@@ -224,10 +224,13 @@ void sl_repl_notify_write(sl_repl *r, uint64_t seq)
 	uint64_t h = atomic_load(&r->head);
 	while (h < seq && !atomic_compare_exchange_weak(&r->head, &h, seq)) {
 	}
-	pthread_mutex_lock(&r->mu);
-	if (r->parked != NULL) {
-		pthread_cond_broadcast(&r->cv);
+	/* Racy peek: a fetch parking right now broadcasts cv, and the waker
+	 * then finds the head updated above (primary.c, invariant 2). */
+	if (!atomic_load(&r->parked_any)) {
+		return;
 	}
+	pthread_mutex_lock(&r->mu);
+	repl_release_parked(r);
 	pthread_mutex_unlock(&r->mu);
 }
 

@@ -86,6 +86,7 @@ struct sl_repl {
 	int nctx;
 	struct rctx *runq_head, *runq_tail; /* ready for a worker */
 	struct rctx *parked;                /* long polls waiting for records */
+	atomic_int parked_any;              /* parked != NULL, for a peek without mu */
 	pthread_cond_t runq_cv;
 	pthread_t workers[4];
 	int nworkers;
@@ -118,6 +119,10 @@ int repl_primary_start(sl_repl *r, char *err, size_t cap);
 void repl_primary_stop(sl_repl *r);
 /* Closes every open snapshot (before the store is swapped).  mu held. */
 void repl_snaps_close_all(sl_repl *r);
+/* Hands every parked fetch that the head now satisfies to the primary's
+ * workers (mu held): a write wakes its long polls without a hop through
+ * the waker thread. */
+void repl_release_parked(sl_repl *r);
 
 /* follower.c */
 void repl_follower_start(sl_repl *r); /* mu held */
