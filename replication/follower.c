@@ -125,6 +125,8 @@ static int ensure_conn(sl_repl *r, const char *url)
 		if (rv != 0) {
 			nng_close(r->fsock);
 			r->fsock_open = 0;
+		} else {
+			r->fsock_gen++;
 		}
 	}
 	pthread_mutex_unlock(&r->mu);
@@ -137,8 +139,18 @@ static int ensure_conn(sl_repl *r, const char *url)
 typedef struct pending {
 	nng_aio *aio;
 	nng_ctx ctx;
+	uint64_t gen; /* the socket generation ctx belongs to */
+	int ctx_open;
 	int live;
 } pending;
+
+static void pend_ctx_close(pending *p)
+{
+	if (p->ctx_open) {
+		nng_ctx_close(p->ctx); /* NNG_ECLOSED when the socket went first */
+		p->ctx_open = 0;
+	}
+}
 
 static int nng_to_sl(int rv)
 {
@@ -153,6 +165,7 @@ static int call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms,
 	pthread_mutex_lock(&r->mu);
 	nng_socket s = r->fsock;
 	int open = r->fsock_open;
+	uint64_t gen = r->fsock_gen;
 	pthread_mutex_unlock(&r->mu);
 	if (!open) {
 		return SL_EIO;
@@ -160,14 +173,21 @@ static int call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms,
 	if (p->aio == NULL && nng_aio_alloc(&p->aio, NULL, NULL) != 0) {
 		return SL_ENOMEM;
 	}
-	int rv = nng_ctx_open(&p->ctx, s);
-	if (rv != 0) {
-		return nng_to_sl(rv);
+	/* One context per connection, reused by every request on it. */
+	if (p->ctx_open && p->gen != gen) {
+		pend_ctx_close(p);
+	}
+	int rv;
+	if (!p->ctx_open) {
+		if ((rv = nng_ctx_open(&p->ctx, s)) != 0) {
+			return nng_to_sl(rv);
+		}
+		p->ctx_open = 1;
+		p->gen = gen;
 	}
 	size_t sz = shiplog__repl_request__get_packed_size(q);
 	nng_msg *m = NULL;
 	if (nng_msg_alloc(&m, sz) != 0) {
-		nng_ctx_close(p->ctx);
 		return SL_ENOMEM;
 	}
 	shiplog__repl_request__pack(q, nng_msg_body(m));
@@ -178,7 +198,7 @@ static int call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms,
 	if ((rv = nng_aio_result(p->aio)) != 0) {
 		nng_msg_free(nng_aio_get_msg(p->aio));
 		nng_aio_set_msg(p->aio, NULL);
-		nng_ctx_close(p->ctx);
+		pend_ctx_close(p);
 		return nng_to_sl(rv);
 	}
 	nng_ctx_recv(p->ctx, p->aio);
@@ -199,8 +219,8 @@ static int call_finish(pending *p, Shiplog__ReplReply **out)
 	int rv = nng_aio_result(p->aio);
 	nng_msg *m = rv == 0 ? nng_aio_get_msg(p->aio) : NULL;
 	nng_aio_set_msg(p->aio, NULL);
-	nng_ctx_close(p->ctx);
 	if (rv != 0) {
+		pend_ctx_close(p); /* a timed-out or cancelled request: start afresh */
 		return nng_to_sl(rv);
 	}
 	*out = shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
@@ -222,6 +242,7 @@ static void pend_abort(pending *p)
 static void pend_free(pending *p)
 {
 	pend_abort(p);
+	pend_ctx_close(p);
 	if (p->aio != NULL) {
 		nng_aio_free(p->aio);
 		p->aio = NULL;

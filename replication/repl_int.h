@@ -104,6 +104,7 @@ struct sl_repl {
 	int fetch_stop;   /* ask the fetch loop to end */
 	nng_socket fsock; /* the loop's REQ socket (closed to interrupt it) */
 	int fsock_open;
+	uint64_t fsock_gen;       /* bumped at each open: contexts of older ones are dead */
 	const char *fstate;       /* "connecting", "streaming", "resyncing" */
 	char primary_client[256]; /* follower: the primary's client URL, once known */
 	uint64_t durable;         /* follower: highest seq known synced */
