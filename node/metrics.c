@@ -217,6 +217,12 @@ static void render_repl(sl_node *n, buf *b)
 		put(b, "shiplog_repl_follower_lag_records{follower=\"%s\"} %llu\n",
 		    rs.followers[i].node_id, (unsigned long long)rs.followers[i].lag_records);
 	}
+	meta(b, "shiplog_repl_follower_lag_bytes", "gauge",
+	     "Bytes of log a follower has yet to receive.");
+	for (size_t i = 0; i < rs.n_followers; i++) {
+		put(b, "shiplog_repl_follower_lag_bytes{follower=\"%s\"} %llu\n",
+		    rs.followers[i].node_id, (unsigned long long)rs.followers[i].lag_bytes);
+	}
 	meta(b, "shiplog_repl_follower_lag_seconds", "gauge",
 	     "Time since a follower last had every record.");
 	for (size_t i = 0; i < rs.n_followers; i++) {

@@ -443,6 +443,16 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 		f->connected = now - e->last_seen_ms <= r->o.timeout_ms;
 	}
 	pthread_mutex_unlock(&r->mu);
+	/* The caller holds the store read lock (see repl.h). */
+	for (size_t i = 0; i < out->n_followers && *r->o.dbp != NULL; i++) {
+		sl_repl_follower_stat *f = &out->followers[i];
+		uint64_t b = 0;
+		if (f->lag_records > 0 &&
+		    sl_log_bytes_from(*r->o.dbp, f->applied_seq + 1, &b) != SL_OK) {
+			b = 0; /* fell off the backlog: a full resync sends a snapshot */
+		}
+		f->lag_bytes = b;
+	}
 	return SL_OK;
 }
 

@@ -114,7 +114,7 @@ typedef struct sl_repl_follower_stat {
 	char node_id[40];
 	char address[128];
 	uint64_t applied_seq, durable_seq;
-	uint64_t lag_records, lag_bytes, lag_ms;
+	uint64_t lag_records, lag_bytes, lag_ms; /* lag_bytes: log bytes after applied_seq */
 	uint64_t last_seen_ms_ago;
 	int connected;
 } sl_repl_follower_stat;
@@ -136,8 +136,8 @@ typedef struct sl_repl_stats {
 	sl_repl_follower_stat *followers; /* malloc'd; sl_repl_stats_free */
 } sl_repl_stats;
 
-/* Fills *out.  Takes no store lock beyond what it documents: safe on
- * worker threads. */
+/* Fills *out.  Call with the store read lock (db_lock) held: per-follower
+ * lag in bytes reads the log (sl_log_bytes_from). */
 int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out);
 void sl_repl_stats_free(sl_repl_stats *s);
 

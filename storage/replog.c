@@ -105,6 +105,63 @@ out:
 	return rc;
 }
 
+int sl_log_bytes_from(sl_db *db, uint64_t seq, uint64_t *bytes)
+{
+	if (db == NULL || bytes == NULL || seq == 0) {
+		return SL_EINVAL;
+	}
+	*bytes = 0;
+	if (seq > atomic_load(&db->last_seq)) {
+		return SL_OK;
+	}
+	int rc = SL_OK;
+	pthread_mutex_lock(&db->seg_mu);
+	size_t start = db->nsegs;
+	for (size_t i = db->nsegs; i > 0; i--) {
+		sl_seg *s = db->segs[i - 1];
+		if (s->flags & SL_SEG_COMPACTED) {
+			continue;
+		}
+		start = i - 1;
+		if (s->first_seq <= seq) {
+			break;
+		}
+	}
+	if (start == db->nsegs || db->segs[start]->first_seq > seq) {
+		rc = SL_ESTALE;
+		goto out;
+	}
+	uint64_t total = 0;
+	for (size_t i = start; i < db->nsegs; i++) {
+		sl_seg *s = db->segs[i];
+		if (s->flags & SL_SEG_COMPACTED) {
+			continue;
+		}
+		uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
+		uint64_t off = SL_SEG_HDR_SIZE;
+		if (i == start) {
+			/* A follower's position is usually where its last fetch
+			 * stopped (a resume point); else walk the headers. */
+			off = cache_find(db, s->id, seq);
+			while (off < end) {
+				sl_rec r;
+				if (sl_rec_decode_header(
+				        s->map + off, end - off, db->opt.max_key_bytes,
+				        db->opt.max_value_bytes, &r) != SL_REC_OK ||
+				    r.seq >= seq) {
+					break;
+				}
+				off += sl_rec_size(r.klen, r.vlen);
+			}
+		}
+		total += end > off ? end - off : 0;
+	}
+	*bytes = total;
+out:
+	pthread_mutex_unlock(&db->seg_mu);
+	return rc;
+}
+
 uint64_t sl_log_start(sl_db *db)
 {
 	uint64_t start = atomic_load(&db->last_seq) + 1;

@@ -228,6 +228,11 @@ sl_sync sl_sync_policy(sl_db *db);
  * sl_log_read below the snapshot's head seq from this store. */
 int sl_load_raw(sl_db *db, const void *rec, size_t len);
 
+/* Bytes of log from seq on (the records a follower whose next seq is `seq`
+ * has yet to receive): 0 when seq is past the head, SL_ESTALE when seq is
+ * no longer in the log. */
+int sl_log_bytes_from(sl_db *db, uint64_t seq, uint64_t *bytes);
+
 /* The oldest seq sl_log_read can still return (start of the contiguous
  * log), or last_seq + 1 when the log is empty. */
 uint64_t sl_log_start(sl_db *db);

@@ -2,7 +2,8 @@
  * test_repl_basic.c — one primary and two followers as real processes:
  * convergence under a mixed load, read-only followers that name the
  * primary, read-your-writes with min_seq, --acks and wait, a follower
- * killed (SIGKILL) mid-stream that resumes with a partial resync, and
+ * killed (SIGKILL) mid-stream that resumes with a partial resync, lag in
+ * bytes of a stopped follower, and
  * followers compacting on their own while replicating.
  */
 #include <setjmp.h>
@@ -176,6 +177,54 @@ static void test_kill_follower_partial_resync(void **state)
 	assert_true(partial >= 1);
 }
 
+/* The index i of F's group of follower.i.* stats on the primary (-1). */
+static int follower_index(ru_node *f)
+{
+	char id[64], got[64], name[64];
+	ru_stat(f, "node_id", id, sizeof(id));
+	for (int i = 0; i < 8 && id[0]; i++) {
+		snprintf(name, sizeof(name), "follower.%d.id", i);
+		ru_stat(&P, name, got, sizeof(got));
+		if (strcmp(got, id) == 0) {
+			return i;
+		}
+	}
+	return -1;
+}
+
+static void test_lag_bytes(void **state)
+{
+	(void)state;
+	ru_node *f[] = {&F1, &F2};
+	ru_assert_converged(&P, f, 2);
+	int i = follower_index(&F2);
+	assert_true(i >= 0);
+	char lr[64], lb[64];
+	snprintf(lr, sizeof(lr), "follower.%d.lag_records", i);
+	snprintf(lb, sizeof(lb), "follower.%d.lag_bytes", i);
+	assert_int_equal(ru_stat(&P, lb, NULL, 0), 0);
+	/* A stopped follower falls behind by exactly what is written. */
+	kill(F2.d.pid, SIGSTOP);
+	sl_client *c = ru_client(&P);
+	assert_non_null(c);
+	char k[16], v[32];
+	for (int n = 0; n < 100; n++) {
+		snprintf(k, sizeof(k), "lagk%04d", n);       /* 8 bytes */
+		snprintf(v, sizeof(v), "lagvalue-%011d", n); /* 20 bytes */
+		assert_int_equal(sl_client_put(c, k, 8, v, 20, NULL), SL_OK);
+	}
+	sl_client_close(c);
+	uint64_t rec = 28 + 8 + 20;
+	assert_int_equal(ru_stat(&P, lr, NULL, 0), 100);
+	assert_int_equal(ru_stat(&P, lb, NULL, 0), 100 * rec);
+	kill(F2.d.pid, SIGCONT);
+	ru_assert_converged(&P, f, 2);
+	for (int waited = 0; waited < 5000 && ru_stat(&P, lb, NULL, 0) != 0; waited += 50) {
+		usleep(50 * 1000);
+	}
+	assert_int_equal(ru_stat(&P, lb, NULL, 0), 0);
+}
+
 static void test_followers_compact_independently(void **state)
 {
 	(void)state;
@@ -199,6 +248,7 @@ int main(void)
 	    cmocka_unit_test(test_min_seq_on_follower),
 	    cmocka_unit_test(test_acks_and_wait),
 	    cmocka_unit_test(test_kill_follower_partial_resync),
+	    cmocka_unit_test(test_lag_bytes),
 	    cmocka_unit_test(test_followers_compact_independently),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
