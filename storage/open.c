@@ -510,12 +510,17 @@ fail:
 	return rc;
 }
 
-/* fsyncs the directory holding path (its entries). */
+/* fsyncs the directory holding path (its entries); trailing slashes of
+ * path are ignored. */
 static int fsync_parent(const char *path)
 {
 	char *d = strdup(path);
 	if (d == NULL) {
 		return -1;
+	}
+	size_t n = strlen(d);
+	while (n > 1 && d[n - 1] == '/') {
+		d[--n] = '\0';
 	}
 	char *slash = strrchr(d, '/');
 	const char *parent = slash == NULL ? "." : slash == d ? "/" : (*slash = '\0', d);
@@ -548,9 +553,9 @@ int sl_swap_dir(sl_db *db, const char *other, const sl_options *o)
 	if (nd == NULL) {
 		return SL_ENOMEM;
 	}
-	/* Every user of db->dir runs under one of these (sealing: seal_mu;
-	 * compaction: compact_mu; rotation: append_mu), so none builds a path
-	 * from the old name while the directories trade places. */
+	/* The store's own threads build paths from db->dir under one of these
+	 * (sealing: seal_mu; compaction: compact_mu; rotation: append_mu), so
+	 * none uses the old name while the directories trade places. */
 	pthread_mutex_lock(&db->seal_mu);
 	pthread_mutex_lock(&db->compact_mu);
 	pthread_mutex_lock(&db->append_mu);
@@ -559,23 +564,35 @@ int sl_swap_dir(sl_db *db, const char *other, const sl_options *o)
 		rc = errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
 		free(nd);
 	} else {
-		if (fsync_parent(other) != 0) {
-			sl_db_log(db, "warn", "fsync of the parent of %s failed", other);
+		/* Both entries changed: make both parents durable (one when they
+		 * share it). */
+		if (fsync_parent(other) != 0 || fsync_parent(db->dir) != 0) {
+			sl_db_log(db, "warn", "fsync of the parent directory of %s failed", other);
 		}
 		free(db->dir);
 		db->dir = nd;
 		pthread_mutex_lock(&db->sync_mu);
 		db->opt = n;
+		pthread_cond_signal(&db->flush_cv); /* the new sync interval applies now */
 		pthread_mutex_unlock(&db->sync_mu);
 	}
 	pthread_mutex_unlock(&db->append_mu);
 	pthread_mutex_unlock(&db->compact_mu);
 	pthread_mutex_unlock(&db->seal_mu);
-	if (rc == SL_OK && !db->compactor_started) {
+	if (rc != SL_OK) {
+		return rc;
+	}
+	if (!n.compact_background && db->compactor_started) {
+		sl_compactor_stop(db);
+	} else if (n.compact_background && db->compactor_started) {
+		pthread_mutex_lock(&db->cthread_mu);
+		pthread_cond_signal(&db->cthread_cv); /* the new interval applies now */
+		pthread_mutex_unlock(&db->cthread_mu);
+	} else if (n.compact_background) {
 		pthread_mutex_lock(&db->cthread_mu);
 		db->compact_stop = 0;
 		pthread_mutex_unlock(&db->cthread_mu);
-		rc = sl_compactor_start(db);
+		rc = sl_compactor_start(db); /* on failure: swapped, but not compacting */
 	}
 	return rc;
 }

@@ -208,14 +208,17 @@ int sl_apply_raw(sl_db *db, const void *rec, size_t len);
 int sl_apply_raw_ex(sl_db *db, const void *rec, size_t len, unsigned flags);
 
 /* Trades places between the directory db lives in and the directory
- * `other` (renameat2 RENAME_EXCHANGE, then an fsync of other's parent): db
+ * `other` (renameat2 RENAME_EXCHANGE, then an fsync of both parents): db
  * goes on at other's path, what was there moves to db's old path (close
  * any handle on it first).  Then db takes o's sync policy and interval,
- * segment size and compaction settings, starting background compaction if
- * o asks for it.  A follower's full resync loads a fresh store next to its
- * old one and swaps it in this way without closing and reopening it.
+ * segment size and compaction settings, starting (or stopping) background
+ * compaction as o asks.  A follower's full resync loads a fresh store next
+ * to its old one and swaps it in this way without closing and reopening it.
+ * Unlike the rest of this API it is not for concurrent use: no other thread
+ * may use db during the call (the store's own threads are handled).
  * SL_OK, SL_EINVAL (bad options: nothing changed), SL_ENOTFOUND / SL_EIO
- * (the rename failed: nothing changed), SL_ENOMEM. */
+ * (the rename failed: nothing changed), SL_ENOMEM (nothing changed, or
+ * swapped but the compaction thread could not start). */
 int sl_swap_dir(sl_db *db, const char *other, const sl_options *o);
 
 /* The handle's sync policy. */

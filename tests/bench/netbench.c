@@ -9,21 +9,46 @@
  *
  *   shiplog-bench --url URL [-t put,get,ping] [-c CLIENTS] [-n REQUESTS]
  *                 [-d VALUE_SIZE] [-r KEYSPACE] [-P PIPELINE] [--sequential]
- *                 [--timeout MS] [--acks N] [--json]
+ *                 [--timeout MS] [--acks N] [--engine async|threads] [--json]
  *
- * -c connections, each with its own thread and its own sl_client; -n
- * operations per test in total, shared by all clients; -P N operations per
- * Batch message (the client library's pipeline, sl_pipeline_*); -P 1 sends
- * one plain request per operation.  Keys are "key:%012llu" (16 bytes, like
- * redis-benchmark's key:__rand_int__) with the number uniform in [0, r) —
- * without -r every operation uses key:000000000000, as redis-benchmark does
- * — or, with --sequential, the operation's index mod r (so -n N -r N
- * --sequential writes exactly N distinct keys).  Values are incompressible
+ * -c connections (clients), each with its own nng REQ socket and one request
+ * in flight; -n operations per test in total, shared by all clients; -P N
+ * operations per Batch message (like the client library's pipeline,
+ * sl_pipeline_*); -P 1 sends one plain request per operation.
+ *
+ * Two engines drive the clients; both send the same messages:
+ *
+ *   --engine async (the default): no thread per client.  Each client is an
+ *     nng_aio on its own REQ socket whose completion callback (run on nng's
+ *     own worker threads) decodes the response and sends the next request,
+ *     encoding into the message it just received (no allocation per
+ *     request on our side).  The benchmark then costs little more than
+ *     nng's own per-message work — the point of the comparison:
+ *     redis-benchmark is one epoll thread, and whatever CPU the load
+ *     generator burns on a small machine is taken from the server measured.
+ *   --engine threads: the original engine, one thread and one synchronous
+ *     sl_client (sl_client_ping/put/get, sl_pipeline_exec) per client.  Each
+ *     round trip costs the application thread's wakeups on top of nng's: on
+ *     a 2-core machine, -c 50 -P 1, the benchmark itself used ~40-45 % of
+ *     the CPU (~2 context switches and ~18 us of CPU per request; the async
+ *     engine ~0.3 and ~6 us, ~22 % of the CPU).  Kept to measure the client
+ *     library's synchronous path.
+ *
+ * A transport failure (timeout, lost connection) counts every operation of
+ * its message as failed, like a failed call of the client library; the
+ * threads engine goes on with the next operation, the async engine's client
+ * stops for the rest of that test (the others carry on).
+ *
+ * Keys are "key:%012llu" (16 bytes, like redis-benchmark's
+ * key:__rand_int__) with the number uniform in [0, r) — without -r every
+ * operation uses key:000000000000, as redis-benchmark does — or, with
+ * --sequential, the operation's index mod r (so -n N -r N --sequential
+ * writes exactly N distinct keys).  Values are incompressible
  * random bytes.
  *
  * Latency of an operation = the round trip of the message that carried it
  * (with -P N all N operations of a batch get the batch's round trip, as in
- * redis-benchmark's pipeline mode), kept in a per-thread log-linear
+ * redis-benchmark's pipeline mode), kept in a per-client log-linear
  * histogram (relative error under 1.6 %) merged for p50/p99/p99.9.  ops/s =
  * operations / wall time from the moment every client is connected to the
  * moment the last finishes.
@@ -37,6 +62,8 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -44,6 +71,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "shiplog.pb-c.h"
 
 int sl_netbench_main(int argc, char **argv);
 
@@ -61,6 +90,7 @@ static int opt_pipeline = 1;
 static int opt_sequential;
 static int opt_timeout_ms = 10000;
 static int opt_json;
+static int opt_threads; /* --engine threads */
 
 /* ---- histogram ---------------------------------------------------------- */
 
@@ -119,13 +149,41 @@ static double hist_pct(const hist *h, double q)
 
 /* ---- the clients ------------------------------------------------------ */
 
+/* One operation's protobuf body (async engine). */
+typedef union op_body {
+	Shiplog__Get get;
+	Shiplog__Put put;
+	Shiplog__Ping ping;
+} op_body;
+
+/* Where the async engine unpacks a Response: a bump allocator reset after
+ * every response, falling back to malloc when full. */
+#define ARENA_BYTES (64u << 10)
+
 typedef struct worker {
-	pthread_t th;
 	int id;
-	sl_client *c;
-	sl_pipeline *p;
 	uint64_t rng;
 	char *vbuf; /* value bytes: opt_value_size + 256, values start at random offsets */
+	/* threads engine */
+	pthread_t th;
+	sl_client *c;
+	sl_pipeline *p;
+	/* async engine */
+	nng_socket sock;
+	nng_aio *aio;
+	nng_msg *msg;  /* kept between requests: the last response, reused */
+	int receiving; /* the aio's operation: 0 send, 1 receive */
+	uint64_t req_id;
+	uint64_t nops, t0; /* the message in flight: its operations, send time */
+	Shiplog__Op *bops; /* -P > 1: the Batch's opt_pipeline ops, their bodies, keys */
+	Shiplog__Op **bopp;
+	op_body *bodies;
+	char (*keys)[17];
+	ProtobufCAllocator alloc;
+	char *arena;
+	size_t arena_used;
+	char errmsg[200]; /* this round trip's error detail (as sl_client_errmsg) */
+	/* results of the current test */
 	hist h;
 	uint64_t ops, hits, misses, errors, badsize;
 	int first_err;
@@ -173,9 +231,11 @@ static void note_error(worker *w, int rc)
 {
 	w->errors++;
 	if (!w->first_err) {
+		/* threads: the client library's message; async: the engine's own */
+		const char *msg = w->c ? sl_client_errmsg(w->c) : w->errmsg;
 		w->first_err = rc;
 		snprintf(w->first_msg, sizeof w->first_msg, "%s%s%s", sl_client_strerror(rc),
-		         *sl_client_errmsg(w->c) ? ": " : "", sl_client_errmsg(w->c));
+		         *msg ? ": " : "", msg);
 	}
 }
 
@@ -296,6 +356,364 @@ static void *worker_main(void *arg)
 	}
 }
 
+/* ---- the async engine ----------------------------------------------------
+ *
+ * A client's state is touched only by its own chain: the main thread starts
+ * it (async_next), then each completion of its aio runs async_cb on one of
+ * nng's threads, which starts the next operation on the same aio.  Exactly
+ * one operation is outstanding per aio, so the callbacks of one client never
+ * overlap.  The main thread waits on async_cv until every client has found
+ * the shared counter exhausted (or stopped on a transport error). */
+
+static pthread_mutex_t async_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t async_cv = PTHREAD_COND_INITIALIZER;
+static int async_running;
+
+/* Arena allocator for protobuf-c: the Response's pieces; free is a no-op
+ * for arena memory. */
+static void *arena_alloc(void *data, size_t size)
+{
+	worker *w = data;
+	size = (size + 15) & ~(size_t)15;
+	if (size <= ARENA_BYTES - w->arena_used) {
+		void *p = w->arena + w->arena_used;
+		w->arena_used += size;
+		return p;
+	}
+	return malloc(size);
+}
+
+static void arena_free(void *data, void *p)
+{
+	worker *w = data;
+	if ((char *)p < w->arena || (char *)p >= w->arena + ARENA_BYTES) {
+		free(p);
+	}
+}
+
+/* The sl_client's mapping of nng errors (node/client.c). */
+static int map_nng(int rv)
+{
+	switch (rv) {
+	case 0:
+		return SL_OK;
+	case NNG_ETIMEDOUT:
+		return SL_ETIMEDOUT;
+	case NNG_ENOMEM:
+		return SL_ENOMEM;
+	case NNG_EMSGSIZE:
+		return SL_ETOOBIG;
+	case NNG_EINVAL:
+	case NNG_EADDRINVAL:
+	case NNG_ENOTSUP:
+		return SL_EINVAL;
+	default:
+		return SL_ECONN;
+	}
+}
+
+static void async_stop(void)
+{
+	pthread_mutex_lock(&async_mu);
+	if (--async_running == 0) {
+		pthread_cond_signal(&async_cv);
+	}
+	pthread_mutex_unlock(&async_mu);
+}
+
+/* The message in flight failed as a whole (rc, detail in w->errmsg): all
+ * its operations count as failed, as in run_single/run_batch; the client
+ * stops for this test. */
+static void async_fail(worker *w, int rc)
+{
+	hist_add(&w->h, now_ns() - w->t0, w->nops);
+	w->ops += w->nops;
+	w->errors += w->nops - 1;
+	note_error(w, rc);
+	async_stop();
+}
+
+/* Fills in the protobuf body (and key) of operation op of the current test,
+ * consuming w->rng exactly as run_single/run_batch do. */
+static void fill_body(worker *w, uint64_t op, op_body *b, char key[17])
+{
+	switch (cur_test) {
+	case T_PING:
+		shiplog__ping__init(&b->ping);
+		break;
+	case T_PUT:
+		make_key(w, op, key);
+		shiplog__put__init(&b->put);
+		b->put.has_key = 1;
+		b->put.key.data = (uint8_t *)key;
+		b->put.key.len = 16;
+		b->put.has_value = 1;
+		b->put.value.data = (uint8_t *)value_for(w);
+		b->put.value.len = opt_value_size;
+		break;
+	case T_GET:
+		make_key(w, op, key);
+		shiplog__get__init(&b->get);
+		b->get.has_key = 1;
+		b->get.key.data = (uint8_t *)key;
+		b->get.key.len = 16;
+		break;
+	}
+}
+
+/* Takes the next operations from the shared counter and sends them as one
+ * message; or, when there are none left, finishes the client. */
+static void async_next(worker *w)
+{
+	uint64_t op = atomic_fetch_add(&next_op, (uint64_t)opt_pipeline);
+	if (op >= opt_requests) {
+		async_stop();
+		return;
+	}
+	w->nops =
+	    opt_requests - op < (uint64_t)opt_pipeline ? opt_requests - op : (uint64_t)opt_pipeline;
+	w->t0 = now_ns();
+	w->errmsg[0] = '\0';
+
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Batch b = SHIPLOG__BATCH__INIT;
+	op_body one;
+	q.has_id = 1;
+	q.id = ++w->req_id;
+	if (opt_acks > 0) { /* as sl_client_set_acks(c, opt_acks, opt_timeout_ms) */
+		q.has_acks = 1;
+		q.acks = opt_acks;
+		q.has_acks_timeout_ms = 1;
+		q.acks_timeout_ms = (uint32_t)opt_timeout_ms;
+	}
+	if (opt_pipeline == 1) {
+		fill_body(w, op, &one, w->keys[0]);
+		switch (cur_test) {
+		case T_PING:
+			q.op_case = SHIPLOG__REQUEST__OP_PING;
+			q.ping = &one.ping;
+			break;
+		case T_PUT:
+			q.op_case = SHIPLOG__REQUEST__OP_PUT;
+			q.put = &one.put;
+			break;
+		case T_GET:
+			q.op_case = SHIPLOG__REQUEST__OP_GET;
+			q.get = &one.get;
+			break;
+		}
+	} else {
+		for (uint64_t i = 0; i < w->nops; i++) {
+			Shiplog__Op *o = &w->bops[i];
+			op_body *ob = &w->bodies[i];
+			shiplog__op__init(o);
+			fill_body(w, op + i, ob, w->keys[i]);
+			switch (cur_test) {
+			case T_PING:
+				o->op_case = SHIPLOG__OP__OP_PING;
+				o->ping = &ob->ping;
+				break;
+			case T_PUT:
+				o->op_case = SHIPLOG__OP__OP_PUT;
+				o->put = &ob->put;
+				break;
+			case T_GET:
+				o->op_case = SHIPLOG__OP__OP_GET;
+				o->get = &ob->get;
+				break;
+			}
+		}
+		b.n_ops = (size_t)w->nops;
+		b.ops = w->bopp;
+		q.op_case = SHIPLOG__REQUEST__OP_BATCH;
+		q.batch = &b;
+	}
+
+	/* Encode into the last response's message (its buffer is big enough
+	 * after the first few requests): no allocation on our side. */
+	size_t sz = shiplog__request__get_packed_size(&q);
+	int rv;
+	if (w->msg == NULL) {
+		rv = nng_msg_alloc(&w->msg, sz);
+	} else {
+		nng_msg_header_clear(w->msg);
+		rv = nng_msg_realloc(w->msg, sz);
+	}
+	if (rv != 0) {
+		snprintf(w->errmsg, sizeof w->errmsg, "out of memory for a %zu-byte request", sz);
+		async_fail(w, SL_ENOMEM);
+		return;
+	}
+	shiplog__request__pack(&q, nng_msg_body(w->msg));
+	nng_aio_set_msg(w->aio, w->msg);
+	w->msg = NULL;
+	w->receiving = 0;
+	nng_send_aio(w->sock, w->aio);
+}
+
+/* Checks the response r to the message in flight as run_single/run_batch
+ * check the client library's results. */
+static void async_check(worker *w, const Shiplog__Response *r)
+{
+	int rc;
+	if (r->has_id && r->id != w->req_id) {
+		snprintf(w->errmsg, sizeof w->errmsg, "response id does not match the request");
+		rc = SL_EPROTO;
+	} else {
+		if (r->status < 0 && r->error != NULL) {
+			snprintf(w->errmsg, sizeof w->errmsg, "%s", r->error);
+		}
+		rc = r->has_status ? r->status : SL_EPROTO;
+	}
+	if (opt_pipeline == 1) {
+		if (cur_test == T_GET) {
+			note_get(w, rc, rc == SL_OK && r->has_value ? r->value.len : 0);
+		} else if (rc != SL_OK) {
+			note_error(w, rc);
+		}
+		return;
+	}
+	if (rc == SL_OK && r->n_results != w->nops) {
+		snprintf(w->errmsg, sizeof w->errmsg, "batch: %zu results for %zu operations",
+		         r->n_results, (size_t)w->nops);
+		rc = SL_EPROTO;
+	}
+	if (rc != SL_OK) {
+		w->errors += w->nops - 1;
+		note_error(w, rc == SL_ENOTFOUND ? SL_EPROTO : rc);
+		return;
+	}
+	for (size_t i = 0; i < r->n_results; i++) {
+		const Shiplog__Result *x = r->results[i];
+		int st = x->has_status ? x->status : SL_OK;
+		if (cur_test == T_GET) {
+			note_get(w, st, x->has_value ? x->value.len : 0);
+		} else if (st != SL_OK) {
+			note_error(w, st);
+		}
+	}
+}
+
+static void async_cb(void *arg)
+{
+	worker *w = arg;
+	int rv = nng_aio_result(w->aio);
+	if (!w->receiving) {
+		if (rv != 0) {
+			w->msg = nng_aio_get_msg(w->aio); /* still ours */
+			nng_aio_set_msg(w->aio, NULL);
+			snprintf(w->errmsg, sizeof w->errmsg, "send: %s", nng_strerror(rv));
+			async_fail(w, map_nng(rv));
+			return;
+		}
+		w->receiving = 1;
+		nng_recv_aio(w->sock, w->aio);
+		return;
+	}
+	if (rv != 0) {
+		if (rv == NNG_ETIMEDOUT) {
+			snprintf(w->errmsg, sizeof w->errmsg, "no response within %d ms",
+			         opt_timeout_ms);
+		} else {
+			snprintf(w->errmsg, sizeof w->errmsg, "receive: %s", nng_strerror(rv));
+		}
+		async_fail(w, map_nng(rv));
+		return;
+	}
+	w->msg = nng_aio_get_msg(w->aio);
+	nng_aio_set_msg(w->aio, NULL);
+	Shiplog__Response *r =
+	    shiplog__response__unpack(&w->alloc, nng_msg_len(w->msg), nng_msg_body(w->msg));
+	if (r == NULL) {
+		snprintf(w->errmsg, sizeof w->errmsg, "malformed response from server");
+		w->errors += w->nops - 1;
+		note_error(w, SL_EPROTO);
+	} else {
+		async_check(w, r);
+		shiplog__response__free_unpacked(r, &w->alloc);
+	}
+	w->arena_used = 0;
+	hist_add(&w->h, now_ns() - w->t0, w->nops);
+	w->ops += w->nops;
+	async_next(w);
+}
+
+/* Opens client w's socket and aio.  SL_OK or an SL_E* code. */
+static int async_open(worker *w)
+{
+	size_t n = (size_t)opt_pipeline;
+	w->keys = calloc(n, sizeof *w->keys);
+	w->arena = malloc(ARENA_BYTES);
+	if (opt_pipeline > 1) {
+		w->bops = calloc(n, sizeof *w->bops);
+		w->bopp = calloc(n, sizeof *w->bopp);
+		w->bodies = calloc(n, sizeof *w->bodies);
+		if (!w->bops || !w->bopp || !w->bodies) {
+			return SL_ENOMEM;
+		}
+		for (size_t i = 0; i < n; i++) {
+			w->bopp[i] = &w->bops[i];
+		}
+	}
+	if (!w->keys || !w->arena) {
+		return SL_ENOMEM;
+	}
+	w->alloc.alloc = arena_alloc;
+	w->alloc.free = arena_free;
+	w->alloc.allocator_data = w;
+	int rv = nng_req0_open(&w->sock);
+	if (rv != 0) {
+		return map_nng(rv);
+	}
+	/* As sl_client_open: writes are not idempotent, never resend; accept
+	 * responses up to the client library's limit. */
+	if ((rv = nng_socket_set_ms(w->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE)) != 0 ||
+	    (rv = nng_socket_set_size(w->sock, NNG_OPT_RECVMAXSZ,
+	                              (size_t)(1u << 30) + (4u << 20))) != 0) {
+		return map_nng(rv);
+	}
+	nng_socket_set_ms(w->sock, NNG_OPT_RECONNMINT, 50);
+	nng_socket_set_ms(w->sock, NNG_OPT_RECONNMAXT, 1000);
+	if ((rv = nng_dial(w->sock, opt_url, NULL, 0)) != 0 ||
+	    (rv = nng_aio_alloc(&w->aio, async_cb, w)) != 0) {
+		return map_nng(rv);
+	}
+	/* A write with acks may be held by the server for acks_timeout_ms:
+	 * wait that much longer for its answer (as the client library does). */
+	nng_aio_set_timeout(w->aio, opt_timeout_ms + (opt_acks > 0 ? opt_timeout_ms : 0));
+	return SL_OK;
+}
+
+static void async_close(worker *w)
+{
+	if (w->aio) {
+		nng_aio_stop(w->aio);
+		nng_aio_free(w->aio);
+	}
+	if (nng_socket_id(w->sock) > 0) {
+		nng_close(w->sock);
+	}
+	nng_msg_free(w->msg);
+	free(w->keys);
+	free(w->bops);
+	free(w->bopp);
+	free(w->bodies);
+	free(w->arena);
+}
+
+static void async_run(worker *ws)
+{
+	async_running = opt_clients;
+	for (int i = 0; i < opt_clients; i++) {
+		async_next(&ws[i]);
+	}
+	pthread_mutex_lock(&async_mu);
+	while (async_running > 0) {
+		pthread_cond_wait(&async_cv, &async_mu);
+	}
+	pthread_mutex_unlock(&async_mu);
+}
+
 /* ---- running a test and printing it ------------------------------------- */
 
 static int run_test(worker *ws, int test)
@@ -309,8 +727,12 @@ static int run_test(worker *ws, int test)
 	cur_test = test;
 	atomic_store(&next_op, 0);
 	uint64_t t0 = now_ns();
-	pthread_barrier_wait(&start_bar);
-	pthread_barrier_wait(&end_bar);
+	if (opt_threads) {
+		pthread_barrier_wait(&start_bar);
+		pthread_barrier_wait(&end_bar);
+	} else {
+		async_run(ws);
+	}
 	double secs = (double)(now_ns() - t0) / 1e9;
 
 	static hist h;
@@ -382,7 +804,7 @@ static void usage(FILE *f)
 	        "  --url URL          the shiplogd to load (e.g. " SL_CLIENT_DEFAULT_URL ")\n"
 	        "  -t, --tests LIST   comma list of put,get,ping, run in order (default "
 	        "ping,put,get)\n"
-	        "  -c, --clients N    connections, one thread each (default 50)\n"
+	        "  -c, --clients N    connections, one request in flight each (default 50)\n"
 	        "  -n, --requests N   operations per test, all clients together (default 100000)\n"
 	        "  -d, --data-size B  value bytes (default 3)\n"
 	        "  -r, --keyspace N   keys key:%%012d with the number uniform in [0, N)\n"
@@ -393,6 +815,14 @@ static void usage(FILE *f)
 	        "  --timeout MS       per-request timeout (default 10000)\n"
 	        "  --acks N           writes wait until N followers hold them durably (the\n"
 	        "                     primary's --acks; a write short of N acks fails)\n"
+	        "  --engine E         how the clients are driven (default async):\n"
+	        "                     async    one nng aio per connection, run by nng's own\n"
+	        "                              threads: the benchmark takes little CPU from\n"
+	        "                              the server it measures (redis-benchmark is one\n"
+	        "                              thread too)\n"
+	        "                     threads  one thread and one synchronous sl_client per\n"
+	        "                              connection (the client library's path; costly:\n"
+	        "                              several thread wakeups per request)\n"
 	        "  --json             one JSON object per test: benchmark, ops_per_sec, p50_us,\n"
 	        "                     p99_us, p999_us, requests, clients, pipeline, ...\n"
 	        "  -h, --help         this text\n"
@@ -451,6 +881,7 @@ int sl_netbench_main(int argc, char **argv)
 	    {"sequential", no_argument, NULL, 'S'},
 	    {"timeout", required_argument, NULL, 'T'},
 	    {"acks", required_argument, NULL, 'A'},
+	    {"engine", required_argument, NULL, 'E'},
 	    {"json", no_argument, NULL, 'j'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
@@ -514,6 +945,15 @@ int sl_netbench_main(int argc, char **argv)
 			}
 			opt_acks = (uint32_t)v;
 			break;
+		case 'E':
+			if (!strcmp(optarg, "async")) {
+				opt_threads = 0;
+			} else if (!strcmp(optarg, "threads")) {
+				opt_threads = 1;
+			} else {
+				return bad("--engine", optarg);
+			}
+			break;
 		case 'j':
 			opt_json = 1;
 			break;
@@ -544,11 +984,13 @@ int sl_netbench_main(int argc, char **argv)
 		w->id = i;
 		w->rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1);
 		w->vbuf = malloc(opt_value_size + 256);
-		int rc = w->vbuf ? sl_client_open(opt_url, opt_timeout_ms, &w->c) : SL_ENOMEM;
-		if (rc == SL_OK && opt_acks > 0) {
+		int rc = !w->vbuf      ? SL_ENOMEM
+		         : opt_threads ? sl_client_open(opt_url, opt_timeout_ms, &w->c)
+		                       : async_open(w);
+		if (rc == SL_OK && opt_threads && opt_acks > 0) {
 			sl_client_set_acks(w->c, opt_acks, (uint32_t)opt_timeout_ms);
 		}
-		if (rc == SL_OK && opt_pipeline > 1) {
+		if (rc == SL_OK && opt_threads && opt_pipeline > 1) {
 			rc = sl_pipeline_new(w->c, &w->p);
 		}
 		if (rc != SL_OK) {
@@ -560,12 +1002,14 @@ int sl_netbench_main(int argc, char **argv)
 			w->vbuf[b] = (char)rng_next(&w->rng);
 		}
 	}
-	pthread_barrier_init(&start_bar, NULL, (unsigned)opt_clients + 1);
-	pthread_barrier_init(&end_bar, NULL, (unsigned)opt_clients + 1);
-	for (int i = 0; i < opt_clients; i++) {
-		if (pthread_create(&ws[i].th, NULL, worker_main, &ws[i])) {
-			fprintf(stderr, "shiplog-bench: cannot start thread %d\n", i);
-			return 2;
+	if (opt_threads) {
+		pthread_barrier_init(&start_bar, NULL, (unsigned)opt_clients + 1);
+		pthread_barrier_init(&end_bar, NULL, (unsigned)opt_clients + 1);
+		for (int i = 0; i < opt_clients; i++) {
+			if (pthread_create(&ws[i].th, NULL, worker_main, &ws[i])) {
+				fprintf(stderr, "shiplog-bench: cannot start thread %d\n", i);
+				return 2;
+			}
 		}
 	}
 	if (!opt_json) {
@@ -579,12 +1023,18 @@ int sl_netbench_main(int argc, char **argv)
 	for (int t = 0; t < opt_ntests; t++) {
 		status |= run_test(ws, opt_tests[t]);
 	}
-	atomic_store(&quit, 1);
-	pthread_barrier_wait(&start_bar);
+	if (opt_threads) {
+		atomic_store(&quit, 1);
+		pthread_barrier_wait(&start_bar);
+	}
 	for (int i = 0; i < opt_clients; i++) {
-		pthread_join(ws[i].th, NULL);
-		sl_pipeline_free(ws[i].p);
-		sl_client_close(ws[i].c);
+		if (opt_threads) {
+			pthread_join(ws[i].th, NULL);
+			sl_pipeline_free(ws[i].p);
+			sl_client_close(ws[i].c);
+		} else {
+			async_close(&ws[i]);
+		}
 		free(ws[i].vbuf);
 	}
 	free(ws);
