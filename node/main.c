@@ -47,6 +47,7 @@ typedef struct config {
 	uint64_t min_replicas;
 	uint64_t repl_timeout_ms;
 	uint64_t min_seq_wait_ms;
+	uint64_t repl_batch_us;
 } config;
 
 static void usage(FILE *f)
@@ -81,6 +82,9 @@ static void usage(FILE *f)
 	        "                              disconnected (default 5000)\n"
 	        "  --min-seq-wait-ms MS        a read with --min-seq waits this long on a\n"
 	        "                              follower before answering behind (default 1000)\n"
+	        "  --repl-batch-us US          a follower that finds records already waiting at\n"
+	        "                              each fetch pauses this long between fetches, so\n"
+	        "                              each carries more (default 0: no pause)\n"
 	        "  --version                   print the version and exit\n"
 	        "  --help                      this text\n"
 	        "\n"
@@ -158,6 +162,7 @@ enum {
 	O_MIN_REPLICAS,
 	O_REPL_TIMEOUT,
 	O_MIN_SEQ_WAIT,
+	O_REPL_BATCH,
 	O_VERSION,
 	O_HELP,
 };
@@ -181,6 +186,7 @@ static const struct option long_opts[] = {
     {"min-replicas", required_argument, NULL, O_MIN_REPLICAS},
     {"repl-timeout-ms", required_argument, NULL, O_REPL_TIMEOUT},
     {"min-seq-wait-ms", required_argument, NULL, O_MIN_SEQ_WAIT},
+    {"repl-batch-us", required_argument, NULL, O_REPL_BATCH},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0},
@@ -302,6 +308,12 @@ static int parse_flags(int argc, char **argv, config *c)
 			if (parse_size(optarg, &c->repl_timeout_ms) != 0 ||
 			    c->repl_timeout_ms < 100 || c->repl_timeout_ms > 3600000) {
 				return bad_flag("--repl-timeout-ms", optarg, "want 100..3600000");
+			}
+			break;
+		case O_REPL_BATCH:
+			if (parse_size(optarg, &c->repl_batch_us) != 0 ||
+			    c->repl_batch_us > 100000) {
+				return bad_flag("--repl-batch-us", optarg, "want 0..100000");
 			}
 			break;
 		case O_MIN_SEQ_WAIT:
@@ -483,6 +495,7 @@ int main(int argc, char **argv)
 	    .min_replicas = (uint32_t)c.min_replicas,
 	    .timeout_ms = (uint32_t)c.repl_timeout_ms,
 	    .min_seq_wait_ms = (uint32_t)c.min_seq_wait_ms,
+	    .batch_us = (uint32_t)c.repl_batch_us,
 	    .max_record_bytes = 28 + (size_t)c.max_key + (size_t)c.max_value,
 	    .log_fn = repl_log,
 	};

@@ -351,6 +351,8 @@ static int serve_fetch(rctx *c)
 	fr.n_history = lb.n;
 	fr.history = lb.p;
 	fr.client_url = (char *)(r->o.self_url ? r->o.self_url : "");
+	fr.has_waited = c->parked_once;
+	fr.waited = c->parked_once;
 	if (atomic_load(&r->ack_waiters) > 0) {
 		fr.has_sync_seq = 1;
 		fr.sync_seq = head;

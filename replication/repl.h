@@ -54,6 +54,7 @@ typedef struct sl_repl_opts {
 	uint32_t min_replicas;     /* --min-replicas */
 	uint32_t timeout_ms;       /* a follower unseen this long is disconnected */
 	uint32_t min_seq_wait_ms;  /* longest a min_seq read waits */
+	uint32_t batch_us;         /* --repl-batch-us: a streaming follower's pause */
 	size_t max_record_bytes;   /* largest raw record (key + value limits + header) */
 	sl_repl_log_fn log_fn;
 } sl_repl_opts;

@@ -489,6 +489,8 @@ static void emit_lat(const char *bench, uint64_t *v, size_t n, const char *extra
 static node P = {.name = "primary"}, F1 = {.name = "follower1"}, F2 = {.name = "follower2"};
 static char backlog_flag[32];
 static const char *p_flags[] = {"--repl-backlog-bytes", backlog_flag, NULL};
+static const char *opt_batch_us = "0"; /* --batch-us: the followers' --repl-batch-us */
+static const char *f_flags[] = {"--repl-batch-us", NULL, NULL};
 
 static void stop_all(void)
 {
@@ -540,7 +542,7 @@ static void fig_resync(void)
 	node F = {.name = "resync-follower"};
 	snprintf(F.dir, sizeof(F.dir), "%s/resync", opt_dir);
 	rm_rf(F.dir);
-	if (node_start(&F, NULL, NULL) != 0) {
+	if (node_start(&F, NULL, f_flags) != 0) {
 		return;
 	}
 	sl_client *c = NULL;
@@ -549,7 +551,7 @@ static void fig_resync(void)
 	}
 	sl_client_close(c);
 	node_stop(&F, SIGTERM);
-	node_start(&F, P.rurl, NULL);
+	node_start(&F, P.rurl, f_flags);
 	uint64_t t_stream = 0;
 	uint64_t t = wait_applied(&F, head, 300, &t_stream);
 	uint64_t full = node_stat(&F, "resyncs_full"), bytes = node_stat(&F, "repl_bytes_fetched");
@@ -580,7 +582,7 @@ static void fig_resync(void)
 	snprintf(F.dir, sizeof(F.dir), "%s/initial", opt_dir);
 	rm_rf(F.dir);
 	F.url[0] = '\0';
-	node_start(&F, P.rurl, NULL);
+	node_start(&F, P.rurl, f_flags);
 	t = wait_applied(&F, head, 300, NULL);
 	full = node_stat(&F, "resyncs_full");
 	bytes = node_stat(&F, "repl_bytes_fetched");
@@ -769,8 +771,8 @@ static void fig_tput(void)
 	node_stop(&F2, SIGTERM);
 	double without = put_tput();
 	double with2 = 0;
-	node_start(&F1, NULL, NULL);
-	node_start(&F2, NULL, NULL);
+	node_start(&F1, NULL, f_flags);
+	node_start(&F2, NULL, f_flags);
 	converge(300);
 	with2 = put_tput();
 	converge(120);
@@ -804,7 +806,7 @@ static void fig_catchup(void)
 	note("catch-up: wrote %llu records (%.0f MB of log) in %.1f s while follower2 was down",
 	     (unsigned long long)(head - head0), (double)(count * rec) / 1e6, ws);
 	converge(300); /* follower1 is at the head: only follower2 works now */
-	node_start(&F2, NULL, NULL);
+	node_start(&F2, NULL, f_flags);
 	uint64_t t_stream = 0;
 	uint64_t t = wait_applied(&F2, head, 600, &t_stream);
 	uint64_t bytes = node_stat(&F2, "repl_bytes_fetched");
@@ -853,6 +855,7 @@ static void usage(FILE *f)
 	           "  --load-clients N    clients of the write load (default 50)\n"
 	           "  --tput-requests N   puts per throughput run (default 300000)\n"
 	           "  --catchup-mb MB     log written while a follower is down (default 500)\n"
+	           "  --batch-us US       the followers' --repl-batch-us (default 0)\n"
 	           "  --json              one JSON object per figure\n"
 	           "  --keep              keep the data directories\n");
 }
@@ -873,6 +876,7 @@ int sl_replbench_main(int argc, char **argv)
 	    {"catchup-mb", required_argument, NULL, 'm'},
 	    {"json", no_argument, NULL, 'j'},
 	    {"keep", no_argument, NULL, 'K'},
+	    {"batch-us", required_argument, NULL, 'B'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -897,6 +901,14 @@ int sl_replbench_main(int argc, char **argv)
 			break;
 		case 'K':
 			opt_keep = 1;
+			break;
+		case 'B':
+			if (!num_ok || v > 100000) {
+				fprintf(stderr, "shiplog-bench repl: bad --batch-us '%s'\n",
+				        optarg);
+				return 2;
+			}
+			opt_batch_us = optarg;
 			break;
 		case 'h':
 			usage(stdout);
@@ -965,11 +977,12 @@ int sl_replbench_main(int argc, char **argv)
 		backlog = 1ull << 30;
 	}
 	snprintf(backlog_flag, sizeof(backlog_flag), "%llu", (unsigned long long)backlog);
+	f_flags[1] = opt_batch_us;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	signal(SIGPIPE, SIG_IGN);
-	if (node_start(&P, NULL, p_flags) || node_start(&F1, P.rurl, NULL) ||
-	    node_start(&F2, P.rurl, NULL)) {
+	if (node_start(&P, NULL, p_flags) || node_start(&F1, P.rurl, f_flags) ||
+	    node_start(&F2, P.rurl, f_flags)) {
 		stop_all();
 		return 1;
 	}
