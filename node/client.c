@@ -67,7 +67,7 @@ static void set_err(sl_client *c, const char *fmt, ...)
 	va_end(ap);
 }
 
-static int map_nng(int rv)
+int sl_client_map_nng(int rv)
 {
 	switch (rv) {
 	case 0:
@@ -156,7 +156,7 @@ int sl_client_open(const char *url, int timeout_ms, sl_client **out)
 	int rv = nng_req0_open(&c->sock);
 	if (rv != 0) {
 		free(c);
-		return map_nng(rv);
+		return sl_client_map_nng(rv);
 	}
 	c->timeout_ms = timeout_ms > 0 ? timeout_ms : SL_CLIENT_DEFAULT_TIMEOUT_MS;
 	apply_timeout(c);
@@ -165,7 +165,7 @@ int sl_client_open(const char *url, int timeout_ms, sl_client **out)
 	    (rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, CLIENT_MAX_RESPONSE)) != 0) {
 		nng_close(c->sock);
 		free(c);
-		return map_nng(rv);
+		return sl_client_map_nng(rv);
 	}
 	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 50);
 	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000);
@@ -179,7 +179,7 @@ int sl_client_open(const char *url, int timeout_ms, sl_client **out)
 	if (rv != 0) {
 		nng_close(c->sock);
 		free(c);
-		return map_nng(rv);
+		return sl_client_map_nng(rv);
 	}
 	pthread_mutex_init(&c->mu, NULL);
 	*out = c;
@@ -261,7 +261,7 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 	if (rv != 0) {
 		nng_msg_free(m);
 		set_err(c, "send: %s", nng_strerror(rv));
-		return map_nng(rv);
+		return sl_client_map_nng(rv);
 	}
 	rv = nng_recvmsg(c->sock, &m, 0);
 	if (extra > 0) {
@@ -273,7 +273,7 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 		} else {
 			set_err(c, "receive: %s", nng_strerror(rv));
 		}
-		return map_nng(rv);
+		return sl_client_map_nng(rv);
 	}
 	Shiplog__Response *r = shiplog__response__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
 	nng_msg_free(m);

@@ -60,6 +60,10 @@ typedef struct sl_client sl_client;
  * SL_ENOMEM.  On success *out owns the handle; release with sl_client_close. */
 int sl_client_open(const char *url, int timeout_ms, sl_client **out);
 
+/* The SL_E* code this library reports for an nng error (0: SL_OK; refused,
+ * reset or closed connections: SL_ECONN). */
+int sl_client_map_nng(int rv);
+
 /* Closes the socket and frees the handle.  NULL is fine. */
 void sl_client_close(sl_client *c);
 

@@ -44,6 +44,19 @@ static void cache_put(sl_db *db, uint32_t seg, uint64_t off, uint64_t seq)
 	db->lr_cache[i].seq = seq;
 }
 
+/* The index of the log segment (not a compaction output) holding seq, or
+ * db->nsegs when seq is below the log's start.  seg_mu held. */
+static size_t log_seg_of(sl_db *db, uint64_t seq)
+{
+	for (size_t i = db->nsegs; i > 0; i--) {
+		sl_seg *s = db->segs[i - 1];
+		if (!(s->flags & SL_SEG_COMPACTED) && s->first_seq <= seq) {
+			return i - 1;
+		}
+	}
+	return db->nsegs;
+}
+
 int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len_out,
                 uint64_t *next_seq_out)
 {
@@ -55,18 +68,8 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 	int rc = SL_OK;
 	size_t len = 0;
 	pthread_mutex_lock(&db->seg_mu);
-	size_t start = db->nsegs;
-	for (size_t i = db->nsegs; i > 0; i--) {
-		sl_seg *s = db->segs[i - 1];
-		if (s->flags & SL_SEG_COMPACTED) {
-			continue;
-		}
-		start = i - 1;
-		if (s->first_seq <= from_seq) {
-			break;
-		}
-	}
-	if (start == db->nsegs || db->segs[start]->first_seq > from_seq) {
+	size_t start = log_seg_of(db, from_seq);
+	if (start == db->nsegs) {
 		if (from_seq <= atomic_load(&db->last_seq)) {
 			rc = SL_ESTALE;
 		}
@@ -116,18 +119,8 @@ int sl_log_bytes_from(sl_db *db, uint64_t seq, uint64_t *bytes)
 	}
 	int rc = SL_OK;
 	pthread_mutex_lock(&db->seg_mu);
-	size_t start = db->nsegs;
-	for (size_t i = db->nsegs; i > 0; i--) {
-		sl_seg *s = db->segs[i - 1];
-		if (s->flags & SL_SEG_COMPACTED) {
-			continue;
-		}
-		start = i - 1;
-		if (s->first_seq <= seq) {
-			break;
-		}
-	}
-	if (start == db->nsegs || db->segs[start]->first_seq > seq) {
+	size_t start = log_seg_of(db, seq);
+	if (start == db->nsegs) {
 		rc = SL_ESTALE;
 		goto out;
 	}

@@ -391,27 +391,6 @@ static void arena_free(void *data, void *p)
 	}
 }
 
-/* The sl_client's mapping of nng errors (node/client.c). */
-static int map_nng(int rv)
-{
-	switch (rv) {
-	case 0:
-		return SL_OK;
-	case NNG_ETIMEDOUT:
-		return SL_ETIMEDOUT;
-	case NNG_ENOMEM:
-		return SL_ENOMEM;
-	case NNG_EMSGSIZE:
-		return SL_ETOOBIG;
-	case NNG_EINVAL:
-	case NNG_EADDRINVAL:
-	case NNG_ENOTSUP:
-		return SL_EINVAL;
-	default:
-		return SL_ECONN;
-	}
-}
-
 static void async_stop(void)
 {
 	pthread_mutex_lock(&async_mu);
@@ -603,7 +582,7 @@ static void async_cb(void *arg)
 			w->msg = nng_aio_get_msg(w->aio); /* still ours */
 			nng_aio_set_msg(w->aio, NULL);
 			snprintf(w->errmsg, sizeof w->errmsg, "send: %s", nng_strerror(rv));
-			async_fail(w, map_nng(rv));
+			async_fail(w, sl_client_map_nng(rv));
 			return;
 		}
 		w->receiving = 1;
@@ -617,7 +596,7 @@ static void async_cb(void *arg)
 		} else {
 			snprintf(w->errmsg, sizeof w->errmsg, "receive: %s", nng_strerror(rv));
 		}
-		async_fail(w, map_nng(rv));
+		async_fail(w, sl_client_map_nng(rv));
 		return;
 	}
 	w->msg = nng_aio_get_msg(w->aio);
@@ -663,20 +642,20 @@ static int async_open(worker *w)
 	w->alloc.allocator_data = w;
 	int rv = nng_req0_open(&w->sock);
 	if (rv != 0) {
-		return map_nng(rv);
+		return sl_client_map_nng(rv);
 	}
 	/* As sl_client_open: writes are not idempotent, never resend; accept
 	 * responses up to the client library's limit. */
 	if ((rv = nng_socket_set_ms(w->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE)) != 0 ||
 	    (rv = nng_socket_set_size(w->sock, NNG_OPT_RECVMAXSZ,
 	                              (size_t)(1u << 30) + (4u << 20))) != 0) {
-		return map_nng(rv);
+		return sl_client_map_nng(rv);
 	}
 	nng_socket_set_ms(w->sock, NNG_OPT_RECONNMINT, 50);
 	nng_socket_set_ms(w->sock, NNG_OPT_RECONNMAXT, 1000);
 	if ((rv = nng_dial(w->sock, opt_url, NULL, 0)) != 0 ||
 	    (rv = nng_aio_alloc(&w->aio, async_cb, w)) != 0) {
-		return map_nng(rv);
+		return sl_client_map_nng(rv);
 	}
 	/* A write with acks may be held by the server for acks_timeout_ms:
 	 * wait that much longer for its answer (as the client library does). */
