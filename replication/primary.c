@@ -37,11 +37,12 @@
 
 enum { ST_RECV, ST_WORK, ST_SEND };
 
-#define SNAP_IDLE_MS   30000
-#define MAX_WAIT_MS    10000
-#define CHUNK_DEFAULT  (4u << 20)
-#define CHUNK_MAX      (64u << 20)
-#define REPL_REQ_LIMIT (64u << 10)
+#define SNAP_IDLE_MS    30000
+#define MAX_WAIT_MS     10000
+#define CHUNK_DEFAULT   (4u << 20)
+#define CHUNK_MAX       (64u << 20)
+#define REPL_REQ_LIMIT  (64u << 10)
+#define FORGET_TIMEOUTS 10u /* a follower unseen this many --repl-timeout-ms is dropped */
 
 typedef struct rctx {
 	struct rctx *next;
@@ -578,8 +579,24 @@ static void tick(sl_repl *r, uint64_t now)
 	pthread_rwlock_rdlock(r->o.db_lock);
 	uint64_t seq = sl_log_backlog_seq(*r->o.dbp, r->o.backlog_bytes);
 	pthread_mutex_lock(&r->mu);
+	/* A follower whose long poll is parked here is alive. */
+	for (rctx *c = r->parked; c != NULL; c = c->next) {
+		table_touch(r, c->q->fetch->node_id, now);
+	}
 	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
 		follower_ent *e = &r->followers[i];
+		if (e->used &&
+		    now - e->last_seen_ms > FORGET_TIMEOUTS * (uint64_t)r->o.timeout_ms) {
+			/* Gone (stopped, or re-pointed at another primary): drop it
+			 * from the table and the stats; it is added again if it
+			 * comes back. */
+			repl_log(r, 1,
+			         "follower %s (%s) not seen for %llu s; dropped from the table",
+			         e->node_id, e->address[0] ? e->address : "?",
+			         (unsigned long long)((now - e->last_seen_ms) / 1000));
+			memset(e, 0, sizeof(*e));
+			continue;
+		}
 		if (e->used && now - e->last_seen_ms <= r->o.timeout_ms && e->applied + 1 < seq) {
 			seq = e->applied + 1;
 		}
