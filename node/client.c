@@ -138,6 +138,13 @@ static int probe_tcp(const char *url, int timeout_ms)
 				rc = SL_OK;
 			}
 		}
+		/* Close with a reset: a clean close makes nng 1.5.2's listener
+		 * cool down for 100 ms before its next accept (a failed
+		 * negotiation), which delayed this very client's real
+		 * connection; a reset is a "remote condition" it retries at
+		 * once. */
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 		close(fd);
 	}
 	freeaddrinfo(ai);
