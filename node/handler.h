@@ -37,8 +37,9 @@ typedef struct sl_reply {
 int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r);
 
 /* As sl_handle, but under --sync always a put, delete or batch of writes
- * without --acks is only appended: *sync_seq (never NULL here) gets the seq
- * that must be durable before the reply may be sent (0: send at once).  The
+ * without --acks is only appended: *sync_seq gets the seq that must be
+ * durable before the reply may be sent (0: send at once; sync_seq NULL:
+ * exactly sl_handle).  The
  * caller then runs sl_sync_wait(db, seq) — one call covers many replies —,
  * sl_reply_sync_failed on each reply if it failed, sl_repl_notify_write, and
  * sends.  Lets the server answer many connections per fdatasync without a

@@ -83,7 +83,7 @@ struct sl_server {
 	pthread_mutex_t cmu;
 	pthread_cond_t ccv;
 	sctx *chead, *ctail;
-	int cwaiting, cstop, cstarted;
+	int cwaiting, cstop;
 	pthread_t cthread;
 };
 
@@ -398,7 +398,6 @@ int sl_server_start(sl_node *n, const sl_server_opts *o, sl_server **out, char *
 		free(s);
 		return SL_EIO;
 	}
-	s->cstarted = 1;
 	int rc = sl_workq_start(o->workers > 0 ? o->workers : 8, o->running, &s->wq);
 	if (rc != SL_OK) {
 		snprintf(err, cap, "cannot start worker threads");
@@ -472,13 +471,11 @@ void sl_server_stop(sl_server *s)
 	/* Workers may still hold requests if the drain timed out: stopping
 	 * the queue runs them (their sends fail on the closed socket). */
 	sl_workq_stop(s->wq);
-	if (s->cstarted) {
-		pthread_mutex_lock(&s->cmu);
-		s->cstop = 1;
-		pthread_cond_signal(&s->ccv);
-		pthread_mutex_unlock(&s->cmu);
-		pthread_join(s->cthread, NULL);
-	}
+	pthread_mutex_lock(&s->cmu);
+	s->cstop = 1;
+	pthread_cond_signal(&s->ccv);
+	pthread_mutex_unlock(&s->cmu);
+	pthread_join(s->cthread, NULL);
 	pthread_mutex_destroy(&s->cmu);
 	pthread_cond_destroy(&s->ccv);
 	for (int i = 0; i < s->nctx; i++) {

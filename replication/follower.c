@@ -249,27 +249,6 @@ static void pend_free(pending *p)
 	}
 }
 
-/* The seq after the last whole record in buf (0: none, or malformed —
- * the apply that follows finds out which). */
-static uint64_t next_seq_of(const uint8_t *p, size_t len)
-{
-	uint64_t last = 0;
-	for (size_t off = 0; off + SL_REC_HDR_SIZE <= len;) {
-		const uint8_t *h = p + off;
-		size_t kl = sl_get16(h + 6), vl = sl_get32(h + 8);
-		if (SL_REC_HDR_SIZE + kl + vl > len - off) {
-			return 0;
-		}
-		uint64_t seq = sl_get64(h + 12);
-		if (seq <= last) {
-			return 0;
-		}
-		last = seq;
-		off += SL_REC_HDR_SIZE + kl + vl;
-	}
-	return last ? last + 1 : 0;
-}
-
 /* ---- streaming ---------------------------------------------------------- */
 
 typedef struct apply_ctx {
@@ -470,14 +449,11 @@ static int full_resync(sl_repl *r, const char *url)
 	}
 	pend_free(&ahead);
 	uint64_t t_stream = repl_now_ms();
-	if (rc != SL_OK) {
-		sl_close(db);
-		repl_rm_rf(tmp);
-		return rc;
-	}
 	nst.floor = head;
 	nst.role = ROLE_FOLLOWER;
-	rc = sl_sync_now(db);
+	if (rc == SL_OK) {
+		rc = sl_sync_now(db);
+	}
 	if (rc == SL_OK) {
 		rc = repl_state_save(tmp, &nst);
 	}
@@ -711,10 +687,10 @@ static void *fetch_main(void *arg)
 		 * so the primary reads and sends it while this one is applied.
 		 * Not when the primary wants a durable position back (acks):
 		 * that goes in the fetch sent after the sync below. */
-		uint64_t next =
-		    fr->records.len >= FETCH_MAX / 2 && !(fr->has_sync_seq && fr->sync_seq)
-		        ? next_seq_of(fr->records.data, fr->records.len)
-		        : 0;
+		uint64_t next = fr->records.len >= FETCH_MAX / 2 && fr->has_next_seq &&
+		                        !(fr->has_sync_seq && fr->sync_seq)
+		                    ? fr->next_seq
+		                    : 0;
 		if (next > applied + 1) {
 			if (fetch_start(r, &st, next, durable > applied ? applied : durable,
 			                &ahead) != SL_OK) {
@@ -724,6 +700,9 @@ static void *fetch_main(void *arg)
 		apply_ctx a = {.r = r, .db = db, .last = applied};
 		rc = repl_split_records(fr->records.data, fr->records.len, r->o.max_record_bytes,
 		                        apply_one, &a);
+		if (ahead.live && (rc != SL_OK || a.last + 1 != next)) {
+			pend_abort(&ahead); /* it would not continue right after what was applied */
+		}
 		if (a.count > 0) {
 			atomic_fetch_add(&r->records_fetched, a.count);
 			atomic_fetch_add(&r->bytes_fetched, fr->records.len);

@@ -224,7 +224,6 @@ static int ancestry_check(sl_repl *r, const Shiplog__Fetch *f, uint64_t head)
 	return SL_ESTALE;
 }
 
-/* Returns 1 when c was parked (no reply yet). */
 /* The worker thread's fetch buffer, kept between fetches: a fresh 4 MiB
  * allocation per fetch cost a page fault and a page clear per 4 KiB. */
 static __thread uint8_t *tl_buf;
@@ -240,6 +239,7 @@ static uint8_t *fetch_buf(size_t cap)
 	return tl_buf;
 }
 
+/* Returns 1 when c was parked (no reply yet). */
 static int serve_fetch(rctx *c)
 {
 	sl_repl *r = c->r;
@@ -354,6 +354,8 @@ static int serve_fetch(rctx *c)
 	fr.client_url = (char *)(r->o.self_url ? r->o.self_url : "");
 	fr.has_waited = c->parked_once;
 	fr.waited = c->parked_once;
+	fr.has_next_seq = len > 0;
+	fr.next_seq = next;
 	if (atomic_load(&r->ack_waiters) > 0) {
 		fr.has_sync_seq = 1;
 		fr.sync_seq = head;
@@ -619,20 +621,32 @@ static void tick(sl_repl *r, uint64_t now)
 	pthread_rwlock_unlock(r->o.db_lock);
 }
 
-void repl_release_parked(sl_repl *r)
+/* Hands to the workers every parked fetch the head satisfies or, with
+ * now > 0, whose wait is over.  Returns the earliest deadline of those
+ * still parked (UINT64_MAX: none).  mu held. */
+static uint64_t release_due(sl_repl *r, uint64_t now)
 {
-	uint64_t head = atomic_load(&r->head);
+	uint64_t head = atomic_load(&r->head), next = UINT64_MAX;
 	rctx **pp = &r->parked;
 	while (*pp != NULL) {
 		rctx *c = *pp;
-		if (head >= c->q->fetch->from_seq) {
+		if (head >= c->q->fetch->from_seq || (now > 0 && now >= c->deadline_ms)) {
 			*pp = c->next;
 			runq_push(r, c);
 			continue;
 		}
+		if (c->deadline_ms < next) {
+			next = c->deadline_ms;
+		}
 		pp = &c->next;
 	}
 	atomic_store(&r->parked_any, r->parked != NULL);
+	return next;
+}
+
+void repl_release_parked(sl_repl *r)
+{
+	release_due(r, 0);
 }
 
 static void *waker_main(void *arg)
@@ -642,22 +656,10 @@ static void *waker_main(void *arg)
 	pthread_mutex_lock(&r->mu);
 	while (!r->stopping) {
 		uint64_t now = repl_now_ms();
-		uint64_t head = atomic_load(&r->head);
-		uint64_t wake = now + 1000;
-		rctx **pp = &r->parked;
-		while (*pp != NULL) {
-			rctx *c = *pp;
-			if (head >= c->q->fetch->from_seq || now >= c->deadline_ms) {
-				*pp = c->next;
-				runq_push(r, c);
-				continue;
-			}
-			if (c->deadline_ms < wake) {
-				wake = c->deadline_ms;
-			}
-			pp = &c->next;
+		uint64_t wake = release_due(r, now);
+		if (wake > now + 1000) {
+			wake = now + 1000;
 		}
-		atomic_store(&r->parked_any, r->parked != NULL);
 		if (now >= next_tick) {
 			pthread_mutex_unlock(&r->mu);
 			tick(r, now);

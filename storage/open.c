@@ -510,26 +510,34 @@ fail:
 	return rc;
 }
 
-/* fsyncs the directory holding path (its entries); trailing slashes of
- * path are ignored. */
-static int fsync_parent(const char *path)
+/* The directory holding path (malloc'd; trailing slashes of path are
+ * ignored), or NULL on ENOMEM. */
+static char *parent_dir(const char *path)
 {
 	char *d = strdup(path);
 	if (d == NULL) {
-		return -1;
+		return NULL;
 	}
 	size_t n = strlen(d);
 	while (n > 1 && d[n - 1] == '/') {
 		d[--n] = '\0';
 	}
 	char *slash = strrchr(d, '/');
-	const char *parent = slash == NULL ? "." : slash == d ? "/" : (*slash = '\0', d);
-	int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : -1;
+	if (slash == NULL) {
+		strcpy(d, ".");
+	} else {
+		slash[slash == d] = '\0'; /* "/x" -> "/" */
+	}
+	return d;
+}
+
+static int fsync_dir(const struct sl_io *io, const char *dir)
+{
+	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	int rc = fd >= 0 && io->fsync(fd) == 0 ? 0 : -1;
 	if (fd >= 0) {
 		close(fd);
 	}
-	free(d);
 	return rc;
 }
 
@@ -566,9 +574,14 @@ int sl_swap_dir(sl_db *db, const char *other, const sl_options *o)
 	} else {
 		/* Both entries changed: make both parents durable (one when they
 		 * share it). */
-		if (fsync_parent(other) != 0 || fsync_parent(db->dir) != 0) {
+		char *p1 = parent_dir(other), *p2 = parent_dir(db->dir);
+		if (fsync_dir(db->io, p1) != 0 ||
+		    (p2 != NULL && p1 != NULL && strcmp(p1, p2) != 0 &&
+		     fsync_dir(db->io, p2) != 0)) {
 			sl_db_log(db, "warn", "fsync of the parent directory of %s failed", other);
 		}
+		free(p1);
+		free(p2);
 		free(db->dir);
 		db->dir = nd;
 		pthread_mutex_lock(&db->sync_mu);
