@@ -41,11 +41,15 @@ cleanup() {
 trap cleanup EXIT
 trap "exit 143" TERM INT HUP
 
-# free_base N: a base port with PORT..PORT+N-1, +100, +200 all free
+# free_base N: a base port with PORT..PORT+N-1, +100, +200 all free, all
+# below the kernel's ephemeral range: there a port can be the local end of
+# another test's connection, which `ss -l` does not show but bind() refuses.
 free_base() {
-	local n=$1 tries base i p busy
+	local n=$1 tries base i p busy lo
+	lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+	((lo > 21000)) || lo=50000 # a low ephemeral range: no way around it
 	for ((tries = 0; tries < 200; tries++)); do
-		base=$((20000 + (RANDOM * 7 + $$) % 30000))
+		base=$((20000 + (RANDOM * 7 + $$) % (lo - 20000 - 200 - n)))
 		busy=0
 		for ((i = 0; i < n; i++)); do
 			for p in $((base + i)) $((base + 100 + i)) $((base + 200 + i)); do
