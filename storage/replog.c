@@ -80,6 +80,15 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 		if (s->flags & SL_SEG_COMPACTED) {
 			continue;
 		}
+		if (i > start && s->first_seq > *next_seq_out) {
+			/* The log segments between were compacted away (a reader
+			 * no longer protected): never skip over them.  Return what
+			 * came before the hole; at the hole itself, SL_ESTALE. */
+			if (len == 0) {
+				rc = SL_ESTALE;
+			}
+			goto out;
+		}
 		uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
 		uint64_t off = cache_find(db, s->id, *next_seq_out);
 		while (off < end) {

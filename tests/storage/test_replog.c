@@ -176,6 +176,47 @@ static void test_stale_after_compaction_and_protect(void **state)
 	rmbase();
 }
 
+/* A log segment in the middle compacted away (nothing protected it): a
+ * read from before it stops at the hole, and a read at the hole is
+ * SL_ESTALE; neither skips to the records after it. */
+static void test_hole_in_the_log_is_stale(void **state)
+{
+	(void)state;
+	mkbase();
+	sl_db *a = open_at("a");
+	char k[32], v[100];
+	memset(v, 'v', sizeof(v));
+	for (int i = 0; i < 150; i++) { /* live for good: its segment stays */
+		snprintf(k, sizeof(k), "live%04d", i);
+		assert_int_equal(sl_put(a, k, strlen(k), v, sizeof(v), NULL), SL_OK);
+	}
+	uint64_t dead_from = sl_last_seq(a) + 1;
+	for (int r = 0; r < 2; r++) { /* the first round dies entirely */
+		for (int i = 0; i < 300; i++) {
+			snprintf(k, sizeof(k), "dead%04d", i);
+			assert_int_equal(sl_put(a, k, strlen(k), v, sizeof(v), NULL), SL_OK);
+		}
+	}
+	assert_int_equal(sl_compact(a), SL_OK);
+	uint8_t buf[1 << 16];
+	size_t len;
+	uint64_t next;
+	/* From the start: the live segment's records, then a stop. */
+	assert_int_equal(sl_log_read(a, 1, buf, sizeof(buf), &len, &next), SL_OK);
+	assert_true(len > 0);
+	assert_true(next <= dead_from);
+	for (size_t off = 0; off < len;) {
+		uint64_t seq = sl_get64(buf + off + 12);
+		assert_true(seq < next);
+		off += SL_REC_HDR_SIZE + sl_get16(buf + off + 6) + sl_get32(buf + off + 8);
+	}
+	/* At the hole: stale, not the records after it. */
+	assert_int_equal(sl_log_read(a, next, buf, sizeof(buf), &len, &next), SL_ESTALE);
+	assert_int_equal(sl_log_read(a, dead_from + 10, buf, sizeof(buf), &len, &next), SL_ESTALE);
+	sl_close(a);
+	rmbase();
+}
+
 static void test_snapshot_loads_equal(void **state)
 {
 	(void)state;
@@ -272,6 +313,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_log_read_replays_exactly),
 	    cmocka_unit_test(test_stale_after_compaction_and_protect),
+	    cmocka_unit_test(test_hole_in_the_log_is_stale),
 	    cmocka_unit_test(test_snapshot_loads_equal),
 	    cmocka_unit_test(test_digest_layout_independent),
 	};
