@@ -712,7 +712,43 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
  * acknowledgement is appended without waiting for its fdatasync; *defer_seq
  * gets the seq the caller must sl_sync_wait for (then sl_reply_sync_failed on
  * failure, then sl_repl_notify_write) before sending the reply. */
-static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint64_t *defer_seq)
+/* Largest request run in an nng callback thread, and the room a write
+ * run there leaves in the active segment (sl_append_room): a write that
+ * could start a new segment (a file created and fsynced) goes to a worker. */
+#define INLINE_MAX_BYTES   (64u << 10)
+#define INLINE_ROOM_MARGIN (1u << 20)
+
+/* Whether q may run in an nng callback thread (sl_handle_inline): it must
+ * not wait for the disk, a follower or another request.  Gets, puts,
+ * deletes, multi-gets and batches of them qualify, when small, without
+ * --acks and with a --min-seq the node has already applied. */
+static int runs_inline(sl_node *n, const Shiplog__Request *q, int op)
+{
+	switch (op) {
+	case SL_OP_GET:
+	case SL_OP_PUT:
+	case SL_OP_DEL:
+	case SL_OP_MGET:
+	case SL_OP_BATCH:
+	case SL_OP_PING:
+		break;
+	default:
+		return 0;
+	}
+	if (q->has_acks && q->acks > 0) {
+		return 0;
+	}
+	if (q->has_min_seq && q->min_seq > 0 && sl_repl_would_wait(n->repl, q->min_seq)) {
+		return 0;
+	}
+	return 1;
+}
+
+/* Runs q.  With try_inline set (an nng callback thread), returns -1 having
+ * changed nothing when running it could wait: the store is being swapped
+ * (db_lock held for writing) or a write could have to start a segment. */
+static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint64_t *defer_seq,
+               int try_inline)
 {
 	int writes =
 	    op == SL_OP_PUT || op == SL_OP_DEL || (op == SL_OP_BATCH && batch_writes(q->batch));
@@ -735,12 +771,12 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint
 			     (unsigned long long)applied, (unsigned long long)q->min_seq);
 			r->resp.has_applied_seq = 1;
 			r->resp.applied_seq = applied;
-			return;
+			return 0;
 		}
 	}
 	if (op == SL_OP_PROMOTE || op == SL_OP_FOLLOW || op == SL_OP_WAIT || op == SL_OP_DIGEST) {
 		run_repl_op(n, r, q, op);
-		return;
+		return 0;
 	}
 	if (writes && n->repl != NULL) {
 		char msg[256], primary[256];
@@ -750,7 +786,7 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint
 			if (primary[0]) {
 				r->resp.primary = own_printf(r, "%s", primary);
 			}
-			return;
+			return 0;
 		}
 	}
 	int want_acks = writes && q->has_acks && q->acks > 0 && n->repl != NULL;
@@ -767,7 +803,14 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint
 		sl_repl_protect_update(n->repl); /* the backlog as of now */
 	}
 	op_result o = {0};
-	pthread_rwlock_rdlock(&n->db_lock);
+	if (!try_inline) {
+		pthread_rwlock_rdlock(&n->db_lock);
+	} else if (pthread_rwlock_tryrdlock(&n->db_lock) != 0) {
+		return -1;
+	} else if (writes && sl_append_room(n->db) < INLINE_MAX_BYTES + INLINE_ROOM_MARGIN) {
+		pthread_rwlock_unlock(&n->db_lock);
+		return -1;
+	}
 	switch (op) {
 	case SL_OP_GET:
 		do_get(n, r, q->get, &o);
@@ -814,7 +857,7 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint
 	if (defer) {
 		pthread_rwlock_unlock(&n->db_lock);
 		*defer_seq = seq; /* durable (and then notified) by the caller */
-		return;
+		return 0;
 	}
 	if (sync_after && seq > 0) {
 		sl_workq_blocking(1);
@@ -848,13 +891,14 @@ static void run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint
 			r->resp.has_acks = 1;
 			r->resp.acks = got;
 		}
-		return;
+		return 0;
 	}
 	/* Without replication no follower can acknowledge: say so with 0. */
 	if (is_write(op) && q->has_acks && q->acks > 0 && r->resp.status >= 0) {
 		r->resp.has_acks = 1;
 		r->resp.acks = 0;
 	}
+	return 0;
 }
 
 int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r)
@@ -877,37 +921,41 @@ int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64
 		r->resp.id = q->id;
 	}
 	int op = op_of(q);
-	run(n, r, q, op, sync_seq);
+	run(n, r, q, op, sync_seq, 0);
 	/* Values sent back never point into the request (invariant 4), so the
 	 * request can go now. */
 	shiplog__request__free_unpacked(q, NULL);
 	return op;
 }
 
-/* Requests this short cannot carry anything but a ping, an id and the
- * replication fields; decoding them in a callback thread costs little. */
-#define QUICK_MAX 64
-
-int sl_handle_quick(sl_node *n, const void *buf, size_t len, sl_reply *r)
+int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq)
 {
-	(void)n;
-	if (len > QUICK_MAX || sl_request_precheck(buf, len, NULL, NULL) != SL_OK) {
-		return 0;
+	*sync_seq = 0;
+	if (len > INLINE_MAX_BYTES) {
+		return -1;
 	}
-	Shiplog__Request *q = shiplog__request__unpack(NULL, len, buf);
+	reply_init(r);
+	Shiplog__Request *q = decode(buf, len, r);
 	if (q == NULL) {
-		return 0;
+		return SL_OP_INVALID; /* the error reply costs nothing to send */
 	}
-	int quick = q->op_case == SHIPLOG__REQUEST__OP_PING;
-	if (quick) {
-		reply_init(r);
-		if (q->has_id) {
-			r->resp.has_id = 1;
-			r->resp.id = q->id;
-		}
+	int op = op_of(q);
+	if (!runs_inline(n, q, op)) {
+		shiplog__request__free_unpacked(q, NULL);
+		sl_reply_free(r);
+		return -1;
 	}
+	if (q->has_id) {
+		r->resp.has_id = 1;
+		r->resp.id = q->id;
+	}
+	int rc = run(n, r, q, op, sync_seq, 1);
 	shiplog__request__free_unpacked(q, NULL);
-	return quick;
+	if (rc < 0) {
+		sl_reply_free(r);
+		return -1;
+	}
+	return op;
 }
 
 void sl_handle_reject(const void *buf, size_t len, int status, const char *msg, sl_reply *r)

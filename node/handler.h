@@ -5,8 +5,10 @@
  * decode, check the arguments, call the engine, build the Response.  It is
  * a plain function of (node, bytes) so that the server's workers, the unit
  * tests and the libFuzzer target (tests/node/fuzz_handler.c) all drive the
- * same code.  It may block on disk (sl_put under --sync always, sl_compact):
- * call it only from the node's worker threads, never from an nng callback.
+ * same code.  sl_handle may block on disk (sl_put under --sync always,
+ * sl_compact) or wait (--acks, --min-seq): call it only from the node's
+ * worker threads.  sl_handle_inline runs only what cannot wait, and is the
+ * one entry point for nng callback threads.
  */
 #ifndef SL_NODE_HANDLER_H
 #define SL_NODE_HANDLER_H
@@ -46,15 +48,20 @@ int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r);
  * thread blocked per write. */
 int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq);
 
+/* The nng callback's fast path: runs buf at once when it cannot wait (a
+ * get, put, delete, multi-get or batch of them, at most 64 KiB, without
+ * --acks, with a --min-seq already applied, while a write leaves room in
+ * the active segment and no resync swaps the store) and returns its op with
+ * r filled — and *sync_seq as sl_handle_defer under --sync always, for the
+ * committer.  Malformed requests are answered here too.  Returns -1 (r
+ * released, nothing changed) when the request is for a worker.  Such
+ * requests touch memory and the page cache (mapped segments), never fsync,
+ * never wait for a follower or a condition. */
+int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq);
+
 /* Turns every successful write in r (the top-level put/delete, or the
  * batch results carrying a seq) into status rc ("sync: …"). */
 void sl_reply_sync_failed(sl_reply *r, int rc);
-
-/* Answers buf without touching storage when that is possible: a ping.
- * Returns 1 and fills r (free with sl_reply_free) when it did; 0 (r
- * untouched) when the request needs a worker.  Cheap: only small messages
- * are decoded.  Safe in nng callback threads. */
-int sl_handle_quick(sl_node *n, const void *buf, size_t len, sl_reply *r);
 
 /* Fills r with status (and message) for the request in buf, whose id is
  * echoed when it can be decoded; used for SL_ESHUTDOWN while stopping. */

@@ -10,7 +10,12 @@
  *     SEND --done--> RECV (unless the socket is closing)
  *
  * Invariants:
- *  1. An nng callback never calls into the engine (no disk, no fsync).
+ *  1. An nng callback never waits: no fsync, no follower, no condition.
+ *     It runs what cannot wait itself (sl_handle_inline: gets, puts,
+ *     deletes and small batches of them, which touch memory and mapped
+ *     segments only) and hands everything else to the workers: --acks,
+ *     --min-seq not yet applied, scans, stats, compaction, promotion, big
+ *     requests, and a write that could start a new segment.
  *  2. `working` counts requests handed to workers whose response has not
  *     been handed back to nng; stop waits for it to reach 0 before closing.
  *  3. Once `stopping` is set no request reaches the engine: callbacks
@@ -206,10 +211,20 @@ static void on_request(sctx *c, nng_msg *m)
 		send_reply(c, &r);
 		return;
 	}
-	if (sl_handle_quick(s->n, nng_msg_body(m), nng_msg_len(m), &r)) {
-		c->op = SL_OP_PING;
+	/* Invariant 1: what cannot wait runs here, one thread hop fewer. */
+	uint64_t sync_seq = 0;
+	int op = sl_handle_inline(s->n, nng_msg_body(m), nng_msg_len(m), &c->reply, &sync_seq);
+	if (op >= 0) {
+		c->op = op;
 		nng_msg_free(m);
-		send_reply(c, &r);
+		if (sync_seq > 0) {
+			c->sync_seq = sync_seq;
+			c->state = ST_WORK;
+			atomic_fetch_add(&s->working, 1);
+			commit_submit(s, c);
+			return;
+		}
+		send_reply(c, &c->reply);
 		return;
 	}
 	c->req = m;

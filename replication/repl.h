@@ -86,6 +86,10 @@ void sl_repl_protect_update(sl_repl *r);
 /* A write of seq was made: wakes fetches waiting for new records. */
 void sl_repl_notify_write(sl_repl *r, uint64_t seq);
 
+/* 1 when a read with min_seq = seq would have to wait on this node (a
+ * follower that has not applied seq yet); 0 when it can be answered now. */
+int sl_repl_would_wait(sl_repl *r, uint64_t seq);
+
 /* Waits up to timeout_ms for the node to have applied seq.  SL_OK, or
  * SL_EBEHIND with *applied (may be NULL) set to the applied seq. */
 int sl_repl_wait_applied(sl_repl *r, uint64_t seq, uint32_t timeout_ms, uint64_t *applied);

@@ -261,6 +261,7 @@ static int rotate(sl_db *db, size_t need)
 		return rc;
 	}
 	db->active = n;
+	sl_db_set_room(db, n);
 	pthread_mutex_lock(&db->sync_mu);
 	db->seal_wanted = 1;
 	pthread_cond_signal(&db->flush_cv);
@@ -329,6 +330,7 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 		sl_rec_encode(dst, type, seq, expire_at, key, klen, val, vlen);
 	}
 	atomic_store_explicit(&a->end, end + size, memory_order_release); /* invariant 1 */
+	atomic_store_explicit(&db->room, a->cap - (end + size), memory_order_relaxed);
 	uint64_t pop = atomic_load_explicit(&a->populated, memory_order_relaxed);
 	if (end + size + POP_AHEAD / 2 > pop && pop < (a->cap & ~(uint64_t)4095u) &&
 	    !atomic_load_explicit(&db->pop_wanted, memory_order_relaxed)) {
@@ -475,6 +477,11 @@ int sl_load_raw(sl_db *db, const void *rec, size_t len)
 uint64_t sl_last_seq(sl_db *db)
 {
 	return db ? atomic_load(&db->last_seq) : 0;
+}
+
+uint64_t sl_append_room(sl_db *db)
+{
+	return db ? atomic_load_explicit(&db->room, memory_order_relaxed) : 0;
 }
 
 /* ---- reads -------------------------------------------------------------- */

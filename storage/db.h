@@ -33,6 +33,7 @@ struct sl_db {
 	/* the appender */
 	pthread_mutex_t append_mu;
 	sl_seg *active; /* under append_mu */
+	_Atomic uint64_t room; /* bytes left in active, as of the last append */
 	_Atomic uint64_t last_seq;
 	_Atomic int failed;
 
@@ -104,5 +105,13 @@ int sl_db_sync_wait(sl_db *db, uint64_t seq);
 
 void sl_db_log(sl_db *db, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Records what is left in the active segment s for sl_append_room
+ * (caller holds append_mu). */
+static inline void sl_db_set_room(sl_db *db, const sl_seg *s)
+{
+	uint64_t end = atomic_load_explicit(&s->end, memory_order_relaxed);
+	atomic_store_explicit(&db->room, s->cap > end ? s->cap - end : 0, memory_order_relaxed);
+}
 
 #endif

@@ -301,6 +301,7 @@ static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
 		}
 		db->active = s;
 		db->active_pub = s;
+		sl_db_set_room(db, s);
 	} else {
 		atomic_store(&s->end, end);
 		atomic_store(&s->synced, end);
@@ -491,6 +492,7 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 			goto fail;
 		}
 		db->active = s;
+		sl_db_set_room(db, s);
 	}
 	db->recovery_ms = mono_ms() - t0;
 	if (!db->opt.read_only) {

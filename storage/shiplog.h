@@ -248,6 +248,11 @@ uint64_t sl_log_backlog_seq(sl_db *db, uint64_t bytes);
 /* Highest seq written or applied. */
 uint64_t sl_last_seq(sl_db *db);
 
+/* Bytes that still fit in the active segment before the next append has to
+ * start a new one (which creates and fsyncs a file).  A hint, read without
+ * a lock: another writer may use the room first.  0 when read-only. */
+uint64_t sl_append_room(sl_db *db);
+
 /* A content digest over the live (not deleted, not expired) keys and their
  * values, independent of order and segment layout: equal on two stores with
  * equal live contents.  out gets 32 hex digits and a NUL; *keys_out (may be

@@ -101,8 +101,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	}
 	check(&r);
-	if (sl_handle_quick(&node, data, size, &r)) {
-		check(&r);
+	uint64_t sync_seq = 0;
+	op = sl_handle_inline(&node, data, size, &r, &sync_seq);
+	if (op >= SL_OP_COUNT) {
+		abort();
+	}
+	if (op >= 0) {
+		check(&r); /* the same request a second time: a second write */
 	}
 	sl_handle_reject(data, size, SL_ESHUTDOWN, "shutting down", &r);
 	check(&r);

@@ -4,7 +4,8 @@
  * its fdatasync and reports the seq the caller must make durable (0 for
  * requests that write nothing), sl_handle still answers only once durable,
  * sl_reply_sync_failed turns the writes of a reply (and only those) into
- * errors, and a failing fdatasync shows up in sl_sync_wait.  An in-process
+ * errors, and a failing fdatasync shows up in sl_sync_wait; sl_handle_inline
+ * (the nng callback's path) runs only what cannot wait.  An in-process
  * sl_node over a real store, without replication.
  */
 #include <errno.h>
@@ -14,6 +15,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -492,6 +494,180 @@ static void test_failed_fdatasync(void **state)
 	sl_reply_free(&r);
 }
 
+/* ---- sl_handle_inline: what an nng callback thread may run ------------ */
+
+/* sl_handle_inline on e (freed): -1 or the op. */
+static int run_inline(enc e, sl_reply *r, uint64_t *sync_seq)
+{
+	*sync_seq = 0xdeadbeef;
+	int op = sl_handle_inline(&node, e.buf, e.len, r, sync_seq);
+	free(e.buf);
+	return op;
+}
+
+/* A put carrying --acks or --min-seq (0: unset). */
+static enc req_put_opts(const char *k, const char *v, uint32_t acks, uint64_t min_seq)
+{
+	Shiplog__Put p = SHIPLOG__PUT__INIT;
+	p.has_key = 1;
+	p.key = bin(k);
+	p.has_value = 1;
+	p.value = bin(v);
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_PUT;
+	q.put = &p;
+	q.has_acks = acks > 0;
+	q.acks = acks;
+	q.has_min_seq = min_seq > 0;
+	q.min_seq = min_seq;
+	return pack(&q);
+}
+
+static enc req_get_min_seq(const char *k, uint64_t min_seq)
+{
+	Shiplog__Get g = SHIPLOG__GET__INIT;
+	g.has_key = 1;
+	g.key = bin(k);
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_GET;
+	q.get = &g;
+	q.has_min_seq = 1;
+	q.min_seq = min_seq;
+	return pack(&q);
+}
+
+/* Gets, puts, deletes, batches and pings run inline; under --sync always
+ * a write is appended and its seq handed back for the committer, exactly
+ * as sl_handle_defer does. */
+static void test_inline_runs_what_cannot_wait(void **state)
+{
+	(void)state;
+	sl_reply r;
+	uint64_t ss;
+	uint64_t last = sl_last_seq(node.db);
+	assert_int_equal(run_inline(req_put("ik", "iv"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_true(r.resp.has_id);
+	assert_int_equal(r.resp.id, 7);
+	assert_int_equal(r.resp.seq, last + 1);
+	assert_int_equal(ss, r.resp.seq);
+	assert_true(synced_seq() < ss); /* not durable until the committer syncs */
+	sl_reply_free(&r);
+	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
+
+	assert_int_equal(run_inline(req_get("ik"), &r, &ss), SL_OP_GET);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_value(&r.resp.value, "iv");
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+
+	assert_int_equal(run_inline(req_batch("ib", "bv", "ik", "ik"), &r, &ss), SL_OP_BATCH);
+	assert_int_equal(r.resp.n_results, 3);
+	assert_value(&r.resp.results[1]->value, "iv");
+	assert_int_equal(r.resp.results[2]->status, SL_OK);
+	assert_int_equal(ss, r.resp.results[2]->seq);
+	sl_reply_free(&r);
+	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
+
+	assert_int_equal(run_inline(req_get("ik"), &r, &ss), SL_OP_GET);
+	assert_int_equal(r.resp.status, SL_ENOTFOUND); /* the batch deleted it */
+	sl_reply_free(&r);
+
+	assert_int_equal(run_inline(req_ping(), &r, &ss), SL_OP_PING);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+
+	/* A --min-seq this node already has needs no wait; one it cannot reach
+	 * without replication is answered behind at once, not waited for. */
+	assert_int_equal(run_inline(req_get_min_seq("ib", sl_last_seq(node.db)), &r, &ss),
+	                 SL_OP_GET);
+	assert_int_equal(r.resp.status, SL_OK);
+	assert_value(&r.resp.value, "bv");
+	sl_reply_free(&r);
+	assert_int_equal(run_inline(req_get_min_seq("ib", sl_last_seq(node.db) + 5), &r, &ss),
+	                 SL_OP_GET);
+	assert_int_equal(r.resp.status, SL_EBEHIND);
+	sl_reply_free(&r);
+
+	/* Garbage is answered inline with an error, never handed on. */
+	uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+	ss = 0xdeadbeef;
+	int op = sl_handle_inline(&node, junk, sizeof(junk), &r, &ss);
+	assert_int_equal(op, SL_OP_INVALID);
+	assert_int_equal(r.resp.status, SL_EPROTO);
+	assert_int_equal(ss, 0);
+	sl_reply_free(&r);
+}
+
+/* What can wait goes to a worker (-1), and nothing is written first. */
+static void test_inline_refuses_what_can_wait(void **state)
+{
+	(void)state;
+	sl_reply r;
+	uint64_t ss;
+	uint64_t last = sl_last_seq(node.db);
+	assert_int_equal(run_inline(req_stats(), &r, &ss), -1);
+	assert_int_equal(run_inline(req_put_opts("a", "1", 1, 0), &r, &ss), -1); /* --acks */
+	assert_int_equal(sl_last_seq(node.db), last);
+
+	/* A request over 64 KiB. */
+	size_t big = (64u << 10) + 1;
+	char *v = malloc(big + 1);
+	assert_non_null(v);
+	memset(v, 'x', big);
+	v[big] = '\0';
+	assert_int_equal(run_inline(req_put("big", v), &r, &ss), -1);
+	free(v);
+	assert_int_equal(sl_last_seq(node.db), last);
+
+	/* While a resync swaps the store (db_lock held for writing). */
+	pthread_rwlock_wrlock(&node.db_lock);
+	assert_int_equal(run_inline(req_get("a"), &r, &ss), -1);
+	assert_int_equal(run_inline(req_put("a", "1"), &r, &ss), -1);
+	pthread_rwlock_unlock(&node.db_lock);
+	assert_int_equal(sl_last_seq(node.db), last);
+}
+
+/* A write that could start a new segment (a file created and fsynced) is
+ * left to a worker; sl_append_room tells how close that is. */
+static void test_inline_leaves_rotation_to_workers(void **state)
+{
+	(void)state;
+	uint64_t room = sl_append_room(node.db);
+	assert_true(room > (2u << 20)); /* a fresh 4 MiB segment */
+	char v[1024];
+	memset(v, 'r', sizeof(v));
+	uint64_t seq = 0;
+	assert_int_equal(sl_put(node.db, "r0", 2, v, sizeof(v), &seq), SL_OK);
+	uint64_t room2 = sl_append_room(node.db);
+	assert_true(room2 < room && room - room2 > sizeof(v)); /* record + header */
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(run_inline(req_put("r1", "x"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	sl_reply_free(&r);
+	/* Fill the segment to within 1 MiB of its end. */
+	for (int i = 0; sl_append_room(node.db) > (1u << 20); i++) {
+		char k[16];
+		snprintf(k, sizeof(k), "f%d", i);
+		assert_int_equal(
+		    sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq), SL_OK);
+	}
+	uint64_t last = sl_last_seq(node.db);
+	assert_int_equal(run_inline(req_put("r2", "x"), &r, &ss), -1);
+	assert_int_equal(sl_last_seq(node.db), last);
+	/* Reads still run inline. */
+	assert_int_equal(run_inline(req_get("r1"), &r, &ss), SL_OP_GET);
+	assert_int_equal(r.resp.status, SL_OK);
+	sl_reply_free(&r);
+	/* The worker's path writes it. */
+	assert_int_equal(defer(req_put("r2", "x"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	sl_reply_free(&r);
+	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
@@ -504,6 +680,9 @@ int main(void)
 	    T(test_sync_failed_single_put),
 	    T(test_sync_failed_batch),
 	    T(test_failed_fdatasync),
+	    T(test_inline_runs_what_cannot_wait),
+	    T(test_inline_refuses_what_can_wait),
+	    T(test_inline_leaves_rotation_to_workers),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
