@@ -869,7 +869,10 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 		}
 	}
 	pthread_rwlock_unlock(&n->db_lock);
-	if (seq > 0) {
+	if (seq > 0 && try_inline) {
+		sl_repl_advance_head(n->repl, seq);
+		r->wake_repl = 1; /* after the reply is sent: the client need not wait */
+	} else if (seq > 0) {
 		sl_repl_notify_write(n->repl, seq);
 	}
 	if (want_acks) {

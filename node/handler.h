@@ -28,7 +28,8 @@ typedef struct sl_reply {
 	Shiplog__Response resp;
 	void **owned; /* freed by sl_reply_free */
 	size_t nowned, capowned;
-	size_t bytes; /* running size of the values/keys added, for budgets */
+	size_t bytes;  /* running size of the values/keys added, for budgets */
+	int wake_repl; /* sl_handle_inline: call sl_repl_wake_fetches once sent */
 	char errbuf[256];
 } sl_reply;
 
@@ -53,7 +54,10 @@ int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64
  * --acks, with a --min-seq already applied, while a write leaves room in
  * the active segment and no resync swaps the store) and returns its op with
  * r filled — and *sync_seq as sl_handle_defer under --sync always, for the
- * committer.  Malformed requests are answered here too.  Returns -1 (r
+ * committer.  With r->wake_repl set (a write), the caller sends the reply
+ * and then calls sl_repl_wake_fetches: followers' parked fetches are served
+ * after the client has its answer.  Malformed requests are answered here
+ * too.  Returns -1 (r
  * released, nothing changed) when the request is for a worker.  Such
  * requests touch memory and the page cache (mapped segments), never fsync,
  * never wait for a follower or a condition. */

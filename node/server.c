@@ -224,7 +224,11 @@ static void on_request(sctx *c, nng_msg *m)
 			commit_submit(s, c);
 			return;
 		}
+		int wake = c->reply.wake_repl;
 		send_reply(c, &c->reply);
+		if (wake) {
+			sl_repl_wake_fetches(s->n->repl);
+		}
 		return;
 	}
 	c->req = m;

@@ -10,8 +10,12 @@
  *                     +---- waker: new records or deadline ------+
  *
  * Invariants:
- *  1. nng callbacks only move a context onto the run queue: the engine (disk)
- *     is called by this file's worker threads only.
+ *  1. nng callbacks never wait: they serve a fetch of a few records at the
+ *     head themselves (serve_fetch inline: mapped segments only, a stack
+ *     buffer, the store lock only if free) and move every other request
+ *     onto the run queue of this file's worker threads (catch-up fetches,
+ *     snapshot chunks).  A write that satisfies parked fetches serves
+ *     them the same way (repl_release_parked).
  *  2. A parked fetch holds no thread and no store lock; the waker thread
  *     moves it back to the run queue when the head passes its from_seq
  *     (sl_repl_notify_write) or its wait_ms ends.
@@ -239,8 +243,12 @@ static uint8_t *fetch_buf(size_t cap)
 	return tl_buf;
 }
 
-/* Returns 1 when c was parked (no reply yet). */
-static int serve_fetch(rctx *c)
+/* Serves c's fetch with the store read lock held (invariant 5).  With
+ * ibuf (an inline serve, see serve_fetch), records go through the icap
+ * bytes at ibuf, and -1 is returned, nothing sent nor parked, when the
+ * first record waiting does not fit.  Else returns 1 when c was parked (no
+ * reply yet), 0 when answered. */
+static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 {
 	sl_repl *r = c->r;
 	const Shiplog__Fetch *f = c->q->fetch;
@@ -251,9 +259,7 @@ static int serve_fetch(rctx *c)
 	}
 	/* The head as the store has it: a write's notification may lag the
 	 * records a previous fetch already returned. */
-	pthread_rwlock_rdlock(r->o.db_lock);
 	uint64_t dbhead = sl_last_seq(*r->o.dbp);
-	pthread_rwlock_unlock(r->o.db_lock);
 	uint64_t h0 = atomic_load(&r->head);
 	while (h0 < dbhead && !atomic_compare_exchange_weak(&r->head, &h0, dbhead)) {
 	}
@@ -296,17 +302,20 @@ static int serve_fetch(rctx *c)
 	if (cap < r->o.max_record_bytes) {
 		cap = r->o.max_record_bytes;
 	}
-	uint8_t *buf = fetch_buf(cap);
-	if (buf == NULL) {
+	uint8_t *buf = ibuf;
+	if (ibuf != NULL) {
+		cap = icap;
+	} else if ((buf = fetch_buf(cap)) == NULL) {
 		reply_fetch_status(c, SL_ENOMEM, "out of memory");
 		return 0;
 	}
 	size_t len = 0;
 	uint64_t next = f->from_seq;
-	pthread_rwlock_rdlock(r->o.db_lock);
 	rc = sl_log_read(*r->o.dbp, f->from_seq, buf, cap, &len, &next);
 	head = sl_last_seq(*r->o.dbp);
-	pthread_rwlock_unlock(r->o.db_lock);
+	if (rc == SL_OK && ibuf != NULL && len == 0 && head >= f->from_seq) {
+		return -1; /* a record bigger than the inline buffer */
+	}
 	if (rc == SL_ESTALE) {
 		reply_fetch_status(c, SL_ESTALE, "seq no longer in the backlog: full resync");
 		return 0;
@@ -377,6 +386,40 @@ static int serve_fetch(rctx *c)
 	}
 	send_reply(c, &rep);
 	return 0;
+}
+
+/* A fetch asking for at most this many records past the head is served
+ * inline: where it arrives (an nng callback, invariant 1) or by the write
+ * that releases it from parking, through a buffer on the stack.  It reads
+ * only mapped segments and never waits; anything bigger (catch-up) goes to
+ * the workers and their 8 MiB buffers. */
+#define INLINE_RECORDS 256
+#define INLINE_BYTES   (64u << 10)
+
+/* serve_fetch_locked under the store read lock.  Inline (try_inline set):
+ * -1 when the lock is not free at once (a resync swapping the store) or
+ * the records do not fit INLINE_BYTES, having sent and parked nothing. */
+static int serve_fetch(rctx *c, int try_inline)
+{
+	sl_repl *r = c->r;
+	if (!try_inline) {
+		pthread_rwlock_rdlock(r->o.db_lock);
+		int rc = serve_fetch_locked(c, NULL, 0);
+		pthread_rwlock_unlock(r->o.db_lock);
+		return rc;
+	}
+	const Shiplog__Fetch *f = c->q->fetch;
+	if (f->has_from_seq && f->from_seq > 0 &&
+	    atomic_load(&r->head) >= f->from_seq + INLINE_RECORDS) {
+		return -1;
+	}
+	if (pthread_rwlock_tryrdlock(r->o.db_lock) != 0) {
+		return -1;
+	}
+	uint8_t buf[INLINE_BYTES];
+	int rc = serve_fetch_locked(c, buf, sizeof(buf));
+	pthread_rwlock_unlock(r->o.db_lock);
+	return rc;
 }
 
 /* ---- snapshots (full resync source) ------------------------------------ */
@@ -517,7 +560,7 @@ static void run_ctx(rctx *c)
 	}
 	switch (c->q->op_case) {
 	case SHIPLOG__REPL_REQUEST__OP_FETCH:
-		serve_fetch(c);
+		serve_fetch(c, 0);
 		break;
 	case SHIPLOG__REPL_REQUEST__OP_SNAP:
 		serve_snap(c);
@@ -621,10 +664,11 @@ static void tick(sl_repl *r, uint64_t now)
 	pthread_rwlock_unlock(r->o.db_lock);
 }
 
-/* Hands to the workers every parked fetch the head satisfies or, with
- * now > 0, whose wait is over.  Returns the earliest deadline of those
- * still parked (UINT64_MAX: none).  mu held. */
-static uint64_t release_due(sl_repl *r, uint64_t now)
+/* Takes every parked fetch the head satisfies or, with now > 0, whose
+ * wait is over: onto *out when out is given, else to the workers.  Returns
+ * the earliest deadline of those still parked (UINT64_MAX: none).  mu
+ * held. */
+static uint64_t release_due(sl_repl *r, uint64_t now, rctx **out)
 {
 	uint64_t head = atomic_load(&r->head), next = UINT64_MAX;
 	rctx **pp = &r->parked;
@@ -632,7 +676,12 @@ static uint64_t release_due(sl_repl *r, uint64_t now)
 		rctx *c = *pp;
 		if (head >= c->q->fetch->from_seq || (now > 0 && now >= c->deadline_ms)) {
 			*pp = c->next;
-			runq_push(r, c);
+			if (out != NULL) {
+				c->next = *out;
+				*out = c;
+			} else {
+				runq_push(r, c);
+			}
 			continue;
 		}
 		if (c->deadline_ms < next) {
@@ -646,7 +695,21 @@ static uint64_t release_due(sl_repl *r, uint64_t now)
 
 void repl_release_parked(sl_repl *r)
 {
-	release_due(r, 0);
+	rctx *list = NULL;
+	pthread_mutex_lock(&r->mu);
+	release_due(r, 0, &list);
+	pthread_mutex_unlock(&r->mu);
+	/* Served here, by the write that satisfied them: no hop to a worker
+	 * for the records it just appended. */
+	while (list != NULL) {
+		rctx *c = list;
+		list = c->next;
+		if (serve_fetch(c, 1) < 0) {
+			pthread_mutex_lock(&r->mu);
+			runq_push(r, c);
+			pthread_mutex_unlock(&r->mu);
+		}
+	}
 }
 
 static void *waker_main(void *arg)
@@ -656,7 +719,7 @@ static void *waker_main(void *arg)
 	pthread_mutex_lock(&r->mu);
 	while (!r->stopping) {
 		uint64_t now = repl_now_ms();
-		uint64_t wake = release_due(r, now);
+		uint64_t wake = release_due(r, now, NULL);
 		if (wake > now + 1000) {
 			wake = now + 1000;
 		}
@@ -716,8 +779,22 @@ static void ctx_cb(void *arg)
 		return;
 	}
 	c->state = ST_WORK;
+	/* A small fetch is served right here (invariant 1: it cannot wait). */
+	nng_msg *m = nng_aio_get_msg(c->aio);
+	if (nng_msg_len(m) <= REPL_REQ_LIMIT) {
+		nng_aio_set_msg(c->aio, NULL);
+		c->q = shiplog__repl_request__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+		nng_msg_free(m);
+		if (c->q == NULL) {
+			reply_fetch_status(c, SL_EPROTO, "malformed replication request");
+			return;
+		}
+		if (c->q->op_case == SHIPLOG__REPL_REQUEST__OP_FETCH && serve_fetch(c, 1) >= 0) {
+			return;
+		}
+	}
 	pthread_mutex_lock(&r->mu);
-	runq_push(r, c); /* invariant 1 */
+	runq_push(r, c);
 	pthread_mutex_unlock(&r->mu);
 }
 

@@ -216,7 +216,7 @@ int sl_repl_write_check(sl_repl *r, char *msg, size_t cap, char *primary, size_t
 	return rc;
 }
 
-void sl_repl_notify_write(sl_repl *r, uint64_t seq)
+void sl_repl_advance_head(sl_repl *r, uint64_t seq)
 {
 	if (r == NULL) {
 		return;
@@ -224,14 +224,23 @@ void sl_repl_notify_write(sl_repl *r, uint64_t seq)
 	uint64_t h = atomic_load(&r->head);
 	while (h < seq && !atomic_compare_exchange_weak(&r->head, &h, seq)) {
 	}
+}
+
+void sl_repl_wake_fetches(sl_repl *r)
+{
 	/* Racy peek: a fetch parking right now broadcasts cv, and the waker
-	 * then finds the head updated above (primary.c, invariant 2). */
-	if (!atomic_load(&r->parked_any)) {
+	 * then finds the head advanced before this call (primary.c,
+	 * invariant 2). */
+	if (r == NULL || !atomic_load(&r->parked_any)) {
 		return;
 	}
-	pthread_mutex_lock(&r->mu);
 	repl_release_parked(r);
-	pthread_mutex_unlock(&r->mu);
+}
+
+void sl_repl_notify_write(sl_repl *r, uint64_t seq)
+{
+	sl_repl_advance_head(r, seq);
+	sl_repl_wake_fetches(r);
 }
 
 int sl_repl_would_wait(sl_repl *r, uint64_t seq)

@@ -83,8 +83,19 @@ int sl_repl_write_check(sl_repl *r, char *msg, size_t cap, char *primary, size_t
  * Takes the store read lock itself. */
 void sl_repl_protect_update(sl_repl *r);
 
-/* A write of seq was made: wakes fetches waiting for new records. */
+/* A write of seq was made: wakes fetches waiting for new records.  The
+ * same as sl_repl_advance_head then sl_repl_wake_fetches. */
 void sl_repl_notify_write(sl_repl *r, uint64_t seq);
+
+/* The first half of sl_repl_notify_write: the head the node reports (and
+ * that reads with min_seq see) moves to seq.  Call before the write is
+ * acknowledged. */
+void sl_repl_advance_head(sl_repl *r, uint64_t seq);
+
+/* The second half: serves the fetches parked for records up to the head
+ * (in this thread when they are small).  May run after the write's reply
+ * has gone, so that the client does not wait for it. */
+void sl_repl_wake_fetches(sl_repl *r);
 
 /* 1 when a read with min_seq = seq would have to wait on this node (a
  * follower that has not applied seq yet); 0 when it can be answered now. */

@@ -120,9 +120,10 @@ int repl_primary_start(sl_repl *r, char *err, size_t cap);
 void repl_primary_stop(sl_repl *r);
 /* Closes every open snapshot (before the store is swapped).  mu held. */
 void repl_snaps_close_all(sl_repl *r);
-/* Hands every parked fetch that the head now satisfies to the primary's
- * workers (mu held): a write wakes its long polls without a hop through
- * the waker thread. */
+/* Serves every parked fetch that the head now satisfies, in the calling
+ * thread (the write's: mu not held), or hands it to the primary's workers
+ * when it is too big to serve inline: a write answers its long polls
+ * without a hop through the waker thread or a worker. */
 void repl_release_parked(sl_repl *r);
 
 /* follower.c */

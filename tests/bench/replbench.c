@@ -22,9 +22,12 @@
  *             from before the put to the get's reply.  "idle": one writer
  *             pausing --lag-pause-us between writes; "load": the same while
  *             --load-clients clients put 100 B values non-stop (random keys
- *             over 1M), like redis-benchmark -t set -c 50 -d 100 -r 1000000.
+ *             over 1M), like redis-benchmark -t set -c 50 -d 100 -r 1000000:
+ *             the load is `shiplog-bench --url P -t put -c 50 -d 100
+ *             -r 1000000` (this binary, its one-thread async engine).
  *   tput      put throughput of --load-clients clients (-P 1) on the primary
- *             with its 2 followers streaming, then with both stopped.
+ *             with its 2 followers streaming, then with both stopped; each
+ *             measured by `shiplog-bench --url P -t put` as above.
  *   catchup   one follower is SIGKILLed, --catchup-mb MB of log (100 B
  *             values) are written, it is restarted: MB/s of log it fetched
  *             from exec (and from the moment it is streaming) until it has
@@ -649,21 +652,71 @@ static void fig_acks(void)
 	free(lat);
 }
 
+/* Starts `shiplog-bench --url url -t put -c clients -n requests --json`
+ * (this same binary: the network benchmark's async engine, one thread
+ * driving every connection like redis-benchmark) with its stdout on a
+ * pipe: *fd_out.  Returns its pid, or -1. */
+static pid_t netbench_start(const char *url, int clients, uint64_t requests, int *fd_out)
+{
+	char c[16], n[24], d[24];
+	snprintf(c, sizeof(c), "%d", clients);
+	snprintf(n, sizeof(n), "%llu", (unsigned long long)requests);
+	snprintf(d, sizeof(d), "%zu", opt_value_size);
+	int pfd[2];
+	if (pipe(pfd) != 0) {
+		return -1;
+	}
+	pid_t pid = fork();
+	if (pid == 0) {
+		dup2(pfd[1], 1);
+		close(pfd[0]);
+		close(pfd[1]);
+		execl("/proc/self/exe", "shiplog-bench", "--url", url, "-t", "put", "-c", c, "-n", n,
+		      "-d", d, "-r", "1000000", "--json", (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	if (pid < 0) {
+		close(pfd[0]);
+		return -1;
+	}
+	*fd_out = pfd[0];
+	return pid;
+}
+
+/* Waits for a netbench_start child; its put ops/s (0 when it failed). */
+static double netbench_finish(pid_t pid, int fd)
+{
+	char out[4096];
+	size_t len = 0;
+	ssize_t k;
+	while (len < sizeof(out) - 1 && (k = read(fd, out + len, sizeof(out) - 1 - len)) > 0) {
+		len += (size_t)k;
+	}
+	out[len] = '\0';
+	close(fd);
+	int st = 0;
+	waitpid(pid, &st, 0);
+	const char *f = strstr(out, "\"ops_per_sec\":");
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || f == NULL) {
+		fail("load client (shiplog-bench --url) failed: %s", out);
+		return 0;
+	}
+	return strtod(f + strlen("\"ops_per_sec\":"), NULL);
+}
+
 /* write -> visible on F1; with load > 0 clients putting meanwhile. */
 static void fig_lag(int load)
 {
-	_Atomic int stop = 0;
-	loader *ls = NULL;
+	/* The load: shiplog-bench --url -t put -c LOAD (one thread driving
+	 * every connection, like redis-benchmark), stopped by its pid. */
+	pid_t lpid = -1;
+	int lfd = -1;
 	if (load > 0) {
-		ls = calloc((size_t)load, sizeof(*ls));
-		for (int i = 0; i < load; i++) {
-			ls[i].url = P.url;
-			ls[i].prefix = "key:";
-			ls[i].keyspace = 1000000;
-			ls[i].pipeline = 1;
-			ls[i].stop = &stop;
-			ls[i].rng = 0x2545f4914f6cdd1dull * (uint64_t)(i + 3);
-			pthread_create(&ls[i].th, NULL, loader_main, &ls[i]);
+		lpid = netbench_start(P.url, load, 1000000000ull, &lfd);
+		if (lpid < 0) {
+			fail("cannot start the load client");
+			return;
 		}
 		sleep_ms(1000);
 	}
@@ -676,10 +729,7 @@ static void fig_lag(int load)
 	uint64_t *rtt = malloc(opt_lag_writes * sizeof(*rtt));
 	char k[17], v[4096];
 	size_t vs = opt_value_size < sizeof(v) - 32 ? opt_value_size : sizeof(v) - 32;
-	uint64_t bad = 0, ops0 = 0;
-	for (int i = 0; i < load; i++) {
-		ops0 += ls[i].ops;
-	}
+	uint64_t bad = 0, ops0 = node_stat(&P, "last_seq");
 	uint64_t t_start = now_ns();
 	for (uint64_t i = 0; i < opt_lag_writes; i++) {
 		make_key(k, "lag:", i);
@@ -706,18 +756,17 @@ static void fig_lag(int load)
 		}
 	}
 	double secs = (double)(now_ns() - t_start) / 1e9;
-	uint64_t ops1 = 0;
-	for (int i = 0; i < load; i++) {
-		ops1 += ls[i].ops;
-	}
-	atomic_store(&stop, 1);
-	for (int i = 0; i < load; i++) {
-		pthread_join(ls[i].th, NULL);
-		if (ls[i].err) {
-			fail("load client %d: %s", i, sl_client_strerror(ls[i].err));
+	uint64_t ops1 = node_stat(&P, "last_seq") - opt_lag_writes; /* the load's writes */
+	if (lpid > 0) {
+		int st = 0;
+		if (waitpid(lpid, &st, WNOHANG) != 0) {
+			fail("the load client stopped early");
+		} else {
+			kill(lpid, SIGKILL);
+			waitpid(lpid, &st, 0);
 		}
+		close(lfd);
 	}
-	free(ls);
 	sl_client_close(p);
 	sl_client_close(f);
 	if (bad) {
@@ -742,25 +791,17 @@ static void fig_lag(int load)
 	free(rtt);
 }
 
+/* Put throughput of --load-clients connections at -P 1, measured by the
+ * network benchmark (as `shiplog-bench --url URL -t put` would). */
 static double put_tput(void)
 {
-	int n = opt_load_clients;
-	loader *ls = calloc((size_t)n, sizeof(*ls));
-	for (int i = 0; i < n; i++) {
-		ls[i].url = P.url;
-		ls[i].prefix = "key:";
-		ls[i].keyspace = 1000000;
-		ls[i].count = opt_tput_requests / (uint64_t)n;
-		ls[i].pipeline = 1;
-		ls[i].rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 11);
+	int fd;
+	pid_t pid = netbench_start(P.url, opt_load_clients, opt_tput_requests, &fd);
+	if (pid < 0) {
+		fail("cannot start the load client");
+		return 0;
 	}
-	double secs = run_loaders(ls, n);
-	uint64_t ops = 0;
-	for (int i = 0; i < n; i++) {
-		ops += ls[i].ops;
-	}
-	free(ls);
-	return (double)ops / secs;
+	return netbench_finish(pid, fd);
 }
 
 static void fig_tput(void)
