@@ -251,28 +251,75 @@ static void pend_free(pending *p)
 
 /* ---- streaming ---------------------------------------------------------- */
 
+/* A fetched batch being applied: the records' places in the reply, gathered
+ * by gather_one, then applied in one sl_apply_raw_many call. */
 typedef struct apply_ctx {
 	sl_repl *r;
 	sl_db *db;
-	uint64_t last; /* highest seq applied */
+	uint64_t last; /* highest seq applied (before: the seq applied so far) */
 	uint64_t count;
-	int err;
+	const void **recs; /* gathered: reused from fetch to fetch */
+	size_t *lens;
+	uint64_t *seqs;
+	size_t n, cap;
 } apply_ctx;
 
-static int apply_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
+static int gather_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
 {
 	apply_ctx *a = arg;
-	if (seq <= a->last) {
+	if (seq <= (a->n > 0 ? a->seqs[a->n - 1] : a->last)) {
 		return SL_EINVAL; /* invariant 2: seqs rise */
 	}
-	int rc = sl_apply_raw_ex(a->db, rec, n, SL_NOWAIT); /* one sync per batch, below */
-	if (rc != SL_OK) {
-		return rc;
+	if (a->n == a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 4096;
+		const void **recs = realloc(a->recs, cap * sizeof(*recs));
+		if (recs != NULL) {
+			a->recs = recs;
+		}
+		size_t *lens = realloc(a->lens, cap * sizeof(*lens));
+		if (lens != NULL) {
+			a->lens = lens;
+		}
+		uint64_t *seqs = realloc(a->seqs, cap * sizeof(*seqs));
+		if (seqs != NULL) {
+			a->seqs = seqs;
+		}
+		if (recs == NULL || lens == NULL || seqs == NULL) {
+			return SL_ENOMEM;
+		}
+		a->cap = cap;
 	}
-	a->last = seq;
-	a->count++;
-	atomic_store(&a->r->applied, seq);
+	a->recs[a->n] = rec;
+	a->lens[a->n] = n;
+	a->seqs[a->n] = seq;
+	a->n++;
 	return SL_OK;
+}
+
+/* Splits a fetched reply into records and applies them, all their index
+ * entries at once (sl_apply_raw_many): a refused record stops it, with
+ * the ones before it applied, as one at a time would. */
+static int apply_records(apply_ctx *a, const uint8_t *p, size_t len)
+{
+	a->n = 0;
+	a->count = 0;
+	int rc = repl_split_records(p, len, a->r->o.max_record_bytes, gather_one, a);
+	size_t done = 0;
+	int arc = sl_apply_raw_many(a->db, a->recs, a->lens, a->n, SL_NOWAIT, &done);
+	if (done > 0) {
+		a->last = a->seqs[done - 1];
+		a->count = done;
+		atomic_store(&a->r->applied, a->last);
+	}
+	return arc != SL_OK ? arc : rc;
+}
+
+static void apply_free(apply_ctx *a)
+{
+	free(a->recs);
+	free(a->lens);
+	free(a->seqs);
+	memset(a, 0, sizeof(*a));
 }
 
 /* Adopts the primary's history (id and ancestors) when it differs. */
@@ -553,6 +600,7 @@ static void *fetch_main(void *arg)
 	int last_err = 0;
 	uint64_t last_stats_ms = 0;
 	pending ahead = {0}; /* the next fetch, sent early (see below) */
+	apply_ctx a = {0};   /* its arrays are reused from fetch to fetch */
 	for (;;) {
 		char url[256];
 		repl_state st;
@@ -697,9 +745,10 @@ static void *fetch_main(void *arg)
 				pend_abort(&ahead); /* the loop reconnects as after any failure */
 			}
 		}
-		apply_ctx a = {.r = r, .db = db, .last = applied};
-		rc = repl_split_records(fr->records.data, fr->records.len, r->o.max_record_bytes,
-		                        apply_one, &a);
+		a.r = r;
+		a.db = db;
+		a.last = applied;
+		rc = apply_records(&a, fr->records.data, fr->records.len);
 		if (ahead.live && (rc != SL_OK || a.last + 1 != next)) {
 			pend_abort(&ahead); /* it would not continue right after what was applied */
 		}
@@ -756,6 +805,7 @@ static void *fetch_main(void *arg)
 		}
 	}
 	pend_free(&ahead);
+	apply_free(&a);
 	drop_conn(r);
 	return NULL;
 }

@@ -280,45 +280,76 @@ static int live_cb(void *arg, const sl_loc *loc)
 	return exp != 0 && exp <= db->io->now_ms() ? SL_ENOTFOUND : SL_OK;
 }
 
-/* One record into the log and the keydir.  raw != NULL: a verified record
- * from another node, appended byte for byte keeping its seq. */
-static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const void *val,
-                  size_t vlen, uint64_t expire_at, const uint8_t *raw, uint64_t raw_seq,
-                  unsigned flags, uint64_t *seq_out)
+/* Index inserts gathered by a batch of appends (sl_apply_raw_many) and
+ * made all at once, shard by shard (sl_keydir_put_many). */
+typedef struct idx_batch {
+	sl_kd_item *items;
+	size_t n, cap;
+} idx_batch;
+
+/* Indexes what b gathered and accounts live/dead bytes as sl_db_index
+ * does.  append_mu held. */
+static int index_flush(sl_db *db, idx_batch *b)
+{
+	if (b->n == 0) {
+		return SL_OK;
+	}
+	sl_keydir_put_many(db->kd, b->items, b->n, 1);
+	int rc = SL_OK;
+	for (size_t i = 0; i < b->n; i++) {
+		const sl_kd_item *it = &b->items[i];
+		if (it->rc < 0) {
+			rc = it->rc;
+		} else if (it->rc > 0) {
+			sl_db_account(db, &it->loc, +1);
+			if (it->rc == 1) {
+				sl_db_account(db, &it->old, -1);
+			}
+		}
+	}
+	b->n = 0;
+	if (rc != SL_OK) {
+		sl_db_fail(db, rc, "keydir insert"); /* as in append_locked */
+	}
+	return rc;
+}
+
+/* One record into the log and the keydir (or, with batch, into the log
+ * and onto batch: indexed by index_flush before append_mu is released, and
+ * before a rotation so that no sealed segment holds unindexed records).
+ * raw != NULL: a verified record from another node, appended byte for byte
+ * keeping its seq.  append_mu held. */
+static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen,
+                         const void *val, size_t vlen, uint64_t expire_at, const uint8_t *raw,
+                         uint64_t raw_seq, unsigned flags, uint64_t *seq_out, idx_batch *batch)
 {
 	size_t size = sl_rec_size(klen, vlen);
 	uint64_t h = sl_keydir_hash(key, klen);
 	int rc = SL_OK;
 	uint64_t seq;
-	int always = db->opt.sync == SL_SYNC_ALWAYS && !(flags & SL_NOWAIT);
-	if (always) {
-		atomic_fetch_add(&db->arriving, 1);
-	}
-	pthread_mutex_lock(&db->append_mu);
 	if (db->active == NULL) {
-		rc = SL_EREADONLY; /* opened read-only: no active segment */
-		goto out;
+		return SL_EREADONLY; /* opened read-only: no active segment */
 	}
 	if (atomic_load(&db->failed)) {
-		rc = SL_EFAILED;
-		goto out;
+		return SL_EFAILED;
 	}
 	if (type == SL_REC_DEL && raw == NULL &&
 	    sl_keydir_get(db->kd, h, key, klen, live_cb, db) != SL_OK) {
-		rc = SL_ENOTFOUND;
-		goto out;
+		return SL_ENOTFOUND;
 	}
 	seq = raw ? raw_seq : atomic_load(&db->last_seq) + 1;
 	if ((seq <= atomic_load(&db->last_seq) && !(flags & SL_LOAD)) || seq == 0 ||
 	    seq > SL_KD_SEQ_MAX) {
-		rc = SL_EINVAL;
-		goto out;
+		return SL_EINVAL;
 	}
 	sl_seg *a = db->active;
 	uint64_t end = atomic_load(&a->end);
 	if (end + size > a->cap) {
+		if (batch != NULL && (rc = index_flush(db, batch)) != SL_OK) {
+			return rc;
+		}
 		if ((rc = rotate(db, size)) != SL_OK) {
-			goto out;
+			return rc;
 		}
 		a = db->active;
 		end = atomic_load(&a->end);
@@ -353,20 +384,56 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 	              .size = (uint32_t)size,
 	              .tomb = type == SL_REC_DEL,
 	              .seq = seq};
-	rc = sl_db_index(db, h, key, klen, &loc);
+	if (seq_out != NULL) {
+		*seq_out = seq;
+	}
+	if (batch != NULL) {
+		if (batch->n == batch->cap) {
+			size_t cap = batch->cap ? batch->cap * 2 : 1024;
+			sl_kd_item *it = realloc(batch->items, cap * sizeof(*it));
+			if (it == NULL) {
+				/* No room to defer: index what was gathered, then this. */
+				rc = index_flush(db, batch);
+				batch = NULL;
+				goto index_now;
+			}
+			batch->items = it;
+			batch->cap = cap;
+		}
+		batch->items[batch->n++] =
+		    (sl_kd_item){.h = h, .key = key, .klen = klen, .loc = loc};
+		return SL_OK;
+	}
+index_now:
+	if (rc == SL_OK) {
+		rc = sl_db_index(db, h, key, klen, &loc);
+	}
 	if (rc != SL_OK) {
 		/* The record is in the log but not indexed: a reopen would serve
 		 * it, this handle would not.  Refuse further writes. */
 		sl_db_fail(db, rc, "keydir insert");
-		goto out;
 	}
-	if (seq_out != NULL) {
-		*seq_out = seq;
+	return rc;
+}
+
+static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const void *val,
+                  size_t vlen, uint64_t expire_at, const uint8_t *raw, uint64_t raw_seq,
+                  unsigned flags, uint64_t *seq_out)
+{
+	uint64_t seq = 0;
+	int always = db->opt.sync == SL_SYNC_ALWAYS && !(flags & SL_NOWAIT);
+	if (always) {
+		atomic_fetch_add(&db->arriving, 1);
 	}
-out:
+	pthread_mutex_lock(&db->append_mu);
+	int rc = append_locked(db, type, key, klen, val, vlen, expire_at, raw, raw_seq, flags,
+	                       &seq, NULL);
 	pthread_mutex_unlock(&db->append_mu);
 	if (always) {
 		atomic_fetch_sub(&db->arriving, 1);
+	}
+	if (rc == SL_OK && seq_out != NULL) {
+		*seq_out = seq;
 	}
 	if (rc == SL_OK && always) {
 		rc = sl_db_sync_wait(db, seq);
@@ -462,6 +529,54 @@ int sl_apply_raw(sl_db *db, const void *rec, size_t len)
 int sl_apply_raw_ex(sl_db *db, const void *rec, size_t len, unsigned flags)
 {
 	return apply_raw(db, rec, len, flags & SL_NOWAIT);
+}
+
+int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
+                      unsigned flags, size_t *applied)
+{
+	size_t done = 0;
+	if (applied != NULL) {
+		*applied = 0;
+	}
+	if (db == NULL || (n > 0 && (recs == NULL || lens == NULL))) {
+		return SL_EINVAL;
+	}
+	if (db->opt.read_only) {
+		return n > 0 ? SL_EREADONLY : SL_OK;
+	}
+	idx_batch b = {0};
+	uint64_t seq = 0;
+	int rc = SL_OK;
+	pthread_mutex_lock(&db->append_mu);
+	for (; done < n; done++) {
+		sl_rec r;
+		size_t size;
+		if (recs[done] == NULL ||
+		    sl_rec_decode(recs[done], lens[done], db->opt.max_key_bytes,
+		                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK ||
+		    size != lens[done]) {
+			rc = SL_ECORRUPT;
+			break;
+		}
+		rc = append_locked(db, r.type, r.key, r.klen, r.val, r.vlen, r.expire_at,
+		                   recs[done], r.seq, flags, &seq, &b);
+		if (rc != SL_OK) {
+			break;
+		}
+	}
+	int irc = index_flush(db, &b);
+	pthread_mutex_unlock(&db->append_mu);
+	free(b.items);
+	if (irc != SL_OK) {
+		return irc; /* the store refuses writes from now on (sl_db_fail) */
+	}
+	if (applied != NULL) {
+		*applied = done;
+	}
+	if (rc == SL_OK && done > 0 && db->opt.sync == SL_SYNC_ALWAYS && !(flags & SL_NOWAIT)) {
+		rc = sl_db_sync_wait(db, seq);
+	}
+	return rc;
 }
 
 sl_sync sl_sync_policy(sl_db *db)

@@ -303,12 +303,11 @@ int sl_keydir_is_at(sl_keydir *kd, const void *key, size_t klen, uint32_t seg, u
 	return sl_keydir_get(kd, sl_keydir_hash(key, klen), key, klen, at_cb, &c) == SL_OK;
 }
 
-int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
-                  int only_if_newer, sl_loc *old)
+/* sl_keydir_put's work, with s's write lock held. */
+static int put_locked(shard *s, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
+                      int only_if_newer, sl_loc *old)
 {
-	shard *s = &kd->shards[shard_of(h)];
 	int rc;
-	pthread_rwlock_wrlock(&s->lock);
 	if (s->mask == 0 && (rc = grow_slots(s)) != SL_OK) {
 		goto out;
 	}
@@ -354,8 +353,67 @@ int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const
 	count_entry(s, loc->tomb, +1);
 	rc = 2;
 out:
+	return rc;
+}
+
+int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
+                  int only_if_newer, sl_loc *old)
+{
+	shard *s = &kd->shards[shard_of(h)];
+	pthread_rwlock_wrlock(&s->lock);
+	int rc = put_locked(s, h, key, klen, loc, only_if_newer, old);
 	pthread_rwlock_unlock(&s->lock);
 	return rc;
+}
+
+/* Items are taken shard by shard (a stable counting sort of their indexes),
+ * each shard's under one hold of its write lock, at most this many at a
+ * time so that readers of a shard never wait long. */
+#define PUT_MANY_HOLD 512u
+
+int sl_keydir_put_many(sl_keydir *kd, sl_kd_item *items, size_t n, int only_if_newer)
+{
+	if (n == 0) {
+		return SL_OK;
+	}
+	uint32_t *order = malloc(n * sizeof(*order));
+	uint32_t *start = calloc(SL_KD_SHARDS + 1, sizeof(*start));
+	if (order == NULL || start == NULL || n > UINT32_MAX) {
+		free(order);
+		free(start);
+		for (size_t i = 0; i < n; i++) { /* one at a time, in order */
+			items[i].rc = sl_keydir_put(kd, items[i].h, items[i].key, items[i].klen,
+			                            &items[i].loc, only_if_newer, &items[i].old);
+		}
+		return SL_OK;
+	}
+	for (size_t i = 0; i < n; i++) {
+		start[shard_of(items[i].h) + 1]++;
+	}
+	for (unsigned k = 0; k < SL_KD_SHARDS; k++) {
+		start[k + 1] += start[k];
+	}
+	for (size_t i = 0; i < n; i++) { /* stable: a key's items keep their order */
+		order[start[shard_of(items[i].h)]++] = (uint32_t)i;
+	}
+	/* start[k] is now the end of shard k's run, and the start of k + 1's. */
+	size_t i = 0;
+	while (i < n) {
+		shard *s = &kd->shards[shard_of(items[order[i]].h)];
+		pthread_rwlock_wrlock(&s->lock);
+		size_t held = 0;
+		do {
+			sl_kd_item *it = &items[order[i]];
+			it->rc = put_locked(s, it->h, it->key, it->klen, &it->loc, only_if_newer,
+			                    &it->old);
+			i++;
+		} while (i < n && ++held < PUT_MANY_HOLD &&
+		         &kd->shards[shard_of(items[order[i]].h)] == s);
+		pthread_rwlock_unlock(&s->lock);
+	}
+	free(order);
+	free(start);
+	return SL_OK;
 }
 
 static int same_place(const sl_loc *a, const sl_loc *b)

@@ -53,6 +53,24 @@ int sl_keydir_is_at(sl_keydir *kd, const void *key, size_t klen, uint32_t seg, u
 int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
                   int only_if_newer, sl_loc *old);
 
+/* One insert of a batch for sl_keydir_put_many: h, key, klen and loc in;
+ * rc and old out, as sl_keydir_put's return value and *old. */
+typedef struct sl_kd_item {
+	uint64_t h;
+	const void *key;
+	size_t klen;
+	sl_loc loc;
+	sl_loc old;
+	int rc;
+} sl_kd_item;
+
+/* sl_keydir_put for each of items[0..n), with the same outcome as calling
+ * it for each in order, but grouped by shard: each shard's lock is taken
+ * once per run of (up to 512) items, and its slots stay in cache.  A reader
+ * may see some items of the batch before others.  Returns SL_OK; each
+ * item's own rc tells its outcome. */
+int sl_keydir_put_many(sl_keydir *kd, sl_kd_item *items, size_t n, int only_if_newer);
+
 /* Replaces key's location only if it is still exactly *expect (same segment,
  * offset and seq): a concurrent overwrite wins.  1 when replaced, 0 when not. */
 int sl_keydir_cas(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const sl_loc *expect,

@@ -207,6 +207,14 @@ int sl_apply_raw(sl_db *db, const void *rec, size_t len);
  * one group commit (follow with sl_sync_wait). */
 int sl_apply_raw_ex(sl_db *db, const void *rec, size_t len, unsigned flags);
 
+/* sl_apply_raw_ex for recs[0..n) (lens[i] bytes each) in order, under one
+ * hold of the append lock, their index entries made shard by shard at the
+ * end (a follower applying a fetched batch).  Stops at the first record
+ * refused (its error is returned) with the ones before it applied;
+ * *applied (may be NULL) gets how many were. */
+int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
+                      unsigned flags, size_t *applied);
+
 /* Trades places between the directory db lives in and the directory
  * `other` (renameat2 RENAME_EXCHANGE, then an fsync of both parents): db
  * goes on at other's path, what was there moves to db's old path (close

@@ -884,6 +884,69 @@ static void repack_with_mixed_key_lengths(void **state)
 	sl_keydir_free(kd);
 }
 
+/* sl_keydir_put_many gives every item the rc and old location that
+ * sl_keydir_put in the same order gives, and leaves the same table: with
+ * repeated keys (newer and older versions) in one batch, over many shards
+ * and runs longer than one lock hold. */
+static void put_many_equals_puts_in_order(void **state)
+{
+	(void)state;
+	enum { N = 3000, ITEMS = 9000 };
+	sl_keydir *one = sl_keydir_new(), *many = sl_keydir_new();
+	assert_non_null(one);
+	assert_non_null(many);
+	static char keys[N][KLEN + 1];
+	for (uint32_t i = 0; i < N; i++) {
+		key_of(i, keys[i]);
+	}
+	for (uint32_t i = 0; i < N; i += 3) { /* some keys exist beforehand */
+		sl_loc l = loc_of(i, 1);
+		assert_int_equal(put(one, keys[i], KLEN, &l, 1, NULL), 2);
+		assert_int_equal(put(many, keys[i], KLEN, &l, 1, NULL), 2);
+	}
+	static sl_kd_item items[ITEMS];
+	int want_rc[ITEMS];
+	sl_loc want_old[ITEMS];
+	for (size_t j = 0; j < ITEMS; j++) {
+		uint32_t i = (uint32_t)(rng() % N);
+		uint32_t v = (uint32_t)(rng() % 3); /* 0 and 1 older or equal, 2 newer */
+		items[j] = (sl_kd_item){.h = sl_keydir_hash(keys[i], KLEN),
+		                        .key = keys[i],
+		                        .klen = KLEN,
+		                        .loc = loc_of(i, v),
+		                        .rc = -999};
+		memset(&want_old[j], 0, sizeof(want_old[j]));
+		want_rc[j] = put(one, keys[i], KLEN, &items[j].loc, 1, &want_old[j]);
+	}
+	assert_int_equal(sl_keydir_put_many(many, items, ITEMS, 1), SL_OK);
+	size_t kept = 0, replaced = 0;
+	for (size_t j = 0; j < ITEMS; j++) {
+		assert_int_equal(items[j].rc, want_rc[j]);
+		if (want_rc[j] < 2) {
+			assert_loc_eq(&items[j].old, &want_old[j]);
+		}
+		kept += want_rc[j] == 0;
+		replaced += want_rc[j] == 1;
+	}
+	assert_true(kept > 0 && replaced > 0); /* both outcomes were exercised */
+	for (uint32_t i = 0; i < N; i++) {
+		sl_loc a, b;
+		int ra = get(one, keys[i], KLEN, &a), rb = get(many, keys[i], KLEN, &b);
+		assert_int_equal(ra, rb);
+		if (ra == SL_OK) {
+			assert_loc_eq(&b, &a);
+		}
+	}
+	sl_keydir_stats sa, sb;
+	sl_keydir_stats_get(one, &sa);
+	sl_keydir_stats_get(many, &sb);
+	assert_int_equal(sa.keys, sb.keys);
+	assert_int_equal(sa.tombstones, sb.tombstones);
+	assert_int_equal(sl_keydir_put_many(many, items, 0, 1), SL_OK); /* empty batch */
+	sl_keydir_free(one);
+	sl_keydir_free(many);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -905,6 +968,7 @@ int main(void)
 	    cmocka_unit_test(bytes_per_key_at_most_klen_plus_32),
 	    cmocka_unit_test(churn_repacks_arena_and_keeps_everything_findable),
 	    cmocka_unit_test(repack_with_mixed_key_lengths),
+	    cmocka_unit_test(put_many_equals_puts_in_order),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
