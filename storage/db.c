@@ -319,9 +319,9 @@ static int index_flush(sl_db *db, idx_batch *b)
  * before a rotation so that no sealed segment holds unindexed records).
  * raw != NULL: a verified record from another node, appended byte for byte
  * keeping its seq.  append_mu held. */
-static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen,
-                         const void *val, size_t vlen, uint64_t expire_at, const uint8_t *raw,
-                         uint64_t raw_seq, unsigned flags, uint64_t *seq_out, idx_batch *batch)
+static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, const void *val,
+                         size_t vlen, uint64_t expire_at, const uint8_t *raw, uint64_t raw_seq,
+                         unsigned flags, uint64_t *seq_out, idx_batch *batch)
 {
 	size_t size = sl_rec_size(klen, vlen);
 	uint64_t h = sl_keydir_hash(key, klen);
@@ -426,8 +426,8 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 		atomic_fetch_add(&db->arriving, 1);
 	}
 	pthread_mutex_lock(&db->append_mu);
-	int rc = append_locked(db, type, key, klen, val, vlen, expire_at, raw, raw_seq, flags,
-	                       &seq, NULL);
+	int rc = append_locked(db, type, key, klen, val, vlen, expire_at, raw, raw_seq, flags, &seq,
+	                       NULL);
 	pthread_mutex_unlock(&db->append_mu);
 	if (always) {
 		atomic_fetch_sub(&db->arriving, 1);

@@ -32,7 +32,7 @@ struct sl_db {
 
 	/* the appender */
 	pthread_mutex_t append_mu;
-	sl_seg *active; /* under append_mu */
+	sl_seg *active;        /* under append_mu */
 	_Atomic uint64_t room; /* bytes left in active, as of the last append */
 	_Atomic uint64_t last_seq;
 	_Atomic int failed;

@@ -671,8 +671,8 @@ static pid_t netbench_start(const char *url, int clients, uint64_t requests, int
 		dup2(pfd[1], 1);
 		close(pfd[0]);
 		close(pfd[1]);
-		execl("/proc/self/exe", "shiplog-bench", "--url", url, "-t", "put", "-c", c, "-n", n,
-		      "-d", d, "-r", "1000000", "--json", (char *)NULL);
+		execl("/proc/self/exe", "shiplog-bench", "--url", url, "-t", "put", "-c", c, "-n",
+		      n, "-d", d, "-r", "1000000", "--json", (char *)NULL);
 		_exit(127);
 	}
 	close(pfd[1]);

@@ -651,8 +651,8 @@ static void test_inline_leaves_rotation_to_workers(void **state)
 	for (int i = 0; sl_append_room(node.db) > (1u << 20); i++) {
 		char k[16];
 		snprintf(k, sizeof(k), "f%d", i);
-		assert_int_equal(
-		    sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq), SL_OK);
+		assert_int_equal(sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq),
+		                 SL_OK);
 	}
 	uint64_t last = sl_last_seq(node.db);
 	assert_int_equal(run_inline(req_put("r2", "x"), &r, &ss), -1);
