@@ -280,16 +280,7 @@ static int live_cb(void *arg, const sl_loc *loc)
 	return exp != 0 && exp <= db->io->now_ms() ? SL_ENOTFOUND : SL_OK;
 }
 
-/* Index inserts gathered by a batch of appends (sl_apply_raw_many) and
- * made all at once, shard by shard (sl_keydir_put_many). */
-typedef struct idx_batch {
-	sl_kd_item *items;
-	size_t n, cap;
-} idx_batch;
-
-/* Indexes what b gathered and accounts live/dead bytes as sl_db_index
- * does.  append_mu held. */
-static int index_flush(sl_db *db, idx_batch *b)
+int sl_db_index_flush(sl_db *db, sl_idx_batch *b)
 {
 	if (b->n == 0) {
 		return SL_OK;
@@ -308,20 +299,46 @@ static int index_flush(sl_db *db, idx_batch *b)
 		}
 	}
 	b->n = 0;
-	if (rc != SL_OK) {
-		sl_db_fail(db, rc, "keydir insert"); /* as in append_locked */
-	}
 	return rc;
 }
 
+int sl_db_index_add(sl_db *db, sl_idx_batch *b, uint64_t h, const void *key, size_t klen,
+                    const sl_loc *loc)
+{
+	if (b->n == SL_IDX_BATCH_MAX) {
+		int rc = sl_db_index_flush(db, b);
+		if (rc != SL_OK) {
+			return rc;
+		}
+	}
+	if (b->n == b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 1024;
+		sl_kd_item *it = realloc(b->items, cap * sizeof(*it));
+		if (it == NULL) { /* no room to defer: index what was gathered, then this */
+			int rc = sl_db_index_flush(db, b);
+			return rc != SL_OK ? rc : sl_db_index(db, h, key, klen, loc);
+		}
+		b->items = it;
+		b->cap = cap;
+	}
+	b->items[b->n++] = (sl_kd_item){.h = h, .key = key, .klen = klen, .loc = *loc};
+	return SL_OK;
+}
+
+void sl_idx_batch_free(sl_idx_batch *b)
+{
+	free(b->items);
+	memset(b, 0, sizeof(*b));
+}
+
 /* One record into the log and the keydir (or, with batch, into the log
- * and onto batch: indexed by index_flush before append_mu is released, and
+ * and onto batch: indexed by sl_db_index_flush before append_mu is released, and
  * before a rotation so that no sealed segment holds unindexed records).
  * raw != NULL: a verified record from another node, appended byte for byte
  * keeping its seq.  append_mu held. */
 static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, const void *val,
                          size_t vlen, uint64_t expire_at, const uint8_t *raw, uint64_t raw_seq,
-                         unsigned flags, uint64_t *seq_out, idx_batch *batch)
+                         unsigned flags, uint64_t *seq_out, sl_idx_batch *batch)
 {
 	size_t size = sl_rec_size(klen, vlen);
 	uint64_t h = sl_keydir_hash(key, klen);
@@ -345,7 +362,8 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 	sl_seg *a = db->active;
 	uint64_t end = atomic_load(&a->end);
 	if (end + size > a->cap) {
-		if (batch != NULL && (rc = index_flush(db, batch)) != SL_OK) {
+		if (batch != NULL && (rc = sl_db_index_flush(db, batch)) != SL_OK) {
+			sl_db_fail(db, rc, "keydir insert");
 			return rc;
 		}
 		if ((rc = rotate(db, size)) != SL_OK) {
@@ -387,27 +405,8 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 	if (seq_out != NULL) {
 		*seq_out = seq;
 	}
-	if (batch != NULL) {
-		if (batch->n == batch->cap) {
-			size_t cap = batch->cap ? batch->cap * 2 : 1024;
-			sl_kd_item *it = realloc(batch->items, cap * sizeof(*it));
-			if (it == NULL) {
-				/* No room to defer: index what was gathered, then this. */
-				rc = index_flush(db, batch);
-				batch = NULL;
-				goto index_now;
-			}
-			batch->items = it;
-			batch->cap = cap;
-		}
-		batch->items[batch->n++] =
-		    (sl_kd_item){.h = h, .key = key, .klen = klen, .loc = loc};
-		return SL_OK;
-	}
-index_now:
-	if (rc == SL_OK) {
-		rc = sl_db_index(db, h, key, klen, &loc);
-	}
+	rc = batch != NULL ? sl_db_index_add(db, batch, h, key, klen, &loc)
+	                   : sl_db_index(db, h, key, klen, &loc);
 	if (rc != SL_OK) {
 		/* The record is in the log but not indexed: a reopen would serve
 		 * it, this handle would not.  Refuse further writes. */
@@ -544,7 +543,7 @@ int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, si
 	if (db->opt.read_only) {
 		return n > 0 ? SL_EREADONLY : SL_OK;
 	}
-	idx_batch b = {0};
+	sl_idx_batch b = {0};
 	uint64_t seq = 0;
 	int rc = SL_OK;
 	pthread_mutex_lock(&db->append_mu);
@@ -564,11 +563,14 @@ int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, si
 			break;
 		}
 	}
-	int irc = index_flush(db, &b);
-	pthread_mutex_unlock(&db->append_mu);
-	free(b.items);
+	int irc = sl_db_index_flush(db, &b);
 	if (irc != SL_OK) {
-		return irc; /* the store refuses writes from now on (sl_db_fail) */
+		sl_db_fail(db, irc, "keydir insert"); /* as append_locked */
+	}
+	pthread_mutex_unlock(&db->append_mu);
+	sl_idx_batch_free(&b);
+	if (irc != SL_OK) {
+		return irc; /* the store refuses writes from now on */
 	}
 	if (applied != NULL) {
 		*applied = done;

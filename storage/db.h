@@ -106,6 +106,27 @@ int sl_db_sync_wait(sl_db *db, uint64_t seq);
 void sl_db_log(sl_db *db, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Index inserts gathered and made together, grouped by shard
+ * (sl_keydir_put_many): a follower's batch of applied records, a hint file
+ * or a segment scan at open.  The keys must stay valid until flushed. */
+#define SL_IDX_BATCH_MAX 65536u /* flushed when this many are gathered */
+typedef struct sl_idx_batch {
+	sl_kd_item *items;
+	size_t n, cap;
+} sl_idx_batch;
+
+/* Adds one insert as sl_db_index would make it (flushing first when the
+ * batch is full; indexing at once when memory for it is short). */
+int sl_db_index_add(sl_db *db, sl_idx_batch *b, uint64_t h, const void *key, size_t klen,
+                    const sl_loc *loc);
+
+/* Makes the inserts gathered in b and accounts live/dead bytes as
+ * sl_db_index does; b is then empty.  The first error (SL_ENOMEM) is
+ * returned; the caller decides whether the store fails. */
+int sl_db_index_flush(sl_db *db, sl_idx_batch *b);
+
+void sl_idx_batch_free(sl_idx_batch *b);
+
 /* Records what is left in the active segment s for sl_append_room
  * (caller holds append_mu). */
 static inline void sl_db_set_room(sl_db *db, const sl_seg *s)

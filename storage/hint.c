@@ -211,6 +211,7 @@ int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t 
 		    .type = e[24],
 		    .klen = sl_get16(e + 25),
 		    .key = e + SL_HINT_ENTRY_FIXED,
+		    .last = i + 1 == count,
 		};
 		rc = fn(arg, &h);
 		off += SL_HINT_ENTRY_FIXED + h.klen;

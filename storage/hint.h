@@ -19,6 +19,7 @@ typedef struct sl_hint_entry {
 	uint8_t type;
 	uint16_t klen;
 	const uint8_t *key; /* borrowed from the hint buffer */
+	int last;           /* the file's last entry: keys borrowed until now end */
 } sl_hint_entry;
 
 /* Writes dir/NNNNNNNNNN.hint for segment s from its records [header, end):

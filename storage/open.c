@@ -150,6 +150,7 @@ typedef struct load_ctx {
 	sl_db *db;
 	sl_seg *seg;
 	uint64_t max_seq;
+	sl_idx_batch batch; /* index entries made shard by shard */
 } load_ctx;
 
 static int index_one(load_ctx *c, uint8_t type, const void *key, size_t klen, uint32_t off,
@@ -163,15 +164,20 @@ static int index_one(load_ctx *c, uint8_t type, const void *key, size_t klen, ui
 	if (seq > c->seg->last_seq) {
 		c->seg->last_seq = seq;
 	}
-	return sl_db_index(c->db, sl_keydir_hash(key, klen), key, klen, &loc);
+	return sl_db_index_add(c->db, &c->batch, sl_keydir_hash(key, klen), key, klen, &loc);
 }
 
 static int hint_cb(void *arg, const sl_hint_entry *e)
 {
+	load_ctx *c = arg;
 	if (e->expire_at != 0) {
-		atomic_store(&((load_ctx *)arg)->seg->has_ttl, 1);
+		atomic_store(&c->seg->has_ttl, 1);
 	}
-	return index_one(arg, e->type, e->key, e->klen, e->off, e->size, e->seq);
+	int rc = index_one(c, e->type, e->key, e->klen, e->off, e->size, e->seq);
+	if (rc == SL_OK && e->last) {
+		rc = sl_db_index_flush(c->db, &c->batch); /* the keys live in the hint buffer */
+	}
+	return rc;
 }
 
 static int all_zero(const uint8_t *p, size_t n)
@@ -243,7 +249,7 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 	return SL_OK;
 }
 
-static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
+static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint64_t *max_seq)
 {
 	int writable = !db->opt.read_only;
 	sl_seg *s;
@@ -266,9 +272,9 @@ static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
 		sl_seg_close(db->io, s);
 		return rc;
 	}
-	load_ctx c = {.db = db, .seg = s};
+	c->seg = s;
 	if (!last && hdr_ok) {
-		rc = sl_hint_load(db->io, db->dir, id, size, db->opt.max_key_bytes, hint_cb, &c);
+		rc = sl_hint_load(db->io, db->dir, id, size, db->opt.max_key_bytes, hint_cb, c);
 		if (rc == SL_OK) {
 			db->hints_loaded++;
 			atomic_store(&s->end, size);
@@ -284,12 +290,13 @@ static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
 	}
 	uint64_t end;
 	db->segments_scanned++;
-	if ((rc = scan_segment(&c, size, last, &end)) != SL_OK) {
+	if ((rc = scan_segment(c, size, last, &end)) != SL_OK ||
+	    (rc = sl_db_index_flush(db, &c->batch)) != SL_OK) { /* keys in the map */
 		return rc;
 	}
 	if (last && writable) {
 		if (!hdr_ok) {
-			s->first_seq = (c.max_seq > *max_seq ? c.max_seq : *max_seq) + 1;
+			s->first_seq = (c->max_seq > *max_seq ? c->max_seq : *max_seq) + 1;
 		}
 		size_t cap = (size_t)db->opt.segment_bytes;
 		rc = sl_seg_activate(db->io, s, end, cap > end ? cap : (size_t)end);
@@ -313,13 +320,23 @@ static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
 		}
 	}
 done:
-	if (c.max_seq > *max_seq) {
-		*max_seq = c.max_seq;
+	if (c->max_seq > *max_seq) {
+		*max_seq = c->max_seq;
 	}
 	if (s->first_seq > 0 && s->first_seq - 1 > *max_seq) {
 		*max_seq = s->first_seq - 1; /* invariant 2 */
 	}
 	return SL_OK;
+}
+
+/* Loads segment id into the keydir: from its hint file, else by scanning
+ * it (the last one becomes the active segment). */
+static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
+{
+	load_ctx c = {.db = db};
+	int rc = load_segment_into(&c, db, id, last, max_seq);
+	sl_idx_batch_free(&c.batch);
+	return rc;
 }
 
 /* ---- open / close ------------------------------------------------------- */

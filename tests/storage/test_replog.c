@@ -261,6 +261,94 @@ static void test_apply_many_equals_one_by_one(void **state)
 	rmbase();
 }
 
+static sl_db *open_big(const char *name)
+{
+	char p[600];
+	snprintf(p, sizeof(p), "%s/%s", g_base, name);
+	sl_options o;
+	sl_options_init(&o);
+	o.segment_bytes = 4 << 20;
+	o.sync = SL_SYNC_NO;
+	o.compact_background = 0;
+	o.quiet = 1;
+	sl_db *db;
+	assert_int_equal(sl_open(p, &o, &db), SL_OK);
+	return db;
+}
+
+static void assert_same_index(const sl_stats *a, const sl_stats *b)
+{
+	assert_int_equal(a->keys, b->keys);
+	assert_int_equal(a->tombstones, b->tombstones);
+	assert_int_equal(a->live_bytes, b->live_bytes);
+	assert_int_equal(a->tomb_bytes, b->tomb_bytes);
+	assert_int_equal(a->dead_bytes, b->dead_bytes);
+	assert_int_equal(a->last_seq, b->last_seq);
+}
+
+/* A reopen rebuilds the index in batches (SL_IDX_BATCH_MAX entries at a
+ * time, shard by shard), from a hint file and from a scan: a segment with
+ * more entries than one batch, overwrites and deletes across segments,
+ * gives back exactly the index it had. */
+static void test_reopen_rebuilds_big_segments(void **state)
+{
+	(void)state;
+	mkbase();
+	sl_db *db = open_big("big");
+	char k[32];
+	for (int i = 0; i < 70000; i++) { /* ~2.6 MB of small records: one segment */
+		snprintf(k, sizeof(k), "k%06d", i);
+		assert_int_equal(sl_put(db, k, strlen(k), "v", 1, NULL), SL_OK);
+	}
+	char *big = calloc(1, 2 << 20); /* rotates: segment 1 is sealed with a hint */
+	assert_non_null(big);
+	assert_int_equal(sl_put(db, "big", 3, big, 2 << 20, NULL), SL_OK);
+	free(big);
+	for (int i = 0; i < 70000; i += 7) { /* the newer versions in segment 2 */
+		snprintf(k, sizeof(k), "k%06d", i);
+		if (i % 2) {
+			assert_int_equal(sl_put(db, k, strlen(k), "w", 1, NULL), SL_OK);
+		} else {
+			assert_int_equal(sl_delete(db, k, strlen(k), NULL), SL_OK);
+		}
+	}
+	sl_stats before, after;
+	assert_int_equal(sl_stats_get(db, &before), SL_OK);
+	char d0[33], d1[33];
+	digest_of(db, d0);
+	sl_close(db);
+
+	db = open_big("big");
+	assert_int_equal(sl_stats_get(db, &after), SL_OK);
+	assert_true(after.hints_loaded >= 1);
+	assert_same_index(&before, &after);
+	digest_of(db, d1);
+	assert_string_equal(d0, d1);
+	void *v = NULL;
+	size_t vl = 0;
+	assert_int_equal(sl_get(db, "k000007", 7, &v, &vl), SL_OK);
+	assert_int_equal(vl, 1);
+	assert_memory_equal(v, "w", 1);
+	free(v);
+	assert_int_equal(sl_get(db, "k000014", 7, &v, &vl), SL_ENOTFOUND);
+	assert_int_equal(sl_get(db, "k069999", 7, &v, &vl), SL_OK);
+	free(v);
+	sl_close(db);
+
+	/* Without hint files every segment is scanned. */
+	char cmd[700];
+	snprintf(cmd, sizeof(cmd), "rm -f '%s'/big/*.hint", g_base);
+	assert_int_equal(system(cmd), 0);
+	db = open_big("big");
+	assert_int_equal(sl_stats_get(db, &after), SL_OK);
+	assert_int_equal(after.hints_loaded, 0);
+	assert_same_index(&before, &after);
+	digest_of(db, d1);
+	assert_string_equal(d0, d1);
+	sl_close(db);
+	rmbase();
+}
+
 static void test_stale_after_compaction_and_protect(void **state)
 {
 	(void)state;
@@ -427,6 +515,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_log_read_replays_exactly),
 	    cmocka_unit_test(test_apply_many_equals_one_by_one),
+	    cmocka_unit_test(test_reopen_rebuilds_big_segments),
 	    cmocka_unit_test(test_stale_after_compaction_and_protect),
 	    cmocka_unit_test(test_hole_in_the_log_is_stale),
 	    cmocka_unit_test(test_snapshot_loads_equal),
