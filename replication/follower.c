@@ -262,12 +262,13 @@ typedef struct apply_ctx {
 	size_t *lens;
 	uint64_t *seqs;
 	size_t n, cap;
+	int any_order; /* a snapshot's records: no seq order */
 } apply_ctx;
 
 static int gather_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
 {
 	apply_ctx *a = arg;
-	if (seq <= (a->n > 0 ? a->seqs[a->n - 1] : a->last)) {
+	if (!a->any_order && seq <= (a->n > 0 ? a->seqs[a->n - 1] : a->last)) {
 		return SL_EINVAL; /* invariant 2: seqs rise */
 	}
 	if (a->n == a->cap) {
@@ -314,12 +315,16 @@ static int apply_records(apply_ctx *a, const uint8_t *p, size_t len)
 	return arc != SL_OK ? arc : rc;
 }
 
+/* Frees the gathered arrays (the counts stay). */
 static void apply_free(apply_ctx *a)
 {
 	free(a->recs);
 	free(a->lens);
 	free(a->seqs);
-	memset(a, 0, sizeof(*a));
+	a->recs = NULL;
+	a->lens = NULL;
+	a->seqs = NULL;
+	a->n = a->cap = 0;
 }
 
 /* Adopts the primary's history (id and ancestors) when it differs. */
@@ -362,17 +367,16 @@ static void adopt_history(sl_repl *r, const ProtobufCBinaryData *hid, size_t n,
 
 /* ---- full resync --------------------------------------------------------- */
 
-typedef struct load_ctx {
-	sl_db *db;
-	uint64_t count;
-} load_ctx;
-
-static int load_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
+/* Loads a snapshot chunk's records (any seq order) into the fresh store,
+ * all at once as apply_records does; l->count counts them. */
+static int load_records(apply_ctx *l, const uint8_t *p, size_t len)
 {
-	(void)seq;
-	load_ctx *l = arg;
-	l->count++;
-	return sl_load_raw(l->db, rec, n);
+	l->n = 0;
+	int rc = repl_split_records(p, len, l->r->o.max_record_bytes, gather_one, l);
+	size_t done = 0;
+	int lrc = sl_load_raw_many(l->db, l->recs, l->lens, l->n, &done);
+	l->count += done;
+	return lrc != SL_OK ? lrc : rc;
 }
 
 /* Asks for chunk `chunk` of snapshot snap_id (0: open one). */
@@ -416,7 +420,7 @@ static int full_resync(sl_repl *r, const char *url)
 		repl_log(r, 3, "full resync: cannot create %s: %s", tmp, sl_strerror(rc));
 		return rc;
 	}
-	load_ctx l = {.db = db};
+	apply_ctx l = {.r = r, .db = db, .any_order = 1};
 	uint64_t snap_id = 0, chunk = 0, head = 0, bytes = 0;
 	repl_state nst;
 	pthread_mutex_lock(&r->mu);
@@ -466,8 +470,7 @@ static int full_resync(sl_repl *r, const char *url)
 				pend_abort(&ahead); /* asked for again at the top */
 			}
 			if (rc == SL_OK) {
-				rc = repl_split_records(c->records.data, c->records.len,
-				                        r->o.max_record_bytes, load_one, &l);
+				rc = load_records(&l, c->records.data, c->records.len);
 				bytes += c->records.len;
 				if (rc != SL_OK) {
 					repl_log(
@@ -495,6 +498,7 @@ static int full_resync(sl_repl *r, const char *url)
 		}
 	}
 	pend_free(&ahead);
+	apply_free(&l);
 	uint64_t t_stream = repl_now_ms();
 	nst.floor = head;
 	nst.role = ROLE_FOLLOWER;

@@ -530,8 +530,8 @@ int sl_apply_raw_ex(sl_db *db, const void *rec, size_t len, unsigned flags)
 	return apply_raw(db, rec, len, flags & SL_NOWAIT);
 }
 
-int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
-                      unsigned flags, size_t *applied)
+static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
+                          unsigned flags, size_t *applied)
 {
 	size_t done = 0;
 	if (applied != NULL) {
@@ -589,6 +589,18 @@ sl_sync sl_sync_policy(sl_db *db)
 int sl_load_raw(sl_db *db, const void *rec, size_t len)
 {
 	return apply_raw(db, rec, len, SL_LOAD | SL_NOWAIT);
+}
+
+int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
+                      unsigned flags, size_t *applied)
+{
+	return apply_raw_many(db, recs, lens, n, flags & SL_NOWAIT, applied);
+}
+
+int sl_load_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
+                     size_t *applied)
+{
+	return apply_raw_many(db, recs, lens, n, SL_LOAD | SL_NOWAIT, applied);
 }
 
 uint64_t sl_last_seq(sl_db *db)

@@ -239,6 +239,10 @@ sl_sync sl_sync_policy(sl_db *db);
  * sl_log_read below the snapshot's head seq from this store. */
 int sl_load_raw(sl_db *db, const void *rec, size_t len);
 
+/* sl_load_raw for recs[0..n), as sl_apply_raw_many does it. */
+int sl_load_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
+                     size_t *applied);
+
 /* Bytes of log from seq on (the records a follower whose next seq is `seq`
  * has yet to receive): 0 when seq is past the head, SL_ESTALE when seq is
  * no longer in the log. */

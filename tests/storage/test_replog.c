@@ -436,18 +436,29 @@ static void test_snapshot_loads_equal(void **state)
 	/* ... and compaction leaves the pinned segments alone meanwhile. */
 	assert_int_equal(sl_compact(a), SL_OK);
 	static uint8_t buf[2048];
+	static const void *recs[256];
+	static size_t lens[256];
 	int done = 0;
 	size_t total = 0;
-	while (!done) {
-		size_t len;
+	for (int chunk = 0; !done; chunk++) {
+		size_t len, n = 0;
 		assert_int_equal(sl_snapshot_read(sn, buf, sizeof(buf), &len, &done), SL_OK);
 		for (size_t off = 0; off < len;) {
 			uint32_t sz =
 			    SL_REC_HDR_SIZE + sl_get16(buf + off + 6) + sl_get32(buf + off + 8);
 			assert_true(sl_get64(buf + off + 12) <= head);
-			assert_int_equal(sl_load_raw(b, buf + off, sz), SL_OK);
+			if (chunk % 2 == 0) { /* one at a time, and the batched call */
+				assert_int_equal(sl_load_raw(b, buf + off, sz), SL_OK);
+			} else {
+				assert_true(n < 256);
+				recs[n] = buf + off;
+				lens[n++] = sz;
+			}
 			off += sz;
 		}
+		size_t got = 0;
+		assert_int_equal(sl_load_raw_many(b, recs, lens, n, &got), SL_OK);
+		assert_int_equal(got, n);
 		total += len;
 	}
 	sl_snapshot_close(sn);
