@@ -20,7 +20,8 @@
  *             on the follower with min_seq = the put's seq (read-your-writes:
  *             the follower answers as soon as it has applied it); latency
  *             from before the put to the get's reply.  "idle": one writer
- *             pausing --lag-pause-us between writes; "load": the same while
+ *             pausing --lag-pause-us (default 0) between writes, as the
+ *             Redis anchor does none; "load": the same while
  *             --load-clients clients put 100 B values non-stop (random keys
  *             over 1M), like redis-benchmark -t set -c 50 -d 100 -r 1000000:
  *             the load is `shiplog-bench --url P -t put -c 50 -d 100
@@ -76,7 +77,7 @@ static uint64_t opt_keys = 1000000;
 static size_t opt_value_size = 100;
 static uint64_t opt_acks_writes = 10000;
 static uint64_t opt_lag_writes = 2000;
-static uint64_t opt_lag_pause_us = 1000;
+static uint64_t opt_lag_pause_us = 0; /* back to back, as the Redis anchor */
 static int opt_load_clients = 50;
 static uint64_t opt_tput_requests = 300000;
 static uint64_t opt_catchup_mb = 500;
@@ -892,7 +893,8 @@ static void usage(FILE *f)
 	           "  --value-size B      value bytes (default 100)\n"
 	           "  --acks-writes N     puts per --acks level (default 10000)\n"
 	           "  --lag-writes N      write->visible samples (default 2000)\n"
-	           "  --lag-pause-us US   pause between them (default 1000)\n"
+	           "  --lag-pause-us US   pause between them (default 0: back to back, like\n"
+	           "                      the Redis anchor's write->visible loop)\n"
 	           "  --load-clients N    clients of the write load (default 50)\n"
 	           "  --tput-requests N   puts per throughput run (default 300000)\n"
 	           "  --catchup-mb MB     log written while a follower is down (default 500)\n"
