@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <nng/nng.h>
+
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
@@ -499,6 +501,13 @@ int main(int argc, char **argv)
 	    .max_record_bytes = 28 + (size_t)c.max_key + (size_t)c.max_value,
 	    .log_fn = repl_log,
 	};
+	/* nng initialises itself on first use, and its check is not
+	 * thread-safe (ThreadSanitizer saw the follower's fetch thread and main
+	 * both doing it): make that first use here, before any thread starts. */
+	nng_aio *warm = NULL;
+	if (nng_aio_alloc(&warm, NULL, NULL) == 0) {
+		nng_aio_free(warm);
+	}
 	char rerr[512];
 	rc = sl_repl_start(&ro, &n.repl, rerr, sizeof(rerr));
 	if (rc == SL_EBUSY && listen_default) {
