@@ -755,13 +755,24 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 	if (is_read(op) && q->has_min_seq && q->min_seq > 0) {
 		uint64_t applied = 0;
 		int behind;
-		if (n->repl != NULL) {
+		if (n->repl != NULL && try_inline) {
+			/* Never wait here: behind now (a resync or follow since
+			 * runs_inline looked) means a worker waits instead. */
+			if (sl_repl_wait_applied(n->repl, q->min_seq, 0, &applied) != SL_OK) {
+				return -1;
+			}
+			behind = 0;
+		} else if (n->repl != NULL) {
 			sl_workq_blocking(1);
 			behind = sl_repl_wait_applied(n->repl, q->min_seq, n->min_seq_wait_ms,
 			                              &applied) != SL_OK;
 			sl_workq_blocking(0);
 		} else {
-			pthread_rwlock_rdlock(&n->db_lock);
+			if (!try_inline) {
+				pthread_rwlock_rdlock(&n->db_lock);
+			} else if (pthread_rwlock_tryrdlock(&n->db_lock) != 0) {
+				return -1;
+			}
 			applied = sl_last_seq(n->db);
 			pthread_rwlock_unlock(&n->db_lock);
 			behind = applied < q->min_seq;
@@ -869,11 +880,11 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 		}
 	}
 	pthread_rwlock_unlock(&n->db_lock);
-	if (seq > 0 && try_inline) {
+	if (seq > 0 && !want_acks) {
 		sl_repl_advance_head(n->repl, seq);
 		r->wake_repl = 1; /* after the reply is sent: the client need not wait */
 	} else if (seq > 0) {
-		sl_repl_notify_write(n->repl, seq);
+		sl_repl_notify_write(n->repl, seq); /* the followers must fetch it now */
 	}
 	if (want_acks) {
 		uint32_t got = 0;
@@ -906,7 +917,11 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 
 int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r)
 {
-	return sl_handle_defer(n, buf, len, r, NULL);
+	int op = sl_handle_defer(n, buf, len, r, NULL);
+	if (r->wake_repl) {
+		sl_repl_wake_fetches(n->repl);
+	}
+	return op;
 }
 
 int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq)

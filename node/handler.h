@@ -29,14 +29,15 @@ typedef struct sl_reply {
 	void **owned; /* freed by sl_reply_free */
 	size_t nowned, capowned;
 	size_t bytes;  /* running size of the values/keys added, for budgets */
-	int wake_repl; /* sl_handle_inline: call sl_repl_wake_fetches once sent */
+	int wake_repl; /* a write: call sl_repl_wake_fetches once r is sent */
 	char errbuf[256];
 } sl_reply;
 
 /* Decodes the len bytes at buf as a Request, runs it against n and fills r
  * (which the caller has not initialised; release with sl_reply_free whatever
  * the outcome).  Returns the operation (SL_OP_*) for metrics; the status is
- * r->resp.status.  Never fails: bad input gives an error status. */
+ * r->resp.status.  Never fails: bad input gives an error status.  A write
+ * also wakes the followers' parked fetches before it returns. */
 int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r);
 
 /* As sl_handle, but under --sync always a put, delete or batch of writes
@@ -46,7 +47,9 @@ int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r);
  * caller then runs sl_sync_wait(db, seq) — one call covers many replies —,
  * sl_reply_sync_failed on each reply if it failed, sl_repl_notify_write, and
  * sends.  Lets the server answer many connections per fdatasync without a
- * thread blocked per write. */
+ * thread blocked per write.  Unlike sl_handle it leaves waking the
+ * followers to the caller: with r->wake_repl set, call
+ * sl_repl_wake_fetches after sending r (the client does not wait for it). */
 int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq);
 
 /* The nng callback's fast path: runs buf at once when it cannot wait (a

@@ -16,8 +16,9 @@
  *     segments only) and hands everything else to the workers: --acks,
  *     --min-seq not yet applied, scans, stats, compaction, promotion, big
  *     requests, and a write that could start a new segment.
- *  2. `working` counts requests handed to workers whose response has not
- *     been handed back to nng; stop waits for it to reach 0 before closing.
+ *  2. `working` counts requests being run (inline, by a worker, or waiting
+ *     for the committer) whose response has not been handed back to nng;
+ *     stop waits for it to reach 0 before closing.
  *  3. Once `stopping` is set no request reaches the engine: callbacks
  *     answer SL_ESHUTDOWN and the pipe hook refuses new connections.
  *  4. Under --sync always a worker never waits for the disk on a plain
@@ -164,7 +165,7 @@ static void *committer(void *arg)
 		int rc = sl_sync_wait(n->db, max);
 		pthread_rwlock_unlock(&n->db_lock);
 		if (rc == SL_OK) {
-			sl_repl_notify_write(n->repl, max);
+			sl_repl_advance_head(n->repl, max); /* before the replies go */
 		}
 		for (sctx *c = list, *next; c != NULL; c = next) {
 			next = c->dnext;
@@ -173,6 +174,9 @@ static void *committer(void *arg)
 			}
 			send_reply(c, &c->reply);
 			atomic_fetch_sub(&s->working, 1);
+		}
+		if (rc == SL_OK) {
+			sl_repl_wake_fetches(n->repl); /* after: the clients do not wait */
 		}
 		pthread_mutex_lock(&s->cmu);
 	}
@@ -191,8 +195,13 @@ static void work_run(sl_work *w)
 		commit_submit(c->s, c);
 		return;
 	}
+	int wake = c->reply.wake_repl;
+	sl_server *s = c->s;
 	send_reply(c, &c->reply);
-	atomic_fetch_sub(&c->s->working, 1);
+	atomic_fetch_sub(&s->working, 1);
+	if (wake) {
+		sl_repl_wake_fetches(s->n->repl);
+	}
 }
 
 /* ---- the context callback (nng's threads: invariant 1) -------------- */
@@ -204,11 +213,15 @@ static void on_request(sctx *c, nng_msg *m)
 	c->t0_ns = sl_node_mono_ns();
 	c->op = SL_OP_INVALID;
 	sl_metrics_inflight_add(s->n->metrics, 1);
+	/* Invariant 2: counted before `stopping` is read, so a stop that set
+	 * it either sees this request in `working` or is seen here. */
+	atomic_fetch_add(&s->working, 1);
 	if (atomic_load(&s->stopping)) {
 		sl_handle_reject(nng_msg_body(m), nng_msg_len(m), SL_ESHUTDOWN,
 		                 "server is shutting down; request not executed", &r);
 		nng_msg_free(m);
 		send_reply(c, &r);
+		atomic_fetch_sub(&s->working, 1);
 		return;
 	}
 	/* Invariant 1: what cannot wait runs here, one thread hop fewer. */
@@ -220,20 +233,19 @@ static void on_request(sctx *c, nng_msg *m)
 		if (sync_seq > 0) {
 			c->sync_seq = sync_seq;
 			c->state = ST_WORK;
-			atomic_fetch_add(&s->working, 1);
 			commit_submit(s, c);
 			return;
 		}
 		int wake = c->reply.wake_repl;
 		send_reply(c, &c->reply);
+		atomic_fetch_sub(&s->working, 1);
 		if (wake) {
 			sl_repl_wake_fetches(s->n->repl);
 		}
 		return;
 	}
-	c->req = m;
+	c->req = m; /* still counted in working: the worker's now */
 	c->state = ST_WORK;
-	atomic_fetch_add(&s->working, 1);
 	c->work.fn = work_run;
 	sl_workq_submit(s->wq, &c->work);
 }

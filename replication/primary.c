@@ -456,14 +456,21 @@ static void serve_snap(rctx *c)
 	pthread_mutex_lock(&r->mu);
 	if (id == 0) {
 		for (int i = 0; i < SL_MAX_SNAPS && ss == NULL; i++) {
-			if (r->snaps[i].sn == NULL) {
+			if (r->snaps[i].sn == NULL && !r->snaps[i].busy) {
 				ss = &r->snaps[i];
 			}
 		}
 		if (ss != NULL) {
+			/* Opening waits for a running compaction (compact_mu): not
+			 * under mu, which every write and fetch takes briefly. The
+			 * slot stays reserved (busy, no snapshot) meanwhile. */
+			ss->busy = 1;
+			pthread_mutex_unlock(&r->mu);
 			sl_snapshot *sn = NULL;
 			uint64_t head = 0;
 			int rc = sl_snapshot_open(*r->o.dbp, &sn, &head);
+			pthread_mutex_lock(&r->mu);
+			ss->busy = 0;
 			if (rc != SL_OK) {
 				pthread_mutex_unlock(&r->mu);
 				pthread_rwlock_unlock(r->o.db_lock);

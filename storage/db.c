@@ -575,8 +575,11 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 	if (applied != NULL) {
 		*applied = done;
 	}
-	if (rc == SL_OK && done > 0 && db->opt.sync == SL_SYNC_ALWAYS && !(flags & SL_NOWAIT)) {
-		rc = sl_db_sync_wait(db, seq);
+	if (done > 0 && db->opt.sync == SL_SYNC_ALWAYS && !(flags & SL_NOWAIT)) {
+		/* what was applied is durable on return, even when a later
+		 * record was refused */
+		int src = sl_db_sync_wait(db, seq);
+		rc = rc != SL_OK ? rc : src;
 	}
 	return rc;
 }
