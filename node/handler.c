@@ -721,8 +721,8 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 /* Whether q may run in an nng callback thread (sl_handle_inline): it must
  * not wait for the disk, a follower or another request.  Gets, puts,
  * deletes, multi-gets and batches of them qualify, when small, without
- * --acks and with a --min-seq the node has already applied. */
-static int runs_inline(sl_node *n, const Shiplog__Request *q, int op)
+ * --acks (a --min-seq not yet applied is found and handed back by run()). */
+static int runs_inline(const Shiplog__Request *q, int op)
 {
 	switch (op) {
 	case SL_OP_GET:
@@ -738,10 +738,17 @@ static int runs_inline(sl_node *n, const Shiplog__Request *q, int op)
 	if (q->has_acks && q->acks > 0) {
 		return 0;
 	}
-	if (q->has_min_seq && q->min_seq > 0 && sl_repl_would_wait(n->repl, q->min_seq)) {
-		return 0;
+	return 1; /* a --min-seq not yet applied: run() hands it back */
+}
+
+/* Takes the store read lock; inline (try_inline), only if it is free at
+ * once (a resync swaps the store under the write lock): -1 if not. */
+static int db_rdlock(sl_node *n, int try_inline)
+{
+	if (!try_inline) {
+		return pthread_rwlock_rdlock(&n->db_lock) == 0 ? 0 : -1;
 	}
-	return 1;
+	return pthread_rwlock_tryrdlock(&n->db_lock) == 0 ? 0 : -1;
 }
 
 /* Runs q.  With try_inline set (an nng callback thread), returns -1 having
@@ -756,8 +763,8 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 		uint64_t applied = 0;
 		int behind;
 		if (n->repl != NULL && try_inline) {
-			/* Never wait here: behind now (a resync or follow since
-			 * runs_inline looked) means a worker waits instead. */
+			/* Never wait here: a node that has not applied min_seq
+			 * yet hands the read to a worker, which waits. */
 			if (sl_repl_wait_applied(n->repl, q->min_seq, 0, &applied) != SL_OK) {
 				return -1;
 			}
@@ -768,9 +775,7 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 			                              &applied) != SL_OK;
 			sl_workq_blocking(0);
 		} else {
-			if (!try_inline) {
-				pthread_rwlock_rdlock(&n->db_lock);
-			} else if (pthread_rwlock_tryrdlock(&n->db_lock) != 0) {
+			if (db_rdlock(n, try_inline) != 0) {
 				return -1;
 			}
 			applied = sl_last_seq(n->db);
@@ -814,11 +819,10 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 		sl_repl_protect_update(n->repl); /* the backlog as of now */
 	}
 	op_result o = {0};
-	if (!try_inline) {
-		pthread_rwlock_rdlock(&n->db_lock);
-	} else if (pthread_rwlock_tryrdlock(&n->db_lock) != 0) {
+	if (db_rdlock(n, try_inline) != 0) {
 		return -1;
-	} else if (writes && sl_append_room(n->db) < INLINE_MAX_BYTES + INLINE_ROOM_MARGIN) {
+	}
+	if (try_inline && writes && sl_append_room(n->db) < INLINE_MAX_BYTES + INLINE_ROOM_MARGIN) {
 		pthread_rwlock_unlock(&n->db_lock);
 		return -1;
 	}
@@ -958,7 +962,7 @@ int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint6
 		return SL_OP_INVALID; /* the error reply costs nothing to send */
 	}
 	int op = op_of(q);
-	if (!runs_inline(n, q, op)) {
+	if (!runs_inline(q, op)) {
 		shiplog__request__free_unpacked(q, NULL);
 		sl_reply_free(r);
 		return -1;

@@ -184,6 +184,20 @@ static void *committer(void *arg)
 	return NULL;
 }
 
+/* Sends c's reply, ends its count in `working` (invariant 2), then wakes
+ * the followers' fetches its write released: the client does not wait
+ * for them. */
+static void reply_and_wake(sctx *c)
+{
+	sl_server *s = c->s;
+	int wake = c->reply.wake_repl;
+	send_reply(c, &c->reply);
+	atomic_fetch_sub(&s->working, 1);
+	if (wake) {
+		sl_repl_wake_fetches(s->n->repl);
+	}
+}
+
 static void work_run(sl_work *w)
 {
 	sctx *c = (sctx *)w;
@@ -195,13 +209,7 @@ static void work_run(sl_work *w)
 		commit_submit(c->s, c);
 		return;
 	}
-	int wake = c->reply.wake_repl;
-	sl_server *s = c->s;
-	send_reply(c, &c->reply);
-	atomic_fetch_sub(&s->working, 1);
-	if (wake) {
-		sl_repl_wake_fetches(s->n->repl);
-	}
+	reply_and_wake(c);
 }
 
 /* ---- the context callback (nng's threads: invariant 1) -------------- */
@@ -236,12 +244,7 @@ static void on_request(sctx *c, nng_msg *m)
 			commit_submit(s, c);
 			return;
 		}
-		int wake = c->reply.wake_repl;
-		send_reply(c, &c->reply);
-		atomic_fetch_sub(&s->working, 1);
-		if (wake) {
-			sl_repl_wake_fetches(s->n->repl);
-		}
+		reply_and_wake(c);
 		return;
 	}
 	c->req = m; /* still counted in working: the worker's now */

@@ -4,12 +4,12 @@
  * back to a full resync when the primary says its position is gone.
  *
  * Invariants:
- *  1. Only this thread writes the follower's store (sl_apply_raw), and only
+ *  1. Only this thread writes the follower's store (sl_apply_raw_many), and only
  *     this thread swaps it; so it may use *dbp without the read lock, and
  *     takes the write lock only for the swap.
  *  2. Nothing from the network reaches the store unchecked: every record's
  *     header is bounded against the reply and the limits before it is
- *     applied, sl_apply_raw verifies its checksum, and seqs must rise.  A
+ *     applied, sl_apply_raw_many verifies its checksum, and seqs must rise.  A
  *     reply with one bad record is refused from that record on (the ones
  *     before it were whole and verified), the connection is dropped and the
  *     loop reconnects after a backoff.
@@ -297,25 +297,27 @@ static int gather_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
 	return SL_OK;
 }
 
-/* Splits a fetched reply into records and applies them, all their index
- * entries at once (sl_apply_raw_many): a refused record stops it, with
- * the ones before it applied, as one at a time would. */
+/* Splits a fetched reply (or, with any_order, a snapshot chunk) into
+ * records and applies (loads) them with one call, their index entries all
+ * at once: a refused record stops it, with the ones before it applied, as
+ * one at a time would.  a->count gets how many were; a->last and the
+ * node's applied seq follow a fetch's. */
 static int apply_records(apply_ctx *a, const uint8_t *p, size_t len)
 {
 	a->n = 0;
 	a->count = 0;
 	int rc = repl_split_records(p, len, a->r->o.max_record_bytes, gather_one, a);
 	size_t done = 0;
-	int arc = sl_apply_raw_many(a->db, a->recs, a->lens, a->n, SL_NOWAIT, &done);
-	if (done > 0) {
+	int arc = a->any_order ? sl_load_raw_many(a->db, a->recs, a->lens, a->n, &done)
+	                       : sl_apply_raw_many(a->db, a->recs, a->lens, a->n, SL_NOWAIT, &done);
+	a->count = done;
+	if (done > 0 && !a->any_order) {
 		a->last = a->seqs[done - 1];
-		a->count = done;
 		atomic_store(&a->r->applied, a->last);
 	}
 	return arc != SL_OK ? arc : rc;
 }
 
-/* Frees the gathered arrays (the counts stay). */
 static void apply_free(apply_ctx *a)
 {
 	free(a->recs);
@@ -367,18 +369,6 @@ static void adopt_history(sl_repl *r, const ProtobufCBinaryData *hid, size_t n,
 
 /* ---- full resync --------------------------------------------------------- */
 
-/* Loads a snapshot chunk's records (any seq order) into the fresh store,
- * all at once as apply_records does; l->count counts them. */
-static int load_records(apply_ctx *l, const uint8_t *p, size_t len)
-{
-	l->n = 0;
-	int rc = repl_split_records(p, len, l->r->o.max_record_bytes, gather_one, l);
-	size_t done = 0;
-	int lrc = sl_load_raw_many(l->db, l->recs, l->lens, l->n, &done);
-	l->count += done;
-	return lrc != SL_OK ? lrc : rc;
-}
-
 /* Asks for chunk `chunk` of snapshot snap_id (0: open one). */
 static int snap_start(sl_repl *r, const repl_state *st, uint64_t snap_id, uint64_t chunk,
                       pending *p)
@@ -421,6 +411,7 @@ static int full_resync(sl_repl *r, const char *url)
 		return rc;
 	}
 	apply_ctx l = {.r = r, .db = db, .any_order = 1};
+	uint64_t loaded = 0; /* records loaded */
 	uint64_t snap_id = 0, chunk = 0, head = 0, bytes = 0;
 	repl_state nst;
 	pthread_mutex_lock(&r->mu);
@@ -470,7 +461,8 @@ static int full_resync(sl_repl *r, const char *url)
 				pend_abort(&ahead); /* asked for again at the top */
 			}
 			if (rc == SL_OK) {
-				rc = load_records(&l, c->records.data, c->records.len);
+				rc = apply_records(&l, c->records.data, c->records.len);
+				loaded += l.count;
 				bytes += c->records.len;
 				if (rc != SL_OK) {
 					repl_log(
@@ -558,12 +550,12 @@ static int full_resync(sl_repl *r, const char *url)
 	repl_rm_rf(tmp); /* the old store, now that reads see the new one */
 	atomic_fetch_add(&r->resyncs_full, 1);
 	atomic_fetch_add(&r->bytes_fetched, bytes);
-	atomic_fetch_add(&r->records_fetched, l.count);
+	atomic_fetch_add(&r->records_fetched, loaded);
 	uint64_t t_end = repl_now_ms();
 	repl_log(r, 1,
 	         "full resync done: %llu records (%llu bytes) up to seq %llu in %llu ms "
 	         "(stream and load %llu, sync %llu, swap %llu)",
-	         (unsigned long long)l.count, (unsigned long long)bytes, (unsigned long long)head,
+	         (unsigned long long)loaded, (unsigned long long)bytes, (unsigned long long)head,
 	         (unsigned long long)(t_end - t0), (unsigned long long)(t_stream - t0),
 	         (unsigned long long)(t_closed - t_stream), (unsigned long long)(t_end - t_closed));
 	return SL_OK;

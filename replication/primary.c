@@ -553,18 +553,9 @@ static void serve_snap(rctx *c)
 
 static void tick(sl_repl *r, uint64_t now);
 
+/* Runs c's request, decoded by ctx_cb (or kept while it was parked). */
 static void run_ctx(rctx *c)
 {
-	if (c->q == NULL) {
-		nng_msg *m = nng_aio_get_msg(c->aio);
-		nng_aio_set_msg(c->aio, NULL);
-		c->q = shiplog__repl_request__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
-		nng_msg_free(m);
-		if (c->q == NULL) {
-			reply_fetch_status(c, SL_EPROTO, "malformed replication request");
-			return;
-		}
-	}
 	switch (c->q->op_case) {
 	case SHIPLOG__REPL_REQUEST__OP_FETCH:
 		serve_fetch(c, 0);
@@ -786,19 +777,19 @@ static void ctx_cb(void *arg)
 		return;
 	}
 	c->state = ST_WORK;
-	/* A small fetch is served right here (invariant 1: it cannot wait). */
+	/* Requests are at most REPL_REQ_LIMIT bytes (NNG_OPT_RECVMAXSZ): decoding
+	 * one here is cheap.  A small fetch is then served right here
+	 * (invariant 1: it cannot wait); the rest go to the workers. */
 	nng_msg *m = nng_aio_get_msg(c->aio);
-	if (nng_msg_len(m) <= REPL_REQ_LIMIT) {
-		nng_aio_set_msg(c->aio, NULL);
-		c->q = shiplog__repl_request__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
-		nng_msg_free(m);
-		if (c->q == NULL) {
-			reply_fetch_status(c, SL_EPROTO, "malformed replication request");
-			return;
-		}
-		if (c->q->op_case == SHIPLOG__REPL_REQUEST__OP_FETCH && serve_fetch(c, 1) >= 0) {
-			return;
-		}
+	nng_aio_set_msg(c->aio, NULL);
+	c->q = shiplog__repl_request__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	nng_msg_free(m);
+	if (c->q == NULL) {
+		reply_fetch_status(c, SL_EPROTO, "malformed replication request");
+		return;
+	}
+	if (c->q->op_case == SHIPLOG__REPL_REQUEST__OP_FETCH && serve_fetch(c, 1) >= 0) {
+		return;
 	}
 	pthread_mutex_lock(&r->mu);
 	runq_push(r, c);

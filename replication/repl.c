@@ -243,14 +243,6 @@ void sl_repl_notify_write(sl_repl *r, uint64_t seq)
 	sl_repl_wake_fetches(r);
 }
 
-int sl_repl_would_wait(sl_repl *r, uint64_t seq)
-{
-	if (r == NULL || atomic_load(&r->role) == ROLE_PRIMARY) {
-		return 0; /* answered from what it has, at once */
-	}
-	return atomic_load(&r->applied) < seq || atomic_load(&r->head) < seq;
-}
-
 int sl_repl_wait_applied(sl_repl *r, uint64_t seq, uint32_t timeout_ms, uint64_t *applied)
 {
 	if (r == NULL) {

@@ -97,10 +97,6 @@ void sl_repl_advance_head(sl_repl *r, uint64_t seq);
  * has gone, so that the client does not wait for it. */
 void sl_repl_wake_fetches(sl_repl *r);
 
-/* 1 when a read with min_seq = seq would have to wait on this node (a
- * follower that has not applied seq yet); 0 when it can be answered now. */
-int sl_repl_would_wait(sl_repl *r, uint64_t seq);
-
 /* Waits up to timeout_ms for the node to have applied seq.  SL_OK, or
  * SL_EBEHIND with *applied (may be NULL) set to the applied seq. */
 int sl_repl_wait_applied(sl_repl *r, uint64_t seq, uint32_t timeout_ms, uint64_t *applied);

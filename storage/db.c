@@ -501,35 +501,6 @@ int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64
 	return rc;
 }
 
-static int apply_raw(sl_db *db, const void *rec, size_t len, unsigned flags)
-{
-	if (db == NULL || rec == NULL) {
-		return SL_EINVAL;
-	}
-	sl_rec r;
-	size_t size;
-	if (sl_rec_decode(rec, len, db->opt.max_key_bytes, db->opt.max_value_bytes, &r, &size) !=
-	        SL_REC_OK ||
-	    size != len) {
-		return SL_ECORRUPT;
-	}
-	if (db->opt.read_only) {
-		return SL_EREADONLY;
-	}
-	return append(db, r.type, r.key, r.klen, r.val, r.vlen, r.expire_at, rec, r.seq, flags,
-	              NULL);
-}
-
-int sl_apply_raw(sl_db *db, const void *rec, size_t len)
-{
-	return apply_raw(db, rec, len, 0);
-}
-
-int sl_apply_raw_ex(sl_db *db, const void *rec, size_t len, unsigned flags)
-{
-	return apply_raw(db, rec, len, flags & SL_NOWAIT);
-}
-
 static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
                           unsigned flags, size_t *applied)
 {
@@ -544,21 +515,25 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 		return n > 0 ? SL_EREADONLY : SL_OK;
 	}
 	sl_idx_batch b = {0};
+	sl_idx_batch *bp = n > 1 ? &b : NULL; /* a single record is indexed at once */
 	uint64_t seq = 0;
 	int rc = SL_OK;
 	pthread_mutex_lock(&db->append_mu);
 	for (; done < n; done++) {
 		sl_rec r;
 		size_t size;
-		if (recs[done] == NULL ||
-		    sl_rec_decode(recs[done], lens[done], db->opt.max_key_bytes,
+		if (recs[done] == NULL) {
+			rc = SL_EINVAL;
+			break;
+		}
+		if (sl_rec_decode(recs[done], lens[done], db->opt.max_key_bytes,
 		                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK ||
 		    size != lens[done]) {
 			rc = SL_ECORRUPT;
 			break;
 		}
 		rc = append_locked(db, r.type, r.key, r.klen, r.val, r.vlen, r.expire_at,
-		                   recs[done], r.seq, flags, &seq, &b);
+		                   recs[done], r.seq, flags, &seq, bp);
 		if (rc != SL_OK) {
 			break;
 		}
@@ -589,9 +564,19 @@ sl_sync sl_sync_policy(sl_db *db)
 	return db->opt.sync;
 }
 
+int sl_apply_raw(sl_db *db, const void *rec, size_t len)
+{
+	return apply_raw_many(db, &rec, &len, 1, 0, NULL);
+}
+
+int sl_apply_raw_ex(sl_db *db, const void *rec, size_t len, unsigned flags)
+{
+	return apply_raw_many(db, &rec, &len, 1, flags & SL_NOWAIT, NULL);
+}
+
 int sl_load_raw(sl_db *db, const void *rec, size_t len)
 {
-	return apply_raw(db, rec, len, SL_LOAD | SL_NOWAIT);
+	return apply_raw_many(db, &rec, &len, 1, SL_LOAD | SL_NOWAIT, NULL);
 }
 
 int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,

@@ -56,7 +56,6 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -352,19 +351,17 @@ static uint64_t wait_applied(const node *f, uint64_t seq, int timeout_s, uint64_
 
 /* ---- loaders ------------------------------------------------------------------ */
 
+/* One connection writing keys prefix%0Nllu first .. first+count-1 in
+ * pipelined batches (the catch-up and resync data). */
 typedef struct loader {
 	pthread_t th;
 	const char *url;
 	const char *prefix;
-	uint64_t first, count; /* keys prefix%0Nllu first .. first+count-1 (sequential) */
-	uint64_t keyspace;     /* > 0: random keys in [0, keyspace) instead, count ops */
+	uint64_t first, count;
 	int pipeline;
 	uint64_t rng;
-	_Atomic int *stop; /* non-NULL: run until set (count ignored) */
 	uint64_t ops;
 	int err;
-	uint64_t *lat; /* pipeline 1: per-op latency (ns) when non-NULL, cap lat_cap */
-	size_t nlat, lat_cap;
 } loader;
 
 static void make_key(char *k, const char *prefix, uint64_t i)
@@ -383,7 +380,7 @@ static void *loader_main(void *arg)
 	sl_client *c = NULL;
 	sl_pipeline *p = NULL;
 	int rc = sl_client_open(l->url, 30000, &c);
-	if (rc == SL_OK && l->pipeline > 1) {
+	if (rc == SL_OK) {
 		rc = sl_pipeline_new(c, &p);
 	}
 	if (rc != SL_OK) {
@@ -396,37 +393,22 @@ static void *loader_main(void *arg)
 		vbuf[i] = (char)rng_next(&l->rng);
 	}
 	char k[17];
-	for (uint64_t i = 0; l->stop ? !atomic_load(l->stop) : i < l->count;) {
+	for (uint64_t i = 0; i < l->count;) {
 		int batch = l->pipeline;
-		if (!l->stop && l->count - i < (uint64_t)batch) {
+		if (l->count - i < (uint64_t)batch) {
 			batch = (int)(l->count - i);
 		}
 		for (int j = 0; j < batch; j++) {
-			uint64_t idx =
-			    l->keyspace ? rng_next(&l->rng) % l->keyspace : l->first + i + j;
-			make_key(k, l->prefix, idx);
-			const char *v = vbuf + rng_next(&l->rng) % 256;
-			if (l->pipeline > 1) {
-				sl_pipeline_put(p, k, 16, v, opt_value_size, 0);
-			} else {
-				uint64_t t0 = now_ns();
-				rc = sl_client_put(c, k, 16, v, opt_value_size, NULL);
-				if (l->lat != NULL && l->nlat < l->lat_cap) {
-					l->lat[l->nlat++] = now_ns() - t0;
-				}
-				if (rc != SL_OK && !l->err) {
-					l->err = rc;
-				}
-			}
+			make_key(k, l->prefix, l->first + i + j);
+			sl_pipeline_put(p, k, 16, vbuf + rng_next(&l->rng) % 256, opt_value_size,
+			                0);
 		}
-		if (l->pipeline > 1) {
-			const sl_client_item *it;
-			size_t n;
-			rc = sl_pipeline_exec(p, &it, &n);
-			if (rc != SL_OK && !l->err) {
-				l->err = rc;
-				sl_pipeline_reset(p);
-			}
+		const sl_client_item *it;
+		size_t n;
+		rc = sl_pipeline_exec(p, &it, &n);
+		if (rc != SL_OK && !l->err) {
+			l->err = rc;
+			sl_pipeline_reset(p);
 		}
 		i += (uint64_t)batch;
 		l->ops += (uint64_t)batch;
