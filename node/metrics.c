@@ -204,6 +204,8 @@ static void render_repl(sl_node *n, buf *b)
 	    rs.bytes_fetched);
 	one(b, "shiplog_repl_fetched_records_total", "counter", "Records fetched as a follower.",
 	    rs.records_fetched);
+	one(b, "shiplog_repl_fetches_total", "counter",
+	    "Fetch replies that carried records, as a follower.", rs.fetches);
 	one(b, "shiplog_repl_refused_batches_total", "counter",
 	    "Fetch replies refused because of a bad record.", rs.refused_batches);
 	one(b, "shiplog_repl_served_bytes_total", "counter", "Record bytes served to followers.",

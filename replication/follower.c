@@ -750,6 +750,7 @@ static void *fetch_main(void *arg)
 		}
 		if (a.count > 0) {
 			atomic_fetch_add(&r->records_fetched, a.count);
+			atomic_fetch_add(&r->fetches, 1);
 			atomic_fetch_add(&r->bytes_fetched, fr->records.len);
 			uint64_t h = atomic_load(&r->head);
 			while (h < a.last && !atomic_compare_exchange_weak(&r->head, &h, a.last)) {

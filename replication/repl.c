@@ -425,6 +425,7 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 	out->resyncs_partial = atomic_load(&r->resyncs_partial);
 	out->bytes_fetched = atomic_load(&r->bytes_fetched);
 	out->records_fetched = atomic_load(&r->records_fetched);
+	out->fetches = atomic_load(&r->fetches);
 	out->bytes_served = atomic_load(&r->bytes_served);
 	out->records_served = atomic_load(&r->records_served);
 	out->refused_batches = atomic_load(&r->refused);

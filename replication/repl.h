@@ -141,6 +141,7 @@ typedef struct sl_repl_stats {
 	uint64_t log_floor; /* below it this node cannot serve a partial resync */
 	uint64_t resyncs_full, resyncs_partial;
 	uint64_t bytes_fetched, records_fetched; /* follower side */
+	uint64_t fetches;                        /* follower: replies that carried records */
 	uint64_t bytes_served, records_served;   /* primary side */
 	uint64_t refused_batches;                /* follower: fetch replies refused (bad records) */
 	uint64_t backlog_bytes, protect_seq;

@@ -79,6 +79,7 @@ static uint64_t opt_lag_writes = 2000;
 static uint64_t opt_lag_pause_us = 0; /* back to back, as the Redis anchor */
 static int opt_load_clients = 50;
 static uint64_t opt_tput_requests = 300000;
+static int opt_tput_rounds = 3;
 static uint64_t opt_catchup_mb = 500;
 
 static int failed;
@@ -787,33 +788,68 @@ static double put_tput(void)
 	return netbench_finish(pid, fd);
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+	double t[64];
+	memcpy(t, v, (size_t)n * sizeof(*v));
+	qsort(t, (size_t)n, sizeof(*t), cmp_double);
+	return n % 2 ? t[n / 2] : (t[n / 2 - 1] + t[n / 2]) / 2;
+}
+
+/* Rounds of "with 2 followers" and "without" runs on the same primary, in
+ * alternating order (the machine is shared and drifts).  "Without" stops
+ * the followers with SIGSTOP: they use no CPU and fetch nothing, and
+ * SIGCONT brings them back to catch up before the next run, so a round
+ * costs no restart and no resync. */
 static void fig_tput(void)
 {
-	double with = put_tput();
+	double with[16], without[16], cost[16];
+	int n = opt_tput_rounds;
 	converge(120);
-	node_stop(&F1, SIGTERM);
-	node_stop(&F2, SIGTERM);
-	double without = put_tput();
-	double with2 = 0;
-	node_start(&F1, NULL, f_flags);
-	node_start(&F2, NULL, f_flags);
-	converge(300);
-	with2 = put_tput();
-	converge(120);
-	double w = (with + with2) / 2;
-	double cost = without > 0 ? 100.0 * (1.0 - w / without) : 0;
+	for (int i = 0; i < n; i++) {
+		for (int k = 0; k < 2; k++) {
+			int followers = (i + k) % 2 == 0;
+			if (followers) {
+				with[i] = put_tput();
+				converge(120);
+			} else {
+				kill(F1.pid, SIGSTOP);
+				kill(F2.pid, SIGSTOP);
+				without[i] = put_tput();
+				kill(F1.pid, SIGCONT);
+				kill(F2.pid, SIGCONT);
+				converge(300);
+			}
+		}
+		cost[i] = without[i] > 0 ? 100.0 * (1.0 - with[i] / without[i]) : 0;
+	}
+	double w = median(with, n), wo = median(without, n), c = median(cost, n);
+	char runs[512];
+	size_t off = 0;
+	for (int i = 0; i < n && off < sizeof(runs); i++) {
+		off += (size_t)snprintf(runs + off, sizeof(runs) - off, "%s%s[%.0f,%.0f,%.1f]",
+		                        i ? "," : "", opt_json ? "" : " ", with[i], without[i],
+		                        cost[i]);
+	}
 	if (opt_json) {
 		printf("{\"engine\":\"shiplog\",\"benchmark\":\"repl_put_tput\",\"clients\":%d,"
 		       "\"requests\":%llu,\"ops_per_sec_2_followers\":%.0f,"
 		       "\"ops_per_sec_no_followers\":%.0f,\"cost_pct\":%.1f,"
-		       "\"runs_2_followers\":[%.0f,%.0f]}\n",
-		       opt_load_clients, (unsigned long long)opt_tput_requests, w, without, cost,
-		       with, with2);
+		       "\"rounds\":[%s]}\n",
+		       opt_load_clients, (unsigned long long)opt_tput_requests, w, wo, c, runs);
 	} else {
-		printf(
-		    "put throughput          %.0f puts/s with 2 followers (runs %.0f, %.0f), %.0f "
-		    "without: replication costs %.1f%%   (%d clients, -P 1)\n",
-		    w, with, with2, without, cost, opt_load_clients);
+		printf("put throughput          %.0f puts/s with 2 followers, %.0f without "
+		       "(medians of "
+		       "%d rounds): replication costs %.1f%% (median of the rounds' costs)   "
+		       "(%d clients, -P 1)\n"
+		       "  rounds [with, without, cost%%]:%s\n",
+		       w, wo, n, c, opt_load_clients, runs);
 	}
 	fflush(stdout);
 }
@@ -879,6 +915,8 @@ static void usage(FILE *f)
 	           "                      the Redis anchor's write->visible loop)\n"
 	           "  --load-clients N    clients of the write load (default 50)\n"
 	           "  --tput-requests N   puts per throughput run (default 300000)\n"
+	           "  --tput-rounds N     rounds of with/without-followers runs (default 3,\n"
+	           "                      at most 16; medians are reported)\n"
 	           "  --catchup-mb MB     log written while a follower is down (default 500)\n"
 	           "  --batch-us US       the followers' --repl-batch-us (default 0)\n"
 	           "  --json              one JSON object per figure\n"
@@ -898,6 +936,7 @@ int sl_replbench_main(int argc, char **argv)
 	    {"lag-pause-us", required_argument, NULL, 'p'},
 	    {"load-clients", required_argument, NULL, 'c'},
 	    {"tput-requests", required_argument, NULL, 't'},
+	    {"tput-rounds", required_argument, NULL, 'R'},
 	    {"catchup-mb", required_argument, NULL, 'm'},
 	    {"json", no_argument, NULL, 'j'},
 	    {"keep", no_argument, NULL, 'K'},
@@ -934,6 +973,14 @@ int sl_replbench_main(int argc, char **argv)
 				return 2;
 			}
 			opt_batch_us = optarg;
+			break;
+		case 'R':
+			if (!num_ok || v == 0 || v > 16) {
+				fprintf(stderr, "shiplog-bench repl: bad --tput-rounds '%s'\n",
+				        optarg);
+				return 2;
+			}
+			opt_tput_rounds = (int)v;
 			break;
 		case 'h':
 			usage(stdout);
