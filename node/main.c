@@ -390,16 +390,30 @@ static int cpu_count(void)
 	return n > 0 && n < 512 ? (int)n : 4;
 }
 
-/* Ends a shutdown that nng left hanging (see main).  The store was synced
- * before the sockets began to close, so nothing acknowledged is lost; the
- * next start recovers the active segment as after any stop. */
+/* Ends a shutdown that nng left hanging (see main).  It watches only the
+ * closing of the sockets: the store was synced before they began to
+ * close, so nothing acknowledged is lost, and the next start recovers the
+ * active segment as after any stop.  Once the sockets are closed it lets
+ * go, so it never cuts short sl_close (g_teardown_mu: it exits holding
+ * the mutex, and main takes it before going on). */
+#define TEARDOWN_LIMIT_S 3
+
 static const char *g_pidfile;
+static pthread_mutex_t g_teardown_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_teardown_done;
 
 static void *shutdown_watchdog(void *arg)
 {
 	(void)arg;
-	sleep(10);
-	sl_log_error("shutdown stuck in the network library for 10 s; exiting with data synced");
+	sleep(TEARDOWN_LIMIT_S);
+	pthread_mutex_lock(&g_teardown_mu);
+	if (g_teardown_done) {
+		pthread_mutex_unlock(&g_teardown_mu);
+		return NULL;
+	}
+	sl_log_error("the network library did not close its sockets within %d s "
+	             "(nanomsg/nng#1543); exiting with the data synced",
+	             TEARDOWN_LIMIT_S);
 	if (g_pidfile != NULL) {
 		unlink(g_pidfile);
 	}
@@ -574,11 +588,17 @@ int main(int argc, char **argv)
 	if (rc != SL_OK) {
 		sl_log_error("final sync failed: %s", sl_strerror(rc));
 	}
-	static pthread_t watchdog;
+	pthread_t watchdog;
 	g_pidfile = c.pidfile;
-	pthread_create(&watchdog, NULL, shutdown_watchdog, NULL);
+	int wd = pthread_create(&watchdog, NULL, shutdown_watchdog, NULL) == 0;
 	sl_server_stop(srv);
 	sl_repl_stop(n.repl);
+	pthread_mutex_lock(&g_teardown_mu);
+	g_teardown_done = 1;
+	pthread_mutex_unlock(&g_teardown_mu);
+	if (wd) {
+		pthread_detach(watchdog);
+	}
 	sl_close(n.db);
 	sl_metrics_free(n.metrics);
 	if (c.pidfile != NULL) {
