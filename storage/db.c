@@ -250,6 +250,10 @@ static int rotate(sl_db *db, size_t need)
 		sl_db_log(db, "error", "cannot start segment %u: %s", id, sl_strerror(rc));
 		return rc; /* nothing written: the store keeps serving */
 	}
+	/* Its first MiB now, bounded (sl_seg_populate), before the flusher
+	 * can see it: else the next write's fault zero-fills a whole
+	 * read-around window with append_mu held. */
+	sl_seg_populate(n, 1u << 20, 1);
 	pthread_mutex_lock(&db->seg_mu);
 	rc = sl_db_seg_publish(db, n);
 	if (rc == SL_OK) {

@@ -77,9 +77,12 @@ void sl_seg_close(const struct sl_io *io, sl_seg *s);
 int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs);
 
 /* Faults pages [populated, upto) of a writable mapping in ahead of the
- * appender (MADV_POPULATE_WRITE), so appends do not page-fault.  Best
- * effort: older kernels just leave the faults to the appender. */
-void sl_seg_populate(sl_seg *s, uint64_t upto);
+ * appender (MADV_POPULATE_WRITE), so appends do not page-fault.  bounded:
+ * reads the pages in first with readahead(2), 1 MiB at a time, instead of
+ * letting a fault zero-fill a whole read-around window in one go (see
+ * segment.c).  Best effort: older kernels just leave the faults to the
+ * appender. */
+void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded);
 
 /* Cuts the file to its written length (drops the preallocated tail). */
 int sl_seg_trim(const struct sl_io *io, sl_seg *s);

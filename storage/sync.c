@@ -202,9 +202,19 @@ void sl_db_seal_pending(sl_db *db)
 	pthread_mutex_unlock(&db->seal_mu);
 }
 
+#define POP_FAST_NS (250u * 1000u * 1000u)
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 void *sl_db_flusher_main(void *arg)
 {
 	sl_db *db = arg;
+	uint64_t last_pop_ns = 0;
 	pthread_mutex_lock(&db->sync_mu);
 	while (!db->stop) {
 		struct timespec ts;
@@ -221,7 +231,13 @@ void *sl_db_flusher_main(void *arg)
 		if (atomic_exchange(&db->pop_wanted, 0)) {
 			/* In 1 MiB steps, each under seal_mu with the active segment
 			 * looked up afresh: a segment that is not sealed cannot be
-			 * compacted and freed, and seal_mu keeps it unsealed. */
+			 * compacted and freed, and seal_mu keeps it unsealed.  A
+			 * writer that needs this again within POP_FAST_NS (more than
+			 * POP_AHEAD/2 per POP_FAST_NS: 32 MiB/s) gets whole
+			 * read-arounds, a slower one bounded steps (sl_seg_populate). */
+			uint64_t t = mono_ns();
+			int bounded = t - last_pop_ns > POP_FAST_NS;
+			last_pop_ns = t;
 			for (int more = 1; more;) {
 				pthread_mutex_lock(&db->seal_mu);
 				pthread_mutex_lock(&db->seg_mu);
@@ -231,7 +247,7 @@ void *sl_db_flusher_main(void *arg)
 				more = a != NULL && !atomic_load(&a->sealed) &&
 				       pop < atomic_load(&a->end) + POP_AHEAD && pop < a->cap;
 				if (more) {
-					sl_seg_populate(a, pop + (1u << 20));
+					sl_seg_populate(a, pop + (1u << 20), bounded);
 				}
 				pthread_mutex_unlock(&db->seal_mu);
 			}

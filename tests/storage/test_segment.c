@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -331,6 +332,52 @@ static void append_through_map_reaches_file(void **state)
 	expect_record(s, b, 2, "beta");
 	free(disk);
 	sl_seg_close(&fio, s);
+}
+
+/* Pages of [0, len) resident in memory (mincore). */
+static size_t resident_pages(const sl_seg *s, size_t len)
+{
+	size_t n = (len + 4095) / 4096, in = 0;
+	unsigned char *v = malloc(n);
+	assert_non_null(v);
+	assert_int_equal(mincore(s->map, len, v), 0);
+	for (size_t i = 0; i < n; i++) {
+		in += v[i] & 1;
+	}
+	free(v);
+	return in;
+}
+
+/* Both ways of populating (bounded: readahead(2) in 1 MiB steps, then
+ * MADV_POPULATE_WRITE; unbounded: MADV_POPULATE_WRITE alone) fault the
+ * asked range in, advance `populated` only forward, leave the space past
+ * `end` zero (invariant 2) and the records before it intact. */
+static void populate_faults_in_range_both_ways(void **state)
+{
+	fx *f = *state;
+	for (int bounded = 0; bounded <= 1; bounded++) {
+		sl_seg *s;
+		uint32_t id = (uint32_t)(10 + bounded);
+		size_t cap = 6u << 20;
+		assert_int_equal(sl_seg_create(&fio, f->dir, f->dirfd, id, 1, cap, &s), SL_OK);
+		uint32_t a = append(s, 1, "before", "populate");
+		sl_seg_populate(s, (3u << 20) + 100, bounded);
+		/* rounded up to a whole page */
+		assert_int_equal(atomic_load(&s->populated), (3u << 20) + 4096);
+		assert_true(resident_pages(s, 3u << 20) >= (3u << 20) / 4096);
+		expect_record(s, a, 1, "before");
+		for (size_t off = atomic_load(&s->end); off < (3u << 20); off += 4093) {
+			assert_int_equal(s->map[off], 0);
+		}
+		/* never backwards; up to the whole capacity */
+		sl_seg_populate(s, 1u << 20, bounded);
+		assert_int_equal(atomic_load(&s->populated), (3u << 20) + 4096);
+		sl_seg_populate(s, cap + (1u << 20), bounded);
+		assert_int_equal(atomic_load(&s->populated), cap);
+		uint32_t b = append(s, 2, "after", "populate");
+		expect_record(s, b, 2, "after");
+		sl_seg_close(&fio, s);
+	}
 }
 
 static void sync_calls_fdatasync_only_when_behind(void **state)
@@ -782,6 +829,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(create_preallocates_and_writes_valid_header, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(append_through_map_reaches_file, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(populate_faults_in_range_both_ways, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(sync_calls_fdatasync_only_when_behind, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(create_existing_id_fails_and_keeps_file, fx_setup,
