@@ -271,7 +271,7 @@ void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded)
 	 * space zero-filled in one stretch of kernel time, 10-20 ms there,
 	 * during which the loopback deliveries queued on that CPU wait too
 	 * (the write->visible max under a 50-client load with 2 followers was
-	 * 37-67 ms; 14-25 ms bounded).  But the read-around makes large
+	 * 23-68 ms; 9-29 ms bounded).  But the read-around makes large
 	 * folios and readahead(2) single pages, which cost a follower catching
 	 * up at 230 MB/s a fifth of its speed; so the caller bounds only a
 	 * slow writer's populates. */
