@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "io.h"
 #include "keydir.h"
@@ -129,6 +130,15 @@ void sl_idx_batch_free(sl_idx_batch *b);
 
 /* Records what is left in the active segment s for sl_append_room
  * (caller holds append_mu). */
+/* CLOCK_MONOTONIC in ns: durations inside the engine (recovery time,
+ * group-commit gathering, the flusher's populate pacing). */
+static inline uint64_t sl_mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static inline void sl_db_set_room(sl_db *db, const sl_seg *s)
 {
 	uint64_t end = atomic_load_explicit(&s->end, memory_order_relaxed);

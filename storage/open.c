@@ -38,13 +38,6 @@
 #include "hint.h"
 #include "record.h"
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static int mkdir_p(const char *dir)
 {
 	char *p = strdup(dir);
@@ -435,7 +428,7 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 		rc = SL_ENOMEM;
 		goto fail;
 	}
-	uint64_t t0 = mono_ms();
+	uint64_t t0 = sl_mono_ns();
 	if ((rc = mkdir_p(dir)) != SL_OK) {
 		goto fail;
 	}
@@ -511,7 +504,7 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 		db->active = s;
 		sl_db_set_room(db, s);
 	}
-	db->recovery_ms = mono_ms() - t0;
+	db->recovery_ms = (sl_mono_ns() - t0) / 1000000u;
 	if (!db->opt.read_only) {
 		if (pthread_create(&db->flusher, NULL, sl_db_flusher_main, db) != 0) {
 			rc = SL_ENOMEM;

@@ -275,14 +275,15 @@ void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded)
 	 * folios and readahead(2) single pages, which cost a follower catching
 	 * up at 230 MB/s a fifth of its speed; so the caller bounds only a
 	 * slow writer's populates. */
-	if (!bounded && upto > from) {
-		madvise(s->map + from, (size_t)(upto - from), MADV_POPULATE_WRITE);
-	}
-	for (uint64_t off = from; bounded && off < upto;) {
-		uint64_t n = upto - off > POPULATE_STEP ? POPULATE_STEP : upto - off;
-		readahead(s->fd, (off64_t)off, (size_t)n);
-		madvise(s->map + off, (size_t)n, MADV_POPULATE_WRITE);
-		off += n;
+	uint64_t step = bounded ? POPULATE_STEP : upto - from;
+	for (uint64_t off = from, n; off < upto; off += n) {
+		n = upto - off < step ? upto - off : step;
+		if (bounded) {
+			readahead(s->fd, (off64_t)off, (size_t)n);
+		}
+		if (madvise(s->map + off, (size_t)n, MADV_POPULATE_WRITE) != 0) {
+			break; /* EINVAL before Linux 5.14: leave the faults to the appender */
+		}
 	}
 	if (upto > from || upto == lim) {
 		atomic_store(&s->populated, upto >= lim ? s->cap : upto);

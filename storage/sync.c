@@ -96,13 +96,10 @@ int sl_db_sync_all(sl_db *db)
  * covers them too; bounded so a lone writer never waits. */
 static void gather(sl_db *db)
 {
-	struct timespec t0, t;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	uint64_t t0 = sl_mono_ns();
 	while (atomic_load(&db->arriving) > 0) {
 		sched_yield();
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		int64_t us = (t.tv_sec - t0.tv_sec) * 1000000 + (t.tv_nsec - t0.tv_nsec) / 1000;
-		if (us >= GATHER_MAX_US) {
+		if (sl_mono_ns() - t0 >= GATHER_MAX_US * 1000u) {
 			break;
 		}
 	}
@@ -204,13 +201,6 @@ void sl_db_seal_pending(sl_db *db)
 
 #define POP_FAST_NS (250u * 1000u * 1000u)
 
-static uint64_t mono_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 void *sl_db_flusher_main(void *arg)
 {
 	sl_db *db = arg;
@@ -235,7 +225,7 @@ void *sl_db_flusher_main(void *arg)
 			 * writer that needs this again within POP_FAST_NS (more than
 			 * POP_AHEAD/2 per POP_FAST_NS: 32 MiB/s) gets whole
 			 * read-arounds, a slower one bounded steps (sl_seg_populate). */
-			uint64_t t = mono_ns();
+			uint64_t t = sl_mono_ns();
 			int bounded = t - last_pop_ns > POP_FAST_NS;
 			last_pop_ns = t;
 			for (int more = 1; more;) {

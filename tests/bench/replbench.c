@@ -253,6 +253,7 @@ static void node_stop(node *n, int sig)
 		return;
 	}
 	kill(n->pid, sig);
+	kill(n->pid, SIGCONT); /* fig_tput may have stopped it */
 	for (int waited = 0; waited < 30000; waited += 10) {
 		int st;
 		if (waitpid(n->pid, &st, WNOHANG) == n->pid) {
