@@ -338,8 +338,10 @@ static void append_through_map_reaches_file(void **state)
 /* Minor faults taken by writing one zero byte into every page of
  * [from, to) of s's mapping (the space past `end` is zero already):
  * about 0 once the pages are mapped writable, one per page otherwise —
- * being in the page cache (mincore) is not enough. */
-static long write_faults(sl_seg *s, size_t from, size_t to)
+ * being in the page cache (mincore) is not enough. Not instrumented:
+ * a sanitizer's shadow memory for the range would fault in too. */
+__attribute__((no_sanitize_address, no_sanitize_thread)) static long
+write_faults(sl_seg *s, size_t from, size_t to)
 {
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
 	struct rusage r0, r1;
