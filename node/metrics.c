@@ -208,6 +208,9 @@ static void render_repl(sl_node *n, buf *b)
 	    "Fetch replies that carried records, as a follower.", rs.fetches);
 	one(b, "shiplog_repl_refused_batches_total", "counter",
 	    "Fetch replies refused because of a bad record.", rs.refused_batches);
+	one(b, "shiplog_repl_apply_errors_total", "counter",
+	    "Fetch replies this follower could not store (its own disk full or failing).",
+	    rs.apply_errors);
 	one(b, "shiplog_repl_served_bytes_total", "counter", "Record bytes served to followers.",
 	    rs.bytes_served);
 	one(b, "shiplog_repl_backlog_bytes", "gauge", "Configured replication backlog.",

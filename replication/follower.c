@@ -91,14 +91,47 @@ static int pause_ms(sl_repl *r, uint64_t ms)
 
 /* ---- the connection ----------------------------------------------------- */
 
+static void *closer_main(void *arg)
+{
+	nng_socket *s = arg;
+	nng_close(*s);
+	free(s);
+	return NULL;
+}
+
+/* Closes the loop's socket, if open, without waiting for it: nng 1.5.2's
+ * nng_close can hang for good in its reaper (nanomsg/nng#1543, #1813; seen
+ * about once in 20-60 closes of a socket with traffic on it), so it runs
+ * on a detached thread and neither this thread nor r->mu (stats, the
+ * applied-seq waiters) waits for it.  Its requests are aborted at once:
+ * the hang is in the pipes' teardown after.  A hung close costs one
+ * parked thread and the socket's memory; the loop goes on with a new
+ * socket. */
 static void drop_conn(sl_repl *r)
 {
 	pthread_mutex_lock(&r->mu);
-	if (r->fsock_open) {
-		nng_close(r->fsock);
-		r->fsock_open = 0;
-	}
+	int open = r->fsock_open;
+	nng_socket s = r->fsock;
+	r->fsock_open = 0;
 	pthread_mutex_unlock(&r->mu);
+	if (!open) {
+		return;
+	}
+	nng_socket *arg = malloc(sizeof(*arg));
+	pthread_attr_t at;
+	pthread_t t;
+	int started = 0;
+	if (arg != NULL && pthread_attr_init(&at) == 0) {
+		*arg = s;
+		pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+		pthread_attr_setstacksize(&at, 64 * 1024);
+		started = pthread_create(&t, &at, closer_main, arg) == 0;
+		pthread_attr_destroy(&at);
+	}
+	if (!started) {
+		free(arg);
+		nng_close(s);
+	}
 }
 
 static int ensure_conn(sl_repl *r, const char *url)
@@ -295,6 +328,13 @@ static int gather_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
 	a->seqs[a->n] = seq;
 	a->n++;
 	return SL_OK;
+}
+
+/* An apply error that is this node's (disk full, I/O error, a store that
+ * must be reopened, memory) rather than a bad record from the primary. */
+static int local_failure(int rc)
+{
+	return rc == SL_ENOSPC || rc == SL_EIO || rc == SL_EFAILED || rc == SL_ENOMEM;
 }
 
 /* Splits a fetched reply (or, with any_order, a snapshot chunk) into
@@ -594,6 +634,8 @@ static void *fetch_main(void *arg)
 	int connected = 0; /* a fetch succeeded on this connection */
 	int resynced = 0;  /* a full resync just ended: the next fetch streams */
 	int last_err = 0;
+	int store_err = 0; /* the local error storing the last reply failed with */
+	uint64_t store_backoff = BACKOFF_MIN_MS / 2;
 	uint64_t last_stats_ms = 0;
 	pending ahead = {0}; /* the next fetch, sent early (see below) */
 	apply_ctx a = {0};   /* its arrays are reused from fetch to fetch */
@@ -748,6 +790,12 @@ static void *fetch_main(void *arg)
 		if (ahead.live && (rc != SL_OK || a.last + 1 != next)) {
 			pend_abort(&ahead); /* it would not continue right after what was applied */
 		}
+		if (rc == SL_OK && store_err != 0) {
+			repl_log(r, 1, "storing records from %s again at seq %llu", url,
+			         (unsigned long long)a.last);
+			store_err = 0;
+			store_backoff = BACKOFF_MIN_MS / 2;
+		}
 		if (a.count > 0) {
 			atomic_fetch_add(&r->records_fetched, a.count);
 			atomic_fetch_add(&r->fetches, 1);
@@ -789,12 +837,34 @@ static void *fetch_main(void *arg)
 			nanosleep(&ts, NULL);
 		}
 		if (rc != SL_OK) {
-			atomic_fetch_add(&r->refused, 1);
-			repl_log(r, 3, "refused records from %s after seq %llu: %s; reconnecting",
-			         url, (unsigned long long)a.last, sl_strerror(rc));
 			pend_abort(&ahead);
-			drop_conn(r);
-			connected = 0;
+			if (local_failure(rc)) {
+				/* this node's disk, not the primary's records: the
+				 * connection is fine, the same fetch is retried, less
+				 * and less often (the fetch itself resets `backoff`) */
+				atomic_fetch_add(&r->apply_errors, 1);
+				if (store_err != rc) {
+					repl_log(
+					    r, 3,
+					    "cannot store records from %s after seq %llu: %s "
+					    "(this node's storage); retrying every %d ms or less "
+					    "until it can",
+					    url, (unsigned long long)a.last, sl_strerror(rc),
+					    BACKOFF_MAX_MS);
+				}
+				store_err = rc;
+				store_backoff = store_backoff * 2 > BACKOFF_MAX_MS
+				                    ? BACKOFF_MAX_MS
+				                    : store_backoff * 2;
+				backoff = store_backoff;
+			} else {
+				atomic_fetch_add(&r->refused, 1);
+				repl_log(r, 3,
+				         "refused records from %s after seq %llu: %s; reconnecting",
+				         url, (unsigned long long)a.last, sl_strerror(rc));
+				drop_conn(r);
+				connected = 0;
+			}
 			if (pause_ms(r, backoff)) {
 				break;
 			}
@@ -829,13 +899,10 @@ void repl_follower_stop(sl_repl *r)
 		return;
 	}
 	r->fetch_stop = 1;
-	if (r->fsock_open) {
-		nng_close(r->fsock); /* interrupts a long poll */
-		r->fsock_open = 0;
-	}
 	pthread_cond_broadcast(&r->cv);
 	pthread_t t = r->fetcher;
 	pthread_mutex_unlock(&r->mu);
+	drop_conn(r); /* interrupts a long poll */
 	pthread_join(t, NULL);
 	pthread_mutex_lock(&r->mu);
 	r->fetcher_started = 0;

@@ -429,6 +429,7 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 	out->bytes_served = atomic_load(&r->bytes_served);
 	out->records_served = atomic_load(&r->records_served);
 	out->refused_batches = atomic_load(&r->refused);
+	out->apply_errors = atomic_load(&r->apply_errors);
 	out->backlog_bytes = r->o.backlog_bytes;
 	out->protect_seq = r->protect_seq;
 	size_t n = 0;

@@ -109,7 +109,7 @@ struct sl_repl {
 	char primary_client[256]; /* follower: the primary's client URL, once known */
 	uint64_t durable;         /* follower: highest seq known synced */
 	atomic_uint_fast64_t resyncs_full, resyncs_partial;
-	atomic_uint_fast64_t bytes_fetched, records_fetched, refused;
+	atomic_uint_fast64_t bytes_fetched, records_fetched, refused, apply_errors;
 	atomic_uint_fast64_t fetches; /* follower: fetch replies that carried records */
 };
 

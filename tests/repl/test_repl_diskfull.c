@@ -1,0 +1,148 @@
+/*
+ * test_repl_diskfull.c — a follower whose own disk fills up (its data
+ * directory on a small tmpfs, in a mount namespace private to this test)
+ * while the primary keeps writing: it keeps answering reads and stats,
+ * counts the failures as its own (repl_apply_errors, not refused
+ * batches), loses nothing it had applied, and once the disk has room
+ * again catches up by itself and ends equal to the primary.
+ *
+ * Needs CAP_SYS_ADMIN (unshare + mount): skipped without it.
+ */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <sys/mount.h>
+
+#include "replutil.h"
+
+static char *root;
+static char mnt[TU_PATH];
+static int mounted;
+static ru_node P, F;
+
+static int setup(void **state)
+{
+	(void)state;
+	/* A private mount namespace: the tmpfs is seen by this process and
+	 * the daemons it starts, and goes away with them. */
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) {
+		fprintf(stderr, "test_repl_diskfull: no mount namespace (%s): skipped\n",
+		        strerror(errno));
+		return 0;
+	}
+	root = tu_mkdtemp("repl-diskfull");
+	if (root == NULL) {
+		return -1;
+	}
+	/* the follower's directory itself (its log, f.log, stays outside) */
+	snprintf(mnt, sizeof(mnt), "%s/f", root);
+	if (tu_mkdir_p(mnt) != 0 || mount("tmpfs", mnt, "tmpfs", 0, "size=6m") != 0) {
+		return -1;
+	}
+	mounted = 1;
+	char dir[TU_PATH];
+	const char *ex[] = {"--segment-bytes", "1m", NULL};
+	snprintf(dir, sizeof(dir), "%s/p", root);
+	if (ru_start(&P, dir, NULL, ex) != 0) {
+		return -1;
+	}
+	return ru_start(&F, mnt, P.rurl, ex);
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	nu_stop(&F.d, SIGTERM);
+	nu_stop(&P.d, SIGTERM);
+	if (mounted) {
+		umount2(mnt, MNT_DETACH);
+	}
+	if (root != NULL) {
+		if (getenv("SL_TEST_KEEP") == NULL) {
+			tu_rm_rf(root);
+		}
+		free(root);
+	}
+	return 0;
+}
+
+/* Writes n keys "big%05d" with 2 KiB values through a pipeline. */
+static void load_big(int from, int n)
+{
+	sl_client *c = ru_client(&P);
+	assert_non_null(c);
+	sl_pipeline *p = NULL;
+	assert_int_equal(sl_pipeline_new(c, &p), SL_OK);
+	char k[32], v[2048];
+	for (int i = from; i < from + n; i++) {
+		snprintf(k, sizeof(k), "big%05d", i);
+		memset(v, 'a' + i % 26, sizeof(v));
+		sl_pipeline_put(p, k, strlen(k), v, sizeof(v), 0);
+		if (sl_pipeline_len(p) == 100 || i == from + n - 1) {
+			const sl_client_item *it = NULL;
+			size_t nit = 0;
+			assert_int_equal(sl_pipeline_exec(p, &it, &nit), SL_OK);
+			for (size_t j = 0; j < nit; j++) {
+				assert_int_equal(it[j].status, SL_OK);
+			}
+		}
+	}
+	sl_pipeline_free(p);
+	sl_client_close(c);
+}
+
+static void test_follower_disk_full_then_room(void **state)
+{
+	(void)state;
+	if (!mounted) {
+		skip();
+	}
+	/* 12 MiB of values for a 6 MiB disk */
+	load_big(0, 6000);
+	uint64_t head = ru_last_seq(&P);
+	uint64_t errs = 0;
+	for (int waited = 0; waited < 20000 && (errs == 0 || errs == UINT64_MAX); waited += 100) {
+		nu_sleep_ms(100);
+		errs = ru_stat(&F, "repl_apply_errors", NULL, 0);
+	}
+	if (errs == 0 || errs == UINT64_MAX) {
+		nu_dump_log(&F.d);
+		fail_msg("the follower never reported its disk full");
+	}
+	/* It answers (stats, reads) while its disk is full, and blames
+	 * itself, not the primary. */
+	uint64_t applied = ru_stat(&F, "applied_seq", NULL, 0);
+	assert_true(applied > 0 && applied < head);
+	assert_int_equal(ru_stat(&F, "repl_refused_batches", NULL, 0), 0);
+	sl_client *c = ru_client(&F);
+	assert_non_null(c);
+	void *v = NULL;
+	size_t vl = 0;
+	assert_int_equal(sl_client_get(c, "big00000", 8, &v, &vl, NULL), SL_OK);
+	assert_int_equal(vl, 2048);
+	assert_int_equal(((uint8_t *)v)[0], 'a');
+	free(v);
+	sl_client_close(c);
+	/* Writes go on meanwhile; then the disk gets room. */
+	load_big(6000, 500);
+	assert_int_equal(mount(NULL, mnt, NULL, MS_REMOUNT, "size=64m"), 0);
+	ru_node *f[] = {&F};
+	ru_assert_converged(&P, f, 1);
+	assert_int_equal(ru_stat(&F, "repl_refused_batches", NULL, 0), 0);
+	assert_int_equal(ru_stat(&F, "resyncs_full", NULL, 0), 0);
+	assert_true(ru_stat(&F, "repl_apply_errors", NULL, 0) >= errs);
+	/* and it survives a restart with the same contents */
+	assert_int_equal(nu_stop(&F.d, SIGTERM), 0);
+	assert_int_equal(ru_start(&F, NULL, NULL, NULL), 0);
+	ru_assert_converged(&P, f, 1);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_follower_disk_full_then_room),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
