@@ -84,9 +84,10 @@ static void fail(sl_reply *r, int status, const char *fmt, ...)
 /* An engine result that is neither OK nor NOTFOUND, with context. */
 static void fail_engine(sl_reply *r, int rc, const char *what)
 {
+	static sl_log_limit lim;
 	fail(r, rc, "%s: %s", what, sl_status_str(rc));
 	if (rc == SL_EFAILED || rc == SL_EIO || rc == SL_ENOSPC || rc == SL_ECORRUPT) {
-		sl_log_error("%s: %s", what, sl_status_str(rc));
+		sl_log_limited(&lim, SL_LOG_ERROR, "%s: %s", what, sl_status_str(rc));
 	}
 }
 
@@ -208,7 +209,8 @@ static void do_put(sl_node *n, const Shiplog__Put *p, unsigned flags, op_result 
 	if (rc != SL_OK) {
 		snprintf(o->msg, sizeof(o->msg), "put: %s", sl_status_str(rc));
 		if (rc == SL_EFAILED || rc == SL_EIO || rc == SL_ENOSPC) {
-			sl_log_error("put: %s", sl_status_str(rc));
+			static sl_log_limit lim;
+			sl_log_limited(&lim, SL_LOG_ERROR, "put: %s", sl_status_str(rc));
 		}
 	}
 }
@@ -224,7 +226,8 @@ static void do_del(sl_node *n, const Shiplog__Del *d, unsigned flags, op_result 
 	if (rc != SL_OK && rc != SL_ENOTFOUND) {
 		snprintf(o->msg, sizeof(o->msg), "del: %s", sl_status_str(rc));
 		if (rc == SL_EFAILED || rc == SL_EIO || rc == SL_ENOSPC) {
-			sl_log_error("del: %s", sl_status_str(rc));
+			static sl_log_limit lim;
+			sl_log_limited(&lim, SL_LOG_ERROR, "del: %s", sl_status_str(rc));
 		}
 	}
 }

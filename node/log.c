@@ -79,3 +79,31 @@ void sl_log(int level, const char *fmt, ...)
 	ssize_t w = write(STDERR_FILENO, line, n);
 	(void)w;
 }
+
+void sl_log_limited(sl_log_limit *lim, int level, const char *fmt, ...)
+{
+	if (level < atomic_load(&log_level) || level >= SL_LOG_OFF) {
+		return;
+	}
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	unsigned long long now =
+	    (unsigned long long)ts.tv_sec * 1000000000ull + (unsigned long long)ts.tv_nsec;
+	unsigned long long last = atomic_load(&lim->last_ns);
+	if ((last != 0 && now - last < 10000000000ull) ||
+	    !atomic_compare_exchange_strong(&lim->last_ns, &last, now)) {
+		atomic_fetch_add(&lim->held, 1);
+		return;
+	}
+	char msg[1536];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	unsigned long long held = atomic_exchange(&lim->held, 0);
+	if (held > 0) {
+		sl_log(level, "%s (and %llu more like it in the last 10 s)", msg, held);
+	} else {
+		sl_log(level, "%s", msg);
+	}
+}

@@ -18,6 +18,16 @@ const char *sl_log_level_name(int level);
 
 void sl_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A log line that may repeat once per request (a full disk): the first
+ * is written, then at most one per 10 s, saying how many were held back.
+ * One static sl_log_limit per call site. */
+typedef struct sl_log_limit {
+	_Atomic unsigned long long last_ns; /* 0: never logged */
+	_Atomic unsigned long long held;    /* held back since the last line */
+} sl_log_limit;
+void sl_log_limited(sl_log_limit *lim, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #define sl_log_debug(...) sl_log(SL_LOG_DEBUG, __VA_ARGS__)
 #define sl_log_info(...)  sl_log(SL_LOG_INFO, __VA_ARGS__)
 #define sl_log_warn(...)  sl_log(SL_LOG_WARN, __VA_ARGS__)

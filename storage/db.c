@@ -234,6 +234,23 @@ int sl_db_index(sl_db *db, uint64_t h, const void *key, size_t klen, const sl_lo
 
 /* ---- the append path ---------------------------------------------------- */
 
+int sl_db_seg_create_fit(sl_db *db, uint32_t id, uint64_t first_seq, size_t cap, size_t min,
+                         sl_seg **out)
+{
+	size_t c = cap;
+	int rc;
+	while ((rc = sl_seg_create(db->io, db->dir, db->dirfd, id, first_seq, c, out)) ==
+	           SL_ENOSPC &&
+	       (c = sl_db_fit_next(c, min)) != 0) {
+	}
+	if (rc == SL_OK && c < cap) {
+		sl_db_log(db, "warn",
+		          "disk nearly full: segment %u preallocated %zu bytes, not %zu", id, c,
+		          cap);
+	}
+	return rc;
+}
+
 /* Starts a new active segment big enough for a record of `need` bytes.
  * Caller holds append_mu.  The old segment is sealed by the flusher. */
 static int rotate(sl_db *db, size_t need)
@@ -244,12 +261,31 @@ static int rotate(sl_db *db, size_t need)
 	}
 	sl_seg *n;
 	uint32_t id = atomic_fetch_add(&db->next_id, 1);
-	int rc =
-	    sl_seg_create(db->io, db->dir, db->dirfd, id, atomic_load(&db->last_seq) + 1, cap, &n);
+	int rc = sl_db_seg_create_fit(db, id, atomic_load(&db->last_seq) + 1, cap,
+	                              SL_SEG_HDR_SIZE + need, &n);
 	if (rc != SL_OK) {
-		sl_db_log(db, "error", "cannot start segment %u: %s", id, sl_strerror(rc));
+		/* Each write that needs room tries again: on a full disk, one
+		 * line per 10 s with how many failed since, not one per write. */
+		uint64_t now = sl_mono_ns();
+		if (db->rot_err_ns == 0 || now - db->rot_err_ns >= 10000000000ull) {
+			if (db->rot_err_more > 0) {
+				sl_db_log(
+				    db, "error",
+				    "cannot start segment %u: %s (and %llu more times since the "
+				    "last such line)",
+				    id, sl_strerror(rc), (unsigned long long)db->rot_err_more);
+			} else {
+				sl_db_log(db, "error", "cannot start segment %u: %s", id,
+				          sl_strerror(rc));
+			}
+			db->rot_err_ns = now;
+			db->rot_err_more = 0;
+		} else {
+			db->rot_err_more++;
+		}
 		return rc; /* nothing written: the store keeps serving */
 	}
+	db->rot_err_ns = 0;
 	/* Its first MiB now, bounded (sl_seg_populate), before the flusher
 	 * can see it: else the next write's fault zero-fills a whole
 	 * read-around window with append_mu held. */

@@ -34,6 +34,8 @@ struct sl_db {
 	/* the appender */
 	pthread_mutex_t append_mu;
 	sl_seg *active;        /* under append_mu */
+	uint64_t rot_err_ns;   /* under append_mu: when a failed rotation was last logged */
+	uint64_t rot_err_more; /* under append_mu: failed rotations not logged since */
 	_Atomic uint64_t room; /* bytes left in active, as of the last append */
 	_Atomic uint64_t last_seq;
 	_Atomic int failed;
@@ -79,6 +81,17 @@ sl_seg *sl_db_seg(sl_db *db, uint32_t id);
 
 /* Adds s to the table and the id-ordered list.  Caller holds seg_mu. */
 int sl_db_seg_publish(sl_db *db, sl_seg *s);
+/* sl_seg_create with room for cap bytes or, when the disk has not that
+ * much (SL_ENOSPC), for the most of cap/2, cap/4, ... down to min: a nearly
+ * full disk still takes the writes that fit.  Logs a smaller segment. */
+int sl_db_seg_create_fit(sl_db *db, uint32_t id, uint64_t first_seq, size_t cap, size_t min,
+                         sl_seg **out);
+/* The next smaller capacity to try after SL_ENOSPC at cap (>= min), or 0
+ * when min was tried. */
+static inline size_t sl_db_fit_next(size_t cap, size_t min)
+{
+	return cap <= min ? 0 : cap / 2 > min ? cap / 2 : min;
+}
 /* Points key at loc if loc's seq is the highest seen; moves live bytes. */
 int sl_db_index(sl_db *db, uint64_t h, const void *key, size_t klen, const sl_loc *loc);
 /* Adds (delta +1) or removes (-1) loc's record from its segment's live or

@@ -291,8 +291,21 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 		if (!hdr_ok) {
 			s->first_seq = (c->max_seq > *max_seq ? c->max_seq : *max_seq) + 1;
 		}
-		size_t cap = (size_t)db->opt.segment_bytes;
-		rc = sl_seg_activate(db->io, s, end, cap > end ? cap : (size_t)end);
+		/* As much room as --segment-bytes asks, or what the disk has
+		 * (down to none: the store opens, and the first write that needs
+		 * room starts a segment or gets SL_ENOSPC). */
+		size_t want = (size_t)db->opt.segment_bytes;
+		size_t min = end > SL_SEG_HDR_SIZE ? (size_t)end : SL_SEG_HDR_SIZE;
+		size_t cap = want > min ? want : min;
+		while ((rc = sl_seg_activate(db->io, s, end, cap)) == SL_ENOSPC &&
+		       (cap = sl_db_fit_next(cap, min)) != 0) {
+		}
+		if (rc == SL_OK && cap < want) {
+			sl_db_log(
+			    db, "warn",
+			    "disk nearly full: active segment %u preallocated %zu bytes, not %zu",
+			    id, cap, want);
+		}
 		if (rc == SL_OK && !hdr_ok) {
 			rc = sl_seg_write_header(db->io, s);
 		}
@@ -488,8 +501,8 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	atomic_store(&db->synced_seq, max_seq);
 	if (db->active == NULL && !db->opt.read_only) {
 		sl_seg *s;
-		rc = sl_seg_create(db->io, db->dir, db->dirfd, atomic_fetch_add(&db->next_id, 1),
-		                   max_seq + 1, (size_t)db->opt.segment_bytes, &s);
+		rc = sl_db_seg_create_fit(db, atomic_fetch_add(&db->next_id, 1), max_seq + 1,
+		                          (size_t)db->opt.segment_bytes, SL_SEG_HDR_SIZE, &s);
 		if (rc != SL_OK) {
 			goto fail;
 		}

@@ -311,8 +311,10 @@ int sl_seg_activate(const struct sl_io *io, sl_seg *s, uint64_t end, size_t cap)
 	if (cap < end) {
 		cap = (size_t)end;
 	}
-	munmap(s->map, s->cap);
-	s->map = NULL;
+	if (s->map != NULL) {
+		munmap(s->map, s->cap);
+		s->map = NULL;
+	}
 	if (io->ftruncate(s->fd, (off_t)end) != 0) {
 		return SL_EIO;
 	}

@@ -1011,8 +1011,17 @@ static int f_ftruncate(int fd, off_t len)
 	return sl_io_default.ftruncate(fd, len);
 }
 
+static _Atomic long g_falloc_max = -1; /* fallocate of more fails with ENOSPC; -1: off */
+static _Atomic long g_falloc_refused = 0;
+
 static int f_fallocate(int fd, off_t off, off_t len)
 {
+	long max = atomic_load(&g_falloc_max);
+	if (max >= 0 && off + len > max) {
+		atomic_fetch_add(&g_falloc_refused, 1);
+		errno = ENOSPC;
+		return -1;
+	}
 	if (spend() != 0) {
 		return -1;
 	}
@@ -1216,6 +1225,76 @@ static void test_enospc_via_seam(void **state)
 	atomic_store(&g_budget, -1);
 }
 
+/* A nearly full disk (fallocate refuses more than a few hundred KiB): the
+ * store opens with a smaller active segment instead of failing, serves
+ * reads, takes the writes that fit in smaller segments, answers SL_ENOSPC
+ * (and stays usable) when not even one record fits, and keeps everything
+ * acknowledged. */
+static void test_nearly_full_disk(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp("nearfull");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.segment_bytes = 1 << 20;
+	o.io = faulty_io();
+	sl_db *db;
+	open_db(dir, &o, &db);
+	kvset s = {0};
+	char k[32];
+	for (int i = 0; i < 100; i++) {
+		snprintf(k, sizeof(k), "a%03d", i);
+		do_put(db, &s, k, 1000, (uint64_t)i);
+	}
+	sl_close(db);
+
+	/* Room for a 256 KiB file, not the 1 MiB segment --segment-bytes asks. */
+	atomic_store(&g_falloc_max, 256 * 1024);
+	atomic_store(&g_falloc_refused, 0);
+	open_db(dir, &o, &db);
+	assert_true(atomic_load(&g_falloc_refused) > 0); /* it did ask for more */
+	check_kvset(db, &s, NULL, NULL, "opened nearly full");
+	for (int i = 0; i < 600; i++) { /* 600 KB: several smaller segments */
+		snprintf(k, sizeof(k), "b%03d", i);
+		do_put(db, &s, k, 1000, 1000 + (uint64_t)i);
+	}
+	assert_true(stats(db).segments >= 3);
+
+	/* Not even one record fits: SL_ENOSPC, nothing half-written, the
+	 * store keeps serving and takes writes again once there is room. */
+	atomic_store(&g_falloc_max, 0);
+	uint64_t seq = 0;
+	uint8_t big[60000];
+	tu_fill_tagged(big, sizeof(big), 7);
+	int rc = SL_OK;
+	for (int i = 0; i < 40 && rc == SL_OK; i++) {
+		snprintf(k, sizeof(k), "c%03d", i);
+		rc = sl_put(db, k, strlen(k), big, sizeof(big), &seq);
+		if (rc == SL_OK) {
+			kv_add(&s, k, big, sizeof(big), seq);
+		}
+	}
+	assert_int_equal(rc, SL_ENOSPC);
+	assert_int_equal(stats(db).failed, 0);
+	check_kvset(db, &s, NULL, NULL, "full");
+	atomic_store(&g_falloc_max, -1);
+	do_put(db, &s, "after", 100, 99);
+	sl_close(db);
+
+	o.io = NULL;
+	open_db(dir, &o, &db);
+	check_kvset(db, &s, NULL, NULL, "reopened");
+	sl_stats st = stats(db);
+	assert_int_equal(st.corrupt_records, 0);
+	assert_int_equal(st.failed, 0);
+	sl_close(db);
+	kvset_free(&s);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
 static void test_fsync_eio_always(void **state)
 {
 	(void)state;
@@ -1385,6 +1464,7 @@ int main(void)
 	    cmocka_unit_test(test_hint_flips),
 	    cmocka_unit_test(test_busy),
 	    cmocka_unit_test(test_enospc_via_seam),
+	    cmocka_unit_test(test_nearly_full_disk),
 	    cmocka_unit_test(test_fsync_eio_always),
 	    cmocka_unit_test(test_fsync_eio_everysec),
 	};
