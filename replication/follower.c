@@ -17,9 +17,14 @@
  *     removed at start, and becomes the store only through one
  *     renameat2(RENAME_EXCHANGE) of two complete directories followed by an
  *     fsync of the parent: a crash leaves either the old store or the new
- *     one as DIR, never a mix.  DIR/REPL moves with the data.
+ *     one as DIR, never a mix.  DIR/REPL moves with the data.  A DIR that
+ *     is a mount point (DIR.resync would be on another filesystem) loads
+ *     into DIR/.resync instead and its files are moved in by sl_move_in,
+ *     whose durable marks let sl_open finish a move a crash interrupted:
+ *     again the old store or the new one, never a mix.
  *  4. Reads go on from the old store while a resync loads; they pause only
- *     for the swap (close, exchange, reopen).
+ *     for the swap (close, exchange, reopen; for a mount point: close both,
+ *     move in, open).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -430,7 +435,10 @@ static int snap_start(sl_repl *r, const repl_state *st, uint64_t snap_id, uint64
 static int full_resync(sl_repl *r, const char *url)
 {
 	char tmp[4200];
-	snprintf(tmp, sizeof(tmp), "%s.resync", r->dir);
+	int nested = 0; /* DIR is a mount point: tmp is DIR/.resync (sl_move_in) */
+	if (sl_staging_dir(r->dir, tmp, sizeof(tmp), &nested) != SL_OK) {
+		return SL_EINVAL;
+	}
 	repl_rm_rf(tmp);
 	pthread_mutex_lock(&r->mu);
 	r->fstate = "resyncing";
@@ -504,7 +512,14 @@ static int full_resync(sl_repl *r, const char *url)
 				rc = apply_records(&l, c->records.data, c->records.len);
 				loaded += l.count;
 				bytes += c->records.len;
-				if (rc != SL_OK) {
+				if (rc != SL_OK && local_failure(rc)) {
+					atomic_fetch_add(&r->apply_errors, 1);
+					repl_log(r, 3,
+					         "full resync: cannot store a chunk: %s (this "
+					         "node's storage)",
+					         sl_strerror(rc));
+				} else if (rc != SL_OK) {
+					atomic_fetch_add(&r->refused, 1);
 					repl_log(
 					    r, 3,
 					    "full resync: refused a chunk with a bad record: %s",
@@ -547,19 +562,37 @@ static int full_resync(sl_repl *r, const char *url)
 		return rc;
 	}
 	/* Invariant 3: swap two complete directories.  The loaded store stays
-	 * open and becomes the node's (sl_swap_dir): no close and reopen. */
+	 * open and becomes the node's (sl_swap_dir): no close and reopen.
+	 * DIR a mount point: its files are replaced by the loaded store's
+	 * (sl_move_in, crash-safe), which is then opened in DIR. */
+	if (nested) {
+		sl_close(db);
+		db = NULL;
+	}
 	pthread_rwlock_wrlock(r->o.db_lock);
 	pthread_mutex_lock(&r->mu);
 	repl_snaps_close_all(r);
 	pthread_mutex_unlock(&r->mu);
 	sl_close(*r->o.dbp);
 	*r->o.dbp = NULL;
-	rc = sl_swap_dir(db, r->dir, r->o.db_opts);
+	if (nested) {
+		rc = sl_move_in(r->dir);
+		if (rc == SL_OK) {
+			rc = sl_open(r->dir, r->o.db_opts, &db);
+			if (rc != SL_OK) {
+				repl_log(r, 3, "cannot open %s after the resync: %s; stopping",
+				         r->dir, sl_strerror(rc));
+				abort(); /* the files moved in: a restart opens them */
+			}
+		}
+	} else {
+		rc = sl_swap_dir(db, r->dir, r->o.db_opts);
+	}
 	if (rc == SL_OK) {
 		*r->o.dbp = db;
 	} else {
-		repl_log(r, 3, "full resync: cannot swap %s and %s: %s", tmp, r->dir,
-		         sl_strerror(rc));
+		repl_log(r, 3, "full resync: cannot %s %s and %s: %s", nested ? "move in" : "swap",
+		         tmp, r->dir, sl_strerror(rc));
 		sl_close(db);
 		int orc = sl_open(r->dir, r->o.db_opts, r->o.dbp);
 		if (orc != SL_OK) {
@@ -720,7 +753,9 @@ static void *fetch_main(void *arg)
 			rc = full_resync(r, url);
 			if (rc != SL_OK) {
 				repl_log(r, 2, "full resync failed: %s; retrying", sl_strerror(rc));
-				drop_conn(r);
+				if (!local_failure(rc)) {
+					drop_conn(r); /* this node's disk: the connection is fine */
+				}
 				connected = 0;
 				if (pause_ms(r, backoff)) {
 					break;

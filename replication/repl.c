@@ -74,11 +74,16 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	}
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
-	/* A resync that did not finish leaves DIR.resync: discard it. */
+	/* A resync that did not finish leaves DIR.resync (or DIR/.resync, for
+	 * a DIR that is a mount point, whose finished move-in sl_open already
+	 * completed): discard it. */
 	char tmp[4200];
-	snprintf(tmp, sizeof(tmp), "%s.resync", r->dir);
-	if (repl_rm_rf(tmp) != 0) {
-		repl_log(r, 2, "could not remove %s", tmp);
+	const char *fmt[] = {"%s.resync", "%s/.resync"};
+	for (int i = 0; i < 2; i++) {
+		snprintf(tmp, sizeof(tmp), fmt[i], r->dir);
+		if (repl_rm_rf(tmp) != 0) {
+			repl_log(r, 2, "could not remove %s", tmp);
+		}
 	}
 	int rc = repl_state_load(r->dir, &r->st);
 	if (rc == SL_ENOTFOUND) {

@@ -81,6 +81,9 @@ sl_seg *sl_db_seg(sl_db *db, uint32_t id);
 
 /* Adds s to the table and the id-ordered list.  Caller holds seg_mu. */
 int sl_db_seg_publish(sl_db *db, sl_seg *s);
+/* Finishes a sl_move_in into the directory dirfd that a crash
+ * interrupted (movein.c); SL_OK when there was none.  Caller holds LOCK. */
+int sl_move_in_finish(int dirfd);
 /* sl_seg_create with room for cap bytes or, when the disk has not that
  * much (SL_ENOSPC), for the most of cap/2, cap/4, ... down to min: a nearly
  * full disk still takes the writes that fit.  Logs a smaller segment. */

@@ -465,6 +465,12 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 		goto fail;
 	}
 
+	/* A replacement store whose move-in a crash interrupted (movein.c). */
+	if (!db->opt.read_only && (rc = sl_move_in_finish(db->dirfd)) != SL_OK) {
+		sl_db_log(db, "error", "cannot finish moving %s/.resync in: %s", dir,
+		          sl_strerror(rc));
+		goto fail;
+	}
 	uint32_t *ids = NULL;
 	size_t n = 0;
 	if ((rc = list_segments(db, &ids, &n)) != SL_OK) {

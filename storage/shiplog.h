@@ -229,6 +229,21 @@ int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, si
  * swapped but the compaction thread could not start). */
 int sl_swap_dir(sl_db *db, const char *other, const sl_options *o);
 
+/* Where a replacement for the store in `dir` is loaded: "DIR.resync"
+ * beside it (*nested = 0: swap it in with sl_swap_dir) or, when dir is a
+ * mount point and its parent another filesystem, "DIR/.resync" (*nested =
+ * 1: close both stores, then sl_move_in).  SL_OK or SL_EINVAL (too long). */
+int sl_staging_dir(const char *dir, char *out, size_t cap, int *nested);
+
+/* Replaces the store files in dir (every regular file but LOCK) with those
+ * of the complete, closed store in dir/.resync, and removes dir/.resync.
+ * No handle may be open on either.  Crash-safe: once started (a durable
+ * mark in dir/.resync), sl_open(dir) finishes it; before, dir is as it
+ * was.  SL_OK, SL_ENOTFOUND (no dir/.resync), SL_EBUSY (dir in use),
+ * SL_ENOSPC / SL_EIO (not started: dir as it was; or stopped midway:
+ * sl_open finishes it). */
+int sl_move_in(const char *dir);
+
 /* The handle's sync policy. */
 sl_sync sl_sync_policy(sl_db *db);
 

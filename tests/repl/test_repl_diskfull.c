@@ -4,7 +4,9 @@
  * while the primary keeps writing: it keeps answering reads and stats,
  * counts the failures as its own (repl_apply_errors, not refused
  * batches), loses nothing it had applied, and once the disk has room
- * again catches up by itself and ends equal to the primary.
+ * again catches up by itself and ends equal to the primary.  A follower
+ * that needs a full resync onto a disk too small for the snapshot retries
+ * it (backing off) and completes it once there is room.
  *
  * Needs CAP_SYS_ADMIN (unshare + mount): skipped without it.
  */
@@ -18,9 +20,9 @@
 #include "replutil.h"
 
 static char *root;
-static char mnt[TU_PATH];
-static int mounted;
-static ru_node P, F;
+static char mnt[TU_PATH], mnt2[TU_PATH];
+static int mounted, mounted2;
+static ru_node P, F, P2, F2;
 
 static int setup(void **state)
 {
@@ -42,6 +44,7 @@ static int setup(void **state)
 		return -1;
 	}
 	mounted = 1;
+	P2.d.pid = F2.d.pid = -1;
 	char dir[TU_PATH];
 	const char *ex[] = {"--segment-bytes", "1m", NULL};
 	snprintf(dir, sizeof(dir), "%s/p", root);
@@ -56,8 +59,13 @@ static int teardown(void **state)
 	(void)state;
 	nu_stop(&F.d, SIGTERM);
 	nu_stop(&P.d, SIGTERM);
+	nu_stop(&F2.d, SIGTERM);
+	nu_stop(&P2.d, SIGTERM);
 	if (mounted) {
 		umount2(mnt, MNT_DETACH);
+	}
+	if (mounted2) {
+		umount2(mnt2, MNT_DETACH);
 	}
 	if (root != NULL) {
 		if (getenv("SL_TEST_KEEP") == NULL) {
@@ -68,16 +76,17 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* Writes n keys "big%05d" with 2 KiB values through a pipeline. */
-static void load_big(int from, int n)
+/* Writes n keys "big%05d" (key number i % keys) with 2 KiB values to
+ * node p through a pipeline. */
+static void load_big_to(ru_node *node, int from, int n, int keys)
 {
-	sl_client *c = ru_client(&P);
+	sl_client *c = ru_client(node);
 	assert_non_null(c);
 	sl_pipeline *p = NULL;
 	assert_int_equal(sl_pipeline_new(c, &p), SL_OK);
 	char k[32], v[2048];
 	for (int i = from; i < from + n; i++) {
-		snprintf(k, sizeof(k), "big%05d", i);
+		snprintf(k, sizeof(k), "big%05d", i % keys);
 		memset(v, 'a' + i % 26, sizeof(v));
 		sl_pipeline_put(p, k, strlen(k), v, sizeof(v), 0);
 		if (sl_pipeline_len(p) == 100 || i == from + n - 1) {
@@ -90,6 +99,20 @@ static void load_big(int from, int n)
 		}
 	}
 	sl_pipeline_free(p);
+	sl_client_close(c);
+}
+
+static void load_big(int from, int n)
+{
+	load_big_to(&P, from, n, 1 << 30);
+}
+
+static void compact(ru_node *n)
+{
+	sl_client *c = ru_client(n);
+	assert_non_null(c);
+	sl_client_set_timeout(c, 60000);
+	assert_int_equal(sl_client_compact(c), SL_OK);
 	sl_client_close(c);
 }
 
@@ -139,10 +162,59 @@ static void test_follower_disk_full_then_room(void **state)
 	ru_assert_converged(&P, f, 1);
 }
 
+/* A full resync onto a disk with room for half the snapshot. */
+static void test_full_resync_onto_small_disk(void **state)
+{
+	(void)state;
+	if (!mounted) {
+		skip();
+	}
+	char dir[TU_PATH];
+	const char *pex[] = {"--segment-bytes",
+	                     "64k",
+	                     "--repl-backlog-bytes",
+	                     "64k",
+	                     "--compact-dead-ratio",
+	                     "0.1",
+	                     "--repl-timeout-ms",
+	                     "500",
+	                     NULL};
+	snprintf(dir, sizeof(dir), "%s/p2", root);
+	assert_int_equal(ru_start(&P2, dir, NULL, pex), 0);
+	/* 4000 writes over 1000 keys: ~2 MB live, the head compacted away */
+	load_big_to(&P2, 0, 4000, 1000);
+	nu_sleep_ms(1200); /* a backlog tick */
+	compact(&P2);
+	snprintf(mnt2, sizeof(mnt2), "%s/f2", root);
+	assert_int_equal(tu_mkdir_p(mnt2), 0);
+	assert_int_equal(mount("tmpfs", mnt2, "tmpfs", 0, "size=1m"), 0);
+	mounted2 = 1;
+	const char *fex[] = {"--segment-bytes", "64k", NULL};
+	assert_int_equal(ru_start(&F2, mnt2, P2.rurl, fex), 0);
+	uint64_t errs = 0;
+	for (int waited = 0; waited < 20000 && (errs == 0 || errs == UINT64_MAX); waited += 100) {
+		nu_sleep_ms(100);
+		errs = ru_stat(&F2, "repl_apply_errors", NULL, 0);
+	}
+	if (errs == 0 || errs == UINT64_MAX) {
+		nu_dump_log(&F2.d);
+		fail_msg("the follower's resync never hit its full disk");
+	}
+	assert_int_equal(ru_stat(&F2, "resyncs_full", NULL, 0), 0);
+	assert_int_equal(ru_stat(&F2, "applied_seq", NULL, 0), 0);
+	assert_int_equal(ru_stat(&F2, "repl_refused_batches", NULL, 0), 0);
+	assert_int_equal(mount(NULL, mnt2, NULL, MS_REMOUNT, "size=64m"), 0);
+	ru_node *f[] = {&F2};
+	ru_assert_converged(&P2, f, 1);
+	assert_int_equal(ru_stat(&F2, "resyncs_full", NULL, 0), 1);
+	assert_int_equal(ru_stat(&F2, "repl_refused_batches", NULL, 0), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_follower_disk_full_then_room),
+	    cmocka_unit_test(test_full_resync_onto_small_disk),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

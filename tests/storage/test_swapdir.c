@@ -10,6 +10,11 @@
  *  - SL_SYNC_ALWAYS adopted: a put is durable when it returns
  *  - new intervals apply at once; compaction stops when the new options
  *    turn it off
+ *  - sl_move_in (storage/movein.c, for a data directory that is a mount
+ *    point): DIR/.resync's store replaces DIR's; a move interrupted after
+ *    its mark (while removing the old files, or while moving the new ones
+ *    in) is finished by sl_open; before the mark, DIR is untouched; a
+ *    directory in use is refused
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -709,6 +714,158 @@ static void test_swap_new_intervals(void **state)
 	free(dir_b);
 }
 
+/* ---- sl_move_in ---------------------------------------------------------- */
+
+/* DIR with store 'a' (1500 keys, several segments, REPL "old") and
+ * DIR/.resync with store 'b' (REPL "new"), both closed. */
+static char *build_pair(void)
+{
+	char *dir = tu_mkdtemp("movein");
+	assert_non_null(dir);
+	sl_options o = base_opts();
+	char sub[512], p[TU_PATH];
+	snprintf(sub, sizeof(sub), "%s/.resync", dir);
+	const char *dirs[2] = {dir, sub};
+	const char *repl[2] = {"old", "new"};
+	for (int d = 0; d < 2; d++) {
+		sl_db *db = open_dir(dirs[d], &o);
+		for (int i = 0; i < 1500; i++) {
+			put_v(db, (char)('a' + d), i, d);
+		}
+		sl_close(db);
+		snprintf(p, sizeof(p), "%s/REPL", dirs[d]);
+		assert_int_equal(tu_write_file(p, repl[d], 3), 0);
+	}
+	assert_true(max_seg_id(dir) >= 3);
+	return dir;
+}
+
+/* dir holds store s ('a' or 'b') alone, REPL included. */
+static void check_store(const char *dir, char s)
+{
+	sl_options o = base_opts();
+	sl_db *db = open_dir(dir, &o);
+	for (int i = 0; i < 1500; i++) {
+		check_v(db, s, i, s - 'a');
+		check_absent(db, s == 'a' ? 'b' : 'a', i);
+	}
+	assert_int_equal(stats(db).keys, 1500);
+	sl_close(db);
+	char p[TU_PATH];
+	snprintf(p, sizeof(p), "%s/REPL", dir);
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	assert_int_equal(tu_read_file(p, &buf, &len), 0);
+	assert_int_equal(len, 3);
+	assert_memory_equal(buf, s == 'a' ? "old" : "new", 3);
+	free(buf);
+}
+
+static int has_staging(const char *dir)
+{
+	char p[TU_PATH];
+	snprintf(p, sizeof(p), "%s/.resync", dir);
+	return tu_exists(p);
+}
+
+static void touch(const char *dir, const char *name)
+{
+	char p[TU_PATH];
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	assert_int_equal(tu_write_file(p, "", 0), 0);
+}
+
+static void test_move_in(void **state)
+{
+	(void)state;
+	char *dir = build_pair();
+	char st[TU_PATH];
+	int nested = -1;
+	assert_int_equal(sl_staging_dir(dir, st, sizeof(st), &nested), SL_OK);
+	assert_int_equal(nested, 0); /* same filesystem as its parent */
+	char want[TU_PATH];
+	snprintf(want, sizeof(want), "%s.resync", dir);
+	assert_string_equal(st, want);
+
+	/* In use: refused, nothing moved. */
+	sl_options o = base_opts();
+	sl_db *db = open_dir(dir, &o);
+	assert_int_equal(sl_move_in(dir), SL_EBUSY);
+	sl_close(db);
+	assert_true(has_staging(dir));
+	/* No mark: sl_open leaves both alone. */
+	check_store(dir, 'a');
+	assert_true(has_staging(dir));
+
+	assert_int_equal(sl_move_in(dir), SL_OK);
+	assert_false(has_staging(dir));
+	check_store(dir, 'b');
+	assert_int_equal(sl_move_in(dir), SL_ENOTFOUND);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+/* Crash right after the mark, and halfway through removing the old files. */
+static void test_move_in_interrupted_removing(void **state)
+{
+	(void)state;
+	for (int half = 0; half <= 1; half++) {
+		char *dir = build_pair();
+		char sub[512];
+		snprintf(sub, sizeof(sub), "%s/.resync", dir);
+		touch(sub, "SWAP");
+		if (half) {
+			uint64_t *ids;
+			int n = tu_list_ids(dir, "seg", &ids);
+			assert_true(n >= 3);
+			for (int i = 0; i < n / 2; i++) {
+				char p[TU_PATH];
+				tu_seg_path(p, sizeof(p), dir, ids[i], "seg");
+				assert_int_equal(unlink(p), 0);
+			}
+			free(ids);
+		}
+		check_store(dir, 'b');
+		assert_false(has_staging(dir));
+		tu_rm_rf(dir);
+		free(dir);
+	}
+}
+
+/* Crash halfway through moving the new files in: the old ones are gone,
+ * some new ones are in DIR, the rest still in .resync. */
+static void test_move_in_interrupted_moving(void **state)
+{
+	(void)state;
+	char *dir = build_pair();
+	char sub[512], from[TU_PATH], to[TU_PATH];
+	snprintf(sub, sizeof(sub), "%s/.resync", dir);
+	DIR *d = opendir(dir);
+	assert_non_null(d);
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] != '.' && strcmp(e->d_name, "LOCK") != 0) {
+			snprintf(from, sizeof(from), "%s/%s", dir, e->d_name);
+			assert_int_equal(unlink(from), 0);
+		}
+	}
+	closedir(d);
+	touch(sub, "MOVING");
+	uint64_t *ids;
+	int n = tu_list_ids(sub, "seg", &ids);
+	assert_true(n >= 3);
+	for (int i = 0; i < n / 2; i++) {
+		tu_seg_path(from, sizeof(from), sub, ids[i], "seg");
+		tu_seg_path(to, sizeof(to), dir, ids[i], "seg");
+		assert_int_equal(rename(from, to), 0);
+	}
+	free(ids);
+	check_store(dir, 'b');
+	assert_false(has_staging(dir));
+	tu_rm_rf(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -717,6 +874,9 @@ int main(void)
 	    cmocka_unit_test(test_swap_errors_change_nothing),
 	    cmocka_unit_test(test_swap_sync_always),
 	    cmocka_unit_test(test_swap_new_intervals),
+	    cmocka_unit_test(test_move_in),
+	    cmocka_unit_test(test_move_in_interrupted_removing),
+	    cmocka_unit_test(test_move_in_interrupted_moving),
 	};
 	const char *filter = getenv("SL_TEST_FILTER"); /* e.g. "test_swap_basic" */
 	if (filter != NULL && *filter != '\0') {
