@@ -102,7 +102,7 @@ void sl_log_limited(sl_log_limit *lim, int level, const char *fmt, ...)
 	va_end(ap);
 	unsigned long long held = atomic_exchange(&lim->held, 0);
 	if (held > 0) {
-		sl_log(level, "%s (and %llu more like it in the last 10 s)", msg, held);
+		sl_log(level, "%s (and %llu more like it since the last such line)", msg, held);
 	} else {
 		sl_log(level, "%s", msg);
 	}

@@ -32,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,7 +46,10 @@
 #define FETCH_MAX      (8u << 20)
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
-#define SNAP_TIMEOUT   30000
+/* between full resyncs this node's disk could not hold */
+#define RESYNC_BACKOFF_MIN_MS 1000
+#define RESYNC_BACKOFF_MAX_MS 60000
+#define SNAP_TIMEOUT          30000
 
 int repl_split_records(const uint8_t *p, size_t len, size_t max_rec,
                        int (*fn)(void *arg, const uint8_t *rec, size_t n, uint64_t seq), void *arg)
@@ -180,6 +184,7 @@ typedef struct pending {
 	uint64_t gen; /* the socket generation ctx belongs to */
 	int ctx_open;
 	int live;
+	nng_pipe pipe; /* the connection the last reply came on */
 } pending;
 
 static void pend_ctx_close(pending *p)
@@ -261,9 +266,21 @@ static int call_finish(pending *p, Shiplog__ReplReply **out)
 		pend_ctx_close(p); /* a timed-out or cancelled request: start afresh */
 		return nng_to_sl(rv);
 	}
+	p->pipe = nng_msg_get_pipe(m);
 	*out = shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
 	nng_msg_free(m);
 	return *out != NULL ? SL_OK : SL_EPROTO;
+}
+
+/* Closes the connection p's last reply came on (bad records, a malformed
+ * reply): the socket dials again by itself.  Unlike closing the socket
+ * (drop_conn) this never waits, for nng's reaper or anything else. */
+static void drop_pipe(pending *p)
+{
+	if (nng_pipe_id(p->pipe) > 0) {
+		nng_pipe_close(p->pipe);
+	}
+	p->pipe = (nng_pipe)NNG_PIPE_INITIALIZER;
 }
 
 /* Drops the request in flight, if any. */
@@ -432,8 +449,11 @@ static int snap_start(sl_repl *r, const repl_state *st, uint64_t snap_id, uint64
 	return call_start(r, &q, SNAP_TIMEOUT, p);
 }
 
-static int full_resync(sl_repl *r, const char *url)
+/* *local: the failure was this node's storage (local_failure), not the
+ * primary's or the network's. */
+static int full_resync(sl_repl *r, const char *url, int *local)
 {
+	*local = 0;
 	char tmp[4200];
 	int nested = 0; /* DIR is a mount point: tmp is DIR/.resync (sl_move_in) */
 	if (sl_staging_dir(r->dir, tmp, sizeof(tmp), &nested) != SL_OK) {
@@ -456,6 +476,7 @@ static int full_resync(sl_repl *r, const char *url)
 	int rc = sl_open(tmp, &o, &db);
 	if (rc != SL_OK) {
 		repl_log(r, 3, "full resync: cannot create %s: %s", tmp, sl_strerror(rc));
+		*local = local_failure(rc);
 		return rc;
 	}
 	apply_ctx l = {.r = r, .db = db, .any_order = 1};
@@ -513,6 +534,7 @@ static int full_resync(sl_repl *r, const char *url)
 				loaded += l.count;
 				bytes += c->records.len;
 				if (rc != SL_OK && local_failure(rc)) {
+					*local = 1;
 					atomic_fetch_add(&r->apply_errors, 1);
 					repl_log(r, 3,
 					         "full resync: cannot store a chunk: %s (this "
@@ -524,6 +546,8 @@ static int full_resync(sl_repl *r, const char *url)
 					    r, 3,
 					    "full resync: refused a chunk with a bad record: %s",
 					    sl_strerror(rc));
+					drop_pipe(
+					    &ahead); /* before asking again, a fresh connection */
 				}
 			}
 			chunk++;
@@ -549,11 +573,11 @@ static int full_resync(sl_repl *r, const char *url)
 	uint64_t t_stream = repl_now_ms();
 	nst.floor = head;
 	nst.role = ROLE_FOLLOWER;
-	if (rc == SL_OK) {
-		rc = sl_sync_now(db);
+	if (rc == SL_OK && (rc = sl_sync_now(db)) != SL_OK) {
+		*local = 1;
 	}
-	if (rc == SL_OK) {
-		rc = repl_state_save(tmp, &nst);
+	if (rc == SL_OK && (rc = repl_state_save(tmp, &nst)) != SL_OK) {
+		*local = 1;
 	}
 	uint64_t t_closed = repl_now_ms();
 	if (rc != SL_OK) {
@@ -593,12 +617,22 @@ static int full_resync(sl_repl *r, const char *url)
 	} else {
 		repl_log(r, 3, "full resync: cannot %s %s and %s: %s", nested ? "move in" : "swap",
 		         tmp, r->dir, sl_strerror(rc));
+		*local = 1;
 		sl_close(db);
 		int orc = sl_open(r->dir, r->o.db_opts, r->o.dbp);
 		if (orc != SL_OK) {
 			repl_log(r, 3, "cannot reopen %s after the resync: %s; stopping", r->dir,
 			         sl_strerror(orc));
 			abort(); /* no store to serve from: a restart recovers (invariant 3) */
+		}
+		struct stat sst;
+		if (nested && stat(tmp, &sst) != 0 && errno == ENOENT) {
+			/* The move had begun (its mark was durable) and sl_open
+			 * finished it: DIR holds the loaded store after all. */
+			repl_log(r, 1, "full resync: the move-in was finished on reopening %s",
+			         r->dir);
+			rc = SL_OK;
+			*local = 0;
 		}
 	}
 	uint64_t last = sl_last_seq(*r->o.dbp);
@@ -668,6 +702,7 @@ static void *fetch_main(void *arg)
 	int resynced = 0;  /* a full resync just ended: the next fetch streams */
 	int last_err = 0;
 	int store_err = 0; /* the local error storing the last reply failed with */
+	uint64_t resync_backoff = RESYNC_BACKOFF_MIN_MS;
 	uint64_t store_backoff = BACKOFF_MIN_MS / 2;
 	uint64_t last_stats_ms = 0;
 	pending ahead = {0}; /* the next fetch, sent early (see below) */
@@ -727,9 +762,12 @@ static void *fetch_main(void *arg)
 				last_err = rc;
 			}
 			shiplog__repl_reply__free_unpacked(rep, NULL);
-			if (rc != SL_ETIMEDOUT || connected) {
-				drop_conn(r);
+			if (rc == SL_EPROTO) {
+				drop_pipe(&ahead); /* a malformed reply: a fresh connection */
 			}
+			/* Otherwise (not connected, timed out) the socket dials again
+			 * by itself; it is closed only when the node stops following
+			 * this primary (drop_conn). */
 			connected = 0;
 			if (pause_ms(r, backoff)) {
 				break;
@@ -738,6 +776,7 @@ static void *fetch_main(void *arg)
 			continue;
 		}
 		Shiplog__FetchReply *fr = rep->fetch;
+		nng_pipe got = ahead.pipe; /* the connection fr came on */
 		if ((fr->status == SL_OK || fr->status == SL_ESTALE) && fr->client_url != NULL &&
 		    fr->client_url[0]) {
 			/* a primary's answer: remember where clients should write */
@@ -750,12 +789,26 @@ static void *fetch_main(void *arg)
 			shiplog__repl_reply__free_unpacked(rep, NULL);
 			repl_log(r, 1, "primary %s cannot continue from seq %llu: full resync", url,
 			         (unsigned long long)(applied + 1));
-			rc = full_resync(r, url);
-			if (rc != SL_OK) {
-				repl_log(r, 2, "full resync failed: %s; retrying", sl_strerror(rc));
-				if (!local_failure(rc)) {
-					drop_conn(r); /* this node's disk: the connection is fine */
+			int local = 0;
+			rc = full_resync(r, url, &local);
+			if (rc != SL_OK && local) {
+				/* This node's disk cannot hold the snapshot: each try
+				 * streams all that fits and throws it away, so try less
+				 * and less often (1 s, 2 s, ... 60 s). */
+				repl_log(r, 2,
+				         "full resync failed: %s (this node's storage); retrying "
+				         "in %llu s",
+				         sl_strerror(rc),
+				         (unsigned long long)(resync_backoff / 1000));
+				connected = 0;
+				if (pause_ms(r, resync_backoff)) {
+					break;
 				}
+				resync_backoff = resync_backoff * 2 > RESYNC_BACKOFF_MAX_MS
+				                     ? RESYNC_BACKOFF_MAX_MS
+				                     : resync_backoff * 2;
+			} else if (rc != SL_OK) {
+				repl_log(r, 2, "full resync failed: %s; retrying", sl_strerror(rc));
 				connected = 0;
 				if (pause_ms(r, backoff)) {
 					break;
@@ -766,6 +819,7 @@ static void *fetch_main(void *arg)
 				connected = 1;
 				resynced = 1;
 				backoff = BACKOFF_MIN_MS;
+				resync_backoff = RESYNC_BACKOFF_MIN_MS;
 			}
 			continue;
 		}
@@ -830,6 +884,9 @@ static void *fetch_main(void *arg)
 			         (unsigned long long)a.last);
 			store_err = 0;
 			store_backoff = BACKOFF_MIN_MS / 2;
+			pthread_mutex_lock(&r->mu);
+			r->fstate = "streaming";
+			pthread_mutex_unlock(&r->mu);
 		}
 		if (a.count > 0) {
 			atomic_fetch_add(&r->records_fetched, a.count);
@@ -888,6 +945,9 @@ static void *fetch_main(void *arg)
 					    BACKOFF_MAX_MS);
 				}
 				store_err = rc;
+				pthread_mutex_lock(&r->mu);
+				r->fstate = "store_error";
+				pthread_mutex_unlock(&r->mu);
 				store_backoff = store_backoff * 2 > BACKOFF_MAX_MS
 				                    ? BACKOFF_MAX_MS
 				                    : store_backoff * 2;
@@ -897,7 +957,8 @@ static void *fetch_main(void *arg)
 				repl_log(r, 3,
 				         "refused records from %s after seq %llu: %s; reconnecting",
 				         url, (unsigned long long)a.last, sl_strerror(rc));
-				drop_conn(r);
+				ahead.pipe = got;
+				drop_pipe(&ahead);
 				connected = 0;
 			}
 			if (pause_ms(r, backoff)) {

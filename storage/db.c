@@ -234,6 +234,22 @@ int sl_db_index(sl_db *db, uint64_t h, const void *key, size_t klen, const sl_lo
 
 /* ---- the append path ---------------------------------------------------- */
 
+/* A log line that a full disk would repeat once per write: the first, then
+ * one per 10 s with how many were held back since the last such line.
+ * Caller holds append_mu (or is sl_open, alone). */
+static int db_log_due(sl_db_limit *l, uint64_t *held)
+{
+	uint64_t now = sl_mono_ns();
+	if (l->ns != 0 && now - l->ns < 10000000000ull) {
+		l->more++;
+		return 0;
+	}
+	*held = l->more;
+	l->ns = now;
+	l->more = 0;
+	return 1;
+}
+
 int sl_db_seg_create_fit(sl_db *db, uint32_t id, uint64_t first_seq, size_t cap, size_t min,
                          sl_seg **out)
 {
@@ -243,10 +259,12 @@ int sl_db_seg_create_fit(sl_db *db, uint32_t id, uint64_t first_seq, size_t cap,
 	           SL_ENOSPC &&
 	       (c = sl_db_fit_next(c, min)) != 0) {
 	}
-	if (rc == SL_OK && c < cap) {
+	uint64_t held;
+	if (rc == SL_OK && c < cap && db_log_due(&db->fit_log, &held)) {
 		sl_db_log(db, "warn",
-		          "disk nearly full: segment %u preallocated %zu bytes, not %zu", id, c,
-		          cap);
+		          "disk nearly full: segment %u preallocated %zu bytes, not %zu (%llu more "
+		          "such segments since the last such line)",
+		          id, c, cap, (unsigned long long)held);
 	}
 	return rc;
 }
@@ -264,28 +282,19 @@ static int rotate(sl_db *db, size_t need)
 	int rc = sl_db_seg_create_fit(db, id, atomic_load(&db->last_seq) + 1, cap,
 	                              SL_SEG_HDR_SIZE + need, &n);
 	if (rc != SL_OK) {
-		/* Each write that needs room tries again: on a full disk, one
-		 * line per 10 s with how many failed since, not one per write. */
-		uint64_t now = sl_mono_ns();
-		if (db->rot_err_ns == 0 || now - db->rot_err_ns >= 10000000000ull) {
-			if (db->rot_err_more > 0) {
-				sl_db_log(
-				    db, "error",
-				    "cannot start segment %u: %s (and %llu more times since the "
-				    "last such line)",
-				    id, sl_strerror(rc), (unsigned long long)db->rot_err_more);
-			} else {
-				sl_db_log(db, "error", "cannot start segment %u: %s", id,
-				          sl_strerror(rc));
-			}
-			db->rot_err_ns = now;
-			db->rot_err_more = 0;
-		} else {
-			db->rot_err_more++;
+		/* No file was left: give the id back (unless compaction took the
+		 * next one meanwhile), so a full disk does not use up ids. */
+		uint32_t next = id + 1;
+		atomic_compare_exchange_strong(&db->next_id, &next, id);
+		uint64_t held;
+		if (db_log_due(&db->rot_log, &held)) {
+			sl_db_log(db, "error",
+			          "cannot start segment %u: %s (%llu more failed writes since the "
+			          "last such line)",
+			          id, sl_strerror(rc), (unsigned long long)held);
 		}
 		return rc; /* nothing written: the store keeps serving */
 	}
-	db->rot_err_ns = 0;
 	/* Its first MiB now, bounded (sl_seg_populate), before the flusher
 	 * can see it: else the next write's fault zero-fills a whole
 	 * read-around window with append_mu held. */
@@ -297,7 +306,13 @@ static int rotate(sl_db *db, size_t need)
 	}
 	pthread_mutex_unlock(&db->seg_mu);
 	if (rc != SL_OK) {
+		/* never listed: remove its file, which no open would read */
+		char *path = sl_seg_path(db->dir, id, ".seg");
 		sl_seg_close(db->io, n);
+		if (path != NULL) {
+			db->io->unlink(path);
+			free(path);
+		}
 		return rc;
 	}
 	db->active = n;

@@ -16,6 +16,12 @@
 
 #define POP_AHEAD (16u << 20) /* populate the active segment this far ahead */
 
+/* When a repeated log line was last written and how many were held back
+ * since (db.c's db_log_due). */
+typedef struct sl_db_limit {
+	uint64_t ns, more;
+} sl_db_limit;
+
 struct sl_db {
 	char *dir;
 	int dirfd, lockfd;
@@ -34,8 +40,8 @@ struct sl_db {
 	/* the appender */
 	pthread_mutex_t append_mu;
 	sl_seg *active;        /* under append_mu */
-	uint64_t rot_err_ns;   /* under append_mu: when a failed rotation was last logged */
-	uint64_t rot_err_more; /* under append_mu: failed rotations not logged since */
+	sl_db_limit rot_log;   /* under append_mu: failed rotations (db.c) */
+	sl_db_limit fit_log;   /* under append_mu: smaller segments on a full disk */
 	_Atomic uint64_t room; /* bytes left in active, as of the last append */
 	_Atomic uint64_t last_seq;
 	_Atomic int failed;
@@ -84,6 +90,9 @@ int sl_db_seg_publish(sl_db *db, sl_seg *s);
 /* Finishes a sl_move_in into the directory dirfd that a crash
  * interrupted (movein.c); SL_OK when there was none.  Caller holds LOCK. */
 int sl_move_in_finish(int dirfd);
+/* A move-in was started in dirfd and not finished (a read-only open
+ * must not read the mix). */
+int sl_move_in_pending(int dirfd);
 /* sl_seg_create with room for cap bytes or, when the disk has not that
  * much (SL_ENOSPC), for the most of cap/2, cap/4, ... down to min: a nearly
  * full disk still takes the writes that fit.  Logs a smaller segment. */

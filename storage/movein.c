@@ -8,7 +8,8 @@
  *  1. The files move only once DIR/.resync/SWAP exists (durable): before
  *     it, DIR holds the old store untouched and an interrupted load is
  *     just a directory to discard.
- *  2. SWAP: DIR's regular files but LOCK are being removed (repeatable).
+ *  2. SWAP: DIR's store files (segments, hints, *.tmp, REPL; nothing else
+ *     an operator may keep there) are being removed (repeatable).
  *     Then SWAP is renamed MOVING (durable).  MOVING: .resync's files are
  *     being renamed into DIR (repeatable: what was moved is gone from
  *     .resync).  DIR's old files are never removed once one new file may
@@ -17,6 +18,7 @@
  *     the directory (with DIR/LOCK held), so a crash at any point leaves
  *     either the old store or the new one, never a mix.
  */
+#define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -53,8 +55,15 @@ int sl_staging_dir(const char *dir, char *out, size_t cap, int *nested)
 	} else {
 		*slash = '\0';
 	}
+	/* A mount point cannot be renamed (EBUSY), whatever is mounted there
+	 * (a bind mount of the same filesystem too); another filesystem
+	 * under the parent could not be exchanged with (EXDEV). */
 	struct stat sd, sp;
-	*nested = stat(dir, &sd) == 0 && stat(parent, &sp) == 0 && sd.st_dev != sp.st_dev;
+	struct statx sx;
+	int root = statx(AT_FDCWD, dir, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &sx) == 0 &&
+	           (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) &&
+	           (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
+	*nested = root || (stat(dir, &sd) == 0 && stat(parent, &sp) == 0 && sd.st_dev != sp.st_dev);
 	int w = *nested ? snprintf(out, cap, "%.*s/" STAGING, (int)n, dir)
 	                : snprintf(out, cap, "%.*s.resync", (int)n, dir);
 	return w < 0 || (size_t)w >= cap ? SL_EINVAL : SL_OK;
@@ -66,9 +75,24 @@ static int exists_at(int dfd, const char *name)
 	return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
 }
 
+/* A file of a store (or of the node's state beside it): what the old
+ * store's removal may delete.  Anything else in DIR is left alone. */
+static int store_file(const char *name)
+{
+	size_t n = strlen(name);
+	int digits = n >= 10;
+	for (size_t i = 0; i < 10 && digits; i++) {
+		digits = name[i] >= '0' && name[i] <= '9';
+	}
+	return (digits && (strcmp(name + 10, ".seg") == 0 || strcmp(name + 10, ".hint") == 0)) ||
+	       (n > 4 && strcmp(name + n - 4, ".tmp") == 0) || strcmp(name, "REPL") == 0;
+}
+
 /* Calls fn(dfd, name, arg) for each regular file of dfd but LOCK and the
- * marks; stops at the first error. */
-static int each_file(int dfd, int (*fn)(int, const char *, void *), void *arg)
+ * marks (with only_store, each store_file); stops at the first error.  A
+ * directory that cannot be read to its end is an error, never a shorter
+ * list (invariant 2: an old file left behind would mix the stores). */
+static int each_file(int dfd, int only_store, int (*fn)(int, const char *, void *), void *arg)
 {
 	int fd = dup(dfd);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
@@ -80,16 +104,30 @@ static int each_file(int dfd, int (*fn)(int, const char *, void *), void *arg)
 	}
 	rewinddir(d);
 	int rc = SL_OK;
-	struct dirent *e;
-	while (rc == SL_OK && (e = readdir(d)) != NULL) {
-		struct stat st;
+	for (;;) {
+		errno = 0;
+		struct dirent *e = readdir(d);
+		if (e == NULL) {
+			if (errno != 0) {
+				rc = SL_EIO;
+			}
+			break;
+		}
 		if (strcmp(e->d_name, "LOCK") == 0 || strcmp(e->d_name, "SWAP") == 0 ||
-		    strcmp(e->d_name, "MOVING") == 0 ||
-		    fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
-		    !S_ISREG(st.st_mode)) {
+		    strcmp(e->d_name, "MOVING") == 0 || (only_store && !store_file(e->d_name))) {
 			continue;
 		}
-		rc = fn(dfd, e->d_name, arg);
+		struct stat st;
+		if (fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+			if (errno == ENOENT) {
+				continue;
+			}
+			rc = SL_EIO;
+			break;
+		}
+		if (S_ISREG(st.st_mode) && (rc = fn(dfd, e->d_name, arg)) != SL_OK) {
+			break;
+		}
 	}
 	closedir(d);
 	return rc;
@@ -121,13 +159,13 @@ static int finish(int dirfd)
 			close(rfd);
 			return SL_ENOTFOUND; /* invariant 1: not complete */
 		}
-		if ((rc = each_file(dirfd, remove_one, NULL)) != SL_OK || fsync(dirfd) != 0 ||
+		if ((rc = each_file(dirfd, 1, remove_one, NULL)) != SL_OK || fsync(dirfd) != 0 ||
 		    renameat(rfd, "SWAP", rfd, "MOVING") != 0 || fsync(rfd) != 0) {
 			close(rfd);
 			return rc != SL_OK ? rc : SL_EIO;
 		}
 	}
-	if ((rc = each_file(rfd, move_one, &dirfd)) != SL_OK || fsync(dirfd) != 0) {
+	if ((rc = each_file(rfd, 0, move_one, &dirfd)) != SL_OK || fsync(dirfd) != 0) {
 		close(rfd);
 		return rc != SL_OK ? rc : SL_EIO;
 	}
@@ -144,6 +182,17 @@ int sl_move_in_finish(int dirfd)
 {
 	int rc = finish(dirfd);
 	return rc == SL_ENOTFOUND ? SL_OK : rc;
+}
+
+int sl_move_in_pending(int dirfd)
+{
+	int rfd = openat(dirfd, STAGING, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (rfd < 0) {
+		return 0;
+	}
+	int marked = exists_at(rfd, "SWAP") || exists_at(rfd, "MOVING");
+	close(rfd);
+	return marked;
 }
 
 int sl_move_in(const char *dir)
@@ -169,9 +218,19 @@ int sl_move_in(const char *dir)
 	if (rfd < 0) {
 		rc = errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
 	} else {
-		/* invariant 1: the mark, durable, before anything moves */
+		/* The loaded store must be closed: its LOCK is free. */
+		int sfd = openat(rfd, "LOCK", O_RDWR | O_CLOEXEC);
+		if (sfd >= 0 && flock(sfd, LOCK_EX | LOCK_NB) != 0) {
+			close(sfd);
+			close(rfd);
+			close(lockfd);
+			close(dirfd);
+			return SL_EBUSY;
+		}
+		/* invariant 1: the mark, durable (and .resync's own entry in DIR),
+		 * before anything moves */
 		int mfd = openat(rfd, "SWAP", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-		if (mfd < 0 || fsync(mfd) != 0 || fsync(rfd) != 0) {
+		if (mfd < 0 || fsync(mfd) != 0 || fsync(rfd) != 0 || fsync(dirfd) != 0) {
 			rc = mfd < 0 && (errno == ENOSPC || errno == EDQUOT) ? SL_ENOSPC : SL_EIO;
 			if (mfd >= 0 || exists_at(rfd, "SWAP")) {
 				unlinkat(rfd, "SWAP", 0); /* not marked: nothing moved */
@@ -179,6 +238,9 @@ int sl_move_in(const char *dir)
 		}
 		if (mfd >= 0) {
 			close(mfd);
+		}
+		if (sfd >= 0) {
+			close(sfd);
 		}
 		close(rfd);
 		if (rc == SL_OK) {

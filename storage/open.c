@@ -466,6 +466,12 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	}
 
 	/* A replacement store whose move-in a crash interrupted (movein.c). */
+	if (db->opt.read_only && sl_move_in_pending(db->dirfd)) {
+		sl_db_log(db, "error", "%s is half-way through a move-in: open it writable once",
+		          dir);
+		rc = SL_EBUSY;
+		goto fail;
+	}
 	if (!db->opt.read_only && (rc = sl_move_in_finish(db->dirfd)) != SL_OK) {
 		sl_db_log(db, "error", "cannot finish moving %s/.resync in: %s", dir,
 		          sl_strerror(rc));

@@ -235,11 +235,11 @@ int sl_swap_dir(sl_db *db, const char *other, const sl_options *o);
  * 1: close both stores, then sl_move_in).  SL_OK or SL_EINVAL (too long). */
 int sl_staging_dir(const char *dir, char *out, size_t cap, int *nested);
 
-/* Replaces the store files in dir (every regular file but LOCK) with those
+/* Replaces the store files in dir (segments, hints, *.tmp, REPL) with those
  * of the complete, closed store in dir/.resync, and removes dir/.resync.
  * No handle may be open on either.  Crash-safe: once started (a durable
  * mark in dir/.resync), sl_open(dir) finishes it; before, dir is as it
- * was.  SL_OK, SL_ENOTFOUND (no dir/.resync), SL_EBUSY (dir in use),
+ * was.  SL_OK, SL_ENOTFOUND (no dir/.resync), SL_EBUSY (dir or dir/.resync in use),
  * SL_ENOSPC / SL_EIO (not started: dir as it was; or stopped midway:
  * sl_open finishes it). */
 int sl_move_in(const char *dir);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -78,8 +79,15 @@ static inline pid_t nu_spawn_args(const char *const *args, const char *logpath)
 		argv[n++] = args[i];
 	}
 	argv[n] = NULL;
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	if (pid == 0) {
+		/* A test killed before it could stop its daemons takes them
+		 * with it (they would keep ports, and a test's private tmpfs). */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent) {
+			_exit(127);
+		}
 		if (logpath != NULL) {
 			int fd = open(logpath, O_WRONLY | O_CREAT | O_APPEND, 0644);
 			if (fd >= 0) {

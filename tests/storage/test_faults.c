@@ -1060,6 +1060,7 @@ static const struct sl_io *faulty_io(void)
 	g_fio.fsync = f_fsync;
 	atomic_store(&g_budget, -1);
 	atomic_store(&g_sync_fail, 0);
+	atomic_store(&g_falloc_max, -1);
 	return &g_fio;
 }
 
@@ -1277,10 +1278,24 @@ static void test_nearly_full_disk(void **state)
 		}
 	}
 	assert_int_equal(rc, SL_ENOSPC);
+	/* many more failures use up no segment ids */
+	uint64_t *ids = NULL;
+	int nids = tu_list_ids(dir, "seg", &ids);
+	assert_true(nids > 0);
+	uint64_t max_before = ids[nids - 1];
+	free(ids);
+	for (int i = 0; i < 200; i++) {
+		assert_int_equal(sl_put(db, "full", 4, big, sizeof(big), &seq), SL_ENOSPC);
+	}
 	assert_int_equal(stats(db).failed, 0);
 	check_kvset(db, &s, NULL, NULL, "full");
 	atomic_store(&g_falloc_max, -1);
 	do_put(db, &s, "after", 100, 99);
+	do_put(db, &s, "after2", 60000, 98); /* needs a new segment */
+	nids = tu_list_ids(dir, "seg", &ids);
+	assert_true(nids > 0);
+	assert_true(ids[nids - 1] <= max_before + 2);
+	free(ids);
 	sl_close(db);
 
 	o.io = NULL;

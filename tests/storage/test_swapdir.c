@@ -716,8 +716,15 @@ static void test_swap_new_intervals(void **state)
 
 /* ---- sl_move_in ---------------------------------------------------------- */
 
-/* DIR with store 'a' (1500 keys, several segments, REPL "old") and
- * DIR/.resync with store 'b' (REPL "new"), both closed. */
+/* Keys in store 'a' (the old one: more keys, so more segments, than the
+ * new one, whose files cannot all overwrite the old ones) and 'b'. */
+static int nkeys(char s)
+{
+	return s == 'a' ? 3000 : 1500;
+}
+
+/* DIR with store 'a' (several segments, REPL "old", and an operator's
+ * file NOTES) and DIR/.resync with store 'b' (REPL "new"), both closed. */
 static char *build_pair(void)
 {
 	char *dir = tu_mkdtemp("movein");
@@ -729,27 +736,33 @@ static char *build_pair(void)
 	const char *repl[2] = {"old", "new"};
 	for (int d = 0; d < 2; d++) {
 		sl_db *db = open_dir(dirs[d], &o);
-		for (int i = 0; i < 1500; i++) {
+		for (int i = 0; i < nkeys((char)('a' + d)); i++) {
 			put_v(db, (char)('a' + d), i, d);
 		}
 		sl_close(db);
 		snprintf(p, sizeof(p), "%s/REPL", dirs[d]);
 		assert_int_equal(tu_write_file(p, repl[d], 3), 0);
 	}
-	assert_true(max_seg_id(dir) >= 3);
+	snprintf(p, sizeof(p), "%s/NOTES", dir);
+	assert_int_equal(tu_write_file(p, "mine", 4), 0);
+	assert_true(max_seg_id(dir) > max_seg_id(sub)); /* old files the new do not replace */
+	assert_true(max_seg_id(sub) >= 3);
 	return dir;
 }
 
-/* dir holds store s ('a' or 'b') alone, REPL included. */
+/* dir holds store s ('a' or 'b') alone, REPL included, and NOTES. */
 static void check_store(const char *dir, char s)
 {
 	sl_options o = base_opts();
 	sl_db *db = open_dir(dir, &o);
-	for (int i = 0; i < 1500; i++) {
+	char other = s == 'a' ? 'b' : 'a';
+	for (int i = 0; i < nkeys(s); i++) {
 		check_v(db, s, i, s - 'a');
-		check_absent(db, s == 'a' ? 'b' : 'a', i);
 	}
-	assert_int_equal(stats(db).keys, 1500);
+	for (int i = 0; i < nkeys(other); i++) {
+		check_absent(db, other, i);
+	}
+	assert_int_equal(stats(db).keys, (uint64_t)nkeys(s));
 	sl_close(db);
 	char p[TU_PATH];
 	snprintf(p, sizeof(p), "%s/REPL", dir);
@@ -758,6 +771,10 @@ static void check_store(const char *dir, char s)
 	assert_int_equal(tu_read_file(p, &buf, &len), 0);
 	assert_int_equal(len, 3);
 	assert_memory_equal(buf, s == 'a' ? "old" : "new", 3);
+	free(buf);
+	snprintf(p, sizeof(p), "%s/NOTES", dir);
+	assert_int_equal(tu_read_file(p, &buf, &len), 0);
+	assert_int_equal(len, 4);
 	free(buf);
 }
 
@@ -787,9 +804,14 @@ static void test_move_in(void **state)
 	snprintf(want, sizeof(want), "%s.resync", dir);
 	assert_string_equal(st, want);
 
-	/* In use: refused, nothing moved. */
+	/* In use (the store, or the loaded one): refused, nothing moved. */
 	sl_options o = base_opts();
 	sl_db *db = open_dir(dir, &o);
+	assert_int_equal(sl_move_in(dir), SL_EBUSY);
+	sl_close(db);
+	char sub[512];
+	snprintf(sub, sizeof(sub), "%s/.resync", dir);
+	db = open_dir(sub, &o);
 	assert_int_equal(sl_move_in(dir), SL_EBUSY);
 	sl_close(db);
 	assert_true(has_staging(dir));
@@ -844,7 +866,8 @@ static void test_move_in_interrupted_moving(void **state)
 	assert_non_null(d);
 	struct dirent *e;
 	while ((e = readdir(d)) != NULL) {
-		if (e->d_name[0] != '.' && strcmp(e->d_name, "LOCK") != 0) {
+		if (e->d_name[0] != '.' && strcmp(e->d_name, "LOCK") != 0 &&
+		    strcmp(e->d_name, "NOTES") != 0) {
 			snprintf(from, sizeof(from), "%s/%s", dir, e->d_name);
 			assert_int_equal(unlink(from), 0);
 		}
