@@ -210,11 +210,41 @@ static void test_full_resync_onto_small_disk(void **state)
 	assert_int_equal(ru_stat(&F2, "repl_refused_batches", NULL, 0), 0);
 }
 
+/* Where a full resync stages its store: beside a plain directory, inside
+ * a mount point (a tmpfs, or a bind mount of the same filesystem, which
+ * cannot be renamed either). */
+static void test_staging_dir_of_mount_points(void **state)
+{
+	(void)state;
+	if (!mounted) {
+		skip();
+	}
+	char plain[TU_PATH], bind[TU_PATH], out[TU_PATH + 16], want[TU_PATH + 16];
+	int nested = -1;
+	snprintf(plain, sizeof(plain), "%s/plain", root);
+	snprintf(bind, sizeof(bind), "%s/bind", root);
+	assert_int_equal(tu_mkdir_p(plain), 0);
+	assert_int_equal(tu_mkdir_p(bind), 0);
+	assert_int_equal(sl_staging_dir(plain, out, sizeof(out), &nested), SL_OK);
+	assert_int_equal(nested, 0);
+	snprintf(want, sizeof(want), "%s.resync", plain);
+	assert_string_equal(out, want);
+	assert_int_equal(sl_staging_dir(mnt, out, sizeof(out), &nested), SL_OK);
+	assert_int_equal(nested, 1);
+	snprintf(want, sizeof(want), "%s/.resync", mnt);
+	assert_string_equal(out, want);
+	assert_int_equal(mount(plain, bind, NULL, MS_BIND, NULL), 0);
+	assert_int_equal(sl_staging_dir(bind, out, sizeof(out), &nested), SL_OK);
+	umount2(bind, MNT_DETACH);
+	assert_int_equal(nested, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_follower_disk_full_then_room),
 	    cmocka_unit_test(test_full_resync_onto_small_disk),
+	    cmocka_unit_test(test_staging_dir_of_mount_points),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
