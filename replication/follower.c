@@ -46,6 +46,8 @@
 #define FETCH_MAX      (8u << 20)
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
+/* background compaction waits this long after each full (catch-up) reply */
+#define CATCHUP_COMPACT_DEFER_MS 1000
 /* between full resyncs this node's disk could not hold */
 #define RESYNC_BACKOFF_MIN_MS 1000
 #define RESYNC_BACKOFF_MAX_MS 60000
@@ -862,6 +864,11 @@ static void *fetch_main(void *arg)
 		 * so the primary reads and sends it while this one is applied.
 		 * Not when the primary wants a durable position back (acks):
 		 * that goes in the fetch sent after the sync below. */
+		if (fr->records.len >= FETCH_MAX / 2) {
+			/* catching up: background compaction waits (a second after
+			 * the last full reply), the log goes first */
+			sl_compact_defer(db, CATCHUP_COMPACT_DEFER_MS);
+		}
 		uint64_t next = fr->records.len >= FETCH_MAX / 2 && fr->has_next_seq &&
 		                        !(fr->has_sync_seq && fr->sync_seq)
 		                    ? fr->next_seq

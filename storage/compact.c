@@ -538,6 +538,13 @@ void sl_compact_protect(sl_db *db, uint64_t seq)
 	}
 }
 
+void sl_compact_defer(sl_db *db, uint32_t ms)
+{
+	if (db != NULL) {
+		atomic_store(&db->defer_until_ns, sl_mono_ns() + (uint64_t)ms * 1000000u);
+	}
+}
+
 static void *compactor_main(void *arg)
 {
 	sl_db *db = arg;
@@ -554,7 +561,7 @@ static void *compactor_main(void *arg)
 			break;
 		}
 		pthread_mutex_unlock(&db->cthread_mu);
-		if (!atomic_load(&db->failed)) {
+		if (!atomic_load(&db->failed) && sl_mono_ns() >= atomic_load(&db->defer_until_ns)) {
 			size_t did;
 			pthread_mutex_lock(&db->compact_mu);
 			compact_once(db, 0, 0, &did);

@@ -67,6 +67,7 @@ struct sl_db {
 	int compactor_started;
 	_Atomic int compact_stop;
 	_Atomic uint64_t protect_seq;
+	_Atomic uint64_t defer_until_ns; /* sl_compact_defer: no background run before */
 	uint64_t n_compactions, c_reclaimed, c_written, c_read, c_last_ms, c_errors;
 	_Atomic int c_last_error;
 

@@ -182,6 +182,12 @@ int sl_compact(sl_db *db);
  * Replication keeps its backlog contiguous with it. */
 void sl_compact_protect(sl_db *db, uint64_t seq);
 
+/* Background compaction starts no run for the next ms milliseconds (a run
+ * under way finishes; sl_compact is not affected).  A follower catching up
+ * calls it while replies come full, so its disk and CPU go to the log it
+ * is behind on first. */
+void sl_compact_defer(sl_db *db, uint32_t ms);
+
 /* Forces the active segment to disk now (any policy). */
 int sl_sync_now(sl_db *db);
 

@@ -654,6 +654,42 @@ static void test_background_compaction_runs(void **state)
 	remove_dir();
 }
 
+/* sl_compact_defer holds background runs off while it is renewed, and
+ * they start again once it is not. */
+static void test_compact_defer(void **state)
+{
+	(void)state;
+	make_dir("defer");
+	sl_options o = opts();
+	o.compact_background = 1;
+	o.compact_interval_ms = 10;
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	sl_compact_defer(db, 300);
+	for (int r = 0; r < 30; r++) {
+		for (int i = 0; i < 300; i++) {
+			put(db, i, r);
+		}
+	}
+	sl_stats st = {0};
+	for (int t = 0; t < 40; t++) { /* 0.8 s, 40 renewals: no run */
+		sl_compact_defer(db, 300);
+		usleep(20000);
+		assert_int_equal(sl_stats_get(db, &st), SL_OK);
+		assert_int_equal(st.compactions, 0);
+	}
+	for (int t = 0; t < 200 && st.compactions == 0; t++) { /* then they run */
+		usleep(20000);
+		assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	}
+	assert_true(st.compactions >= 1);
+	for (int i = 0; i < 300; i++) {
+		check_value(db, i, 29);
+	}
+	sl_close(db);
+	remove_dir();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -665,6 +701,7 @@ int main(void)
 	    cmocka_unit_test(test_disk_full_abandons),
 	    cmocka_unit_test(test_crash_inside_compaction),
 	    cmocka_unit_test(test_background_compaction_runs),
+	    cmocka_unit_test(test_compact_defer),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
