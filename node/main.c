@@ -13,6 +13,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 
 #include <nng/nng.h>
 
+#include "io.h"
 #include "log.h"
 #include "metrics.h"
 #include "node.h"
@@ -421,6 +423,20 @@ static void *shutdown_watchdog(void *arg)
 	return NULL;
 }
 
+/* SHIPLOGD_TEST_FSYNC_EIO_AFTER=N: fdatasync calls left before the one
+ * that fails (-1: none). */
+static _Atomic long g_fsync_fault = -1;
+static struct sl_io g_fault_io;
+
+static int fault_fdatasync(int fd)
+{
+	if (atomic_fetch_sub(&g_fsync_fault, 1) == 0) {
+		errno = EIO;
+		return -1;
+	}
+	return sl_io_default.fdatasync(fd);
+}
+
 int main(int argc, char **argv)
 {
 	config c;
@@ -471,6 +487,17 @@ int main(int argc, char **argv)
 	o.max_key_bytes = (uint32_t)c.max_key;
 	o.max_value_bytes = (uint32_t)c.max_value;
 	o.log_fn = engine_log;
+	const char *fault = getenv("SHIPLOGD_TEST_FSYNC_EIO_AFTER");
+	if (fault != NULL && *fault != '\0') {
+		/* A test hook (tests/repl/test_repl_storefail.c): the one
+		 * fdatasync after the first N fails with EIO, as a disk might. */
+		atomic_store(&g_fsync_fault, atol(fault));
+		g_fault_io = sl_io_default;
+		g_fault_io.fdatasync = fault_fdatasync;
+		o.io = &g_fault_io;
+		sl_log_warn("test hook: the fdatasync after the first %s will fail with EIO",
+		            fault);
+	}
 	/* Nothing is compacted until replication has set the backlog limit. */
 	o.compact_protect_seq = 1;
 

@@ -703,7 +703,8 @@ static void *fetch_main(void *arg)
 	int connected = 0; /* a fetch succeeded on this connection */
 	int resynced = 0;  /* a full resync just ended: the next fetch streams */
 	int last_err = 0;
-	int store_err = 0; /* the local error storing the last reply failed with */
+	int store_err = 0;    /* the local error storing the last reply failed with */
+	int store_failed = 0; /* SL_EFAILED: the store must be replaced (above) */
 	uint64_t resync_backoff = RESYNC_BACKOFF_MIN_MS;
 	uint64_t store_backoff = BACKOFF_MIN_MS / 2;
 	uint64_t last_stats_ms = 0;
@@ -729,6 +730,38 @@ static void *fetch_main(void *arg)
 				break;
 			}
 			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			continue;
+		}
+		if (store_failed) {
+			/* The store refuses writes for good (an fsync failed: what
+			 * it holds past its last good sync is unknown), and only a
+			 * reopen would clear that: replace it with the primary's
+			 * snapshot instead, which also fills any hole. */
+			repl_log(r, 3,
+			         "this node's store has failed; replacing it with a full resync "
+			         "from %s",
+			         url);
+			int local = 0;
+			int frc = full_resync(r, url, &local);
+			if (frc != SL_OK) {
+				repl_log(r, 2, "full resync failed: %s; retrying in %llu s",
+				         sl_strerror(frc),
+				         (unsigned long long)(resync_backoff / 1000));
+				if (pause_ms(r, resync_backoff)) {
+					break;
+				}
+				resync_backoff = resync_backoff * 2 > RESYNC_BACKOFF_MAX_MS
+				                     ? RESYNC_BACKOFF_MAX_MS
+				                     : resync_backoff * 2;
+				continue;
+			}
+			store_failed = 0;
+			store_err = 0;
+			store_backoff = BACKOFF_MIN_MS / 2;
+			connected = 1;
+			resynced = 1;
+			backoff = BACKOFF_MIN_MS;
+			resync_backoff = RESYNC_BACKOFF_MIN_MS;
 			continue;
 		}
 		sl_db *db = *r->o.dbp; /* invariant 1 */
@@ -942,7 +975,9 @@ static void *fetch_main(void *arg)
 				 * connection is fine, the same fetch is retried, less
 				 * and less often (the fetch itself resets `backoff`) */
 				atomic_fetch_add(&r->apply_errors, 1);
-				if (store_err != rc) {
+				if (rc == SL_EFAILED) {
+					store_failed = 1; /* replaced at the top of the loop */
+				} else if (store_err != rc) {
 					repl_log(
 					    r, 3,
 					    "cannot store records from %s after seq %llu: %s "
