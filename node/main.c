@@ -488,10 +488,17 @@ int main(int argc, char **argv)
 	o.max_value_bytes = (uint32_t)c.max_value;
 	o.log_fn = engine_log;
 	const char *fault = getenv("SHIPLOGD_TEST_FSYNC_EIO_AFTER");
-	if (fault != NULL && *fault != '\0') {
+	char *fend = NULL;
+	long fn = fault != NULL ? strtol(fault, &fend, 10) : -1;
+	if (fault != NULL && (*fault == '\0' || *fend != '\0' || fn < 0)) {
+		sl_log_error("SHIPLOGD_TEST_FSYNC_EIO_AFTER must be a number >= 0, not '%s'",
+		             fault);
+		return 1;
+	}
+	if (fault != NULL) {
 		/* A test hook (tests/repl/test_repl_storefail.c): the one
 		 * fdatasync after the first N fails with EIO, as a disk might. */
-		atomic_store(&g_fsync_fault, atol(fault));
+		atomic_store(&g_fsync_fault, fn);
 		g_fault_io = sl_io_default;
 		g_fault_io.fdatasync = fault_fdatasync;
 		o.io = &g_fault_io;

@@ -705,6 +705,8 @@ static void *fetch_main(void *arg)
 	int last_err = 0;
 	int store_err = 0;    /* the local error storing the last reply failed with */
 	int store_failed = 0; /* SL_EFAILED: the store must be replaced (above) */
+	uint64_t last_replace_ms = 0, replace_backoff = RESYNC_BACKOFF_MIN_MS;
+	uint64_t catchup_since_ms = 0; /* full replies since (compaction deferral) */
 	uint64_t resync_backoff = RESYNC_BACKOFF_MIN_MS;
 	uint64_t store_backoff = BACKOFF_MIN_MS / 2;
 	uint64_t last_stats_ms = 0;
@@ -736,7 +738,23 @@ static void *fetch_main(void *arg)
 			/* The store refuses writes for good (an fsync failed: what
 			 * it holds past its last good sync is unknown), and only a
 			 * reopen would clear that: replace it with the primary's
-			 * snapshot instead, which also fills any hole. */
+			 * snapshot instead, which also fills any hole.  A disk that
+			 * keeps failing gets replacements less and less often (1 s,
+			 * 2 s, ... 60 s apart while they come within a minute). */
+			uint64_t now = repl_now_ms();
+			if (last_replace_ms != 0 && now - last_replace_ms < 60000) {
+				pthread_mutex_lock(&r->mu);
+				r->fstate = "store_error";
+				pthread_mutex_unlock(&r->mu);
+				if (pause_ms(r, replace_backoff)) {
+					break;
+				}
+				replace_backoff = replace_backoff * 2 > RESYNC_BACKOFF_MAX_MS
+				                      ? RESYNC_BACKOFF_MAX_MS
+				                      : replace_backoff * 2;
+			} else {
+				replace_backoff = RESYNC_BACKOFF_MIN_MS;
+			}
 			repl_log(r, 3,
 			         "this node's store has failed; replacing it with a full resync "
 			         "from %s",
@@ -744,17 +762,29 @@ static void *fetch_main(void *arg)
 			int local = 0;
 			int frc = full_resync(r, url, &local);
 			if (frc != SL_OK) {
-				repl_log(r, 2, "full resync failed: %s; retrying in %llu s",
-				         sl_strerror(frc),
-				         (unsigned long long)(resync_backoff / 1000));
-				if (pause_ms(r, resync_backoff)) {
+				/* as after the primary's SL_ESTALE, below */
+				uint64_t wait = local ? resync_backoff : backoff;
+				repl_log(r, 2, "full resync failed: %s%s; retrying in %llu ms",
+				         sl_strerror(frc), local ? " (this node's storage)" : "",
+				         (unsigned long long)wait);
+				connected = 0;
+				pthread_mutex_lock(&r->mu);
+				r->fstate = local ? "store_error" : "connecting";
+				pthread_mutex_unlock(&r->mu);
+				if (pause_ms(r, wait)) {
 					break;
 				}
-				resync_backoff = resync_backoff * 2 > RESYNC_BACKOFF_MAX_MS
-				                     ? RESYNC_BACKOFF_MAX_MS
-				                     : resync_backoff * 2;
+				if (local) {
+					resync_backoff = resync_backoff * 2 > RESYNC_BACKOFF_MAX_MS
+					                     ? RESYNC_BACKOFF_MAX_MS
+					                     : resync_backoff * 2;
+				} else {
+					backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
+					                                       : backoff * 2;
+				}
 				continue;
 			}
+			last_replace_ms = repl_now_ms();
 			store_failed = 0;
 			store_err = 0;
 			store_backoff = BACKOFF_MIN_MS / 2;
@@ -769,10 +799,16 @@ static void *fetch_main(void *arg)
 		uint64_t now = repl_now_ms();
 		if (now - last_stats_ms >= 1000) {
 			sl_stats s;
-			if (sl_stats_get(db, &s) == SL_OK && s.synced_seq > durable) {
+			int src = sl_stats_get(db, &s);
+			if (src == SL_OK && s.synced_seq > durable) {
 				durable = s.synced_seq;
 			}
 			last_stats_ms = now;
+			if (src == SL_OK &&
+			    s.failed != 0) { /* its flusher's fdatasync failed, say */
+				store_failed = 1;
+				continue;
+			}
 		}
 		Shiplog__ReplReply *rep = NULL;
 		int rc;
@@ -899,8 +935,18 @@ static void *fetch_main(void *arg)
 		 * that goes in the fetch sent after the sync below. */
 		if (fr->records.len >= FETCH_MAX / 2) {
 			/* catching up: background compaction waits (a second after
-			 * the last full reply), the log goes first */
-			sl_compact_defer(db, CATCHUP_COMPACT_DEFER_MS);
+			 * the last full reply), the log goes first; but not for more
+			 * than 30 s of a catch-up that never ends, or dead space
+			 * would grow without bound */
+			uint64_t now_ms = repl_now_ms();
+			if (catchup_since_ms == 0) {
+				catchup_since_ms = now_ms;
+			}
+			if (now_ms - catchup_since_ms < 30000) {
+				sl_compact_defer(db, CATCHUP_COMPACT_DEFER_MS);
+			}
+		} else {
+			catchup_since_ms = 0;
 		}
 		uint64_t next = fr->records.len >= FETCH_MAX / 2 && fr->has_next_seq &&
 		                        !(fr->has_sync_seq && fr->sync_seq)
@@ -946,6 +992,8 @@ static void *fetch_main(void *arg)
 		if (rc == SL_OK && fr->has_sync_seq && fr->sync_seq > 0 && a.last > durable) {
 			if (sl_sync_wait(db, a.last) == SL_OK) {
 				durable = a.last;
+			} else {
+				rc = SL_EFAILED; /* below: the store is replaced */
 			}
 		}
 		/* Streaming under load (records were waiting, the reply is small,

@@ -541,7 +541,11 @@ void sl_compact_protect(sl_db *db, uint64_t seq)
 void sl_compact_defer(sl_db *db, uint32_t ms)
 {
 	if (db != NULL) {
-		atomic_store(&db->defer_until_ns, sl_mono_ns() + (uint64_t)ms * 1000000u);
+		uint64_t until = sl_mono_ns() + (uint64_t)ms * 1000000u;
+		uint64_t cur = atomic_load(&db->defer_until_ns);
+		while (cur < until &&
+		       !atomic_compare_exchange_weak(&db->defer_until_ns, &cur, until)) {
+		}
 	}
 }
 

@@ -50,7 +50,12 @@ static void test_failed_store_is_replaced(void **state)
 	(void)state;
 	ru_node *f[] = {&F};
 	/* writes spread over several of the follower's once-a-second syncs */
-	for (int round = 0; round < 8 && ru_stat(&F, "resyncs_full", NULL, 0) == 0; round++) {
+	for (int round = 0; round < 8; round++) {
+		uint64_t rs = ru_stat(&F, "resyncs_full", NULL, 0);
+		assert_true(rs != UINT64_MAX);
+		if (rs > 0) {
+			break;
+		}
 		ru_load(&P, "k", 500, round);
 		nu_sleep_ms(1100);
 	}
@@ -60,7 +65,6 @@ static void test_failed_store_is_replaced(void **state)
 		nu_dump_log(&F.d);
 		fail_msg("the follower did not replace its failed store");
 	}
-	assert_true(ru_stat(&F, "repl_apply_errors", NULL, 0) >= 1);
 	assert_int_equal(ru_stat(&F, "failed", NULL, 0), 0);
 	char st[32];
 	ru_stat(&F, "repl_state", st, sizeof(st));
