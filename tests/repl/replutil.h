@@ -114,6 +114,30 @@ static inline int ru_digest(const ru_node *n, char out[33], uint64_t *keys)
 	return rc == SL_OK ? 0 : -1;
 }
 
+/* Compacts n now (sl_client_compact, a minute's timeout); asserts it worked. */
+static inline void ru_compact(const ru_node *n)
+{
+	sl_client *c = ru_client(n);
+	assert_non_null(c);
+	sl_client_set_timeout(c, 60000);
+	assert_int_equal(sl_client_compact(c), SL_OK);
+	sl_client_close(c);
+}
+
+/* Waits up to ms for n's numeric stat `name` to be readable and above 0;
+ * returns it (0 when it never was). */
+static inline uint64_t ru_wait_stat_positive(const ru_node *n, const char *name, int ms)
+{
+	for (int waited = 0; waited <= ms; waited += 100) {
+		uint64_t v = ru_stat(n, name, NULL, 0);
+		if (v != UINT64_MAX && v > 0) {
+			return v;
+		}
+		nu_sleep_ms(100);
+	}
+	return 0;
+}
+
 /* The primary's last seq. */
 static inline uint64_t ru_last_seq(const ru_node *n)
 {

@@ -107,15 +107,6 @@ static void load_big(int from, int n)
 	load_big_to(&P, from, n, 1 << 30);
 }
 
-static void compact(ru_node *n)
-{
-	sl_client *c = ru_client(n);
-	assert_non_null(c);
-	sl_client_set_timeout(c, 60000);
-	assert_int_equal(sl_client_compact(c), SL_OK);
-	sl_client_close(c);
-}
-
 static void test_follower_disk_full_then_room(void **state)
 {
 	(void)state;
@@ -125,12 +116,8 @@ static void test_follower_disk_full_then_room(void **state)
 	/* 12 MiB of values for a 6 MiB disk */
 	load_big(0, 6000);
 	uint64_t head = ru_last_seq(&P);
-	uint64_t errs = 0;
-	for (int waited = 0; waited < 20000 && (errs == 0 || errs == UINT64_MAX); waited += 100) {
-		nu_sleep_ms(100);
-		errs = ru_stat(&F, "repl_apply_errors", NULL, 0);
-	}
-	if (errs == 0 || errs == UINT64_MAX) {
+	uint64_t errs = ru_wait_stat_positive(&F, "repl_apply_errors", 20000);
+	if (errs == 0) {
 		nu_dump_log(&F.d);
 		fail_msg("the follower never reported its disk full");
 	}
@@ -184,19 +171,14 @@ static void test_full_resync_onto_small_disk(void **state)
 	/* 4000 writes over 1000 keys: ~2 MB live, the head compacted away */
 	load_big_to(&P2, 0, 4000, 1000);
 	nu_sleep_ms(1200); /* a backlog tick */
-	compact(&P2);
+	ru_compact(&P2);
 	snprintf(mnt2, sizeof(mnt2), "%s/f2", root);
 	assert_int_equal(tu_mkdir_p(mnt2), 0);
 	assert_int_equal(mount("tmpfs", mnt2, "tmpfs", 0, "size=1m"), 0);
 	mounted2 = 1;
 	const char *fex[] = {"--segment-bytes", "64k", NULL};
 	assert_int_equal(ru_start(&F2, mnt2, P2.rurl, fex), 0);
-	uint64_t errs = 0;
-	for (int waited = 0; waited < 20000 && (errs == 0 || errs == UINT64_MAX); waited += 100) {
-		nu_sleep_ms(100);
-		errs = ru_stat(&F2, "repl_apply_errors", NULL, 0);
-	}
-	if (errs == 0 || errs == UINT64_MAX) {
+	if (ru_wait_stat_positive(&F2, "repl_apply_errors", 20000) == 0) {
 		nu_dump_log(&F2.d);
 		fail_msg("the follower's resync never hit its full disk");
 	}

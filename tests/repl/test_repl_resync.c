@@ -55,15 +55,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-static void compact(ru_node *n)
-{
-	sl_client *c = ru_client(n);
-	assert_non_null(c);
-	sl_client_set_timeout(c, 60000);
-	assert_int_equal(sl_client_compact(c), SL_OK);
-	sl_client_close(c);
-}
-
 static void test_fall_off_backlog(void **state)
 {
 	(void)state;
@@ -78,7 +69,7 @@ static void test_fall_off_backlog(void **state)
 		ru_load(&P, "a", 500, round);
 	}
 	nu_sleep_ms(1200); /* a backlog tick */
-	compact(&P);
+	ru_compact(&P);
 	assert_int_equal(ru_start(&F, NULL, NULL, NULL), 0);
 	ru_assert_converged(&P, f, 1);
 	assert_true(ru_stat(&F, "resyncs_full", NULL, 0) >= 1);
@@ -137,7 +128,7 @@ static void test_kill_during_resync(void **state)
 	sl_client_close(c);
 	ru_load(&P, "a", 500, 9);
 	nu_sleep_ms(1200);
-	compact(&P);
+	ru_compact(&P);
 	/* start it, kill it as soon as it is resyncing, start it again */
 	assert_int_equal(ru_start(&F, NULL, NULL, NULL), 0);
 	char st[32] = "";
