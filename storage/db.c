@@ -232,6 +232,25 @@ int sl_db_index(sl_db *db, uint64_t h, const void *key, size_t klen, const sl_lo
 	return SL_OK;
 }
 
+char *sl_db_parent_dir(const char *path)
+{
+	char *d = strdup(path);
+	if (d == NULL) {
+		return NULL;
+	}
+	size_t n = strlen(d);
+	while (n > 1 && d[n - 1] == '/') {
+		d[--n] = '\0';
+	}
+	char *slash = strrchr(d, '/');
+	if (slash == NULL) {
+		strcpy(d, ".");
+	} else {
+		slash[slash == d] = '\0'; /* "/x" -> "/" */
+	}
+	return d;
+}
+
 /* ---- the append path ---------------------------------------------------- */
 
 /* A log line that a full disk would repeat once per write: the first, then

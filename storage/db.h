@@ -88,6 +88,19 @@ sl_seg *sl_db_seg(sl_db *db, uint32_t id);
 
 /* Adds s to the table and the id-ordered list.  Caller holds seg_mu. */
 int sl_db_seg_publish(sl_db *db, sl_seg *s);
+/* The directory path holds ("." for a bare name, "/" for "/x"); malloc'd,
+ * NULL without memory. */
+char *sl_db_parent_dir(const char *path);
+/* s[0..n) are all decimal digits (segment and hint file names). */
+static inline int sl_db_is_digits(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9') {
+			return 0;
+		}
+	}
+	return 1;
+}
 /* Finishes a sl_move_in into the directory dirfd that a crash
  * interrupted (movein.c); SL_OK when there was none.  Caller holds LOCK. */
 int sl_move_in_finish(int dirfd);

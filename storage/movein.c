@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -41,19 +42,9 @@ int sl_staging_dir(const char *dir, char *out, size_t cap, int *nested)
 	while (n > 1 && dir[n - 1] == '/') {
 		n--;
 	}
-	char parent[4096];
-	if (n + 1 > sizeof(parent)) {
-		return SL_EINVAL;
-	}
-	memcpy(parent, dir, n);
-	parent[n] = '\0';
-	char *slash = strrchr(parent, '/');
-	if (slash == NULL) {
-		snprintf(parent, sizeof(parent), ".");
-	} else if (slash == parent) {
-		parent[1] = '\0';
-	} else {
-		*slash = '\0';
+	char *parent = sl_db_parent_dir(dir);
+	if (parent == NULL) {
+		return SL_ENOMEM;
 	}
 	/* A mount point cannot be renamed (EBUSY), whatever is mounted there
 	 * (a bind mount of the same filesystem too); another filesystem
@@ -64,6 +55,7 @@ int sl_staging_dir(const char *dir, char *out, size_t cap, int *nested)
 	           (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) &&
 	           (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT);
 	*nested = root || (stat(dir, &sd) == 0 && stat(parent, &sp) == 0 && sd.st_dev != sp.st_dev);
+	free(parent);
 	int w = *nested ? snprintf(out, cap, "%.*s/" STAGING, (int)n, dir)
 	                : snprintf(out, cap, "%.*s.resync", (int)n, dir);
 	return w < 0 || (size_t)w >= cap ? SL_EINVAL : SL_OK;
@@ -80,11 +72,8 @@ static int exists_at(int dfd, const char *name)
 static int store_file(const char *name)
 {
 	size_t n = strlen(name);
-	int digits = n >= 10;
-	for (size_t i = 0; i < 10 && digits; i++) {
-		digits = name[i] >= '0' && name[i] <= '9';
-	}
-	return (digits && (strcmp(name + 10, ".seg") == 0 || strcmp(name + 10, ".hint") == 0)) ||
+	return (n >= 10 && sl_db_is_digits(name, 10) &&
+	        (strcmp(name + 10, ".seg") == 0 || strcmp(name + 10, ".hint") == 0)) ||
 	       (n > 4 && strcmp(name + n - 4, ".tmp") == 0) || strcmp(name, "REPL") == 0;
 }
 
@@ -145,20 +134,35 @@ static int move_one(int rfd, const char *name, void *arg)
 	return renameat(rfd, name, dirfd, name) == 0 ? SL_OK : SL_EIO;
 }
 
+enum { MARK_NONE, MARK_SWAP, MARK_MOVING };
+
+/* Opens dirfd's .resync into *rfd and says which mark it carries (none:
+ * *rfd < 0 when it does not exist, SL_EIO when it cannot be opened). */
+static int staging_mark(int dirfd, int *rfd)
+{
+	*rfd = openat(dirfd, STAGING, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (*rfd < 0) {
+		return errno == ENOENT ? MARK_NONE : SL_EIO;
+	}
+	return exists_at(*rfd, "MOVING") ? MARK_MOVING
+	       : exists_at(*rfd, "SWAP") ? MARK_SWAP
+	                                 : MARK_NONE;
+}
+
 /* Steps 2-3 from whichever mark .resync carries; SL_ENOTFOUND when it
  * carries none (or does not exist). */
 static int finish(int dirfd)
 {
-	int rfd = openat(dirfd, STAGING, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (rfd < 0) {
-		return errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
+	int rfd;
+	int mark = staging_mark(dirfd, &rfd);
+	if (mark < 0 || mark == MARK_NONE) {
+		if (rfd >= 0) {
+			close(rfd);
+		}
+		return mark < 0 ? mark : SL_ENOTFOUND; /* invariant 1: not complete */
 	}
 	int rc = SL_OK;
-	if (!exists_at(rfd, "MOVING")) {
-		if (!exists_at(rfd, "SWAP")) {
-			close(rfd);
-			return SL_ENOTFOUND; /* invariant 1: not complete */
-		}
+	if (mark == MARK_SWAP) {
 		if ((rc = each_file(dirfd, 1, remove_one, NULL)) != SL_OK || fsync(dirfd) != 0 ||
 		    renameat(rfd, "SWAP", rfd, "MOVING") != 0 || fsync(rfd) != 0) {
 			close(rfd);
@@ -186,13 +190,12 @@ int sl_move_in_finish(int dirfd)
 
 int sl_move_in_pending(int dirfd)
 {
-	int rfd = openat(dirfd, STAGING, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (rfd < 0) {
-		return 0;
+	int rfd;
+	int mark = staging_mark(dirfd, &rfd);
+	if (rfd >= 0) {
+		close(rfd);
 	}
-	int marked = exists_at(rfd, "SWAP") || exists_at(rfd, "MOVING");
-	close(rfd);
-	return marked;
+	return mark == MARK_SWAP || mark == MARK_MOVING;
 }
 
 int sl_move_in(const char *dir)

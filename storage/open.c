@@ -59,16 +59,6 @@ static int mkdir_p(const char *dir)
 	return rc;
 }
 
-static int is_digits(const char *s, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9') {
-			return 0;
-		}
-	}
-	return 1;
-}
-
 static int cmp_u32(const void *a, const void *b)
 {
 	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -92,8 +82,8 @@ static int list_segments(sl_db *db, uint32_t **ids_out, size_t *n_out)
 			unlinkat(db->dirfd, e->d_name, 0);
 			continue;
 		}
-		if (len == 15 && strcmp(e->d_name + 10, ".hint") == 0 && is_digits(e->d_name, 10) &&
-		    !db->opt.read_only) {
+		if (len == 15 && strcmp(e->d_name + 10, ".hint") == 0 &&
+		    sl_db_is_digits(e->d_name, 10) && !db->opt.read_only) {
 			/* A hint whose segment is gone (a crash between a
 			 * compaction's unlinks, or its hint written before the
 			 * output's rename) belongs to nothing. */
@@ -104,7 +94,8 @@ static int list_segments(sl_db *db, uint32_t **ids_out, size_t *n_out)
 			}
 			continue;
 		}
-		if (len != 14 || strcmp(e->d_name + 10, ".seg") != 0 || !is_digits(e->d_name, 10)) {
+		if (len != 14 || strcmp(e->d_name + 10, ".seg") != 0 ||
+		    !sl_db_is_digits(e->d_name, 10)) {
 			continue;
 		}
 		unsigned long id = strtoul(e->d_name, NULL, 10);
@@ -549,25 +540,6 @@ fail:
 
 /* The directory holding path (malloc'd; trailing slashes of path are
  * ignored), or NULL on ENOMEM. */
-static char *parent_dir(const char *path)
-{
-	char *d = strdup(path);
-	if (d == NULL) {
-		return NULL;
-	}
-	size_t n = strlen(d);
-	while (n > 1 && d[n - 1] == '/') {
-		d[--n] = '\0';
-	}
-	char *slash = strrchr(d, '/');
-	if (slash == NULL) {
-		strcpy(d, ".");
-	} else {
-		slash[slash == d] = '\0'; /* "/x" -> "/" */
-	}
-	return d;
-}
-
 static int fsync_dir(const struct sl_io *io, const char *dir)
 {
 	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
@@ -611,7 +583,7 @@ int sl_swap_dir(sl_db *db, const char *other, const sl_options *o)
 	} else {
 		/* Both entries changed: make both parents durable (one when they
 		 * share it). */
-		char *p1 = parent_dir(other), *p2 = parent_dir(db->dir);
+		char *p1 = sl_db_parent_dir(other), *p2 = sl_db_parent_dir(db->dir);
 		if (fsync_dir(db->io, p1) != 0 ||
 		    (p2 != NULL && p1 != NULL && strcmp(p1, p2) != 0 &&
 		     fsync_dir(db->io, p2) != 0)) {
