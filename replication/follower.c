@@ -696,6 +696,39 @@ static int fetch_start(sl_repl *r, const repl_state *st, uint64_t from, uint64_t
 	return call_start(r, &q, FETCH_WAIT_MS + 5000, p);
 }
 
+/* The next wait after v (doubled, at most max). */
+static uint64_t backoff_next(uint64_t v, uint64_t max)
+{
+	return v * 2 > max ? max : v * 2;
+}
+
+/* A full resync from url; on failure, waits as the failure asks (this
+ * node's storage: *resync_backoff, 1 s .. 60 s, since each try streams all
+ * that fits and throws it away; else *backoff, up to 2 s) and lengthens
+ * that wait.  On success both waits start over.  *stop: the follower is
+ * stopping. */
+static int resync_or_wait(sl_repl *r, const char *url, uint64_t *backoff, uint64_t *resync_backoff,
+                          int *stop)
+{
+	int local = 0;
+	*stop = 0;
+	int rc = full_resync(r, url, &local);
+	if (rc == SL_OK) {
+		*backoff = BACKOFF_MIN_MS;
+		*resync_backoff = RESYNC_BACKOFF_MIN_MS;
+		return SL_OK;
+	}
+	uint64_t *wait = local ? resync_backoff : backoff;
+	repl_log(r, 2, "full resync failed: %s%s; retrying in %llu ms", sl_strerror(rc),
+	         local ? " (this node's storage)" : "", (unsigned long long)*wait);
+	pthread_mutex_lock(&r->mu);
+	r->fstate = local ? "store_error" : "connecting";
+	pthread_mutex_unlock(&r->mu);
+	*stop = pause_ms(r, *wait);
+	*wait = backoff_next(*wait, local ? RESYNC_BACKOFF_MAX_MS : BACKOFF_MAX_MS);
+	return rc;
+}
+
 static void *fetch_main(void *arg)
 {
 	sl_repl *r = arg;
@@ -731,7 +764,7 @@ static void *fetch_main(void *arg)
 			if (pause_ms(r, backoff)) {
 				break;
 			}
-			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			backoff = backoff_next(backoff, BACKOFF_MAX_MS);
 			continue;
 		}
 		if (store_failed) {
@@ -749,9 +782,8 @@ static void *fetch_main(void *arg)
 				if (pause_ms(r, replace_backoff)) {
 					break;
 				}
-				replace_backoff = replace_backoff * 2 > RESYNC_BACKOFF_MAX_MS
-				                      ? RESYNC_BACKOFF_MAX_MS
-				                      : replace_backoff * 2;
+				replace_backoff =
+				    backoff_next(replace_backoff, RESYNC_BACKOFF_MAX_MS);
 			} else {
 				replace_backoff = RESYNC_BACKOFF_MIN_MS;
 			}
@@ -759,28 +791,11 @@ static void *fetch_main(void *arg)
 			         "this node's store has failed; replacing it with a full resync "
 			         "from %s",
 			         url);
-			int local = 0;
-			int frc = full_resync(r, url, &local);
-			if (frc != SL_OK) {
-				/* as after the primary's SL_ESTALE, below */
-				uint64_t wait = local ? resync_backoff : backoff;
-				repl_log(r, 2, "full resync failed: %s%s; retrying in %llu ms",
-				         sl_strerror(frc), local ? " (this node's storage)" : "",
-				         (unsigned long long)wait);
+			int stop;
+			if (resync_or_wait(r, url, &backoff, &resync_backoff, &stop) != SL_OK) {
 				connected = 0;
-				pthread_mutex_lock(&r->mu);
-				r->fstate = local ? "store_error" : "connecting";
-				pthread_mutex_unlock(&r->mu);
-				if (pause_ms(r, wait)) {
+				if (stop) {
 					break;
-				}
-				if (local) {
-					resync_backoff = resync_backoff * 2 > RESYNC_BACKOFF_MAX_MS
-					                     ? RESYNC_BACKOFF_MAX_MS
-					                     : resync_backoff * 2;
-				} else {
-					backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
-					                                       : backoff * 2;
 				}
 				continue;
 			}
@@ -790,8 +805,6 @@ static void *fetch_main(void *arg)
 			store_backoff = BACKOFF_MIN_MS / 2;
 			connected = 1;
 			resynced = 1;
-			backoff = BACKOFF_MIN_MS;
-			resync_backoff = RESYNC_BACKOFF_MIN_MS;
 			continue;
 		}
 		sl_db *db = *r->o.dbp; /* invariant 1 */
@@ -843,7 +856,7 @@ static void *fetch_main(void *arg)
 			if (pause_ms(r, backoff)) {
 				break;
 			}
-			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			backoff = backoff_next(backoff, BACKOFF_MAX_MS);
 			continue;
 		}
 		Shiplog__FetchReply *fr = rep->fetch;
@@ -860,37 +873,11 @@ static void *fetch_main(void *arg)
 			shiplog__repl_reply__free_unpacked(rep, NULL);
 			repl_log(r, 1, "primary %s cannot continue from seq %llu: full resync", url,
 			         (unsigned long long)(applied + 1));
-			int local = 0;
-			rc = full_resync(r, url, &local);
-			if (rc != SL_OK && local) {
-				/* This node's disk cannot hold the snapshot: each try
-				 * streams all that fits and throws it away, so try less
-				 * and less often (1 s, 2 s, ... 60 s). */
-				repl_log(r, 2,
-				         "full resync failed: %s (this node's storage); retrying "
-				         "in %llu s",
-				         sl_strerror(rc),
-				         (unsigned long long)(resync_backoff / 1000));
-				connected = 0;
-				if (pause_ms(r, resync_backoff)) {
-					break;
-				}
-				resync_backoff = resync_backoff * 2 > RESYNC_BACKOFF_MAX_MS
-				                     ? RESYNC_BACKOFF_MAX_MS
-				                     : resync_backoff * 2;
-			} else if (rc != SL_OK) {
-				repl_log(r, 2, "full resync failed: %s; retrying", sl_strerror(rc));
-				connected = 0;
-				if (pause_ms(r, backoff)) {
-					break;
-				}
-				backoff =
-				    backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
-			} else {
-				connected = 1;
-				resynced = 1;
-				backoff = BACKOFF_MIN_MS;
-				resync_backoff = RESYNC_BACKOFF_MIN_MS;
+			int stop;
+			rc = resync_or_wait(r, url, &backoff, &resync_backoff, &stop);
+			connected = resynced = rc == SL_OK;
+			if (stop) {
+				break;
 			}
 			continue;
 		}
@@ -905,7 +892,7 @@ static void *fetch_main(void *arg)
 			if (pause_ms(r, backoff)) {
 				break;
 			}
-			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			backoff = backoff_next(backoff, BACKOFF_MAX_MS);
 			continue;
 		}
 		if (!connected) {
@@ -1038,9 +1025,7 @@ static void *fetch_main(void *arg)
 				pthread_mutex_lock(&r->mu);
 				r->fstate = "store_error";
 				pthread_mutex_unlock(&r->mu);
-				store_backoff = store_backoff * 2 > BACKOFF_MAX_MS
-				                    ? BACKOFF_MAX_MS
-				                    : store_backoff * 2;
+				store_backoff = backoff_next(store_backoff, BACKOFF_MAX_MS);
 				backoff = store_backoff;
 			} else {
 				atomic_fetch_add(&r->refused, 1);
@@ -1054,7 +1039,7 @@ static void *fetch_main(void *arg)
 			if (pause_ms(r, backoff)) {
 				break;
 			}
-			backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+			backoff = backoff_next(backoff, BACKOFF_MAX_MS);
 		}
 	}
 	pend_free(&ahead);
