@@ -48,6 +48,9 @@
 #define BACKOFF_MAX_MS 2000
 /* background compaction waits this long after each full (catch-up) reply */
 #define CATCHUP_COMPACT_DEFER_MS 1000
+/* A reply with at least this many records means the primary is busy:
+ * with --repl-batch-us the follower then pauses before its next fetch. */
+#define BATCH_MIN_RECORDS 16
 /* between full resyncs this node's disk could not hold */
 #define RESYNC_BACKOFF_MIN_MS 1000
 #define RESYNC_BACKOFF_MAX_MS 60000
@@ -983,12 +986,13 @@ static void *fetch_main(void *arg)
 				rc = SL_EFAILED; /* below: the store is replaced */
 			}
 		}
-		/* Streaming under load (records were waiting, the reply is small,
-		 * nobody waits for acks): a short pause lets the next reply carry
-		 * more records; each round trip costs both nodes several thread
-		 * wakeups, more than applying a few records.  An idle follower
-		 * (its fetch waited for the write) never pauses. */
-		int pause = rc == SL_OK && a.count > 0 && !fr->waited && !ahead.live &&
+		/* Streaming behind a busy primary (many records per reply, the
+		 * reply not full, nobody waits for acks): a short pause lets the
+		 * next reply carry more records; each round trip costs both
+		 * nodes several thread wakeups, more than applying a few
+		 * records.  A follower getting a record or a few per reply (idle,
+		 * or back-to-back single writes) never pauses. */
+		int pause = rc == SL_OK && a.count >= BATCH_MIN_RECORDS && !ahead.live &&
 		            !(fr->has_sync_seq && fr->sync_seq) && r->o.batch_us > 0;
 		pthread_mutex_lock(&r->mu);
 		if (durable > r->durable) {
