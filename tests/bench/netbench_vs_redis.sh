@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # netbench_vs_redis.sh [BUILD_DIR] — shiplogd beside redis-server, one run,
 # same machine, same shape (50 clients, 100-byte values, 1M keyspace,
-# 200k requests): shiplog-bench --url vs redis-benchmark.
+# 200k requests at -P 1, N16 = 1.5M at -P 16): shiplog-bench --url vs
+# redis-benchmark.
 #
 #   1. shiplogd --sync everysec: ping,put,get at -P 1 and -P 16
 #   2. shiplogd --sync always:   put at -P 1 (and -P 16)
@@ -16,6 +17,10 @@
 set -eu
 B=$(cd "${1:-$(dirname "$0")/../../build}" && pwd)
 N=${N:-200000}
+# -P 16 runs get more requests: 200k batched ops last 0.2-0.3 s, too short to
+# be stable on a shared VM (Redis GET -P 16 read 1.12M/s in one such run and
+# 0.61-0.67M/s in three 1.5M-request runs right after).
+N16=${N16:-1500000}
 T=$(mktemp -d "${TMPDIR:-/var/tmp}/netbench.XXXXXX")
 PIDS=()
 cleanup() {
@@ -77,25 +82,25 @@ echo "# $(date -u +%FT%TZ) $(nproc) cores; $(redis-server --version | cut -d' ' 
 echo "## shiplogd --sync everysec"
 start_shiplogd everysec
 bench -t ping,put,get -P 1
-bench -t ping,put,get -P 16
+bench -t ping,put,get -P 16 -n "$N16"
 stop "$SPID"
 
 echo "## shiplogd --sync always"
 start_shiplogd always
 bench -t put -P 1
-bench -t put -P 16
+bench -t put -P 16 -n "$N16"
 stop "$SPID"
 
 echo "## redis-server --appendonly yes --appendfsync everysec"
 start_redis everysec
 rbench -t set,get
-rbench -t set,get -P 16
+rbench -t set,get -P 16 -n "$N16"
 stop "$RPID"
 
 echo "## redis-server --appendonly yes --appendfsync always"
 start_redis always
 rbench -t set,get
-rbench -t set -P 16
+rbench -t set -P 16 -n "$N16"
 stop "$RPID"
 
 echo "## memory per key: 1000000 distinct keys, 100-byte values"
