@@ -10,13 +10,15 @@ add_test(NAME test_cli COMMAND ${CMAKE_SOURCE_DIR}/tests/node/test_cli.sh ${CMAK
 set_tests_properties(test_cli PROPERTIES TIMEOUT 120 LABELS "node")
 
 # shiplog-bench --url URL: the network benchmark (tests/bench/netbench.c);
-# shiplog-bench repl: the replication benchmark (tests/bench/replbench.c).
+# shiplog-bench repl: the replication benchmark (tests/bench/replbench.c);
+# shiplog-bench floor: the machine's transport and fsync floors (floorbench.c).
 # The top-level CMakeLists.txt defines shiplog-bench only after adding node/,
 # so the hook is deferred to the end of the top-level directory.
 function(sl_netbench_hook)
   if(TARGET shiplog-bench)
     target_sources(shiplog-bench PRIVATE ${CMAKE_SOURCE_DIR}/tests/bench/netbench.c
-      ${CMAKE_SOURCE_DIR}/tests/bench/replbench.c)
+      ${CMAKE_SOURCE_DIR}/tests/bench/replbench.c
+      ${CMAKE_SOURCE_DIR}/tests/bench/floorbench.c)
     target_link_libraries(shiplog-bench PRIVATE shiplog-client Threads::Threads)
     target_compile_definitions(shiplog-bench PRIVATE SL_HAVE_NETBENCH)
   endif()

@@ -991,6 +991,9 @@ static void usage(FILE *f)
 #ifdef SL_HAVE_NETBENCH
 	    "With --url URL it benchmarks a shiplogd server instead (redis-benchmark's\n"
 	    "options: -t -c -n -d -r -P); shiplog-bench --url URL --help lists them.\n"
+	    "shiplog-bench repl: the replication benchmark (shiplog-bench repl --help).\n"
+	    "shiplog-bench floor: this machine's floors: an nng round trip, a TCP\n"
+	    "round trip, an fdatasync (shiplog-bench floor --help).\n"
 #endif
 	    ,
 	    opt_benchmarks);
@@ -1036,6 +1039,8 @@ static void bad_arg(const char *opt, const char *val)
 int sl_netbench_main(int argc, char **argv);
 /* tests/bench/replbench.c: the replication benchmark, `shiplog-bench repl`. */
 int sl_replbench_main(int argc, char **argv);
+/* tests/bench/floorbench.c: this machine's floors, `shiplog-bench floor`. */
+int sl_floorbench_main(int argc, char **argv);
 #endif
 
 int main(int argc, char **argv)
@@ -1043,6 +1048,9 @@ int main(int argc, char **argv)
 #ifdef SL_HAVE_NETBENCH
 	if (argc > 1 && !strcmp(argv[1], "repl")) {
 		return sl_replbench_main(argc - 1, argv + 1);
+	}
+	if (argc > 1 && !strcmp(argv[1], "floor")) {
+		return sl_floorbench_main(argc - 1, argv + 1);
 	}
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--url") || !strncmp(argv[i], "--url=", 6)) {

@@ -302,6 +302,17 @@ for r in rows:
 assert rows[1]["hits"] > 0
 ' "$D/out"; then ok "shiplog-bench --url -P $pl --json"; else bad "shiplog-bench -P $pl: status $rc: $(cat "$D/out" "$D/err")"; fi
 	done
+	"$B/shiplog-bench" floor -n 200 --dir "$D/floor" --json >"$D/out" 2>"$D/err"
+	rc=$?
+	if [ "$rc" = 0 ] && [ ! -e "$D/floor" ] && python3 -c '
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+assert [r["benchmark"] for r in rows] == ["floor_nng_rtt", "floor_tcp_rtt", "floor_fdatasync"], rows
+assert [r["n"] for r in rows] == [200, 200, 100], rows
+for r in rows:
+    assert 0 < r["p50_us"] <= r["p99_us"] <= r["max_us"], r
+' "$D/out"; then ok "shiplog-bench floor --json (and its file removed)"; else bad "shiplog-bench floor: status $rc: $(cat "$D/out" "$D/err")"; fi
+	if "$B/shiplog-bench" floor -n 0 >/dev/null 2>"$D/err"; then bad "floor -n 0 accepted"; elif grep -q "bad -n" "$D/err"; then ok "floor -n 0 refused"; else bad "floor -n 0: $(cat "$D/err")"; fi
 fi
 
 # ---- server gone --------------------------------------------------------------
