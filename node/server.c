@@ -84,6 +84,12 @@ struct sl_server {
 	atomic_int stopping;
 	atomic_int closing;
 	atomic_int working;
+	/* Going quiet before the close (sl_server_drain): requests get no
+	 * reply; `busy` counts callbacks and sends under way, `last_ns` is
+	 * when the socket last did anything. */
+	atomic_int quiet;
+	atomic_int busy;
+	atomic_uint_fast64_t last_ns;
 	int drain_ms;
 	/* The committer (invariant 4): replies waiting for an fdatasync. */
 	pthread_mutex_t cmu;
@@ -118,6 +124,7 @@ static void send_reply(sctx *c, sl_reply *r)
 	 * also finds it counted (tests scrape right after). */
 	sl_metrics_observe(c->s->n->metrics, c->op, c->status, sl_node_mono_ns() - c->t0_ns);
 	c->state = ST_SEND;
+	atomic_fetch_add(&c->s->busy, 1); /* until ctx_cb sees the send done */
 	nng_aio_set_msg(c->aio, m);
 	nng_ctx_send(c->ctx, c->aio);
 }
@@ -253,26 +260,26 @@ static void on_request(sctx *c, nng_msg *m)
 	sl_workq_submit(s->wq, &c->work);
 }
 
-static void ctx_cb(void *arg)
+static void ctx_cb_run(sctx *c)
 {
-	sctx *c = arg;
 	sl_server *s = c->s;
 	int rv = nng_aio_result(c->aio);
 	if (c->state == ST_SEND) {
+		atomic_fetch_sub(&s->busy, 1); /* the send counted by send_reply */
 		if (rv != 0) {
 			nng_msg_free(nng_aio_get_msg(c->aio));
 			nng_aio_set_msg(c->aio, NULL);
 		}
 		sl_metrics_inflight_add(s->n->metrics, -1);
 		c->state = ST_RECV;
-		if (atomic_load(&s->closing) || rv == NNG_ECLOSED) {
+		if (atomic_load(&s->closing) || atomic_load(&s->quiet) || rv == NNG_ECLOSED) {
 			return;
 		}
 		nng_ctx_recv(c->ctx, c->aio);
 		return;
 	}
 	if (rv != 0) {
-		if (rv == NNG_ECLOSED || atomic_load(&s->closing)) {
+		if (rv == NNG_ECLOSED || atomic_load(&s->closing) || atomic_load(&s->quiet)) {
 			return;
 		}
 		/* Anything else (NNG_ENOMEM, a cancelled receive) is transient. */
@@ -282,7 +289,22 @@ static void ctx_cb(void *arg)
 	}
 	nng_msg *m = nng_aio_get_msg(c->aio);
 	nng_aio_set_msg(c->aio, NULL);
+	if (atomic_load(&s->quiet)) {
+		nng_msg_free(m); /* no reply: its client sends no more (sl_server_drain) */
+		return;
+	}
 	on_request(c, m);
+}
+
+static void ctx_cb(void *arg)
+{
+	sctx *c = arg;
+	sl_server *s = c->s;
+	atomic_fetch_add(&s->busy, 1);
+	atomic_store(&s->last_ns, sl_node_mono_ns());
+	ctx_cb_run(c);
+	atomic_store(&s->last_ns, sl_node_mono_ns());
+	atomic_fetch_sub(&s->busy, 1);
 }
 
 /* Refuses connections once stopping (invariant 3). */
@@ -484,6 +506,23 @@ void sl_server_drain(sl_server *s)
 	}
 	if (s->sock_open) {
 		sleep_ms(100);
+		/* nng 1.5.2's nng_close can hang for good when a pipe is closed
+		 * while one of its operations is starting (nanomsg/nng#1543,
+		 * #1813, fixed in 1.8): seen in about half of the stops under a
+		 * client load.  So the socket goes quiet first: requests get no
+		 * reply any more, so each client's REQ, which sends only after a
+		 * reply, stops sending (a request dropped here was not run; its
+		 * client gets a reset connection at the close); then the close
+		 * waits until nothing has moved on the socket for 50 ms (1 s at
+		 * most). */
+		atomic_store(&s->quiet, 1);
+		for (int t = 0; t < 1000; t += 5) {
+			uint64_t idle = sl_node_mono_ns() - atomic_load(&s->last_ns);
+			if (atomic_load(&s->busy) == 0 && idle >= 50 * 1000000ull) {
+				break;
+			}
+			sleep_ms(5);
+		}
 	}
 }
 
