@@ -103,6 +103,15 @@ static int pause_ms(sl_repl *r, uint64_t ms)
 	return stop;
 }
 
+/* Whether repl_follower_stop has asked the fetch loop to end. */
+static int fetch_stopping(sl_repl *r)
+{
+	pthread_mutex_lock(&r->mu);
+	int stop = r->fetch_stop;
+	pthread_mutex_unlock(&r->mu);
+	return stop;
+}
+
 /* ---- the connection ----------------------------------------------------- */
 
 static void *closer_main(void *arg)
@@ -841,6 +850,12 @@ static void *fetch_main(void *arg)
 		if (rc == SL_OK &&
 		    (rep->op_case != SHIPLOG__REPL_REPLY__OP_FETCH || !rep->fetch->has_status)) {
 			rc = SL_EPROTO;
+		}
+		if (rc != SL_OK && fetch_stopping(r)) {
+			/* repl_follower_stop interrupted the fetch (the node stops,
+			 * or follows another primary): nothing to warn about */
+			shiplog__repl_reply__free_unpacked(rep, NULL);
+			break;
 		}
 		if (rc != SL_OK) {
 			if (rc != last_err) {

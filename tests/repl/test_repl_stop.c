@@ -5,7 +5,8 @@
  * not fire: before the sockets went quiet before closing, it fired in about
  * half of such stops), every acknowledged write is there after the
  * restart, and the followers, which see the connection close, converge
- * again.  Five stops.
+ * again.  Five stops.  And a follower's own clean stop logs no warning
+ * (it used to warn that its interrupted long poll had failed).
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -19,7 +20,7 @@
 #define WRITERS 4
 
 static char *root;
-static ru_node P, F1, F2;
+static ru_node P, F1, F2, F3;
 
 typedef struct writer {
 	pthread_t t;
@@ -164,10 +165,33 @@ static void test_sigterm_under_load(void **state)
 	ru_assert_converged(&P, f, 2);
 }
 
+static void test_follower_stop_is_quiet(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/f3", root);
+	assert_int_equal(ru_start(&F3, dir, P.rurl, NULL), 0);
+	ru_node *f[] = {&F3};
+	ru_load(&P, "q", 50, 1);
+	ru_assert_converged(&P, f, 1);
+	/* its long poll is parked on the primary now */
+	nu_sleep_ms(200);
+	assert_int_equal(nu_stop(&F3.d, SIGTERM), 0);
+	int warns = count_in_file(F3.d.log, " warn ");
+	int errors = count_in_file(F3.d.log, " error ");
+	if (warns != 0 || errors != 0) {
+		nu_dump_log(&F3.d);
+	}
+	assert_int_equal(warns, 0);
+	assert_int_equal(errors, 0);
+	assert_int_equal(count_in_file(F3.d.log, "stopped cleanly"), 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sigterm_under_load),
+	    cmocka_unit_test(test_follower_stop_is_quiet),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
