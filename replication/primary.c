@@ -183,7 +183,9 @@ static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 	if (e->applied >= atomic_load(&r->head)) {
 		e->caught_up_ms = now;
 	}
-	pthread_cond_broadcast(&r->cv); /* acks waiters */
+	if (atomic_load(&r->ack_waiters) > 0) {
+		pthread_cond_broadcast(&r->ack_cv);
+	}
 }
 
 static void table_touch(sl_repl *r, const char *id, uint64_t now)
@@ -905,6 +907,7 @@ void repl_primary_stop(sl_repl *r)
 	pthread_mutex_lock(&r->mu);
 	r->stopping = 1;
 	pthread_cond_broadcast(&r->cv);
+	pthread_cond_broadcast(&r->ack_cv);
 	pthread_mutex_unlock(&r->mu);
 	if (r->waker_started) {
 		pthread_join(r->waker, NULL);

@@ -74,6 +74,7 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	}
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
+	pthread_cond_init(&r->ack_cv, NULL);
 	/* A resync that did not finish leaves DIR.resync (or DIR/.resync, for
 	 * a DIR that is a mount point, whose finished move-in sl_open already
 	 * completed): discard it. */
@@ -154,6 +155,7 @@ void sl_repl_stop(sl_repl *r)
 	repl_follower_stop(r);
 	repl_primary_stop(r);
 	pthread_cond_destroy(&r->cv);
+	pthread_cond_destroy(&r->ack_cv);
 	pthread_mutex_destroy(&r->mu);
 	free(r);
 }
@@ -318,7 +320,9 @@ int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms,
 		if (k >= n) {
 			break;
 		}
-		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0) {
+		/* its own condition: the fetches that park and the waker's
+		 * wakeups on cv would wake it for nothing */
+		if (pthread_cond_timedwait(&r->ack_cv, &r->mu, &ts) != 0) {
 			break;
 		}
 	}

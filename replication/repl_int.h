@@ -69,8 +69,9 @@ struct sl_repl {
 	sl_repl_opts o;
 	char dir[4096];
 
-	pthread_mutex_t mu; /* everything below unless said otherwise */
-	pthread_cond_t cv;  /* state changes: applied, acks, parked fetches, stop */
+	pthread_mutex_t mu;    /* everything below unless said otherwise */
+	pthread_cond_t cv;     /* state changes: applied, acks, parked fetches, stop */
+	pthread_cond_t ack_cv; /* a follower's durable seq moved (acks waiters only) */
 	repl_state st;
 	atomic_int role;
 	atomic_uint_fast64_t head;    /* the store's last seq, as writes report it */
