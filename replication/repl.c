@@ -152,7 +152,7 @@ void sl_repl_stop(sl_repl *r)
 	if (r == NULL) {
 		return;
 	}
-	repl_follower_stop(r);
+	repl_follower_stop(r, 1);
 	repl_primary_stop(r);
 	pthread_cond_destroy(&r->cv);
 	pthread_cond_destroy(&r->ack_cv);
@@ -342,7 +342,7 @@ int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
 		snprintf(msg, cap, "already the primary");
 		return SL_OK;
 	}
-	repl_follower_stop(r);
+	repl_follower_stop(r, 0);
 	pthread_mutex_lock(&r->mu);
 	repl_state st = r->st;
 	uint64_t last = atomic_load(&r->applied);
@@ -385,7 +385,7 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 		snprintf(msg, cap, "follow needs the primary's replication URL (tcp://HOST:PORT)");
 		return SL_EINVAL;
 	}
-	repl_follower_stop(r);
+	repl_follower_stop(r, 0);
 	pthread_mutex_lock(&r->mu);
 	repl_state st = r->st;
 	st.role = ROLE_FOLLOWER;

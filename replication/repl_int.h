@@ -111,8 +111,10 @@ struct sl_repl {
 	int fetch_stop;   /* ask the fetch loop to end */
 	nng_socket fsock; /* the loop's REQ socket (closed to interrupt it) */
 	int fsock_open;
-	uint64_t fsock_gen;       /* bumped at each open: contexts of older ones are dead */
-	const char *fstate;       /* "connecting", "streaming", "resyncing" */
+	nng_aio *fwait;     /* the aio the fetch loop waits on now (mu), for a stop to cancel */
+	int fexit;          /* stopping for good: the socket is left open (drop_conn) */
+	uint64_t fsock_gen; /* bumped at each open: contexts of older ones are dead */
+	const char *fstate; /* "connecting", "streaming", "resyncing" */
 	char primary_client[256]; /* follower: the primary's client URL, once known */
 	uint64_t durable;         /* follower: highest seq known synced */
 	atomic_uint_fast64_t resyncs_full, resyncs_partial;
@@ -135,8 +137,8 @@ void repl_snaps_close_all(sl_repl *r);
 void repl_release_parked(sl_repl *r);
 
 /* follower.c */
-void repl_follower_start(sl_repl *r); /* mu held */
-void repl_follower_stop(sl_repl *r);  /* mu NOT held; joins the loop */
+void repl_follower_start(sl_repl *r);             /* mu held */
+void repl_follower_stop(sl_repl *r, int exiting); /* mu NOT held; joins the loop */
 
 /* Splits a buffer of raw records; calls fn on each.  Returns SL_OK or
  * SL_ECORRUPT (a record's header does not fit the buffer or its limits),
