@@ -752,6 +752,13 @@ int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *
 	return SL_OK;
 }
 
+void sl_prefetch(sl_db *db, const void *key, size_t klen)
+{
+	if (db != NULL && key != NULL && klen > 0 && klen <= db->opt.max_key_bytes) {
+		sl_keydir_prefetch(db->kd, sl_keydir_hash(key, klen));
+	}
+}
+
 int sl_get(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out)
 {
 	return sl_get_seq(db, key, klen, val_out, vlen_out, NULL);

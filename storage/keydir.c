@@ -87,6 +87,21 @@ static inline uint32_t tag_of(uint64_t h)
 	return (uint32_t)(h >> 46) & 0xffu;
 }
 
+void sl_keydir_prefetch(const sl_keydir *kd, uint64_t h)
+{
+	/* A hint, without the lock: the slots may be replaced (and freed) at
+	 * any moment by a growth, and then this touches a stale address,
+	 * which a prefetch may do (it never faults); the address is computed
+	 * as an integer so a stale mask never makes an out-of-bounds pointer. */
+	const shard *s = &kd->shards[shard_of(h)];
+	uint32_t *slots = __atomic_load_n(&s->slots, __ATOMIC_RELAXED);
+	uint32_t mask = __atomic_load_n(&s->mask, __ATOMIC_RELAXED);
+	if (slots != NULL && mask != 0) {
+		uintptr_t a = (uintptr_t)slots + (uintptr_t)((uint32_t)h & mask) * sizeof(uint32_t);
+		__builtin_prefetch((const void *)a, 0, 1);
+	}
+}
+
 static inline uint8_t *entry_at(const shard *s, uint32_t slot)
 {
 	return s->arena + (size_t)((slot & 0xffffffu) - 1) * 4u;
@@ -191,8 +206,9 @@ static int grow_slots(shard *s)
 		slots[j] = v;
 	}
 	free(s->slots);
-	s->slots = slots;
-	s->mask = n - 1;
+	/* atomic stores: sl_keydir_prefetch peeks at both without the lock */
+	__atomic_store_n(&s->slots, slots, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->mask, n - 1, __ATOMIC_RELAXED);
 	return SL_OK;
 }
 

@@ -151,6 +151,11 @@ int sl_sync_wait(sl_db *db, uint64_t seq);
  * the record fails its checksum. */
 int sl_get(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out);
 
+/* A hint that key will be read soon: starts loading the index entry's
+ * cache line, so that a batch that hints every key first, then reads them,
+ * overlaps their memory stalls.  Changes nothing; never fails. */
+void sl_prefetch(sl_db *db, const void *key, size_t klen);
+
 /* As sl_get, also returning the seq of the record read (seq_out may be NULL). */
 int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out,
                uint64_t *seq_out);
