@@ -272,6 +272,9 @@ static void do_mget(sl_node *n, sl_reply *r, const Shiplog__MGet *m)
 		sl_prefetch(n->db, m->keys[i].data, m->keys[i].len); /* as do_batch */
 	}
 	for (size_t i = 0; i < k; i++) {
+		sl_prefetch_value(n->db, m->keys[i].data, m->keys[i].len);
+	}
+	for (size_t i = 0; i < k; i++) {
 		Shiplog__Get g = SHIPLOG__GET__INIT;
 		g.has_key = 1;
 		g.key = m->keys[i];
@@ -509,12 +512,19 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 		fail(r, SL_ENOMEM, "batch: out of memory");
 		return;
 	}
-	/* Every get's index line starts loading before the first lookup:
-	 * their cache misses overlap instead of coming one after another. */
+	/* Every get's index line starts loading before the first lookup, then
+	 * every record before the first read: their cache misses overlap
+	 * instead of coming one after another. */
 	for (size_t i = 0; i < k; i++) {
 		const Shiplog__Op *op = b->ops[i];
 		if (op->op_case == SHIPLOG__OP__OP_GET && op->get->has_key) {
 			sl_prefetch(n->db, op->get->key.data, op->get->key.len);
+		}
+	}
+	for (size_t i = 0; i < k; i++) {
+		const Shiplog__Op *op = b->ops[i];
+		if (op->op_case == SHIPLOG__OP__OP_GET && op->get->has_key) {
+			sl_prefetch_value(n->db, op->get->key.data, op->get->key.len);
 		}
 	}
 	for (size_t i = 0; i < k; i++) {

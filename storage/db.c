@@ -752,6 +752,27 @@ int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *
 	return SL_OK;
 }
 
+static int prefetch_cb(void *arg, const sl_loc *loc)
+{
+	sl_db *db = arg;
+	sl_seg *s = sl_db_seg(db, loc->seg);
+	if (s != NULL && !loc->tomb && (uint64_t)loc->off + loc->size <= atomic_load(&s->end)) {
+		const uint8_t *p = s->map + loc->off;
+		__builtin_prefetch(p, 0, 1);
+		if (loc->size > 64) {
+			__builtin_prefetch(p + 64, 0, 1);
+		}
+	}
+	return SL_OK;
+}
+
+void sl_prefetch_value(sl_db *db, const void *key, size_t klen)
+{
+	if (db != NULL && key != NULL && klen > 0 && klen <= db->opt.max_key_bytes) {
+		sl_keydir_get(db->kd, sl_keydir_hash(key, klen), key, klen, prefetch_cb, db);
+	}
+}
+
 void sl_prefetch(sl_db *db, const void *key, size_t klen)
 {
 	if (db != NULL && key != NULL && klen > 0 && klen <= db->opt.max_key_bytes) {

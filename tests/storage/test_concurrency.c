@@ -164,6 +164,7 @@ static int check_read(worker *w, int k, uint32_t *t_out, uint64_t *ver_out)
 	size_t vl = 0;
 	uint64_t seq = 0;
 	sl_prefetch(c->db, key, kl); /* its unlocked peek races the writers' growth */
+	sl_prefetch_value(c->db, key, kl);
 	int rc = sl_get_seq(c->db, key, kl, &v, &vl, &seq);
 	if (rc == SL_ENOTFOUND) {
 		return rc;
