@@ -519,6 +519,10 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 		const Shiplog__Op *op = b->ops[i];
 		if (op->op_case == SHIPLOG__OP__OP_GET && op->get->has_key) {
 			sl_prefetch(n->db, op->get->key.data, op->get->key.len);
+		} else if (op->op_case == SHIPLOG__OP__OP_PUT && op->put->has_key) {
+			sl_prefetch(n->db, op->put->key.data, op->put->key.len);
+		} else if (op->op_case == SHIPLOG__OP__OP_DEL && op->del->has_key) {
+			sl_prefetch(n->db, op->del->key.data, op->del->key.len);
 		}
 	}
 	for (size_t i = 0; i < k; i++) {
