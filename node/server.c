@@ -46,6 +46,7 @@
 #include "handler.h"
 #include "log.h"
 #include "metrics.h"
+#include "quiet.h"
 #include "repl.h"
 #include "status.h"
 #include "workq.h"
@@ -84,12 +85,7 @@ struct sl_server {
 	atomic_int stopping;
 	atomic_int closing;
 	atomic_int working;
-	/* Going quiet before the close (sl_server_drain): requests get no
-	 * reply; `busy` counts callbacks and sends under way, `last_ns` is
-	 * when the socket last did anything. */
-	atomic_int quiet;
-	atomic_int busy;
-	atomic_uint_fast64_t last_ns;
+	sl_quiet quiet; /* going quiet before the close (sl_server_drain) */
 	int drain_ms;
 	/* The committer (invariant 4): replies waiting for an fdatasync. */
 	pthread_mutex_t cmu;
@@ -124,7 +120,7 @@ static void send_reply(sctx *c, sl_reply *r)
 	 * also finds it counted (tests scrape right after). */
 	sl_metrics_observe(c->s->n->metrics, c->op, c->status, sl_node_mono_ns() - c->t0_ns);
 	c->state = ST_SEND;
-	atomic_fetch_add(&c->s->busy, 1); /* until ctx_cb sees the send done */
+	sl_quiet_send_begin(&c->s->quiet); /* ended by ctx_cb */
 	nng_aio_set_msg(c->aio, m);
 	nng_ctx_send(c->ctx, c->aio);
 }
@@ -265,21 +261,21 @@ static void ctx_cb_run(sctx *c)
 	sl_server *s = c->s;
 	int rv = nng_aio_result(c->aio);
 	if (c->state == ST_SEND) {
-		atomic_fetch_sub(&s->busy, 1); /* the send counted by send_reply */
+		sl_quiet_send_end(&s->quiet); /* begun by send_reply */
 		if (rv != 0) {
 			nng_msg_free(nng_aio_get_msg(c->aio));
 			nng_aio_set_msg(c->aio, NULL);
 		}
 		sl_metrics_inflight_add(s->n->metrics, -1);
 		c->state = ST_RECV;
-		if (atomic_load(&s->closing) || atomic_load(&s->quiet) || rv == NNG_ECLOSED) {
+		if (atomic_load(&s->closing) || sl_quiet_on(&s->quiet) || rv == NNG_ECLOSED) {
 			return;
 		}
 		nng_ctx_recv(c->ctx, c->aio);
 		return;
 	}
 	if (rv != 0) {
-		if (rv == NNG_ECLOSED || atomic_load(&s->closing) || atomic_load(&s->quiet)) {
+		if (rv == NNG_ECLOSED || atomic_load(&s->closing) || sl_quiet_on(&s->quiet)) {
 			return;
 		}
 		/* Anything else (NNG_ENOMEM, a cancelled receive) is transient. */
@@ -289,7 +285,7 @@ static void ctx_cb_run(sctx *c)
 	}
 	nng_msg *m = nng_aio_get_msg(c->aio);
 	nng_aio_set_msg(c->aio, NULL);
-	if (atomic_load(&s->quiet)) {
+	if (sl_quiet_on(&s->quiet)) {
 		nng_msg_free(m); /* no reply: its client sends no more (sl_server_drain) */
 		return;
 	}
@@ -300,11 +296,9 @@ static void ctx_cb(void *arg)
 {
 	sctx *c = arg;
 	sl_server *s = c->s;
-	atomic_fetch_add(&s->busy, 1);
-	atomic_store(&s->last_ns, sl_node_mono_ns());
+	sl_quiet_cb_begin(&s->quiet);
 	ctx_cb_run(c);
-	atomic_store(&s->last_ns, sl_node_mono_ns());
-	atomic_fetch_sub(&s->busy, 1);
+	sl_quiet_cb_end(&s->quiet);
 }
 
 /* Refuses connections once stopping (invariant 3). */
@@ -506,23 +500,13 @@ void sl_server_drain(sl_server *s)
 	}
 	if (s->sock_open) {
 		sleep_ms(100);
-		/* nng 1.5.2's nng_close can hang for good when a pipe is closed
-		 * while one of its operations is starting (nanomsg/nng#1543,
-		 * #1813, fixed in 1.8): seen in about half of the stops under a
-		 * client load.  So the socket goes quiet first: requests get no
-		 * reply any more, so each client's REQ, which sends only after a
-		 * reply, stops sending (a request dropped here was not run; its
-		 * client gets a reset connection at the close); then the close
-		 * waits until nothing has moved on the socket for 50 ms (1 s at
-		 * most). */
-		atomic_store(&s->quiet, 1);
-		for (int t = 0; t < 1000; t += 5) {
-			uint64_t idle = sl_node_mono_ns() - atomic_load(&s->last_ns);
-			if (atomic_load(&s->busy) == 0 && idle >= 50 * 1000000ull) {
-				break;
-			}
-			sleep_ms(5);
-		}
+		/* Before the close, the socket goes quiet (quiet.h): requests
+		 * get no reply any more (one dropped here was not run; its
+		 * client gets a reset connection at the close), so the clients
+		 * stop sending, and the close waits until nothing has moved
+		 * for 50 ms (1 s at most).  Without it nng_close hung in about
+		 * half of the stops under a client load. */
+		sl_quiet_wait(&s->quiet, 50, 1000);
 	}
 }
 

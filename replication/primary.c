@@ -70,7 +70,7 @@ static void send_reply(rctx *c, Shiplog__ReplReply *rep)
 		c->q = NULL;
 	}
 	c->parked_once = 0;
-	if (atomic_load(&c->r->quiet)) {
+	if (sl_quiet_on(&c->r->quiet)) {
 		c->state = ST_RECV; /* idle: see repl_primary_stop */
 		return;
 	}
@@ -82,7 +82,7 @@ static void send_reply(rctx *c, Shiplog__ReplReply *rep)
 	}
 	shiplog__repl_reply__pack(rep, nng_msg_body(m));
 	c->state = ST_SEND;
-	atomic_fetch_add(&c->r->busy, 1); /* until ctx_cb sees the send done */
+	sl_quiet_send_begin(&c->r->quiet); /* ended by ctx_cb */
 	nng_aio_set_msg(c->aio, m);
 	nng_ctx_send(c->ctx, c->aio);
 }
@@ -605,13 +605,7 @@ static void *worker_main(void *arg)
 			r->runq_tail = NULL;
 		}
 		pthread_mutex_unlock(&r->mu);
-		if (atomic_load(&r->quiet)) {
-			shiplog__repl_request__free_unpacked(c->q, NULL); /* no reply */
-			c->q = NULL;
-			c->state = ST_RECV;
-		} else {
-			run_ctx(c);
-		}
+		run_ctx(c); /* stopping: send_reply drops the reply */
 		pthread_mutex_lock(&r->mu);
 	}
 	pthread_mutex_unlock(&r->mu);
@@ -755,8 +749,8 @@ static void *waker_main(void *arg)
 		}
 		pthread_cond_timedwait(&r->cv, &r->mu, &ts);
 	}
-	/* Stopping: parked fetches get no reply (repl_primary_stop); the
-	 * workers drop them. */
+	/* Stopping: parked fetches go to the workers, whose replies are
+	 * dropped (repl_primary_stop). */
 	while (r->parked != NULL) {
 		rctx *c = r->parked;
 		r->parked = c->next;
@@ -773,11 +767,9 @@ static void ctx_cb(void *arg)
 {
 	rctx *c = arg;
 	sl_repl *r = c->r;
-	atomic_fetch_add(&r->busy, 1);
-	atomic_store(&r->last_ms, repl_now_ms());
+	sl_quiet_cb_begin(&r->quiet);
 	ctx_cb_run(c);
-	atomic_store(&r->last_ms, repl_now_ms());
-	atomic_fetch_sub(&r->busy, 1);
+	sl_quiet_cb_end(&r->quiet);
 }
 
 static void ctx_cb_run(rctx *c)
@@ -785,25 +777,25 @@ static void ctx_cb_run(rctx *c)
 	sl_repl *r = c->r;
 	int rv = nng_aio_result(c->aio);
 	if (c->state == ST_SEND) {
-		atomic_fetch_sub(&r->busy, 1); /* the send counted by send_reply */
+		sl_quiet_send_end(&r->quiet); /* begun by send_reply */
 		if (rv != 0) {
 			nng_msg_free(nng_aio_get_msg(c->aio));
 			nng_aio_set_msg(c->aio, NULL);
 		}
 		c->state = ST_RECV;
-		if (rv == NNG_ECLOSED || atomic_load(&r->quiet)) {
+		if (rv == NNG_ECLOSED || sl_quiet_on(&r->quiet)) {
 			return;
 		}
 		nng_ctx_recv(c->ctx, c->aio);
 		return;
 	}
 	if (rv != 0) {
-		if (rv != NNG_ECLOSED && !atomic_load(&r->quiet)) {
+		if (rv != NNG_ECLOSED && !sl_quiet_on(&r->quiet)) {
 			nng_ctx_recv(c->ctx, c->aio);
 		}
 		return;
 	}
-	if (atomic_load(&r->quiet)) {
+	if (sl_quiet_on(&r->quiet)) {
 		/* stopping: a request gets no reply, so its follower sends no
 		 * more (repl_primary_stop) */
 		nng_msg_free(nng_aio_get_msg(c->aio));
@@ -887,23 +879,15 @@ int repl_primary_start(sl_repl *r, char *err, size_t cap)
 	return SL_OK;
 }
 
-/* How long the replication socket must have been idle before it is
- * closed, and how long stopping waits for that at most. */
-#define QUIET_MS      50
-#define QUIET_WAIT_MS 1000
-
 void repl_primary_stop(sl_repl *r)
 {
-	/* nng 1.5.2's nng_close can hang for good when a pipe is closed while
-	 * one of its operations is starting (nanomsg/nng#1543, #1813, fixed in
-	 * 1.8): seen in half of the stops of a primary whose followers were
-	 * streaming.  So the socket goes quiet first: no reply is sent any
-	 * more (parked fetches and new requests are dropped), so each
-	 * follower's REQ, which sends only after a reply, stops sending; and
-	 * the socket is closed once nothing has moved on it for QUIET_MS.  The
-	 * followers see the connection close and reconnect, as after a
-	 * crash. */
-	atomic_store(&r->quiet, 1);
+	/* The socket goes quiet first (quiet.h): no reply is sent any more
+	 * (parked fetches and new requests are dropped), so the followers stop
+	 * sending, and it is closed once nothing has moved on it for 50 ms.
+	 * Without it nng_close hung in half of the stops of a primary whose
+	 * followers were streaming.  The followers see the connection close
+	 * and reconnect, as after a crash. */
+	sl_quiet_start(&r->quiet);
 	pthread_mutex_lock(&r->mu);
 	r->stopping = 1;
 	pthread_cond_broadcast(&r->cv);
@@ -920,17 +904,7 @@ void repl_primary_stop(sl_repl *r)
 		pthread_join(r->workers[i], NULL);
 	}
 	if (r->sock_open) {
-		uint64_t t0 = repl_now_ms();
-		for (;;) {
-			uint64_t now = repl_now_ms();
-			if ((atomic_load(&r->busy) == 0 &&
-			     now - atomic_load(&r->last_ms) >= QUIET_MS) ||
-			    now - t0 >= QUIET_WAIT_MS) {
-				break;
-			}
-			struct timespec ts = {0, 5 * 1000000L};
-			nanosleep(&ts, NULL);
-		}
+		sl_quiet_wait(&r->quiet, 50, 1000);
 		nng_close(r->sock);
 	}
 	for (int i = 0; i < r->nctx; i++) {

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "quiet.h"
 #include "repl.h"
 #include "shiplog.pb-c.h"
 
@@ -88,12 +89,7 @@ struct sl_repl {
 	struct rctx *runq_head, *runq_tail; /* ready for a worker */
 	struct rctx *parked;                /* long polls waiting for records */
 	atomic_int parked_any;              /* parked != NULL, for a peek without mu */
-	/* Stopping (repl_primary_stop): no reply is sent any more, so each
-	 * follower's REQ stops sending; `busy` counts callbacks and sends under
-	 * way, `last_ms` is when the socket last did anything. */
-	atomic_int quiet;
-	atomic_int busy;
-	atomic_uint_fast64_t last_ms;
+	sl_quiet quiet;                     /* going quiet before the close (repl_primary_stop) */
 	pthread_cond_t runq_cv;
 	pthread_t workers[4];
 	int nworkers;

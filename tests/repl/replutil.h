@@ -57,6 +57,16 @@ static inline int ru_start(ru_node *n, const char *dir, const char *follow,
 	return nu_start(&n->d, n->dir, args);
 }
 
+/* A test's teardown after its nodes are stopped: removes its root (kept
+ * with SL_TEST_KEEP) and frees the name. */
+static inline void ru_rm_root(char *root)
+{
+	if (root != NULL && getenv("SL_TEST_KEEP") == NULL) {
+		tu_rm_rf(root);
+	}
+	free(root);
+}
+
 static inline sl_client *ru_client(const ru_node *n)
 {
 	return nu_client(&n->d);

@@ -46,10 +46,7 @@ static int teardown(void **state)
 	nu_stop(&F.d, SIGTERM);
 	nu_stop(&P.d, SIGTERM); /* also when a failed assertion skipped its own stop */
 	nng_close(fake);
-	if (getenv("SL_TEST_KEEP") == NULL) {
-		tu_rm_rf(root);
-	}
-	free(root);
+	ru_rm_root(root);
 	return 0;
 }
 

@@ -38,10 +38,7 @@ static int teardown(void **state)
 	(void)state;
 	nu_stop(&F.d, SIGTERM);
 	nu_stop(&P.d, SIGTERM);
-	if (getenv("SL_TEST_KEEP") == NULL) {
-		tu_rm_rf(root);
-	}
-	free(root);
+	ru_rm_root(root);
 	return 0;
 }
 
