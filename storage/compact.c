@@ -409,8 +409,9 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 		for (size_t i = 0; i < db->nsegs && taken < budget; i++) {
 			sl_seg *s = db->segs[i];
 			if (s == db->active_pub || !atomic_load(&s->sealed) ||
-			    atomic_load(&s->corrupt) || atomic_load(&s->compacting) ||
-			    atomic_load(&s->pins) > 0 || (protect != 0 && s->last_seq >= protect)) {
+			    atomic_load(&s->hint_due) || atomic_load(&s->corrupt) ||
+			    atomic_load(&s->compacting) || atomic_load(&s->pins) > 0 ||
+			    (protect != 0 && s->last_seq >= protect)) {
 				continue;
 			}
 			uint64_t size = atomic_load(&s->end) - SL_SEG_HDR_SIZE;
@@ -518,8 +519,8 @@ int sl_compact(sl_db *db)
 		return SL_EREADONLY;
 	}
 	/* Segments sealed by now are what "full" covers; the flusher seals
-	 * asynchronously, so wait for it first. */
-	sl_db_seal_pending(db);
+	 * asynchronously, so wait for it first (and write due hints). */
+	sl_db_seal_pending(db, 0);
 	pthread_mutex_lock(&db->compact_mu);
 	uint32_t below = atomic_load(&db->next_id);
 	int rc;

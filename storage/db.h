@@ -125,13 +125,16 @@ int sl_db_index(sl_db *db, uint64_t h, const void *key, size_t klen, const sl_lo
 void sl_db_account(sl_db *db, const sl_loc *loc, int delta);
 /* Removes s from the table and the list.  Caller holds seg_mu. */
 void sl_db_seg_unpublish(sl_db *db, sl_seg *s);
-/* Sync, trim and write the hint of a segment that is no longer active. */
-int sl_db_seal(sl_db *db, sl_seg *s);
+/* Sync, trim and write the hint of a segment that is no longer active;
+ * with defer_hint the hint is left due (hint_due) for sl_db_seal_pending. */
+int sl_db_seal(sl_db *db, sl_seg *s, int defer_hint);
 /* Makes every record up to last_seq durable and advances synced_seq. */
 int sl_db_sync_all(sl_db *db);
 void *sl_db_flusher_main(void *arg);
-/* Seals every segment that is no longer active (normally the flusher's job). */
-void sl_db_seal_pending(sl_db *db);
+/* Seals every segment that is no longer active (normally the flusher's job).
+ * flusher: while sl_compact_defer's window is open, hints are left due;
+ * otherwise every due hint is written too. */
+void sl_db_seal_pending(sl_db *db, int flusher);
 /* Starts / stops the background compaction thread (compact.c). */
 int sl_compactor_start(sl_db *db);
 void sl_compactor_stop(sl_db *db);

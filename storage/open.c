@@ -311,7 +311,7 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 		atomic_store(&s->synced, end);
 		if (writable && hdr_ok) {
 			/* Seal it again: cut any zero tail and write the missing hint. */
-			if ((rc = sl_db_seal(db, s)) != SL_OK) {
+			if ((rc = sl_db_seal(db, s, 0)) != SL_OK) {
 				return rc;
 			}
 		}
@@ -635,7 +635,7 @@ void sl_close(sl_db *db)
 	if (db->active != NULL && !atomic_load(&db->failed)) {
 		/* The flusher may have stopped with a rotation not yet sealed:
 		 * seal now so the next open finds every hint. */
-		sl_db_seal_pending(db);
+		sl_db_seal_pending(db, 0);
 	}
 	if (db->active != NULL && !atomic_load(&db->failed)) {
 		sl_db_sync_all(db);

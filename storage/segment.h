@@ -31,7 +31,9 @@ typedef struct sl_seg {
 	_Atomic uint64_t live;      /* bytes of put records the keydir points at */
 	_Atomic uint64_t tomb;      /* bytes of tombstones the keydir points at */
 	_Atomic int corrupt;        /* a bad record was found: never compacted */
-	_Atomic int sealed;         /* trimmed, synced, hint written */
+	_Atomic int sealed;         /* trimmed, synced, hint written (or due) */
+	_Atomic int hint_due;       /* sealed while hints were deferred: not compacted
+	                               until the flusher writes its hint */
 	_Atomic uint64_t populated; /* active: pages before this are mapped in */
 	int writable;
 } sl_seg;

@@ -193,9 +193,11 @@ int sl_compact(sl_db *db);
 void sl_compact_protect(sl_db *db, uint64_t seq);
 
 /* Background compaction starts no run for the next ms milliseconds (a run
- * under way finishes; sl_compact is not affected).  A follower catching up
- * calls it while replies come full, so its disk and CPU go to the log it
- * is behind on first. */
+ * under way finishes; sl_compact is not affected), and segments sealed
+ * meanwhile get their hint files only after that (sl_compact and sl_close
+ * write them at once; a crash before costs a scan of those segments at the
+ * next open).  A follower catching up calls it while replies come full, so
+ * its disk and CPU go to the log it is behind on first. */
 void sl_compact_defer(sl_db *db, uint32_t ms);
 
 /* Forces the active segment to disk now (any policy). */

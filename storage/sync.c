@@ -151,9 +151,22 @@ int sl_sync_now(sl_db *db)
 	return sl_db_sync_wait(db, atomic_load(&db->last_seq));
 }
 
+static void hint_write(sl_db *db, sl_seg *s)
+{
+	int rc = sl_hint_write(db->io, db->dir, db->dirfd, s, db->opt.max_key_bytes,
+	                       db->opt.max_value_bytes);
+	if (rc != SL_OK) {
+		sl_db_log(db, "warn", "hint for segment %u not written: %s", s->id,
+		          sl_strerror(rc));
+	}
+}
+
 /* Seals a segment that is no longer active: sync, trim, hint.  A failed
- * hint only costs a scan at the next open, so it is logged, not fatal. */
-int sl_db_seal(sl_db *db, sl_seg *s)
+ * hint only costs a scan at the next open, so it is logged, not fatal;
+ * so does a deferred one (defer_hint: hint_due, written by
+ * sl_db_seal_pending later; compaction skips the segment until then, so
+ * it is not freed under that write). */
+int sl_db_seal(sl_db *db, sl_seg *s, int defer_hint)
 {
 	int rc = sl_seg_sync(db->io, s, &db->n_fsyncs);
 	if (rc != SL_OK) {
@@ -164,19 +177,23 @@ int sl_db_seal(sl_db *db, sl_seg *s)
 		sl_db_log(db, "warn", "could not trim segment %u", s->id);
 	}
 	sl_db_count(&db->n_fsyncs, 1);
-	rc = sl_hint_write(db->io, db->dir, db->dirfd, s, db->opt.max_key_bytes,
-	                   db->opt.max_value_bytes);
-	if (rc != SL_OK) {
-		sl_db_log(db, "warn", "hint for segment %u not written: %s", s->id,
-		          sl_strerror(rc));
+	if (defer_hint) {
+		atomic_store(&s->hint_due, 1);
+	} else {
+		hint_write(db, s);
 	}
 	atomic_store(&s->sealed, 1);
 	return SL_OK;
 }
 
-/* Seals every non-active, unsealed segment. */
-void sl_db_seal_pending(sl_db *db)
+/* Seals every non-active, unsealed segment, then writes due hints unless
+ * the flusher is inside sl_compact_defer's window.  A follower catching up
+ * spent about a sixth of its CPU on hints (decoding every record again and
+ * writing about a quarter of the log's bytes); deferred, the same catch-up
+ * ran 18 % faster (median of 3 alternating runs). */
+void sl_db_seal_pending(sl_db *db, int flusher)
 {
+	int defer = flusher && sl_mono_ns() < atomic_load(&db->defer_until_ns);
 	/* One sealer at a time (the flusher, sl_compact): two sealing the same
 	 * segment would let the second still be writing its hint after the
 	 * first marked it sealed and a compaction freed it. */
@@ -192,9 +209,22 @@ void sl_db_seal_pending(sl_db *db)
 			}
 		}
 		pthread_mutex_unlock(&db->seg_mu);
-		if (s == NULL || sl_db_seal(db, s) != SL_OK) {
+		if (s == NULL || sl_db_seal(db, s, defer) != SL_OK) {
 			break;
 		}
+	}
+	while (!defer) {
+		sl_seg *s = NULL;
+		pthread_mutex_lock(&db->seg_mu);
+		for (size_t i = 0; i < db->nsegs && s == NULL; i++) {
+			s = atomic_load(&db->segs[i]->hint_due) ? db->segs[i] : NULL;
+		}
+		pthread_mutex_unlock(&db->seg_mu);
+		if (s == NULL) {
+			break;
+		}
+		hint_write(db, s);
+		atomic_store(&s->hint_due, 0);
 	}
 	pthread_mutex_unlock(&db->seal_mu);
 }
@@ -243,7 +273,7 @@ void *sl_db_flusher_main(void *arg)
 			}
 		}
 		if (!atomic_load(&db->failed)) {
-			sl_db_seal_pending(db);
+			sl_db_seal_pending(db, 1);
 			if (db->opt.sync == SL_SYNC_EVERYSEC && !stop) {
 				sl_db_sync_all(db);
 			}

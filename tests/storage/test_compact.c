@@ -691,6 +691,71 @@ static void test_compact_defer(void **state)
 	remove_dir();
 }
 
+/* Segments sealed inside sl_compact_defer's window get no hint file while
+ * it is renewed, and are not compacted; once it lapses the flusher writes
+ * every hint, compaction runs again, and the next open loads the hints.
+ * A close inside the window writes them too. */
+static void test_defer_delays_hints(void **state)
+{
+	(void)state;
+	make_dir("deferhint");
+	sl_options o = opts();
+	o.compact_background = 1;
+	o.compact_interval_ms = 10;
+	o.sync_interval_ms = 20;
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int r = 0; r < 30; r++) {
+		sl_compact_defer(db, 400);
+		for (int i = 0; i < 300; i++) {
+			put(db, i, r);
+		}
+	}
+	sl_stats st = {0};
+	for (int t = 0; t < 25; t++) { /* 0.5 s of flusher passes, renewed */
+		sl_compact_defer(db, 400);
+		usleep(20000);
+		assert_int_equal(count_files(".hint"), 0);
+		assert_int_equal(sl_stats_get(db, &st), SL_OK);
+		assert_int_equal(st.compactions, 0);
+	}
+	int segs = count_files(".seg");
+	assert_true(segs >= 10); /* 30 x 300 x ~150 B over 64 KiB segments */
+	/* Lapsed: the flusher writes them (then compaction may merge some,
+	 * each output with its hint). */
+	for (int t = 0; t < 250 && count_files(".hint") < count_files(".seg") - 1; t++) {
+		usleep(20000);
+	}
+	assert_true(count_files(".hint") >= count_files(".seg") - 1);
+	for (int t = 0; t < 250 && st.compactions == 0; t++) {
+		usleep(20000);
+		assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	}
+	assert_true(st.compactions >= 1);
+	sl_close(db);
+
+	/* Inside the window, then closed: every sealed segment has its hint. */
+	o.compact_background = 0;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	sl_compact_defer(db, 60000);
+	for (int r = 30; r < 40; r++) {
+		for (int i = 0; i < 300; i++) {
+			put(db, i, r);
+		}
+	}
+	usleep(100000); /* the flusher seals the rotated segments, no hints */
+	sl_close(db);
+	assert_int_equal(count_files(".hint"), count_files(".seg") - 1); /* all but the active */
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_int_equal(st.hints_loaded, (uint64_t)count_files(".seg") - 1);
+	for (int i = 0; i < 300; i++) {
+		check_value(db, i, 39);
+	}
+	sl_close(db);
+	remove_dir();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -703,6 +768,7 @@ int main(void)
 	    cmocka_unit_test(test_crash_inside_compaction),
 	    cmocka_unit_test(test_background_compaction_runs),
 	    cmocka_unit_test(test_compact_defer),
+	    cmocka_unit_test(test_defer_delays_hints),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
