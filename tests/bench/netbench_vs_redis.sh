@@ -8,6 +8,8 @@
 #   2. shiplogd --sync always:   put at -P 1 (and -P 16)
 #   3. redis-server appendfsync everysec: set,get at -P 1 and -P 16
 #   4. redis-server appendfsync always:   set,get at -P 1 (and set -P 16)
+#   (1-4 are run ROUNDS times, default 3, one round after the other;
+#   medians and the target ratios are printed after them)
 #   5. memory per key: 1M distinct keys (key:%012d, 100 B values) written
 #      into a fresh shiplogd (RSS growth / keys) and a fresh redis-server
 #      (used_memory growth / keys, and its RSS growth)
@@ -21,6 +23,7 @@ N=${N:-200000}
 # be stable on a shared VM (Redis GET -P 16 read 1.12M/s in one such run and
 # 0.61-0.67M/s in three 1.5M-request runs right after).
 N16=${N16:-1500000}
+ROUNDS=${ROUNDS:-3}
 T=$(mktemp -d "${TMPDIR:-/var/tmp}/netbench.XXXXXX")
 PIDS=()
 cleanup() {
@@ -75,33 +78,74 @@ run() {
 	"$@"
 }
 
+# tagged TAG: passes a benchmark's output through and files its ops/s
+# figures under TAG (shiplog-bench's text lines, redis-benchmark's --csv).
+tagged() {
+	tee /dev/stderr 2>&3 | awk -v t="$1" '
+		$3 == "ops/s" { print t, $1, $2 }
+		/^"[A-Z]/ { gsub(/"/, ""); split($0, f, ","); print t, f[1], f[2] }' >>"$T/figures"
+}
+exec 3>&1
+
 bench() { run "$B/shiplog-bench" --url "$SURL" -c 50 -n "$N" -d 100 -r 1000000 "$@"; }
 rbench() { run redis-benchmark -h 127.0.0.1 -p "$RPORT" -c 50 -n "$N" -d 100 -r 1000000 --csv "$@"; }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; $(redis-server --version | cut -d' ' -f1-3)"
-echo "## shiplogd --sync everysec"
-start_shiplogd everysec
-bench -t ping,put,get -P 1
-bench -t ping,put,get -P 16 -n "$N16"
-stop "$SPID"
+# ROUNDS rounds of sections 1-4, each round in that order, then the medians
+# of every figure over the rounds and the ratios the issue's targets name:
+# on a shared VM one run of a figure moves 20-30 %, a median of rounds
+# run side by side much less.
+for round in $(seq "$ROUNDS"); do
+	echo "## round $round of $ROUNDS: shiplogd --sync everysec"
+	start_shiplogd everysec
+	bench -t ping,put,get -P 1 | tagged ship1
+	bench -t ping,put,get -P 16 -n "$N16" | tagged ship16
+	stop "$SPID"
 
-echo "## shiplogd --sync always"
-start_shiplogd always
-bench -t put -P 1
-bench -t put -P 16 -n "$N16"
-stop "$SPID"
+	echo "## round $round of $ROUNDS: shiplogd --sync always"
+	start_shiplogd always
+	bench -t put -P 1 | tagged shipalways1
+	bench -t put -P 16 -n "$N16" | tagged shipalways16
+	stop "$SPID"
 
-echo "## redis-server --appendonly yes --appendfsync everysec"
-start_redis everysec
-rbench -t set,get
-rbench -t set,get -P 16 -n "$N16"
-stop "$RPID"
+	echo "## round $round of $ROUNDS: redis-server --appendonly yes --appendfsync everysec"
+	start_redis everysec
+	rbench -t set,get | tagged redis1
+	rbench -t set,get -P 16 -n "$N16" | tagged redis16
+	stop "$RPID"
 
-echo "## redis-server --appendonly yes --appendfsync always"
-start_redis always
-rbench -t set,get
-rbench -t set -P 16 -n "$N16"
-stop "$RPID"
+	echo "## round $round of $ROUNDS: redis-server --appendonly yes --appendfsync always"
+	start_redis always
+	rbench -t set,get | tagged redisalways1
+	rbench -t set -P 16 -n "$N16" | tagged redisalways16
+	stop "$RPID"
+done
+
+echo "## medians of $ROUNDS rounds (ops/s)"
+python3 - "$T/figures" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    tag, name, ops = line.split()
+    runs.setdefault((tag, name.lower()), []).append(float(ops))
+med = {k: statistics.median(v) for k, v in runs.items()}
+for (tag, name), v in sorted(runs.items()):
+    print("%-14s %-5s median %9.0f   rounds %s" % (tag, name, med[(tag, name)],
+          " ".join("%.0f" % x for x in v)))
+def ratio(label, a, b, goal):
+    if a in med and b in med:
+        r = med[a] / med[b]
+        print("%-44s %5.2f   (goal %s)" % (label, r, goal))
+print("## ratios of the medians")
+ratio("put -P 1 / ping -P 1 (shiplog)", ("ship1", "put"), ("ship1", "ping"), ">= 0.9")
+ratio("get -P 1 / ping -P 1 (shiplog)", ("ship1", "get"), ("ship1", "ping"), ">= 0.9")
+ratio("put -P 1 / Redis SET -P 1", ("ship1", "put"), ("redis1", "set"), "quoted")
+ratio("get -P 1 / Redis GET -P 1", ("ship1", "get"), ("redis1", "get"), "quoted")
+ratio("put -P 16 / Redis SET -P 16", ("ship16", "put"), ("redis16", "set"), ">= 1.0")
+ratio("get -P 16 / Redis GET -P 16", ("ship16", "get"), ("redis16", "get"), ">= 1.0")
+ratio("put always -P 1 / Redis SET always -P 1", ("shipalways1", "put"),
+      ("redisalways1", "set"), ">= 1.0")
+PY
 
 echo "## memory per key: 1000000 distinct keys, 100-byte values"
 start_shiplogd everysec
