@@ -78,14 +78,16 @@ run() {
 	"$@"
 }
 
-# tagged TAG: passes a benchmark's output through and files its ops/s
-# figures under TAG (shiplog-bench's text lines, redis-benchmark's --csv).
+# tagged TAG: prints a benchmark's output (when it has finished) and files
+# its ops/s figures under TAG (shiplog-bench's text lines, redis-benchmark's
+# --csv lines).
 tagged() {
-	tee /dev/stderr 2>&3 | awk -v t="$1" '
+	cat >"$T/last"
+	cat "$T/last"
+	awk -v t="$1" '
 		$3 == "ops/s" { print t, $1, $2 }
-		/^"[A-Z]/ { gsub(/"/, ""); split($0, f, ","); print t, f[1], f[2] }' >>"$T/figures"
+		/^"[A-Z]/ { gsub(/"/, ""); split($0, f, ","); print t, f[1], f[2] }' "$T/last" >>"$T/figures"
 }
-exec 3>&1
 
 bench() { run "$B/shiplog-bench" --url "$SURL" -c 50 -n "$N" -d 100 -r 1000000 "$@"; }
 rbench() { run redis-benchmark -h 127.0.0.1 -p "$RPORT" -c 50 -n "$N" -d 100 -r 1000000 --csv "$@"; }
