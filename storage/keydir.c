@@ -387,6 +387,8 @@ int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const
  * time so that readers of a shard never wait long. */
 #define PUT_MANY_HOLD 512u
 
+#define PUT_MANY_AHEAD 8
+
 int sl_keydir_put_many(sl_keydir *kd, sl_kd_item *items, size_t n, int only_if_newer)
 {
 	if (n == 0) {
@@ -420,6 +422,9 @@ int sl_keydir_put_many(sl_keydir *kd, sl_kd_item *items, size_t n, int only_if_n
 		size_t held = 0;
 		do {
 			sl_kd_item *it = &items[order[i]];
+			if (i + PUT_MANY_AHEAD < n) {
+				sl_keydir_prefetch(kd, items[order[i + PUT_MANY_AHEAD]].h);
+			}
 			it->rc = put_locked(s, it->h, it->key, it->klen, &it->loc, only_if_newer,
 			                    &it->old);
 			i++;
