@@ -26,6 +26,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,7 +262,7 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 	if (!last && hdr_ok) {
 		rc = sl_hint_load(db->io, db->dir, id, size, db->opt.max_key_bytes, hint_cb, c);
 		if (rc == SL_OK) {
-			db->hints_loaded++;
+			__atomic_fetch_add(&db->hints_loaded, 1, __ATOMIC_RELAXED);
 			atomic_store(&s->end, size);
 			atomic_store(&s->synced, size);
 			goto done;
@@ -273,7 +275,7 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 		}
 	}
 	uint64_t end;
-	db->segments_scanned++;
+	__atomic_fetch_add(&db->segments_scanned, 1, __ATOMIC_RELAXED);
 	if ((rc = scan_segment(c, size, last, &end)) != SL_OK ||
 	    (rc = sl_db_index_flush(db, &c->batch)) != SL_OK) { /* keys in the map */
 		return rc;
@@ -334,6 +336,88 @@ static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
 	int rc = load_segment_into(&c, db, id, last, max_seq);
 	sl_idx_batch_free(&c.batch);
 	return rc;
+}
+
+/* Sealed segments are loaded by several threads (sl_options.open_threads),
+ * each taking the next segment in id order and loading it whole.  Nothing
+ * depends on the order: the keydir keeps the highest seq per key
+ * (only_if_newer) and a record's bytes are accounted live only while it
+ * is the one indexed (sl_db_index_flush), segments are published under
+ * seg_mu in id order, and each thread keeps its own max_seq.  The active
+ * segment is loaded after all of them, alone. */
+typedef struct par_load {
+	sl_db *db;
+	const uint32_t *ids;
+	size_t n, act;
+	_Atomic size_t next;
+	_Atomic int rc;
+} par_load;
+
+typedef struct par_worker {
+	par_load *pl;
+	uint64_t max_seq;
+	pthread_t th;
+} par_worker;
+
+static void *load_worker(void *arg)
+{
+	par_worker *w = arg;
+	par_load *pl = w->pl;
+	for (;;) {
+		size_t i = atomic_fetch_add(&pl->next, 1);
+		if (i >= pl->n || atomic_load(&pl->rc) != SL_OK) {
+			break;
+		}
+		if (i == pl->act) {
+			continue;
+		}
+		int rc = load_segment(pl->db, pl->ids[i], 0, &w->max_seq);
+		if (rc != SL_OK) {
+			int ok = SL_OK;
+			atomic_compare_exchange_strong(&pl->rc, &ok, rc);
+			break;
+		}
+	}
+	return NULL;
+}
+
+static unsigned open_threads(const sl_db *db, size_t sealed)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned t = db->opt.open_threads ? db->opt.open_threads
+	             : cpus > 4           ? 4u
+	             : cpus > 1           ? (unsigned)cpus
+	                                  : 1u;
+	return sealed < t ? (sealed > 0 ? (unsigned)sealed : 1u) : t;
+}
+
+/* Loads every segment but ids[act] into the keydir; *max_seq gets the
+ * highest seq found (or implied by a header). */
+static int load_sealed(sl_db *db, const uint32_t *ids, size_t n, size_t act, uint64_t *max_seq)
+{
+	par_load pl = {.db = db, .ids = ids, .n = n, .act = act};
+	atomic_init(&pl.next, 0);
+	atomic_init(&pl.rc, SL_OK);
+	par_worker w[16];
+	unsigned nt = open_threads(db, act < n ? n - 1 : n);
+	nt = nt > 16 ? 16 : nt;
+	unsigned started = 1;
+	for (unsigned k = 0; k < nt; k++) {
+		w[k] = (par_worker){.pl = &pl, .max_seq = 0};
+	}
+	for (; started < nt; started++) {
+		if (pthread_create(&w[started].th, NULL, load_worker, &w[started]) != 0) {
+			break; /* fewer threads: the others take its share */
+		}
+	}
+	load_worker(&w[0]);
+	for (unsigned k = 1; k < started; k++) {
+		pthread_join(w[k].th, NULL);
+	}
+	for (unsigned k = 0; k < started; k++) {
+		*max_seq = w[k].max_seq > *max_seq ? w[k].max_seq : *max_seq;
+	}
+	return atomic_load(&pl.rc);
 }
 
 /* ---- open / close ------------------------------------------------------- */
@@ -486,11 +570,7 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 		}
 	}
 	uint64_t max_seq = 0;
-	for (size_t i = 0; i < n && rc == SL_OK; i++) {
-		if (i != act) {
-			rc = load_segment(db, ids[i], 0, &max_seq);
-		}
-	}
+	rc = load_sealed(db, ids, n, act, &max_seq);
 	if (rc == SL_OK && act < n) {
 		rc = load_segment(db, ids[act], 1, &max_seq);
 	}

@@ -77,6 +77,10 @@ typedef struct sl_options {
 	uint64_t compact_protect_seq; /* never compact a segment holding a seq >= this
 	                               * (replication backlog); 0 = no limit.  See
 	                               * sl_compact_protect(). */
+	/* Threads that load the sealed segments at open (their hints, or a
+	 * scan), each segment whole on one thread; the highest seq wins
+	 * whatever the order.  0 (default): one per CPU, at most 4. */
+	uint32_t open_threads;
 } sl_options;
 
 typedef struct sl_stats {

@@ -756,6 +756,80 @@ static void test_defer_delays_hints(void **state)
 	remove_dir();
 }
 
+/* What sl_open rebuilds does not depend on how many threads load the
+ * sealed segments or in what order they finish: the same keys, values,
+ * live / tombstone / dead bytes and last seq with 1 thread as with 4 (four
+ * opens, so the threads interleave differently).  The store has
+ * overwrites and deletes spread over many segments, compaction outputs
+ * between log segments, keys with a TTL, and segments without a hint (so
+ * some are scanned, and sealed again, by the threads). */
+static void test_parallel_open_matches_serial(void **state)
+{
+	(void)state;
+	make_dir("paropen");
+	sl_options o = opts();
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int r = 0; r < 30; r++) {
+		for (int i = 0; i < 400; i++) {
+			int k = (i * 7 + r * 13) % 500;
+			if ((i + r) % 9 == 0) {
+				char key[32];
+				key_of(k, key);
+				sl_delete(db, key, 16, NULL); /* SL_ENOTFOUND is fine */
+			} else if ((i + r) % 11 == 0) {
+				char key[32], v[128];
+				key_of(k, key);
+				val_of(k, r, v);
+				assert_int_equal(sl_put_ttl(db, key, 16, v, 100, 3600000, NULL),
+				                 SL_OK);
+			} else {
+				put(db, k, r);
+			}
+		}
+		if (r == 10) {
+			assert_int_equal(sl_compact(db), SL_OK); /* outputs between log ids */
+		}
+	}
+	sl_close(db);
+	/* Drop a few hints: those segments are scanned (and sealed again). */
+	int dropped = 0;
+	for (uint32_t id = 2; id < 200 && dropped < 3; id += 5) {
+		char p[600];
+		snprintf(p, sizeof(p), "%s/%010u.hint", g_dir, id);
+		dropped += unlink(p) == 0;
+	}
+	assert_true(dropped >= 1);
+	assert_true(count_files(".seg") >= 8);
+
+	sl_stats want = {0}, got = {0};
+	char dwant[33], dgot[33];
+	uint64_t kwant = 0, kgot = 0;
+	o.open_threads = 1;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	assert_int_equal(sl_stats_get(db, &want), SL_OK);
+	assert_int_equal(sl_digest(db, dwant, &kwant), SL_OK);
+	sl_close(db);
+	assert_true(want.keys > 100 && want.dead_bytes > 0 && want.tombstones > 0);
+	for (int t = 0; t < 4; t++) {
+		o.open_threads = 4;
+		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+		assert_int_equal(sl_stats_get(db, &got), SL_OK);
+		assert_int_equal(sl_digest(db, dgot, &kgot), SL_OK);
+		sl_close(db);
+		assert_string_equal(dgot, dwant);
+		assert_int_equal(kgot, kwant);
+		assert_int_equal(got.keys, want.keys);
+		assert_int_equal(got.tombstones, want.tombstones);
+		assert_int_equal(got.live_bytes, want.live_bytes);
+		assert_int_equal(got.tomb_bytes, want.tomb_bytes);
+		assert_int_equal(got.dead_bytes, want.dead_bytes);
+		assert_int_equal(got.last_seq, want.last_seq);
+		assert_int_equal(got.segments, want.segments);
+	}
+	remove_dir();
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -769,6 +843,7 @@ int main(void)
 	    cmocka_unit_test(test_background_compaction_runs),
 	    cmocka_unit_test(test_compact_defer),
 	    cmocka_unit_test(test_defer_delays_hints),
+	    cmocka_unit_test(test_parallel_open_matches_serial),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
