@@ -522,9 +522,12 @@ int main(int argc, char **argv)
 	}
 	sl_stats st;
 	sl_stats_get(n.db, &st);
-	sl_log_info("opened %s in %llu ms: %llu keys, last seq %llu, %llu segments", c.dir,
-	            (unsigned long long)(sl_node_mono_ms() - t0), (unsigned long long)st.keys,
-	            (unsigned long long)st.last_seq, (unsigned long long)st.segments);
+	sl_log_info("opened %s in %llu ms: %llu keys, last seq %llu, %llu segments "
+	            "(%llu from hint files, %llu scanned)",
+	            c.dir, (unsigned long long)(sl_node_mono_ms() - t0),
+	            (unsigned long long)st.keys, (unsigned long long)st.last_seq,
+	            (unsigned long long)st.segments, (unsigned long long)st.hints_loaded,
+	            (unsigned long long)st.segments_scanned);
 
 	int listen_default = c.repl_listen == NULL;
 	const char *rl = c.repl_listen != NULL ? c.repl_listen
