@@ -946,6 +946,12 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 	if (db_rdlock(n, try_inline) != 0) {
 		return -1;
 	}
+	/* A single put's keydir slot starts loading now and arrives while
+	 * the record is written (sl_prefetch: the keydir probe was the put's
+	 * largest cost over a ping). */
+	if (op == SL_OP_PUT && q->put != NULL) {
+		sl_prefetch(n->db, q->put->key.data, q->put->key.len);
+	}
 	if (try_inline && writes && sl_append_room(n->db) < INLINE_MAX_BYTES + INLINE_ROOM_MARGIN) {
 		pthread_rwlock_unlock(&n->db_lock);
 		return -1;
