@@ -79,7 +79,8 @@ typedef struct sl_options {
 	                               * sl_compact_protect(). */
 	/* Threads that load the sealed segments at open (their hints, or a
 	 * scan), each segment whole on one thread; the highest seq wins
-	 * whatever the order.  0 (default): one per CPU, at most 4. */
+	 * whatever the order.  0 (default): one per CPU, at most 4; at most
+	 * 16 in any case. */
 	uint32_t open_threads;
 } sl_options;
 
