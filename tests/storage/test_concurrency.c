@@ -15,8 +15,9 @@
  *   - any key: a value is well-formed, for this key, and its version was
  *     already started by its writer; a reader never sees a key's seq go back;
  *   - scans: every (key, value) well-formed, prefix respected, each key once.
- * After joining, and again after a reopen: each key holds the write with the
- * highest seq made to it (from the writers' logs), and the counters add up.
+ * After joining, and again after a reopen (its sealed segments loaded on 4
+ * threads): each key holds the write with the highest seq made to it (from
+ * the writers' logs), and the counters add up.
  *
  * SL_TEST_SEEDS scales the operations per thread (default 20: 10000 ops per
  * thread under everysec and no, 2000 under always, 200 puts per thread in
@@ -522,6 +523,7 @@ static void run_threads(sl_sync sync, int nthreads, int ops, int with_scanner, c
 	check_final(c, ws, nthreads, "after join");
 	sl_close(c->db);
 
+	o.open_threads = 4; /* the reopen loads the sealed segments on 4 threads */
 	assert_int_equal(sl_open(dir, &o, &c->db), SL_OK);
 	check_final(c, ws, nthreads, "after reopen");
 	sl_close(c->db);
