@@ -500,6 +500,21 @@ static void do_stats(sl_node *n, sl_reply *r)
 
 /* ---- batch ------------------------------------------------------------ */
 
+/* The key of a batch's get, put or delete (NULL: none, or another op). */
+static const ProtobufCBinaryData *op_key(const Shiplog__Op *op)
+{
+	switch (op->op_case) {
+	case SHIPLOG__OP__OP_GET:
+		return op->get->has_key ? &op->get->key : NULL;
+	case SHIPLOG__OP__OP_PUT:
+		return op->put->has_key ? &op->put->key : NULL;
+	case SHIPLOG__OP__OP_DEL:
+		return op->del->has_key ? &op->del->key : NULL;
+	default:
+		return NULL;
+	}
+}
+
 static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 {
 	size_t k = b->n_ops;
@@ -512,23 +527,19 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 		fail(r, SL_ENOMEM, "batch: out of memory");
 		return;
 	}
-	/* Every get's index line starts loading before the first lookup, then
+	/* Every key's index slot starts loading before the first lookup, then
 	 * every record before the first read: their cache misses overlap
 	 * instead of coming one after another. */
 	for (size_t i = 0; i < k; i++) {
-		const Shiplog__Op *op = b->ops[i];
-		if (op->op_case == SHIPLOG__OP__OP_GET && op->get->has_key) {
-			sl_prefetch(n->db, op->get->key.data, op->get->key.len);
-		} else if (op->op_case == SHIPLOG__OP__OP_PUT && op->put->has_key) {
-			sl_prefetch(n->db, op->put->key.data, op->put->key.len);
-		} else if (op->op_case == SHIPLOG__OP__OP_DEL && op->del->has_key) {
-			sl_prefetch(n->db, op->del->key.data, op->del->key.len);
+		const ProtobufCBinaryData *key = op_key(b->ops[i]);
+		if (key != NULL) {
+			sl_prefetch(n->db, key->data, key->len);
 		}
 	}
 	for (size_t i = 0; i < k; i++) {
-		const Shiplog__Op *op = b->ops[i];
-		if (op->op_case == SHIPLOG__OP__OP_GET && op->get->has_key) {
-			sl_prefetch_value(n->db, op->get->key.data, op->get->key.len);
+		const ProtobufCBinaryData *key = op_key(b->ops[i]);
+		if (key != NULL && b->ops[i]->op_case == SHIPLOG__OP__OP_GET) {
+			sl_prefetch_value(n->db, key->data, key->len);
 		}
 	}
 	for (size_t i = 0; i < k; i++) {
@@ -623,7 +634,6 @@ static int op_of(const Shiplog__Request *q)
 	}
 }
 
-/* Decodes buf after bounding it (invariant 1).  NULL with r failed. */
 /* ---- request decoding: a per-thread arena ---------------------------- */
 
 /* protobuf-c allocates every sub-message and every bytes field of a
@@ -716,6 +726,7 @@ static void req_release(Shiplog__Request *q)
 	}
 }
 
+/* Decodes buf after bounding it (invariant 1).  NULL with r failed. */
 static Shiplog__Request *decode(const void *buf, size_t len, sl_reply *r)
 {
 	size_t ops = 0, keys = 0;

@@ -388,6 +388,7 @@ static unsigned open_threads(const sl_db *db, size_t sealed)
 	             : cpus > 4           ? 4u
 	             : cpus > 1           ? (unsigned)cpus
 	                                  : 1u;
+	t = t > 16 ? 16 : t; /* load_sealed's workers */
 	return sealed < t ? (sealed > 0 ? (unsigned)sealed : 1u) : t;
 }
 
@@ -400,7 +401,6 @@ static int load_sealed(sl_db *db, const uint32_t *ids, size_t n, size_t act, uin
 	atomic_init(&pl.rc, SL_OK);
 	par_worker w[16];
 	unsigned nt = open_threads(db, act < n ? n - 1 : n);
-	nt = nt > 16 ? 16 : nt;
 	unsigned started = 1;
 	for (unsigned k = 0; k < nt; k++) {
 		w[k] = (par_worker){.pl = &pl, .max_seq = 0};
