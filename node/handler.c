@@ -843,6 +843,30 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 	r->resp.seq = seq;
 }
 
+/* A write acknowledged by fewer followers than asked in time. */
+static void acks_short(sl_reply *r, uint64_t seq, uint32_t got, uint32_t want, uint32_t tmo)
+{
+	fail(r, SL_ETIMEDOUT,
+	     "written as seq %llu, but only %u of %u followers have it durably after %u ms",
+	     (unsigned long long)seq, got, want, tmo);
+}
+
+void sl_reply_acked(sl_node *n, sl_reply *r, uint32_t acked)
+{
+	if (r->ack_want == 0) {
+		return;
+	}
+	if (acked < r->ack_want) {
+		acks_short(r, r->ack_seq, acked, r->ack_want, r->ack_timeout_ms);
+	}
+	sl_repl_ack_end(n->repl);
+	if (r->resp.status >= 0 || r->resp.status == SL_ETIMEDOUT) {
+		r->resp.has_acks = 1;
+		r->resp.acks = acked;
+	}
+	r->ack_want = 0;
+}
+
 /* defer_seq != NULL: under --sync always, a write that needs no follower
  * acknowledgement is appended without waiting for its fdatasync; *defer_seq
  * gets the seq the caller must sl_sync_wait for (then sl_reply_sync_failed on
@@ -857,7 +881,7 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
  * not wait for the disk, a follower or another request.  Gets, puts,
  * deletes, multi-gets and batches of them qualify, when small, without
  * --acks (a --min-seq not yet applied is found and handed back by run()). */
-static int runs_inline(const Shiplog__Request *q, int op)
+static int runs_inline(const sl_node *n, const Shiplog__Request *q, int op)
 {
 	switch (op) {
 	case SL_OP_GET:
@@ -870,10 +894,13 @@ static int runs_inline(const Shiplog__Request *q, int op)
 	default:
 		return 0;
 	}
-	if (q->has_acks && q->acks > 0) {
-		return 0;
+	if (q->has_acks && q->acks > 0 && strcmp(n->sync_name, "always") == 0) {
+		return 0; /* it would wait for the fdatasync before its acks */
 	}
-	return 1; /* a --min-seq not yet applied: run() hands it back */
+	/* A write with --acks is made here and parked for its acks (the
+	 * caller's sl_repl_ack_park); a --min-seq not yet applied: run()
+	 * hands it back. */
+	return 1;
 }
 
 /* Takes the store read lock; inline (try_inline), only if it is free at
@@ -947,9 +974,6 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 	int sync_after = writes && strcmp(n->sync_name, "always") == 0;
 	int defer = defer_seq != NULL && sync_after && !want_acks;
 	unsigned wflags = sync_after ? SL_NOWAIT : 0;
-	if (want_acks) {
-		sl_repl_ack_begin(n->repl);
-	}
 	if (op == SL_OP_COMPACT) {
 		sl_repl_protect_update(n->repl); /* the backlog as of now */
 	}
@@ -966,6 +990,9 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 	if (try_inline && writes && sl_append_room(n->db) < INLINE_MAX_BYTES + INLINE_ROOM_MARGIN) {
 		pthread_rwlock_unlock(&n->db_lock);
 		return -1;
+	}
+	if (want_acks) {
+		sl_repl_ack_begin(n->repl); /* before the write: its fetch replies say so */
 	}
 	switch (op) {
 	case SL_OP_GET:
@@ -1031,6 +1058,13 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 	} else if (seq > 0) {
 		sl_repl_notify_write(n->repl, seq); /* the followers must fetch it now */
 	}
+	if (want_acks && seq > 0 && defer_seq != NULL) {
+		/* the caller parks it and ends it with sl_reply_acked */
+		r->ack_seq = seq;
+		r->ack_want = q->acks;
+		r->ack_timeout_ms = q->has_acks_timeout_ms ? q->acks_timeout_ms : 0;
+		return 0;
+	}
 	if (want_acks) {
 		uint32_t got = 0;
 		if (seq > 0) {
@@ -1039,10 +1073,7 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 			int arc = sl_repl_wait_acks(n->repl, seq, q->acks, tmo, &got);
 			sl_workq_blocking(0);
 			if (arc != SL_OK) {
-				fail(r, SL_ETIMEDOUT,
-				     "written as seq %llu, but only %u of %u followers have it "
-				     "durably after %u ms",
-				     (unsigned long long)seq, got, q->acks, tmo);
+				acks_short(r, seq, got, q->acks, tmo);
 			}
 		}
 		sl_repl_ack_end(n->repl);
@@ -1103,7 +1134,7 @@ int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint6
 		return SL_OP_INVALID; /* the error reply costs nothing to send */
 	}
 	int op = op_of(q);
-	if (!runs_inline(q, op)) {
+	if (!runs_inline(n, q, op)) {
 		req_release(q);
 		sl_reply_free(r);
 		return -1;

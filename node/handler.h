@@ -30,6 +30,11 @@ typedef struct sl_reply {
 	size_t nowned, capowned;
 	size_t bytes;  /* running size of the values/keys added, for budgets */
 	int wake_repl; /* a write: call sl_repl_wake_fetches once r is sent */
+	/* A write with --acks run by sl_handle_defer or sl_handle_inline:
+	 * made, not yet acknowledged.  The caller parks it (sl_repl_ack_park
+	 * with these), then completes r with sl_reply_acked and sends it. */
+	uint64_t ack_seq;
+	uint32_t ack_want, ack_timeout_ms;
 	char errbuf[256];
 } sl_reply;
 
@@ -51,10 +56,13 @@ int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r);
  * followers to the caller: with r->wake_repl set, call
  * sl_repl_wake_fetches after sending r (the client does not wait for it). */
 int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq);
+/* With sync_seq != NULL a write with --acks does not wait for them either:
+ * it returns with r->ack_want set (above). */
 
 /* The nng callback's fast path: runs buf at once when it cannot wait (a
- * get, put, delete, multi-get or batch of them, at most 64 KiB, without
- * --acks, with a --min-seq already applied, while a write leaves room in
+ * get, put, delete, multi-get or batch of them, at most 64 KiB, with
+ * --acks only when not under --sync always (r->ack_want is then set, as
+ * for sl_handle_defer), with a --min-seq already applied, while a write leaves room in
  * the active segment and no resync swaps the store) and returns its op with
  * r filled — and *sync_seq as sl_handle_defer under --sync always, for the
  * committer.  With r->wake_repl set (a write), the caller sends the reply
@@ -65,6 +73,12 @@ int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64
  * requests touch memory and the page cache (mapped segments), never fsync,
  * never wait for a follower or a condition. */
 int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq);
+
+/* Completes a reply left waiting for acks (r->ack_want > 0): `acked`
+ * followers had the write when the wait ended.  Fewer than wanted makes it
+ * SL_ETIMEDOUT (the write was made: its seq stays).  Ends the node's
+ * sl_repl_ack_begin. */
+void sl_reply_acked(sl_node *n, sl_reply *r, uint32_t acked);
 
 /* Turns every successful write in r (the top-level put/delete, or the
  * batch results carrying a seq) into status rc ("sync: …"). */

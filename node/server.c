@@ -30,6 +30,13 @@
  *     two or three threads instead of one blocked thread per connection.
  *     A reply leaves only after its write is durable, so an acknowledged
  *     write survives a crash exactly as before.
+ *  5. Nor does any thread wait for a write's --acks: the write is made
+ *     (inline, or by a worker under --sync always) and its context parked
+ *     with sl_repl_ack_park; the reply leaves from whichever thread serves
+ *     the fetch that brings the last ack, or from the replication waker at
+ *     the timeout.  A parked context still counts in `working`, and the
+ *     drain answers whatever is parked (sl_repl_ack_flush) before the
+ *     socket closes.
  */
 #include "server.h"
 
@@ -38,6 +45,7 @@
 #include <nng/supplemental/http/http.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,9 +70,10 @@ typedef struct sctx {
 	nng_msg *req;
 	uint64_t t0_ns;
 	int op, status;
-	sl_reply reply;     /* built by a worker, sent by it or by the committer */
-	uint64_t sync_seq;  /* deferred: the seq that must be durable first */
-	struct sctx *dnext; /* in the committer's list */
+	sl_reply reply;        /* built by a worker, sent by it or by the committer */
+	uint64_t sync_seq;     /* deferred: the seq that must be durable first */
+	struct sctx *dnext;    /* in the committer's list */
+	sl_repl_ack_wait ackw; /* a write parked for its --acks (invariant 5) */
 } sctx;
 
 typedef struct http_work {
@@ -201,6 +210,26 @@ static void reply_and_wake(sctx *c)
 	}
 }
 
+/* Invariant 5: the acks of c's write arrived, or its wait ended. */
+static void ack_done(sl_repl_ack_wait *w, uint32_t acked)
+{
+	sctx *c = (sctx *)((char *)w - offsetof(sctx, ackw));
+	sl_reply_acked(c->s->n, &c->reply, acked);
+	reply_and_wake(c);
+}
+
+/* Sends c's reply, or parks it until its write has its acks. */
+static void reply_or_park(sctx *c)
+{
+	if (c->reply.ack_want > 0) {
+		c->state = ST_WORK;
+		sl_repl_ack_park(c->s->n->repl, &c->ackw, c->reply.ack_seq, c->reply.ack_want,
+		                 c->reply.ack_timeout_ms, ack_done);
+		return;
+	}
+	reply_and_wake(c);
+}
+
 static void work_run(sl_work *w)
 {
 	sctx *c = (sctx *)w;
@@ -212,7 +241,7 @@ static void work_run(sl_work *w)
 		commit_submit(c->s, c);
 		return;
 	}
-	reply_and_wake(c);
+	reply_or_park(c);
 }
 
 /* ---- the context callback (nng's threads: invariant 1) -------------- */
@@ -247,7 +276,7 @@ static void on_request(sctx *c, nng_msg *m)
 			commit_submit(s, c);
 			return;
 		}
-		reply_and_wake(c);
+		reply_or_park(c);
 		return;
 	}
 	c->req = m; /* still counted in working: the worker's now */
@@ -494,6 +523,9 @@ void sl_server_drain(sl_server *s)
 		sleep_ms(5);
 		waited += 5;
 	}
+	/* Writes still parked for acks are answered with the count so far
+	 * (invariant 5). */
+	sl_repl_ack_flush(s->n->repl);
 	if (atomic_load(&s->working) > 0) {
 		sl_log_warn("%d requests still running after %d ms; closing anyway",
 		            atomic_load(&s->working), s->drain_ms);
@@ -528,6 +560,7 @@ void sl_server_stop(sl_server *s)
 	/* Workers may still hold requests if the drain timed out: stopping
 	 * the queue runs them (their sends fail on the closed socket). */
 	sl_workq_stop(s->wq);
+	sl_repl_ack_flush(s->n->repl); /* parked by those: before the contexts go */
 	pthread_mutex_lock(&s->cmu);
 	s->cstop = 1;
 	pthread_cond_signal(&s->ccv);

@@ -1013,19 +1013,22 @@ static void *fetch_main(void *arg)
 			while (h < a.last && !atomic_compare_exchange_weak(&r->head, &h, a.last)) {
 			}
 		}
+		/* What the next fetch reports durable (and the primary counts as
+		 * acks) is what this node's --sync promises for its own writes:
+		 * under `always` the batch is fdatasynced first, with one
+		 * fdatasync for all its records; under `everysec` and `no` a
+		 * record is durable once it is in this node's log, where it
+		 * survives this process's crash and reaches the disk within
+		 * the sync period, as a put acknowledged by a primary under the
+		 * same flag (Kafka's acks=all counts a replica's log the same
+		 * way; Redis's WAIT counts a replica's memory). */
 		if (a.count > 0 && sl_sync_policy(db) == SL_SYNC_ALWAYS) {
-			/* --sync always: the batch is durable before the next fetch
-			 * reports it, with one fdatasync for all its records. */
 			if (sl_sync_wait(db, a.last) != SL_OK) {
-				rc = SL_EFAILED;
-			}
-		}
-		if (rc == SL_OK && fr->has_sync_seq && fr->sync_seq > 0 && a.last > durable) {
-			if (sl_sync_wait(db, a.last) == SL_OK) {
-				durable = a.last;
-			} else {
 				rc = SL_EFAILED; /* below: the store is replaced */
 			}
+		}
+		if (a.count > 0 && rc == SL_OK && a.last > durable) {
+			durable = a.last;
 		}
 		/* Streaming behind a busy primary (many records per reply, the
 		 * reply not full, nobody waits for acks): a short pause lets the

@@ -290,7 +290,14 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 	} else {
 		table_touch(r, f->node_id, now);
 	}
+	/* Writes parked for acks that this fetch's durable_seq completes are
+	 * answered from here: no thread waits for them. */
+	sl_repl_ack_wait *acked = NULL;
+	if (r->ack_parked != NULL && rc == SL_OK && !c->parked_once) {
+		repl_ack_take(r, 0, &acked);
+	}
 	pthread_mutex_unlock(&r->mu);
+	repl_ack_run(acked);
 	if (role != ROLE_PRIMARY) {
 		char msg[320];
 		snprintf(msg, sizeof(msg), "this node is a follower (of %s), not a primary",
@@ -725,6 +732,18 @@ static void *waker_main(void *arg)
 	while (!r->stopping) {
 		uint64_t now = repl_now_ms();
 		uint64_t wake = release_due(r, now, NULL);
+		sl_repl_ack_wait *expired = NULL;
+		uint64_t ack_wake = repl_ack_take(r, now, &expired);
+		if (expired != NULL) {
+			/* writes whose --acks timed out: answered with the count */
+			pthread_mutex_unlock(&r->mu);
+			repl_ack_run(expired);
+			pthread_mutex_lock(&r->mu);
+			continue;
+		}
+		if (ack_wake < wake) {
+			wake = ack_wake;
+		}
 		if (wake > now + 1000) {
 			wake = now + 1000;
 		}
@@ -741,6 +760,7 @@ static void *waker_main(void *arg)
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		uint64_t d = wake > now ? wake - now : 1;
+		r->waker_wake_ms = now + d; /* sl_repl_ack_park wakes it sooner */
 		ts.tv_sec += (time_t)(d / 1000);
 		ts.tv_nsec += (long)(d % 1000) * 1000000L;
 		if (ts.tv_nsec >= 1000000000L) {
@@ -757,7 +777,11 @@ static void *waker_main(void *arg)
 		runq_push(r, c);
 	}
 	atomic_store(&r->parked_any, 0);
+	/* and writes parked for acks are answered with the count so far */
+	sl_repl_ack_wait *left = NULL;
+	repl_ack_take(r, UINT64_MAX, &left);
 	pthread_mutex_unlock(&r->mu);
+	repl_ack_run(left);
 	return NULL;
 }
 

@@ -298,6 +298,91 @@ void sl_repl_ack_end(sl_repl *r)
 	}
 }
 
+uint32_t repl_acks_count(sl_repl *r, uint64_t seq)
+{
+	uint32_t k = 0;
+	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
+		if (r->followers[i].used && r->followers[i].durable >= seq) {
+			k++;
+		}
+	}
+	return k;
+}
+
+uint64_t repl_ack_take(sl_repl *r, uint64_t now, sl_repl_ack_wait **out)
+{
+	uint64_t next = UINT64_MAX;
+	sl_repl_ack_wait **pp = &r->ack_parked;
+	while (*pp != NULL) {
+		sl_repl_ack_wait *w = *pp;
+		uint32_t k = repl_acks_count(r, w->seq);
+		if (k >= w->n || (now > 0 && now >= w->deadline_ms)) {
+			*pp = w->next;
+			w->n = k;
+			w->next = *out;
+			*out = w;
+			continue;
+		}
+		if (w->deadline_ms < next) {
+			next = w->deadline_ms;
+		}
+		pp = &w->next;
+	}
+	return next;
+}
+
+void repl_ack_run(sl_repl_ack_wait *list)
+{
+	while (list != NULL) {
+		sl_repl_ack_wait *w = list;
+		list = w->next;
+		w->next = NULL;
+		w->fn(w, w->n); /* may free or reuse w */
+	}
+}
+
+void sl_repl_ack_park(sl_repl *r, sl_repl_ack_wait *w, uint64_t seq, uint32_t n,
+                      uint32_t timeout_ms, void (*fn)(sl_repl_ack_wait *w, uint32_t acked))
+{
+	w->next = NULL;
+	w->seq = seq;
+	w->n = n;
+	w->fn = fn;
+	if (r == NULL) {
+		fn(w, 0);
+		return;
+	}
+	uint64_t now = repl_now_ms();
+	w->deadline_ms = now + timeout_ms;
+	pthread_mutex_lock(&r->mu);
+	uint32_t k = repl_acks_count(r, seq);
+	if (k >= n || timeout_ms == 0 || r->stopping) {
+		pthread_mutex_unlock(&r->mu);
+		fn(w, k);
+		return;
+	}
+	w->next = r->ack_parked;
+	r->ack_parked = w;
+	/* The waker sleeps until its next deadline (at most a second): wake
+	 * it only when this one comes sooner. */
+	if (r->waker_wake_ms == 0 || w->deadline_ms < r->waker_wake_ms) {
+		pthread_cond_broadcast(&r->cv);
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+void sl_repl_ack_flush(sl_repl *r)
+{
+	if (r == NULL) {
+		return;
+	}
+	sl_repl_ack_wait *done = NULL;
+	pthread_mutex_lock(&r->mu);
+	repl_ack_take(r, UINT64_MAX, &done);
+	pthread_mutex_unlock(&r->mu);
+	repl_ack_run(done);
+}
+
 int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms, uint32_t *acked)
 {
 	*acked = 0;
@@ -310,12 +395,7 @@ int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms,
 	/* Wake parked fetches so the followers hear "sync now". */
 	pthread_cond_broadcast(&r->cv);
 	for (;;) {
-		uint32_t k = 0;
-		for (int i = 0; i < SL_MAX_FOLLOW; i++) {
-			if (r->followers[i].used && r->followers[i].durable >= seq) {
-				k++;
-			}
-		}
+		uint32_t k = repl_acks_count(r, seq);
 		*acked = k;
 		if (k >= n) {
 			break;

@@ -110,6 +110,32 @@ void sl_repl_ack_end(sl_repl *r);
  * *acked gets how many did.  SL_OK or SL_ETIMEDOUT. */
 int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms, uint32_t *acked);
 
+/* The same wait without a thread blocked in it: a parked ack wait.  Its
+ * owner (the server's request context) embeds it; fn runs exactly once,
+ * with how many followers report durable_seq >= seq:
+ *  - in sl_repl_ack_park itself when n already do, timeout_ms is 0, r is
+ *    NULL or the node is stopping;
+ *  - else in the thread that serves the fetch bringing the n-th ack (an
+ *    nng callback or a replication worker: fn must not wait);
+ *  - else in the replication waker thread at the deadline, or at
+ *    sl_repl_ack_flush.
+ * Call sl_repl_ack_begin before the write (as for sl_repl_wait_acks); fn
+ * calls sl_repl_ack_end. */
+typedef struct sl_repl_ack_wait {
+	struct sl_repl_ack_wait *next;
+	uint64_t seq;
+	uint32_t n;
+	uint64_t deadline_ms;
+	void (*fn)(struct sl_repl_ack_wait *w, uint32_t acked);
+} sl_repl_ack_wait;
+
+void sl_repl_ack_park(sl_repl *r, sl_repl_ack_wait *w, uint64_t seq, uint32_t n,
+                      uint32_t timeout_ms, void (*fn)(sl_repl_ack_wait *w, uint32_t acked));
+
+/* Completes every parked ack wait now, with the acks counted so far (a
+ * stopping server, before its request contexts go). */
+void sl_repl_ack_flush(sl_repl *r);
+
 /* Follower → primary: stops the fetch loop, records (old history id,
  * applied seq) and starts a new history.  hid gets the new id (33 bytes).
  * SL_OK (also when already primary: nothing changes). */

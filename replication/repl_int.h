@@ -78,6 +78,8 @@ struct sl_repl {
 	atomic_uint_fast64_t head;    /* the store's last seq, as writes report it */
 	atomic_uint_fast64_t applied; /* follower: last seq applied */
 	atomic_int ack_waiters;
+	struct sl_repl_ack_wait *ack_parked; /* sl_repl_ack_park, earliest first not kept */
+	uint64_t waker_wake_ms;              /* when the waker wakes next (0: unknown) */
 	atomic_int applied_waiters;
 	int stopping;
 
@@ -120,6 +122,15 @@ struct sl_repl {
 
 void repl_log(sl_repl *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 uint64_t repl_now_ms(void);
+
+/* repl.c: parked ack waits (mu held).  acks_count counts the followers
+ * with durable >= seq; ack_take moves the parked waits that are done (n
+ * acks, or, with now > 0, past their deadline) onto *out, each with its
+ * count in `n`, and returns the earliest deadline of those left
+ * (UINT64_MAX: none); ack_run runs the fns of such a list, mu not held. */
+uint32_t repl_acks_count(sl_repl *r, uint64_t seq);
+uint64_t repl_ack_take(sl_repl *r, uint64_t now, struct sl_repl_ack_wait **out);
+void repl_ack_run(struct sl_repl_ack_wait *list);
 
 /* primary.c */
 int repl_primary_start(sl_repl *r, char *err, size_t cap);

@@ -6,6 +6,7 @@
  * bytes of a stopped follower, and
  * followers compacting on their own while replicating.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -139,14 +140,45 @@ static void test_acks_and_wait(void **state)
 		assert_true(sl_client_last_acks(p) >= 1);
 	}
 	sl_client_set_acks(p, 2, 5000);
-	assert_int_equal(sl_client_put(p, "acked2", 6, "v", 1, NULL), SL_OK);
-	assert_int_equal(sl_client_last_acks(p), 2);
-	/* three followers do not exist: the write is made, the ack times out */
+	/* An ack means the follower has applied the write: each of the two
+	 * serves it at once, without --min-seq. */
+	sl_client *f1 = ru_client(&F1), *f2 = ru_client(&F2);
+	assert_non_null(f1);
+	assert_non_null(f2);
+	for (int i = 0; i < 20; i++) {
+		char v[32];
+		snprintf(v, sizeof(v), "acked2-%d", i);
+		assert_int_equal(sl_client_put(p, "acked2", 6, v, strlen(v), NULL), SL_OK);
+		assert_int_equal(sl_client_last_acks(p), 2);
+		sl_client *fs[] = {f1, f2};
+		for (int k = 0; k < 2; k++) {
+			void *got = NULL;
+			size_t gl = 0;
+			assert_int_equal(sl_client_get(fs[k], "acked2", 6, &got, &gl, NULL), SL_OK);
+			assert_int_equal(gl, strlen(v));
+			assert_memory_equal(got, v, gl);
+			free(got);
+		}
+	}
+	sl_client_close(f1);
+	sl_client_close(f2);
+	/* three followers do not exist: the write is made, the ack times out,
+	 * answered by the primary's timer when the 300 ms are over (the write
+	 * is parked, no thread waits for it) */
 	sl_client_set_acks(p, 3, 300);
 	uint64_t seq = 0;
+	uint64_t t0 = tu_mono_ms();
 	assert_int_equal(sl_client_put(p, "acked3", 6, "v", 1, &seq), SL_ETIMEDOUT);
+	uint64_t took = tu_mono_ms() - t0;
+	assert_true(took >= 290);
+	assert_true(took < 1200);
 	assert_true(seq > 0);
 	assert_int_equal(sl_client_last_acks(p), 2);
+	sl_client_set_acks(p, 0, 0);
+	void *got = NULL;
+	size_t gl = 0;
+	assert_int_equal(sl_client_get(p, "acked3", 6, &got, &gl, NULL), SL_OK);
+	free(got);
 	sl_client_set_acks(p, 0, 0);
 	uint32_t acks = 0;
 	assert_int_equal(sl_client_wait(p, 2, 0, 5000, &acks), SL_OK);
@@ -154,6 +186,35 @@ static void test_acks_and_wait(void **state)
 	assert_int_equal(sl_client_wait(p, 3, 0, 200, &acks), SL_OK);
 	assert_int_equal(acks, 2);
 	sl_client_close(p);
+}
+
+/* A follower run with --sync always acknowledges a write only once it is
+ * on its disk: with the two others stopped, an --acks 1 write is answered
+ * by it alone, and its synced_seq already covers the write. */
+static void test_acks_sync_always_follower(void **state)
+{
+	(void)state;
+	ru_node F3 = {0};
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/f3", root);
+	const char *fex[] = {"--segment-bytes", "64k", "--sync", "always", NULL};
+	assert_int_equal(ru_start(&F3, dir, P.rurl, fex), 0);
+	assert_int_equal(ru_wait_applied(&F3, ru_last_seq(&P), 10000), 0);
+	kill(F1.d.pid, SIGSTOP);
+	kill(F2.d.pid, SIGSTOP);
+	sl_client *p = ru_client(&P);
+	assert_non_null(p);
+	sl_client_set_acks(p, 1, 5000);
+	for (int i = 0; i < 10; i++) {
+		uint64_t seq = 0;
+		assert_int_equal(sl_client_put(p, "always", 6, "v", 1, &seq), SL_OK);
+		assert_int_equal(sl_client_last_acks(p), 1);
+		assert_true(ru_stat(&F3, "synced_seq", NULL, 0) >= seq);
+	}
+	sl_client_close(p);
+	kill(F1.d.pid, SIGCONT);
+	kill(F2.d.pid, SIGCONT);
+	assert_int_equal(nu_stop(&F3.d, SIGTERM), 0);
 }
 
 static void test_kill_follower_partial_resync(void **state)
@@ -247,6 +308,48 @@ static void test_followers_compact_independently(void **state)
 	ru_assert_converged(&P, f, 2);
 }
 
+/* SIGTERM while a write waits for acks it cannot get (3 followers asked,
+ * 2 exist): the stop answers it when its time is up, with the count and
+ * its seq, before the socket closes, and exits 0. */
+static void *acks_put_thread(void *arg)
+{
+	int *out = arg;
+	sl_client *p = ru_client(&P);
+	if (p == NULL) {
+		out[0] = -1000;
+		return NULL;
+	}
+	sl_client_set_acks(p, 3, 2000);
+	uint64_t seq = 0;
+	out[0] = sl_client_put(p, "stopping", 8, "v", 1, &seq);
+	out[1] = (int)sl_client_last_acks(p);
+	out[2] = seq > 0;
+	sl_client_close(p);
+	return NULL;
+}
+
+static void test_stop_answers_parked_acks(void **state)
+{
+	(void)state;
+	ru_node *f[] = {&F1, &F2};
+	ru_assert_converged(&P, f, 2);
+	int out[3] = {0};
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, acks_put_thread, out), 0);
+	nu_sleep_ms(300);
+	uint64_t t0 = tu_mono_ms();
+	int st = nu_stop(&P.d, SIGTERM);
+	uint64_t took = tu_mono_ms() - t0;
+	pthread_join(th, NULL);
+	assert_int_equal(st, 0);
+	assert_int_equal(out[0], SL_ETIMEDOUT);
+	assert_int_equal(out[1], 2);
+	assert_int_equal(out[2], 1);
+	assert_true(took < 10000);
+	assert_int_equal(ru_start(&P, NULL, NULL, NULL), 0);
+	ru_assert_converged(&P, f, 2);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -254,9 +357,11 @@ int main(void)
 	    cmocka_unit_test(test_follower_read_only),
 	    cmocka_unit_test(test_min_seq_on_follower),
 	    cmocka_unit_test(test_acks_and_wait),
+	    cmocka_unit_test(test_acks_sync_always_follower),
 	    cmocka_unit_test(test_kill_follower_partial_resync),
 	    cmocka_unit_test(test_lag_bytes),
 	    cmocka_unit_test(test_followers_compact_independently),
+	    cmocka_unit_test(test_stop_answers_parked_acks),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
