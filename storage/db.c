@@ -44,6 +44,7 @@
 
 #define SEGTAB_BITS  12u
 #define SL_LOAD      (1u << 8) /* append: a snapshot record, any seq order */
+#define SL_COPIED    (1u << 9) /* append: the raw record's bytes are already at end */
 #define SEGTAB_CHUNK (1u << SEGTAB_BITS)
 #define SEGTAB_TOP   4096u
 
@@ -316,8 +317,11 @@ static int rotate(sl_db *db, size_t need)
 	}
 	/* Its first MiB now, bounded (sl_seg_populate), before the flusher
 	 * can see it: else the next write's fault zero-fills a whole
-	 * read-around window with append_mu held. */
-	sl_seg_populate(n, 1u << 20, 1);
+	 * read-around window with append_mu held.  Not while appends come
+	 * as pwrites (write_run), which need no populated page. */
+	if (!atomic_load_explicit(&db->pop_off, memory_order_relaxed)) {
+		sl_seg_populate(n, 1u << 20, 1);
+	}
 	pthread_mutex_lock(&db->seg_mu);
 	rc = sl_db_seg_publish(db, n);
 	if (rc == SL_OK) {
@@ -447,7 +451,9 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 		end = atomic_load(&a->end);
 	}
 	uint8_t *dst = a->map + end;
-	if (raw != NULL) {
+	if (flags & SL_COPIED) {
+		/* written by write_run, past end: nothing to copy */
+	} else if (raw != NULL) {
 		memcpy(dst, raw, size);
 	} else {
 		sl_rec_encode(dst, type, seq, expire_at, key, klen, val, vlen);
@@ -455,8 +461,10 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 	atomic_store_explicit(&a->end, end + size, memory_order_release); /* invariant 1 */
 	atomic_store_explicit(&db->room, a->cap - (end + size), memory_order_relaxed);
 	uint64_t pop = atomic_load_explicit(&a->populated, memory_order_relaxed);
-	if (end + size + POP_AHEAD / 2 > pop && pop < (a->cap & ~(uint64_t)4095u) &&
+	if (!(flags & SL_COPIED) && end + size + POP_AHEAD / 2 > pop &&
+	    pop < (a->cap & ~(uint64_t)4095u) &&
 	    !atomic_load_explicit(&db->pop_wanted, memory_order_relaxed)) {
+		atomic_store_explicit(&db->pop_off, 0, memory_order_relaxed);
 		pthread_mutex_lock(&db->sync_mu);
 		atomic_store(&db->pop_wanted, 1);
 		pthread_cond_signal(&db->flush_cv);
@@ -575,6 +583,88 @@ int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64
 	return rc;
 }
 
+/* Applying a follower's batch or a resync's chunk: raw records,
+ * contiguous in the caller's buffer.  Copying them through the mapping
+ * needs their pages populated first, and populating pages of the
+ * preallocated (unwritten) file zero-fills each before the copy
+ * overwrites it: a follower catching up spent about as much CPU in its
+ * flusher's populate (memset, and TLB shootdowns at the sync) as in
+ * applying.  A pwrite of whole pages into the page cache skips the zeroing,
+ * so a large batch is written in runs: plan_run checks (and decodes) the
+ * records of a run that fits the active segment, write_run pwrites their
+ * bytes past `end` in one call, and append_locked then accounts and
+ * indexes each (SL_COPIED) exactly as if it had copied it.  Readers see
+ * nothing new until append_locked moves `end` (segment.c invariant 2), and
+ * the page cache is the mapping's, so they read what was written. */
+#define RUN_MAX_RECS  256u
+#define RUN_MIN_BATCH 32u /* smaller batches: copied through the mapping */
+
+/* Decodes up to RUN_MAX_RECS records from recs[i] on into rr that can be
+ * appended one after the other from the active segment's end without a
+ * rotation or a refusal: contiguous in memory, well-formed, seqs rising
+ * (any order under SL_LOAD).  Returns how many; *bytes gets their size. */
+static size_t plan_run(sl_db *db, const void *const *recs, const size_t *lens, size_t n, size_t i,
+                       unsigned flags, sl_rec *rr, size_t *bytes)
+{
+	sl_seg *a = db->active;
+	*bytes = 0;
+	if (a == NULL || atomic_load(&db->failed)) {
+		return 0;
+	}
+	uint64_t room = a->cap - atomic_load(&a->end);
+	uint64_t prev = atomic_load(&db->last_seq);
+	const uint8_t *next = recs[i];
+	size_t k = 0, total = 0;
+	for (; i + k < n && k < RUN_MAX_RECS; k++) {
+		const uint8_t *p = recs[i + k];
+		size_t size;
+		if (p == NULL || p != next ||
+		    sl_rec_decode(p, lens[i + k], db->opt.max_key_bytes, db->opt.max_value_bytes,
+		                  &rr[k], &size) != SL_REC_OK ||
+		    size != lens[i + k] || total + size > room) {
+			break;
+		}
+		uint64_t seq = rr[k].seq;
+		if (seq == 0 || seq > SL_KD_SEQ_MAX || (!(flags & SL_LOAD) && seq <= prev)) {
+			break;
+		}
+		prev = seq;
+		total += size;
+		next = p + size;
+	}
+	*bytes = total;
+	return k;
+}
+
+/* pwrites the run's bytes at the active segment's end (beyond what any
+ * reader looks at).  On failure whatever part was written is zeroed again,
+ * so that nothing past `end` looks like a record. */
+static int write_run(sl_db *db, const void *src, size_t bytes)
+{
+	sl_seg *a = db->active;
+	uint64_t end = atomic_load(&a->end);
+	size_t off = 0;
+	/* The flusher stops populating ahead: pages it mapped would be
+	 * zeroed for nothing, and cost a TLB shootdown each at the sync. */
+	if (!atomic_load_explicit(&db->pop_off, memory_order_relaxed)) {
+		atomic_store_explicit(&db->pop_off, 1, memory_order_relaxed);
+	}
+	while (off < bytes) {
+		ssize_t w = db->io->pwrite(a->fd, (const uint8_t *)src + off, bytes - off,
+		                           (off_t)(end + off));
+		if (w < 0 && errno == EINTR) {
+			continue;
+		}
+		if (w <= 0) {
+			int rc = w < 0 && (errno == ENOSPC || errno == EDQUOT) ? SL_ENOSPC : SL_EIO;
+			memset(a->map + end, 0, off);
+			return rc;
+		}
+		off += (size_t)w;
+	}
+	return SL_OK;
+}
+
 static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
                           unsigned flags, size_t *applied)
 {
@@ -592,8 +682,40 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 	sl_idx_batch *bp = n > 1 ? &b : NULL; /* a single record is indexed at once */
 	uint64_t seq = 0;
 	int rc = SL_OK;
+	sl_rec rr[RUN_MAX_RECS];
 	pthread_mutex_lock(&db->append_mu);
-	for (; done < n; done++) {
+	while (rc == SL_OK && done < n) {
+		size_t bytes, run = 0;
+		if (n >= RUN_MIN_BATCH) {
+			run = plan_run(db, recs, lens, n, done, flags, rr, &bytes);
+		}
+		if (run > 0) {
+			if ((rc = write_run(db, recs[done], bytes)) != SL_OK) {
+				break;
+			}
+			size_t k = 0;
+			for (; k < run; k++) {
+				sl_rec *r = &rr[k];
+				rc = append_locked(db, r->type, r->key, r->klen, r->val, r->vlen,
+				                   r->expire_at, recs[done + k], r->seq,
+				                   flags | SL_COPIED, &seq, bp);
+				if (rc != SL_OK) {
+					break;
+				}
+			}
+			if (rc != SL_OK) {
+				/* the rest of the run is past end: not records any more */
+				size_t left = 0;
+				for (size_t j = k; j < run; j++) {
+					left += lens[done + j];
+				}
+				memset(db->active->map + atomic_load(&db->active->end), 0, left);
+			}
+			done += k;
+			continue;
+		}
+		/* one record through the mapping: a small batch, or a record the
+		 * run could not take (it rotates the segment, or is refused) */
 		sl_rec r;
 		size_t size;
 		if (recs[done] == NULL) {
@@ -611,6 +733,7 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 		if (rc != SL_OK) {
 			break;
 		}
+		done++;
 	}
 	int irc = sl_db_index_flush(db, &b);
 	if (irc != SL_OK) {

@@ -55,6 +55,7 @@ struct sl_db {
 	int stop, seal_wanted;
 	_Atomic int arriving;   /* sync=always writers not yet in the log */
 	_Atomic int pop_wanted; /* the appender nears the populated mark */
+	_Atomic int pop_off;    /* appends come as pwrites (write_run): populate nothing */
 	pthread_t flusher;
 	int flusher_started;
 

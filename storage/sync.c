@@ -265,6 +265,7 @@ void *sl_db_flusher_main(void *arg)
 				pthread_mutex_unlock(&db->seg_mu);
 				uint64_t pop = a ? atomic_load(&a->populated) : 0;
 				more = a != NULL && !atomic_load(&a->sealed) &&
+				       !atomic_load(&db->pop_off) &&
 				       pop < atomic_load(&a->end) + POP_AHEAD && pop < a->cap;
 				if (more) {
 					sl_seg_populate(a, pop + (1u << 20), bounded);

@@ -6,6 +6,7 @@
  * store, and the content digest.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +20,7 @@
 #include <cmocka.h>
 
 #include "format.h"
+#include "io.h"
 #include "shiplog.h"
 
 static char g_base[512];
@@ -258,6 +260,112 @@ static void test_apply_many_equals_one_by_one(void **state)
 	sl_close(a);
 	sl_close(b);
 	sl_close(c);
+	rmbase();
+}
+
+/* pwrite fails with EIO while g_pwrite_fail is set (the seam of io.h). */
+static int g_pwrite_fail;
+static long g_pwrites;
+
+static ssize_t failing_pwrite(int fd, const void *b, size_t n, off_t off)
+{
+	g_pwrites++;
+	if (g_pwrite_fail) {
+		errno = EIO;
+		return -1;
+	}
+	return sl_io_default.pwrite(fd, b, n, off);
+}
+
+/* Large batches are written in runs, one pwrite each (db.c write_run):
+ * a run stops before a damaged or out-of-order record, which is then
+ * refused with everything before it applied and nothing after it; a
+ * failed pwrite applies nothing of its run; a reopen finds exactly what
+ * was applied (nothing past the end looks like a record). */
+static void test_apply_runs_stop_exactly(void **state)
+{
+	(void)state;
+	mkbase();
+	sl_db *a = open_at("a");
+	workload(a, 6);
+	uint8_t *buf;
+	size_t len = read_all(a, &buf);
+	static const void *recs[8192];
+	static size_t lens[8192];
+	size_t n = split_all(buf, len, recs, lens, 8192);
+	assert_true(n > 900);
+	static struct sl_io io;
+	io = sl_io_default;
+	io.pwrite = failing_pwrite;
+	char p[600];
+	snprintf(p, sizeof(p), "%s/c", g_base);
+	sl_options o;
+	sl_options_init(&o);
+	o.segment_bytes = 16 * 1024;
+	o.sync = SL_SYNC_NO;
+	o.compact_background = 0;
+	o.quiet = 1;
+	o.io = &io;
+	sl_db *c;
+	assert_int_equal(sl_open(p, &o, &c), SL_OK);
+	/* 300 records, the 201st damaged: 200 applied, through pwrites */
+	size_t got = 99;
+	long w0 = g_pwrites;
+	uint8_t *bad = (uint8_t *)recs[200];
+	bad[SL_REC_HDR_SIZE] ^= 1;
+	assert_int_equal(sl_apply_raw_many(c, recs, lens, 300, 0, &got), SL_ECORRUPT);
+	assert_int_equal(got, 200);
+	assert_int_equal(sl_last_seq(c), 200);
+	assert_true(g_pwrites > w0); /* the runs went through pwrite */
+	bad[SL_REC_HDR_SIZE] ^= 1;
+	/* a batch whose 51st record goes back in seq: 50 applied */
+	const void *r2[100];
+	size_t l2[100];
+	for (size_t i = 0; i < 100; i++) {
+		r2[i] = recs[200 + i];
+		l2[i] = lens[200 + i];
+	}
+	r2[50] = recs[10]; /* not contiguous either: the run ends before it */
+	l2[50] = lens[10];
+	assert_int_equal(sl_apply_raw_many(c, r2, l2, 100, 0, &got), SL_EINVAL);
+	assert_int_equal(got, 50);
+	assert_int_equal(sl_last_seq(c), 250);
+	/* a failing pwrite: nothing of the batch is applied */
+	g_pwrite_fail = 1;
+	int rc = sl_apply_raw_many(c, recs + 250, lens + 250, 300, 0, &got);
+	g_pwrite_fail = 0;
+	assert_int_equal(rc, SL_EIO);
+	assert_int_equal(got, 0);
+	assert_int_equal(sl_last_seq(c), 250);
+	/* and the same batch goes in once the disk works */
+	assert_int_equal(sl_apply_raw_many(c, recs + 250, lens + 250, n - 250, 0, &got), SL_OK);
+	assert_int_equal(got, n - 250);
+	char da[33], dc[33];
+	digest_of(a, da);
+	digest_of(c, dc);
+	assert_string_equal(da, dc);
+	sl_close(c);
+	/* reopened: the same, and no record past the applied ones */
+	assert_int_equal(sl_open(p, &o, &c), SL_OK);
+	assert_int_equal(sl_last_seq(c), n);
+	digest_of(c, dc);
+	assert_string_equal(da, dc);
+	sl_close(c);
+	/* and after a failure at the end of the log, a reopen finds only
+	 * what was applied */
+	sl_db *d;
+	snprintf(p, sizeof(p), "%s/d", g_base);
+	assert_int_equal(sl_open(p, &o, &d), SL_OK);
+	assert_int_equal(sl_apply_raw_many(d, recs, lens, 100, 0, &got), SL_OK);
+	g_pwrite_fail = 1;
+	assert_int_equal(sl_apply_raw_many(d, recs + 100, lens + 100, 100, 0, &got), SL_EIO);
+	g_pwrite_fail = 0;
+	sl_close(d);
+	assert_int_equal(sl_open(p, &o, &d), SL_OK);
+	assert_int_equal(sl_last_seq(d), 100);
+	sl_close(d);
+	free(buf);
+	sl_close(a);
 	rmbase();
 }
 
@@ -526,6 +634,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_log_read_replays_exactly),
 	    cmocka_unit_test(test_apply_many_equals_one_by_one),
+	    cmocka_unit_test(test_apply_runs_stop_exactly),
 	    cmocka_unit_test(test_reopen_rebuilds_big_segments),
 	    cmocka_unit_test(test_stale_after_compaction_and_protect),
 	    cmocka_unit_test(test_hole_in_the_log_is_stale),
