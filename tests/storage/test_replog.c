@@ -43,7 +43,9 @@ static void rmbase(void)
 	assert_int_equal(system(cmd), 0);
 }
 
-static sl_db *open_at(const char *name)
+/* Opens g_base/name with 16 KiB segments, no sync, no background
+ * compaction, through io (NULL: the real calls). */
+static sl_db *open_with(const char *name, const struct sl_io *io)
 {
 	char p[600];
 	snprintf(p, sizeof(p), "%s/%s", g_base, name);
@@ -53,9 +55,15 @@ static sl_db *open_at(const char *name)
 	o.sync = SL_SYNC_NO;
 	o.compact_background = 0;
 	o.quiet = 1;
+	o.io = io;
 	sl_db *db;
 	assert_int_equal(sl_open(p, &o, &db), SL_OK);
 	return db;
+}
+
+static sl_db *open_at(const char *name)
+{
+	return open_with(name, NULL);
 }
 
 /* A mixed workload: puts over 300 keys, overwrites, deletes, a TTL put. */
@@ -184,6 +192,22 @@ static size_t split_all(uint8_t *buf, size_t len, const void **recs, size_t *len
 	return n;
 }
 
+/* The workload's log, written into g_base/name: *buf (malloc'd) holds
+ * its records, recs/lens (RECS_CAP) point at each; returns how many. */
+#define RECS_CAP 8192
+static const void *g_recs[RECS_CAP];
+static size_t g_lens[RECS_CAP];
+
+static size_t workload_log(const char *name, sl_db **db, uint8_t **buf)
+{
+	*db = open_at(name);
+	workload(*db, 6);
+	size_t len = read_all(*db, buf);
+	size_t n = split_all(*buf, len, g_recs, g_lens, RECS_CAP);
+	assert_int_equal(n, sl_last_seq(*db));
+	return n;
+}
+
 /* sl_apply_raw_many, in batches of any size (across segment rotations),
  * leaves exactly what sl_apply_raw one record at a time leaves: contents,
  * seqs, live/dead accounting, and the same after a reopen.  A refused
@@ -192,14 +216,11 @@ static void test_apply_many_equals_one_by_one(void **state)
 {
 	(void)state;
 	mkbase();
-	sl_db *a = open_at("a"), *b = open_at("b"), *c = open_at("c");
-	workload(a, 6);
+	sl_db *a, *b = open_at("b"), *c = open_at("c");
 	uint8_t *buf;
-	size_t len = read_all(a, &buf);
-	static const void *recs[8192];
-	static size_t lens[8192];
-	size_t n = split_all(buf, len, recs, lens, 8192);
-	assert_int_equal(n, sl_last_seq(a));
+	size_t n = workload_log("a", &a, &buf);
+	const void **recs = g_recs;
+	size_t *lens = g_lens;
 	ship_log(a, b, 1);
 	size_t sizes[] = {1, 7, 500, 2, 1000}, done = 0;
 	for (size_t i = 0; done < n; i++) {
@@ -231,8 +252,8 @@ static void test_apply_many_equals_one_by_one(void **state)
 	free(buf);
 	uint64_t last = sl_last_seq(c);
 	workload(a, 1);
-	len = read_all(a, &buf);
-	n = split_all(buf, len, recs, lens, 8192);
+	size_t len = read_all(a, &buf);
+	n = split_all(buf, len, g_recs, g_lens, RECS_CAP);
 	size_t first = (size_t)last; /* index of seq last + 1 */
 	uint8_t *bad = (uint8_t *)recs[first + 1];
 	bad[SL_REC_HDR_SIZE] ^= 1;
@@ -286,28 +307,16 @@ static void test_apply_runs_stop_exactly(void **state)
 {
 	(void)state;
 	mkbase();
-	sl_db *a = open_at("a");
-	workload(a, 6);
+	sl_db *a;
 	uint8_t *buf;
-	size_t len = read_all(a, &buf);
-	static const void *recs[8192];
-	static size_t lens[8192];
-	size_t n = split_all(buf, len, recs, lens, 8192);
+	size_t n = workload_log("a", &a, &buf);
+	const void **recs = g_recs;
+	size_t *lens = g_lens;
 	assert_true(n > 900);
 	static struct sl_io io;
 	io = sl_io_default;
 	io.pwrite = failing_pwrite;
-	char p[600];
-	snprintf(p, sizeof(p), "%s/c", g_base);
-	sl_options o;
-	sl_options_init(&o);
-	o.segment_bytes = 16 * 1024;
-	o.sync = SL_SYNC_NO;
-	o.compact_background = 0;
-	o.quiet = 1;
-	o.io = &io;
-	sl_db *c;
-	assert_int_equal(sl_open(p, &o, &c), SL_OK);
+	sl_db *c = open_with("c", &io);
 	/* 300 records, the 201st damaged: 200 applied, through pwrites */
 	size_t got = 99;
 	long w0 = g_pwrites;
@@ -346,22 +355,20 @@ static void test_apply_runs_stop_exactly(void **state)
 	assert_string_equal(da, dc);
 	sl_close(c);
 	/* reopened: the same, and no record past the applied ones */
-	assert_int_equal(sl_open(p, &o, &c), SL_OK);
+	c = open_with("c", &io);
 	assert_int_equal(sl_last_seq(c), n);
 	digest_of(c, dc);
 	assert_string_equal(da, dc);
 	sl_close(c);
 	/* and after a failure at the end of the log, a reopen finds only
 	 * what was applied */
-	sl_db *d;
-	snprintf(p, sizeof(p), "%s/d", g_base);
-	assert_int_equal(sl_open(p, &o, &d), SL_OK);
+	sl_db *d = open_with("d", &io);
 	assert_int_equal(sl_apply_raw_many(d, recs, lens, 100, 0, &got), SL_OK);
 	g_pwrite_fail = 1;
 	assert_int_equal(sl_apply_raw_many(d, recs + 100, lens + 100, 100, 0, &got), SL_EIO);
 	g_pwrite_fail = 0;
 	sl_close(d);
-	assert_int_equal(sl_open(p, &o, &d), SL_OK);
+	d = open_with("d", &io);
 	assert_int_equal(sl_last_seq(d), 100);
 	sl_close(d);
 	free(buf);
