@@ -684,6 +684,11 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 	if (last < head) {
 		last = head;
 	}
+	/* Counted before the applied seq moves: whoever sees the new applied
+	 * seq in the stats also sees the resync that brought it. */
+	atomic_fetch_add(&r->resyncs_full, 1);
+	atomic_fetch_add(&r->bytes_fetched, bytes);
+	atomic_fetch_add(&r->records_fetched, loaded);
 	pthread_mutex_lock(&r->mu);
 	r->st.floor = nst.floor;
 	memcpy(r->st.hid, nst.hid, SL_HID_BYTES);
@@ -695,9 +700,6 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 	pthread_cond_broadcast(&r->cv);
 	pthread_mutex_unlock(&r->mu);
 	repl_rm_rf(tmp); /* the old store, now that reads see the new one */
-	atomic_fetch_add(&r->resyncs_full, 1);
-	atomic_fetch_add(&r->bytes_fetched, bytes);
-	atomic_fetch_add(&r->records_fetched, loaded);
 	uint64_t t_end = repl_now_ms();
 	repl_log(r, 1,
 	         "full resync done: %llu records (%llu bytes) up to seq %llu in %llu ms "
