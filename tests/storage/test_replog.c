@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -284,14 +285,15 @@ static void test_apply_many_equals_one_by_one(void **state)
 	rmbase();
 }
 
-/* pwrite fails with EIO while g_pwrite_fail is set (the seam of io.h). */
-static int g_pwrite_fail;
-static long g_pwrites;
+/* pwrite fails with EIO while g_pwrite_fail is set (the seam of io.h;
+ * the flusher writes hints through it too, hence the atomics). */
+static _Atomic int g_pwrite_fail;
+static _Atomic long g_pwrites;
 
 static ssize_t failing_pwrite(int fd, const void *b, size_t n, off_t off)
 {
-	g_pwrites++;
-	if (g_pwrite_fail) {
+	atomic_fetch_add(&g_pwrites, 1);
+	if (atomic_load(&g_pwrite_fail)) {
 		errno = EIO;
 		return -1;
 	}
