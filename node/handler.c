@@ -843,21 +843,15 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 	r->resp.seq = seq;
 }
 
-/* A write acknowledged by fewer followers than asked in time. */
-static void acks_short(sl_reply *r, uint64_t seq, uint32_t got, uint32_t want, uint32_t tmo)
-{
-	fail(r, SL_ETIMEDOUT,
-	     "written as seq %llu, but only %u of %u followers have it durably after %u ms",
-	     (unsigned long long)seq, got, want, tmo);
-}
-
 void sl_reply_acked(sl_node *n, sl_reply *r, uint32_t acked)
 {
 	if (r->ack_want == 0) {
 		return;
 	}
-	if (acked < r->ack_want) {
-		acks_short(r, r->ack_seq, acked, r->ack_want, r->ack_timeout_ms);
+	if (r->ack_seq > 0 && acked < r->ack_want) { /* made, not acknowledged in time */
+		fail(r, SL_ETIMEDOUT,
+		     "written as seq %llu, but only %u of %u followers have it durably after %u ms",
+		     (unsigned long long)r->ack_seq, acked, r->ack_want, r->ack_timeout_ms);
 	}
 	sl_repl_ack_end(n->repl);
 	if (r->resp.status >= 0 || r->resp.status == SL_ETIMEDOUT) {
@@ -1058,29 +1052,20 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 	} else if (seq > 0) {
 		sl_repl_notify_write(n->repl, seq); /* the followers must fetch it now */
 	}
-	if (want_acks && seq > 0 && defer_seq != NULL) {
-		/* the caller parks it and ends it with sl_reply_acked */
+	if (want_acks) {
 		r->ack_seq = seq;
 		r->ack_want = q->acks;
 		r->ack_timeout_ms = q->has_acks_timeout_ms ? q->acks_timeout_ms : 0;
-		return 0;
-	}
-	if (want_acks) {
+		if (seq > 0 && defer_seq != NULL) {
+			return 0; /* the caller parks it and ends it with sl_reply_acked */
+		}
 		uint32_t got = 0;
 		if (seq > 0) {
-			uint32_t tmo = q->has_acks_timeout_ms ? q->acks_timeout_ms : 0;
 			sl_workq_blocking(1);
-			int arc = sl_repl_wait_acks(n->repl, seq, q->acks, tmo, &got);
+			sl_repl_wait_acks(n->repl, seq, q->acks, r->ack_timeout_ms, &got);
 			sl_workq_blocking(0);
-			if (arc != SL_OK) {
-				acks_short(r, seq, got, q->acks, tmo);
-			}
 		}
-		sl_repl_ack_end(n->repl);
-		if (r->resp.status >= 0 || r->resp.status == SL_ETIMEDOUT) {
-			r->resp.has_acks = 1;
-			r->resp.acks = got;
-		}
+		sl_reply_acked(n, r, got);
 		return 0;
 	}
 	/* Without replication no follower can acknowledge: say so with 0. */

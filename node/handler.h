@@ -75,9 +75,10 @@ int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64
 int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq);
 
 /* Completes a reply left waiting for acks (r->ack_want > 0): `acked`
- * followers had the write when the wait ended.  Fewer than wanted makes it
- * SL_ETIMEDOUT (the write was made: its seq stays).  Ends the node's
- * sl_repl_ack_begin. */
+ * followers had the write when the wait ended.  Fewer than wanted makes a
+ * write that was made (ack_seq > 0) SL_ETIMEDOUT; its seq stays.  Ends the
+ * node's sl_repl_ack_begin.  The blocking path (sl_handle) ends its wait
+ * here too. */
 void sl_reply_acked(sl_node *n, sl_reply *r, uint32_t acked);
 
 /* Turns every successful write in r (the top-level put/delete, or the

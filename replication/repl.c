@@ -318,7 +318,7 @@ uint64_t repl_ack_take(sl_repl *r, uint64_t now, sl_repl_ack_wait **out)
 		uint32_t k = repl_acks_count(r, w->seq);
 		if (k >= w->n || (now > 0 && now >= w->deadline_ms)) {
 			*pp = w->next;
-			w->n = k;
+			w->acked = k;
 			w->next = *out;
 			*out = w;
 			continue;
@@ -337,7 +337,7 @@ void repl_ack_run(sl_repl_ack_wait *list)
 		sl_repl_ack_wait *w = list;
 		list = w->next;
 		w->next = NULL;
-		w->fn(w, w->n); /* may free or reuse w */
+		w->fn(w, w->acked); /* may free or reuse w */
 	}
 }
 

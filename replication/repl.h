@@ -124,7 +124,8 @@ int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms,
 typedef struct sl_repl_ack_wait {
 	struct sl_repl_ack_wait *next;
 	uint64_t seq;
-	uint32_t n;
+	uint32_t n;     /* followers wanted */
+	uint32_t acked; /* followers that had it when the wait ended */
 	uint64_t deadline_ms;
 	void (*fn)(struct sl_repl_ack_wait *w, uint32_t acked);
 } sl_repl_ack_wait;

@@ -126,7 +126,7 @@ uint64_t repl_now_ms(void);
 /* repl.c: parked ack waits (mu held).  acks_count counts the followers
  * with durable >= seq; ack_take moves the parked waits that are done (n
  * acks, or, with now > 0, past their deadline) onto *out, each with its
- * count in `n`, and returns the earliest deadline of those left
+ * count in `acked`, and returns the earliest deadline of those left
  * (UINT64_MAX: none); ack_run runs the fns of such a list, mu not held. */
 uint32_t repl_acks_count(sl_repl *r, uint64_t seq);
 uint64_t repl_ack_take(sl_repl *r, uint64_t now, struct sl_repl_ack_wait **out);

@@ -693,6 +693,7 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 			if ((rc = write_run(db, recs[done], bytes)) != SL_OK) {
 				break;
 			}
+			uint64_t run_end = atomic_load(&db->active->end) + bytes;
 			size_t k = 0;
 			for (; k < run; k++) {
 				sl_rec *r = &rr[k];
@@ -704,12 +705,10 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 				}
 			}
 			if (rc != SL_OK) {
-				/* the rest of the run is past end: not records any more */
-				size_t left = 0;
-				for (size_t j = k; j < run; j++) {
-					left += lens[done + j];
-				}
-				memset(db->active->map + atomic_load(&db->active->end), 0, left);
+				/* the rest of the run is past end: not records any more
+				 * (a run never rotates, so it is all in this segment) */
+				uint64_t end = atomic_load(&db->active->end);
+				memset(db->active->map + end, 0, run_end - end);
 			}
 			done += k;
 			continue;

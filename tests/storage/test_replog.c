@@ -209,6 +209,17 @@ static size_t workload_log(const char *name, sl_db **db, uint8_t **buf)
 	return n;
 }
 
+/* The index two stores report: keys, tombstones, live/tomb/dead bytes, seq. */
+static void assert_same_index(const sl_stats *a, const sl_stats *b)
+{
+	assert_int_equal(a->keys, b->keys);
+	assert_int_equal(a->tombstones, b->tombstones);
+	assert_int_equal(a->live_bytes, b->live_bytes);
+	assert_int_equal(a->tomb_bytes, b->tomb_bytes);
+	assert_int_equal(a->dead_bytes, b->dead_bytes);
+	assert_int_equal(a->last_seq, b->last_seq);
+}
+
 /* sl_apply_raw_many, in batches of any size (across segment rotations),
  * leaves exactly what sl_apply_raw one record at a time leaves: contents,
  * seqs, live/dead accounting, and the same after a reopen.  A refused
@@ -241,12 +252,7 @@ static void test_apply_many_equals_one_by_one(void **state)
 	sl_stats sb, sc;
 	assert_int_equal(sl_stats_get(b, &sb), SL_OK);
 	assert_int_equal(sl_stats_get(c, &sc), SL_OK);
-	assert_int_equal(sb.keys, sc.keys);
-	assert_int_equal(sb.tombstones, sc.tombstones);
-	assert_int_equal(sb.live_bytes, sc.live_bytes);
-	assert_int_equal(sb.tomb_bytes, sc.tomb_bytes);
-	assert_int_equal(sb.dead_bytes, sc.dead_bytes);
-	assert_int_equal(sb.last_seq, sc.last_seq);
+	assert_same_index(&sb, &sc);
 	assert_true(sc.segments > 3); /* the batches crossed rotations */
 
 	/* A batch [new, corrupt, new]: the first is applied, then it stops. */
@@ -391,16 +397,6 @@ static sl_db *open_big(const char *name)
 	sl_db *db;
 	assert_int_equal(sl_open(p, &o, &db), SL_OK);
 	return db;
-}
-
-static void assert_same_index(const sl_stats *a, const sl_stats *b)
-{
-	assert_int_equal(a->keys, b->keys);
-	assert_int_equal(a->tombstones, b->tombstones);
-	assert_int_equal(a->live_bytes, b->live_bytes);
-	assert_int_equal(a->tomb_bytes, b->tomb_bytes);
-	assert_int_equal(a->dead_bytes, b->dead_bytes);
-	assert_int_equal(a->last_seq, b->last_seq);
 }
 
 /* A reopen rebuilds the index in batches (SL_IDX_BATCH_MAX entries at a
