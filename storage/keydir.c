@@ -5,13 +5,17 @@
  * touch; memory per key must stay near key length + 32 bytes; many threads
  * read while one appender writes.  Hence 4-byte slots holding an 8-bit tag
  * (so a mismatching probe rarely touches the arena) and an index into a
- * packed per-shard arena, and a reader-writer lock per shard.
+ * packed per-shard arena, and a reader-writer lock per shard.  The arenas'
+ * memory is 4 KiB chunks of one pool per keydir (see `pool` below), so the
+ * arenas of all shards share a few huge pages instead of 1024 mappings.
  *
  * Arena entry (packed, 4-byte aligned):
  *   seg u32 | off u32 | size u32 (bit 31 = tombstone) | seq 48-bit | klen u16 | key
  *
  * Invariants:
- *  1. A slot is 0 (empty) or (tag << 24 | (arena_offset / 4 + 1)).
+ *  1. A slot is 0 (empty) or (tag << 24 | (arena_offset / 4 + 1)); the
+ *     offset is in the shard's index space, chunk (offset >> 12) of its
+ *     chunk table, and an entry lies whole in one run of chunks.
  *  2. Linear probing without deletion markers: removal shifts the following
  *     cluster back, so a lookup may stop at the first empty slot.
  *  3. count <= 0.8 * (mask + 1) after every insert.
@@ -31,46 +35,173 @@
 
 #define ENTRY_FIXED 20u
 #define TOMB_BIT    0x80000000u
-#define ARENA_MAX   (64u << 20)
+#define ARENA_MAX   (64u << 20) /* a shard's index space: 24 bits of 4-byte units */
 #define MIN_SLOTS   16u
+
+/* Arena memory comes in 4 KiB chunks from one pool per keydir (below). */
+#define CHUNK_SHIFT  12u
+#define CHUNK        (1u << CHUNK_SHIFT)
+#define SHARD_CHUNKS (ARENA_MAX / CHUNK)
+#define RUN_START    ((uintptr_t)1) /* tag bit in a chunk-table entry */
+#define POOL_MAX     ((size_t)SL_KD_SHARDS * ARENA_MAX)
+
+/* A shard's arena: chunk i of its index space is tab[i] (bit 0 tagged on
+ * the first chunk of each run allocated together).  An entry never spans
+ * two runs, so it is contiguous in memory. */
+typedef struct arena {
+	uintptr_t *tab;
+	uint32_t nchunks, tabcap;
+	uint32_t used;  /* bytes of index space taken */
+	uint32_t freed; /* of which holes left by removed entries */
+	uint32_t waste; /* and unused tails of runs (an entry did not fit) */
+} arena;
 
 typedef struct shard {
 	pthread_rwlock_t lock;
 	uint32_t *slots;
 	uint32_t mask; /* slots - 1; 0 while unallocated */
 	uint32_t count;
-	uint8_t *arena;
-	uint32_t used, cap, freed;
+	arena a;
 	uint32_t keys, tombs;
-	int mapped; /* arena is an ARENA_MAX reservation (else malloc'd) */
 } shard;
 
+/* The chunk pool.  Why: with an arena per shard in its own mapping, a put
+ * touched the tail page of one of 1024 arenas, nearly always a TLB miss
+ * (a two-level page walk in a VM): about 1 us of a put's 13 us of server
+ * CPU went to the keydir.  All arenas now take 4 KiB chunks from one
+ * reservation marked MADV_HUGEPAGE, handed out in order, so the arenas of
+ * a million keys lie in some twenty 2 MiB pages.  Freed chunks (a repack)
+ * go on a free list for reuse; resident memory does not shrink.  When the
+ * reservation is refused (strict overcommit), runs are malloc'd. */
+typedef struct pool {
+	pthread_mutex_t mu;
+	uint8_t *base; /* POOL_MAX reserved, or NULL: malloc */
+	size_t top;    /* bytes of base handed out */
+	void *free1;   /* freed chunks, linked through their first word */
+} pool;
+
+/* Each shard's slots and mask, copied here for sl_keydir_prefetch: 16 KiB
+ * that stay in cache, where the shard headers (112 KiB) do not, so the
+ * prefetch of a slot need not wait for its header to load first. */
+typedef struct slot_hint {
+	uint32_t *slots;
+	uint32_t mask;
+} slot_hint;
+
 struct sl_keydir {
+	pool pool;
+	slot_hint hint[SL_KD_SHARDS];
 	shard shards[SL_KD_SHARDS];
 };
 
-/* Arenas live in reserved anonymous memory: ARENA_MAX of address space per
- * shard, mapped without a commitment, so growing never copies and resident
- * memory is what was written (rounded to a page).  When the reservation is
- * refused (strict overcommit), fall back to realloc. */
-static uint8_t *arena_map(void)
+static void pool_init(pool *p)
 {
-	void *p = mmap(NULL, ARENA_MAX, PROT_READ | PROT_WRITE,
+	pthread_mutex_init(&p->mu, NULL);
+	void *b = mmap(NULL, POOL_MAX, PROT_READ | PROT_WRITE,
 	               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	return p == MAP_FAILED ? NULL : p;
-}
-
-static void arena_release(shard *s)
-{
-	if (s->arena == NULL) {
+	if (b == MAP_FAILED) {
 		return;
 	}
-	if (s->mapped) {
-		munmap(s->arena, ARENA_MAX);
-	} else {
-		free(s->arena);
+#ifdef MADV_HUGEPAGE
+	madvise(b, POOL_MAX, MADV_HUGEPAGE); /* a hint: without it, 4 KiB pages */
+#endif
+	p->base = b;
+}
+
+static void pool_destroy(pool *p)
+{
+	if (p->base != NULL) {
+		munmap(p->base, POOL_MAX);
 	}
-	s->arena = NULL;
+	pthread_mutex_destroy(&p->mu);
+}
+
+/* k contiguous chunks, or NULL. */
+static uint8_t *pool_take(pool *p, uint32_t k)
+{
+	uint8_t *r = NULL;
+	size_t n = (size_t)k * CHUNK;
+	pthread_mutex_lock(&p->mu);
+	if (p->base == NULL) {
+		r = aligned_alloc(CHUNK, n);
+	} else if (k == 1 && p->free1 != NULL) {
+		r = p->free1;
+		p->free1 = *(void **)r;
+	} else if (n <= POOL_MAX - p->top) {
+		r = p->base + p->top;
+		p->top += n;
+	}
+	pthread_mutex_unlock(&p->mu);
+	return r;
+}
+
+/* Gives back the chunks of a's table. */
+static void pool_give(pool *p, const arena *a)
+{
+	pthread_mutex_lock(&p->mu);
+	for (uint32_t i = 0; i < a->nchunks; i++) {
+		uint8_t *c = (uint8_t *)(a->tab[i] & ~RUN_START);
+		if (p->base == NULL) {
+			if (a->tab[i] & RUN_START) {
+				free(c);
+			}
+		} else {
+			*(void **)c = p->free1;
+			p->free1 = c;
+		}
+	}
+	pthread_mutex_unlock(&p->mu);
+}
+
+static void arena_release(pool *p, arena *a)
+{
+	pool_give(p, a);
+	free(a->tab);
+	memset(a, 0, sizeof(*a));
+}
+
+/* Room for an entry of esz bytes at the end of a: its offset in a's index
+ * space in *off.  SL_ENOMEM when memory or the index space ran out. */
+static int arena_take(pool *p, arena *a, size_t esz, uint32_t *off)
+{
+	uint32_t room = a->nchunks * CHUNK - a->used;
+	if (esz > room) {
+		uint32_t k = (uint32_t)((esz + CHUNK - 1) >> CHUNK_SHIFT);
+		if (a->nchunks + k > SHARD_CHUNKS) {
+			return SL_ENOMEM;
+		}
+		if (a->nchunks + k > a->tabcap) {
+			uint32_t cap = a->tabcap ? a->tabcap * 2 : 8;
+			while (cap < a->nchunks + k) {
+				cap *= 2;
+			}
+			uintptr_t *t = realloc(a->tab, cap * sizeof(*t));
+			if (t == NULL) {
+				return SL_ENOMEM;
+			}
+			a->tab = t;
+			a->tabcap = cap;
+		}
+		uint8_t *r = pool_take(p, k);
+		if (r == NULL) {
+			return SL_ENOMEM;
+		}
+		for (uint32_t i = 0; i < k; i++) {
+			a->tab[a->nchunks + i] =
+			    (uintptr_t)(r + (size_t)i * CHUNK) | (i == 0 ? RUN_START : 0);
+		}
+		a->waste += room; /* the last run's tail stays unused */
+		a->used = a->nchunks * CHUNK;
+		a->nchunks += k;
+	}
+	*off = a->used;
+	a->used += (uint32_t)esz;
+	return SL_OK;
+}
+
+static inline uint8_t *arena_at(const arena *a, uint32_t off)
+{
+	return (uint8_t *)(a->tab[off >> CHUNK_SHIFT] & ~RUN_START) + (off & (CHUNK - 1u));
 }
 
 uint64_t sl_keydir_hash(const void *key, size_t klen)
@@ -92,10 +223,13 @@ void sl_keydir_prefetch(const sl_keydir *kd, uint64_t h)
 	/* A hint, without the lock: the slots may be replaced (and freed) at
 	 * any moment by a growth, and then this touches a stale address,
 	 * which a prefetch may do (it never faults); the address is computed
-	 * as an integer so a stale mask never makes an out-of-bounds pointer. */
-	const shard *s = &kd->shards[shard_of(h)];
-	uint32_t *slots = __atomic_load_n(&s->slots, __ATOMIC_RELAXED);
-	uint32_t mask = __atomic_load_n(&s->mask, __ATOMIC_RELAXED);
+	 * as an integer so a stale mask never makes an out-of-bounds pointer.
+	 * The shard's header (its lock) is fetched at the same time. */
+	unsigned i = shard_of(h);
+	const slot_hint *sh = &kd->hint[i];
+	uint32_t *slots = __atomic_load_n(&sh->slots, __ATOMIC_RELAXED);
+	uint32_t mask = __atomic_load_n(&sh->mask, __ATOMIC_RELAXED);
+	__builtin_prefetch(&kd->shards[i].lock, 1, 1);
 	if (slots != NULL && mask != 0) {
 		uintptr_t a = (uintptr_t)slots + (uintptr_t)((uint32_t)h & mask) * sizeof(uint32_t);
 		__builtin_prefetch((const void *)a, 0, 1);
@@ -104,7 +238,7 @@ void sl_keydir_prefetch(const sl_keydir *kd, uint64_t h)
 
 static inline uint8_t *entry_at(const shard *s, uint32_t slot)
 {
-	return s->arena + (size_t)((slot & 0xffffffu) - 1) * 4u;
+	return arena_at(&s->a, ((slot & 0xffffffu) - 1u) * 4u);
 }
 
 static inline size_t entry_size(size_t klen)
@@ -147,6 +281,7 @@ sl_keydir *sl_keydir_new(void)
 	if (kd == NULL) {
 		return NULL;
 	}
+	pool_init(&kd->pool);
 	for (unsigned i = 0; i < SL_KD_SHARDS; i++) {
 		pthread_rwlock_init(&kd->shards[i].lock, NULL);
 	}
@@ -161,8 +296,9 @@ void sl_keydir_free(sl_keydir *kd)
 	for (unsigned i = 0; i < SL_KD_SHARDS; i++) {
 		pthread_rwlock_destroy(&kd->shards[i].lock);
 		free(kd->shards[i].slots);
-		arena_release(&kd->shards[i]);
+		arena_release(&kd->pool, &kd->shards[i].a);
 	}
+	pool_destroy(&kd->pool);
 	free(kd);
 }
 
@@ -185,7 +321,7 @@ static uint32_t probe(const shard *s, uint64_t h, const void *key, size_t klen, 
 	}
 }
 
-static int grow_slots(shard *s)
+static int grow_slots(sl_keydir *kd, shard *s)
 {
 	uint32_t n = s->mask ? (s->mask + 1) * 2 : MIN_SLOTS;
 	uint32_t *slots = calloc(n, sizeof(*slots));
@@ -206,72 +342,44 @@ static int grow_slots(shard *s)
 		slots[j] = v;
 	}
 	free(s->slots);
+	s->slots = slots;
+	s->mask = n - 1;
 	/* atomic stores: sl_keydir_prefetch peeks at both without the lock */
-	__atomic_store_n(&s->slots, slots, __ATOMIC_RELAXED);
-	__atomic_store_n(&s->mask, n - 1, __ATOMIC_RELAXED);
+	slot_hint *sh = &kd->hint[s - kd->shards];
+	__atomic_store_n(&sh->slots, slots, __ATOMIC_RELAXED);
+	__atomic_store_n(&sh->mask, n - 1, __ATOMIC_RELAXED);
 	return SL_OK;
 }
 
-/* Rewrites the arena without the holes left by removed entries. */
-static int arena_repack(shard *s)
+/* Rewrites the arena without the holes left by removed entries.  Builds
+ * the new arena and the new slots aside, so a failure changes nothing. */
+static int arena_repack(pool *p, shard *s)
 {
-	uint32_t cap = s->used - s->freed + 64u;
-	uint8_t *a = arena_map();
-	int mapped = a != NULL;
-	if (a == NULL && (a = malloc(cap)) == NULL) {
+	arena n = {0};
+	uint32_t *ns = malloc(((size_t)s->mask + 1) * sizeof(*ns));
+	if (ns == NULL) {
 		return SL_ENOMEM;
 	}
-	uint32_t used = 0;
 	for (uint32_t i = 0; i <= s->mask; i++) {
-		uint32_t v = s->slots[i];
+		uint32_t v = s->slots[i], off;
+		ns[i] = 0;
 		if (v == 0) {
 			continue;
 		}
 		const uint8_t *e = entry_at(s, v);
 		size_t sz = entry_size(entry_klen(e));
-		memcpy(a + used, e, sz);
-		s->slots[i] = (v & 0xff000000u) | (used / 4u + 1u);
-		used += (uint32_t)sz;
+		if (arena_take(p, &n, sz, &off) != SL_OK) {
+			free(ns);
+			arena_release(p, &n);
+			return SL_ENOMEM;
+		}
+		memcpy(arena_at(&n, off), e, sz);
+		ns[i] = (v & 0xff000000u) | (off / 4u + 1u);
 	}
-	arena_release(s);
-	s->arena = a;
-	s->mapped = mapped;
-	s->used = used;
-	s->cap = mapped ? ARENA_MAX : cap;
-	s->freed = 0;
-	return SL_OK;
-}
-
-static int arena_reserve(shard *s, size_t need)
-{
-	if ((size_t)s->used + need <= s->cap) {
-		return SL_OK;
-	}
-	if ((size_t)s->used + need > ARENA_MAX) {
-		return SL_ENOMEM;
-	}
-	if (s->arena == NULL && (s->arena = arena_map()) != NULL) {
-		s->mapped = 1;
-		s->cap = ARENA_MAX;
-		return SL_OK;
-	}
-	/* Grow by 1/4: the arena is most of the keydir, so slack is memory. */
-	size_t cap = (size_t)s->cap + s->cap / 4u;
-	if (cap < (size_t)s->used + need) {
-		cap = (size_t)s->used + need;
-	}
-	if (cap < 1024) {
-		cap = 1024;
-	}
-	if (cap > ARENA_MAX) {
-		cap = ARENA_MAX;
-	}
-	uint8_t *a = realloc(s->arena, cap);
-	if (a == NULL) {
-		return SL_ENOMEM;
-	}
-	s->arena = a;
-	s->cap = (uint32_t)cap;
+	memcpy(s->slots, ns, ((size_t)s->mask + 1) * sizeof(*ns));
+	free(ns);
+	arena_release(p, &s->a);
+	s->a = n;
 	return SL_OK;
 }
 
@@ -320,11 +428,11 @@ int sl_keydir_is_at(sl_keydir *kd, const void *key, size_t klen, uint32_t seg, u
 }
 
 /* sl_keydir_put's work, with s's write lock held. */
-static int put_locked(shard *s, uint64_t h, const void *key, size_t klen, const sl_loc *loc,
-                      int only_if_newer, sl_loc *old)
+static int put_locked(sl_keydir *kd, shard *s, uint64_t h, const void *key, size_t klen,
+                      const sl_loc *loc, int only_if_newer, sl_loc *old)
 {
 	int rc;
-	if (s->mask == 0 && (rc = grow_slots(s)) != SL_OK) {
+	if (s->mask == 0 && (rc = grow_slots(kd, s)) != SL_OK) {
 		goto out;
 	}
 	int found;
@@ -347,24 +455,24 @@ static int put_locked(shard *s, uint64_t h, const void *key, size_t klen, const 
 		goto out;
 	}
 	if ((uint64_t)(s->count + 1) * 5 > (uint64_t)(s->mask + 1) * 4) {
-		if ((rc = grow_slots(s)) != SL_OK) {
+		if ((rc = grow_slots(kd, s)) != SL_OK) {
 			goto out;
 		}
 		i = probe(s, h, key, klen, &found);
 	}
 	size_t esz = entry_size(klen);
-	if (s->freed > s->used / 2 && (rc = arena_repack(s)) != SL_OK) {
+	if (s->a.freed > s->a.used / 2 && (rc = arena_repack(&kd->pool, s)) != SL_OK) {
 		goto out;
 	}
-	if ((rc = arena_reserve(s, esz)) != SL_OK) {
+	uint32_t off;
+	if ((rc = arena_take(&kd->pool, &s->a, esz, &off)) != SL_OK) {
 		goto out;
 	}
-	uint8_t *e = s->arena + s->used;
+	uint8_t *e = arena_at(&s->a, off);
 	entry_write(e, loc);
 	sl_put16(e + 18, (uint16_t)klen);
 	memcpy(e + ENTRY_FIXED, key, klen);
-	s->slots[i] = (tag_of(h) << 24) | (s->used / 4u + 1u);
-	s->used += (uint32_t)esz;
+	s->slots[i] = (tag_of(h) << 24) | (off / 4u + 1u);
 	s->count++;
 	count_entry(s, loc->tomb, +1);
 	rc = 2;
@@ -377,7 +485,7 @@ int sl_keydir_put(sl_keydir *kd, uint64_t h, const void *key, size_t klen, const
 {
 	shard *s = &kd->shards[shard_of(h)];
 	pthread_rwlock_wrlock(&s->lock);
-	int rc = put_locked(s, h, key, klen, loc, only_if_newer, old);
+	int rc = put_locked(kd, s, h, key, klen, loc, only_if_newer, old);
 	pthread_rwlock_unlock(&s->lock);
 	return rc;
 }
@@ -425,8 +533,8 @@ int sl_keydir_put_many(sl_keydir *kd, sl_kd_item *items, size_t n, int only_if_n
 			if (i + PUT_MANY_AHEAD < n) {
 				sl_keydir_prefetch(kd, items[order[i + PUT_MANY_AHEAD]].h);
 			}
-			it->rc = put_locked(s, it->h, it->key, it->klen, &it->loc, only_if_newer,
-			                    &it->old);
+			it->rc = put_locked(kd, s, it->h, it->key, it->klen, &it->loc,
+			                    only_if_newer, &it->old);
 			i++;
 		} while (i < n && ++held < PUT_MANY_HOLD &&
 		         &kd->shards[shard_of(items[order[i]].h)] == s);
@@ -487,7 +595,7 @@ int sl_keydir_remove(sl_keydir *kd, uint64_t h, const void *key, size_t klen, co
 		goto out;
 	}
 	count_entry(s, cur.tomb, -1);
-	s->freed += (uint32_t)entry_size(entry_klen(e));
+	s->a.freed += (uint32_t)entry_size(entry_klen(e));
 	s->count--;
 	/* Backward-shift deletion (invariant 2). */
 	uint32_t hole = i, j = i;
@@ -550,9 +658,9 @@ void sl_keydir_stats_get(sl_keydir *kd, sl_keydir_stats *out)
 		pthread_rwlock_rdlock(&s->lock);
 		out->keys += s->keys;
 		out->tombstones += s->tombs;
-		out->bytes +=
-		    (uint64_t)(s->mask ? s->mask + 1 : 0) * 4u + s->used - s->freed + sizeof(*s);
-		out->arena_cap += s->mapped ? (s->used + 4095u) & ~4095u : s->cap;
+		out->bytes += (uint64_t)(s->mask ? s->mask + 1 : 0) * 4u + s->a.used - s->a.freed -
+		              s->a.waste + sizeof(*s) + (uint64_t)s->a.tabcap * sizeof(*s->a.tab);
+		out->arena_cap += (uint64_t)s->a.nchunks * CHUNK;
 		pthread_rwlock_unlock(&s->lock);
 	}
 }

@@ -11,6 +11,7 @@
  * a 16-slot shard removed in every position and random orders, and churn
  * that forces repacks.
  */
+#define _GNU_SOURCE
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +22,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "keydir.h"
 #include "shiplog.h"
@@ -884,6 +888,83 @@ static void repack_with_mixed_key_lengths(void **state)
 	sl_keydir_free(kd);
 }
 
+/* One shard's arena takes 4 KiB chunks from the keydir's pool, and an
+ * entry too big for the rest of its chunk starts a run of whole chunks (a
+ * 65535-byte key spans 17).  Keys of sizes around those boundaries, all in
+ * one shard (keydir.c's shard_of: the hash's top 10 bits), survive inserts,
+ * removals, a repack (which lays every entry out again) and replacement. */
+enum { RUN_KEYS = 240 };
+static const size_t run_lens[] = {1,    2000, 2100, 4000, 4075,  4076,
+                                  4077, 4096, 5000, 9000, 20000, 65535};
+#define N_RUN_LENS (sizeof(run_lens) / sizeof(run_lens[0]))
+
+static size_t run_key(uint32_t id, uint8_t *k)
+{
+	size_t len = run_lens[id % N_RUN_LENS];
+	memset(k, (int)('a' + id % 26u), len);
+	memcpy(k, &id, len < 4 ? len : 4); /* ids past 255 need 4 bytes: len 1 only for id < 256 */
+	return len;
+}
+
+static void arena_runs_across_chunk_boundaries(void **state)
+{
+	(void)state;
+	sl_keydir *kd = sl_keydir_new();
+	static uint8_t keys[RUN_KEYS][65535];
+	static size_t lens[RUN_KEYS];
+	uint32_t n = 0;
+	for (uint32_t id = 0; n < RUN_KEYS; id++) {
+		size_t len = run_key(id, keys[n]);
+		if (len == 1 && id > 255) {
+			continue;
+		}
+		if ((sl_keydir_hash(keys[n], len) >> 54) == 7) {
+			lens[n++] = len;
+		}
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		sl_loc l = loc_of(i, 0);
+		assert_int_equal(put(kd, keys[i], lens[i], &l, 0, NULL), 2);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		sl_loc l = loc_of(i, 0);
+		expect_found(kd, keys[i], lens[i], &l);
+	}
+	uint64_t cap0 = stats(kd).arena_cap;
+	/* Remove two keys in three: the next inserts repack the shard. */
+	for (uint32_t i = 0; i < n; i++) {
+		if (i % 3 != 0) {
+			sl_loc l = loc_of(i, 0);
+			assert_int_equal(rm(kd, keys[i], lens[i], &l), 1);
+		}
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		if (i % 3 != 0) {
+			expect_absent(kd, keys[i], lens[i]);
+			sl_loc l = loc_of(i, 1);
+			assert_int_equal(put(kd, keys[i], lens[i], &l, 0, NULL), 2);
+		}
+	}
+	/* Replace every key in place (no new arena space). */
+	for (uint32_t i = 0; i < n; i++) {
+		sl_loc l = loc_of(i, i % 3 != 0 ? 1 : 0), nl = loc_of(i, 2), old;
+		assert_int_equal(put(kd, keys[i], lens[i], &nl, 1, &old), 1);
+		assert_loc_eq(&old, &l);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		sl_loc l = loc_of(i, 2);
+		expect_found(kd, keys[i], lens[i], &l);
+	}
+	sl_keydir_stats st = stats(kd);
+	assert_int_equal(st.keys + st.tombstones, n);
+	/* Without the repack, the arena would hold the removed entries too. */
+	if (st.arena_cap > cap0 + cap0 / 2) {
+		fail_msg("arena_cap %llu after churn, %llu before",
+		         (unsigned long long)st.arena_cap, (unsigned long long)cap0);
+	}
+	sl_keydir_free(kd);
+}
+
 /* sl_keydir_put_many gives every item the rc and old location that
  * sl_keydir_put in the same order gives, and leaves the same table: with
  * repeated keys (newer and older versions) in one batch, over many shards
@@ -947,6 +1028,50 @@ static void put_many_equals_puts_in_order(void **state)
 	sl_keydir_free(many);
 }
 
+/* Where the pool's 64 GiB reservation is refused (strict overcommit, a
+ * ulimit -v), arenas are malloc'd run by run: the same tests pass in a
+ * child limited to 4 GiB of address space.  Not under AddressSanitizer,
+ * whose shadow memory needs far more address space than that. */
+#if defined(__SANITIZE_ADDRESS__)
+#define SL_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SL_TEST_ASAN 1
+#endif
+#endif
+
+static void churn_repacks_arena_and_keeps_everything_findable(void **state);
+static void repack_with_mixed_key_lengths(void **state);
+
+static void without_a_reservation_arenas_are_malloced(void **state)
+{
+	(void)state;
+#ifndef SL_TEST_ASAN
+	fflush(NULL);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct rlimit rl = {4ull << 30, 4ull << 30};
+		if (setrlimit(RLIMIT_AS, &rl) != 0) {
+			_exit(99);
+		}
+		const struct CMUnitTest limited[] = {
+		    cmocka_unit_test(keys_of_length_1_and_65535),
+		    cmocka_unit_test(arena_runs_across_chunk_boundaries),
+		    cmocka_unit_test(churn_repacks_arena_and_keeps_everything_findable),
+		    cmocka_unit_test(repack_with_mixed_key_lengths),
+		};
+		_exit(cmocka_run_group_tests_name("limited to 4 GiB", limited, NULL, NULL) == 0
+		          ? 0
+		          : 1);
+	}
+	int st = 0;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+#endif
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -960,6 +1085,7 @@ int main(void)
 	    cmocka_unit_test(cas_requires_same_seg_off_and_seq),
 	    cmocka_unit_test(remove_requires_exact_entry),
 	    cmocka_unit_test(keys_of_length_1_and_65535),
+	    cmocka_unit_test(arena_runs_across_chunk_boundaries),
 	    cmocka_unit_test(keys_compared_by_length_and_bytes),
 	    cmocka_unit_test(remove_random_half_of_200k_keeps_probing_invariant),
 	    cmocka_unit_test(remove_from_wrapping_cluster_every_position),
@@ -969,6 +1095,7 @@ int main(void)
 	    cmocka_unit_test(churn_repacks_arena_and_keeps_everything_findable),
 	    cmocka_unit_test(repack_with_mixed_key_lengths),
 	    cmocka_unit_test(put_many_equals_puts_in_order),
+	    cmocka_unit_test(without_a_reservation_arenas_are_malloced),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
