@@ -599,6 +599,27 @@ int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64
 #define RUN_MAX_RECS  256u
 #define RUN_MIN_BATCH 32u /* smaller batches: copied through the mapping */
 
+/* Decodes the raw record p of exactly len bytes into *r (*size = len): 0,
+ * or -1 when it is not one.  Under SL_VERIFIED its checksum was checked by
+ * the caller (a follower checks a fetched batch on nng's thread while the
+ * previous one is applied): only the header, limits and length here. */
+static int raw_decode(sl_db *db, const uint8_t *p, size_t len, unsigned flags, sl_rec *r,
+                      size_t *size)
+{
+	uint32_t mk = db->opt.max_key_bytes, mv = db->opt.max_value_bytes;
+	if (!(flags & SL_VERIFIED)) {
+		return sl_rec_decode(p, len, mk, mv, r, size) == SL_REC_OK && *size == len ? 0 : -1;
+	}
+	if (sl_rec_decode_header(p, len, mk, mv, r) != SL_REC_OK ||
+	    sl_rec_size(r->klen, r->vlen) != len) {
+		return -1;
+	}
+	r->key = p + SL_REC_HDR_SIZE;
+	r->val = p + SL_REC_HDR_SIZE + r->klen;
+	*size = len;
+	return 0;
+}
+
 /* Decodes up to RUN_MAX_RECS records from recs[i] on into rr that can be
  * appended one after the other from the active segment's end without a
  * rotation or a refusal: contiguous in memory, well-formed, seqs rising
@@ -619,9 +640,7 @@ static size_t plan_run(sl_db *db, const void *const *recs, const size_t *lens, s
 		const uint8_t *p = recs[i + k];
 		size_t size;
 		if (p == NULL || p != next ||
-		    sl_rec_decode(p, lens[i + k], db->opt.max_key_bytes, db->opt.max_value_bytes,
-		                  &rr[k], &size) != SL_REC_OK ||
-		    size != lens[i + k] || total + size > room) {
+		    raw_decode(db, p, lens[i + k], flags, &rr[k], &size) || total + size > room) {
 			break;
 		}
 		uint64_t seq = rr[k].seq;
@@ -721,9 +740,7 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 			rc = SL_EINVAL;
 			break;
 		}
-		if (sl_rec_decode(recs[done], lens[done], db->opt.max_key_bytes,
-		                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK ||
-		    size != lens[done]) {
+		if (raw_decode(db, recs[done], lens[done], flags, &r, &size)) {
 			rc = SL_ECORRUPT;
 			break;
 		}
@@ -778,7 +795,7 @@ int sl_load_raw(sl_db *db, const void *rec, size_t len)
 int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
                       unsigned flags, size_t *applied)
 {
-	return apply_raw_many(db, recs, lens, n, flags & SL_NOWAIT, applied);
+	return apply_raw_many(db, recs, lens, n, flags & (SL_NOWAIT | SL_VERIFIED), applied);
 }
 
 int sl_load_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,

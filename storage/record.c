@@ -73,6 +73,11 @@ int sl_rec_decode_header(const uint8_t *p, size_t avail, uint32_t max_key, uint3
 	return SL_REC_OK;
 }
 
+int sl_rec_verify(const uint8_t *p, size_t len)
+{
+	return len >= SL_REC_HDR_SIZE && sl_crc32c(p + 4, len - 4) == sl_get32(p);
+}
+
 int sl_rec_decode(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max_value, sl_rec *r,
                   size_t *size_out)
 {
@@ -84,7 +89,7 @@ int sl_rec_decode(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max
 	if (size > avail) {
 		return SL_REC_TRUNCATED;
 	}
-	if (sl_crc32c(p + 4, size - 4) != r->crc) {
+	if (!sl_rec_verify(p, size)) {
 		return SL_REC_BAD;
 	}
 	r->key = p + SL_REC_HDR_SIZE;

@@ -48,6 +48,9 @@ enum {
 int sl_rec_decode(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max_value, sl_rec *r,
                   size_t *size_out);
 
+/* 1 when the len bytes at p (one whole record) carry a matching CRC32C. */
+int sl_rec_verify(const uint8_t *p, size_t len);
+
 /* Decodes only the header (no checksum).  SL_REC_OK when plausible. */
 int sl_rec_decode_header(const uint8_t *p, size_t avail, uint32_t max_key, uint32_t max_value,
                          sl_rec *r);

@@ -234,7 +234,11 @@ int sl_apply_raw_ex(sl_db *db, const void *rec, size_t len, unsigned flags);
  * hold of the append lock, their index entries made shard by shard at the
  * end (a follower applying a fetched batch).  Stops at the first record
  * refused (its error is returned) with the ones before it applied;
- * *applied (may be NULL) gets how many were. */
+ * *applied (may be NULL) gets how many were.  flags: SL_NOWAIT, and
+ * SL_VERIFIED when the caller has already checked every record's CRC32C
+ * (sl_rec_verify): the checksum is then not computed again here, every
+ * other check is made. */
+#define SL_VERIFIED (1u << 1)
 int sl_apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens, size_t n,
                       unsigned flags, size_t *applied);
 

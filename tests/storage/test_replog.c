@@ -384,6 +384,58 @@ static void test_apply_runs_stop_exactly(void **state)
 	rmbase();
 }
 
+/* SL_VERIFIED: the caller has checked the checksums (a follower, on nng's
+ * thread), so the store does not compute them again; every other check
+ * still holds.  Both paths: runs (a batch of 300) and one record at a
+ * time (a batch of 5). */
+static void test_apply_verified_skips_only_the_checksum(void **state)
+{
+	(void)state;
+	mkbase();
+	sl_db *a;
+	uint8_t *buf;
+	size_t n = workload_log("a", &a, &buf);
+	const void **recs = g_recs;
+	size_t *lens = g_lens;
+	assert_true(n > 400);
+	sl_db *c = open_with("c", NULL);
+	size_t got = 99;
+	/* A value byte flipped: refused without the flag ... */
+	uint8_t *bad = (uint8_t *)recs[100];
+	bad[lens[100] - 1] ^= 1;
+	assert_int_equal(sl_apply_raw_many(c, recs, lens, 300, 0, &got), SL_ECORRUPT);
+	assert_int_equal(got, 100);
+	/* ... taken with it: the store trusts the caller's check */
+	assert_int_equal(sl_apply_raw_many(c, recs + 100, lens + 100, 200, SL_VERIFIED, &got),
+	                 SL_OK);
+	assert_int_equal(got, 200);
+	assert_int_equal(sl_last_seq(c), 300);
+	bad[lens[100] - 1] ^= 1;
+	/* A bad header is refused even so, in a run and alone */
+	uint8_t *h = (uint8_t *)recs[350];
+	h[4] = 9; /* no such record type */
+	assert_int_equal(sl_apply_raw_many(c, recs + 300, lens + 300, 100, SL_VERIFIED, &got),
+	                 SL_ECORRUPT);
+	assert_int_equal(got, 50);
+	assert_int_equal(sl_apply_raw_many(c, recs + 350, lens + 350, 5, SL_VERIFIED, &got),
+	                 SL_ECORRUPT);
+	assert_int_equal(got, 0);
+	h[4] = (uint8_t)SL_REC_PUT;
+	/* A length that is not the record's is refused too */
+	size_t l2[5];
+	for (size_t i = 0; i < 5; i++) {
+		l2[i] = lens[350 + i];
+	}
+	l2[0] -= 1;
+	assert_int_equal(sl_apply_raw_many(c, recs + 350, l2, 5, SL_VERIFIED, &got), SL_ECORRUPT);
+	assert_int_equal(got, 0);
+	assert_int_equal(sl_last_seq(c), 350);
+	sl_close(c);
+	free(buf);
+	sl_close(a);
+	rmbase();
+}
+
 static sl_db *open_big(const char *name)
 {
 	char p[600];
@@ -640,6 +692,7 @@ int main(void)
 	    cmocka_unit_test(test_log_read_replays_exactly),
 	    cmocka_unit_test(test_apply_many_equals_one_by_one),
 	    cmocka_unit_test(test_apply_runs_stop_exactly),
+	    cmocka_unit_test(test_apply_verified_skips_only_the_checksum),
 	    cmocka_unit_test(test_reopen_rebuilds_big_segments),
 	    cmocka_unit_test(test_stale_after_compaction_and_protect),
 	    cmocka_unit_test(test_hole_in_the_log_is_stale),
