@@ -320,7 +320,7 @@ static int rotate(sl_db *db, size_t need)
 	 * read-around window with append_mu held.  Not while appends come
 	 * as pwrites (write_run), which need no populated page. */
 	if (!atomic_load_explicit(&db->pop_off, memory_order_relaxed)) {
-		sl_seg_populate(n, 1u << 20, 1);
+		sl_seg_populate(n, 1u << 20, 1, 0);
 	}
 	pthread_mutex_lock(&db->seg_mu);
 	rc = sl_db_seg_publish(db, n);
@@ -667,6 +667,17 @@ static int write_run(sl_db *db, const void *src, size_t bytes)
 	 * zeroed for nothing, and cost a TLB shootdown each at the sync. */
 	if (!atomic_load_explicit(&db->pop_off, memory_order_relaxed)) {
 		atomic_store_explicit(&db->pop_off, 1, memory_order_relaxed);
+	}
+	/* The flusher reads the pages ahead into the page cache (readahead of
+	 * the unwritten extent: zeroed pages, no I/O, no mapping), so that the
+	 * pwrite finds them there. */
+	uint64_t pop = atomic_load_explicit(&a->populated, memory_order_relaxed);
+	if (end + bytes + POP_AHEAD / 2 > pop && pop < (a->cap & ~(uint64_t)4095u) &&
+	    !atomic_load_explicit(&db->pop_wanted, memory_order_relaxed)) {
+		pthread_mutex_lock(&db->sync_mu);
+		atomic_store(&db->pop_wanted, 1);
+		pthread_cond_signal(&db->flush_cv);
+		pthread_mutex_unlock(&db->sync_mu);
 	}
 	while (off < bytes) {
 		ssize_t w = db->io->pwrite(a->fd, (const uint8_t *)src + off, bytes - off,

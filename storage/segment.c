@@ -246,7 +246,7 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
 
 #define POPULATE_STEP (1u << 20)
 
-void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded)
+void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int pages_only)
 {
 #ifdef MADV_POPULATE_WRITE
 	if (!s->writable) {
@@ -280,6 +280,9 @@ void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded)
 		n = upto - off < step ? upto - off : step;
 		if (bounded) {
 			readahead(s->fd, (off64_t)off, (size_t)n);
+		}
+		if (pages_only) {
+			continue; /* the appends are pwrites: no page-table entries */
 		}
 		if (madvise(s->map + off, (size_t)n, MADV_POPULATE_WRITE) != 0) {
 			break; /* EINVAL before Linux 5.14: leave the faults to the appender */

@@ -82,9 +82,10 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs);
  * appender (MADV_POPULATE_WRITE), so appends do not page-fault.  bounded:
  * reads the pages in first with readahead(2), 1 MiB at a time, instead of
  * letting a fault zero-fill a whole read-around window in one go (see
- * segment.c).  Best effort: older kernels just leave the faults to the
- * appender. */
-void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded);
+ * segment.c).  pages_only: the readahead(2) alone, nothing mapped (the
+ * appends are pwrites, which need the pages in the page cache only).
+ * Best effort: older kernels just leave the faults to the appender. */
+void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int pages_only);
 
 /* Cuts the file to its written length (drops the preallocated tail). */
 int sl_seg_trim(const struct sl_io *io, sl_seg *s);

@@ -264,11 +264,12 @@ void *sl_db_flusher_main(void *arg)
 				sl_seg *a = db->active_pub;
 				pthread_mutex_unlock(&db->seg_mu);
 				uint64_t pop = a ? atomic_load(&a->populated) : 0;
+				int pages_only = atomic_load(&db->pop_off);
 				more = a != NULL && !atomic_load(&a->sealed) &&
-				       !atomic_load(&db->pop_off) &&
 				       pop < atomic_load(&a->end) + POP_AHEAD && pop < a->cap;
 				if (more) {
-					sl_seg_populate(a, pop + (1u << 20), bounded);
+					sl_seg_populate(a, pop + (1u << 20), bounded || pages_only,
+					                pages_only);
 				}
 				pthread_mutex_unlock(&db->seal_mu);
 			}

@@ -385,7 +385,7 @@ static void populate_faults_in_range_both_ways(void **state)
 		size_t cap = 6u << 20;
 		assert_int_equal(sl_seg_create(&fio, f->dir, f->dirfd, id, 1, cap, &s), SL_OK);
 		uint32_t a = append(s, 1, "before", "populate");
-		sl_seg_populate(s, (3u << 20) + 100, bounded);
+		sl_seg_populate(s, (3u << 20) + 100, bounded, 0);
 		/* rounded up to a whole page */
 		assert_int_equal(atomic_load(&s->populated), ((3u << 20) + 100 + pg - 1) / pg * pg);
 		/* mapped writable, not just read into the page cache: writing
@@ -396,14 +396,57 @@ static void populate_faults_in_range_both_ways(void **state)
 			assert_int_equal(s->map[off], 0);
 		}
 		/* never backwards; up to the whole capacity */
-		sl_seg_populate(s, 1u << 20, bounded);
+		sl_seg_populate(s, 1u << 20, bounded, 0);
 		assert_int_equal(atomic_load(&s->populated), ((3u << 20) + 100 + pg - 1) / pg * pg);
-		sl_seg_populate(s, cap + (1u << 20), bounded);
+		sl_seg_populate(s, cap + (1u << 20), bounded, 0);
 		assert_int_equal(atomic_load(&s->populated), cap);
 		uint32_t b = append(s, 2, "after", "populate");
 		expect_record(s, b, 2, "after");
 		sl_seg_close(&fio, s);
 	}
+}
+
+/* pages_only (the appends are pwrites): the pages are read into the page
+ * cache (mincore), `populated` advances, and nothing is mapped, so a
+ * write through the mapping still faults once per page; the space past
+ * `end` stays zero and the record before it intact. */
+static void populate_pages_only_fills_page_cache_not_mapping(void **state)
+{
+	fx *f = *state;
+	if (!have_populate()) {
+		skip(); /* sl_seg_populate is compiled only with MADV_POPULATE_WRITE */
+	}
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	sl_seg *s;
+	size_t cap = 6u << 20;
+	assert_int_equal(sl_seg_create(&fio, f->dir, f->dirfd, 20, 1, cap, &s), SL_OK);
+	uint32_t a = append(s, 1, "before", "readahead");
+	size_t upto = 2u << 20;
+	size_t npg = upto / pg;
+	unsigned char *vec = malloc(npg);
+	assert_non_null(vec);
+	assert_int_equal(mincore(s->map, upto, vec), 0);
+	size_t before = 0;
+	for (size_t i = 0; i < npg; i++) {
+		before += vec[i] & 1;
+	}
+	sl_seg_populate(s, upto, 1, 1);
+	assert_int_equal(atomic_load(&s->populated), upto);
+	assert_int_equal(mincore(s->map, upto, vec), 0);
+	size_t after = 0;
+	for (size_t i = 0; i < npg; i++) {
+		after += vec[i] & 1;
+	}
+	free(vec);
+	assert_true(before < npg / 2); /* a fresh, fallocated file */
+	assert_true(after >= npg * 9 / 10);
+	/* not mapped: writing each page faults */
+	assert_true(write_faults(s, 1u << 20, upto) >= (long)((1u << 20) / pg) / 2);
+	expect_record(s, a, 1, "before");
+	for (size_t off = atomic_load(&s->end); off < upto; off += 4093) {
+		assert_int_equal(s->map[off], 0);
+	}
+	sl_seg_close(&fio, s);
 }
 
 static void sync_calls_fdatasync_only_when_behind(void **state)
@@ -855,6 +898,8 @@ int main(void)
 	    cmocka_unit_test_setup_teardown(create_preallocates_and_writes_valid_header, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(append_through_map_reaches_file, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(populate_pages_only_fills_page_cache_not_mapping,
+	                                    fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(populate_faults_in_range_both_ways, fx_setup,
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(sync_calls_fdatasync_only_when_behind, fx_setup,
