@@ -39,9 +39,12 @@ struct sl_db {
 
 	/* the appender */
 	pthread_mutex_t append_mu;
-	sl_seg *active;        /* under append_mu */
-	sl_db_limit rot_log;   /* under append_mu: failed rotations (db.c) */
-	sl_db_limit fit_log;   /* under append_mu: smaller segments on a full disk */
+	sl_seg *active;      /* under append_mu */
+	sl_db_limit rot_log; /* under append_mu: failed rotations (db.c) */
+	sl_db_limit fit_log; /* under append_mu: smaller segments on a full disk */
+	/* under append_mu: apply_raw_many's index batch, kept from one batch
+	 * to the next (db.c) */
+	struct sl_idx_batch *apply_idx;
 	_Atomic uint64_t room; /* bytes left in active, as of the last append */
 	_Atomic uint64_t last_seq;
 	_Atomic int failed;
