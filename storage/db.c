@@ -709,9 +709,8 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 		return n > 0 ? SL_EREADONLY : SL_OK;
 	}
 	/* A single record is indexed at once.  The batch's array is the
-	 * store's, kept from one call to the next: made afresh, a 4 MiB catch-up
-	 * reply's 28 k entries grew it by reallocs into fresh pages every time
-	 * (`perf`: a third of the applying thread in memmove and clear_page). */
+	 * store's, kept from one call to the next: made afresh, it was grown
+	 * by reallocs to a 4 MiB catch-up reply's 28 k entries every time. */
 	sl_idx_batch *bp = NULL;
 	uint64_t seq = 0;
 	int rc = SL_OK;
