@@ -587,6 +587,9 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 			shiplog__repl_reply__free_unpacked(rep, NULL);
 			break;
 		}
+		/* the connection this chunk came on: read now, since pend_cb
+		 * writes ahead.pipe when the next chunk (asked for below) arrives */
+		nng_pipe got = ahead.pipe;
 		if (rep->op_case != SHIPLOG__REPL_REPLY__OP_SNAP || !rep->snap->has_status) {
 			rc = SL_EPROTO;
 		} else if (rep->snap->status != SL_OK) {
@@ -634,8 +637,10 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 					    r, 3,
 					    "full resync: refused a chunk with a bad record: %s",
 					    sl_strerror(rc));
-					drop_pipe(
-					    &ahead); /* before asking again, a fresh connection */
+					/* before asking again, a fresh connection */
+					pend_abort(&ahead);
+					ahead.pipe = got;
+					drop_pipe(&ahead);
 				}
 			}
 			chunk++;

@@ -44,6 +44,8 @@
 #define SHARD_CHUNKS (ARENA_MAX / CHUNK)
 #define RUN_START    ((uintptr_t)1) /* tag bit in a chunk-table entry */
 #define POOL_MAX     ((size_t)SL_KD_SHARDS * ARENA_MAX)
+/* The longest run an entry needs (a 65535-byte key: 17 chunks), + 1. */
+#define RUN_CLASSES ((ENTRY_FIXED + 65535u + 3u + CHUNK - 1u) / CHUNK + 1u)
 
 /* A shard's arena: chunk i of its index space is tab[i] (bit 0 tagged on
  * the first chunk of each run allocated together).  An entry never spans
@@ -70,14 +72,18 @@ typedef struct shard {
  * (a two-level page walk in a VM): about 1 us of a put's 13 us of server
  * CPU went to the keydir.  All arenas now take 4 KiB chunks from one
  * reservation marked MADV_HUGEPAGE, handed out in order, so the arenas of
- * a million keys lie in some twenty 2 MiB pages.  Freed chunks (a repack)
- * go on a free list for reuse; resident memory does not shrink.  When the
- * reservation is refused (strict overcommit), runs are malloc'd. */
+ * a million keys lie in some twenty 2 MiB pages.  The runs a repack frees
+ * go on free lists by length and are reused whole; resident memory does
+ * not shrink.  When the reservation is refused (strict overcommit), runs
+ * are malloc'd. */
 typedef struct pool {
 	pthread_mutex_t mu;
 	uint8_t *base; /* POOL_MAX reserved, or NULL: malloc */
 	size_t top;    /* bytes of base handed out */
-	void *free1;   /* freed chunks, linked through their first word */
+	/* freed runs of k chunks (freek[k]), linked through their first
+	 * word: a run is reused whole, by an entry that needs k chunks */
+	void *freek[RUN_CLASSES];
+	uint64_t free_bytes; /* on those lists */
 } pool;
 
 /* Each shard's slots and mask, copied here for sl_keydir_prefetch: 16 KiB
@@ -121,12 +127,14 @@ static uint8_t *pool_take(pool *p, uint32_t k)
 {
 	uint8_t *r = NULL;
 	size_t n = (size_t)k * CHUNK;
-	pthread_mutex_lock(&p->mu);
 	if (p->base == NULL) {
-		r = aligned_alloc(CHUNK, n);
-	} else if (k == 1 && p->free1 != NULL) {
-		r = p->free1;
-		p->free1 = *(void **)r;
+		return aligned_alloc(CHUNK, n);
+	}
+	pthread_mutex_lock(&p->mu);
+	if (k < RUN_CLASSES && p->freek[k] != NULL) {
+		r = p->freek[k];
+		p->freek[k] = *(void **)r;
+		p->free_bytes -= n;
 	} else if (n <= POOL_MAX - p->top) {
 		r = p->base + p->top;
 		p->top += n;
@@ -135,20 +143,25 @@ static uint8_t *pool_take(pool *p, uint32_t k)
 	return r;
 }
 
-/* Gives back the chunks of a's table. */
+/* Gives back the chunks of a's table, run by run (a run starts at each
+ * RUN_START tag and ends before the next). */
 static void pool_give(pool *p, const arena *a)
 {
 	pthread_mutex_lock(&p->mu);
-	for (uint32_t i = 0; i < a->nchunks; i++) {
-		uint8_t *c = (uint8_t *)(a->tab[i] & ~RUN_START);
-		if (p->base == NULL) {
-			if (a->tab[i] & RUN_START) {
-				free(c);
-			}
-		} else {
-			*(void **)c = p->free1;
-			p->free1 = c;
+	for (uint32_t i = 0, j; i < a->nchunks; i = j) {
+		for (j = i + 1; j < a->nchunks && !(a->tab[j] & RUN_START);) {
+			j++;
 		}
+		uint8_t *c = (uint8_t *)(a->tab[i] & ~RUN_START);
+		uint32_t k = j - i;
+		if (p->base == NULL) {
+			free(c);
+		} else if (k < RUN_CLASSES) {
+			*(void **)c = p->freek[k];
+			p->freek[k] = c;
+			p->free_bytes += (uint64_t)k * CHUNK;
+		}
+		/* else: no entry needs such a run, and none is ever made */
 	}
 	pthread_mutex_unlock(&p->mu);
 }
@@ -296,7 +309,11 @@ void sl_keydir_free(sl_keydir *kd)
 	for (unsigned i = 0; i < SL_KD_SHARDS; i++) {
 		pthread_rwlock_destroy(&kd->shards[i].lock);
 		free(kd->shards[i].slots);
-		arena_release(&kd->pool, &kd->shards[i].a);
+		if (kd->pool.base != NULL) {
+			free(kd->shards[i].a.tab); /* its chunks go with the pool */
+		} else {
+			arena_release(&kd->pool, &kd->shards[i].a);
+		}
 	}
 	pool_destroy(&kd->pool);
 	free(kd);
@@ -663,4 +680,7 @@ void sl_keydir_stats_get(sl_keydir *kd, sl_keydir_stats *out)
 		out->arena_cap += (uint64_t)s->a.nchunks * CHUNK;
 		pthread_rwlock_unlock(&s->lock);
 	}
+	pthread_mutex_lock(&kd->pool.mu);
+	out->pool_free = kd->pool.free_bytes;
+	pthread_mutex_unlock(&kd->pool.mu);
 }

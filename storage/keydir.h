@@ -99,6 +99,7 @@ typedef struct sl_keydir_stats {
 	uint64_t tombstones; /* entries that are */
 	uint64_t bytes;      /* slot tables + arena bytes in use */
 	uint64_t arena_cap;  /* arena bytes allocated */
+	uint64_t pool_free;  /* arena bytes freed by repacks, kept for reuse */
 } sl_keydir_stats;
 
 void sl_keydir_stats_get(sl_keydir *kd, sl_keydir_stats *out);

@@ -245,6 +245,7 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
 }
 
 #define POPULATE_STEP (1u << 20)
+#define RA_STEP       (128u << 10)
 
 void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int pages_only)
 {
@@ -278,11 +279,18 @@ void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int pages_only)
 	uint64_t step = bounded ? POPULATE_STEP : upto - from;
 	for (uint64_t off = from, n; off < upto; off += n) {
 		n = upto - off < step ? upto - off : step;
+		if (pages_only) {
+			/* the appends are pwrites: no page-table entries.  The
+			 * kernel reads no more per call than the device's
+			 * readahead or request size, which may be 128 KiB. */
+			for (uint64_t o = off; o < off + n; o += RA_STEP) {
+				uint64_t m = off + n - o < RA_STEP ? off + n - o : RA_STEP;
+				readahead(s->fd, (off64_t)o, (size_t)m);
+			}
+			continue;
+		}
 		if (bounded) {
 			readahead(s->fd, (off64_t)off, (size_t)n);
-		}
-		if (pages_only) {
-			continue; /* the appends are pwrites: no page-table entries */
 		}
 		if (madvise(s->map + off, (size_t)n, MADV_POPULATE_WRITE) != 0) {
 			break; /* EINVAL before Linux 5.14: leave the faults to the appender */

@@ -965,6 +965,50 @@ static void arena_runs_across_chunk_boundaries(void **state)
 	sl_keydir_free(kd);
 }
 
+/* Entries of more than one chunk, all in one shard, inserted and removed
+ * round after round: each round's first insert repacks the shard, which
+ * gives the runs back whole, and the inserts reuse them, so the memory
+ * held (arena chunks and the pool's free lists) stays bounded.  When freed
+ * runs went back as single chunks, every run of two was cut afresh and
+ * the memory held grew by the whole set each round. */
+static void big_entries_reuse_freed_runs(void **state)
+{
+	(void)state;
+	sl_keydir *kd = sl_keydir_new();
+	enum { KEYS = 200, LEN = 5000, ROUNDS = 12 };
+	static uint8_t keys[KEYS][LEN];
+	uint32_t n = 0;
+	for (uint32_t id = 0; n < KEYS; id++) {
+		memset(keys[n], 'q', LEN);
+		memcpy(keys[n], &id, sizeof(id));
+		if ((sl_keydir_hash(keys[n], LEN) >> 54) == 9) { /* keydir.c's shard_of */
+			n++;
+		}
+	}
+	uint64_t held1 = 0;
+	for (uint32_t r = 0; r < ROUNDS; r++) {
+		for (uint32_t i = 0; i < KEYS; i++) {
+			sl_loc l = loc_of(i, r);
+			assert_int_equal(put(kd, keys[i], LEN, &l, 0, NULL), 2);
+		}
+		for (uint32_t i = 0; i < KEYS; i++) {
+			sl_loc l = loc_of(i, r);
+			expect_found(kd, keys[i], LEN, &l);
+			assert_int_equal(rm(kd, keys[i], LEN, &l), 1);
+		}
+		sl_keydir_stats st = stats(kd);
+		assert_int_equal(st.keys + st.tombstones, 0);
+		uint64_t held = st.arena_cap + st.pool_free;
+		if (r == 1) {
+			held1 = held;
+		} else if (r > 1 && held > held1 + held1 / 4) {
+			fail_msg("round %u: %llu bytes held, %llu after round 1", r,
+			         (unsigned long long)held, (unsigned long long)held1);
+		}
+	}
+	sl_keydir_free(kd);
+}
+
 /* sl_keydir_put_many gives every item the rc and old location that
  * sl_keydir_put in the same order gives, and leaves the same table: with
  * repeated keys (newer and older versions) in one batch, over many shards
@@ -1030,12 +1074,13 @@ static void put_many_equals_puts_in_order(void **state)
 
 /* Where the pool's 64 GiB reservation is refused (strict overcommit, a
  * ulimit -v), arenas are malloc'd run by run: the same tests pass in a
- * child limited to 4 GiB of address space.  Not under AddressSanitizer,
- * whose shadow memory needs far more address space than that. */
-#if defined(__SANITIZE_ADDRESS__)
+ * child limited to 4 GiB of address space.  Not under AddressSanitizer
+ * or ThreadSanitizer, whose shadow memory needs far more address space
+ * than that. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SL_TEST_ASAN 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
 #define SL_TEST_ASAN 1
 #endif
 #endif
@@ -1089,6 +1134,7 @@ int main(void)
 	    cmocka_unit_test(remove_requires_exact_entry),
 	    cmocka_unit_test(keys_of_length_1_and_65535),
 	    cmocka_unit_test(arena_runs_across_chunk_boundaries),
+	    cmocka_unit_test(big_entries_reuse_freed_runs),
 	    cmocka_unit_test(keys_compared_by_length_and_bytes),
 	    cmocka_unit_test(remove_random_half_of_200k_keeps_probing_invariant),
 	    cmocka_unit_test(remove_from_wrapping_cluster_every_position),
