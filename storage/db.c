@@ -409,6 +409,28 @@ void sl_idx_batch_free(sl_idx_batch *b)
 	memset(b, 0, sizeof(*b));
 }
 
+/* The active segment's pages ahead of an append that ends at `upto`: the
+ * flusher is asked for them once the append comes within POP_AHEAD / 2 of
+ * what it has done.  mapped (an append copied through the mapping): it
+ * populates them into the mapping.  Otherwise (pwrites, write_run): it
+ * reads them into the page cache only (pop_off; readahead of the unwritten
+ * extent: zeroed pages, no I/O), since pages it mapped would be zeroed for
+ * nothing and cost a TLB shootdown each at the sync. */
+static void pages_ahead(sl_db *db, sl_seg *a, uint64_t upto, int mapped)
+{
+	if (atomic_load_explicit(&db->pop_off, memory_order_relaxed) == mapped) {
+		atomic_store_explicit(&db->pop_off, !mapped, memory_order_relaxed);
+	}
+	uint64_t pop = atomic_load_explicit(&a->populated, memory_order_relaxed);
+	if (upto + POP_AHEAD / 2 > pop && pop < (a->cap & ~(uint64_t)4095u) &&
+	    !atomic_load_explicit(&db->pop_wanted, memory_order_relaxed)) {
+		pthread_mutex_lock(&db->sync_mu);
+		atomic_store(&db->pop_wanted, 1);
+		pthread_cond_signal(&db->flush_cv);
+		pthread_mutex_unlock(&db->sync_mu);
+	}
+}
+
 /* One record into the log and the keydir (or, with batch, into the log
  * and onto batch: indexed by sl_db_index_flush before append_mu is released, and
  * before a rotation so that no sealed segment holds unindexed records).
@@ -460,15 +482,8 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 	}
 	atomic_store_explicit(&a->end, end + size, memory_order_release); /* invariant 1 */
 	atomic_store_explicit(&db->room, a->cap - (end + size), memory_order_relaxed);
-	uint64_t pop = atomic_load_explicit(&a->populated, memory_order_relaxed);
-	if (!(flags & SL_COPIED) && end + size + POP_AHEAD / 2 > pop &&
-	    pop < (a->cap & ~(uint64_t)4095u) &&
-	    !atomic_load_explicit(&db->pop_wanted, memory_order_relaxed)) {
-		atomic_store_explicit(&db->pop_off, 0, memory_order_relaxed);
-		pthread_mutex_lock(&db->sync_mu);
-		atomic_store(&db->pop_wanted, 1);
-		pthread_cond_signal(&db->flush_cv);
-		pthread_mutex_unlock(&db->sync_mu);
+	if (!(flags & SL_COPIED)) { /* write_run asked for its run's pages */
+		pages_ahead(db, a, end + size, 1);
 	}
 	if (seq > a->last_seq) {
 		a->last_seq = seq;
@@ -663,22 +678,7 @@ static int write_run(sl_db *db, const void *src, size_t bytes)
 	sl_seg *a = db->active;
 	uint64_t end = atomic_load(&a->end);
 	size_t off = 0;
-	/* The flusher stops populating ahead: pages it mapped would be
-	 * zeroed for nothing, and cost a TLB shootdown each at the sync. */
-	if (!atomic_load_explicit(&db->pop_off, memory_order_relaxed)) {
-		atomic_store_explicit(&db->pop_off, 1, memory_order_relaxed);
-	}
-	/* The flusher reads the pages ahead into the page cache (readahead of
-	 * the unwritten extent: zeroed pages, no I/O, no mapping), so that the
-	 * pwrite finds them there. */
-	uint64_t pop = atomic_load_explicit(&a->populated, memory_order_relaxed);
-	if (end + bytes + POP_AHEAD / 2 > pop && pop < (a->cap & ~(uint64_t)4095u) &&
-	    !atomic_load_explicit(&db->pop_wanted, memory_order_relaxed)) {
-		pthread_mutex_lock(&db->sync_mu);
-		atomic_store(&db->pop_wanted, 1);
-		pthread_cond_signal(&db->flush_cv);
-		pthread_mutex_unlock(&db->sync_mu);
-	}
+	pages_ahead(db, a, end + bytes, 0);
 	while (off < bytes) {
 		ssize_t w = db->io->pwrite(a->fd, (const uint8_t *)src + off, bytes - off,
 		                           (off_t)(end + off));
@@ -711,17 +711,11 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 	/* A single record is indexed at once.  The batch's array is the
 	 * store's, kept from one call to the next: made afresh, it was grown
 	 * by reallocs to a 4 MiB catch-up reply's 28 k entries every time. */
-	sl_idx_batch *bp = NULL;
+	sl_idx_batch *bp = n > 1 ? &db->apply_idx : NULL;
 	uint64_t seq = 0;
 	int rc = SL_OK;
 	sl_rec rr[RUN_MAX_RECS];
 	pthread_mutex_lock(&db->append_mu);
-	if (n > 1 && db->apply_idx == NULL) {
-		db->apply_idx = calloc(1, sizeof(*db->apply_idx)); /* NULL: one at a time */
-	}
-	if (n > 1) {
-		bp = db->apply_idx;
-	}
 	while (rc == SL_OK && done < n) {
 		size_t bytes, run = 0;
 		if (n >= RUN_MIN_BATCH) {
@@ -770,7 +764,7 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 		}
 		done++;
 	}
-	int irc = bp != NULL ? sl_db_index_flush(db, bp) : SL_OK;
+	int irc = sl_db_index_flush(db, &db->apply_idx);
 	if (irc != SL_OK) {
 		sl_db_fail(db, irc, "keydir insert"); /* as append_locked */
 	}

@@ -18,6 +18,15 @@
 
 /* When a repeated log line was last written and how many were held back
  * since (db.c's db_log_due). */
+/* Index inserts gathered and made together, grouped by shard
+ * (sl_keydir_put_many): a follower's batch of applied records, a hint file
+ * or a segment scan at open.  The keys must stay valid until flushed. */
+#define SL_IDX_BATCH_MAX 65536u /* flushed when this many are gathered */
+typedef struct sl_idx_batch {
+	sl_kd_item *items;
+	size_t n, cap;
+} sl_idx_batch;
+
 typedef struct sl_db_limit {
 	uint64_t ns, more;
 } sl_db_limit;
@@ -44,7 +53,7 @@ struct sl_db {
 	sl_db_limit fit_log; /* under append_mu: smaller segments on a full disk */
 	/* under append_mu: apply_raw_many's index batch, kept from one batch
 	 * to the next (db.c) */
-	struct sl_idx_batch *apply_idx;
+	sl_idx_batch apply_idx;
 	_Atomic uint64_t room; /* bytes left in active, as of the last append */
 	_Atomic uint64_t last_seq;
 	_Atomic int failed;
@@ -152,15 +161,6 @@ int sl_db_sync_wait(sl_db *db, uint64_t seq);
 
 void sl_db_log(sl_db *db, const char *level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-
-/* Index inserts gathered and made together, grouped by shard
- * (sl_keydir_put_many): a follower's batch of applied records, a hint file
- * or a segment scan at open.  The keys must stay valid until flushed. */
-#define SL_IDX_BATCH_MAX 65536u /* flushed when this many are gathered */
-typedef struct sl_idx_batch {
-	sl_kd_item *items;
-	size_t n, cap;
-} sl_idx_batch;
 
 /* Adds one insert as sl_db_index would make it (flushing first when the
  * batch is full; indexing at once when memory for it is short). */

@@ -451,10 +451,7 @@ static void db_free(sl_db *db)
 		free(atomic_load(&db->segtab[i]));
 	}
 	free(db->segs);
-	if (db->apply_idx != NULL) {
-		sl_idx_batch_free(db->apply_idx);
-		free(db->apply_idx);
-	}
+	sl_idx_batch_free(&db->apply_idx);
 	sl_keydir_free(db->kd);
 	if (db->lockfd >= 0) {
 		close(db->lockfd); /* releases the flock */

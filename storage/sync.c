@@ -268,8 +268,7 @@ void *sl_db_flusher_main(void *arg)
 				more = a != NULL && !atomic_load(&a->sealed) &&
 				       pop < atomic_load(&a->end) + POP_AHEAD && pop < a->cap;
 				if (more) {
-					sl_seg_populate(a, pop + (1u << 20), bounded || pages_only,
-					                pages_only);
+					sl_seg_populate(a, pop + (1u << 20), bounded, pages_only);
 				}
 				pthread_mutex_unlock(&db->seal_mu);
 			}
