@@ -202,7 +202,8 @@ static int ensure_conn(sl_repl *r, const char *url)
  * and sends the next (catch-up and full resync overlap network and disk). */
 typedef struct pending {
 	sl_repl *r;
-	nng_aio *aio;
+	nng_aio *aio;  /* the reply: pend_cb */
+	nng_aio *saio; /* the request: no callback (see call_start) */
 	nng_ctx ctx;
 	uint64_t gen; /* the socket generation ctx belongs to */
 	int ctx_open;
@@ -210,7 +211,6 @@ typedef struct pending {
 	nng_pipe pipe; /* the connection the last reply came on */
 	/* Set by pend_cb when the reply arrives (on nng's thread), read by
 	 * call_finish after nng_aio_wait, which waits for pend_cb too. */
-	int receiving;
 	int rv;
 	Shiplog__ReplReply *rep;
 	int verified; /* a fetch reply whose every record's checksum matched */
@@ -223,7 +223,7 @@ static int verify_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
 	return sl_rec_verify(rec, n) ? SL_OK : SL_ECORRUPT;
 }
 
-/* p's aio completed.  A reply is decoded here, on nng's thread, and a
+/* p's reply aio completed.  A reply is decoded here, on nng's thread, and a
  * fetch reply's records checked (CRC32C) here too: while the loop is still
  * applying the previous reply (catch-up sends the next fetch first), so
  * the two overlap on the two cores, and the loop applies with SL_VERIFIED.
@@ -232,10 +232,6 @@ static int verify_one(void *arg, const uint8_t *rec, size_t n, uint64_t seq)
 static void pend_cb(void *arg)
 {
 	pending *p = arg;
-	if (!p->receiving) {
-		return; /* a send: call_start waits for it */
-	}
-	p->receiving = 0;
 	p->rep = NULL;
 	p->verified = 0;
 	p->rv = nng_aio_result(p->aio);
@@ -303,6 +299,9 @@ static int call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms,
 	if (p->aio == NULL && nng_aio_alloc(&p->aio, pend_cb, p) != 0) {
 		return SL_ENOMEM;
 	}
+	if (p->saio == NULL && nng_aio_alloc(&p->saio, NULL, NULL) != 0) {
+		return SL_ENOMEM;
+	}
 	/* One context per connection, reused by every request on it. */
 	if (p->ctx_open && p->gen != gen) {
 		pend_ctx_close(p);
@@ -321,18 +320,22 @@ static int call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms,
 		return SL_ENOMEM;
 	}
 	shiplog__repl_request__pack(q, nng_msg_body(m));
+	/* The send has an aio without a callback: REQ completes it inside
+	 * nng_ctx_send when a connection is ready, so the wait below returns
+	 * at once.  With pend_cb on it, the completion went through nng's
+	 * task queue: a thread woken to run a callback that does nothing,
+	 * and this one woken after it, for every fetch. */
+	nng_aio_set_timeout(p->saio, timeout_ms);
 	nng_aio_set_timeout(p->aio, timeout_ms);
-	nng_aio_set_msg(p->aio, m);
-	p->receiving = 0;
-	nng_ctx_send(p->ctx, p->aio);
-	wait_stoppable(r, p->aio);
-	if ((rv = nng_aio_result(p->aio)) != 0) {
-		nng_msg_free(nng_aio_get_msg(p->aio));
-		nng_aio_set_msg(p->aio, NULL);
+	nng_aio_set_msg(p->saio, m);
+	nng_ctx_send(p->ctx, p->saio);
+	wait_stoppable(r, p->saio);
+	if ((rv = nng_aio_result(p->saio)) != 0) {
+		nng_msg_free(nng_aio_get_msg(p->saio));
+		nng_aio_set_msg(p->saio, NULL);
 		pend_ctx_close(p);
 		return nng_to_sl(rv);
 	}
-	p->receiving = 1;
 	nng_ctx_recv(p->ctx, p->aio);
 	p->live = 1;
 	return SL_OK;
@@ -386,6 +389,10 @@ static void pend_free(pending *p)
 	if (p->aio != NULL) {
 		nng_aio_free(p->aio);
 		p->aio = NULL;
+	}
+	if (p->saio != NULL) {
+		nng_aio_free(p->saio);
+		p->saio = NULL;
 	}
 }
 

@@ -44,6 +44,58 @@ static void cache_put(sl_db *db, uint32_t seg, uint64_t off, uint64_t seq)
 	db->lr_cache[i].seq = seq;
 }
 
+/* A checkpoint every CKPT_BYTES of log, at most: a read from a seq
+ * nothing has read up to walks at most this much before it (about 450
+ * records of 100 bytes, against up to the whole segment). */
+#define CKPT_BYTES (64u << 10)
+
+/* Notes that the record at off in s has seq `seq` (a walk of s in file
+ * order).  Only past the last checkpoint, so they stay in file order; and
+ * only where seqs rise, which is what lets ckpt_find's caller walk on from
+ * the checkpoint it finds (a log segment's seqs always rise). */
+static void ckpt_note(sl_seg *s, uint64_t off, uint64_t seq)
+{
+	const struct sl_log_ckpt *last = s->nckpt > 0 ? &s->ckpt[s->nckpt - 1] : NULL;
+	if (off < (last != NULL ? last->off : SL_SEG_HDR_SIZE) + CKPT_BYTES ||
+	    (last != NULL && seq <= last->seq)) {
+		return;
+	}
+	if (s->nckpt == s->ckpt_cap) {
+		size_t cap = s->ckpt_cap ? s->ckpt_cap * 2 : 64;
+		struct sl_log_ckpt *c = realloc(s->ckpt, cap * sizeof(*c));
+		if (c == NULL) {
+			return; /* only a shortcut lost */
+		}
+		s->ckpt = c;
+		s->ckpt_cap = cap;
+	}
+	s->ckpt[s->nckpt++] = (struct sl_log_ckpt){.off = off, .seq = seq};
+}
+
+/* Where a walk of s for the first record with seq >= seq may start: the
+ * last checkpoint at or below seq, else the first record. */
+static uint64_t ckpt_find(const sl_seg *s, uint64_t seq)
+{
+	size_t lo = 0, hi = s->nckpt; /* the answer is ckpt[lo - 1] */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (s->ckpt[mid].seq <= seq) {
+			lo = mid + 1;
+		} else {
+			hi = mid;
+		}
+	}
+	return lo > 0 ? s->ckpt[lo - 1].off : SL_SEG_HDR_SIZE;
+}
+
+/* Where a walk for seq in s starts: where a previous read stopped at seq,
+ * else the nearest checkpoint before it. */
+static uint64_t walk_start(sl_db *db, const sl_seg *s, uint64_t seq)
+{
+	uint64_t off = cache_find(db, s->id, seq);
+	return off != SL_SEG_HDR_SIZE ? off : ckpt_find(s, seq);
+}
+
 /* The index of the log segment (not a compaction output) holding seq, or
  * db->nsegs when seq is below the log's start.  seg_mu held. */
 static size_t log_seg_of(sl_db *db, uint64_t seq)
@@ -90,7 +142,7 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 			goto out;
 		}
 		uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
-		uint64_t off = cache_find(db, s->id, *next_seq_out);
+		uint64_t off = walk_start(db, s, *next_seq_out);
 		while (off < end) {
 			sl_rec r;
 			size_t size;
@@ -98,6 +150,7 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 			                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK) {
 				break;
 			}
+			ckpt_note(s, off, r.seq);
 			if (r.seq >= *next_seq_out) {
 				if (len + size > cap) {
 					cache_put(db, s->id, off, *next_seq_out);
@@ -144,13 +197,16 @@ int sl_log_bytes_from(sl_db *db, uint64_t seq, uint64_t *bytes)
 		if (i == start) {
 			/* A follower's position is usually where its last fetch
 			 * stopped (a resume point); else walk the headers. */
-			off = cache_find(db, s->id, seq);
+			off = walk_start(db, s, seq);
 			while (off < end) {
 				sl_rec r;
 				if (sl_rec_decode_header(
 				        s->map + off, end - off, db->opt.max_key_bytes,
-				        db->opt.max_value_bytes, &r) != SL_REC_OK ||
-				    r.seq >= seq) {
+				        db->opt.max_value_bytes, &r) != SL_REC_OK) {
+					break;
+				}
+				ckpt_note(s, off, r.seq);
+				if (r.seq >= seq) {
 					break;
 				}
 				off += sl_rec_size(r.klen, r.vlen);

@@ -211,6 +211,7 @@ void sl_seg_close(const struct sl_io *io, sl_seg *s)
 		munmap(s->map, s->cap);
 	}
 	io->close(s->fd);
+	free(s->ckpt);
 	free(s);
 }
 

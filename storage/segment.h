@@ -36,6 +36,15 @@ typedef struct sl_seg {
 	                               until the flusher writes its hint */
 	_Atomic uint64_t populated; /* active: pages before this are mapped in */
 	int writable;
+	/* Log reads' checkpoints (replog.c, under the store's seg_mu): the
+	 * offset and seq of a record about every 64 KiB, in file order, noted
+	 * as sl_log_read walks the segment, so a read from a seq no earlier
+	 * read stopped at (a follower back after a restart) starts at most
+	 * 64 KiB before it instead of at the segment's first record. */
+	struct sl_log_ckpt {
+		uint64_t off, seq;
+	} * ckpt;
+	size_t nckpt, ckpt_cap;
 } sl_seg;
 
 /* Name of segment id's file with the given suffix (".seg", ".hint") in dir;
