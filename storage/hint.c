@@ -21,73 +21,105 @@
 #include "record.h"
 #include "shiplog.h"
 
-typedef struct buf {
-	uint8_t *p;
-	size_t len, cap;
-} buf;
+/* The hint is written through a buffer of this size: a 64 MiB segment of
+ * small records has a hint of about 20 MB, which was built whole in memory
+ * (up to 32 MiB of resident memory for each segment sealed, about 17 bytes
+ * per key in the memory figure of a 1 M-key load). */
+#define HINT_BUF (1u << 20)
 
-static int buf_need(buf *b, size_t n)
+/* The records of s below end in file order, damage skipped the way
+ * recovery's scan skips it (or the hint would hide the valid records after
+ * it): *off is advanced past the record returned in *r; 0 at the end. */
+static int next_rec(const sl_seg *s, uint64_t end, uint32_t max_key, uint32_t max_value,
+                    uint64_t *off, sl_rec *r, size_t *size)
 {
-	if (b->len + n <= b->cap) {
+	while (*off < end) {
+		int d = sl_rec_decode(s->map + *off, end - *off, max_key, max_value, r, size);
+		if (d == SL_REC_OK) {
+			return 1;
+		}
+		*off = sl_rec_next_valid(s->map, (size_t)*off, (size_t)end, max_key, max_value);
+	}
+	return 0;
+}
+
+/* Writes out what w holds at file offset w->foff and extends the file's
+ * running checksum over it. */
+typedef struct hwriter {
+	const struct sl_io *io;
+	int fd;
+	uint8_t *p;
+	size_t len;
+	uint64_t foff;
+	uint32_t crc;
+	int started;
+} hwriter;
+
+static int hw_flush(hwriter *w)
+{
+	if (w->len == 0) {
 		return SL_OK;
 	}
-	size_t cap = b->cap ? b->cap * 2 : 65536;
-	while (cap < b->len + n) {
-		cap *= 2;
-	}
-	uint8_t *p = realloc(b->p, cap);
-	if (p == NULL) {
-		return SL_ENOMEM;
-	}
-	b->p = p;
-	b->cap = cap;
-	return SL_OK;
-}
-
-static int write_all(const struct sl_io *io, int fd, const uint8_t *p, size_t n)
-{
-	off_t off = 0;
+	w->crc = w->started ? sl_crc32c_extend(w->crc, w->p, w->len) : sl_crc32c(w->p, w->len);
+	w->started = 1;
+	const uint8_t *p = w->p;
+	size_t n = w->len;
 	while (n > 0) {
-		ssize_t w = io->pwrite(fd, p, n, off);
-		if (w < 0) {
+		ssize_t k = w->io->pwrite(w->fd, p, n, (off_t)w->foff);
+		if (k < 0) {
 			return errno == ENOSPC ? SL_ENOSPC : SL_EIO;
 		}
-		if (w == 0) {
+		if (k == 0) {
 			return SL_EIO;
 		}
-		p += w;
-		n -= (size_t)w;
-		off += w;
+		p += k;
+		n -= (size_t)k;
+		w->foff += (uint64_t)k;
 	}
+	w->len = 0;
 	return SL_OK;
 }
 
+/* Two passes over the sealed segment: the first counts its records (the
+ * header holds the count, and the checksum covers the header), the second
+ * writes header and entries through HINT_BUF bytes of memory. */
 int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_seg *s,
                   uint32_t max_key, uint32_t max_value)
 {
-	buf b = {0};
-	int rc = buf_need(&b, SL_HINT_HDR_SIZE);
-	if (rc != SL_OK) {
-		return rc;
-	}
-	b.len = SL_HINT_HDR_SIZE;
-	uint32_t count = 0;
 	uint64_t end = atomic_load(&s->end);
-	for (uint64_t off = SL_SEG_HDR_SIZE; off < end;) {
-		sl_rec r;
-		size_t size;
-		int d = sl_rec_decode(s->map + off, end - off, max_key, max_value, &r, &size);
-		if (d != SL_REC_OK) {
-			/* Skip damage the way recovery's scan does, or the hint
-			 * would hide the valid records after it. */
-			off =
-			    sl_rec_next_valid(s->map, (size_t)off, (size_t)end, max_key, max_value);
-			continue;
+	uint32_t count = 0;
+	sl_rec r;
+	size_t size;
+	for (uint64_t off = SL_SEG_HDR_SIZE; next_rec(s, end, max_key, max_value, &off, &r, &size);
+	     off += size) {
+		count++;
+	}
+	char *tmp = sl_seg_path(dir, s->id, ".hint.tmp");
+	char *fin = sl_seg_path(dir, s->id, ".hint");
+	hwriter w = {.io = io, .fd = -1, .p = malloc(HINT_BUF)};
+	int rc = SL_ENOMEM;
+	if (tmp == NULL || fin == NULL || w.p == NULL) {
+		goto out;
+	}
+	w.fd = io->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (w.fd < 0) {
+		rc = errno == ENOSPC ? SL_ENOSPC : SL_EIO;
+		goto out;
+	}
+	memcpy(w.p, SL_HINT_MAGIC, 8);
+	sl_put32(w.p + 8, SL_FORMAT_VERSION);
+	sl_put32(w.p + 12, count);
+	sl_put64(w.p + 16, s->id);
+	w.len = SL_HINT_HDR_SIZE;
+	rc = SL_OK;
+	uint32_t n = 0;
+	for (uint64_t off = SL_SEG_HDR_SIZE;
+	     rc == SL_OK && next_rec(s, end, max_key, max_value, &off, &r, &size); off += size) {
+		if (w.len + SL_HINT_ENTRY_FIXED + r.klen > HINT_BUF &&
+		    (rc = hw_flush(&w)) != SL_OK) {
+			break;
 		}
-		if ((rc = buf_need(&b, SL_HINT_ENTRY_FIXED + r.klen + 4)) != SL_OK) {
-			goto out;
-		}
-		uint8_t *e = b.p + b.len;
+		uint8_t *e = w.p + w.len;
 		sl_put64(e, r.seq);
 		sl_put64(e + 8, r.expire_at);
 		sl_put32(e + 16, (uint32_t)off);
@@ -95,36 +127,25 @@ int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_s
 		e[24] = r.type;
 		sl_put16(e + 25, r.klen);
 		memcpy(e + SL_HINT_ENTRY_FIXED, r.key, r.klen);
-		b.len += SL_HINT_ENTRY_FIXED + r.klen;
-		count++;
-		off += size;
+		w.len += SL_HINT_ENTRY_FIXED + r.klen;
+		n++;
 	}
-	memcpy(b.p, SL_HINT_MAGIC, 8);
-	sl_put32(b.p + 8, SL_FORMAT_VERSION);
-	sl_put32(b.p + 12, count);
-	sl_put64(b.p + 16, s->id);
-	if ((rc = buf_need(&b, 4)) != SL_OK) {
-		goto out;
+	if (rc == SL_OK && n != count) {
+		rc = SL_EIO; /* the segment changed under the two passes: never sealed */
 	}
-	sl_put32(b.p + b.len, sl_crc32c(b.p, b.len));
-	b.len += 4;
-
-	char *tmp = sl_seg_path(dir, s->id, ".hint.tmp");
-	char *fin = sl_seg_path(dir, s->id, ".hint");
-	rc = SL_ENOMEM;
-	if (tmp == NULL || fin == NULL) {
-		goto out_names;
+	if (rc == SL_OK) {
+		rc = hw_flush(&w);
 	}
-	int fd = io->open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0) {
-		rc = errno == ENOSPC ? SL_ENOSPC : SL_EIO;
-		goto out_names;
+	if (rc == SL_OK) {
+		sl_put32(w.p, w.crc);
+		w.len = 4;
+		w.started = 0; /* (this flush updates w.crc again: not used) */
+		rc = hw_flush(&w);
 	}
-	rc = write_all(io, fd, b.p, b.len);
-	if (rc == SL_OK && io->fsync(fd) != 0) {
+	if (rc == SL_OK && io->fsync(w.fd) != 0) {
 		rc = SL_EIO;
 	}
-	io->close(fd);
+	io->close(w.fd);
 	if (rc == SL_OK && io->rename(tmp, fin) != 0) {
 		rc = SL_EIO;
 	}
@@ -133,11 +154,10 @@ int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_s
 	} else if (io->fsync(dirfd) != 0) {
 		rc = SL_EIO;
 	}
-out_names:
+out:
+	free(w.p);
 	free(tmp);
 	free(fin);
-out:
-	free(b.p);
 	return rc;
 }
 

@@ -383,6 +383,67 @@ static void empty_segment_gives_empty_hint(void **state)
 	assert_int_equal(g.n, 0);
 }
 
+/* A hint larger than the writer's 1 MiB buffer (it is written in pieces
+ * with a running checksum): every entry loads back, in order, and the
+ * file's checksum is that of its bytes. */
+typedef struct big_got {
+	uint32_t n;
+	uint64_t next_off;
+	int bad;
+} big_got;
+
+static void big_key(uint32_t i, uint8_t *k)
+{
+	for (int j = 0; j < 60; j++) {
+		k[j] = (uint8_t)(i * 31u + (uint32_t)j * 7u);
+	}
+}
+
+static int big_check(void *arg, const sl_hint_entry *e)
+{
+	big_got *g = arg;
+	uint8_t k[60];
+	big_key(g->n, k);
+	if (e->seq != 1000u + g->n || e->off != g->next_off || e->klen != 60 ||
+	    memcmp(e->key, k, 60) != 0 || e->size != sl_rec_size(60, 1)) {
+		g->bad++;
+	}
+	g->next_off = e->off + e->size;
+	g->n++;
+	return 0;
+}
+
+static void hint_bigger_than_its_buffer_round_trips(void **state)
+{
+	fx *f = *state;
+	sl_seg *s;
+	uint32_t id = SEG_ID + 1;
+	assert_int_equal(sl_seg_create(&sl_io_default, f->dir, f->dirfd, id, 1000, 8u << 20, &s),
+	                 SL_OK);
+	enum { N = 40000 }; /* 40000 entries of 87 bytes: a 3.5 MB hint */
+	uint8_t k[60];
+	for (uint32_t i = 0; i < N; i++) {
+		big_key(i, k);
+		append(s, SL_REC_PUT, 1000u + i, 0, k, sizeof(k), "v", 1);
+	}
+	assert_int_equal(sl_hint_write(&fio, f->dir, f->dirfd, s, SL_MAX_KEY, SL_MAX_VALUE), SL_OK);
+	char path[600];
+	snprintf(path, sizeof(path), "%s/%010u.hint", f->dir, id);
+	size_t len;
+	uint8_t *b = read_all(path, &len);
+	assert_int_equal(len, SL_HINT_HDR_SIZE + (size_t)N * (SL_HINT_ENTRY_FIXED + 60) + 4);
+	assert_true(len > (3u << 20));
+	assert_int_equal(sl_get32(b + 12), N);
+	assert_int_equal(sl_get32(b + len - 4), tu_crc32c(b, len - 4));
+	free(b);
+	big_got g = {.next_off = SL_SEG_HDR_SIZE};
+	assert_int_equal(
+	    sl_hint_load(&fio, f->dir, id, atomic_load(&s->end), SL_MAX_KEY, big_check, &g), SL_OK);
+	assert_int_equal(g.n, N);
+	assert_int_equal(g.bad, 0);
+	sl_seg_close(&sl_io_default, s);
+}
+
 static const uint8_t *long_key;
 
 static int count_long_key(void *arg, const sl_hint_entry *e)
@@ -867,6 +928,8 @@ int main(void)
 	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(written_file_matches_format_h, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(empty_segment_gives_empty_hint, fx_setup, fx_teardown),
+	    cmocka_unit_test_setup_teardown(hint_bigger_than_its_buffer_round_trips, fx_setup,
+	                                    fx_teardown),
 	    cmocka_unit_test_setup_teardown(max_length_key_round_trips, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(rewrite_replaces_previous_hint, fx_setup, fx_teardown),
 	    cmocka_unit_test_setup_teardown(callback_nonzero_stops_and_is_returned, fx_setup,
