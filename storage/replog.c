@@ -49,10 +49,16 @@ static void cache_put(sl_db *db, uint32_t seg, uint64_t off, uint64_t seq)
  * records of 100 bytes, against up to the whole segment). */
 #define CKPT_BYTES (64u << 10)
 
-/* Notes that the record at off in s has seq `seq` (a walk of s in file
- * order).  Only past the last checkpoint, so they stay in file order; and
- * only where seqs rise, which is what lets ckpt_find's caller walk on from
- * the checkpoint it finds (a log segment's seqs always rise). */
+/* Notes that the record at off in s has seq `seq`, from sl_log_read's walk
+ * only: every record on the way to off was decoded with its checksum, so
+ * off is a record's start.  (A walk by headers alone, as
+ * sl_log_bytes_from's, could follow a damaged length into a record stored
+ * inside a value, and a read starting there would serve it.)  Only past
+ * the last checkpoint, so they stay in file order; and only where seqs
+ * rise, which is what lets ckpt_find's caller walk on from the checkpoint
+ * it finds.  Seqs rise in the log above the node's floor; below it a full
+ * resync loaded a snapshot in any order, and the primary serves no reads
+ * there (primary.c, invariant 3). */
 static void ckpt_note(sl_seg *s, uint64_t off, uint64_t seq)
 {
 	const struct sl_log_ckpt *last = s->nckpt > 0 ? &s->ckpt[s->nckpt - 1] : NULL;
@@ -202,13 +208,12 @@ int sl_log_bytes_from(sl_db *db, uint64_t seq, uint64_t *bytes)
 				sl_rec r;
 				if (sl_rec_decode_header(
 				        s->map + off, end - off, db->opt.max_key_bytes,
-				        db->opt.max_value_bytes, &r) != SL_REC_OK) {
+				        db->opt.max_value_bytes, &r) != SL_REC_OK ||
+				    r.seq >= seq) {
 					break;
 				}
-				ckpt_note(s, off, r.seq);
-				if (r.seq >= seq) {
-					break;
-				}
+				/* no ckpt_note: this walk trusts headers it has not
+				 * checksummed (see ckpt_note) */
 				off += sl_rec_size(r.klen, r.vlen);
 			}
 		}

@@ -383,9 +383,9 @@ static void empty_segment_gives_empty_hint(void **state)
 	assert_int_equal(g.n, 0);
 }
 
-/* A hint larger than the writer's 1 MiB buffer (it is written in pieces
- * with a running checksum): every entry loads back, in order, and the
- * file's checksum is that of its bytes. */
+/* A hint larger than the writer's 1 MiB buffer (written in pieces, its
+ * checksum computed over the file read back in pieces): every entry loads
+ * back, in order, and the file's checksum is that of its bytes. */
 typedef struct big_got {
 	uint32_t n;
 	uint64_t next_off;

@@ -22,6 +22,7 @@
 
 #include "format.h"
 #include "io.h"
+#include "record.h"
 #include "shiplog.h"
 
 static char g_base[512];
@@ -209,7 +210,6 @@ static size_t workload_log(const char *name, sl_db **db, uint8_t **buf)
 	return n;
 }
 
-/* The index two stores report: keys, tombstones, live/tomb/dead bytes, seq. */
 /* sl_log_read from any seq returns exactly the records from that seq on,
  * in a cold store (each read walks from the segment's start or from the
  * checkpoints earlier reads left) and after a walk of the whole log (reads
@@ -301,6 +301,78 @@ static void test_log_read_from_any_seq(void **state)
 	rmbase();
 }
 
+/* A damaged record header in a sealed segment (its hint loaded, so the
+ * open did not scan it) whose length now points at a whole record stored
+ * inside its value: no read serves that record, whatever walked the
+ * segment before (sl_log_bytes_from walks by headers alone). */
+static void test_damaged_length_never_serves_a_record_inside_a_value(void **state)
+{
+	(void)state;
+	mkbase();
+	char p[600];
+	snprintf(p, sizeof(p), "%s/dmg", g_base);
+	sl_options o;
+	sl_options_init(&o);
+	o.segment_bytes = 1u << 20;
+	o.sync = SL_SYNC_NO;
+	o.compact_background = 0;
+	o.quiet = 1;
+	sl_db *db;
+	assert_int_equal(sl_open(p, &o, &db), SL_OK);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(sl_put(db, "before", 6, "v", 1, NULL), SL_OK);
+	}
+	/* seq 4: a 70 KB value with a whole record (seq 6, key EVIL) inside,
+	 * past the first 64 KiB of the segment (where a checkpoint could go) */
+	enum { VLEN = 70000, AT = 68000 };
+	static uint8_t val[VLEN];
+	memset(val, 'x', sizeof(val));
+	sl_rec_encode(val + AT, SL_REC_PUT, 6, 0, "EVIL", 4, "e", 1);
+	uint64_t seq;
+	assert_int_equal(sl_put(db, "carrier", 7, val, sizeof(val), &seq), SL_OK);
+	assert_int_equal(seq, 4);
+	assert_int_equal(sl_put(db, "after5", 6, "v", 1, NULL), SL_OK);
+	assert_int_equal(sl_put(db, "real6", 5, "v", 1, NULL), SL_OK);
+	sl_close(db);
+	/* the carrier's header: its length now ends right before EVIL */
+	char seg[700];
+	snprintf(seg, sizeof(seg), "%s/0000000001.seg", p);
+	FILE *f = fopen(seg, "r+b");
+	assert_non_null(f);
+	static uint8_t file[1u << 20];
+	size_t flen = fread(file, 1, sizeof(file), f);
+	size_t off = 0;
+	for (size_t i = 0; i + 7 <= flen; i++) {
+		if (memcmp(file + i, "carrier", 7) == 0) {
+			off = i - SL_REC_HDR_SIZE;
+			break;
+		}
+	}
+	assert_true(off > 0);
+	assert_int_equal(sl_get64(file + off + 12), 4);
+	uint32_t vlen = AT; /* header + key + AT bytes: the record ends where EVIL starts */
+	uint8_t b4[4];
+	sl_put32(b4, vlen);
+	assert_int_equal(fseek(f, (long)(off + 8), SEEK_SET), 0);
+	assert_int_equal(fwrite(b4, 1, 4, f), 4);
+	assert_int_equal(fclose(f), 0);
+	assert_int_equal(sl_open(p, &o, &db), SL_OK);
+	uint64_t bytes;
+	sl_log_bytes_from(db, 5, &bytes); /* walks the headers: through the damage */
+	static uint8_t buf[1u << 16];
+	size_t len = 0;
+	uint64_t next = 0;
+	int rc = sl_log_read(db, 6, buf, sizeof(buf), &len, &next);
+	for (size_t i = 0; rc == SL_OK && i + SL_REC_HDR_SIZE <= len;) {
+		uint16_t kl = sl_get16(buf + i + 6);
+		assert_false(kl == 4 && memcmp(buf + i + SL_REC_HDR_SIZE, "EVIL", 4) == 0);
+		i += SL_REC_HDR_SIZE + kl + sl_get32(buf + i + 8);
+	}
+	sl_close(db);
+	rmbase();
+}
+
+/* The index two stores report: keys, tombstones, live/tomb/dead bytes, seq. */
 static void assert_same_index(const sl_stats *a, const sl_stats *b)
 {
 	assert_int_equal(a->keys, b->keys);
@@ -782,6 +854,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_log_read_replays_exactly),
 	    cmocka_unit_test(test_log_read_from_any_seq),
+	    cmocka_unit_test(test_damaged_length_never_serves_a_record_inside_a_value),
 	    cmocka_unit_test(test_apply_many_equals_one_by_one),
 	    cmocka_unit_test(test_apply_runs_stop_exactly),
 	    cmocka_unit_test(test_apply_verified_skips_only_the_checksum),
