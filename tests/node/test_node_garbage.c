@@ -7,6 +7,7 @@
  * crash, never store anything from a refused request, and keep serving a
  * well-behaved client running alongside the whole time.
  */
+#include <errno.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
@@ -216,14 +217,54 @@ static void test_truncations_store_nothing(void **state)
 static void test_oversized_dropped(void **state)
 {
 	(void)state;
-	/* over nng's receive limit (64 KiB + 1 MiB): the connection is dropped */
+	/* Over nng's receive limit (64 KiB + 1 MiB): the connection is
+	 * dropped.  Sent over plain TCP in SP's framing (an 8-byte header each
+	 * way, then a 64-bit big-endian length, the REQ request id, the body):
+	 * through an nng REQ socket, the pipe torn down under a 3 MiB send now
+	 * and then left this process's nng 1.5.2 stuck in nng_close (its
+	 * reaper waiting for a task never started, nng issue #1543), a hang of
+	 * the test's client, not of the server. */
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	struct sockaddr_in a = {0};
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons((uint16_t)d.port);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	struct timeval tv = {.tv_sec = 10};
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)), 0);
 	size_t big = 3u << 20;
-	uint8_t *buf = calloc(1, big);
-	int nrv;
-	Shiplog__Response *r = raw_call(buf, big, &nrv);
-	assert_null(r);
-	assert_true(nrv == NNG_ECONNRESET || nrv == NNG_ETIMEDOUT);
+	uint8_t *buf = calloc(1, big + 16);
+	assert_non_null(buf);
+	const uint8_t hdr[8] = {0, 'S', 'P', 0, 0, 0x30, 0, 0}; /* SP, protocol REQ0 */
+	memcpy(buf, hdr, 8);
+	uint64_t mlen = big - 8 + 4; /* what follows the length: request id + body */
+	for (int i = 0; i < 8; i++) {
+		buf[8 + i] = (uint8_t)(mlen >> (56 - 8 * i));
+	}
+	buf[16] = 0x80; /* request id 0x80000001 */
+	buf[19] = 1;
+	size_t sent = 0;
+	while (sent < big + 16) {
+		ssize_t w = send(fd, buf + sent, big + 16 - sent, MSG_NOSIGNAL);
+		if (w <= 0) {
+			break; /* dropped while sending: fine */
+		}
+		sent += (size_t)w;
+	}
+	uint8_t peer[64];
+	ssize_t got = 0, rn;
+	while ((rn = recv(fd, peer, sizeof(peer), 0)) > 0) {
+		got += rn; /* the server's own 8-byte SP header, and no reply */
+	}
+	int e = rn < 0 ? errno : 0;
+	assert_true(rn == 0 || e == ECONNRESET); /* closed by the server, not timed out */
+	assert_true(got <= 8);
+	close(fd);
 	free(buf);
+	int nrv;
+	Shiplog__Response *r;
 	/* under the message limit but over the value limit: a clear error */
 	static uint8_t val[(64 << 10) + 1];
 	sl_client *c = nu_client(&d);
