@@ -210,6 +210,20 @@ static size_t workload_log(const char *name, sl_db **db, uint8_t **buf)
 	return n;
 }
 
+/* Options for a store of 1 MiB segments (16 log checkpoints' worth
+ * each), no sync, no background compaction; its path in p. */
+static sl_options mb_opts(const char *name, char *p, size_t cap)
+{
+	snprintf(p, cap, "%s/%s", g_base, name);
+	sl_options o;
+	sl_options_init(&o);
+	o.segment_bytes = 1u << 20;
+	o.sync = SL_SYNC_NO;
+	o.compact_background = 0;
+	o.quiet = 1;
+	return o;
+}
+
 /* sl_log_read from any seq returns exactly the records from that seq on,
  * in a cold store (each read walks from the segment's start or from the
  * checkpoints earlier reads left) and after a walk of the whole log (reads
@@ -219,13 +233,7 @@ static void test_log_read_from_any_seq(void **state)
 	(void)state;
 	mkbase();
 	char p[600];
-	snprintf(p, sizeof(p), "%s/ck", g_base);
-	sl_options o;
-	sl_options_init(&o);
-	o.segment_bytes = 1u << 20; /* 16 checkpoints' worth each */
-	o.sync = SL_SYNC_NO;
-	o.compact_background = 0;
-	o.quiet = 1;
+	sl_options o = mb_opts("ck", p, sizeof(p));
 	sl_db *db;
 	assert_int_equal(sl_open(p, &o, &db), SL_OK);
 	enum { N = 30000 };
@@ -310,13 +318,7 @@ static void test_damaged_length_never_serves_a_record_inside_a_value(void **stat
 	(void)state;
 	mkbase();
 	char p[600];
-	snprintf(p, sizeof(p), "%s/dmg", g_base);
-	sl_options o;
-	sl_options_init(&o);
-	o.segment_bytes = 1u << 20;
-	o.sync = SL_SYNC_NO;
-	o.compact_background = 0;
-	o.quiet = 1;
+	sl_options o = mb_opts("dmg", p, sizeof(p));
 	sl_db *db;
 	assert_int_equal(sl_open(p, &o, &db), SL_OK);
 	for (int i = 0; i < 3; i++) {
