@@ -621,12 +621,10 @@ int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64
 static int raw_decode(sl_db *db, const uint8_t *p, size_t len, unsigned flags, sl_rec *r,
                       size_t *size)
 {
-	uint32_t mk = db->opt.max_key_bytes, mv = db->opt.max_value_bytes;
-	if (!(flags & SL_VERIFIED)) {
-		return sl_rec_decode(p, len, mk, mv, r, size) == SL_REC_OK && *size == len ? 0 : -1;
-	}
-	if (sl_rec_decode_header(p, len, mk, mv, r) != SL_REC_OK ||
-	    sl_rec_size(r->klen, r->vlen) != len) {
+	if (sl_rec_decode_header(p, len, db->opt.max_key_bytes, db->opt.max_value_bytes, r) !=
+	        SL_REC_OK ||
+	    sl_rec_size(r->klen, r->vlen) != len ||
+	    (!(flags & SL_VERIFIED) && !sl_rec_verify(p, len))) {
 		return -1;
 	}
 	r->key = p + SL_REC_HDR_SIZE;

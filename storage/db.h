@@ -16,8 +16,6 @@
 
 #define POP_AHEAD (16u << 20) /* populate the active segment this far ahead */
 
-/* When a repeated log line was last written and how many were held back
- * since (db.c's db_log_due). */
 /* Index inserts gathered and made together, grouped by shard
  * (sl_keydir_put_many): a follower's batch of applied records, a hint file
  * or a segment scan at open.  The keys must stay valid until flushed. */
@@ -27,6 +25,8 @@ typedef struct sl_idx_batch {
 	size_t n, cap;
 } sl_idx_batch;
 
+/* When a repeated log line was last written and how many were held back
+ * since (db.c's db_log_due). */
 typedef struct sl_db_limit {
 	uint64_t ns, more;
 } sl_db_limit;

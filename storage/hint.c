@@ -43,7 +43,8 @@ static int next_rec(const sl_seg *s, uint64_t end, uint32_t max_key, uint32_t ma
 	return 0;
 }
 
-/* Writes out what w holds at file offset w->foff. */
+/* A hint file being written: the buffer p holds len bytes that go at file
+ * offset foff (hw_flush). */
 typedef struct hwriter {
 	const struct sl_io *io;
 	int fd;

@@ -160,10 +160,11 @@ start_shiplogd everysec
 a0=$(rss_kb "$SPID" RssAnon) v0=$(rss_kb "$SPID" VmRSS)
 "$B/shiplog-bench" --url "$SURL" -t put -c 50 -n 1000000 -d 100 -r 1000000 --sequential -P 16 >/dev/null
 keys=$("$B/shiplog" -a "$SURL" --json stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["keys"])')
-# Right after the load the flusher is usually still writing the hint file of
-# a segment the load sealed, from a buffer of up to 32 MiB that it frees
-# when done (about 17 B/key here); the figure is taken once RssAnon has not
-# moved for 1 s (at most 10 s), and the first reading is shown beside it.
+# Right after the load the flusher may still be sealing a segment the load
+# filled (a hint file, written through a 1 MiB buffer; before the ninth
+# session the whole hint was built in memory, up to 32 MiB, about 17 B/key
+# here): the figure is taken once RssAnon has not moved for 1 s (at most
+# 10 s), and the first reading is shown beside it.
 a1=$(rss_kb "$SPID" RssAnon) v1=$(rss_kb "$SPID" VmRSS)
 an=$a1 prev=-1 same=0
 for _ in $(seq 20); do
