@@ -367,6 +367,11 @@ cl_pick_subnet() {
 }
 
 cl_link_exists() { ip link show "$1" >/dev/null 2>&1; }
+# cl_link_del: delete a link if it is there. The kernel removes a veth by itself
+# when its peer's namespace goes away, asynchronously, so the link may vanish
+# between a check and the delete: that counts as deleted, any other failure
+# (the link still there) does not.
+cl_link_del() { ip link del "$1" 2>/dev/null || ! cl_link_exists "$1"; }
 cl_ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
 
 # cl_netns_up: create (what is missing of) the bridge, namespaces and veths
@@ -383,7 +388,7 @@ cl_netns_up() {
 		cl_ns_exists "$ns" || ip netns add "$ns"
 		ip -n "$ns" link set lo up
 		if ! ip -n "$ns" link show eth0 >/dev/null 2>&1; then
-			cl_link_exists "$veth" && ip link del "$veth"
+			cl_link_del "$veth"
 			ip link add "$veth" type veth peer name "${veth}p"
 			ip link set "${veth}p" netns "$ns"
 			ip -n "$ns" link set "${veth}p" name eth0
@@ -400,9 +405,10 @@ cl_netns_down() {
 	local n
 	for n in $(cl_names); do
 		cl_node "$n"
-		cl_ns_exists "$N_NS" && ip netns del "$N_NS"
-		cl_link_exists "$N_VETH" && ip link del "$N_VETH"
+		# the host end first: deleting it removes its peer (eth0 inside
+		# the namespace) at once, so the namespace is empty when it goes
+		cl_link_del "$N_VETH"
+		if cl_ns_exists "$N_NS"; then ip netns del "$N_NS"; fi
 	done
-	if cl_link_exists "$BRIDGE"; then ip link del "$BRIDGE"; fi
-	return 0
+	cl_link_del "$BRIDGE"
 }
