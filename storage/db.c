@@ -61,7 +61,7 @@ void sl_db_log(sl_db *db, const char *level, const char *fmt, ...)
 		db->opt.log_fn(db->opt.log_arg, level, msg);
 		return;
 	}
-	if (db->opt.quiet || strcmp(level, "info") == 0) {
+	if (db->opt.quiet || strcmp(level, "info") == 0 || strcmp(level, "debug") == 0) {
 		return; /* stderr gets warnings and errors; a log_fn gets all */
 	}
 	fprintf(stderr, "shiplog-storage %s %s: %s\n", level, db->dir, msg);
