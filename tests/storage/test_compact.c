@@ -422,7 +422,8 @@ static void test_ttl_dropped(void **state)
 
 /* ---- disk full during compaction ---------------------------------------- */
 
-static int g_full; /* 1: fallocate and pwrite fail with ENOSPC */
+static _Atomic int g_full; /* 1: fallocate and pwrite fail with ENOSPC (atomic: the
+                            * flusher thread writes through these hooks too) */
 static int full_fallocate(int fd, off_t off, off_t len)
 {
 	if (g_full) {
@@ -484,7 +485,8 @@ static void test_disk_full_abandons(void **state)
 
 /* ---- crash at every I/O step inside a compaction -------------------------- */
 
-static long g_calls, g_crash_at = -1;
+/* Atomic: the flusher thread's I/O goes through the same hooks. */
+static _Atomic long g_calls, g_crash_at = -1;
 static void maybe_crash(void)
 {
 	if (g_crash_at >= 0 && ++g_calls >= g_crash_at) {
