@@ -63,8 +63,8 @@ typedef struct sl_options {
 	int read_only;             /* 1: refuse writes with SL_EREADONLY */
 	const struct sl_io *io;    /* NULL: the real system calls */
 	/* Log lines (level "debug", "info", "warn", "error": corrupt records,
-	 * failed fsyncs, compactions, each segment's load time at open).  NULL: warnings and errors go to stderr unless
-	 * quiet is set. */
+	 * failed fsyncs, compactions, each segment's load time at open).
+	 * NULL: warnings and errors go to stderr unless quiet is set. */
 	void (*log_fn)(void *arg, const char *level, const char *msg);
 	void *log_arg;
 	int quiet;
