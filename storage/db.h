@@ -146,7 +146,8 @@ int sl_db_sync_all(sl_db *db);
 void *sl_db_flusher_main(void *arg);
 /* Seals every segment that is no longer active (normally the flusher's job).
  * flusher: while sl_compact_defer's window is open, hints are left due;
- * otherwise every due hint is written too. */
+ * otherwise one due hint is written, and the flusher asked to come back
+ * (seal_wanted) when more are due.  Not the flusher: every due hint. */
 void sl_db_seal_pending(sl_db *db, int flusher);
 /* Starts / stops the background compaction thread (compact.c). */
 int sl_compactor_start(sl_db *db);

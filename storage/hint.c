@@ -14,7 +14,6 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -190,24 +189,26 @@ int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t 
 		return errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
 	}
 	int rc = SL_ECORRUPT;
-	uint8_t *p = MAP_FAILED;
+	uint8_t *p = NULL;
 	struct stat st;
 	if (fstat(fd, &st) != 0 || st.st_size < (off_t)(SL_HINT_HDR_SIZE + 4) ||
 	    (uint64_t)st.st_size > seg_size * 2 + 4096) {
 		goto out; /* a hint is never much larger than its segment */
 	}
 	size_t len = (size_t)st.st_size;
-	/* Read through a mapping of the page cache: a copy into a buffer of
-	 * its own cost zeroing and copying the hint's bytes once more (about
-	 * 20 MB for a 64 MiB segment of small records).  Hint files are only
-	 * ever replaced by rename, never truncated in place, so the mapping
-	 * stays whole. */
-	p = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-	if (p == MAP_FAILED) {
-		rc = errno == ENOMEM ? SL_ENOMEM : SL_EIO;
+	p = malloc(len);
+	if (p == NULL) {
+		rc = SL_ENOMEM;
 		goto out;
 	}
-	madvise(p, len, MADV_SEQUENTIAL);
+	for (size_t got = 0; got < len;) {
+		ssize_t r = io->pread(fd, p + got, len - got, (off_t)got);
+		if (r <= 0) {
+			rc = SL_EIO;
+			goto out;
+		}
+		got += (size_t)r;
+	}
 	if (memcmp(p, SL_HINT_MAGIC, 8) != 0 || sl_get32(p + 8) != SL_FORMAT_VERSION ||
 	    sl_get64(p + 16) != id || sl_get32(p + len - 4) != sl_crc32c(p, len - 4)) {
 		goto out;
@@ -251,9 +252,7 @@ int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t 
 		off += SL_HINT_ENTRY_FIXED + h.klen;
 	}
 out:
-	if (p != MAP_FAILED) {
-		munmap(p, (size_t)st.st_size);
-	}
+	free(p);
 	io->close(fd);
 	return rc;
 }

@@ -9,7 +9,8 @@
  *   sealed segment, no/bad hint  scan its records; a bad record is counted,
  *                                logged and skipped by resynchronising on the
  *                                next valid record; then seal it again
- *                                (trim, write a hint) so the next open is fast
+ *                                (trim; its hint is left due for the
+ *                                flusher) so the next open is fast
  *   last segment (the active)    scan; a torn or checksum-failing tail (no
  *                                valid record after it) is cut off; then it
  *                                is preallocated and mapped for appends
@@ -140,6 +141,14 @@ typedef struct load_ctx {
 	sl_idx_batch batch; /* index entries made shard by shard */
 } load_ctx;
 
+/* The active segment as its scan left it, to be activated (activate) once
+ * every other segment has loaded: seg NULL until then. */
+typedef struct act_state {
+	sl_seg *seg;
+	uint64_t end;
+	int hdr_ok;
+} act_state;
+
 static int index_one(load_ctx *c, uint8_t type, const void *key, size_t klen, uint32_t off,
                      uint32_t size, uint64_t seq)
 {
@@ -236,7 +245,8 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 	return SL_OK;
 }
 
-static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint64_t *max_seq)
+static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint64_t *max_seq,
+                             act_state *act)
 {
 	int writable = !db->opt.read_only;
 	sl_seg *s;
@@ -283,33 +293,10 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 		return rc;
 	}
 	if (last && writable) {
-		if (!hdr_ok) {
-			s->first_seq = (c->max_seq > *max_seq ? c->max_seq : *max_seq) + 1;
-		}
-		/* As much room as --segment-bytes asks, or what the disk has
-		 * (down to none: the store opens, and the first write that needs
-		 * room starts a segment or gets SL_ENOSPC). */
-		size_t want = (size_t)db->opt.segment_bytes;
-		size_t min = end > SL_SEG_HDR_SIZE ? (size_t)end : SL_SEG_HDR_SIZE;
-		size_t cap = want > min ? want : min;
-		while ((rc = sl_seg_activate(db->io, s, end, cap)) == SL_ENOSPC &&
-		       (cap = sl_db_fit_next(cap, min)) != 0) {
-		}
-		if (rc == SL_OK && cap < want) {
-			sl_db_log(
-			    db, "warn",
-			    "disk nearly full: active segment %u preallocated %zu bytes, not %zu",
-			    id, cap, want);
-		}
-		if (rc == SL_OK && !hdr_ok) {
-			rc = sl_seg_write_header(db->io, s);
-		}
-		if (rc != SL_OK) {
-			return rc;
-		}
-		db->active = s;
-		db->active_pub = s;
-		sl_db_set_room(db, s);
+		/* activated after the others loaded (activate): a failed open
+		 * leaves it untouched, and a damaged header's first_seq follows
+		 * every seq found */
+		*act = (act_state){.seg = s, .end = end, .hdr_ok = hdr_ok};
 	} else {
 		atomic_store(&s->end, end);
 		atomic_store(&s->synced, end);
@@ -335,13 +322,52 @@ done:
 	return SL_OK;
 }
 
+/* Makes the scanned active segment the one appends go to: its first_seq
+ * (damaged header) after every seq found, its torn tail cut, room
+ * preallocated.  *max_seq is the highest seq of every segment. */
+static int activate(sl_db *db, const act_state *a, uint64_t *max_seq)
+{
+	sl_seg *s = a->seg;
+	if (!a->hdr_ok) {
+		s->first_seq = *max_seq + 1;
+	}
+	/* As much room as --segment-bytes asks, or what the disk has (down to
+	 * none: the store opens, and the first write that needs room starts a
+	 * segment or gets SL_ENOSPC). */
+	size_t want = (size_t)db->opt.segment_bytes;
+	size_t min = a->end > SL_SEG_HDR_SIZE ? (size_t)a->end : SL_SEG_HDR_SIZE;
+	size_t cap = want > min ? want : min;
+	int rc;
+	while ((rc = sl_seg_activate(db->io, s, a->end, cap)) == SL_ENOSPC &&
+	       (cap = sl_db_fit_next(cap, min)) != 0) {
+	}
+	if (rc == SL_OK && cap < want) {
+		sl_db_log(db, "warn",
+		          "disk nearly full: active segment %u preallocated %zu bytes, not %zu",
+		          s->id, cap, want);
+	}
+	if (rc == SL_OK && !a->hdr_ok) {
+		rc = sl_seg_write_header(db->io, s);
+	}
+	if (rc != SL_OK) {
+		return rc;
+	}
+	db->active = s;
+	db->active_pub = s;
+	sl_db_set_room(db, s);
+	if (s->first_seq > 0 && s->first_seq - 1 > *max_seq) {
+		*max_seq = s->first_seq - 1; /* invariant 2 */
+	}
+	return SL_OK;
+}
+
 /* Loads segment id into the keydir: from its hint file, else by scanning
- * it (the last one becomes the active segment). */
-static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
+ * it (the last one is left in *act for activate). */
+static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq, act_state *act)
 {
 	load_ctx c = {.db = db};
 	uint64_t t0 = sl_mono_ns();
-	int rc = load_segment_into(&c, db, id, last, max_seq);
+	int rc = load_segment_into(&c, db, id, last, max_seq, act);
 	sl_db_log(db, "debug", "segment %u%s: %s in %.1f ms", id, last ? " (active)" : "",
 	          c.scanned ? "scanned" : "hint loaded", (double)(sl_mono_ns() - t0) / 1e6);
 	sl_idx_batch_free(&c.batch);
@@ -354,16 +380,16 @@ static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq)
  * record's bytes are accounted live only while it is the one indexed
  * (sl_db_index_flush), segments are published under seg_mu in id order,
  * and each thread keeps its own max_seq.  The active segment (always
- * scanned, never hinted) is the first job when its header is good, so its
- * scan runs beside the others instead of after them (a full one took
- * 126-170 ms of a 7-segment open of 456-591 ms, alone); with a damaged
- * header its first_seq follows every other seq, so it is loaded after all
- * of them, alone (par_load.act_first 0). */
+ * scanned, never hinted) is the first job, so its scan runs beside the
+ * others instead of after them (a full one took 126-170 ms of a 7-segment
+ * open of 456-591 ms, alone); it is activated (activate) only once every
+ * segment has loaded, so a failed open does not touch it and its first_seq
+ * (damaged header) follows every seq found. */
 typedef struct par_load {
 	sl_db *db;
 	const uint32_t *ids;
-	size_t n, act;
-	int act_first; /* job 0 is the active segment; then the others in order */
+	size_t n, act; /* job 0 is ids[act] when act < n; then the others in order */
+	act_state as;  /* written by the worker that scans ids[act] */
 	_Atomic size_t next;
 	_Atomic int rc;
 } par_load;
@@ -383,11 +409,8 @@ static void *load_worker(void *arg)
 		if (j >= pl->n || atomic_load(&pl->rc) != SL_OK) {
 			break;
 		}
-		size_t i = !pl->act_first ? j : j == 0 ? pl->act : j <= pl->act ? j - 1 : j;
-		if (i == pl->act && !pl->act_first) {
-			continue;
-		}
-		int rc = load_segment(pl->db, pl->ids[i], i == pl->act, &w->max_seq);
+		size_t i = pl->act >= pl->n ? j : j == 0 ? pl->act : j <= pl->act ? j - 1 : j;
+		int rc = load_segment(pl->db, pl->ids[i], i == pl->act, &w->max_seq, &pl->as);
 		if (rc != SL_OK) {
 			int ok = SL_OK;
 			atomic_compare_exchange_strong(&pl->rc, &ok, rc);
@@ -409,16 +432,15 @@ static unsigned open_threads(const sl_db *db, size_t sealed)
 }
 
 /* Loads every segment into the keydir, ids[act] (act < n) as the active
- * one; *max_seq gets the highest seq found (or implied by a header). */
-static int load_all(sl_db *db, const uint32_t *ids, size_t n, size_t act, int act_hdr_ok,
-                    uint64_t *max_seq)
+ * one, then activates it; *max_seq gets the highest seq found (or implied
+ * by a header). */
+static int load_all(sl_db *db, const uint32_t *ids, size_t n, size_t act, uint64_t *max_seq)
 {
-	par_load pl = {
-	    .db = db, .ids = ids, .n = n, .act = act, .act_first = act < n && act_hdr_ok};
+	par_load pl = {.db = db, .ids = ids, .n = n, .act = act};
 	atomic_init(&pl.next, 0);
 	atomic_init(&pl.rc, SL_OK);
 	par_worker w[16];
-	unsigned nt = open_threads(db, act < n && !pl.act_first ? n - 1 : n);
+	unsigned nt = open_threads(db, n);
 	unsigned started = 1;
 	for (unsigned k = 0; k < nt; k++) {
 		w[k] = (par_worker){.pl = &pl, .max_seq = 0};
@@ -436,8 +458,8 @@ static int load_all(sl_db *db, const uint32_t *ids, size_t n, size_t act, int ac
 		*max_seq = w[k].max_seq > *max_seq ? w[k].max_seq : *max_seq;
 	}
 	int rc = atomic_load(&pl.rc);
-	if (rc == SL_OK && act < n && !pl.act_first) {
-		rc = load_segment(db, ids[act], 1, max_seq);
+	if (rc == SL_OK && pl.as.seg != NULL) {
+		rc = activate(db, &pl.as, max_seq);
 	}
 	return rc;
 }
@@ -582,21 +604,18 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	}
 	/* The active segment is the newest one not written by compaction
 	 * (compaction outputs take fresh ids too, so it need not be the last);
-	 * with a good header it is scanned beside the others, with a damaged
-	 * one last, so its first_seq can follow every other seq (load_all). */
+	 * it is scanned beside the others and activated after them (load_all). */
 	size_t act = n;
-	int act_hdr_ok = 0;
 	for (size_t i = n; i > 0; i--) {
 		uint32_t flags = 0;
-		int ok = sl_seg_peek(db->io, db->dir, ids[i - 1], &flags);
-		if (!ok || !(flags & SL_SEG_COMPACTED)) {
+		if (!sl_seg_peek(db->io, db->dir, ids[i - 1], &flags) ||
+		    !(flags & SL_SEG_COMPACTED)) {
 			act = i - 1;
-			act_hdr_ok = ok;
 			break;
 		}
 	}
 	uint64_t max_seq = 0;
-	rc = load_all(db, ids, n, act, act_hdr_ok, &max_seq);
+	rc = load_all(db, ids, n, act, &max_seq);
 	uint32_t next_id = n > 0 ? ids[n - 1] + 1 : 1;
 	atomic_store(&db->next_id, next_id);
 	free(ids);

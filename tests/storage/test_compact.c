@@ -740,13 +740,18 @@ static void test_defer_delays_hints(void **state)
 	o.compact_background = 0;
 	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
 	sl_compact_defer(db, 60000);
+	/* Segments of the first part that no compaction took before the close
+	 * keep their hints (how many depends on timing). */
+	int hints0 = count_files(".hint");
+	int segs0 = count_files(".seg");
 	for (int r = 30; r < 40; r++) {
 		for (int i = 0; i < 300; i++) {
 			put(db, i, r);
 		}
 	}
 	usleep(100000); /* the flusher seals the rotated segments, no hints */
-	assert_int_equal(count_files(".hint"), 0);
+	assert_true(count_files(".seg") > segs0);
+	assert_int_equal(count_files(".hint"), hints0);
 	/* An explicit compaction inside the window writes the due hints first
 	 * (so it can take those segments) and leaves every one with its hint. */
 	assert_int_equal(sl_compact(db), SL_OK);
