@@ -324,12 +324,12 @@ done:
 
 /* Makes the scanned active segment the one appends go to: its first_seq
  * (damaged header) after every seq found, its torn tail cut, room
- * preallocated.  *max_seq is the highest seq of every segment. */
-static int activate(sl_db *db, const act_state *a, uint64_t *max_seq)
+ * preallocated.  max_seq is the highest seq of every segment. */
+static int activate(sl_db *db, const act_state *a, uint64_t max_seq)
 {
 	sl_seg *s = a->seg;
 	if (!a->hdr_ok) {
-		s->first_seq = *max_seq + 1;
+		s->first_seq = max_seq + 1;
 	}
 	/* As much room as --segment-bytes asks, or what the disk has (down to
 	 * none: the store opens, and the first write that needs room starts a
@@ -355,10 +355,8 @@ static int activate(sl_db *db, const act_state *a, uint64_t *max_seq)
 	db->active = s;
 	db->active_pub = s;
 	sl_db_set_room(db, s);
-	if (s->first_seq > 0 && s->first_seq - 1 > *max_seq) {
-		*max_seq = s->first_seq - 1; /* invariant 2 */
-	}
-	return SL_OK;
+	return SL_OK; /* invariant 2 holds: a good header's first_seq - 1 was
+	               * counted in *max_seq by its load, a new one is above it */
 }
 
 /* Loads segment id into the keydir: from its hint file, else by scanning
@@ -459,7 +457,7 @@ static int load_all(sl_db *db, const uint32_t *ids, size_t n, size_t act, uint64
 	}
 	int rc = atomic_load(&pl.rc);
 	if (rc == SL_OK && pl.as.seg != NULL) {
-		rc = activate(db, &pl.as, max_seq);
+		rc = activate(db, &pl.as, *max_seq);
 	}
 	return rc;
 }

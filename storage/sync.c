@@ -188,10 +188,10 @@ int sl_db_seal(sl_db *db, sl_seg *s, int defer_hint)
 
 /* Seals every non-active, unsealed segment, then writes due hints (the
  * flusher: one per call) unless the flusher is inside sl_compact_defer's
- * window.  A follower catching up
- * spent about a sixth of its CPU on hints (decoding every record again and
- * writing about a quarter of the log's bytes); deferred, the same catch-up
- * ran 18 % faster (median of 3 alternating runs). */
+ * window.  A follower catching up spent about a sixth of its CPU on hints
+ * (decoding every record again and writing about a quarter of the log's
+ * bytes); deferred, the same catch-up ran 18 % faster (median of 3
+ * alternating runs). */
 void sl_db_seal_pending(sl_db *db, int flusher)
 {
 	int defer = flusher && sl_mono_ns() < atomic_load(&db->defer_until_ns);

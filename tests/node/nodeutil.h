@@ -62,6 +62,25 @@ static inline int nu_free_port(void)
 	return port;
 }
 
+/* A TCP connection to 127.0.0.1:port (blocking), or -1. */
+static inline int nu_tcp_connect(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	if (fd < 0) {
+		return -1;
+	}
+	struct sockaddr_in a;
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons((uint16_t)port);
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 static inline const char *nu_shiplogd(void)
 {
 	const char *p = getenv("SHIPLOGD");

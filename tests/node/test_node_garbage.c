@@ -224,13 +224,8 @@ static void test_oversized_dropped(void **state)
 	 * and then left this process's nng 1.5.2 stuck in nng_close (its
 	 * reaper waiting for a task never started, nng issue #1543), a hang of
 	 * the test's client, not of the server. */
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	int fd = nu_tcp_connect(d.port);
 	assert_true(fd >= 0);
-	struct sockaddr_in a = {0};
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	a.sin_port = htons((uint16_t)d.port);
-	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
 	struct timeval tv = {.tv_sec = 10};
 	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
 	assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv)), 0);
@@ -389,12 +384,8 @@ static void test_raw_tcp_garbage(void **state)
 	tu_rng rng;
 	tu_rng_seed(&rng, 99);
 	for (int i = 0; i < 50; i++) {
-		int fd = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in a = {0};
-		a.sin_family = AF_INET;
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		a.sin_port = htons((uint16_t)d.port);
-		assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+		int fd = nu_tcp_connect(d.port);
+		assert_true(fd >= 0);
 		uint8_t buf[512];
 		size_t len = (size_t)tu_rng_range(&rng, 1, sizeof(buf));
 		tu_rng_fill(&rng, buf, len);

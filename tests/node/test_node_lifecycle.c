@@ -245,13 +245,8 @@ static void test_sigterm_under_load(void **state)
 /* GET path over plain TCP; returns the malloc'd body or NULL. */
 static char *http_get(int port, const char *path, int *status)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {0};
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	a.sin_port = htons((uint16_t)port);
-	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
-		close(fd);
+	int fd = nu_tcp_connect(port);
+	if (fd < 0) {
 		return NULL;
 	}
 	char req[256];
