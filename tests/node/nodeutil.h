@@ -40,6 +40,17 @@ static inline void nu_sleep_ms(int ms)
 	}
 }
 
+/* 127.0.0.1:port */
+static inline struct sockaddr_in nu_loopback(int port)
+{
+	struct sockaddr_in a;
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons((uint16_t)port);
+	return a;
+}
+
 /* A TCP port on 127.0.0.1 that was free a moment ago (the kernel picks). */
 static inline int nu_free_port(void)
 {
@@ -47,11 +58,7 @@ static inline int nu_free_port(void)
 	if (fd < 0) {
 		return -1;
 	}
-	struct sockaddr_in a;
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	a.sin_port = 0;
+	struct sockaddr_in a = nu_loopback(0);
 	socklen_t len = sizeof(a);
 	int port = -1;
 	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
@@ -69,11 +76,7 @@ static inline int nu_tcp_connect(int port)
 	if (fd < 0) {
 		return -1;
 	}
-	struct sockaddr_in a;
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	a.sin_port = htons((uint16_t)port);
+	struct sockaddr_in a = nu_loopback(port);
 	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
 		close(fd);
 		return -1;
