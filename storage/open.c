@@ -301,15 +301,16 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 		atomic_store(&s->end, end);
 		atomic_store(&s->synced, end);
 		if (writable && hdr_ok) {
-			/* Seal it again: cut any zero tail; the missing hint is
-			 * left due for the flusher (sl_db_seal_pending), so it
-			 * is not written inside the open: 64 MiB of 100 B
-			 * records scanned and hinted took 222 ms of an open of
-			 * 562, a hint loaded 90-160 ms.  A crash before the
-			 * flusher writes it costs the next open the same scan. */
-			if ((rc = sl_db_seal(db, s, 1)) != SL_OK) {
-				return rc;
-			}
+			/* Sealed again (zero tail cut) by load_all once every
+			 * segment loaded, so a refused open changes no segment;
+			 * the missing hint is left due for the flusher
+			 * (sl_db_seal_pending), not written inside the open:
+			 * 64 MiB of 100 B records scanned and hinted took 222
+			 * ms of an open of 562, a hint loaded 90-160 ms.  A
+			 * crash before the flusher writes it costs the next
+			 * open the same scan.  hint_due marks it until then
+			 * (nothing else runs yet). */
+			atomic_store(&s->hint_due, 1);
 		}
 	}
 done:
@@ -382,7 +383,9 @@ static int load_segment(sl_db *db, uint32_t id, int last, uint64_t *max_seq, act
  * others instead of after them (a full one took 126-170 ms of a 7-segment
  * open of 456-591 ms, alone); it is activated (activate) only once every
  * segment has loaded, so a failed open does not touch it and its first_seq
- * (damaged header) follows every seq found. */
+ * (damaged header) follows every seq found.  Scanned sealed segments are
+ * sealed again (zero tail cut) only then too: a refused open changes no
+ * segment (it only removes leftover temporaries and orphaned hints). */
 typedef struct par_load {
 	sl_db *db;
 	const uint32_t *ids;
@@ -456,6 +459,11 @@ static int load_all(sl_db *db, const uint32_t *ids, size_t n, size_t act, uint64
 		*max_seq = w[k].max_seq > *max_seq ? w[k].max_seq : *max_seq;
 	}
 	int rc = atomic_load(&pl.rc);
+	for (size_t i = 0; rc == SL_OK && i < db->nsegs; i++) {
+		if (atomic_load(&db->segs[i]->hint_due)) { /* scanned, sealed: reseal */
+			rc = sl_db_seal(db, db->segs[i], 1);
+		}
+	}
 	if (rc == SL_OK && pl.as.seg != NULL) {
 		rc = activate(db, &pl.as, *max_seq);
 	}
@@ -482,6 +490,18 @@ static int check_options(const sl_options *o)
 		return SL_EINVAL;
 	}
 	return SL_OK;
+}
+
+static void flusher_stop(sl_db *db)
+{
+	if (db->flusher_started) {
+		pthread_mutex_lock(&db->sync_mu);
+		db->stop = 1;
+		pthread_cond_signal(&db->flush_cv);
+		pthread_mutex_unlock(&db->sync_mu);
+		pthread_join(db->flusher, NULL);
+		db->flusher_started = 0;
+	}
 }
 
 static void db_free(sl_db *db)
@@ -654,6 +674,7 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	*out = db;
 	return SL_OK;
 fail:
+	flusher_stop(db); /* started when only the compactor failed to start */
 	db_free(db);
 	return rc;
 }
@@ -745,13 +766,7 @@ void sl_close(sl_db *db)
 		return;
 	}
 	sl_compactor_stop(db);
-	if (db->flusher_started) {
-		pthread_mutex_lock(&db->sync_mu);
-		db->stop = 1;
-		pthread_cond_signal(&db->flush_cv);
-		pthread_mutex_unlock(&db->sync_mu);
-		pthread_join(db->flusher, NULL);
-	}
+	flusher_stop(db);
 	if (db->active != NULL && !atomic_load(&db->failed)) {
 		/* The flusher may have stopped with a rotation not yet sealed:
 		 * seal now so the next open finds every hint. */

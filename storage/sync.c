@@ -151,8 +151,17 @@ int sl_sync_now(sl_db *db)
 	return sl_db_sync_wait(db, atomic_load(&db->last_seq));
 }
 
+/* A segment found corrupt gets no hint: a hint lists only the records
+ * that were good, so the next open would load it, never see the damage,
+ * and compaction would rewrite the segment the scan had kept as evidence.
+ * Without one, every open scans it and marks it corrupt again. */
 static void hint_write(sl_db *db, sl_seg *s)
 {
+	if (atomic_load(&s->corrupt)) {
+		sl_db_log(db, "warn", "segment %u is corrupt: no hint written (kept as found)",
+		          s->id);
+		return;
+	}
 	int rc = sl_hint_write(db->io, db->dir, db->dirfd, s, db->opt.max_key_bytes,
 	                       db->opt.max_value_bytes);
 	if (rc != SL_OK) {

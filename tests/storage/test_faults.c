@@ -754,6 +754,141 @@ static void test_sealed_segment_header_flips(void **state)
 	free(dir);
 }
 
+/* A sealed segment left without its hint and with a preallocated zero
+ * tail (a crash between a rotation and its seal), and a later segment with
+ * a flipped version byte: the open is refused, and the first segment, which
+ * it scanned before reaching the second (one loader thread), is not cut.
+ * Once the version is right again the open cuts that tail and every key
+ * reads back. */
+static void test_refused_open_leaves_scanned_segments(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp("refused");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0;
+	o.sync = SL_SYNC_NO;
+	o.segment_bytes = 4096;
+	o.open_threads = 1; /* the scan of ids[0] comes before ids[n - 2] */
+	kvset s = {0};
+	(void)build_sealed(dir, &o, &s);
+	uint64_t *ids;
+	int n = tu_list_ids(dir, "seg", &ids);
+	assert_true(n >= 4);
+	char *zseg = seg_file(dir, ids[0], "seg");
+	char *zhint = seg_file(dir, ids[0], "hint");
+	char *vseg = seg_file(dir, ids[n - 2], "seg");
+	struct stat st0;
+	assert_int_equal(stat(zseg, &st0), 0);
+	assert_int_equal(truncate(zseg, st0.st_size + 4096), 0);
+	assert_int_equal(unlink(zhint), 0);
+	assert_int_equal(tu_flip_byte(vseg, 8, 0x01), 0); /* the version */
+
+	tu_snapshot before, after;
+	assert_int_equal(tu_snapshot_take(dir, &before), 0);
+	sl_db *db = NULL;
+	assert_int_equal(sl_open(dir, &o, &db), SL_ENOTSUP);
+	assert_int_equal(tu_snapshot_take(dir, &after), 0);
+	if (!same_files(&before, &after)) {
+		fail_msg("the refused open changed the directory");
+	}
+	tu_snapshot_free(&after);
+	tu_snapshot_free(&before);
+
+	assert_int_equal(tu_flip_byte(vseg, 8, 0x01), 0);
+	open_db(dir, &o, &db);
+	struct stat st1;
+	assert_int_equal(stat(zseg, &st1), 0);
+	assert_int_equal(st1.st_size, st0.st_size); /* the zero tail cut */
+	check_kvset(db, &s, NULL, NULL, "after the refused open");
+	assert_int_equal(stats(db).corrupt_records, 0);
+	sl_close(db);
+	free(zseg);
+	free(zhint);
+	free(vseg);
+	free(ids);
+	kvset_free(&s);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+/* A sealed segment found corrupt by the open's scan keeps that mark at
+ * every later open: it gets no hint (a hint lists only the good records,
+ * so an open that loaded it would not see the damage), is scanned again,
+ * and compaction leaves it as found. */
+static void test_corrupt_segment_stays_corrupt(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp("corrupt");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0;
+	o.sync = SL_SYNC_NO;
+	o.segment_bytes = 4096;
+	kvset s = {0};
+	uint64_t target = build_sealed(dir, &o, &s);
+	char *segp = seg_file(dir, target, "seg");
+	char *hintp = seg_file(dir, target, "hint");
+	tu_seg sg;
+	assert_int_equal(tu_seg_parse(segp, &sg), 0);
+	assert_true(sg.nrecs >= 4);
+	const tu_rec *rec = &sg.recs[sg.nrecs / 2]; /* valid records after it */
+	char key[64];
+	memcpy(key, rec->key, rec->klen);
+	key[rec->klen] = '\0';
+	victim vic = {key, rec->klen};
+	long long at = (long long)(rec->off + SL_REC_HDR_SIZE + rec->klen + rec->vlen / 2);
+	tu_seg_free(&sg);
+	assert_int_equal(tu_flip_byte(segp, at, 0xff), 0);
+	assert_int_equal(unlink(hintp), 0);
+	tu_snapshot damaged;
+	assert_int_equal(tu_snapshot_take(dir, &damaged), 0);
+
+	for (int round = 0; round < 3; round++) {
+		char what[64];
+		snprintf(what, sizeof(what), "open %d after the damage", round + 1);
+		sl_db *db = NULL;
+		open_db(dir, &o, &db);
+		if (stats(db).corrupt_records == 0) {
+			fail_msg("%s: stats.corrupt_records is 0", what);
+		}
+		check_kvset(db, &s, is_victim, &vic, what);
+		assert_int_equal(sl_compact(db), SL_OK); /* every sealed segment but it */
+		sl_close(db);                            /* writes every due hint */
+		if (tu_exists(hintp)) {
+			fail_msg("%s: the corrupt segment got a hint", what);
+		}
+		if (!tu_exists(segp)) {
+			fail_msg("%s: compaction removed the corrupt segment", what);
+		}
+	}
+	tu_snapshot now;
+	assert_int_equal(tu_snapshot_take(dir, &now), 0);
+	const char *base = strrchr(segp, '/') + 1;
+	int kept = 0;
+	for (size_t i = 0; i < damaged.n; i++) {
+		for (size_t j = 0; j < now.n; j++) {
+			kept += strcmp(damaged.files[i].name, base) == 0 &&
+			        strcmp(now.files[j].name, base) == 0 &&
+			        damaged.files[i].len == now.files[j].len &&
+			        memcmp(damaged.files[i].data, now.files[j].data,
+			               damaged.files[i].len) == 0;
+		}
+	}
+	assert_int_equal(kept, 1); /* its bytes as found */
+	tu_snapshot_free(&now);
+	tu_snapshot_free(&damaged);
+	kvset_free(&s);
+	free(segp);
+	free(hintp);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
 /* ======================================================================
  * Damaged hint files: fall back to scanning that segment
  * ====================================================================== */
@@ -1536,6 +1671,8 @@ int main(void)
 	    cmocka_unit_test(test_sealed_segment_flips_with_hint),
 	    cmocka_unit_test(test_sealed_segment_flips_without_hint),
 	    cmocka_unit_test(test_sealed_segment_header_flips),
+	    cmocka_unit_test(test_refused_open_leaves_scanned_segments),
+	    cmocka_unit_test(test_corrupt_segment_stays_corrupt),
 	    cmocka_unit_test(test_hint_flips),
 	    cmocka_unit_test(test_busy),
 	    cmocka_unit_test(test_enospc_via_seam),
