@@ -28,8 +28,14 @@
  * Dropping: a tombstone, or an expired record, with seq T may be dropped
  * only when every segment that stays (not an input of this run) holds seqs
  * > T only — then no older value of its key survives anywhere to be
- * resurrected at the next open.  Inputs are unlinked oldest first (7), so a
- * crash midway never leaves an older value without the record that hid it.
+ * resurrected at the next open.  Inputs are unlinked oldest first (7: lowest
+ * first_seq), so a crash midway must never leave an older value without the
+ * record that hid it: the record is dropped from input Y only when no other
+ * input X unlinked after Y (X.first_seq >= Y.first_seq) may hold a seq below
+ * T (X.first_seq < T).  Log segments hold rising, disjoint seq ranges, so
+ * that is every record below keep_min_seq; a compaction output holds seqs in
+ * no order (an old live record beside a newer tombstone), and the later
+ * inputs' first_seqs bound what it may drop (drop_below).
  *
  * Never compacted: the active segment, unsealed segments, segments holding a
  * seq >= protect_seq (the replication backlog), segments found corrupt (kept
@@ -68,6 +74,7 @@ typedef struct run {
 	move *drops; /* in_seg/in_off/size of records dropped (out_off unused) */
 	size_t ndrops, capdrops;
 	uint64_t keep_min_seq; /* lowest first_seq among segments that stay */
+	uint64_t drop_below;   /* the input being copied: see "Dropping" */
 	uint64_t bytes_read, bytes_written;
 } run;
 
@@ -153,7 +160,7 @@ static int take_record(run *r, sl_seg *in, uint64_t off, uint64_t now)
 	r->bytes_read += size;
 	int expired = rec.type == SL_REC_PUT && rec.expire_at != 0 && rec.expire_at <= now;
 	move m = {in->id, (uint32_t)off, 0, (uint32_t)size};
-	if ((rec.type == SL_REC_DEL || expired) && rec.seq < r->keep_min_seq) {
+	if ((rec.type == SL_REC_DEL || expired) && rec.seq < r->drop_below) {
 		return push_move(&r->drops, &r->ndrops, &r->capdrops, m);
 	}
 	output *o = r->nout ? &r->out[r->nout - 1] : NULL;
@@ -203,6 +210,13 @@ static int hint_entry_cb(void *arg, const sl_hint_entry *e)
 static int copy_input(run *r, sl_seg *in, uint64_t now)
 {
 	sl_db *db = r->db;
+	r->drop_below = r->keep_min_seq;
+	for (size_t i = 0; i < r->nin; i++) {
+		uint64_t f = r->in[i]->first_seq;
+		if (r->in[i] != in && f >= in->first_seq && f < r->drop_below) {
+			r->drop_below = f; /* unlinked after `in`, may hold seqs >= f */
+		}
+	}
 	uint64_t end = atomic_load(&in->end);
 	hint_walk w = {r, in, now};
 	int rc =
