@@ -356,6 +356,28 @@ int sl_snapshot_open(sl_db *db, sl_snapshot **out, uint64_t *head_seq_out)
 	return SL_OK;
 }
 
+/* Whether a snapshot sends the record at (seg, off): when the key's entry is
+ * that record (its latest version), or is newer than the snapshot's head —
+ * overwritten or deleted after the snapshot was taken.  Then every version
+ * of the key up to the head still in the pinned segments is sent, and the
+ * loader keeps the highest (sl_load_raw): the follower gets the key as it
+ * was at the head.  Sending only the latest version, as before, left such a
+ * key out altogether (its version at the head was no longer indexed, its
+ * new one is past the head): a follower promoted before it fetched past the
+ * head lost a write every other node held. */
+typedef struct snap_look {
+	uint32_t seg, off;
+	uint64_t head;
+	int send;
+} snap_look;
+
+static int snap_cb(void *arg, const sl_loc *loc)
+{
+	snap_look *l = arg;
+	l->send = (loc->seg == l->seg && loc->off == l->off) || loc->seq > l->head;
+	return SL_OK;
+}
+
 int sl_snapshot_read(sl_snapshot *sn, void *buf, size_t cap, size_t *len_out, int *done)
 {
 	if (sn == NULL || buf == NULL || len_out == NULL || done == NULL) {
@@ -381,9 +403,12 @@ int sl_snapshot_read(sl_snapshot *sn, void *buf, size_t cap, size_t *len_out, in
 			                            db->opt.max_key_bytes, db->opt.max_value_bytes);
 			continue;
 		}
-		int live = r.seq <= sn->head &&
-		           sl_keydir_is_at(db->kd, r.key, r.klen, s->id, (uint32_t)sn->off);
-		if (live) {
+		snap_look look = {s->id, (uint32_t)sn->off, sn->head, 0};
+		if (r.seq <= sn->head) {
+			sl_keydir_get(db->kd, sl_keydir_hash(r.key, r.klen), r.key, r.klen, snap_cb,
+			              &look);
+		}
+		if (look.send) {
 			if (len + size > cap) {
 				if (len == 0) {
 					return SL_ETOOBIG;

@@ -31,7 +31,12 @@
 
 /* ---- syncing: group commit, flusher, sealing ---------------------------- */
 
-/* fdatasyncs every segment holding unsynced bytes (the newest few). */
+/* fdatasyncs every segment holding unsynced bytes (the newest few).  Each
+ * is pinned while it is synced outside seg_mu: a segment rotated out but not
+ * yet sealed could otherwise be sealed by another thread (sl_compact's
+ * seal), compacted and freed while this one still waits in an earlier
+ * fdatasync (compaction never takes a pinned segment, and takes only sealed
+ * ones, which this loop never pins). */
 static int flush_all(sl_db *db)
 {
 	sl_seg *todo[8];
@@ -43,19 +48,21 @@ static int flush_all(sl_db *db)
 			continue; /* synced before it was published */
 		}
 		if (atomic_load(&s->synced) < atomic_load(&s->end)) {
+			atomic_fetch_add(&s->pins, 1);
 			todo[n++] = s;
 		} else if (s->sealed) {
 			break; /* sealed ⇒ synced, and every older log segment too */
 		}
 	}
 	pthread_mutex_unlock(&db->seg_mu);
+	int rc = SL_OK;
 	for (size_t i = 0; i < n; i++) {
-		int rc = sl_seg_sync(db->io, todo[i], &db->n_fsyncs);
-		if (rc != SL_OK) {
-			return rc;
+		if (rc == SL_OK) {
+			rc = sl_seg_sync(db->io, todo[i], &db->n_fsyncs);
 		}
+		atomic_fetch_sub(&todo[i]->pins, 1);
 	}
-	return SL_OK;
+	return rc;
 }
 
 /* Group-commit waiters sleep on a futex word, sync_gen, bumped after every
