@@ -950,17 +950,6 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 		run_repl_op(n, r, q, op);
 		return 0;
 	}
-	if (writes && n->repl != NULL) {
-		char msg[256], primary[256];
-		int rc = sl_repl_write_check(n->repl, msg, sizeof(msg), primary, sizeof(primary));
-		if (rc != SL_OK) {
-			fail(r, rc, "%s", msg);
-			if (primary[0]) {
-				r->resp.primary = own_printf(r, "%s", primary);
-			}
-			return 0;
-		}
-	}
 	int want_acks = writes && q->has_acks && q->acks > 0 && n->repl != NULL;
 	/* Under --sync always a write is appended first and made durable
 	 * after (sl_sync_wait below, or the caller's committer when deferred),
@@ -974,6 +963,21 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 	op_result o = {0};
 	if (db_rdlock(n, try_inline) != 0) {
 		return -1;
+	}
+	/* Checked under the store lock: sl_repl_follow takes it for writing
+	 * to turn this node into a follower, so a write either lands before
+	 * that (and counts in the applied seq it starts from) or is refused. */
+	if (writes && n->repl != NULL) {
+		char msg[256], primary[256];
+		int rc = sl_repl_write_check(n->repl, msg, sizeof(msg), primary, sizeof(primary));
+		if (rc != SL_OK) {
+			pthread_rwlock_unlock(&n->db_lock);
+			fail(r, rc, "%s", msg);
+			if (primary[0]) {
+				r->resp.primary = own_printf(r, "%s", primary);
+			}
+			return 0;
+		}
 	}
 	/* A single put's keydir slot starts loading now and arrives while
 	 * the record is written (sl_prefetch: the keydir probe was the put's

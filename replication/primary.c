@@ -642,19 +642,20 @@ static void tick(sl_repl *r, uint64_t now)
 	}
 	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
 		follower_ent *e = &r->followers[i];
-		if (e->used &&
-		    now - e->last_seen_ms > FORGET_TIMEOUTS * (uint64_t)r->o.timeout_ms) {
+		if (e->used && repl_ms_since(now, e->last_seen_ms) >
+		                   FORGET_TIMEOUTS * (uint64_t)r->o.timeout_ms) {
 			/* Gone (stopped, or re-pointed at another primary): drop it
 			 * from the table and the stats; it is added again if it
 			 * comes back. */
 			repl_log(r, 1,
 			         "follower %s (%s) not seen for %llu s; dropped from the table",
 			         e->node_id, e->address[0] ? e->address : "?",
-			         (unsigned long long)((now - e->last_seen_ms) / 1000));
+			         (unsigned long long)(repl_ms_since(now, e->last_seen_ms) / 1000));
 			memset(e, 0, sizeof(*e));
 			continue;
 		}
-		if (e->used && now - e->last_seen_ms <= r->o.timeout_ms && e->applied + 1 < seq) {
+		if (e->used && repl_ms_since(now, e->last_seen_ms) <= r->o.timeout_ms &&
+		    e->applied + 1 < seq) {
 			seq = e->applied + 1;
 		}
 	}
@@ -664,7 +665,7 @@ static void tick(sl_repl *r, uint64_t now)
 	r->protect_seq = seq;
 	for (int i = 0; i < SL_MAX_SNAPS; i++) {
 		snap_sess *s = &r->snaps[i];
-		if (s->sn != NULL && !s->busy && now - s->last_ms > SNAP_IDLE_MS) {
+		if (s->sn != NULL && !s->busy && repl_ms_since(now, s->last_ms) > SNAP_IDLE_MS) {
 			repl_log(r, 2, "snapshot %llu abandoned by its follower; closed",
 			         (unsigned long long)s->id);
 			sl_snapshot_close(s->sn);

@@ -26,7 +26,8 @@ void sl_quiet_wait(sl_quiet *q, unsigned idle_ms, unsigned max_ms)
 	uint64_t t0 = repl_now_ms();
 	for (;;) {
 		uint64_t now = repl_now_ms();
-		if ((atomic_load(&q->busy) == 0 && now - atomic_load(&q->last_ms) >= idle_ms) ||
+		if ((atomic_load(&q->busy) == 0 &&
+		     repl_ms_since(now, atomic_load(&q->last_ms)) >= idle_ms) ||
 		    now - t0 >= max_ms) {
 			return;
 		}

@@ -72,6 +72,7 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	if (r->o.timeout_ms == 0) {
 		r->o.timeout_ms = 5000;
 	}
+	pthread_mutex_init(&r->admin, NULL);
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
 	pthread_cond_init(&r->ack_cv, NULL);
@@ -157,6 +158,7 @@ void sl_repl_stop(sl_repl *r)
 	pthread_cond_destroy(&r->cv);
 	pthread_cond_destroy(&r->ack_cv);
 	pthread_mutex_destroy(&r->mu);
+	pthread_mutex_destroy(&r->admin);
 	free(r);
 }
 
@@ -182,7 +184,7 @@ static uint32_t connected_followers(sl_repl *r, uint64_t now)
 	uint32_t n = 0;
 	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
 		const follower_ent *e = &r->followers[i];
-		if (e->used && now - e->last_seen_ms <= r->o.timeout_ms) {
+		if (e->used && repl_ms_since(now, e->last_seen_ms) <= r->o.timeout_ms) {
 			n++;
 		}
 	}
@@ -410,6 +412,14 @@ int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms,
 	return *acked >= n ? SL_OK : SL_ETIMEDOUT;
 }
 
+/* Empties the follower table (mu held) when this node's role changes: the
+ * positions followers reported to it before (another history, another
+ * stint as primary) must not count as acks for the writes it takes now. */
+static void table_clear(sl_repl *r)
+{
+	memset(r->followers, 0, sizeof(r->followers));
+}
+
 int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
 {
 	msg[0] = '\0';
@@ -417,7 +427,9 @@ int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
 		hid[0] = '\0';
 		return SL_OK;
 	}
+	pthread_mutex_lock(&r->admin);
 	if (atomic_load(&r->role) == ROLE_PRIMARY) {
+		pthread_mutex_unlock(&r->admin);
 		sl_repl_history_id(r, hid);
 		snprintf(msg, cap, "already the primary");
 		return SL_OK;
@@ -442,13 +454,16 @@ int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
 		snprintf(msg, cap, "cannot record the promotion: %s", sl_strerror(rc));
 		repl_follower_start(r);
 		pthread_mutex_unlock(&r->mu);
+		pthread_mutex_unlock(&r->admin);
 		return rc;
 	}
 	r->st = st;
+	table_clear(r);
 	atomic_store(&r->role, ROLE_PRIMARY);
 	atomic_store(&r->head, last);
 	repl_hex(st.hid, SL_HID_BYTES, hid);
 	pthread_mutex_unlock(&r->mu);
+	pthread_mutex_unlock(&r->admin);
 	repl_log(r, 1, "promoted to primary: history %s from seq %llu", hid,
 	         (unsigned long long)last);
 	return SL_OK;
@@ -465,7 +480,12 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 		snprintf(msg, cap, "follow needs the primary's replication URL (tcp://HOST:PORT)");
 		return SL_EINVAL;
 	}
+	pthread_mutex_lock(&r->admin);
 	repl_follower_stop(r, 0);
+	/* The store's write lock: writes check the role under its read lock,
+	 * so every write either lands before the switch (and is in the
+	 * applied seq below) or sees this node a follower. */
+	pthread_rwlock_wrlock(r->o.db_lock);
 	pthread_mutex_lock(&r->mu);
 	repl_state st = r->st;
 	st.role = ROLE_FOLLOWER;
@@ -477,14 +497,24 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 			repl_follower_start(r);
 		}
 		pthread_mutex_unlock(&r->mu);
+		pthread_rwlock_unlock(r->o.db_lock);
+		pthread_mutex_unlock(&r->admin);
 		return rc;
 	}
 	r->st = st;
 	r->primary_client[0] = '\0'; /* learnt again from the new primary's replies */
+	if (atomic_load(&r->role) == ROLE_PRIMARY) {
+		table_clear(r); /* its followers' positions mean nothing now */
+	}
 	atomic_store(&r->role, ROLE_FOLLOWER);
-	atomic_store(&r->applied, atomic_load(&r->head));
+	/* head lags a write that released the store lock and has not
+	 * advanced it yet: the store's own last seq counts that one too. */
+	uint64_t last = sl_last_seq(*r->o.dbp), head = atomic_load(&r->head);
+	atomic_store(&r->applied, last > head ? last : head);
 	repl_follower_start(r);
 	pthread_mutex_unlock(&r->mu);
+	pthread_rwlock_unlock(r->o.db_lock);
+	pthread_mutex_unlock(&r->admin);
 	repl_log(r, 1, "now following %s", url);
 	return SL_OK;
 }
@@ -538,9 +568,9 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 		f->applied_seq = e->applied;
 		f->durable_seq = e->durable;
 		f->lag_records = head > e->applied ? head - e->applied : 0;
-		f->lag_ms = f->lag_records ? now - e->caught_up_ms : 0;
-		f->last_seen_ms_ago = now - e->last_seen_ms;
-		f->connected = now - e->last_seen_ms <= r->o.timeout_ms;
+		f->lag_ms = f->lag_records ? repl_ms_since(now, e->caught_up_ms) : 0;
+		f->last_seen_ms_ago = repl_ms_since(now, e->last_seen_ms);
+		f->connected = repl_ms_since(now, e->last_seen_ms) <= r->o.timeout_ms;
 	}
 	pthread_mutex_unlock(&r->mu);
 	/* The caller holds the store read lock (see repl.h). */

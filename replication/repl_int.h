@@ -70,6 +70,9 @@ struct sl_repl {
 	sl_repl_opts o;
 	char dir[4096];
 
+	pthread_mutex_t admin; /* one promote or follow at a time (they stop and
+	                        * start the fetch loop; two joining it at once
+	                        * was undefined, and could leave two loops) */
 	pthread_mutex_t mu;    /* everything below unless said otherwise */
 	pthread_cond_t cv;     /* state changes: applied, acks, parked fetches, stop */
 	pthread_cond_t ack_cv; /* a follower's durable seq moved (acks waiters only) */
@@ -122,6 +125,15 @@ struct sl_repl {
 
 void repl_log(sl_repl *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 uint64_t repl_now_ms(void);
+
+/* Milliseconds from `then` to `now`, 0 when `then` is later: a thread that
+ * read its clock before another stamped an entry must not see it as ~2^64
+ * ms old (it would drop a follower that just fetched, or close a snapshot
+ * being streamed). */
+static inline uint64_t repl_ms_since(uint64_t now, uint64_t then)
+{
+	return now > then ? now - then : 0;
+}
 
 /* repl.c: parked ack waits (mu held).  acks_count counts the followers
  * with durable >= seq; ack_take moves the parked waits that are done (n

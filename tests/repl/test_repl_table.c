@@ -2,7 +2,9 @@
  * test_repl_table.c — the primary's follower table: a follower that stops
  * fetching counts as disconnected after --repl-timeout-ms and is dropped
  * from the table (and the stats) after 10 times that; one that comes back
- * is listed again.
+ * is listed again.  A node whose role changes starts with an empty table:
+ * positions followers reported to it in an earlier stint as primary never
+ * count as acks for its new writes.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +14,7 @@
 
 static char *root;
 static ru_node P, F;
+static ru_node A, B, G; /* test_role_change_clears_the_table's own */
 
 static int setup(void **state)
 {
@@ -36,8 +39,13 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
-	nu_stop(&F.d, SIGTERM);
-	nu_stop(&P.d, SIGTERM);
+	ru_node *all[] = {&B, &G, &A, &F, &P};
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+		if (all[i]->d.pid > 0) {
+			kill(all[i]->d.pid, SIGCONT);
+		}
+		nu_stop(&all[i]->d, SIGTERM);
+	}
 	ru_rm_root(root);
 	return 0;
 }
@@ -77,10 +85,80 @@ static void test_gone_follower_is_dropped(void **state)
 	assert_int_equal(wait_stat("followers_connected", 1, 5000), 1);
 }
 
+/* A is primary with followers B and G (both acknowledged everything up to
+ * h1); G is pointed away at h1, B acknowledges 50 more writes and is then
+ * paused.  G is promoted, A follows it (it is ahead: a full resync to h1)
+ * and is promoted again, all within the 50 s a silent follower stays in a
+ * table.  A's first write gets seq h1 + 1, below what B reported to A
+ * before: with the old table kept, B counted as an ack for a write no
+ * follower holds. */
+static void test_role_change_clears_the_table(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/a", root);
+	assert_int_equal(ru_start(&A, dir, NULL, NULL), 0);
+	snprintf(dir, sizeof(dir), "%s/b", root);
+	assert_int_equal(ru_start(&B, dir, A.rurl, NULL), 0);
+	snprintf(dir, sizeof(dir), "%s/g", root);
+	assert_int_equal(ru_start(&G, dir, A.rurl, NULL), 0);
+	sl_client *ca = ru_client(&A);
+	assert_non_null(ca);
+	ru_load(&A, "r", 100, 1);
+	sl_client_set_acks(ca, 2, 10000);
+	uint64_t h1 = 0;
+	assert_int_equal(sl_client_put(ca, "sync", 4, "1", 1, &h1), SL_OK);
+	assert_int_equal(sl_client_last_acks(ca), 2);
+
+	sl_client *cg = ru_client(&G);
+	assert_non_null(cg);
+	assert_int_equal(sl_client_follow(cg, "tcp://127.0.0.1:1", NULL), SL_OK); /* away */
+	assert_int_equal(ru_stat(&G, "applied_seq", NULL, 0), h1);
+	sl_client_set_acks(ca, 1, 10000);
+	uint64_t h2 = 0;
+	char k[32];
+	for (int i = 0; i < 50; i++) {
+		snprintf(k, sizeof(k), "late%02d", i);
+		assert_int_equal(sl_client_put(ca, k, strlen(k), "v", 1, &h2), SL_OK);
+		assert_int_equal(sl_client_last_acks(ca), 1); /* B's */
+	}
+	assert_true(h2 > h1 + 1);
+	kill(B.d.pid, SIGSTOP);
+
+	char hid[33];
+	assert_int_equal(sl_client_promote(cg, hid), SL_OK);
+	assert_int_equal(sl_client_follow(ca, G.rurl, NULL), SL_OK);
+	uint64_t full = 0;
+	for (int waited = 0; waited <= 30000; waited += 50) {
+		full = ru_stat(&A, "resyncs_full", NULL, 0);
+		if (full != UINT64_MAX && full >= 1 && ru_stat(&A, "applied_seq", NULL, 0) == h1) {
+			break;
+		}
+		nu_sleep_ms(50);
+	}
+	assert_true(full != UINT64_MAX && full >= 1); /* it was ahead */
+	assert_int_equal(ru_stat(&A, "applied_seq", NULL, 0), h1);
+	assert_int_equal(sl_client_promote(ca, hid), SL_OK);
+	sl_client_set_acks(ca, 1, 300);
+	uint64_t seq = 0;
+	int rc = sl_client_put(ca, "after", 5, "v", 1, &seq);
+	assert_int_equal(seq, h1 + 1);
+	if (rc != SL_ETIMEDOUT) {
+		fail_msg("a write no follower holds was answered %s with %d acks", sl_strerror(rc),
+		         sl_client_last_acks(ca));
+	}
+	assert_int_equal(sl_client_last_acks(ca), 0);
+	assert_int_equal(ru_stat(&A, "followers", NULL, 0), 0); /* G fetches from nobody */
+	sl_client_close(cg);
+	sl_client_close(ca);
+	kill(B.d.pid, SIGCONT);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_gone_follower_is_dropped),
+	    cmocka_unit_test(test_role_change_clears_the_table),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
