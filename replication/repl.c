@@ -23,6 +23,19 @@
 
 #include "repl_int.h"
 
+/* Ends st's history at seq `last` (a link, the oldest dropped when full)
+ * and draws a new history id. */
+static int history_begin(repl_state *st, uint64_t last)
+{
+	if (st->nlinks == SL_MAX_LINKS) {
+		memmove(&st->links[0], &st->links[1], (SL_MAX_LINKS - 1) * sizeof(repl_link));
+		st->nlinks--;
+	}
+	memcpy(st->links[st->nlinks].id, st->hid, SL_HID_BYTES);
+	st->links[st->nlinks++].last_seq = last;
+	return repl_random(st->hid, SL_HID_BYTES);
+}
+
 uint64_t repl_now_ms(void)
 {
 	struct timespec ts;
@@ -88,6 +101,7 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 		}
 	}
 	int rc = repl_state_load(r->dir, &r->st);
+	int loaded = rc;
 	if (rc == SL_ENOTFOUND) {
 		uint8_t nid[8];
 		memset(&r->st, 0, sizeof(r->st));
@@ -123,6 +137,26 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	uint64_t last = sl_last_seq(*o->dbp);
 	if (last < r->st.floor) {
 		last = r->st.floor;
+	}
+	if (loaded == SL_OK && r->st.role == ROLE_PRIMARY && last > 0) {
+		/* A primary that starts again begins a new history from what
+		 * its store holds: records it served but lost (a power cut
+		 * before their fdatasync) would otherwise be numbered again
+		 * with other contents under the same history, and a follower
+		 * that applied them would go on from there, never equal
+		 * again.  Followers at or below `last` continue on the link;
+		 * one above it resyncs fully. */
+		repl_state st = r->st;
+		if ((rc = history_begin(&st, last)) == SL_OK) {
+			rc = repl_state_save(r->dir, &st);
+		}
+		if (rc != SL_OK) {
+			snprintf(err, cap, "cannot write replication state %s/REPL: %s", r->dir,
+			         sl_strerror(rc));
+			free(r);
+			return rc;
+		}
+		r->st = st;
 	}
 	atomic_store(&r->head, last);
 	atomic_store(&r->applied, last);
@@ -438,13 +472,7 @@ int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
 	pthread_mutex_lock(&r->mu);
 	repl_state st = r->st;
 	uint64_t last = atomic_load(&r->applied);
-	if (st.nlinks == SL_MAX_LINKS) {
-		memmove(&st.links[0], &st.links[1], (SL_MAX_LINKS - 1) * sizeof(repl_link));
-		st.nlinks--;
-	}
-	memcpy(st.links[st.nlinks].id, st.hid, SL_HID_BYTES);
-	st.links[st.nlinks++].last_seq = last;
-	int rc = repl_random(st.hid, SL_HID_BYTES);
+	int rc = history_begin(&st, last);
 	st.role = ROLE_PRIMARY;
 	st.primary[0] = '\0';
 	if (rc == SL_OK) {

@@ -3,7 +3,9 @@
  * (tiny --repl-backlog-bytes and --segment-bytes, then compaction on the
  * primary) resyncs fully and ends equal; a half-done resync directory left
  * by a crash is discarded at start; a follower killed during a resync
- * restarts it cleanly.
+ * restarts it cleanly; a primary that lost the tail of its log (a power
+ * cut before its fdatasync) and took new writes under the same seqs does
+ * not leave a follower that applied the lost records diverged.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +15,7 @@
 
 static char *root;
 static ru_node P, F;
+static ru_node P2, F2; /* test_primary_lost_its_tail's own */
 
 static int setup(void **state)
 {
@@ -46,6 +49,11 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
+	if (F2.d.pid > 0) {
+		kill(F2.d.pid, SIGCONT);
+	}
+	nu_stop(&F2.d, SIGTERM);
+	nu_stop(&P2.d, SIGTERM);
 	nu_stop(&F.d, SIGTERM);
 	nu_stop(&P.d, SIGTERM);
 	ru_rm_root(root);
@@ -143,12 +151,80 @@ static void test_kill_during_resync(void **state)
 	assert_false(tu_exists(tmp));
 }
 
+static void put_one(sl_client *c, int i, const char *v)
+{
+	char k[32];
+	snprintf(k, sizeof(k), "lt%03d", i);
+	assert_int_equal(sl_client_put(c, k, strlen(k), v, strlen(v), NULL), SL_OK);
+}
+
+/* The follower applied seqs 1..100; the primary is killed and its log cut
+ * back to seq 90, as a power cut before its fdatasync would leave it; it
+ * restarts and takes 20 new writes, seqs 91..110, before the follower
+ * fetches again.  The restarted primary began a new history at 90, so the
+ * follower (at 100, past that link) resyncs fully and ends equal; under the
+ * old history it went on from 101 and kept the lost 91..100 for good. */
+static void test_primary_lost_its_tail(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/p2", root);
+	assert_int_equal(ru_start(&P2, dir, NULL, NULL), 0);
+	snprintf(dir, sizeof(dir), "%s/f2", root);
+	assert_int_equal(ru_start(&F2, dir, P2.rurl, NULL), 0);
+	sl_client *c = ru_client(&P2);
+	assert_non_null(c);
+	for (int i = 0; i < 100; i++) {
+		put_one(c, i, "before");
+	}
+	sl_client_close(c);
+	ru_node *f[] = {&F2};
+	ru_assert_converged(&P2, f, 1);
+	assert_int_equal(ru_last_seq(&P2), 100);
+
+	kill(F2.d.pid, SIGSTOP);
+	kill(P2.d.pid, SIGKILL);
+	nu_wait_exit(P2.d.pid, 5000);
+	P2.d.pid = -1;
+	uint64_t *ids;
+	int n = tu_list_ids(P2.dir, "seg", &ids);
+	assert_true(n >= 1);
+	char seg[TU_PATH + 32];
+	snprintf(seg, sizeof(seg), "%s/%010llu.seg", P2.dir, (unsigned long long)ids[n - 1]);
+	free(ids);
+	tu_seg sg;
+	assert_int_equal(tu_seg_parse(seg, &sg), 0);
+	size_t cut = 0;
+	for (size_t r = 0; r < sg.nrecs; r++) {
+		if (sg.recs[r].seq == 91) {
+			cut = sg.recs[r].off;
+		}
+	}
+	tu_seg_free(&sg);
+	assert_true(cut > 0);
+	assert_int_equal(truncate(seg, (off_t)cut), 0);
+
+	assert_int_equal(ru_start(&P2, NULL, NULL, NULL), 0);
+	assert_int_equal(ru_last_seq(&P2), 90);
+	c = ru_client(&P2);
+	assert_non_null(c);
+	for (int i = 90; i < 110; i++) {
+		put_one(c, i, "after");
+	}
+	sl_client_close(c);
+	assert_int_equal(ru_last_seq(&P2), 110);
+	kill(F2.d.pid, SIGCONT);
+	ru_assert_converged(&P2, f, 1);
+	assert_true(ru_stat(&F2, "resyncs_full", NULL, 0) >= 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_fall_off_backlog),
 	    cmocka_unit_test(test_stale_resync_dir_discarded),
 	    cmocka_unit_test(test_kill_during_resync),
+	    cmocka_unit_test(test_primary_lost_its_tail),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
