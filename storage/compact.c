@@ -148,8 +148,8 @@ static int take_record(run *r, sl_seg *in, uint64_t off, uint64_t now)
 	uint64_t end = atomic_load(&in->end);
 	sl_rec rec;
 	size_t size;
-	if (sl_rec_decode(in->map + off, end - off, db->opt.max_key_bytes, db->opt.max_value_bytes,
-	                  &rec, &size) != SL_REC_OK) {
+	if (sl_rec_decode(in->map + off, end - off, SL_MAX_KEY, SL_MAX_VALUE, &rec, &size) !=
+	    SL_REC_OK) {
 		/* Keep a damaged segment as it is: its bad record is never
 		 * served, and deleting it would hide the evidence. */
 		atomic_store(&in->corrupt, 1);
@@ -219,8 +219,7 @@ static int copy_input(run *r, sl_seg *in, uint64_t now)
 	}
 	uint64_t end = atomic_load(&in->end);
 	hint_walk w = {r, in, now};
-	int rc =
-	    sl_hint_load(db->io, db->dir, in->id, end, db->opt.max_key_bytes, hint_entry_cb, &w);
+	int rc = sl_hint_load(db->io, db->dir, in->id, end, SL_MAX_KEY, hint_entry_cb, &w);
 	if (rc != SL_ENOTFOUND && rc != SL_ECORRUPT) {
 		return rc; /* SL_OK, or a failure of take_record / the stop flag */
 	}
@@ -230,8 +229,8 @@ static int copy_input(run *r, sl_seg *in, uint64_t now)
 		}
 		sl_rec rec;
 		size_t size;
-		if (sl_rec_decode(in->map + off, end - off, db->opt.max_key_bytes,
-		                  db->opt.max_value_bytes, &rec, &size) != SL_REC_OK) {
+		if (sl_rec_decode(in->map + off, end - off, SL_MAX_KEY, SL_MAX_VALUE, &rec,
+		                  &size) != SL_REC_OK) {
 			return take_record(r, in, off, now); /* reports the damage */
 		}
 		if (sl_keydir_is_at(db->kd, rec.key, rec.klen, in->id, (uint32_t)off) &&
@@ -261,8 +260,7 @@ static int finish_outputs(run *r)
 			rc = SL_EIO;
 		}
 		if (rc == SL_OK) {
-			rc = sl_hint_write(io, db->dir, db->dirfd, s, db->opt.max_key_bytes,
-			                   db->opt.max_value_bytes);
+			rc = sl_hint_write(io, db->dir, db->dirfd, s, SL_MAX_KEY, SL_MAX_VALUE);
 		}
 		if (rc != SL_OK) {
 			return rc;
@@ -298,8 +296,8 @@ static void discard_outputs(run *r)
 static int rec_loc(sl_db *db, uint32_t seg, uint32_t off, uint32_t size, sl_rec *rec, sl_loc *loc)
 {
 	sl_seg *s = sl_db_seg(db, seg);
-	if (s == NULL || sl_rec_decode_header(s->map + off, size, db->opt.max_key_bytes,
-	                                      db->opt.max_value_bytes, rec) != SL_REC_OK) {
+	if (s == NULL ||
+	    sl_rec_decode_header(s->map + off, size, SL_MAX_KEY, SL_MAX_VALUE, rec) != SL_REC_OK) {
 		return SL_ECORRUPT;
 	}
 	rec->key = s->map + off + SL_REC_HDR_SIZE;

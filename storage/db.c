@@ -618,11 +618,9 @@ int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64
  * or -1 when it is not one.  Under SL_VERIFIED its checksum was checked by
  * the caller (a follower checks a fetched batch on nng's thread while the
  * previous one is applied): only the header, limits and length here. */
-static int raw_decode(sl_db *db, const uint8_t *p, size_t len, unsigned flags, sl_rec *r,
-                      size_t *size)
+static int raw_decode(const uint8_t *p, size_t len, unsigned flags, sl_rec *r, size_t *size)
 {
-	if (sl_rec_decode_header(p, len, db->opt.max_key_bytes, db->opt.max_value_bytes, r) !=
-	        SL_REC_OK ||
+	if (sl_rec_decode_header(p, len, SL_MAX_KEY, SL_MAX_VALUE, r) != SL_REC_OK ||
 	    sl_rec_size(r->klen, r->vlen) != len ||
 	    (!(flags & SL_VERIFIED) && !sl_rec_verify(p, len))) {
 		return -1;
@@ -652,8 +650,8 @@ static size_t plan_run(sl_db *db, const void *const *recs, const size_t *lens, s
 	for (; i + k < n && k < RUN_MAX_RECS; k++) {
 		const uint8_t *p = recs[i + k];
 		size_t size;
-		if (p == NULL || p != next ||
-		    raw_decode(db, p, lens[i + k], flags, &rr[k], &size) || total + size > room) {
+		if (p == NULL || p != next || raw_decode(p, lens[i + k], flags, &rr[k], &size) ||
+		    total + size > room) {
 			break;
 		}
 		uint64_t seq = rr[k].seq;
@@ -751,7 +749,7 @@ static int apply_raw_many(sl_db *db, const void *const *recs, const size_t *lens
 			rc = SL_EINVAL;
 			break;
 		}
-		if (raw_decode(db, recs[done], lens[done], flags, &r, &size)) {
+		if (raw_decode(recs[done], lens[done], flags, &r, &size)) {
 			rc = SL_ECORRUPT;
 			break;
 		}
@@ -842,8 +840,8 @@ static int read_record(sl_db *db, const sl_loc *loc, const void *key, size_t kle
 	sl_seg *s = sl_db_seg(db, loc->seg);
 	size_t size;
 	if (s == NULL || (uint64_t)loc->off + loc->size > atomic_load(&s->end) ||
-	    sl_rec_decode(s->map + loc->off, loc->size, db->opt.max_key_bytes,
-	                  db->opt.max_value_bytes, r, &size) != SL_REC_OK ||
+	    sl_rec_decode(s->map + loc->off, loc->size, SL_MAX_KEY, SL_MAX_VALUE, r, &size) !=
+	        SL_REC_OK ||
 	    size != loc->size || r->klen != klen || memcmp(r->key, key, klen) != 0) {
 		sl_db_count(&db->n_corrupt, 1);
 		if (s != NULL) {
@@ -884,7 +882,7 @@ int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *
 	if (db == NULL || key == NULL || klen == 0 || val_out == NULL || vlen_out == NULL) {
 		return SL_EINVAL;
 	}
-	if (klen > db->opt.max_key_bytes) {
+	if (klen > SL_MAX_KEY) {
 		return SL_ENOTFOUND;
 	}
 	get_ctx c = {.db = db, .key = key, .klen = klen};
@@ -917,14 +915,14 @@ static int prefetch_cb(void *arg, const sl_loc *loc)
 
 void sl_prefetch_value(sl_db *db, const void *key, size_t klen)
 {
-	if (db != NULL && key != NULL && klen > 0 && klen <= db->opt.max_key_bytes) {
+	if (db != NULL && key != NULL && klen > 0 && klen <= SL_MAX_KEY) {
 		sl_keydir_get(db->kd, sl_keydir_hash(key, klen), key, klen, prefetch_cb, db);
 	}
 }
 
 void sl_prefetch(sl_db *db, const void *key, size_t klen)
 {
-	if (db != NULL && key != NULL && klen > 0 && klen <= db->opt.max_key_bytes) {
+	if (db != NULL && key != NULL && klen > 0 && klen <= SL_MAX_KEY) {
 		sl_keydir_prefetch(db->kd, sl_keydir_hash(key, klen));
 	}
 }

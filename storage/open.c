@@ -195,7 +195,7 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 {
 	sl_db *db = c->db;
 	const uint8_t *m = c->seg->map;
-	uint32_t mk = db->opt.max_key_bytes, mv = db->opt.max_value_bytes;
+	uint32_t mk = SL_MAX_KEY, mv = SL_MAX_VALUE;
 	uint64_t off = SL_SEG_HDR_SIZE, good_end = SL_SEG_HDR_SIZE;
 	while (off < limit) {
 		sl_rec r;
@@ -271,7 +271,7 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 	}
 	c->seg = s;
 	if (!last && hdr_ok) {
-		rc = sl_hint_load(db->io, db->dir, id, size, db->opt.max_key_bytes, hint_cb, c);
+		rc = sl_hint_load(db->io, db->dir, id, size, SL_MAX_KEY, hint_cb, c);
 		if (rc == SL_OK) {
 			__atomic_fetch_add(&db->hints_loaded, 1, __ATOMIC_RELAXED);
 			atomic_store(&s->end, size);

@@ -152,8 +152,8 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 		while (off < end) {
 			sl_rec r;
 			size_t size;
-			if (sl_rec_decode(s->map + off, end - off, db->opt.max_key_bytes,
-			                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK) {
+			if (sl_rec_decode(s->map + off, end - off, SL_MAX_KEY, SL_MAX_VALUE, &r,
+			                  &size) != SL_REC_OK) {
 				break;
 			}
 			ckpt_note(s, off, r.seq);
@@ -206,9 +206,8 @@ int sl_log_bytes_from(sl_db *db, uint64_t seq, uint64_t *bytes)
 			off = walk_start(db, s, seq);
 			while (off < end) {
 				sl_rec r;
-				if (sl_rec_decode_header(
-				        s->map + off, end - off, db->opt.max_key_bytes,
-				        db->opt.max_value_bytes, &r) != SL_REC_OK ||
+				if (sl_rec_decode_header(s->map + off, end - off, SL_MAX_KEY,
+				                         SL_MAX_VALUE, &r) != SL_REC_OK ||
 				    r.seq >= seq) {
 					break;
 				}
@@ -396,11 +395,11 @@ int sl_snapshot_read(sl_snapshot *sn, void *buf, size_t cap, size_t *len_out, in
 		}
 		sl_rec r;
 		size_t size;
-		if (sl_rec_decode(s->map + sn->off, end - sn->off, db->opt.max_key_bytes,
-		                  db->opt.max_value_bytes, &r, &size) != SL_REC_OK) {
+		if (sl_rec_decode(s->map + sn->off, end - sn->off, SL_MAX_KEY, SL_MAX_VALUE, &r,
+		                  &size) != SL_REC_OK) {
 			/* Damage: skip to the next valid record (never served). */
 			sn->off = sl_rec_next_valid(s->map, (size_t)sn->off, (size_t)end,
-			                            db->opt.max_key_bytes, db->opt.max_value_bytes);
+			                            SL_MAX_KEY, SL_MAX_VALUE);
 			continue;
 		}
 		snap_look look = {s->id, (uint32_t)sn->off, sn->head, 0};

@@ -169,8 +169,7 @@ static void hint_write(sl_db *db, sl_seg *s)
 		          s->id);
 		return;
 	}
-	int rc = sl_hint_write(db->io, db->dir, db->dirfd, s, db->opt.max_key_bytes,
-	                       db->opt.max_value_bytes);
+	int rc = sl_hint_write(db->io, db->dir, db->dirfd, s, SL_MAX_KEY, SL_MAX_VALUE);
 	if (rc != SL_OK) {
 		sl_db_log(db, "warn", "hint for segment %u not written: %s", s->id,
 		          sl_strerror(rc));

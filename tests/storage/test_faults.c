@@ -889,6 +889,79 @@ static void test_corrupt_segment_stays_corrupt(void **state)
 	free(dir);
 }
 
+/* Records written under larger --max-key-bytes / --max-value-bytes than
+ * a later open's: the limits apply to new writes only.  Before, every
+ * decode of stored records used the open's limits, so a 2 MiB value as the
+ * last record of the active segment looked like a torn tail and was cut
+ * off the disk (its seq then given again to the next write), and one in a
+ * hinted segment read as corrupt. */
+static void test_lower_limits_keep_stored_records(void **state)
+{
+	(void)state;
+	char *dir = tu_mkdtemp("limits");
+	assert_non_null(dir);
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.compact_background = 0;
+	o.sync = SL_SYNC_NO;
+	o.segment_bytes = 4u << 20;
+	size_t big = 2u << 20;
+	char *v = malloc(big);
+	assert_non_null(v);
+	memset(v, 'b', big);
+	sl_db *db;
+	open_db(dir, &o, &db);
+	uint64_t seq = 0;
+	assert_int_equal(sl_put(db, "sealed", 6, v, big, &seq), SL_OK); /* rotated out below */
+	assert_int_equal(sl_put(db, "small", 5, "s", 1, &seq), SL_OK);
+	memset(v, 'c', big);
+	assert_int_equal(sl_put(db, "k", 1, "old", 3, &seq), SL_OK);
+	assert_int_equal(sl_put(db, "filler", 6, v, big, &seq), SL_OK); /* a new segment */
+	assert_int_equal(sl_put(db, "k", 1, v, big, &seq), SL_OK);      /* active's last */
+	uint64_t last = seq;
+	sl_close(db);
+
+	o.max_value_bytes = 1u << 20;
+	o.max_key_bytes = 4;
+	for (int round = 0; round < 2; round++) { /* and again after a reopen */
+		open_db(dir, &o, &db);
+		assert_int_equal(sl_last_seq(db), last);
+		const char *keys[] = {"sealed", "filler", "k"};
+		for (int i = 0; i < 3; i++) {
+			void *got = NULL;
+			size_t gl = 0;
+			/* "sealed" and "filler" are longer than the new key
+			 * limit: still read (the limit is the server's, for
+			 * requests; storage reads what it holds) */
+			assert_int_equal(sl_get(db, keys[i], strlen(keys[i]), &got, &gl), SL_OK);
+			assert_int_equal(gl, big);
+			free(got);
+		}
+		sl_stats st = stats(db);
+		assert_int_equal(st.corrupt_records, 0);
+		assert_int_equal(st.keys, 4);
+		/* new writes over the limits are refused */
+		assert_int_equal(sl_put(db, "n", 1, v, big, &seq), SL_ETOOBIG);
+		assert_int_equal(sl_put(db, "longkey", 7, "x", 1, &seq), SL_ETOOBIG);
+		sl_close(db);
+	}
+	o.max_value_bytes = 16u << 20;
+	o.max_key_bytes = SL_MAX_KEY;
+	open_db(dir, &o, &db);
+	void *got = NULL;
+	size_t gl = 0;
+	assert_int_equal(sl_get(db, "sealed", 6, &got, &gl), SL_OK);
+	assert_int_equal(gl, big);
+	free(got);
+	assert_int_equal(sl_put(db, "n", 1, "x", 1, &seq), SL_OK);
+	assert_int_equal(seq, last + 1);
+	sl_close(db);
+	free(v);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
 /* ======================================================================
  * Damaged hint files: fall back to scanning that segment
  * ====================================================================== */
@@ -1673,6 +1746,7 @@ int main(void)
 	    cmocka_unit_test(test_sealed_segment_header_flips),
 	    cmocka_unit_test(test_refused_open_leaves_scanned_segments),
 	    cmocka_unit_test(test_corrupt_segment_stays_corrupt),
+	    cmocka_unit_test(test_lower_limits_keep_stored_records),
 	    cmocka_unit_test(test_hint_flips),
 	    cmocka_unit_test(test_busy),
 	    cmocka_unit_test(test_enospc_via_seam),
