@@ -439,12 +439,21 @@ static int cmd_mget(cli *c, const cli_args *p, const cmd_opts *o)
 	if (rc != SL_OK) {
 		return fail(c, "mget", rc);
 	}
-	int missing = 0;
+	int missing = 0, errors = 0;
 	json_t *arr = c->json ? json_array() : NULL;
 	for (int i = 0; i < p->n; i++) {
 		const sl_client_item *it = &items[i];
 		int found = it->status == SL_OK;
-		missing += !found;
+		/* A key the server could not read (an empty or oversized key, a
+		 * damaged record, an I/O error) is an error, not a miss. */
+		int err = !found && it->status != SL_ENOTFOUND;
+		missing += !found && !err;
+		errors += err;
+		if (err) {
+			fprintf(stderr, "shiplog: mget: key %d (", i + 1);
+			fwrite(p->v[i], 1, p->len[i] > 64 ? 64 : p->len[i], stderr);
+			fprintf(stderr, "): %s\n", sl_client_strerror(it->status));
+		}
 		if (arr) {
 			json_t *e = json_object();
 			json_set_bytes(e, "key", p->v[i], p->len[i]);
@@ -452,10 +461,16 @@ static int cmd_mget(cli *c, const cli_args *p, const cmd_opts *o)
 			if (found) {
 				json_object_set_new(e, "seq", json_integer((json_int_t)it->seq));
 			}
+			if (err) {
+				json_object_set_new(e, "error",
+				                    json_string(sl_client_strerror(it->status)));
+			}
 			json_array_append_new(arr, e);
 		} else if (found) {
 			out_escaped(it->val, it->vlen);
 			out_str("\n");
+		} else if (err) {
+			out_str("(error)\n");
 		} else {
 			out_str("(nil)\n");
 		}
@@ -463,12 +478,13 @@ static int cmd_mget(cli *c, const cli_args *p, const cmd_opts *o)
 	if (arr) {
 		json_t *j = json_object();
 		json_object_set_new(j, "items", arr);
-		json_object_set_new(j, "found", json_integer(p->n - missing));
+		json_object_set_new(j, "found", json_integer(p->n - missing - errors));
 		json_object_set_new(j, "missing", json_integer(missing));
+		json_object_set_new(j, "errors", json_integer(errors));
 		out_json(j);
 	}
 	sl_client_items_free(items, (size_t)p->n);
-	return missing ? CLI_NOTFOUND : CLI_OK;
+	return errors ? CLI_ERROR : missing ? CLI_NOTFOUND : CLI_OK;
 }
 
 static int cmd_scan(cli *c, const cli_args *p, const cmd_opts *o)

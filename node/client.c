@@ -89,6 +89,13 @@ int sl_client_map_nng(int rv)
 
 /* ---- lifecycle ------------------------------------------------------- */
 
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
 static void apply_timeout(sl_client *c)
 {
 	nng_socket_set_ms(c->sock, NNG_OPT_SENDTIMEO, c->timeout_ms);
@@ -261,17 +268,23 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 	if (q->op_case == SHIPLOG__REQUEST__OP_WAIT && q->wait->has_timeout_ms) {
 		extra = (int)q->wait->timeout_ms;
 	}
-	if (extra > 0) {
-		nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, c->timeout_ms + extra);
-	}
+	/* One deadline for the send and the receive together: the receive
+	 * gets what the send (which waits for a connection) left of it. */
+	uint64_t t0 = mono_ms();
 	rv = nng_sendmsg(c->sock, m, 0);
 	if (rv != 0) {
 		nng_msg_free(m);
 		set_err(c, "send: %s", nng_strerror(rv));
 		return sl_client_map_nng(rv);
 	}
+	uint64_t spent = mono_ms() - t0;
+	int adjust = extra > 0 || spent > 0;
+	if (adjust) {
+		int64_t left = (int64_t)c->timeout_ms + extra - (int64_t)spent;
+		nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, left > 1 ? (nng_duration)left : 1);
+	}
 	rv = nng_recvmsg(c->sock, &m, 0);
-	if (extra > 0) {
+	if (adjust) {
 		apply_timeout(c);
 	}
 	if (rv != 0) {

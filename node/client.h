@@ -130,7 +130,9 @@ typedef struct sl_client_item {
 void sl_client_items_free(sl_client_item *items, size_t n);
 
 /* Reads n keys in one request.  On SL_OK *items_out is a malloc'd array of n
- * items in request order (each SL_OK with val, or SL_ENOTFOUND); free with
+ * items in request order (each SL_OK with val, SL_ENOTFOUND, or the error
+ * the server met on that key: SL_EINVAL for an empty or oversized key,
+ * SL_ECORRUPT, SL_EIO); free with
  * sl_client_items_free(items, n).  SL_ETOOBIG when the values together exceed
  * the server's message limit (ask for fewer keys).  n may be 0. */
 int sl_client_mget(sl_client *c, size_t n, const void *const *keys, const size_t *klens,

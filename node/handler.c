@@ -180,16 +180,20 @@ static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 		}
 		return;
 	}
-	if (own(r, v) != 0) {
-		o->status = SL_ENOMEM;
-		snprintf(o->msg, sizeof(o->msg), "get: out of memory");
-		return;
-	}
+	/* The budget first: a value that does not fit is freed now, not held
+	 * with the reply (a batch of many gets of one big value kept a copy
+	 * per get, and could take the server's memory). */
 	if (r->bytes + vl + g->key.len > n->max_msg_bytes - SL_MSG_SLACK / 2) {
+		free(v);
 		o->status = SL_ETOOBIG;
 		o->over_budget = 1;
 		snprintf(o->msg, sizeof(o->msg), "response would exceed %zu bytes",
 		         n->max_msg_bytes);
+		return;
+	}
+	if (own(r, v) != 0) {
+		o->status = SL_ENOMEM;
+		snprintf(o->msg, sizeof(o->msg), "get: out of memory");
 		return;
 	}
 	r->bytes += vl + g->key.len;

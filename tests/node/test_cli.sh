@@ -192,6 +192,11 @@ if [ "$rc" = 2 ]; then ok "stdout write error: 2"; else bad "stdout write error:
 "$CLI" -a "$URL" put m2 $'two\nlines' >/dev/null
 expect "mget: one line per key, escaped" 0 $'one\ntwo\\nlines\n' mget m1 m2
 expect "mget with a missing key: 1, (nil)" 1 $'one\n(nil)\ntwo\\nlines\n' mget m1 nosuchkey m2
+# a key the server refuses (empty) is an error (2, named on stderr), not a miss
+expect "mget with an empty key: 2, (error)" 2 $'one\n(error)\n(nil)\n' mget m1 '' nosuchkey
+if grep -q 'mget: key 2 (): invalid argument' "$D/err"; then ok "mget names the refused key"; else bad "mget error stderr: $(cat "$D/err")"; fi
+run --json mget m1 '' nosuchkey
+json "mget --json with an error" 'j["found"] == 1 and j["missing"] == 1 and j["errors"] == 1 and j["items"][1]["error"] == "invalid argument"'
 run --json mget m1 nosuchkey smallbin
 json "mget --json" 'j["found"] == 2 and j["missing"] == 1 and j["items"][0] == {"key": "m1", "value": "one", "seq": j["items"][0]["seq"]} and j["items"][1]["value"] is None and base64.b64decode(j["items"][2]["value_base64"]) == b"x\xffy"'
 

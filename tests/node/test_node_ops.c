@@ -367,6 +367,106 @@ static void test_batch_in_order(void **state)
 	sl_pipeline_free(p);
 }
 
+/* VmHWM (peak resident set) of the server, in kB. */
+static long server_hwm_kb(void)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)d.pid);
+	FILE *f = fopen(path, "r");
+	long kb = -1;
+	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) {
+			break;
+		}
+	}
+	if (f != NULL) {
+		fclose(f);
+	}
+	return kb;
+}
+
+/* A batch of 1000 gets of one 1 MB value: the first fits the response,
+ * the others get SL_ETOOBIG, and the server does not keep a copy of the
+ * value per get meanwhile (it held all 1000, about 1 GB, before). */
+static void test_batch_of_big_gets(void **state)
+{
+	(void)state;
+	size_t big = 1000000;
+	char *v = malloc(big);
+	assert_non_null(v);
+	memset(v, 'g', big);
+	assert_int_equal(sl_client_put(c, "bigget", 6, v, big, NULL), SL_OK);
+	free(v);
+	long before = server_hwm_kb();
+	assert_true(before > 0);
+	sl_pipeline *p = NULL;
+	assert_int_equal(sl_pipeline_new(c, &p), SL_OK);
+	for (int i = 0; i < 1000; i++) {
+		assert_int_equal(sl_pipeline_get(p, "bigget", 6), SL_OK);
+	}
+	const sl_client_item *it = NULL;
+	size_t n = 0;
+	assert_int_equal(sl_pipeline_exec(p, &it, &n), SL_OK);
+	assert_int_equal(n, 1000);
+	assert_int_equal(it[0].status, SL_OK);
+	assert_int_equal(it[0].vlen, big);
+	for (size_t i = 1; i < n; i++) {
+		assert_int_equal(it[i].status, SL_ETOOBIG);
+	}
+	sl_pipeline_free(p);
+	long after = server_hwm_kb();
+	if (after - before > 256 * 1024) {
+		fail_msg("the server's peak RSS grew by %ld kB for one batch", after - before);
+	}
+}
+
+/* A call's timeout holds after an earlier call with a long acks timeout
+ * failed to send: the client used to raise its receive timeout by the acks
+ * timeout before the send and restore it only after a receive, so once a
+ * send failed every later call waited timeout + acks timeout (5.3 s here
+ * instead of 0.3) for a server that did not answer. */
+static void test_timeout_after_failed_send(void **state)
+{
+	(void)state;
+	nu_daemon d2;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/stopped", root);
+	assert_int_equal(nu_start(&d2, dir, NULL), 0);
+	sl_client *c2 = NULL;
+	assert_int_equal(sl_client_open(d2.url, 300, &c2), SL_OK);
+	assert_int_equal(sl_client_ping(c2), SL_OK);
+	kill(d2.pid, SIGKILL); /* the connection goes: a send has nowhere to go */
+	assert_true(nu_wait_exit(d2.pid, 5000) >= 0);
+	sl_client_set_acks(c2, 1, 5000);
+	int rc = sl_client_put(c2, "k", 1, "v", 1, NULL);
+	assert_true(rc == SL_ETIMEDOUT || rc == SL_ECONN);
+	sl_client_set_acks(c2, 0, 0);
+	/* the server back on the same address: the client redials by itself */
+	const char *args[] = {"--dir", d2.dir, "--listen", d2.url, NULL};
+	d2.pid = nu_spawn_args(args, d2.log);
+	assert_true(d2.pid > 0);
+	rc = SL_ETIMEDOUT;
+	for (int i = 0; i < 100 && rc != SL_OK; i++) {
+		rc = sl_client_ping(c2);
+	}
+	assert_int_equal(rc, SL_OK);
+	kill(d2.pid, SIGSTOP); /* connected, answers nothing */
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	void *v = NULL;
+	size_t vl = 0;
+	rc = sl_client_get(c2, "k", 1, &v, &vl, NULL);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	kill(d2.pid, SIGCONT);
+	assert_int_equal(rc, SL_ETIMEDOUT);
+	long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+	if (ms > 2000) {
+		fail_msg("a call with a 300 ms timeout took %ld ms", ms);
+	}
+	sl_client_close(c2);
+	assert_int_equal(nu_stop(&d2, SIGTERM), 0);
+}
+
 static void test_min_seq(void **state)
 {
 	(void)state;
@@ -443,6 +543,8 @@ int main(void)
 	    cmocka_unit_test(test_scan_pages),
 	    cmocka_unit_test(test_stats_compact),
 	    cmocka_unit_test(test_batch_in_order),
+	    cmocka_unit_test(test_batch_of_big_gets),
+	    cmocka_unit_test(test_timeout_after_failed_send),
 	    cmocka_unit_test(test_min_seq),
 	    cmocka_unit_test(test_restart_keeps_data),
 	    cmocka_unit_test(test_connection_refused),
