@@ -561,7 +561,12 @@ int sl_put_ex(sl_db *db, const void *key, size_t klen, const void *val, size_t v
 	if (val == NULL && vlen > 0) {
 		return SL_EINVAL;
 	}
-	uint64_t exp = ttl_ms ? db->io->now_ms() + ttl_ms : 0;
+	uint64_t now = db->io->now_ms();
+	/* a TTL past the clock's range means "never expires" in practice:
+	 * clamp it rather than wrap (expired at once, or 0 = no TTL) */
+	uint64_t exp = ttl_ms == 0                     ? 0
+	               : ttl_ms > UINT64_MAX - 1 - now ? UINT64_MAX - 1
+	                                               : now + ttl_ms;
 	rc = append(db, SL_REC_PUT, key, klen, val, vlen, exp, NULL, 0, flags, seq_out);
 	if (rc == SL_OK) {
 		sl_db_count(&db->n_puts, 1);
@@ -990,6 +995,7 @@ int sl_scan(sl_db *db, const void *prefix, size_t plen,
 	 * no lock held, so fn may call back into the store. */
 	for (unsigned sh = 0; sh < SL_KD_SHARDS && rc == 0; sh++) {
 		c.len = 0;
+		c.now = db->io->now_ms(); /* fn may be slow: expiry as of this shard */
 		sl_keydir_scan_shard(db->kd, sh, scan_collect, &c);
 		if (c.err != 0) {
 			rc = c.err;
@@ -1027,7 +1033,10 @@ int sl_stats_get(sl_db *db, sl_stats *out)
 		out->disk_bytes += end;
 		out->live_bytes += live;
 		out->tomb_bytes += tomb;
-		out->dead_bytes += end - SL_SEG_HDR_SIZE - live - tomb;
+		/* end is advanced before live: a reading between the two
+		 * would wrap (about 1.8e19) without the clamp */
+		uint64_t used = SL_SEG_HDR_SIZE + live + tomb;
+		out->dead_bytes += end > used ? end - used : 0;
 	}
 	pthread_mutex_unlock(&db->seg_mu);
 	out->last_seq = atomic_load(&db->last_seq);
