@@ -741,7 +741,9 @@ static Shiplog__Request *decode(const void *buf, size_t len, sl_reply *r)
 		return NULL;
 	}
 	if (rc != SL_OK) {
-		fail(r, SL_EPROTO, "malformed request: not a valid protobuf Request");
+		fail(r, SL_EPROTO,
+		     "malformed request: not a valid protobuf Request (or a message with more "
+		     "than 64 fields besides batch ops and mget keys)");
 		return NULL;
 	}
 	Shiplog__Request *q = req_unpack(buf, len);

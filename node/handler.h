@@ -96,10 +96,12 @@ void sl_reply_pack(const sl_reply *r, void *out);
 
 void sl_reply_free(sl_reply *r);
 
-/* Walks the protobuf wire format of a Request without allocating: checks
- * that it is well-formed at the top level and counts batch operations and
- * mget keys.  SL_OK, SL_EPROTO (malformed), SL_ETOOBIG (over the bounds
- * above).  Exposed for tests. */
+/* Walks the protobuf wire format of a Request without allocating, into
+ * every sub-message the schema knows: checks that it is well-formed, counts
+ * batch operations and mget keys, and allows at most 64 occurrences of any
+ * message's other fields (unknown ones included).  SL_OK, SL_EPROTO
+ * (malformed, or too many fields), SL_ETOOBIG (over the bounds above).
+ * Exposed for tests. */
 int sl_request_precheck(const void *buf, size_t len, size_t *batch_ops, size_t *mget_keys);
 
 #endif
