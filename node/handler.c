@@ -266,6 +266,7 @@ static void do_mget(sl_node *n, sl_reply *r, const Shiplog__MGet *m)
 	if (k == 0) {
 		return;
 	}
+	r->bytes += k * 16; /* each entry's framing, status and seq (see do_batch) */
 	Shiplog__Entry *ents = own_alloc(r, k * sizeof(*ents));
 	Shiplog__Entry **ptrs = own_alloc(r, k * sizeof(*ptrs));
 	if (ents == NULL || ptrs == NULL) {
@@ -525,6 +526,12 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 	if (k == 0) {
 		return;
 	}
+	size_t budget = n->max_msg_bytes - SL_MSG_SLACK / 2; /* as do_get's */
+	/* Every result's framing, status and seq (at most 16 bytes; 65,536 of
+	 * them fit in the 1 MiB of slack) is reserved first, so values and
+	 * texts fill only what is left: a batch's response stays within the
+	 * message limit whatever the order of its operations. */
+	r->bytes += k * 16;
 	Shiplog__Result *res = own_alloc(r, k * sizeof(*res));
 	Shiplog__Result **ptrs = own_alloc(r, k * sizeof(*ptrs));
 	if (res == NULL || ptrs == NULL) {
@@ -580,9 +587,15 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 			res[i].value.data = o.val;
 			res[i].value.len = o.vlen;
 		}
+		/* An error text counts against the response's budget too, and
+		 * is left out once the budget is spent: the status says what
+		 * happened. */
 		if (o.status < 0) {
-			res[i].error =
-			    own_printf(r, "%s", o.msg[0] ? o.msg : sl_status_str(o.status));
+			const char *m = o.msg[0] ? o.msg : sl_status_str(o.status);
+			if (r->bytes + strlen(m) <= budget) {
+				res[i].error = own_printf(r, "%s", m);
+				r->bytes += strlen(m);
+			}
 		}
 		ptrs[i] = &res[i];
 	}

@@ -425,6 +425,76 @@ static void test_too_many_fields(void **state)
 	free(buf);
 }
 
+/* A response stays within the server's message limit (max value + 1 MiB,
+ * here 1,114,112 bytes) however many results it carries: ten gets of a
+ * 60,000-byte value, then 65,526 puts without a key (each fails with an
+ * error text).  The gets used to fill the values' budget and the results
+ * came on top: a 1.5 MB response, which a client with nng's receive limit
+ * at the server's drops.  Results are now reserved first. */
+static void test_response_within_limit(void **state)
+{
+	(void)state;
+	sl_client *c = nu_client(&d);
+	assert_non_null(c);
+	char *big = malloc(60000);
+	memset(big, 'v', 60000);
+	assert_int_equal(sl_client_put(c, "bigv", 4, big, 60000, NULL), SL_OK);
+	free(big);
+	sl_client_close(c);
+	size_t k = 65536;
+	Shiplog__Op *ops = calloc(k, sizeof(*ops));
+	Shiplog__Op **pops = calloc(k, sizeof(*pops));
+	Shiplog__Put put = SHIPLOG__PUT__INIT; /* no key: SL_EINVAL */
+	Shiplog__Get get = SHIPLOG__GET__INIT;
+	get.has_key = 1;
+	get.key.data = (uint8_t *)"bigv";
+	get.key.len = 4;
+	for (size_t i = 0; i < k; i++) {
+		shiplog__op__init(&ops[i]);
+		if (i < 10) {
+			ops[i].op_case = SHIPLOG__OP__OP_GET;
+			ops[i].get = &get;
+		} else {
+			ops[i].op_case = SHIPLOG__OP__OP_PUT;
+			ops[i].put = &put;
+		}
+		pops[i] = &ops[i];
+	}
+	Shiplog__Batch b = SHIPLOG__BATCH__INIT;
+	b.n_ops = k;
+	b.ops = pops;
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_BATCH;
+	q.batch = &b;
+	uint8_t *pb;
+	size_t n = pack_req(&q, &pb);
+	nng_msg *m = NULL;
+	assert_int_equal(nng_msg_alloc(&m, n), 0);
+	memcpy(nng_msg_body(m), pb, n);
+	free(pb);
+	assert_int_equal(nng_sendmsg(raw, m, 0), 0);
+	assert_int_equal(nng_recvmsg(raw, &m, 0), 0);
+	size_t len = nng_msg_len(m);
+	Shiplog__Response *r = shiplog__response__unpack(NULL, len, nng_msg_body(m));
+	nng_msg_free(m);
+	assert_non_null(r);
+	assert_int_equal(r->n_results, k);
+	for (size_t i = 0; i < 10; i++) { /* a value, or "too big": never wrong bytes */
+		int st = r->results[i]->status;
+		assert_true(st == SL_OK || st == SL_ETOOBIG);
+		assert_true(st != SL_OK || r->results[i]->value.len == 60000);
+	}
+	assert_int_equal(r->results[10]->status, SL_EINVAL);
+	assert_int_equal(r->results[k - 1]->status, SL_EINVAL);
+	shiplog__response__free_unpacked(r, NULL);
+	free(ops);
+	free(pops);
+	if (len > (64u << 10) + (1u << 20)) {
+		fail_msg("a %zu-byte response from a server whose limit is %u", len,
+		         (64u << 10) + (1u << 20));
+	}
+}
+
 static void test_unknown_ops(void **state)
 {
 	(void)state;
@@ -498,6 +568,7 @@ int main(void)
 	    cmocka_unit_test(test_oversized_dropped),
 	    cmocka_unit_test(test_too_many_elements),
 	    cmocka_unit_test(test_too_many_fields),
+	    cmocka_unit_test(test_response_within_limit),
 	    cmocka_unit_test(test_unknown_ops),
 	    cmocka_unit_test(test_raw_tcp_garbage),
 	};
