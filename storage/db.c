@@ -290,8 +290,14 @@ int sl_db_seg_create_fit(sl_db *db, uint32_t id, uint64_t first_seq, size_t cap,
 }
 
 /* Starts a new active segment big enough for a record of `need` bytes.
- * Caller holds append_mu.  The old segment is sealed by the flusher. */
-static int rotate(sl_db *db, size_t need)
+ * Caller holds append_mu.  The old segment is sealed by the flusher.
+ * A segment's header first_seq is a lower bound of the seqs it holds
+ * (compaction's drop rule relies on it): last_seq + 1 for the log, 1 for
+ * a snapshot load (SL_LOAD), whose records come in any seq order — a key
+ * changed after the snapshot's pin arrives in all its versions up to the
+ * pin, and an older one landing in a later segment stamped with a higher
+ * first_seq could outlive the tombstone that hides it. */
+static int rotate(sl_db *db, size_t need, unsigned flags)
 {
 	size_t cap = (size_t)db->opt.segment_bytes;
 	if (cap < SL_SEG_HDR_SIZE + need) {
@@ -299,8 +305,8 @@ static int rotate(sl_db *db, size_t need)
 	}
 	sl_seg *n;
 	uint32_t id = atomic_fetch_add(&db->next_id, 1);
-	int rc = sl_db_seg_create_fit(db, id, atomic_load(&db->last_seq) + 1, cap,
-	                              SL_SEG_HDR_SIZE + need, &n);
+	uint64_t first = flags & SL_LOAD ? 1 : atomic_load(&db->last_seq) + 1;
+	int rc = sl_db_seg_create_fit(db, id, first, cap, SL_SEG_HDR_SIZE + need, &n);
 	if (rc != SL_OK) {
 		/* No file was left: give the id back (unless compaction took the
 		 * next one meanwhile), so a full disk does not use up ids. */
@@ -466,7 +472,7 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 			sl_db_fail(db, rc, "keydir insert");
 			return rc;
 		}
-		if ((rc = rotate(db, size)) != SL_OK) {
+		if ((rc = rotate(db, size, flags)) != SL_OK) {
 			return rc;
 		}
 		a = db->active;
