@@ -19,23 +19,23 @@
  *  6. Tombstones and expired records that can be dropped are removed from the
  *     keydir, again only if the entry is still exactly theirs.
  *  7. Inputs are unpublished, a keydir barrier waits out every reader that
- *     could still be copying from them, then they are unlinked oldest first
- *     (lowest first_seq), hints with them, and the directory fsync'd.
+ *     could still be copying from them; their ids are written to DROPPING
+ *     (temp, fsync, rename, fsync dir), then they are unlinked, hints with
+ *     them, the directory fsync'd, and DROPPING removed.  An open that
+ *     finds DROPPING finishes those unlinks before it lists the segments
+ *     (sl_compact_drop_finish), so the inputs go all together or not at
+ *     all.
  * A crash before 4 leaves only *.tmp files and hints without segments, both
  * removed at open.  A crash after 4 leaves outputs beside their inputs:
  * records with equal seqs, harmless since the highest seq wins.
  *
  * Dropping: a tombstone, or an expired record, with seq T may be dropped
  * only when every segment that stays (not an input of this run) holds seqs
- * > T only — then no older value of its key survives anywhere to be
- * resurrected at the next open.  Inputs are unlinked oldest first (7: lowest
- * first_seq), so a crash midway must never leave an older value without the
- * record that hid it: the record is dropped from input Y only when no other
- * input X unlinked after Y (X.first_seq >= Y.first_seq) may hold a seq below
- * T (X.first_seq < T).  Log segments hold rising, disjoint seq ranges, so
- * that is every record below keep_min_seq; a compaction output holds seqs in
- * no order (an old live record beside a newer tombstone), and the later
- * inputs' first_seqs bound what it may drop (drop_below).
+ * > T only (a segment's first_seq bounds its seqs from below: format.h) —
+ * then no older value of its key survives anywhere to be resurrected at the
+ * next open.  The inputs, which may hold such older values, go all at once
+ * (7): a crash between two unlinks once left an input holding a put whose
+ * tombstone had gone with an earlier-unlinked one.
  *
  * Never compacted: the active segment, unsealed segments, segments holding a
  * seq >= protect_seq (the replication backlog), segments found corrupt (kept
@@ -43,6 +43,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,7 +75,6 @@ typedef struct run {
 	move *drops; /* in_seg/in_off/size of records dropped (out_off unused) */
 	size_t ndrops, capdrops;
 	uint64_t keep_min_seq; /* lowest first_seq among segments that stay */
-	uint64_t drop_below;   /* the input being copied: see "Dropping" */
 	uint64_t bytes_read, bytes_written;
 } run;
 
@@ -160,7 +160,7 @@ static int take_record(run *r, sl_seg *in, uint64_t off, uint64_t now)
 	r->bytes_read += size;
 	int expired = rec.type == SL_REC_PUT && rec.expire_at != 0 && rec.expire_at <= now;
 	move m = {in->id, (uint32_t)off, 0, (uint32_t)size};
-	if ((rec.type == SL_REC_DEL || expired) && rec.seq < r->drop_below) {
+	if ((rec.type == SL_REC_DEL || expired) && rec.seq < r->keep_min_seq) {
 		return push_move(&r->drops, &r->ndrops, &r->capdrops, m);
 	}
 	output *o = r->nout ? &r->out[r->nout - 1] : NULL;
@@ -210,13 +210,6 @@ static int hint_entry_cb(void *arg, const sl_hint_entry *e)
 static int copy_input(run *r, sl_seg *in, uint64_t now)
 {
 	sl_db *db = r->db;
-	r->drop_below = r->keep_min_seq;
-	for (size_t i = 0; i < r->nin; i++) {
-		uint64_t f = r->in[i]->first_seq;
-		if (r->in[i] != in && f >= in->first_seq && f < r->drop_below) {
-			r->drop_below = f; /* unlinked after `in`, may hold seqs >= f */
-		}
-	}
 	uint64_t end = atomic_load(&in->end);
 	hint_walk w = {r, in, now};
 	int rc = sl_hint_load(db->io, db->dir, in->id, end, SL_MAX_KEY, hint_entry_cb, &w);
@@ -352,10 +345,97 @@ static void switch_keydir(run *r)
 	}
 }
 
-static int cmp_first_seq(const void *a, const void *b)
+#define DROP_MARK "DROPPING"
+
+/* db->dir/name (malloc'd) or NULL. */
+static char *dir_file(const sl_db *db, const char *name)
 {
-	const sl_seg *x = *(sl_seg *const *)a, *y = *(sl_seg *const *)b;
-	return x->first_seq < y->first_seq ? -1 : x->first_seq > y->first_seq;
+	size_t n = strlen(db->dir) + strlen(name) + 2;
+	char *p = malloc(n);
+	if (p != NULL) {
+		snprintf(p, n, "%s/%s", db->dir, name);
+	}
+	return p;
+}
+
+/* Writes the ids of the run's inputs to DROP_MARK, durably: one id a line.
+ * SL_OK, or an error with nothing left but perhaps a .tmp (removed at
+ * open). */
+static int drop_mark_write(sl_db *db, const run *r)
+{
+	const struct sl_io *io = db->io;
+	char *tmp = dir_file(db, DROP_MARK ".tmp"), *fin = dir_file(db, DROP_MARK);
+	char *text = malloc(r->nin * 12 + 1);
+	int rc = tmp && fin && text ? SL_OK : SL_ENOMEM;
+	size_t len = 0;
+	for (size_t i = 0; rc == SL_OK && i < r->nin; i++) {
+		len += (size_t)sprintf(text + len, "%u\n", r->in[i]->id);
+	}
+	int fd = rc == SL_OK ? io->open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
+	if (rc == SL_OK && fd < 0) {
+		rc = SL_EIO;
+	}
+	if (rc == SL_OK && (io->pwrite(fd, text, len, 0) != (ssize_t)len || io->fsync(fd) != 0)) {
+		rc = SL_EIO;
+	}
+	if (fd >= 0) {
+		io->close(fd);
+	}
+	if (rc == SL_OK && (io->rename(tmp, fin) != 0 || io->fsync(db->dirfd) != 0)) {
+		rc = SL_EIO;
+	}
+	if (rc != SL_OK && tmp != NULL) {
+		io->unlink(tmp);
+	}
+	free(text);
+	free(tmp);
+	free(fin);
+	return rc;
+}
+
+int sl_compact_drop_pending(int dirfd)
+{
+	return faccessat(dirfd, DROP_MARK, F_OK, 0) == 0;
+}
+
+int sl_compact_drop_finish(sl_db *db)
+{
+	char *fin = dir_file(db, DROP_MARK);
+	if (fin == NULL) {
+		return SL_ENOMEM;
+	}
+	int fd = db->io->open(fin, O_RDONLY | O_CLOEXEC, 0);
+	if (fd < 0) {
+		free(fin);
+		return errno == ENOENT ? SL_OK : SL_EIO;
+	}
+	char buf[65536];
+	ssize_t n = db->io->pread(fd, buf, sizeof(buf) - 1, 0);
+	db->io->close(fd);
+	if (n < 0) {
+		free(fin);
+		return SL_EIO;
+	}
+	buf[n] = '\0';
+	size_t dropped = 0;
+	for (char *p = buf, *e; *p != '\0'; p = e) {
+		unsigned long id = strtoul(p, &e, 10);
+		if (e == p || *e != '\n' || id == 0 || id >= (1ul << 24)) {
+			sl_db_log(db, "error", "%s is damaged; not opening", fin);
+			free(fin);
+			return SL_ECORRUPT;
+		}
+		e++;
+		unlink_files(db, (uint32_t)id, ".seg");
+		dropped++;
+	}
+	int rc = db->io->fsync(db->dirfd) == 0 && db->io->unlink(fin) == 0 &&
+	                 db->io->fsync(db->dirfd) == 0
+	             ? SL_OK
+	             : SL_EIO;
+	sl_db_log(db, "info", "finished a compaction's removal of %zu segments", dropped);
+	free(fin);
+	return rc;
 }
 
 /* Step 7. */
@@ -373,11 +453,25 @@ static void drop_inputs(run *r)
 	pthread_mutex_lock(&db->append_mu);
 	pthread_mutex_unlock(&db->append_mu);
 	sl_keydir_barrier(db->kd);
-	qsort(r->in, r->nin, sizeof(*r->in), cmp_first_seq);
-	for (size_t i = 0; i < r->nin; i++) {
+	int rc = drop_mark_write(db, r);
+	if (rc != SL_OK) {
+		/* Their files stay: beside the outputs they are duplicates
+		 * (equal seqs), and what was dropped is still in them. */
+		sl_db_log(db, "warn", "compaction: cannot record the inputs' removal (%s); kept",
+		          sl_strerror(rc));
+	}
+	for (size_t i = 0; rc == SL_OK && i < r->nin; i++) {
 		unlink_files(db, r->in[i]->id, ".seg");
 	}
-	db->io->fsync(db->dirfd);
+	if (rc == SL_OK) {
+		char *fin = dir_file(db, DROP_MARK);
+		if (db->io->fsync(db->dirfd) != 0 || fin == NULL || db->io->unlink(fin) != 0) {
+			/* the next open finishes (repeats) the unlinks */
+			sl_db_log(db, "warn", "compaction: %s not removed", DROP_MARK);
+		}
+		db->io->fsync(db->dirfd);
+		free(fin);
+	}
 	for (size_t i = 0; i < r->nin; i++) {
 		sl_seg_close(db->io, r->in[i]);
 	}

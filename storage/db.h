@@ -114,6 +114,13 @@ static inline int sl_db_is_digits(const char *s, size_t n)
 	}
 	return 1;
 }
+/* Finishes the removal of a compaction's inputs that a crash interrupted
+ * (compact.c, step 7: DROPPING lists them); SL_OK when there was none.
+ * Caller holds LOCK, before listing the segments. */
+int sl_compact_drop_finish(sl_db *db);
+/* A compaction's removal was interrupted (a read-only open must not load
+ * the half-removed inputs). */
+int sl_compact_drop_pending(int dirfd);
 /* Finishes a sl_move_in into the directory dirfd that a crash
  * interrupted (movein.c); SL_OK when there was none.  Caller holds LOCK. */
 int sl_move_in_finish(int dirfd);

@@ -74,7 +74,8 @@ static int store_file(const char *name)
 	size_t n = strlen(name);
 	return (n >= 10 && sl_db_is_digits(name, 10) &&
 	        (strcmp(name + 10, ".seg") == 0 || strcmp(name + 10, ".hint") == 0)) ||
-	       (n > 4 && strcmp(name + n - 4, ".tmp") == 0) || strcmp(name, "REPL") == 0;
+	       (n > 4 && strcmp(name + n - 4, ".tmp") == 0) || strcmp(name, "REPL") == 0 ||
+	       strcmp(name, "DROPPING") == 0;
 }
 
 /* Calls fn(dfd, name, arg) for each regular file of dfd but LOCK and the

@@ -617,6 +617,18 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 		          sl_strerror(rc));
 		goto fail;
 	}
+	/* A compaction whose inputs' removal a crash interrupted (compact.c). */
+	if (db->opt.read_only && sl_compact_drop_pending(db->dirfd)) {
+		sl_db_log(db, "error",
+		          "%s is half-way through removing compacted segments: open it "
+		          "writable once",
+		          dir);
+		rc = SL_EBUSY;
+		goto fail;
+	}
+	if (!db->opt.read_only && (rc = sl_compact_drop_finish(db)) != SL_OK) {
+		goto fail;
+	}
 	uint32_t *ids = NULL;
 	size_t n = 0;
 	if ((rc = list_segments(db, &ids, &n)) != SL_OK) {

@@ -22,6 +22,7 @@
 
 #include "format.h"
 #include "io.h"
+#include "record.h"
 #include "shiplog.h"
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -751,6 +752,137 @@ static void test_crash_compacting_an_output(void **state)
 	assert_int_equal(completed, 1);
 }
 
+/* The inputs of one run go all together, or not at all, across a crash
+ * (compact.c 7, DROPPING).  A store loaded from a snapshot (SL_LOAD, records
+ * in any seq order) holds K's tombstone (seq 102) in its first segment and
+ * K's older put (seq 1) in a later one; every segment is an input of the
+ * full compaction, so the tombstone is dropped.  Unlinked one by one, the
+ * first segment (with the tombstone) went before the later one (with the
+ * put): a crash between the two brought K back. */
+#define LK 5000
+
+static uint8_t *g_recs;               /* the source's raw records, seq 1.. */
+static size_t g_off[128], g_len[128]; /* by seq */
+
+static void load_source(void)
+{
+	make_dir("src");
+	sl_options o = opts();
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	put(db, LK, 0); /* seq 1 */
+	for (int i = 0; i < 100; i++) {
+		put(db, i, 0); /* seqs 2..101 */
+	}
+	del(db, LK); /* seq 102 */
+	g_recs = malloc(1 << 20);
+	size_t len;
+	uint64_t next;
+	assert_int_equal(sl_log_read(db, 1, g_recs, 1 << 20, &len, &next), SL_OK);
+	assert_int_equal(next, 103);
+	for (size_t off = 0, seq = 1; off < len; seq++) {
+		sl_rec r;
+		size_t size;
+		assert_int_equal(
+		    sl_rec_decode(g_recs + off, len - off, SL_MAX_KEY, SL_MAX_VALUE, &r, &size),
+		    SL_REC_OK);
+		assert_int_equal(r.seq, seq);
+		g_off[seq] = off;
+		g_len[seq] = size;
+		off += size;
+	}
+	sl_close(db);
+	remove_dir();
+}
+
+static void check_loaded_contents(sl_db *db)
+{
+	check_absent(db, LK);
+	for (int i = 0; i < 100; i++) {
+		check_value(db, i, 1);
+	}
+}
+
+static void test_crash_dropping_loaded_inputs(void **state)
+{
+	(void)state;
+	load_source();
+	struct sl_io io = sl_io_default;
+	io.open = c_open;
+	io.pwrite = c_pwrite;
+	io.fdatasync = c_fdatasync;
+	io.fsync = c_fsync;
+	io.ftruncate = c_ftruncate;
+	io.fallocate = c_fallocate;
+	io.rename = c_rename;
+	io.unlink = c_unlink;
+	int crashed = 0, completed = 0;
+	for (long n = 1; n < 400 && completed == 0; n++) {
+		make_dir("loadcrash");
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			sl_options o = opts();
+			o.segment_bytes = 4096; /* 28 records a segment */
+			o.io = &io;
+			sl_db *db;
+			if (sl_open(g_dir, &o, &db) != SL_OK) {
+				_exit(3);
+			}
+			/* the tombstone first, the put it hides 60 records later */
+			static const uint8_t *recs[103];
+			static size_t lens[103];
+			size_t k = 0;
+			recs[k] = g_recs + g_off[102], lens[k++] = g_len[102];
+			for (int seq = 2; seq <= 61; seq++) {
+				recs[k] = g_recs + g_off[seq], lens[k++] = g_len[seq];
+			}
+			recs[k] = g_recs + g_off[1], lens[k++] = g_len[1];
+			for (int seq = 62; seq <= 101; seq++) {
+				recs[k] = g_recs + g_off[seq], lens[k++] = g_len[seq];
+			}
+			for (size_t i = 0; i < k; i++) {
+				if (sl_load_raw(db, recs[i], lens[i]) != SL_OK) {
+					_exit(5);
+				}
+			}
+			for (int i = 0; i < 100; i++) { /* every loaded segment has dead bytes */
+				put(db, i, 1);
+			}
+			g_calls = 0;
+			g_crash_at = n;
+			int rc = sl_compact(db);
+			g_crash_at = -1;
+			_exit(rc == SL_OK ? 0 : 4);
+		}
+		int status;
+		assert_int_equal(waitpid(pid, &status, 0), pid);
+		assert_true(WIFEXITED(status));
+		int code = WEXITSTATUS(status);
+		if (code != 77 && code != 0) {
+			fail_msg("child at n=%ld exited %d", n, code);
+		}
+		crashed += code == 77;
+		completed += code == 0;
+		sl_options o = opts();
+		o.segment_bytes = 4096;
+		sl_db *db;
+		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+		check_loaded_contents(db);
+		assert_int_equal(count_files("DROPPING"), 0); /* finished by the open */
+		assert_int_equal(sl_compact(db), SL_OK);
+		check_loaded_contents(db);
+		sl_close(db);
+		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+		check_loaded_contents(db);
+		sl_close(db);
+		remove_dir();
+	}
+	free(g_recs);
+	assert_true(crashed > 10);
+	assert_int_equal(completed, 1);
+}
+
 /* ---- background compaction while readers and a writer run --------------- */
 
 static void test_background_compaction_runs(void **state)
@@ -986,6 +1118,7 @@ int main(void)
 	    cmocka_unit_test(test_disk_full_abandons),
 	    cmocka_unit_test(test_crash_inside_compaction),
 	    cmocka_unit_test(test_crash_compacting_an_output),
+	    cmocka_unit_test(test_crash_dropping_loaded_inputs),
 	    cmocka_unit_test(test_background_compaction_runs),
 	    cmocka_unit_test(test_compact_defer),
 	    cmocka_unit_test(test_defer_delays_hints),
