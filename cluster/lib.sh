@@ -221,17 +221,23 @@ cl_start_node() {
 			tail -n 5 "$N_LOG" >&2
 			return 1
 		fi
-		if CL_CLI_TIMEOUT=300 cl_cli -a "$N_CLIENT" ping >/dev/null 2>&1; then
-			if [ -f "$N_DIR/shiplogd.pid" ]; then
-				local p2
-				p2=$(cat "$N_DIR/shiplogd.pid")
-				cl_is_ours "$p2" "$name" && echo "$p2" >"$N_DIR/pid"
+		# started once it answers AND wrote its pidfile (after its
+		# listens succeeded): an answer alone may come from another
+		# server on the same address, while this one fails to bind
+		if [ -f "$N_DIR/shiplogd.pid" ] &&
+			CL_CLI_TIMEOUT=300 cl_cli -a "$N_CLIENT" ping >/dev/null 2>&1; then
+			local p2
+			p2=$(cat "$N_DIR/shiplogd.pid")
+			if cl_is_ours "$p2" "$name"; then
+				echo "$p2" >"$N_DIR/pid"
+				return 0
 			fi
-			return 0
 		fi
 		sleep 0.1
 	done
-	cl_warn "$name: shiplogd (pid $pid) does not answer on $N_CLIENT after 15 s"
+	# not left running behind a failure report
+	kill "$pid" 2>/dev/null || true
+	cl_warn "$name: shiplogd (pid $pid) did not answer on $N_CLIENT within 15 s; stopped it (see $N_LOG)"
 	return 1
 }
 
@@ -374,29 +380,36 @@ cl_link_exists() { ip link show "$1" >/dev/null 2>&1; }
 cl_link_del() { ip link del "$1" 2>/dev/null || ! cl_link_exists "$1"; }
 cl_ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
 
-# cl_netns_up: create (what is missing of) the bridge, namespaces and veths
+# cl_netns_up: create (what is missing of) the bridge, namespaces and veths.
+# A node's link that exists is left as it is: cluster/partition took it down
+# on purpose, and starting another node must not heal that.
 cl_netns_up() {
-	local n ns veth
+	local n ns veth new_bridge=0 new_link
 	if ! cl_link_exists "$BRIDGE"; then
 		ip link add "$BRIDGE" type bridge
 		ip addr add "$HOST_IP/24" dev "$BRIDGE"
+		new_bridge=1
 	fi
 	ip link set "$BRIDGE" up
 	for n in $(cl_names); do
 		cl_node "$n"
-		ns=$N_NS veth=$N_VETH
+		ns=$N_NS veth=$N_VETH new_link=0
 		cl_ns_exists "$ns" || ip netns add "$ns"
 		ip -n "$ns" link set lo up
-		if ! ip -n "$ns" link show eth0 >/dev/null 2>&1; then
+		if ! ip -n "$ns" link show eth0 >/dev/null 2>&1 || ! cl_link_exists "$veth"; then
 			cl_link_del "$veth"
+			ip -n "$ns" link del eth0 2>/dev/null || true
 			ip link add "$veth" type veth peer name "${veth}p"
 			ip link set "${veth}p" netns "$ns"
 			ip -n "$ns" link set "${veth}p" name eth0
 			ip -n "$ns" addr add "$N_IP/24" dev eth0
+			new_link=1
 		fi
 		ip -n "$ns" link set eth0 up
 		ip link set "$veth" master "$BRIDGE"
-		ip link set "$veth" up
+		if [ "$new_link" = 1 ] || [ "$new_bridge" = 1 ]; then
+			ip link set "$veth" up
+		fi
 	done
 }
 

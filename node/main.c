@@ -621,7 +621,12 @@ int main(int argc, char **argv)
 	/* Sync before any socket closes: nng 1.5.2 can hang for good in
 	 * nng_close (nanomsg/nng#1543), and the watchdog below then ends the
 	 * process with the data already on disk. */
-	rc = sl_sync_now(n.db);
+	/* Under the store lock: replication still runs, and a follower
+	 * finishing a full resync closes the store and swaps another in
+	 * (n.db is NULL, or freed, meanwhile). */
+	pthread_rwlock_rdlock(&n.db_lock);
+	rc = n.db != NULL ? sl_sync_now(n.db) : SL_OK;
+	pthread_rwlock_unlock(&n.db_lock);
 	if (rc != SL_OK) {
 		sl_log_error("final sync failed: %s", sl_strerror(rc));
 	}

@@ -190,6 +190,26 @@ static void render_requests(sl_metrics *m, buf *b)
 	}
 }
 
+/* A label value in the text format: backslash, double quote and newline
+ * escaped (a follower's node id comes from its fetches, any bytes). */
+static const char *label_esc(const char *in, char *out, size_t cap)
+{
+	size_t o = 0;
+	for (; *in != '\0' && o + 3 < cap; in++) {
+		if (*in == '\\' || *in == '"') {
+			out[o++] = '\\';
+			out[o++] = *in;
+		} else if (*in == '\n') {
+			out[o++] = '\\';
+			out[o++] = 'n';
+		} else {
+			out[o++] = *in;
+		}
+	}
+	out[o] = '\0';
+	return out;
+}
+
 static void render_repl(sl_node *n, buf *b)
 {
 	sl_repl_stats rs;
@@ -217,28 +237,33 @@ static void render_repl(sl_node *n, buf *b)
 	    rs.backlog_bytes);
 	one(b, "shiplog_repl_protect_seq", "gauge",
 	    "Segments holding seqs from here on are kept out of compaction.", rs.protect_seq);
+	char lab[2 * 64 + 8];
 	meta(b, "shiplog_repl_follower_lag_records", "gauge", "Records a follower is behind.");
 	for (size_t i = 0; i < rs.n_followers; i++) {
 		put(b, "shiplog_repl_follower_lag_records{follower=\"%s\"} %llu\n",
-		    rs.followers[i].node_id, (unsigned long long)rs.followers[i].lag_records);
+		    label_esc(rs.followers[i].node_id, lab, sizeof(lab)),
+		    (unsigned long long)rs.followers[i].lag_records);
 	}
 	meta(b, "shiplog_repl_follower_lag_bytes", "gauge",
 	     "Bytes of log a follower has yet to receive.");
 	for (size_t i = 0; i < rs.n_followers; i++) {
 		put(b, "shiplog_repl_follower_lag_bytes{follower=\"%s\"} %llu\n",
-		    rs.followers[i].node_id, (unsigned long long)rs.followers[i].lag_bytes);
+		    label_esc(rs.followers[i].node_id, lab, sizeof(lab)),
+		    (unsigned long long)rs.followers[i].lag_bytes);
 	}
 	meta(b, "shiplog_repl_follower_lag_seconds", "gauge",
 	     "Time since a follower last had every record.");
 	for (size_t i = 0; i < rs.n_followers; i++) {
 		put(b, "shiplog_repl_follower_lag_seconds{follower=\"%s\"} %.3f\n",
-		    rs.followers[i].node_id, (double)rs.followers[i].lag_ms / 1000.0);
+		    label_esc(rs.followers[i].node_id, lab, sizeof(lab)),
+		    (double)rs.followers[i].lag_ms / 1000.0);
 	}
 	meta(b, "shiplog_repl_follower_connected", "gauge",
 	     "1 when the follower fetched recently.");
 	for (size_t i = 0; i < rs.n_followers; i++) {
 		put(b, "shiplog_repl_follower_connected{follower=\"%s\"} %d\n",
-		    rs.followers[i].node_id, rs.followers[i].connected);
+		    label_esc(rs.followers[i].node_id, lab, sizeof(lab)),
+		    rs.followers[i].connected);
 	}
 	sl_repl_stats_free(&rs);
 }

@@ -105,6 +105,24 @@ remember_pids
 check_acked "$(node_url n1)" "$T/acked"
 digests_equal n1 n2 n3
 
+say "up refuses when another server holds the primary's addresses"
+cl down
+# shellcheck disable=SC1090,SC1091
+pc=$(. "$D/$p/node.conf" && echo "$CLIENT_URL")
+# shellcheck disable=SC1090,SC1091
+pr=$(. "$D/$p/node.conf" && echo "$REPL_URL")
+"$BLD/shiplogd" --dir "$T/foreign" --listen "$pc" --repl-listen "$pr" \
+	--pidfile "$T/foreign.pid" 2>"$T/foreign.log" &
+fpid=$!
+for _ in $(seq 100); do [ -s "$T/foreign.pid" ] && break; sleep 0.1; done
+if cl up --no-build --bin "$BLD" >"$T/up.out" 2>&1; then
+	fail "up reported success while $pc belonged to another server: $(cat "$T/up.out")"
+fi
+grep -q "$p: shiplogd exited at start" "$T/up.out" || fail "up did not name $p: $(cat "$T/up.out")"
+kill "$fpid"
+wait "$fpid" || true
+cl down >/dev/null
+
 say "down --wipe leaves no process, port or file"
 cl down --wipe
 no_leftovers "${ports[@]}"

@@ -39,6 +39,12 @@ sleep 2
 st=$(status_json)
 python3 -c 'import json,sys; j=json.loads(sys.argv[1]); n2=j["nodes"][1]; assert n2["alive"] and not n2["reachable"], n2' "$st" ||
 	fail "partitioned n2 should be alive and unreachable"
+# starting a node sets up the network again; it must leave n2's cut link down
+cl stop n3 >/dev/null
+cl start n3 >/dev/null
+st=$(status_json)
+python3 -c 'import json,sys; j=json.loads(sys.argv[1]); n2=j["nodes"][1]; assert n2["alive"] and not n2["reachable"], n2' "$st" ||
+	fail "cluster/start n3 healed n2's partition"
 sleep 1
 echo "  [$SECONDS s]"; cl heal n2
 sleep 1

@@ -13,6 +13,10 @@
 #include <cmocka.h>
 
 #include "nodeutil.h"
+#include "shiplog.pb-c.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
 
 static char *root;
 
@@ -290,13 +294,36 @@ static void test_metrics_promtool(void **state)
 	subdir(dir, sizeof(dir), "metrics");
 	int mport = nu_free_port();
 	snprintf(murl, sizeof(murl), "http://127.0.0.1:%d", mport);
-	const char *extra[] = {"--metrics-listen", murl, NULL};
+	char rurl[64];
+	snprintf(rurl, sizeof(rurl), "tcp://127.0.0.1:%d", nu_free_port());
+	const char *extra[] = {"--metrics-listen", murl, "--repl-listen", rurl, NULL};
 	nu_daemon d;
 	assert_int_equal(nu_start(&d, dir, extra), 0);
 	sl_client *c = nu_client(&d);
 	for (int i = 0; i < 50; i++) {
 		assert_int_equal(sl_client_put(c, "mk", 2, "v", 1, NULL), SL_OK);
 	}
+	/* A follower's node id is whatever its fetches say: one with a quote,
+	 * a backslash and a newline must not break the text format (it made
+	 * every scrape unparseable until the entry was dropped). */
+	nng_socket req;
+	assert_int_equal(nng_req0_open(&req), 0);
+	nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 5000);
+	assert_int_equal(nng_dial(req, rurl, NULL, 0), 0);
+	Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+	Shiplog__Fetch f = SHIPLOG__FETCH__INIT;
+	f.has_from_seq = 1;
+	f.from_seq = 1;
+	f.node_id = "ev\"il\\id\nx";
+	q.op_case = SHIPLOG__REPL_REQUEST__OP_FETCH;
+	q.fetch = &f;
+	nng_msg *m;
+	assert_int_equal(nng_msg_alloc(&m, shiplog__repl_request__get_packed_size(&q)), 0);
+	shiplog__repl_request__pack(&q, nng_msg_body(m));
+	assert_int_equal(nng_sendmsg(req, m, 0), 0);
+	assert_int_equal(nng_recvmsg(req, &m, 0), 0);
+	nng_msg_free(m);
+	nng_close(req);
 	void *v;
 	size_t vl;
 	assert_int_equal(sl_client_get(c, "mk", 2, &v, &vl, NULL), SL_OK);
@@ -323,6 +350,7 @@ static void test_metrics_promtool(void **state)
 	assert_non_null(strstr(body, "shiplog_fsyncs_total"));
 	assert_non_null(strstr(body, "shiplog_segments"));
 	assert_non_null(strstr(body, "shiplog_compactions_total"));
+	assert_non_null(strstr(body, "follower=\"ev\\\"il\\\\id\\nx\"}"));
 	char path[TU_PATH];
 	snprintf(path, sizeof(path), "%s/metrics.txt", root);
 	assert_int_equal(tu_write_file(path, body, strlen(body)), 0);
