@@ -217,6 +217,34 @@ static inline int nu_stop(nu_daemon *d, int sig)
 	return st;
 }
 
+/* The VmHWM (peak resident set) of process pid in kB, -1 when unreadable;
+ * with reset, the peak is first set back to the current RSS (clear_refs
+ * "5", root or the process's owner). */
+static inline long nu_hwm_kb(pid_t pid, int reset)
+{
+	char path[64], line[256];
+	if (reset) {
+		snprintf(path, sizeof(path), "/proc/%d/clear_refs", (int)pid);
+		FILE *c = fopen(path, "w");
+		if (c != NULL) {
+			fputs("5", c);
+			fclose(c);
+		}
+	}
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	long kb = -1;
+	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+		if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) {
+			break;
+		}
+	}
+	if (f != NULL) {
+		fclose(f);
+	}
+	return kb;
+}
+
 /* Prints the daemon's log (for failures). */
 static inline void nu_dump_log(const nu_daemon *d)
 {

@@ -341,32 +341,6 @@ static void test_too_many_elements(void **state)
 	free(buf);
 }
 
-/* The server's VmHWM (peak resident set) in kB; with reset, the peak is
- * first set back to the current RSS (clear_refs "5"). */
-static long server_hwm_kb(int reset)
-{
-	char path[64], line[256];
-	if (reset) {
-		snprintf(path, sizeof(path), "/proc/%d/clear_refs", (int)d.pid);
-		FILE *c = fopen(path, "w");
-		if (c != NULL) {
-			fputs("5", c);
-			fclose(c);
-		}
-	}
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)d.pid);
-	FILE *f = fopen(path, "r");
-	long kb = -1;
-	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
-		if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) {
-			break;
-		}
-	}
-	if (f != NULL) {
-		fclose(f);
-	}
-	return kb;
-}
 
 /* Unknown (or repeated non-repeated) fields: protobuf-c keeps a record of
  * every occurrence while decoding, so 480 KB of 2-byte unknown fields cost
@@ -383,12 +357,12 @@ static void test_too_many_fields(void **state)
 		buf[2 * i] = 0x48; /* field 9 (unused), varint 0 */
 		buf[2 * i + 1] = 0;
 	}
-	long before = server_hwm_kb(1);
+	long before = nu_hwm_kb(d.pid, 1);
 	Shiplog__Response *r = raw_call(buf, nf * 2, &nrv);
 	assert_non_null(r);
 	assert_int_equal(r->status, SL_EPROTO);
 	shiplog__response__free_unpacked(r, NULL);
-	long after = server_hwm_kb(0);
+	long after = nu_hwm_kb(d.pid, 0);
 	if (after - before > 4 * 1024) {
 		fail_msg("the server's peak RSS grew by %ld kB for one request", after - before);
 	}

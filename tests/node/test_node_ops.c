@@ -367,23 +367,6 @@ static void test_batch_in_order(void **state)
 	sl_pipeline_free(p);
 }
 
-/* VmHWM (peak resident set) of the server, in kB. */
-static long server_hwm_kb(void)
-{
-	char path[64], line[256];
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)d.pid);
-	FILE *f = fopen(path, "r");
-	long kb = -1;
-	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
-		if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) {
-			break;
-		}
-	}
-	if (f != NULL) {
-		fclose(f);
-	}
-	return kb;
-}
 
 /* A batch of 1000 gets of one 1 MB value: the first fits the response,
  * the others get SL_ETOOBIG, and the server does not keep a copy of the
@@ -397,7 +380,7 @@ static void test_batch_of_big_gets(void **state)
 	memset(v, 'g', big);
 	assert_int_equal(sl_client_put(c, "bigget", 6, v, big, NULL), SL_OK);
 	free(v);
-	long before = server_hwm_kb();
+	long before = nu_hwm_kb(d.pid, 1);
 	assert_true(before > 0);
 	sl_pipeline *p = NULL;
 	assert_int_equal(sl_pipeline_new(c, &p), SL_OK);
@@ -414,7 +397,7 @@ static void test_batch_of_big_gets(void **state)
 		assert_int_equal(it[i].status, SL_ETOOBIG);
 	}
 	sl_pipeline_free(p);
-	long after = server_hwm_kb();
+	long after = nu_hwm_kb(d.pid, 0);
 	if (after - before > 256 * 1024) {
 		fail_msg("the server's peak RSS grew by %ld kB for one batch", after - before);
 	}

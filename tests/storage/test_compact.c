@@ -572,9 +572,16 @@ static void check_crash_contents(sl_db *db)
 	}
 }
 
-static void test_crash_inside_compaction(void **state)
+/* The crash harness: for n = 1, 2, ... a forked child opens g_dir (made
+ * fresh, with prepare's contents when prepare is given) with segment_bytes
+ * (0: opts()'s) through I/O hooks that _exit(77) at the n-th call counted
+ * from the start of the full compaction it runs after work(db); the parent
+ * reopens, checks, compacts again, checks, reopens and checks once more
+ * (compact.c 1-7), until a child's compaction completes.  No temporary and
+ * no DROPPING mark survives an open. */
+static void crash_every_step(const char *tag, size_t segment_bytes, void (*prepare)(void),
+                             void (*work)(sl_db *db), void (*check)(sl_db *db))
 {
-	(void)state;
 	struct sl_io io = sl_io_default;
 	io.open = c_open;
 	io.pwrite = c_pwrite;
@@ -584,21 +591,27 @@ static void test_crash_inside_compaction(void **state)
 	io.fallocate = c_fallocate;
 	io.rename = c_rename;
 	io.unlink = c_unlink;
+	sl_options o = opts();
+	if (segment_bytes != 0) {
+		o.segment_bytes = segment_bytes;
+	}
 	int crashed = 0, completed = 0;
 	for (long n = 1; n < 400 && completed == 0; n++) {
-		make_dir("crash");
+		make_dir(tag);
+		if (prepare != NULL) {
+			prepare();
+		}
 		pid_t pid = fork();
 		assert_true(pid >= 0);
 		if (pid == 0) {
-			sl_options o = opts();
-			o.io = &io;
+			sl_options co = o;
+			co.io = &io;
 			sl_db *db;
-			if (sl_open(g_dir, &o, &db) != SL_OK) {
+			if (sl_open(g_dir, &co, &db) != SL_OK) {
 				_exit(3);
 			}
-			crash_workload(db);
-			/* Count I/O calls from the start of the compaction only. */
-			g_calls = 0;
+			work(db);
+			g_calls = 0; /* I/O calls counted from the compaction's start */
 			g_crash_at = n;
 			int rc = sl_compact(db);
 			g_crash_at = -1;
@@ -609,28 +622,32 @@ static void test_crash_inside_compaction(void **state)
 		assert_true(WIFEXITED(status));
 		int code = WEXITSTATUS(status);
 		if (code != 77 && code != 0) {
-			fail_msg("child at n=%ld exited %d", n, code);
+			fail_msg("%s: child at n=%ld exited %d", tag, n, code);
 		}
 		crashed += code == 77;
 		completed += code == 0;
-		/* Reopen after the crash: same contents (compact.c 1-7). */
-		sl_options o = opts();
 		sl_db *db;
 		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
-		check_crash_contents(db);
+		check(db);
 		assert_int_equal(count_files(".tmp"), 0);
-		/* and once more through a full compaction and reopen */
+		assert_int_equal(count_files("DROPPING"), 0);
 		assert_int_equal(sl_compact(db), SL_OK);
-		check_crash_contents(db);
+		check(db);
 		sl_close(db);
 		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
-		check_crash_contents(db);
+		check(db);
 		sl_close(db);
 		remove_dir();
 	}
 	/* The loop walked through every I/O step of the run and then past it. */
 	assert_true(crashed > 10);
 	assert_int_equal(completed, 1);
+}
+
+static void test_crash_inside_compaction(void **state)
+{
+	(void)state;
+	crash_every_step("crash", 0, NULL, crash_workload, check_crash_contents);
 }
 
 /* A crash at every I/O step of a compaction whose inputs include an earlier
@@ -691,65 +708,22 @@ static void check_output_contents(sl_db *db, int b_version)
 	}
 }
 
+static void output_child(sl_db *db)
+{
+	for (int i = 100; i < 127; i++) { /* S2 all dead now */
+		put(db, i, 1);
+	}
+}
+
+static void check_output_after(sl_db *db)
+{
+	check_output_contents(db, 1);
+}
+
 static void test_crash_compacting_an_output(void **state)
 {
 	(void)state;
-	struct sl_io io = sl_io_default;
-	io.open = c_open;
-	io.pwrite = c_pwrite;
-	io.fdatasync = c_fdatasync;
-	io.fsync = c_fsync;
-	io.ftruncate = c_ftruncate;
-	io.fallocate = c_fallocate;
-	io.rename = c_rename;
-	io.unlink = c_unlink;
-	int crashed = 0, completed = 0;
-	for (long n = 1; n < 400 && completed == 0; n++) {
-		make_dir("outcrash");
-		output_workload();
-		pid_t pid = fork();
-		assert_true(pid >= 0);
-		if (pid == 0) {
-			sl_options o = opts();
-			o.segment_bytes = 4096;
-			o.io = &io;
-			sl_db *db;
-			if (sl_open(g_dir, &o, &db) != SL_OK) {
-				_exit(3);
-			}
-			for (int i = 100; i < 127; i++) { /* S2 all dead now */
-				put(db, i, 1);
-			}
-			g_calls = 0;
-			g_crash_at = n;
-			int rc = sl_compact(db);
-			g_crash_at = -1;
-			_exit(rc == SL_OK ? 0 : 4);
-		}
-		int status;
-		assert_int_equal(waitpid(pid, &status, 0), pid);
-		assert_true(WIFEXITED(status));
-		int code = WEXITSTATUS(status);
-		if (code != 77 && code != 0) {
-			fail_msg("child at n=%ld exited %d", n, code);
-		}
-		crashed += code == 77;
-		completed += code == 0;
-		sl_options o = opts();
-		o.segment_bytes = 4096;
-		sl_db *db;
-		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
-		check_output_contents(db, 1);
-		assert_int_equal(sl_compact(db), SL_OK);
-		check_output_contents(db, 1);
-		sl_close(db);
-		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
-		check_output_contents(db, 1);
-		sl_close(db);
-		remove_dir();
-	}
-	assert_true(crashed > 10);
-	assert_int_equal(completed, 1);
+	crash_every_step("outcrash", 4096, output_workload, output_child, check_output_after);
 }
 
 /* The inputs of one run go all together, or not at all, across a crash
@@ -803,84 +777,37 @@ static void check_loaded_contents(sl_db *db)
 	}
 }
 
+/* In the child: the tombstone first, the put it hides 60 records later,
+ * then every loaded segment given dead bytes. */
+static void loaded_child(sl_db *db)
+{
+	static const uint8_t *recs[103];
+	static size_t lens[103];
+	size_t k = 0;
+	recs[k] = g_recs + g_off[102], lens[k++] = g_len[102];
+	for (int seq = 2; seq <= 61; seq++) {
+		recs[k] = g_recs + g_off[seq], lens[k++] = g_len[seq];
+	}
+	recs[k] = g_recs + g_off[1], lens[k++] = g_len[1];
+	for (int seq = 62; seq <= 101; seq++) {
+		recs[k] = g_recs + g_off[seq], lens[k++] = g_len[seq];
+	}
+	for (size_t i = 0; i < k; i++) {
+		if (sl_load_raw(db, recs[i], lens[i]) != SL_OK) {
+			_exit(5);
+		}
+	}
+	for (int i = 0; i < 100; i++) {
+		put(db, i, 1);
+	}
+}
+
 static void test_crash_dropping_loaded_inputs(void **state)
 {
 	(void)state;
 	load_source();
-	struct sl_io io = sl_io_default;
-	io.open = c_open;
-	io.pwrite = c_pwrite;
-	io.fdatasync = c_fdatasync;
-	io.fsync = c_fsync;
-	io.ftruncate = c_ftruncate;
-	io.fallocate = c_fallocate;
-	io.rename = c_rename;
-	io.unlink = c_unlink;
-	int crashed = 0, completed = 0;
-	for (long n = 1; n < 400 && completed == 0; n++) {
-		make_dir("loadcrash");
-		pid_t pid = fork();
-		assert_true(pid >= 0);
-		if (pid == 0) {
-			sl_options o = opts();
-			o.segment_bytes = 4096; /* 28 records a segment */
-			o.io = &io;
-			sl_db *db;
-			if (sl_open(g_dir, &o, &db) != SL_OK) {
-				_exit(3);
-			}
-			/* the tombstone first, the put it hides 60 records later */
-			static const uint8_t *recs[103];
-			static size_t lens[103];
-			size_t k = 0;
-			recs[k] = g_recs + g_off[102], lens[k++] = g_len[102];
-			for (int seq = 2; seq <= 61; seq++) {
-				recs[k] = g_recs + g_off[seq], lens[k++] = g_len[seq];
-			}
-			recs[k] = g_recs + g_off[1], lens[k++] = g_len[1];
-			for (int seq = 62; seq <= 101; seq++) {
-				recs[k] = g_recs + g_off[seq], lens[k++] = g_len[seq];
-			}
-			for (size_t i = 0; i < k; i++) {
-				if (sl_load_raw(db, recs[i], lens[i]) != SL_OK) {
-					_exit(5);
-				}
-			}
-			for (int i = 0; i < 100; i++) { /* every loaded segment has dead bytes */
-				put(db, i, 1);
-			}
-			g_calls = 0;
-			g_crash_at = n;
-			int rc = sl_compact(db);
-			g_crash_at = -1;
-			_exit(rc == SL_OK ? 0 : 4);
-		}
-		int status;
-		assert_int_equal(waitpid(pid, &status, 0), pid);
-		assert_true(WIFEXITED(status));
-		int code = WEXITSTATUS(status);
-		if (code != 77 && code != 0) {
-			fail_msg("child at n=%ld exited %d", n, code);
-		}
-		crashed += code == 77;
-		completed += code == 0;
-		sl_options o = opts();
-		o.segment_bytes = 4096;
-		sl_db *db;
-		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
-		check_loaded_contents(db);
-		assert_int_equal(count_files("DROPPING"), 0); /* finished by the open */
-		assert_int_equal(sl_compact(db), SL_OK);
-		check_loaded_contents(db);
-		sl_close(db);
-		assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
-		check_loaded_contents(db);
-		sl_close(db);
-		remove_dir();
-	}
+	crash_every_step("loadcrash", 4096, NULL, loaded_child, check_loaded_contents);
 	free(g_recs);
-	assert_true(crashed > 10);
-	assert_int_equal(completed, 1);
 }
 
 /* ---- background compaction while readers and a writer run --------------- */

@@ -750,6 +750,42 @@ static void test_hole_in_the_log_is_stale(void **state)
 	rmbase();
 }
 
+/* Reads the whole snapshot sn (closing it) into b, every record's seq at
+ * most head; chunks alternate between sl_load_raw one record at a time and
+ * sl_load_raw_many (only the latter unless alternate).  Returns the bytes
+ * read. */
+static size_t load_snapshot(sl_snapshot *sn, sl_db *b, uint64_t head, int alternate)
+{
+	static uint8_t buf[2048];
+	static const void *recs[256];
+	static size_t lens[256];
+	int done = 0;
+	size_t total = 0;
+	for (int chunk = 0; !done; chunk++) {
+		size_t len, n = 0;
+		assert_int_equal(sl_snapshot_read(sn, buf, sizeof(buf), &len, &done), SL_OK);
+		for (size_t off = 0; off < len;) {
+			uint32_t sz =
+			    SL_REC_HDR_SIZE + sl_get16(buf + off + 6) + sl_get32(buf + off + 8);
+			assert_true(sl_get64(buf + off + 12) <= head);
+			if (alternate && chunk % 2 == 0) {
+				assert_int_equal(sl_load_raw(b, buf + off, sz), SL_OK);
+			} else {
+				assert_true(n < 256);
+				recs[n] = buf + off;
+				lens[n++] = sz;
+			}
+			off += sz;
+		}
+		size_t got = 0;
+		assert_int_equal(sl_load_raw_many(b, recs, lens, n, &got), SL_OK);
+		assert_int_equal(got, n);
+		total += len;
+	}
+	sl_snapshot_close(sn);
+	return total;
+}
+
 static void test_snapshot_loads_equal(void **state)
 {
 	(void)state;
@@ -766,33 +802,7 @@ static void test_snapshot_loads_equal(void **state)
 	assert_int_equal(sl_put(a, "late", 4, "1", 1, NULL), SL_OK);
 	/* ... and compaction leaves the pinned segments alone meanwhile. */
 	assert_int_equal(sl_compact(a), SL_OK);
-	static uint8_t buf[2048];
-	static const void *recs[256];
-	static size_t lens[256];
-	int done = 0;
-	size_t total = 0;
-	for (int chunk = 0; !done; chunk++) {
-		size_t len, n = 0;
-		assert_int_equal(sl_snapshot_read(sn, buf, sizeof(buf), &len, &done), SL_OK);
-		for (size_t off = 0; off < len;) {
-			uint32_t sz =
-			    SL_REC_HDR_SIZE + sl_get16(buf + off + 6) + sl_get32(buf + off + 8);
-			assert_true(sl_get64(buf + off + 12) <= head);
-			if (chunk % 2 == 0) { /* one at a time, and the batched call */
-				assert_int_equal(sl_load_raw(b, buf + off, sz), SL_OK);
-			} else {
-				assert_true(n < 256);
-				recs[n] = buf + off;
-				lens[n++] = sz;
-			}
-			off += sz;
-		}
-		size_t got = 0;
-		assert_int_equal(sl_load_raw_many(b, recs, lens, n, &got), SL_OK);
-		assert_int_equal(got, n);
-		total += len;
-	}
-	sl_snapshot_close(sn);
+	size_t total = load_snapshot(sn, b, head, 1);
 	assert_true(total > 0);
 	assert_true(sl_last_seq(b) <= head);
 	void *v;
@@ -893,27 +903,7 @@ static void test_snapshot_is_the_store_at_its_head(void **state)
 		assert_int_equal(sl_delete(a, k, strlen(k), NULL), SL_OK);
 	}
 	assert_int_equal(sl_compact(a), SL_OK);
-	static uint8_t buf[4096];
-	static const void *recs[512];
-	static size_t lens[512];
-	int done = 0;
-	while (!done) {
-		size_t len, n = 0;
-		assert_int_equal(sl_snapshot_read(sn, buf, sizeof(buf), &len, &done), SL_OK);
-		for (size_t off = 0; off < len;) {
-			uint32_t sz =
-			    SL_REC_HDR_SIZE + sl_get16(buf + off + 6) + sl_get32(buf + off + 8);
-			assert_true(sl_get64(buf + off + 12) <= head);
-			assert_true(n < 512);
-			recs[n] = buf + off;
-			lens[n++] = sz;
-			off += sz;
-		}
-		size_t got = 0;
-		assert_int_equal(sl_load_raw_many(b, recs, lens, n, &got), SL_OK);
-		assert_int_equal(got, n);
-	}
-	sl_snapshot_close(sn);
+	load_snapshot(sn, b, head, 0);
 	assert_int_equal(sl_last_seq(b), head);
 	char loaded[33];
 	digest_of(b, loaded);
