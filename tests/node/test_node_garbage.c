@@ -341,7 +341,6 @@ static void test_too_many_elements(void **state)
 	free(buf);
 }
 
-
 /* Unknown (or repeated non-repeated) fields: protobuf-c keeps a record of
  * every occurrence while decoding, so 480 KB of 2-byte unknown fields cost
  * the server about 13 MB (16 MB: 270 MB) before the walk bounded them

@@ -367,7 +367,6 @@ static void test_batch_in_order(void **state)
 	sl_pipeline_free(p);
 }
 
-
 /* A batch of 1000 gets of one 1 MB value: the first fits the response,
  * the others get SL_ETOOBIG, and the server does not keep a copy of the
  * value per get meanwhile (it held all 1000, about 1 GB, before). */
