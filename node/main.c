@@ -292,9 +292,11 @@ static int parse_flags(int argc, char **argv, config *c)
 			c->repl_listen = optarg;
 			break;
 		case O_FOLLOW:
-			if (strstr(optarg, "://") == NULL) {
-				return bad_flag("--follow", optarg,
-				                "want a URL like tcp://HOST:PORT");
+			if (!sl_repl_url_ok(optarg)) {
+				return bad_flag(
+				    "--follow", optarg,
+				    "want a URL like tcp://HOST:PORT (under 256 bytes, no "
+				    "spaces or control characters)");
 			}
 			c->follow = optarg;
 			break;

@@ -538,36 +538,48 @@ static int history_same(const sl_repl *r, const ProtobufCBinaryData *hid, size_t
 	return same;
 }
 
-/* Adopts the primary's history (id and ancestors) when it differs. */
-static void adopt_history(sl_repl *r, const ProtobufCBinaryData *hid, size_t n,
-                          Shiplog__HistoryLink **links)
+/* Adopts the primary's history (id and ancestors) when it differs: saved
+ * in DIR/REPL first, then taken in memory, so that no record of the new
+ * history is applied while REPL still names the old one.  0, or -1 when
+ * it could not be saved (nothing changed; the caller applies nothing and
+ * fetches again).  Only the loop thread changes r->st's history. */
+static int adopt_history(sl_repl *r, const ProtobufCBinaryData *hid, size_t n,
+                         Shiplog__HistoryLink **links)
 {
 	if (hid->len != SL_HID_BYTES) {
-		return;
+		return 0;
 	}
 	pthread_mutex_lock(&r->mu);
-	if (!history_same(r, hid, n, links)) {
-		memcpy(r->st.hid, hid->data, SL_HID_BYTES);
-		r->st.nlinks = 0;
-		for (size_t i = 0; i < n && i < SL_MAX_LINKS; i++) {
-			if (links[i]->id.len != SL_HID_BYTES) {
-				continue;
-			}
-			memcpy(r->st.links[r->st.nlinks].id, links[i]->id.data, SL_HID_BYTES);
-			r->st.links[r->st.nlinks++].last_seq = links[i]->last_seq;
-		}
-		repl_state st = r->st;
+	if (history_same(r, hid, n, links)) {
 		pthread_mutex_unlock(&r->mu);
-		char h[33];
-		repl_hex(st.hid, SL_HID_BYTES, h);
-		if (repl_state_save(r->dir, &st) != SL_OK) {
-			repl_log(r, 3, "cannot save replication state in %s", r->dir);
-		} else {
-			repl_log(r, 1, "following history %s", h);
-		}
-		return;
+		return 0;
 	}
+	repl_state st = r->st;
 	pthread_mutex_unlock(&r->mu);
+	memcpy(st.hid, hid->data, SL_HID_BYTES);
+	st.nlinks = 0;
+	for (size_t i = 0; i < n && i < SL_MAX_LINKS; i++) {
+		if (links[i]->id.len != SL_HID_BYTES) {
+			continue;
+		}
+		memcpy(st.links[st.nlinks].id, links[i]->id.data, SL_HID_BYTES);
+		st.links[st.nlinks++].last_seq = links[i]->last_seq;
+	}
+	int rc = repl_state_save(r->dir, &st);
+	if (rc != SL_OK) {
+		repl_log(r, 3, "cannot save replication state in %s: %s; not applying", r->dir,
+		         sl_strerror(rc));
+		return -1;
+	}
+	pthread_mutex_lock(&r->mu);
+	memcpy(r->st.hid, st.hid, SL_HID_BYTES);
+	memcpy(r->st.links, st.links, sizeof(st.links));
+	r->st.nlinks = st.nlinks;
+	pthread_mutex_unlock(&r->mu);
+	char h[33];
+	repl_hex(st.hid, SL_HID_BYTES, h);
+	repl_log(r, 1, "following history %s", h);
+	return 0;
 }
 
 /* ---- full resync --------------------------------------------------------- */
@@ -1212,7 +1224,14 @@ static void *fetch_main(void *arg)
 		connected = 1;
 		last_err = 0;
 		backoff = BACKOFF_MIN_MS;
-		adopt_history(r, &fr->history_id, fr->n_history, fr->history);
+		if (adopt_history(r, &fr->history_id, fr->n_history, fr->history) != 0) {
+			shiplog__repl_reply__free_unpacked(rep, NULL);
+			if (pause_ms(r, backoff)) {
+				break;
+			}
+			backoff = backoff_next(backoff, BACKOFF_MAX_MS);
+			continue;
+		}
 		pthread_mutex_lock(&r->mu);
 		st = r->st; /* the history just adopted goes in the next fetch */
 		pthread_mutex_unlock(&r->mu);

@@ -469,6 +469,20 @@ static void serve_snap(rctx *c)
 	pthread_rwlock_rdlock(r->o.db_lock);
 	pthread_mutex_lock(&r->mu);
 	if (id == 0) {
+		/* A follower that asks for a new snapshot has given up on the one
+		 * it had (a failed load, a disk-full retry): close that now rather
+		 * than at its idle timeout, or a few retries held every slot. */
+		for (int i = 0; s->node_id != NULL && s->node_id[0] && i < SL_MAX_SNAPS; i++) {
+			snap_sess *o = &r->snaps[i];
+			if (o->sn != NULL && !o->busy && strcmp(o->node, s->node_id) == 0) {
+				repl_log(r, 2,
+				         "snapshot %llu abandoned by %s (it asked for a new one); "
+				         "closed",
+				         (unsigned long long)o->id, o->node);
+				sl_snapshot_close(o->sn);
+				memset(o, 0, sizeof(*o));
+			}
+		}
 		for (int i = 0; i < SL_MAX_SNAPS && ss == NULL; i++) {
 			if (r->snaps[i].sn == NULL && !r->snaps[i].busy) {
 				ss = &r->snaps[i];
@@ -495,6 +509,7 @@ static void serve_snap(rctx *c)
 			ss->head = head;
 			ss->id = ++r->next_snap_id;
 			ss->next_chunk = 0;
+			snprintf(ss->node, sizeof(ss->node), "%s", s->node_id ? s->node_id : "");
 			repl_log(r, 1, "full resync for %s: snapshot %llu at seq %llu",
 			         s->node_id ? s->node_id : "?", (unsigned long long)ss->id,
 			         (unsigned long long)head);

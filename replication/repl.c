@@ -100,7 +100,8 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 			repl_log(r, 2, "could not remove %s", tmp);
 		}
 	}
-	int rc = repl_state_load(r->dir, &r->st);
+	int bad_line = 0;
+	int rc = repl_state_load(r->dir, &r->st, &bad_line);
 	int loaded = rc;
 	if (rc == SL_ENOTFOUND) {
 		uint8_t nid[8];
@@ -117,6 +118,15 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 		if (o->follow_url == NULL) {
 			rc = repl_state_save(r->dir, &r->st);
 		}
+	}
+	if (rc == SL_ECORRUPT) {
+		snprintf(err, cap,
+		         "replication state %s/REPL is malformed at line %d (not as shiplogd "
+		         "writes it); fix or remove it (removed: this node starts as a new "
+		         "primary)",
+		         r->dir, bad_line);
+		free(r);
+		return rc;
 	}
 	if (rc != SL_OK) {
 		snprintf(err, cap, "cannot read replication state %s/REPL: %s", r->dir,
@@ -504,8 +514,10 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 		snprintf(msg, cap, "replication is not available on this server");
 		return SL_ENOTSUP;
 	}
-	if (url == NULL || url[0] == '\0' || strstr(url, "://") == NULL || strlen(url) >= 255) {
-		snprintf(msg, cap, "follow needs the primary's replication URL (tcp://HOST:PORT)");
+	if (!sl_repl_url_ok(url)) {
+		snprintf(msg, cap,
+		         "follow needs the primary's replication URL (tcp://HOST:PORT: under 256 "
+		         "bytes, no spaces or control characters)");
 		return SL_EINVAL;
 	}
 	pthread_mutex_lock(&r->admin);

@@ -142,6 +142,11 @@ void sl_repl_ack_flush(sl_repl *r);
  * SL_OK (also when already primary: nothing changes). */
 int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap);
 
+/* 1 when url can be a primary's replication URL: has "://", under 256
+ * bytes, no whitespace or control bytes (it is kept in the line-based
+ * DIR/REPL). */
+int sl_repl_url_ok(const char *url);
+
 /* Re-points the node at url (becoming a follower if it was a primary).
  * SL_EINVAL for an empty/bad url. */
 int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap);

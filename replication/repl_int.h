@@ -40,7 +40,9 @@ typedef struct repl_state {
 } repl_state;
 
 /* state.c */
-int repl_state_load(const char *dir, repl_state *st); /* SL_ENOTFOUND when absent */
+/* SL_ENOTFOUND when absent; SL_ECORRUPT with *bad_line the first line
+ * that does not read as repl_state_save writes it. */
+int repl_state_load(const char *dir, repl_state *st, int *bad_line);
 int repl_state_save(const char *dir, const repl_state *st);
 int repl_random(void *buf, size_t n);
 void repl_hex(const uint8_t *b, size_t n, char *out); /* out: 2n+1 */
@@ -62,6 +64,7 @@ typedef struct snap_sess {
 	uint64_t next_chunk;
 	uint64_t last_ms;
 	int busy;
+	char node[40]; /* the follower it is for ("" unknown) */
 } snap_sess;
 
 struct rctx;

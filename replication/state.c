@@ -20,6 +20,7 @@
  * fsync directory.  The engine deletes stray *.tmp files at open.
  */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -78,22 +79,73 @@ int repl_random(void *buf, size_t n)
 	return SL_OK;
 }
 
-int repl_state_load(const char *dir, repl_state *st)
+/* A whole unsigned decimal number (no sign, no trailing bytes). */
+static int parse_u64(const char *s, uint64_t *v)
+{
+	if (*s < '0' || *s > '9') {
+		return -1;
+	}
+	char *e;
+	errno = 0;
+	unsigned long long x = strtoull(s, &e, 10);
+	if (errno != 0 || *e != '\0') {
+		return -1;
+	}
+	*v = x;
+	return 0;
+}
+
+static int is_hex(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!isxdigit((unsigned char)s[i])) {
+			return 0;
+		}
+	}
+	return s[n] == '\0';
+}
+
+int sl_repl_url_ok(const char *url)
+{
+	size_t n = url != NULL ? strlen(url) : 0;
+	if (n == 0 || n >= sizeof(((repl_state *)0)->primary) || strstr(url, "://") == NULL) {
+		return 0;
+	}
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)url[i];
+		if (c <= ' ' || c == 0x7f) {
+			return 0; /* no whitespace or control bytes: REPL is line-based */
+		}
+	}
+	return 1;
+}
+
+/* Each line is checked whole: a REPL that does not read exactly as
+ * repl_state_save writes it is refused (*bad_line set), never half-used —
+ * a typo in `role` once made a follower come up writable. */
+int repl_state_load(const char *dir, repl_state *st, int *bad_line)
 {
 	char path[4200];
 	snprintf(path, sizeof(path), "%s/REPL", dir);
+	*bad_line = 0;
 	FILE *f = fopen(path, "r");
 	if (f == NULL) {
 		return errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
 	}
 	memset(st, 0, sizeof(*st));
 	char line[512];
-	int ok = 0, have_hid = 0, have_node = 0, lineno = 0;
+	int ok = 0, have_hid = 0, have_node = 0, have_role = 0, lineno = 0;
 	while (fgets(line, sizeof(line), f) != NULL) {
-		line[strcspn(line, "\n")] = '\0';
-		char a[300], b[300];
-		unsigned long long v;
 		lineno++;
+		size_t len = strcspn(line, "\n");
+		if (line[len] != '\n' && !feof(f)) {
+			break; /* longer than any line we write */
+		}
+		line[len] = '\0';
+		const char *sp = strchr(line, ' ');
+		const char *arg = sp != NULL ? sp + 1 : "";
+		size_t kl = sp != NULL ? (size_t)(sp - line) : len;
+		uint64_t v;
 		if (lineno == 1) {
 			if (strcmp(line, "shiplog-repl 1") != 0) {
 				break;
@@ -104,32 +156,43 @@ int repl_state_load(const char *dir, repl_state *st)
 			ok = 1;
 			break;
 		}
-		if (sscanf(line, "node %16s", a) == 1 && strlen(a) == 16) {
-			memcpy(st->node_id, a, 17);
+#define KEY(k) (kl == sizeof(k) - 1 && memcmp(line, k, kl) == 0)
+		if (KEY("node") && strlen(arg) == 16 && is_hex(arg, 16)) {
+			memcpy(st->node_id, arg, 17);
 			have_node = 1;
-		} else if (sscanf(line, "history %299s", a) == 1) {
-			if (unhex(a, st->hid, SL_HID_BYTES) != 0) {
-				break;
-			}
+		} else if (KEY("history") && strlen(arg) == 2 * SL_HID_BYTES &&
+		           unhex(arg, st->hid, SL_HID_BYTES) == 0) {
 			have_hid = 1;
-		} else if (sscanf(line, "role %299s", a) == 1) {
-			st->role = strcmp(a, "follower") == 0 ? ROLE_FOLLOWER : ROLE_PRIMARY;
-		} else if (sscanf(line, "primary %255s", a) == 1) {
-			snprintf(st->primary, sizeof(st->primary), "%s", strcmp(a, "-") ? a : "");
-		} else if (sscanf(line, "floor %llu", &v) == 1) {
+		} else if (KEY("role") &&
+		           (strcmp(arg, "follower") == 0 || strcmp(arg, "primary") == 0)) {
+			st->role = strcmp(arg, "follower") == 0 ? ROLE_FOLLOWER : ROLE_PRIMARY;
+			have_role = 1;
+		} else if (KEY("primary") && (strcmp(arg, "-") == 0 || sl_repl_url_ok(arg))) {
+			snprintf(st->primary, sizeof(st->primary), "%s",
+			         strcmp(arg, "-") ? arg : "");
+		} else if (KEY("floor") && parse_u64(arg, &v) == 0) {
 			st->floor = v;
-		} else if (sscanf(line, "link %299s %llu", b, &v) == 2 &&
-		           st->nlinks < SL_MAX_LINKS) {
-			if (unhex(b, st->links[st->nlinks].id, SL_HID_BYTES) != 0) {
+		} else if (KEY("link") && st->nlinks < SL_MAX_LINKS &&
+		           strlen(arg) > 2 * SL_HID_BYTES && arg[2 * SL_HID_BYTES] == ' ' &&
+		           parse_u64(arg + 2 * SL_HID_BYTES + 1, &v) == 0) {
+			char h[2 * SL_HID_BYTES + 1];
+			memcpy(h, arg, 2 * SL_HID_BYTES);
+			h[2 * SL_HID_BYTES] = '\0';
+			if (unhex(h, st->links[st->nlinks].id, SL_HID_BYTES) != 0) {
 				break;
 			}
 			st->links[st->nlinks++].last_seq = v;
 		} else {
 			break;
 		}
+#undef KEY
 	}
 	fclose(f);
-	return ok && have_hid && have_node ? SL_OK : SL_ECORRUPT;
+	if (ok && have_hid && have_node && have_role) {
+		return SL_OK;
+	}
+	*bad_line = lineno;
+	return SL_ECORRUPT;
 }
 
 static int fsync_dir(const char *dir)

@@ -96,6 +96,11 @@ static void test_bad_flags_exit_1(void **state)
 	assert_int_equal(run_to_exit("bad7", a7), 1);
 	const char *a8[] = {"--log-level", "loud", NULL};
 	assert_int_equal(run_to_exit("bad8", a8), 1);
+	/* a --follow URL with whitespace (REPL is line-based: a newline in it
+	 * once let a URL rewrite the node's role) */
+	const char *a9[] = {"--follow", "tcp://127.0.0.1:1\nrole primary", NULL};
+	assert_int_equal(run_to_exit("bad9", a9), 1);
+	assert_true(out_contains("bad9", "--follow"));
 	const char *h[] = {"--help", NULL};
 	assert_int_equal(run_to_exit("help", h), 0);
 	assert_true(out_contains("help", "--metrics-listen"));
@@ -119,6 +124,37 @@ static void test_dir_in_use_exit_1(void **state)
 	assert_non_null(c);
 	assert_int_equal(sl_client_ping(c), SL_OK);
 	sl_client_close(c);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+}
+
+/* A DIR/REPL that does not read exactly as shiplogd writes it is refused
+ * with its line named: a typo in `role` once brought a follower up as a
+ * writable primary (and the new history it then began made it stick). */
+static void test_malformed_repl_exit_1(void **state)
+{
+	(void)state;
+	char dir[TU_PATH], repl[TU_PATH + 8], url[64];
+	subdir(dir, sizeof(dir), "replfile");
+	nu_daemon d;
+	assert_int_equal(nu_start(&d, dir, NULL), 0);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+	snprintf(repl, sizeof(repl), "%s/REPL", dir);
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	assert_int_equal(tu_read_file(repl, &buf, &len), 0);
+	buf[len] = '\0';
+	char *role = strstr((char *)buf, "role primary\n");
+	assert_non_null(role);
+	memcpy(role, "role Primary", 12);
+	assert_int_equal(tu_write_file(repl, buf, len), 0);
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", nu_free_port());
+	const char *a[] = {"--dir", dir, "--listen", url, NULL};
+	assert_int_equal(run_to_exit("repl1", a), 1);
+	assert_true(out_contains("repl1", "REPL is malformed at line 4"));
+	memcpy(role, "role primary", 12); /* as written: starts again */
+	assert_int_equal(tu_write_file(repl, buf, len), 0);
+	free(buf);
+	assert_int_equal(nu_start(&d, dir, NULL), 0);
 	assert_int_equal(nu_stop(&d, SIGTERM), 0);
 }
 
@@ -389,6 +425,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_bad_flags_exit_1),
 	    cmocka_unit_test(test_dir_in_use_exit_1),
+	    cmocka_unit_test(test_malformed_repl_exit_1),
 	    cmocka_unit_test(test_address_in_use_exit_1),
 	    cmocka_unit_test(test_sigterm_sigint_exit_0_keep_data),
 	    cmocka_unit_test(test_sigterm_under_load),
