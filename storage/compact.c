@@ -47,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -358,9 +359,9 @@ static char *dir_file(const sl_db *db, const char *name)
 	return p;
 }
 
-/* Writes the ids of the run's inputs to DROP_MARK, durably: one id a line.
- * SL_OK, or an error with nothing left but perhaps a .tmp (removed at
- * open). */
+/* Writes the ids of the run's inputs to DROP_MARK (temp, fsync, rename,
+ * fsync dir): one id a line.  SL_OK once renamed; an error only when no
+ * mark was left. */
 static int drop_mark_write(sl_db *db, const run *r)
 {
 	const struct sl_io *io = db->io;
@@ -381,11 +382,16 @@ static int drop_mark_write(sl_db *db, const run *r)
 	if (fd >= 0) {
 		io->close(fd);
 	}
-	if (rc == SL_OK && (io->rename(tmp, fin) != 0 || io->fsync(db->dirfd) != 0)) {
+	if (rc == SL_OK && io->rename(tmp, fin) != 0) {
 		rc = SL_EIO;
 	}
 	if (rc != SL_OK && tmp != NULL) {
-		io->unlink(tmp);
+		io->unlink(tmp); /* no mark: the caller may abandon the run */
+	} else if (io->fsync(db->dirfd) != 0) {
+		/* renamed: the mark is there and the run must go on (its
+		 * outputs may not be discarded under it) */
+		sl_db_log(db, "warn", "compaction: fsync of the directory after %s failed",
+		          DROP_MARK);
 	}
 	free(text);
 	free(tmp);
@@ -409,30 +415,60 @@ int sl_compact_drop_finish(sl_db *db)
 		free(fin);
 		return errno == ENOENT ? SL_OK : SL_EIO;
 	}
-	char buf[65536];
-	ssize_t n = db->io->pread(fd, buf, sizeof(buf) - 1, 0);
+	struct stat st;
+	char *buf = NULL;
+	ssize_t n = -1;
+	/* ids below 2^24: at most 9 bytes each */
+	if (fstat(fd, &st) == 0 && st.st_size < (off_t)(9u << 24) &&
+	    (buf = malloc((size_t)st.st_size + 1)) != NULL) {
+		n = 0;
+		while (n < st.st_size) {
+			ssize_t k = db->io->pread(fd, buf + n, (size_t)(st.st_size - n), n);
+			if (k <= 0) {
+				n = -1;
+				break;
+			}
+			n += k;
+		}
+	}
 	db->io->close(fd);
 	if (n < 0) {
+		free(buf);
 		free(fin);
 		return SL_EIO;
 	}
 	buf[n] = '\0';
 	size_t dropped = 0;
-	for (char *p = buf, *e; *p != '\0'; p = e) {
+	int rc = SL_OK;
+	for (char *p = buf, *e; rc == SL_OK && *p != '\0'; p = e) {
 		unsigned long id = strtoul(p, &e, 10);
 		if (e == p || *e != '\n' || id == 0 || id >= (1ul << 24)) {
 			sl_db_log(db, "error", "%s is damaged; not opening", fin);
-			free(fin);
-			return SL_ECORRUPT;
+			rc = SL_ECORRUPT;
+			break;
 		}
 		e++;
-		unlink_files(db, (uint32_t)id, ".seg");
+		const char *sfx[] = {".seg", ".hint"};
+		for (int k = 0; k < 2 && rc == SL_OK; k++) {
+			char *f = sl_seg_path(db->dir, (uint32_t)id, sfx[k]);
+			if (f == NULL || (db->io->unlink(f) != 0 && errno != ENOENT)) {
+				sl_db_log(db, "error", "cannot remove %s (listed in %s): %s",
+				          f ? f : "?", fin, strerror(errno));
+				rc = SL_EIO; /* the mark stays: the next open tries again */
+			}
+			free(f);
+		}
 		dropped++;
 	}
-	int rc = db->io->fsync(db->dirfd) == 0 && db->io->unlink(fin) == 0 &&
-	                 db->io->fsync(db->dirfd) == 0
-	             ? SL_OK
-	             : SL_EIO;
+	free(buf);
+	if (rc != SL_OK) {
+		free(fin);
+		return rc;
+	}
+	rc = db->io->fsync(db->dirfd) == 0 && db->io->unlink(fin) == 0 &&
+	             db->io->fsync(db->dirfd) == 0
+	         ? SL_OK
+	         : SL_EIO;
 	sl_db_log(db, "info", "finished a compaction's removal of %zu segments", dropped);
 	free(fin);
 	return rc;
@@ -453,25 +489,17 @@ static void drop_inputs(run *r)
 	pthread_mutex_lock(&db->append_mu);
 	pthread_mutex_unlock(&db->append_mu);
 	sl_keydir_barrier(db->kd);
-	int rc = drop_mark_write(db, r);
-	if (rc != SL_OK) {
-		/* Their files stay: beside the outputs they are duplicates
-		 * (equal seqs), and what was dropped is still in them. */
-		sl_db_log(db, "warn", "compaction: cannot record the inputs' removal (%s); kept",
-		          sl_strerror(rc));
-	}
-	for (size_t i = 0; rc == SL_OK && i < r->nin; i++) {
+	/* DROPPING lists them (compact_once wrote it before the switch) */
+	for (size_t i = 0; i < r->nin; i++) {
 		unlink_files(db, r->in[i]->id, ".seg");
 	}
-	if (rc == SL_OK) {
-		char *fin = dir_file(db, DROP_MARK);
-		if (db->io->fsync(db->dirfd) != 0 || fin == NULL || db->io->unlink(fin) != 0) {
-			/* the next open finishes (repeats) the unlinks */
-			sl_db_log(db, "warn", "compaction: %s not removed", DROP_MARK);
-		}
-		db->io->fsync(db->dirfd);
-		free(fin);
+	char *fin = dir_file(db, DROP_MARK);
+	if (db->io->fsync(db->dirfd) != 0 || fin == NULL || db->io->unlink(fin) != 0) {
+		/* the next open finishes (repeats) the unlinks */
+		sl_db_log(db, "warn", "compaction: %s not removed", DROP_MARK);
 	}
+	db->io->fsync(db->dirfd);
+	free(fin);
 	for (size_t i = 0; i < r->nin; i++) {
 		sl_seg_close(db->io, r->in[i]);
 	}
@@ -576,6 +604,11 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 	}
 	if (rc == SL_OK) {
 		rc = finish_outputs(&r);
+	}
+	if (rc == SL_OK) {
+		/* the inputs' removal recorded before anything changes: a run
+		 * that cannot record it changes nothing (step 7) */
+		rc = drop_mark_write(db, &r);
 	}
 	if (rc != SL_OK) {
 		discard_outputs(&r);

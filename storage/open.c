@@ -310,9 +310,7 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 			 * crash before the flusher writes it costs the next
 			 * open the same scan.  hint_due marks it until then
 			 * (nothing else runs yet). */
-			if (!atomic_load(&s->corrupt)) {
-				atomic_store(&s->hint_due, 1);
-			} /* else left as found: no trim cuts a bad last record */
+			atomic_store(&s->hint_due, 1);
 		}
 	}
 done:
