@@ -213,7 +213,11 @@ cl_start_node() {
 	pid=$!
 	echo "$pid" >"$N_DIR/pid"
 	# wait until it answers
-	local i
+	local i partitioned=0
+	if [ "$NETNS" = 1 ] && ! ip -o link show "$N_VETH" 2>/dev/null | grep -q '[<,]UP[,>]'; then
+		partitioned=1
+		cl_warn "$name: its link is down (cluster/partition): not reachable until cluster/heal $name"
+	fi
 	for ((i = 0; i < 150; i++)); do
 		if ! kill -0 "$pid" 2>/dev/null; then
 			wait "$pid" 2>/dev/null || true
@@ -223,9 +227,11 @@ cl_start_node() {
 		fi
 		# started once it answers AND wrote its pidfile (after its
 		# listens succeeded): an answer alone may come from another
-		# server on the same address, while this one fails to bind
-		if [ -f "$N_DIR/shiplogd.pid" ] &&
-			CL_CLI_TIMEOUT=300 cl_cli -a "$N_CLIENT" ping >/dev/null 2>&1; then
+		# server on the same address, while this one fails to bind.
+		# A partitioned node (cluster/partition: its link down) cannot
+		# answer; its pidfile says it listens.
+		if [ -f "$N_DIR/shiplogd.pid" ] && { [ "$partitioned" = 1 ] ||
+			CL_CLI_TIMEOUT=300 cl_cli -a "$N_CLIENT" ping >/dev/null 2>&1; }; then
 			local p2
 			p2=$(cat "$N_DIR/shiplogd.pid")
 			if cl_is_ours "$p2" "$name"; then

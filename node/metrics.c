@@ -191,7 +191,8 @@ static void render_requests(sl_metrics *m, buf *b)
 }
 
 /* A label value in the text format: backslash, double quote and newline
- * escaped (a follower's node id comes from its fetches, any bytes). */
+ * escaped, other control and non-ASCII bytes replaced by '?' (a follower's
+ * node id comes from its fetches: any bytes). */
 static const char *label_esc(const char *in, char *out, size_t cap)
 {
 	size_t o = 0;
@@ -202,6 +203,8 @@ static const char *label_esc(const char *in, char *out, size_t cap)
 		} else if (*in == '\n') {
 			out[o++] = '\\';
 			out[o++] = 'n';
+		} else if ((unsigned char)*in < 0x20 || (unsigned char)*in >= 0x7f) {
+			out[o++] = '?'; /* not valid UTF-8 for sure: Prometheus refuses those */
 		} else {
 			out[o++] = *in;
 		}

@@ -42,6 +42,10 @@ python3 -c 'import json,sys; j=json.loads(sys.argv[1]); n2=j["nodes"][1]; assert
 # starting a node sets up the network again; it must leave n2's cut link down
 cl stop n3 >/dev/null
 cl start n3 >/dev/null
+# and a partitioned node can be restarted (it says so, and stays cut off)
+cl stop n2 >/dev/null
+out=$(cl start n2) || fail "cluster/start of partitioned n2 failed: $out"
+grep -q 'partitioned' <<<"$out" || fail "cluster/start n2 did not say it is partitioned: $out"
 st=$(status_json)
 python3 -c 'import json,sys; j=json.loads(sys.argv[1]); n2=j["nodes"][1]; assert n2["alive"] and not n2["reachable"], n2' "$st" ||
 	fail "cluster/start n3 healed n2's partition"
