@@ -1225,11 +1225,11 @@ static void *fetch_main(void *arg)
 		last_err = 0;
 		backoff = BACKOFF_MIN_MS;
 		if (adopt_history(r, &fr->history_id, fr->n_history, fr->history) != 0) {
+			/* this node's disk: retried once a second, as a store error */
 			shiplog__repl_reply__free_unpacked(rep, NULL);
-			if (pause_ms(r, backoff)) {
+			if (pause_ms(r, 1000)) {
 				break;
 			}
-			backoff = backoff_next(backoff, BACKOFF_MAX_MS);
 			continue;
 		}
 		pthread_mutex_lock(&r->mu);

@@ -474,7 +474,11 @@ static void serve_snap(rctx *c)
 		 * than at its idle timeout, or a few retries held every slot. */
 		for (int i = 0; s->node_id != NULL && s->node_id[0] && i < SL_MAX_SNAPS; i++) {
 			snap_sess *o = &r->snaps[i];
-			if (o->sn != NULL && !o->busy && strcmp(o->node, s->node_id) == 0) {
+			/* idle for a second at least: a follower streaming asks for
+			 * its next chunk at once, so two nodes sharing an id (a
+			 * copied data directory) do not close each other's */
+			if (o->sn != NULL && !o->busy && strcmp(o->node, s->node_id) == 0 &&
+			    repl_ms_since(now, o->last_ms) >= 1000) {
 				repl_log(r, 2,
 				         "snapshot %llu abandoned by %s (it asked for a new one); "
 				         "closed",

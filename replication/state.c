@@ -248,15 +248,13 @@ int repl_state_save(const char *dir, const repl_state *st)
 	if (rc == SL_OK && rename(tmp, path) != 0) {
 		rc = SL_EIO;
 	}
+	if (rc == SL_OK && fsync_dir(dir) != 0) {
+		rc = SL_EIO; /* renamed, but not durable: callers treat it as not saved */
+	}
 	if (rc != SL_OK) {
 		unlink(tmp);
-		return rc;
 	}
-	/* Renamed: the new state is what a restart reads, so it is reported
-	 * saved even if the directory's fsync fails (a caller that took the
-	 * failure would keep the old state in memory against the file). */
-	(void)fsync_dir(dir);
-	return SL_OK;
+	return rc;
 }
 
 int repl_rm_rf(const char *path)

@@ -348,6 +348,24 @@ static void switch_keydir(run *r)
 
 #define DROP_MARK "DROPPING"
 
+/* Unlinks segment id's file and hint; 0, or -1 when one is still there
+ * (a missing one counts as removed). */
+static int unlink_listed(sl_db *db, uint32_t id)
+{
+	const char *sfx[] = {".seg", ".hint"};
+	int rc = 0;
+	for (int k = 0; k < 2; k++) {
+		char *f = sl_seg_path(db->dir, id, sfx[k]);
+		if (f == NULL || (db->io->unlink(f) != 0 && errno != ENOENT)) {
+			sl_db_log(db, "error", "cannot remove %s: %s", f ? f : "a segment",
+			          strerror(errno));
+			rc = -1;
+		}
+		free(f);
+	}
+	return rc;
+}
+
 /* db->dir/name (malloc'd) or NULL. */
 static char *dir_file(const sl_db *db, const char *name)
 {
@@ -448,15 +466,8 @@ int sl_compact_drop_finish(sl_db *db)
 			break;
 		}
 		e++;
-		const char *sfx[] = {".seg", ".hint"};
-		for (int k = 0; k < 2 && rc == SL_OK; k++) {
-			char *f = sl_seg_path(db->dir, (uint32_t)id, sfx[k]);
-			if (f == NULL || (db->io->unlink(f) != 0 && errno != ENOENT)) {
-				sl_db_log(db, "error", "cannot remove %s (listed in %s): %s",
-				          f ? f : "?", fin, strerror(errno));
-				rc = SL_EIO; /* the mark stays: the next open tries again */
-			}
-			free(f);
+		if (unlink_listed(db, (uint32_t)id) != 0) {
+			rc = SL_EIO; /* the mark stays: the next open tries again */
 		}
 		dropped++;
 	}
@@ -489,14 +500,16 @@ static void drop_inputs(run *r)
 	pthread_mutex_lock(&db->append_mu);
 	pthread_mutex_unlock(&db->append_mu);
 	sl_keydir_barrier(db->kd);
-	/* DROPPING lists them (compact_once wrote it before the switch) */
+	/* DROPPING lists them (compact_once wrote it before the switch); it
+	 * stays when one could not be removed, for the next open to finish */
+	int left = 0;
 	for (size_t i = 0; i < r->nin; i++) {
-		unlink_files(db, r->in[i]->id, ".seg");
+		left |= unlink_listed(db, r->in[i]->id) != 0;
 	}
 	char *fin = dir_file(db, DROP_MARK);
-	if (db->io->fsync(db->dirfd) != 0 || fin == NULL || db->io->unlink(fin) != 0) {
-		/* the next open finishes (repeats) the unlinks */
-		sl_db_log(db, "warn", "compaction: %s not removed", DROP_MARK);
+	if (left || db->io->fsync(db->dirfd) != 0 || fin == NULL || db->io->unlink(fin) != 0) {
+		sl_db_log(db, "warn", "compaction: %s kept; the next open finishes the removal",
+		          DROP_MARK);
 	}
 	db->io->fsync(db->dirfd);
 	free(fin);
@@ -604,6 +617,13 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 	}
 	if (rc == SL_OK) {
 		rc = finish_outputs(&r);
+	}
+	if (rc == SL_OK) {
+		/* A record was left out because the index held a newer version
+		 * of its key, which may still be only in the active segment's
+		 * page cache: made durable before the input can go, or a crash
+		 * would lose both versions (the older one acknowledged). */
+		rc = sl_sync_now(db);
 	}
 	if (rc == SL_OK) {
 		/* the inputs' removal recorded before anything changes: a run
