@@ -257,6 +257,13 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 		return rc;
 	}
 	uint64_t size = sl_seg_file_size(s);
+	if (!hdr_ok && !last) {
+		/* Its first_seq (1 now) and flags are unknown: it is kept out of
+		 * the replication log (a log read from a seq below its records
+		 * would start in it and skip the segments before), and 1 stays a
+		 * lower bound of its seqs for compaction. */
+		s->flags |= SL_SEG_COMPACTED;
+	}
 	if (!hdr_ok &&
 	    !(last && all_zero(s->map, size < SL_SEG_HDR_SIZE ? size : SL_SEG_HDR_SIZE))) {
 		__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);

@@ -698,6 +698,7 @@ static void test_sealed_segment_header_flips(void **state)
 	tu_seg sg;
 	assert_int_equal(tu_seg_parse(segp, &sg), 0);
 	assert_true(sg.hdr_ok);
+	uint64_t target_first = sg.nrecs > 0 ? sg.recs[0].seq : 0;
 	char keys[64][64];
 	const char *kp[64];
 	in_seg vic = {kp, 0};
@@ -741,6 +742,24 @@ static void test_sealed_segment_header_flips(void **state)
 		check_scan(db, &s, is_in_seg, &vic, what);
 		if (stats(db).corrupt_records == 0) {
 			fail_msg("%s: stats.corrupt_records is 0", what);
+		}
+		/* Log reads from the first seq and from the damaged segment's
+		 * first seq: the records from exactly there, or SL_ESTALE (a full
+		 * resync) — never a later segment's records as if those came first
+		 * (the damaged header's first_seq read 1, and a read from seq 1
+		 * started in that segment, skipping every one before it). */
+		static uint8_t lbuf[1 << 16];
+		uint64_t froms[2] = {1, target_first};
+		for (int k = 0; k < 2; k++) {
+			size_t llen = 0;
+			uint64_t next = 0;
+			int lrc = sl_log_read(db, froms[k], lbuf, sizeof(lbuf), &llen, &next);
+			if (lrc == SL_OK && llen > 0 && sl_get64(lbuf + 12) != froms[k]) {
+				fail_msg("%s: a log read from seq %llu began at seq %llu", what,
+				         (unsigned long long)froms[k],
+				         (unsigned long long)sl_get64(lbuf + 12));
+			}
+			assert_true(lrc == SL_OK || lrc == SL_ESTALE);
 		}
 		uint64_t seq = 0;
 		assert_int_equal(sl_put(db, "new", 3, "n", 1, &seq), SL_OK);
