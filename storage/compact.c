@@ -14,20 +14,24 @@
  *     SL_SEG_COMPACTED) and fdatasync'd.
  *  3. Its hint NNNNNNNNNN.hint is written (.tmp, fsync, rename, fsync dir).
  *  4. NNNNNNNNNN.seg.tmp is renamed to .seg; the directory is fsync'd.
+ *  4b. The log is synced (a record left out for a newer version must not go
+ *     while that version is only in the page cache), then the inputs' ids
+ *     are written to DROPPING (temp, fsync, rename, fsync dir); a run that
+ *     cannot write it is abandoned here, outputs removed.
  *  5. Only then are outputs published and keydir entries moved to them,
  *     compare-and-swap on location (a concurrent overwrite wins).
  *  6. Tombstones and expired records that can be dropped are removed from the
  *     keydir, again only if the entry is still exactly theirs.
  *  7. Inputs are unpublished, a keydir barrier waits out every reader that
- *     could still be copying from them; their ids are written to DROPPING
- *     (temp, fsync, rename, fsync dir), then they are unlinked, hints with
- *     them, the directory fsync'd, and DROPPING removed.  An open that
- *     finds DROPPING finishes those unlinks before it lists the segments
- *     (sl_compact_drop_finish), so the inputs go all together or not at
- *     all.
+ *     could still be copying from them; they are unlinked, hints with them,
+ *     the directory fsync'd, and DROPPING removed (kept when an unlink
+ *     failed).  An open that finds DROPPING finishes those unlinks before
+ *     it lists the segments (sl_compact_drop_finish), so the inputs go all
+ *     together or not at all.
  * A crash before 4 leaves only *.tmp files and hints without segments, both
- * removed at open.  A crash after 4 leaves outputs beside their inputs:
- * records with equal seqs, harmless since the highest seq wins.
+ * removed at open.  A crash after 4 and before 4b's rename leaves outputs
+ * beside their inputs: records with equal seqs, harmless since the highest
+ * seq wins; after it, the inputs go at the next open.
  *
  * Dropping: a tombstone, or an expired record, with seq T may be dropped
  * only when every segment that stays (not an input of this run) holds seqs
