@@ -748,8 +748,8 @@ static const command commands[] = {
      "after MS ms; prints the write's seq"},
     {"del", 1, 1, 0, 1, cmd_del, "del KEY", "delete KEY; prints the tombstone's seq"},
     {"mget", 1, -1, 0, 1, cmd_mget, "mget KEY...",
-     "print each KEY's value on its own line (escaped; (nil) when absent); exit 1 if any "
-     "is absent"},
+     "print each KEY's value on its own line (escaped; (nil) when absent, (error) when "
+     "the server could not read it); exit 1 if any is absent, 2 if any gave an error"},
     {"scan", 0, 1, OPT_LIMIT | OPT_VALUES, 1, cmd_scan, "scan [PREFIX] [--limit N] [--values]",
      "list keys starting with PREFIX (all keys without one) in byte order, one per line "
      "(escaped); --values: KEY<TAB>VALUE"},
@@ -877,9 +877,13 @@ static void usage(FILE *f)
 	fprintf(
 	    f,
 	    "\n"
-	    "JSON output: put/del {\"seq\": N} (del of an absent key: {\"seq\": null});\n"
-	    "get {\"key\": K, \"value\": V, \"seq\": N} (value null when absent);\n"
-	    "mget {\"items\": [{\"key\", \"value\", \"seq\"}...], \"found\": N, \"missing\": M};\n"
+	    "JSON output: put/del {\"seq\": N} (del of an absent key: {\"seq\": null}; with\n"
+	    "--acks also \"acks\": N); get {\"key\": K, \"value\": V, \"seq\": N} (value null "
+	    "when\n"
+	    "absent); mget {\"items\": [{\"key\", \"value\", \"seq\"[, \"error\"]}...], \"found\": "
+	    "N,\n"
+	    "\"missing\": M, \"errors\": E}; digest {\"digest\", \"keys\"}; promote/follow\n"
+	    "{\"ok\": true, \"history_id\"}; wait {\"acks\": N};\n"
 	    "scan {\"items\": [{\"key\"[, \"value\"]}...], \"count\": N}; stats {name: value...};\n"
 	    "ping {\"pong\": true, \"latency_us\": N}; compact {\"ok\": true}.\n"
 	    "Keys and values that are valid UTF-8 are JSON strings; any other is given\n"

@@ -90,7 +90,7 @@ static void usage(FILE *f)
 	       "                              each fetch pauses this long between fetches, so\n"
 	       "                              each carries more (default 0: no pause)\n"
 	       "  --version                   print the version and exit\n"
-	       "  --help                      this text\n"
+	       "  -h, --help                  this text\n"
 	       "\n"
 	       "Sizes take k, m, g suffixes (powers of 1024).  SIGTERM or SIGINT stops the\n"
 	       "server cleanly (in-flight requests finish, data is synced).\n");

@@ -322,7 +322,9 @@ int sl_snapshot_open(sl_db *db, sl_snapshot **out, uint64_t *head_seq_out);
 /* Copies the next whole raw records of the snapshot into buf (at most cap
  * bytes; SL_ETOOBIG if a single record does not fit in cap): the records,
  * with seq <= head seq, that are the current version of their key (puts and
- * tombstones), in no particular order.  *len_out 0 and *done 1 at the end. */
+ * tombstones), and for a key changed after the snapshot was taken every
+ * version up to head seq (load them with sl_load_raw: the highest wins), in
+ * no particular order.  *len_out 0 and *done 1 at the end. */
 int sl_snapshot_read(sl_snapshot *sn, void *buf, size_t cap, size_t *len_out, int *done);
 
 /* Unpins.  NULL is fine. */

@@ -940,7 +940,8 @@ static void usage(FILE *f)
 	           "  --catchup-mb MB     log written while a follower is down (default 500)\n"
 	           "  --batch-us US       the followers' --repl-batch-us (default 0)\n"
 	           "  --json              one JSON object per figure\n"
-	           "  --keep              keep the data directories\n");
+	           "  --keep              keep the data directories\n"
+	           "  --help              this text\n");
 }
 
 int sl_replbench_main(int argc, char **argv)
