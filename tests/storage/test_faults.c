@@ -287,6 +287,21 @@ static void check_scan(sl_db *db, kvset *s, damaged_fn damaged, void *arg, const
 	}
 }
 
+/* A fresh directory (tu_mkdtemp(tag)) and options for it: quiet, no
+ * background compaction (the files are damaged and checked exactly), no
+ * sync, segments of segment_bytes. */
+static char *fault_dir(const char *tag, sl_options *o, uint64_t segment_bytes)
+{
+	char *dir = tu_mkdtemp(tag);
+	assert_non_null(dir);
+	sl_options_init(o);
+	o->quiet = tu_quiet();
+	o->compact_background = 0;
+	o->sync = SL_SYNC_NO;
+	o->segment_bytes = segment_bytes;
+	return dir;
+}
+
 static char *seg_file(const char *dir, uint64_t id, const char *ext)
 {
 	char *p = malloc(4096);
@@ -342,14 +357,8 @@ static uint64_t check_clean_segments(const char *dir, const char *what)
 
 static void torn_tail_case(int last_is_delete)
 {
-	char *dir = tu_mkdtemp("torn");
-	assert_non_null(dir);
 	sl_options o;
-	sl_options_init(&o);
-	o.quiet = tu_quiet();
-	o.compact_background = 0; /* the files are damaged and checked exactly */
-	o.sync = SL_SYNC_NO;
-	o.segment_bytes = 64 << 10;
+	char *dir = fault_dir("torn", &o, 64 << 10);
 	sl_db *db;
 	open_db(dir, &o, &db);
 	kvset s = {0};
@@ -537,14 +546,8 @@ static uint64_t build_sealed(const char *dir, const sl_options *o, kvset *s)
 
 static void sealed_flips(int with_hint)
 {
-	char *dir = tu_mkdtemp("sealed");
-	assert_non_null(dir);
 	sl_options o;
-	sl_options_init(&o);
-	o.quiet = tu_quiet();
-	o.compact_background = 0; /* the files are damaged and checked exactly */
-	o.sync = SL_SYNC_NO;
-	o.segment_bytes = 4096;
+	char *dir = fault_dir("sealed", &o, 4096);
 	kvset s = {0};
 	uint64_t target = build_sealed(dir, &o, &s);
 	char *segp = seg_file(dir, target, "seg");
@@ -684,14 +687,8 @@ static int same_files(const tu_snapshot *a, const tu_snapshot *b)
 static void test_sealed_segment_header_flips(void **state)
 {
 	(void)state;
-	char *dir = tu_mkdtemp("sealhdr");
-	assert_non_null(dir);
 	sl_options o;
-	sl_options_init(&o);
-	o.quiet = tu_quiet();
-	o.compact_background = 0;
-	o.sync = SL_SYNC_NO;
-	o.segment_bytes = 4096;
+	char *dir = fault_dir("sealhdr", &o, 4096);
 	kvset s = {0};
 	uint64_t target = build_sealed(dir, &o, &s);
 	char *segp = seg_file(dir, target, "seg");
@@ -782,14 +779,8 @@ static void test_sealed_segment_header_flips(void **state)
 static void test_refused_open_leaves_scanned_segments(void **state)
 {
 	(void)state;
-	char *dir = tu_mkdtemp("refused");
-	assert_non_null(dir);
 	sl_options o;
-	sl_options_init(&o);
-	o.quiet = tu_quiet();
-	o.compact_background = 0;
-	o.sync = SL_SYNC_NO;
-	o.segment_bytes = 4096;
+	char *dir = fault_dir("refused", &o, 4096);
 	o.open_threads = 1; /* the scan of ids[0] comes before ids[n - 2] */
 	kvset s = {0};
 	(void)build_sealed(dir, &o, &s);
@@ -833,6 +824,35 @@ static void test_refused_open_leaves_scanned_segments(void **state)
 	free(dir);
 }
 
+/* One damaged record: build_sealed's target segment with a byte of one
+ * record's value flipped (its middle record, which has valid ones after
+ * it, or its last) and its hint removed. */
+typedef struct damaged_rec {
+	char *segp, *hintp;
+	char key[64];
+	victim vic;
+	size_t off; /* where the damaged record starts */
+} damaged_rec;
+
+static void damage_one(const char *dir, const sl_options *o, kvset *s, int last, damaged_rec *d)
+{
+	uint64_t target = build_sealed(dir, o, s);
+	d->segp = seg_file(dir, target, "seg");
+	d->hintp = seg_file(dir, target, "hint");
+	tu_seg sg;
+	assert_int_equal(tu_seg_parse(d->segp, &sg), 0);
+	assert_true(sg.nrecs >= 4);
+	const tu_rec *rec = &sg.recs[last ? sg.nrecs - 1 : sg.nrecs / 2];
+	memcpy(d->key, rec->key, rec->klen);
+	d->key[rec->klen] = '\0';
+	d->vic = (victim){d->key, rec->klen};
+	d->off = rec->off;
+	long long at = (long long)(rec->off + SL_REC_HDR_SIZE + rec->klen + rec->vlen / 2);
+	tu_seg_free(&sg);
+	assert_int_equal(tu_flip_byte(d->segp, at, 0xff), 0);
+	assert_int_equal(unlink(d->hintp), 0);
+}
+
 /* A sealed segment found corrupt by the open's scan keeps that mark at
  * every later open: it gets no hint (a hint lists only the good records,
  * so an open that loaded it would not see the damage), is scanned again,
@@ -840,30 +860,12 @@ static void test_refused_open_leaves_scanned_segments(void **state)
 static void test_corrupt_segment_stays_corrupt(void **state)
 {
 	(void)state;
-	char *dir = tu_mkdtemp("corrupt");
-	assert_non_null(dir);
 	sl_options o;
-	sl_options_init(&o);
-	o.quiet = tu_quiet();
-	o.compact_background = 0;
-	o.sync = SL_SYNC_NO;
-	o.segment_bytes = 4096;
+	char *dir = fault_dir("corrupt", &o, 4096);
 	kvset s = {0};
-	uint64_t target = build_sealed(dir, &o, &s);
-	char *segp = seg_file(dir, target, "seg");
-	char *hintp = seg_file(dir, target, "hint");
-	tu_seg sg;
-	assert_int_equal(tu_seg_parse(segp, &sg), 0);
-	assert_true(sg.nrecs >= 4);
-	const tu_rec *rec = &sg.recs[sg.nrecs / 2]; /* valid records after it */
-	char key[64];
-	memcpy(key, rec->key, rec->klen);
-	key[rec->klen] = '\0';
-	victim vic = {key, rec->klen};
-	long long at = (long long)(rec->off + SL_REC_HDR_SIZE + rec->klen + rec->vlen / 2);
-	tu_seg_free(&sg);
-	assert_int_equal(tu_flip_byte(segp, at, 0xff), 0);
-	assert_int_equal(unlink(hintp), 0);
+	damaged_rec d;
+	damage_one(dir, &o, &s, 0, &d);
+	char *segp = d.segp, *hintp = d.hintp;
 	tu_snapshot damaged;
 	assert_int_equal(tu_snapshot_take(dir, &damaged), 0);
 
@@ -875,7 +877,7 @@ static void test_corrupt_segment_stays_corrupt(void **state)
 		if (stats(db).corrupt_records == 0) {
 			fail_msg("%s: stats.corrupt_records is 0", what);
 		}
-		check_kvset(db, &s, is_victim, &vic, what);
+		check_kvset(db, &s, is_victim, &d.vic, what);
 		assert_int_equal(sl_compact(db), SL_OK); /* every sealed segment but it */
 		sl_close(db);                            /* writes every due hint */
 		if (tu_exists(hintp)) {
@@ -917,30 +919,14 @@ static void test_corrupt_segment_stays_corrupt(void **state)
 static void test_corrupt_last_record_cut(void **state)
 {
 	(void)state;
-	char *dir = tu_mkdtemp("lastrec");
-	assert_non_null(dir);
 	sl_options o;
-	sl_options_init(&o);
-	o.quiet = tu_quiet();
-	o.compact_background = 0;
-	o.sync = SL_SYNC_NO;
-	o.segment_bytes = 4096;
+	char *dir = fault_dir("lastrec", &o, 4096);
 	kvset s = {0};
-	uint64_t target = build_sealed(dir, &o, &s);
-	char *segp = seg_file(dir, target, "seg");
-	char *hintp = seg_file(dir, target, "hint");
-	tu_seg sg;
-	assert_int_equal(tu_seg_parse(segp, &sg), 0);
-	const tu_rec *rec = &sg.recs[sg.nrecs - 1];
-	char key[64];
-	memcpy(key, rec->key, rec->klen);
-	key[rec->klen] = '\0';
-	victim vic = {key, rec->klen};
-	long long at = (long long)(rec->off + SL_REC_HDR_SIZE + rec->klen + rec->vlen / 2);
-	size_t cut = rec->off;
-	tu_seg_free(&sg);
-	assert_int_equal(tu_flip_byte(segp, at, 0xff), 0);
-	assert_int_equal(unlink(hintp), 0);
+	damaged_rec d;
+	damage_one(dir, &o, &s, 1, &d);
+	char *segp = d.segp, *hintp = d.hintp;
+	victim vic = d.vic;
+	size_t cut = d.off;
 	sl_db *db = NULL;
 	open_db(dir, &o, &db);
 	assert_true(stats(db).corrupt_records > 0);
@@ -969,14 +955,8 @@ static void test_corrupt_last_record_cut(void **state)
 static void test_lower_limits_keep_stored_records(void **state)
 {
 	(void)state;
-	char *dir = tu_mkdtemp("limits");
-	assert_non_null(dir);
 	sl_options o;
-	sl_options_init(&o);
-	o.quiet = tu_quiet();
-	o.compact_background = 0;
-	o.sync = SL_SYNC_NO;
-	o.segment_bytes = 4u << 20;
+	char *dir = fault_dir("limits", &o, 4u << 20);
 	size_t big = 2u << 20;
 	char *v = malloc(big);
 	assert_non_null(v);
@@ -1040,14 +1020,8 @@ static void test_lower_limits_keep_stored_records(void **state)
 static void test_hint_flips(void **state)
 {
 	(void)state;
-	char *dir = tu_mkdtemp("hint");
-	assert_non_null(dir);
 	sl_options o;
-	sl_options_init(&o);
-	o.quiet = tu_quiet();
-	o.compact_background = 0; /* the files are damaged and checked exactly */
-	o.sync = SL_SYNC_NO;
-	o.segment_bytes = 4096;
+	char *dir = fault_dir("hint", &o, 4096);
 	kvset s = {0};
 	uint64_t target = build_sealed(dir, &o, &s);
 	/* Some tombstones in sealed segments too. */
