@@ -214,7 +214,7 @@ cl_start_node() {
 	echo "$pid" >"$N_DIR/pid"
 	# wait until it answers
 	local i partitioned=0
-	if [ "$NETNS" = 1 ] && ! ip -o link show "$N_VETH" 2>/dev/null | grep -q '[<,]UP[,>]'; then
+	if cl_partitioned; then
 		partitioned=1
 		cl_warn "$name: its link is down (cluster/partition): not reachable until cluster/heal $name"
 	fi
@@ -385,6 +385,10 @@ cl_link_exists() { ip link show "$1" >/dev/null 2>&1; }
 # (the link still there) does not.
 cl_link_del() { ip link del "$1" 2>/dev/null || ! cl_link_exists "$1"; }
 cl_ns_exists() { ip netns list 2>/dev/null | awk '{print $1}' | grep -qx "$1"; }
+# cl_partitioned: the node cl_node last set has its link down (cluster/partition)
+cl_partitioned() {
+	[ "$NETNS" = 1 ] && ! ip -o link show "$N_VETH" 2>/dev/null | grep -q '[<,]UP[,>]'
+}
 
 # cl_netns_up: create (what is missing of) the bridge, namespaces and veths.
 # A node's link that exists is left as it is: cluster/partition took it down

@@ -134,21 +134,17 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 		free(r);
 		return rc;
 	}
-	if (o->follow_url != NULL && o->follow_url[0] != '\0') {
-		r->st.role = ROLE_FOLLOWER;
-		snprintf(r->st.primary, sizeof(r->st.primary), "%s", o->follow_url);
-		if ((rc = repl_state_save(r->dir, &r->st)) != SL_OK) {
-			snprintf(err, cap, "cannot write replication state %s/REPL: %s", r->dir,
-			         sl_strerror(rc));
-			free(r);
-			return rc;
-		}
-	}
 	uint64_t last = sl_last_seq(*o->dbp);
 	if (last < r->st.floor) {
 		last = r->st.floor;
 	}
-	if (loaded == SL_OK && r->st.role == ROLE_PRIMARY && last > 0) {
+	repl_state st = r->st;
+	int changed = 0;
+	if (o->follow_url != NULL && o->follow_url[0] != '\0') {
+		st.role = ROLE_FOLLOWER;
+		snprintf(st.primary, sizeof(st.primary), "%s", o->follow_url);
+		changed = 1;
+	} else if (loaded == SL_OK && st.role == ROLE_PRIMARY && last > 0) {
 		/* A primary that starts again begins a new history from what
 		 * its store holds: records it served but lost (a power cut
 		 * before their fdatasync) would otherwise be numbered again
@@ -156,18 +152,19 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 		 * that applied them would go on from there, never equal
 		 * again.  Followers at or below `last` continue on the link;
 		 * one above it resyncs fully. */
-		repl_state st = r->st;
-		if ((rc = history_begin(&st, last)) == SL_OK) {
-			rc = repl_state_save(r->dir, &st);
-		}
-		if (rc != SL_OK) {
-			snprintf(err, cap, "cannot write replication state %s/REPL: %s", r->dir,
-			         sl_strerror(rc));
-			free(r);
-			return rc;
-		}
-		r->st = st;
+		rc = history_begin(&st, last);
+		changed = 1;
 	}
+	if (changed && rc == SL_OK) {
+		rc = repl_state_save(r->dir, &st);
+	}
+	if (rc != SL_OK) {
+		snprintf(err, cap, "cannot write replication state %s/REPL: %s", r->dir,
+		         sl_strerror(rc));
+		free(r);
+		return rc;
+	}
+	r->st = st;
 	atomic_store(&r->head, last);
 	atomic_store(&r->applied, last);
 	r->durable = 0;

@@ -20,7 +20,6 @@
  * fsync directory.  The engine deletes stray *.tmp files at open.
  */
 #define _GNU_SOURCE
-#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -95,16 +94,6 @@ static int parse_u64(const char *s, uint64_t *v)
 	return 0;
 }
 
-static int is_hex(const char *s, size_t n)
-{
-	for (size_t i = 0; i < n; i++) {
-		if (!isxdigit((unsigned char)s[i])) {
-			return 0;
-		}
-	}
-	return s[n] == '\0';
-}
-
 int sl_repl_url_ok(const char *url)
 {
 	size_t n = url != NULL ? strlen(url) : 0;
@@ -157,11 +146,11 @@ int repl_state_load(const char *dir, repl_state *st, int *bad_line)
 			break;
 		}
 #define KEY(k) (kl == sizeof(k) - 1 && memcmp(line, k, kl) == 0)
-		if (KEY("node") && strlen(arg) == 16 && is_hex(arg, 16)) {
+		uint8_t nid[8];
+		if (KEY("node") && unhex(arg, nid, sizeof(nid)) == 0) {
 			memcpy(st->node_id, arg, 17);
 			have_node = 1;
-		} else if (KEY("history") && strlen(arg) == 2 * SL_HID_BYTES &&
-		           unhex(arg, st->hid, SL_HID_BYTES) == 0) {
+		} else if (KEY("history") && unhex(arg, st->hid, SL_HID_BYTES) == 0) {
 			have_hid = 1;
 		} else if (KEY("role") &&
 		           (strcmp(arg, "follower") == 0 || strcmp(arg, "primary") == 0)) {

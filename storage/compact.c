@@ -105,20 +105,24 @@ static int push_move(move **v, size_t *n, size_t *cap, move m)
 	return SL_OK;
 }
 
-/* Unlinks segment id's file (with `suffix`) and its hint.  Best effort: a
- * file left behind is a duplicate or an orphan hint, both harmless. */
-static void unlink_files(sl_db *db, uint32_t id, const char *suffix)
+/* Unlinks segment id's file (with `suffix`) and its hint: 0, or -1 (logged)
+ * when one is still there; a missing one counts as removed.  Discarded
+ * outputs ignore the result (a file left is a duplicate or an orphan hint,
+ * both harmless); a run's inputs do not (DROPPING stays). */
+static int unlink_files(sl_db *db, uint32_t id, const char *suffix)
 {
-	char *seg = sl_seg_path(db->dir, id, suffix);
-	char *hint = sl_seg_path(db->dir, id, ".hint");
-	if (seg != NULL) {
-		db->io->unlink(seg);
+	const char *sfx[] = {suffix, ".hint"};
+	int rc = 0;
+	for (int k = 0; k < 2; k++) {
+		char *f = sl_seg_path(db->dir, id, sfx[k]);
+		if (f == NULL || (db->io->unlink(f) != 0 && errno != ENOENT)) {
+			sl_db_log(db, "error", "cannot remove %s: %s", f ? f : "a segment",
+			          strerror(errno));
+			rc = -1;
+		}
+		free(f);
 	}
-	if (hint != NULL) {
-		db->io->unlink(hint);
-	}
-	free(seg);
-	free(hint);
+	return rc;
 }
 
 static int new_output(run *r, size_t need)
@@ -285,7 +289,7 @@ static void discard_outputs(run *r)
 	sl_db *db = r->db;
 	for (size_t i = 0; i < r->nout; i++) {
 		output *o = &r->out[i];
-		unlink_files(db, o->s->id, o->renamed ? ".seg" : ".seg.tmp");
+		(void)unlink_files(db, o->s->id, o->renamed ? ".seg" : ".seg.tmp");
 		sl_seg_close(db->io, o->s);
 		o->s = NULL;
 	}
@@ -351,24 +355,6 @@ static void switch_keydir(run *r)
 }
 
 #define DROP_MARK "DROPPING"
-
-/* Unlinks segment id's file and hint; 0, or -1 when one is still there
- * (a missing one counts as removed). */
-static int unlink_listed(sl_db *db, uint32_t id)
-{
-	const char *sfx[] = {".seg", ".hint"};
-	int rc = 0;
-	for (int k = 0; k < 2; k++) {
-		char *f = sl_seg_path(db->dir, id, sfx[k]);
-		if (f == NULL || (db->io->unlink(f) != 0 && errno != ENOENT)) {
-			sl_db_log(db, "error", "cannot remove %s: %s", f ? f : "a segment",
-			          strerror(errno));
-			rc = -1;
-		}
-		free(f);
-	}
-	return rc;
-}
 
 /* db->dir/name (malloc'd) or NULL. */
 static char *dir_file(const sl_db *db, const char *name)
@@ -470,7 +456,7 @@ int sl_compact_drop_finish(sl_db *db)
 			break;
 		}
 		e++;
-		if (unlink_listed(db, (uint32_t)id) != 0) {
+		if (unlink_files(db, (uint32_t)id, ".seg") != 0) {
 			rc = SL_EIO; /* the mark stays: the next open tries again */
 		}
 		dropped++;
@@ -508,7 +494,7 @@ static void drop_inputs(run *r)
 	 * stays when one could not be removed, for the next open to finish */
 	int left = 0;
 	for (size_t i = 0; i < r->nin; i++) {
-		left |= unlink_listed(db, r->in[i]->id) != 0;
+		left |= unlink_files(db, r->in[i]->id, ".seg") != 0;
 	}
 	char *fin = dir_file(db, DROP_MARK);
 	if (left || db->io->fsync(db->dirfd) != 0 || fin == NULL || db->io->unlink(fin) != 0) {

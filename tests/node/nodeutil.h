@@ -217,6 +217,30 @@ static inline int nu_stop(nu_daemon *d, int sig)
 	return st;
 }
 
+/* Sends SIGSTOP to pid and waits (up to 5 s) until it is stopped: the
+ * signal lands asynchronously, and a request sent right after could still
+ * be served.  0, or -1 when it never showed as stopped. */
+static inline int nu_sigstop(pid_t pid)
+{
+	kill(pid, SIGSTOP);
+	char path[64], buf[256];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	for (int waited = 0; waited < 5000; waited += 5) {
+		FILE *f = fopen(path, "r");
+		size_t n = f != NULL ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+		if (f != NULL) {
+			fclose(f);
+		}
+		buf[n] = '\0';
+		const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." */
+		if (rp != NULL && (rp[2] == 'T' || rp[2] == 't')) {
+			return 0;
+		}
+		nu_sleep_ms(5);
+	}
+	return -1;
+}
+
 /* The VmHWM (peak resident set) of process pid in kB, -1 when unreadable;
  * with reset, the peak is first set back to the current RSS (clear_refs
  * "5", root or the process's owner). */

@@ -432,7 +432,7 @@ static void test_timeout_after_failed_send(void **state)
 		rc = sl_client_ping(c2);
 	}
 	assert_int_equal(rc, SL_OK);
-	kill(d2.pid, SIGSTOP); /* connected, answers nothing */
+	assert_int_equal(nu_sigstop(d2.pid), 0); /* connected, answers nothing */
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	void *v = NULL;
