@@ -402,6 +402,19 @@ static int cpu_count(void)
  * the mutex, and main takes it before going on). */
 #define TEARDOWN_LIMIT_S 3
 
+/* sl_server_opts.ready: the pidfile (arg, or none) is written once the
+ * addresses are bound and before the first request is answered, so a
+ * client that got an answer finds it. */
+static int pidfile_ready(void *arg, char *err, size_t cap)
+{
+	const char *path = arg;
+	if (path != NULL && write_pidfile(path) != 0) {
+		snprintf(err, cap, "cannot write pidfile %s: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 static const char *g_pidfile;
 static pthread_mutex_t g_teardown_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_teardown_done;
@@ -582,19 +595,13 @@ int main(int argc, char **argv)
 	    .workers = c.workers,
 	    .running = running,
 	    .drain_ms = 30000,
+	    .ready = pidfile_ready,
+	    .ready_arg = (void *)c.pidfile,
 	};
 	sl_server *srv = NULL;
 	char err[512];
 	if (n.metrics == NULL || (rc = sl_server_start(&n, &so, &srv, err, sizeof(err))) != SL_OK) {
 		sl_log_error("%s; refusing to start", n.metrics ? err : "out of memory");
-		sl_repl_stop(n.repl);
-		sl_close(n.db);
-		sl_metrics_free(n.metrics);
-		return 1;
-	}
-	if (c.pidfile != NULL && write_pidfile(c.pidfile) != 0) {
-		sl_log_error("cannot write pidfile %s: %s", c.pidfile, strerror(errno));
-		sl_server_stop(srv);
 		sl_repl_stop(n.repl);
 		sl_close(n.db);
 		sl_metrics_free(n.metrics);

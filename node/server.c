@@ -453,6 +453,9 @@ static int rep_start(sl_server *s, const sl_server_opts *o, char *err, size_t ca
 		       : rv == NNG_EADDRINVAL || rv == NNG_EINVAL || rv == NNG_ENOTSUP ? SL_EINVAL
 		                                                                       : SL_EIO;
 	}
+	if (o->ready != NULL && o->ready(o->ready_arg, err, cap) != 0) {
+		return SL_EIO;
+	}
 	for (int i = 0; i < s->nctx; i++) {
 		s->ctxs[i].state = ST_RECV;
 		nng_ctx_recv(s->ctxs[i].ctx, s->ctxs[i].aio);

@@ -23,6 +23,11 @@ typedef struct sl_server_opts {
 	int running;             /* of which at most this many run at once, unless
 	                          * waiting (see workq.h); 0: workers */
 	int drain_ms;            /* at stop: how long to wait for in-flight work */
+	/* Called once every address is bound and before the first request is
+	 * taken (so that whoever sees the server answer also sees what it
+	 * does, e.g. the pidfile written); non-zero fails the start. */
+	int (*ready)(void *arg, char *err, size_t cap);
+	void *ready_arg;
 } sl_server_opts;
 
 typedef struct sl_server sl_server;
