@@ -830,6 +830,21 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 
 /* ---- the loop ------------------------------------------------------------ */
 
+/* The history a store at `applied` under st presents in a fetch.  A
+ * history that began at seq L holds nothing of its own at L: the store is
+ * then its predecessor's at L (links[i] = (predecessor, L)), and so on down
+ * the links.  A node restarted as primary (a new history at every start,
+ * invariant of repl.c) and re-pointed before it took a write thus continues
+ * on a primary that knows only the older history, without a full resync. */
+static const uint8_t *fetch_history(const repl_state *st, uint64_t applied)
+{
+	const uint8_t *id = st->hid;
+	for (size_t i = st->nlinks; i > 0 && st->links[i - 1].last_seq == applied; i--) {
+		id = st->links[i - 1].id;
+	}
+	return id;
+}
+
 /* Fills q (and f, which it points to) with a fetch from seq `from`
  * reporting `durable`. */
 static void fetch_fill(Shiplog__ReplRequest *q, Shiplog__Fetch *f, sl_repl *r, const repl_state *st,
@@ -838,7 +853,7 @@ static void fetch_fill(Shiplog__ReplRequest *q, Shiplog__Fetch *f, sl_repl *r, c
 	shiplog__repl_request__init(q);
 	shiplog__fetch__init(f);
 	f->has_history_id = 1;
-	f->history_id.data = (uint8_t *)st->hid;
+	f->history_id.data = (uint8_t *)fetch_history(st, from - 1);
 	f->history_id.len = SL_HID_BYTES;
 	f->has_from_seq = 1;
 	f->from_seq = from;

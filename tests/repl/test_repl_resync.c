@@ -5,7 +5,9 @@
  * by a crash is discarded at start; a follower killed during a resync
  * restarts it cleanly; a primary that lost the tail of its log (a power
  * cut before its fdatasync) and took new writes under the same seqs does
- * not leave a follower that applied the lost records diverged.
+ * not leave a follower that applied the lost records diverged; a node
+ * restarted as primary and re-pointed before any write continues without a
+ * full resync, and with one of its own resyncs fully.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +18,7 @@
 static char *root;
 static ru_node P, F;
 static ru_node P2, F2; /* test_primary_lost_its_tail's own */
+static ru_node A, B;   /* test_restarted_primary_repointed's own */
 
 static int setup(void **state)
 {
@@ -54,6 +57,8 @@ static int teardown(void **state)
 	}
 	nu_stop(&F2.d, SIGTERM);
 	nu_stop(&P2.d, SIGTERM);
+	nu_stop(&A.d, SIGTERM);
+	nu_stop(&B.d, SIGTERM);
 	nu_stop(&F.d, SIGTERM);
 	nu_stop(&P.d, SIGTERM);
 	ru_rm_root(root);
@@ -218,6 +223,79 @@ static void test_primary_lost_its_tail(void **state)
 	assert_true(ru_stat(&F2, "resyncs_full", NULL, 0) >= 1);
 }
 
+static void promote(const ru_node *n)
+{
+	sl_client *c = ru_client(n);
+	assert_non_null(c);
+	char hid[33];
+	assert_int_equal(sl_client_promote(c, hid), SL_OK);
+	sl_client_close(c);
+}
+
+static void follow(const ru_node *n, const ru_node *primary)
+{
+	sl_client *c = ru_client(n);
+	assert_non_null(c);
+	assert_int_equal(sl_client_follow(c, primary->rurl, NULL), SL_OK);
+	sl_client_close(c);
+}
+
+static void put_some(const ru_node *n, int from, int count, const char *v)
+{
+	sl_client *c = ru_client(n);
+	assert_non_null(c);
+	for (int i = from; i < from + count; i++) {
+		put_one(c, i, v);
+	}
+	sl_client_close(c);
+}
+
+/* Every start of a primary begins a new history, linked at its last seq.
+ * A stops (seq 50), B is promoted, A starts again (as primary: a history
+ * of its own with nothing in it) and is re-pointed at B: it presents the
+ * history its records came from and continues partially.  Then B stops,
+ * A is promoted and writes; B starts again as primary, takes a write of
+ * its own (seq 61, which A never had) and is re-pointed at A: that one
+ * must resync fully and lose its write. */
+static void test_restarted_primary_repointed(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/a", root);
+	assert_int_equal(ru_start(&A, dir, NULL, NULL), 0);
+	snprintf(dir, sizeof(dir), "%s/b", root);
+	assert_int_equal(ru_start(&B, dir, A.rurl, NULL), 0);
+	put_some(&A, 0, 50, "one");
+	ru_node *fb[] = {&B}, *fa[] = {&A};
+	ru_assert_converged(&A, fb, 1);
+
+	assert_int_equal(nu_stop(&A.d, SIGTERM), 0);
+	promote(&B);
+	assert_int_equal(ru_start(&A, NULL, NULL, NULL), 0); /* a primary again */
+	char role[32];
+	ru_stat(&A, "role", role, sizeof(role));
+	assert_string_equal(role, "primary");
+	follow(&A, &B);
+	put_some(&B, 50, 10, "two");
+	ru_assert_converged(&B, fa, 1);
+	assert_int_equal(ru_last_seq(&A), 60);
+	assert_int_equal(ru_stat(&A, "resyncs_full", NULL, 0), 0);
+	assert_true(ru_stat(&A, "resyncs_partial", NULL, 0) >= 1);
+
+	assert_int_equal(nu_stop(&B.d, SIGTERM), 0);
+	promote(&A);
+	B.follow[0] = '\0';
+	assert_int_equal(ru_start(&B, NULL, NULL, NULL), 0); /* primary, by its REPL */
+	ru_stat(&B, "role", role, sizeof(role));
+	assert_string_equal(role, "primary");
+	put_some(&B, 100, 1, "B's own");
+	put_some(&A, 60, 5, "three");
+	follow(&B, &A);
+	ru_assert_converged(&A, fb, 1);
+	assert_int_equal(ru_last_seq(&B), 65);
+	assert_true(ru_stat(&B, "resyncs_full", NULL, 0) >= 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -225,6 +303,7 @@ int main(void)
 	    cmocka_unit_test(test_stale_resync_dir_discarded),
 	    cmocka_unit_test(test_kill_during_resync),
 	    cmocka_unit_test(test_primary_lost_its_tail),
+	    cmocka_unit_test(test_restarted_primary_repointed),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
