@@ -595,6 +595,25 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 {
 	run r = {.db = db};
 	*did = 0;
+	/* An earlier run's kept DROPPING (an input it could not remove) is
+	 * finished first: this run's own mark would replace it, and that
+	 * input, unlisted, would come back at the next open with puts whose
+	 * tombstones the earlier run dropped.  Its segments are closed and
+	 * out of the index already: only files are left. */
+	if (sl_compact_drop_pending(db->dirfd)) {
+		int drc = sl_compact_drop_finish(db);
+		if (drc != SL_OK) {
+			sl_db_log(db, "error",
+			          "compaction: cannot finish an earlier run's removal (%s): %s; no "
+			          "compaction until it can",
+			          DROP_MARK, sl_strerror(drc));
+			pthread_mutex_lock(&db->cthread_mu);
+			db->c_errors++;
+			pthread_mutex_unlock(&db->cthread_mu);
+			atomic_store(&db->c_last_error, drc);
+			return drc;
+		}
+	}
 	int rc = pick(db, full, below, &r);
 	if (rc != SL_OK || r.nin == 0) {
 		run_free(&r);
