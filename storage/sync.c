@@ -31,37 +31,45 @@
 
 /* ---- syncing: group commit, flusher, sealing ---------------------------- */
 
-/* fdatasyncs every segment holding unsynced bytes (the newest few).  Each
- * is pinned while it is synced outside seg_mu: a segment rotated out but not
- * yet sealed could otherwise be sealed by another thread (sl_compact's
- * seal), compacted and freed while this one still waits in an earlier
- * fdatasync (compaction never takes a pinned segment, and takes only sealed
- * ones, which this loop never pins). */
+/* fdatasyncs every segment holding unsynced bytes: the active one and
+ * those rotated out but not yet sealed, eight at a time, newest first,
+ * until a pass finds fewer (a stalled flusher can leave dozens: a sync
+ * that took only the newest eight published a synced_seq that older ones
+ * did not back; test_sync_covers_every_segment).  Each is pinned while it
+ * is synced outside seg_mu: a segment rotated out but not yet sealed could
+ * otherwise be sealed by another thread (sl_compact's seal), compacted and
+ * freed while this one still waits in an earlier fdatasync (compaction
+ * never takes a pinned segment, and takes only sealed ones, which this
+ * loop never pins). */
+#define FLUSH_BATCH 8
 static int flush_all(sl_db *db)
 {
-	sl_seg *todo[8];
-	size_t n = 0;
-	pthread_mutex_lock(&db->seg_mu);
-	for (size_t i = db->nsegs; i > 0 && n < 8; i--) {
-		sl_seg *s = db->segs[i - 1];
-		if (s->flags & SL_SEG_COMPACTED) {
-			continue; /* synced before it was published */
-		}
-		if (atomic_load(&s->synced) < atomic_load(&s->end)) {
-			atomic_fetch_add(&s->pins, 1);
-			todo[n++] = s;
-		} else if (s->sealed) {
-			break; /* sealed ⇒ synced, and every older log segment too */
-		}
-	}
-	pthread_mutex_unlock(&db->seg_mu);
 	int rc = SL_OK;
-	for (size_t i = 0; i < n; i++) {
-		if (rc == SL_OK) {
-			rc = sl_seg_sync(db->io, todo[i], &db->n_fsyncs);
+	size_t n;
+	do {
+		sl_seg *todo[FLUSH_BATCH];
+		n = 0;
+		pthread_mutex_lock(&db->seg_mu);
+		for (size_t i = db->nsegs; i > 0 && n < FLUSH_BATCH; i--) {
+			sl_seg *s = db->segs[i - 1];
+			if (s->flags & SL_SEG_COMPACTED) {
+				continue; /* synced before it was published */
+			}
+			if (atomic_load(&s->synced) < atomic_load(&s->end)) {
+				atomic_fetch_add(&s->pins, 1);
+				todo[n++] = s;
+			} else if (s->sealed) {
+				break; /* sealed ⇒ synced, and every older log segment too */
+			}
 		}
-		atomic_fetch_sub(&todo[i]->pins, 1);
-	}
+		pthread_mutex_unlock(&db->seg_mu);
+		for (size_t i = 0; i < n; i++) {
+			if (rc == SL_OK) {
+				rc = sl_seg_sync(db->io, todo[i], &db->n_fsyncs);
+			}
+			atomic_fetch_sub(&todo[i]->pins, 1);
+		}
+	} while (rc == SL_OK && n == FLUSH_BATCH);
 	return rc;
 }
 

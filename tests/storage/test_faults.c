@@ -1782,9 +1782,100 @@ static void test_fsync_eio_everysec(void **state)
 	free(dir);
 }
 
+/* ======================================================================
+ * A sync covers every segment written since the last one
+ * ====================================================================== */
+
+/* The flusher (which seals rotated segments, syncing each) is held in the
+ * first hint's rename; meanwhile the store rotates through many segments.
+ * sl_sync_now must then fdatasync every one of them: it used to take the
+ * newest eight only and still publish synced_seq as the last seq, so a
+ * machine crash could lose writes acknowledged as durable (sync always). */
+#define SY_FDS 1024
+static _Atomic int g_hint_hold;            /* a .hint rename waits while set (5 s at most) */
+static _Atomic long g_syncs_by_id[SY_FDS]; /* fdatasyncs of segment id */
+static _Atomic int g_id_of_fd[SY_FDS];     /* segment id open on fd (0: none) */
+
+static int sy_open(const char *path, int flags, mode_t mode)
+{
+	int fd = sl_io_default.open(path, flags, mode);
+	if (fd >= 0 && fd < SY_FDS) {
+		const char *b = strrchr(path, '/');
+		b = b != NULL ? b + 1 : path;
+		unsigned long id = strtoul(b, NULL, 10);
+		size_t n = strlen(b);
+		int seg = n > 4 && strcmp(b + n - 4, ".seg") == 0 && id < SY_FDS;
+		atomic_store(&g_id_of_fd[fd], seg ? (int)id : 0);
+	}
+	return fd;
+}
+
+static int sy_fdatasync(int fd)
+{
+	if (fd >= 0 && fd < SY_FDS && atomic_load(&g_id_of_fd[fd]) > 0) {
+		atomic_fetch_add(&g_syncs_by_id[atomic_load(&g_id_of_fd[fd])], 1);
+	}
+	return sl_io_default.fdatasync(fd);
+}
+
+static int sy_rename(const char *from, const char *to)
+{
+	size_t n = strlen(to);
+	if (n > 5 && strcmp(to + n - 5, ".hint") == 0) {
+		for (int i = 0; i < 500 && atomic_load(&g_hint_hold); i++) {
+			usleep(10000);
+		}
+	}
+	return sl_io_default.rename(from, to);
+}
+
+static void test_sync_covers_every_segment(void **state)
+{
+	(void)state;
+	sl_options o;
+	char *dir = fault_dir("syncall", &o, 4096);
+	struct sl_io io = sl_io_default;
+	io.open = sy_open;
+	io.fdatasync = sy_fdatasync;
+	io.rename = sy_rename;
+	o.io = &io;
+	atomic_store(&g_hint_hold, 1);
+	sl_db *db;
+	open_db(dir, &o, &db);
+	char key[32], val[1000];
+	memset(val, 'v', sizeof(val));
+	uint64_t seq = 0;
+	for (int i = 0; i < 80; i++) { /* 4 records a segment: about 20 */
+		snprintf(key, sizeof(key), "k%03d", i);
+		assert_int_equal(sl_put(db, key, strlen(key), val, sizeof(val), &seq), SL_OK);
+	}
+	uint64_t top = highest_seg(dir);
+	assert_true(top >= 15);
+	for (int i = 0; i < SY_FDS; i++) {
+		atomic_store(&g_syncs_by_id[i], 0);
+	}
+	assert_int_equal(sl_sync_now(db), SL_OK);
+	assert_true(stats(db).synced_seq >= seq);
+	/* Segment 1 was synced by the flusher (which then stopped in its
+	 * hint); every later one holds records only this sync made durable. */
+	int unsynced = 0;
+	for (uint64_t id = 2; id <= top; id++) {
+		if (atomic_load(&g_syncs_by_id[id]) == 0) {
+			print_message("segment %llu: no fdatasync\n", (unsigned long long)id);
+			unsynced++;
+		}
+	}
+	atomic_store(&g_hint_hold, 0);
+	sl_close(db);
+	assert_int_equal(unsynced, 0);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_sync_covers_every_segment),
 	    cmocka_unit_test(test_torn_tail_every_offset_put),
 	    cmocka_unit_test(test_torn_tail_every_offset_delete),
 	    cmocka_unit_test(test_sealed_segment_flips_with_hint),
