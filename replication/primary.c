@@ -227,9 +227,15 @@ static int ancestry_check(sl_repl *r, const Shiplog__Fetch *f, uint64_t head)
 	if (memcmp(f->history_id.data, r->st.hid, SL_HID_BYTES) == 0) {
 		return applied <= head ? SL_OK : SL_ESTALE;
 	}
-	for (size_t i = 0; i < r->st.nlinks; i++) {
-		if (memcmp(f->history_id.data, r->st.links[i].id, SL_HID_BYTES) == 0) {
-			return applied <= r->st.links[i].last_seq ? SL_OK : SL_ESTALE;
+	/* This node holds an ancestor's records up to the lowest link from it
+	 * on (history_begin clamps them; a REPL written before it did may
+	 * not be). */
+	uint64_t bound = head;
+	for (size_t i = r->st.nlinks; i > 0; i--) {
+		const repl_link *l = &r->st.links[i - 1];
+		bound = l->last_seq < bound ? l->last_seq : bound;
+		if (memcmp(f->history_id.data, l->id, SL_HID_BYTES) == 0) {
+			return applied <= bound ? SL_OK : SL_ESTALE;
 		}
 	}
 	return SL_ESTALE;

@@ -27,6 +27,16 @@
  * and draws a new history id. */
 static int history_begin(repl_state *st, uint64_t last)
 {
+	/* Every ancestor is held only up to `last` from here on: a store that
+	 * came back below an older link (a promotion whose tail a power cut
+	 * took) or a follower promoted in the middle of a catch-up (it adopted
+	 * its primary's links before it had the records under them) must not
+	 * let a follower continue on that ancestor above `last`. */
+	for (size_t i = 0; i < st->nlinks; i++) {
+		if (st->links[i].last_seq > last) {
+			st->links[i].last_seq = last;
+		}
+	}
 	if (st->nlinks == SL_MAX_LINKS) {
 		memmove(&st->links[0], &st->links[1], (SL_MAX_LINKS - 1) * sizeof(repl_link));
 		st->nlinks--;

@@ -7,7 +7,9 @@
  * cut before its fdatasync) and took new writes under the same seqs does
  * not leave a follower that applied the lost records diverged; a node
  * restarted as primary and re-pointed before any write continues without a
- * full resync, and with one of its own resyncs fully.
+ * full resync, and with one of its own resyncs fully; a promoted node that
+ * lost the tail it was promoted at does not let the old primary continue
+ * on the old history past what it kept.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,6 +21,7 @@ static char *root;
 static ru_node P, F;
 static ru_node P2, F2; /* test_primary_lost_its_tail's own */
 static ru_node A, B;   /* test_restarted_primary_repointed's own */
+static ru_node C, D;   /* test_promoted_then_lost_its_tail's own */
 
 static int setup(void **state)
 {
@@ -59,6 +62,8 @@ static int teardown(void **state)
 	nu_stop(&P2.d, SIGTERM);
 	nu_stop(&A.d, SIGTERM);
 	nu_stop(&B.d, SIGTERM);
+	nu_stop(&C.d, SIGTERM);
+	nu_stop(&D.d, SIGTERM);
 	nu_stop(&F.d, SIGTERM);
 	nu_stop(&P.d, SIGTERM);
 	ru_rm_root(root);
@@ -163,6 +168,29 @@ static void put_one(sl_client *c, int i, const char *v)
 	assert_int_equal(sl_client_put(c, k, strlen(k), v, strlen(v), NULL), SL_OK);
 }
 
+/* Cuts the newest segment of the store in dir (its node stopped) before
+ * the record with seq `from`, as a power cut before the fdatasync would. */
+static void cut_log(const char *dir, uint64_t from)
+{
+	uint64_t *ids;
+	int n = tu_list_ids(dir, "seg", &ids);
+	assert_true(n >= 1);
+	char seg[TU_PATH + 32];
+	snprintf(seg, sizeof(seg), "%s/%010llu.seg", dir, (unsigned long long)ids[n - 1]);
+	free(ids);
+	tu_seg sg;
+	assert_int_equal(tu_seg_parse(seg, &sg), 0);
+	size_t cut = 0;
+	for (size_t r = 0; r < sg.nrecs; r++) {
+		if (sg.recs[r].seq == from) {
+			cut = sg.recs[r].off;
+		}
+	}
+	tu_seg_free(&sg);
+	assert_true(cut > 0);
+	assert_int_equal(truncate(seg, (off_t)cut), 0);
+}
+
 /* The follower applied seqs 1..100; the primary is killed and its log cut
  * back to seq 90, as a power cut before its fdatasync would leave it; it
  * restarts and takes 20 new writes, seqs 91..110, before the follower
@@ -191,23 +219,7 @@ static void test_primary_lost_its_tail(void **state)
 	kill(P2.d.pid, SIGKILL);
 	nu_wait_exit(P2.d.pid, 5000);
 	P2.d.pid = -1;
-	uint64_t *ids;
-	int n = tu_list_ids(P2.dir, "seg", &ids);
-	assert_true(n >= 1);
-	char seg[TU_PATH + 32];
-	snprintf(seg, sizeof(seg), "%s/%010llu.seg", P2.dir, (unsigned long long)ids[n - 1]);
-	free(ids);
-	tu_seg sg;
-	assert_int_equal(tu_seg_parse(seg, &sg), 0);
-	size_t cut = 0;
-	for (size_t r = 0; r < sg.nrecs; r++) {
-		if (sg.recs[r].seq == 91) {
-			cut = sg.recs[r].off;
-		}
-	}
-	tu_seg_free(&sg);
-	assert_true(cut > 0);
-	assert_int_equal(truncate(seg, (off_t)cut), 0);
+	cut_log(P2.dir, 91);
 
 	assert_int_equal(ru_start(&P2, NULL, NULL, NULL), 0);
 	assert_int_equal(ru_last_seq(&P2), 90);
@@ -296,6 +308,40 @@ static void test_restarted_primary_repointed(void **state)
 	assert_true(ru_stat(&B, "resyncs_full", NULL, 0) >= 1);
 }
 
+/* D follows C to seq 50; C stops; D is promoted at 50 (a link to C's
+ * history at 50), then loses its tail back to 40 (SIGKILL and a cut: a
+ * power cut before its fdatasync) and starts again, as primary, taking 20
+ * writes (seqs 41..60).  C, re-pointed at D, holds the old history's 41..50,
+ * which D no longer has: it must resync fully.  The link D kept at 50 let C
+ * continue from 51 and keep them (digests never equal). */
+static void test_promoted_then_lost_its_tail(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/c", root);
+	assert_int_equal(ru_start(&C, dir, NULL, NULL), 0);
+	snprintf(dir, sizeof(dir), "%s/d", root);
+	assert_int_equal(ru_start(&D, dir, C.rurl, NULL), 0);
+	put_some(&C, 0, 50, "old");
+	ru_node *fd[] = {&D}, *fc[] = {&C};
+	ru_assert_converged(&C, fd, 1);
+	assert_int_equal(nu_stop(&C.d, SIGTERM), 0);
+	promote(&D);
+	kill(D.d.pid, SIGKILL);
+	nu_wait_exit(D.d.pid, 5000);
+	D.d.pid = -1;
+	cut_log(D.dir, 41);
+	D.follow[0] = '\0';
+	assert_int_equal(ru_start(&D, NULL, NULL, NULL), 0);
+	assert_int_equal(ru_last_seq(&D), 40);
+	put_some(&D, 200, 20, "new");
+	assert_int_equal(ru_last_seq(&D), 60);
+	snprintf(C.follow, sizeof(C.follow), "%s", D.rurl);
+	assert_int_equal(ru_start(&C, NULL, NULL, NULL), 0);
+	ru_assert_converged(&D, fc, 1);
+	assert_true(ru_stat(&C, "resyncs_full", NULL, 0) >= 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -304,6 +350,7 @@ int main(void)
 	    cmocka_unit_test(test_kill_during_resync),
 	    cmocka_unit_test(test_primary_lost_its_tail),
 	    cmocka_unit_test(test_restarted_primary_repointed),
+	    cmocka_unit_test(test_promoted_then_lost_its_tail),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
