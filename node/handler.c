@@ -755,8 +755,9 @@ static Shiplog__Request *decode(const void *buf, size_t len, sl_reply *r)
 	}
 	if (rc != SL_OK) {
 		fail(r, SL_EPROTO,
-		     "malformed request: not a valid protobuf Request (or a message with more "
-		     "than 64 fields besides batch ops and mget keys)");
+		     "malformed request: not a valid protobuf Request (or too many fields: more "
+		     "than 64 in one message besides batch ops and mget keys, or more unknown "
+		     "fields than 64 plus 2 per batch op and mget key)");
 		return NULL;
 	}
 	Shiplog__Request *q = req_unpack(buf, len);

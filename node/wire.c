@@ -14,7 +14,12 @@
  *    and mget keys: SL_MAX_BATCH_OPS / SL_MAX_MGET_KEYS), or
  *  - one message holds more than MAX_SINGLE occurrences of its other
  *    fields (non-repeated ones, repeated only to be overwritten, and
- *    unknown ones): a few unknown fields from a newer client still pass.
+ *    unknown ones): a few unknown fields from a newer client still pass;
+ *  - the whole request holds more unknown fields than UNKNOWN_BASE plus
+ *    UNKNOWN_PER_ELEMENT for each batch operation and mget key: the
+ *    per-message bound alone let a batch of 65,536 operations, each with
+ *    125 unknown fields in 17 MB, cost 458 MB (kept until the reply).  A
+ *    newer client's field or two in every operation still passes.
  * What protobuf-c then allocates is bounded by those counts and by the
  * message's size, which nng's receive limit bounds.
  */
@@ -24,8 +29,10 @@
 
 enum { WT_VARINT = 0, WT_I64 = 1, WT_LEN = 2, WT_I32 = 5 };
 
-#define MAX_SINGLE 64 /* other field occurrences in one message */
-#define MAX_DEPTH  16 /* the schema nests 3 deep */
+#define MAX_SINGLE          64 /* other field occurrences in one message */
+#define UNKNOWN_BASE        64 /* unknown fields in a whole request, plus */
+#define UNKNOWN_PER_ELEMENT 2  /* this many per batch operation and mget key */
+#define MAX_DEPTH           16 /* the schema nests 3 deep */
 
 static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
 {
@@ -45,7 +52,7 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
 }
 
 struct counts {
-	size_t batch_ops, mget_keys;
+	size_t batch_ops, mget_keys, unknown;
 	int too_many; /* a message had more than MAX_SINGLE other fields */
 };
 
@@ -80,6 +87,7 @@ static int walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uin
 			}
 		} else {
 			single++;
+			c->unknown += f == NULL;
 		}
 		if (single > MAX_SINGLE) {
 			c->too_many = 1;
@@ -122,7 +130,7 @@ static int walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uin
 
 int sl_request_precheck(const void *buf, size_t len, size_t *batch_ops, size_t *mget_keys)
 {
-	struct counts c = {0, 0, 0};
+	struct counts c = {0, 0, 0, 0};
 	const uint8_t *p = buf;
 	if (len > 0 && p == NULL) {
 		return SL_EINVAL;
@@ -136,6 +144,9 @@ int sl_request_precheck(const void *buf, size_t len, size_t *batch_ops, size_t *
 	}
 	if (rc != 0) {
 		return SL_EPROTO; /* malformed, or too many fields (c.too_many) */
+	}
+	if (c.unknown > UNKNOWN_BASE + UNKNOWN_PER_ELEMENT * (c.batch_ops + c.mget_keys)) {
+		return SL_EPROTO; /* too many unknown fields */
 	}
 	if (c.batch_ops > SL_MAX_BATCH_OPS || c.mget_keys > SL_MAX_MGET_KEYS) {
 		return SL_ETOOBIG;
