@@ -35,8 +35,9 @@
  *     with sl_repl_ack_park; the reply leaves from whichever thread serves
  *     the fetch that brings the last ack, or from the replication waker at
  *     the timeout.  A parked context still counts in `working`, and the
- *     drain answers whatever is parked (sl_repl_ack_flush) before the
- *     socket closes.
+ *     drain answers whatever is parked, and every WAIT, with the acks so
+ *     far (sl_repl_ack_flush) after ACK_GRACE_MS, before the socket
+ *     closes.
  */
 #include "server.h"
 
@@ -58,6 +59,11 @@
 #include "repl.h"
 #include "status.h"
 #include "workq.h"
+
+/* How long a stopping server lets followers bring the acks that parked
+ * writes and WAITs still wait for, before answering them with the count
+ * so far (invariant 5). */
+#define ACK_GRACE_MS 1000
 
 enum { ST_RECV, ST_WORK, ST_SEND };
 
@@ -523,11 +529,16 @@ void sl_server_drain(sl_server *s)
 	 * write those responses out before the socket's pipes are closed. */
 	int waited = 0;
 	while (atomic_load(&s->working) > 0 && waited < s->drain_ms) {
+		if (waited == ACK_GRACE_MS) {
+			/* Waits for acks (writes parked for them, WAIT) are
+			 * answered with the count so far (invariant 5): a WAIT
+			 * of a minute held every stop for the whole drain_ms
+			 * before; followers had this long to ack. */
+			sl_repl_ack_flush(s->n->repl);
+		}
 		sleep_ms(5);
 		waited += 5;
 	}
-	/* Writes still parked for acks are answered with the count so far
-	 * (invariant 5). */
 	sl_repl_ack_flush(s->n->repl);
 	if (atomic_load(&s->working) > 0) {
 		sl_log_warn("%d requests still running after %d ms; closing anyway",

@@ -409,7 +409,7 @@ void sl_repl_ack_park(sl_repl *r, sl_repl_ack_wait *w, uint64_t seq, uint32_t n,
 	w->deadline_ms = now + timeout_ms;
 	pthread_mutex_lock(&r->mu);
 	uint32_t k = repl_acks_count(r, seq);
-	if (k >= n || timeout_ms == 0 || r->stopping) {
+	if (k >= n || timeout_ms == 0 || r->stopping || r->acks_flushed) {
 		pthread_mutex_unlock(&r->mu);
 		fn(w, k);
 		return;
@@ -432,6 +432,10 @@ void sl_repl_ack_flush(sl_repl *r)
 	sl_repl_ack_wait *done = NULL;
 	pthread_mutex_lock(&r->mu);
 	repl_ack_take(r, UINT64_MAX, &done);
+	/* and the waits that block a thread (WAIT, a write's acks without a
+	 * parking caller): answered now with their count, as are later ones */
+	r->acks_flushed = 1;
+	pthread_cond_broadcast(&r->ack_cv);
 	pthread_mutex_unlock(&r->mu);
 	repl_ack_run(done);
 }
@@ -450,7 +454,7 @@ int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms,
 	for (;;) {
 		uint32_t k = repl_acks_count(r, seq);
 		*acked = k;
-		if (k >= n) {
+		if (k >= n || r->acks_flushed) {
 			break;
 		}
 		/* its own condition: the fetches that park and the waker's

@@ -79,6 +79,7 @@ struct sl_repl {
 	pthread_mutex_t mu;    /* everything below unless said otherwise */
 	pthread_cond_t cv;     /* state changes: applied, acks, parked fetches, stop */
 	pthread_cond_t ack_cv; /* a follower's durable seq moved (acks waiters only) */
+	int acks_flushed;      /* sl_repl_ack_flush ran (the server stops): no ack wait blocks */
 	repl_state st;
 	atomic_int role;
 	atomic_uint_fast64_t head;    /* the store's last seq, as writes report it */

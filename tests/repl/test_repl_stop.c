@@ -23,7 +23,7 @@
 #define WRITERS 4
 
 static char *root;
-static ru_node P, F1, F2, F3;
+static ru_node P, F1, F2, F3, W;
 
 typedef struct writer {
 	pthread_t t;
@@ -83,6 +83,7 @@ static int teardown(void **state)
 	nu_stop(&F1.d, SIGTERM);
 	nu_stop(&F2.d, SIGTERM);
 	nu_stop(&P.d, SIGTERM);
+	nu_stop(&W.d, SIGTERM);
 	ru_rm_root(root);
 	return 0;
 }
@@ -225,12 +226,79 @@ static void test_follower_stops_while_streaming(void **state)
 	assert_int_equal(clean, stops);
 }
 
+/* WAIT and --acks writes for a follower that never comes, then SIGTERM:
+ * the stop answers them with the count so far after a short grace and
+ * exits at once.  A WAIT blocks a worker thread, which nothing woke: the
+ * stop took the whole 30 s drain, then the watchdog's forced exit. */
+typedef struct waiter {
+	pthread_t t;
+	char url[64];
+	int acks_write; /* 1: a put with --acks 1; 0: WAIT 1 */
+	int rc;
+	uint32_t acks;
+	uint64_t ms;
+} waiter;
+
+static void *waiter_main(void *arg)
+{
+	waiter *w = arg;
+	sl_client *c = NULL;
+	w->rc = sl_client_open(w->url, 90000, &c);
+	if (w->rc != SL_OK) {
+		return NULL;
+	}
+	uint64_t t0 = tu_mono_ms();
+	if (w->acks_write) {
+		sl_client_set_acks(c, 1, 60000);
+		w->rc = sl_client_put(c, "wk", 2, "v", 1, NULL);
+	} else {
+		w->rc = sl_client_wait(c, 1, 0, 60000, &w->acks);
+	}
+	w->ms = tu_mono_ms() - t0;
+	sl_client_close(c);
+	return NULL;
+}
+
+static void test_sigterm_during_wait(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/w", root);
+	assert_int_equal(ru_start(&W, dir, NULL, NULL), 0);
+	waiter w[2];
+	for (int i = 0; i < 2; i++) {
+		memset(&w[i], 0, sizeof(w[i]));
+		snprintf(w[i].url, sizeof(w[i].url), "%s", W.d.url);
+		w[i].acks_write = i;
+		assert_int_equal(pthread_create(&w[i].t, NULL, waiter_main, &w[i]), 0);
+	}
+	nu_sleep_ms(500); /* both are waiting on the server now */
+	uint64_t t0 = tu_mono_ms();
+	assert_int_equal(nu_stop(&W.d, SIGTERM), 0);
+	uint64_t stop_ms = tu_mono_ms() - t0;
+	for (int i = 0; i < 2; i++) {
+		pthread_join(w[i].t, NULL);
+	}
+	if (stop_ms > 10000) {
+		nu_dump_log(&W.d);
+		fail_msg("the stop took %llu ms", (unsigned long long)stop_ms);
+	}
+	assert_int_equal(count_in_file(W.d.log, "did not close its sockets"), 0);
+	assert_int_equal(count_in_file(W.d.log, "still running"), 0);
+	/* WAIT answers (success, 0 acks); the write is made, its acks short */
+	assert_int_equal(w[0].rc, SL_OK);
+	assert_int_equal(w[0].acks, 0);
+	assert_int_equal(w[1].rc, SL_ETIMEDOUT);
+	assert_true(w[0].ms < 10000 && w[1].ms < 10000);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sigterm_under_load),
 	    cmocka_unit_test(test_follower_stop_is_quiet),
 	    cmocka_unit_test(test_follower_stops_while_streaming),
+	    cmocka_unit_test(test_sigterm_during_wait),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
