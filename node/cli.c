@@ -37,10 +37,14 @@
 /* ---- output helpers ---------------------------------------------------- */
 
 static int out_failed; /* a write to stdout failed (EPIPE, ENOSPC …) */
+static int out_errno;  /* its errno, kept: later calls (isatty) overwrite errno */
 
 static void out_bytes(const void *p, size_t n)
 {
 	if (n && fwrite(p, 1, n, stdout) != n) {
+		if (!out_failed) {
+			out_errno = errno;
+		}
 		out_failed = 1;
 	}
 }
@@ -129,6 +133,9 @@ static void out_json(json_t *obj)
 	char *s = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII);
 	json_decref(obj);
 	if (!s) {
+		if (!out_failed) {
+			out_errno = ENOMEM;
+		}
 		out_failed = 1;
 		return;
 	}
@@ -278,11 +285,13 @@ static int cmd_get(cli *c, const cli_args *p, const cmd_opts *o)
 		}
 		out_json(j);
 	} else if (rc == SL_OK) {
+		/* exact bytes from a one-shot get; at the prompt (piped too),
+		 * one reply a line, as every other command's */
 		out_bytes(val, vlen);
-		if (isatty(STDOUT_FILENO)) {
+		if (c->interactive || isatty(STDOUT_FILENO)) {
 			out_str("\n");
 		}
-	} else if (isatty(STDOUT_FILENO)) {
+	} else if (c->interactive || isatty(STDOUT_FILENO)) {
 		out_str("(nil)\n");
 	}
 	free(val);
@@ -357,6 +366,18 @@ static void out_seq(cli *c, int rc, uint64_t seq)
 	}
 }
 
+/* A put or del that failed.  With --acks, a write made but not acked by
+ * enough followers in time comes back SL_ETIMEDOUT with its seq: --json
+ * still prints its object ({"seq": N, "acks": M}, M short of --acks), so a
+ * script has the seq; the message goes to stderr and the exit is 2. */
+static int write_failed(cli *c, const char *cmd, int rc, uint64_t seq)
+{
+	if (rc == SL_ETIMEDOUT && seq > 0 && c->json) {
+		out_seq(c, rc, seq);
+	}
+	return fail(c, cmd, rc);
+}
+
 /* The server drops the connection on a message over its size limit rather
  * than answering, which would read as "connection lost"; so before sending a
  * large value ask for the limit and refuse with a clear message.  Returns 0
@@ -403,7 +424,7 @@ static int cmd_put(cli *c, const cli_args *p, const cmd_opts *o)
 	                : sl_client_put(c->client, p->v[0], p->len[0], val, vlen, &seq);
 	free(owned);
 	if (rc != SL_OK) {
-		return fail(c, "put", rc);
+		return write_failed(c, "put", rc, seq);
 	}
 	out_seq(c, rc, seq);
 	return CLI_OK;
@@ -425,7 +446,7 @@ static int cmd_del(cli *c, const cli_args *p, const cmd_opts *o)
 		return CLI_NOTFOUND;
 	}
 	if (rc != SL_OK) {
-		return fail(c, "del", rc);
+		return write_failed(c, "del", rc, seq);
 	}
 	out_seq(c, rc, seq);
 	return CLI_OK;
@@ -836,11 +857,16 @@ int cli_command(cli *c, const cli_args *a)
 		return CLI_ERROR;
 	}
 	out_failed = 0;
+	out_errno = 0;
 	int rc = cmd->fn(c, &pos, &o);
-	if (fflush(stdout) != 0 || out_failed) {
+	if (fflush(stdout) != 0 && !out_failed) {
+		out_failed = 1;
+		out_errno = errno;
+	}
+	if (out_failed) {
 		if (!c->interactive) {
 			fprintf(stderr, "shiplog: %s: writing to stdout: %s\n", cmd->name,
-			        strerror(errno));
+			        strerror(out_errno ? out_errno : EIO));
 		}
 		clearerr(stdout);
 		return CLI_ERROR;
@@ -935,11 +961,11 @@ int main(int argc, char **argv)
 			c.json = 1;
 			break;
 		case 't':
-			if (parse_num_opt("--timeout", optarg, 86400000, &v) || v == 0) {
-				if (v == 0) {
-					fprintf(stderr,
-					        "shiplog: --timeout must be at least 1 ms\n");
-				}
+			if (parse_num_opt("--timeout", optarg, 86400000, &v)) {
+				return CLI_ERROR;
+			}
+			if (v == 0) {
+				fprintf(stderr, "shiplog: --timeout must be at least 1 ms\n");
 				return CLI_ERROR;
 			}
 			c.timeout_ms = (int)v;

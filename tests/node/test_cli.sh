@@ -100,6 +100,13 @@ expect_rc "put --ttl not a number: 2" 2 put --ttl soon k v
 run --timeout 500 ping
 if [ "$rc" = 2 ] && grep -qF "$URL" "$D/err"; then ok "no server: 2, names $URL"; else bad "no server: status $rc, stderr: $(cat "$D/err")"; fi
 
+run --timeout abc ping
+if [ "$rc" = 2 ] && [ "$(wc -l <"$D/err")" = 1 ] && grep -q "bad value for --timeout: 'abc'" "$D/err"; then
+	ok "--timeout abc: one message, 2"
+else
+	bad "--timeout abc: status $rc, stderr $(cat "$D/err")"
+fi
+
 # ---- the server -----------------------------------------------------------
 start_server() {
 	local i
@@ -247,10 +254,36 @@ head -c $((16 * 1024 * 1024 + 1)) /dev/zero | "$CLI" -a "$URL" put huge - >/dev/
 rc=$?
 if [ "$rc" = 2 ] && grep -q "limit is" "$D/err"; then ok "value over the server's limit: 2, names the limit"; else bad "oversized value: status $rc, $(cat "$D/err")"; fi
 if "$CLI" -a "127.0.0.1:$PORT" ping >/dev/null 2>&1; then ok "-a HOST:PORT means tcp://"; else bad "-a HOST:PORT"; fi
+# stdout that cannot be written: the reason is the write's (a big value's
+# error used to name isatty's ENOTTY instead)
+head -c 3000000 /dev/urandom >"$D/bigval"
+"$CLI" -a "$URL" put bigval - <"$D/bigval" >/dev/null 2>&1
+"$CLI" -a "$URL" put smallval x >/dev/null 2>&1
+for k in bigval smallval; do
+	"$CLI" -a "$URL" get "$k" >/dev/full 2>"$D/err"
+	rc=$?
+	if [ "$rc" = 2 ] && grep -q "writing to stdout: No space left on device" "$D/err"; then
+		ok "get $k >/dev/full: 2, says why"
+	else
+		bad "get $k >/dev/full: status $rc, stderr $(cat "$D/err")"
+	fi
+done
 
 # replication options: passed through (a server without replication ignores
 # --acks and answers a --min-seq it has not reached with an error)
 expect_rc "--acks 0 put" 0 --acks 0 put acked v
+# a write made with fewer acks than asked (no follower here) still prints its
+# JSON object, seq included, for scripts (exit 2 with replication, whose wait
+# times out; 0 without)
+for cmd in "put ackshort v" "del ackshort"; do
+	# shellcheck disable=SC2086
+	run --json --acks 1 --timeout 300 $cmd
+	if { [ "$rc" = 2 ] || [ "$rc" = 0 ]; } && grep -Eq '^\{"seq":[0-9]+,"acks":0\}$' "$D/out"; then
+		ok "--json --acks 1 ${cmd%% *} short of acks: the object with its seq"
+	else
+		bad "--json --acks 1 ${cmd%% *}: status $rc, stdout '$(cat "$D/out")', stderr $(cat "$D/err")"
+	fi
+done
 expect_rc "--min-seq 1 get" 0 --min-seq 1 get acked
 run --min-seq 999999999 --timeout 1000 get acked
 if [ "$rc" = 2 ] && [ -s "$D/err" ]; then ok "--min-seq beyond the server: 2"; else bad "--min-seq beyond: status $rc, $(cat "$D/err")"; fi
@@ -262,6 +295,13 @@ expect "double-quoted key with a space" 0 "x y" get "a b"
 expect "single quotes, adjacent parts" 0 "its" get "c d"
 expect "double-quote escapes" 0 $'1\n2' get $'eA\tf'
 contains "prompt goes on after an unknown command" "$D/pipe.out" "x y"
+# piped: one reply a line, gets included (values ran into the next reply)
+printf '%s\n' 'put pa 1' 'put pb 2' 'get pa' 'get pb' 'get nosuchkey' 'ping' | "$CLI" -a "$URL" >"$D/pipe.out" 2>&1
+if [ "$(sed -n '3,6p' "$D/pipe.out" | tr '\n' '|')" = "1|2|(nil)|PONG|" ]; then
+	ok "pipe mode: one reply a line"
+else
+	bad "pipe mode replies: $(cat -A "$D/pipe.out")"
+fi
 contains "unknown command reported" "$D/pipe.err" "frob"
 printf 'get "a b\n' | "$CLI" -a "$URL" >/dev/null 2>"$D/err"
 contains "unterminated quote reported" "$D/err" "unterminated"
