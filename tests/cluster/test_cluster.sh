@@ -69,6 +69,11 @@ wait "$wpid" || true
 echo "  $(wc -l <"$T/acked") writes acknowledged before the kill"
 [ -s "$T/acked" ] || fail "no write acknowledged"
 cl status
+# a bad option is refused before anything changes (--timeout 10s used to
+# promote and re-point, then fail on the number)
+cl failover --timeout 10s 2>/dev/null && fail "failover --timeout 10s succeeded"
+roles=$(jq_py "' '.join(n['name'] + ':' + n['configured_role'] for n in j['nodes'])")
+[ "$roles" = "n1:primary n2:follower n3:follower" ] || fail "a refused failover changed roles: $roles"
 cl failover
 p=$(primary_name)
 [ "$p" != n1 ] || fail "n1 still primary"
