@@ -493,7 +493,12 @@ static void do_stats(sl_node *n, sl_reply *r)
 	add_stat(r, st, ptrs, "gets", s.gets, NULL);
 	add_stat(r, st, ptrs, "deletes", s.deletes, NULL);
 	add_stat(r, st, ptrs, "compactions", atomic_load(&n->compactions), NULL);
-	add_stat(r, st, ptrs, "failed", (uint64_t)(int64_t)s.failed, NULL);
+	/* 0 or 1, as shiplog_store_failed (the engine's negative code read as
+	 * 18446744073709551612 in a uint64); the error itself as text */
+	add_stat(r, st, ptrs, "failed", s.failed != 0, NULL);
+	if (s.failed != 0) {
+		add_stat(r, st, ptrs, "failed_error", 0, sl_strerror(s.failed));
+	}
 	add_stat(r, st, ptrs, "sync", 0, n->sync_name);
 	add_stat(r, st, ptrs, "max_key_bytes", n->max_key_bytes, NULL);
 	add_stat(r, st, ptrs, "max_value_bytes", n->max_value_bytes, NULL);

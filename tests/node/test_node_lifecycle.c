@@ -420,6 +420,47 @@ static void test_metrics_promtool(void **state)
 	close(busy);
 }
 
+/* A store whose fsync failed refuses writes until restarted; stats says so
+ * as 0/1 with the error as text (the engine's negative code went out as a
+ * uint64: "failed: 18446744073709551612"). */
+static void test_failed_store_stats(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	subdir(dir, sizeof(dir), "failedstats");
+	const char *extra[] = {"--sync", "always", "--repl-listen", "none", NULL};
+	setenv("SHIPLOGD_TEST_FSYNC_EIO_AFTER", "1", 1);
+	nu_daemon d;
+	int started = nu_start(&d, dir, extra);
+	unsetenv("SHIPLOGD_TEST_FSYNC_EIO_AFTER");
+	assert_int_equal(started, 0);
+	sl_client *c = nu_client(&d);
+	assert_non_null(c);
+	sl_client_stats *st = NULL;
+	assert_int_equal(sl_client_stats_get(c, &st), SL_OK);
+	const sl_client_stat *f = sl_client_stats_find(st, "failed");
+	assert_non_null(f);
+	assert_int_equal(f->value, 0);
+	assert_null(sl_client_stats_find(st, "failed_error"));
+	sl_client_stats_free(st);
+	int rc = SL_OK;
+	for (int i = 0; i < 5 && rc == SL_OK; i++) {
+		rc = sl_client_put(c, "fk", 2, "v", 1, NULL);
+	}
+	assert_int_not_equal(rc, SL_OK);
+	assert_int_equal(sl_client_stats_get(c, &st), SL_OK);
+	f = sl_client_stats_find(st, "failed");
+	assert_non_null(f);
+	assert_int_equal(f->value, 1);
+	const sl_client_stat *e = sl_client_stats_find(st, "failed_error");
+	assert_non_null(e);
+	assert_non_null(e->text);
+	assert_true(strlen(e->text) > 0);
+	sl_client_stats_free(st);
+	sl_client_close(c);
+	assert_int_equal(nu_stop(&d, SIGTERM), 1); /* its final sync fails too: exit 1 */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -430,6 +471,7 @@ int main(void)
 	    cmocka_unit_test(test_sigterm_sigint_exit_0_keep_data),
 	    cmocka_unit_test(test_sigterm_under_load),
 	    cmocka_unit_test(test_metrics_promtool),
+	    cmocka_unit_test(test_failed_store_stats),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
