@@ -57,6 +57,17 @@ static inline int ru_start(ru_node *n, const char *dir, const char *follow,
 	return nu_start(&n->d, n->dir, args);
 }
 
+/* ru_start with the data directory root/name. */
+static inline int ru_start_in(ru_node *n, const char *root, const char *name, const char *follow,
+                              const char *const *extra)
+{
+	char dir[TU_PATH];
+	if (snprintf(dir, sizeof(dir), "%s/%s", root, name) >= (int)sizeof(dir)) {
+		return -1;
+	}
+	return ru_start(n, dir, follow, extra);
+}
+
 /* A test's teardown after its nodes are stopped: removes its root (kept
  * with SL_TEST_KEEP) and frees the name. */
 static inline void ru_rm_root(char *root)

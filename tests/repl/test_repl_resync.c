@@ -200,11 +200,8 @@ static void cut_log(const char *dir, uint64_t from)
 static void test_primary_lost_its_tail(void **state)
 {
 	(void)state;
-	char dir[TU_PATH];
-	snprintf(dir, sizeof(dir), "%s/p2", root);
-	assert_int_equal(ru_start(&P2, dir, NULL, NULL), 0);
-	snprintf(dir, sizeof(dir), "%s/f2", root);
-	assert_int_equal(ru_start(&F2, dir, P2.rurl, NULL), 0);
+	assert_int_equal(ru_start_in(&P2, root, "p2", NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&F2, root, "f2", P2.rurl, NULL), 0);
 	sl_client *c = ru_client(&P2);
 	assert_non_null(c);
 	for (int i = 0; i < 100; i++) {
@@ -272,11 +269,8 @@ static void put_some(const ru_node *n, int from, int count, const char *v)
 static void test_restarted_primary_repointed(void **state)
 {
 	(void)state;
-	char dir[TU_PATH];
-	snprintf(dir, sizeof(dir), "%s/a", root);
-	assert_int_equal(ru_start(&A, dir, NULL, NULL), 0);
-	snprintf(dir, sizeof(dir), "%s/b", root);
-	assert_int_equal(ru_start(&B, dir, A.rurl, NULL), 0);
+	assert_int_equal(ru_start_in(&A, root, "a", NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&B, root, "b", A.rurl, NULL), 0);
 	put_some(&A, 0, 50, "one");
 	ru_node *fb[] = {&B}, *fa[] = {&A};
 	ru_assert_converged(&A, fb, 1);
@@ -317,11 +311,8 @@ static void test_restarted_primary_repointed(void **state)
 static void test_promoted_then_lost_its_tail(void **state)
 {
 	(void)state;
-	char dir[TU_PATH];
-	snprintf(dir, sizeof(dir), "%s/c", root);
-	assert_int_equal(ru_start(&C, dir, NULL, NULL), 0);
-	snprintf(dir, sizeof(dir), "%s/d", root);
-	assert_int_equal(ru_start(&D, dir, C.rurl, NULL), 0);
+	assert_int_equal(ru_start_in(&C, root, "c", NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&D, root, "d", C.rurl, NULL), 0);
 	put_some(&C, 0, 50, "old");
 	ru_node *fd[] = {&D}, *fc[] = {&C};
 	ru_assert_converged(&C, fd, 1);

@@ -95,13 +95,9 @@ static void test_gone_follower_is_dropped(void **state)
 static void test_role_change_clears_the_table(void **state)
 {
 	(void)state;
-	char dir[TU_PATH];
-	snprintf(dir, sizeof(dir), "%s/a", root);
-	assert_int_equal(ru_start(&A, dir, NULL, NULL), 0);
-	snprintf(dir, sizeof(dir), "%s/b", root);
-	assert_int_equal(ru_start(&B, dir, A.rurl, NULL), 0);
-	snprintf(dir, sizeof(dir), "%s/g", root);
-	assert_int_equal(ru_start(&G, dir, A.rurl, NULL), 0);
+	assert_int_equal(ru_start_in(&A, root, "a", NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&B, root, "b", A.rurl, NULL), 0);
+	assert_int_equal(ru_start_in(&G, root, "g", A.rurl, NULL), 0);
 	sl_client *ca = ru_client(&A);
 	assert_non_null(ca);
 	ru_load(&A, "r", 100, 1);
