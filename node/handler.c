@@ -753,6 +753,11 @@ static Shiplog__Request *decode(const void *buf, size_t len, sl_reply *r)
 {
 	size_t ops = 0, keys = 0;
 	int rc = sl_request_precheck(buf, len, &ops, &keys);
+	uint64_t id = 0;
+	if (rc != SL_OK && sl_request_peek_id(buf, len, &id)) {
+		r->resp.has_id = 1; /* the client can still match the refusal */
+		r->resp.id = id;
+	}
 	if (rc == SL_ETOOBIG) {
 		fail(r, SL_ETOOBIG, "request has %zu batch ops / %zu mget keys; limit %u each", ops,
 		     keys, SL_MAX_BATCH_OPS);

@@ -104,4 +104,9 @@ void sl_reply_free(sl_reply *r);
  * Exposed for tests. */
 int sl_request_precheck(const void *buf, size_t len, size_t *batch_ops, size_t *mget_keys);
 
+/* The Request's top-level id, read without decoding (the last one, as
+ * protobuf would): 1 with *id set, 0 when there is none or the bytes
+ * before it do not parse. */
+int sl_request_peek_id(const void *buf, size_t len, uint64_t *id);
+
 #endif

@@ -153,3 +153,47 @@ int sl_request_precheck(const void *buf, size_t len, size_t *batch_ops, size_t *
 	}
 	return SL_OK;
 }
+
+int sl_request_peek_id(const void *buf, size_t len, uint64_t *id)
+{
+	const uint8_t *p = buf, *end = p + len;
+	int found = 0;
+	if (p == NULL) {
+		return 0;
+	}
+	while (p < end) {
+		uint64_t key, v;
+		if (read_varint(&p, end, &key) != 0) {
+			return found;
+		}
+		switch (key & 7) {
+		case WT_VARINT:
+			if (read_varint(&p, end, &v) != 0) {
+				return found;
+			}
+			if (key >> 3 == 1) { /* Request.id */
+				*id = v;
+				found = 1;
+			}
+			break;
+		case WT_I64:
+		case WT_I32: {
+			size_t w = (key & 7) == WT_I64 ? 8 : 4;
+			if ((size_t)(end - p) < w) {
+				return found;
+			}
+			p += w;
+			break;
+		}
+		case WT_LEN:
+			if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) {
+				return found;
+			}
+			p += v;
+			break;
+		default:
+			return found;
+		}
+	}
+	return found;
+}

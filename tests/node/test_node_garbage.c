@@ -320,11 +320,16 @@ static void test_too_many_elements(void **state)
 		buf[n++] = (1 << 3) | 2; /* Batch.ops, empty */
 		buf[n++] = 0;
 	}
+	buf[n++] = (1 << 3) | 0; /* Request.id = 42, after the batch */
+	buf[n++] = 42;
 	int nrv;
 	Shiplog__Response *r = raw_call(buf, n, &nrv);
 	assert_non_null(r);
 	assert_int_equal(r->status, SL_ETOOBIG);
+	assert_true(r->has_id); /* refused undecoded, the id still echoed */
+	assert_int_equal(r->id, 42);
 	shiplog__response__free_unpacked(r, NULL);
+	n -= 2;
 	/* the same as mget keys (a 1-byte tag) */
 	buf[1] = (13 << 3) | 2;
 	r = raw_call(buf + 1, n - 1, &nrv);
