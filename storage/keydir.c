@@ -28,6 +28,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "format.h"
@@ -217,9 +220,32 @@ static inline uint8_t *arena_at(const arena *a, uint32_t off)
 	return (uint8_t *)(a->tab[off >> CHUNK_SHIFT] & ~RUN_START) + (off & (CHUNK - 1u));
 }
 
+/* The hash is seeded once per process, at random: the shard is its top
+ * 10 bits, and with a known hash anyone could aim keys at one shard and
+ * fill its 64 MiB of index space (960 keys of 64 KiB): the next put was
+ * in the log but not indexed, the store failed for good, and the open
+ * that re-indexed the same keys ran out of room too.  Spread at random,
+ * one shard fills only when the whole keydir holds about 64 GiB.
+ * Nothing stores these hashes: hints, the log, digests and scan cursors
+ * use keys. */
+static uint64_t g_seed;
+
+/* At load time, before main: every hash in the process sees one seed. */
+__attribute__((constructor)) static void seed_init(void)
+{
+	uint64_t s = 0;
+	if (getrandom(&s, sizeof(s), 0) != (ssize_t)sizeof(s)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		s = (uint64_t)ts.tv_nsec * 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid() << 32 ^
+		    (uint64_t)ts.tv_sec;
+	}
+	g_seed = s;
+}
+
 uint64_t sl_keydir_hash(const void *key, size_t klen)
 {
-	return XXH3_64bits(key, klen);
+	return XXH3_64bits_withSeed(key, klen, g_seed);
 }
 
 static inline unsigned shard_of(uint64_t h)
@@ -351,7 +377,7 @@ static int grow_slots(sl_keydir *kd, shard *s)
 			continue;
 		}
 		const uint8_t *e = entry_at(s, v);
-		uint64_t h = XXH3_64bits(e + ENTRY_FIXED, entry_klen(e));
+		uint64_t h = sl_keydir_hash(e + ENTRY_FIXED, entry_klen(e));
 		uint32_t j = (uint32_t)h & (n - 1);
 		while (slots[j] != 0) {
 			j = (j + 1) & (n - 1);
@@ -623,7 +649,8 @@ int sl_keydir_remove(sl_keydir *kd, uint64_t h, const void *key, size_t klen, co
 			break;
 		}
 		const uint8_t *ej = entry_at(s, v);
-		uint32_t home = (uint32_t)XXH3_64bits(ej + ENTRY_FIXED, entry_klen(ej)) & s->mask;
+		uint32_t home =
+		    (uint32_t)sl_keydir_hash(ej + ENTRY_FIXED, entry_klen(ej)) & s->mask;
 		/* Move v into the hole unless its home lies cyclically in (hole, j]. */
 		int stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
 		if (!stays) {

@@ -46,6 +46,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+
 #include "format.h"
 #include "io.h"
 #include "shiplog.h"
@@ -1957,11 +1959,55 @@ static void test_damaged_output_header(void **state)
 	free(dir);
 }
 
+/* ======================================================================
+ * Keys aimed at one keydir shard
+ * ====================================================================== */
+
+/* 1000 keys of 64 KiB whose unseeded XXH3 puts them all in shard 0 (the
+ * top 10 bits): 64 MiB of index entries, more than one shard's index space.
+ * With the hash unseeded, the 963rd put failed after its record was
+ * appended, the store refused every write from then on, and reopening it
+ * ran out of room too.  The seed (keydir.c) spreads them. */
+static void test_keys_aimed_at_one_shard(void **state)
+{
+	(void)state;
+	sl_options o;
+	char *dir = fault_dir("aimed", &o, 0);
+	o.segment_bytes = 64u << 20;
+	sl_db *db;
+	open_db(dir, &o, &db);
+	size_t kl = SL_MAX_KEY;
+	uint8_t *k = malloc(kl);
+	assert_non_null(k);
+	memset(k, 'A', kl);
+	uint64_t ctr = 0;
+	for (int found = 0; found < 1000; ctr++) {
+		memcpy(k + kl - 8, &ctr, 8);
+		if (XXH3_64bits(k, kl) >> 54 != 0) {
+			continue;
+		}
+		found++;
+		int rc = sl_put(db, k, kl, "v", 1, NULL);
+		if (rc != SL_OK) {
+			fail_msg("put of aimed key %d: %s", found, sl_strerror(rc));
+		}
+	}
+	assert_int_equal(sl_put(db, "innocent", 8, "x", 1, NULL), SL_OK);
+	sl_close(db);
+	open_db(dir, &o, &db);
+	assert_int_equal(stats(db).keys, 1001);
+	sl_close(db);
+	free(k);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sync_covers_every_segment),
 	    cmocka_unit_test(test_damaged_output_header),
+	    cmocka_unit_test(test_keys_aimed_at_one_shard),
 	    cmocka_unit_test(test_torn_tail_every_offset_put),
 	    cmocka_unit_test(test_torn_tail_every_offset_delete),
 	    cmocka_unit_test(test_sealed_segment_flips_with_hint),
