@@ -264,9 +264,9 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 	c->last_acks = -1;
 	/* A write with acks may be held by the server for acks_timeout_ms:
 	 * wait that much longer for its answer. */
-	int extra = q->has_acks && q->acks > 0 ? (int)c->acks_timeout_ms : 0;
+	int64_t extra = q->has_acks && q->acks > 0 ? (int64_t)c->acks_timeout_ms : 0;
 	if (q->op_case == SHIPLOG__REQUEST__OP_WAIT && q->wait->has_timeout_ms) {
-		extra = (int)q->wait->timeout_ms;
+		extra = (int64_t)q->wait->timeout_ms;
 	}
 	/* One deadline for the send and the receive together: the receive
 	 * gets what the send (which waits for a connection) left of it. */
@@ -280,8 +280,12 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 	uint64_t spent = mono_ms() - t0;
 	int adjust = extra > 0 || spent > 0;
 	if (adjust) {
+		/* in 64 bits: a timeout of 2^31 ms or more (24.8 days) went
+		 * negative as an int, nng refused it, and the receive kept the
+		 * handle's own short timeout */
 		int64_t left = (int64_t)c->timeout_ms + extra - (int64_t)spent;
-		nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, left > 1 ? (nng_duration)left : 1);
+		left = left < 1 ? 1 : left > INT32_MAX ? INT32_MAX : left;
+		nng_socket_set_ms(c->sock, NNG_OPT_RECVTIMEO, (nng_duration)left);
 	}
 	rv = nng_recvmsg(c->sock, &m, 0);
 	if (adjust) {
@@ -995,11 +999,16 @@ int sl_pipeline_exec(sl_pipeline *p, const sl_client_item **items_out, size_t *n
 	Shiplog__Response *r = NULL;
 	rc = call(p->c, &q, &r);
 	free_view(&v);
+	/* Short of its acks, a batch with writes comes back SL_ETIMEDOUT with
+	 * every result: the writes were made (their seqs are here), and a retry
+	 * of the kept queue made them all twice. */
+	int applied = rc == SL_OK || (rc == SL_ETIMEDOUT && r != NULL && r->n_results == p->n);
 	if (rc == SL_OK && r->n_results != p->n) {
 		set_err(p->c, "batch: %zu results for %zu operations", r->n_results, p->n);
 		rc = SL_EPROTO;
+		applied = 0;
 	}
-	if (rc != SL_OK) {
+	if (!applied) {
 		shiplog__response__free_unpacked(r, NULL);
 		free(items);
 		return rc == SL_ENOTFOUND ? SL_EPROTO : rc;
@@ -1020,5 +1029,5 @@ int sl_pipeline_exec(sl_pipeline *p, const sl_client_item **items_out, size_t *n
 	clear_ops(p);
 	*items_out = items;
 	*n_out = p->nitems;
-	return SL_OK;
+	return rc;
 }

@@ -249,11 +249,15 @@ size_t sl_pipeline_len(const sl_pipeline *p);
 /* Sends the queued operations as one Batch and waits for the response.
  * On SL_OK *items_out (borrowed: valid until the next exec/reset/free of p)
  * holds *n_out results in queue order, each with its own status (get: val,
- * seq; put/del: seq; ping: SL_OK), and the queue is empty again.  Any other
- * return is a failure of the whole round trip (timeout, connection, server
- * shutdown, SL_ETOOBIG for a batch over the limit …): the queue is kept so
- * the caller can inspect or drop it (sl_pipeline_reset) — after
- * SL_ETIMEDOUT/SL_ECONN the writes in it may or may not have been applied.
+ * seq; put/del: seq; ping: SL_OK), and the queue is empty again.  With
+ * acks asked (sl_client_set_acks) and fewer followers in time, the same
+ * comes back with SL_ETIMEDOUT: every operation ran (results and seqs
+ * given, the queue emptied: do not send it again), the writes are short of
+ * their acks (sl_client_last_acks).  Any other return, and SL_ETIMEDOUT
+ * with *n_out 0, is a failure of the whole round trip (timeout, connection,
+ * server shutdown, SL_ETOOBIG for a batch over the limit …): the queue is
+ * kept so the caller can inspect or drop it (sl_pipeline_reset), and the
+ * writes in it may or may not have been applied.
  * Executing an empty pipeline returns SL_OK with 0 results. */
 int sl_pipeline_exec(sl_pipeline *p, const sl_client_item **items_out, size_t *n_out);
 

@@ -513,6 +513,41 @@ static void test_connection_refused(void **state)
 	sl_client_close(NULL);
 }
 
+/* A batch short of its --acks (no follower here): SL_ETIMEDOUT with every
+ * result, the queue emptied.  The results were dropped and the queue kept,
+ * and executing it again made every write twice. */
+static void test_batch_short_of_acks(void **state)
+{
+	(void)state;
+	sl_client *ca = nu_client(&d);
+	assert_non_null(ca);
+	sl_client_set_acks(ca, 1, 300);
+	sl_pipeline *p = NULL;
+	assert_int_equal(sl_pipeline_new(ca, &p), SL_OK);
+	assert_int_equal(sl_pipeline_put(p, "sa1", 3, "v1", 2, 0), SL_OK);
+	assert_int_equal(sl_pipeline_put(p, "sa2", 3, "v2", 2, 0), SL_OK);
+	const sl_client_item *it = NULL;
+	size_t n = 0;
+	assert_int_equal(sl_pipeline_exec(p, &it, &n), SL_ETIMEDOUT);
+	assert_int_equal(n, 2);
+	assert_int_equal(sl_pipeline_len(p), 0);
+	assert_int_equal(it[0].status, SL_OK);
+	assert_true(it[0].seq > 0);
+	assert_int_equal(it[1].seq, it[0].seq + 1);
+	assert_int_equal(sl_client_last_acks(ca), 0);
+	uint64_t seq2 = it[1].seq;
+	assert_int_equal(sl_pipeline_exec(p, &it, &n), SL_OK); /* nothing left to send */
+	assert_int_equal(n, 0);
+	void *v = NULL;
+	size_t vl = 0;
+	uint64_t gs = 0;
+	assert_int_equal(sl_client_get(c, "sa2", 3, &v, &vl, &gs), SL_OK);
+	free(v);
+	assert_int_equal(gs, seq2); /* written once */
+	sl_pipeline_free(p);
+	sl_client_close(ca);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -525,6 +560,7 @@ int main(void)
 	    cmocka_unit_test(test_scan_pages),
 	    cmocka_unit_test(test_stats_compact),
 	    cmocka_unit_test(test_batch_in_order),
+	    cmocka_unit_test(test_batch_short_of_acks),
 	    cmocka_unit_test(test_batch_of_big_gets),
 	    cmocka_unit_test(test_timeout_after_failed_send),
 	    cmocka_unit_test(test_min_seq),

@@ -233,7 +233,8 @@ static void test_follower_stops_while_streaming(void **state)
 typedef struct waiter {
 	pthread_t t;
 	char url[64];
-	int acks_write; /* 1: a put with --acks 1; 0: WAIT 1 */
+	int acks_write; /* 1: a put with --acks 1; 0: WAIT 1; 2: WAIT 1 for 3e9 ms
+	                 * on a handle of 300 ms (the wait's own time counts) */
 	int rc;
 	uint32_t acks;
 	uint64_t ms;
@@ -243,16 +244,18 @@ static void *waiter_main(void *arg)
 {
 	waiter *w = arg;
 	sl_client *c = NULL;
-	w->rc = sl_client_open(w->url, 90000, &c);
+	w->rc = sl_client_open(w->url, w->acks_write == 2 ? 300 : 90000, &c);
 	if (w->rc != SL_OK) {
 		return NULL;
 	}
 	uint64_t t0 = tu_mono_ms();
-	if (w->acks_write) {
+	if (w->acks_write == 1) {
 		sl_client_set_acks(c, 1, 60000);
 		w->rc = sl_client_put(c, "wk", 2, "v", 1, NULL);
 	} else {
-		w->rc = sl_client_wait(c, 1, 0, 60000, &w->acks);
+		/* 3e9 ms is past INT_MAX: it went negative, and the handle's
+		 * 300 ms cut the wait short */
+		w->rc = sl_client_wait(c, 1, 0, w->acks_write == 2 ? 3000000000u : 60000, &w->acks);
 	}
 	w->ms = tu_mono_ms() - t0;
 	sl_client_close(c);
@@ -265,8 +268,8 @@ static void test_sigterm_during_wait(void **state)
 	char dir[TU_PATH];
 	snprintf(dir, sizeof(dir), "%s/w", root);
 	assert_int_equal(ru_start(&W, dir, NULL, NULL), 0);
-	waiter w[2];
-	for (int i = 0; i < 2; i++) {
+	waiter w[3];
+	for (int i = 0; i < 3; i++) {
 		memset(&w[i], 0, sizeof(w[i]));
 		snprintf(w[i].url, sizeof(w[i].url), "%s", W.d.url);
 		w[i].acks_write = i;
@@ -276,7 +279,7 @@ static void test_sigterm_during_wait(void **state)
 	uint64_t t0 = tu_mono_ms();
 	assert_int_equal(nu_stop(&W.d, SIGTERM), 0);
 	uint64_t stop_ms = tu_mono_ms() - t0;
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < 3; i++) {
 		pthread_join(w[i].t, NULL);
 	}
 	if (stop_ms > 10000) {
@@ -290,6 +293,12 @@ static void test_sigterm_during_wait(void **state)
 	assert_int_equal(w[0].acks, 0);
 	assert_int_equal(w[1].rc, SL_ETIMEDOUT);
 	assert_true(w[0].ms < 10000 && w[1].ms < 10000);
+	if (w[2].rc != SL_OK) {
+		fail_msg("WAIT for 3e9 ms: %s after %llu ms", sl_client_strerror(w[2].rc),
+		         (unsigned long long)w[2].ms);
+	}
+	assert_int_equal(w[2].acks, 0);
+	assert_true(w[2].ms >= 500);
 }
 
 int main(void)
