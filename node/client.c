@@ -573,6 +573,13 @@ int sl_client_scan(sl_client *c, const void *prefix, size_t plen, uint32_t limit
 		sl_client_item *it = NULL;
 		void *cur = NULL;
 		rc = copy_entries(r, &it);
+		if (rc == SL_OK && r->has_cursor && r->cursor.len == 0) {
+			/* sent back, an empty cursor means "from the start": the
+			 * caller's loop would never end */
+			sl_client_items_free(it, r->n_entries);
+			set_err(c, "scan: the server sent an empty cursor");
+			rc = SL_EPROTO;
+		}
 		if (rc == SL_OK && r->has_cursor) {
 			cur = dup_bytes(r->cursor.data, r->cursor.len);
 			if (cur == NULL) {

@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -593,6 +594,67 @@ static void test_raw_tcp_garbage(void **state)
 	sl_client_close(c);
 }
 
+/* A server (here a fake one) answering a scan with an empty cursor: sent
+ * back, it means "from the start", so the client's page loop (shiplog
+ * scan) went round for ever.  The client refuses it. */
+typedef struct fake_srv {
+	nng_socket rep;
+	pthread_t t;
+} fake_srv;
+
+static void *fake_scan_main(void *arg)
+{
+	fake_srv *f = arg;
+	nng_msg *m = NULL;
+	if (nng_recvmsg(f->rep, &m, 0) != 0) {
+		return NULL;
+	}
+	Shiplog__Request *q = shiplog__request__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	Shiplog__Response r = SHIPLOG__RESPONSE__INIT;
+	Shiplog__Entry e = SHIPLOG__ENTRY__INIT;
+	Shiplog__Entry *ep = &e;
+	r.has_id = q != NULL && q->has_id;
+	r.id = q != NULL ? q->id : 0;
+	r.has_status = 1;
+	r.status = SL_OK;
+	e.has_key = 1;
+	e.key.data = (uint8_t *)"a";
+	e.key.len = 1;
+	r.n_entries = 1;
+	r.entries = &ep;
+	r.has_cursor = 1; /* and empty */
+	shiplog__request__free_unpacked(q, NULL);
+	size_t sz = shiplog__response__get_packed_size(&r);
+	nng_msg_realloc(m, sz);
+	shiplog__response__pack(&r, nng_msg_body(m));
+	if (nng_sendmsg(f->rep, m, 0) != 0) {
+		nng_msg_free(m);
+	}
+	return NULL;
+}
+
+static void test_empty_scan_cursor_refused(void **state)
+{
+	(void)state;
+	fake_srv f;
+	char url[64];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", nu_free_port());
+	assert_int_equal(nng_rep0_open(&f.rep), 0);
+	assert_int_equal(nng_listen(f.rep, url, NULL, 0), 0);
+	assert_int_equal(pthread_create(&f.t, NULL, fake_scan_main, &f), 0);
+	sl_client *c = NULL;
+	assert_int_equal(sl_client_open(url, 5000, &c), SL_OK);
+	sl_client_item *items = NULL;
+	size_t n = 0, curlen = 0;
+	void *cur = NULL;
+	assert_int_equal(sl_client_scan(c, NULL, 0, 10, NULL, 0, 0, &items, &n, &cur, &curlen),
+	                 SL_EPROTO);
+	assert_null(cur);
+	sl_client_close(c);
+	pthread_join(f.t, NULL);
+	nng_close(f.rep);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -605,6 +667,7 @@ int main(void)
 	    cmocka_unit_test(test_response_within_limit),
 	    cmocka_unit_test(test_unknown_ops),
 	    cmocka_unit_test(test_raw_tcp_garbage),
+	    cmocka_unit_test(test_empty_scan_cursor_refused),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
