@@ -517,7 +517,15 @@ static void serve_snap(rctx *c)
 			}
 			ss->sn = sn;
 			ss->head = head;
-			ss->id = ++r->next_snap_id;
+			/* random, not a count from 1 at each start: a chunk request
+			 * queued for a primary that restarted meanwhile could match
+			 * another follower's new snapshot of the same number (and
+			 * the follower mix chunks of two snapshots) */
+			uint64_t sid = 0;
+			if (repl_random(&sid, sizeof(sid)) != 0 || sid == 0) {
+				sid = (repl_now_ms() << 20) ^ ++r->next_snap_id;
+			}
+			ss->id = sid;
 			ss->next_chunk = 0;
 			snprintf(ss->node, sizeof(ss->node), "%s", s->node_id ? s->node_id : "");
 			repl_log(r, 1, "full resync for %s: snapshot %llu at seq %llu",
@@ -525,8 +533,11 @@ static void serve_snap(rctx *c)
 			         (unsigned long long)head);
 		}
 	} else {
+		char node[sizeof(r->snaps[0].node)]; /* as stored: cut to fit */
+		snprintf(node, sizeof(node), "%s", s->node_id ? s->node_id : "");
 		for (int i = 0; i < SL_MAX_SNAPS && ss == NULL; i++) {
-			if (r->snaps[i].sn != NULL && r->snaps[i].id == id) {
+			if (r->snaps[i].sn != NULL && r->snaps[i].id == id &&
+			    strcmp(r->snaps[i].node, node) == 0) {
 				ss = &r->snaps[i];
 			}
 		}

@@ -234,10 +234,72 @@ static void test_diverged_follower_is_no_ack(void **state)
 	nu_stop(&P.d, SIGTERM);
 }
 
+/* One round trip of a SnapFetch on req. */
+static Shiplog__ReplReply *snap_call(nng_socket req, uint64_t id, uint64_t chunk, const char *node)
+{
+	Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+	Shiplog__SnapFetch sf = SHIPLOG__SNAP_FETCH__INIT;
+	sf.has_snap_id = 1;
+	sf.snap_id = id;
+	sf.has_chunk = 1;
+	sf.chunk = chunk;
+	sf.has_max_bytes = 1;
+	sf.max_bytes = 4096;
+	sf.node_id = (char *)node;
+	q.op_case = SHIPLOG__REPL_REQUEST__OP_SNAP;
+	q.snap = &sf;
+	size_t n = shiplog__repl_request__get_packed_size(&q);
+	nng_msg *m;
+	assert_int_equal(nng_msg_alloc(&m, n), 0);
+	shiplog__repl_request__pack(&q, nng_msg_body(m));
+	assert_int_equal(nng_sendmsg(req, m, 0), 0);
+	assert_int_equal(nng_recvmsg(req, &m, 0), 0);
+	Shiplog__ReplReply *rep =
+	    shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	nng_msg_free(m);
+	assert_non_null(rep);
+	assert_int_equal(rep->op_case, SHIPLOG__REPL_REPLY__OP_SNAP);
+	return rep;
+}
+
+/* A snapshot's chunks go only to the follower that opened it, and its id
+ * is not a small count: ids restarted at 1 with every primary process and
+ * were looked up by number alone, so a chunk request left over from before
+ * a restart could be served from another follower's snapshot. */
+static void test_snapshot_is_its_followers(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/ps", root);
+	assert_int_equal(ru_start(&P, dir, NULL, NULL), 0);
+	ru_load(&P, "s", 300, 0);
+	nng_socket req;
+	assert_int_equal(nng_req0_open(&req), 0);
+	nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 5000);
+	assert_int_equal(nng_dial(req, P.rurl, NULL, 0), 0);
+	Shiplog__ReplReply *rep = snap_call(req, 0, 0, "node-a");
+	assert_int_equal(rep->snap->status, SL_OK);
+	uint64_t id = rep->snap->snap_id;
+	int done = rep->snap->done;
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	assert_true(id > 1000000); /* random, not 1, 2, ... */
+	assert_false(done);
+	rep = snap_call(req, id, 1, "node-b"); /* another follower's request */
+	assert_int_not_equal(rep->snap->status, SL_OK);
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	rep = snap_call(req, id, 1, "node-a"); /* its own follower goes on */
+	assert_int_equal(rep->snap->status, SL_OK);
+	assert_int_equal(rep->snap->snap_id, id);
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	nng_close(req);
+	nu_stop(&P.d, SIGTERM);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_fake_primary_garbage),
+	    cmocka_unit_test(test_snapshot_is_its_followers),
 	    cmocka_unit_test(test_diverged_follower_is_no_ack),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
