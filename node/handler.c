@@ -277,6 +277,9 @@ static void do_mget(sl_node *n, sl_reply *r, const Shiplog__MGet *m)
 		sl_prefetch(n->db, m->keys[i].data, m->keys[i].len); /* as do_batch */
 	}
 	for (size_t i = 0; i < k; i++) {
+		sl_prefetch_entry(n->db, m->keys[i].data, m->keys[i].len);
+	}
+	for (size_t i = 0; i < k; i++) {
 		sl_prefetch_value(n->db, m->keys[i].data, m->keys[i].len);
 	}
 	for (size_t i = 0; i < k; i++) {
@@ -544,12 +547,18 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 		return;
 	}
 	/* Every key's index slot starts loading before the first lookup, then
-	 * every record before the first read: their cache misses overlap
-	 * instead of coming one after another. */
+	 * every index entry, then every record before the first read: their
+	 * cache misses overlap instead of coming one after another. */
 	for (size_t i = 0; i < k; i++) {
 		const ProtobufCBinaryData *key = op_key(b->ops[i]);
 		if (key != NULL) {
 			sl_prefetch(n->db, key->data, key->len);
+		}
+	}
+	for (size_t i = 0; i < k; i++) {
+		const ProtobufCBinaryData *key = op_key(b->ops[i]);
+		if (key != NULL) {
+			sl_prefetch_entry(n->db, key->data, key->len);
 		}
 	}
 	for (size_t i = 0; i < k; i++) {

@@ -931,6 +931,13 @@ void sl_prefetch_value(sl_db *db, const void *key, size_t klen)
 	}
 }
 
+void sl_prefetch_entry(sl_db *db, const void *key, size_t klen)
+{
+	if (db != NULL && key != NULL && klen > 0 && klen <= SL_MAX_KEY) {
+		sl_keydir_prefetch_entry(db->kd, sl_keydir_hash(key, klen));
+	}
+}
+
 void sl_prefetch(sl_db *db, const void *key, size_t klen)
 {
 	if (db != NULL && key != NULL && klen > 0 && klen <= SL_MAX_KEY) {

@@ -435,6 +435,31 @@ static void count_entry(shard *s, int tomb, int delta)
 	}
 }
 
+void sl_keydir_prefetch_entry(sl_keydir *kd, uint64_t h)
+{
+	shard *s = &kd->shards[shard_of(h)];
+	uint32_t want = tag_of(h);
+	pthread_rwlock_rdlock(&s->lock);
+	if (s->mask != 0) {
+		/* tags only: no entry is read here, so no miss is waited for */
+		for (uint32_t i = (uint32_t)h & s->mask, n = 0; n < 8; n++) {
+			uint32_t v = s->slots[i];
+			if (v == 0) {
+				break;
+			}
+			if ((v >> 24) == want) {
+				const uint8_t *e = entry_at(s, v);
+				__builtin_prefetch(e, 0, 1);
+				__builtin_prefetch(e + 32, 0,
+				                   1); /* key bytes past the first line */
+				break;
+			}
+			i = (i + 1) & s->mask;
+		}
+	}
+	pthread_rwlock_unlock(&s->lock);
+}
+
 int sl_keydir_get(sl_keydir *kd, uint64_t h, const void *key, size_t klen,
                   int (*fn)(void *arg, const sl_loc *loc), void *arg)
 {

@@ -39,6 +39,10 @@ uint64_t sl_keydir_hash(const void *key, size_t klen);
  * cache misses overlap).  Takes no lock and changes nothing. */
 void sl_keydir_prefetch(const sl_keydir *kd, uint64_t h);
 
+/* After sl_keydir_prefetch: under the shard's read lock, starts loading the
+ * entry of the first slot on h's probe path whose tag matches. */
+void sl_keydir_prefetch_entry(sl_keydir *kd, uint64_t h);
+
 /* Looks key up.  When found, calls fn(arg, loc) while holding the shard's
  * read lock (so the location cannot be replaced or compacted away during fn)
  * and returns fn's result; SL_ENOTFOUND (1) when absent.  fn must be short

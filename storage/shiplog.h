@@ -161,9 +161,14 @@ int sl_get(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen
  * overlaps their memory stalls.  Changes nothing; never fails. */
 void sl_prefetch(sl_db *db, const void *key, size_t klen);
 
-/* The second step of that hint, after sl_prefetch on every key: looks key
- * up (its slot line is loaded by now) and starts loading the start of its
- * record.  Changes nothing; never fails. */
+/* The second step, after sl_prefetch on every key: reads key's slots
+ * (loaded by now) and starts loading the index entry they point at.
+ * Changes nothing; never fails. */
+void sl_prefetch_entry(sl_db *db, const void *key, size_t klen);
+
+/* The last step of that hint, after sl_prefetch_entry on every key: looks
+ * key up (its slot and entry are loaded by now) and starts loading the
+ * start of its record.  Changes nothing; never fails. */
 void sl_prefetch_value(sl_db *db, const void *key, size_t klen);
 
 /* As sl_get, also returning the seq of the record read (seq_out may be NULL). */
