@@ -856,8 +856,9 @@ size_t sl_pipeline_len(const sl_pipeline *p)
 static int queue(sl_pipeline *p, int kind, const void *key, size_t klen, const void *val,
                  size_t vlen, uint64_t ttl_ms)
 {
-	if (p == NULL || (key == NULL && klen > 0) || (val == NULL && vlen > 0)) {
-		return SL_EINVAL;
+	if (p == NULL || (key == NULL && kind != P_PING) || (val == NULL && vlen > 0)) {
+		return SL_EINVAL; /* a NULL key, as client.h says (an empty one goes to the server)
+		                   */
 	}
 	if (p->n == p->cap) {
 		size_t cap = p->cap ? p->cap * 2 : 16;

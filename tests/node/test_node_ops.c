@@ -305,6 +305,9 @@ static void test_batch_in_order(void **state)
 	assert_int_equal(sl_pipeline_exec(p, &it, &n), SL_OK);
 	assert_int_equal(n, 0);
 
+	assert_int_equal(sl_pipeline_get(p, NULL, 0), SL_EINVAL);
+	assert_int_equal(sl_pipeline_del(p, NULL, 0), SL_EINVAL);
+	assert_int_equal(sl_pipeline_len(p), 0);
 	assert_int_equal(sl_pipeline_put(p, "b1", 2, "x1", 2, 0), SL_OK);
 	assert_int_equal(sl_pipeline_get(p, "b1", 2), SL_OK);
 	assert_int_equal(sl_pipeline_put(p, "b1", 2, "x2", 2, 0), SL_OK);
