@@ -180,6 +180,22 @@ static void test_fake_primary_garbage(void **state)
 	assert_int_equal(ru_stat(&F, "corrupt_records", NULL, 0), 0);
 }
 
+/* One round trip of q on req (a raw replication REQ socket). */
+static Shiplog__ReplReply *repl_call(nng_socket req, const Shiplog__ReplRequest *q)
+{
+	size_t n = shiplog__repl_request__get_packed_size(q);
+	nng_msg *m;
+	assert_int_equal(nng_msg_alloc(&m, n), 0);
+	shiplog__repl_request__pack(q, nng_msg_body(m));
+	assert_int_equal(nng_sendmsg(req, m, 0), 0);
+	assert_int_equal(nng_recvmsg(req, &m, 0), 0);
+	Shiplog__ReplReply *rep =
+	    shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	nng_msg_free(m);
+	assert_non_null(rep);
+	return rep;
+}
+
 /* A fake follower off the primary's history (an old primary that came
  * back ahead, say) claims a high durable seq: the primary answers
  * SL_ESTALE and must not count it as an ack for its own writes. */
@@ -210,16 +226,7 @@ static void test_diverged_follower_is_no_ack(void **state)
 	f.node_id = "diverged";
 	q.op_case = SHIPLOG__REPL_REQUEST__OP_FETCH;
 	q.fetch = &f;
-	size_t n = shiplog__repl_request__get_packed_size(&q);
-	nng_msg *m;
-	assert_int_equal(nng_msg_alloc(&m, n), 0);
-	shiplog__repl_request__pack(&q, nng_msg_body(m));
-	assert_int_equal(nng_sendmsg(req, m, 0), 0);
-	assert_int_equal(nng_recvmsg(req, &m, 0), 0);
-	Shiplog__ReplReply *rep =
-	    shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
-	nng_msg_free(m);
-	assert_non_null(rep);
+	Shiplog__ReplReply *rep = repl_call(req, &q);
 	assert_int_equal(rep->op_case, SHIPLOG__REPL_REPLY__OP_FETCH);
 	assert_int_equal(rep->fetch->status, SL_ESTALE);
 	shiplog__repl_reply__free_unpacked(rep, NULL);
@@ -248,16 +255,7 @@ static Shiplog__ReplReply *snap_call(nng_socket req, uint64_t id, uint64_t chunk
 	sf.node_id = (char *)node;
 	q.op_case = SHIPLOG__REPL_REQUEST__OP_SNAP;
 	q.snap = &sf;
-	size_t n = shiplog__repl_request__get_packed_size(&q);
-	nng_msg *m;
-	assert_int_equal(nng_msg_alloc(&m, n), 0);
-	shiplog__repl_request__pack(&q, nng_msg_body(m));
-	assert_int_equal(nng_sendmsg(req, m, 0), 0);
-	assert_int_equal(nng_recvmsg(req, &m, 0), 0);
-	Shiplog__ReplReply *rep =
-	    shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
-	nng_msg_free(m);
-	assert_non_null(rep);
+	Shiplog__ReplReply *rep = repl_call(req, &q);
 	assert_int_equal(rep->op_case, SHIPLOG__REPL_REPLY__OP_SNAP);
 	return rep;
 }
