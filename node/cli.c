@@ -39,13 +39,19 @@
 static int out_failed; /* a write to stdout failed (EPIPE, ENOSPC …) */
 static int out_errno;  /* its errno, kept: later calls (isatty) overwrite errno */
 
+/* Notes a failed output; the first failure's errno is the one told. */
+static void out_fail(int err)
+{
+	if (!out_failed) {
+		out_errno = err;
+	}
+	out_failed = 1;
+}
+
 static void out_bytes(const void *p, size_t n)
 {
 	if (n && fwrite(p, 1, n, stdout) != n) {
-		if (!out_failed) {
-			out_errno = errno;
-		}
-		out_failed = 1;
+		out_fail(errno);
 	}
 }
 
@@ -133,10 +139,7 @@ static void out_json(json_t *obj)
 	char *s = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII);
 	json_decref(obj);
 	if (!s) {
-		if (!out_failed) {
-			out_errno = ENOMEM;
-		}
-		out_failed = 1;
+		out_fail(ENOMEM);
 		return;
 	}
 	out_str(s);
@@ -859,9 +862,8 @@ int cli_command(cli *c, const cli_args *a)
 	out_failed = 0;
 	out_errno = 0;
 	int rc = cmd->fn(c, &pos, &o);
-	if (fflush(stdout) != 0 && !out_failed) {
-		out_failed = 1;
-		out_errno = errno;
+	if (fflush(stdout) != 0) {
+		out_fail(errno);
 	}
 	if (out_failed) {
 		if (!c->interactive) {

@@ -760,16 +760,15 @@ static void req_release(Shiplog__Request *q)
 /* Decodes buf after bounding it (invariant 1).  NULL with r failed. */
 static Shiplog__Request *decode(const void *buf, size_t len, sl_reply *r)
 {
-	size_t ops = 0, keys = 0;
-	int rc = sl_request_precheck(buf, len, &ops, &keys);
-	uint64_t id = 0;
-	if (rc != SL_OK && sl_request_peek_id(buf, len, &id)) {
+	sl_request_shape sh;
+	int rc = sl_request_precheck(buf, len, &sh);
+	if (rc != SL_OK && sh.has_id) {
 		r->resp.has_id = 1; /* the client can still match the refusal */
-		r->resp.id = id;
+		r->resp.id = sh.id;
 	}
 	if (rc == SL_ETOOBIG) {
-		fail(r, SL_ETOOBIG, "request has %zu batch ops / %zu mget keys; limit %u each", ops,
-		     keys, SL_MAX_BATCH_OPS);
+		fail(r, SL_ETOOBIG, "request has %zu batch ops / %zu mget keys; limit %u each",
+		     sh.batch_ops, sh.mget_keys, SL_MAX_BATCH_OPS);
 		return NULL;
 	}
 	if (rc != SL_OK) {
@@ -1184,16 +1183,11 @@ void sl_handle_reject(const void *buf, size_t len, int status, const char *msg, 
 {
 	reply_init(r);
 	fail(r, status, "%s", msg);
-	if (sl_request_precheck(buf, len, NULL, NULL) != SL_OK) {
-		return;
-	}
-	Shiplog__Request *q = req_unpack(buf, len);
-	if (q != NULL) {
-		if (q->has_id) {
-			r->resp.has_id = 1;
-			r->resp.id = q->id;
-		}
-		req_release(q);
+	sl_request_shape sh;
+	sl_request_precheck(buf, len, &sh); /* the id, without decoding the rest */
+	if (sh.has_id) {
+		r->resp.has_id = 1;
+		r->resp.id = sh.id;
 	}
 }
 

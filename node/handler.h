@@ -96,17 +96,21 @@ void sl_reply_pack(const sl_reply *r, void *out);
 
 void sl_reply_free(sl_reply *r);
 
+/* What sl_request_precheck saw of a request. */
+typedef struct sl_request_shape {
+	size_t batch_ops, mget_keys;
+	int has_id;  /* a top-level id was read (the last one, as protobuf) */
+	uint64_t id; /* before any malformed or over-bound part */
+} sl_request_shape;
+
 /* Walks the protobuf wire format of a Request without allocating, into
  * every sub-message the schema knows: checks that it is well-formed, counts
- * batch operations and mget keys, and allows at most 64 occurrences of any
- * message's other fields (unknown ones included).  SL_OK, SL_EPROTO
- * (malformed, or too many fields), SL_ETOOBIG (over the bounds above).
- * Exposed for tests. */
-int sl_request_precheck(const void *buf, size_t len, size_t *batch_ops, size_t *mget_keys);
-
-/* The Request's top-level id, read without decoding (the last one, as
- * protobuf would): 1 with *id set, 0 when there is none or the bytes
- * before it do not parse. */
-int sl_request_peek_id(const void *buf, size_t len, uint64_t *id);
+ * batch operations and mget keys, allows at most 64 occurrences of any
+ * message's other fields (unknown ones included) and 64 unknown fields plus
+ * 2 per batch op and mget key in all, and reads the top-level id (so a
+ * refusal can echo it).  SL_OK, SL_EPROTO (malformed, or too many fields),
+ * SL_ETOOBIG (over the bounds above).  shape may be NULL.  Exposed for
+ * tests. */
+int sl_request_precheck(const void *buf, size_t len, sl_request_shape *shape);
 
 #endif

@@ -54,6 +54,8 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
 struct counts {
 	size_t batch_ops, mget_keys, unknown;
 	int too_many; /* a message had more than MAX_SINGLE other fields */
+	int has_id;
+	uint64_t id; /* Request.id, at the top level */
 };
 
 /* Walks the message of type d in [p, end), validating every field's
@@ -98,6 +100,10 @@ static int walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uin
 			if (read_varint(&p, end, &v) != 0) {
 				return -1;
 			}
+			if (depth == 0 && field == 1) { /* Request.id */
+				c->id = v;
+				c->has_id = 1;
+			}
 			break;
 		case WT_I64:
 			if (end - p < 8) {
@@ -128,19 +134,22 @@ static int walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uin
 	return 0;
 }
 
-int sl_request_precheck(const void *buf, size_t len, size_t *batch_ops, size_t *mget_keys)
+int sl_request_precheck(const void *buf, size_t len, sl_request_shape *shape)
 {
-	struct counts c = {0, 0, 0, 0};
+	struct counts c = {0};
 	const uint8_t *p = buf;
+	if (shape != NULL) {
+		*shape = (sl_request_shape){0};
+	}
 	if (len > 0 && p == NULL) {
 		return SL_EINVAL;
 	}
 	int rc = walk(&shiplog__request__descriptor, p, p + len, &c, 0);
-	if (batch_ops != NULL) {
-		*batch_ops = c.batch_ops;
-	}
-	if (mget_keys != NULL) {
-		*mget_keys = c.mget_keys;
+	if (shape != NULL) {
+		shape->batch_ops = c.batch_ops;
+		shape->mget_keys = c.mget_keys;
+		shape->has_id = c.has_id;
+		shape->id = c.id;
 	}
 	if (rc != 0) {
 		return SL_EPROTO; /* malformed, or too many fields (c.too_many) */
@@ -152,48 +161,4 @@ int sl_request_precheck(const void *buf, size_t len, size_t *batch_ops, size_t *
 		return SL_ETOOBIG;
 	}
 	return SL_OK;
-}
-
-int sl_request_peek_id(const void *buf, size_t len, uint64_t *id)
-{
-	const uint8_t *p = buf, *end = p + len;
-	int found = 0;
-	if (p == NULL) {
-		return 0;
-	}
-	while (p < end) {
-		uint64_t key, v;
-		if (read_varint(&p, end, &key) != 0) {
-			return found;
-		}
-		switch (key & 7) {
-		case WT_VARINT:
-			if (read_varint(&p, end, &v) != 0) {
-				return found;
-			}
-			if (key >> 3 == 1) { /* Request.id */
-				*id = v;
-				found = 1;
-			}
-			break;
-		case WT_I64:
-		case WT_I32: {
-			size_t w = (key & 7) == WT_I64 ? 8 : 4;
-			if ((size_t)(end - p) < w) {
-				return found;
-			}
-			p += w;
-			break;
-		}
-		case WT_LEN:
-			if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) {
-				return found;
-			}
-			p += v;
-			break;
-		default:
-			return found;
-		}
-	}
-	return found;
 }

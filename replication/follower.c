@@ -538,6 +538,23 @@ static int history_same(const sl_repl *r, const ProtobufCBinaryData *hid, size_t
 	return same;
 }
 
+/* Puts a primary's history (id, when 16 bytes, and its ancestor links) in
+ * st. */
+static void history_take(repl_state *st, const ProtobufCBinaryData *hid, size_t n,
+                         Shiplog__HistoryLink **links)
+{
+	if (hid->len == SL_HID_BYTES) {
+		memcpy(st->hid, hid->data, SL_HID_BYTES);
+	}
+	st->nlinks = 0;
+	for (size_t i = 0; i < n && i < SL_MAX_LINKS; i++) {
+		if (links[i]->id.len == SL_HID_BYTES) {
+			memcpy(st->links[st->nlinks].id, links[i]->id.data, SL_HID_BYTES);
+			st->links[st->nlinks++].last_seq = links[i]->last_seq;
+		}
+	}
+}
+
 /* Adopts the primary's history (id and ancestors) when it differs: saved
  * in DIR/REPL first, then taken in memory, so that no record of the new
  * history is applied while REPL still names the old one.  0, or -1 when
@@ -556,15 +573,7 @@ static int adopt_history(sl_repl *r, const ProtobufCBinaryData *hid, size_t n,
 	}
 	repl_state st = r->st;
 	pthread_mutex_unlock(&r->mu);
-	memcpy(st.hid, hid->data, SL_HID_BYTES);
-	st.nlinks = 0;
-	for (size_t i = 0; i < n && i < SL_MAX_LINKS; i++) {
-		if (links[i]->id.len != SL_HID_BYTES) {
-			continue;
-		}
-		memcpy(st.links[st.nlinks].id, links[i]->id.data, SL_HID_BYTES);
-		st.links[st.nlinks++].last_seq = links[i]->last_seq;
-	}
+	history_take(&st, hid, n, links);
 	int rc = repl_state_save(r->dir, &st);
 	if (rc != SL_OK) {
 		repl_log(r, 3, "cannot save replication state in %s: %s; not applying", r->dir,
@@ -666,18 +675,7 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 			if (chunk == 0) {
 				snap_id = c->snap_id;
 				head = c->head_seq;
-				if (c->history_id.len == SL_HID_BYTES) {
-					memcpy(nst.hid, c->history_id.data, SL_HID_BYTES);
-				}
-				nst.nlinks = 0;
-				for (size_t i = 0; i < c->n_history && i < SL_MAX_LINKS; i++) {
-					if (c->history[i]->id.len == SL_HID_BYTES) {
-						memcpy(nst.links[nst.nlinks].id,
-						       c->history[i]->id.data, SL_HID_BYTES);
-						nst.links[nst.nlinks++].last_seq =
-						    c->history[i]->last_seq;
-					}
-				}
+				history_take(&nst, &c->history_id, c->n_history, c->history);
 			} else if (c->snap_id != snap_id || c->head_seq != head) {
 				rc = SL_EPROTO;
 			}

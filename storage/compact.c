@@ -591,6 +591,15 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 }
 
 /* One run: pick, copy, make durable, switch, drop.  *did: inputs taken. */
+/* A run that failed, for the stats. */
+static void count_error(sl_db *db, int rc)
+{
+	pthread_mutex_lock(&db->cthread_mu);
+	db->c_errors++;
+	pthread_mutex_unlock(&db->cthread_mu);
+	atomic_store(&db->c_last_error, rc);
+}
+
 static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 {
 	run r = {.db = db};
@@ -607,10 +616,7 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 			          "compaction: cannot finish an earlier run's removal (%s): %s; no "
 			          "compaction until it can",
 			          DROP_MARK, sl_strerror(drc));
-			pthread_mutex_lock(&db->cthread_mu);
-			db->c_errors++;
-			pthread_mutex_unlock(&db->cthread_mu);
-			atomic_store(&db->c_last_error, drc);
+			count_error(db, drc);
 			return drc;
 		}
 	}
@@ -647,10 +653,7 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 		if (rc != SL_EBUSY && rc != SL_ECORRUPT) {
 			sl_db_log(db, "error", "compaction abandoned: %s (store unchanged)",
 			          sl_strerror(rc));
-			pthread_mutex_lock(&db->cthread_mu);
-			db->c_errors++;
-			pthread_mutex_unlock(&db->cthread_mu);
-			atomic_store(&db->c_last_error, rc);
+			count_error(db, rc);
 		}
 		run_free(&r);
 		return rc;

@@ -186,23 +186,6 @@ static int all_zero(const uint8_t *p, size_t n)
 	return 1;
 }
 
-/* Segment id's file header is zero or shorter than a header: a crash
- * while the segment was being created.  0 for any other header, and when
- * it cannot be read. */
-static int seg_header_blank(sl_db *db, uint32_t id)
-{
-	char *path = sl_seg_path(db->dir, id, ".seg");
-	int fd = path != NULL ? db->io->open(path, O_RDONLY | O_CLOEXEC, 0) : -1;
-	free(path);
-	if (fd < 0) {
-		return 0;
-	}
-	uint8_t h[SL_SEG_HDR_SIZE];
-	ssize_t got = db->io->pread(fd, h, sizeof(h), 0);
-	db->io->close(fd);
-	return got >= 0 && all_zero(h, (size_t)got);
-}
-
 /* Scans records [header, limit) into the keydir.  Returns the end of the
  * last valid record in *end_out.  A bad record followed by valid ones is
  * corruption: counted and skipped.  A bad record with nothing valid after
@@ -669,15 +652,12 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	size_t act = n;
 	for (size_t i = n; i > 0; i--) {
 		uint32_t flags = 0;
-		if (sl_seg_peek(db->io, db->dir, ids[i - 1], &flags)) {
-			if (!(flags & SL_SEG_COMPACTED)) {
-				act = i - 1;
-				break;
-			}
+		int hdr = sl_seg_peek(db->io, db->dir, ids[i - 1], &flags);
+		if (hdr == 1 && (flags & SL_SEG_COMPACTED)) {
 			continue;
 		}
-		if (seg_header_blank(db, ids[i - 1])) {
-			act = i - 1;
+		if (hdr != 0) {
+			act = i - 1; /* a log segment's header, or a blank one */
 		}
 		break;
 	}

@@ -359,12 +359,17 @@ int sl_seg_peek(const struct sl_io *io, const char *dir, uint32_t id, uint32_t *
 		return 0;
 	}
 	uint8_t h[SL_SEG_HDR_SIZE];
-	int ok = io->pread(fd, h, sizeof(h), 0) == (ssize_t)sizeof(h) &&
-	         memcmp(h, SL_SEG_MAGIC, 8) == 0 && sl_get32(h + 12) == sl_crc32c(h + 16, 16) &&
-	         sl_get32(h + 16) == id;
+	ssize_t got = io->pread(fd, h, sizeof(h), 0);
 	io->close(fd);
-	if (ok) {
+	if (got == (ssize_t)sizeof(h) && memcmp(h, SL_SEG_MAGIC, 8) == 0 &&
+	    sl_get32(h + 12) == sl_crc32c(h + 16, 16) && sl_get32(h + 16) == id) {
 		*flags = sl_get32(h + 20);
+		return 1;
 	}
-	return ok;
+	for (ssize_t i = 0; i < got; i++) {
+		if (h[i] != 0) {
+			return 0;
+		}
+	}
+	return got >= 0 ? -1 : 0;
 }

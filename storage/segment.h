@@ -72,7 +72,9 @@ int sl_seg_create_as(const struct sl_io *io, const char *dir, int dirfd, uint32_
                      uint64_t first_seq, size_t cap, const char *suffix, uint32_t flags,
                      sl_seg **out);
 
-/* Reads segment id's header only: 1 and *flags when valid, 0 when not. */
+/* Reads segment id's header only: 1 and *flags when valid; -1 when it is
+ * blank (zeros, or a file shorter than a header: a crash while the segment
+ * was created, invariant 1); 0 when damaged or unreadable. */
 int sl_seg_peek(const struct sl_io *io, const char *dir, uint32_t id, uint32_t *flags);
 
 /* Writes a fresh header into an opened, writable segment. */
