@@ -26,7 +26,8 @@
  *             --load-clients clients put 100 B values non-stop (random keys
  *             over 1M), like redis-benchmark -t set -c 50 -d 100 -r 1000000:
  *             the load is `shiplog-bench --url P -t put -c 50 -d 100
- *             -r 1000000` (this binary, its one-thread async engine).
+ *             -r 1000000` (this binary, its one-thread epoll engine, or
+ *             the one --load-engine names).
  *   tput      put throughput of --load-clients clients (-P 1) on the primary
  *             with its 2 followers streaming, then with both stopped; each
  *             measured by `shiplog-bench --url P -t put` as above.
@@ -40,6 +41,7 @@
  *                      [--keys N] [--value-size B] [--acks-writes N]
  *                      [--lag-writes N] [--lag-pause-us US] [--load-clients N]
  *                      [--tput-requests N] [--catchup-mb MB] [--keep]
+ *                      [--load-engine epoll|async|threads]
  *
  * --json prints one object per figure ({"engine":"shiplog","benchmark":
  * "repl_...", ...}).  Exit status 0; 1 when a figure failed; 2 on bad
@@ -79,6 +81,7 @@ static uint64_t opt_acks_writes = 10000;
 static uint64_t opt_lag_writes = 2000;
 static uint64_t opt_lag_pause_us = 0; /* back to back, as the Redis anchor */
 static int opt_load_clients = 50;
+static const char *opt_load_engine = "epoll"; /* shiplog-bench --url --engine */
 static uint64_t opt_tput_requests = 300000;
 static int opt_tput_rounds = 3;
 static uint64_t opt_catchup_mb = 500;
@@ -639,9 +642,10 @@ static void fig_acks(void)
 }
 
 /* Starts `shiplog-bench --url url -t put -c clients -n requests --json`
- * (this same binary: the network benchmark's async engine, one thread
- * driving every connection like redis-benchmark) with its stdout on a
- * pipe: *fd_out.  Returns its pid, or -1. */
+ * --engine opt_load_engine (this same binary: by default the network
+ * benchmark's epoll engine, one thread driving every connection like
+ * redis-benchmark) with its stdout on a pipe: *fd_out.  Returns its pid, or
+ * -1. */
 static pid_t netbench_start(const char *url, int clients, uint64_t requests, int *fd_out)
 {
 	char c[16], n[24], d[24];
@@ -658,7 +662,8 @@ static pid_t netbench_start(const char *url, int clients, uint64_t requests, int
 		close(pfd[0]);
 		close(pfd[1]);
 		execl("/proc/self/exe", "shiplog-bench", "--url", url, "-t", "put", "-c", c, "-n",
-		      n, "-d", d, "-r", "1000000", "--json", (char *)NULL);
+		      n, "-d", d, "-r", "1000000", "--engine", opt_load_engine, "--json",
+		      (char *)NULL);
 		_exit(127);
 	}
 	close(pfd[1]);
@@ -934,6 +939,8 @@ static void usage(FILE *f)
 	           "  --lag-pause-us US   pause between them (default 0: back to back, like\n"
 	           "                      the Redis anchor's write->visible loop)\n"
 	           "  --load-clients N    clients of the write load (default 50)\n"
+	           "  --load-engine E     shiplog-bench --url's --engine for that load: epoll\n"
+	           "                      (default), async or threads\n"
 	           "  --tput-requests N   puts per throughput run (default 300000)\n"
 	           "  --tput-rounds N     rounds of with/without-followers runs (default 3,\n"
 	           "                      at most 16; medians are reported)\n"
@@ -956,6 +963,7 @@ int sl_replbench_main(int argc, char **argv)
 	    {"lag-writes", required_argument, NULL, 'l'},
 	    {"lag-pause-us", required_argument, NULL, 'p'},
 	    {"load-clients", required_argument, NULL, 'c'},
+	    {"load-engine", required_argument, NULL, 'e'},
 	    {"tput-requests", required_argument, NULL, 't'},
 	    {"tput-rounds", required_argument, NULL, 'R'},
 	    {"catchup-mb", required_argument, NULL, 'm'},
@@ -986,6 +994,15 @@ int sl_replbench_main(int argc, char **argv)
 			break;
 		case 'K':
 			opt_keep = 1;
+			break;
+		case 'e':
+			if (strcmp(optarg, "epoll") && strcmp(optarg, "async") &&
+			    strcmp(optarg, "threads")) {
+				fprintf(stderr, "shiplog-bench repl: bad --load-engine '%s'\n",
+				        optarg);
+				return 2;
+			}
+			opt_load_engine = optarg;
 			break;
 		case 'B':
 			if (!num_ok || v > 100000) {

@@ -335,8 +335,9 @@ fi
 
 # ---- shiplog-bench --url (smoke: it runs, its JSON has the fields) -----------
 if [ -x "$B/shiplog-bench" ]; then
-	for pl in 1 8; do
-		"$B/shiplog-bench" --url "$URL" -t put,get,ping -c 4 -n 2000 -d 100 -r 500 -P $pl --json >"$D/out" 2>"$D/err"
+	for eng_pl in epoll:1 epoll:8 async:1 async:8 threads:1 threads:8; do
+		eng=${eng_pl%:*} pl=${eng_pl#*:}
+		"$B/shiplog-bench" --url "$URL" -t put,get,ping -c 4 -n 2000 -d 100 -r 500 -P $pl --engine $eng --json >"$D/out" 2>"$D/err"
 		rc=$?
 		if [ "$rc" = 0 ] && python3 -c '
 import json, sys
@@ -345,8 +346,36 @@ assert [r["benchmark"] for r in rows] == ["put", "get", "ping"], rows
 for r in rows:
     assert r["ops_per_sec"] > 0 and 0 < r["p50_us"] <= r["p99_us"] <= r["p999_us"] and r["requests"] == 2000 and r["errors"] == 0, r
 assert rows[1]["hits"] > 0
-' "$D/out"; then ok "shiplog-bench --url -P $pl --json"; else bad "shiplog-bench -P $pl: status $rc: $(cat "$D/out" "$D/err")"; fi
+' "$D/out"; then ok "shiplog-bench --url -P $pl --engine $eng --json"; else bad "shiplog-bench -P $pl --engine $eng: status $rc: $(cat "$D/out" "$D/err")"; fi
 	done
+	# The epoll engine speaks nng's SP framing itself: tcp:// only, and it
+	# refuses a peer that is not an SP REP socket.
+	"$B/shiplog-bench" --url "ipc://$D/x.ipc" -t ping -n 10 >/dev/null 2>"$D/err"
+	rc=$?
+	if [ "$rc" = 2 ] && grep -q "needs a tcp://" "$D/err"; then ok "epoll engine refuses an ipc:// URL"; else bad "epoll engine, ipc://: status $rc: $(cat "$D/err")"; fi
+	python3 -c '
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.recv(8); c.sendall(b"-ERR not SP\r\n"); c.close()
+' >"$D/fakeport" &
+	FAKE=$!
+	for _ in $(seq 50); do [ -s "$D/fakeport" ] && break; sleep 0.1; done
+	"$B/shiplog-bench" --url "tcp://127.0.0.1:$(cat "$D/fakeport")" -t ping -c 1 -n 10 --timeout 2000 >/dev/null 2>"$D/err"
+	rc=$?
+	kill "$FAKE" 2>/dev/null; wait "$FAKE" 2>/dev/null
+	if [ "$rc" = 2 ] && grep -q "not an SP REP socket" "$D/err"; then ok "epoll engine refuses a peer that is not SP"; else bad "epoll engine, non-SP peer: status $rc: $(cat "$D/err")"; fi
+	# A server that stops answering mid-test: the clients time out, the
+	# test reports them failed (exit 1), the next test reconnects.
+	"$B/shiplog-bench" --url "$URL" -t put,ping -c 2 -n 50000 --timeout 300 >"$D/out" 2>"$D/err" &
+	BP=$!
+	sleep 0.2
+	kill -STOP "$SRV_PID"
+	sleep 0.8
+	kill -CONT "$SRV_PID"
+	wait "$BP"
+	rc=$?
+	if [ "$rc" = 1 ] && grep -q "no response within 300 ms" "$D/err" && grep -q "^ping.*(50000 ops" "$D/out"; then ok "epoll engine: timeouts counted, next test reconnects"; else bad "epoll engine, stopped server: status $rc: $(cat "$D/out" "$D/err")"; fi
 	"$B/shiplog-bench" floor -n 200 --dir "$D/floor" --json >"$D/out" 2>"$D/err"
 	rc=$?
 	if [ "$rc" = 0 ] && [ ! -e "$D/floor" ] && python3 -c '
