@@ -9,6 +9,8 @@
 #   3. redis-server appendfsync everysec: set,get at -P 1 and -P 16
 #   4. redis-server appendfsync always:   set,get at -P 1 (and set -P 16)
 #   (1-4 are run ROUNDS times, default 3, one round after the other;
+#   shiplog-bench drives its clients with --engine $ENGINE, default epoll:
+#   one thread over plain TCP, like redis-benchmark;
 #   medians and the target ratios are printed after them)
 #   5. memory per key: 1M distinct keys (key:%012d, 100 B values) written
 #      into a fresh shiplogd (RSS growth / keys) and a fresh redis-server
@@ -24,6 +26,7 @@ N=${N:-200000}
 # 0.61-0.67M/s in three 1.5M-request runs right after).
 N16=${N16:-1500000}
 ROUNDS=${ROUNDS:-3}
+ENGINE=${ENGINE:-epoll}
 T=$(mktemp -d "${TMPDIR:-/var/tmp}/netbench.XXXXXX")
 PIDS=()
 cleanup() {
@@ -89,7 +92,7 @@ tagged() {
 		/^"[A-Z]/ { gsub(/"/, ""); split($0, f, ","); print t, f[1], f[2] }' "$T/last" >>"$T/figures"
 }
 
-bench() { run "$B/shiplog-bench" --url "$SURL" -c 50 -n "$N" -d 100 -r 1000000 "$@"; }
+bench() { run "$B/shiplog-bench" --url "$SURL" --engine "$ENGINE" -c 50 -n "$N" -d 100 -r 1000000 "$@"; }
 rbench() { run redis-benchmark -h 127.0.0.1 -p "$RPORT" -c 50 -n "$N" -d 100 -r 1000000 --csv "$@"; }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; $(redis-server --version | cut -d' ' -f1-3)"
