@@ -12,9 +12,8 @@
  *                 [--timeout MS] [--acks N] [--engine epoll|async|threads]
  *                 [--json]
  *
- * -c connections (clients), each with its own nng REQ socket and one request
- * in flight; -n operations per test in total, shared by all clients; -P N
- * operations per Batch message (like the client library's pipeline,
+ * -c connections (clients), each with one request in flight; -n operations per test in total,
+ * shared by all clients; -P N operations per Batch message (like the client library's pipeline,
  * sl_pipeline_*); -P 1 sends one plain request per operation.
  *
  * Three engines drive the clients; all send the same messages:
@@ -847,10 +846,14 @@ static int ep_connect(worker *w)
 		snprintf(w->errmsg, sizeof w->errmsg, "%.100s: %s", ep_host, gai_strerror(gai));
 		return SL_ECONN;
 	}
+	/* --timeout bounds the connect (SO_SNDTIMEO) and the handshake. */
+	struct timeval tv = {opt_timeout_ms / 1000, (opt_timeout_ms % 1000) * 1000};
 	int fd = -1, err = 0;
 	for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
 		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-		if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+		if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
+		    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 &&
+		    connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
 			break;
 		}
 		err = errno;
@@ -861,18 +864,16 @@ static int ep_connect(worker *w)
 	}
 	freeaddrinfo(res);
 	if (fd < 0) {
-		snprintf(w->errmsg, sizeof w->errmsg, "connect: %s", strerror(err));
+		snprintf(w->errmsg, sizeof w->errmsg, "connect: %s",
+		         err == EINPROGRESS ? "timed out" : strerror(err));
 		return SL_ECONN;
 	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	struct timeval tv = {opt_timeout_ms / 1000, (opt_timeout_ms % 1000) * 1000};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 	const uint8_t hello[8] = {0, 'S', 'P', 0, 0, SP_PROTO_REQ, 0, 0};
 	uint8_t peer[8];
 	errno = 0;
-	if (write(fd, hello, sizeof hello) != (ssize_t)sizeof hello ||
+	if (send(fd, hello, sizeof hello, MSG_NOSIGNAL) != (ssize_t)sizeof hello ||
 	    recv(fd, peer, sizeof peer, MSG_WAITALL) != (ssize_t)sizeof peer) {
 		if (errno == EAGAIN || errno == EWOULDBLOCK) {
 			snprintf(w->errmsg, sizeof w->errmsg, "no SP handshake within %d ms",
@@ -952,12 +953,28 @@ static void ep_set_out(worker *w, int on)
 	w->want_out = on;
 }
 
+/* w found the shared counter exhausted: done for this test.  Its idle
+ * connection leaves the epoll set's interest (a server closing it must not
+ * wake the loop again and again); ep_prepare checks it before the next. */
+static void ep_finish(worker *w)
+{
+	if (w->fd >= 0) {
+		struct epoll_event ev = {.events = 0, .data.ptr = w};
+		epoll_ctl(ep_fd, EPOLL_CTL_MOD, w->fd, &ev);
+		w->want_out = 0;
+	}
+	w->live = 0;
+	ep_running--;
+}
+
 /* Writes what is left of the request; waits for EPOLLOUT when the socket
  * buffer is full. */
 static void ep_flush(worker *w)
 {
 	while (w->ooff < w->olen) {
-		ssize_t k = write(w->fd, w->obuf + w->ooff, w->olen - w->ooff);
+		/* MSG_NOSIGNAL: a server that closes the connection (a request
+		 * over its size limit) is an EPIPE here, not a SIGPIPE. */
+		ssize_t k = send(w->fd, w->obuf + w->ooff, w->olen - w->ooff, MSG_NOSIGNAL);
 		if (k > 0) {
 			w->ooff += (size_t)k;
 		} else if (k < 0 && errno == EINTR) {
@@ -985,8 +1002,7 @@ static void ep_next(worker *w)
 	Shiplog__Batch b;
 	op_body one;
 	if (!take_request(w, &q, &b, &one)) {
-		w->live = 0;
-		ep_running--;
+		ep_finish(w);
 		return;
 	}
 	size_t sz = shiplog__request__get_packed_size(&q);
@@ -1081,6 +1097,31 @@ static void ep_read(worker *w)
 	}
 }
 
+/* Before a test, outside its timing: every client's connection is checked
+ * (a server may have closed an idle one, or a late response may be
+ * waiting on it) and a lost one is opened again, one after another, each
+ * within --timeout.  One that cannot be is left closed, its reason in
+ * w->errmsg, for ep_run. */
+static void ep_prepare(worker *ws)
+{
+	for (int i = 0; i < opt_clients; i++) {
+		worker *w = &ws[i];
+		if (w->fd >= 0) {
+			char c;
+			ssize_t k = recv(w->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+			if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+				ep_set_out(w, 0); /* back in the epoll set's interest */
+			} else {
+				ep_disconnect(
+				    w); /* closed by the server, or bytes nobody asked for */
+			}
+		}
+		if (w->fd < 0) {
+			ep_connect(w);
+		}
+	}
+}
+
 static void ep_run(worker *ws)
 {
 	/* As the async engine's aio timeout: a write with acks may be held by
@@ -1092,9 +1133,9 @@ static void ep_run(worker *ws)
 		worker *w = &ws[i];
 		w->live = 1;
 		ep_running++;
-		if (w->fd < 0 && ep_connect(w) != SL_OK) {
-			/* lost in an earlier test and cannot come back: its first
-			 * message fails with why */
+		if (w->fd < 0) {
+			/* lost and not back (ep_prepare): its first message fails
+			 * with why */
 			Shiplog__Request q;
 			Shiplog__Batch b;
 			op_body one;
@@ -1104,8 +1145,7 @@ static void ep_run(worker *ws)
 				snprintf(w->errmsg, sizeof w->errmsg, "reconnect: %.180s", why);
 				ep_fail(w, SL_ECONN);
 			} else {
-				w->live = 0;
-				ep_running--;
+				ep_finish(w);
 			}
 			continue;
 		}
@@ -1155,6 +1195,9 @@ static int run_test(worker *ws, int test)
 	}
 	cur_test = test;
 	atomic_store(&next_op, 0);
+	if (opt_engine == ENG_EPOLL) {
+		ep_prepare(ws);
+	}
 	uint64_t t0 = now_ns();
 	if (opt_threads) {
 		pthread_barrier_wait(&start_bar);

@@ -365,6 +365,12 @@ c, _ = s.accept(); c.recv(8); c.sendall(b"-ERR not SP\r\n"); c.close()
 	rc=$?
 	kill "$FAKE" 2>/dev/null; wait "$FAKE" 2>/dev/null
 	if [ "$rc" = 2 ] && grep -q "not an SP REP socket" "$D/err"; then ok "epoll engine refuses a peer that is not SP"; else bad "epoll engine, non-SP peer: status $rc: $(cat "$D/err")"; fi
+	# A request over the server's size limit: nng closes the connection
+	# while the request is still being written (EPIPE, not a SIGPIPE that
+	# kills the benchmark); the next test reconnects.
+	"$B/shiplog-bench" --url "$URL" -t put,ping -c 2 -n 6 -d 20000000 --timeout 3000 >"$D/out" 2>"$D/err"
+	rc=$?
+	if [ "$rc" = 1 ] && grep -q "^put.*2 ERRORS" "$D/out" && grep -q "^ping.*(6 ops" "$D/out"; then ok "epoll engine: a connection closed mid-request is an error, not a signal"; else bad "epoll engine, oversized request: status $rc: $(cat "$D/out" "$D/err")"; fi
 	# A server that stops answering mid-test: the clients time out, the
 	# test reports them failed (exit 1), the next test reconnects.
 	"$B/shiplog-bench" --url "$URL" -t put,ping -c 2 -n 50000 --timeout 300 >"$D/out" 2>"$D/err" &
