@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -443,8 +444,8 @@ static int cmd_del(cli *c, const cli_args *p, const cmd_opts *o)
 			json_t *j = json_object();
 			json_object_set_new(j, "seq", json_null());
 			out_json(j);
-		} else if (isatty(STDOUT_FILENO)) {
-			out_str("(not found)\n");
+		} else if (c->interactive || isatty(STDOUT_FILENO)) {
+			out_str("(not found)\n"); /* at the prompt every reply is a line */
 		}
 		return CLI_NOTFOUND;
 	}
@@ -943,6 +944,9 @@ int main(int argc, char **argv)
 	};
 	static char url_buf[1024];
 	cli c = {.url = SL_CLIENT_DEFAULT_URL, .timeout_ms = SL_CLIENT_DEFAULT_TIMEOUT_MS};
+	/* A closed stdout (`shiplog scan | head -1`) is a failed write, exit
+	 * 2 with a message, not a silent death by SIGPIPE (exit 141). */
+	signal(SIGPIPE, SIG_IGN);
 	uint64_t v;
 	int ch;
 	/* "+": stop at the command name; its arguments are not ours. */

@@ -307,7 +307,9 @@ int sl_metrics_render(sl_metrics *m, sl_node *n, char **out, size_t *len)
 		render_requests(m, &b);
 	}
 	if (have) {
-		one(&b, "shiplog_keys", "gauge", "Keys with a live value.", s.keys);
+		one(&b, "shiplog_keys", "gauge",
+		    "Keys whose latest record is a value (expired ones count until compaction).",
+		    s.keys);
 		one(&b, "shiplog_tombstones", "gauge",
 		    "Deleted keys whose tombstone is still on disk.", s.tombstones);
 		one(&b, "shiplog_live_bytes", "gauge", "Bytes of records the keydir points at.",

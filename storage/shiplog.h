@@ -85,7 +85,8 @@ typedef struct sl_options {
 } sl_options;
 
 typedef struct sl_stats {
-	uint64_t keys;             /* keys with a live (non-deleted) value */
+	uint64_t keys;             /* keys whose latest record is a value, expired or
+	                            * not (expired ones until compaction drops them) */
 	uint64_t tombstones;       /* deleted keys whose tombstone is still on disk */
 	uint64_t live_bytes;       /* bytes of records the keydir points at (puts) */
 	uint64_t tomb_bytes;       /* bytes of tombstones the keydir points at */

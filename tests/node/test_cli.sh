@@ -296,13 +296,18 @@ expect "single quotes, adjacent parts" 0 "its" get "c d"
 expect "double-quote escapes" 0 $'1\n2' get $'eA\tf'
 contains "prompt goes on after an unknown command" "$D/pipe.out" "x y"
 # piped: one reply a line, gets included (values ran into the next reply)
-printf '%s\n' 'put pa 1' 'put pb 2' 'get pa' 'get pb' 'get nosuchkey' 'ping' | "$CLI" -a "$URL" >"$D/pipe.out" 2>&1
-if [ "$(sed -n '3,6p' "$D/pipe.out" | tr '\n' '|')" = "1|2|(nil)|PONG|" ]; then
+printf '%s\n' 'put pa 1' 'put pb 2' 'get pa' 'get pb' 'get nosuchkey' 'del nosuchkey' 'ping' | "$CLI" -a "$URL" >"$D/pipe.out" 2>&1
+if [ "$(sed -n '3,7p' "$D/pipe.out" | tr '\n' '|')" = "1|2|(nil)|(not found)|PONG|" ]; then
 	ok "pipe mode: one reply a line"
 else
 	bad "pipe mode replies: $(cat -A "$D/pipe.out")"
 fi
 contains "unknown command reported" "$D/pipe.err" "frob"
+# stdout closed before the reply is written: a failed write (2, a message),
+# not a death by SIGPIPE (141)
+(sleep 0.3; "$CLI" -a "$URL" get pa 2>"$D/err") | true
+rc=${PIPESTATUS[0]}
+if [ "$rc" = 2 ] && grep -q "Broken pipe" "$D/err"; then ok "closed stdout: 2 with a message"; else bad "closed stdout: status $rc, stderr: $(cat "$D/err")"; fi
 printf 'get "a b\n' | "$CLI" -a "$URL" >/dev/null 2>"$D/err"
 contains "unterminated quote reported" "$D/err" "unterminated"
 printf 'get nosuchkey\n' | "$CLI" -a "$URL" >/dev/null 2>&1
