@@ -76,6 +76,7 @@ cl_load() {
 	cl_set_dir keep
 	cl_exists || cl_die "no cluster in $CL_DIR (start one with cluster/up --dir $CL_DIR)"
 	NODES='' BASE_PORT='' SYNC='' NETNS=0 BIN='' PRIMARY='' NETNS_ID='' BRIDGE='' SUBNET='' HOST_IP=''
+	HISTORY=''
 	# shellcheck disable=SC1091
 	. "$CL_DIR/cluster.conf"
 	[ -n "$CL_BIN_OPT" ] && BIN=$(cd "$CL_BIN_OPT" && pwd)
@@ -99,6 +100,7 @@ cl_save() {
 		cl_kv BRIDGE "$BRIDGE"
 		cl_kv SUBNET "$SUBNET"
 		cl_kv HOST_IP "$HOST_IP"
+		cl_kv HISTORY "$HISTORY"
 	} >"$tmp"
 	mv -f "$tmp" "$CL_DIR/cluster.conf"
 }
@@ -180,6 +182,18 @@ cl_stats() {
 	cl_cli -a "$N_CLIENT" stats 2>/dev/null
 }
 # cl_get STATS_TEXT NAME: one field of a stats text
+# cl_note_history: records the primary's history id in cluster.conf
+# (HISTORY) when it answers: cluster/failover only promotes a follower on
+# that history.
+cl_note_history() {
+	local st h
+	st=$(cl_stats "$PRIMARY") || return 0
+	h=$(cl_get "$st" history_id)
+	if [ -n "$h" ] && [ "$h" != "$HISTORY" ]; then
+		HISTORY=$h
+		cl_save
+	fi
+}
 cl_get() { awk -v k="$2" -F': ' '$1 == k { sub(/^[^:]*: /, ""); print; exit }' <<<"$1"; }
 
 # cl_start_node NAME: start shiplogd for NAME in the role cluster.conf gives it
@@ -396,6 +410,14 @@ cl_partitioned() {
 cl_netns_up() {
 	local n ns veth new_bridge=0 new_link
 	if ! cl_link_exists "$BRIDGE"; then
+		# restarting: the subnet was free when the cluster was made, but
+		# another cluster (or anything) may hold it now; two bridges on one
+		# subnet would send this cluster's traffic to the other one's nodes
+		local used # (a variable: grep -q on a pipe fails it under pipefail)
+		used=$({ ip -4 -o addr show; ip -4 route show; } 2>/dev/null)
+		if grep -qE "(^|[^0-9])${SUBNET//./\\.}\\." <<<"$used"; then
+			cl_die "$SUBNET.0/24, this cluster's subnet, is in use by another interface now (another cluster's bridge?): stop that one, or cluster/down --wipe --dir $CL_DIR and up again"
+		fi
 		ip link add "$BRIDGE" type bridge
 		ip addr add "$HOST_IP/24" dev "$BRIDGE"
 		new_bridge=1

@@ -101,6 +101,47 @@ cl stop "$f"
 cl start "$f"
 [ "$("$CLI" -a "$(node_url "$f")" get while-stopped)" = yes ] || fail "$f did not catch up"
 
+say "failover refuses when no follower reaches a live primary's seq"
+# both followers pointed at nothing (stuck, as a follower that cannot
+# reach the primary is), then writes only the primary holds
+others=()
+for n in n1 n2 n3; do [ "$n" = "$p" ] || others+=("$n"); done
+for n in "${others[@]}"; do "$CLI" -a "$(node_url "$n")" follow tcp://127.0.0.1:1 >/dev/null; done
+for i in 1 2 3; do "$CLI" -a "$pu" put "only-on-$p-$i" v >/dev/null; done
+if cl failover >"$T/fo.out" 2>&1; then fail "failover promoted a follower short of the primary: $(cat "$T/fo.out")"; fi
+grep -q "nothing promoted" "$T/fo.out" || fail "failover did not say why: $(cat "$T/fo.out")"
+[ "$(primary_name)" = "$p" ] || fail "a refused failover changed the primary"
+# shellcheck disable=SC1090,SC1091
+prepl=$(. "$D/$p/node.conf" && echo "$REPL_URL")
+for n in "${others[@]}"; do "$CLI" -a "$(node_url "$n")" follow "$prepl" >/dev/null; done
+digests_equal n1 n2 n3
+
+say "failover passes over a node on an older history"
+# P takes writes no follower has, dies; Q is promoted and takes an --acks 1
+# write R holds; Q dies; P comes back (old history, highest seq): R must win
+P=$p A=${others[0]} B=${others[1]}
+cl stop "$A" >/dev/null
+cl stop "$B" >/dev/null
+for i in 1 2 3 4 5; do "$CLI" -a "$pu" put "p-only-$i" v >/dev/null; done
+cl kill "$P" >/dev/null
+cl start --no-wait "$A" >/dev/null
+cl start --no-wait "$B" >/dev/null
+cl failover >/dev/null
+Q=$(primary_name)
+R=$A
+[ "$Q" = "$A" ] && R=$B
+"$CLI" -a "$(node_url "$Q")" --acks 1 put important yes | grep -q "acks 1" || fail "--acks 1 on $Q not acknowledged"
+cl kill "$Q" >/dev/null
+cl start --no-wait "$P" >/dev/null
+cl failover >"$T/fo.out" 2>&1 || fail "failover: $(cat "$T/fo.out")"
+[ "$(primary_name)" = "$R" ] || fail "promoted $(primary_name), not $R (on the newest history): $(cat "$T/fo.out")"
+[ "$("$CLI" -a "$(node_url "$R")" get important)" = yes ] || fail "the acknowledged write was lost"
+cl start "$Q" >/dev/null
+p=$R pu=$(node_url "$R")
+check_acked "$pu" "$T/acked"
+digests_equal n1 n2 n3
+[ "$("$CLI" -a "$(node_url "$P")" get important)" = yes ] || fail "$P did not come back to the new history"
+
 say "down, then up restarts the cluster with its data and roles"
 cl down
 no_leftovers "${ports[@]}"

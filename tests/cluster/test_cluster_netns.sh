@@ -86,6 +86,20 @@ for n in n1 n2 n3; do
 done
 cl status
 
+say "restart refuses a subnet another interface took meanwhile"
+# shellcheck disable=SC1091
+subnet=$(. "$D/cluster.conf" && echo "$SUBNET")
+cl down >/dev/null
+fake=slfake$$
+ip link add "$fake" type bridge
+ip addr add "$subnet.200/24" dev "$fake"
+if cl up --no-build --bin "$BLD" >"$T/up.out" 2>&1; then fail "up took $subnet.0/24 while $fake held it"; fi
+grep -q "in use by another interface" "$T/up.out" || fail "up did not say why: $(cat "$T/up.out")"
+ip link del "$fake"
+cl up --no-build --bin "$BLD" >/dev/null
+remember_pids
+digests_equal n1 n2 n3
+
 say "down --wipe removes namespaces, links, bridge, processes"
 cl down --wipe
 no_leftovers "" # no ports to check: every node listened in its own namespace
