@@ -139,8 +139,15 @@ static int new_output(run *r, size_t need)
 	if (cap < SL_SEG_HDR_SIZE + need) {
 		cap = SL_SEG_HDR_SIZE + need;
 	}
-	int rc = sl_seg_create_as(db->io, db->dir, db->dirfd, atomic_fetch_add(&db->next_id, 1), 1,
-	                          cap, ".tmp", SL_SEG_COMPACTED, &o->s);
+	uint32_t id;
+	int rc = sl_db_take_id(db, &id);
+	if (rc != SL_OK) {
+		sl_db_log(db, "error", "compaction: the store has used all %u segment ids",
+		          SL_SEG_ID_MAX - 1);
+		return rc;
+	}
+	rc = sl_seg_create_as(db->io, db->dir, db->dirfd, id, 1, cap, ".tmp", SL_SEG_COMPACTED,
+	                      &o->s);
 	if (rc != SL_OK) {
 		return rc;
 	}
@@ -289,7 +296,16 @@ static void discard_outputs(run *r)
 	sl_db *db = r->db;
 	for (size_t i = 0; i < r->nout; i++) {
 		output *o = &r->out[i];
-		(void)unlink_files(db, o->s->id, o->renamed ? ".seg" : ".seg.tmp");
+		int rc = unlink_files(db, o->s->id, o->renamed ? ".seg" : ".seg.tmp");
+		if (rc != SL_OK && o->renamed) {
+			/* A renamed output left on disk is a segment the next open
+			 * loads, which this handle does not know: a later run would
+			 * drop a tombstone that still hides one of its older values,
+			 * and that value would come back at the next open.  Stop
+			 * here: writes and compaction wait for a reopen, which loads
+			 * it (highest seq wins) with every tombstone still in place. */
+			sl_db_fail(db, SL_EIO, "removing an abandoned compaction output");
+		}
 		sl_seg_close(db->io, o->s);
 		o->s = NULL;
 	}
@@ -318,7 +334,7 @@ static void switch_keydir(run *r)
 		s->writable = 0;
 		atomic_store(&s->synced, atomic_load(&s->end));
 		atomic_store(&s->sealed, 1);
-		sl_db_seg_publish(db, s); /* ids are fresh: cannot fail but for memory */
+		sl_db_seg_publish(db, s); /* room reserved before the run committed */
 	}
 	pthread_mutex_unlock(&db->seg_mu);
 	for (size_t i = 0; i < r->nout; i++) {
@@ -604,6 +620,10 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 {
 	run r = {.db = db};
 	*did = 0;
+	int failed = atomic_load(&db->failed);
+	if (failed != 0) {
+		return SL_EFAILED; /* see discard_outputs: nothing moves until a reopen */
+	}
 	/* An earlier run's kept DROPPING (an input it could not remove) is
 	 * finished first: this run's own mark would replace it, and that
 	 * input, unlisted, would come back at the next open with puts whose
@@ -639,6 +659,16 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 		 * page cache: made durable before the input can go, or a crash
 		 * would lose both versions (the older one acknowledged). */
 		rc = sl_sync_now(db);
+	}
+	if (rc == SL_OK) {
+		/* the outputs' room in the segment table, before the run commits:
+		 * switch_keydir must not find it missing after the inputs are
+		 * marked for removal */
+		pthread_mutex_lock(&db->seg_mu);
+		for (size_t i = 0; i < r.nout && rc == SL_OK; i++) {
+			rc = sl_db_seg_reserve(db, r.out[i].s->id, r.nout);
+		}
+		pthread_mutex_unlock(&db->seg_mu);
 	}
 	if (rc == SL_OK) {
 		/* the inputs' removal recorded before anything changes: a run

@@ -46,7 +46,7 @@
 #define SL_LOAD      (1u << 8) /* append: a snapshot record, any seq order */
 #define SL_COPIED    (1u << 9) /* append: the raw record's bytes are already at end */
 #define SEGTAB_CHUNK (1u << SEGTAB_BITS)
-#define SEGTAB_TOP   4096u
+#define SEGTAB_TOP   SL_SEGTAB_TOP
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -147,12 +147,23 @@ sl_seg *sl_db_seg(sl_db *db, uint32_t id)
 	return atomic_load_explicit(&chunk[id & (SEGTAB_CHUNK - 1)], memory_order_acquire);
 }
 
-/* Adds s to the table and the id-ordered list.  Caller holds seg_mu. */
-int sl_db_seg_publish(sl_db *db, sl_seg *s)
+int sl_db_take_id(sl_db *db, uint32_t *id)
 {
-	uint32_t top = s->id >> SEGTAB_BITS;
+	uint32_t cur = atomic_load(&db->next_id);
+	do {
+		if (cur == 0 || cur >= SL_SEG_ID_MAX) {
+			return SL_ENOSPC;
+		}
+	} while (!atomic_compare_exchange_weak(&db->next_id, &cur, cur + 1));
+	*id = cur;
+	return SL_OK;
+}
+
+int sl_db_seg_reserve(sl_db *db, uint32_t id, size_t extra)
+{
+	uint32_t top = id >> SEGTAB_BITS;
 	if (top >= SEGTAB_TOP) {
-		return SL_ENOMEM;
+		return SL_ENOSPC;
 	}
 	_Atomic(sl_seg *) *chunk = atomic_load(&db->segtab[top]);
 	if (chunk == NULL) {
@@ -162,8 +173,11 @@ int sl_db_seg_publish(sl_db *db, sl_seg *s)
 		}
 		atomic_store_explicit(&db->segtab[top], chunk, memory_order_release);
 	}
-	if (db->nsegs == db->capsegs) {
-		size_t cap = db->capsegs ? db->capsegs * 2 : 16;
+	if (db->capsegs - db->nsegs < extra) {
+		size_t cap = db->capsegs ? db->capsegs : 16;
+		while (cap - db->nsegs < extra) {
+			cap *= 2;
+		}
 		sl_seg **l = realloc(db->segs, cap * sizeof(*l));
 		if (l == NULL) {
 			return SL_ENOMEM;
@@ -171,6 +185,18 @@ int sl_db_seg_publish(sl_db *db, sl_seg *s)
 		db->segs = l;
 		db->capsegs = cap;
 	}
+	return SL_OK;
+}
+
+/* Adds s to the table and the id-ordered list.  Caller holds seg_mu.
+ * Fails only as sl_db_seg_reserve(db, s->id, 1) would. */
+int sl_db_seg_publish(sl_db *db, sl_seg *s)
+{
+	int rc = sl_db_seg_reserve(db, s->id, 1);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	_Atomic(sl_seg *) *chunk = atomic_load(&db->segtab[s->id >> SEGTAB_BITS]);
 	size_t i = db->nsegs;
 	while (i > 0 && db->segs[i - 1]->id > s->id) {
 		db->segs[i] = db->segs[i - 1];
@@ -304,9 +330,20 @@ static int rotate(sl_db *db, size_t need, unsigned flags)
 		cap = SL_SEG_HDR_SIZE + need;
 	}
 	sl_seg *n;
-	uint32_t id = atomic_fetch_add(&db->next_id, 1);
+	uint32_t id;
+	int rc = sl_db_take_id(db, &id);
+	if (rc != SL_OK) {
+		uint64_t held;
+		if (db_log_due(&db->rot_log, &held)) {
+			sl_db_log(db, "error",
+			          "cannot start a segment: the store has used all %u segment ids "
+			          "(%llu more failed writes since the last such line)",
+			          SL_SEG_ID_MAX - 1, (unsigned long long)held);
+		}
+		return rc;
+	}
 	uint64_t first = flags & SL_LOAD ? 1 : atomic_load(&db->last_seq) + 1;
-	int rc = sl_db_seg_create_fit(db, id, first, cap, SL_SEG_HDR_SIZE + need, &n);
+	rc = sl_db_seg_create_fit(db, id, first, cap, SL_SEG_HDR_SIZE + need, &n);
 	if (rc != SL_OK) {
 		/* No file was left: give the id back (unless compaction took the
 		 * next one meanwhile), so a full disk does not use up ids. */
@@ -360,6 +397,9 @@ static int live_cb(void *arg, const sl_loc *loc)
 		return SL_ENOTFOUND;
 	}
 	sl_seg *s = sl_db_seg(db, loc->seg);
+	if (s == NULL) {
+		return SL_ECORRUPT; /* an index entry without its segment: never left so */
+	}
 	uint64_t exp = sl_get64(s->map + loc->off + 20);
 	return exp != 0 && exp <= db->io->now_ms() ? SL_ENOTFOUND : SL_OK;
 }

@@ -42,7 +42,9 @@ struct sl_db {
 	pthread_mutex_t seg_mu;
 	sl_seg **segs;
 	size_t nsegs, capsegs;
-	_Atomic(_Atomic(sl_seg *) *) segtab[4096];
+	/* SL_SEGTAB_TOP chunks of 4096 ids: every 32-bit id (an anonymous
+	 * mapping, so the untouched part costs no memory) */
+	_Atomic(_Atomic(sl_seg *) *) *segtab;
 	sl_seg *active_pub;       /* the active segment, as seen under seg_mu */
 	_Atomic uint32_t next_id; /* next segment id (rotation and compaction) */
 
@@ -164,6 +166,17 @@ void sl_compactor_stop(sl_db *db);
 void sl_db_count(uint64_t *c, uint64_t n);
 /* Makes the handle refuse writes from now on (first error wins), logged. */
 void sl_db_fail(sl_db *db, int rc, const char *what);
+
+/* Segment ids: 1 .. SL_SEG_ID_MAX - 1, never reused over a store's life
+ * (file names have 10 digits).  sl_db_take_id hands out the next, or
+ * SL_ENOSPC once they are used up. */
+#define SL_SEGTAB_TOP (1u << 20)
+#define SL_SEG_ID_MAX 0xFFFFFFFFu
+int sl_db_take_id(sl_db *db, uint32_t *id);
+/* Under seg_mu: makes sure publishing a segment with this id, and `extra`
+ * more segments in all, cannot fail for want of memory (compaction
+ * reserves its outputs' room before it commits to a run). */
+int sl_db_seg_reserve(sl_db *db, uint32_t id, size_t extra);
 /* Group commit: returns once seq is durable (sync.c). */
 int sl_db_sync_wait(sl_db *db, uint64_t seq);
 

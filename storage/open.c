@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -102,7 +103,7 @@ static int list_segments(sl_db *db, uint32_t **ids_out, size_t *n_out)
 			continue;
 		}
 		unsigned long id = strtoul(e->d_name, NULL, 10);
-		if (id == 0 || id >= (1ul << 24)) {
+		if (id == 0 || id >= SL_SEG_ID_MAX) {
 			sl_db_log(db, "warn", "ignoring segment file %s (id out of range)",
 			          e->d_name);
 			continue;
@@ -516,8 +517,11 @@ static void db_free(sl_db *db)
 	for (size_t i = 0; i < db->nsegs; i++) {
 		sl_seg_close(db->io, db->segs[i]);
 	}
-	for (size_t i = 0; i < 4096; i++) {
-		free(atomic_load(&db->segtab[i]));
+	if (db->segtab != NULL) {
+		for (size_t i = 0; i < SL_SEGTAB_TOP; i++) {
+			free(atomic_load(&db->segtab[i]));
+		}
+		munmap((void *)db->segtab, SL_SEGTAB_TOP * sizeof(*db->segtab));
 	}
 	free(db->segs);
 	sl_idx_batch_free(&db->apply_idx);
@@ -559,6 +563,13 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	if (db == NULL) {
 		return SL_ENOMEM;
 	}
+	void *tab = mmap(NULL, SL_SEGTAB_TOP * sizeof(*db->segtab), PROT_READ | PROT_WRITE,
+	                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (tab == MAP_FAILED) {
+		free(db);
+		return SL_ENOMEM;
+	}
+	db->segtab = tab;
 	db->opt = *o;
 	db->io = o->io != NULL ? o->io : &sl_io_default;
 	db->dirfd = db->lockfd = -1;
@@ -673,8 +684,13 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	atomic_store(&db->synced_seq, max_seq);
 	if (db->active == NULL && !db->opt.read_only) {
 		sl_seg *s;
-		rc = sl_db_seg_create_fit(db, atomic_fetch_add(&db->next_id, 1), max_seq + 1,
-		                          (size_t)db->opt.segment_bytes, SL_SEG_HDR_SIZE, &s);
+		uint32_t id;
+		rc = sl_db_take_id(db, &id);
+		if (rc == SL_OK) {
+			rc =
+			    sl_db_seg_create_fit(db, id, max_seq + 1, (size_t)db->opt.segment_bytes,
+			                         SL_SEG_HDR_SIZE, &s);
+		}
 		if (rc != SL_OK) {
 			goto fail;
 		}
