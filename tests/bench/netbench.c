@@ -995,6 +995,25 @@ static void ep_flush(worker *w)
 	}
 }
 
+/* Makes *buf hold at least `want` bytes; 0 (and the message failed) when
+ * memory runs out. */
+static int ep_grow(worker *w, uint8_t **buf, size_t *cap, size_t want, const char *what)
+{
+	if (want <= *cap) {
+		return 1;
+	}
+	uint8_t *nb = realloc(*buf, want);
+	if (nb == NULL) {
+		snprintf(w->errmsg, sizeof w->errmsg, "out of memory for a %zu-byte %s", want,
+		         what);
+		ep_fail(w, SL_ENOMEM);
+		return 0;
+	}
+	*buf = nb;
+	*cap = want;
+	return 1;
+}
+
 /* Sends the next operations as one message, or finishes the client. */
 static void ep_next(worker *w)
 {
@@ -1006,16 +1025,8 @@ static void ep_next(worker *w)
 		return;
 	}
 	size_t sz = shiplog__request__get_packed_size(&q);
-	if (SP_PREFIX + sz > w->ocap) {
-		uint8_t *nb = realloc(w->obuf, SP_PREFIX + sz);
-		if (nb == NULL) {
-			snprintf(w->errmsg, sizeof w->errmsg,
-			         "out of memory for a %zu-byte request", sz);
-			ep_fail(w, SL_ENOMEM);
-			return;
-		}
-		w->obuf = nb;
-		w->ocap = SP_PREFIX + sz;
+	if (!ep_grow(w, &w->obuf, &w->ocap, SP_PREFIX + sz, "request")) {
+		return;
 	}
 	put_be64(w->obuf, 4 + (uint64_t)sz);
 	uint32_t id = sp_id(w);
@@ -1067,16 +1078,8 @@ static void ep_read(worker *w)
 			}
 			want = (size_t)(8 + len);
 		}
-		if (want > w->icap) {
-			uint8_t *nb = realloc(w->ibuf, want);
-			if (nb == NULL) {
-				snprintf(w->errmsg, sizeof w->errmsg,
-				         "out of memory for a %zu-byte response", want);
-				ep_fail(w, SL_ENOMEM);
-				return;
-			}
-			w->ibuf = nb;
-			w->icap = want;
+		if (!ep_grow(w, &w->ibuf, &w->icap, want, "response")) {
+			return;
 		}
 		ssize_t k = read(w->fd, w->ibuf + w->ilen, w->icap - w->ilen);
 		if (k > 0) {

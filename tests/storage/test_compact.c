@@ -831,6 +831,20 @@ static int fail_unlink(const char *p)
 	return unlink(p);
 }
 
+/* crash_workload's contents and the "moreNNNNN" keys below n. */
+static void check_ids_contents(sl_db *db, int n)
+{
+	check_crash_contents(db);
+	for (int j = 0; j < n; j++) {
+		char k[32];
+		void *got;
+		size_t gl;
+		snprintf(k, sizeof k, "more%05d", j);
+		assert_int_equal(sl_get(db, k, strlen(k), &got, &gl), SL_OK);
+		free(got);
+	}
+}
+
 /* Segment ids go on past 2^24 (the segment table held only that many: a
  * compaction output above it was moved into the index, then not found, its
  * inputs deleted), and when the 32-bit ids are used up writes and
@@ -864,24 +878,10 @@ static void test_segment_ids_run_long(void **state)
 	assert_true(i > 64); /* the last id's segment took writes */
 	int acked = i - 1;
 	assert_int_equal(sl_compact(db), SL_ENOSPC); /* no id for an output */
-	check_crash_contents(db);
-	for (int j = 0; j < acked; j++) {
-		void *got;
-		size_t gl;
-		snprintf(k, sizeof k, "more%05d", j);
-		assert_int_equal(sl_get(db, k, strlen(k), &got, &gl), SL_OK);
-		free(got);
-	}
+	check_ids_contents(db, acked);
 	sl_close(db);
 	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
-	check_crash_contents(db);
-	for (int j = 0; j < acked; j++) {
-		void *got;
-		size_t gl;
-		snprintf(k, sizeof k, "more%05d", j);
-		assert_int_equal(sl_get(db, k, strlen(k), &got, &gl), SL_OK);
-		free(got);
-	}
+	check_ids_contents(db, acked);
 	sl_close(db);
 	remove_dir();
 }
