@@ -891,7 +891,7 @@ static void test_segment_ids_run_long(void **state)
  * file is a segment the next open loads.  A later run used to drop the
  * tombstone of a key deleted meanwhile, and the open brought the key back;
  * now the store fails (writes and compaction wait for a reopen). */
-static int lo_arm;
+static _Atomic int lo_arm; /* the flusher thread renames hints through the hooks too */
 static int lo_rename(const char *a, const char *b)
 {
 	size_t n = strlen(b);
