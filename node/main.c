@@ -75,7 +75,8 @@ static void usage(FILE *f)
 	       "                              requests waiting for --acks or --min-seq\n"
 	       "  --contexts N                requests in flight at once (default 256)\n"
 	       "  --repl-listen URL|none      serve followers' fetches here (default\n"
-	       "                              " SL_REPL_DEFAULT_URL "; with --follow: none)\n"
+	       "                              " SL_REPL_DEFAULT_URL "; none on a follower, by\n"
+	       "                              --follow or by the role in DIR/REPL)\n"
 	       "  --follow URL                be a follower of the primary whose --repl-listen\n"
 	       "                              is URL (remembered in DIR/REPL across restarts)\n"
 	       "  --repl-backlog-bytes N      log kept for followers to catch up from\n"
@@ -557,6 +558,7 @@ int main(int argc, char **argv)
 	    .dbp = &n.db,
 	    .db_lock = &n.db_lock,
 	    .listen_url = rl,
+	    .listen_is_default = listen_default && c.follow == NULL,
 	    .follow_url = c.follow,
 	    .self_url = c.listen,
 	    .backlog_bytes = c.backlog_bytes,
@@ -610,8 +612,8 @@ int main(int argc, char **argv)
 	sl_log_info("shiplogd %s ready: listening on %s, sync %s, pid %d%s%s, %s%s%s",
 	            SL_NODE_VERSION, c.listen, c.sync_name, (int)getpid(),
 	            c.metrics ? ", metrics on " : "", c.metrics ? c.metrics : "",
-	            sl_repl_role(n.repl), ro.listen_url ? ", replication on " : "",
-	            ro.listen_url ? ro.listen_url : "");
+	            sl_repl_role(n.repl), sl_repl_listen_url(n.repl) ? ", replication on " : "",
+	            sl_repl_listen_url(n.repl) ? sl_repl_listen_url(n.repl) : "");
 
 	int sig = 0;
 	for (;;) {

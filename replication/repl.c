@@ -175,6 +175,12 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 		return rc;
 	}
 	r->st = st;
+	if (r->o.listen_is_default && st.role == ROLE_FOLLOWER) {
+		/* no --repl-listen, no --follow, a follower by its REPL: the
+		 * default is a primary's (a follower taking 7520 was found
+		 * following itself when its primary came back) */
+		r->o.listen_url = NULL;
+	}
 	atomic_store(&r->head, last);
 	atomic_store(&r->applied, last);
 	r->durable = 0;
@@ -211,6 +217,11 @@ void sl_repl_stop(sl_repl *r)
 	pthread_mutex_destroy(&r->mu);
 	pthread_mutex_destroy(&r->admin);
 	free(r);
+}
+
+const char *sl_repl_listen_url(sl_repl *r)
+{
+	return r != NULL ? r->o.listen_url : NULL;
 }
 
 const char *sl_repl_role(sl_repl *r)

@@ -48,6 +48,7 @@ typedef struct sl_repl_opts {
 	sl_db **dbp;               /* the node's store pointer (swapped by full resyncs) */
 	pthread_rwlock_t *db_lock; /* read: any use of *dbp; write: the swap */
 	const char *listen_url;    /* NULL: serve no fetches */
+	int listen_is_default;     /* listen_url is the default: none on a follower */
 	const char *follow_url;    /* non-NULL: follow it (else the persisted role) */
 	const char *self_url;      /* this node's client URL (follower table, errors) */
 	uint64_t backlog_bytes;    /* --repl-backlog-bytes */
@@ -72,6 +73,8 @@ void sl_repl_stop(sl_repl *r);
 
 /* "primary" or "follower" (static). */
 const char *sl_repl_role(sl_repl *r);
+/* Where it serves fetches (NULL: nowhere). */
+const char *sl_repl_listen_url(sl_repl *r);
 
 /* SL_OK when writes are accepted now; else SL_EREADONLY with a message in
  * msg and, on a follower, the primary's replication URL copied into

@@ -217,6 +217,44 @@ static void test_acks_sync_always_follower(void **state)
 	assert_int_equal(nu_stop(&F3.d, SIGTERM), 0);
 }
 
+/* A follower restarted without --follow (a follower by its DIR/REPL) and
+ * without --repl-listen listens for no fetches: the default replication
+ * URL is a primary's (such a follower took 7520 first; its primary, back
+ * on its default 7520, found it taken, and the follower followed itself).
+ * It still follows the primary its REPL names. */
+static void test_restarted_follower_takes_no_default_listen(void **state)
+{
+	(void)state;
+	ru_node F4 = {0};
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/f4", root);
+	assert_int_equal(ru_start(&F4, dir, P.rurl, NULL), 0);
+	assert_int_equal(ru_wait_applied(&F4, ru_last_seq(&P), 10000), 0);
+	assert_int_equal(nu_stop(&F4.d, SIGTERM), 0);
+	const char *args[] = {"--log-level", "info", NULL}; /* no --follow, no --repl-listen */
+	assert_int_equal(nu_start(&F4.d, F4.dir, args), 0);
+	sl_client *p = ru_client(&P);
+	assert_non_null(p);
+	uint64_t seq = 0;
+	assert_int_equal(sl_client_put(p, "after-restart", 13, "v", 1, &seq), SL_OK);
+	sl_client_close(p);
+	assert_int_equal(ru_wait_applied(&F4, seq, 10000), 0);
+	FILE *f = fopen(F4.d.log, "r");
+	assert_non_null(f);
+	char line[1024], ready[1024] = "";
+	while (fgets(line, sizeof line, f) != NULL) {
+		if (strstr(line, "ready") != NULL) {
+			snprintf(ready, sizeof ready, "%s", line);
+		}
+	}
+	fclose(f);
+	assert_non_null(strstr(ready, "follower"));
+	if (strstr(ready, "replication on") != NULL) {
+		fail_msg("the restarted follower listens for fetches: %s", ready);
+	}
+	assert_int_equal(nu_stop(&F4.d, SIGTERM), 0);
+}
+
 static void test_kill_follower_partial_resync(void **state)
 {
 	(void)state;
@@ -362,6 +400,7 @@ int main(void)
 	    cmocka_unit_test(test_lag_bytes),
 	    cmocka_unit_test(test_followers_compact_independently),
 	    cmocka_unit_test(test_stop_answers_parked_acks),
+	    cmocka_unit_test(test_restarted_follower_takes_no_default_listen),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
