@@ -742,6 +742,17 @@ static uint64_t release_due(sl_repl *r, uint64_t now, rctx **out)
 	return next;
 }
 
+int repl_parked_has(sl_repl *r, const char *id)
+{
+	for (rctx *c = r->parked; id != NULL && c != NULL; c = c->next) {
+		if (c->q != NULL && c->q->fetch != NULL && c->q->fetch->node_id != NULL &&
+		    strcmp(c->q->fetch->node_id, id) == 0) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
 void repl_release_parked(sl_repl *r)
 {
 	rctx *list = NULL;

@@ -240,15 +240,22 @@ void sl_repl_history_id(sl_repl *r, char hid[33])
 	pthread_mutex_unlock(&r->mu);
 }
 
-/* Followers seen within the timeout.  mu held. */
+/* Whether e counts as connected: seen within the timeout, or waiting in a
+ * long poll here (which can outlast a short --repl-timeout-ms: a parked
+ * poll refreshed last_seen only at the next 1 s tick, and --min-replicas
+ * refused writes with an idle, healthy follower).  mu held. */
+static int follower_connected(sl_repl *r, const follower_ent *e, uint64_t now)
+{
+	return e->used && (repl_ms_since(now, e->last_seen_ms) <= r->o.timeout_ms ||
+	                   repl_parked_has(r, e->node_id));
+}
+
+/* Followers connected (follower_connected).  mu held. */
 static uint32_t connected_followers(sl_repl *r, uint64_t now)
 {
 	uint32_t n = 0;
 	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
-		const follower_ent *e = &r->followers[i];
-		if (e->used && repl_ms_since(now, e->last_seen_ms) <= r->o.timeout_ms) {
-			n++;
-		}
+		n += follower_connected(r, &r->followers[i], now) ? 1 : 0;
 	}
 	return n;
 }
@@ -632,7 +639,7 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 		f->lag_records = head > e->applied ? head - e->applied : 0;
 		f->lag_ms = f->lag_records ? repl_ms_since(now, e->caught_up_ms) : 0;
 		f->last_seen_ms_ago = repl_ms_since(now, e->last_seen_ms);
-		f->connected = repl_ms_since(now, e->last_seen_ms) <= r->o.timeout_ms;
+		f->connected = follower_connected(r, e, now);
 	}
 	pthread_mutex_unlock(&r->mu);
 	/* The caller holds the store read lock (see repl.h). */

@@ -158,6 +158,9 @@ void repl_snaps_close_all(sl_repl *r);
  * when it is too big to serve inline: a write answers its long polls
  * without a hop through the waker thread or a worker. */
 void repl_release_parked(sl_repl *r);
+/* Whether follower `id` has a long poll parked here now (mu held): such a
+ * follower is connected whatever --repl-timeout-ms says. */
+int repl_parked_has(sl_repl *r, const char *id);
 
 /* follower.c */
 void repl_follower_start(sl_repl *r);             /* mu held */

@@ -4,7 +4,8 @@
  * from the table (and the stats) after 10 times that; one that comes back
  * is listed again.  A node whose role changes starts with an empty table:
  * positions followers reported to it in an earlier stint as primary never
- * count as acks for its new writes.
+ * count as acks for its new writes.  --min-replicas refuses writes while
+ * too few followers are connected.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 static char *root;
 static ru_node P, F;
 static ru_node A, B, G; /* test_role_change_clears_the_table's own */
+static ru_node M, MF;   /* test_min_replicas's own */
 
 static int setup(void **state)
 {
@@ -39,7 +41,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
-	ru_node *all[] = {&B, &G, &A, &F, &P};
+	ru_node *all[] = {&MF, &M, &B, &G, &A, &F, &P};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		if (all[i]->d.pid > 0) {
 			kill(all[i]->d.pid, SIGCONT);
@@ -83,6 +85,52 @@ static void test_gone_follower_is_dropped(void **state)
 	ru_assert_converged(&P, f, 1);
 	assert_int_equal(wait_stat("followers", 1, 5000), 1);
 	assert_int_equal(wait_stat("followers_connected", 1, 5000), 1);
+}
+
+/* --min-replicas 1: writes refused with no follower, accepted while one is
+ * connected — also when it idles in long polls longer than a short
+ * --repl-timeout-ms (a parked poll refreshed "last seen" only at the 1 s
+ * tick: 12 of 40 puts were refused with a healthy follower) — and refused
+ * again once it has stopped. */
+static void test_min_replicas(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	const char *mex[] = {"--min-replicas", "1", "--repl-timeout-ms", "200", NULL};
+	snprintf(dir, sizeof(dir), "%s/m", root);
+	assert_int_equal(ru_start(&M, dir, NULL, mex), 0);
+	sl_client *c = ru_client(&M);
+	assert_non_null(c);
+	assert_int_equal(sl_client_put(c, "k", 1, "v", 1, NULL), SL_EREADONLY);
+	assert_non_null(strstr(sl_client_errmsg(c), "not enough followers"));
+	snprintf(dir, sizeof(dir), "%s/mf", root);
+	assert_int_equal(ru_start(&MF, dir, M.rurl, NULL), 0);
+	int ok = 0;
+	for (int i = 0; i < 100 && !ok; i++) {
+		ok = sl_client_put(c, "k", 1, "v", 1, NULL) == SL_OK;
+		usleep(50 * 1000);
+	}
+	assert_true(ok);
+	usleep(1500 * 1000); /* idle: the follower's polls park for 1 s each */
+	for (int i = 0; i < 20; i++) {
+		char k[16];
+		snprintf(k, sizeof k, "idle%d", i);
+		int rc = sl_client_put(c, k, strlen(k), "v", 1, NULL);
+		if (rc != SL_OK) {
+			fail_msg("put %d refused with the follower connected: %s", i,
+			         sl_client_errmsg(c));
+		}
+		usleep(130 * 1000);
+	}
+	assert_int_equal(nu_stop(&MF.d, SIGTERM), 0);
+	int refused = 0;
+	for (int i = 0; i < 60 && !refused; i++) {
+		refused = sl_client_put(c, "k", 1, "v", 1, NULL) == SL_EREADONLY;
+		usleep(100 * 1000);
+	}
+	assert_true(refused);
+	sl_client_close(c);
+	assert_int_equal(nu_stop(&M.d, SIGTERM), 0);
 }
 
 /* A is primary with followers B and G (both acknowledged everything up to
@@ -155,6 +203,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_gone_follower_is_dropped),
 	    cmocka_unit_test(test_role_change_clears_the_table),
+	    cmocka_unit_test(test_min_replicas),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
