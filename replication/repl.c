@@ -15,6 +15,8 @@
  * says so on disk (a crash never brings a node back in a role or history
  * it had not recorded).
  */
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -547,6 +549,32 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 		snprintf(msg, cap,
 		         "follow needs the primary's replication URL (tcp://HOST:PORT: under 256 "
 		         "bytes, no spaces or control characters)");
+		return SL_EINVAL;
+	}
+	/* One nng can never dial (an unknown scheme, a bad port) would
+	 * demote a primary for nothing: the follower only ever retries. */
+	nng_socket probe;
+	if (nng_req0_open(&probe) == 0) {
+		nng_dialer d;
+		int rv = nng_dialer_create(&d, probe, url);
+		nng_close(probe);
+		nng_url *u = NULL;
+		if (rv == 0 && nng_url_parse(&u, url) == 0) {
+			char *end = NULL;
+			unsigned long port = u->u_port != NULL ? strtoul(u->u_port, &end, 10) : 0;
+			if (u->u_port != NULL && u->u_port[0] != '\0' &&
+			    (*end != '\0' || port == 0 || port > 65535)) {
+				rv = NNG_EADDRINVAL;
+			}
+			nng_url_free(u);
+		}
+		if (rv != 0) {
+			snprintf(msg, cap, "cannot follow %.200s: %s", url, nng_strerror(rv));
+			return SL_EINVAL;
+		}
+	}
+	if (r->o.listen_url != NULL && strcmp(url, r->o.listen_url) == 0) {
+		snprintf(msg, cap, "%.200s is this node's own replication URL", url);
 		return SL_EINVAL;
 	}
 	pthread_mutex_lock(&r->admin);

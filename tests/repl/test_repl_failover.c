@@ -50,6 +50,31 @@ static int teardown(void **state)
 	return 0;
 }
 
+/* `follow` refuses a URL nng can never dial (an unknown scheme, port
+ * 99999) and the node's own replication URL: each used to answer OK and
+ * demote the primary, which then retried for ever (its own URL: every write
+ * was refused, sent to itself). */
+static void test_follow_refuses_unusable_urls(void **state)
+{
+	(void)state;
+	sl_client *c = ru_client(&P);
+	assert_non_null(c);
+	const char *bad[] = {"foo://bar", "tcp://127.0.0.1:99999", P.rurl};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char hid[33];
+		int rc = sl_client_follow(c, bad[i], hid);
+		if (rc != SL_EINVAL) {
+			fail_msg("follow %s: %s (%s)", bad[i], sl_client_strerror(rc),
+			         sl_client_errmsg(c));
+		}
+	}
+	char role[32];
+	ru_stat(&P, "role", role, sizeof role);
+	assert_string_equal(role, "primary");
+	assert_int_equal(sl_client_put(c, "still", 5, "primary", 7, NULL), SL_OK);
+	sl_client_close(c);
+}
+
 static void test_failover(void **state)
 {
 	(void)state;
@@ -156,6 +181,7 @@ static void test_failover(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+	    cmocka_unit_test(test_follow_refuses_unusable_urls),
 	    cmocka_unit_test(test_failover),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
