@@ -448,8 +448,13 @@ static void test_timeout_after_failed_send(void **state)
 	if (ms > 2000) {
 		fail_msg("a call with a 300 ms timeout took %ld ms", ms);
 	}
-	sl_client_close(c2);
+	/* The server first: nng 1.5.2's nng_close of a REQ socket whose last
+	 * request timed out against a stopped-then-continued server hung for
+	 * ever about once in 45 runs here (its reaper waits on the pipe; the
+	 * main thread in nng_close; like upstream nng#1813).  With the connection
+	 * gone first, 70 runs did not hang. */
 	assert_int_equal(nu_stop(&d2, SIGTERM), 0);
+	sl_client_close(c2);
 }
 
 static void test_min_seq(void **state)
