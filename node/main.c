@@ -299,6 +299,10 @@ static int parse_flags(int argc, char **argv, config *c)
 				    "want a URL like tcp://HOST:PORT (under 256 bytes, no "
 				    "spaces or control characters)");
 			}
+			char why[64];
+			if (!sl_repl_url_dialable(optarg, why, sizeof(why))) {
+				return bad_flag("--follow", optarg, why);
+			}
 			c->follow = optarg;
 			break;
 		case O_BACKLOG:

@@ -221,6 +221,32 @@ void sl_repl_stop(sl_repl *r)
 	free(r);
 }
 
+int sl_repl_url_dialable(const char *url, char *why, size_t cap)
+{
+	nng_socket probe;
+	if (nng_req0_open(&probe) != 0) {
+		return 1; /* cannot tell: let the dial say */
+	}
+	nng_dialer d;
+	int rv = nng_dialer_create(&d, probe, url);
+	nng_close(probe);
+	nng_url *u = NULL;
+	if (rv == 0 && nng_url_parse(&u, url) == 0) {
+		/* nng takes any port string at creation, and fails at each dial */
+		const char *p = u->u_port != NULL ? u->u_port : "";
+		char *end = NULL;
+		unsigned long port = strtoul(p, &end, 10);
+		if (p[0] != '\0' && (*end != '\0' || port == 0 || port > 65535)) {
+			rv = NNG_EADDRINVAL;
+		}
+		nng_url_free(u);
+	}
+	if (rv != 0) {
+		snprintf(why, cap, "%s", nng_strerror(rv));
+	}
+	return rv == 0;
+}
+
 const char *sl_repl_listen_url(sl_repl *r)
 {
 	return r != NULL ? r->o.listen_url : NULL;
@@ -551,27 +577,10 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 		         "bytes, no spaces or control characters)");
 		return SL_EINVAL;
 	}
-	/* One nng can never dial (an unknown scheme, a bad port) would
-	 * demote a primary for nothing: the follower only ever retries. */
-	nng_socket probe;
-	if (nng_req0_open(&probe) == 0) {
-		nng_dialer d;
-		int rv = nng_dialer_create(&d, probe, url);
-		nng_close(probe);
-		nng_url *u = NULL;
-		if (rv == 0 && nng_url_parse(&u, url) == 0) {
-			char *end = NULL;
-			unsigned long port = u->u_port != NULL ? strtoul(u->u_port, &end, 10) : 0;
-			if (u->u_port != NULL && u->u_port[0] != '\0' &&
-			    (*end != '\0' || port == 0 || port > 65535)) {
-				rv = NNG_EADDRINVAL;
-			}
-			nng_url_free(u);
-		}
-		if (rv != 0) {
-			snprintf(msg, cap, "cannot follow %.200s: %s", url, nng_strerror(rv));
-			return SL_EINVAL;
-		}
+	char why[64];
+	if (!sl_repl_url_dialable(url, why, sizeof(why))) {
+		snprintf(msg, cap, "cannot follow %.200s: %s", url, why);
+		return SL_EINVAL;
 	}
 	if (r->o.listen_url != NULL && strcmp(url, r->o.listen_url) == 0) {
 		snprintf(msg, cap, "%.200s is this node's own replication URL", url);

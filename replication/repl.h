@@ -150,6 +150,12 @@ int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap);
  * DIR/REPL). */
 int sl_repl_url_ok(const char *url);
 
+/* Whether nng could ever dial url: a scheme it knows, an address of that
+ * scheme's form, a port in 1..65535 (whether anyone answers is not
+ * checked).  Else 0, and why in why.  A follower only retries its dial: an
+ * unusable --follow or `follow` URL is refused up front. */
+int sl_repl_url_dialable(const char *url, char *why, size_t cap);
+
 /* Re-points the node at url (becoming a follower if it was a primary).
  * SL_EINVAL for an empty/bad url. */
 int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap);

@@ -620,8 +620,7 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 {
 	run r = {.db = db};
 	*did = 0;
-	int failed = atomic_load(&db->failed);
-	if (failed != 0) {
+	if (atomic_load(&db->failed) != 0) {
 		return SL_EFAILED; /* see discard_outputs: nothing moves until a reopen */
 	}
 	/* An earlier run's kept DROPPING (an input it could not remove) is

@@ -101,6 +101,12 @@ static void test_bad_flags_exit_1(void **state)
 	const char *a9[] = {"--follow", "tcp://127.0.0.1:1\nrole primary", NULL};
 	assert_int_equal(run_to_exit("bad9", a9), 1);
 	assert_true(out_contains("bad9", "--follow"));
+	/* one nng can never dial: the follower would only ever retry it */
+	const char *a10[] = {"--follow", "foo://bar", NULL};
+	assert_int_equal(run_to_exit("bad10", a10), 1);
+	assert_true(out_contains("bad10", "--follow"));
+	const char *a11[] = {"--follow", "tcp://127.0.0.1:99999", NULL};
+	assert_int_equal(run_to_exit("bad11", a11), 1);
 	const char *h[] = {"--help", NULL};
 	assert_int_equal(run_to_exit("help", h), 0);
 	assert_true(out_contains("help", "--metrics-listen"));
