@@ -18,6 +18,7 @@ function(sl_netbench_hook)
   if(TARGET shiplog-bench)
     target_sources(shiplog-bench PRIVATE ${CMAKE_SOURCE_DIR}/tests/bench/netbench.c
       ${CMAKE_SOURCE_DIR}/tests/bench/replbench.c
+      ${CMAKE_SOURCE_DIR}/tests/bench/spclient.c
       ${CMAKE_SOURCE_DIR}/tests/bench/floorbench.c)
     target_link_libraries(shiplog-bench PRIVATE shiplog-client Threads::Threads)
     target_compile_definitions(shiplog-bench PRIVATE SL_HAVE_NETBENCH)

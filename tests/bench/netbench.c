@@ -89,6 +89,7 @@
 #include <unistd.h>
 
 #include "shiplog.pb-c.h"
+#include "spclient.h"
 
 int sl_netbench_main(int argc, char **argv);
 
@@ -777,119 +778,28 @@ static void async_run(worker *ws)
  * closes the connection and stops that client for the test, as in the
  * async engine; the next test reconnects it. */
 
-#define SP_PROTO_REQ 0x30
-#define SP_PROTO_REP 0x31
-#define SP_PREFIX    12                                  /* length + request id */
-#define SP_MAX_MSG   ((uint64_t)(1u << 30) + (4u << 20)) /* as the client library */
-
 static int ep_fd = -1;
 static int ep_running;
 static char ep_host[256], ep_port[16];
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8) {
-		p[i] = (uint8_t)v;
-	}
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++) {
-		v = v << 8 | p[i];
-	}
-	return v;
-}
 
 static uint32_t sp_id(const worker *w)
 {
 	return (uint32_t)w->req_id | 0x80000000u;
 }
 
-/* Splits tcp://HOST:PORT (HOST may be [v6]) into ep_host, ep_port. */
 static int ep_parse_url(const char *url)
 {
-	if (strncmp(url, "tcp://", 6) != 0) {
-		return -1;
-	}
-	const char *h = url + 6, *colon = strrchr(h, ':');
-	if (colon == NULL || colon == h || !colon[1] || strlen(colon + 1) >= sizeof ep_port) {
-		return -1;
-	}
-	size_t hl = (size_t)(colon - h);
-	if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
-		h++;
-		hl -= 2;
-	}
-	if (hl == 0 || hl >= sizeof ep_host) {
-		return -1;
-	}
-	memcpy(ep_host, h, hl);
-	ep_host[hl] = '\0';
-	snprintf(ep_port, sizeof ep_port, "%s", colon + 1);
-	if (!strcmp(ep_host, "*")) {
-		snprintf(ep_host, sizeof ep_host, "127.0.0.1");
-	}
-	return 0;
+	return sp_parse_url(url, ep_host, sizeof ep_host, ep_port, sizeof ep_port);
 }
 
 /* Connects w (blocking, then the SP handshake) and adds it to the epoll
  * set.  SL_OK, or an SL_E* code with the detail in w->errmsg. */
 static int ep_connect(worker *w)
 {
-	struct addrinfo hints, *res = NULL;
-	memset(&hints, 0, sizeof hints);
-	hints.ai_socktype = SOCK_STREAM;
-	int gai = getaddrinfo(ep_host, ep_port, &hints, &res);
-	if (gai != 0) {
-		snprintf(w->errmsg, sizeof w->errmsg, "%.100s: %s", ep_host, gai_strerror(gai));
-		return SL_ECONN;
-	}
-	/* --timeout bounds the connect (SO_SNDTIMEO) and the handshake. */
-	struct timeval tv = {opt_timeout_ms / 1000, (opt_timeout_ms % 1000) * 1000};
-	int fd = -1, err = 0;
-	for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-		if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
-		    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 &&
-		    connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-			break;
-		}
-		err = errno;
-		if (fd >= 0) {
-			close(fd);
-		}
-		fd = -1;
-	}
-	freeaddrinfo(res);
+	int rc;
+	int fd = sp_dial(ep_host, ep_port, opt_timeout_ms, w->errmsg, sizeof w->errmsg, &rc);
 	if (fd < 0) {
-		snprintf(w->errmsg, sizeof w->errmsg, "connect: %s",
-		         err == EINPROGRESS ? "timed out" : strerror(err));
-		return SL_ECONN;
-	}
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	const uint8_t hello[8] = {0, 'S', 'P', 0, 0, SP_PROTO_REQ, 0, 0};
-	uint8_t peer[8];
-	errno = 0;
-	if (send(fd, hello, sizeof hello, MSG_NOSIGNAL) != (ssize_t)sizeof hello ||
-	    recv(fd, peer, sizeof peer, MSG_WAITALL) != (ssize_t)sizeof peer) {
-		if (errno == EAGAIN || errno == EWOULDBLOCK) {
-			snprintf(w->errmsg, sizeof w->errmsg, "no SP handshake within %d ms",
-			         opt_timeout_ms);
-		} else {
-			snprintf(w->errmsg, sizeof w->errmsg, "SP handshake: %s",
-			         errno ? strerror(errno) : "connection closed");
-		}
-		close(fd);
-		return SL_ECONN;
-	}
-	if (memcmp(peer, "\0SP\0", 4) != 0 || peer[4] != 0 || peer[5] != SP_PROTO_REP || peer[6] ||
-	    peer[7]) {
-		snprintf(w->errmsg, sizeof w->errmsg, "the peer is not an SP REP socket");
-		close(fd);
-		return SL_EPROTO;
+		return rc;
 	}
 	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = w};
 	if (fcntl(fd, F_SETFL, O_NONBLOCK) != 0 || epoll_ctl(ep_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
@@ -1028,7 +938,7 @@ static void ep_next(worker *w)
 	if (!ep_grow(w, &w->obuf, &w->ocap, SP_PREFIX + sz, "request")) {
 		return;
 	}
-	put_be64(w->obuf, 4 + (uint64_t)sz);
+	sp_put_be64(w->obuf, 4 + (uint64_t)sz);
 	uint32_t id = sp_id(w);
 	w->obuf[8] = (uint8_t)(id >> 24);
 	w->obuf[9] = (uint8_t)(id >> 16);
@@ -1046,7 +956,7 @@ static void ep_read(worker *w)
 	for (;;) {
 		size_t want = w->icap;
 		if (w->ilen >= 8) {
-			uint64_t len = get_be64(w->ibuf);
+			uint64_t len = sp_get_be64(w->ibuf);
 			if (len < 4 || len > SP_MAX_MSG) {
 				snprintf(w->errmsg, sizeof w->errmsg, "bad SP frame length %llu",
 				         (unsigned long long)len);

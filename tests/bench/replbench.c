@@ -20,7 +20,10 @@
  *             on the follower with min_seq = the put's seq (read-your-writes:
  *             the follower answers as soon as it has applied it); latency
  *             from before the put to the get's reply, after 100 unmeasured
- *             put+get pairs on the same connections.  "idle": one writer
+ *             put+get pairs on the same connections.  The probe's client
+ *             (--probe) is a plain TCP socket speaking nng's SP framing
+ *             (spclient.h), as the Redis anchor's is a plain socket, or
+ *             the client library.  "idle": one writer
  *             pausing --lag-pause-us (default 0) between writes, as the
  *             Redis anchor does none; "load": the same while
  *             --load-clients clients put 100 B values non-stop (random keys
@@ -34,14 +37,16 @@
  *   catchup   one follower is SIGKILLed, --catchup-mb MB of log (100 B
  *             values) are written, it is restarted: MB/s of log it fetched
  *             from exec (and from the moment it is streaming) until it has
- *             applied the primary's head.  The primary keeps a backlog large
+ *             applied the primary's head.  Then the same with the follower
+ *             SIGSTOPped and SIGCONTed (its link stays up, the Redis
+ *             anchor's 3C): MB/s from SIGCONT.  The primary keeps a backlog large
  *             enough (--repl-backlog-bytes 2x the figure, at least 1 GiB).
  *
  *   shiplog-bench repl [--shiplogd PATH] [--dir D] [--figures LIST] [--json]
  *                      [--keys N] [--value-size B] [--acks-writes N]
  *                      [--lag-writes N] [--lag-pause-us US] [--load-clients N]
  *                      [--tput-requests N] [--catchup-mb MB] [--keep]
- *                      [--load-engine epoll|async|threads]
+ *                      [--load-engine epoll|async|threads] [--probe raw|lib]
  *
  * --json prints one object per figure ({"engine":"shiplog","benchmark":
  * "repl_...", ...}).  Exit status 0; 1 when a figure failed; 2 on bad
@@ -49,6 +54,8 @@
  */
 #define _GNU_SOURCE
 #include "client.h"
+#include "shiplog.pb-c.h"
+#include "spclient.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -696,6 +703,141 @@ static double netbench_finish(pid_t pid, int fd)
 	return strtod(f + strlen("\"ops_per_sec\":"), NULL);
 }
 
+/* The write -> visible probe's client.  --probe raw (the default) sends the
+ * client library's requests over spclient's blocking socket, one send and
+ * one receive per round trip and no thread of its own, as the Redis
+ * anchor's Python socket does for SET and GET; --probe lib goes through the
+ * client library (nng's REQ socket: its threads add 40-60 us to each round
+ * trip on this machine class, docs/performance.md). */
+typedef struct probe {
+	int raw;
+	sl_client *c;
+	int fd;
+	uint32_t id;
+	uint8_t *buf, *req;
+	size_t cap, rcap;
+	char err[160];
+} probe;
+
+static int opt_probe_raw = 1;
+
+static int probe_open(probe *p, const char *url)
+{
+	memset(p, 0, sizeof(*p));
+	p->raw = opt_probe_raw;
+	p->fd = -1;
+	if (!p->raw) {
+		return sl_client_open(url, 10000, &p->c);
+	}
+	char host[256], port[16];
+	if (sp_parse_url(url, host, sizeof host, port, sizeof port) != 0) {
+		snprintf(p->err, sizeof p->err, "%s: --probe raw takes tcp:// URLs", url);
+		return SL_EINVAL;
+	}
+	int rc = SL_OK;
+	p->fd = sp_dial(host, port, 10000, p->err, sizeof p->err, &rc);
+	return p->fd >= 0 ? SL_OK : rc;
+}
+
+static void probe_close(probe *p)
+{
+	sl_client_close(p->c);
+	if (p->fd >= 0) {
+		close(p->fd);
+	}
+	free(p->buf);
+	free(p->req);
+}
+
+/* One request q over the raw socket; *out is the unpacked response. */
+static int probe_call(probe *p, Shiplog__Request *q, Shiplog__Response **out)
+{
+	q->has_id = 1;
+	q->id = ++p->id;
+	size_t n = shiplog__request__get_packed_size(q);
+	if (p->rcap < n) {
+		free(p->req);
+		p->req = malloc(n);
+		p->rcap = p->req ? n : 0;
+		if (p->req == NULL) {
+			return SL_ENOMEM;
+		}
+	}
+	shiplog__request__pack(q, p->req);
+	const uint8_t *body;
+	size_t blen;
+	int rc = sp_call(p->fd, (uint32_t)p->id, p->req, n, &p->buf, &p->cap, &body, &blen, p->err,
+	                 sizeof p->err);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	*out = shiplog__response__unpack(NULL, blen, body);
+	if (*out == NULL) {
+		return SL_EPROTO;
+	}
+	if ((*out)->id != q->id) {
+		shiplog__response__free_unpacked(*out, NULL);
+		return SL_EPROTO;
+	}
+	return (*out)->status;
+}
+
+static int probe_put(probe *p, const char *k, size_t kl, const void *v, size_t vl, uint64_t *seq)
+{
+	if (!p->raw) {
+		return sl_client_put(p->c, k, kl, v, vl, seq);
+	}
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Put put = SHIPLOG__PUT__INIT;
+	put.has_key = put.has_value = 1;
+	put.key.data = (uint8_t *)k;
+	put.key.len = kl;
+	put.value.data = (uint8_t *)v;
+	put.value.len = vl;
+	q.op_case = SHIPLOG__REQUEST__OP_PUT;
+	q.put = &put;
+	Shiplog__Response *r = NULL;
+	int rc = probe_call(p, &q, &r);
+	if (r != NULL) {
+		*seq = r->seq;
+		shiplog__response__free_unpacked(r, NULL);
+	}
+	return rc;
+}
+
+/* A get of k that waits on the node until it has applied min_seq. */
+static int probe_get(probe *p, const char *k, size_t kl, uint64_t min_seq, void **val, size_t *vl)
+{
+	*val = NULL;
+	*vl = 0;
+	if (!p->raw) {
+		sl_client_set_min_seq(p->c, min_seq);
+		return sl_client_get(p->c, k, kl, val, vl, NULL);
+	}
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Get get = SHIPLOG__GET__INIT;
+	get.has_key = 1;
+	get.key.data = (uint8_t *)k;
+	get.key.len = kl;
+	q.op_case = SHIPLOG__REQUEST__OP_GET;
+	q.get = &get;
+	q.has_min_seq = 1;
+	q.min_seq = min_seq;
+	Shiplog__Response *r = NULL;
+	int rc = probe_call(p, &q, &r);
+	if (r != NULL) {
+		if (rc == SL_OK && r->has_value) {
+			*val = malloc(r->value.len ? r->value.len : 1);
+			if (*val != NULL) {
+				memcpy(*val, r->value.data, r->value.len);
+				*vl = r->value.len;
+			}
+		}
+		shiplog__response__free_unpacked(r, NULL);
+	}
+	return rc;
+}
+
 /* write -> visible on F1; with load > 0 clients putting meanwhile. */
 #define LAG_WARMUP 100
 
@@ -713,9 +855,18 @@ static void fig_lag(int load)
 		}
 		sleep_ms(1000);
 	}
-	sl_client *p = NULL, *f = NULL;
-	if (sl_client_open(P.url, 10000, &p) != SL_OK || sl_client_open(F1.url, 10000, &f)) {
-		fail("cannot connect");
+	probe p, f;
+	int orc = probe_open(&p, P.url);
+	if (orc == SL_OK) {
+		orc = probe_open(&f, F1.url);
+		if (orc != SL_OK) {
+			snprintf(p.err, sizeof p.err, "%s", f.err);
+			probe_close(&f);
+		}
+	}
+	if (orc != SL_OK) {
+		fail("cannot connect: %s", p.err[0] ? p.err : sl_client_strerror(orc));
+		probe_close(&p);
 		return;
 	}
 	uint64_t *vis = malloc(opt_lag_writes * sizeof(*vis));
@@ -731,11 +882,9 @@ static void fig_lag(int load)
 		void *got = NULL;
 		size_t gl = 0;
 		make_key(k, "lagw:", (uint64_t)i);
-		if (sl_client_put(p, k, 16, "w", 1, &seq) == SL_OK) {
-			sl_client_set_min_seq(f, seq);
-			if (sl_client_get(f, k, 16, &got, &gl, NULL) == SL_OK) {
-				free(got);
-			}
+		if (probe_put(&p, k, 16, "w", 1, &seq) == SL_OK) {
+			probe_get(&f, k, 16, seq, &got, &gl);
+			free(got);
 		}
 	}
 	uint64_t ops0 = node_stat(&P, "last_seq");
@@ -744,17 +893,21 @@ static void fig_lag(int load)
 		make_key(k, "lag:", i);
 		memset(v, 'a' + (int)(i % 26), vs);
 		snprintf(v, vs, "%llu-%d", (unsigned long long)i, load);
-		uint64_t seq = 0, gs = 0;
+		uint64_t seq = 0;
 		void *got = NULL;
 		size_t gl = 0;
 		uint64_t t0 = now_ns();
-		int rc = sl_client_put(p, k, 16, v, vs, &seq);
+		int rc = probe_put(&p, k, 16, v, vs, &seq);
 		uint64_t t1 = now_ns();
-		sl_client_set_min_seq(f, seq);
-		int rc2 = sl_client_get(f, k, 16, &got, &gl, &gs);
+		int rc2 = probe_get(&f, k, 16, seq, &got, &gl);
 		uint64_t t2 = now_ns();
 		if (rc != SL_OK || rc2 != SL_OK || gl != vs || memcmp(got, v, vs) != 0) {
-			bad++;
+			if (bad++ == 0) {
+				note("write -> visible %llu: put %s, get %s%s%s",
+				     (unsigned long long)i, sl_client_strerror(rc),
+				     sl_client_strerror(rc2), p.err[0] || f.err[0] ? ": " : "",
+				     p.err[0] ? p.err : f.err);
+			}
 		}
 		free(got);
 		vis[i] = t2 - t0;
@@ -776,8 +929,8 @@ static void fig_lag(int load)
 		}
 		close(lfd);
 	}
-	sl_client_close(p);
-	sl_client_close(f);
+	probe_close(&p);
+	probe_close(&f);
 	if (bad) {
 		fail("%llu writes not read back correctly on the follower",
 		     (unsigned long long)bad);
@@ -787,10 +940,11 @@ static void fig_lag(int load)
 	char ej[160], et[160];
 	snprintf(ej, sizeof(ej),
 	         ",\"load_clients\":%d,\"load_puts_per_sec\":%.0f,\"put_rtt_p50_us\":%.1f,"
-	         "\"pause_us\":%llu",
+	         "\"pause_us\":%llu,\"probe\":\"%s\"",
 	         load, load_ops, pct_us(rtt, opt_lag_writes, 50),
-	         (unsigned long long)opt_lag_pause_us);
-	snprintf(et, sizeof(et), ", put RTT p50 %.1f us%s", pct_us(rtt, opt_lag_writes, 50), "");
+	         (unsigned long long)opt_lag_pause_us, opt_probe_raw ? "raw" : "lib");
+	snprintf(et, sizeof(et), ", put RTT p50 %.1f us, %s probe", pct_us(rtt, opt_lag_writes, 50),
+	         opt_probe_raw ? "raw" : "lib");
 	if (load > 0) {
 		snprintf(et + strlen(et), sizeof(et) - strlen(et),
 		         ", under %d clients: %.0f puts/s", load, load_ops);
@@ -879,19 +1033,41 @@ static void fig_tput(void)
 	fflush(stdout);
 }
 
-static void fig_catchup(void)
+/* One catch-up of --catchup-mb MB by follower2.  live = 0: it is SIGKILLed,
+ * the log written, and it is restarted (clock from exec: its store's
+ * recovery, the dial and the fetches).  live = 1: it is SIGSTOPped instead
+ * and SIGCONTed (clock from SIGCONT: its link stays up, as in the Redis
+ * anchor's 3C catch-up). */
+static void catchup_run(int live)
 {
 	converge(120);
-	node_stop(&F2, SIGKILL);
+	uint64_t bytes0 = live ? node_stat(&F2, "repl_bytes_fetched") : 0;
+	uint64_t full0 = node_stat(&F2, "resyncs_full");
+	if (live) {
+		kill(F2.pid, SIGSTOP);
+	} else {
+		node_stop(&F2, SIGKILL);
+	}
 	uint64_t rec = 28 + 16 + opt_value_size;
 	uint64_t count = opt_catchup_mb * 1000000ull / rec;
 	uint64_t head0 = node_stat(&P, "last_seq");
-	double ws = load_seq(P.url, "cu:", count, 4);
+	double ws = load_seq(P.url, live ? "cl:" : "cu:", count, 4);
 	uint64_t head = node_stat(&P, "last_seq");
-	note("catch-up: wrote %llu records (%.0f MB of log) in %.1f s while follower2 was down",
-	     (unsigned long long)(head - head0), (double)(count * rec) / 1e6, ws);
-	converge(300); /* follower1 is at the head: only follower2 works now */
-	node_start(&F2, NULL, f_flags);
+	note("catch-up: wrote %llu records (%.0f MB of log) in %.1f s while follower2 was %s",
+	     (unsigned long long)(head - head0), (double)(count * rec) / 1e6, ws,
+	     live ? "stopped (SIGSTOP)" : "down");
+	/* follower1 at the head: only follower2 works now */
+	if (wait_applied(&F1, head, 300, NULL) == 0) {
+		fail("follower1 did not reach seq %llu", (unsigned long long)head);
+	}
+	uint64_t t0;
+	if (live) {
+		t0 = now_ns();
+		kill(F2.pid, SIGCONT);
+	} else {
+		node_start(&F2, NULL, f_flags);
+		t0 = F2.t_exec;
+	}
 	uint64_t t_stream = 0;
 	uint64_t t = wait_applied(&F2, head, 600, &t_stream);
 	uint64_t bytes = node_stat(&F2, "repl_bytes_fetched");
@@ -900,19 +1076,33 @@ static void fig_catchup(void)
 		fail("follower2 did not catch up in 600 s");
 		return;
 	}
-	double secs = (double)(t - F2.t_exec) / 1e9;
+	if (live) {
+		/* the counter lives on in the process: what this catch-up fetched */
+		bytes = bytes >= bytes0 && bytes0 != UINT64_MAX ? bytes - bytes0 : 0;
+		t_stream = t0;
+	}
+	double secs = (double)(t - t0) / 1e9;
 	double secs_s = (double)(t - t_stream) / 1e9;
+	if (!live) {
+		full0 = 0; /* a restarted process counts from 0 */
+	}
+	full = full >= full0 ? full - full0 : full;
 	if (full != 0) {
 		fail("follower2 did a full resync instead of catching up");
 	}
+	const char *name = live ? "repl_catchup_live" : "repl_catchup";
 	if (opt_json) {
-		printf("{\"engine\":\"shiplog\",\"benchmark\":\"repl_catchup\",\"bytes\":%llu,"
+		printf("{\"engine\":\"shiplog\",\"benchmark\":\"%s\",\"bytes\":%llu,"
 		       "\"records\":%llu,\"seconds\":%.3f,\"MBps\":%.1f,"
 		       "\"seconds_after_streaming\":%.3f,\"MBps_after_streaming\":%.1f,"
 		       "\"resyncs_full\":%llu}\n",
-		       (unsigned long long)bytes, (unsigned long long)(head - head0), secs,
+		       name, (unsigned long long)bytes, (unsigned long long)(head - head0), secs,
 		       (double)bytes / 1e6 / secs, secs_s,
 		       secs_s > 0 ? (double)bytes / 1e6 / secs_s : 0, (unsigned long long)full);
+	} else if (live) {
+		printf("catch-up (live link)    %.3f s   %.1f MB/s   (%.1f MB of log missed while "
+		       "SIGSTOPped; from SIGCONT)\n",
+		       secs, (double)bytes / 1e6 / secs, (double)bytes / 1e6);
 	} else {
 		printf("catch-up                %.3f s   %.1f MB/s   (%.1f MB of log missed; "
 		       "%.1f MB/s once streaming)\n",
@@ -920,6 +1110,12 @@ static void fig_catchup(void)
 		       secs_s > 0 ? (double)bytes / 1e6 / secs_s : 0);
 	}
 	fflush(stdout);
+}
+
+static void fig_catchup(void)
+{
+	catchup_run(0);
+	catchup_run(1);
 }
 
 /* ---- main ---------------------------------------------------------------------------- */
@@ -938,6 +1134,11 @@ static void usage(FILE *f)
 	           "  --lag-writes N      write->visible samples (default 2000)\n"
 	           "  --lag-pause-us US   pause between them (default 0: back to back, like\n"
 	           "                      the Redis anchor's write->visible loop)\n"
+	           "  --probe raw|lib     the write->visible probe's client: raw (default)\n"
+	           "                      sends its requests over a plain TCP socket in\n"
+	           "                      nng's SP framing, one send and one receive per\n"
+	           "                      round trip, like the Redis anchor's socket; lib\n"
+	           "                      goes through the client library (nng REQ)\n"
 	           "  --load-clients N    clients of the write load (default 50)\n"
 	           "  --load-engine E     shiplog-bench --url's --engine for that load: epoll\n"
 	           "                      (default), async or threads\n"
@@ -964,6 +1165,7 @@ int sl_replbench_main(int argc, char **argv)
 	    {"lag-pause-us", required_argument, NULL, 'p'},
 	    {"load-clients", required_argument, NULL, 'c'},
 	    {"load-engine", required_argument, NULL, 'e'},
+	    {"probe", required_argument, NULL, 'P'},
 	    {"tput-requests", required_argument, NULL, 't'},
 	    {"tput-rounds", required_argument, NULL, 'R'},
 	    {"catchup-mb", required_argument, NULL, 'm'},
@@ -1003,6 +1205,13 @@ int sl_replbench_main(int argc, char **argv)
 				return 2;
 			}
 			opt_load_engine = optarg;
+			break;
+		case 'P':
+			if (strcmp(optarg, "raw") && strcmp(optarg, "lib")) {
+				fprintf(stderr, "shiplog-bench repl: bad --probe '%s'\n", optarg);
+				return 2;
+			}
+			opt_probe_raw = !strcmp(optarg, "raw");
 			break;
 		case 'B':
 			if (!num_ok || v > 100000) {

@@ -387,6 +387,24 @@ c, _ = s.accept(); c.recv(8); c.sendall(b"-ERR not SP\r\n"); c.close()
 	wait "$BP"
 	rc=$?
 	if [ "$rc" = 1 ] && grep -q "no response within 300 ms" "$D/err" && grep -q "^ping.*(50000 ops" "$D/out"; then ok "epoll engine: timeouts counted, next test reconnects"; else bad "epoll engine, stopped server: status $rc: $(cat "$D/out" "$D/err")"; fi
+	# shiplog-bench repl (smoke): its own primary and two followers, the
+	# write -> visible probe through either client, both catch-ups.
+	for probe in raw lib; do
+		"$B/shiplog-bench" repl --dir "$D/rb" --figures lag,catchup --lag-writes 50 --load-clients 4 --catchup-mb 2 --probe $probe --json >"$D/out" 2>"$D/err"
+		rc=$?
+		if [ "$rc" = 0 ] && [ ! -e "$D/rb" ] && python3 -c '
+import json, sys
+rows = {r["benchmark"]: r for r in map(json.loads, open(sys.argv[1]))}
+assert sorted(rows) == ["repl_catchup", "repl_catchup_live", "repl_visible_idle", "repl_visible_load"], rows
+for b in ("repl_visible_idle", "repl_visible_load"):
+    r = rows[b]
+    assert r["n"] == 50 and r["probe"] == sys.argv[2] and 0 < r["put_rtt_p50_us"] <= r["p50_us"] <= r["p99_us"] <= r["max_us"], r
+for b in ("repl_catchup", "repl_catchup_live"):
+    r = rows[b]
+    assert r["records"] == 13888 and r["bytes"] >= 13888 * 144 and r["resyncs_full"] == 0 and r["MBps"] > 0, r
+' "$D/out" $probe; then ok "shiplog-bench repl --probe $probe --json"; else bad "shiplog-bench repl --probe $probe: status $rc: $(cat "$D/out" "$D/err")"; fi
+	done
+	if "$B/shiplog-bench" repl --probe nng >/dev/null 2>"$D/err"; then bad "repl --probe nng accepted"; elif grep -q "bad --probe" "$D/err"; then ok "repl --probe nng refused"; else bad "repl --probe nng: $(cat "$D/err")"; fi
 	"$B/shiplog-bench" floor -n 200 --dir "$D/floor" --json >"$D/out" 2>"$D/err"
 	rc=$?
 	if [ "$rc" = 0 ] && [ ! -e "$D/floor" ] && python3 -c '

@@ -1,0 +1,212 @@
+/*
+ * spclient.c — a plain-TCP client of nng's SP REQ/REP framing (spclient.h).
+ *
+ * The wire (nng 1.5.2's TCP transport with the req0/rep0 protocols):
+ * an 8-byte handshake each way, {0, 'S', 'P', 0, proto >> 8, proto, 0, 0};
+ * then every message is a 64-bit big-endian length, followed by that many
+ * bytes: for REQ/REP a 4-byte big-endian request id with its top bit set,
+ * then the body.  A REP answers with the id of the request it answers.
+ */
+#define _GNU_SOURCE
+#include "spclient.h"
+
+#include "shiplog.h"
+#include "status.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+void sp_put_be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--, v >>= 8) {
+		p[i] = (uint8_t)v;
+	}
+}
+
+uint64_t sp_get_be64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++) {
+		v = v << 8 | p[i];
+	}
+	return v;
+}
+
+int sp_parse_url(const char *url, char *host, size_t hcap, char *port, size_t pcap)
+{
+	if (strncmp(url, "tcp://", 6) != 0) {
+		return -1;
+	}
+	const char *h = url + 6, *colon = strrchr(h, ':');
+	if (colon == NULL || colon == h || !colon[1] || strlen(colon + 1) >= pcap) {
+		return -1;
+	}
+	size_t hl = (size_t)(colon - h);
+	if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
+		h++;
+		hl -= 2;
+	}
+	if (hl == 0 || hl >= hcap) {
+		return -1;
+	}
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	snprintf(port, pcap, "%s", colon + 1);
+	if (!strcmp(host, "*")) {
+		snprintf(host, hcap, "127.0.0.1");
+	}
+	return 0;
+}
+
+int sp_dial(const char *host, const char *port, int timeout_ms, char *err, size_t errcap, int *code)
+{
+	struct addrinfo hints, *res = NULL;
+	memset(&hints, 0, sizeof hints);
+	hints.ai_socktype = SOCK_STREAM;
+	*code = SL_ECONN;
+	int gai = getaddrinfo(host, port, &hints, &res);
+	if (gai != 0) {
+		snprintf(err, errcap, "%.100s: %s", host, gai_strerror(gai));
+		return -1;
+	}
+	/* timeout_ms bounds the connect (SO_SNDTIMEO) and the handshake. */
+	struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+	int fd = -1, e = 0;
+	for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+		if (fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
+		    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 &&
+		    connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+			break;
+		}
+		e = errno;
+		if (fd >= 0) {
+			close(fd);
+		}
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd < 0) {
+		snprintf(err, errcap, "connect: %s", e == EINPROGRESS ? "timed out" : strerror(e));
+		return -1;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	const uint8_t hello[8] = {0, 'S', 'P', 0, 0, SP_PROTO_REQ, 0, 0};
+	uint8_t peer[8];
+	errno = 0;
+	if (send(fd, hello, sizeof hello, MSG_NOSIGNAL) != (ssize_t)sizeof hello ||
+	    recv(fd, peer, sizeof peer, MSG_WAITALL) != (ssize_t)sizeof peer) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK) {
+			snprintf(err, errcap, "no SP handshake within %d ms", timeout_ms);
+		} else {
+			snprintf(err, errcap, "SP handshake: %s",
+			         errno ? strerror(errno) : "connection closed");
+		}
+		close(fd);
+		return -1;
+	}
+	if (memcmp(peer, "\0SP\0", 4) != 0 || peer[4] != 0 || peer[5] != SP_PROTO_REP || peer[6] ||
+	    peer[7]) {
+		snprintf(err, errcap, "the peer is not an SP REP socket");
+		*code = SL_EPROTO;
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Reads exactly n bytes. */
+static int read_full(int fd, uint8_t *p, size_t n, char *err, size_t errcap)
+{
+	while (n > 0) {
+		ssize_t k = recv(fd, p, n, 0);
+		if (k > 0) {
+			p += k;
+			n -= (size_t)k;
+		} else if (k == 0) {
+			snprintf(err, errcap, "connection closed by the server");
+			return SL_ECONN;
+		} else if (errno != EINTR) {
+			snprintf(err, errcap, "receive: %s",
+			         errno == EAGAIN || errno == EWOULDBLOCK ? "timed out"
+			                                                 : strerror(errno));
+			return SL_ECONN;
+		}
+	}
+	return SL_OK;
+}
+
+int sp_call(int fd, uint32_t id, const void *req, size_t len, uint8_t **buf, size_t *cap,
+            const uint8_t **body, size_t *blen, char *err, size_t errcap)
+{
+	id |= 0x80000000u;
+	size_t want = SP_PREFIX + len;
+	if (*cap < want) {
+		uint8_t *nb = realloc(*buf, want);
+		if (nb == NULL) {
+			snprintf(err, errcap, "out of memory for a %zu-byte request", want);
+			return SL_ENOMEM;
+		}
+		*buf = nb;
+		*cap = want;
+	}
+	uint8_t *b = *buf;
+	sp_put_be64(b, 4 + (uint64_t)len);
+	b[8] = (uint8_t)(id >> 24);
+	b[9] = (uint8_t)(id >> 16);
+	b[10] = (uint8_t)(id >> 8);
+	b[11] = (uint8_t)id;
+	memcpy(b + SP_PREFIX, req, len);
+	for (size_t off = 0; off < want;) {
+		ssize_t k = send(fd, b + off, want - off, MSG_NOSIGNAL);
+		if (k > 0) {
+			off += (size_t)k;
+		} else if (k < 0 && errno != EINTR) {
+			snprintf(err, errcap, "send: %s", strerror(errno));
+			return SL_ECONN;
+		}
+	}
+	uint8_t hdr[SP_PREFIX];
+	int rc = read_full(fd, hdr, sizeof hdr, err, errcap);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	uint64_t n = sp_get_be64(hdr);
+	if (n < 4 || n > SP_MAX_MSG) {
+		snprintf(err, errcap, "bad SP frame length %llu", (unsigned long long)n);
+		return SL_EPROTO;
+	}
+	uint32_t got =
+	    (uint32_t)hdr[8] << 24 | (uint32_t)hdr[9] << 16 | (uint32_t)hdr[10] << 8 | hdr[11];
+	if (got != id) {
+		snprintf(err, errcap, "SP request id 0x%08x answered, 0x%08x asked", got, id);
+		return SL_EPROTO;
+	}
+	n -= 4;
+	if (*cap < n) {
+		uint8_t *nb = realloc(*buf, n ? n : 1);
+		if (nb == NULL) {
+			snprintf(err, errcap, "out of memory for a %llu-byte reply",
+			         (unsigned long long)n);
+			return SL_ENOMEM;
+		}
+		*buf = nb;
+		*cap = n;
+	}
+	rc = read_full(fd, *buf, (size_t)n, err, errcap);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	*body = *buf;
+	*blen = (size_t)n;
+	return SL_OK;
+}
