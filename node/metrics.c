@@ -255,7 +255,7 @@ static void render_repl(sl_node *n, buf *b)
 		    (unsigned long long)rs.followers[i].lag_bytes);
 	}
 	meta(b, "shiplog_repl_follower_lag_seconds", "gauge",
-	     "Time since a follower last had every record.");
+	     "Age of the oldest write a follower has not applied (0: it has every record).");
 	for (size_t i = 0; i < rs.n_followers; i++) {
 		put(b, "shiplog_repl_follower_lag_seconds{follower=\"%s\"} %.3f\n",
 		    label_esc(rs.followers[i].node_id, lab, sizeof(lab)),

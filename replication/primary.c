@@ -272,10 +272,7 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 	}
 	/* The head as the store has it: a write's notification may lag the
 	 * records a previous fetch already returned. */
-	uint64_t dbhead = sl_last_seq(*r->o.dbp);
-	uint64_t h0 = atomic_load(&r->head);
-	while (h0 < dbhead && !atomic_compare_exchange_weak(&r->head, &h0, dbhead)) {
-	}
+	sl_repl_advance_head(r, sl_last_seq(*r->o.dbp));
 	pthread_mutex_lock(&r->mu);
 	int role = atomic_load(&r->role);
 	char primary[256];

@@ -99,6 +99,7 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	}
 	pthread_mutex_init(&r->admin, NULL);
 	pthread_mutex_init(&r->mu, NULL);
+	pthread_mutex_init(&r->wt_mu, NULL);
 	pthread_cond_init(&r->cv, NULL);
 	pthread_cond_init(&r->ack_cv, NULL);
 	/* A resync that did not finish leaves DIR.resync (or DIR/.resync, for
@@ -217,6 +218,7 @@ void sl_repl_stop(sl_repl *r)
 	pthread_cond_destroy(&r->cv);
 	pthread_cond_destroy(&r->ack_cv);
 	pthread_mutex_destroy(&r->mu);
+	pthread_mutex_destroy(&r->wt_mu);
 	pthread_mutex_destroy(&r->admin);
 	free(r);
 }
@@ -322,6 +324,48 @@ int sl_repl_write_check(sl_repl *r, char *msg, size_t cap, char *primary, size_t
 	return rc;
 }
 
+#define WT_SLOTS (sizeof(((sl_repl *)0)->wt) / sizeof(((sl_repl *)0)->wt[0]))
+
+/* Notes that the write of seq `first` (and maybe later ones) happened now:
+ * the first write in each millisecond takes the lock, the others one
+ * clock read and one atomic load. */
+static void note_write_time(sl_repl *r, uint64_t first)
+{
+	uint64_t now = repl_now_ms();
+	if (atomic_load_explicit(&r->wt_last_ms, memory_order_relaxed) == now) {
+		return;
+	}
+	pthread_mutex_lock(&r->wt_mu);
+	now = repl_now_ms();
+	uint64_t last = r->wt_n ? r->wt[(r->wt_n - 1) % WT_SLOTS].seq : 0;
+	if (now != atomic_load(&r->wt_last_ms) && first > last) {
+		/* (a write that raced past a later one is left out: seqs in
+		 * the ring only rise) */
+		r->wt[r->wt_n % WT_SLOTS].seq = first;
+		r->wt[r->wt_n % WT_SLOTS].ms = now;
+		r->wt_n++;
+		atomic_store(&r->wt_last_ms, now);
+	}
+	pthread_mutex_unlock(&r->wt_mu);
+}
+
+/* When the write of seq `seq` happened (the millisecond noted for the
+ * first write of its run), or 0 when it is older than the ring holds. */
+static uint64_t write_time(sl_repl *r, uint64_t seq)
+{
+	uint64_t ms = 0;
+	pthread_mutex_lock(&r->wt_mu);
+	uint64_t n = r->wt_n, oldest = n > WT_SLOTS ? n - WT_SLOTS : 0;
+	for (uint64_t i = n; i > oldest; i--) {
+		if (r->wt[(i - 1) % WT_SLOTS].seq <= seq) {
+			ms = r->wt[(i - 1) % WT_SLOTS].ms; /* its run: that millisecond */
+			break;
+		}
+	}
+	pthread_mutex_unlock(&r->wt_mu);
+	return ms;
+}
+
 void sl_repl_advance_head(sl_repl *r, uint64_t seq)
 {
 	if (r == NULL) {
@@ -329,6 +373,9 @@ void sl_repl_advance_head(sl_repl *r, uint64_t seq)
 	}
 	uint64_t h = atomic_load(&r->head);
 	while (h < seq && !atomic_compare_exchange_weak(&r->head, &h, seq)) {
+	}
+	if (h < seq) {
+		note_write_time(r, h + 1);
 	}
 }
 
@@ -674,7 +721,13 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 		f->applied_seq = e->applied;
 		f->durable_seq = e->durable;
 		f->lag_records = head > e->applied ? head - e->applied : 0;
-		f->lag_ms = f->lag_records ? repl_ms_since(now, e->caught_up_ms) : 0;
+		f->lag_ms = 0;
+		if (f->lag_records) {
+			/* the age of the oldest write it lacks; past the write
+			 * times kept, the time since it was last caught up */
+			uint64_t t = write_time(r, e->applied + 1);
+			f->lag_ms = repl_ms_since(now, t ? t : e->caught_up_ms);
+		}
 		f->last_seen_ms_ago = repl_ms_since(now, e->last_seen_ms);
 		f->connected = follower_connected(r, e, now);
 	}

@@ -167,7 +167,8 @@ typedef struct sl_repl_follower_stat {
 	char node_id[40];
 	char address[128];
 	uint64_t applied_seq, durable_seq;
-	uint64_t lag_records, lag_bytes, lag_ms; /* lag_bytes: log bytes after applied_seq */
+	uint64_t lag_records, lag_bytes, lag_ms; /* lag_bytes: log bytes after applied_seq;
+	                                          * lag_ms: age of the oldest write not applied */
 	uint64_t last_seen_ms_ago;
 	int connected;
 } sl_repl_follower_stat;

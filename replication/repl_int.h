@@ -54,7 +54,8 @@ typedef struct follower_ent {
 	char address[128];
 	uint64_t applied, durable;
 	uint64_t last_seen_ms;
-	uint64_t caught_up_ms; /* last time applied reached head */
+	uint64_t
+	    caught_up_ms; /* last time applied reached head (lag_ms beyond the write times kept) */
 } follower_ent;
 
 typedef struct snap_sess {
@@ -82,7 +83,18 @@ struct sl_repl {
 	int acks_flushed;      /* sl_repl_ack_flush ran (the server stops): no ack wait blocks */
 	repl_state st;
 	atomic_int role;
-	atomic_uint_fast64_t head;    /* the store's last seq, as writes report it */
+	atomic_uint_fast64_t head; /* the store's last seq, as writes report it */
+	/* When writes happened, for the follower table's lag_ms (the age of
+	 * the oldest write a follower lacks): (the first seq written in a
+	 * millisecond, that millisecond) each time a write comes in a new
+	 * millisecond, the last WT_SLOTS of them (at least 4 s of writes).
+	 * Under wt_mu; wt_last_ms is read without it by every write. */
+	pthread_mutex_t wt_mu;
+	atomic_uint_fast64_t wt_last_ms;
+	uint64_t wt_n; /* entries ever noted */
+	struct {
+		uint64_t seq, ms;
+	} wt[4096];
 	atomic_uint_fast64_t applied; /* follower: last seq applied */
 	atomic_int ack_waiters;
 	struct sl_repl_ack_wait *ack_parked; /* sl_repl_ack_park, earliest first not kept */

@@ -331,6 +331,49 @@ static void test_lag_bytes(void **state)
 	assert_int_equal(ru_stat(&P, lb, NULL, 0), 0);
 }
 
+/* lag_ms is the age of the oldest write a follower lacks.  It was the time
+ * since the follower's last fetch that found it caught up: a follower
+ * idling in 1 s long polls, then stopped, showed its whole idle time as lag
+ * the moment one write came (1.5 s here, for a write 0 ms old). */
+static void test_lag_ms_is_the_age_of_the_oldest_missing_write(void **state)
+{
+	(void)state;
+	ru_node *f[] = {&F1, &F2};
+	ru_assert_converged(&P, f, 2);
+	int i = follower_index(&F2);
+	assert_true(i >= 0);
+	char lr[64], lm[64];
+	snprintf(lr, sizeof(lr), "follower.%d.lag_records", i);
+	snprintf(lm, sizeof(lm), "follower.%d.lag_ms", i);
+	usleep(200 * 1000); /* its next long poll is parked */
+	kill(F2.d.pid, SIGSTOP);
+	usleep(1500 * 1000); /* idle: nothing written */
+	sl_client *c = ru_client(&P);
+	assert_non_null(c);
+	assert_int_equal(sl_client_put(c, "lagms1", 6, "v", 1, NULL), SL_OK);
+	uint64_t lag = ru_stat(&P, lm, NULL, 0);
+	assert_int_equal(ru_stat(&P, lr, NULL, 0), 1);
+	if (lag > 300) {
+		kill(F2.d.pid, SIGCONT);
+		fail_msg("lag_ms %llu for a write just made", (unsigned long long)lag);
+	}
+	/* It grows with the age of that write, not of later ones. */
+	usleep(600 * 1000);
+	assert_int_equal(sl_client_put(c, "lagms2", 6, "v", 1, NULL), SL_OK);
+	lag = ru_stat(&P, lm, NULL, 0);
+	sl_client_close(c);
+	kill(F2.d.pid, SIGCONT);
+	if (lag < 600 || lag > 1500) {
+		fail_msg("lag_ms %llu, 600 ms after the first missing write",
+		         (unsigned long long)lag);
+	}
+	ru_assert_converged(&P, f, 2);
+	for (int waited = 0; waited < 5000 && ru_stat(&P, lm, NULL, 0) != 0; waited += 50) {
+		usleep(50 * 1000);
+	}
+	assert_int_equal(ru_stat(&P, lm, NULL, 0), 0);
+}
+
 static void test_followers_compact_independently(void **state)
 {
 	(void)state;
@@ -398,6 +441,7 @@ int main(void)
 	    cmocka_unit_test(test_acks_sync_always_follower),
 	    cmocka_unit_test(test_kill_follower_partial_resync),
 	    cmocka_unit_test(test_lag_bytes),
+	    cmocka_unit_test(test_lag_ms_is_the_age_of_the_oldest_missing_write),
 	    cmocka_unit_test(test_followers_compact_independently),
 	    cmocka_unit_test(test_stop_answers_parked_acks),
 	    cmocka_unit_test(test_restarted_follower_takes_no_default_listen),
