@@ -175,38 +175,41 @@ int sp_call(int fd, uint32_t id, const void *req, size_t len, uint8_t **buf, siz
 			return SL_ECONN;
 		}
 	}
-	uint8_t hdr[SP_PREFIX];
-	int rc = read_full(fd, hdr, sizeof hdr, err, errcap);
-	if (rc != SL_OK) {
-		return rc;
-	}
-	uint64_t n = sp_get_be64(hdr);
-	if (n < 4 || n > SP_MAX_MSG) {
-		snprintf(err, errcap, "bad SP frame length %llu", (unsigned long long)n);
-		return SL_EPROTO;
-	}
-	uint32_t got =
-	    (uint32_t)hdr[8] << 24 | (uint32_t)hdr[9] << 16 | (uint32_t)hdr[10] << 8 | hdr[11];
-	if (got != id) {
-		snprintf(err, errcap, "SP request id 0x%08x answered, 0x%08x asked", got, id);
-		return SL_EPROTO;
-	}
-	n -= 4;
-	if (*cap < n) {
-		uint8_t *nb = realloc(*buf, n ? n : 1);
-		if (nb == NULL) {
-			snprintf(err, errcap, "out of memory for a %llu-byte reply",
-			         (unsigned long long)n);
-			return SL_ENOMEM;
+	/* A reply to an earlier request (one that timed out) is dropped, as
+	 * nng's REQ socket drops it, and the next one read. */
+	for (;;) {
+		uint8_t hdr[SP_PREFIX];
+		int rc = read_full(fd, hdr, sizeof hdr, err, errcap);
+		if (rc != SL_OK) {
+			return rc;
 		}
-		*buf = nb;
-		*cap = n;
-	}
-	rc = read_full(fd, *buf, (size_t)n, err, errcap);
-	if (rc != SL_OK) {
-		return rc;
+		uint64_t n = sp_get_be64(hdr);
+		if (n < 4 || n > SP_MAX_MSG) {
+			snprintf(err, errcap, "bad SP frame length %llu", (unsigned long long)n);
+			return SL_EPROTO;
+		}
+		uint32_t got = (uint32_t)hdr[8] << 24 | (uint32_t)hdr[9] << 16 |
+		               (uint32_t)hdr[10] << 8 | hdr[11];
+		n -= 4;
+		if (*cap < n) {
+			uint8_t *nb = realloc(*buf, n ? n : 1);
+			if (nb == NULL) {
+				snprintf(err, errcap, "out of memory for a %llu-byte reply",
+				         (unsigned long long)n);
+				return SL_ENOMEM;
+			}
+			*buf = nb;
+			*cap = n;
+		}
+		rc = read_full(fd, *buf, (size_t)n, err, errcap);
+		if (rc != SL_OK) {
+			return rc;
+		}
+		if (got == id) {
+			*blen = (size_t)n;
+			break;
+		}
 	}
 	*body = *buf;
-	*blen = (size_t)n;
 	return SL_OK;
 }

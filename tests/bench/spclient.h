@@ -31,10 +31,13 @@ int sp_parse_url(const char *url, char *host, size_t hcap, char *port, size_t pc
 int sp_dial(const char *host, const char *port, int timeout_ms, char *err, size_t errcap,
             int *code);
 
-/* One round trip on a blocking descriptor from sp_dial: sends req (len bytes,
- * a packed shiplog.Request) under request id `id` and reads the reply
- * into *buf (grown as needed, *cap its size); body and blen point at the
- * reply's protobuf inside it.  SL_OK, or SL_ECONN/SL_EPROTO with err set. */
+/* One round trip on a blocking descriptor from sp_dial: sends req (len
+ * bytes, a packed shiplog.Request) under request id `id` and reads replies
+ * into *buf (grown as needed, *cap its size) until the one with that id
+ * (a late reply to an earlier request is dropped, as nng's REQ socket
+ * drops it); body and blen point at its protobuf inside *buf.  The
+ * socket's timeout bounds each receive.  SL_OK, or SL_ECONN (connection
+ * lost, timed out), SL_EPROTO (a bad frame) or SL_ENOMEM, with err set. */
 int sp_call(int fd, uint32_t id, const void *req, size_t len, uint8_t **buf, size_t *cap,
             const uint8_t **body, size_t *blen, char *err, size_t errcap);
 

@@ -402,9 +402,10 @@ for b in ("repl_visible_idle", "repl_visible_load"):
 for b in ("repl_catchup", "repl_catchup_live"):
     r = rows[b]
     assert r["records"] == 13888 and r["bytes"] >= 13888 * 144 and r["resyncs_full"] == 0 and r["MBps"] > 0, r
+assert rows["repl_catchup_live"]["reconnects"] == 0, rows
 ' "$D/out" $probe; then ok "shiplog-bench repl --probe $probe --json"; else bad "shiplog-bench repl --probe $probe: status $rc: $(cat "$D/out" "$D/err")"; fi
 	done
-	if "$B/shiplog-bench" repl --probe nng >/dev/null 2>"$D/err"; then bad "repl --probe nng accepted"; elif grep -q "bad --probe" "$D/err"; then ok "repl --probe nng refused"; else bad "repl --probe nng: $(cat "$D/err")"; fi
+	if "$B/shiplog-bench" repl --dir "$D/rb2" --figures lag --probe nng >/dev/null 2>"$D/err"; then bad "repl --probe nng accepted"; elif grep -q "bad --probe" "$D/err"; then ok "repl --probe nng refused"; else bad "repl --probe nng: $(cat "$D/err")"; fi
 	"$B/shiplog-bench" floor -n 200 --dir "$D/floor" --json >"$D/out" 2>"$D/err"
 	rc=$?
 	if [ "$rc" = 0 ] && [ ! -e "$D/floor" ] && python3 -c '
