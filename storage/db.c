@@ -955,10 +955,12 @@ static int prefetch_cb(void *arg, const sl_loc *loc)
 	sl_db *db = arg;
 	sl_seg *s = sl_db_seg(db, loc->seg);
 	if (s != NULL && !loc->tomb && (uint64_t)loc->off + loc->size <= atomic_load(&s->end)) {
-		const uint8_t *p = s->map + loc->off;
-		__builtin_prefetch(p, 0, 1);
-		if (loc->size > 64) {
-			__builtin_prefetch(p + 64, 0, 1);
+		/* every cache line the record touches, up to four (a 144-byte
+		 * record spans three lines at most offsets) */
+		uintptr_t a = (uintptr_t)(s->map + loc->off) & ~(uintptr_t)63;
+		uintptr_t end = (uintptr_t)(s->map + loc->off) + loc->size;
+		for (int i = 0; i < 4 && a < end; i++, a += 64) {
+			__builtin_prefetch((const void *)a, 0, 1);
 		}
 	}
 	return SL_OK;
