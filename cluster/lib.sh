@@ -375,7 +375,8 @@ cl_netns_names() {
 cl_ns_name() { echo "shiplog-$NETNS_ID-$1"; }
 cl_veth_name() { echo "slv$NETNS_ID$1"; }
 
-# cl_pick_subnet: the first 10.77.X.0/24 no interface or route on the host uses
+# cl_pick_subnet: the first 10.77.X.0/24 no interface or route on the host
+# uses (status 1: none is free)
 cl_pick_subnet() {
 	local x used
 	used=$(
@@ -389,7 +390,7 @@ cl_pick_subnet() {
 			return 0
 		fi
 	done
-	cl_die "no free 10.77.X.0/24 subnet"
+	return 1
 }
 
 cl_link_exists() { ip link show "$1" >/dev/null 2>&1; }

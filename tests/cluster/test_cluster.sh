@@ -169,6 +169,25 @@ kill "$fpid"
 wait "$fpid" || true
 cl down >/dev/null
 
+say "up refuses a new cluster on a busy port, and leaves no directory behind"
+b2=$(free_base 3)
+python3 -c '
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1)
+open(sys.argv[2], "w").write("x"); time.sleep(60)
+' "$((b2 + 201))" "$T/busy.ready" &
+bpid=$!
+for _ in $(seq 100); do [ -s "$T/busy.ready" ] && break; sleep 0.1; done
+[ -s "$T/busy.ready" ] || fail "could not hold port $((b2 + 201)) for the test"
+if "$SRC/cluster/up" -n 3 --base-port "$b2" --dir "$T/other" --no-build --bin "$BLD" >"$T/up2.out" 2>&1; then
+	fail "up started a cluster with port $((b2 + 201)) taken: $(cat "$T/up2.out")"
+	"$SRC/cluster/down" --dir "$T/other" --wipe >/dev/null 2>&1 || true
+fi
+kill "$bpid"
+wait "$bpid" 2>/dev/null || true
+grep -q "port $((b2 + 201)) is in use" "$T/up2.out" || fail "up did not name the busy port: $(cat "$T/up2.out")"
+[ ! -e "$T/other" ] || fail "up left $T/other behind: $(ls -la "$T/other")"
+
 say "down --wipe leaves no process, port or file"
 cl down --wipe
 no_leftovers "${ports[@]}"
