@@ -33,7 +33,7 @@
 #define STDIN_MAX          (1ull << 30) /* the engine's upper bound on a value */
 #define COMPACT_TIMEOUT_MS 600000
 #define SCAN_PAGE          1000
-#define BIG_VALUE          (1u << 20) /* larger puts check the server's limit first */
+#define BIG_VALUE          (1u << 20) /* larger put messages check the server's limit first */
 
 /* ---- output helpers ---------------------------------------------------- */
 
@@ -182,11 +182,12 @@ static int connect_server(cli *c, const char *cmd)
 	if (c->client) {
 		return SL_OK;
 	}
-	int rc = sl_client_open(c->url, c->timeout_ms, &c->client);
+	char why[256];
+	int rc = sl_client_open_why(c->url, c->timeout_ms, &c->client, why, sizeof(why));
 	if (rc != SL_OK) {
 		c->client = NULL;
 		fprintf(stderr, "shiplog: %s: cannot connect to %s: %s\n", cmd, c->url,
-		        sl_client_strerror(rc));
+		        why[0] ? why : sl_client_strerror(rc));
 		return rc;
 	}
 	if (c->min_seq) {
@@ -419,7 +420,9 @@ static int cmd_put(cli *c, const cli_args *p, const cmd_opts *o)
 		}
 		val = owned;
 	}
-	if (vlen > BIG_VALUE && check_value_limit(c, vlen)) {
+	/* A message of at most BIG_VALUE always gets an answer (the server
+	 * takes its value limit plus 1 MiB); the key and framing count too. */
+	if (vlen + p->len[0] + 64 > BIG_VALUE && check_value_limit(c, vlen)) {
 		free(owned);
 		return CLI_ERROR;
 	}
@@ -675,18 +678,40 @@ static int cmd_digest(cli *c, const cli_args *p, const cmd_opts *o)
 	return CLI_OK;
 }
 
-static void out_hid(cli *c, const char *hid)
+/* note: NULL, or what the command found ("already the primary") */
+static void out_hid(cli *c, const char *hid, const char *note)
 {
 	if (c->json) {
 		json_t *j = json_object();
 		json_object_set_new(j, "ok", json_true());
 		json_object_set_new(j, "history_id", json_string(hid));
+		if (note != NULL) {
+			json_object_set_new(j, "note", json_string(note));
+		}
 		out_json(j);
 	} else {
-		out_str("OK (history ");
+		out_str("OK (");
+		if (note != NULL) {
+			out_str(note);
+			out_str("; ");
+		}
+		out_str("history ");
 		out_str(hid);
 		out_str(")\n");
 	}
+}
+
+/* Whether the connected node says it is a primary (0 when it cannot tell). */
+static int is_primary(cli *c)
+{
+	sl_client_stats *st = NULL;
+	int yes = 0;
+	if (sl_client_stats_get(c->client, &st) == SL_OK) {
+		const sl_client_stat *r = sl_client_stats_find(st, "role");
+		yes = r != NULL && r->text != NULL && strcmp(r->text, "primary") == 0;
+	}
+	sl_client_stats_free(st);
+	return yes;
 }
 
 static int cmd_promote(cli *c, const cli_args *p, const cmd_opts *o)
@@ -694,11 +719,14 @@ static int cmd_promote(cli *c, const cli_args *p, const cmd_opts *o)
 	(void)p;
 	(void)o;
 	char hid[33];
+	/* promote of a primary changes nothing (and answers OK, so that
+	 * scripts may repeat it): say so */
+	int already = is_primary(c);
 	int rc = sl_client_promote(c->client, hid);
 	if (rc != SL_OK) {
 		return fail(c, "promote", rc);
 	}
-	out_hid(c, hid);
+	out_hid(c, hid, already ? "already the primary, nothing changed" : NULL);
 	return CLI_OK;
 }
 
@@ -711,7 +739,7 @@ static int cmd_follow(cli *c, const cli_args *p, const cmd_opts *o)
 	if (rc != SL_OK) {
 		return fail(c, "follow", rc);
 	}
-	out_hid(c, hid);
+	out_hid(c, hid, NULL);
 	return CLI_OK;
 }
 
@@ -867,10 +895,10 @@ int cli_command(cli *c, const cli_args *a)
 		out_fail(errno);
 	}
 	if (out_failed) {
-		if (!c->interactive) {
-			fprintf(stderr, "shiplog: %s: writing to stdout: %s\n", cmd->name,
-			        strerror(out_errno ? out_errno : EIO));
-		}
+		/* at the prompt too: a piped prompt ended with status 2 and no word
+		 * of why */
+		fprintf(stderr, "shiplog: %s: writing to stdout: %s\n", cmd->name,
+		        strerror(out_errno ? out_errno : EIO));
 		clearerr(stdout);
 		return CLI_ERROR;
 	}

@@ -60,6 +60,11 @@ typedef struct sl_client sl_client;
  * SL_ENOMEM.  On success *out owns the handle; release with sl_client_close. */
 int sl_client_open(const char *url, int timeout_ms, sl_client **out);
 
+/* sl_client_open, and when it fails why says what it found when it can
+ * ("Connection refused", "cannot resolve 'x': Name or service not known",
+ * "port 99999 is not in 1..65535"; else empty). */
+int sl_client_open_why(const char *url, int timeout_ms, sl_client **out, char *why, size_t cap);
+
 /* The SL_E* code this library reports for an nng error (0: SL_OK; refused,
  * reset or closed connections: SL_ECONN). */
 int sl_client_map_nng(int rv);

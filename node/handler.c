@@ -623,7 +623,8 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 
 static int is_read(int op)
 {
-	return op == SL_OP_GET || op == SL_OP_MGET || op == SL_OP_SCAN || op == SL_OP_BATCH;
+	return op == SL_OP_GET || op == SL_OP_MGET || op == SL_OP_SCAN || op == SL_OP_BATCH ||
+	       op == SL_OP_DIGEST;
 }
 
 static int is_write(int op)

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,7 +63,8 @@ static void usage(FILE *f)
 	       "  --dir DIR                   data directory (default ./shiplog-data)\n"
 	       "  --listen URL                client URL (default tcp://127.0.0.1:7420)\n"
 	       "  --sync always|everysec|no   when writes reach the disk (default everysec)\n"
-	       "  --segment-bytes N           rotate segments past N bytes (default 64m)\n"
+	       "  --segment-bytes N           rotate segments past N bytes (default 64m,\n"
+	       "                              4k..3070m)\n"
 	       "  --compact-dead-ratio R      compact a segment at this dead share, 0<R<=1\n"
 	       "                              (default 0.5)\n"
 	       "  --metrics-listen URL        serve /metrics at http://HOST:PORT (default off)\n"
@@ -240,8 +242,12 @@ static int parse_flags(int argc, char **argv, config *c)
 			c->sync_name = optarg;
 			break;
 		case O_SEGMENT:
-			if (parse_size(optarg, &c->segment_bytes) != 0 || c->segment_bytes < 4096) {
-				return bad_flag("--segment-bytes", optarg, "want a size >= 4k");
+			if (parse_size(optarg, &c->segment_bytes) != 0 || c->segment_bytes < 4096 ||
+			    c->segment_bytes > SL_MAX_SEGMENT_BYTES) {
+				return bad_flag(
+				    "--segment-bytes", optarg,
+				    "want a size from 4k to 3070m (offsets in a segment "
+				    "are 32-bit)");
 			}
 			break;
 		case O_RATIO: {
@@ -353,6 +359,17 @@ static int parse_flags(int argc, char **argv, config *c)
 	if (optind < argc) {
 		fprintf(stderr, "shiplogd: unexpected argument '%s' (see --help)\n", argv[optind]);
 		return -1;
+	}
+	if (c->follow != NULL && c->repl_listen != NULL && strcmp(c->repl_listen, "none") != 0 &&
+	    sl_repl_same_endpoint(c->follow, c->repl_listen)) {
+		return bad_flag(
+		    "--follow", c->follow,
+		    "that is this node's own --repl-listen: a node cannot follow itself");
+	}
+	if (c->follow != NULL && sl_repl_same_endpoint(c->follow, c->listen)) {
+		return bad_flag("--follow", c->follow,
+		                "that is this node's own --listen; --follow takes the primary's "
+		                "replication URL (its --repl-listen)");
 	}
 	return 0;
 }
@@ -536,7 +553,15 @@ int main(int argc, char **argv)
 			    "data directory %s is in use by another process; refusing to start",
 			    c.dir);
 		} else {
-			sl_log_error("cannot open data directory %s: %s", c.dir, sl_strerror(rc));
+			/* say what the engine's code cannot: the usual reasons */
+			struct stat sb;
+			const char *why = sl_strerror(rc);
+			if (stat(c.dir, &sb) == 0 && !S_ISDIR(sb.st_mode)) {
+				why = "it exists and is not a directory";
+			} else if (access(c.dir, F_OK) == 0 && access(c.dir, W_OK | X_OK) != 0) {
+				why = "no permission to write in it";
+			}
+			sl_log_error("cannot open data directory %s: %s", c.dir, why);
 		}
 		return 1;
 	}

@@ -15,6 +15,9 @@
  * says so on disk (a crash never brings a node back in a role or history
  * it had not recorded).
  */
+#include <ifaddrs.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <stdarg.h>
@@ -247,6 +250,112 @@ int sl_repl_url_dialable(const char *url, char *why, size_t cap)
 		snprintf(why, cap, "%s", nng_strerror(rv));
 	}
 	return rv == 0;
+}
+
+/* The address part of a socket address (port left out), for comparing. */
+static int addr_bytes(const struct sockaddr *sa, const void **p, size_t *n)
+{
+	if (sa->sa_family == AF_INET) {
+		*p = &((const struct sockaddr_in *)sa)->sin_addr;
+		*n = sizeof(struct in_addr);
+		return 1;
+	}
+	if (sa->sa_family == AF_INET6) {
+		*p = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		*n = sizeof(struct in6_addr);
+		return 1;
+	}
+	return 0;
+}
+
+/* Whether sa is a loopback address or one of this host's interfaces'. */
+static int addr_is_local(const struct sockaddr *sa)
+{
+	const void *p;
+	size_t n;
+	if (!addr_bytes(sa, &p, &n)) {
+		return 0;
+	}
+	if (sa->sa_family == AF_INET && ((const uint8_t *)p)[0] == 127) {
+		return 1;
+	}
+	if (sa->sa_family == AF_INET6 && IN6_IS_ADDR_LOOPBACK((const struct in6_addr *)p)) {
+		return 1;
+	}
+	struct ifaddrs *ifs = NULL;
+	int local = 0;
+	if (getifaddrs(&ifs) != 0) {
+		return 0;
+	}
+	for (struct ifaddrs *i = ifs; i != NULL && !local; i = i->ifa_next) {
+		const void *q;
+		size_t m;
+		local = i->ifa_addr != NULL && i->ifa_addr->sa_family == sa->sa_family &&
+		        addr_bytes(i->ifa_addr, &q, &m) && m == n && memcmp(p, q, n) == 0;
+	}
+	freeifaddrs(ifs);
+	return local;
+}
+
+int sl_repl_same_endpoint(const char *dial, const char *listen)
+{
+	if (dial == NULL || listen == NULL) {
+		return 0;
+	}
+	if (strcmp(dial, listen) == 0) {
+		return 1;
+	}
+	nng_url *d = NULL, *l = NULL;
+	int same = 0;
+	if (nng_url_parse(&d, dial) != 0 || nng_url_parse(&l, listen) != 0) {
+		goto out;
+	}
+	if (strncmp(d->u_scheme, "tcp", 3) != 0 || strncmp(l->u_scheme, "tcp", 3) != 0) {
+		/* ipc:// and the like: the same path is the same endpoint */
+		same = strcmp(d->u_scheme, l->u_scheme) == 0 && strcmp(d->u_path, l->u_path) == 0;
+		goto out;
+	}
+	if (d->u_port == NULL || l->u_port == NULL || atoi(d->u_port) != atoi(l->u_port)) {
+		goto out;
+	}
+	const char *lh = l->u_hostname != NULL ? l->u_hostname : "";
+	int wild = lh[0] == '\0' || strcmp(lh, "*") == 0 || strcmp(lh, "0.0.0.0") == 0 ||
+	           strcmp(lh, "::") == 0;
+	struct addrinfo hints, *da = NULL, *la = NULL;
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_socktype = SOCK_STREAM;
+	if (getaddrinfo(d->u_hostname, NULL, &hints, &da) != 0) {
+		goto out;
+	}
+	if (!wild && getaddrinfo(lh, NULL, &hints, &la) != 0) {
+		freeaddrinfo(da);
+		goto out;
+	}
+	for (struct addrinfo *x = da; x != NULL && !same; x = x->ai_next) {
+		if (wild) {
+			/* listening on every address: any of this host's */
+			same = addr_is_local(x->ai_addr);
+			continue;
+		}
+		for (struct addrinfo *y = la; y != NULL && !same; y = y->ai_next) {
+			const void *p, *q;
+			size_t n, m;
+			same = x->ai_family == y->ai_family && addr_bytes(x->ai_addr, &p, &n) &&
+			       addr_bytes(y->ai_addr, &q, &m) && n == m && memcmp(p, q, n) == 0;
+		}
+	}
+	freeaddrinfo(da);
+	if (la != NULL) {
+		freeaddrinfo(la);
+	}
+out:
+	if (d != NULL) {
+		nng_url_free(d);
+	}
+	if (l != NULL) {
+		nng_url_free(l);
+	}
+	return same;
 }
 
 const char *sl_repl_listen_url(sl_repl *r)
@@ -629,8 +738,16 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 		snprintf(msg, cap, "cannot follow %.200s: %s", url, why);
 		return SL_EINVAL;
 	}
-	if (r->o.listen_url != NULL && strcmp(url, r->o.listen_url) == 0) {
-		snprintf(msg, cap, "%.200s is this node's own replication URL", url);
+	if (sl_repl_same_endpoint(url, r->o.listen_url)) {
+		snprintf(msg, cap, "%.200s is this node's own replication URL (%.200s)", url,
+		         r->o.listen_url);
+		return SL_EINVAL;
+	}
+	if (sl_repl_same_endpoint(url, r->o.self_url)) {
+		snprintf(msg, cap,
+		         "%.200s is this node's own client URL; follow takes the primary's "
+		         "replication URL (its --repl-listen)",
+		         url);
 		return SL_EINVAL;
 	}
 	pthread_mutex_lock(&r->admin);

@@ -156,6 +156,12 @@ int sl_repl_url_ok(const char *url);
  * unusable --follow or `follow` URL is refused up front. */
 int sl_repl_url_dialable(const char *url, char *why, size_t cap);
 
+/* Whether dialing `dial` reaches what `listen` listens on: the same URL,
+ * or (tcp) the same port on an address the two hosts share — a listen on
+ * every address (*, 0.0.0.0, ::) matches any address of this host
+ * (loopback included).  Names are resolved; 0 when either cannot be. */
+int sl_repl_same_endpoint(const char *dial, const char *listen);
+
 /* Re-points the node at url (becoming a follower if it was a primary).
  * SL_EINVAL for an empty/bad url. */
 int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap);

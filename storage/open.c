@@ -486,7 +486,7 @@ static int check_options(const sl_options *o)
 		return SL_EINVAL;
 	}
 	if (o->sync_interval_ms == 0 || o->segment_bytes < 4096 ||
-	    o->segment_bytes > 0xffffffffull - (SL_MAX_VALUE + (1u << 20))) {
+	    o->segment_bytes > SL_MAX_SEGMENT_BYTES) {
 		return SL_EINVAL;
 	}
 	if (!(o->compact_dead_ratio > 0.0 && o->compact_dead_ratio <= 1.0) ||

@@ -40,6 +40,11 @@ for u in "$n2" "$n3"; do
 	[ "$("$CLI" -a "$u" scan k | wc -l)" = 100 ] || fail "scan on $u"
 done
 
+say "failover --to the primary is refused, nothing changed"
+if cl failover --to n1 >"$T/fo.out" 2>&1; then fail "failover --to n1 (the primary) succeeded: $(cat "$T/fo.out")"; fi
+grep -q "n1 is the primary already" "$T/fo.out" || fail "failover --to the primary: $(cat "$T/fo.out")"
+[ "$(primary_name)" = n1 ] || fail "failover --to n1 changed the primary"
+
 say "status --json"
 status_json | python3 -c '
 import json, sys

@@ -100,6 +100,15 @@ expect_rc "put --ttl not a number: 2" 2 put --ttl soon k v
 run --timeout 500 ping
 if [ "$rc" = 2 ] && grep -qF "$URL" "$D/err"; then ok "no server: 2, names $URL"; else bad "no server: status $rc, stderr: $(cat "$D/err")"; fi
 
+# why a connection failed, not only that it did ("invalid argument" for a
+# name that does not resolve, "connection failed or lost" for port 99999)
+run -a 127.0.0.1:1 --timeout 500 ping
+if [ "$rc" = 2 ] && grep -q "Connection refused" "$D/err"; then ok "refused: says so"; else bad "refused: status $rc, $(cat "$D/err")"; fi
+run -a tcp://no-such-host.invalid:7420 --timeout 500 ping
+if [ "$rc" = 2 ] && grep -q "cannot resolve 'no-such-host.invalid'" "$D/err"; then ok "unresolvable host: says so"; else bad "unresolvable host: status $rc, $(cat "$D/err")"; fi
+run -a 127.0.0.1:99999 --timeout 500 ping
+if [ "$rc" = 2 ] && grep -q "port 99999 is not in 1..65535" "$D/err"; then ok "port out of range: says so"; else bad "port 99999: status $rc, $(cat "$D/err")"; fi
+
 run --timeout abc ping
 if [ "$rc" = 2 ] && [ "$(wc -l <"$D/err")" = 1 ] && grep -q "bad value for --timeout: 'abc'" "$D/err"; then
 	ok "--timeout abc: one message, 2"
@@ -253,6 +262,26 @@ expect_rc "empty key: 2" 2 put "" v
 head -c $((16 * 1024 * 1024 + 1)) /dev/zero | "$CLI" -a "$URL" put huge - >/dev/null 2>"$D/err"
 rc=$?
 if [ "$rc" = 2 ] && grep -q "limit is" "$D/err"; then ok "value over the server's limit: 2, names the limit"; else bad "oversized value: status $rc, $(cat "$D/err")"; fi
+# a value under 1 MiB but over a small limit, with a long key: the message
+# passes the server's size limit (its value limit + 1 MiB) only without the
+# key; the CLI checked the value alone, and the connection was dropped
+SMALL_URL=tcp://127.0.0.1:$(free_port)
+"$B/shiplogd" --dir "$D/smalldata" --listen "$SMALL_URL" --repl-listen none --max-value-bytes 1k 2>>"$D/shiplogd.log" &
+SMALL_PID=$!
+for _ in $(seq 100); do "$CLI" -a "$SMALL_URL" --timeout 200 ping >/dev/null 2>&1 && break; sleep 0.1; done
+head -c 1048576 /dev/zero | "$CLI" -a "$SMALL_URL" put "$(head -c 2000 /dev/zero | tr '\0' k)" - >/dev/null 2>"$D/err"
+rc=$?
+if [ "$rc" = 2 ] && grep -q "the server's limit is 1024" "$D/err"; then ok "1 MiB value + long key over a 1k limit: names the limit"; else bad "1 MiB value + long key: status $rc, $(cat "$D/err"; tail -5 "$D/shiplogd.log")"; fi
+# promote of a primary: OK, and says nothing changed
+run -a "$SMALL_URL" promote
+if [ "$rc" = 0 ] && grep -q "^OK (already the primary, nothing changed; history [0-9a-f]*)" "$D/out"; then ok "promote of a primary says nothing changed"; else bad "promote of a primary: status $rc, $(cat "$D/out" "$D/err")"; fi
+run -a "$SMALL_URL" --json promote
+if [ "$rc" = 0 ] && python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["ok"] and j["note"] == "already the primary, nothing changed", j' "$D/out"; then ok "promote --json of a primary: note"; else bad "promote --json: $(cat "$D/out")"; fi
+# --min-seq holds for digest too (a read)
+run -a "$SMALL_URL" --min-seq 999999 --timeout 1000 digest
+if [ "$rc" = 2 ] && grep -q "applied" "$D/err"; then ok "--min-seq beyond: digest refused too"; else bad "digest --min-seq: status $rc, $(cat "$D/out" "$D/err")"; fi
+kill "$SMALL_PID"
+wait "$SMALL_PID" 2>/dev/null
 if "$CLI" -a "127.0.0.1:$PORT" ping >/dev/null 2>&1; then ok "-a HOST:PORT means tcp://"; else bad "-a HOST:PORT"; fi
 # stdout that cannot be written: the reason is the write's (a big value's
 # error used to name isatty's ENOTTY instead)
@@ -295,6 +324,10 @@ expect "double-quoted key with a space" 0 "x y" get "a b"
 expect "single quotes, adjacent parts" 0 "its" get "c d"
 expect "double-quote escapes" 0 $'1\n2' get $'eA\tf'
 contains "prompt goes on after an unknown command" "$D/pipe.out" "x y"
+# piped, stdout unwritable: exit 2 and the reason on stderr (it said nothing)
+printf '%s\n' 'get pa' | "$CLI" -a "$URL" >/dev/full 2>"$D/full.err"
+rc=$?
+if [ "$rc" = 2 ] && grep -q "writing to stdout: No space left on device" "$D/full.err"; then ok "pipe mode: stdout full, says so"; else bad "pipe mode, /dev/full: status $rc, $(cat "$D/full.err")"; fi
 # piped: one reply a line, gets included (values ran into the next reply)
 printf '%s\n' 'put pa 1' 'put pb 2' 'get pa' 'get pb' 'get nosuchkey' 'del nosuchkey' 'ping' | "$CLI" -a "$URL" >"$D/pipe.out" 2>&1
 if [ "$(sed -n '3,7p' "$D/pipe.out" | tr '\n' '|')" = "1|2|(nil)|(not found)|PONG|" ]; then

@@ -107,6 +107,19 @@ static void test_bad_flags_exit_1(void **state)
 	assert_true(out_contains("bad10", "--follow"));
 	const char *a11[] = {"--follow", "tcp://127.0.0.1:99999", NULL};
 	assert_int_equal(run_to_exit("bad11", a11), 1);
+	/* its own --repl-listen, under another name: it started, and stayed a
+	 * read-only follower of itself for good */
+	const char *a12[] = {"--repl-listen", "tcp://127.0.0.1:23470", "--follow",
+	                     "tcp://localhost:23470", NULL};
+	assert_int_equal(run_to_exit("bad12", a12), 1);
+	assert_true(out_contains("bad12", "cannot follow itself"));
+	const char *a13[] = {"--repl-listen", "tcp://*:23470", "--follow", "tcp://127.0.0.1:23470",
+	                     NULL};
+	assert_int_equal(run_to_exit("bad13", a13), 1);
+	assert_true(out_contains("bad13", "cannot follow itself"));
+	const char *a14[] = {"--segment-bytes", "3g", NULL};
+	assert_int_equal(run_to_exit("bad14", a14), 1);
+	assert_true(out_contains("bad14", "3070m"));
 	const char *h[] = {"--help", NULL};
 	assert_int_equal(run_to_exit("help", h), 0);
 	assert_true(out_contains("help", "--metrics-listen"));

@@ -59,7 +59,12 @@ static void test_follow_refuses_unusable_urls(void **state)
 	(void)state;
 	sl_client *c = ru_client(&P);
 	assert_non_null(c);
-	const char *bad[] = {"foo://bar", "tcp://127.0.0.1:99999", P.rurl};
+	/* its own replication URL also by another name for the address (it
+	 * answered OK, and counted itself as its own connected follower), and
+	 * its own client URL */
+	char self_alias[80];
+	snprintf(self_alias, sizeof(self_alias), "tcp://localhost:%d", P.rport);
+	const char *bad[] = {"foo://bar", "tcp://127.0.0.1:99999", P.rurl, self_alias, P.d.url};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char hid[33];
 		int rc = sl_client_follow(c, bad[i], hid);
