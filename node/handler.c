@@ -467,6 +467,7 @@ static void do_stats(sl_node *n, sl_reply *r)
 		fail(r, rc, "stats: %s", sl_status_str(rc));
 		return;
 	}
+	sl_repl_add_carried(n->repl, &s);
 	Shiplog__Stat *st = own_alloc(r, MAX_STATS * sizeof(*st));
 	Shiplog__Stat **ptrs = own_alloc(r, MAX_STATS * sizeof(*ptrs));
 	if (st == NULL || ptrs == NULL) {

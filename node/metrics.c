@@ -281,6 +281,9 @@ int sl_metrics_render(sl_metrics *m, sl_node *n, char **out, size_t *len)
 	sl_stats s;
 	memset(&s, 0, sizeof(s));
 	int have = n != NULL && n->db != NULL && sl_stats_get(n->db, &s) == SL_OK;
+	if (have) {
+		sl_repl_add_carried(n->repl, &s);
+	}
 
 	meta(&b, "shiplog_build_info", "gauge", "Always 1; the version is a label.");
 	put(&b, "shiplog_build_info{version=\"%s\"} 1\n", SL_NODE_VERSION);
@@ -316,7 +319,9 @@ int sl_metrics_render(sl_metrics *m, sl_node *n, char **out, size_t *len)
 		    s.live_bytes);
 		one(&b, "shiplog_dead_bytes", "gauge",
 		    "Bytes of superseded records in the segments.", s.dead_bytes);
-		one(&b, "shiplog_disk_bytes", "gauge", "Bytes of segment files.", s.disk_bytes);
+		one(&b, "shiplog_disk_bytes", "gauge",
+		    "Bytes written to segment files (the active one is preallocated larger).",
+		    s.disk_bytes);
 		one(&b, "shiplog_keydir_bytes", "gauge", "Memory used by the keydir.",
 		    s.keydir_bytes);
 		one(&b, "shiplog_segments", "gauge", "Segment files, the active one included.",
@@ -326,7 +331,9 @@ int sl_metrics_render(sl_metrics *m, sl_node *n, char **out, size_t *len)
 		one(&b, "shiplog_synced_seq", "gauge", "Highest sequence number known durable.",
 		    s.synced_seq);
 		one(&b, "shiplog_fsyncs_total", "counter",
-		    "fdatasync/fsync calls made by the engine.", s.fsyncs);
+		    "fdatasyncs that made the log durable (group commits, everysec flushes, "
+		    "sealed segments); new files, hints, compaction and directories not counted.",
+		    s.fsyncs);
 		one(&b, "shiplog_corrupt_records_total", "counter",
 		    "Bad records found at recovery or on read.", s.corrupt_records);
 		meta(&b, "shiplog_recovery_seconds", "gauge",

@@ -753,6 +753,7 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 	pthread_mutex_lock(&r->mu);
 	repl_snaps_close_all(r);
 	pthread_mutex_unlock(&r->mu);
+	repl_carry_counters(r, *r->o.dbp);
 	sl_close(*r->o.dbp);
 	*r->o.dbp = NULL;
 	if (nested) {

@@ -283,7 +283,10 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 	if (rc == SL_OK && f->from_seq <= floor) {
 		rc = SL_ESTALE; /* invariant 3 */
 	}
-	if (rc != SL_OK) {
+	if (role != ROLE_PRIMARY) {
+		/* refused below: a follower keeps no table (a node pointed at a
+		 * follower showed there as its connected follower) */
+	} else if (rc != SL_OK) {
 		/* A follower off this history (an old primary ahead of us, say)
 		 * holds none of our writes past the fork: its positions must not
 		 * count as acks while it resyncs. */
@@ -296,7 +299,7 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 	/* Writes parked for acks that this fetch's durable_seq completes are
 	 * answered from here: no thread waits for them. */
 	sl_repl_ack_wait *acked = NULL;
-	if (r->ack_parked != NULL && rc == SL_OK && !c->parked_once) {
+	if (r->ack_parked != NULL && rc == SL_OK && role == ROLE_PRIMARY && !c->parked_once) {
 		repl_ack_take(r, 0, &acked);
 	}
 	pthread_mutex_unlock(&r->mu);

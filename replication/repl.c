@@ -358,6 +358,44 @@ out:
 	return same;
 }
 
+/* The counter fields of sl_stats, for carrying them across a store swap. */
+#define CARRIED_FIELDS(X)                                                                          \
+	X(fsyncs)                                                                                  \
+	X(puts)                                                                                    \
+	X(gets)                                                                                    \
+	X(deletes)                                                                                 \
+	X(corrupt_records)                                                                         \
+	X(compactions)                                                                             \
+	X(compact_bytes_reclaimed)                                                                 \
+	X(compact_bytes_written)                                                                   \
+	X(compact_bytes_read)                                                                      \
+	X(compact_errors)
+
+void repl_carry_counters(sl_repl *r, sl_db *old)
+{
+	sl_stats s;
+	if (old == NULL || sl_stats_get(old, &s) != SL_OK) {
+		return;
+	}
+	pthread_mutex_lock(&r->mu);
+#define CARRY(f) r->carried.f += s.f;
+	CARRIED_FIELDS(CARRY)
+#undef CARRY
+	pthread_mutex_unlock(&r->mu);
+}
+
+void sl_repl_add_carried(sl_repl *r, sl_stats *s)
+{
+	if (r == NULL || s == NULL) {
+		return;
+	}
+	pthread_mutex_lock(&r->mu);
+#define ADD(f) s->f += r->carried.f;
+	CARRIED_FIELDS(ADD)
+#undef ADD
+	pthread_mutex_unlock(&r->mu);
+}
+
 const char *sl_repl_listen_url(sl_repl *r)
 {
 	return r != NULL ? r->o.listen_url : NULL;
@@ -483,7 +521,7 @@ void sl_repl_advance_head(sl_repl *r, uint64_t seq)
 	uint64_t h = atomic_load(&r->head);
 	while (h < seq && !atomic_compare_exchange_weak(&r->head, &h, seq)) {
 	}
-	if (h < seq) {
+	if (h < seq && atomic_load(&r->role) == ROLE_PRIMARY) {
 		note_write_time(r, h + 1);
 	}
 }
@@ -675,6 +713,13 @@ int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms,
 static void table_clear(sl_repl *r)
 {
 	memset(r->followers, 0, sizeof(r->followers));
+	/* and the write times, which a history's seqs index: a node back to
+	 * a lower seq (a full resync) took its new writes' times for the old
+	 * ones' and showed tens of seconds of lag */
+	pthread_mutex_lock(&r->wt_mu);
+	r->wt_n = 0;
+	atomic_store(&r->wt_last_ms, 0);
+	pthread_mutex_unlock(&r->wt_mu);
 }
 
 int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)

@@ -156,6 +156,12 @@ int sl_repl_url_ok(const char *url);
  * unusable --follow or `follow` URL is refused up front. */
 int sl_repl_url_dialable(const char *url, char *why, size_t cap);
 
+/* Adds to s's counters (fsyncs, puts, gets, deletes, corrupt records,
+ * compaction counts and bytes) those of the stores full resyncs replaced in
+ * this process: sl_stats_get of the current store starts them from 0.
+ * NULL r is fine. */
+void sl_repl_add_carried(sl_repl *r, sl_stats *s);
+
 /* Whether dialing `dial` reaches what `listen` listens on: the same URL,
  * or (tcp) the same port on an address the two hosts share — a listen on
  * every address (*, 0.0.0.0, ::) matches any address of this host

@@ -84,6 +84,10 @@ struct sl_repl {
 	repl_state st;
 	atomic_int role;
 	atomic_uint_fast64_t head; /* the store's last seq, as writes report it */
+	/* The engine's counters of the stores a full resync replaced (under
+	 * mu): added to the current store's, so that counters never go back
+	 * while the process lives (sl_repl_add_carried). */
+	sl_stats carried;
 	/* When writes happened, for the follower table's lag_ms (the age of
 	 * the oldest write a follower lacks): (the first seq written in a
 	 * millisecond, that millisecond) each time a write comes in a new
@@ -140,6 +144,10 @@ struct sl_repl {
 };
 
 void repl_log(sl_repl *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Before a full resync closes the store `old`: keeps its counters
+ * (sl_repl_add_carried). */
+void repl_carry_counters(sl_repl *r, sl_db *old);
 uint64_t repl_now_ms(void);
 
 /* Milliseconds from `then` to `now`, 0 when `then` is later: a thread that

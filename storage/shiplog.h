@@ -96,7 +96,8 @@ typedef struct sl_stats {
 	uint64_t live_bytes;       /* bytes of records the keydir points at (puts) */
 	uint64_t tomb_bytes;       /* bytes of tombstones the keydir points at */
 	uint64_t dead_bytes;       /* every other record byte: what compaction can reclaim */
-	uint64_t disk_bytes;       /* size of segment files (active: written part) */
+	uint64_t disk_bytes;       /* bytes written to segment files (the active one is
+	                            * preallocated larger on disk) */
 	uint64_t segments;         /* segment files, the active one included */
 	uint64_t last_seq;         /* highest seq written or recovered */
 	uint64_t synced_seq;       /* highest seq known durable (fdatasync'd) */
@@ -105,7 +106,8 @@ typedef struct sl_stats {
 	uint64_t corrupt_records;  /* bad records found at recovery or read */
 	uint64_t hints_loaded;     /* sealed segments loaded from hint files */
 	uint64_t segments_scanned; /* segments rebuilt by scanning records */
-	uint64_t fsyncs;           /* fdatasync/fsync calls made */
+	uint64_t fsyncs;           /* fdatasyncs that made the log durable (not those
+	                            * of new files, hints, compaction, directories) */
 	uint64_t puts, gets, deletes;
 	int failed;                       /* 0, or the sticky error that refuses writes */
 	uint64_t compactions;             /* compaction runs that finished */

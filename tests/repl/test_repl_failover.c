@@ -13,6 +13,7 @@
 
 static char *root;
 static ru_node P, F1, F2;
+static ru_node A, C; /* test_lag_ms_and_counters_across_a_resync's own */
 
 #define NKEYS 400
 
@@ -43,9 +44,13 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
-	nu_stop(&F2.d, SIGTERM);
-	nu_stop(&F1.d, SIGTERM);
-	nu_stop(&P.d, SIGTERM);
+	ru_node *all[] = {&C, &A, &F2, &F1, &P};
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+		if (all[i]->d.pid > 0) {
+			kill(all[i]->d.pid, SIGCONT);
+		}
+		nu_stop(&all[i]->d, SIGTERM);
+	}
 	ru_rm_root(root);
 	return 0;
 }
@@ -78,6 +83,58 @@ static void test_follow_refuses_unusable_urls(void **state)
 	assert_string_equal(role, "primary");
 	assert_int_equal(sl_client_put(c, "still", 5, "primary", 7, NULL), SL_OK);
 	sl_client_close(c);
+}
+
+/* A primary sent back to a lower seq by a full resync, then promoted again.
+ * lag_ms came from the write times of its earlier stint (its new writes,
+ * at seqs it had used before, were not noted): 37 s of lag for a write
+ * 0.5 s old.  And the engine's counters (puts, fsyncs) restarted from the
+ * new store's, going back while the process lived. */
+static void test_lag_ms_and_counters_across_a_resync(void **state)
+{
+	(void)state;
+	assert_int_equal(ru_start_in(&A, root, "a", NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&C, root, "c", A.rurl, NULL), 0);
+	ru_load(&A, "one", 10, 0);
+	ru_node *fc[] = {&C};
+	ru_assert_converged(&A, fc, 1);
+	assert_int_equal(nu_stop(&C.d, SIGTERM), 0);
+	ru_load(&A, "two", 300, 0); /* A notes write times up to seq 310 */
+	uint64_t puts0 = ru_stat(&A, "puts", NULL, 0);
+	assert_true(puts0 >= 250 && puts0 != UINT64_MAX);
+	/* C back, its primary unreachable, promoted: a history at seq 10 */
+	assert_int_equal(ru_start(&C, NULL, "tcp://127.0.0.1:1", NULL), 0);
+	char hid[33];
+	sl_client *cc = ru_client(&C), *ca = ru_client(&A);
+	assert_non_null(cc);
+	assert_non_null(ca);
+	assert_int_equal(sl_client_promote(cc, hid), SL_OK);
+	/* A follows it: ahead, so a full resync down to seq 10 */
+	assert_int_equal(sl_client_follow(ca, C.rurl, hid), SL_OK);
+	assert_true(ru_wait_stat_positive(&A, "resyncs_full", 20000) >= 1);
+	assert_int_equal(ru_wait_applied(&A, ru_last_seq(&C), 20000), 0);
+	uint64_t puts1 = ru_stat(&A, "puts", NULL, 0);
+	if (puts1 < puts0) {
+		fail_msg("puts went from %llu to %llu across the resync", (unsigned long long)puts0,
+		         (unsigned long long)puts1);
+	}
+	/* A primary again, C its follower */
+	assert_int_equal(sl_client_promote(ca, hid), SL_OK);
+	assert_int_equal(sl_client_follow(cc, A.rurl, hid), SL_OK);
+	usleep(1500 * 1000);
+	assert_int_equal(sl_client_put(ca, "after1", 6, "v", 1, NULL), SL_OK);
+	ru_assert_converged(&A, fc, 1);
+	kill(C.d.pid, SIGSTOP);
+	assert_int_equal(sl_client_put(ca, "after2", 6, "v", 1, NULL), SL_OK);
+	uint64_t lag = ru_stat(&A, "follower.0.lag_ms", NULL, 0);
+	uint64_t recs = ru_stat(&A, "follower.0.lag_records", NULL, 0);
+	kill(C.d.pid, SIGCONT);
+	sl_client_close(ca);
+	sl_client_close(cc);
+	assert_int_equal(recs, 1);
+	if (lag > 500) {
+		fail_msg("lag_ms %llu for a write just made", (unsigned long long)lag);
+	}
 }
 
 static void test_failover(void **state)
@@ -187,6 +244,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_follow_refuses_unusable_urls),
+	    cmocka_unit_test(test_lag_ms_and_counters_across_a_resync),
 	    cmocka_unit_test(test_failover),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -17,6 +17,7 @@ static char *root;
 static ru_node P, F;
 static ru_node A, B, G; /* test_role_change_clears_the_table's own */
 static ru_node M, MF;   /* test_min_replicas's own */
+static ru_node G2;      /* test_a_follower_keeps_no_table's own */
 
 static int setup(void **state)
 {
@@ -41,7 +42,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
-	ru_node *all[] = {&MF, &M, &B, &G, &A, &F, &P};
+	ru_node *all[] = {&G2, &MF, &M, &B, &G, &A, &F, &P};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		if (all[i]->d.pid > 0) {
 			kill(all[i]->d.pid, SIGCONT);
@@ -85,6 +86,22 @@ static void test_gone_follower_is_dropped(void **state)
 	ru_assert_converged(&P, f, 1);
 	assert_int_equal(wait_stat("followers", 1, 5000), 1);
 	assert_int_equal(wait_stat("followers_connected", 1, 5000), 1);
+}
+
+/* A node pointed at a follower: the follower refuses its fetches, and
+ * counts it nowhere (it showed as the follower's connected follower, with
+ * a lag, in stats and metrics). */
+static void test_a_follower_keeps_no_table(void **state)
+{
+	(void)state;
+	assert_int_equal(ru_start_in(&G2, root, "g2", F.rurl, NULL), 0);
+	usleep(1500 * 1000);
+	char st[32];
+	ru_stat(&G2, "repl_state", st, sizeof(st));
+	assert_string_equal(st, "connecting");
+	assert_int_equal(ru_stat(&F, "followers", NULL, 0), 0);
+	assert_int_equal(ru_stat(&F, "followers_connected", NULL, 0), 0);
+	assert_int_equal(nu_stop(&G2.d, SIGTERM), 0);
 }
 
 /* --min-replicas 1: writes refused with no follower, accepted while one is
@@ -202,6 +219,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_gone_follower_is_dropped),
+	    cmocka_unit_test(test_a_follower_keeps_no_table),
 	    cmocka_unit_test(test_role_change_clears_the_table),
 	    cmocka_unit_test(test_min_replicas),
 	};
