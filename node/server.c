@@ -67,6 +67,17 @@
 
 enum { ST_RECV, ST_WORK, ST_SEND };
 
+/* A reply its client has not taken within this long is dropped (the
+ * context serves others again; the client's own timeout is shorter). */
+#define SEND_TIMEOUT_MS 10000
+/* Replies at most waiting on one connection (and at most the message
+ * limit's bytes of them): a request beyond is dropped unanswered.  A
+ * client that sent and never read held one context per request, all of
+ * them within a second, every other client waited, and 1.6 KB of gets of
+ * a 4 MB value held 336 MB (docs/protocol.md, "Limits"). */
+#define PIPE_PENDING_MAX 64
+#define PIPE_SLOTS       4096 /* open addressing; full: no limit enforced */
+
 typedef struct sctx {
 	sl_work work; /* first: a worker gets back to the sctx from it */
 	struct sl_server *s;
@@ -80,6 +91,9 @@ typedef struct sctx {
 	uint64_t sync_seq;     /* deferred: the seq that must be durable first */
 	struct sctx *dnext;    /* in the committer's list */
 	sl_repl_ack_wait ackw; /* a write parked for its --acks (invariant 5) */
+	uint32_t pipe;         /* the connection the request came on (nng pipe id) */
+	size_t pending;        /* its reply's bytes, counted in that connection's pending
+	                        * replies (0: not counted) */
 } sctx;
 
 typedef struct http_work {
@@ -108,9 +122,81 @@ struct sl_server {
 	sctx *chead, *ctail;
 	int cwaiting, cstop;
 	pthread_t cthread;
+	/* Replies not yet taken, per connection (PIPE_PENDING_MAX). */
+	pthread_mutex_t pmu;
+	struct {
+		uint32_t pipe; /* 0: free */
+		uint32_t n;
+		uint64_t bytes;
+	} pend[PIPE_SLOTS];
+	atomic_uint_fast64_t dropped; /* requests dropped by the limit */
 };
 
 /* ---- replies ------------------------------------------------------- */
+
+/* The receive: no timeout (a context waits for the next request). */
+static void ctx_recv(sctx *c)
+{
+	nng_aio_set_timeout(c->aio, NNG_DURATION_INFINITE);
+	nng_ctx_recv(c->ctx, c->aio);
+}
+
+/* Adds d replies of db bytes in all to those pending on connection
+ * `pipe` (d = 0, db = 0: only reads); *n and *bytes (may be NULL) get the
+ * counts after.  A full table counts nothing (returns 0, counts 0). */
+static int pipe_pending(sl_server *s, uint32_t pipe, int d, int64_t db, uint32_t *n,
+                        uint64_t *bytes)
+{
+	int counted = 0;
+	uint32_t n0 = 0;
+	uint64_t b0 = 0;
+	if (pipe != 0) {
+		pthread_mutex_lock(&s->pmu);
+		uint32_t i = (pipe * 2654435761u) % PIPE_SLOTS, at = PIPE_SLOTS;
+		for (uint32_t k = 0; k < PIPE_SLOTS; k++, i = (i + 1) % PIPE_SLOTS) {
+			if (s->pend[i].pipe == pipe || s->pend[i].pipe == 0) {
+				at = i;
+				break;
+			}
+		}
+		if (at < PIPE_SLOTS && s->pend[at].pipe == 0 && d > 0) {
+			s->pend[at].pipe = pipe;
+			s->pend[at].n = 0;
+			s->pend[at].bytes = 0;
+		}
+		if (at < PIPE_SLOTS && s->pend[at].pipe == pipe) {
+			counted = 1;
+			s->pend[at].n = (uint32_t)((int64_t)s->pend[at].n + d);
+			s->pend[at].bytes = (uint64_t)((int64_t)s->pend[at].bytes + db);
+			n0 = s->pend[at].n;
+			b0 = s->pend[at].bytes;
+			if (n0 == 0) {
+				/* delete, moving back what a probe would then miss */
+				uint32_t hole = at, j = (at + 1) % PIPE_SLOTS;
+				s->pend[hole].pipe = 0;
+				while (s->pend[j].pipe != 0) {
+					uint32_t home =
+					    (s->pend[j].pipe * 2654435761u) % PIPE_SLOTS;
+					if ((j > hole && (home <= hole || home > j)) ||
+					    (j < hole && home <= hole && home > j)) {
+						s->pend[hole] = s->pend[j];
+						s->pend[j].pipe = 0;
+						hole = j;
+					}
+					j = (j + 1) % PIPE_SLOTS;
+				}
+			}
+		}
+		pthread_mutex_unlock(&s->pmu);
+	}
+	if (n != NULL) {
+		*n = n0;
+	}
+	if (bytes != NULL) {
+		*bytes = b0;
+	}
+	return counted;
+}
 
 /* Hands r's encoding to nng as c's response (and frees r).  If the
  * response cannot even be allocated, the request is dropped: the client
@@ -126,7 +212,7 @@ static void send_reply(sctx *c, sl_reply *r)
 		sl_metrics_observe(c->s->n->metrics, c->op, SL_ENOMEM, 0);
 		sl_metrics_inflight_add(c->s->n->metrics, -1);
 		c->state = ST_RECV;
-		nng_ctx_recv(c->ctx, c->aio);
+		ctx_recv(c);
 		return;
 	}
 	sl_reply_pack(r, nng_msg_body(m));
@@ -136,7 +222,9 @@ static void send_reply(sctx *c, sl_reply *r)
 	sl_metrics_observe(c->s->n->metrics, c->op, c->status, sl_node_mono_ns() - c->t0_ns);
 	c->state = ST_SEND;
 	sl_quiet_send_begin(&c->s->quiet); /* ended by ctx_cb */
+	c->pending = pipe_pending(c->s, c->pipe, 1, (int64_t)sz, NULL, NULL) ? sz : 0;
 	nng_aio_set_msg(c->aio, m);
+	nng_aio_set_timeout(c->aio, SEND_TIMEOUT_MS);
 	nng_ctx_send(c->ctx, c->aio);
 }
 
@@ -297,6 +385,10 @@ static void ctx_cb_run(sctx *c)
 	int rv = nng_aio_result(c->aio);
 	if (c->state == ST_SEND) {
 		sl_quiet_send_end(&s->quiet); /* begun by send_reply */
+		if (c->pending) {
+			pipe_pending(s, c->pipe, -1, -(int64_t)c->pending, NULL, NULL);
+			c->pending = 0;
+		}
 		if (rv != 0) {
 			nng_msg_free(nng_aio_get_msg(c->aio));
 			nng_aio_set_msg(c->aio, NULL);
@@ -306,7 +398,7 @@ static void ctx_cb_run(sctx *c)
 		if (atomic_load(&s->closing) || sl_quiet_on(&s->quiet) || rv == NNG_ECLOSED) {
 			return;
 		}
-		nng_ctx_recv(c->ctx, c->aio);
+		ctx_recv(c);
 		return;
 	}
 	if (rv != 0) {
@@ -315,13 +407,31 @@ static void ctx_cb_run(sctx *c)
 		}
 		/* Anything else (NNG_ENOMEM, a cancelled receive) is transient. */
 		sl_log_warn("receive failed: %s", nng_strerror(rv));
-		nng_ctx_recv(c->ctx, c->aio);
+		ctx_recv(c);
 		return;
 	}
 	nng_msg *m = nng_aio_get_msg(c->aio);
 	nng_aio_set_msg(c->aio, NULL);
 	if (sl_quiet_on(&s->quiet)) {
 		nng_msg_free(m); /* no reply: its client sends no more (sl_server_drain) */
+		return;
+	}
+	c->pipe =
+	    nng_pipe_id(nng_msg_get_pipe(m)) > 0 ? (uint32_t)nng_pipe_id(nng_msg_get_pipe(m)) : 0;
+	uint32_t pn;
+	uint64_t pb;
+	pipe_pending(s, c->pipe, 0, 0, &pn, &pb);
+	if (pn >= PIPE_PENDING_MAX || pb >= s->n->max_msg_bytes) {
+		/* its client does not take its replies: this one is dropped
+		 * (the context's next receive abandons it) */
+		if (atomic_fetch_add(&s->dropped, 1) % 1000 == 0) {
+			sl_log_warn("a connection does not read its replies (%u waiting, %llu "
+			            "bytes); dropping its requests (%llu so far)",
+			            pn, (unsigned long long)pb,
+			            (unsigned long long)atomic_load(&s->dropped));
+		}
+		nng_msg_free(m);
+		ctx_recv(c);
 		return;
 	}
 	on_request(c, m);
@@ -464,7 +574,7 @@ static int rep_start(sl_server *s, const sl_server_opts *o, char *err, size_t ca
 	}
 	for (int i = 0; i < s->nctx; i++) {
 		s->ctxs[i].state = ST_RECV;
-		nng_ctx_recv(s->ctxs[i].ctx, s->ctxs[i].aio);
+		ctx_recv(&s->ctxs[i]);
 	}
 	return SL_OK;
 }
@@ -480,6 +590,7 @@ int sl_server_start(sl_node *n, const sl_server_opts *o, sl_server **out, char *
 	s->n = n;
 	s->drain_ms = o->drain_ms > 0 ? o->drain_ms : 30000;
 	pthread_mutex_init(&s->cmu, NULL);
+	pthread_mutex_init(&s->pmu, NULL);
 	pthread_cond_init(&s->ccv, NULL);
 	if (pthread_create(&s->cthread, NULL, committer, s) != 0) {
 		snprintf(err, cap, "cannot start the committer thread");
@@ -581,6 +692,7 @@ void sl_server_stop(sl_server *s)
 	pthread_mutex_unlock(&s->cmu);
 	pthread_join(s->cthread, NULL);
 	pthread_mutex_destroy(&s->cmu);
+	pthread_mutex_destroy(&s->pmu);
 	pthread_cond_destroy(&s->ccv);
 	for (int i = 0; i < s->nctx; i++) {
 		nng_aio_free(s->ctxs[i].aio);

@@ -594,6 +594,67 @@ static void test_raw_tcp_garbage(void **state)
 	sl_client_close(c);
 }
 
+/* A client that sends and never reads its replies.  It held one context
+ * per request (256 within a second): every other client's requests waited
+ * (3-10 s in a reviewer's runs, until it disconnected), and its queued
+ * replies held their values in memory (80 gets of a 4 MB value: +336 MB).
+ * Now at most 64 replies, or a message limit's bytes of them, wait per
+ * connection; its further requests are dropped, and a reply not taken in
+ * 10 s frees its context. */
+static void test_client_that_never_reads(void **state)
+{
+	(void)state;
+	sl_client *c = nu_client(&d);
+	assert_non_null(c);
+	static char big[60000];
+	memset(big, 'b', sizeof(big));
+	assert_int_equal(sl_client_put(c, "nonreader", 9, big, sizeof(big), NULL), SL_OK);
+	int fd = nu_tcp_connect(d.port);
+	assert_true(fd >= 0);
+	int small = 4096;
+	setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+	uint8_t hello[8] = {0, 'S', 'P', 0, 0, 0x30, 0, 0}, peer[8];
+	assert_int_equal(write(fd, hello, 8), 8);
+	assert_int_equal(read(fd, peer, 8), 8);
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Get g = SHIPLOG__GET__INIT;
+	g.has_key = 1;
+	g.key.data = (uint8_t *)"nonreader";
+	g.key.len = 9;
+	q.op_case = SHIPLOG__REQUEST__OP_GET;
+	q.get = &g;
+	q.has_id = 1;
+	uint8_t frame[256];
+	for (int i = 0; i < 2000; i++) {
+		q.id = (uint64_t)i + 1;
+		size_t n = shiplog__request__get_packed_size(&q);
+		uint32_t id = (uint32_t)i | 0x80000000u;
+		uint64_t len = 4 + n;
+		for (int k = 0; k < 8; k++) {
+			frame[k] = (uint8_t)(len >> (56 - 8 * k));
+		}
+		frame[8] = (uint8_t)(id >> 24);
+		frame[9] = (uint8_t)(id >> 16);
+		frame[10] = (uint8_t)(id >> 8);
+		frame[11] = (uint8_t)id;
+		shiplog__request__pack(&q, frame + 12);
+		assert_int_equal(write(fd, frame, 12 + n), (ssize_t)(12 + n));
+	}
+	usleep(500 * 1000);
+	/* everyone else is served at once, all the while */
+	sl_client_set_timeout(c, 1000);
+	for (int i = 0; i < 20; i++) {
+		int rc = sl_client_ping(c);
+		if (rc != SL_OK) {
+			close(fd);
+			fail_msg("ping %d beside a client that never reads: %s", i,
+			         sl_client_strerror(rc));
+		}
+	}
+	close(fd);
+	sl_client_close(c);
+}
+
 /* A server (here a fake one) answering a scan with an empty cursor: sent
  * back, it means "from the start", so the client's page loop (shiplog
  * scan) went round for ever.  The client refuses it. */
@@ -667,6 +728,7 @@ int main(void)
 	    cmocka_unit_test(test_response_within_limit),
 	    cmocka_unit_test(test_unknown_ops),
 	    cmocka_unit_test(test_raw_tcp_garbage),
+	    cmocka_unit_test(test_client_that_never_reads),
 	    cmocka_unit_test(test_empty_scan_cursor_refused),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
