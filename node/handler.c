@@ -764,8 +764,12 @@ static Shiplog__Request *decode(const void *buf, size_t len, sl_reply *r)
 {
 	sl_request_shape sh;
 	int rc = sl_request_precheck(buf, len, &sh);
-	if (rc != SL_OK && sh.has_id) {
-		r->resp.has_id = 1; /* the client can still match the refusal */
+	if (sh.has_id) {
+		/* a refusal, here or by the decode below, carries the id: the
+		 * client can still match it (a field of the wrong wire type
+		 * passed the walk and failed the decode, and its refusal came
+		 * without the id the walk had read) */
+		r->resp.has_id = 1;
 		r->resp.id = sh.id;
 	}
 	if (rc == SL_ETOOBIG) {

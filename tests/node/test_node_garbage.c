@@ -567,6 +567,22 @@ static void test_unknown_ops(void **state)
 	free(buf);
 }
 
+/* A request whose shape passes the walk and whose decode fails (Get.key
+ * sent as a varint): refused, with the id the walk read (it came without
+ * one, and a client with several requests in flight could not match it). */
+static void test_undecodable_request_keeps_its_id(void **state)
+{
+	(void)state;
+	const uint8_t buf[] = {(1 << 3) | 0, 5, (10 << 3) | 2, 2, (1 << 3) | 0, 5};
+	int nrv;
+	Shiplog__Response *r = raw_call(buf, sizeof(buf), &nrv);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_EPROTO);
+	assert_true(r->has_id);
+	assert_int_equal(r->id, 5);
+	shiplog__response__free_unpacked(r, NULL);
+}
+
 static void test_raw_tcp_garbage(void **state)
 {
 	(void)state;
@@ -727,6 +743,7 @@ int main(void)
 	    cmocka_unit_test(test_too_many_fields),
 	    cmocka_unit_test(test_response_within_limit),
 	    cmocka_unit_test(test_unknown_ops),
+	    cmocka_unit_test(test_undecodable_request_keeps_its_id),
 	    cmocka_unit_test(test_raw_tcp_garbage),
 	    cmocka_unit_test(test_client_that_never_reads),
 	    cmocka_unit_test(test_empty_scan_cursor_refused),
