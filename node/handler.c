@@ -164,6 +164,17 @@ typedef struct op_result {
 	char msg[200];
 } op_result;
 
+/* What a response may hold in values, keys, texts and the 16 bytes
+ * reserved per batch result or mget entry: the message limit less room for
+ * the response's own fields.  (It was the limit less 512 KiB, and with a
+ * small --max-value-bytes a batch of 33,000 pings and a 1-byte get, or an
+ * mget of 40,000 keys, was refused though its response was a tenth of the
+ * limit.) */
+static size_t resp_budget(const sl_node *n)
+{
+	return n->max_msg_bytes - 4096;
+}
+
 static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 {
 	o->status = check_key(n, &g->key, g->has_key, o->msg, sizeof(o->msg));
@@ -183,12 +194,14 @@ static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 	/* The budget first: a value that does not fit is freed now, not held
 	 * with the reply (a batch of many gets of one big value kept a copy
 	 * per get, and could take the server's memory). */
-	if (r->bytes + vl + g->key.len > n->max_msg_bytes - SL_MSG_SLACK / 2) {
+	if (r->bytes + vl + g->key.len > resp_budget(n)) {
 		free(v);
 		o->status = SL_ETOOBIG;
 		o->over_budget = 1;
-		snprintf(o->msg, sizeof(o->msg), "response would exceed %zu bytes",
-		         n->max_msg_bytes);
+		snprintf(o->msg, sizeof(o->msg),
+		         "this value (%zu bytes) would take the response past the %zu-byte "
+		         "message limit",
+		         vl, n->max_msg_bytes);
 		return;
 	}
 	if (own(r, v) != 0) {
@@ -290,7 +303,8 @@ static void do_mget(sl_node *n, sl_reply *r, const Shiplog__MGet *m)
 		do_get(n, r, &g, &o);
 		if (o.over_budget) {
 			fail(r, SL_ETOOBIG,
-			     "mget: response would exceed %zu bytes; ask for fewer keys",
+			     "mget: the values would take the response past the %zu-byte message "
+			     "limit; ask for fewer keys",
 			     n->max_msg_bytes);
 			r->resp.n_entries = 0;
 			return;
@@ -330,7 +344,7 @@ static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
 	if (limit > n->scan_max) {
 		limit = n->scan_max;
 	}
-	size_t budget = n->max_msg_bytes - SL_MSG_SLACK / 2;
+	size_t budget = resp_budget(n);
 	int rc = sl_scan_page_run(n->db, plen ? s->prefix.data : NULL, plen,
 	                          clen ? s->cursor.data : NULL, clen, limit, budget,
 	                          s->has_keys_only && s->keys_only, &pg);
@@ -535,7 +549,7 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 	if (k == 0) {
 		return;
 	}
-	size_t budget = n->max_msg_bytes - SL_MSG_SLACK / 2; /* as do_get's */
+	size_t budget = resp_budget(n); /* as do_get's */
 	/* Every result's framing, status and seq (at most 16 bytes; 65,536 of
 	 * them fit in the 1 MiB of slack) is reserved first, so values and
 	 * texts fill only what is left: a batch's response stays within the

@@ -583,6 +583,38 @@ static void test_undecodable_request_keeps_its_id(void **state)
 	shiplog__response__free_unpacked(r, NULL);
 }
 
+/* The response budget is the message limit, not half a MiB less: with
+ * --max-value-bytes 64k (a 1.06 MiB limit) an mget of 40,000 keys (640 KB
+ * reserved for its entries) was refused as too big, though its response is
+ * a fraction of the limit. */
+static void test_mget_of_many_keys_within_the_limit(void **state)
+{
+	(void)state;
+	enum { NK = 40000 };
+	static char kb[NK][8];
+	static const void *keys[NK];
+	static size_t klens[NK];
+	for (int i = 0; i < NK; i++) {
+		snprintf(kb[i], sizeof(kb[i]), "m%06d", i);
+		keys[i] = kb[i];
+		klens[i] = 7;
+	}
+	sl_client *c = nu_client(&d);
+	assert_non_null(c);
+	assert_int_equal(sl_client_put(c, "m000007", 7, "seven", 5, NULL), SL_OK);
+	sl_client_item *it = NULL;
+	int rc = sl_client_mget(c, NK, keys, klens, &it);
+	if (rc != SL_OK) {
+		fail_msg("mget of %d keys: %s (%s)", NK, sl_client_strerror(rc),
+		         sl_client_errmsg(c));
+	}
+	assert_int_equal(it[7].status, SL_OK);
+	assert_int_equal(it[7].vlen, 5);
+	assert_int_equal(it[8].status, SL_ENOTFOUND);
+	sl_client_items_free(it, NK);
+	sl_client_close(c);
+}
+
 static void test_raw_tcp_garbage(void **state)
 {
 	(void)state;
@@ -744,6 +776,7 @@ int main(void)
 	    cmocka_unit_test(test_response_within_limit),
 	    cmocka_unit_test(test_unknown_ops),
 	    cmocka_unit_test(test_undecodable_request_keeps_its_id),
+	    cmocka_unit_test(test_mget_of_many_keys_within_the_limit),
 	    cmocka_unit_test(test_raw_tcp_garbage),
 	    cmocka_unit_test(test_client_that_never_reads),
 	    cmocka_unit_test(test_empty_scan_cursor_refused),
