@@ -124,7 +124,7 @@ static void test_lag_ms_and_counters_across_a_resync(void **state)
 	usleep(1500 * 1000);
 	assert_int_equal(sl_client_put(ca, "after1", 6, "v", 1, NULL), SL_OK);
 	ru_assert_converged(&A, fc, 1);
-	kill(C.d.pid, SIGSTOP);
+	assert_int_equal(nu_sigstop(C.d.pid), 0);
 	assert_int_equal(sl_client_put(ca, "after2", 6, "v", 1, NULL), SL_OK);
 	uint64_t lag = ru_stat(&A, "follower.0.lag_ms", NULL, 0);
 	uint64_t recs = ru_stat(&A, "follower.0.lag_records", NULL, 0);
