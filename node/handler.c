@@ -335,9 +335,14 @@ static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
 	sl_scan_page pg;
 	size_t plen = s->has_prefix ? s->prefix.len : 0;
 	size_t clen = s->has_cursor ? s->cursor.len : 0;
-	if (plen > n->max_key_bytes || clen > n->max_key_bytes) {
-		fail(r, SL_ETOOBIG, "scan: prefix or cursor longer than %u bytes",
-		     n->max_key_bytes);
+	/* The cursor is a stored key, which may be longer than a
+	 * --max-key-bytes lowered since (a page ending on one handed out a
+	 * cursor the next page refused, and the keys after it could not be
+	 * reached): it is bounded by the largest key any store holds. */
+	if (plen > n->max_key_bytes || clen > 65535) {
+		fail(r, SL_ETOOBIG, "scan: %s longer than %u bytes",
+		     plen > n->max_key_bytes ? "prefix" : "cursor",
+		     plen > n->max_key_bytes ? n->max_key_bytes : 65535u);
 		return;
 	}
 	uint32_t limit = s->has_limit && s->limit ? s->limit : n->scan_default;

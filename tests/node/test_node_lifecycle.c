@@ -264,6 +264,56 @@ static void *load_writer(void *p)
 	return NULL;
 }
 
+/* A key stored under a larger --max-key-bytes, the server restarted with a
+ * smaller one: a scan page ending on that key handed it out as the cursor,
+ * and the next page refused it ("cursor longer than 100 bytes"): the keys
+ * after it could not be reached by paging. */
+static void test_scan_pages_past_a_key_over_a_lowered_limit(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	subdir(dir, sizeof(dir), "keylimit");
+	nu_daemon d;
+	assert_int_equal(nu_start(&d, dir, NULL), 0);
+	sl_client *c = nu_client(&d);
+	char longk[203];
+	memset(longk, 'x', sizeof(longk));
+	memcpy(longk, "p2", 2);
+	assert_int_equal(sl_client_put(c, "p1", 2, "a", 1, NULL), SL_OK);
+	assert_int_equal(sl_client_put(c, longk, sizeof(longk), "b", 1, NULL), SL_OK);
+	assert_int_equal(sl_client_put(c, "p3", 2, "c", 1, NULL), SL_OK);
+	sl_client_close(c);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+	const char *lower[] = {"--max-key-bytes", "100", NULL};
+	assert_int_equal(nu_start(&d, dir, lower), 0);
+	c = nu_client(&d);
+	void *cur = NULL;
+	size_t curlen = 0, seen = 0;
+	for (int page = 0; page < 10; page++) {
+		sl_client_item *it = NULL;
+		size_t n = 0;
+		void *next = NULL;
+		size_t nextlen = 0;
+		int rc = sl_client_scan(c, "p", 1, 1, cur, curlen, 1, &it, &n, &next, &nextlen);
+		if (rc != SL_OK) {
+			fail_msg("scan page %d: %s (%s)", page, sl_client_strerror(rc),
+			         sl_client_errmsg(c));
+		}
+		seen += n;
+		sl_client_items_free(it, n);
+		free(cur);
+		cur = next;
+		curlen = nextlen;
+		if (cur == NULL) {
+			break;
+		}
+	}
+	free(cur);
+	assert_int_equal(seen, 3);
+	sl_client_close(c);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+}
+
 static void test_sigterm_under_load(void **state)
 {
 	(void)state;
@@ -484,6 +534,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_bad_flags_exit_1),
+	    cmocka_unit_test(test_scan_pages_past_a_key_over_a_lowered_limit),
 	    cmocka_unit_test(test_dir_in_use_exit_1),
 	    cmocka_unit_test(test_malformed_repl_exit_1),
 	    cmocka_unit_test(test_address_in_use_exit_1),
