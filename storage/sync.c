@@ -286,6 +286,8 @@ void *sl_db_flusher_main(void *arg)
 			pthread_cond_timedwait(&db->flush_cv, &db->sync_mu, &ts);
 		}
 		int stop = db->stop;
+		/* read under sync_mu: sl_swap_dir replaces db->opt under it */
+		int everysec = db->opt.sync == SL_SYNC_EVERYSEC;
 		db->seal_wanted = 0;
 		pthread_mutex_unlock(&db->sync_mu);
 		if (atomic_exchange(&db->pop_wanted, 0)) {
@@ -315,7 +317,7 @@ void *sl_db_flusher_main(void *arg)
 		}
 		if (!atomic_load(&db->failed)) {
 			sl_db_seal_pending(db, 1);
-			if (db->opt.sync == SL_SYNC_EVERYSEC && !stop) {
+			if (everysec && !stop) {
 				sl_db_sync_all(db);
 			}
 		}
