@@ -780,7 +780,11 @@ int sl_swap_dir(sl_db *db, const char *other, const sl_options *o)
 		free(db->dir);
 		db->dir = nd;
 		pthread_mutex_lock(&db->sync_mu);
+		/* cthread_mu too (a leaf lock): the compactor reads its
+		 * interval under it alone */
+		pthread_mutex_lock(&db->cthread_mu);
 		db->opt = n;
+		pthread_mutex_unlock(&db->cthread_mu);
 		pthread_cond_signal(&db->flush_cv); /* the new sync interval applies now */
 		pthread_mutex_unlock(&db->sync_mu);
 	}
