@@ -674,6 +674,9 @@ static void test_swap_new_intervals(void **state)
 	o.sync_interval_ms = 60000; /* the flusher sleeps a minute */
 	o.compact_background = 1;
 	o.compact_interval_ms = 60000;
+	/* segments that do not fill: a sealed segment wakes the flusher, which
+	 * then syncs */
+	o.segment_bytes = 64u << 20;
 	sl_db *db = open_dir(dir_a, &o);
 	/* The flusher's first pass (the new segment's populate) syncs what is
 	 * there: let it run first (under ThreadSanitizer it ran after the
