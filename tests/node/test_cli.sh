@@ -122,7 +122,10 @@ start_server() {
 	for i in 1 2 3 4 5; do
 		PORT=$(free_port)
 		URL=tcp://127.0.0.1:$PORT
-		"$B/shiplogd" --dir "$D/data" --listen "$URL" --sync everysec --pidfile "$D/shiplogd.pid" \
+		# its own replication port, not the default 7520 another test (or
+		# a cluster on this machine) may hold
+		"$B/shiplogd" --dir "$D/data" --listen "$URL" --repl-listen "tcp://127.0.0.1:$(free_port)" \
+			--sync everysec --pidfile "$D/shiplogd.pid" \
 			2>>"$D/shiplogd.log" &
 		SRV_PID=$!
 		for _ in $(seq 100); do
