@@ -25,7 +25,10 @@
  *
  * Threads: a handle may be shared between threads, but its calls are
  * serialised (one request in flight per handle).  Open one handle per thread
- * for concurrency.
+ * for concurrency.  What a handle remembers of its last call
+ * (sl_client_errmsg, sl_client_last_acks, sl_client_primary) is the last
+ * call's, whichever thread made it: a thread that needs its own call's
+ * message must not share the handle.
  *
  * Memory: every pointer a function returns through an out-parameter is
  * malloc'd and owned by the caller unless the comment says "borrowed".
