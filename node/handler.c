@@ -436,6 +436,12 @@ static void add_repl_stats(sl_node *n, sl_reply *r, Shiplog__Stat *st, Shiplog__
 	if (rs.primary[0]) {
 		add_stat(r, st, ptrs, "primary", 0, own_printf(r, "%s", rs.primary));
 		add_stat(r, st, ptrs, "repl_state", 0, rs.state);
+		add_stat(r, st, ptrs, "repl_link_down_ms", rs.link_down_ms, NULL);
+		if (rs.last_error[0]) {
+			add_stat(r, st, ptrs, "repl_last_error", 0,
+			         own_printf(r, "%s", rs.last_error));
+			add_stat(r, st, ptrs, "repl_last_error_ago_ms", rs.last_error_ago_ms, NULL);
+		}
 	}
 	add_stat(r, st, ptrs, "applied_seq", rs.applied_seq, NULL);
 	add_stat(r, st, ptrs, "log_floor", rs.log_floor, NULL);

@@ -238,6 +238,10 @@ static void render_repl(sl_node *n, buf *b)
 	    rs.bytes_served);
 	one(b, "shiplog_repl_backlog_bytes", "gauge", "Configured replication backlog.",
 	    rs.backlog_bytes);
+	meta(b, "shiplog_repl_link_down_seconds", "gauge",
+	     "A follower: seconds since its link to the primary last streamed (0 while it "
+	     "streams; 0 on a primary).");
+	put(b, "shiplog_repl_link_down_seconds %.3f\n", (double)rs.link_down_ms / 1000.0);
 	one(b, "shiplog_repl_protect_seq", "gauge",
 	    "Segments holding seqs from here on are kept out of compaction.", rs.protect_seq);
 	char lab[2 * 64 + 8];

@@ -43,11 +43,13 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include "format.h"
+#include "probe.h"
 #include "record.h"
 #include "repl_int.h"
 
 #define FETCH_WAIT_MS  1000
 #define FETCH_MAX      (8u << 20)
+#define PROBE_MS       500 /* sl_probe_tcp of a primary not connected */
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 2000
 /* background compaction waits this long after each full (catch-up) reply */
@@ -576,8 +578,8 @@ static int adopt_history(sl_repl *r, const ProtobufCBinaryData *hid, size_t n,
 	history_take(&st, hid, n, links);
 	int rc = repl_state_save(r->dir, &st);
 	if (rc != SL_OK) {
-		repl_log(r, 3, "cannot save replication state in %s: %s; not applying", r->dir,
-		         sl_strerror(rc));
+		repl_follow_fail(r, 3, "cannot save replication state in %s: %s; not applying",
+		                 r->dir, sl_strerror(rc));
 		return -1;
 	}
 	pthread_mutex_lock(&r->mu);
@@ -623,7 +625,7 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 	}
 	repl_rm_rf(tmp);
 	pthread_mutex_lock(&r->mu);
-	r->fstate = "resyncing";
+	repl_set_fstate(r, "resyncing");
 	pthread_mutex_unlock(&r->mu);
 	repl_log(r, 1, "full resync from %s into %s", url, tmp);
 	uint64_t t0 = repl_now_ms();
@@ -637,7 +639,7 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 	sl_db *db = NULL;
 	int rc = sl_open(tmp, &o, &db);
 	if (rc != SL_OK) {
-		repl_log(r, 3, "full resync: cannot create %s: %s", tmp, sl_strerror(rc));
+		repl_follow_fail(r, 3, "full resync: cannot create %s: %s", tmp, sl_strerror(rc));
 		*local = local_failure(rc);
 		return rc;
 	}
@@ -668,8 +670,8 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 			rc = SL_EPROTO;
 		} else if (rep->snap->status != SL_OK) {
 			rc = rep->snap->status;
-			repl_log(r, 2, "full resync: primary says %s",
-			         rep->snap->error ? rep->snap->error : sl_strerror(rc));
+			repl_follow_fail(r, 2, "full resync: primary says %s",
+			                 rep->snap->error ? rep->snap->error : sl_strerror(rc));
 		} else {
 			Shiplog__SnapChunk *c = rep->snap;
 			if (chunk == 0) {
@@ -690,13 +692,14 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 				if (rc != SL_OK && local_failure(rc)) {
 					*local = 1;
 					atomic_fetch_add(&r->apply_errors, 1);
-					repl_log(r, 3,
-					         "full resync: cannot store a chunk: %s (this "
-					         "node's storage)",
-					         sl_strerror(rc));
+					repl_follow_fail(
+					    r, 3,
+					    "full resync: cannot store a chunk: %s (this "
+					    "node's storage)",
+					    sl_strerror(rc));
 				} else if (rc != SL_OK) {
 					atomic_fetch_add(&r->refused, 1);
-					repl_log(
+					repl_follow_fail(
 					    r, 3,
 					    "full resync: refused a chunk with a bad record: %s",
 					    sl_strerror(rc));
@@ -761,8 +764,9 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 		if (rc == SL_OK) {
 			rc = sl_open(r->dir, r->o.db_opts, &db);
 			if (rc != SL_OK) {
-				repl_log(r, 3, "cannot open %s after the resync: %s; stopping",
-				         r->dir, sl_strerror(rc));
+				repl_follow_fail(r, 3,
+				                 "cannot open %s after the resync: %s; stopping",
+				                 r->dir, sl_strerror(rc));
 				abort(); /* the files moved in: a restart opens them */
 			}
 		}
@@ -772,14 +776,14 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 	if (rc == SL_OK) {
 		*r->o.dbp = db;
 	} else {
-		repl_log(r, 3, "full resync: cannot %s %s and %s: %s", nested ? "move in" : "swap",
-		         tmp, r->dir, sl_strerror(rc));
+		repl_follow_fail(r, 3, "full resync: cannot %s %s and %s: %s",
+		                 nested ? "move in" : "swap", tmp, r->dir, sl_strerror(rc));
 		*local = 1;
 		sl_close(db);
 		int orc = sl_open(r->dir, r->o.db_opts, r->o.dbp);
 		if (orc != SL_OK) {
-			repl_log(r, 3, "cannot reopen %s after the resync: %s; stopping", r->dir,
-			         sl_strerror(orc));
+			repl_follow_fail(r, 3, "cannot reopen %s after the resync: %s; stopping",
+			                 r->dir, sl_strerror(orc));
 			abort(); /* no store to serve from: a restart recovers (invariant 3) */
 		}
 		struct stat sst;
@@ -1017,10 +1021,10 @@ static int resync_or_wait(sl_repl *r, const char *url, uint64_t *backoff, uint64
 		return SL_OK;
 	}
 	uint64_t *wait = local ? resync_backoff : backoff;
-	repl_log(r, 2, "full resync failed: %s%s; retrying in %llu ms", sl_strerror(rc),
-	         local ? " (this node's storage)" : "", (unsigned long long)*wait);
+	repl_follow_fail(r, 2, "full resync failed: %s%s; retrying in %llu ms", sl_strerror(rc),
+	                 local ? " (this node's storage)" : "", (unsigned long long)*wait);
 	pthread_mutex_lock(&r->mu);
-	r->fstate = local ? "store_error" : "connecting";
+	repl_set_fstate(r, local ? "store_error" : "connecting");
 	pthread_mutex_unlock(&r->mu);
 	*stop = pause_ms(r, *wait);
 	*wait = backoff_next(*wait, local ? RESYNC_BACKOFF_MAX_MS : BACKOFF_MAX_MS);
@@ -1034,6 +1038,7 @@ static void *fetch_main(void *arg)
 	int connected = 0; /* a fetch succeeded on this connection */
 	int resynced = 0;  /* a full resync just ended: the next fetch streams */
 	int last_err = 0;
+	char last_msg[sizeof(r->ferr)] = ""; /* logged once until it changes */
 	int store_err = 0;    /* the local error storing the last reply failed with */
 	int store_failed = 0; /* SL_EFAILED: the store must be replaced (above) */
 	uint64_t last_replace_ms = 0, replace_backoff = RESYNC_BACKOFF_MIN_MS;
@@ -1053,7 +1058,7 @@ static void *fetch_main(void *arg)
 		st = r->st;
 		uint64_t durable = r->durable;
 		if (!connected) {
-			r->fstate = "connecting";
+			repl_set_fstate(r, "connecting");
 		}
 		pthread_mutex_unlock(&r->mu);
 		if (stop) {
@@ -1076,7 +1081,7 @@ static void *fetch_main(void *arg)
 			uint64_t now = repl_now_ms();
 			if (last_replace_ms != 0 && now - last_replace_ms < 60000) {
 				pthread_mutex_lock(&r->mu);
-				r->fstate = "store_error";
+				repl_set_fstate(r, "store_error");
 				pthread_mutex_unlock(&r->mu);
 				if (pause_ms(r, replace_backoff)) {
 					break;
@@ -1086,10 +1091,11 @@ static void *fetch_main(void *arg)
 			} else {
 				replace_backoff = RESYNC_BACKOFF_MIN_MS;
 			}
-			repl_log(r, 3,
-			         "this node's store has failed; replacing it with a full resync "
-			         "from %s",
-			         url);
+			repl_follow_fail(
+			    r, 3,
+			    "this node's store has failed; replacing it with a full resync "
+			    "from %s",
+			    url);
 			int stop;
 			if (resync_or_wait(r, url, &backoff, &resync_backoff, &stop) != SL_OK) {
 				connected = 0;
@@ -1119,6 +1125,25 @@ static void *fetch_main(void *arg)
 			if (src == SL_OK &&
 			    s.failed != 0) { /* its flusher's fdatasync failed, say */
 				store_failed = 1;
+				continue;
+			}
+		}
+		if (!connected && !ahead.live) {
+			/* Not connected: see first whether the primary answers at
+			 * all, and if not say why ("Connection refused", "no answer
+			 * within 500 ms"): nng's REQ socket only waits for a
+			 * connection, and the fetch would time out saying nothing
+			 * more.  nng keeps dialling meanwhile. */
+			char why[160], msg[sizeof(r->ferr)];
+			if (sl_probe_tcp(url, PROBE_MS, why, sizeof(why)) != SL_OK) {
+				snprintf(msg, sizeof(msg), "cannot connect to %s: %s; retrying",
+				         url, why);
+				repl_follow_fail(r, strcmp(msg, last_msg) != 0 ? 2 : 0, "%s", msg);
+				snprintf(last_msg, sizeof(last_msg), "%s", msg);
+				if (pause_ms(r, backoff)) {
+					break;
+				}
+				backoff = backoff_next(backoff, BACKOFF_MAX_MS);
 				continue;
 			}
 		}
@@ -1164,11 +1189,12 @@ static void *fetch_main(void *arg)
 			break;
 		}
 		if (rc != SL_OK) {
-			if (rc != last_err) {
-				repl_log(r, 2, "fetch from %s failed: %s; retrying", url,
-				         rc == SL_EIO ? "not connected" : sl_strerror(rc));
-				last_err = rc;
-			}
+			char msg[sizeof(r->ferr)];
+			snprintf(msg, sizeof(msg), "fetch from %s failed: %s; retrying", url,
+			         rc == SL_EIO ? "not connected" : sl_strerror(rc));
+			repl_follow_fail(r, strcmp(msg, last_msg) != 0 ? 2 : 0, "%s", msg);
+			snprintf(last_msg, sizeof(last_msg), "%s", msg);
+			last_err = rc;
 			shiplog__repl_reply__free_unpacked(rep, NULL);
 			if (rc == SL_EPROTO) {
 				drop_pipe(&ahead); /* a malformed reply: a fresh connection */
@@ -1209,8 +1235,8 @@ static void *fetch_main(void *arg)
 		}
 		if (fr->status != SL_OK) {
 			if (fr->status != last_err) {
-				repl_log(r, 2, "primary %s refused the fetch: %s", url,
-				         fr->error ? fr->error : sl_strerror(fr->status));
+				repl_follow_fail(r, 2, "primary %s refused the fetch: %s", url,
+				                 fr->error ? fr->error : sl_strerror(fr->status));
 				last_err = fr->status;
 			}
 			shiplog__repl_reply__free_unpacked(rep, NULL);
@@ -1231,12 +1257,13 @@ static void *fetch_main(void *arg)
 		if (!connected || resynced) {
 			/* also after a full resync, which leaves connected set */
 			pthread_mutex_lock(&r->mu);
-			r->fstate = "streaming";
+			repl_set_fstate(r, "streaming");
 			pthread_mutex_unlock(&r->mu);
 			resynced = 0;
 		}
 		connected = 1;
 		last_err = 0;
+		last_msg[0] = '\0';
 		backoff = BACKOFF_MIN_MS;
 		if (adopt_history(r, &fr->history_id, fr->n_history, fr->history) != 0) {
 			/* this node's disk: retried once a second, as a store error */
@@ -1297,7 +1324,7 @@ static void *fetch_main(void *arg)
 			store_err = 0;
 			store_backoff = BACKOFF_MIN_MS / 2;
 			pthread_mutex_lock(&r->mu);
-			r->fstate = "streaming";
+			repl_set_fstate(r, "streaming");
 			pthread_mutex_unlock(&r->mu);
 		}
 		if (inline_done != 2) { /* 2: pend_cb counted them */
@@ -1344,7 +1371,7 @@ static void *fetch_main(void *arg)
 				if (rc == SL_EFAILED) {
 					store_failed = 1; /* replaced at the top of the loop */
 				} else if (store_err != rc) {
-					repl_log(
+					repl_follow_fail(
 					    r, 3,
 					    "cannot store records from %s after seq %llu: %s "
 					    "(this node's storage); retrying every %d ms or less "
@@ -1354,15 +1381,16 @@ static void *fetch_main(void *arg)
 				}
 				store_err = rc;
 				pthread_mutex_lock(&r->mu);
-				r->fstate = "store_error";
+				repl_set_fstate(r, "store_error");
 				pthread_mutex_unlock(&r->mu);
 				store_backoff = backoff_next(store_backoff, BACKOFF_MAX_MS);
 				backoff = store_backoff;
 			} else {
 				atomic_fetch_add(&r->refused, 1);
-				repl_log(r, 3,
-				         "refused records from %s after seq %llu: %s; reconnecting",
-				         url, (unsigned long long)a.last, sl_strerror(rc));
+				repl_follow_fail(
+				    r, 3,
+				    "refused records from %s after seq %llu: %s; reconnecting", url,
+				    (unsigned long long)a.last, sl_strerror(rc));
 				ahead.pipe = got;
 				drop_pipe(&ahead);
 				connected = 0;
@@ -1385,11 +1413,13 @@ void repl_follower_start(sl_repl *r)
 		return;
 	}
 	r->fetch_stop = 0;
-	r->fstate = "connecting";
+	r->fdown_ms = 0; /* down from now: a new primary, or this node's start */
+	r->ferr[0] = '\0';
+	repl_set_fstate(r, "connecting");
 	if (pthread_create(&r->fetcher, NULL, fetch_main, r) == 0) {
 		r->fetcher_started = 1;
 	} else {
-		repl_log(r, 3, "cannot start the fetch thread");
+		repl_log(r, 3, "cannot start the fetch thread"); /* r->mu is held */
 	}
 }
 

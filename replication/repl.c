@@ -72,6 +72,32 @@ void repl_log(sl_repl *r, int level, const char *fmt, ...)
 	}
 }
 
+void repl_set_fstate(sl_repl *r, const char *state)
+{
+	if (strcmp(state, "streaming") == 0) {
+		r->fdown_ms = 0;
+	} else if (r->fdown_ms == 0) {
+		r->fdown_ms = repl_now_ms();
+	}
+	r->fstate = state;
+}
+
+void repl_follow_fail(sl_repl *r, int level, const char *fmt, ...)
+{
+	char buf[sizeof(r->ferr)];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (level > 0) {
+		repl_log(r, level, "%s", buf);
+	}
+	pthread_mutex_lock(&r->mu);
+	memcpy(r->ferr, buf, sizeof(buf));
+	r->ferr_ms = repl_now_ms();
+	pthread_mutex_unlock(&r->mu);
+}
+
 static void abs_deadline(struct timespec *ts, uint32_t ms)
 {
 	clock_gettime(CLOCK_REALTIME, ts);
@@ -849,6 +875,11 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 	if (atomic_load(&r->role) == ROLE_FOLLOWER) {
 		snprintf(out->primary, sizeof(out->primary), "%s", r->st.primary);
 		out->state = r->fstate ? r->fstate : "";
+		out->link_down_ms = r->fdown_ms != 0 && now > r->fdown_ms ? now - r->fdown_ms : 0;
+		if (r->ferr[0]) {
+			snprintf(out->last_error, sizeof(out->last_error), "%s", r->ferr);
+			out->last_error_ago_ms = now > r->ferr_ms ? now - r->ferr_ms : 0;
+		}
 	}
 	out->applied_seq = atomic_load(&r->applied);
 	if (atomic_load(&r->role) == ROLE_PRIMARY) {

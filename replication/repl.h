@@ -189,8 +189,11 @@ typedef struct sl_repl_stats {
 	const char *role;
 	char history_id[33];
 	char node_id[40];
-	char primary[256]; /* follower: the URL followed */
-	const char *state; /* follower: "connecting", "streaming", "resyncing" */
+	char primary[256];          /* follower: the URL followed */
+	const char *state;          /* follower: "connecting", "streaming", "resyncing" */
+	uint64_t link_down_ms;      /* follower: ms since it last streamed (0: streaming) */
+	char last_error[512];       /* follower: the fetch loop's last failure, or "" */
+	uint64_t last_error_ago_ms; /* how long ago */
 	uint64_t applied_seq;
 	uint64_t log_floor; /* below it this node cannot serve a partial resync */
 	uint64_t resyncs_full, resyncs_partial;

@@ -135,7 +135,10 @@ struct sl_repl {
 	nng_aio *fwait;     /* the aio the fetch loop waits on now (mu), for a stop to cancel */
 	int fexit;          /* stopping for good: the socket is left open (drop_conn) */
 	uint64_t fsock_gen; /* bumped at each open: contexts of older ones are dead */
-	const char *fstate; /* "connecting", "streaming", "resyncing" */
+	const char *fstate; /* "connecting", "streaming", "resyncing" (repl_set_fstate) */
+	uint64_t fdown_ms;  /* when the link last stopped streaming (mono ms); 0 while streaming */
+	char ferr[512];     /* the fetch loop's last failure (repl_follow_fail), or "" */
+	uint64_t ferr_ms;   /* when it happened */
 	char primary_client[256]; /* follower: the primary's client URL, once known */
 	uint64_t durable;         /* follower: highest seq known synced */
 	atomic_uint_fast64_t resyncs_full, resyncs_partial;
@@ -144,6 +147,16 @@ struct sl_repl {
 };
 
 void repl_log(sl_repl *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* The fetch loop's state, with when it last stopped streaming.  Call with
+ * r->mu held. */
+void repl_set_fstate(sl_repl *r, const char *state);
+
+/* Logs a failure of the fetch loop (a warning at level 2, an error at 3; 0:
+ * not logged, a repeat) and keeps it for the stats (repl_last_error).  Call
+ * without r->mu. */
+void repl_follow_fail(sl_repl *r, int level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Before a full resync closes the store `old`: keeps its counters
  * (sl_repl_add_carried). */

@@ -289,6 +289,51 @@ static void test_kill_follower_partial_resync(void **state)
 	assert_true(partial >= 1);
 }
 
+/* A follower says how long its link has been down and why: a node pointed
+ * at a port nobody listens on reports repl_link_down_ms growing and the
+ * refused connection as repl_last_error; re-pointed at P it streams, with
+ * the link down for 0 ms and the old error gone. */
+static void test_link_down_and_last_error(void **state)
+{
+	(void)state;
+	char dead[64], text[256];
+	snprintf(dead, sizeof(dead), "tcp://127.0.0.1:%d", nu_free_port());
+	ru_node F3 = {0};
+	assert_int_equal(ru_start_in(&F3, root, "f3", dead, NULL), 0);
+	uint64_t down1 = 0;
+	for (int waited = 0; waited < 5000; waited += 50) {
+		ru_stat(&F3, "repl_last_error", text, sizeof(text));
+		if (text[0]) {
+			break;
+		}
+		nu_sleep_ms(50);
+	}
+	assert_non_null(strstr(text, dead));
+	ru_stat(&F3, "repl_state", text, sizeof(text));
+	assert_string_equal(text, "connecting");
+	down1 = ru_stat(&F3, "repl_link_down_ms", NULL, 0);
+	assert_true(down1 != UINT64_MAX && down1 > 0);
+	nu_sleep_ms(300);
+	uint64_t down2 = ru_stat(&F3, "repl_link_down_ms", NULL, 0);
+	assert_true(down2 >= down1 + 250);
+	assert_true(ru_stat(&F3, "repl_last_error_ago_ms", NULL, 0) != UINT64_MAX);
+
+	sl_client *c = ru_client(&F3);
+	assert_non_null(c);
+	char hid[33];
+	assert_int_equal(sl_client_follow(c, P.rurl, hid), SL_OK);
+	sl_client_close(c);
+	assert_int_equal(ru_wait_applied(&F3, ru_last_seq(&P), 10000), 0);
+	ru_stat(&F3, "repl_state", text, sizeof(text));
+	assert_string_equal(text, "streaming");
+	assert_int_equal(ru_stat(&F3, "repl_link_down_ms", NULL, 0), 0);
+	ru_stat(&F3, "repl_last_error", text, sizeof(text));
+	assert_string_equal(text, "");
+	/* a primary has no link: none of these */
+	assert_true(ru_stat(&P, "repl_link_down_ms", NULL, 0) == UINT64_MAX);
+	nu_stop(&F3.d, SIGTERM);
+}
+
 /* The index i of F's group of follower.i.* stats on the primary (-1). */
 static int follower_index(ru_node *f)
 {
@@ -451,6 +496,7 @@ int main(void)
 	    cmocka_unit_test(test_followers_compact_independently),
 	    cmocka_unit_test(test_stop_answers_parked_acks),
 	    cmocka_unit_test(test_restarted_follower_takes_no_default_listen),
+	    cmocka_unit_test(test_link_down_and_last_error),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
