@@ -340,6 +340,12 @@ int sl_metrics_render(sl_metrics *m, sl_node *n, char **out, size_t *len)
 		    s.fsyncs);
 		one(&b, "shiplog_corrupt_records_total", "counter",
 		    "Bad records found at recovery or on read.", s.corrupt_records);
+		one(&b, "shiplog_compaction_runs_total", "counter",
+		    "Compaction runs finished by the engine, background and manual.",
+		    s.compactions);
+		one(&b, "shiplog_compact_reclaimed_bytes_total", "counter",
+		    "Segment bytes compaction deleted, less the bytes it wrote.",
+		    s.compact_bytes_reclaimed);
 		meta(&b, "shiplog_recovery_seconds", "gauge",
 		     "Time the last open took to rebuild the keydir.");
 		put(&b, "shiplog_recovery_seconds %.3f\n", (double)s.recovery_ms / 1000.0);

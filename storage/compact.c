@@ -21,7 +21,9 @@
  *  5. Only then are outputs published and keydir entries moved to them,
  *     compare-and-swap on location (a concurrent overwrite wins).
  *  6. Tombstones and expired records that can be dropped are removed from the
- *     keydir, again only if the entry is still exactly theirs.
+ *     keydir, again only if the entry is still exactly theirs.  An expired
+ *     put that cannot be dropped yet is copied as a tombstone with its seq
+ *     (its entry becomes one): it still hides older values of its key.
  *  7. Inputs are unpublished, a keydir barrier waits out every reader that
  *     could still be copying from them; they are unlinked, hints with them,
  *     the directory fsync'd, and DROPPING removed (kept when an unlink
@@ -61,6 +63,8 @@
 
 typedef struct move {
 	uint32_t in_seg, in_off, out_off, size;
+	uint32_t out_size; /* size in the output: a tombstone's, for an expired put kept */
+	int out_tomb;      /* the output record is a tombstone */
 } move;
 
 typedef struct output {
@@ -175,28 +179,36 @@ static int take_record(run *r, sl_seg *in, uint64_t off, uint64_t now)
 	}
 	r->bytes_read += size;
 	int expired = rec.type == SL_REC_PUT && rec.expire_at != 0 && rec.expire_at <= now;
-	move m = {in->id, (uint32_t)off, 0, (uint32_t)size};
+	move m = {in->id, (uint32_t)off, 0, (uint32_t)size, (uint32_t)size, rec.type == SL_REC_DEL};
 	if ((rec.type == SL_REC_DEL || expired) && rec.seq < r->keep_min_seq) {
 		return push_move(&r->drops, &r->ndrops, &r->capdrops, m);
 	}
+	/* An expired put that may not go yet (an older value of its key may
+	 * be in a segment that stays) becomes a tombstone with its seq: it
+	 * still hides that value, and its value's bytes are reclaimed. */
+	size_t osize = expired ? sl_rec_size(rec.klen, 0) : size;
 	output *o = r->nout ? &r->out[r->nout - 1] : NULL;
 	int rc;
-	if (o == NULL || atomic_load(&o->s->end) + size > o->s->cap) {
-		if ((rc = new_output(r, size)) != SL_OK) {
+	if (o == NULL || atomic_load(&o->s->end) + osize > o->s->cap) {
+		if ((rc = new_output(r, osize)) != SL_OK) {
 			return rc;
 		}
 		o = &r->out[r->nout - 1];
 	}
 	uint64_t oend = atomic_load(&o->s->end);
-	memcpy(o->s->map + oend, in->map + off, size);
-	if (rec.expire_at != 0) {
-		atomic_store(&o->s->has_ttl, 1);
+	if (expired) {
+		sl_rec_encode(o->s->map + oend, SL_REC_DEL, rec.seq, 0, rec.key, rec.klen, NULL, 0);
+		m.out_size = (uint32_t)osize;
+		m.out_tomb = 1;
+	} else {
+		memcpy(o->s->map + oend, in->map + off, size);
+		sl_seg_note_ttl(o->s, rec.expire_at, size);
 	}
-	atomic_store(&o->s->end, oend + size);
+	atomic_store(&o->s->end, oend + osize);
 	m.out_off = (uint32_t)oend;
 	o->min_seq = rec.seq < o->min_seq ? rec.seq : o->min_seq;
 	o->max_seq = rec.seq > o->max_seq ? rec.seq : o->max_seq;
-	r->bytes_written += size;
+	r->bytes_written += osize;
 	return push_move(&o->moves, &o->nmoves, &o->capmoves, m);
 }
 
@@ -349,6 +361,8 @@ static void switch_keydir(run *r)
 			to = from;
 			to.seg = o->s->id;
 			to.off = m->out_off;
+			to.size = m->out_size;
+			to.tomb = m->out_tomb;
 			if (sl_keydir_cas(db->kd, sl_keydir_hash(rec.key, rec.klen), rec.key,
 			                  rec.klen, &from, &to)) {
 				sl_db_account(db, &to, +1);
@@ -541,6 +555,7 @@ static void run_free(run *r)
 static int pick(sl_db *db, int full, uint32_t below, run *r)
 {
 	uint64_t protect = atomic_load(&db->protect_seq);
+	uint64_t now = db->io->now_ms();
 	uint64_t min_bytes = db->opt.compact_min_bytes;
 	uint64_t budget = 8 * db->opt.segment_bytes, taken = 0;
 	size_t nsmall = 0;
@@ -570,6 +585,13 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 			uint64_t size = atomic_load(&s->end) - SL_SEG_HDR_SIZE;
 			uint64_t need = atomic_load(&s->live) + atomic_load(&s->tomb);
 			uint64_t dead = size > need ? size - need : 0;
+			/* Expired records are dead too, though the keydir still
+			 * points at them (a get skips them): once all of this
+			 * segment's have expired, at least their bytes are. */
+			uint64_t ttl = atomic_load(&s->ttl_bytes);
+			if (ttl > dead && now >= atomic_load(&s->ttl_last)) {
+				dead = ttl < size ? ttl : size;
+			}
 			int small = size < min_bytes;
 			int want;
 			if (pass == 0) { /* count the small ones first */

@@ -534,9 +534,7 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 	if (seq > a->last_seq) {
 		a->last_seq = seq;
 	}
-	if (expire_at != 0 && !atomic_load_explicit(&a->has_ttl, memory_order_relaxed)) {
-		atomic_store(&a->has_ttl, 1);
-	}
+	sl_seg_note_ttl(a, expire_at, size);
 	if (seq > atomic_load(&db->last_seq)) {
 		atomic_store_explicit(&db->last_seq, seq, memory_order_release);
 	}

@@ -167,9 +167,7 @@ static int index_one(load_ctx *c, uint8_t type, const void *key, size_t klen, ui
 static int hint_cb(void *arg, const sl_hint_entry *e)
 {
 	load_ctx *c = arg;
-	if (e->expire_at != 0) {
-		atomic_store(&c->seg->has_ttl, 1);
-	}
+	sl_seg_note_ttl(c->seg, e->expire_at, e->size);
 	int rc = index_one(c, e->type, e->key, e->klen, e->off, e->size, e->seq);
 	if (rc == SL_OK && e->last) {
 		rc = sl_db_index_flush(c->db, &c->batch); /* the keys live in the hint buffer */
@@ -203,9 +201,7 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 		size_t size;
 		int d = sl_rec_decode(m + off, limit - off, mk, mv, &r, &size);
 		if (d == SL_REC_OK) {
-			if (r.expire_at != 0) {
-				atomic_store(&c->seg->has_ttl, 1);
-			}
+			sl_seg_note_ttl(c->seg, r.expire_at, size);
 			int rc = index_one(c, r.type, r.key, r.klen, (uint32_t)off, (uint32_t)size,
 			                   r.seq);
 			if (rc != SL_OK) {
