@@ -109,15 +109,22 @@ static char *own_printf(sl_reply *r, const char *fmt, ...)
 
 /* ---- argument checks (invariant 2) ---------------------------------- */
 
-/* 0 when key is acceptable; else the status, with a message in msg. */
-static int check_key(const sl_node *n, const ProtobufCBinaryData *k, int has, char *msg, size_t cap)
+#define SL_MAX_KEY_ANY 65535u /* the engine's bound on any key (shiplog.h) */
+
+/* 0 when key is acceptable; else the status, with a message in msg.
+ * limit: --max-key-bytes for a put; for a get or a delete the engine's own
+ * bound (SL_MAX_KEY_ANY), since the store may hold longer keys than this node lets
+ * clients write now (replicated from a primary with a larger limit, or
+ * written before a restart with a smaller one): they stay readable and
+ * deletable. */
+static int check_key(const ProtobufCBinaryData *k, int has, uint32_t limit, char *msg, size_t cap)
 {
 	if (!has || k->len == 0) {
 		snprintf(msg, cap, "empty key");
 		return SL_EINVAL;
 	}
-	if (k->len > n->max_key_bytes) {
-		snprintf(msg, cap, "key is %zu bytes, limit %u", k->len, n->max_key_bytes);
+	if (k->len > limit) {
+		snprintf(msg, cap, "key is %zu bytes, limit %u", k->len, limit);
 		return SL_ETOOBIG;
 	}
 	return SL_OK;
@@ -125,7 +132,7 @@ static int check_key(const sl_node *n, const ProtobufCBinaryData *k, int has, ch
 
 static int check_put(const sl_node *n, const Shiplog__Put *p, char *msg, size_t cap)
 {
-	int rc = check_key(n, &p->key, p->has_key, msg, cap);
+	int rc = check_key(&p->key, p->has_key, n->max_key_bytes, msg, cap);
 	if (rc != SL_OK) {
 		return rc;
 	}
@@ -177,7 +184,7 @@ static size_t resp_budget(const sl_node *n)
 
 static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 {
-	o->status = check_key(n, &g->key, g->has_key, o->msg, sizeof(o->msg));
+	o->status = check_key(&g->key, g->has_key, SL_MAX_KEY_ANY, o->msg, sizeof(o->msg));
 	if (o->status != SL_OK) {
 		return;
 	}
@@ -236,7 +243,7 @@ static void do_put(sl_node *n, const Shiplog__Put *p, unsigned flags, op_result 
 
 static void do_del(sl_node *n, const Shiplog__Del *d, unsigned flags, op_result *o)
 {
-	o->status = check_key(n, &d->key, d->has_key, o->msg, sizeof(o->msg));
+	o->status = check_key(&d->key, d->has_key, SL_MAX_KEY_ANY, o->msg, sizeof(o->msg));
 	if (o->status != SL_OK) {
 		return;
 	}

@@ -47,11 +47,16 @@
 #include "record.h"
 #include "repl_int.h"
 
-#define FETCH_WAIT_MS  1000
-#define FETCH_MAX      (8u << 20)
-#define PROBE_MS       500 /* sl_probe_tcp of a primary not connected */
-#define BACKOFF_MIN_MS 50
-#define BACKOFF_MAX_MS 2000
+#define FETCH_WAIT_MS 1000
+#define FETCH_MAX     (8u << 20)
+/* The largest record any node's engine stores: what a follower takes from
+ * its primary, whatever its own --max-key-bytes / --max-value-bytes (those
+ * bound what clients write; a primary may hold records written under
+ * larger ones, before a restart, or set larger than this node's). */
+#define REPL_MAX_RECORD ((size_t)SL_REC_HDR_SIZE + SL_MAX_KEY + SL_MAX_VALUE)
+#define PROBE_MS        500 /* sl_probe_tcp of a primary not connected */
+#define BACKOFF_MIN_MS  50
+#define BACKOFF_MAX_MS  2000
 /* background compaction waits this long after each full (catch-up) reply */
 #define CATCHUP_COMPACT_DEFER_MS 1000
 /* A reply with at least this many records means the primary is busy:
@@ -184,10 +189,7 @@ static int ensure_conn(sl_repl *r, const char *url)
 		/* Fetches are idempotent, but a resend could overlap a long
 		 * poll; the loop retries itself. */
 		nng_socket_set_ms(r->fsock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
-		nng_socket_set_size(
-		    r->fsock, NNG_OPT_RECVMAXSZ,
-		    (FETCH_MAX > r->o.max_record_bytes ? FETCH_MAX : r->o.max_record_bytes) +
-		        (1u << 20));
+		nng_socket_set_size(r->fsock, NNG_OPT_RECVMAXSZ, REPL_MAX_RECORD + (1u << 20));
 		nng_socket_set_ms(r->fsock, NNG_OPT_RECONNMINT, BACKOFF_MIN_MS);
 		nng_socket_set_ms(r->fsock, NNG_OPT_RECONNMAXT, BACKOFF_MAX_MS);
 		rv = nng_dial(r->fsock, url, NULL, NNG_FLAG_NONBLOCK);
@@ -264,9 +266,8 @@ static void pend_cb(void *arg)
 	const Shiplog__ReplReply *rep = p->rep;
 	if (rep != NULL && rep->op_case == SHIPLOG__REPL_REPLY__OP_FETCH && rep->fetch != NULL &&
 	    rep->fetch->status == SL_OK && rep->fetch->records.len > 0) {
-		p->verified =
-		    repl_split_records(rep->fetch->records.data, rep->fetch->records.len,
-		                       p->r->o.max_record_bytes, verify_one, NULL) == SL_OK;
+		p->verified = repl_split_records(rep->fetch->records.data, rep->fetch->records.len,
+		                                 REPL_MAX_RECORD, verify_one, NULL) == SL_OK;
 	}
 	if (p->verified && atomic_load(&p->inline_ok) && inline_apply(p)) {
 		return; /* applied, and the next fetch is out: the loop sleeps on */
@@ -501,7 +502,7 @@ static int apply_records(apply_ctx *a, const uint8_t *p, size_t len)
 {
 	a->n = 0;
 	a->count = 0;
-	int rc = repl_split_records(p, len, a->r->o.max_record_bytes, gather_one, a);
+	int rc = repl_split_records(p, len, REPL_MAX_RECORD, gather_one, a);
 	size_t done = 0;
 	int arc = a->any_order
 	              ? sl_load_raw_many(a->db, a->recs, a->lens, a->n, &done)
@@ -1045,6 +1046,8 @@ static void *fetch_main(void *arg)
 	uint64_t catchup_since_ms = 0; /* full replies since (compaction deferral) */
 	uint64_t resync_backoff = RESYNC_BACKOFF_MIN_MS;
 	uint64_t store_backoff = BACKOFF_MIN_MS / 2;
+	uint64_t refuse_backoff = BACKOFF_MIN_MS / 2; /* after refused records */
+	char last_refused[sizeof(r->ferr)] = "";      /* logged once until it changes */
 	uint64_t last_stats_ms = 0;
 	pending ahead = {0};      /* the next fetch, sent early (see below) */
 	unsigned inline_seen = 0; /* ahead.inline_rounds last looked at */
@@ -1318,6 +1321,10 @@ static void *fetch_main(void *arg)
 		if (ahead.live && (rc != SL_OK || a.last + 1 != next)) {
 			pend_abort(&ahead); /* it would not continue right after what was applied */
 		}
+		if (rc == SL_OK) {
+			refuse_backoff = BACKOFF_MIN_MS / 2;
+			last_refused[0] = '\0';
+		}
 		if (rc == SL_OK && store_err != 0) {
 			repl_log(r, 1, "storing records from %s again at seq %llu", url,
 			         (unsigned long long)a.last);
@@ -1386,14 +1393,24 @@ static void *fetch_main(void *arg)
 				store_backoff = backoff_next(store_backoff, BACKOFF_MAX_MS);
 				backoff = store_backoff;
 			} else {
+				/* the primary sends the same records again: wait longer
+				 * each time (the fetch itself resets `backoff`) */
 				atomic_fetch_add(&r->refused, 1);
-				repl_follow_fail(
-				    r, 3,
-				    "refused records from %s after seq %llu: %s; reconnecting", url,
-				    (unsigned long long)a.last, sl_strerror(rc));
+				refuse_backoff = backoff_next(refuse_backoff, BACKOFF_MAX_MS);
+				char msg[sizeof(r->ferr)];
+				snprintf(msg, sizeof(msg),
+				         "refused records from %s after seq %llu: %s; reconnecting",
+				         url, (unsigned long long)a.last, sl_strerror(rc));
+				repl_follow_fail(r, strcmp(msg, last_refused) != 0 ? 3 : 0, "%s",
+				                 msg);
+				snprintf(last_refused, sizeof(last_refused), "%s", msg);
 				ahead.pipe = got;
 				drop_pipe(&ahead);
 				connected = 0;
+				pthread_mutex_lock(&r->mu);
+				repl_set_fstate(r, "refusing");
+				pthread_mutex_unlock(&r->mu);
+				backoff = refuse_backoff;
 			}
 			if (pause_ms(r, backoff)) {
 				break;

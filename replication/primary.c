@@ -256,6 +256,18 @@ static uint8_t *fetch_buf(size_t cap)
 	return tl_buf;
 }
 
+/* After a reply: a buffer grown past what this node's limits need (for a
+ * record written under larger ones) is given back. */
+static void fetch_buf_trim(const sl_repl *r)
+{
+	size_t keep = r->o.max_record_bytes > CHUNK_MAX ? r->o.max_record_bytes : CHUNK_MAX;
+	if (tl_cap > keep) {
+		free(tl_buf);
+		tl_buf = NULL;
+		tl_cap = 0;
+	}
+}
+
 /* Serves c's fetch with the store read lock held (invariant 5).  With
  * ibuf (an inline serve, see serve_fetch), records go through the icap
  * bytes at ibuf, and -1 is returned, nothing sent nor parked, when the
@@ -332,8 +344,23 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 	size_t len = 0;
 	uint64_t next = f->from_seq;
 	rc = sl_log_read(*r->o.dbp, f->from_seq, buf, cap, &len, &next);
+	if (rc == SL_ETOOBIG && ibuf == NULL) {
+		/* A record bigger than this node's limits allow now (written
+		 * before a restart with smaller ones): sent alone, as it is. */
+		cap = len;
+		len = 0;
+		next = f->from_seq;
+		rc = (buf = fetch_buf(cap)) == NULL
+		         ? SL_ENOMEM
+		         : sl_log_read(*r->o.dbp, f->from_seq, buf, cap, &len, &next);
+		if (rc == SL_ENOMEM) {
+			reply_fetch_status(c, SL_ENOMEM, "out of memory");
+			return 0;
+		}
+	}
 	head = sl_last_seq(*r->o.dbp);
-	if (rc == SL_OK && ibuf != NULL && len == 0 && head >= f->from_seq) {
+	if (ibuf != NULL &&
+	    (rc == SL_ETOOBIG || (rc == SL_OK && len == 0 && head >= f->from_seq))) {
 		return -1; /* a record bigger than the inline buffer */
 	}
 	if (rc == SL_ESTALE) {
@@ -405,6 +432,7 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 		atomic_fetch_add(&r->records_served, nrec);
 	}
 	send_reply(c, &rep);
+	fetch_buf_trim(r);
 	return 0;
 }
 
@@ -558,6 +586,13 @@ static void serve_snap(rctx *c)
 	size_t len = 0;
 	int done = 0;
 	int rc = buf ? sl_snapshot_read(ss->sn, buf, cap, &len, &done) : SL_ENOMEM;
+	if (rc == SL_ETOOBIG) {
+		/* a record bigger than this node's limits allow now: alone */
+		cap = len;
+		len = 0;
+		buf = fetch_buf(cap);
+		rc = buf ? sl_snapshot_read(ss->sn, buf, cap, &len, &done) : SL_ENOMEM;
+	}
 	links_buf lb;
 	links_fill(r, &lb);
 	pthread_mutex_lock(&r->mu);
@@ -597,6 +632,7 @@ static void serve_snap(rctx *c)
 	rep.snap = &ch;
 	atomic_fetch_add(&r->bytes_served, len);
 	send_reply(c, &rep);
+	fetch_buf_trim(r);
 }
 
 /* ---- workers, waker, callbacks ----------------------------------------- */

@@ -507,7 +507,13 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 	}
 	sl_seg *a = db->active;
 	uint64_t end = atomic_load(&a->end);
-	if (end + size > a->cap) {
+	/* Full; or made larger than segment_bytes says now (a full resync
+	 * loads into 64 MiB segments and swaps in with the node's own size;
+	 * a reopen with a smaller size) and past it: rotate there, or the
+	 * segment would stay unsealed, its hint unwritten and out of
+	 * compaction, until its larger size filled. */
+	if (end + size > a->cap || (a->cap > db->opt.segment_bytes && end > SL_SEG_HDR_SIZE &&
+	                            end + size > db->opt.segment_bytes)) {
 		if (batch != NULL && (rc = sl_db_index_flush(db, batch)) != SL_OK) {
 			sl_db_fail(db, rc, "keydir insert");
 			return rc;
@@ -527,7 +533,9 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 		sl_rec_encode(dst, type, seq, expire_at, key, klen, val, vlen);
 	}
 	atomic_store_explicit(&a->end, end + size, memory_order_release); /* invariant 1 */
-	atomic_store_explicit(&db->room, a->cap - (end + size), memory_order_relaxed);
+	uint64_t limit = a->cap > db->opt.segment_bytes ? db->opt.segment_bytes : a->cap;
+	atomic_store_explicit(&db->room, limit > end + size ? limit - (end + size) : 0,
+	                      memory_order_relaxed);
 	if (!(flags & SL_COPIED)) { /* write_run asked for its run's pages */
 		pages_ahead(db, a, end + size, 1);
 	}
@@ -581,12 +589,15 @@ static int append(sl_db *db, uint8_t type, const void *key, size_t klen, const v
 	return rc;
 }
 
-static int check_write(sl_db *db, const void *key, size_t klen, size_t vlen)
+/* max_key: the put's limit (opt.max_key_bytes), or SL_MAX_KEY for a
+ * delete: a key stored under larger limits (replicated, or written before a
+ * reopen with smaller ones) can still be deleted. */
+static int check_write(sl_db *db, const void *key, size_t klen, size_t vlen, size_t max_key)
 {
 	if (db == NULL || key == NULL || klen == 0) {
 		return SL_EINVAL;
 	}
-	if (klen > db->opt.max_key_bytes || vlen > db->opt.max_value_bytes) {
+	if (klen > max_key || vlen > db->opt.max_value_bytes) {
 		return SL_ETOOBIG;
 	}
 	if (db->opt.read_only) {
@@ -598,7 +609,7 @@ static int check_write(sl_db *db, const void *key, size_t klen, size_t vlen)
 int sl_put_ex(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
               uint64_t ttl_ms, unsigned flags, uint64_t *seq_out)
 {
-	int rc = check_write(db, key, klen, vlen);
+	int rc = check_write(db, key, klen, vlen, db != NULL ? db->opt.max_key_bytes : 0);
 	if (rc != SL_OK) {
 		return rc;
 	}
@@ -636,7 +647,7 @@ int sl_delete(sl_db *db, const void *key, size_t klen, uint64_t *seq_out)
 
 int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64_t *seq_out)
 {
-	int rc = check_write(db, key, klen, 0);
+	int rc = check_write(db, key, klen, 0, SL_MAX_KEY);
 	if (rc != SL_OK) {
 		return rc;
 	}
@@ -692,7 +703,11 @@ static size_t plan_run(sl_db *db, const void *const *recs, const size_t *lens, s
 	if (a == NULL || atomic_load(&db->failed)) {
 		return 0;
 	}
-	uint64_t room = a->cap - atomic_load(&a->end);
+	/* never past segment_bytes in a larger segment: append_locked would
+	 * rotate there, in the middle of the run (see it) */
+	uint64_t end = atomic_load(&a->end);
+	uint64_t lim = a->cap > db->opt.segment_bytes ? db->opt.segment_bytes : a->cap;
+	uint64_t room = lim > end ? lim - end : 0;
 	uint64_t prev = atomic_load(&db->last_seq);
 	const uint8_t *next = recs[i];
 	size_t k = 0, total = 0;

@@ -160,6 +160,10 @@ int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len
 			if (r.seq >= *next_seq_out) {
 				if (len + size > cap) {
 					cache_put(db, s->id, off, *next_seq_out);
+					if (len == 0) { /* written under larger limits */
+						len = size;
+						rc = SL_ETOOBIG;
+					}
 					goto out;
 				}
 				memcpy((uint8_t *)buf + len, s->map + off, size);
@@ -410,6 +414,7 @@ int sl_snapshot_read(sl_snapshot *sn, void *buf, size_t cap, size_t *len_out, in
 		if (look.send) {
 			if (len + size > cap) {
 				if (len == 0) {
+					*len_out = size; /* the room it needs */
 					return SL_ETOOBIG;
 				}
 				break;

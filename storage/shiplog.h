@@ -229,7 +229,9 @@ const char *sl_strerror(int rc);
 /* Copies whole raw records with seq >= from_seq, in seq order, into buf (at
  * most cap bytes; always at least one record when one exists and fits cap).
  * *len_out gets the bytes copied, *next_seq_out the seq to ask for next.
- * SL_ESTALE when from_seq is no longer contiguous in the log (compacted). */
+ * SL_ESTALE when from_seq is no longer contiguous in the log (compacted);
+ * SL_ETOOBIG when the first record does not fit in cap (one written under
+ * larger limits than the caller sized buf for): *len_out is then its size. */
 int sl_log_read(sl_db *db, uint64_t from_seq, void *buf, size_t cap, size_t *len_out,
                 uint64_t *next_seq_out);
 
@@ -333,7 +335,8 @@ typedef struct sl_snapshot sl_snapshot;
 int sl_snapshot_open(sl_db *db, sl_snapshot **out, uint64_t *head_seq_out);
 
 /* Copies the next whole raw records of the snapshot into buf (at most cap
- * bytes; SL_ETOOBIG if a single record does not fit in cap): the records,
+ * bytes; SL_ETOOBIG if a single record does not fit in cap, with its size in
+ * *len_out: call again with that much room): the records,
  * with seq <= head seq, that are the current version of their key (puts and
  * tombstones), and for a key changed after the snapshot was taken every
  * version up to head seq (load them with sl_load_raw: the highest wins), in

@@ -11,9 +11,11 @@
  * lost the tail it was promoted at does not let the old primary continue
  * on the old history past what it kept.
  */
+#include <dirent.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <sys/stat.h>
 
 #include "replutil.h"
 
@@ -95,6 +97,30 @@ static void test_fall_off_backlog(void **state)
 	char st[32];
 	ru_stat(&F, "repl_state", st, sizeof(st));
 	assert_string_equal(st, "streaming");
+	/* its segments are its own --segment-bytes (4k) again: the resync
+	 * loads into 64 MiB ones, and the active one stayed that size (a
+	 * 64 MiB file, unsealed, out of compaction) until it filled */
+	ru_load(&P, "after2", 300, 0);
+	ru_assert_converged(&P, f, 1);
+	DIR *d = opendir(F.dir);
+	assert_non_null(d);
+	struct dirent *e;
+	off_t biggest = 0;
+	while ((e = readdir(d)) != NULL) {
+		size_t l = strlen(e->d_name);
+		char path[TU_PATH];
+		struct stat sb;
+		if (l > 4 && strcmp(e->d_name + l - 4, ".seg") == 0 &&
+		    snprintf(path, sizeof(path), "%s/%s", F.dir, e->d_name) < (int)sizeof(path) &&
+		    stat(path, &sb) == 0 && sb.st_size > biggest) {
+			biggest = sb.st_size;
+		}
+	}
+	closedir(d);
+	if (biggest > (1 << 20)) {
+		fail_msg("a segment of %lld bytes on a follower with --segment-bytes 4k",
+		         (long long)biggest);
+	}
 }
 
 static void test_stale_resync_dir_discarded(void **state)
@@ -156,8 +182,13 @@ static void test_kill_during_resync(void **state)
 	F.d.pid = -1;
 	assert_int_equal(ru_start(&F, NULL, NULL, NULL), 0);
 	ru_assert_converged(&P, f, 1);
+	/* the old store goes once the new one serves: thousands of 4k
+	 * segments take a while */
 	char tmp[TU_PATH + 16];
 	snprintf(tmp, sizeof(tmp), "%s.resync", F.dir);
+	for (int waited = 0; waited < 20000 && tu_exists(tmp); waited += 50) {
+		nu_sleep_ms(50);
+	}
 	assert_false(tu_exists(tmp));
 }
 
