@@ -345,11 +345,11 @@ static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
 	/* The cursor is a stored key, which may be longer than a
 	 * --max-key-bytes lowered since (a page ending on one handed out a
 	 * cursor the next page refused, and the keys after it could not be
-	 * reached): it is bounded by the largest key any store holds. */
-	if (plen > n->max_key_bytes || clen > 65535) {
+	 * reached): it and the prefix are bounded by the largest key any
+	 * store holds. */
+	if (plen > SL_MAX_KEY_ANY || clen > SL_MAX_KEY_ANY) {
 		fail(r, SL_ETOOBIG, "scan: %s longer than %u bytes",
-		     plen > n->max_key_bytes ? "prefix" : "cursor",
-		     plen > n->max_key_bytes ? n->max_key_bytes : 65535u);
+		     plen > SL_MAX_KEY_ANY ? "prefix" : "cursor", SL_MAX_KEY_ANY);
 		return;
 	}
 	uint32_t limit = s->has_limit && s->limit ? s->limit : n->scan_default;

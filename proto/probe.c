@@ -15,6 +15,44 @@
 #include "shiplog.h"
 #include "status.h"
 
+/* One address: SL_OK, SL_ECONN or SL_ETIMEDOUT, with why. */
+static int connect_one(const struct addrinfo *ai, int timeout_ms, char *why, size_t cap)
+{
+	int rc = SL_ECONN;
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		snprintf(why, cap, "%s", strerror(errno));
+		return rc;
+	}
+	if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+		rc = SL_OK;
+	} else if (errno != EINPROGRESS) {
+		snprintf(why, cap, "%s", strerror(errno));
+	} else {
+		struct pollfd p = {.fd = fd, .events = POLLOUT};
+		int n = poll(&p, 1, timeout_ms);
+		int err = 0;
+		socklen_t el = sizeof(err);
+		if (n == 0) {
+			rc = SL_ETIMEDOUT;
+			snprintf(why, cap, "no answer within %d ms", timeout_ms);
+		} else if (n > 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 &&
+		           err == 0) {
+			rc = SL_OK;
+		} else if (err != 0) {
+			snprintf(why, cap, "%s", strerror(err));
+		}
+	}
+	/* Close with a reset: a clean close makes nng 1.5.2's listener cool
+	 * down for 100 ms before its next accept (a failed negotiation), which
+	 * delayed this very client's real connection; a reset is a "remote
+	 * condition" it retries at once. */
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	close(fd);
+	return rc;
+}
+
 int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap)
 {
 	if (strncmp(url, "tcp://", 6) != 0) {
@@ -39,7 +77,10 @@ int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap)
 		snprintf(why, cap, "port %s is not in 1..65535", port);
 		return SL_EINVAL;
 	}
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *ai = NULL;
+	/* AI_ADDRCONFIG as nng's resolver has it (no ::1 for "localhost" on a
+	 * host without IPv6); then every address, as one may answer where
+	 * another does not.  The reason given is the first address's. */
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG}, *ai = NULL;
 	int gai = getaddrinfo(h, port, &hints, &ai);
 	if (gai != 0 || ai == NULL) {
 		snprintf(why, cap, "cannot resolve '%.200s': %s", h,
@@ -47,35 +88,15 @@ int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap)
 		return SL_EINVAL;
 	}
 	int rc = SL_ECONN;
-	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd >= 0) {
-		if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-			rc = SL_OK;
-		} else if (errno != EINPROGRESS) {
-			snprintf(why, cap, "%s", strerror(errno));
-		} else {
-			struct pollfd p = {.fd = fd, .events = POLLOUT};
-			int n = poll(&p, 1, timeout_ms);
-			int err = 0;
-			socklen_t el = sizeof(err);
-			if (n == 0) {
-				rc = SL_ETIMEDOUT;
-				snprintf(why, cap, "no answer within %d ms", timeout_ms);
-			} else if (n > 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 &&
-			           err == 0) {
-				rc = SL_OK;
-			} else if (err != 0) {
-				snprintf(why, cap, "%s", strerror(err));
-			}
+	int tries = 0;
+	for (struct addrinfo *x = ai; x != NULL && rc != SL_OK && tries < 4;
+	     x = x->ai_next, tries++) {
+		char w[160] = "";
+		int xrc = connect_one(x, timeout_ms, w, sizeof(w));
+		if (xrc == SL_OK || tries == 0) {
+			rc = xrc;
+			snprintf(why, cap, "%s", w);
 		}
-		/* Close with a reset: a clean close makes nng 1.5.2's listener
-		 * cool down for 100 ms before its next accept (a failed
-		 * negotiation), which delayed this very client's real
-		 * connection; a reset is a "remote condition" it retries at
-		 * once. */
-		struct linger lg = {.l_onoff = 1, .l_linger = 0};
-		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-		close(fd);
 	}
 	freeaddrinfo(ai);
 	return rc;

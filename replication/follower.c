@@ -1048,6 +1048,7 @@ static void *fetch_main(void *arg)
 	uint64_t store_backoff = BACKOFF_MIN_MS / 2;
 	uint64_t refuse_backoff = BACKOFF_MIN_MS / 2; /* after refused records */
 	char last_refused[sizeof(r->ferr)] = "";      /* logged once until it changes */
+	int refusing = 0; /* the last reply was refused; none applied since */
 	uint64_t last_stats_ms = 0;
 	pending ahead = {0};      /* the next fetch, sent early (see below) */
 	unsigned inline_seen = 0; /* ahead.inline_rounds last looked at */
@@ -1060,7 +1061,7 @@ static void *fetch_main(void *arg)
 		snprintf(url, sizeof(url), "%s", r->st.primary);
 		st = r->st;
 		uint64_t durable = r->durable;
-		if (!connected) {
+		if (!connected && !refusing) {
 			repl_set_fstate(r, "connecting");
 		}
 		pthread_mutex_unlock(&r->mu);
@@ -1131,23 +1132,22 @@ static void *fetch_main(void *arg)
 				continue;
 			}
 		}
+		int probe_failed = 0;
 		if (!connected && !ahead.live) {
-			/* Not connected: see first whether the primary answers at
-			 * all, and if not say why ("Connection refused", "no answer
+			/* Not connected: see whether the primary answers at all, and
+			 * if not say why at once ("Connection refused", "no answer
 			 * within 500 ms"): nng's REQ socket only waits for a
 			 * connection, and the fetch would time out saying nothing
-			 * more.  nng keeps dialling meanwhile. */
+			 * more.  Advisory only: the fetch goes out all the same
+			 * (nng resolves and dials on its own, and may reach what
+			 * the probe did not). */
 			char why[160], msg[sizeof(r->ferr)];
 			if (sl_probe_tcp(url, PROBE_MS, why, sizeof(why)) != SL_OK) {
 				snprintf(msg, sizeof(msg), "cannot connect to %s: %s; retrying",
 				         url, why);
 				repl_follow_fail(r, strcmp(msg, last_msg) != 0 ? 2 : 0, "%s", msg);
 				snprintf(last_msg, sizeof(last_msg), "%s", msg);
-				if (pause_ms(r, backoff)) {
-					break;
-				}
-				backoff = backoff_next(backoff, BACKOFF_MAX_MS);
-				continue;
+				probe_failed = 1;
 			}
 		}
 		Shiplog__ReplReply *rep = NULL;
@@ -1193,8 +1193,12 @@ static void *fetch_main(void *arg)
 		}
 		if (rc != SL_OK) {
 			char msg[sizeof(r->ferr)];
-			snprintf(msg, sizeof(msg), "fetch from %s failed: %s; retrying", url,
-			         rc == SL_EIO ? "not connected" : sl_strerror(rc));
+			if (probe_failed) { /* the probe's reason says more */
+				snprintf(msg, sizeof(msg), "%s", last_msg);
+			} else {
+				snprintf(msg, sizeof(msg), "fetch from %s failed: %s; retrying",
+				         url, rc == SL_EIO ? "not connected" : sl_strerror(rc));
+			}
 			repl_follow_fail(r, strcmp(msg, last_msg) != 0 ? 2 : 0, "%s", msg);
 			snprintf(last_msg, sizeof(last_msg), "%s", msg);
 			last_err = rc;
@@ -1231,17 +1235,18 @@ static void *fetch_main(void *arg)
 			int stop;
 			rc = resync_or_wait(r, url, &backoff, &resync_backoff, &stop);
 			connected = resynced = rc == SL_OK;
+			refusing = refusing && rc != SL_OK;
 			if (stop) {
 				break;
 			}
 			continue;
 		}
 		if (fr->status != SL_OK) {
-			if (fr->status != last_err) {
-				repl_follow_fail(r, 2, "primary %s refused the fetch: %s", url,
-				                 fr->error ? fr->error : sl_strerror(fr->status));
-				last_err = fr->status;
-			}
+			/* logged once; the stats' time of it follows each one */
+			repl_follow_fail(r, fr->status != last_err ? 2 : 0,
+			                 "primary %s refused the fetch: %s", url,
+			                 fr->error ? fr->error : sl_strerror(fr->status));
+			last_err = fr->status;
 			shiplog__repl_reply__free_unpacked(rep, NULL);
 			connected = 0;
 			if (pause_ms(r, backoff)) {
@@ -1250,14 +1255,16 @@ static void *fetch_main(void *arg)
 			backoff = backoff_next(backoff, BACKOFF_MAX_MS);
 			continue;
 		}
-		if (!connected) {
+		/* Back after refusing the primary's records: not streaming (nor a
+		 * partial resync) until a reply is applied (below). */
+		if (!connected && !refusing) {
 			repl_log(r, 1, "streaming from %s at seq %llu", url,
 			         (unsigned long long)(applied + 1));
 			if (applied > 0) {
 				atomic_fetch_add(&r->resyncs_partial, 1);
 			}
 		}
-		if (!connected || resynced) {
+		if ((!connected && !refusing) || resynced) {
 			/* also after a full resync, which leaves connected set */
 			pthread_mutex_lock(&r->mu);
 			repl_set_fstate(r, "streaming");
@@ -1324,6 +1331,14 @@ static void *fetch_main(void *arg)
 		if (rc == SL_OK) {
 			refuse_backoff = BACKOFF_MIN_MS / 2;
 			last_refused[0] = '\0';
+			if (refusing) {
+				repl_log(r, 1, "streaming from %s at seq %llu", url,
+				         (unsigned long long)(applied + 1));
+				pthread_mutex_lock(&r->mu);
+				repl_set_fstate(r, "streaming");
+				pthread_mutex_unlock(&r->mu);
+				refusing = 0;
+			}
 		}
 		if (rc == SL_OK && store_err != 0) {
 			repl_log(r, 1, "storing records from %s again at seq %llu", url,
@@ -1410,6 +1425,7 @@ static void *fetch_main(void *arg)
 				pthread_mutex_lock(&r->mu);
 				repl_set_fstate(r, "refusing");
 				pthread_mutex_unlock(&r->mu);
+				refusing = 1;
 				backoff = refuse_backoff;
 			}
 			if (pause_ms(r, backoff)) {

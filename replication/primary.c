@@ -357,6 +357,9 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 			reply_fetch_status(c, SL_ENOMEM, "out of memory");
 			return 0;
 		}
+		if (rc != SL_OK) {
+			fetch_buf_trim(r); /* the error reply needs none of it */
+		}
 	}
 	head = sl_last_seq(*r->o.dbp);
 	if (ibuf != NULL &&
@@ -607,6 +610,7 @@ static void serve_snap(rctx *c)
 	pthread_mutex_unlock(&r->mu);
 	pthread_rwlock_unlock(r->o.db_lock);
 	if (rc != SL_OK) {
+		fetch_buf_trim(r);
 		reply_snap_status(c, rc, "snapshot read failed");
 		return;
 	}

@@ -206,10 +206,14 @@ static inline uint64_t sl_mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* What the active segment s takes before a rotation: up to its mapped
+ * capacity, or to segment_bytes when it is larger (append_locked).  Call with
+ * append_mu held (db->opt changes under it). */
 static inline void sl_db_set_room(sl_db *db, const sl_seg *s)
 {
 	uint64_t end = atomic_load_explicit(&s->end, memory_order_relaxed);
-	atomic_store_explicit(&db->room, s->cap > end ? s->cap - end : 0, memory_order_relaxed);
+	uint64_t lim = s->cap > db->opt.segment_bytes ? db->opt.segment_bytes : s->cap;
+	atomic_store_explicit(&db->room, lim > end ? lim - end : 0, memory_order_relaxed);
 }
 
 #endif

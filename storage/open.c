@@ -781,6 +781,9 @@ int sl_swap_dir(sl_db *db, const char *other, const sl_options *o)
 		pthread_mutex_lock(&db->cthread_mu);
 		db->opt = n;
 		pthread_mutex_unlock(&db->cthread_mu);
+		if (db->active != NULL) {
+			sl_db_set_room(db, db->active); /* against the new segment_bytes */
+		}
 		pthread_cond_signal(&db->flush_cv); /* the new sync interval applies now */
 		pthread_mutex_unlock(&db->sync_mu);
 	}

@@ -141,6 +141,15 @@ static void test_fake_primary_garbage(void **state)
 
 	/* 4. not a ReplReply at all */
 	assert_int_equal(next_fetch(), 1);
+	/* three refusals in a row: the stats say so, and the link is down
+	 * since the start (the state was "streaming" between refusals, the
+	 * link never down for more than one backoff) */
+	char st[32];
+	ru_stat(&F, "repl_state", st, sizeof(st));
+	assert_string_equal(st, "refusing");
+	assert_true(ru_stat(&F, "repl_link_down_ms", NULL, 0) >= 100);
+	ru_stat(&F, "repl_last_error", st, sizeof(st));
+	assert_memory_equal(st, "refused records", 15);
 	reply_raw("\xff\xff\xff\xff garbage", 13);
 
 	/* 5. one good record, then one whose seq goes backwards */
@@ -159,6 +168,9 @@ static void test_fake_primary_garbage(void **state)
 	reply_records(b, 0);
 
 	assert_int_equal(ru_wait_applied(&F, 6, 10000), 0);
+	ru_stat(&F, "repl_state", st, sizeof(st));
+	assert_string_equal(st, "streaming");
+	assert_int_equal(ru_stat(&F, "repl_link_down_ms", NULL, 0), 0);
 	sl_client *c = ru_client(&F);
 	assert_non_null(c);
 	void *v = NULL;
