@@ -512,7 +512,12 @@ static int put_locked(sl_keydir *kd, shard *s, uint64_t h, const void *key, size
 		if (old != NULL) {
 			*old = cur;
 		}
-		if (only_if_newer && cur.seq >= loc->seq) {
+		/* Equal seqs: the same record twice (a compaction output beside
+		 * its input after a crash) — or an expired put and the
+		 * tombstone compaction made of it (compact.c): the tombstone
+		 * wins, whichever comes first, so that every open agrees. */
+		if (only_if_newer &&
+		    (cur.seq > loc->seq || (cur.seq == loc->seq && (cur.tomb || !loc->tomb)))) {
 			rc = 0;
 			goto out;
 		}

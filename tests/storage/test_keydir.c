@@ -243,6 +243,20 @@ static void only_if_newer_keeps_equal_or_newer(void **state)
 	assert_int_equal(put(kd, "k", 1, &older, 1, NULL), 0);
 	expect_found(kd, "k", 1, &cur);
 
+	/* At an equal seq a tombstone wins over a put, in either order (an
+	 * expired put and the tombstone compaction made of it, both on disk
+	 * after a crash: every open must agree) */
+	sl_loc tomb_same = {.seg = 8, .off = 48, .size = 30, .tomb = 1, .seq = 100};
+	assert_int_equal(put(kd, "k", 1, &tomb_same, 1, NULL), 1);
+	expect_found(kd, "k", 1, &tomb_same);
+	assert_int_equal(put(kd, "k", 1, &cur, 1, NULL), 0);
+	expect_found(kd, "k", 1, &tomb_same);
+	sl_loc tomb_same2 = {.seg = 7, .off = 16, .size = 30, .tomb = 1, .seq = 100};
+	assert_int_equal(put(kd, "k", 1, &tomb_same2, 1, NULL), 0); /* tombstone twice: kept */
+	expect_found(kd, "k", 1, &tomb_same);
+	assert_int_equal(sl_keydir_remove(kd, sl_keydir_hash("k", 1), "k", 1, &tomb_same), 1);
+	assert_int_equal(put(kd, "k", 1, &cur, 1, NULL), 2);
+
 	sl_loc newer = {.seg = 3, .off = 128, .size = 43, .tomb = 1, .seq = 101};
 	memset(&old, 0, sizeof(old));
 	assert_int_equal(put(kd, "k", 1, &newer, 1, &old), 1);
