@@ -601,9 +601,11 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 			}
 			if (full) {
 				/* Everything that existed, unless it cannot shrink:
-				 * no dead bytes, no tombstone, no TTL record, not small. */
+				 * no dead bytes, no tombstone, no expired record
+				 * (some TTL record's time has passed), not small. */
+				uint64_t first = atomic_load(&s->ttl_first);
 				want = s->id < below && (dead > 0 || atomic_load(&s->tomb) > 0 ||
-				                         atomic_load(&s->has_ttl) || small);
+				                         (first != 0 && now >= first) || small);
 			} else {
 				want = (dead > 0 && (double)dead >= db->opt.compact_dead_ratio *
 				                                        (double)size) ||

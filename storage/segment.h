@@ -25,9 +25,9 @@ typedef struct sl_seg {
 	uint32_t flags;             /* SL_SEG_COMPACTED (format.h) */
 	_Atomic int compacting;     /* an input of the running compaction */
 	_Atomic int pins;           /* snapshots holding it: not compacted */
-	_Atomic int has_ttl;        /* holds a record with an expiry time */
 	_Atomic uint64_t ttl_bytes; /* bytes of the records with one (sl_seg_note_ttl) */
 	_Atomic uint64_t ttl_last;  /* the latest of their expiry times (ms) */
+	_Atomic uint64_t ttl_first; /* the earliest (0: none yet) */
 	_Atomic uint64_t end;       /* bytes written: header + whole records */
 	_Atomic uint64_t synced;    /* bytes known durable */
 	_Atomic uint64_t live;      /* bytes of put records the keydir points at */
@@ -114,13 +114,15 @@ static inline void sl_seg_note_ttl(sl_seg *s, uint64_t expire_at, uint64_t size)
 	if (expire_at == 0) {
 		return;
 	}
-	if (!atomic_load_explicit(&s->has_ttl, memory_order_relaxed)) {
-		atomic_store(&s->has_ttl, 1);
-	}
 	atomic_fetch_add_explicit(&s->ttl_bytes, size, memory_order_relaxed);
 	uint64_t last = atomic_load_explicit(&s->ttl_last, memory_order_relaxed);
 	while (expire_at > last &&
 	       !atomic_compare_exchange_weak_explicit(&s->ttl_last, &last, expire_at,
+	                                              memory_order_relaxed, memory_order_relaxed)) {
+	}
+	uint64_t first = atomic_load_explicit(&s->ttl_first, memory_order_relaxed);
+	while ((first == 0 || expire_at < first) &&
+	       !atomic_compare_exchange_weak_explicit(&s->ttl_first, &first, expire_at,
 	                                              memory_order_relaxed, memory_order_relaxed)) {
 	}
 }

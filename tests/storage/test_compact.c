@@ -532,6 +532,41 @@ static void test_ttl_reclaimed_in_background(void **state)
 	remove_dir();
 }
 
+/* A full compaction leaves alone a segment whose TTL records have not
+ * expired yet (and nothing else to drop): it rewrote every segment that ever
+ * held one, at every `compact`, until the fifteenth session. */
+static void test_full_compaction_skips_unexpired_ttl(void **state)
+{
+	(void)state;
+	make_dir("ttlkeep");
+	struct sl_io io = sl_io_default;
+	io.now_ms = bg_clock;
+	sl_options o = opts();
+	o.io = &io;
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	char k[32], v[128];
+	for (int i = 0; i < 2000; i++) {
+		key_of(i, k);
+		val_of(i, 0, v);
+		assert_int_equal(sl_put_ttl(db, k, 16, v, 100, 3600000, NULL), SL_OK);
+	}
+	sl_stats st;
+	assert_int_equal(sl_compact(db), SL_OK);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_int_equal(st.compact_bytes_written, 0);
+	/* an hour later they have: now it takes them (and drops them) */
+	atomic_fetch_add(&bg_now, 3600000);
+	assert_int_equal(sl_compact(db), SL_OK);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_true(st.compact_bytes_reclaimed > 1000u * 100u);
+	for (int i = 0; i < 2000; i += 13) {
+		check_absent(db, i);
+	}
+	sl_close(db);
+	remove_dir();
+}
+
 /* ---- disk full during compaction ---------------------------------------- */
 
 static _Atomic int g_full; /* 1: fallocate and pwrite fail with ENOSPC (atomic: the
@@ -1364,6 +1399,7 @@ int main(void)
 	    cmocka_unit_test(test_protect_hook),
 	    cmocka_unit_test(test_ttl_dropped),
 	    cmocka_unit_test(test_ttl_reclaimed_in_background),
+	    cmocka_unit_test(test_full_compaction_skips_unexpired_ttl),
 	    cmocka_unit_test(test_disk_full_abandons),
 	    cmocka_unit_test(test_crash_inside_compaction),
 	    cmocka_unit_test(test_crash_compacting_an_output),
