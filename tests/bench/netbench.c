@@ -1258,6 +1258,23 @@ static int parse_tests(const char *s)
 	return opt_ntests ? 0 : -1;
 }
 
+/* Closes workers [0, n) (their threads, if any, joined) and frees ws. */
+static void workers_free(worker *ws, int n)
+{
+	for (int i = 0; i < n; i++) {
+		if (opt_threads) {
+			sl_pipeline_free(ws[i].p);
+			sl_client_close(ws[i].c);
+		} else if (opt_engine == ENG_EPOLL) {
+			ep_close(&ws[i]);
+		} else {
+			async_close(&ws[i]);
+		}
+		free(ws[i].vbuf);
+	}
+	free(ws);
+}
+
 int sl_netbench_main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
@@ -1405,6 +1422,7 @@ int sl_netbench_main(int argc, char **argv)
 			fprintf(stderr, "shiplog-bench: client %d: cannot connect to %s: %s%s%s\n",
 			        i, opt_url, sl_client_strerror(rc), w->errmsg[0] ? ": " : "",
 			        w->errmsg);
+			workers_free(ws, i + 1);
 			return 2;
 		}
 		for (size_t b = 0; b < opt_value_size + 256; b++) {
@@ -1436,18 +1454,11 @@ int sl_netbench_main(int argc, char **argv)
 		atomic_store(&quit, 1);
 		pthread_barrier_wait(&start_bar);
 	}
-	for (int i = 0; i < opt_clients; i++) {
-		if (opt_threads) {
+	if (opt_threads) {
+		for (int i = 0; i < opt_clients; i++) {
 			pthread_join(ws[i].th, NULL);
-			sl_pipeline_free(ws[i].p);
-			sl_client_close(ws[i].c);
-		} else if (opt_engine == ENG_EPOLL) {
-			ep_close(&ws[i]);
-		} else {
-			async_close(&ws[i]);
 		}
-		free(ws[i].vbuf);
 	}
-	free(ws);
+	workers_free(ws, opt_clients);
 	return status;
 }
