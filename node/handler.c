@@ -531,6 +531,10 @@ static void do_stats(sl_node *n, sl_reply *r)
 	add_stat(r, st, ptrs, "compactions", atomic_load(&n->compactions), NULL);
 	add_stat(r, st, ptrs, "compaction_runs", s.compactions, NULL);
 	add_stat(r, st, ptrs, "compact_bytes_reclaimed", s.compact_bytes_reclaimed, NULL);
+	add_stat(r, st, ptrs, "compact_errors", s.compact_errors, NULL);
+	if (s.compact_last_error != 0) {
+		add_stat(r, st, ptrs, "compact_last_error", 0, sl_strerror(s.compact_last_error));
+	}
 	/* 0 or 1, as shiplog_store_failed (the engine's negative code read as
 	 * 18446744073709551612 in a uint64); the error itself as text */
 	add_stat(r, st, ptrs, "failed", s.failed != 0, NULL);

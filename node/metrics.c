@@ -346,6 +346,9 @@ int sl_metrics_render(sl_metrics *m, sl_node *n, char **out, size_t *len)
 		one(&b, "shiplog_compact_reclaimed_bytes_total", "counter",
 		    "Segment bytes compaction deleted, less the bytes it wrote.",
 		    s.compact_bytes_reclaimed);
+		one(&b, "shiplog_compact_errors_total", "counter",
+		    "Compaction runs abandoned (a full disk, an I/O error); the store unchanged.",
+		    s.compact_errors);
 		meta(&b, "shiplog_recovery_seconds", "gauge",
 		     "Time the last open took to rebuild the keydir.");
 		put(&b, "shiplog_recovery_seconds %.3f\n", (double)s.recovery_ms / 1000.0);

@@ -704,8 +704,15 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 			atomic_store(&r.in[i]->compacting, 0);
 		}
 		if (rc != SL_EBUSY && rc != SL_ECORRUPT) {
-			sl_db_log(db, "error", "compaction abandoned: %s (store unchanged)",
-			          sl_strerror(rc));
+			/* a full disk fails every run, once a compact_interval_ms:
+			 * one line per 10 s (stats compact_errors count them all) */
+			uint64_t held;
+			if (sl_db_log_due(&db->abandon_log, &held)) {
+				sl_db_log(db, "error",
+				          "compaction abandoned: %s (store unchanged; %llu more "
+				          "since the last such line)",
+				          sl_strerror(rc), (unsigned long long)held);
+			}
 			count_error(db, rc);
 		}
 		run_free(&r);

@@ -282,8 +282,8 @@ char *sl_db_parent_dir(const char *path)
 
 /* A log line that a full disk would repeat once per write: the first, then
  * one per 10 s with how many were held back since the last such line.
- * Caller holds append_mu (or is sl_open, alone). */
-static int db_log_due(sl_db_limit *l, uint64_t *held)
+ * Caller holds the lock that guards l (db.h). */
+int sl_db_log_due(sl_db_limit *l, uint64_t *held)
 {
 	uint64_t now = sl_mono_ns();
 	if (l->ns != 0 && now - l->ns < 10000000000ull) {
@@ -306,7 +306,7 @@ int sl_db_seg_create_fit(sl_db *db, uint32_t id, uint64_t first_seq, size_t cap,
 	       (c = sl_db_fit_next(c, min)) != 0) {
 	}
 	uint64_t held;
-	if (rc == SL_OK && c < cap && db_log_due(&db->fit_log, &held)) {
+	if (rc == SL_OK && c < cap && sl_db_log_due(&db->fit_log, &held)) {
 		sl_db_log(db, "warn",
 		          "disk nearly full: segment %u preallocated %zu bytes, not %zu (%llu more "
 		          "such segments since the last such line)",
@@ -334,7 +334,7 @@ static int rotate(sl_db *db, size_t need, unsigned flags)
 	int rc = sl_db_take_id(db, &id);
 	if (rc != SL_OK) {
 		uint64_t held;
-		if (db_log_due(&db->rot_log, &held)) {
+		if (sl_db_log_due(&db->rot_log, &held)) {
 			sl_db_log(db, "error",
 			          "cannot start a segment: the store has used all %u segment ids "
 			          "(%llu more failed writes since the last such line)",
@@ -350,7 +350,7 @@ static int rotate(sl_db *db, size_t need, unsigned flags)
 		uint32_t next = id + 1;
 		atomic_compare_exchange_strong(&db->next_id, &next, id);
 		uint64_t held;
-		if (db_log_due(&db->rot_log, &held)) {
+		if (sl_db_log_due(&db->rot_log, &held)) {
 			sl_db_log(db, "error",
 			          "cannot start segment %u: %s (%llu more failed writes since the "
 			          "last such line)",

@@ -26,7 +26,7 @@ typedef struct sl_idx_batch {
 } sl_idx_batch;
 
 /* When a repeated log line was last written and how many were held back
- * since (db.c's db_log_due). */
+ * since (sl_db_log_due). */
 typedef struct sl_db_limit {
 	uint64_t ns, more;
 } sl_db_limit;
@@ -50,9 +50,10 @@ struct sl_db {
 
 	/* the appender */
 	pthread_mutex_t append_mu;
-	sl_seg *active;      /* under append_mu */
-	sl_db_limit rot_log; /* under append_mu: failed rotations (db.c) */
-	sl_db_limit fit_log; /* under append_mu: smaller segments on a full disk */
+	sl_seg *active;          /* under append_mu */
+	sl_db_limit rot_log;     /* under append_mu: failed rotations (db.c) */
+	sl_db_limit fit_log;     /* under append_mu: smaller segments on a full disk */
+	sl_db_limit abandon_log; /* under compact_mu: abandoned compactions (compact.c) */
 	/* under append_mu: apply_raw_many's index batch, kept from one batch
 	 * to the next (db.c) */
 	sl_idx_batch apply_idx;
@@ -205,6 +206,10 @@ static inline uint64_t sl_mono_ns(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
+
+/* 1 when a rate-limited log line is due (the first, then one per 10 s;
+ * *held: how many were held back since the last); 0 to hold it back. */
+int sl_db_log_due(sl_db_limit *l, uint64_t *held);
 
 /* What the active segment s takes before a rotation: up to its mapped
  * capacity, or to segment_bytes when it is larger (append_locked).  Call with

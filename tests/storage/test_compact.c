@@ -588,6 +588,16 @@ static ssize_t full_pwrite(int fd, const void *b, size_t n, off_t off)
 	return sl_io_default.pwrite(fd, b, n, off);
 }
 
+static _Atomic int g_abandon_lines;
+static void count_abandon(void *arg, const char *level, const char *msg)
+{
+	(void)arg;
+	(void)level;
+	if (strstr(msg, "compaction abandoned") != NULL) {
+		atomic_fetch_add(&g_abandon_lines, 1);
+	}
+}
+
 static void test_disk_full_abandons(void **state)
 {
 	(void)state;
@@ -597,6 +607,7 @@ static void test_disk_full_abandons(void **state)
 	io.pwrite = full_pwrite;
 	sl_options o = opts();
 	o.io = &io;
+	o.log_fn = count_abandon;
 	sl_db *db;
 	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
 	for (int r = 0; r < 10; r++) {
@@ -607,10 +618,19 @@ static void test_disk_full_abandons(void **state)
 	sl_stats before, st;
 	assert_int_equal(sl_stats_get(db, &before), SL_OK);
 	g_full = 1;
+	atomic_store(&g_abandon_lines, 0);
 	assert_int_equal(sl_compact(db), SL_ENOSPC);
 	assert_int_equal(sl_stats_get(db, &st), SL_OK);
 	assert_int_equal(st.compact_errors, 1);
 	assert_int_equal(st.compact_last_error, SL_ENOSPC);
+	/* a full disk fails every run: one log line per 10 s, every run
+	 * counted (the background compactor logged each, once a second) */
+	for (int k = 0; k < 3; k++) {
+		assert_int_equal(sl_compact(db), SL_ENOSPC);
+	}
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_int_equal(st.compact_errors, 4);
+	assert_int_equal(atomic_load(&g_abandon_lines), 1);
 	assert_int_equal(st.compactions, 0);
 	assert_int_equal(st.segments, before.segments);
 	assert_int_equal(count_files(".tmp"), 0);
