@@ -109,11 +109,9 @@ static char *own_printf(sl_reply *r, const char *fmt, ...)
 
 /* ---- argument checks (invariant 2) ---------------------------------- */
 
-#define SL_MAX_KEY_ANY 65535u /* the engine's bound on any key (shiplog.h) */
-
 /* 0 when key is acceptable; else the status, with a message in msg.
  * limit: --max-key-bytes for a put; for a get or a delete the engine's own
- * bound (SL_MAX_KEY_ANY), since the store may hold longer keys than this node lets
+ * bound (SL_MAX_KEY_BYTES), since the store may hold longer keys than this node lets
  * clients write now (replicated from a primary with a larger limit, or
  * written before a restart with a smaller one): they stay readable and
  * deletable. */
@@ -184,7 +182,7 @@ static size_t resp_budget(const sl_node *n)
 
 static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 {
-	o->status = check_key(&g->key, g->has_key, SL_MAX_KEY_ANY, o->msg, sizeof(o->msg));
+	o->status = check_key(&g->key, g->has_key, SL_MAX_KEY_BYTES, o->msg, sizeof(o->msg));
 	if (o->status != SL_OK) {
 		return;
 	}
@@ -243,7 +241,7 @@ static void do_put(sl_node *n, const Shiplog__Put *p, unsigned flags, op_result 
 
 static void do_del(sl_node *n, const Shiplog__Del *d, unsigned flags, op_result *o)
 {
-	o->status = check_key(&d->key, d->has_key, SL_MAX_KEY_ANY, o->msg, sizeof(o->msg));
+	o->status = check_key(&d->key, d->has_key, SL_MAX_KEY_BYTES, o->msg, sizeof(o->msg));
 	if (o->status != SL_OK) {
 		return;
 	}
@@ -347,9 +345,9 @@ static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
 	 * cursor the next page refused, and the keys after it could not be
 	 * reached): it and the prefix are bounded by the largest key any
 	 * store holds. */
-	if (plen > SL_MAX_KEY_ANY || clen > SL_MAX_KEY_ANY) {
+	if (plen > SL_MAX_KEY_BYTES || clen > SL_MAX_KEY_BYTES) {
 		fail(r, SL_ETOOBIG, "scan: %s longer than %u bytes",
-		     plen > SL_MAX_KEY_ANY ? "prefix" : "cursor", SL_MAX_KEY_ANY);
+		     plen > SL_MAX_KEY_BYTES ? "prefix" : "cursor", SL_MAX_KEY_BYTES);
 		return;
 	}
 	uint32_t limit = s->has_limit && s->limit ? s->limit : n->scan_default;

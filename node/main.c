@@ -212,7 +212,7 @@ static int parse_flags(int argc, char **argv, config *c)
 	    .segment_bytes = 64ull << 20,
 	    .dead_ratio = 0.5,
 	    .max_value = 16ull << 20,
-	    .max_key = 65535,
+	    .max_key = SL_MAX_KEY_BYTES,
 	    .log_level = SL_LOG_INFO,
 	    .workers = 0, /* auto, see default_workers() */
 	    .contexts = 256,
@@ -278,7 +278,7 @@ static int parse_flags(int argc, char **argv, config *c)
 			break;
 		case O_MAXKEY:
 			if (parse_size(optarg, &c->max_key) != 0 || c->max_key == 0 ||
-			    c->max_key > 65535) {
+			    c->max_key > SL_MAX_KEY_BYTES) {
 				return bad_flag("--max-key-bytes", optarg, "want 1..65535");
 			}
 			break;

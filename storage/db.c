@@ -283,6 +283,8 @@ char *sl_db_parent_dir(const char *path)
 /* A log line that a full disk would repeat once per write: the first, then
  * one per 10 s with how many were held back since the last such line.
  * Caller holds the lock that guards l (db.h). */
+_Static_assert(SL_MAX_KEY == SL_MAX_KEY_BYTES, "format.h and shiplog.h disagree");
+
 int sl_db_log_due(sl_db_limit *l, uint64_t *held)
 {
 	uint64_t now = sl_mono_ns();
@@ -507,13 +509,10 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 	}
 	sl_seg *a = db->active;
 	uint64_t end = atomic_load(&a->end);
-	/* Full; or made larger than segment_bytes says now (a full resync
-	 * loads into 64 MiB segments and swaps in with the node's own size;
-	 * a reopen with a smaller size) and past it: rotate there, or the
-	 * segment would stay unsealed, its hint unwritten and out of
-	 * compaction, until its larger size filled. */
-	if (end + size > a->cap || (a->cap > db->opt.segment_bytes && end > SL_SEG_HDR_SIZE &&
-	                            end + size > db->opt.segment_bytes)) {
+	/* The first record of a segment may fill its capacity (one bigger
+	 * than segment_bytes gets a segment its size); later ones stop at
+	 * sl_db_seg_limit. */
+	if (end + size > (end > SL_SEG_HDR_SIZE ? sl_db_seg_limit(db, a) : a->cap)) {
 		if (batch != NULL && (rc = sl_db_index_flush(db, batch)) != SL_OK) {
 			sl_db_fail(db, rc, "keydir insert");
 			return rc;
@@ -533,9 +532,7 @@ static int append_locked(sl_db *db, uint8_t type, const void *key, size_t klen, 
 		sl_rec_encode(dst, type, seq, expire_at, key, klen, val, vlen);
 	}
 	atomic_store_explicit(&a->end, end + size, memory_order_release); /* invariant 1 */
-	uint64_t limit = a->cap > db->opt.segment_bytes ? db->opt.segment_bytes : a->cap;
-	atomic_store_explicit(&db->room, limit > end + size ? limit - (end + size) : 0,
-	                      memory_order_relaxed);
+	sl_db_set_room(db, a);
 	if (!(flags & SL_COPIED)) { /* write_run asked for its run's pages */
 		pages_ahead(db, a, end + size, 1);
 	}
@@ -706,7 +703,7 @@ static size_t plan_run(sl_db *db, const void *const *recs, const size_t *lens, s
 	/* never past segment_bytes in a larger segment: append_locked would
 	 * rotate there, in the middle of the run (see it) */
 	uint64_t end = atomic_load(&a->end);
-	uint64_t lim = a->cap > db->opt.segment_bytes ? db->opt.segment_bytes : a->cap;
+	uint64_t lim = sl_db_seg_limit(db, a);
 	uint64_t room = lim > end ? lim - end : 0;
 	uint64_t prev = atomic_load(&db->last_seq);
 	const uint8_t *next = recs[i];

@@ -211,13 +211,21 @@ static inline uint64_t sl_mono_ns(void)
  * *held: how many were held back since the last); 0 to hold it back. */
 int sl_db_log_due(sl_db_limit *l, uint64_t *held);
 
-/* What the active segment s takes before a rotation: up to its mapped
- * capacity, or to segment_bytes when it is larger (append_locked).  Call with
- * append_mu held (db->opt changes under it). */
+/* Where the active segment s ends for appends past its first record: its
+ * mapped capacity, or segment_bytes when it is larger (a full resync's 64
+ * MiB segments swapped in, a reopen with a smaller size): append_locked
+ * rotates there, so that it is sealed, hinted and compacted in time.  Call
+ * with append_mu held (db->opt changes under it). */
+static inline uint64_t sl_db_seg_limit(const sl_db *db, const sl_seg *s)
+{
+	return s->cap > db->opt.segment_bytes ? db->opt.segment_bytes : s->cap;
+}
+
+/* What the active segment s takes before a rotation (sl_append_room). */
 static inline void sl_db_set_room(sl_db *db, const sl_seg *s)
 {
 	uint64_t end = atomic_load_explicit(&s->end, memory_order_relaxed);
-	uint64_t lim = s->cap > db->opt.segment_bytes ? db->opt.segment_bytes : s->cap;
+	uint64_t lim = sl_db_seg_limit(db, s);
 	atomic_store_explicit(&db->room, lim > end ? lim - end : 0, memory_order_relaxed);
 }
 

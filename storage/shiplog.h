@@ -58,12 +58,16 @@ struct sl_io; /* the I/O seam, storage/io.h; tests swap it to inject faults */
  * may run one record (up to 1 GiB + 1 MiB of framing) past segment_bytes. */
 #define SL_MAX_SEGMENT_BYTES (0xffffffffull - ((1ull << 30) + (1ull << 20)))
 
+/* The longest key any store holds (the record format's 16-bit length):
+ * max_key_bytes bounds new puts below it; gets and deletes take up to it. */
+#define SL_MAX_KEY_BYTES 65535u
+
 typedef struct sl_options {
 	sl_sync sync;              /* default SL_SYNC_EVERYSEC */
 	uint32_t sync_interval_ms; /* everysec period, default 1000 */
 	uint64_t segment_bytes;    /* rotate the active segment past this, default 64 MiB,
 	                            * 4 KiB .. SL_MAX_SEGMENT_BYTES */
-	uint32_t max_key_bytes;    /* default and upper bound 65535 */
+	uint32_t max_key_bytes;    /* default and upper bound SL_MAX_KEY_BYTES */
 	uint32_t max_value_bytes;  /* default 16 MiB, upper bound 1 GiB */
 	int read_only;             /* 1: refuse writes with SL_EREADONLY */
 	const struct sl_io *io;    /* NULL: the real system calls */
