@@ -46,6 +46,8 @@ typedef struct config {
 	int log_level;
 	int workers;
 	int contexts;
+	int transport; /* SL_SERVER_AUTO, _NNG or _EPOLL */
+	int io_threads;
 	const char *repl_listen; /* NULL: default (see usage) */
 	const char *follow;
 	uint64_t backlog_bytes;
@@ -77,7 +79,13 @@ static void usage(FILE *f)
 	       "  --workers N                 worker threads for requests (default 64); at\n"
 	       "                              most 2 per core run at once, the others cover\n"
 	       "                              requests waiting for --acks or --min-seq\n"
-	       "  --contexts N                requests in flight at once (default 256)\n"
+	       "  --contexts N                requests in flight at once, --transport nng\n"
+	       "                              (default 256)\n"
+	       "  --transport auto|nng|epoll  epoll: tcp:// only, connections owned by event-\n"
+	       "                              loop threads; nng: an nng REP socket, any nng\n"
+	       "                              URL (ipc://, ws://, ...); same wire format, same\n"
+	       "                              clients (default auto: epoll for tcp://)\n"
+	       "  --io-threads N              event loops for --transport epoll (default 1)\n"
 	       "  --repl-listen URL|none      serve followers' fetches here (default\n"
 	       "                              " SL_REPL_DEFAULT_URL "; none on a follower, by\n"
 	       "                              --follow or by the role in DIR/REPL)\n"
@@ -172,6 +180,8 @@ enum {
 	O_REPL_TIMEOUT,
 	O_MIN_SEQ_WAIT,
 	O_REPL_BATCH,
+	O_TRANSPORT,
+	O_IO_THREADS,
 	O_VERSION,
 	O_HELP,
 };
@@ -196,6 +206,8 @@ static const struct option long_opts[] = {
     {"repl-timeout-ms", required_argument, NULL, O_REPL_TIMEOUT},
     {"min-seq-wait-ms", required_argument, NULL, O_MIN_SEQ_WAIT},
     {"repl-batch-us", required_argument, NULL, O_REPL_BATCH},
+    {"transport", required_argument, NULL, O_TRANSPORT},
+    {"io-threads", required_argument, NULL, O_IO_THREADS},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0},
@@ -216,6 +228,8 @@ static int parse_flags(int argc, char **argv, config *c)
 	    .log_level = SL_LOG_INFO,
 	    .workers = 0, /* auto, see default_workers() */
 	    .contexts = 256,
+	    .transport = SL_SERVER_AUTO,
+	    .io_threads = 1,
 	    .backlog_bytes = 256ull << 20,
 	    .repl_timeout_ms = 5000,
 	    .min_seq_wait_ms = 1000,
@@ -290,6 +304,23 @@ static int parse_flags(int argc, char **argv, config *c)
 				return bad_flag("--workers", optarg, "want 1..1024");
 			}
 			c->workers = (int)v;
+			break;
+		case O_TRANSPORT:
+			if (strcmp(optarg, "auto") == 0) {
+				c->transport = SL_SERVER_AUTO;
+			} else if (strcmp(optarg, "nng") == 0) {
+				c->transport = SL_SERVER_NNG;
+			} else if (strcmp(optarg, "epoll") == 0) {
+				c->transport = SL_SERVER_EPOLL;
+			} else {
+				return bad_flag("--transport", optarg, "want auto, nng or epoll");
+			}
+			break;
+		case O_IO_THREADS:
+			if (parse_size(optarg, &v) != 0 || v < 1 || v > 64) {
+				return bad_flag("--io-threads", optarg, "want 1..64");
+			}
+			c->io_threads = (int)v;
 			break;
 		case O_CONTEXTS:
 			if (parse_size(optarg, &v) != 0 || v < 1 || v > 65536) {
@@ -625,6 +656,8 @@ int main(int argc, char **argv)
 	    .listen_url = c.listen,
 	    .metrics_url = c.metrics,
 	    .contexts = c.contexts,
+	    .engine = c.transport,
+	    .io_threads = c.io_threads,
 	    .workers = c.workers,
 	    .running = running,
 	    .drain_ms = 30000,

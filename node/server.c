@@ -57,6 +57,7 @@
 #include "metrics.h"
 #include "quiet.h"
 #include "repl.h"
+#include "server_int.h"
 #include "status.h"
 #include "workq.h"
 
@@ -78,22 +79,16 @@ enum { ST_RECV, ST_WORK, ST_SEND };
 #define PIPE_PENDING_MAX 64
 #define PIPE_SLOTS       4096 /* open addressing; full: no limit enforced */
 
+/* An nng context and the request it serves. */
 typedef struct sctx {
-	sl_work work; /* first: a worker gets back to the sctx from it */
-	struct sl_server *s;
+	sreq q; /* first */
 	nng_ctx ctx;
 	nng_aio *aio;
 	int state;
-	nng_msg *req;
-	uint64_t t0_ns;
-	int op, status;
-	sl_reply reply;        /* built by a worker, sent by it or by the committer */
-	uint64_t sync_seq;     /* deferred: the seq that must be durable first */
-	struct sctx *dnext;    /* in the committer's list */
-	sl_repl_ack_wait ackw; /* a write parked for its --acks (invariant 5) */
-	uint32_t pipe;         /* the connection the request came on (nng pipe id) */
-	size_t pending;        /* its reply's bytes, counted in that connection's pending
-	                        * replies (0: not counted) */
+	nng_msg *req;   /* kept for a worker */
+	uint32_t pipe;  /* the connection the request came on (nng pipe id) */
+	size_t pending; /* its reply's bytes, counted in that connection's pending
+	                 * replies (0: not counted) */
 } sctx;
 
 typedef struct http_work {
@@ -102,37 +97,176 @@ typedef struct http_work {
 	nng_aio *aio;
 } http_work;
 
-struct sl_server {
-	sl_node *n;
-	nng_socket sock;
-	int sock_open;
-	sctx *ctxs;
-	int nctx;
-	sl_workq *wq;
-	nng_http_server *http;
-	nng_http_handler *http_h; /* owned by http once added */
-	atomic_int stopping;
-	atomic_int closing;
-	atomic_int working;
-	sl_quiet quiet; /* going quiet before the close (sl_server_drain) */
-	int drain_ms;
-	/* The committer (invariant 4): replies waiting for an fdatasync. */
-	pthread_mutex_t cmu;
-	pthread_cond_t ccv;
-	sctx *chead, *ctail;
-	int cwaiting, cstop;
-	pthread_t cthread;
-	/* Replies not yet taken, per connection (PIPE_PENDING_MAX). */
-	pthread_mutex_t pmu;
-	struct {
-		uint32_t pipe; /* 0: free */
-		uint32_t n;
-		uint64_t bytes;
-	} pend[PIPE_SLOTS];
-	atomic_uint_fast64_t dropped; /* requests dropped by the limit */
-};
+_Static_assert(sizeof(((sl_server *)0)->pend) / sizeof(((sl_server *)0)->pend[0]) == PIPE_SLOTS,
+               "pend[] has PIPE_SLOTS slots");
 
-/* ---- replies ------------------------------------------------------- */
+/* ---- the request path, whichever front read it --------------------- */
+
+/* Counts q's reply in the metrics and hands it to q's front.  Counted
+ * before the send so that a client that has its response also finds it
+ * counted (tests scrape right after). */
+static void srv_send(sreq *q, sl_reply *r)
+{
+	q->status = r->resp.status;
+	sl_metrics_observe(q->s->n->metrics, q->op, q->status, sl_node_mono_ns() - q->t0_ns);
+	q->ops->send(q, r);
+}
+
+/* ---- the committer (invariant 4) ------------------------------------ */
+
+void srv_commit_submit(sl_server *s, sreq *head, sreq *tail)
+{
+	tail->dnext = NULL;
+	pthread_mutex_lock(&s->cmu);
+	if (s->ctail != NULL) {
+		s->ctail->dnext = head;
+	} else {
+		s->chead = head;
+	}
+	s->ctail = tail;
+	if (s->cwaiting) {
+		pthread_cond_signal(&s->ccv);
+	}
+	pthread_mutex_unlock(&s->cmu);
+}
+
+static void *committer(void *arg)
+{
+	sl_server *s = arg;
+	sl_node *n = s->n;
+	pthread_mutex_lock(&s->cmu);
+	for (;;) {
+		while (s->chead == NULL && !s->cstop) {
+			s->cwaiting = 1;
+			pthread_cond_wait(&s->ccv, &s->cmu);
+			s->cwaiting = 0;
+		}
+		sreq *list = s->chead;
+		if (list == NULL) {
+			break; /* stopping and drained */
+		}
+		s->chead = s->ctail = NULL;
+		pthread_mutex_unlock(&s->cmu);
+		uint64_t max = 0;
+		for (sreq *q = list; q != NULL; q = q->dnext) {
+			max = q->sync_seq > max ? q->sync_seq : max;
+		}
+		pthread_rwlock_rdlock(&n->db_lock);
+		int rc = sl_sync_wait(n->db, max);
+		pthread_rwlock_unlock(&n->db_lock);
+		if (rc == SL_OK) {
+			sl_repl_advance_head(n->repl, max); /* before the replies go */
+		}
+		for (sreq *q = list, *next; q != NULL; q = next) {
+			next = q->dnext;
+			if (rc != SL_OK) {
+				sl_reply_sync_failed(&q->reply, rc);
+			}
+			srv_send(q, &q->reply);
+			atomic_fetch_sub(&s->working, 1);
+		}
+		if (rc == SL_OK) {
+			sl_repl_wake_fetches(n->repl); /* after: the clients do not wait */
+		}
+		pthread_mutex_lock(&s->cmu);
+	}
+	pthread_mutex_unlock(&s->cmu);
+	return NULL;
+}
+
+/* Sends q's reply, ends its count in `working` (invariant 2), then wakes
+ * the followers' fetches its write released: the client does not wait
+ * for them. */
+static void reply_and_wake(sreq *q)
+{
+	sl_server *s = q->s;
+	int wake = q->reply.wake_repl;
+	srv_send(q, &q->reply);
+	atomic_fetch_sub(&s->working, 1);
+	if (wake) {
+		sl_repl_wake_fetches(s->n->repl);
+	}
+}
+
+/* Invariant 5: the acks of q's write arrived, or its wait ended. */
+static void ack_done(sl_repl_ack_wait *w, uint32_t acked)
+{
+	sreq *q = (sreq *)((char *)w - offsetof(sreq, ackw));
+	sl_reply_acked(q->s->n, &q->reply, acked);
+	reply_and_wake(q);
+}
+
+/* Sends q's reply, or parks it until its write has its acks. */
+static void reply_or_park(sreq *q)
+{
+	if (q->reply.ack_want > 0) {
+		sl_repl_ack_park(q->s->n->repl, &q->ackw, q->reply.ack_seq, q->reply.ack_want,
+		                 q->reply.ack_timeout_ms, ack_done);
+		return;
+	}
+	reply_and_wake(q);
+}
+
+static void work_run(sl_work *w)
+{
+	sreq *q = (sreq *)w;
+	q->op = sl_handle_defer(q->s->n, q->buf, q->len, &q->reply, &q->sync_seq);
+	q->ops->release(q);
+	q->buf = NULL;
+	if (q->sync_seq > 0) {
+		srv_commit_submit(q->s, q, q);
+		return;
+	}
+	reply_or_park(q);
+}
+
+int srv_request(sreq *q, const void *buf, size_t len)
+{
+	sl_server *s = q->s;
+	q->t0_ns = sl_node_mono_ns();
+	q->op = SL_OP_INVALID;
+	q->sync_seq = 0;
+	sl_metrics_inflight_add(s->n->metrics, 1);
+	/* Invariant 2: counted before `stopping` is read, so a stop that set
+	 * it either sees this request in `working` or is seen here. */
+	atomic_fetch_add(&s->working, 1);
+	if (atomic_load(&s->stopping)) {
+		sl_handle_reject(buf, len, SL_ESHUTDOWN,
+		                 "server is shutting down; request not executed", &q->reply);
+		srv_send(q, &q->reply);
+		atomic_fetch_sub(&s->working, 1);
+		return 0;
+	}
+	/* Invariant 1: what cannot wait runs here, one thread hop fewer. */
+	uint64_t sync_seq = 0;
+	int op = sl_handle_inline(s->n, buf, len, &q->reply, &sync_seq);
+	if (op >= 0) {
+		q->op = op;
+		if (sync_seq > 0) {
+			q->sync_seq = sync_seq;
+			if (q->ops->commit != NULL) {
+				q->ops->commit(q);
+			} else {
+				srv_commit_submit(s, q, q);
+			}
+			return 0;
+		}
+		reply_or_park(q);
+		return 0;
+	}
+	if (q->ops->keep(q, buf, len) != 0) {
+		sl_handle_reject(buf, len, SL_ENOMEM, "out of memory", &q->reply);
+		srv_send(q, &q->reply);
+		atomic_fetch_sub(&s->working, 1);
+		return 0;
+	}
+	/* still counted in working: the worker's now */
+	q->work.fn = work_run;
+	sl_workq_submit(s->wq, &q->work);
+	return 1;
+}
+
+/* ---- the nng front ---------------------------------------------------- */
 
 /* The receive: no timeout (a context waits for the next request). */
 static void ctx_recv(sctx *c)
@@ -201,187 +335,63 @@ static int pipe_pending(sl_server *s, uint32_t pipe, int d, int64_t db, uint32_t
 /* Hands r's encoding to nng as c's response (and frees r).  If the
  * response cannot even be allocated, the request is dropped: the client
  * times out, which it must handle anyway. */
-static void send_reply(sctx *c, sl_reply *r)
+static void nng_front_send(sreq *q, sl_reply *r)
 {
-	c->status = r->resp.status;
+	sctx *c = (sctx *)q;
+	sl_server *s = q->s;
 	size_t sz = sl_reply_size(r);
 	nng_msg *m = NULL;
 	if (nng_msg_alloc(&m, sz) != 0) {
 		sl_reply_free(r);
 		sl_log_error("out of memory for a %zu-byte response; request dropped", sz);
-		sl_metrics_observe(c->s->n->metrics, c->op, SL_ENOMEM, 0);
-		sl_metrics_inflight_add(c->s->n->metrics, -1);
+		sl_metrics_inflight_add(s->n->metrics, -1);
 		c->state = ST_RECV;
 		ctx_recv(c);
 		return;
 	}
 	sl_reply_pack(r, nng_msg_body(m));
 	sl_reply_free(r);
-	/* Counted before the send so that a client that has its response
-	 * also finds it counted (tests scrape right after). */
-	sl_metrics_observe(c->s->n->metrics, c->op, c->status, sl_node_mono_ns() - c->t0_ns);
 	c->state = ST_SEND;
-	sl_quiet_send_begin(&c->s->quiet); /* ended by ctx_cb */
-	c->pending = pipe_pending(c->s, c->pipe, 1, (int64_t)sz, NULL, NULL) ? sz : 0;
+	sl_quiet_send_begin(&s->quiet); /* ended by ctx_cb */
+	c->pending = pipe_pending(s, c->pipe, 1, (int64_t)sz, NULL, NULL) ? sz : 0;
 	nng_aio_set_msg(c->aio, m);
 	nng_aio_set_timeout(c->aio, SEND_TIMEOUT_MS);
 	nng_ctx_send(c->ctx, c->aio);
 }
 
-/* ---- the committer (invariant 4) ------------------------------------ */
-
-static void commit_submit(sl_server *s, sctx *c)
+static int nng_front_keep(sreq *q, const void *buf, size_t len)
 {
-	c->dnext = NULL;
-	pthread_mutex_lock(&s->cmu);
-	if (s->ctail != NULL) {
-		s->ctail->dnext = c;
-	} else {
-		s->chead = c;
-	}
-	s->ctail = c;
-	if (s->cwaiting) {
-		pthread_cond_signal(&s->ccv);
-	}
-	pthread_mutex_unlock(&s->cmu);
+	(void)buf;
+	(void)len;
+	sctx *c = (sctx *)q;
+	q->buf = nng_msg_body(c->req);
+	q->len = nng_msg_len(c->req);
+	return 0;
 }
 
-static void *committer(void *arg)
+static void nng_front_release(sreq *q)
 {
-	sl_server *s = arg;
-	sl_node *n = s->n;
-	pthread_mutex_lock(&s->cmu);
-	for (;;) {
-		while (s->chead == NULL && !s->cstop) {
-			s->cwaiting = 1;
-			pthread_cond_wait(&s->ccv, &s->cmu);
-			s->cwaiting = 0;
-		}
-		sctx *list = s->chead;
-		if (list == NULL) {
-			break; /* stopping and drained */
-		}
-		s->chead = s->ctail = NULL;
-		pthread_mutex_unlock(&s->cmu);
-		uint64_t max = 0;
-		for (sctx *c = list; c != NULL; c = c->dnext) {
-			max = c->sync_seq > max ? c->sync_seq : max;
-		}
-		pthread_rwlock_rdlock(&n->db_lock);
-		int rc = sl_sync_wait(n->db, max);
-		pthread_rwlock_unlock(&n->db_lock);
-		if (rc == SL_OK) {
-			sl_repl_advance_head(n->repl, max); /* before the replies go */
-		}
-		for (sctx *c = list, *next; c != NULL; c = next) {
-			next = c->dnext;
-			if (rc != SL_OK) {
-				sl_reply_sync_failed(&c->reply, rc);
-			}
-			send_reply(c, &c->reply);
-			atomic_fetch_sub(&s->working, 1);
-		}
-		if (rc == SL_OK) {
-			sl_repl_wake_fetches(n->repl); /* after: the clients do not wait */
-		}
-		pthread_mutex_lock(&s->cmu);
-	}
-	pthread_mutex_unlock(&s->cmu);
-	return NULL;
-}
-
-/* Sends c's reply, ends its count in `working` (invariant 2), then wakes
- * the followers' fetches its write released: the client does not wait
- * for them. */
-static void reply_and_wake(sctx *c)
-{
-	sl_server *s = c->s;
-	int wake = c->reply.wake_repl;
-	send_reply(c, &c->reply);
-	atomic_fetch_sub(&s->working, 1);
-	if (wake) {
-		sl_repl_wake_fetches(s->n->repl);
-	}
-}
-
-/* Invariant 5: the acks of c's write arrived, or its wait ended. */
-static void ack_done(sl_repl_ack_wait *w, uint32_t acked)
-{
-	sctx *c = (sctx *)((char *)w - offsetof(sctx, ackw));
-	sl_reply_acked(c->s->n, &c->reply, acked);
-	reply_and_wake(c);
-}
-
-/* Sends c's reply, or parks it until its write has its acks. */
-static void reply_or_park(sctx *c)
-{
-	if (c->reply.ack_want > 0) {
-		c->state = ST_WORK;
-		sl_repl_ack_park(c->s->n->repl, &c->ackw, c->reply.ack_seq, c->reply.ack_want,
-		                 c->reply.ack_timeout_ms, ack_done);
-		return;
-	}
-	reply_and_wake(c);
-}
-
-static void work_run(sl_work *w)
-{
-	sctx *c = (sctx *)w;
-	c->op = sl_handle_defer(c->s->n, nng_msg_body(c->req), nng_msg_len(c->req), &c->reply,
-	                        &c->sync_seq);
+	sctx *c = (sctx *)q;
 	nng_msg_free(c->req);
 	c->req = NULL;
-	if (c->sync_seq > 0) {
-		commit_submit(c->s, c);
-		return;
-	}
-	reply_or_park(c);
 }
+
+static const sreq_ops nng_front_ops = {nng_front_send, nng_front_keep, nng_front_release, NULL};
 
 /* ---- the context callback (nng's threads: invariant 1) -------------- */
 
 static void on_request(sctx *c, nng_msg *m)
 {
-	sl_server *s = c->s;
-	sl_reply r;
-	c->t0_ns = sl_node_mono_ns();
-	c->op = SL_OP_INVALID;
-	sl_metrics_inflight_add(s->n->metrics, 1);
-	/* Invariant 2: counted before `stopping` is read, so a stop that set
-	 * it either sees this request in `working` or is seen here. */
-	atomic_fetch_add(&s->working, 1);
-	if (atomic_load(&s->stopping)) {
-		sl_handle_reject(nng_msg_body(m), nng_msg_len(m), SL_ESHUTDOWN,
-		                 "server is shutting down; request not executed", &r);
-		nng_msg_free(m);
-		send_reply(c, &r);
-		atomic_fetch_sub(&s->working, 1);
-		return;
-	}
-	/* Invariant 1: what cannot wait runs here, one thread hop fewer. */
-	uint64_t sync_seq = 0;
-	int op = sl_handle_inline(s->n, nng_msg_body(m), nng_msg_len(m), &c->reply, &sync_seq);
-	if (op >= 0) {
-		c->op = op;
-		nng_msg_free(m);
-		if (sync_seq > 0) {
-			c->sync_seq = sync_seq;
-			c->state = ST_WORK;
-			commit_submit(s, c);
-			return;
-		}
-		reply_or_park(c);
-		return;
-	}
-	c->req = m; /* still counted in working: the worker's now */
 	c->state = ST_WORK;
-	c->work.fn = work_run;
-	sl_workq_submit(s->wq, &c->work);
+	c->req = m; /* for nng_front_keep; not read once srv_request has sent */
+	if (srv_request(&c->q, nng_msg_body(m), nng_msg_len(m)) == 0) {
+		nng_msg_free(m);
+	}
 }
 
 static void ctx_cb_run(sctx *c)
 {
-	sl_server *s = c->s;
+	sl_server *s = c->q.s;
 	int rv = nng_aio_result(c->aio);
 	if (c->state == ST_SEND) {
 		sl_quiet_send_end(&s->quiet); /* begun by send_reply */
@@ -440,7 +450,7 @@ static void ctx_cb_run(sctx *c)
 static void ctx_cb(void *arg)
 {
 	sctx *c = arg;
-	sl_server *s = c->s;
+	sl_server *s = c->q.s;
 	sl_quiet_cb_begin(&s->quiet);
 	ctx_cb_run(c);
 	sl_quiet_cb_end(&s->quiet);
@@ -555,7 +565,8 @@ static int rep_start(sl_server *s, const sl_server_opts *o, char *err, size_t ca
 	}
 	for (int i = 0; i < s->nctx; i++) {
 		sctx *c = &s->ctxs[i];
-		c->s = s;
+		c->q.s = s;
+		c->q.ops = &nng_front_ops;
 		if ((rv = nng_aio_alloc(&c->aio, ctx_cb, c)) != 0 ||
 		    (rv = nng_ctx_open(&c->ctx, s->sock)) != 0) {
 			snprintf(err, cap, "cannot open context: %s", nng_strerror(rv));
@@ -606,8 +617,17 @@ int sl_server_start(sl_node *n, const sl_server_opts *o, sl_server **out, char *
 	if (o->metrics_url != NULL && o->metrics_url[0] != '\0') {
 		rc = http_start(s, o->metrics_url, err, cap);
 	}
+	s->engine = o->engine;
+	if (s->engine == SL_SERVER_AUTO) {
+		const char *u = o->listen_url;
+		s->engine = strncmp(u, "tcp://", 6) == 0 || strncmp(u, "tcp4://", 7) == 0 ||
+		                    strncmp(u, "tcp6://", 7) == 0
+		                ? SL_SERVER_EPOLL
+		                : SL_SERVER_NNG;
+	}
 	if (rc == SL_OK) {
-		rc = rep_start(s, o, err, cap);
+		rc = s->engine == SL_SERVER_EPOLL ? ep_start(s, o, err, cap)
+		                                  : rep_start(s, o, err, cap);
 	}
 	if (rc != SL_OK) {
 		sl_server_stop(s);
@@ -677,6 +697,7 @@ void sl_server_stop(sl_server *s)
 	if (s->sock_open) {
 		nng_close(s->sock);
 	}
+	ep_stop(s); /* its loops exit; later replies are freed unsent */
 	for (int i = 0; i < s->nctx; i++) {
 		if (s->ctxs[i].aio != NULL) {
 			nng_aio_stop(s->ctxs[i].aio);
@@ -698,5 +719,6 @@ void sl_server_stop(sl_server *s)
 		nng_aio_free(s->ctxs[i].aio);
 	}
 	free(s->ctxs);
+	ep_free(s);
 	free(s);
 }

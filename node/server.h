@@ -15,8 +15,18 @@
 
 #include "node.h"
 
+/* Which front serves the clients (sl_server_opts.engine).  AUTO: epoll
+ * for tcp:// URLs (tcp4://, tcp6://), nng for every other nng URL. */
+enum { SL_SERVER_AUTO = 0, SL_SERVER_NNG = 1, SL_SERVER_EPOLL = 2 };
+
 typedef struct sl_server_opts {
-	const char *listen_url;  /* nng URL for clients, e.g. tcp://127.0.0.1:7420 */
+	const char *listen_url; /* nng URL for clients, e.g. tcp://127.0.0.1:7420 */
+	/* SL_SERVER_NNG: an nng REP socket served by `contexts` contexts
+	 * (any nng URL).  SL_SERVER_EPOLL: tcp:// only, served by io_threads
+	 * threads that own their connections and speak nng's SP framing
+	 * themselves (server_ep.c); clients cannot tell them apart. */
+	int engine;
+	int io_threads;          /* SL_SERVER_EPOLL: event loops (0: 1) */
 	const char *metrics_url; /* http://host:port, or NULL for none */
 	int contexts;            /* requests served at once (nng contexts) */
 	int workers;             /* worker threads running requests */

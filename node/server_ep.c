@@ -1,0 +1,831 @@
+/*
+ * server_ep.c — the epoll front (`shiplogd --transport epoll`): clients'
+ * TCP connections owned by a few event-loop threads, Redis's design, with
+ * nng's REQ/REP wire format spoken here so that every nng client (the
+ * client library, the CLI, shiplog-bench) talks to it unchanged.
+ *
+ * On the wire (nng's TCP transport, docs/protocol.md "On the wire"): each
+ * side sends 8 bytes {0, 'S', 'P', 0, proto >> 8, proto & 0xff, 0, 0}
+ * (REQ 0x30, REP 0x31), then messages, each a 64-bit big-endian length
+ * and that many bytes: the backtrace (4-byte words, the last one, the
+ * request id, with its top bit set) and the body.  A reply carries the
+ * request's backtrace back before its own body.  A frame over the
+ * message limit, a bad handshake or a malformed backtrace closes the
+ * connection, as nng does.
+ *
+ * Why: with nng's REP contexts every reply sent from a thread that is not
+ * nng's own (the committer after an fdatasync, a worker) costs three
+ * task-queue hand-offs, each a sleep and a wakeup (docs/performance.md).
+ * Here a loop reads every ready connection, runs what runs inline
+ * (srv_request), queues the writes waiting for an fdatasync as one group
+ * for the committer, and writes all replies at the end of the pass; a
+ * reply from another thread comes back through the loop's queue and one
+ * eventfd wakeup for all of those queued meanwhile.
+ *
+ * Threads and ownership:
+ *  1. A connection belongs to one loop; only that loop reads, writes or
+ *     closes it.  Other threads reach it only through the loop's done
+ *     queue (lq, under L->mu), by way of an ereq that holds a count on it
+ *     (c->inflight): a closed connection is freed when that count is 0.
+ *  2. Every loop listens on the one listening socket (EPOLLEXCLUSIVE);
+ *     whichever accepts a connection owns it.
+ *  3. A connection with PIPE_PENDING_MAX requests unanswered, or a reply
+ *     backlog over the message limit, is not read until it drains: a
+ *     client that sends and never reads holds its own buffers only.
+ *  4. Once a loop is dead (ep_stop) a reply queued to it is freed where it
+ *     is sent, under L->mu, which also counts the connection down.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <nng/nng.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "handler.h"
+#include "log.h"
+#include "metrics.h"
+#include "server_int.h"
+#include "status.h"
+
+#define SP_PROTO_REQ     0x30
+#define SP_PROTO_REP     0x31
+#define SP_MAX_HOPS      8  /* nng's default NNG_OPT_MAXTTL */
+#define PIPE_PENDING_MAX 64 /* as the nng front's per-connection limit */
+#define READ_CHUNK       (64 * 1024)
+#define MAX_EVENTS       256
+#define MAX_LOOPS        64
+
+typedef struct eloop eloop;
+
+typedef struct econn {
+	eloop *L;
+	int fd;          /* -1 once closed */
+	int shaken;      /* the peer's handshake was read */
+	int paused;      /* not read (invariant 3) */
+	uint32_t events; /* registered with epoll */
+	uint8_t *in;
+	size_t inlen, incap;
+	uint8_t *out;
+	size_t outoff, outlen, outcap;
+	uint32_t inflight; /* requests read and not yet answered (invariant 1) */
+	int queued;        /* in L->dirty */
+	struct econn *dnext;
+	struct econn *prev, *next; /* L->conns */
+} econn;
+
+typedef struct ereq {
+	sreq q; /* first */
+	econn *c;
+	uint8_t bt[4 * SP_MAX_HOPS];
+	size_t btlen;
+	void *copy;     /* the request bytes, kept for a worker */
+	uint8_t *frame; /* a reply packed away from the loop */
+	size_t framelen;
+	struct ereq *next; /* in L's done queue */
+} ereq;
+
+struct eloop {
+	sl_server *s;
+	int epfd, efd;
+	pthread_t th;
+	int started;
+	pthread_mutex_t mu; /* the done queue, `signalled`, `dead` */
+	ereq *dhead, *dtail;
+	int signalled, dead;
+	atomic_int quit;
+	econn *conns;
+	econn *dirty;        /* to write or to look at again at the end of the pass */
+	sreq *chead, *ctail; /* writes for the committer, handed over per pass */
+	uint64_t closed_bad; /* connections closed for bad input */
+};
+
+struct sl_ep {
+	int lfd;
+	int nloops;
+	eloop loops[MAX_LOOPS];
+};
+
+static _Thread_local eloop *tl_loop; /* the loop this thread runs, if any */
+
+/* ---- buffers ------------------------------------------------------- */
+
+static int reserve(uint8_t **b, size_t *cap, size_t len, size_t want)
+{
+	if (*cap - len >= want) {
+		return 0;
+	}
+	size_t ncap = *cap ? *cap : 4096;
+	while (ncap - len < want) {
+		ncap *= 2;
+	}
+	uint8_t *nb = realloc(*b, ncap);
+	if (nb == NULL) {
+		return -1;
+	}
+	*b = nb;
+	*cap = ncap;
+	return 0;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--) {
+		p[i] = (uint8_t)v;
+		v >>= 8;
+	}
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++) {
+		v = v << 8 | p[i];
+	}
+	return v;
+}
+
+/* ---- connections (their loop's thread only) ------------------------ */
+
+static void conn_dirty(econn *c)
+{
+	if (!c->queued) {
+		c->queued = 1;
+		c->dnext = c->L->dirty;
+		c->L->dirty = c;
+	}
+}
+
+static void conn_free(econn *c)
+{
+	free(c->in);
+	free(c->out);
+	free(c);
+}
+
+static void conn_close(econn *c)
+{
+	if (c->fd < 0) {
+		return;
+	}
+	eloop *L = c->L;
+	epoll_ctl(L->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	c->fd = -1;
+	free(c->in);
+	c->in = NULL;
+	c->inlen = c->incap = 0;
+	if (c->prev != NULL) {
+		c->prev->next = c->next;
+	} else {
+		L->conns = c->next;
+	}
+	if (c->next != NULL) {
+		c->next->prev = c->prev;
+	}
+	c->prev = c->next = NULL;
+	/* freed at the end of the pass, or by the last reply coming back
+	 * (invariant 1): never under a caller still holding c */
+	conn_dirty(c);
+}
+
+/* Appends an SP frame around a reply of sz bytes: returns where the
+ * body goes, or NULL (out of memory: the connection is closed). */
+static uint8_t *conn_frame(econn *c, const uint8_t *bt, size_t btlen, size_t sz)
+{
+	if (reserve(&c->out, &c->outcap, c->outlen, 8 + btlen + sz) != 0) {
+		sl_log_error("out of memory for a %zu-byte response; closing its connection", sz);
+		conn_close(c);
+		return NULL;
+	}
+	uint8_t *p = c->out + c->outlen;
+	put_be64(p, btlen + sz);
+	memcpy(p + 8, bt, btlen);
+	c->outlen += 8 + btlen + sz;
+	conn_dirty(c);
+	return p + 8 + btlen;
+}
+
+/* Writes what is queued; 0, or -1 when the connection is gone. */
+static int conn_write(econn *c)
+{
+	while (c->outoff < c->outlen) {
+		ssize_t w = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
+		if (w > 0) {
+			c->outoff += (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR) {
+			continue;
+		}
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			return 0;
+		}
+		conn_close(c);
+		return -1;
+	}
+	c->outoff = c->outlen = 0;
+	if (c->outcap > 1024 * 1024) { /* a big reply went: give its room back */
+		free(c->out);
+		c->out = NULL;
+		c->outcap = 0;
+	}
+	return 0;
+}
+
+static int conn_full(const econn *c)
+{
+	return c->inflight >= PIPE_PENDING_MAX ||
+	       c->outlen - c->outoff >= c->L->s->n->max_msg_bytes;
+}
+
+/* Registers what c waits for: input unless paused, output while some is
+ * left to write. */
+static void conn_arm(econn *c)
+{
+	uint32_t ev = (c->paused ? 0 : EPOLLIN) | (c->outoff < c->outlen ? EPOLLOUT : 0);
+	if (ev != c->events) {
+		struct epoll_event e = {.events = ev, .data.ptr = c};
+		if (epoll_ctl(c->L->epfd, EPOLL_CTL_MOD, c->fd, &e) == 0) {
+			c->events = ev;
+		}
+	}
+}
+
+/* ---- requests ------------------------------------------------------ */
+
+static void ep_send(sreq *q, sl_reply *r);
+static int ep_keep(sreq *q, const void *buf, size_t len);
+static void ep_release(sreq *q);
+static void ep_commit(sreq *q);
+static const sreq_ops ep_ops = {ep_send, ep_keep, ep_release, ep_commit};
+
+/* A reply is back on c's loop: c counts one request less. */
+static void reply_done(econn *c)
+{
+	c->inflight--;
+	if (c->fd < 0) {
+		if (c->inflight == 0 && !c->queued) {
+			conn_free(c);
+		}
+		return;
+	}
+	conn_dirty(c); /* maybe no longer full (invariant 3) */
+}
+
+static void ep_send(sreq *q, sl_reply *r)
+{
+	ereq *e = (ereq *)q;
+	econn *c = e->c;
+	eloop *L = c->L;
+	size_t sz = sl_reply_size(r);
+	sl_metrics_inflight_add(q->s->n->metrics, -1);
+	if (tl_loop == L) {
+		/* on c's own loop (an inline request): straight into its buffer */
+		if (c->fd >= 0) {
+			uint8_t *body = conn_frame(c, e->bt, e->btlen, sz);
+			if (body != NULL) {
+				sl_reply_pack(r, body);
+			}
+		}
+		sl_reply_free(r);
+		reply_done(c);
+		free(e);
+		return;
+	}
+	e->frame = malloc(sz > 0 ? sz : 1);
+	if (e->frame != NULL) {
+		sl_reply_pack(r, e->frame);
+		e->framelen = sz;
+	} else {
+		sl_log_error("out of memory for a %zu-byte response; request dropped", sz);
+	}
+	sl_reply_free(r);
+	e->next = NULL;
+	pthread_mutex_lock(&L->mu);
+	if (L->dead) { /* invariant 4 */
+		c->inflight--;
+		if (c->inflight == 0 && c->fd < 0) {
+			conn_free(c);
+		}
+		pthread_mutex_unlock(&L->mu);
+		free(e->frame);
+		free(e);
+		return;
+	}
+	if (L->dtail != NULL) {
+		L->dtail->next = e;
+	} else {
+		L->dhead = e;
+	}
+	L->dtail = e;
+	int wake = !L->signalled;
+	L->signalled = 1;
+	pthread_mutex_unlock(&L->mu);
+	if (wake) {
+		uint64_t one = 1;
+		ssize_t w = write(L->efd, &one, sizeof(one));
+		(void)w; /* an eventfd write fails only on overflow: then it is set */
+	}
+}
+
+static int ep_keep(sreq *q, const void *buf, size_t len)
+{
+	ereq *e = (ereq *)q;
+	e->copy = malloc(len > 0 ? len : 1);
+	if (e->copy == NULL) {
+		return -1;
+	}
+	memcpy(e->copy, buf, len);
+	q->buf = e->copy;
+	q->len = len;
+	return 0;
+}
+
+static void ep_release(sreq *q)
+{
+	ereq *e = (ereq *)q;
+	free(e->copy);
+	e->copy = NULL;
+}
+
+/* A write read by this pass waits for its fdatasync: the pass hands all
+ * of them to the committer at its end (loop_flush). */
+static void ep_commit(sreq *q)
+{
+	eloop *L = ((ereq *)q)->c->L;
+	q->dnext = NULL;
+	if (L->ctail != NULL) {
+		L->ctail->dnext = q;
+	} else {
+		L->chead = q;
+	}
+	L->ctail = q;
+}
+
+/* Takes the replies other threads queued for L. */
+static void loop_done_queue(eloop *L)
+{
+	uint64_t v;
+	ssize_t r = read(L->efd, &v, sizeof(v));
+	(void)r;
+	pthread_mutex_lock(&L->mu);
+	ereq *e = L->dhead;
+	L->dhead = L->dtail = NULL;
+	L->signalled = 0;
+	pthread_mutex_unlock(&L->mu);
+	while (e != NULL) {
+		ereq *next = e->next;
+		econn *c = e->c;
+		if (c->fd >= 0 && e->frame != NULL) {
+			uint8_t *body = conn_frame(c, e->bt, e->btlen, e->framelen);
+			if (body != NULL) {
+				memcpy(body, e->frame, e->framelen);
+			}
+		}
+		reply_done(c);
+		free(e->frame);
+		free(e);
+		e = next;
+	}
+}
+
+/* Runs one request (body of len bytes, backtrace bt) read on c. */
+static int conn_request(econn *c, const uint8_t *bt, size_t btlen, const uint8_t *body, size_t len)
+{
+	eloop *L = c->L;
+	ereq *e = malloc(sizeof(*e));
+	if (e == NULL) {
+		sl_log_error("out of memory for a request; closing its connection");
+		return -1;
+	}
+	e->q.s = L->s;
+	e->q.ops = &ep_ops;
+	e->q.buf = NULL;
+	e->c = c;
+	memcpy(e->bt, bt, btlen);
+	e->btlen = btlen;
+	e->copy = NULL;
+	e->frame = NULL;
+	c->inflight++;
+	/* A write under --sync always is queued for the committer by the
+	 * pass, not one by one: srv_request submits it at once otherwise.
+	 * So the request runs with the loop's own committer list. */
+	srv_request(&e->q, body, len);
+	return 0;
+}
+
+/* Parses what c has read: the handshake, then whole frames. */
+static void conn_parse(econn *c)
+{
+	eloop *L = c->L;
+	size_t pos = 0;
+	size_t maxmsg = L->s->n->max_msg_bytes;
+	if (!c->shaken) {
+		if (c->inlen < 8) {
+			return;
+		}
+		const uint8_t *h = c->in;
+		if (memcmp(h, "\0SP\0", 4) != 0 || h[4] != 0 || h[5] != SP_PROTO_REQ || h[6] != 0 ||
+		    h[7] != 0) {
+			sl_log_debug("a connection's handshake is not an SP REQ peer's; closed");
+			L->closed_bad++;
+			conn_close(c);
+			return;
+		}
+		c->shaken = 1;
+		pos = 8;
+	}
+	while (c->fd >= 0) {
+		if (conn_full(c)) {
+			c->paused = 1;
+			break;
+		}
+		c->paused = 0;
+		if (c->inlen - pos < 8) {
+			break;
+		}
+		uint64_t flen = get_be64(c->in + pos);
+		if (flen > maxmsg || flen < 4) {
+			sl_log_debug("a %llu-byte message (limit %zu); connection closed",
+			             (unsigned long long)flen, maxmsg);
+			L->closed_bad++;
+			conn_close(c);
+			return;
+		}
+		if (c->inlen - pos - 8 < flen) {
+			/* room for the whole frame, for the next read */
+			if (pos > 0) {
+				memmove(c->in, c->in + pos, c->inlen - pos);
+				c->inlen -= pos;
+				pos = 0;
+			}
+			if (reserve(&c->in, &c->incap, c->inlen, 8 + flen - c->inlen) != 0) {
+				sl_log_error(
+				    "out of memory for a %llu-byte request; connection closed",
+				    (unsigned long long)flen);
+				conn_close(c);
+			}
+			return;
+		}
+		const uint8_t *m = c->in + pos + 8;
+		size_t btlen = 0;
+		for (;;) {
+			if (btlen / 4 >= SP_MAX_HOPS || btlen + 4 > flen) {
+				btlen = 0;
+				break;
+			}
+			btlen += 4;
+			if (m[btlen - 4] & 0x80) {
+				break;
+			}
+		}
+		if (btlen == 0) {
+			sl_log_debug("a request without a request id; connection closed");
+			L->closed_bad++;
+			conn_close(c);
+			return;
+		}
+		if (conn_request(c, m, btlen, m + btlen, flen - btlen) != 0) {
+			conn_close(c);
+			return;
+		}
+		pos += 8 + flen;
+	}
+	if (c->fd >= 0 && pos > 0) {
+		memmove(c->in, c->in + pos, c->inlen - pos);
+		c->inlen -= pos;
+	}
+}
+
+static void conn_read(econn *c)
+{
+	if (reserve(&c->in, &c->incap, c->inlen, READ_CHUNK) != 0) {
+		sl_log_error("out of memory reading a request; connection closed");
+		conn_close(c);
+		return;
+	}
+	ssize_t r = recv(c->fd, c->in + c->inlen, c->incap - c->inlen, 0);
+	if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+		conn_close(c);
+		return;
+	}
+	if (r > 0) {
+		c->inlen += (size_t)r;
+		conn_parse(c);
+	}
+}
+
+static void loop_accept(eloop *L, int lfd)
+{
+	for (int i = 0; i < 64; i++) {
+		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
+			    errno != ECONNABORTED) {
+				sl_log_warn("accept: %s", strerror(errno));
+			}
+			return;
+		}
+		if (atomic_load(&L->s->stopping)) {
+			close(fd); /* server.c invariant 3 */
+			continue;
+		}
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		econn *c = calloc(1, sizeof(*c));
+		static const uint8_t hello[8] = {0, 'S', 'P', 0, 0, SP_PROTO_REP, 0, 0};
+		if (c == NULL || reserve(&c->out, &c->outcap, 0, sizeof(hello)) != 0) {
+			free(c);
+			close(fd);
+			continue;
+		}
+		c->L = L;
+		c->fd = fd;
+		memcpy(c->out, hello, sizeof(hello));
+		c->outlen = sizeof(hello);
+		c->events = EPOLLIN;
+		struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
+		if (epoll_ctl(L->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
+			conn_free(c);
+			close(fd);
+			continue;
+		}
+		c->next = L->conns;
+		if (L->conns != NULL) {
+			L->conns->prev = c;
+		}
+		L->conns = c;
+		conn_dirty(c);
+	}
+}
+
+/* The end of a pass: the writes for the committer go as one group, then
+ * every connection touched is written and re-armed. */
+static void loop_commit(eloop *L)
+{
+	if (L->chead != NULL) {
+		srv_commit_submit(L->s, L->chead, L->ctail);
+		L->chead = L->ctail = NULL;
+	}
+}
+
+static void loop_flush(eloop *L)
+{
+	loop_commit(L); /* first: the fdatasync starts while replies are written */
+	while (L->dirty != NULL) {
+		econn *c = L->dirty;
+		L->dirty = c->dnext;
+		c->queued = 0;
+		if (c->fd < 0) {
+			if (c->inflight == 0) {
+				conn_free(c);
+			}
+			continue;
+		}
+		if (conn_write(c) != 0) {
+			continue;
+		}
+		if (c->paused && !conn_full(c)) {
+			conn_parse(c); /* what was read before the pause */
+			if (c->fd < 0) {
+				continue;
+			}
+			if (c->queued) { /* new replies: written next time round */
+				continue;
+			}
+		}
+		conn_arm(c);
+	}
+	loop_commit(L); /* those read after a pause */
+}
+
+static void *loop_main(void *arg)
+{
+	eloop *L = arg;
+	tl_loop = L;
+	struct epoll_event evs[MAX_EVENTS];
+	while (!atomic_load(&L->quit)) {
+		int n = epoll_wait(L->epfd, evs, MAX_EVENTS, -1);
+		if (n < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			sl_log_error("epoll_wait: %s", strerror(errno));
+			break;
+		}
+		for (int i = 0; i < n; i++) {
+			void *p = evs[i].data.ptr;
+			if (p == &L->efd) {
+				loop_done_queue(L);
+			} else if (p == &L->s->ep->lfd) {
+				loop_accept(L, L->s->ep->lfd);
+			} else {
+				econn *c = p;
+				if (c->fd < 0) {
+					continue;
+				}
+				if (evs[i].events & EPOLLOUT) {
+					conn_dirty(c);
+				}
+				if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+					conn_read(c);
+				}
+			}
+		}
+		loop_flush(L);
+	}
+	/* Stopping: what was answered is written out (a second at most), then
+	 * every connection closes. */
+	loop_done_queue(L);
+	loop_flush(L);
+	for (int waited = 0; waited < 1000; waited += 10) {
+		int left = 0;
+		for (econn *c = L->conns; c != NULL; c = c->next) {
+			if (c->outoff < c->outlen) {
+				left = 1;
+				conn_write(c);
+			}
+		}
+		if (!left) {
+			break;
+		}
+		poll(NULL, 0, 10);
+	}
+	pthread_mutex_lock(&L->mu);
+	L->dead = 1; /* invariant 4: from now on senders free their replies */
+	ereq *e = L->dhead;
+	L->dhead = L->dtail = NULL;
+	while (L->conns != NULL) {
+		conn_close(L->conns);
+	}
+	while (L->dirty != NULL) {
+		econn *c = L->dirty;
+		L->dirty = c->dnext;
+		c->queued = 0;
+		if (c->inflight == 0) {
+			conn_free(c);
+		}
+	}
+	while (e != NULL) {
+		ereq *next = e->next;
+		if (--e->c->inflight == 0 && e->c->fd < 0) {
+			conn_free(e->c);
+		}
+		free(e->frame);
+		free(e);
+		e = next;
+	}
+	pthread_mutex_unlock(&L->mu);
+	return NULL;
+}
+
+/* ---- start and stop -------------------------------------------------- */
+
+static int ep_listen(const char *url, int *out, char *err, size_t cap)
+{
+	nng_url *u = NULL;
+	if (nng_url_parse(&u, url) != 0 ||
+	    (strcmp(u->u_scheme, "tcp") != 0 && strcmp(u->u_scheme, "tcp4") != 0 &&
+	     strcmp(u->u_scheme, "tcp6") != 0)) {
+		snprintf(err, cap, "--transport epoll serves tcp://HOST:PORT only, not '%s'", url);
+		nng_url_free(u);
+		return SL_EINVAL;
+	}
+	struct addrinfo hints = {0}, *ai = NULL;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	hints.ai_family = strcmp(u->u_scheme, "tcp4") == 0   ? AF_INET
+	                  : strcmp(u->u_scheme, "tcp6") == 0 ? AF_INET6
+	                                                     : AF_UNSPEC;
+	const char *host = u->u_hostname;
+	if (host[0] == '\0' || strcmp(host, "*") == 0) {
+		host = NULL;
+	}
+	int gai = getaddrinfo(host, u->u_port[0] ? u->u_port : "0", &hints, &ai);
+	if (gai != 0) {
+		snprintf(err, cap, "cannot listen on %s: %s", url, gai_strerror(gai));
+		nng_url_free(u);
+		return SL_EINVAL;
+	}
+	nng_url_free(u);
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1;
+	int rc = SL_OK;
+	if (fd < 0) {
+		snprintf(err, cap, "cannot open socket: %s", strerror(errno));
+		rc = SL_EIO;
+	} else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	           bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+		int e = errno;
+		snprintf(err, cap, "cannot listen on %s: %s", url,
+		         e == EADDRINUSE ? "Address in use" : strerror(e));
+		rc = e == EADDRINUSE ? SL_EBUSY : e == EADDRNOTAVAIL ? SL_EINVAL : SL_EIO;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	*out = fd;
+	return rc;
+}
+
+int ep_start(sl_server *s, const sl_server_opts *o, char *err, size_t cap)
+{
+	sl_ep *ep = calloc(1, sizeof(*ep));
+	if (ep == NULL) {
+		snprintf(err, cap, "out of memory");
+		return SL_ENOMEM;
+	}
+	s->ep = ep;
+	ep->lfd = -1;
+	int rc = ep_listen(o->listen_url, &ep->lfd, err, cap);
+	if (rc != SL_OK) {
+		return rc;
+	}
+	ep->nloops = o->io_threads > 0 ? o->io_threads : 1;
+	if (ep->nloops > MAX_LOOPS) {
+		ep->nloops = MAX_LOOPS;
+	}
+	for (int i = 0; i < ep->nloops; i++) {
+		eloop *L = &ep->loops[i];
+		L->s = s;
+		L->epfd = epoll_create1(EPOLL_CLOEXEC);
+		L->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		pthread_mutex_init(&L->mu, NULL);
+		struct epoll_event e1 = {.events = EPOLLIN, .data.ptr = &L->efd};
+		struct epoll_event e2 = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &ep->lfd};
+		if (L->epfd < 0 || L->efd < 0 ||
+		    epoll_ctl(L->epfd, EPOLL_CTL_ADD, L->efd, &e1) != 0 ||
+		    epoll_ctl(L->epfd, EPOLL_CTL_ADD, ep->lfd, &e2) != 0) {
+			snprintf(err, cap, "cannot set up an event loop: %s", strerror(errno));
+			return SL_EIO;
+		}
+	}
+	if (o->ready != NULL && o->ready(o->ready_arg, err, cap) != 0) {
+		return SL_EIO;
+	}
+	for (int i = 0; i < ep->nloops; i++) {
+		if (pthread_create(&ep->loops[i].th, NULL, loop_main, &ep->loops[i]) != 0) {
+			snprintf(err, cap, "cannot start an event loop thread");
+			return SL_EIO;
+		}
+		ep->loops[i].started = 1;
+	}
+	return SL_OK;
+}
+
+void ep_stop(sl_server *s)
+{
+	sl_ep *ep = s->ep;
+	if (ep == NULL) {
+		return;
+	}
+	for (int i = 0; i < ep->nloops; i++) {
+		eloop *L = &ep->loops[i];
+		if (!L->started) {
+			L->dead = 1;
+			continue;
+		}
+		atomic_store(&L->quit, 1);
+		uint64_t one = 1;
+		ssize_t w = write(L->efd, &one, sizeof(one));
+		(void)w;
+		pthread_join(L->th, NULL);
+		L->started = 0;
+	}
+	if (ep->lfd >= 0) {
+		close(ep->lfd);
+		ep->lfd = -1;
+	}
+}
+
+void ep_free(sl_server *s)
+{
+	sl_ep *ep = s->ep;
+	if (ep == NULL) {
+		return;
+	}
+	for (int i = 0; i < ep->nloops; i++) {
+		eloop *L = &ep->loops[i];
+		if (L->epfd > 0) {
+			close(L->epfd);
+		}
+		if (L->efd > 0) {
+			close(L->efd);
+		}
+		pthread_mutex_destroy(&L->mu);
+	}
+	free(ep);
+	s->ep = NULL;
+}
