@@ -97,6 +97,14 @@ static inline pid_t nu_spawn_args(const char *const *args, const char *logpath)
 	const char *argv[64];
 	size_t n = 0;
 	argv[n++] = nu_shiplogd();
+	/* SL_TEST_TRANSPORT=nng|epoll: the client front every daemon of the
+	 * test runs (node/CMakeLists.txt runs the node's tests with both);
+	 * first, so that a --transport in args wins */
+	const char *tr = getenv("SL_TEST_TRANSPORT");
+	if (tr != NULL && *tr) {
+		argv[n++] = "--transport";
+		argv[n++] = tr;
+	}
 	for (size_t i = 0; args != NULL && args[i] != NULL && n < 63; i++) {
 		argv[n++] = args[i];
 	}
