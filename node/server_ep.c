@@ -108,13 +108,13 @@ struct eloop {
 	econn *conns;
 	econn *dirty;        /* to write or to look at again at the end of the pass */
 	sreq *chead, *ctail; /* writes for the committer, handed over per pass */
-	uint64_t closed_bad; /* connections closed for bad input */
+	uint8_t scratch[READ_CHUNK]; /* reads of connections holding no partial frame */
 };
 
 struct sl_ep {
 	int lfd;
 	int nloops;
-	eloop loops[MAX_LOOPS];
+	eloop *loops;
 };
 
 static _Thread_local eloop *tl_loop; /* the loop this thread runs, if any */
@@ -183,9 +183,7 @@ static void conn_close(econn *c)
 	epoll_ctl(L->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	c->fd = -1;
-	free(c->in);
-	c->in = NULL;
-	c->inlen = c->incap = 0;
+	c->inlen = 0;
 	if (c->prev != NULL) {
 		c->prev->next = c->next;
 	} else {
@@ -426,23 +424,24 @@ static int conn_request(econn *c, const uint8_t *bt, size_t btlen, const uint8_t
 	return 0;
 }
 
-/* Parses what c has read: the handshake, then whole frames. */
-static void conn_parse(econn *c)
+/* Parses len bytes at buf read on c: the handshake, then whole frames,
+ * each run as it comes.  Returns the bytes used; the rest is the start of
+ * a frame, or frames left while c is full (invariant 3).  c may be closed
+ * on return (bad input), never freed. */
+static size_t conn_parse(econn *c, const uint8_t *buf, size_t len)
 {
 	eloop *L = c->L;
 	size_t pos = 0;
 	size_t maxmsg = L->s->n->max_msg_bytes;
 	if (!c->shaken) {
-		if (c->inlen < 8) {
-			return;
+		if (len < 8) {
+			return 0;
 		}
-		const uint8_t *h = c->in;
-		if (memcmp(h, "\0SP\0", 4) != 0 || h[4] != 0 || h[5] != SP_PROTO_REQ || h[6] != 0 ||
-		    h[7] != 0) {
+		if (memcmp(buf, "\0SP\0", 4) != 0 || buf[4] != 0 || buf[5] != SP_PROTO_REQ ||
+		    buf[6] != 0 || buf[7] != 0) {
 			sl_log_debug("a connection's handshake is not an SP REQ peer's; closed");
-			L->closed_bad++;
 			conn_close(c);
-			return;
+			return 0;
 		}
 		c->shaken = 1;
 		pos = 8;
@@ -453,33 +452,20 @@ static void conn_parse(econn *c)
 			break;
 		}
 		c->paused = 0;
-		if (c->inlen - pos < 8) {
+		if (len - pos < 8) {
 			break;
 		}
-		uint64_t flen = get_be64(c->in + pos);
+		uint64_t flen = get_be64(buf + pos);
 		if (flen > maxmsg || flen < 4) {
 			sl_log_debug("a %llu-byte message (limit %zu); connection closed",
 			             (unsigned long long)flen, maxmsg);
-			L->closed_bad++;
 			conn_close(c);
-			return;
+			break;
 		}
-		if (c->inlen - pos - 8 < flen) {
-			/* room for the whole frame, for the next read */
-			if (pos > 0) {
-				memmove(c->in, c->in + pos, c->inlen - pos);
-				c->inlen -= pos;
-				pos = 0;
-			}
-			if (reserve(&c->in, &c->incap, c->inlen, 8 + flen - c->inlen) != 0) {
-				sl_log_error(
-				    "out of memory for a %llu-byte request; connection closed",
-				    (unsigned long long)flen);
-				conn_close(c);
-			}
-			return;
+		if (len - pos - 8 < flen) {
+			break;
 		}
-		const uint8_t *m = c->in + pos + 8;
+		const uint8_t *m = buf + pos + 8;
 		size_t btlen = 0;
 		for (;;) {
 			if (btlen / 4 >= SP_MAX_HOPS || btlen + 4 > flen) {
@@ -493,37 +479,73 @@ static void conn_parse(econn *c)
 		}
 		if (btlen == 0) {
 			sl_log_debug("a request without a request id; connection closed");
-			L->closed_bad++;
 			conn_close(c);
-			return;
+			break;
 		}
 		if (conn_request(c, m, btlen, m + btlen, flen - btlen) != 0) {
 			conn_close(c);
-			return;
+			break;
 		}
 		pos += 8 + flen;
 	}
-	if (c->fd >= 0 && pos > 0) {
-		memmove(c->in, c->in + pos, c->inlen - pos);
-		c->inlen -= pos;
+	return pos;
+}
+
+/* Runs what buf (c->in, or the loop's scratch buffer) holds and keeps
+ * the rest in c->in. */
+static void conn_take(econn *c, const uint8_t *buf, size_t len)
+{
+	size_t used = conn_parse(c, buf, len);
+	if (c->fd < 0) {
+		return;
+	}
+	size_t left = len - used;
+	if (buf == c->in) {
+		memmove(c->in, c->in + used, left);
+	} else if (left > 0) {
+		if (reserve(&c->in, &c->incap, 0, left) != 0) {
+			sl_log_error("out of memory reading a request; connection closed");
+			conn_close(c);
+			return;
+		}
+		memcpy(c->in, buf + used, left);
+	}
+	c->inlen = left;
+	if (left == 0 && c->incap > READ_CHUNK) { /* a big request went */
+		free(c->in);
+		c->in = NULL;
+		c->incap = 0;
 	}
 }
 
+/* Reads what c has: into the loop's scratch buffer when c holds no part
+ * of a frame (an idle connection keeps no input buffer), else after it. */
 static void conn_read(econn *c)
 {
-	if (reserve(&c->in, &c->incap, c->inlen, READ_CHUNK) != 0) {
-		sl_log_error("out of memory reading a request; connection closed");
-		conn_close(c);
-		return;
+	eloop *L = c->L;
+	uint8_t *dst = L->scratch;
+	size_t room = READ_CHUNK;
+	if (c->inlen > 0) {
+		if (reserve(&c->in, &c->incap, c->inlen, READ_CHUNK) != 0) {
+			sl_log_error("out of memory reading a request; connection closed");
+			conn_close(c);
+			return;
+		}
+		dst = c->in + c->inlen;
+		room = c->incap - c->inlen;
 	}
-	ssize_t r = recv(c->fd, c->in + c->inlen, c->incap - c->inlen, 0);
+	ssize_t r = recv(c->fd, dst, room, 0);
 	if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
 		conn_close(c);
 		return;
 	}
 	if (r > 0) {
-		c->inlen += (size_t)r;
-		conn_parse(c);
+		if (dst == L->scratch) {
+			conn_take(c, L->scratch, (size_t)r);
+		} else {
+			c->inlen += (size_t)r;
+			conn_take(c, c->in, c->inlen);
+		}
 	}
 }
 
@@ -598,7 +620,7 @@ static void loop_flush(eloop *L)
 			continue;
 		}
 		if (c->paused && !conn_full(c)) {
-			conn_parse(c); /* what was read before the pause */
+			conn_take(c, c->in, c->inlen); /* read before the pause */
 			if (c->fd < 0) {
 				continue;
 			}
@@ -753,10 +775,14 @@ int ep_start(sl_server *s, const sl_server_opts *o, char *err, size_t cap)
 	if (rc != SL_OK) {
 		return rc;
 	}
-	ep->nloops = o->io_threads > 0 ? o->io_threads : 1;
-	if (ep->nloops > MAX_LOOPS) {
-		ep->nloops = MAX_LOOPS;
+	int nloops = o->io_threads > 0 ? o->io_threads : 1;
+	nloops = nloops > MAX_LOOPS ? MAX_LOOPS : nloops;
+	ep->loops = calloc((size_t)nloops, sizeof(*ep->loops));
+	if (ep->loops == NULL) {
+		snprintf(err, cap, "out of memory");
+		return SL_ENOMEM;
 	}
+	ep->nloops = nloops;
 	for (int i = 0; i < ep->nloops; i++) {
 		eloop *L = &ep->loops[i];
 		L->s = s;
@@ -826,6 +852,7 @@ void ep_free(sl_server *s)
 		}
 		pthread_mutex_destroy(&L->mu);
 	}
+	free(ep->loops);
 	free(ep);
 	s->ep = NULL;
 }
