@@ -673,8 +673,8 @@ int main(int argc, char **argv)
 		sl_metrics_free(n.metrics);
 		return 1;
 	}
-	sl_log_info("shiplogd %s ready: listening on %s, sync %s, pid %d%s%s, %s%s%s",
-	            SL_NODE_VERSION, c.listen, c.sync_name, (int)getpid(),
+	sl_log_info("shiplogd %s ready: listening on %s (%s), sync %s, pid %d%s%s, %s%s%s",
+	            SL_NODE_VERSION, c.listen, sl_server_transport(srv), c.sync_name, (int)getpid(),
 	            c.metrics ? ", metrics on " : "", c.metrics ? c.metrics : "",
 	            sl_repl_role(n.repl), sl_repl_listen_url(n.repl) ? ", replication on " : "",
 	            sl_repl_listen_url(n.repl) ? sl_repl_listen_url(n.repl) : "");

@@ -1,6 +1,10 @@
 /*
- * server.c — the REP socket, its contexts, the hand-off to workers, the
- * metrics endpoint and the graceful stop (see server.h).
+ * server.c — the request path both fronts share (srv_request: inline, the
+ * workers, the committer, parking for --acks), the nng front (the REP
+ * socket and its contexts), the metrics endpoint and the graceful stop
+ * (see server.h).  The epoll front is server_ep.c; the invariants below
+ * hold for it too, with "an nng callback" read as "an nng callback or an
+ * event loop".
  *
  * A context's life, driven by its one aio:
  *
@@ -635,6 +639,11 @@ int sl_server_start(sl_node *n, const sl_server_opts *o, sl_server **out, char *
 	}
 	*out = s;
 	return SL_OK;
+}
+
+const char *sl_server_transport(const sl_server *s)
+{
+	return s->engine == SL_SERVER_EPOLL ? "epoll" : "nng";
 }
 
 static void sleep_ms(int ms)

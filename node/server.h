@@ -1,10 +1,13 @@
 /*
- * server.h — shiplogd's transport: an nng REP socket served by many
- * contexts, the node's worker threads, and the metrics HTTP endpoint.
+ * server.h — shiplogd's transport: event-loop threads owning the clients'
+ * TCP connections (server_ep.c) or an nng REP socket served by many
+ * contexts (any nng URL), the node's worker threads, and the metrics HTTP
+ * endpoint.
  *
- * Request path: an nng callback receives a message and only enqueues it
- * (pings are answered in place: they touch no storage); a worker runs
- * sl_handle() and hands the response back to nng.  Shutdown: stop taking
+ * Request path: the front that read a request runs it at once when it
+ * cannot wait (sl_handle_inline: gets, puts, pings, ...), else a worker
+ * runs it (sl_handle_defer); a write under --sync always waits for the
+ * committer's group fdatasync, and the reply goes back to the front.  Shutdown: stop taking
  * requests (later ones get SL_ESHUTDOWN, new connections are refused),
  * finish those already taken, then close the socket.
  */
@@ -47,6 +50,9 @@ typedef struct sl_server sl_server;
  * with a one-line reason in err (cap bytes).  The socket's receive limit is
  * n->max_msg_bytes. */
 int sl_server_start(sl_node *n, const sl_server_opts *o, sl_server **out, char *err, size_t cap);
+
+/* "epoll" or "nng": the front serving the clients (AUTO resolved). */
+const char *sl_server_transport(const sl_server *s);
 
 /* The first half of a graceful stop: refuses new requests and waits (up to
  * drain_ms) for those in flight to be answered.  Does not close the socket,

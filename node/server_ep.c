@@ -106,8 +106,8 @@ struct eloop {
 	int signalled, dead;
 	atomic_int quit;
 	econn *conns;
-	econn *dirty;        /* to write or to look at again at the end of the pass */
-	sreq *chead, *ctail; /* writes for the committer, handed over per pass */
+	econn *dirty;                /* to write or to look at again at the end of the pass */
+	sreq *chead, *ctail;         /* writes for the committer, handed over per pass */
 	uint8_t scratch[READ_CHUNK]; /* reads of connections holding no partial frame */
 };
 
