@@ -74,6 +74,15 @@ int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64
  * never wait for a follower or a condition. */
 int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq);
 
+/* Starts loading what the get, put or delete in the encoded Request at
+ * buf will touch (nothing for other requests or bad bytes), in stages as
+ * sl_prefetch (0: the key's keydir slots), sl_prefetch_entry (1: its
+ * entry) and, for a get, sl_prefetch_value (2: the record): a front that
+ * has read several requests runs each stage on all of them before the
+ * next, then runs the requests, so that their cache misses overlap.
+ * Caller holds n->db_lock (read). */
+void sl_handle_prefetch(sl_node *n, const void *buf, size_t len, int stage);
+
 /* Completes a reply left waiting for acks (r->ack_want > 0): `acked`
  * followers had the write when the wait ended.  Fewer than wanted makes a
  * write that was made (ack_seq > 0) SL_ETIMEDOUT; its seq stays.  Ends the

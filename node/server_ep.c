@@ -64,12 +64,24 @@
 #define SP_MAX_HOPS      8  /* nng's default NNG_OPT_MAXTTL */
 #define PIPE_PENDING_MAX 64 /* as the nng front's per-connection limit */
 #define READ_CHUNK       (64 * 1024)
+#define ARENA_BYTES      (1024 * 1024) /* a pass's reads, run together */
 #define MAX_EVENTS       256
 #define MAX_LOOPS        64
+#define ACCEPT_PAUSE_MS  100 /* after accept failed for want of descriptors */
 
 typedef struct eloop eloop;
+typedef struct econn econn;
 
-typedef struct econn {
+/* Bytes read from a connection in this pass, not yet run. */
+typedef struct rdpend {
+	econn *c;
+	const uint8_t *buf; /* in the loop's arena; NULL: c->in */
+	size_t len;
+} rdpend;
+
+static void loop_run_reads(eloop *L);
+
+struct econn {
 	eloop *L;
 	int fd;          /* -1 once closed */
 	int shaken;      /* the peer's handshake was read */
@@ -83,7 +95,7 @@ typedef struct econn {
 	int queued;        /* in L->dirty */
 	struct econn *dnext;
 	struct econn *prev, *next; /* L->conns */
-} econn;
+};
 
 typedef struct ereq {
 	sreq q; /* first */
@@ -106,9 +118,14 @@ struct eloop {
 	int signalled, dead;
 	atomic_int quit;
 	econn *conns;
-	econn *dirty;                /* to write or to look at again at the end of the pass */
-	sreq *chead, *ctail;         /* writes for the committer, handed over per pass */
-	uint8_t scratch[READ_CHUNK]; /* reads of connections holding no partial frame */
+	econn *dirty;              /* to write or to look at again at the end of the pass */
+	sreq *chead, *ctail;       /* writes for the committer, handed over per pass */
+	uint64_t accept_resume_ms; /* the listening socket is out of the set until then */
+	uint64_t accept_log_ms;    /* next time an accept failure is logged */
+	uint8_t *arena;            /* this pass's reads of connections holding no partial frame */
+	size_t arena_used;
+	rdpend reads[MAX_EVENTS]; /* read this pass, not yet run (loop_run_reads) */
+	int nreads;
 };
 
 struct sl_ep {
@@ -491,7 +508,7 @@ static size_t conn_parse(econn *c, const uint8_t *buf, size_t len)
 	return pos;
 }
 
-/* Runs what buf (c->in, or the loop's scratch buffer) holds and keeps
+/* Runs what buf (c->in, or the loop's arena) holds and keeps
  * the rest in c->in. */
 static void conn_take(econn *c, const uint8_t *buf, size_t len)
 {
@@ -518,12 +535,16 @@ static void conn_take(econn *c, const uint8_t *buf, size_t len)
 	}
 }
 
-/* Reads what c has: into the loop's scratch buffer when c holds no part
- * of a frame (an idle connection keeps no input buffer), else after it. */
+/* Reads what c has: into the loop's arena when c holds no part of a
+ * frame (an idle connection keeps no input buffer), else after that part
+ * in c->in.  What was read waits in L->reads for loop_run_reads. */
 static void conn_read(econn *c)
 {
 	eloop *L = c->L;
-	uint8_t *dst = L->scratch;
+	if (c->inlen == 0 && ARENA_BYTES - L->arena_used < READ_CHUNK) {
+		loop_run_reads(L); /* the arena is full: run what it holds */
+	}
+	uint8_t *dst = L->arena + L->arena_used;
 	size_t room = READ_CHUNK;
 	if (c->inlen > 0) {
 		if (reserve(&c->in, &c->incap, c->inlen, READ_CHUNK) != 0) {
@@ -539,14 +560,83 @@ static void conn_read(econn *c)
 		conn_close(c);
 		return;
 	}
-	if (r > 0) {
-		if (dst == L->scratch) {
-			conn_take(c, L->scratch, (size_t)r);
-		} else {
-			c->inlen += (size_t)r;
-			conn_take(c, c->in, c->inlen);
+	if (r <= 0) {
+		return;
+	}
+	rdpend *pr = &L->reads[L->nreads++];
+	pr->c = c;
+	if (c->inlen > 0) {
+		c->inlen += (size_t)r;
+		pr->buf = NULL; /* c->in, as long as it is then */
+		pr->len = 0;
+	} else {
+		pr->buf = dst;
+		pr->len = (size_t)r;
+		L->arena_used += (size_t)r;
+	}
+	if (L->nreads == MAX_EVENTS) {
+		loop_run_reads(L);
+	}
+}
+
+/* Runs prefetch stage `stage` (sl_handle_prefetch) on the requests in buf
+ * (whole frames only, at most 64). */
+static void prefetch_frames(eloop *L, const uint8_t *buf, size_t len, int stage)
+{
+	size_t pos = 0;
+	for (int k = 0; k < 64 && len - pos >= 8; k++) {
+		uint64_t flen = get_be64(buf + pos);
+		if (flen < 4 || flen > len - pos - 8) {
+			return;
+		}
+		const uint8_t *m = buf + pos + 8;
+		size_t bt = 0;
+		while (bt + 4 <= flen && bt < 4 * SP_MAX_HOPS && !(m[bt] & 0x80)) {
+			bt += 4;
+		}
+		if (bt + 4 <= flen && bt < 4 * SP_MAX_HOPS) {
+			sl_handle_prefetch(L->s->n, m + bt + 4, (size_t)flen - bt - 4, stage);
+		}
+		pos += 8 + (size_t)flen;
+	}
+}
+
+/* Runs what this pass has read so far: first every request's keydir slot
+ * is asked for (sl_handle_prefetch), then the requests run, so that the
+ * cache misses of one connection's request overlap with the others'
+ * instead of each stalling its own put or get.  (perf: the keydir probe
+ * was a put's largest cost over a ping.) */
+static void loop_run_reads(eloop *L)
+{
+	int n = L->nreads;
+	if (n > 1) {
+		sl_node *node = L->s->n;
+		pthread_rwlock_rdlock(&node->db_lock);
+		for (int stage = 0; stage < 3; stage++) {
+			for (int i = 0; i < n; i++) {
+				econn *c = L->reads[i].c;
+				if (c->fd >= 0 && c->shaken) {
+					const rdpend *pr = &L->reads[i];
+					prefetch_frames(L, pr->buf ? pr->buf : c->in,
+					                pr->buf ? pr->len : c->inlen, stage);
+				}
+			}
+		}
+		pthread_rwlock_unlock(&node->db_lock);
+	}
+	for (int i = 0; i < n; i++) {
+		econn *c = L->reads[i].c;
+		if (c->fd >= 0) {
+			const rdpend *pr = &L->reads[i];
+			if (pr->buf != NULL) {
+				conn_take(c, pr->buf, pr->len);
+			} else {
+				conn_take(c, c->in, c->inlen);
+			}
 		}
 	}
+	L->nreads = 0;
+	L->arena_used = 0;
 }
 
 static void loop_accept(eloop *L, int lfd)
@@ -556,7 +646,19 @@ static void loop_accept(eloop *L, int lfd)
 		if (fd < 0) {
 			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
 			    errno != ECONNABORTED) {
-				sl_log_warn("accept: %s", strerror(errno));
+				/* Out of descriptors (EMFILE, ENFILE) or memory: the
+				 * listening socket stays readable, and a level-
+				 * triggered loop would spin on it.  It leaves the
+				 * epoll set for ACCEPT_PAUSE_MS (loop_main). */
+				uint64_t now = sl_node_mono_ns() / 1000000u;
+				if (now >= L->accept_log_ms) {
+					sl_log_warn("cannot accept a connection: %s; not accepting "
+					            "for %d ms",
+					            strerror(errno), ACCEPT_PAUSE_MS);
+					L->accept_log_ms = now + 10000;
+				}
+				epoll_ctl(L->epfd, EPOLL_CTL_DEL, lfd, NULL);
+				L->accept_resume_ms = now + ACCEPT_PAUSE_MS;
 			}
 			return;
 		}
@@ -639,7 +741,19 @@ static void *loop_main(void *arg)
 	tl_loop = L;
 	struct epoll_event evs[MAX_EVENTS];
 	while (!atomic_load(&L->quit)) {
-		int n = epoll_wait(L->epfd, evs, MAX_EVENTS, -1);
+		int timeout = -1;
+		if (L->accept_resume_ms != 0) {
+			uint64_t now = sl_node_mono_ns() / 1000000u;
+			if (now >= L->accept_resume_ms) {
+				struct epoll_event e = {.events = EPOLLIN | EPOLLEXCLUSIVE,
+				                        .data.ptr = &L->s->ep->lfd};
+				epoll_ctl(L->epfd, EPOLL_CTL_ADD, L->s->ep->lfd, &e);
+				L->accept_resume_ms = 0;
+			} else {
+				timeout = (int)(L->accept_resume_ms - now);
+			}
+		}
+		int n = epoll_wait(L->epfd, evs, MAX_EVENTS, timeout);
 		if (n < 0) {
 			if (errno == EINTR) {
 				continue;
@@ -666,6 +780,7 @@ static void *loop_main(void *arg)
 				}
 			}
 		}
+		loop_run_reads(L);
 		loop_flush(L);
 	}
 	/* Stopping: what was answered is written out (a second at most), then
@@ -786,12 +901,13 @@ int ep_start(sl_server *s, const sl_server_opts *o, char *err, size_t cap)
 	for (int i = 0; i < ep->nloops; i++) {
 		eloop *L = &ep->loops[i];
 		L->s = s;
+		L->arena = malloc(ARENA_BYTES);
 		L->epfd = epoll_create1(EPOLL_CLOEXEC);
 		L->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 		pthread_mutex_init(&L->mu, NULL);
 		struct epoll_event e1 = {.events = EPOLLIN, .data.ptr = &L->efd};
 		struct epoll_event e2 = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &ep->lfd};
-		if (L->epfd < 0 || L->efd < 0 ||
+		if (L->arena == NULL || L->epfd < 0 || L->efd < 0 ||
 		    epoll_ctl(L->epfd, EPOLL_CTL_ADD, L->efd, &e1) != 0 ||
 		    epoll_ctl(L->epfd, EPOLL_CTL_ADD, ep->lfd, &e2) != 0) {
 			snprintf(err, cap, "cannot set up an event loop: %s", strerror(errno));
@@ -851,6 +967,7 @@ void ep_free(sl_server *s)
 			close(L->efd);
 		}
 		pthread_mutex_destroy(&L->mu);
+		free(L->arena);
 	}
 	free(ep->loops);
 	free(ep);

@@ -21,6 +21,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <sys/resource.h>
 #include <sys/time.h>
 
 #include <cmocka.h>
@@ -1328,6 +1329,94 @@ static void test_sigterm_under_load_keeps_acked(void **state)
 	assert_int_equal(st, 0);
 }
 
+/* CPU seconds (user + system) pid has used so far, or -1. */
+static double proc_cpu_s(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (f == NULL) {
+		return -1;
+	}
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')');
+	unsigned long ut = 0, st = 0;
+	if (p == NULL ||
+	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2) {
+		return -1;
+	}
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Out of descriptors: accept fails with EMFILE while the listening socket
+ * stays readable, and a level-triggered loop that only logged the error
+ * spun on it at 100 % CPU, writing a warning per turn.  The loop now
+ * takes the socket out of its set for 100 ms at a time; once descriptors
+ * are free again the waiting connections are served. */
+static void test_out_of_descriptors_no_spin(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/emfile", root);
+	static nu_daemon d;
+	int port = nu_free_port();
+	char url[64];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+	struct rlimit old, low;
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+	low = old;
+	low.rlim_cur = 48; /* inherited by the daemon only: restored below */
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+	const char *extra[] = {"--transport", "epoll", "--repl-listen", "none", NULL};
+	int rc = start_on(&d, dir, url, extra);
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+	if (rc != 0) {
+		nu_dump_log(&d);
+		fail_msg("shiplogd did not come up with 48 descriptors");
+	}
+	int fds[80];
+	for (int i = 0; i < 80; i++) {
+		fds[i] = raw_connect(port); /* queued by the kernel even when not accepted */
+		assert_true(fds[i] >= 0);
+	}
+	nu_sleep_ms(300);
+	double c0 = proc_cpu_s(d.pid);
+	nu_sleep_ms(1000);
+	double c1 = proc_cpu_s(d.pid);
+	assert_true(c0 >= 0 && c1 >= 0);
+	if (c1 - c0 > 0.3) {
+		fail_msg("the server used %.2f s of CPU in 1 s while out of descriptors", c1 - c0);
+	}
+	for (int i = 0; i < 80; i++) {
+		close(fds[i]);
+	}
+	/* descriptors free again: a new client is served */
+	sl_client *c = NULL;
+	int ok = 0;
+	for (int i = 0; i < 100 && !ok; i++) {
+		if (sl_client_open(url, 1000, &c) == SL_OK) {
+			ok = sl_client_ping(c) == SL_OK;
+			sl_client_close(c);
+		}
+		if (!ok) {
+			nu_sleep_ms(50);
+		}
+	}
+	assert_true(ok);
+	FILE *lf = fopen(d.log, "r");
+	assert_non_null(lf);
+	char line[512];
+	int warned = 0;
+	while (fgets(line, sizeof(line), lf) != NULL) {
+		warned += strstr(line, "cannot accept a connection") != NULL;
+	}
+	fclose(lf);
+	assert_true(warned >= 1 && warned <= 3); /* once per 10 s, not per turn */
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -1348,6 +1437,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_ipc_default_transport, stop_leftovers),
 	    cmocka_unit_test_teardown(test_io_threads_concurrent_clients, stop_leftovers),
 	    cmocka_unit_test_teardown(test_sigterm_under_load_keeps_acked, stop_leftovers),
+	    cmocka_unit_test_teardown(test_out_of_descriptors_no_spin, stop_leftovers),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
