@@ -158,6 +158,15 @@ static int fail(cli *c, const char *cmd, int rc)
 		return CLI_NOTFOUND;
 	}
 	const char *msg = c->client ? sl_client_errmsg(c->client) : "";
+	/* The server's message often names the command and the status
+	 * already ("put: no space left on device"): say each once. */
+	size_t cl = strlen(cmd);
+	if (strncmp(msg, cmd, cl) == 0 && msg[cl] == ':' && msg[cl + 1] == ' ') {
+		msg += cl + 2;
+	}
+	if (strcmp(msg, sl_client_strerror(rc)) == 0) {
+		msg = "";
+	}
 	if (rc == SL_ECONN || rc == SL_ETIMEDOUT || rc == SL_ESHUTDOWN) {
 		fprintf(stderr, "shiplog: %s: server %s: %s%s%s\n", cmd, c->url,
 		        sl_client_strerror(rc), *msg ? ": " : "", msg);
