@@ -625,20 +625,47 @@ static int cmd_compact(cli *c, const cli_args *p, const cmd_opts *o)
 	if (!c->timeout_set) {
 		sl_client_set_timeout(c->client, COMPACT_TIMEOUT_MS);
 	}
-	int rc = sl_client_compact(c->client);
+	sl_client_stats *st = NULL;
+	int rc = sl_client_compact_stats(c->client, &st);
 	if (!c->timeout_set) {
 		sl_client_set_timeout(c->client, c->timeout_ms);
 	}
 	if (rc != SL_OK) {
 		return fail(c, "compact", rc);
 	}
+	const sl_client_stat *rec = sl_client_stats_find(st, "reclaimed_bytes");
+	const sl_client_stat *sb = sl_client_stats_find(st, "segments_before");
+	const sl_client_stat *sa = sl_client_stats_find(st, "segments_after");
+	const sl_client_stat *dl = sl_client_stats_find(st, "dead_bytes_left");
 	if (c->json) {
 		json_t *j = json_object();
 		json_object_set_new(j, "ok", json_true());
+		const sl_client_stat *all[] = {rec, sb, sa, dl};
+		for (size_t i = 0; i < 4; i++) {
+			if (all[i] != NULL) {
+				json_object_set_new(j, all[i]->name,
+				                    json_integer((json_int_t)all[i]->value));
+			}
+		}
 		out_json(j);
+	} else if (rec == NULL || sb == NULL || sa == NULL || dl == NULL) {
+		out_str("OK\n"); /* an older server */
 	} else {
-		out_str("OK\n");
+		char line[256];
+		int k =
+		    snprintf(line, sizeof(line), "OK: reclaimed %llu bytes, segments %llu -> %llu",
+		             (unsigned long long)rec->value, (unsigned long long)sb->value,
+		             (unsigned long long)sa->value);
+		if (dl->value > 0 && k > 0 && (size_t)k < sizeof(line)) {
+			snprintf(line + k, sizeof(line) - (size_t)k,
+			         "; %llu dead bytes left (the active segment, or segments held "
+			         "for the followers' backlog)",
+			         (unsigned long long)dl->value);
+		}
+		out_str(line);
+		out_str("\n");
 	}
+	sl_client_stats_free(st);
 	return CLI_OK;
 }
 
@@ -817,7 +844,8 @@ static const command commands[] = {
      "(escaped); --values: KEY<TAB>VALUE"},
     {"stats", 0, 0, 0, 1, cmd_stats, "stats", "the server's statistics, one 'name: value' a line"},
     {"compact", 0, 0, 0, 1, cmd_compact, "compact",
-     "run a full compaction and wait for it (timeout 10 min unless --timeout)"},
+     "run a full compaction and wait for it (timeout 10 min unless --timeout); "
+     "print what it reclaimed and any dead bytes it had to leave"},
     {"ping", 0, 0, 0, 1, cmd_ping, "ping", "round trip that touches no storage: prints PONG"},
     {"digest", 0, 0, 0, 1, cmd_digest, "digest",
      "the node's content digest over its live keys and values (32 hex digits): equal on "
@@ -951,7 +979,9 @@ static void usage(FILE *f)
 	    "\"missing\": M, \"errors\": E}; digest {\"digest\", \"keys\"}; promote/follow\n"
 	    "{\"ok\": true, \"history_id\"}; wait {\"acks\": N};\n"
 	    "scan {\"items\": [{\"key\"[, \"value\"]}...], \"count\": N}; stats {name: value...};\n"
-	    "ping {\"pong\": true, \"latency_us\": N}; compact {\"ok\": true}.\n"
+	    "ping {\"pong\": true, \"latency_us\": N};\n"
+	    "compact {\"ok\": true, \"reclaimed_bytes\": N, \"segments_before\": N,\n"
+	    "  \"segments_after\": N, \"dead_bytes_left\": N}.\n"
 	    "Keys and values that are valid UTF-8 are JSON strings; any other is given\n"
 	    "instead as \"key_base64\" / \"value_base64\" (RFC 4648 base64 with padding).\n"
 	    "\n"

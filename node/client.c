@@ -567,17 +567,11 @@ void sl_client_stats_free(sl_client_stats *st)
 	free(st);
 }
 
-int sl_client_stats_get(sl_client *c, sl_client_stats **out)
+/* Sends q and turns the stats of its response into *out. */
+static int stats_call(sl_client *c, Shiplog__Request *q, sl_client_stats **out)
 {
-	if (out == NULL) {
-		return SL_EINVAL;
-	}
-	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
-	Shiplog__Stats s = SHIPLOG__STATS__INIT;
-	q.op_case = SHIPLOG__REQUEST__OP_STATS;
-	q.stats = &s;
 	Shiplog__Response *r = NULL;
-	int rc = call(c, &q, &r);
+	int rc = call(c, q, &r);
 	if (rc == SL_OK) {
 		sl_client_stats *st = calloc(1, sizeof(*st));
 		if (st != NULL) {
@@ -608,6 +602,18 @@ int sl_client_stats_get(sl_client *c, sl_client_stats **out)
 	return rc;
 }
 
+int sl_client_stats_get(sl_client *c, sl_client_stats **out)
+{
+	if (out == NULL) {
+		return SL_EINVAL;
+	}
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Stats s = SHIPLOG__STATS__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_STATS;
+	q.stats = &s;
+	return stats_call(c, &q, out);
+}
+
 const sl_client_stat *sl_client_stats_find(const sl_client_stats *st, const char *name)
 {
 	if (st == NULL || name == NULL) {
@@ -631,6 +637,18 @@ int sl_client_compact(sl_client *c)
 	int rc = call(c, &q, &r);
 	shiplog__response__free_unpacked(r, NULL);
 	return rc;
+}
+
+int sl_client_compact_stats(sl_client *c, sl_client_stats **out)
+{
+	if (out == NULL) {
+		return SL_EINVAL;
+	}
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Compact k = SHIPLOG__COMPACT__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_COMPACT;
+	q.compact = &k;
+	return stats_call(c, &q, out);
 }
 
 /* ---- replication ------------------------------------------------------ */

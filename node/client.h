@@ -193,6 +193,13 @@ void sl_client_stats_free(sl_client_stats *st);
  * generous timeout).  Errors: the engine's (SL_ENOSPC, SL_EIO, SL_EREADONLY). */
 int sl_client_compact(sl_client *c);
 
+/* As sl_client_compact, and *out gets what the run did (free with
+ * sl_client_stats_free): "reclaimed_bytes", "segments_before",
+ * "segments_after", "dead_bytes_left" (dead bytes the run could not take:
+ * in the active segment, or in segments held for the replication backlog).
+ * A server that sends none gives an empty set. */
+int sl_client_compact_stats(sl_client *c, sl_client_stats **out);
+
 /* ---- replication (docs/replication.md) -------------------------------- */
 
 /* Followers that acknowledged this handle's last write made with acks

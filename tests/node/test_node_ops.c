@@ -279,10 +279,23 @@ static void test_stats_compact(void **state)
 	sl_client_stats_free(st);
 
 	sl_client_set_timeout(c, 60000);
-	assert_int_equal(sl_client_compact(c), SL_OK);
+	sl_client_stats *res = NULL;
+	assert_int_equal(sl_client_compact_stats(c, &res), SL_OK);
+	/* what the run did: the CLI's "OK: reclaimed N bytes, segments A -> B" */
+	const sl_client_stat *sb = sl_client_stats_find(res, "segments_before");
+	const sl_client_stat *sa = sl_client_stats_find(res, "segments_after");
+	const sl_client_stat *dl = sl_client_stats_find(res, "dead_bytes_left");
+	assert_non_null(sl_client_stats_find(res, "reclaimed_bytes"));
+	assert_non_null(sb);
+	assert_non_null(sa);
+	assert_non_null(dl);
+	assert_true(sb->value >= 1 && sa->value >= 1);
+	assert_true(dl->value < dead);
+	sl_client_stats_free(res);
+	assert_int_equal(sl_client_compact(c), SL_OK); /* the plain call, too */
 	sl_client_set_timeout(c, 10000);
 	assert_int_equal(sl_client_stats_get(c, &st), SL_OK);
-	assert_true(sl_client_stats_find(st, "compactions")->value >= 1);
+	assert_true(sl_client_stats_find(st, "compactions")->value >= 2);
 	assert_true(sl_client_stats_find(st, "dead_bytes")->value < dead);
 	sl_client_stats_free(st);
 	void *v;
