@@ -184,11 +184,12 @@ static void *committer(void *arg)
 static void reply_and_wake(sreq *q)
 {
 	sl_server *s = q->s;
+	sl_repl *repl = s->n->repl; /* s may be gone once working drops */
 	int wake = q->reply.wake_repl;
 	srv_send(q, &q->reply);
 	atomic_fetch_sub(&s->working, 1);
 	if (wake) {
-		sl_repl_wake_fetches(s->n->repl);
+		sl_repl_wake_fetches(repl);
 	}
 }
 

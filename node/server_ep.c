@@ -65,6 +65,8 @@
 #define PIPE_PENDING_MAX 64 /* as the nng front's per-connection limit */
 #define READ_CHUNK       (64 * 1024)
 #define ARENA_BYTES      (1024 * 1024) /* a pass's reads, run together */
+#define OUT_KEEP         (16 * 1024)   /* output buffer kept by a drained connection */
+#define HANDSHAKE_MS     10000         /* as nng's: a peer silent this long is dropped */
 #define MAX_EVENTS       256
 #define MAX_LOOPS        64
 #define ACCEPT_PAUSE_MS  100 /* after accept failed for want of descriptors */
@@ -83,10 +85,11 @@ static void loop_run_reads(eloop *L);
 
 struct econn {
 	eloop *L;
-	int fd;          /* -1 once closed */
-	int shaken;      /* the peer's handshake was read */
-	int paused;      /* not read (invariant 3) */
-	uint32_t events; /* registered with epoll */
+	int fd;           /* -1 once closed */
+	int shaken;       /* the peer's handshake was read */
+	uint64_t born_ms; /* accepted at (for HANDSHAKE_MS) */
+	int paused;       /* not read (invariant 3) */
+	uint32_t events;  /* registered with epoll */
 	uint8_t *in;
 	size_t inlen, incap;
 	uint8_t *out;
@@ -121,6 +124,7 @@ struct eloop {
 	econn *dirty;              /* to write or to look at again at the end of the pass */
 	sreq *chead, *ctail;       /* writes for the committer, handed over per pass */
 	uint64_t accept_resume_ms; /* the listening socket is out of the set until then */
+	uint64_t sweep_ms;         /* next look for peers that never shook hands */
 	uint64_t accept_log_ms;    /* next time an accept failure is logged */
 	uint8_t *arena;            /* this pass's reads of connections holding no partial frame */
 	size_t arena_used;
@@ -219,6 +223,13 @@ static void conn_close(econn *c)
  * body goes, or NULL (out of memory: the connection is closed). */
 static uint8_t *conn_frame(econn *c, const uint8_t *bt, size_t btlen, size_t sz)
 {
+	if (c->outoff > 0 && c->outcap - c->outlen < 8 + btlen + sz) {
+		/* what was written goes before the buffer grows: a client that
+		 * keeps replies in flight never lets it drain to empty */
+		memmove(c->out, c->out + c->outoff, c->outlen - c->outoff);
+		c->outlen -= c->outoff;
+		c->outoff = 0;
+	}
 	if (reserve(&c->out, &c->outcap, c->outlen, 8 + btlen + sz) != 0) {
 		sl_log_error("out of memory for a %zu-byte response; closing its connection", sz);
 		conn_close(c);
@@ -251,7 +262,7 @@ static int conn_write(econn *c)
 		return -1;
 	}
 	c->outoff = c->outlen = 0;
-	if (c->outcap > 1024 * 1024) { /* a big reply went: give its room back */
+	if (c->outcap > OUT_KEEP) { /* a big reply went: give its room back */
 		free(c->out);
 		c->out = NULL;
 		c->outcap = 0;
@@ -466,6 +477,7 @@ static size_t conn_parse(econn *c, const uint8_t *buf, size_t len)
 	while (c->fd >= 0) {
 		if (conn_full(c)) {
 			c->paused = 1;
+			conn_dirty(c); /* conn_arm takes EPOLLIN off at the end of the pass */
 			break;
 		}
 		c->paused = 0;
@@ -484,12 +496,18 @@ static size_t conn_parse(econn *c, const uint8_t *buf, size_t len)
 		}
 		const uint8_t *m = buf + pos + 8;
 		size_t btlen = 0;
+		int hops = 0;
 		for (;;) {
-			if (btlen / 4 >= SP_MAX_HOPS || btlen + 4 > flen) {
-				btlen = 0;
+			if (hops == SP_MAX_HOPS) {
+				hops++; /* too many: dropped below */
+				break;
+			}
+			if (btlen + 4 > flen) {
+				btlen = 0; /* garbage: nng's rep0 closes the pipe too */
 				break;
 			}
 			btlen += 4;
+			hops++;
 			if (m[btlen - 4] & 0x80) {
 				break;
 			}
@@ -498,6 +516,14 @@ static size_t conn_parse(econn *c, const uint8_t *buf, size_t len)
 			sl_log_debug("a request without a request id; connection closed");
 			conn_close(c);
 			break;
+		}
+		if (hops > SP_MAX_HOPS) {
+			/* through too many devices: dropped unanswered, the
+			 * connection kept, as nng's rep0 does */
+			sl_log_debug("a request through %d hops (at most %d); dropped", hops,
+			             SP_MAX_HOPS);
+			pos += 8 + flen;
+			continue;
 		}
 		if (conn_request(c, m, btlen, m + btlen, flen - btlen) != 0) {
 			conn_close(c);
@@ -518,7 +544,9 @@ static void conn_take(econn *c, const uint8_t *buf, size_t len)
 	}
 	size_t left = len - used;
 	if (buf == c->in) {
-		memmove(c->in, c->in + used, left);
+		if (left > 0) {
+			memmove(c->in, c->in + used, left);
+		}
 	} else if (left > 0) {
 		if (reserve(&c->in, &c->incap, 0, left) != 0) {
 			sl_log_error("out of memory reading a request; connection closed");
@@ -528,7 +556,7 @@ static void conn_take(econn *c, const uint8_t *buf, size_t len)
 		memcpy(c->in, buf + used, left);
 	}
 	c->inlen = left;
-	if (left == 0 && c->incap > READ_CHUNK) { /* a big request went */
+	if (left == 0) { /* c->in holds partial frames only: none is left */
 		free(c->in);
 		c->in = NULL;
 		c->incap = 0;
@@ -644,8 +672,8 @@ static void loop_accept(eloop *L, int lfd)
 	for (int i = 0; i < 64; i++) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR &&
-			    errno != ECONNABORTED) {
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM) {
 				/* Out of descriptors (EMFILE, ENFILE) or memory: the
 				 * listening socket stays readable, and a level-
 				 * triggered loop would spin on it.  It leaves the
@@ -659,8 +687,12 @@ static void loop_accept(eloop *L, int lfd)
 				}
 				epoll_ctl(L->epfd, EPOLL_CTL_DEL, lfd, NULL);
 				L->accept_resume_ms = now + ACCEPT_PAUSE_MS;
+				return;
 			}
-			return;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				return;
+			}
+			continue; /* that connection's own error (ECONNABORTED, EPROTO, ...) */
 		}
 		if (atomic_load(&L->s->stopping)) {
 			close(fd); /* server.c invariant 3 */
@@ -677,6 +709,7 @@ static void loop_accept(eloop *L, int lfd)
 		}
 		c->L = L;
 		c->fd = fd;
+		c->born_ms = sl_node_mono_ns() / 1000000u;
 		memcpy(c->out, hello, sizeof(hello));
 		c->outlen = sizeof(hello);
 		c->events = EPOLLIN;
@@ -735,6 +768,25 @@ static void loop_flush(eloop *L)
 	loop_commit(L); /* those read after a pause */
 }
 
+/* Once a second: a connection whose peer has not sent its handshake
+ * within HANDSHAKE_MS is closed, as nng does (it held a descriptor for
+ * good). */
+static void loop_sweep(eloop *L)
+{
+	uint64_t now = sl_node_mono_ns() / 1000000u;
+	if (now < L->sweep_ms) {
+		return;
+	}
+	L->sweep_ms = now + 1000;
+	for (econn *c = L->conns, *next; c != NULL; c = next) {
+		next = c->next;
+		if (!c->shaken && now - c->born_ms >= HANDSHAKE_MS) {
+			sl_log_debug("a peer sent no handshake within %d ms; closed", HANDSHAKE_MS);
+			conn_close(c);
+		}
+	}
+}
+
 static void *loop_main(void *arg)
 {
 	eloop *L = arg;
@@ -752,6 +804,9 @@ static void *loop_main(void *arg)
 			} else {
 				timeout = (int)(L->accept_resume_ms - now);
 			}
+		}
+		if (L->conns != NULL && (timeout < 0 || timeout > 1000)) {
+			timeout = 1000; /* loop_sweep */
 		}
 		int n = epoll_wait(L->epfd, evs, MAX_EVENTS, timeout);
 		if (n < 0) {
@@ -775,12 +830,14 @@ static void *loop_main(void *arg)
 				if (evs[i].events & EPOLLOUT) {
 					conn_dirty(c);
 				}
-				if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+				if ((evs[i].events & (EPOLLERR | EPOLLHUP)) ||
+				    ((evs[i].events & EPOLLIN) && !c->paused)) {
 					conn_read(c);
 				}
 			}
 		}
 		loop_run_reads(L);
+		loop_sweep(L);
 		loop_flush(L);
 	}
 	/* Stopping: what was answered is written out (a second at most), then
@@ -789,7 +846,8 @@ static void *loop_main(void *arg)
 	loop_flush(L);
 	for (int waited = 0; waited < 1000; waited += 10) {
 		int left = 0;
-		for (econn *c = L->conns; c != NULL; c = c->next) {
+		for (econn *c = L->conns, *next; c != NULL; c = next) {
+			next = c->next; /* conn_write may close c */
 			if (c->outoff < c->outlen) {
 				left = 1;
 				conn_write(c);
@@ -842,7 +900,9 @@ static int ep_listen(const char *url, int *out, char *err, size_t cap)
 	}
 	struct addrinfo hints = {0}, *ai = NULL;
 	hints.ai_socktype = SOCK_STREAM;
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	/* AI_ADDRCONFIG as nng's resolver: "localhost" on a host without
+	 * IPv6 addresses must not bind ::1 where clients dial 127.0.0.1 */
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_ADDRCONFIG;
 	hints.ai_family = strcmp(u->u_scheme, "tcp4") == 0   ? AF_INET
 	                  : strcmp(u->u_scheme, "tcp6") == 0 ? AF_INET6
 	                                                     : AF_UNSPEC;
@@ -857,14 +917,18 @@ static int ep_listen(const char *url, int *out, char *err, size_t cap)
 		return SL_EINVAL;
 	}
 	nng_url_free(u);
-	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	struct addrinfo *a = ai;
+	while (a->ai_next != NULL && a->ai_family != AF_INET && a->ai_family != AF_INET6) {
+		a = a->ai_next;
+	}
+	int fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	int one = 1;
 	int rc = SL_OK;
 	if (fd < 0) {
 		snprintf(err, cap, "cannot open socket: %s", strerror(errno));
 		rc = SL_EIO;
 	} else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-	           bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+	           bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
 		int e = errno;
 		snprintf(err, cap, "cannot listen on %s: %s", url,
 		         e == EADDRINUSE ? "Address in use" : strerror(e));
@@ -933,6 +997,8 @@ void ep_stop(sl_server *s)
 	if (ep == NULL) {
 		return;
 	}
+	/* every loop told first: each may take a second to write its
+	 * replies out, and they do it at the same time */
 	for (int i = 0; i < ep->nloops; i++) {
 		eloop *L = &ep->loops[i];
 		if (!L->started) {
@@ -943,8 +1009,13 @@ void ep_stop(sl_server *s)
 		uint64_t one = 1;
 		ssize_t w = write(L->efd, &one, sizeof(one));
 		(void)w;
-		pthread_join(L->th, NULL);
-		L->started = 0;
+	}
+	for (int i = 0; i < ep->nloops; i++) {
+		eloop *L = &ep->loops[i];
+		if (L->started) {
+			pthread_join(L->th, NULL);
+			L->started = 0;
+		}
 	}
 	if (ep->lfd >= 0) {
 		close(ep->lfd);
