@@ -426,6 +426,23 @@ static int arena_repack(pool *p, shard *s)
 	return SL_OK;
 }
 
+/* Is a repack due: do the holes left by removed entries outweigh the live
+ * entries?  Checked before each new key's insert, so an arena holds at most
+ * about as many bytes of removed entries as of live ones, plus the unused
+ * tails of its runs (waste: each shorter than the entry that started the
+ * next run).  The tails count on neither side.  Their share depends only on
+ * the key lengths, not on removals: about half the arena when entries are a
+ * little over a chunk (4077-byte keys: one 4100-byte entry per run of two
+ * chunks) or a little over half of one (2100-byte keys: one per chunk).
+ * With them counted as live (the test was freed > used / 2), such a shard
+ * repacked only once nearly every entry in it was a hole, so churn (remove
+ * two keys in three, insert them again) grew its arena by the removed
+ * entries every round: 9 times its size after 12 rounds. */
+static int repack_due(const arena *a)
+{
+	return (uint64_t)a->freed * 2u > (uint64_t)a->used - a->waste;
+}
+
 static void count_entry(shard *s, int tomb, int delta)
 {
 	if (tomb) {
@@ -534,7 +551,7 @@ static int put_locked(sl_keydir *kd, shard *s, uint64_t h, const void *key, size
 		i = probe(s, h, key, klen, &found);
 	}
 	size_t esz = entry_size(klen);
-	if (s->a.freed > s->a.used / 2 && (rc = arena_repack(&kd->pool, s)) != SL_OK) {
+	if (repack_due(&s->a) && (rc = arena_repack(&kd->pool, s)) != SL_OK) {
 		goto out;
 	}
 	uint32_t off;

@@ -8,7 +8,9 @@
  * entries live packed in the arena — no per-entry malloc, no linked nodes.
  *
  * Memory per key: 20 + klen bytes of arena (rounded up to 4) plus 4 bytes
- * per slot at a load factor between 0.4 and 0.8.
+ * per slot at a load factor between 0.4 and 0.8.  A removed key's entry
+ * stays in the arena as a hole until the shard's next insert finds the
+ * holes bigger than its live entries and repacks it.
  */
 #ifndef SL_KEYDIR_H
 #define SL_KEYDIR_H
