@@ -627,18 +627,6 @@ const sl_client_stat *sl_client_stats_find(const sl_client_stats *st, const char
 	return NULL;
 }
 
-int sl_client_compact(sl_client *c)
-{
-	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
-	Shiplog__Compact k = SHIPLOG__COMPACT__INIT;
-	q.op_case = SHIPLOG__REQUEST__OP_COMPACT;
-	q.compact = &k;
-	Shiplog__Response *r = NULL;
-	int rc = call(c, &q, &r);
-	shiplog__response__free_unpacked(r, NULL);
-	return rc;
-}
-
 int sl_client_compact_stats(sl_client *c, sl_client_stats **out)
 {
 	if (out == NULL) {
@@ -649,6 +637,14 @@ int sl_client_compact_stats(sl_client *c, sl_client_stats **out)
 	q.op_case = SHIPLOG__REQUEST__OP_COMPACT;
 	q.compact = &k;
 	return stats_call(c, &q, out);
+}
+
+int sl_client_compact(sl_client *c)
+{
+	sl_client_stats *st = NULL;
+	int rc = sl_client_compact_stats(c, &st);
+	sl_client_stats_free(st);
+	return rc;
 }
 
 /* ---- replication ------------------------------------------------------ */

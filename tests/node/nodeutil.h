@@ -249,6 +249,62 @@ static inline int nu_sigstop(pid_t pid)
 	return -1;
 }
 
+/* A "NAME: N kB" line of /proc/PID/status (VmRSS, VmHWM, ...) in kB, -1
+ * when unreadable. */
+static inline long nu_status_kb(pid_t pid, const char *name)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	long kb = -1;
+	size_t nl = strlen(name);
+	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+		if (strncmp(line, name, nl) == 0 && line[nl] == ':' &&
+		    sscanf(line + nl + 1, " %ld kB", &kb) == 1) {
+			break;
+		}
+	}
+	if (f != NULL) {
+		fclose(f);
+	}
+	return kb;
+}
+
+/* A writer thread for stop-under-load tests: puts load<id>-0, -1, ... to
+ * url until a put fails; acked counts the acknowledged ones.  A failure a
+ * stopping server may give (SL_ESHUTDOWN, SL_ECONN, SL_ETIMEDOUT: the
+ * write counts as unacknowledged) ends it quietly; any other is bad_rc. */
+typedef struct nu_load_arg {
+	const char *url;
+	int id;
+	int acked;
+	int bad_rc;
+} nu_load_arg;
+
+static inline void *nu_load_writer(void *p)
+{
+	nu_load_arg *a = p;
+	sl_client *c = NULL;
+	if (sl_client_open(a->url, 2000, &c) != SL_OK) {
+		a->bad_rc = -1;
+		return NULL;
+	}
+	char k[32];
+	for (int i = 0; i < 10000000; i++) {
+		snprintf(k, sizeof(k), "load%d-%d", a->id, i);
+		int rc = sl_client_put(c, k, strlen(k), k, strlen(k), NULL);
+		if (rc != SL_OK) {
+			if (rc != SL_ESHUTDOWN && rc != SL_ECONN && rc != SL_ETIMEDOUT) {
+				a->bad_rc = rc;
+			}
+			break;
+		}
+		a->acked = i + 1;
+	}
+	sl_client_close(c);
+	return NULL;
+}
+
 /* The VmHWM (peak resident set) of process pid in kB, -1 when unreadable;
  * with reset, the peak is first set back to the current RSS (clear_refs
  * "5", root or the process's owner). */
@@ -263,18 +319,8 @@ static inline long nu_hwm_kb(pid_t pid, int reset)
 			fclose(c);
 		}
 	}
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	FILE *f = fopen(path, "r");
-	long kb = -1;
-	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
-		if (sscanf(line, "VmHWM: %ld kB", &kb) == 1) {
-			break;
-		}
-	}
-	if (f != NULL) {
-		fclose(f);
-	}
-	return kb;
+	(void)line;
+	return nu_status_kb(pid, "VmHWM");
 }
 
 /* Prints the daemon's log (for failures). */

@@ -233,36 +233,6 @@ static void test_sigterm_sigint_exit_0_keep_data(void **state)
 /* Requests in flight when SIGTERM arrives are answered (or refused with
  * SL_ESHUTDOWN); every acknowledged write survives.  (Threads, not fork:
  * nng is not fork-safe.) */
-typedef struct load_arg {
-	const char *url;
-	int id;
-	int acked;
-	int bad_rc;
-} load_arg;
-
-static void *load_writer(void *p)
-{
-	load_arg *a = p;
-	sl_client *c = NULL;
-	if (sl_client_open(a->url, 2000, &c) != SL_OK) {
-		a->bad_rc = -1;
-		return NULL;
-	}
-	char k[32];
-	for (int i = 0; i < 10000000; i++) {
-		snprintf(k, sizeof(k), "load%d-%d", a->id, i);
-		int rc = sl_client_put(c, k, strlen(k), k, strlen(k), NULL);
-		if (rc != SL_OK) {
-			if (rc != SL_ESHUTDOWN && rc != SL_ECONN && rc != SL_ETIMEDOUT) {
-				a->bad_rc = rc;
-			}
-			break;
-		}
-		a->acked = i + 1;
-	}
-	sl_client_close(c);
-	return NULL;
-}
 
 /* A key stored under a larger --max-key-bytes, the server restarted with a
  * smaller one: a scan page ending on that key handed it out as the cursor,
@@ -323,10 +293,10 @@ static void test_sigterm_under_load(void **state)
 	assert_int_equal(nu_start(&d, dir, NULL), 0);
 	enum { W = 4 };
 	pthread_t th[W];
-	load_arg la[W];
+	nu_load_arg la[W];
 	for (int i = 0; i < W; i++) {
-		la[i] = (load_arg){.url = d.url, .id = i};
-		assert_int_equal(pthread_create(&th[i], NULL, load_writer, &la[i]), 0);
+		la[i] = (nu_load_arg){.url = d.url, .id = i};
+		assert_int_equal(pthread_create(&th[i], NULL, nu_load_writer, &la[i]), 0);
 	}
 	nu_sleep_ms(400);
 	assert_int_equal(nu_stop(&d, SIGTERM), 0);

@@ -1095,39 +1095,6 @@ static void test_io_threads_concurrent_clients(void **state)
 
 enum { LOAD_W = 4, RAW_MAX = 1 << 18, RAW_BURST = 32 };
 
-typedef struct load_arg {
-	const char *url;
-	int id;
-	int acked;  /* keys load<id>-0 .. acked-1 were acknowledged */
-	int bad_rc; /* a failure other than the stop's */
-} load_arg;
-
-static void *load_writer(void *p)
-{
-	load_arg *a = p;
-	sl_client *c = NULL;
-	if (sl_client_open(a->url, 2000, &c) != SL_OK) {
-		a->bad_rc = -1;
-		return NULL;
-	}
-	char k[32];
-	for (int i = 0; i < 10000000; i++) {
-		snprintf(k, sizeof(k), "load%d-%d", a->id, i);
-		int rc = sl_client_put(c, k, strlen(k), k, strlen(k), NULL);
-		if (rc != SL_OK) {
-			/* what a stopping server may answer; a write that timed
-			 * out or lost its connection counts as unacknowledged */
-			if (rc != SL_ESHUTDOWN && rc != SL_ECONN && rc != SL_ETIMEDOUT) {
-				a->bad_rc = rc;
-			}
-			break;
-		}
-		a->acked = i + 1;
-	}
-	sl_client_close(c);
-	return NULL;
-}
-
 /* A raw SP connection pipelining bursts of RAW_BURST puts (one write each)
  * through the stop: replies may come in any order; each is OK or
  * SL_ESHUTDOWN, and those OK are recorded. */
@@ -1208,10 +1175,10 @@ static void test_sigterm_under_load_keeps_acked(void **state)
 	}
 	track(&d);
 	pthread_t th[LOAD_W], rth;
-	load_arg la[LOAD_W];
+	nu_load_arg la[LOAD_W];
 	for (int i = 0; i < LOAD_W; i++) {
-		la[i] = (load_arg){.url = d.url, .id = i};
-		assert_int_equal(pthread_create(&th[i], NULL, load_writer, &la[i]), 0);
+		la[i] = (nu_load_arg){.url = d.url, .id = i};
+		assert_int_equal(pthread_create(&th[i], NULL, nu_load_writer, &la[i]), 0);
 	}
 	raw_arg ra = {.port = d.port, .ok = calloc(RAW_MAX, 1)};
 	assert_non_null(ra.ok);
@@ -1419,24 +1386,6 @@ static void test_out_of_descriptors_no_spin(void **state)
 	assert_int_equal(nu_stop(&d, SIGTERM), 0);
 }
 
-/* The daemon's resident memory in KiB, or -1. */
-static long proc_rss_kb(pid_t pid)
-{
-	char path[64], line[256];
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	FILE *f = fopen(path, "r");
-	long kb = -1;
-	while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
-		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) {
-			break;
-		}
-	}
-	if (f != NULL) {
-		fclose(f);
-	}
-	return kb;
-}
-
 /* A connection paused at 64 unanswered requests (here writes parked for
  * --acks no follower will bring) must not be read any more: TCP pushes
  * back on its client.  It was paused for parsing only, and EPOLLIN stayed
@@ -1479,7 +1428,7 @@ static void test_paused_connection_not_read(void **state)
 	}
 	int fl = fcntl(fd, F_GETFL);
 	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-	long rss0 = proc_rss_kb(d.pid);
+	long rss0 = nu_status_kb(d.pid, "VmRSS");
 	uint64_t sent = 0;
 	size_t off = 0;
 	struct timeval t0, t1;
@@ -1495,7 +1444,7 @@ static void test_paused_connection_not_read(void **state)
 		gettimeofday(&t1, NULL);
 	} while ((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_usec - t0.tv_usec) / 1000 < 2000);
 	free(o.b);
-	long rss1 = proc_rss_kb(d.pid);
+	long rss1 = nu_status_kb(d.pid, "VmRSS");
 	fprintf(stderr, "paused connection: %llu bytes taken in 2 s, RSS %ld -> %ld kB\n",
 	        (unsigned long long)sent, rss0, rss1);
 	assert_true(rss0 > 0 && rss1 > 0);
