@@ -1247,91 +1247,20 @@ int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint6
 	return op;
 }
 
-/* A protobuf varint at *p (before end); 0, or -1 when malformed. */
-static int pf_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
-{
-	uint64_t x = 0;
-	for (unsigned shift = 0; *p < end && shift < 64; shift += 7) {
-		uint8_t b = *(*p)++;
-		x |= (uint64_t)(b & 0x7f) << shift;
-		if (!(b & 0x80)) {
-			*v = x;
-			return 0;
-		}
-	}
-	return -1;
-}
-
-/* Skips a field of wire type wt at *p; 0, or -1. */
-static int pf_skip(const uint8_t **p, const uint8_t *end, unsigned wt)
-{
-	uint64_t v;
-	switch (wt) {
-	case 0:
-		return pf_varint(p, end, &v);
-	case 1:
-	case 5: {
-		size_t k = wt == 1 ? 8 : 4;
-		if ((size_t)(end - *p) < k) {
-			return -1;
-		}
-		*p += k;
-		return 0;
-	}
-	case 2:
-		if (pf_varint(p, end, &v) != 0 || v > (uint64_t)(end - *p)) {
-			return -1;
-		}
-		*p += v;
-		return 0;
-	default:
-		return -1;
-	}
-}
-
 void sl_handle_prefetch(sl_node *n, const void *buf, size_t len, int stage)
 {
-	const uint8_t *p = buf, *end = p + len;
-	while (p < end) {
-		uint64_t tag, l;
-		if (pf_varint(&p, end, &tag) != 0) {
-			return;
-		}
-		uint64_t field = tag >> 3;
-		if ((tag & 7) != 2 || field < SHIPLOG__REQUEST__OP_GET ||
-		    field > SHIPLOG__REQUEST__OP_DEL) {
-			if (pf_skip(&p, end, (unsigned)(tag & 7)) != 0) {
-				return;
-			}
-			continue;
-		}
-		/* a Get, Put or Del: its key is field 1 */
-		if (pf_varint(&p, end, &l) != 0 || l > (uint64_t)(end - p)) {
-			return;
-		}
-		const uint8_t *q = p, *qe = p + l;
-		while (q < qe) {
-			if (pf_varint(&q, qe, &tag) != 0) {
-				return;
-			}
-			if (tag == (1u << 3 | 2)) {
-				if (pf_varint(&q, qe, &l) != 0 || l > (uint64_t)(qe - q)) {
-					return;
-				}
-				if (stage == 0) {
-					sl_prefetch(n->db, q, (size_t)l);
-				} else if (stage == 1) {
-					sl_prefetch_entry(n->db, q, (size_t)l);
-				} else if (field == SHIPLOG__REQUEST__OP_GET) {
-					sl_prefetch_value(n->db, q, (size_t)l);
-				}
-				return;
-			}
-			if (pf_skip(&q, qe, (unsigned)(tag & 7)) != 0) {
-				return;
-			}
-		}
+	int op;
+	const uint8_t *key;
+	size_t klen;
+	if (!sl_request_key(buf, len, &op, &key, &klen)) {
 		return;
+	}
+	if (stage == 0) {
+		sl_prefetch(n->db, key, klen);
+	} else if (stage == 1) {
+		sl_prefetch_entry(n->db, key, klen);
+	} else if (op == SHIPLOG__REQUEST__OP_GET) {
+		sl_prefetch_value(n->db, key, klen);
 	}
 }
 

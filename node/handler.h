@@ -122,4 +122,10 @@ typedef struct sl_request_shape {
  * tests. */
 int sl_request_precheck(const void *buf, size_t len, sl_request_shape *shape);
 
+/* Finds the key of the get, put or delete in the encoded Request at buf
+ * without decoding it (wire.c): 1 with *op the Request field
+ * (SHIPLOG__REQUEST__OP_GET / _PUT / _DEL) and *key, *klen pointing into
+ * buf; 0 for any other request or malformed bytes. */
+int sl_request_key(const void *buf, size_t len, int *op, const uint8_t **key, size_t *klen);
+
 #endif

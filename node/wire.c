@@ -51,6 +51,44 @@ static int read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
 	return -1;
 }
 
+/* Reads the field at *p (before end) and moves *p past it: its number, its
+ * wire type, and its value (a varint's) or length (a WT_LEN field's, whose
+ * bytes start at *data).  0, or -1 when malformed or of a wire type our
+ * schema has none of (groups, reserved). */
+static int next_field(const uint8_t **p, const uint8_t *end, uint64_t *field, unsigned *wt,
+                      uint64_t *v, const uint8_t **data)
+{
+	uint64_t key;
+	if (read_varint(p, end, &key) != 0) {
+		return -1;
+	}
+	*field = key >> 3;
+	*wt = (unsigned)(key & 7);
+	*v = 0;
+	switch (*wt) {
+	case WT_VARINT:
+		return read_varint(p, end, v);
+	case WT_I64:
+	case WT_I32: {
+		size_t k = *wt == WT_I64 ? 8 : 4;
+		if ((size_t)(end - *p) < k) {
+			return -1;
+		}
+		*p += k;
+		return 0;
+	}
+	case WT_LEN:
+		if (read_varint(p, end, v) != 0 || *v > (uint64_t)(end - *p)) {
+			return -1;
+		}
+		*data = *p;
+		*p += *v;
+		return 0;
+	default:
+		return -1;
+	}
+}
+
 struct counts {
 	size_t batch_ops, mget_keys, unknown;
 	int too_many; /* a message had more than MAX_SINGLE other fields */
@@ -69,11 +107,12 @@ static int walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uin
 	}
 	size_t single = 0;
 	while (p < end) {
-		uint64_t key, v;
-		if (read_varint(&p, end, &key) != 0) {
+		uint64_t field, v;
+		unsigned wt;
+		const uint8_t *data = NULL;
+		if (next_field(&p, end, &field, &wt, &v, &data) != 0) {
 			return -1;
 		}
-		uint64_t field = key >> 3;
 		if (field == 0 || field > 536870911u) {
 			return -1;
 		}
@@ -95,39 +134,12 @@ static int walk(const ProtobufCMessageDescriptor *d, const uint8_t *p, const uin
 			c->too_many = 1;
 			return -1;
 		}
-		switch (key & 7) {
-		case WT_VARINT:
-			if (read_varint(&p, end, &v) != 0) {
-				return -1;
-			}
-			if (depth == 0 && field == 1) { /* Request.id */
-				c->id = v;
-				c->has_id = 1;
-			}
-			break;
-		case WT_I64:
-			if (end - p < 8) {
-				return -1;
-			}
-			p += 8;
-			break;
-		case WT_I32:
-			if (end - p < 4) {
-				return -1;
-			}
-			p += 4;
-			break;
-		case WT_LEN:
-			if (read_varint(&p, end, &v) != 0 || v > (uint64_t)(end - p)) {
-				return -1;
-			}
-			if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE &&
-			    walk(f->descriptor, p, p + v, c, depth + 1) != 0) {
-				return -1;
-			}
-			p += v;
-			break;
-		default: /* groups (3, 4) and reserved types: not in our schema */
+		if (wt == WT_VARINT && depth == 0 && field == 1) { /* Request.id */
+			c->id = v;
+			c->has_id = 1;
+		}
+		if (wt == WT_LEN && f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE &&
+		    walk(f->descriptor, data, data + v, c, depth + 1) != 0) {
 			return -1;
 		}
 	}
@@ -161,4 +173,39 @@ int sl_request_precheck(const void *buf, size_t len, sl_request_shape *shape)
 		return SL_ETOOBIG;
 	}
 	return SL_OK;
+}
+
+int sl_request_key(const void *buf, size_t len, int *op, const uint8_t **key, size_t *klen)
+{
+	const uint8_t *p = buf, *end = p + len;
+	while (p < end) {
+		uint64_t field, v;
+		unsigned wt;
+		const uint8_t *data = NULL;
+		if (next_field(&p, end, &field, &wt, &v, &data) != 0) {
+			return 0;
+		}
+		if (wt != WT_LEN || field < SHIPLOG__REQUEST__OP_GET ||
+		    field > SHIPLOG__REQUEST__OP_DEL) {
+			continue;
+		}
+		/* a Get, Put or Del: its key is field 1 (bytes) in all three */
+		const uint8_t *q = data, *qe = data + v;
+		while (q < qe) {
+			uint64_t kf, kv;
+			unsigned kwt;
+			const uint8_t *kd = NULL;
+			if (next_field(&q, qe, &kf, &kwt, &kv, &kd) != 0) {
+				return 0;
+			}
+			if (kf == 1 && kwt == WT_LEN) {
+				*op = (int)field;
+				*key = kd;
+				*klen = (size_t)kv;
+				return 1;
+			}
+		}
+		return 0;
+	}
+	return 0;
 }

@@ -155,53 +155,103 @@ static inline int nu_wait_exit(pid_t pid, int timeout_ms)
 	}
 }
 
+/* Runs shiplogd with args to completion (it must exit by itself within
+ * 15 s) and returns its exit status; its output goes to dir/<tag>.out. */
+static inline int nu_run_to_exit(const char *dir, const char *tag, const char *const *args)
+{
+	char log[TU_PATH];
+	snprintf(log, sizeof(log), "%s/%s.out", dir, tag);
+	pid_t pid = nu_spawn_args(args, log);
+	if (pid <= 0) {
+		return -1;
+	}
+	int st = nu_wait_exit(pid, 15000);
+	if (st < 0) {
+		kill(pid, SIGKILL);
+		nu_wait_exit(pid, 5000);
+	}
+	return st;
+}
+
+/* Whether dir/<tag>.out (nu_run_to_exit) holds needle; printed when not. */
+static inline int nu_out_contains(const char *dir, const char *tag, const char *needle)
+{
+	char log[TU_PATH];
+	snprintf(log, sizeof(log), "%s/%s.out", dir, tag);
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	if (tu_read_file(log, &buf, &len) != 0) {
+		return 0;
+	}
+	buf[len] = '\0';
+	int found = strstr((char *)buf, needle) != NULL;
+	if (!found) {
+		fprintf(stderr, "expected '%s' in:\n%s\n", needle, (char *)buf);
+	}
+	free(buf);
+	return found;
+}
+
+/* Starts shiplogd over dir listening on url (any URL it takes), with
+ * extra flags, and waits until it answers a ping (up to 15 s).  0 on
+ * success (d filled; d->port is not), -1 when it exited or never answered
+ * (it is killed then). */
+static inline int nu_start_url(nu_daemon *d, const char *dir, const char *url,
+                               const char *const *extra)
+{
+	memset(d, 0, sizeof(*d));
+	if (snprintf(d->dir, sizeof(d->dir), "%s", dir) >= (int)sizeof(d->dir) ||
+	    snprintf(d->url, sizeof(d->url), "%s", url) >= (int)sizeof(d->url) ||
+	    snprintf(d->log, sizeof(d->log), "%s.log", dir) >= (int)sizeof(d->log)) {
+		return -1;
+	}
+	const char *args[48];
+	size_t n = 0;
+	args[n++] = "--dir";
+	args[n++] = d->dir;
+	args[n++] = "--listen";
+	args[n++] = d->url;
+	for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 46; i++) {
+		args[n++] = extra[i];
+	}
+	args[n] = NULL;
+	d->pid = nu_spawn_args(args, d->log);
+	if (d->pid < 0) {
+		return -1;
+	}
+	for (int waited = 0; waited < 15000; waited += 20) {
+		if (nu_wait_exit(d->pid, 0) >= 0) {
+			d->pid = -1;
+			return -1; /* exited: maybe the port was taken meanwhile */
+		}
+		sl_client *c = NULL;
+		if (sl_client_open(d->url, 1000, &c) == SL_OK) {
+			int rc = sl_client_ping(c);
+			sl_client_close(c);
+			if (rc == SL_OK) {
+				return 0;
+			}
+		}
+		nu_sleep_ms(20);
+	}
+	kill(d->pid, SIGKILL);
+	nu_wait_exit(d->pid, 5000);
+	d->pid = -1;
+	return -1;
+}
+
 /* Starts shiplogd on a fresh free port over dir, with extra flags, and
  * waits until it answers a ping (up to 15 s).  0 on success (d filled),
  * -1 when it exited or never answered (it is killed then). */
 static inline int nu_start(nu_daemon *d, const char *dir, const char *const *extra)
 {
-	memset(d, 0, sizeof(*d));
-	snprintf(d->dir, sizeof(d->dir), "%s", dir);
-	if (snprintf(d->log, sizeof(d->log), "%s.log", dir) >= (int)sizeof(d->log)) {
-		return -1;
-	}
 	for (int attempt = 0; attempt < 5; attempt++) {
-		d->port = nu_free_port();
-		snprintf(d->url, sizeof(d->url), "tcp://127.0.0.1:%d", d->port);
-		const char *args[48];
-		size_t n = 0;
-		args[n++] = "--dir";
-		args[n++] = d->dir;
-		args[n++] = "--listen";
-		args[n++] = d->url;
-		for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 46; i++) {
-			args[n++] = extra[i];
-		}
-		args[n] = NULL;
-		d->pid = nu_spawn_args(args, d->log);
-		if (d->pid < 0) {
-			return -1;
-		}
-		for (int waited = 0; waited < 15000; waited += 20) {
-			int st = nu_wait_exit(d->pid, 0);
-			if (st >= 0) {
-				d->pid = -1;
-				break; /* exited: maybe the port was taken meanwhile */
-			}
-			sl_client *c = NULL;
-			if (sl_client_open(d->url, 1000, &c) == SL_OK) {
-				int rc = sl_client_ping(c);
-				sl_client_close(c);
-				if (rc == SL_OK) {
-					return 0;
-				}
-			}
-			nu_sleep_ms(20);
-		}
-		if (d->pid > 0) {
-			kill(d->pid, SIGKILL);
-			nu_wait_exit(d->pid, 5000);
-			d->pid = -1;
+		int port = nu_free_port();
+		char url[64];
+		snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+		if (nu_start_url(d, dir, url, extra) == 0) {
+			d->port = port;
+			return 0;
 		}
 	}
 	return -1;

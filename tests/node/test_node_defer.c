@@ -668,12 +668,58 @@ static void test_inline_leaves_rotation_to_workers(void **state)
 	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
 }
 
+/* sl_request_key finds a get's, put's or delete's key in the encoded
+ * request without decoding it (the epoll front's prefetch), after other
+ * fields and unknown ones, and nothing for other requests or bad bytes. */
+static void test_request_key_found_without_decoding(void **state)
+{
+	(void)state;
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__Put put = SHIPLOG__PUT__INIT;
+	q.has_id = 1;
+	q.id = 300;
+	q.has_acks = 1;
+	q.acks = 2;
+	put.has_value = 1;
+	put.value.data = (uint8_t *)"value";
+	put.value.len = 5;
+	put.has_key = 1;
+	put.key.data = (uint8_t *)"the-key";
+	put.key.len = 7;
+	q.op_case = SHIPLOG__REQUEST__OP_PUT;
+	q.put = &put;
+	uint8_t buf[256];
+	size_t n = shiplog__request__pack(&q, buf);
+	int op = 0;
+	const uint8_t *key = NULL;
+	size_t klen = 0;
+	assert_int_equal(sl_request_key(buf, n, &op, &key, &klen), 1);
+	assert_int_equal(op, SHIPLOG__REQUEST__OP_PUT);
+	assert_int_equal(klen, 7);
+	assert_memory_equal(key, "the-key", 7);
+	/* a ping has no key; truncations are malformed, never a wrong key */
+	Shiplog__Request pq = SHIPLOG__REQUEST__INIT;
+	Shiplog__Ping ping = SHIPLOG__PING__INIT;
+	pq.op_case = SHIPLOG__REQUEST__OP_PING;
+	pq.ping = &ping;
+	uint8_t pbuf[32];
+	size_t pn = shiplog__request__pack(&pq, pbuf);
+	assert_int_equal(sl_request_key(pbuf, pn, &op, &key, &klen), 0);
+	for (size_t cut = 0; cut < n; cut++) {
+		if (sl_request_key(buf, cut, &op, &key, &klen)) {
+			assert_true(key + klen <= buf + cut);
+			assert_memory_equal(key, "the-key", klen);
+		}
+	}
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    T(test_deferred_put_waits_for_caller),
+	    cmocka_unit_test(test_request_key_found_without_decoding),
 	    T(test_plain_put_is_durable),
 	    T(test_reads_need_no_sync),
 	    T(test_batch_sync_seq_is_highest_write),

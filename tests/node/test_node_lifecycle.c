@@ -40,90 +40,56 @@ static void subdir(char *buf, size_t cap, const char *name)
 	snprintf(buf, cap, "%s/%s", root, name);
 }
 
-/* Runs shiplogd with args to completion (it must exit by itself within
- * 15 s) and returns its exit status; its output goes to root/<tag>.out. */
-static int run_to_exit(const char *tag, const char *const *args)
-{
-	char log[TU_PATH];
-	snprintf(log, sizeof(log), "%s/%s.out", root, tag);
-	pid_t pid = nu_spawn_args(args, log);
-	assert_true(pid > 0);
-	int st = nu_wait_exit(pid, 15000);
-	if (st < 0) {
-		kill(pid, SIGKILL);
-		nu_wait_exit(pid, 5000);
-	}
-	return st;
-}
-
-static int out_contains(const char *tag, const char *needle)
-{
-	char log[TU_PATH];
-	snprintf(log, sizeof(log), "%s/%s.out", root, tag);
-	uint8_t *buf = NULL;
-	size_t len = 0;
-	if (tu_read_file(log, &buf, &len) != 0) {
-		return 0;
-	}
-	buf[len] = '\0';
-	int found = strstr((char *)buf, needle) != NULL;
-	if (!found) {
-		fprintf(stderr, "expected '%s' in:\n%s\n", needle, (char *)buf);
-	}
-	free(buf);
-	return found;
-}
-
 static void test_bad_flags_exit_1(void **state)
 {
 	(void)state;
 	const char *a1[] = {"--no-such-flag", NULL};
-	assert_int_equal(run_to_exit("bad1", a1), 1);
-	assert_true(out_contains("bad1", "unknown option"));
+	assert_int_equal(nu_run_to_exit(root, "bad1", a1), 1);
+	assert_true(nu_out_contains(root, "bad1", "unknown option"));
 	const char *a2[] = {"--sync", "sometimes", NULL};
-	assert_int_equal(run_to_exit("bad2", a2), 1);
-	assert_true(out_contains("bad2", "--sync"));
+	assert_int_equal(nu_run_to_exit(root, "bad2", a2), 1);
+	assert_true(nu_out_contains(root, "bad2", "--sync"));
 	const char *a3[] = {"--segment-bytes", "12q", NULL};
-	assert_int_equal(run_to_exit("bad3", a3), 1);
+	assert_int_equal(nu_run_to_exit(root, "bad3", a3), 1);
 	const char *a4[] = {"--compact-dead-ratio", "1.5", NULL};
-	assert_int_equal(run_to_exit("bad4", a4), 1);
+	assert_int_equal(nu_run_to_exit(root, "bad4", a4), 1);
 	const char *a5[] = {"--dir", NULL};
-	assert_int_equal(run_to_exit("bad5", a5), 1);
-	assert_true(out_contains("bad5", "needs a value"));
+	assert_int_equal(nu_run_to_exit(root, "bad5", a5), 1);
+	assert_true(nu_out_contains(root, "bad5", "needs a value"));
 	const char *a6[] = {"stray-argument", NULL};
-	assert_int_equal(run_to_exit("bad6", a6), 1);
+	assert_int_equal(nu_run_to_exit(root, "bad6", a6), 1);
 	const char *a7[] = {"--max-value-bytes", "2g", NULL};
-	assert_int_equal(run_to_exit("bad7", a7), 1);
+	assert_int_equal(nu_run_to_exit(root, "bad7", a7), 1);
 	const char *a8[] = {"--log-level", "loud", NULL};
-	assert_int_equal(run_to_exit("bad8", a8), 1);
+	assert_int_equal(nu_run_to_exit(root, "bad8", a8), 1);
 	/* a --follow URL with whitespace (REPL is line-based: a newline in it
 	 * once let a URL rewrite the node's role) */
 	const char *a9[] = {"--follow", "tcp://127.0.0.1:1\nrole primary", NULL};
-	assert_int_equal(run_to_exit("bad9", a9), 1);
-	assert_true(out_contains("bad9", "--follow"));
+	assert_int_equal(nu_run_to_exit(root, "bad9", a9), 1);
+	assert_true(nu_out_contains(root, "bad9", "--follow"));
 	/* one nng can never dial: the follower would only ever retry it */
 	const char *a10[] = {"--follow", "foo://bar", NULL};
-	assert_int_equal(run_to_exit("bad10", a10), 1);
-	assert_true(out_contains("bad10", "--follow"));
+	assert_int_equal(nu_run_to_exit(root, "bad10", a10), 1);
+	assert_true(nu_out_contains(root, "bad10", "--follow"));
 	const char *a11[] = {"--follow", "tcp://127.0.0.1:99999", NULL};
-	assert_int_equal(run_to_exit("bad11", a11), 1);
+	assert_int_equal(nu_run_to_exit(root, "bad11", a11), 1);
 	/* its own --repl-listen, under another name: it started, and stayed a
 	 * read-only follower of itself for good */
 	const char *a12[] = {"--repl-listen", "tcp://127.0.0.1:23470", "--follow",
 	                     "tcp://localhost:23470", NULL};
-	assert_int_equal(run_to_exit("bad12", a12), 1);
-	assert_true(out_contains("bad12", "cannot follow itself"));
+	assert_int_equal(nu_run_to_exit(root, "bad12", a12), 1);
+	assert_true(nu_out_contains(root, "bad12", "cannot follow itself"));
 	const char *a13[] = {"--repl-listen", "tcp://*:23470", "--follow", "tcp://127.0.0.1:23470",
 	                     NULL};
-	assert_int_equal(run_to_exit("bad13", a13), 1);
-	assert_true(out_contains("bad13", "cannot follow itself"));
+	assert_int_equal(nu_run_to_exit(root, "bad13", a13), 1);
+	assert_true(nu_out_contains(root, "bad13", "cannot follow itself"));
 	const char *a14[] = {"--segment-bytes", "3g", NULL};
-	assert_int_equal(run_to_exit("bad14", a14), 1);
-	assert_true(out_contains("bad14", "3070m"));
+	assert_int_equal(nu_run_to_exit(root, "bad14", a14), 1);
+	assert_true(nu_out_contains(root, "bad14", "3070m"));
 	const char *h[] = {"--help", NULL};
-	assert_int_equal(run_to_exit("help", h), 0);
-	assert_true(out_contains("help", "--metrics-listen"));
-	assert_true(out_contains("help", "default tcp://127.0.0.1:7420"));
+	assert_int_equal(nu_run_to_exit(root, "help", h), 0);
+	assert_true(nu_out_contains(root, "help", "--metrics-listen"));
+	assert_true(nu_out_contains(root, "help", "default tcp://127.0.0.1:7420"));
 }
 
 static void test_dir_in_use_exit_1(void **state)
@@ -136,8 +102,8 @@ static void test_dir_in_use_exit_1(void **state)
 	char url[64];
 	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", nu_free_port());
 	const char *a[] = {"--dir", dir, "--listen", url, NULL};
-	assert_int_equal(run_to_exit("busy2", a), 1);
-	assert_true(out_contains("busy2", "in use"));
+	assert_int_equal(nu_run_to_exit(root, "busy2", a), 1);
+	assert_true(nu_out_contains(root, "busy2", "in use"));
 	/* the first one is unharmed */
 	sl_client *c = nu_client(&d);
 	assert_non_null(c);
@@ -168,8 +134,8 @@ static void test_malformed_repl_exit_1(void **state)
 	assert_int_equal(tu_write_file(repl, buf, len), 0);
 	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", nu_free_port());
 	const char *a[] = {"--dir", dir, "--listen", url, NULL};
-	assert_int_equal(run_to_exit("repl1", a), 1);
-	assert_true(out_contains("repl1", "REPL is malformed at line 4"));
+	assert_int_equal(nu_run_to_exit(root, "repl1", a), 1);
+	assert_true(nu_out_contains(root, "repl1", "REPL is malformed at line 4"));
 	memcpy(role, "role primary", 12); /* as written: starts again */
 	assert_int_equal(tu_write_file(repl, buf, len), 0);
 	free(buf);
@@ -186,8 +152,8 @@ static void test_address_in_use_exit_1(void **state)
 	nu_daemon d;
 	assert_int_equal(nu_start(&d, dir, NULL), 0);
 	const char *a[] = {"--dir", dir2, "--listen", d.url, NULL};
-	assert_int_equal(run_to_exit("addr", a), 1);
-	assert_true(out_contains("addr", "in use"));
+	assert_int_equal(nu_run_to_exit(root, "addr", a), 1);
+	assert_true(nu_out_contains(root, "addr", "in use"));
 	assert_int_equal(nu_stop(&d, SIGTERM), 0);
 }
 
@@ -455,7 +421,7 @@ static void test_metrics_promtool(void **state)
 	char url[64];
 	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", nu_free_port());
 	const char *args[] = {"--dir", dir, "--listen", url, "--metrics-listen", murl, NULL};
-	assert_int_equal(run_to_exit("mbusy", args), 1);
+	assert_int_equal(nu_run_to_exit(root, "mbusy", args), 1);
 	close(busy);
 }
 

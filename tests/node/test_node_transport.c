@@ -835,43 +835,6 @@ static void test_non_reader_paused_not_dropped(void **state)
 
 /* ---- 6. refused starts ----------------------------------------------------- */
 
-/* Runs shiplogd with args to completion (it must exit by itself within
- * 15 s) and returns its exit status; its output goes to root/<tag>.out. */
-static int run_to_exit(const char *tag, const char *const *args)
-{
-	char log[TU_PATH];
-	snprintf(log, sizeof(log), "%s/%s.out", root, tag);
-	pid_t pid = nu_spawn_args(args, log);
-	assert_true(pid > 0);
-	int st = nu_wait_exit(pid, 15000);
-	if (st < 0) {
-		kill(pid, SIGKILL);
-		nu_wait_exit(pid, 5000);
-	}
-	return st;
-}
-
-static int out_contains(const char *tag, const char *needle)
-{
-	char log[TU_PATH];
-	snprintf(log, sizeof(log), "%s/%s.out", root, tag);
-	uint8_t *buf = NULL;
-	size_t len = 0;
-	if (tu_read_file(log, &buf, &len) != 0) {
-		return 0;
-	}
-	char *s = malloc(len + 1);
-	memcpy(s, buf, len);
-	s[len] = '\0';
-	free(buf);
-	int found = strstr(s, needle) != NULL;
-	if (!found) {
-		fprintf(stderr, "expected '%s' in:\n%s\n", needle, s);
-	}
-	free(s);
-	return found;
-}
-
 static void test_refused_transports_exit_1(void **state)
 {
 	(void)state;
@@ -881,17 +844,17 @@ static void test_refused_transports_exit_1(void **state)
 	snprintf(url, sizeof(url), "ipc://%s", sock);
 	const char *a1[] = {"--dir",         dir,    "--listen", url, "--transport", "epoll",
 	                    "--repl-listen", "none", NULL};
-	assert_int_equal(run_to_exit("epoll-ipc", a1), 1);
-	assert_true(out_contains("epoll-ipc", "tcp"));
-	assert_true(out_contains("epoll-ipc", "refusing to start"));
+	assert_int_equal(nu_run_to_exit(root, "epoll-ipc", a1), 1);
+	assert_true(nu_out_contains(root, "epoll-ipc", "tcp"));
+	assert_true(nu_out_contains(root, "epoll-ipc", "refusing to start"));
 	/* it refused before listening: no socket left behind */
 	assert_false(tu_exists(sock));
 	const char *a2[] = {"--dir", dir, "--transport", "bogus", NULL};
-	assert_int_equal(run_to_exit("bogus", a2), 1);
-	assert_true(out_contains("bogus", "--transport"));
+	assert_int_equal(nu_run_to_exit(root, "bogus", a2), 1);
+	assert_true(nu_out_contains(root, "bogus", "--transport"));
 	const char *a3[] = {"--dir", dir, "--io-threads", "0", NULL};
-	assert_int_equal(run_to_exit("iothreads0", a3), 1);
-	assert_true(out_contains("iothreads0", "--io-threads"));
+	assert_int_equal(nu_run_to_exit(root, "iothreads0", a3), 1);
+	assert_true(nu_out_contains(root, "iothreads0", "--io-threads"));
 }
 
 /* ---- 7. ipc:// through the nng front ---------------------------------------- */
@@ -901,48 +864,11 @@ static void test_refused_transports_exit_1(void **state)
  * or -1 (it is killed then). */
 static int start_on(nu_daemon *d, const char *dir, const char *url, const char *const *extra)
 {
-	memset(d, 0, sizeof(*d));
-	if (strlen(url) >= sizeof(d->url) || strlen(dir) + 4 >= sizeof(d->log)) {
-		return -1;
+	int rc = nu_start_url(d, dir, url, extra);
+	if (rc == 0) {
+		track(d);
 	}
-	memcpy(d->url, url, strlen(url) + 1);
-	memcpy(d->dir, dir, strlen(dir) + 1);
-	memcpy(d->log, dir, strlen(dir));
-	memcpy(d->log + strlen(dir), ".log", 5);
-	const char *args[32];
-	size_t n = 0;
-	args[n++] = "--dir";
-	args[n++] = dir;
-	args[n++] = "--listen";
-	args[n++] = url;
-	for (size_t i = 0; extra != NULL && extra[i] != NULL && n < 31; i++) {
-		args[n++] = extra[i];
-	}
-	args[n] = NULL;
-	d->pid = nu_spawn_args(args, d->log);
-	if (d->pid < 0) {
-		return -1;
-	}
-	track(d);
-	for (int waited = 0; waited < 15000; waited += 20) {
-		if (nu_wait_exit(d->pid, 0) >= 0) {
-			d->pid = -1;
-			return -1;
-		}
-		sl_client *c = NULL;
-		if (sl_client_open(d->url, 1000, &c) == SL_OK) {
-			int rc = sl_client_ping(c);
-			sl_client_close(c);
-			if (rc == SL_OK) {
-				return 0;
-			}
-		}
-		nu_sleep_ms(20);
-	}
-	kill(d->pid, SIGKILL);
-	nu_wait_exit(d->pid, 5000);
-	d->pid = -1;
-	return -1;
+	return rc;
 }
 
 static void test_ipc_default_transport(void **state)
