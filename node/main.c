@@ -621,6 +621,10 @@ int main(int argc, char **argv)
 	    .db_lock = &n.db_lock,
 	    .listen_url = rl,
 	    .listen_is_default = listen_default && c.follow == NULL,
+	    /* a tcp:// one on the clients' epoll loops (server.h) */
+	    .listen_front = rl != NULL &&
+	                    sl_server_engine_for(c.transport, c.listen) == SL_SERVER_EPOLL &&
+	                    sl_server_engine_for(SL_SERVER_AUTO, rl) == SL_SERVER_EPOLL,
 	    .follow_url = c.follow,
 	    .self_url = c.listen,
 	    .backlog_bytes = c.backlog_bytes,

@@ -22,6 +22,14 @@
  * for tcp:// URLs (tcp4://, tcp6://), nng for every other nng URL. */
 enum { SL_SERVER_AUTO = 0, SL_SERVER_NNG = 1, SL_SERVER_EPOLL = 2 };
 
+/* engine (AUTO resolved) for clients on url: SL_SERVER_NNG or _EPOLL. */
+int sl_server_engine_for(int engine, const char *url);
+
+/* With the epoll front, the node's replication listener (sl_repl_opts
+ * listen_front: a tcp:// --repl-listen) is served by the same event loops:
+ * followers' connections are accepted there and their requests handed to
+ * sl_repl_serve. */
+
 typedef struct sl_server_opts {
 	const char *listen_url; /* nng URL for clients, e.g. tcp://127.0.0.1:7420 */
 	/* SL_SERVER_NNG: an nng REP socket served by `contexts` contexts

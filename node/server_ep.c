@@ -44,6 +44,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +57,8 @@
 #include "handler.h"
 #include "log.h"
 #include "metrics.h"
+#include "probe.h"
+#include "repl.h"
 #include "server_int.h"
 #include "status.h"
 
@@ -89,6 +92,7 @@ struct econn {
 	int shaken;       /* the peer's handshake was read */
 	uint64_t born_ms; /* accepted at (for HANDSHAKE_MS) */
 	int paused;       /* not read (invariant 3) */
+	int repl;         /* a follower's, accepted on the replication socket */
 	uint32_t events;  /* registered with epoll */
 	uint8_t *in;
 	size_t inlen, incap;
@@ -108,7 +112,8 @@ typedef struct ereq {
 	void *copy;     /* the request bytes, kept for a worker */
 	uint8_t *frame; /* a reply packed away from the loop */
 	size_t framelen;
-	struct ereq *next; /* in L's done queue */
+	sl_repl_sender snd; /* a replication request's (repl_room, repl_end) */
+	struct ereq *next;  /* in L's done queue */
 } ereq;
 
 struct eloop {
@@ -134,6 +139,7 @@ struct eloop {
 
 struct sl_ep {
 	int lfd;
+	int rfd; /* the replication listener (sl_repl_listen_fd; the repl owns it), or -1 */
 	int nloops;
 	eloop *loops;
 };
@@ -292,6 +298,7 @@ static void conn_arm(econn *c)
 /* ---- requests ------------------------------------------------------ */
 
 static void ep_send(sreq *q, sl_reply *r);
+static void ereq_queue(ereq *e);
 static int ep_keep(sreq *q, const void *buf, size_t len);
 static void ep_release(sreq *q);
 static void ep_commit(sreq *q);
@@ -338,6 +345,15 @@ static void ep_send(sreq *q, sl_reply *r)
 		sl_log_error("out of memory for a %zu-byte response; request dropped", sz);
 	}
 	sl_reply_free(r);
+	ereq_queue(e);
+}
+
+/* Hands e (its reply in e->frame, or none) to its connection's loop from
+ * another thread. */
+static void ereq_queue(ereq *e)
+{
+	econn *c = e->c;
+	eloop *L = c->L;
 	e->next = NULL;
 	pthread_mutex_lock(&L->mu);
 	if (L->dead) { /* invariant 4 */
@@ -427,10 +443,59 @@ static void loop_done_queue(eloop *L)
 	}
 }
 
+/* ---- replication requests (a follower's connection) ---------------- */
+
+static uint8_t *repl_room(sl_repl_sender *snd, size_t sz)
+{
+	ereq *e = (ereq *)((char *)snd - offsetof(ereq, snd));
+	econn *c = e->c;
+	if (tl_loop == c->L) {
+		/* on c's own loop (served inline, or released by a write it
+		 * ran): packed straight into the connection's buffer */
+		return c->fd >= 0 ? conn_frame(c, e->bt, e->btlen, sz) : NULL;
+	}
+	e->frame = malloc(sz > 0 ? sz : 1);
+	e->framelen = e->frame != NULL ? sz : 0;
+	return e->frame;
+}
+
+static void repl_end(sl_repl_sender *snd)
+{
+	ereq *e = (ereq *)((char *)snd - offsetof(ereq, snd));
+	if (tl_loop == e->c->L) {
+		reply_done(e->c);
+		free(e);
+		return;
+	}
+	ereq_queue(e);
+}
+
+/* Hands a follower's request to the replication (sl_repl_serve). */
+static int conn_repl_request(econn *c, const uint8_t *bt, size_t btlen, const uint8_t *body,
+                             size_t len)
+{
+	ereq *e = calloc(1, sizeof(*e));
+	if (e == NULL) {
+		sl_log_error("out of memory for a replication request; closing its connection");
+		return -1;
+	}
+	e->c = c;
+	memcpy(e->bt, bt, btlen);
+	e->btlen = btlen;
+	e->snd.room = repl_room;
+	e->snd.end = repl_end;
+	c->inflight++;
+	sl_repl_serve(c->L->s->n->repl, body, len, &e->snd);
+	return 0;
+}
+
 /* Runs one request (body of len bytes, backtrace bt) read on c. */
 static int conn_request(econn *c, const uint8_t *bt, size_t btlen, const uint8_t *body, size_t len)
 {
 	eloop *L = c->L;
+	if (c->repl) {
+		return conn_repl_request(c, bt, btlen, body, len);
+	}
 	ereq *e = malloc(sizeof(*e));
 	if (e == NULL) {
 		sl_log_error("out of memory for a request; closing its connection");
@@ -460,7 +525,7 @@ static size_t conn_parse(econn *c, const uint8_t *buf, size_t len)
 {
 	eloop *L = c->L;
 	size_t pos = 0;
-	size_t maxmsg = L->s->n->max_msg_bytes;
+	size_t maxmsg = c->repl ? SL_REPL_REQ_LIMIT + 4 * SP_MAX_HOPS : L->s->n->max_msg_bytes;
 	if (!c->shaken) {
 		if (len < 8) {
 			return 0;
@@ -643,7 +708,7 @@ static void loop_run_reads(eloop *L)
 		for (int stage = 0; stage < 3; stage++) {
 			for (int i = 0; i < n; i++) {
 				econn *c = L->reads[i].c;
-				if (c->fd >= 0 && c->shaken) {
+				if (c->fd >= 0 && c->shaken && !c->repl) {
 					const rdpend *pr = &L->reads[i];
 					prefetch_frames(L, pr->buf ? pr->buf : c->in,
 					                pr->buf ? pr->len : c->inlen, stage);
@@ -667,7 +732,7 @@ static void loop_run_reads(eloop *L)
 	L->arena_used = 0;
 }
 
-static void loop_accept(eloop *L, int lfd)
+static void loop_accept(eloop *L, int lfd, int repl)
 {
 	for (int i = 0; i < 64; i++) {
 		int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -709,6 +774,7 @@ static void loop_accept(eloop *L, int lfd)
 		}
 		c->L = L;
 		c->fd = fd;
+		c->repl = repl;
 		c->born_ms = sl_node_mono_ns() / 1000000u;
 		memcpy(c->out, hello, sizeof(hello));
 		c->outlen = sizeof(hello);
@@ -738,9 +804,24 @@ static void loop_commit(eloop *L)
 	}
 }
 
+static void loop_write(eloop *L);
+
 static void loop_flush(eloop *L)
 {
 	loop_commit(L); /* first: the fdatasync starts while replies are written */
+	loop_write(L);
+	/* then the followers' fetches that this pass's writes released
+	 * (sl_repl_defer_wakes): their replies are written at once */
+	sl_repl_wake_deferred();
+	if (L->dirty != NULL) {
+		loop_write(L);
+	}
+	loop_commit(L); /* those read after a pause */
+}
+
+/* Writes every connection touched and re-arms it. */
+static void loop_write(eloop *L)
+{
 	while (L->dirty != NULL) {
 		econn *c = L->dirty;
 		L->dirty = c->dnext;
@@ -765,7 +846,6 @@ static void loop_flush(eloop *L)
 		}
 		conn_arm(c);
 	}
-	loop_commit(L); /* those read after a pause */
 }
 
 /* Once a second: a connection whose peer has not sent its handshake
@@ -791,15 +871,23 @@ static void *loop_main(void *arg)
 {
 	eloop *L = arg;
 	tl_loop = L;
+	sl_repl_defer_wakes();
 	struct epoll_event evs[MAX_EVENTS];
 	while (!atomic_load(&L->quit)) {
 		int timeout = -1;
 		if (L->accept_resume_ms != 0) {
 			uint64_t now = sl_node_mono_ns() / 1000000u;
 			if (now >= L->accept_resume_ms) {
+				/* both listeners: the one paused is added back (the
+				 * other is in the set already: EEXIST) */
+				sl_ep *ep = L->s->ep;
 				struct epoll_event e = {.events = EPOLLIN | EPOLLEXCLUSIVE,
-				                        .data.ptr = &L->s->ep->lfd};
-				epoll_ctl(L->epfd, EPOLL_CTL_ADD, L->s->ep->lfd, &e);
+				                        .data.ptr = &ep->lfd};
+				epoll_ctl(L->epfd, EPOLL_CTL_ADD, ep->lfd, &e);
+				if (ep->rfd >= 0) {
+					e.data.ptr = &ep->rfd;
+					epoll_ctl(L->epfd, EPOLL_CTL_ADD, ep->rfd, &e);
+				}
 				L->accept_resume_ms = 0;
 			} else {
 				timeout = (int)(L->accept_resume_ms - now);
@@ -821,7 +909,9 @@ static void *loop_main(void *arg)
 			if (p == &L->efd) {
 				loop_done_queue(L);
 			} else if (p == &L->s->ep->lfd) {
-				loop_accept(L, L->s->ep->lfd);
+				loop_accept(L, L->s->ep->lfd, 0);
+			} else if (p == &L->s->ep->rfd) {
+				loop_accept(L, L->s->ep->rfd, 1);
 			} else {
 				econn *c = p;
 				if (c->fd < 0) {
@@ -839,6 +929,7 @@ static void *loop_main(void *arg)
 		loop_run_reads(L);
 		loop_sweep(L);
 		loop_flush(L);
+		sl_repl_defer_wakes(); /* for the next pass (loop_flush) */
 	}
 	/* Stopping: what was answered is written out (a second at most), then
 	 * every connection closes. */
@@ -890,55 +981,14 @@ static void *loop_main(void *arg)
 
 static int ep_listen(const char *url, int *out, char *err, size_t cap)
 {
-	nng_url *u = NULL;
-	if (nng_url_parse(&u, url) != 0 ||
-	    (strcmp(u->u_scheme, "tcp") != 0 && strcmp(u->u_scheme, "tcp4") != 0 &&
-	     strcmp(u->u_scheme, "tcp6") != 0)) {
+	char host[256], port[32];
+	int family;
+	if (sl_tcp_split(url, &family, host, sizeof(host), port, sizeof(port)) != 0) {
+		*out = -1;
 		snprintf(err, cap, "--transport epoll serves tcp://HOST:PORT only, not '%s'", url);
-		nng_url_free(u);
 		return SL_EINVAL;
 	}
-	struct addrinfo hints = {0}, *ai = NULL;
-	hints.ai_socktype = SOCK_STREAM;
-	/* AI_ADDRCONFIG as nng's resolver: "localhost" on a host without
-	 * IPv6 addresses must not bind ::1 where clients dial 127.0.0.1 */
-	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_ADDRCONFIG;
-	hints.ai_family = strcmp(u->u_scheme, "tcp4") == 0   ? AF_INET
-	                  : strcmp(u->u_scheme, "tcp6") == 0 ? AF_INET6
-	                                                     : AF_UNSPEC;
-	const char *host = u->u_hostname;
-	if (host[0] == '\0' || strcmp(host, "*") == 0) {
-		host = NULL;
-	}
-	int gai = getaddrinfo(host, u->u_port[0] ? u->u_port : "0", &hints, &ai);
-	if (gai != 0) {
-		snprintf(err, cap, "cannot listen on %s: %s", url, gai_strerror(gai));
-		nng_url_free(u);
-		return SL_EINVAL;
-	}
-	nng_url_free(u);
-	struct addrinfo *a = ai;
-	while (a->ai_next != NULL && a->ai_family != AF_INET && a->ai_family != AF_INET6) {
-		a = a->ai_next;
-	}
-	int fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	int one = 1;
-	int rc = SL_OK;
-	if (fd < 0) {
-		snprintf(err, cap, "cannot open socket: %s", strerror(errno));
-		rc = SL_EIO;
-	} else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-	           bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
-		int e = errno;
-		snprintf(err, cap, "cannot listen on %s: %s", url,
-		         e == EADDRINUSE ? "Address in use" : strerror(e));
-		rc = e == EADDRINUSE ? SL_EBUSY : e == EADDRNOTAVAIL ? SL_EINVAL : SL_EIO;
-		close(fd);
-		fd = -1;
-	}
-	freeaddrinfo(ai);
-	*out = fd;
-	return rc;
+	return sl_tcp_listen(url, out, err, cap);
 }
 
 int ep_start(sl_server *s, const sl_server_opts *o, char *err, size_t cap)
@@ -950,6 +1000,7 @@ int ep_start(sl_server *s, const sl_server_opts *o, char *err, size_t cap)
 	}
 	s->ep = ep;
 	ep->lfd = -1;
+	ep->rfd = sl_repl_listen_fd(s->n->repl);
 	int rc = ep_listen(o->listen_url, &ep->lfd, err, cap);
 	if (rc != SL_OK) {
 		return rc;
@@ -973,7 +1024,9 @@ int ep_start(sl_server *s, const sl_server_opts *o, char *err, size_t cap)
 		struct epoll_event e2 = {.events = EPOLLIN | EPOLLEXCLUSIVE, .data.ptr = &ep->lfd};
 		if (L->arena == NULL || L->epfd < 0 || L->efd < 0 ||
 		    epoll_ctl(L->epfd, EPOLL_CTL_ADD, L->efd, &e1) != 0 ||
-		    epoll_ctl(L->epfd, EPOLL_CTL_ADD, ep->lfd, &e2) != 0) {
+		    epoll_ctl(L->epfd, EPOLL_CTL_ADD, ep->lfd, &e2) != 0 ||
+		    (ep->rfd >= 0 && (e2.data.ptr = &ep->rfd,
+		                      epoll_ctl(L->epfd, EPOLL_CTL_ADD, ep->rfd, &e2) != 0))) {
 			snprintf(err, cap, "cannot set up an event loop: %s", strerror(errno));
 			return SL_EIO;
 		}

@@ -101,3 +101,83 @@ int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap)
 	freeaddrinfo(ai);
 	return rc;
 }
+
+int sl_tcp_split(const char *url, int *family, char *host, size_t hcap, char *port, size_t pcap)
+{
+	const char *rest = NULL;
+	*family = AF_UNSPEC;
+	if (strncmp(url, "tcp://", 6) == 0) {
+		rest = url + 6;
+	} else if (strncmp(url, "tcp4://", 7) == 0) {
+		rest = url + 7;
+		*family = AF_INET;
+	} else if (strncmp(url, "tcp6://", 7) == 0) {
+		rest = url + 7;
+		*family = AF_INET6;
+	} else {
+		return -1;
+	}
+	const char *colon = strrchr(rest, ':');
+	if (colon == NULL || strchr(colon, '/') != NULL) {
+		return -1;
+	}
+	size_t hl = (size_t)(colon - rest);
+	const char *h = rest;
+	if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') { /* [v6]:port */
+		h++;
+		hl -= 2;
+	}
+	if (hl >= hcap || strlen(colon + 1) >= pcap) {
+		return -1;
+	}
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	snprintf(port, pcap, "%s", colon + 1);
+	return 0;
+}
+
+int sl_tcp_listen(const char *url, int *out, char *err, size_t cap)
+{
+	*out = -1;
+	char host[256], port[32];
+	int family;
+	if (sl_tcp_split(url, &family, host, sizeof(host), port, sizeof(port)) != 0) {
+		snprintf(err, cap, "cannot listen on '%s': not tcp://HOST:PORT", url);
+		return SL_EINVAL;
+	}
+	struct addrinfo hints = {0}, *ai = NULL;
+	hints.ai_socktype = SOCK_STREAM;
+	/* AI_ADDRCONFIG as nng's resolver: "localhost" on a host without
+	 * IPv6 addresses must not bind ::1 where clients dial 127.0.0.1 */
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV | AI_ADDRCONFIG;
+	hints.ai_family = family;
+	const char *h = host[0] == '\0' || strcmp(host, "*") == 0 ? NULL : host;
+	int gai = getaddrinfo(h, port[0] ? port : "0", &hints, &ai);
+	if (gai != 0 || ai == NULL) {
+		snprintf(err, cap, "cannot listen on %s: %s", url,
+		         gai != 0 ? gai_strerror(gai) : "no address");
+		return SL_EINVAL;
+	}
+	struct addrinfo *a = ai;
+	while (a->ai_next != NULL && a->ai_family != AF_INET && a->ai_family != AF_INET6) {
+		a = a->ai_next;
+	}
+	int fd = socket(a->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int one = 1;
+	int rc = SL_OK;
+	if (fd < 0) {
+		snprintf(err, cap, "cannot open socket: %s", strerror(errno));
+		rc = SL_EIO;
+	} else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+	           bind(fd, a->ai_addr, a->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+		int e = errno;
+		snprintf(err, cap, "cannot listen on %s: %s", url,
+		         e == EADDRINUSE ? "Address in use" : strerror(e));
+		rc = e == EADDRINUSE ? SL_EBUSY : e == EADDRNOTAVAIL ? SL_EINVAL : SL_EIO;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	*out = fd;
+	return rc;
+}

@@ -5,6 +5,7 @@
  * one only retries in the background: the client library probes before it
  * dials (so that `shiplog` can say "Connection refused"), and a follower
  * probes its primary while the link is down (stats: repl_last_error).
+ * And the listening side of the same URLs, for shiplogd's epoll front.
  */
 #ifndef SL_PROTO_PROBE_H
 #define SL_PROTO_PROBE_H
@@ -16,5 +17,17 @@
  * SL_EINVAL (a port out of range, a name that does not resolve), SL_ECONN
  * (refused, unreachable) or SL_ETIMEDOUT; why (cap bytes) says which. */
 int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap);
+
+/* Splits tcp://HOST:PORT, tcp4:// or tcp6:// (HOST may be [v6], empty or
+ * "*": every address) into host and port, with *family AF_UNSPEC, AF_INET
+ * or AF_INET6.  0, or -1 for any other URL (or parts too long). */
+int sl_tcp_split(const char *url, int *family, char *host, size_t hcap, char *port, size_t pcap);
+
+/* A listening TCP socket (non-blocking, SO_REUSEADDR, backlog 1024) bound
+ * where url says, the first address the name resolves to, as nng binds
+ * one: *fd, or SL_EBUSY (address in use), SL_EINVAL (not a tcp URL, a name
+ * that does not resolve, an address not of this host) or SL_EIO, with err
+ * (cap bytes) saying which. */
+int sl_tcp_listen(const char *url, int *fd, char *err, size_t cap);
 
 #endif

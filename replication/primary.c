@@ -9,8 +9,14 @@
  *                     ^                \-- nothing new: PARKED --+
  *                     +---- waker: new records or deadline ------+
  *
+ * A request read by shiplogd's epoll front (sl_repl_serve: a tcp://
+ * --repl-listen when the clients are on that front too) has the same life
+ * in a malloc'd rctx with no nng context: its reply is packed into the
+ * room its sl_repl_sender gives (on the front's own loop, straight into
+ * the connection's buffer) and the rctx freed (front_reply).
+ *
  * Invariants:
- *  1. nng callbacks never wait: they serve a fetch of a few records at the
+ *  1. nng callbacks (and the front's loops) never wait: they serve a fetch of a few records at the
  *     head themselves (serve_fetch inline: mapped segments only, a stack
  *     buffer, the store lock only if free) and move every other request
  *     onto the run queue of this file's worker threads (catch-up fetches,
@@ -32,10 +38,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
 
+#include "probe.h"
 #include "repl_int.h"
 #include "status.h"
 
@@ -45,7 +53,6 @@ enum { ST_RECV, ST_WORK, ST_SEND };
 #define MAX_WAIT_MS     10000
 #define CHUNK_DEFAULT   (4u << 20)
 #define CHUNK_MAX       (64u << 20)
-#define REPL_REQ_LIMIT  (64u << 10)
 #define FORGET_TIMEOUTS 10u /* a follower unseen this many --repl-timeout-ms is dropped */
 
 typedef struct rctx {
@@ -57,9 +64,30 @@ typedef struct rctx {
 	Shiplog__ReplRequest *q; /* decoded; kept while parked */
 	int parked_once;
 	uint64_t deadline_ms;
+	sl_repl_sender *snd; /* read by the node's epoll front (sl_repl_serve); else NULL */
 } rctx;
 
 /* ---- replies --------------------------------------------------------- */
+
+/* A request read by the node's front ends here: its reply (NULL: none,
+ * dropped) packed straight into the room the front gives, and c freed. */
+static void front_reply(rctx *c, const Shiplog__ReplReply *rep)
+{
+	sl_repl *r = c->r;
+	sl_repl_sender *snd = c->snd;
+	if (rep != NULL && !sl_quiet_on(&r->quiet) && !atomic_load(&r->front_closed)) {
+		size_t sz = shiplog__repl_reply__get_packed_size(rep);
+		uint8_t *room = snd->room(snd, sz);
+		if (room != NULL) {
+			shiplog__repl_reply__pack(rep, room);
+		} else {
+			repl_log(r, 3, "out of memory for a %zu-byte fetch reply", sz);
+		}
+	}
+	snd->end(snd);
+	free(c);
+	atomic_fetch_sub(&r->front_live, 1);
+}
 
 static void send_reply(rctx *c, Shiplog__ReplReply *rep)
 {
@@ -70,6 +98,10 @@ static void send_reply(rctx *c, Shiplog__ReplReply *rep)
 		c->q = NULL;
 	}
 	c->parked_once = 0;
+	if (c->snd != NULL) {
+		front_reply(c, rep);
+		return;
+	}
 	if (sl_quiet_on(&c->r->quiet)) {
 		c->state = ST_RECV; /* idle: see repl_primary_stop */
 		return;
@@ -384,7 +416,7 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 			c->parked_once = 1;
 			c->deadline_ms = now + wait;
 		}
-		if (!r->stopping) {
+		if (!r->stopping && !(c->snd != NULL && atomic_load(&r->front_closed))) {
 			c->next = r->parked;
 			r->parked = c;
 			atomic_store(&r->parked_any, 1);
@@ -873,6 +905,26 @@ static void *waker_main(void *arg)
 	return NULL;
 }
 
+/* Decodes the request (len bytes at buf) into c and serves it: a small
+ * fetch right here (invariant 1: it cannot wait), the rest by the workers.
+ * Requests are at most SL_SL_REPL_REQ_LIMIT bytes (NNG_OPT_RECVMAXSZ, or the
+ * front's frame limit): decoding one here is cheap. */
+static void dispatch(rctx *c, const void *buf, size_t len)
+{
+	sl_repl *r = c->r;
+	c->q = shiplog__repl_request__unpack(NULL, len, buf);
+	if (c->q == NULL) {
+		reply_fetch_status(c, SL_EPROTO, "malformed replication request");
+		return;
+	}
+	if (c->q->op_case == SHIPLOG__REPL_REQUEST__OP_FETCH && serve_fetch(c, 1) >= 0) {
+		return;
+	}
+	pthread_mutex_lock(&r->mu);
+	runq_push(r, c);
+	pthread_mutex_unlock(&r->mu);
+}
+
 static void ctx_cb_run(rctx *c);
 
 static void ctx_cb(void *arg)
@@ -916,23 +968,68 @@ static void ctx_cb_run(rctx *c)
 		return;
 	}
 	c->state = ST_WORK;
-	/* Requests are at most REPL_REQ_LIMIT bytes (NNG_OPT_RECVMAXSZ): decoding
-	 * one here is cheap.  A small fetch is then served right here
-	 * (invariant 1: it cannot wait); the rest go to the workers. */
 	nng_msg *m = nng_aio_get_msg(c->aio);
 	nng_aio_set_msg(c->aio, NULL);
-	c->q = shiplog__repl_request__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	dispatch(c, nng_msg_body(m), nng_msg_len(m));
 	nng_msg_free(m);
-	if (c->q == NULL) {
-		reply_fetch_status(c, SL_EPROTO, "malformed replication request");
+}
+
+void sl_repl_serve(sl_repl *r, const void *buf, size_t len, sl_repl_sender *snd)
+{
+	rctx *c = NULL;
+	if (sl_quiet_on(&r->quiet) || atomic_load(&r->front_closed) ||
+	    (c = calloc(1, sizeof(*c))) == NULL) {
+		snd->end(snd); /* stopping (or out of memory): no reply, as the nng socket */
 		return;
 	}
-	if (c->q->op_case == SHIPLOG__REPL_REQUEST__OP_FETCH && serve_fetch(c, 1) >= 0) {
-		return;
+	atomic_fetch_add(&r->front_live, 1);
+	c->r = r;
+	c->snd = snd;
+	c->state = ST_WORK;
+	dispatch(c, buf, len);
+}
+
+int sl_repl_front_stop(sl_repl *r, int timeout_ms)
+{
+	if (r == NULL) {
+		return 1;
 	}
+	atomic_store(&r->front_closed, 1);
+	rctx *list = NULL;
 	pthread_mutex_lock(&r->mu);
-	runq_push(r, c);
+	for (rctx **pp = &r->parked; *pp != NULL;) {
+		rctx *c = *pp;
+		if (c->snd != NULL) {
+			*pp = c->next;
+			c->next = list;
+			list = c;
+		} else {
+			pp = &c->next;
+		}
+	}
+	atomic_store(&r->parked_any, r->parked != NULL);
 	pthread_mutex_unlock(&r->mu);
+	while (list != NULL) {
+		rctx *c = list;
+		list = c->next;
+		shiplog__repl_request__free_unpacked(c->q, NULL);
+		c->q = NULL;
+		front_reply(c, NULL);
+	}
+	/* what the workers hold ends in front_reply too, unsent */
+	for (int waited = 0; atomic_load(&r->front_live) > 0; waited++) {
+		if (waited >= timeout_ms) {
+			return 0;
+		}
+		struct timespec ts = {0, 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	return 1;
+}
+
+int sl_repl_listen_fd(sl_repl *r)
+{
+	return r != NULL && r->lfd_open ? r->lfd : -1;
 }
 
 int repl_primary_start(sl_repl *r, char *err, size_t cap)
@@ -953,13 +1050,30 @@ int repl_primary_start(sl_repl *r, char *err, size_t cap)
 	if (r->o.listen_url == NULL || r->o.listen_url[0] == '\0') {
 		return SL_OK;
 	}
+	if (r->o.listen_front) {
+		/* served by the node's epoll front (sl_repl_serve) */
+		int rc = sl_tcp_listen(r->o.listen_url, &r->lfd, err, cap);
+		if (rc != SL_OK) {
+			char why[400];
+			snprintf(why, sizeof(why), "%s", err);
+			if (strncmp(why, "cannot listen on ", 17) ==
+			    0) { /* as the nng path says it */
+				snprintf(err, cap, "cannot listen for replication on %s", why + 17);
+			} else {
+				snprintf(err, cap, "replication: %s", why);
+			}
+			return rc;
+		}
+		r->lfd_open = 1;
+		return SL_OK;
+	}
 	int rv = nng_rep0_open(&r->sock);
 	if (rv != 0) {
 		snprintf(err, cap, "cannot open replication socket: %s", nng_strerror(rv));
 		return SL_EIO;
 	}
 	r->sock_open = 1;
-	nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ, REPL_REQ_LIMIT);
+	nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ, SL_REPL_REQ_LIMIT);
 	r->nctx = 64;
 	r->ctxs = calloc((size_t)r->nctx, sizeof(rctx));
 	if (r->ctxs == NULL) {
@@ -1031,6 +1145,10 @@ void repl_primary_stop(sl_repl *r)
 		}
 	}
 	free(r->ctxs);
+	if (r->lfd_open) {
+		close(r->lfd);
+		r->lfd_open = 0;
+	}
 	pthread_mutex_lock(&r->mu);
 	repl_snaps_close_all(r);
 	pthread_mutex_unlock(&r->mu);

@@ -552,8 +552,31 @@ void sl_repl_advance_head(sl_repl *r, uint64_t seq)
 	}
 }
 
+/* sl_repl_defer_wakes: this thread's wakes wait for sl_repl_wake_deferred. */
+static _Thread_local int tl_defer;
+static _Thread_local sl_repl *tl_deferred;
+
+void sl_repl_defer_wakes(void)
+{
+	tl_defer = 1;
+}
+
+void sl_repl_wake_deferred(void)
+{
+	sl_repl *r = tl_deferred;
+	tl_defer = 0;
+	tl_deferred = NULL;
+	if (r != NULL) {
+		sl_repl_wake_fetches(r);
+	}
+}
+
 void sl_repl_wake_fetches(sl_repl *r)
 {
+	if (tl_defer && r != NULL) {
+		tl_deferred = r;
+		return;
+	}
 	/* Racy peek: a fetch parking right now broadcasts cv, and the waker
 	 * then finds the head advanced before this call (primary.c,
 	 * invariant 2). */

@@ -49,14 +49,19 @@ typedef struct sl_repl_opts {
 	pthread_rwlock_t *db_lock; /* read: any use of *dbp; write: the swap */
 	const char *listen_url;    /* NULL: serve no fetches */
 	int listen_is_default;     /* listen_url is the default: none on a follower */
-	const char *follow_url;    /* non-NULL: follow it (else the persisted role) */
-	const char *self_url;      /* this node's client URL (follower table, errors) */
-	uint64_t backlog_bytes;    /* --repl-backlog-bytes */
-	uint32_t min_replicas;     /* --min-replicas */
-	uint32_t timeout_ms;       /* a follower unseen this long is disconnected */
-	uint32_t min_seq_wait_ms;  /* longest a min_seq read waits */
-	uint32_t batch_us;         /* --repl-batch-us: a streaming follower's pause */
-	size_t max_record_bytes;   /* largest raw record (key + value limits + header) */
+	/* listen_url (a tcp:// one) is served by the node's epoll front: r
+	 * binds it (sl_repl_listen_fd), the front accepts the followers'
+	 * connections, speaks nng's SP framing and hands each request to
+	 * sl_repl_serve.  0: an nng REP socket serves it. */
+	int listen_front;
+	const char *follow_url;   /* non-NULL: follow it (else the persisted role) */
+	const char *self_url;     /* this node's client URL (follower table, errors) */
+	uint64_t backlog_bytes;   /* --repl-backlog-bytes */
+	uint32_t min_replicas;    /* --min-replicas */
+	uint32_t timeout_ms;      /* a follower unseen this long is disconnected */
+	uint32_t min_seq_wait_ms; /* longest a min_seq read waits */
+	uint32_t batch_us;        /* --repl-batch-us: a streaming follower's pause */
+	size_t max_record_bytes;  /* largest raw record (key + value limits + header) */
 	sl_repl_log_fn log_fn;
 } sl_repl_opts;
 
@@ -70,6 +75,39 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap);
 /* Stops the fetch loop and the listener and frees r.  NULL is fine.  Call
  * after the client server has stopped and before the store is closed. */
 void sl_repl_stop(sl_repl *r);
+
+/* ---- the replication listener on the node's epoll front ---------------- */
+
+/* The largest replication request (a fetch or snapshot request): bigger
+ * frames close their connection. */
+#define SL_REPL_REQ_LIMIT (64u << 10)
+
+/* How a request read by the front gets its reply.  room is asked at most
+ * once, for the reply's sz bytes, which are packed there at once (NULL:
+ * out of memory, the reply is dropped); end is called exactly once when
+ * the request is over, replied to or dropped (stopping).  Both from any
+ * thread: the one that called sl_repl_serve, a replication worker, a
+ * write that released a parked fetch. */
+typedef struct sl_repl_sender sl_repl_sender;
+struct sl_repl_sender {
+	uint8_t *(*room)(sl_repl_sender *s, size_t sz);
+	void (*end)(sl_repl_sender *s);
+};
+
+/* The listening socket the front accepts followers on (-1: none: not
+ * listening, or an nng socket serves the URL). */
+int sl_repl_listen_fd(sl_repl *r);
+
+/* Serves one request (len bytes at buf, a packed shiplog.ReplRequest;
+ * copied before return if it must be kept) as the nng socket's are
+ * served: inline when it can, else by a worker or parked (long poll). */
+void sl_repl_serve(sl_repl *r, const void *buf, size_t len, sl_repl_sender *snd);
+
+/* The front is closing: parked requests end unanswered, new ones are
+ * refused, and it waits (timeout_ms at most) until every request it
+ * handed over has ended.  1 when they all have; 0 when some are still
+ * out (the front must then not free what their senders point at). */
+int sl_repl_front_stop(sl_repl *r, int timeout_ms);
 
 /* "primary" or "follower" (static). */
 const char *sl_repl_role(sl_repl *r);
@@ -99,6 +137,15 @@ void sl_repl_advance_head(sl_repl *r, uint64_t seq);
  * (in this thread when they are small).  May run after the write's reply
  * has gone, so that the client does not wait for it. */
 void sl_repl_wake_fetches(sl_repl *r);
+
+/* An event loop's pass (node/server_ep.c): from sl_repl_defer_wakes on,
+ * this thread's sl_repl_wake_fetches only notes the wake, and
+ * sl_repl_wake_deferred (which ends the deferral) makes it once.  The
+ * pass writes its clients' replies in between: they do not wait for the
+ * fetches their writes released, and one fetch reply carries every
+ * record the pass wrote instead of the first write's alone. */
+void sl_repl_defer_wakes(void);
+void sl_repl_wake_deferred(void);
 
 /* Waits up to timeout_ms for the node to have applied seq.  SL_OK, or
  * SL_EBEHIND with *applied (may be NULL) set to the applied seq. */

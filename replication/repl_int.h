@@ -111,6 +111,9 @@ struct sl_repl {
 	int sock_open;
 	struct rctx *ctxs;
 	int nctx;
+	int lfd, lfd_open;       /* listen_front: the socket the node's front accepts on */
+	atomic_int front_closed; /* sl_repl_front_stop ran: the front's requests get no reply */
+	atomic_int front_live;   /* the front's requests not yet ended */
 	struct rctx *runq_head, *runq_tail; /* ready for a worker */
 	struct rctx *parked;                /* long polls waiting for records */
 	atomic_int parked_any;              /* parked != NULL, for a peek without mu */

@@ -5,9 +5,12 @@
  * message.  The follower must refuse each (counting it), reconnect, resume
  * from the last good record and store nothing bad.
  */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
@@ -305,12 +308,96 @@ static void test_snapshot_is_its_followers(void **state)
 	nu_stop(&P.d, SIGTERM);
 }
 
+/* Waits up to ms for the peer to close fd (read 0 or an error): 1 if it
+ * did, 0 if fd is still open. */
+static int closed_within(int fd, int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	uint8_t b[256];
+	for (;;) {
+		ssize_t n = recv(fd, b, sizeof(b), 0);
+		if (n == 0 ||
+		    (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+			return 1;
+		}
+		if (n < 0 && errno != EINTR) {
+			return 0; /* timed out */
+		}
+	}
+}
+
+/* The primary's replication port (epoll front by default, the nng socket
+ * under SL_TEST_TRANSPORT=nng) against bad input: bytes that are no
+ * handshake, a frame over the request limit, a request that is not a
+ * ReplRequest.  Each is closed or answered SL_EPROTO; the primary keeps
+ * serving, and a follower started after all that converges. */
+static void test_repl_port_bad_input(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/pb", root);
+	assert_int_equal(ru_start(&P, dir, NULL, NULL), 0);
+	ru_load(&P, "b", 200, 0);
+
+	/* 1. not an SP handshake */
+	int fd = nu_tcp_connect(P.rport);
+	assert_true(fd >= 0);
+	uint8_t junk[1024];
+	tu_rng rng;
+	tu_rng_seed(&rng, 7);
+	tu_rng_fill(&rng, junk, sizeof(junk));
+	junk[1] = 'X'; /* never "SP" */
+	assert_int_equal(send(fd, junk, sizeof(junk), MSG_NOSIGNAL), (ssize_t)sizeof(junk));
+	assert_true(closed_within(fd, 5000));
+	close(fd);
+
+	/* 2. a REQ handshake, then a frame of 1 MiB (the limit is 64 KiB) */
+	fd = nu_tcp_connect(P.rport);
+	assert_true(fd >= 0);
+	uint8_t big[8 + 8 + 4] = {0, 'S', 'P', 0,    0, 0x30, 0,    0, 0, 0,
+	                          0, 0,   0,   0x10, 0, 0,    0x80, 0, 0, 1};
+	assert_int_equal(send(fd, big, sizeof(big), MSG_NOSIGNAL), (ssize_t)sizeof(big));
+	assert_true(closed_within(fd, 5000));
+	close(fd);
+
+	/* 3. a request that is not a ReplRequest: answered, not dropped */
+	nng_socket req;
+	assert_int_equal(nng_req0_open(&req), 0);
+	nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 5000);
+	assert_int_equal(nng_dial(req, P.rurl, NULL, 0), 0);
+	nng_msg *m;
+	assert_int_equal(nng_msg_alloc(&m, 13), 0);
+	memcpy(nng_msg_body(m), "\xff\xff\xff\xff garbage", 13);
+	assert_int_equal(nng_sendmsg(req, m, 0), 0);
+	assert_int_equal(nng_recvmsg(req, &m, 0), 0);
+	Shiplog__ReplReply *rep =
+	    shiplog__repl_reply__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
+	nng_msg_free(m);
+	assert_non_null(rep);
+	assert_int_equal(rep->op_case, SHIPLOG__REPL_REPLY__OP_FETCH);
+	assert_int_equal(rep->fetch->status, SL_EPROTO);
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	nng_close(req);
+
+	/* the primary still serves: a follower catches up with it */
+	ru_node F2 = {0};
+	snprintf(dir, sizeof(dir), "%s/fb", root);
+	assert_int_equal(ru_start(&F2, dir, P.rurl, NULL), 0);
+	ru_load(&P, "c", 100, 1);
+	ru_node *fs[] = {&F2};
+	ru_assert_converged(&P, fs, 1);
+	assert_int_equal(nu_stop(&F2.d, SIGTERM), 0);
+	assert_int_equal(nu_stop(&P.d, SIGTERM), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_fake_primary_garbage),
 	    cmocka_unit_test(test_snapshot_is_its_followers),
 	    cmocka_unit_test(test_diverged_follower_is_no_ack),
+	    cmocka_unit_test(test_repl_port_bad_input),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
