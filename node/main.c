@@ -621,6 +621,7 @@ int main(int argc, char **argv)
 	    .db_lock = &n.db_lock,
 	    .listen_url = rl,
 	    .listen_is_default = listen_default && c.follow == NULL,
+	    .follow_plain = c.transport != SL_SERVER_NNG,
 	    /* a tcp:// one on the clients' epoll loops (server.h) */
 	    .listen_front = rl != NULL &&
 	                    sl_server_engine_for(c.transport, c.listen) == SL_SERVER_EPOLL &&

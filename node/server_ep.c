@@ -110,7 +110,7 @@ typedef struct ereq {
 	uint8_t bt[4 * SP_MAX_HOPS];
 	size_t btlen;
 	void *copy;     /* the request bytes, kept for a worker */
-	uint8_t *frame; /* a reply packed away from the loop */
+	uint8_t *frame; /* a reply packed away from the loop: a whole SP frame */
 	size_t framelen;
 	sl_repl_sender snd; /* a replication request's (repl_room, repl_end) */
 	struct ereq *next;  /* in L's done queue */
@@ -227,25 +227,36 @@ static void conn_close(econn *c)
 
 /* Appends an SP frame around a reply of sz bytes: returns where the
  * body goes, or NULL (out of memory: the connection is closed). */
-static uint8_t *conn_frame(econn *c, const uint8_t *bt, size_t btlen, size_t sz)
+/* n more bytes queued on c's output: where they go, or NULL (out of
+ * memory: the connection is closed). */
+static uint8_t *conn_room(econn *c, size_t n)
 {
-	if (c->outoff > 0 && c->outcap - c->outlen < 8 + btlen + sz) {
+	if (c->outoff > 0 && c->outcap - c->outlen < n) {
 		/* what was written goes before the buffer grows: a client that
 		 * keeps replies in flight never lets it drain to empty */
 		memmove(c->out, c->out + c->outoff, c->outlen - c->outoff);
 		c->outlen -= c->outoff;
 		c->outoff = 0;
 	}
-	if (reserve(&c->out, &c->outcap, c->outlen, 8 + btlen + sz) != 0) {
-		sl_log_error("out of memory for a %zu-byte response; closing its connection", sz);
+	if (reserve(&c->out, &c->outcap, c->outlen, n) != 0) {
+		sl_log_error("out of memory for a %zu-byte response; closing its connection", n);
 		conn_close(c);
 		return NULL;
 	}
 	uint8_t *p = c->out + c->outlen;
+	c->outlen += n;
+	conn_dirty(c);
+	return p;
+}
+
+static uint8_t *conn_frame(econn *c, const uint8_t *bt, size_t btlen, size_t sz)
+{
+	uint8_t *p = conn_room(c, 8 + btlen + sz);
+	if (p == NULL) {
+		return NULL;
+	}
 	put_be64(p, btlen + sz);
 	memcpy(p + 8, bt, btlen);
-	c->outlen += 8 + btlen + sz;
-	conn_dirty(c);
 	return p + 8 + btlen;
 }
 
@@ -317,6 +328,21 @@ static void reply_done(econn *c)
 	conn_dirty(c); /* maybe no longer full (invariant 3) */
 }
 
+/* A whole SP frame for a reply of sz bytes made away from the loop (its
+ * header and backtrace written): where the body goes, or NULL. */
+static uint8_t *ereq_frame(ereq *e, size_t sz)
+{
+	e->framelen = 8 + e->btlen + sz;
+	e->frame = malloc(e->framelen);
+	if (e->frame == NULL) {
+		e->framelen = 0;
+		return NULL;
+	}
+	put_be64(e->frame, e->btlen + sz);
+	memcpy(e->frame + 8, e->bt, e->btlen);
+	return e->frame + 8 + e->btlen;
+}
+
 static void ep_send(sreq *q, sl_reply *r)
 {
 	ereq *e = (ereq *)q;
@@ -337,10 +363,9 @@ static void ep_send(sreq *q, sl_reply *r)
 		free(e);
 		return;
 	}
-	e->frame = malloc(sz > 0 ? sz : 1);
-	if (e->frame != NULL) {
-		sl_reply_pack(r, e->frame);
-		e->framelen = sz;
+	uint8_t *body = ereq_frame(e, sz);
+	if (body != NULL) {
+		sl_reply_pack(r, body);
 	} else {
 		sl_log_error("out of memory for a %zu-byte response; request dropped", sz);
 	}
@@ -416,6 +441,26 @@ static void ep_commit(sreq *q)
 	L->ctail = q;
 }
 
+/* Queues e's frame on c: as c's output buffer itself when that is empty
+ * (a catch-up's fetch reply of megabytes is not copied again), else
+ * after what is there. */
+static void conn_put_frame(econn *c, ereq *e)
+{
+	if (c->outoff == c->outlen && e->framelen > OUT_KEEP) {
+		free(c->out);
+		c->out = e->frame;
+		c->outcap = c->outlen = e->framelen;
+		c->outoff = 0;
+		e->frame = NULL;
+		conn_dirty(c);
+		return;
+	}
+	uint8_t *p = conn_room(c, e->framelen);
+	if (p != NULL) {
+		memcpy(p, e->frame, e->framelen);
+	}
+}
+
 /* Takes the replies other threads queued for L. */
 static void loop_done_queue(eloop *L)
 {
@@ -431,10 +476,7 @@ static void loop_done_queue(eloop *L)
 		ereq *next = e->next;
 		econn *c = e->c;
 		if (c->fd >= 0 && e->frame != NULL) {
-			uint8_t *body = conn_frame(c, e->bt, e->btlen, e->framelen);
-			if (body != NULL) {
-				memcpy(body, e->frame, e->framelen);
-			}
+			conn_put_frame(c, e);
 		}
 		reply_done(c);
 		free(e->frame);
@@ -452,11 +494,13 @@ static uint8_t *repl_room(sl_repl_sender *snd, size_t sz)
 	if (tl_loop == c->L) {
 		/* on c's own loop (served inline, or released by a write it
 		 * ran): packed straight into the connection's buffer */
-		return c->fd >= 0 ? conn_frame(c, e->bt, e->btlen, sz) : NULL;
+		return c->fd >= 0 ? conn_frame(c, e->bt, e->btlen, sz) : NULL; /* closed: dropped */
 	}
-	e->frame = malloc(sz > 0 ? sz : 1);
-	e->framelen = e->frame != NULL ? sz : 0;
-	return e->frame;
+	uint8_t *body = ereq_frame(e, sz);
+	if (body == NULL) {
+		sl_log_error("out of memory for a %zu-byte fetch reply; not sent", sz);
+	}
+	return body;
 }
 
 static void repl_end(sl_repl_sender *snd)

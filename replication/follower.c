@@ -32,9 +32,15 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -143,8 +149,14 @@ static void *closer_main(void *arg)
  * sockets hang too: when the node is exiting (r->fexit) the socket is not
  * closed at all, and the loop's wait is cancelled instead
  * (repl_follower_stop).  Re-pointing and promotion still close it here. */
+static void plain_close(sl_repl *r);
+
 static void drop_conn(sl_repl *r)
 {
+	if (r->fplain) {
+		plain_close(r);
+		return;
+	}
 	pthread_mutex_lock(&r->mu);
 	int open = r->fsock_open;
 	nng_socket s = r->fsock;
@@ -177,6 +189,14 @@ static void drop_conn(sl_repl *r)
 
 static int ensure_conn(sl_repl *r, const char *url)
 {
+	if (r->fplain) {
+		/* the connection opens with the next request (plain_call_start) */
+		if (strcmp(r->furl, url) != 0) {
+			plain_close(r);
+			snprintf(r->furl, sizeof(r->furl), "%s", url);
+		}
+		return fetch_stopping(r) ? SL_EIO : SL_OK;
+	}
 	pthread_mutex_lock(&r->mu);
 	if (r->fsock_open || r->fetch_stop) {
 		int stop = r->fetch_stop;
@@ -229,7 +249,30 @@ typedef struct pending {
 	int inline_done;        /* 1: applied, 2: applied and counted */
 	unsigned inline_rounds; /* replies pend_cb applied and fetched on from */
 	int inline_rc;
+	/* the plain connection (r->fplain): the request's id, its deadline,
+	 * and the connection its reply came on (r->ffd_gen) */
+	uint32_t id;
+	uint64_t deadline_ms;
+	uint64_t conn_gen;
 } pending;
+
+/* Which connection a reply came on, to drop that one later (drop_pipe). */
+typedef struct pend_conn {
+	nng_pipe pipe;
+	uint64_t gen;
+} pend_conn;
+
+static pend_conn pend_conn_of(const pending *p)
+{
+	pend_conn c = {p->pipe, p->conn_gen};
+	return c;
+}
+
+static void pend_conn_set(pending *p, pend_conn c)
+{
+	p->pipe = c.pipe;
+	p->conn_gen = c.gen;
+}
 
 struct apply_ctx;
 static int inline_apply(pending *p);
@@ -271,6 +314,282 @@ static void pend_cb(void *arg)
 	}
 	if (p->verified && atomic_load(&p->inline_ok) && inline_apply(p)) {
 		return; /* applied, and the next fetch is out: the loop sleeps on */
+	}
+}
+
+/* ---- the plain connection ------------------------------------------------
+ *
+ * To a tcp:// primary (unless --transport nng) the loop talks over a
+ * plain TCP socket of its own, speaking nng's SP REQ framing itself
+ * (docs/protocol.md "On the wire"), as the primary's epoll front does on
+ * the other end.  This thread sends each request and reads its reply
+ * itself: one wakeup per reply, where nng's REQ socket took its poller
+ * thread and a task-queue thread (perf, twentieth session: 78% of a
+ * streaming follower's CPU was in nng's threads, mostly the scheduler).
+ * Replies are decoded and checked here, so pend_cb and inline_apply play
+ * no part.  The connection is opened by the first request after it is
+ * lost, and a request's reply is matched by its id: a late reply (of a
+ * request abandoned by pend_abort or a timeout) is skipped.  A stop
+ * (repl_follower_stop) interrupts any wait through r->fstop_efd. */
+
+#define SP_REQ 0x30
+#define SP_REP 0x31
+
+/* Waits until fd is ready for ev or deadline_ms passes: 1 ready, 0 timed
+ * out, -1 asked to stop. */
+static int plain_wait(sl_repl *r, int fd, short ev, uint64_t deadline_ms)
+{
+	for (;;) {
+		uint64_t now = repl_now_ms();
+		if (now >= deadline_ms) {
+			return 0;
+		}
+		uint64_t left = deadline_ms - now;
+		struct pollfd pf[2] = {{.fd = fd, .events = ev},
+		                       {.fd = r->fstop_efd, .events = POLLIN}};
+		int n = poll(pf, 2, left > 60000 ? 60000 : (int)left);
+		if (n < 0 && errno != EINTR) {
+			return -1;
+		}
+		if (n > 0 && pf[1].revents) {
+			return -1;
+		}
+		if (n > 0 && pf[0].revents) {
+			return 1;
+		}
+	}
+}
+
+static void plain_close(sl_repl *r)
+{
+	pthread_mutex_lock(&r->mu);
+	int fd = r->ffd;
+	r->ffd = -1;
+	pthread_mutex_unlock(&r->mu);
+	if (fd >= 0) {
+		close(fd);
+	}
+	r->flen = 0;
+}
+
+/* Writes len bytes at b to fd: SL_OK, or SL_EIO (lost, stopping) or
+ * SL_ETIMEDOUT. */
+static int plain_write(sl_repl *r, int fd, const uint8_t *b, size_t len, uint64_t deadline)
+{
+	while (len > 0) {
+		ssize_t w = send(fd, b, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w > 0) {
+			b += w;
+			len -= (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR) {
+			continue;
+		}
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int rv = plain_wait(r, fd, POLLOUT, deadline);
+			if (rv <= 0) {
+				return rv == 0 ? SL_ETIMEDOUT : SL_EIO;
+			}
+			continue;
+		}
+		return SL_EIO;
+	}
+	return SL_OK;
+}
+
+/* Connects to r->furl and exchanges the SP handshake as a REQ socket.
+ * SL_OK (r->ffd set), or SL_EIO. */
+static int plain_connect(sl_repl *r, uint64_t deadline)
+{
+	char host[256], port[32];
+	int family;
+	if (sl_tcp_split(r->furl, &family, host, sizeof(host), port, sizeof(port)) != 0) {
+		return SL_EIO;
+	}
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+	                         .ai_family = family,
+	                         .ai_flags = AI_ADDRCONFIG},
+	                *ai = NULL;
+	if (getaddrinfo(host[0] && strcmp(host, "*") != 0 ? host : "127.0.0.1", port, &hints,
+	                &ai) != 0 ||
+	    ai == NULL) {
+		return SL_EIO;
+	}
+	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	int ok = fd >= 0;
+	if (ok && connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+		int err = 0;
+		socklen_t el = sizeof(err);
+		ok = errno == EINPROGRESS && plain_wait(r, fd, POLLOUT, deadline) == 1 &&
+		     getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0;
+	}
+	freeaddrinfo(ai);
+	int one = 1;
+	static const uint8_t hello[8] = {0, 'S', 'P', 0, 0, SP_REQ, 0, 0};
+	uint8_t peer[8];
+	size_t got = 0;
+	ok = ok && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0 &&
+	     plain_write(r, fd, hello, sizeof(hello), deadline) == SL_OK;
+	while (ok && got < sizeof(peer)) {
+		ssize_t k = recv(fd, peer + got, sizeof(peer) - got, 0);
+		if (k > 0) {
+			got += (size_t)k;
+		} else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+			ok = plain_wait(r, fd, POLLIN, deadline) == 1;
+		} else {
+			ok = 0;
+		}
+	}
+	if (ok && (memcmp(peer, "\0SP\0", 4) != 0 || peer[4] != 0 || peer[5] != SP_REP)) {
+		repl_log(r, 2, "%s is not a replication listener (not an SP REP socket)", r->furl);
+		ok = 0;
+	}
+	if (!ok) {
+		if (fd >= 0) {
+			close(fd);
+		}
+		return SL_EIO;
+	}
+	pthread_mutex_lock(&r->mu);
+	r->ffd = fd;
+	r->ffd_gen++;
+	pthread_mutex_unlock(&r->mu);
+	r->flen = 0;
+	return SL_OK;
+}
+
+static int plain_call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms, pending *p)
+{
+	p->live = 0;
+	p->r = r;
+	p->deadline_ms = repl_now_ms() + (uint64_t)timeout_ms;
+	if (r->ffd < 0) {
+		uint64_t cd = repl_now_ms() + PROBE_MS * 2;
+		int rc = plain_connect(r, cd < p->deadline_ms ? cd : p->deadline_ms);
+		if (rc != SL_OK) {
+			return rc;
+		}
+	}
+	size_t sz = shiplog__repl_request__get_packed_size(q);
+	uint8_t stackbuf[512];
+	uint8_t *b = 12 + sz <= sizeof(stackbuf) ? stackbuf : malloc(12 + sz);
+	if (b == NULL) {
+		return SL_ENOMEM;
+	}
+	uint32_t id = (++r->fnext_id & 0x7fffffffu) | 0x80000000u;
+	uint64_t flen = 4 + (uint64_t)sz;
+	for (int i = 0; i < 8; i++) {
+		b[i] = (uint8_t)(flen >> (56 - 8 * i));
+	}
+	b[8] = (uint8_t)(id >> 24);
+	b[9] = (uint8_t)(id >> 16);
+	b[10] = (uint8_t)(id >> 8);
+	b[11] = (uint8_t)id;
+	shiplog__repl_request__pack(q, b + 12);
+	int rc = plain_write(r, r->ffd, b, 12 + sz, p->deadline_ms);
+	if (b != stackbuf) {
+		free(b);
+	}
+	if (rc != SL_OK) {
+		plain_close(r); /* a request half sent: the connection is unusable */
+		return rc == SL_ETIMEDOUT ? SL_ETIMEDOUT : SL_EIO;
+	}
+	p->id = id;
+	p->live = 1;
+	return SL_OK;
+}
+
+static int plain_call_finish(pending *p, Shiplog__ReplReply **out)
+{
+	sl_repl *r = p->r;
+	*out = NULL;
+	if (!p->live) {
+		return SL_EIO;
+	}
+	p->live = 0;
+	p->inline_done = 0;
+	p->verified = 0;
+	const uint64_t limit = REPL_MAX_RECORD + (1u << 20) + 4u * 8;
+	for (;;) {
+		if (r->ffd < 0) {
+			return SL_EIO;
+		}
+		size_t need = 8;
+		if (r->flen >= 8) {
+			uint64_t flen = 0;
+			for (int i = 0; i < 8; i++) {
+				flen = flen << 8 | r->fbuf[i];
+			}
+			if (flen < 4 || flen > limit) {
+				repl_log(r, 2,
+				         "a %llu-byte reply frame from %s; connection dropped",
+				         (unsigned long long)flen, r->furl);
+				plain_close(r);
+				return SL_EPROTO;
+			}
+			need = 8 + (size_t)flen;
+			if (r->flen >= need) {
+				const uint8_t *h = r->fbuf + 8;
+				uint32_t id = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 |
+				              (uint32_t)h[2] << 8 | h[3];
+				Shiplog__ReplReply *rep = NULL;
+				if (id == p->id) {
+					rep = shiplog__repl_reply__unpack(NULL, need - 12, h + 4);
+				}
+				memmove(r->fbuf, r->fbuf + need, r->flen - need);
+				r->flen -= need;
+				if (id != p->id) {
+					continue; /* a late reply to an abandoned request */
+				}
+				if (rep == NULL) {
+					return SL_EPROTO;
+				}
+				p->conn_gen = r->ffd_gen;
+				/* not verified here: the apply checks each record's
+				 * checksum as it stores it, while it is in cache */
+				*out = rep;
+				if (r->fcap > (16u << 20) && r->flen == 0) {
+					free(r->fbuf); /* a big chunk went: its room goes back */
+					r->fbuf = NULL;
+					r->fcap = 0;
+				}
+				return SL_OK;
+			}
+		}
+		if (r->fcap < need || r->fcap - r->flen < 4096) {
+			size_t ncap = r->fcap ? r->fcap : 65536;
+			while (ncap < need || ncap - r->flen < 4096) {
+				ncap *= 2;
+			}
+			uint8_t *nb = realloc(r->fbuf, ncap);
+			if (nb == NULL) {
+				plain_close(r);
+				return SL_ENOMEM;
+			}
+			r->fbuf = nb;
+			r->fcap = ncap;
+		}
+		ssize_t k = recv(r->ffd, r->fbuf + r->flen, r->fcap - r->flen, MSG_DONTWAIT);
+		if (k > 0) {
+			r->flen += (size_t)k;
+			continue;
+		}
+		if (k < 0 && errno == EINTR) {
+			continue;
+		}
+		if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int rv = plain_wait(r, r->ffd, POLLIN, p->deadline_ms);
+			if (rv == 0) {
+				return SL_ETIMEDOUT; /* its reply, if it comes, is skipped */
+			}
+			if (rv < 0) {
+				return SL_EIO;
+			}
+			continue;
+		}
+		plain_close(r); /* closed by the primary, or reset */
+		return SL_EIO;
 	}
 }
 
@@ -320,6 +639,9 @@ static nng_msg *req_msg(const Shiplog__ReplRequest *q)
  * its reply; finish with call_finish (or pend_abort). */
 static int call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms, pending *p)
 {
+	if (r->fplain) {
+		return plain_call_start(r, q, timeout_ms, p);
+	}
 	p->live = 0;
 	p->r = r;
 	pthread_mutex_lock(&r->mu);
@@ -380,6 +702,9 @@ static int call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms,
 static int call_finish(pending *p, Shiplog__ReplReply **out, int inline_ok)
 {
 	*out = NULL;
+	if (p->r != NULL && p->r->fplain) {
+		return plain_call_finish(p, out);
+	}
 	if (!p->live) {
 		return SL_EIO;
 	}
@@ -401,6 +726,12 @@ static int call_finish(pending *p, Shiplog__ReplReply **out, int inline_ok)
  * (drop_conn) this never waits, for nng's reaper or anything else. */
 static void drop_pipe(pending *p)
 {
+	if (p->r != NULL && p->r->fplain) {
+		if (p->r->ffd >= 0 && p->conn_gen == p->r->ffd_gen) {
+			plain_close(p->r);
+		}
+		return;
+	}
 	if (nng_pipe_id(p->pipe) > 0) {
 		nng_pipe_close(p->pipe);
 	}
@@ -410,6 +741,10 @@ static void drop_pipe(pending *p)
 /* Drops the request in flight, if any. */
 static void pend_abort(pending *p)
 {
+	if (p->live && p->r->fplain) {
+		p->live = 0; /* its reply, if it comes, is skipped by its id */
+		return;
+	}
 	if (p->live) {
 		nng_aio_cancel(p->aio);
 		Shiplog__ReplReply *rep = NULL;
@@ -666,7 +1001,7 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 		}
 		/* the connection this chunk came on: read now, since pend_cb
 		 * writes ahead.pipe when the next chunk (asked for below) arrives */
-		nng_pipe got = ahead.pipe;
+		pend_conn got = pend_conn_of(&ahead);
 		if (rep->op_case != SHIPLOG__REPL_REPLY__OP_SNAP || !rep->snap->has_status) {
 			rc = SL_EPROTO;
 		} else if (rep->snap->status != SL_OK) {
@@ -706,7 +1041,7 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 					    sl_strerror(rc));
 					/* before asking again, a fresh connection */
 					pend_abort(&ahead);
-					ahead.pipe = got;
+					pend_conn_set(&ahead, got);
 					drop_pipe(&ahead);
 				}
 			}
@@ -1217,7 +1552,7 @@ static void *fetch_main(void *arg)
 			continue;
 		}
 		Shiplog__FetchReply *fr = rep->fetch;
-		nng_pipe got = ahead.pipe;   /* the connection fr came on */
+		pend_conn got = pend_conn_of(&ahead); /* the connection fr came on */
 		a.verified = ahead.verified; /* read now: the next fetch may go out below */
 		int inline_done = rc == SL_OK ? ahead.inline_done : 0; /* applied by pend_cb */
 		if ((fr->status == SL_OK || fr->status == SL_ESTALE) && fr->client_url != NULL &&
@@ -1419,7 +1754,7 @@ static void *fetch_main(void *arg)
 				repl_follow_fail(r, strcmp(msg, last_refused) != 0 ? 3 : 0, "%s",
 				                 msg);
 				snprintf(last_refused, sizeof(last_refused), "%s", msg);
-				ahead.pipe = got;
+				pend_conn_set(&ahead, got);
 				drop_pipe(&ahead);
 				connected = 0;
 				pthread_mutex_lock(&r->mu);
@@ -1447,6 +1782,16 @@ void repl_follower_start(sl_repl *r)
 	}
 	r->fetch_stop = 0;
 	r->fdown_ms = 0; /* down from now: a new primary, or this node's start */
+	/* the plain connection for a tcp:// primary (unless --transport nng) */
+	char host[256], port[32];
+	int family;
+	r->fplain =
+	    r->o.follow_plain && r->fstop_efd >= 0 &&
+	    sl_tcp_split(r->st.primary, &family, host, sizeof(host), port, sizeof(port)) == 0;
+	uint64_t v;
+	while (r->fstop_efd >= 0 && read(r->fstop_efd, &v, sizeof(v)) > 0) {
+		/* a stop's wakeup, left from the last loop */
+	}
 	r->ferr[0] = '\0';
 	repl_set_fstate(r, "connecting");
 	if (pthread_create(&r->fetcher, NULL, fetch_main, r) == 0) {
@@ -1469,9 +1814,16 @@ void repl_follower_stop(sl_repl *r, int exiting)
 	if (r->fwait != NULL) {
 		nng_aio_cancel(r->fwait); /* interrupts a long poll */
 	}
+	if (r->fstop_efd >= 0) {
+		uint64_t one = 1; /* interrupts the plain connection's waits */
+		ssize_t w = write(r->fstop_efd, &one, sizeof(one));
+		(void)w;
+	}
 	pthread_t t = r->fetcher;
 	pthread_mutex_unlock(&r->mu);
-	drop_conn(r); /* closes the socket, unless exiting */
+	if (!r->fplain) {
+		drop_conn(r); /* closes the socket, unless exiting */
+	}                     /* the plain one: by the loop as it ends (fstop_efd woke it) */
 	pthread_join(t, NULL);
 	pthread_mutex_lock(&r->mu);
 	r->fetcher_started = 0;

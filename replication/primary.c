@@ -77,11 +77,9 @@ static void front_reply(rctx *c, const Shiplog__ReplReply *rep)
 	sl_repl_sender *snd = c->snd;
 	if (rep != NULL && !sl_quiet_on(&r->quiet) && !atomic_load(&r->front_closed)) {
 		size_t sz = shiplog__repl_reply__get_packed_size(rep);
-		uint8_t *room = snd->room(snd, sz);
+		uint8_t *room = snd->room(snd, sz); /* NULL: the front says why */
 		if (room != NULL) {
 			shiplog__repl_reply__pack(rep, room);
-		} else {
-			repl_log(r, 3, "out of memory for a %zu-byte fetch reply", sz);
 		}
 	}
 	snd->end(snd);

@@ -24,7 +24,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "repl_int.h"
 
@@ -118,6 +120,8 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 		return SL_ENOMEM;
 	}
 	r->o = *o;
+	r->ffd = -1;
+	r->fstop_efd = -1;
 	snprintf(r->dir, sizeof(r->dir), "%s", o->dir);
 	size_t dl = strlen(r->dir);
 	while (dl > 1 && r->dir[dl - 1] == '/') {
@@ -217,6 +221,8 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	atomic_store(&r->applied, last);
 	r->durable = 0;
 	atomic_store(&r->role, r->st.role);
+	/* -1 (no descriptor left): the follower uses nng's socket */
+	r->fstop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	rc = repl_primary_start(r, err, cap);
 	if (rc != SL_OK) {
 		sl_repl_stop(r);
@@ -244,6 +250,13 @@ void sl_repl_stop(sl_repl *r)
 	}
 	repl_follower_stop(r, 1);
 	repl_primary_stop(r);
+	if (r->fstop_efd >= 0) {
+		close(r->fstop_efd);
+	}
+	if (r->ffd >= 0) {
+		close(r->ffd);
+	}
+	free(r->fbuf);
 	pthread_cond_destroy(&r->cv);
 	pthread_cond_destroy(&r->ack_cv);
 	pthread_mutex_destroy(&r->mu);

@@ -54,6 +54,9 @@ typedef struct sl_repl_opts {
 	 * connections, speaks nng's SP framing and hands each request to
 	 * sl_repl_serve.  0: an nng REP socket serves it. */
 	int listen_front;
+	/* Follow a tcp:// primary over a plain socket speaking nng's SP REQ
+	 * framing (follower.c, "the plain connection"); 0: an nng REQ socket. */
+	int follow_plain;
 	const char *follow_url;   /* non-NULL: follow it (else the persisted role) */
 	const char *self_url;     /* this node's client URL (follower table, errors) */
 	uint64_t backlog_bytes;   /* --repl-backlog-bytes */

@@ -138,6 +138,15 @@ struct sl_repl {
 	nng_aio *fwait;     /* the aio the fetch loop waits on now (mu), for a stop to cancel */
 	int fexit;          /* stopping for good: the socket is left open (drop_conn) */
 	uint64_t fsock_gen; /* bumped at each open: contexts of older ones are dead */
+	/* the plain connection (follower.c): used instead of fsock when fplain */
+	int fplain;
+	int ffd;           /* -1: none; set and cleared under mu */
+	uint64_t ffd_gen;  /* bumped at each connect (under mu) */
+	int fstop_efd;     /* written by repl_follower_stop: wakes the loop's waits */
+	uint32_t fnext_id; /* the last request id */
+	uint8_t *fbuf;     /* bytes read, not yet taken */
+	size_t fcap, flen;
+	char furl[256];     /* the primary it connects to */
 	const char *fstate; /* "connecting", "streaming", "resyncing" (repl_set_fstate) */
 	uint64_t fdown_ms;  /* when the link last stopped streaming (mono ms); 0 while streaming */
 	char ferr[512];     /* the fetch loop's last failure (repl_follow_fail), or "" */
