@@ -6,6 +6,7 @@
  * from the last good record and store nothing bad.
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -391,6 +392,94 @@ static void test_repl_port_bad_input(void **state)
 	assert_int_equal(nu_stop(&P.d, SIGTERM), 0);
 }
 
+/* A listener of this test's on a free port (blocking accept): its fd. */
+static int raw_listener(int *port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	int one = 1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	struct sockaddr_in a = nu_loopback(0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	assert_int_equal(listen(fd, 8), 0);
+	socklen_t al = sizeof(a);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+	*port = ntohs(a.sin_port);
+	struct timeval tv = {10, 0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)); /* bounds accept */
+	return fd;
+}
+
+/* Accepts the follower's connection and reads its 8-byte handshake, which
+ * must be an SP REQ socket's.  Connections closed before a handshake (the
+ * follower's probes, sl_probe_tcp) are skipped. */
+static int accept_follower(int lfd)
+{
+	for (int tries = 0; tries < 20; tries++) {
+		int c = accept(lfd, NULL, NULL);
+		assert_true(c >= 0);
+		struct timeval tv = {10, 0};
+		setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		uint8_t h[8];
+		size_t got = 0;
+		while (got < sizeof(h)) {
+			ssize_t k = recv(c, h + got, sizeof(h) - got, 0);
+			if (k <= 0) {
+				break;
+			}
+			got += (size_t)k;
+		}
+		if (got < sizeof(h)) {
+			close(c); /* a probe */
+			continue;
+		}
+		static const uint8_t req_hello[8] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
+		assert_memory_equal(h, req_hello, 8);
+		return c;
+	}
+	fail_msg("no handshake from the follower");
+	return -1;
+}
+
+/* A follower pointed at something that is not a replication listener (an
+ * HTTP server, say) drops the connection and tries again, serving reads
+ * all the while; and one whose primary shook hands but never answers
+ * stops at once when told to (no wait for the fetch's timeout). */
+static void test_follower_of_a_non_sp_peer(void **state)
+{
+	(void)state;
+	int port;
+	int lfd = raw_listener(&port);
+	char url[64], dir[TU_PATH];
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
+	snprintf(dir, sizeof(dir), "%s/fn", root);
+	ru_node F3 = {0};
+	assert_int_equal(ru_start(&F3, dir, url, NULL), 0);
+
+	/* 1. an HTTP answer instead of the SP handshake: closed, retried */
+	int c = accept_follower(lfd);
+	const char *http = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
+	assert_int_equal(send(c, http, strlen(http), MSG_NOSIGNAL), (ssize_t)strlen(http));
+	assert_true(closed_within(c, 5000));
+	close(c);
+	c = accept_follower(lfd); /* it came back */
+	char st[64];
+	ru_stat(&F3, "repl_state", st, sizeof(st));
+	assert_string_not_equal(st, "streaming");
+	assert_int_equal(ru_stat(&F3, "keys", NULL, 0), 0); /* reads are served */
+
+	/* 2. the SP handshake, then silence: a stop is not held up */
+	static const uint8_t rep_hello[8] = {0, 'S', 'P', 0, 0, 0x31, 0, 0};
+	assert_int_equal(send(c, rep_hello, 8, MSG_NOSIGNAL), 8);
+	nu_sleep_ms(300); /* its fetch is out, waiting for a reply */
+	uint64_t t0 = tu_mono_ms();
+	assert_int_equal(nu_stop(&F3.d, SIGTERM), 0);
+	uint64_t took = tu_mono_ms() - t0;
+	assert_true(took < 3000);
+	close(c);
+	close(lfd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -398,6 +487,7 @@ int main(void)
 	    cmocka_unit_test(test_snapshot_is_its_followers),
 	    cmocka_unit_test(test_diverged_follower_is_no_ack),
 	    cmocka_unit_test(test_repl_port_bad_input),
+	    cmocka_unit_test(test_follower_of_a_non_sp_peer),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
