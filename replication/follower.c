@@ -324,7 +324,7 @@ static void pend_cb(void *arg)
  * (docs/protocol.md "On the wire"), as the primary's epoll front does on
  * the other end.  This thread sends each request and reads its reply
  * itself: one wakeup per reply, where nng's REQ socket took its poller
- * thread and a task-queue thread (perf, twentieth session: 78% of a
+ * thread and a task-queue thread (perf, seventeenth session: 78% of a
  * streaming follower's CPU was in nng's threads, mostly the scheduler).
  * Replies are decoded and checked here, so pend_cb and inline_apply play
  * no part.  The connection is opened by the first request after it is
