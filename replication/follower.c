@@ -254,6 +254,12 @@ typedef struct pending {
 	uint32_t id;
 	uint64_t deadline_ms;
 	uint64_t conn_gen;
+	/* Set by the caller before a request sent ahead (catch-up, snapshot
+	 * chunks): its reply is read by r's reader thread while this thread
+	 * applies the previous one (plain_reader_main). */
+	int early;
+	int async; /* its reply is the reader's to read (under fr_mu) */
+	int adone; /* the reader has read it: rv, rep (under fr_mu) */
 } pending;
 
 /* Which connection a reply came on, to drop that one later (drop_pipe). */
@@ -459,8 +465,107 @@ static int plain_connect(sl_repl *r, uint64_t deadline)
 	return SL_OK;
 }
 
+static int plain_read_reply(pending *p, Shiplog__ReplReply **out);
+
+/* The reader thread: reads the reply of a request sent ahead (p->early)
+ * while the fetch thread applies the one before, as nng's thread did
+ * (decoding a catch-up reply copies its megabytes once more): the two
+ * overlap on the two cores.  One job at a time (r->fr_job); the fetch
+ * thread touches the connection again only once it is done. */
+static void *plain_reader_main(void *arg)
+{
+	sl_repl *r = arg;
+	pthread_mutex_lock(&r->fr_mu);
+	for (;;) {
+		while (r->fr_job == NULL && !r->fr_quit) {
+			pthread_cond_wait(&r->fr_cv, &r->fr_mu);
+		}
+		pending *p = r->fr_job;
+		if (p == NULL) {
+			break;
+		}
+		pthread_mutex_unlock(&r->fr_mu);
+		Shiplog__ReplReply *rep = NULL;
+		int rc = plain_read_reply(p, &rep);
+		pthread_mutex_lock(&r->fr_mu);
+		p->rep = rep;
+		p->rv = rc;
+		p->adone = 1;
+		r->fr_job = NULL;
+		pthread_cond_broadcast(&r->fr_cv);
+	}
+	pthread_mutex_unlock(&r->fr_mu);
+	return NULL;
+}
+
+/* Hands p's reply to the reader thread (started on first use): 0, or -1
+ * when it cannot start (the reply is then read by call_finish). */
+static int plain_read_early(sl_repl *r, pending *p)
+{
+	if (!r->fr_started) {
+		pthread_mutex_init(&r->fr_mu, NULL);
+		pthread_cond_init(&r->fr_cv, NULL);
+		r->fr_quit = 0;
+		if (pthread_create(&r->fr_thread, NULL, plain_reader_main, r) != 0) {
+			pthread_mutex_destroy(&r->fr_mu);
+			pthread_cond_destroy(&r->fr_cv);
+			return -1;
+		}
+		r->fr_started = 1;
+	}
+	pthread_mutex_lock(&r->fr_mu);
+	p->async = 1;
+	p->adone = 0;
+	r->fr_job = p;
+	pthread_cond_signal(&r->fr_cv);
+	pthread_mutex_unlock(&r->fr_mu);
+	return 0;
+}
+
+/* The fetch loop ends: its reader thread with it. */
+static void plain_reader_stop(sl_repl *r)
+{
+	if (!r->fr_started) {
+		return;
+	}
+	pthread_mutex_lock(&r->fr_mu);
+	r->fr_quit = 1;
+	pthread_cond_broadcast(&r->fr_cv);
+	pthread_mutex_unlock(&r->fr_mu);
+	pthread_join(r->fr_thread, NULL);
+	pthread_mutex_destroy(&r->fr_mu);
+	pthread_cond_destroy(&r->fr_cv);
+	r->fr_started = 0;
+}
+
+static int plain_call_finish(pending *p, Shiplog__ReplReply **out)
+{
+	*out = NULL;
+	if (!p->live) {
+		return SL_EIO;
+	}
+	p->live = 0;
+	p->inline_done = 0;
+	p->verified = 0;
+	if (!p->async) {
+		return plain_read_reply(p, out);
+	}
+	sl_repl *r = p->r;
+	pthread_mutex_lock(&r->fr_mu);
+	while (!p->adone) {
+		pthread_cond_wait(&r->fr_cv, &r->fr_mu);
+	}
+	p->async = 0;
+	pthread_mutex_unlock(&r->fr_mu);
+	*out = p->rep;
+	p->rep = NULL;
+	return p->rv;
+}
+
 static int plain_call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms, pending *p)
 {
+	int early = p->early;
+	p->early = 0;
 	p->live = 0;
 	p->r = r;
 	p->deadline_ms = repl_now_ms() + (uint64_t)timeout_ms;
@@ -497,18 +602,17 @@ static int plain_call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeo
 	}
 	p->id = id;
 	p->live = 1;
+	if (early) {
+		plain_read_early(r, p);
+	}
 	return SL_OK;
 }
 
-static int plain_call_finish(pending *p, Shiplog__ReplReply **out)
+/* Reads p's reply (plain_call_finish, or the reader thread). */
+static int plain_read_reply(pending *p, Shiplog__ReplReply **out)
 {
 	sl_repl *r = p->r;
 	*out = NULL;
-	if (!p->live) {
-		return SL_EIO;
-	}
-	p->live = 0;
-	p->inline_done = 0;
 	p->verified = 0;
 	const uint64_t limit = REPL_MAX_RECORD + (1u << 20) + 4u * 8;
 	for (;;) {
@@ -642,6 +746,7 @@ static int call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeout_ms,
 	if (r->fplain) {
 		return plain_call_start(r, q, timeout_ms, p);
 	}
+	p->early = 0; /* nng's thread reads every reply (pend_cb) */
 	p->live = 0;
 	p->r = r;
 	pthread_mutex_lock(&r->mu);
@@ -742,7 +847,15 @@ static void drop_pipe(pending *p)
 static void pend_abort(pending *p)
 {
 	if (p->live && p->r->fplain) {
-		p->live = 0; /* its reply, if it comes, is skipped by its id */
+		/* a reply read ahead is waited for (it comes at once, or within
+		 * the fetch's long poll) and dropped; otherwise it is skipped by
+		 * its id when it comes */
+		Shiplog__ReplReply *rep = NULL;
+		if (p->async) {
+			plain_call_finish(p, &rep);
+			shiplog__repl_reply__free_unpacked(rep, NULL);
+		}
+		p->live = 0;
 		return;
 	}
 	if (p->live) {
@@ -1017,9 +1130,11 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 			} else if (c->snap_id != snap_id || c->head_seq != head) {
 				rc = SL_EPROTO;
 			}
-			if (rc == SL_OK && !c->done &&
-			    snap_start(r, &nst, snap_id, chunk + 1, &ahead) != SL_OK) {
-				pend_abort(&ahead); /* asked for again at the top */
+			if (rc == SL_OK && !c->done) {
+				ahead.early = 1; /* read while this chunk loads */
+				if (snap_start(r, &nst, snap_id, chunk + 1, &ahead) != SL_OK) {
+					pend_abort(&ahead); /* asked for again at the top */
+				}
 			}
 			if (rc == SL_OK) {
 				rc = apply_records(&l, c->records.data, c->records.len);
@@ -1645,6 +1760,7 @@ static void *fetch_main(void *arg)
 		                    ? fr->next_seq
 		                    : 0;
 		if (next > applied + 1) {
+			ahead.early = 1; /* read while this reply is applied */
 			if (fetch_start(r, &st, next, durable > applied ? applied : durable,
 			                &ahead) != SL_OK) {
 				pend_abort(&ahead); /* the loop reconnects as after any failure */
@@ -1771,6 +1887,7 @@ static void *fetch_main(void *arg)
 	}
 	pend_free(&ahead);
 	apply_free(&a);
+	plain_reader_stop(r);
 	drop_conn(r);
 	return NULL;
 }

@@ -146,7 +146,14 @@ struct sl_repl {
 	uint32_t fnext_id; /* the last request id */
 	uint8_t *fbuf;     /* bytes read, not yet taken */
 	size_t fcap, flen;
-	char furl[256];     /* the primary it connects to */
+	char furl[256]; /* the primary it connects to */
+	/* its reader thread (follower.c, plain_reader_main), started on
+	 * first use and stopped as the fetch loop ends */
+	pthread_t fr_thread;
+	int fr_started, fr_quit;
+	pthread_mutex_t fr_mu;
+	pthread_cond_t fr_cv;
+	struct pending *fr_job;
 	const char *fstate; /* "connecting", "streaming", "resyncing" (repl_set_fstate) */
 	uint64_t fdown_ms;  /* when the link last stopped streaming (mono ms); 0 while streaming */
 	char ferr[512];     /* the fetch loop's last failure (repl_follow_fail), or "" */
