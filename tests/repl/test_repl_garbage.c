@@ -196,6 +196,16 @@ static void test_fake_primary_garbage(void **state)
 	assert_int_equal(ru_stat(&F, "corrupt_records", NULL, 0), 0);
 }
 
+/* A raw replication REQ socket dialed to n's --repl-listen. */
+static nng_socket repl_dial(const ru_node *n)
+{
+	nng_socket req;
+	assert_int_equal(nng_req0_open(&req), 0);
+	nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 5000);
+	assert_int_equal(nng_dial(req, n->rurl, NULL, 0), 0);
+	return req;
+}
+
 /* One round trip of q on req (a raw replication REQ socket). */
 static Shiplog__ReplReply *repl_call(nng_socket req, const Shiplog__ReplRequest *q)
 {
@@ -226,10 +236,7 @@ static void test_diverged_follower_is_no_ack(void **state)
 	for (int i = 0; i < 10; i++) {
 		assert_int_equal(sl_client_put(c, "k", 1, "v", 1, NULL), SL_OK);
 	}
-	nng_socket req;
-	assert_int_equal(nng_req0_open(&req), 0);
-	nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 5000);
-	assert_int_equal(nng_dial(req, P.rurl, NULL, 0), 0);
+	nng_socket req = repl_dial(&P);
 	Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
 	Shiplog__Fetch f = SHIPLOG__FETCH__INIT;
 	f.has_history_id = 1;
@@ -287,10 +294,7 @@ static void test_snapshot_is_its_followers(void **state)
 	snprintf(dir, sizeof(dir), "%s/ps", root);
 	assert_int_equal(ru_start(&P, dir, NULL, NULL), 0);
 	ru_load(&P, "s", 300, 0);
-	nng_socket req;
-	assert_int_equal(nng_req0_open(&req), 0);
-	nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 5000);
-	assert_int_equal(nng_dial(req, P.rurl, NULL, 0), 0);
+	nng_socket req = repl_dial(&P);
 	Shiplog__ReplReply *rep = snap_call(req, 0, 0, "node-a");
 	assert_int_equal(rep->snap->status, SL_OK);
 	uint64_t id = rep->snap->snap_id;
@@ -363,10 +367,7 @@ static void test_repl_port_bad_input(void **state)
 	close(fd);
 
 	/* 3. a request that is not a ReplRequest: answered, not dropped */
-	nng_socket req;
-	assert_int_equal(nng_req0_open(&req), 0);
-	nng_socket_set_ms(req, NNG_OPT_RECVTIMEO, 5000);
-	assert_int_equal(nng_dial(req, P.rurl, NULL, 0), 0);
+	nng_socket req = repl_dial(&P);
 	nng_msg *m;
 	assert_int_equal(nng_msg_alloc(&m, 13), 0);
 	memcpy(nng_msg_body(m), "\xff\xff\xff\xff garbage", 13);
