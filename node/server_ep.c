@@ -569,7 +569,8 @@ static size_t conn_parse(econn *c, const uint8_t *buf, size_t len)
 {
 	eloop *L = c->L;
 	size_t pos = 0;
-	size_t maxmsg = c->repl ? SL_REPL_REQ_LIMIT + 4 * SP_MAX_HOPS : L->s->n->max_msg_bytes;
+	size_t maxmsg =
+	    c->repl ? SL_REPL_REQ_LIMIT : L->s->n->max_msg_bytes; /* as nng's RECVMAXSZ */
 	if (!c->shaken) {
 		if (len < 8) {
 			return 0;
@@ -803,8 +804,11 @@ static void loop_accept(eloop *L, int lfd, int repl)
 			}
 			continue; /* that connection's own error (ECONNABORTED, EPROTO, ...) */
 		}
-		if (atomic_load(&L->s->stopping)) {
-			close(fd); /* server.c invariant 3 */
+		if (!repl && atomic_load(&L->s->stopping)) {
+			/* server.c invariant 3; followers are still served until
+			 * the loops stop: the drain waits for writes their acks
+			 * finish, as the nng socket serves them until then */
+			close(fd);
 			continue;
 		}
 		int one = 1;

@@ -145,6 +145,14 @@ int sl_tcp_listen(const char *url, int *out, char *err, size_t cap)
 		snprintf(err, cap, "cannot listen on '%s': not tcp://HOST:PORT", url);
 		return SL_EINVAL;
 	}
+	/* a decimal port up to 65535 (getaddrinfo would take 99999 as
+	 * 34463): nng's listener refuses the same way */
+	char *end = NULL;
+	unsigned long pn = strtoul(port, &end, 10);
+	if (port[0] == '+' || port[0] == '-' || *end != '\0' || pn > 65535) {
+		snprintf(err, cap, "cannot listen on %s: Address invalid", url);
+		return SL_EINVAL;
+	}
 	struct addrinfo hints = {0}, *ai = NULL;
 	hints.ai_socktype = SOCK_STREAM;
 	/* AI_ADDRCONFIG as nng's resolver: "localhost" on a host without

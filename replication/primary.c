@@ -905,7 +905,7 @@ static void *waker_main(void *arg)
 
 /* Decodes the request (len bytes at buf) into c and serves it: a small
  * fetch right here (invariant 1: it cannot wait), the rest by the workers.
- * Requests are at most SL_SL_REPL_REQ_LIMIT bytes (NNG_OPT_RECVMAXSZ, or the
+ * Requests are at most SL_REPL_REQ_LIMIT bytes (NNG_OPT_RECVMAXSZ, or the
  * front's frame limit): decoding one here is cheap. */
 static void dispatch(rctx *c, const void *buf, size_t len)
 {

@@ -855,6 +855,16 @@ static void test_refused_transports_exit_1(void **state)
 	const char *a3[] = {"--dir", dir, "--io-threads", "0", NULL};
 	assert_int_equal(nu_run_to_exit(root, "iothreads0", a3), 1);
 	assert_true(nu_out_contains(root, "iothreads0", "--io-threads"));
+	/* a port over 65535 is refused, not wrapped (getaddrinfo took 99999
+	 * as 34463), for the clients' socket and for the followers' one that
+	 * the loops serve */
+	const char *a4[] = {"--dir", dir, "--listen", "tcp://127.0.0.1:99999", NULL};
+	assert_int_equal(nu_run_to_exit(root, "port99999", a4), 1);
+	assert_true(nu_out_contains(root, "port99999", "Address invalid"));
+	const char *a5[] = {"--dir", dir, "--repl-listen", "tcp://127.0.0.1:99999", NULL};
+	assert_int_equal(nu_run_to_exit(root, "rport99999", a5), 1);
+	assert_true(nu_out_contains(root, "rport99999", "cannot listen for replication"));
+	assert_true(nu_out_contains(root, "rport99999", "Address invalid"));
 }
 
 /* ---- 7. ipc:// through the nng front ---------------------------------------- */

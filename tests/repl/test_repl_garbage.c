@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -481,6 +482,85 @@ static void test_follower_of_a_non_sp_peer(void **state)
 	close(lfd);
 }
 
+typedef struct acks_writer {
+	pthread_t t;
+	char url[64];
+	int rc;
+	uint32_t acks;
+} acks_writer;
+
+static void *acks_writer_main(void *arg)
+{
+	acks_writer *w = arg;
+	sl_client *c = NULL;
+	w->rc = sl_client_open(w->url, 10000, &c);
+	if (w->rc != SL_OK) {
+		return NULL;
+	}
+	sl_client_set_acks(c, 1, 8000);
+	w->rc = sl_client_put(c, "late", 4, "v", 1, NULL);
+	w->acks = sl_client_last_acks(c);
+	sl_client_close(c);
+	return NULL;
+}
+
+/* One fetch of follower "late": its history (any while it holds
+ * nothing), from_seq, and the seq it reports durable. */
+static Shiplog__ReplReply *late_fetch(nng_socket req, const uint8_t *history, uint64_t from,
+                                      uint64_t durable)
+{
+	Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+	Shiplog__Fetch f = SHIPLOG__FETCH__INIT;
+	f.has_history_id = 1;
+	f.history_id.data = (uint8_t *)history;
+	f.history_id.len = 16;
+	f.has_from_seq = 1;
+	f.from_seq = from;
+	f.has_durable_seq = 1;
+	f.durable_seq = durable;
+	f.node_id = "late";
+	q.op_case = SHIPLOG__REPL_REQUEST__OP_FETCH;
+	q.fetch = &f;
+	return repl_call(req, &q);
+}
+
+/* A primary told to stop still accepts followers while it drains: an
+ * --acks 1 write in flight at the SIGTERM is acknowledged by a follower
+ * that connects after it (the epoll front refused every connection once
+ * stopping, its followers' too, and such a write could only time out). */
+static void test_follower_joins_a_draining_primary(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/pd", root);
+	assert_int_equal(ru_start(&P, dir, NULL, NULL), 0);
+	acks_writer w = {0};
+	snprintf(w.url, sizeof(w.url), "%s", P.d.url);
+	assert_int_equal(pthread_create(&w.t, NULL, acks_writer_main, &w), 0);
+	nu_sleep_ms(300); /* the write is parked for its ack */
+	assert_int_equal(kill(P.d.pid, SIGTERM), 0);
+	nu_sleep_ms(100); /* draining now */
+	nng_socket req = repl_dial(&P);
+	Shiplog__ReplReply *rep = late_fetch(req, hid, 1, 0);
+	assert_int_equal(rep->op_case, SHIPLOG__REPL_REPLY__OP_FETCH);
+	assert_int_equal(rep->fetch->status, SL_OK);
+	assert_true(rep->fetch->has_next_seq);
+	assert_int_equal(rep->fetch->history_id.len, 16);
+	uint64_t next = rep->fetch->next_seq;
+	uint8_t phid[16];
+	memcpy(phid, rep->fetch->history_id.data, 16);
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	/* the next fetch, on the primary's history, reports it all durable:
+	 * the write's ack */
+	rep = late_fetch(req, phid, next, next - 1);
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	pthread_join(w.t, NULL);
+	nng_close(req);
+	assert_int_equal(w.rc, SL_OK);
+	assert_int_equal(w.acks, 1);
+	assert_int_equal(nu_stop(&P.d, SIGTERM), 0); /* it exits 0 */
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -489,6 +569,7 @@ int main(void)
 	    cmocka_unit_test(test_diverged_follower_is_no_ack),
 	    cmocka_unit_test(test_repl_port_bad_input),
 	    cmocka_unit_test(test_follower_of_a_non_sp_peer),
+	    cmocka_unit_test(test_follower_joins_a_draining_primary),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
