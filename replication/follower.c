@@ -613,7 +613,6 @@ static int plain_read_reply(pending *p, Shiplog__ReplReply **out)
 {
 	sl_repl *r = p->r;
 	*out = NULL;
-	p->verified = 0;
 	const uint64_t limit = REPL_MAX_RECORD + (1u << 20) + 4u * 8;
 	for (;;) {
 		if (r->ffd < 0) {
