@@ -60,10 +60,9 @@
 #include "probe.h"
 #include "repl.h"
 #include "server_int.h"
+#include "sp.h"
 #include "status.h"
 
-#define SP_PROTO_REQ     0x30
-#define SP_PROTO_REP     0x31
 #define SP_MAX_HOPS      8  /* nng's default NNG_OPT_MAXTTL */
 #define PIPE_PENDING_MAX 64 /* as the nng front's per-connection limit */
 #define READ_CHUNK       (64 * 1024)
@@ -166,23 +165,6 @@ static int reserve(uint8_t **b, size_t *cap, size_t len, size_t want)
 	return 0;
 }
 
-static void put_be64(uint8_t *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--) {
-		p[i] = (uint8_t)v;
-		v >>= 8;
-	}
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++) {
-		v = v << 8 | p[i];
-	}
-	return v;
-}
-
 /* ---- connections (their loop's thread only) ------------------------ */
 
 static void conn_dirty(econn *c)
@@ -255,7 +237,7 @@ static uint8_t *conn_frame(econn *c, const uint8_t *bt, size_t btlen, size_t sz)
 	if (p == NULL) {
 		return NULL;
 	}
-	put_be64(p, btlen + sz);
+	sl_sp_put_be64(p, btlen + sz);
 	memcpy(p + 8, bt, btlen);
 	return p + 8 + btlen;
 }
@@ -338,7 +320,7 @@ static uint8_t *ereq_frame(ereq *e, size_t sz)
 		e->framelen = 0;
 		return NULL;
 	}
-	put_be64(e->frame, e->btlen + sz);
+	sl_sp_put_be64(e->frame, e->btlen + sz);
 	memcpy(e->frame + 8, e->bt, e->btlen);
 	return e->frame + 8 + e->btlen;
 }
@@ -575,8 +557,7 @@ static size_t conn_parse(econn *c, const uint8_t *buf, size_t len)
 		if (len < 8) {
 			return 0;
 		}
-		if (memcmp(buf, "\0SP\0", 4) != 0 || buf[4] != 0 || buf[5] != SP_PROTO_REQ ||
-		    buf[6] != 0 || buf[7] != 0) {
+		if (!sl_sp_hello_is(buf, SL_SP_REQ)) {
 			sl_log_debug("a connection's handshake is not an SP REQ peer's; closed");
 			conn_close(c);
 			return 0;
@@ -594,7 +575,7 @@ static size_t conn_parse(econn *c, const uint8_t *buf, size_t len)
 		if (len - pos < 8) {
 			break;
 		}
-		uint64_t flen = get_be64(buf + pos);
+		uint64_t flen = sl_sp_get_be64(buf + pos);
 		if (flen > maxmsg || flen < 4) {
 			sl_log_debug("a %llu-byte message (limit %zu); connection closed",
 			             (unsigned long long)flen, maxmsg);
@@ -723,7 +704,7 @@ static void prefetch_frames(eloop *L, const uint8_t *buf, size_t len, int stage)
 {
 	size_t pos = 0;
 	for (int k = 0; k < 64 && len - pos >= 8; k++) {
-		uint64_t flen = get_be64(buf + pos);
+		uint64_t flen = sl_sp_get_be64(buf + pos);
 		if (flen < 4 || flen > len - pos - 8) {
 			return;
 		}
@@ -814,8 +795,7 @@ static void loop_accept(eloop *L, int lfd, int repl)
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		econn *c = calloc(1, sizeof(*c));
-		static const uint8_t hello[8] = {0, 'S', 'P', 0, 0, SP_PROTO_REP, 0, 0};
-		if (c == NULL || reserve(&c->out, &c->outcap, 0, sizeof(hello)) != 0) {
+		if (c == NULL || reserve(&c->out, &c->outcap, 0, 8) != 0) {
 			free(c);
 			close(fd);
 			continue;
@@ -824,8 +804,8 @@ static void loop_accept(eloop *L, int lfd, int repl)
 		c->fd = fd;
 		c->repl = repl;
 		c->born_ms = sl_node_mono_ns() / 1000000u;
-		memcpy(c->out, hello, sizeof(hello));
-		c->outlen = sizeof(hello);
+		sl_sp_hello(c->out, SL_SP_REP);
+		c->outlen = 8;
 		c->events = EPOLLIN;
 		struct epoll_event e = {.events = EPOLLIN, .data.ptr = c};
 		if (epoll_ctl(L->epfd, EPOLL_CTL_ADD, fd, &e) != 0) {
@@ -1031,7 +1011,7 @@ static int ep_listen(const char *url, int *out, char *err, size_t cap)
 {
 	char host[256], port[32];
 	int family;
-	if (sl_tcp_split(url, &family, host, sizeof(host), port, sizeof(port)) != 0) {
+	if (sl_tcp_split(url, &family, host, sizeof(host), port, sizeof(port)) == -1) {
 		*out = -1;
 		snprintf(err, cap, "--transport epoll serves tcp://HOST:PORT only, not '%s'", url);
 		return SL_EINVAL;

@@ -55,32 +55,23 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, char *why, siz
 
 int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap)
 {
-	if (strncmp(url, "tcp://", 6) != 0) {
-		return SL_OK;
+	char h[256], port[32];
+	int family;
+	int sp = sl_tcp_split(url, &family, h, sizeof(h), port, sizeof(port));
+	if (sp == -1) {
+		return SL_OK; /* not tcp (nothing to probe), or let nng report it */
 	}
-	char host[256];
-	snprintf(host, sizeof(host), "%s", url + 6);
-	char *colon = strrchr(host, ':');
-	if (colon == NULL) {
-		return SL_OK; /* let nng report the malformed URL */
-	}
-	*colon = '\0';
-	const char *port = colon + 1;
-	char *h = host;
-	if (h[0] == '[') { /* [v6]:port */
-		h++;
-		h[strlen(h) - 1] = '\0';
-	}
-	char *end = NULL;
-	unsigned long pn = strtoul(port, &end, 10);
-	if (port[0] != '\0' && *end == '\0' && (pn == 0 || pn > 65535)) {
+	if (sp == -2 || strtoul(port, NULL, 10) == 0) {
 		snprintf(why, cap, "port %s is not in 1..65535", port);
 		return SL_EINVAL;
 	}
 	/* AI_ADDRCONFIG as nng's resolver has it (no ::1 for "localhost" on a
 	 * host without IPv6); then every address, as one may answer where
 	 * another does not.  The reason given is the first address's. */
-	struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_flags = AI_ADDRCONFIG}, *ai = NULL;
+	struct addrinfo hints = {.ai_socktype = SOCK_STREAM,
+	                         .ai_family = family,
+	                         .ai_flags = AI_ADDRCONFIG},
+	                *ai = NULL;
 	int gai = getaddrinfo(h, port, &hints, &ai);
 	if (gai != 0 || ai == NULL) {
 		snprintf(why, cap, "cannot resolve '%.200s': %s", h,
@@ -133,6 +124,13 @@ int sl_tcp_split(const char *url, int *family, char *host, size_t hcap, char *po
 	memcpy(host, h, hl);
 	host[hl] = '\0';
 	snprintf(port, pcap, "%s", colon + 1);
+	/* a decimal port up to 65535, or none (getaddrinfo would take 99999
+	 * as 34463) */
+	char *end = NULL;
+	unsigned long pn = strtoul(port, &end, 10);
+	if (port[0] == '+' || port[0] == '-' || port[0] == ' ' || *end != '\0' || pn > 65535) {
+		return -2;
+	}
 	return 0;
 }
 
@@ -141,16 +139,12 @@ int sl_tcp_listen(const char *url, int *out, char *err, size_t cap)
 	*out = -1;
 	char host[256], port[32];
 	int family;
-	if (sl_tcp_split(url, &family, host, sizeof(host), port, sizeof(port)) != 0) {
-		snprintf(err, cap, "cannot listen on '%s': not tcp://HOST:PORT", url);
-		return SL_EINVAL;
-	}
-	/* a decimal port up to 65535 (getaddrinfo would take 99999 as
-	 * 34463): nng's listener refuses the same way */
-	char *end = NULL;
-	unsigned long pn = strtoul(port, &end, 10);
-	if (port[0] == '+' || port[0] == '-' || *end != '\0' || pn > 65535) {
-		snprintf(err, cap, "cannot listen on %s: Address invalid", url);
+	int sp = sl_tcp_split(url, &family, host, sizeof(host), port, sizeof(port));
+	if (sp != 0) {
+		snprintf(err, cap,
+		         sp == -2 ? "cannot listen on %s: Address invalid"
+		                  : "cannot listen on '%s': not tcp://HOST:PORT",
+		         url);
 		return SL_EINVAL;
 	}
 	struct addrinfo hints = {0}, *ai = NULL;

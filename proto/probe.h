@@ -20,7 +20,8 @@ int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap);
 
 /* Splits tcp://HOST:PORT, tcp4:// or tcp6:// (HOST may be [v6], empty or
  * "*": every address) into host and port, with *family AF_UNSPEC, AF_INET
- * or AF_INET6.  0, or -1 for any other URL (or parts too long). */
+ * or AF_INET6.  0; -1 for any other URL (or parts too long); -2 for a
+ * port that is not a decimal number up to 65535 (empty is 0). */
 int sl_tcp_split(const char *url, int *family, char *host, size_t hcap, char *port, size_t pcap);
 
 /* A listening TCP socket (non-blocking, SO_REUSEADDR, backlog 1024) bound

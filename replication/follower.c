@@ -52,6 +52,7 @@
 #include "probe.h"
 #include "record.h"
 #include "repl_int.h"
+#include "sp.h"
 
 #define FETCH_WAIT_MS 1000
 #define FETCH_MAX     (8u << 20)
@@ -338,9 +339,6 @@ static void pend_cb(void *arg)
  * request abandoned by pend_abort or a timeout) is skipped.  A stop
  * (repl_follower_stop) interrupts any wait through r->fstop_efd. */
 
-#define SP_REQ 0x30
-#define SP_REP 0x31
-
 /* Waits until fd is ready for ev or deadline_ms passes: 1 ready, 0 timed
  * out, -1 asked to stop. */
 static int plain_wait(sl_repl *r, int fd, short ev, uint64_t deadline_ms)
@@ -432,8 +430,8 @@ static int plain_connect(sl_repl *r, uint64_t deadline)
 	}
 	freeaddrinfo(ai);
 	int one = 1;
-	static const uint8_t hello[8] = {0, 'S', 'P', 0, 0, SP_REQ, 0, 0};
-	uint8_t peer[8];
+	uint8_t hello[8], peer[8];
+	sl_sp_hello(hello, SL_SP_REQ);
 	size_t got = 0;
 	ok = ok && setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0 &&
 	     plain_write(r, fd, hello, sizeof(hello), deadline) == SL_OK;
@@ -447,7 +445,7 @@ static int plain_connect(sl_repl *r, uint64_t deadline)
 			ok = 0;
 		}
 	}
-	if (ok && (memcmp(peer, "\0SP\0", 4) != 0 || peer[4] != 0 || peer[5] != SP_REP)) {
+	if (ok && !sl_sp_hello_is(peer, SL_SP_REP)) {
 		repl_log(r, 2, "%s is not a replication listener (not an SP REP socket)", r->furl);
 		ok = 0;
 	}
@@ -583,10 +581,7 @@ static int plain_call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeo
 		return SL_ENOMEM;
 	}
 	uint32_t id = (++r->fnext_id & 0x7fffffffu) | 0x80000000u;
-	uint64_t flen = 4 + (uint64_t)sz;
-	for (int i = 0; i < 8; i++) {
-		b[i] = (uint8_t)(flen >> (56 - 8 * i));
-	}
+	sl_sp_put_be64(b, 4 + (uint64_t)sz);
 	b[8] = (uint8_t)(id >> 24);
 	b[9] = (uint8_t)(id >> 16);
 	b[10] = (uint8_t)(id >> 8);
@@ -620,10 +615,7 @@ static int plain_read_reply(pending *p, Shiplog__ReplReply **out)
 		}
 		size_t need = 8;
 		if (r->flen >= 8) {
-			uint64_t flen = 0;
-			for (int i = 0; i < 8; i++) {
-				flen = flen << 8 | r->fbuf[i];
-			}
+			uint64_t flen = sl_sp_get_be64(r->fbuf);
 			if (flen < 4 || flen > limit) {
 				repl_log(r, 2,
 				         "a %llu-byte reply frame from %s; connection dropped",

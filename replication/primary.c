@@ -89,8 +89,6 @@ static void front_reply(rctx *c, const Shiplog__ReplReply *rep)
 
 static void send_reply(rctx *c, Shiplog__ReplReply *rep)
 {
-	size_t sz = shiplog__repl_reply__get_packed_size(rep);
-	nng_msg *m = NULL;
 	if (c->q != NULL) {
 		shiplog__repl_request__free_unpacked(c->q, NULL);
 		c->q = NULL;
@@ -104,6 +102,8 @@ static void send_reply(rctx *c, Shiplog__ReplReply *rep)
 		c->state = ST_RECV; /* idle: see repl_primary_stop */
 		return;
 	}
+	size_t sz = shiplog__repl_reply__get_packed_size(rep);
+	nng_msg *m = NULL;
 	if (nng_msg_alloc(&m, sz) != 0) {
 		repl_log(c->r, 3, "out of memory for a %zu-byte fetch reply", sz);
 		c->state = ST_RECV;
@@ -1010,9 +1010,7 @@ int sl_repl_front_stop(sl_repl *r, int timeout_ms)
 	while (list != NULL) {
 		rctx *c = list;
 		list = c->next;
-		shiplog__repl_request__free_unpacked(c->q, NULL);
-		c->q = NULL;
-		front_reply(c, NULL);
+		send_reply(c, NULL); /* a front's: ended unanswered */
 	}
 	/* what the workers hold ends in front_reply too, unsent */
 	for (int waited = 0; atomic_load(&r->front_live) > 0; waited++) {

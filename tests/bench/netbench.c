@@ -938,7 +938,7 @@ static void ep_next(worker *w)
 	if (!ep_grow(w, &w->obuf, &w->ocap, SP_PREFIX + sz, "request")) {
 		return;
 	}
-	sp_put_be64(w->obuf, 4 + (uint64_t)sz);
+	sl_sp_put_be64(w->obuf, 4 + (uint64_t)sz);
 	uint32_t id = sp_id(w);
 	w->obuf[8] = (uint8_t)(id >> 24);
 	w->obuf[9] = (uint8_t)(id >> 16);
@@ -956,7 +956,7 @@ static void ep_read(worker *w)
 	for (;;) {
 		size_t want = w->icap;
 		if (w->ilen >= 8) {
-			uint64_t len = sp_get_be64(w->ibuf);
+			uint64_t len = sl_sp_get_be64(w->ibuf);
 			if (len < 4 || len > SP_MAX_MSG) {
 				snprintf(w->errmsg, sizeof w->errmsg, "bad SP frame length %llu",
 				         (unsigned long long)len);

@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "spclient.h"
+#include "probe.h"
 
 #include "shiplog.h"
 #include "status.h"
@@ -24,43 +25,13 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-void sp_put_be64(uint8_t *p, uint64_t v)
-{
-	for (int i = 7; i >= 0; i--, v >>= 8) {
-		p[i] = (uint8_t)v;
-	}
-}
-
-uint64_t sp_get_be64(const uint8_t *p)
-{
-	uint64_t v = 0;
-	for (int i = 0; i < 8; i++) {
-		v = v << 8 | p[i];
-	}
-	return v;
-}
-
 int sp_parse_url(const char *url, char *host, size_t hcap, char *port, size_t pcap)
 {
-	if (strncmp(url, "tcp://", 6) != 0) {
+	int family;
+	if (sl_tcp_split(url, &family, host, hcap, port, pcap) != 0 || port[0] == '\0') {
 		return -1;
 	}
-	const char *h = url + 6, *colon = strrchr(h, ':');
-	if (colon == NULL || colon == h || !colon[1] || strlen(colon + 1) >= pcap) {
-		return -1;
-	}
-	size_t hl = (size_t)(colon - h);
-	if (h[0] == '[' && hl >= 2 && h[hl - 1] == ']') {
-		h++;
-		hl -= 2;
-	}
-	if (hl == 0 || hl >= hcap) {
-		return -1;
-	}
-	memcpy(host, h, hl);
-	host[hl] = '\0';
-	snprintf(port, pcap, "%s", colon + 1);
-	if (!strcmp(host, "*")) {
+	if (host[0] == '\0' || strcmp(host, "*") == 0) {
 		snprintf(host, hcap, "127.0.0.1");
 	}
 	return 0;
@@ -100,8 +71,8 @@ int sp_dial(const char *host, const char *port, int timeout_ms, char *err, size_
 	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-	const uint8_t hello[8] = {0, 'S', 'P', 0, 0, SP_PROTO_REQ, 0, 0};
-	uint8_t peer[8];
+	uint8_t hello[8], peer[8];
+	sl_sp_hello(hello, SL_SP_REQ);
 	errno = 0;
 	if (send(fd, hello, sizeof hello, MSG_NOSIGNAL) != (ssize_t)sizeof hello ||
 	    recv(fd, peer, sizeof peer, MSG_WAITALL) != (ssize_t)sizeof peer) {
@@ -114,8 +85,7 @@ int sp_dial(const char *host, const char *port, int timeout_ms, char *err, size_
 		close(fd);
 		return -1;
 	}
-	if (memcmp(peer, "\0SP\0", 4) != 0 || peer[4] != 0 || peer[5] != SP_PROTO_REP || peer[6] ||
-	    peer[7]) {
+	if (!sl_sp_hello_is(peer, SL_SP_REP)) {
 		snprintf(err, errcap, "the peer is not an SP REP socket");
 		*code = SL_EPROTO;
 		close(fd);
@@ -160,7 +130,7 @@ int sp_call(int fd, uint32_t id, const void *req, size_t len, uint8_t **buf, siz
 		*cap = want;
 	}
 	uint8_t *b = *buf;
-	sp_put_be64(b, 4 + (uint64_t)len);
+	sl_sp_put_be64(b, 4 + (uint64_t)len);
 	b[8] = (uint8_t)(id >> 24);
 	b[9] = (uint8_t)(id >> 16);
 	b[10] = (uint8_t)(id >> 8);
@@ -183,7 +153,7 @@ int sp_call(int fd, uint32_t id, const void *req, size_t len, uint8_t **buf, siz
 		if (rc != SL_OK) {
 			return rc;
 		}
-		uint64_t n = sp_get_be64(hdr);
+		uint64_t n = sl_sp_get_be64(hdr);
 		if (n < 4 || n > SP_MAX_MSG) {
 			snprintf(err, errcap, "bad SP frame length %llu", (unsigned long long)n);
 			return SL_EPROTO;

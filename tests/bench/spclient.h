@@ -13,10 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SP_PROTO_REQ 0x30
-#define SP_PROTO_REP 0x31
-#define SP_PREFIX    12                                  /* length + request id */
-#define SP_MAX_MSG   ((uint64_t)(1u << 30) + (4u << 20)) /* as the client library */
+#include "sp.h" /* the framing's pieces: sl_sp_put_be64, sl_sp_hello ... */
+
+#define SP_PREFIX  12                                  /* length + request id */
+#define SP_MAX_MSG ((uint64_t)(1u << 30) + (4u << 20)) /* as the client library */
 
 /* Splits tcp://HOST:PORT (HOST may be [v6], "*" means 127.0.0.1).  0, or -1
  * for any other URL. */
@@ -40,8 +40,5 @@ int sp_dial(const char *host, const char *port, int timeout_ms, char *err, size_
  * lost, timed out), SL_EPROTO (a bad frame) or SL_ENOMEM, with err set. */
 int sp_call(int fd, uint32_t id, const void *req, size_t len, uint8_t **buf, size_t *cap,
             const uint8_t **body, size_t *blen, char *err, size_t errcap);
-
-void sp_put_be64(uint8_t *p, uint64_t v);
-uint64_t sp_get_be64(const uint8_t *p);
 
 #endif

@@ -229,9 +229,7 @@ static Shiplog__ReplReply *repl_call(nng_socket req, const Shiplog__ReplRequest 
 static void test_diverged_follower_is_no_ack(void **state)
 {
 	(void)state;
-	char dir[TU_PATH];
-	snprintf(dir, sizeof(dir), "%s/p", root);
-	assert_int_equal(ru_start(&P, dir, NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&P, root, "p", NULL, NULL), 0);
 	sl_client *c = ru_client(&P);
 	assert_non_null(c);
 	for (int i = 0; i < 10; i++) {
@@ -291,9 +289,7 @@ static Shiplog__ReplReply *snap_call(nng_socket req, uint64_t id, uint64_t chunk
 static void test_snapshot_is_its_followers(void **state)
 {
 	(void)state;
-	char dir[TU_PATH];
-	snprintf(dir, sizeof(dir), "%s/ps", root);
-	assert_int_equal(ru_start(&P, dir, NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&P, root, "ps", NULL, NULL), 0);
 	ru_load(&P, "s", 300, 0);
 	nng_socket req = repl_dial(&P);
 	Shiplog__ReplReply *rep = snap_call(req, 0, 0, "node-a");
@@ -341,9 +337,7 @@ static int closed_within(int fd, int ms)
 static void test_repl_port_bad_input(void **state)
 {
 	(void)state;
-	char dir[TU_PATH];
-	snprintf(dir, sizeof(dir), "%s/pb", root);
-	assert_int_equal(ru_start(&P, dir, NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&P, root, "pb", NULL, NULL), 0);
 	ru_load(&P, "b", 200, 0);
 
 	/* 1. not an SP handshake */
@@ -385,8 +379,7 @@ static void test_repl_port_bad_input(void **state)
 
 	/* the primary still serves: a follower catches up with it */
 	ru_node F2 = {0};
-	snprintf(dir, sizeof(dir), "%s/fb", root);
-	assert_int_equal(ru_start(&F2, dir, P.rurl, NULL), 0);
+	assert_int_equal(ru_start_in(&F2, root, "fb", P.rurl, NULL), 0);
 	ru_load(&P, "c", 100, 1);
 	ru_node *fs[] = {&F2};
 	ru_assert_converged(&P, fs, 1);
@@ -452,11 +445,10 @@ static void test_follower_of_a_non_sp_peer(void **state)
 	(void)state;
 	int port;
 	int lfd = raw_listener(&port);
-	char url[64], dir[TU_PATH];
+	char url[64];
 	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", port);
-	snprintf(dir, sizeof(dir), "%s/fn", root);
 	ru_node F3 = {0};
-	assert_int_equal(ru_start(&F3, dir, url, NULL), 0);
+	assert_int_equal(ru_start_in(&F3, root, "fn", url, NULL), 0);
 
 	/* 1. an HTTP answer instead of the SP handshake: closed, retried */
 	int c = accept_follower(lfd);
@@ -531,9 +523,7 @@ static Shiplog__ReplReply *late_fetch(nng_socket req, const uint8_t *history, ui
 static void test_follower_joins_a_draining_primary(void **state)
 {
 	(void)state;
-	char dir[TU_PATH];
-	snprintf(dir, sizeof(dir), "%s/pd", root);
-	assert_int_equal(ru_start(&P, dir, NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&P, root, "pd", NULL, NULL), 0);
 	acks_writer w = {0};
 	snprintf(w.url, sizeof(w.url), "%s", P.d.url);
 	assert_int_equal(pthread_create(&w.t, NULL, acks_writer_main, &w), 0);
