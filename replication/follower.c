@@ -1314,13 +1314,18 @@ static void fetch_fill(Shiplog__ReplRequest *q, Shiplog__Fetch *f, sl_repl *r, c
 	q->fetch = f;
 }
 
-/* Sends a fetch from seq `from` reporting `durable`. */
+/* Sends a fetch from seq `from` reporting `durable`, and `applied` when
+ * it is below from - 1 (sent ahead of an apply). */
 static int fetch_start(sl_repl *r, const repl_state *st, uint64_t from, uint64_t durable,
-                       pending *p)
+                       uint64_t applied, pending *p)
 {
 	Shiplog__ReplRequest q;
 	Shiplog__Fetch f;
 	fetch_fill(&q, &f, r, st, from, durable);
+	if (applied + 1 < from) {
+		f.has_applied_seq = 1;
+		f.applied_seq = applied;
+	}
 	return call_start(r, &q, FETCH_WAIT_MS + 5000, p);
 }
 
@@ -1606,7 +1611,7 @@ static void *fetch_main(void *arg)
 			rc = call_finish(&ahead, &rep, inline_ok);
 		} else {
 			rc = fetch_start(r, &st, applied + 1, durable > applied ? applied : durable,
-			                 &ahead);
+			                 applied, &ahead);
 			if (rc == SL_OK) {
 				rc = call_finish(&ahead, &rep, inline_ok);
 			}
@@ -1753,7 +1758,7 @@ static void *fetch_main(void *arg)
 		if (next > applied + 1) {
 			ahead.early = 1; /* read while this reply is applied */
 			if (fetch_start(r, &st, next, durable > applied ? applied : durable,
-			                &ahead) != SL_OK) {
+			                applied, &ahead) != SL_OK) {
 				pend_abort(&ahead); /* the loop reconnects as after any failure */
 			}
 		}

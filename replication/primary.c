@@ -205,6 +205,9 @@ static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 	}
 	uint64_t from = f->has_from_seq ? f->from_seq : 1;
 	e->applied = from > 0 ? from - 1 : 0;
+	if (f->has_applied_seq && f->applied_seq < e->applied) {
+		e->applied = f->applied_seq; /* asked ahead of storing the last reply */
+	}
 	e->durable = f->has_durable_seq ? f->durable_seq : 0;
 	if (e->durable > e->applied) {
 		e->durable = e->applied;

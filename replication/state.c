@@ -18,6 +18,16 @@
  *
  * Invariant: the file is replaced only by write temp → fsync → rename →
  * fsync directory.  The engine deletes stray *.tmp files at open.
+ *
+ * On a full disk the temp file could not be written, and a primary that
+ * starts again must record its new history before it serves anything: it
+ * would refuse to start, its reads gone with its writes.  So each save
+ * leaves DIR/REPL.spare behind, SPARE_BYTES already written (allocated),
+ * and the next save writes into it in place (no new block), truncates it
+ * to its text, fsyncs and renames it over REPL; the old REPL's blocks are
+ * then free for the next spare.  Without a spare (the disk filled up
+ * before one could be made) a save takes the temp file's path.  The
+ * spare's contents are never read.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -195,16 +205,79 @@ static int fsync_dir(const char *dir)
 	return rc;
 }
 
+#define SPARE_BYTES 8192 /* what one save writes at most (buf below) */
+
+static int write_all(int fd, const char *buf, size_t n)
+{
+	for (size_t off = 0; off < n;) {
+		ssize_t k = pwrite(fd, buf + off, n - off, (off_t)off);
+		if (k < 0 && errno == EINTR) {
+			continue;
+		}
+		if (k <= 0) {
+			return k < 0 && errno != ENOSPC && errno != EDQUOT ? SL_EIO : SL_ENOSPC;
+		}
+		off += (size_t)k;
+	}
+	return SL_OK;
+}
+
+/* Makes DIR/REPL.spare (SPARE_BYTES written and synced) unless it is
+ * there; best effort: without it the next save takes the temp path. */
+static void spare_make(const char *dir)
+{
+	char spare[4200];
+	snprintf(spare, sizeof(spare), "%s/REPL.spare", dir);
+	struct stat sb;
+	if (stat(spare, &sb) == 0 && sb.st_size >= SPARE_BYTES) {
+		return;
+	}
+	int fd = open(spare, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (fd < 0) {
+		return;
+	}
+	static const char zeros[SPARE_BYTES];
+	int ok = write_all(fd, zeros, sizeof(zeros)) == SL_OK && fsync(fd) == 0;
+	close(fd);
+	if (!ok) {
+		unlink(spare); /* a part of it would pass for a whole one */
+	}
+}
+
+/* Writes n bytes of buf as DIR/REPL's next contents into the spare and
+ * renames it over REPL: SL_ENOTFOUND when there is no whole spare. */
+static int save_in_spare(const char *dir, const char *path, const char *buf, size_t n)
+{
+	char spare[4200];
+	snprintf(spare, sizeof(spare), "%s/REPL.spare", dir);
+	int fd = open(spare, O_WRONLY);
+	struct stat sb;
+	if (fd < 0 || fstat(fd, &sb) != 0 || sb.st_size < SPARE_BYTES || (size_t)sb.st_size < n) {
+		if (fd >= 0) {
+			close(fd);
+		}
+		return SL_ENOTFOUND;
+	}
+	int rc = write_all(fd, buf, n);
+	if (rc == SL_OK && (ftruncate(fd, (off_t)n) != 0 || fsync(fd) != 0)) {
+		rc = SL_EIO;
+	}
+	close(fd);
+	if (rc == SL_OK && rename(spare, path) != 0) {
+		rc = SL_EIO;
+	}
+	if (rc != SL_OK) {
+		unlink(spare); /* half written: no longer a spare */
+	}
+	return rc;
+}
+
 int repl_state_save(const char *dir, const repl_state *st)
 {
 	char path[4200], tmp[4200], hid[33];
 	snprintf(path, sizeof(path), "%s/REPL", dir);
 	snprintf(tmp, sizeof(tmp), "%s/REPL.tmp", dir);
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0) {
-		return SL_EIO;
-	}
-	char buf[8192];
+	char buf[SPARE_BYTES];
 	size_t n = 0;
 	repl_hex(st->hid, SL_HID_BYTES, hid);
 	n += (size_t)snprintf(buf + n, sizeof(buf) - n,
@@ -218,30 +291,29 @@ int repl_state_save(const char *dir, const repl_state *st)
 		                      (unsigned long long)st->links[i].last_seq);
 	}
 	n += (size_t)snprintf(buf + n, sizeof(buf) - n, "end\n");
-	int rc = SL_OK;
-	for (size_t off = 0; rc == SL_OK && off < n;) {
-		ssize_t k = write(fd, buf + off, n - off);
-		if (k < 0 && errno == EINTR) {
-			continue;
+	int rc = save_in_spare(dir, path, buf, n);
+	if (rc == SL_ENOTFOUND) {
+		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (fd < 0) {
+			return errno == ENOSPC || errno == EDQUOT ? SL_ENOSPC : SL_EIO;
 		}
-		if (k <= 0) {
-			rc = k < 0 && errno == ENOSPC ? SL_ENOSPC : k == 0 ? SL_ENOSPC : SL_EIO;
-			break;
+		rc = write_all(fd, buf, n);
+		if (rc == SL_OK && fsync(fd) != 0) {
+			rc = SL_EIO;
 		}
-		off += (size_t)k;
-	}
-	if (rc == SL_OK && fsync(fd) != 0) {
-		rc = SL_EIO;
-	}
-	close(fd);
-	if (rc == SL_OK && rename(tmp, path) != 0) {
-		rc = SL_EIO;
+		close(fd);
+		if (rc == SL_OK && rename(tmp, path) != 0) {
+			rc = SL_EIO;
+		}
+		if (rc != SL_OK) {
+			unlink(tmp);
+		}
 	}
 	if (rc == SL_OK && fsync_dir(dir) != 0) {
 		rc = SL_EIO; /* renamed, but not durable: callers treat it as not saved */
 	}
-	if (rc != SL_OK) {
-		unlink(tmp);
+	if (rc == SL_OK) {
+		spare_make(dir); /* in the old REPL's room, when the disk is full */
 	}
 	return rc;
 }

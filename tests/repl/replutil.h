@@ -160,6 +160,21 @@ static inline uint64_t ru_wait_stat_positive(const ru_node *n, const char *name,
 }
 
 /* The primary's last seq. */
+/* The index i of f's group of follower.i.* stats on primary p (-1). */
+static inline int ru_follower_index(const ru_node *p, const ru_node *f)
+{
+	char id[64], got[64], name[64];
+	ru_stat(f, "node_id", id, sizeof(id));
+	for (int i = 0; i < 8 && id[0]; i++) {
+		snprintf(name, sizeof(name), "follower.%d.id", i);
+		ru_stat(p, name, got, sizeof(got));
+		if (strcmp(got, id) == 0) {
+			return i;
+		}
+	}
+	return -1;
+}
+
 static inline uint64_t ru_last_seq(const ru_node *n)
 {
 	return ru_stat(n, "last_seq", NULL, 0);

@@ -334,27 +334,12 @@ static void test_link_down_and_last_error(void **state)
 	nu_stop(&F3.d, SIGTERM);
 }
 
-/* The index i of F's group of follower.i.* stats on the primary (-1). */
-static int follower_index(ru_node *f)
-{
-	char id[64], got[64], name[64];
-	ru_stat(f, "node_id", id, sizeof(id));
-	for (int i = 0; i < 8 && id[0]; i++) {
-		snprintf(name, sizeof(name), "follower.%d.id", i);
-		ru_stat(&P, name, got, sizeof(got));
-		if (strcmp(got, id) == 0) {
-			return i;
-		}
-	}
-	return -1;
-}
-
 static void test_lag_bytes(void **state)
 {
 	(void)state;
 	ru_node *f[] = {&F1, &F2};
 	ru_assert_converged(&P, f, 2);
-	int i = follower_index(&F2);
+	int i = ru_follower_index(&P, &F2);
 	assert_true(i >= 0);
 	char lr[64], lb[64];
 	snprintf(lr, sizeof(lr), "follower.%d.lag_records", i);
@@ -391,7 +376,7 @@ static void test_lag_ms_is_the_age_of_the_oldest_missing_write(void **state)
 	(void)state;
 	ru_node *f[] = {&F1, &F2};
 	ru_assert_converged(&P, f, 2);
-	int i = follower_index(&F2);
+	int i = ru_follower_index(&P, &F2);
 	assert_true(i >= 0);
 	char lr[64], lm[64];
 	snprintf(lr, sizeof(lr), "follower.%d.lag_records", i);

@@ -6,7 +6,11 @@
  * batches), loses nothing it had applied, and once the disk has room
  * again catches up by itself and ends equal to the primary.  A follower
  * that needs a full resync onto a disk too small for the snapshot retries
- * it (backing off) and completes it once there is room.
+ * it (backing off) and completes it once there is room.  A primary
+ * stopped on a disk filled to the last block starts again (it records its
+ * new history in the spare REPL kept for this), serves reads, refuses
+ * writes with "no space left on device", and takes them once there is
+ * room.
  *
  * Needs CAP_SYS_ADMIN (unshare + mount): skipped without it.
  */
@@ -20,9 +24,9 @@
 #include "replutil.h"
 
 static char *root;
-static char mnt[TU_PATH], mnt2[TU_PATH];
-static int mounted, mounted2;
-static ru_node P, F, P2, F2;
+static char mnt[TU_PATH], mnt2[TU_PATH], mnt3[TU_PATH];
+static int mounted, mounted2, mounted3;
+static ru_node P, F, P2, F2, P3;
 
 static int setup(void **state)
 {
@@ -44,7 +48,7 @@ static int setup(void **state)
 		return -1;
 	}
 	mounted = 1;
-	P2.d.pid = F2.d.pid = -1;
+	P2.d.pid = F2.d.pid = P3.d.pid = -1;
 	char dir[TU_PATH];
 	const char *ex[] = {"--segment-bytes", "1m", NULL};
 	snprintf(dir, sizeof(dir), "%s/p", root);
@@ -61,11 +65,15 @@ static int teardown(void **state)
 	nu_stop(&P.d, SIGTERM);
 	nu_stop(&F2.d, SIGTERM);
 	nu_stop(&P2.d, SIGTERM);
+	nu_stop(&P3.d, SIGTERM);
 	if (mounted) {
 		umount2(mnt, MNT_DETACH);
 	}
 	if (mounted2) {
 		umount2(mnt2, MNT_DETACH);
+	}
+	if (mounted3) {
+		umount2(mnt3, MNT_DETACH);
 	}
 	if (root != NULL) {
 		if (getenv("SL_TEST_KEEP") == NULL) {
@@ -126,6 +134,22 @@ static void test_follower_disk_full_then_room(void **state)
 	uint64_t applied = ru_stat(&F, "applied_seq", NULL, 0);
 	assert_true(applied > 0 && applied < head);
 	assert_int_equal(ru_stat(&F, "repl_refused_batches", NULL, 0), 0);
+	/* The primary's table does not count as applied what the follower
+	 * asked for next while it stored the previous reply (a fetch sent
+	 * ahead): what it shows, the follower had applied. */
+	int fi = ru_follower_index(&P, &F);
+	assert_true(fi >= 0);
+	char name[64];
+	snprintf(name, sizeof(name), "follower.%d.applied_seq", fi);
+	for (int t = 0; t < 20; t++) {
+		uint64_t shown = ru_stat(&P, name, NULL, 0);
+		uint64_t had = ru_stat(&F, "applied_seq", NULL, 0);
+		if (shown > had) {
+			fail_msg("the primary shows the follower at %llu, it has applied %llu",
+			         (unsigned long long)shown, (unsigned long long)had);
+		}
+		nu_sleep_ms(50);
+	}
 	sl_client *c = ru_client(&F);
 	assert_non_null(c);
 	void *v = NULL;
@@ -221,12 +245,109 @@ static void test_staging_dir_of_mount_points(void **state)
 	assert_int_equal(nested, 1);
 }
 
+/* Puts "full%05d" (2 KiB of 'a' + i % 26), i from `from`, until the
+ * disk is full: returns how many were acknowledged. */
+static int fill_with_puts(ru_node *node, int from)
+{
+	sl_client *c = ru_client(node);
+	assert_non_null(c);
+	char k[32], v[2048];
+	int i = from, rc = SL_OK;
+	for (; i < 100000; i++) {
+		snprintf(k, sizeof(k), "full%05d", i);
+		memset(v, 'a' + i % 26, sizeof(v));
+		if ((rc = sl_client_put(c, k, strlen(k), v, sizeof(v), NULL)) != SL_OK) {
+			break;
+		}
+	}
+	sl_client_close(c);
+	assert_int_equal(rc, SL_ENOSPC);
+	return i - from;
+}
+
+static void assert_full_key(ru_node *node, int i)
+{
+	sl_client *c = ru_client(node);
+	assert_non_null(c);
+	char k[32];
+	snprintf(k, sizeof(k), "full%05d", i);
+	void *v = NULL;
+	size_t vl = 0;
+	assert_int_equal(sl_client_get(c, k, strlen(k), &v, &vl, NULL), SL_OK);
+	assert_int_equal(vl, 2048);
+	assert_int_equal(((uint8_t *)v)[0], 'a' + i % 26);
+	assert_int_equal(((uint8_t *)v)[2047], 'a' + i % 26);
+	free(v);
+	sl_client_close(c);
+}
+
+/* A primary restarted on a disk with not one free block. */
+static void test_primary_restarts_on_a_full_disk(void **state)
+{
+	(void)state;
+	if (!mounted) {
+		skip();
+	}
+	snprintf(mnt3, sizeof(mnt3), "%s/p3", root);
+	assert_int_equal(tu_mkdir_p(mnt3), 0);
+	assert_int_equal(mount("tmpfs", mnt3, "tmpfs", 0, "size=3m"), 0);
+	mounted3 = 1;
+	/* the data directory is the mount point: its log (p3.log) is not */
+	char filler[TU_PATH + 16];
+	snprintf(filler, sizeof(filler), "%s/filler", mnt3);
+	const char *ex[] = {"--segment-bytes", "256k", NULL};
+	assert_int_equal(ru_start(&P3, mnt3, NULL, ex), 0);
+	int acked = fill_with_puts(&P3, 0);
+	assert_true(acked > 100);
+	/* the blocks the store left: a file takes them all */
+	int fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	static const char blk[4096];
+	while (write(fd, blk, sizeof(blk)) > 0) {
+	}
+	assert_int_equal(errno, ENOSPC);
+	close(fd);
+	assert_int_equal(nu_stop(&P3.d, SIGTERM), 0);
+	/* It starts (it used to refuse: "cannot write replication state
+	 * ...: no space left on device") and serves what it had. */
+	if (ru_start(&P3, NULL, NULL, NULL) != 0) {
+		nu_dump_log(&P3.d);
+		fail_msg("the primary did not start again on its full disk");
+	}
+	assert_full_key(&P3, 0);
+	assert_full_key(&P3, acked - 1);
+	assert_int_equal(ru_stat(&P3, "keys", NULL, 0), (uint64_t)acked);
+	/* Writes: what its active segment has preallocated, then "no space
+	 * left on device". */
+	int more = fill_with_puts(&P3, acked);
+	assert_true(more < 64);
+	acked += more;
+	sl_client *c = ru_client(&P3);
+	assert_non_null(c);
+	/* room again: writes are taken */
+	assert_int_equal(unlink(filler), 0);
+	int rc = SL_ENOSPC;
+	for (int t = 0; t < 100 && rc != SL_OK; t++) {
+		if ((rc = sl_client_put(c, "late", 4, "v", 1, NULL)) != SL_OK) {
+			nu_sleep_ms(50);
+		}
+	}
+	assert_int_equal(rc, SL_OK);
+	sl_client_close(c);
+	/* and keeps all of it over another restart */
+	assert_int_equal(nu_stop(&P3.d, SIGTERM), 0);
+	assert_int_equal(ru_start(&P3, NULL, NULL, NULL), 0);
+	assert_full_key(&P3, acked - 1);
+	assert_int_equal(ru_stat(&P3, "keys", NULL, 0), (uint64_t)acked + 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_follower_disk_full_then_room),
 	    cmocka_unit_test(test_full_resync_onto_small_disk),
 	    cmocka_unit_test(test_staging_dir_of_mount_points),
+	    cmocka_unit_test(test_primary_restarts_on_a_full_disk),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
