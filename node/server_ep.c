@@ -743,14 +743,20 @@ static void loop_run_reads(eloop *L)
 		}
 		pthread_rwlock_unlock(&node->db_lock);
 	}
-	for (int i = 0; i < n; i++) {
-		econn *c = L->reads[i].c;
-		if (c->fd >= 0) {
-			const rdpend *pr = &L->reads[i];
-			if (pr->buf != NULL) {
-				conn_take(c, pr->buf, pr->len);
-			} else {
-				conn_take(c, c->in, c->inlen);
+	/* Followers' fetches last: a fetch served now answers with every
+	 * record the clients' writes of this pass appended, and its reply
+	 * goes out with theirs (loop_flush); served first, it would leave
+	 * them to the next round trip. */
+	for (int repl = 0; repl < 2; repl++) {
+		for (int i = 0; i < n; i++) {
+			econn *c = L->reads[i].c;
+			if (c->fd >= 0 && c->repl == repl) {
+				const rdpend *pr = &L->reads[i];
+				if (pr->buf != NULL) {
+					conn_take(c, pr->buf, pr->len);
+				} else {
+					conn_take(c, c->in, c->inlen);
+				}
 			}
 		}
 	}
