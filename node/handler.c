@@ -1010,6 +1010,14 @@ static int db_rdlock(sl_node *n, int try_inline)
 	return pthread_rwlock_tryrdlock(&n->db_lock) == 0 ? 0 : -1;
 }
 
+static void fail_behind(sl_reply *r, uint64_t applied, uint64_t min_seq)
+{
+	fail(r, SL_EBEHIND, "node has applied seq %llu, request needs %llu",
+	     (unsigned long long)applied, (unsigned long long)min_seq);
+	r->resp.has_applied_seq = 1;
+	r->resp.applied_seq = applied;
+}
+
 /* Runs q.  With try_inline set (an nng callback thread), returns -1 having
  * changed nothing when running it could wait: the store is being swapped
  * (db_lock held for writing) or a write could have to start a segment. */
@@ -1025,6 +1033,7 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 			/* Never wait here: a node that has not applied min_seq
 			 * yet hands the read to a worker, which waits. */
 			if (sl_repl_wait_applied(n->repl, q->min_seq, 0, &applied) != SL_OK) {
+				r->wait_applied = q->min_seq;
 				return -1;
 			}
 			behind = 0;
@@ -1042,10 +1051,7 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 			behind = applied < q->min_seq;
 		}
 		if (behind) {
-			fail(r, SL_EBEHIND, "node has applied seq %llu, request needs %llu",
-			     (unsigned long long)applied, (unsigned long long)q->min_seq);
-			r->resp.has_applied_seq = 1;
-			r->resp.applied_seq = applied;
+			fail_behind(r, applied, q->min_seq);
 			return 0;
 		}
 	}
@@ -1274,6 +1280,25 @@ void sl_handle_reject(const void *buf, size_t len, int status, const char *msg, 
 		r->resp.has_id = 1;
 		r->resp.id = sh.id;
 	}
+}
+
+int sl_handle_behind(sl_node *n, const void *buf, size_t len, uint64_t min_seq, sl_reply *r)
+{
+	reply_init(r);
+	Shiplog__Request *q = decode(buf, len, r);
+	if (q == NULL) {
+		return SL_OP_INVALID;
+	}
+	if (q->has_id) {
+		r->resp.has_id = 1;
+		r->resp.id = q->id;
+	}
+	int op = op_of(q);
+	req_release(q);
+	uint64_t applied = 0;
+	sl_repl_wait_applied(n->repl, min_seq, 0, &applied);
+	fail_behind(r, applied, min_seq);
+	return op;
 }
 
 size_t sl_reply_size(const sl_reply *r)

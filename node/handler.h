@@ -35,6 +35,10 @@ typedef struct sl_reply {
 	 * with these), then completes r with sl_reply_acked and sends it. */
 	uint64_t ack_seq;
 	uint32_t ack_want, ack_timeout_ms;
+	/* sl_handle_inline returned -1 for a read whose --min-seq this node
+	 * has not applied yet: that seq (0: another reason).  The caller
+	 * parks it (sl_repl_applied_park), then runs it again. */
+	uint64_t wait_applied;
 	char errbuf[256];
 } sl_reply;
 
@@ -97,6 +101,12 @@ void sl_reply_sync_failed(sl_reply *r, int rc);
 /* Fills r with status (and message) for the request in buf, whose id is
  * echoed when it can be decoded; used for SL_ESHUTDOWN while stopping. */
 void sl_handle_reject(const void *buf, size_t len, int status, const char *msg, sl_reply *r);
+
+/* Fills r (not initialised) with the SL_EBEHIND answer to the read at buf
+ * whose --min-seq wait ended before the node applied min_seq: the node's
+ * applied seq with it, as a wait in sl_handle_defer answers.  Returns the
+ * operation (SL_OP_*). */
+int sl_handle_behind(sl_node *n, const void *buf, size_t len, uint64_t min_seq, sl_reply *r);
 
 /* Encoded size of r's Response, and the encoding itself into out (which has
  * room for sl_reply_size(r) bytes). */

@@ -42,6 +42,14 @@
  *     drain answers whatever is parked, and every WAIT, with the acks so
  *     far (sl_repl_ack_flush) after ACK_GRACE_MS, before the socket
  *     closes.
+ *  6. Nor does a thread wait for a read's --min-seq: a follower that has
+ *     not applied it parks the request (sl_repl_applied_park, the bytes
+ *     kept as for a worker), and the thread that applies the record runs
+ *     it (sl_handle_inline) and sends the reply; at the deadline the
+ *     waker answers SL_EBEHIND.  A worker blocked in the wait, woken by
+ *     the apply, was one thread wakeup more between the record's arrival
+ *     and the reply.  Parked, it counts in `working`; sl_repl_ack_flush
+ *     answers it in the drain.
  */
 #include "server.h"
 
@@ -212,6 +220,35 @@ static void reply_or_park(sreq *q)
 	reply_and_wake(q);
 }
 
+static void work_run(sl_work *w);
+
+/* Invariant 6: q's --min-seq was applied, or its wait ended. */
+static void applied_done(sl_repl_applied_wait *w, int ok)
+{
+	sreq *q = (sreq *)((char *)w - offsetof(sreq, appw));
+	sl_server *s = q->s;
+	uint64_t sync_seq = 0;
+	q->reply.wait_applied = 0;
+	int op = sl_handle_inline(s->n, q->buf, q->len, &q->reply, &sync_seq);
+	if (op < 0 && !ok && q->reply.wait_applied > 0) {
+		op = sl_handle_behind(s->n, q->buf, q->len, w->seq, &q->reply);
+	}
+	if (op < 0) {
+		/* it needs a worker after all (the store being swapped, say) */
+		q->work.fn = work_run;
+		sl_workq_submit(s->wq, &q->work);
+		return;
+	}
+	q->op = op;
+	q->ops->release(q);
+	q->buf = NULL;
+	if (sync_seq > 0) {
+		srv_commit_submit(s, q, q);
+		return;
+	}
+	reply_or_park(q);
+}
+
 static void work_run(sl_work *w)
 {
 	sreq *q = (sreq *)w;
@@ -244,6 +281,7 @@ int srv_request(sreq *q, const void *buf, size_t len)
 	}
 	/* Invariant 1: what cannot wait runs here, one thread hop fewer. */
 	uint64_t sync_seq = 0;
+	q->reply.wait_applied = 0; /* sl_handle_inline may return before it clears it */
 	int op = sl_handle_inline(s->n, buf, len, &q->reply, &sync_seq);
 	if (op >= 0) {
 		q->op = op;
@@ -265,7 +303,12 @@ int srv_request(sreq *q, const void *buf, size_t len)
 		atomic_fetch_sub(&s->working, 1);
 		return 0;
 	}
-	/* still counted in working: the worker's now */
+	/* still counted in working: the worker's now, or the wait's */
+	if (q->reply.wait_applied > 0 && s->n->repl != NULL) {
+		sl_repl_applied_park(s->n->repl, &q->appw, q->reply.wait_applied,
+		                     s->n->min_seq_wait_ms, applied_done);
+		return 1;
+	}
 	q->work.fn = work_run;
 	sl_workq_submit(s->wq, &q->work);
 	return 1;

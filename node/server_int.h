@@ -50,11 +50,12 @@ struct sreq {
 	const sreq_ops *ops;
 	uint64_t t0_ns;
 	int op, status;
-	sl_reply reply;        /* built by srv_request or a worker, sent through ops */
-	uint64_t sync_seq;     /* deferred: the seq that must be durable first */
-	sreq *dnext;           /* in the committer's list */
-	sl_repl_ack_wait ackw; /* a write parked for its --acks (invariant 5) */
-	const void *buf;       /* kept for a worker (ops->keep) */
+	sl_reply reply;            /* built by srv_request or a worker, sent through ops */
+	uint64_t sync_seq;         /* deferred: the seq that must be durable first */
+	sreq *dnext;               /* in the committer's list */
+	sl_repl_ack_wait ackw;     /* a write parked for its --acks (invariant 5) */
+	sl_repl_applied_wait appw; /* a read parked for its --min-seq (invariant 6) */
+	const void *buf;           /* kept for a worker (ops->keep) */
 	size_t len;
 };
 

@@ -1261,7 +1261,10 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 	atomic_store(&r->applied, last);
 	atomic_store(&r->head, last);
 	pthread_cond_broadcast(&r->cv);
+	sl_repl_applied_wait *done = NULL;
+	repl_applied_take(r, 0, &done);
 	pthread_mutex_unlock(&r->mu);
+	repl_applied_run(done);
 	repl_rm_rf(tmp); /* the old store, now that reads see the new one */
 	uint64_t t_end = repl_now_ms();
 	repl_log(r, 1,
@@ -1347,14 +1350,17 @@ static void applied_note(sl_repl *r, const apply_ctx *a, size_t bytes)
  * applied seq (--min-seq) when count records were applied. */
 static void durable_note(sl_repl *r, uint64_t durable, uint64_t count)
 {
+	sl_repl_applied_wait *done = NULL;
 	pthread_mutex_lock(&r->mu);
 	if (durable > r->durable) {
 		r->durable = durable;
 	}
 	if (count > 0 && atomic_load(&r->applied_waiters) > 0) {
 		pthread_cond_broadcast(&r->cv);
+		repl_applied_take(r, 0, &done);
 	}
 	pthread_mutex_unlock(&r->mu);
+	repl_applied_run(done); /* the reads parked for what was applied */
 }
 
 /* pend_cb's fast path while streaming (the loop passed inline_ok to

@@ -865,6 +865,19 @@ static void *waker_main(void *arg)
 		if (ack_wake < wake) {
 			wake = ack_wake;
 		}
+		sl_repl_applied_wait *aexp = NULL;
+		uint64_t applied_wake = repl_applied_take(r, now, &aexp);
+		if (aexp != NULL) {
+			/* reads whose --min-seq wait ended (or this node was
+			 * promoted meanwhile): answered */
+			pthread_mutex_unlock(&r->mu);
+			repl_applied_run(aexp);
+			pthread_mutex_lock(&r->mu);
+			continue;
+		}
+		if (applied_wake < wake) {
+			wake = applied_wake;
+		}
 		if (wake > now + 1000) {
 			wake = now + 1000;
 		}

@@ -726,20 +726,98 @@ void sl_repl_ack_park(sl_repl *r, sl_repl_ack_wait *w, uint64_t seq, uint32_t n,
 	pthread_mutex_unlock(&r->mu);
 }
 
+/* Whether r has applied seq (a primary: has it), mu held or not. */
+static int applied_ok(sl_repl *r, uint64_t seq)
+{
+	if (atomic_load(&r->role) == ROLE_PRIMARY) {
+		return atomic_load(&r->head) >= seq;
+	}
+	return atomic_load(&r->applied) >= seq && atomic_load(&r->head) >= seq;
+}
+
+uint64_t repl_applied_take(sl_repl *r, uint64_t now, sl_repl_applied_wait **out)
+{
+	uint64_t next = UINT64_MAX;
+	int primary = atomic_load(&r->role) == ROLE_PRIMARY;
+	sl_repl_applied_wait **pp = &r->applied_parked;
+	while (*pp != NULL) {
+		sl_repl_applied_wait *w = *pp;
+		int ok = applied_ok(r, w->seq);
+		if (ok || primary || (now > 0 && now >= w->deadline_ms)) {
+			*pp = w->next;
+			w->ok = ok;
+			w->next = *out;
+			*out = w;
+			atomic_fetch_sub(&r->applied_waiters, 1);
+			continue;
+		}
+		if (w->deadline_ms < next) {
+			next = w->deadline_ms;
+		}
+		pp = &w->next;
+	}
+	return next;
+}
+
+void repl_applied_run(sl_repl_applied_wait *list)
+{
+	while (list != NULL) {
+		sl_repl_applied_wait *w = list;
+		list = w->next;
+		w->next = NULL;
+		w->fn(w, w->ok); /* may free or reuse w */
+	}
+}
+
+void sl_repl_applied_park(sl_repl *r, sl_repl_applied_wait *w, uint64_t seq, uint32_t timeout_ms,
+                          void (*fn)(sl_repl_applied_wait *w, int ok))
+{
+	w->next = NULL;
+	w->seq = seq;
+	w->fn = fn;
+	if (r == NULL) {
+		fn(w, 1);
+		return;
+	}
+	uint64_t now = repl_now_ms();
+	w->deadline_ms = now + timeout_ms;
+	pthread_mutex_lock(&r->mu);
+	/* Checked under mu: the thread that applies moves r->applied, then
+	 * takes the waits under mu, so a wait is either seen applied here
+	 * or taken there. */
+	int ok = applied_ok(r, seq);
+	if (ok || timeout_ms == 0 || r->stopping || r->acks_flushed ||
+	    atomic_load(&r->role) == ROLE_PRIMARY) {
+		pthread_mutex_unlock(&r->mu);
+		fn(w, ok);
+		return;
+	}
+	w->next = r->applied_parked;
+	r->applied_parked = w;
+	atomic_fetch_add(&r->applied_waiters, 1);
+	if (r->waker_wake_ms == 0 || w->deadline_ms < r->waker_wake_ms) {
+		pthread_cond_broadcast(&r->cv); /* the waker: a sooner deadline */
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
 void sl_repl_ack_flush(sl_repl *r)
 {
 	if (r == NULL) {
 		return;
 	}
 	sl_repl_ack_wait *done = NULL;
+	sl_repl_applied_wait *adone = NULL;
 	pthread_mutex_lock(&r->mu);
 	repl_ack_take(r, UINT64_MAX, &done);
+	repl_applied_take(r, UINT64_MAX, &adone);
 	/* and the waits that block a thread (WAIT, a write's acks without a
 	 * parking caller): answered now with their count, as are later ones */
 	r->acks_flushed = 1;
 	pthread_cond_broadcast(&r->ack_cv);
 	pthread_mutex_unlock(&r->mu);
 	repl_ack_run(done);
+	repl_applied_run(adone);
 }
 
 int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms, uint32_t *acked)

@@ -154,6 +154,31 @@ void sl_repl_wake_deferred(void);
  * SL_EBEHIND with *applied (may be NULL) set to the applied seq. */
 int sl_repl_wait_applied(sl_repl *r, uint64_t seq, uint32_t timeout_ms, uint64_t *applied);
 
+/* The same wait without a thread blocked in it (a read's --min-seq that
+ * a follower has not applied yet): a parked wait, embedded in its owner
+ * (the server's request context).  fn runs exactly once, with ok = 1 when
+ * the node has applied seq:
+ *  - in sl_repl_applied_park itself when it has, when it is a primary
+ *    (ok: its head is at seq), when r is NULL, timeout_ms is 0 or the node
+ *    is stopping;
+ *  - else in the follower's thread that applied seq (the fetch thread, or
+ *    an nng callback applying a reply inline: fn must not wait);
+ *  - else in the replication waker thread at the deadline (ok 0), or at
+ *    sl_repl_ack_flush.
+ * A read waiting this way costs no thread, and the record's arrival runs
+ * it at once: the worker that waited in sl_repl_wait_applied added a
+ * thread wakeup between the apply and the reply. */
+typedef struct sl_repl_applied_wait {
+	struct sl_repl_applied_wait *next;
+	uint64_t seq;
+	uint64_t deadline_ms;
+	int ok;
+	void (*fn)(struct sl_repl_applied_wait *w, int ok);
+} sl_repl_applied_wait;
+
+void sl_repl_applied_park(sl_repl *r, sl_repl_applied_wait *w, uint64_t seq, uint32_t timeout_ms,
+                          void (*fn)(sl_repl_applied_wait *w, int ok));
+
 /* Acks: call begin before a write that will wait for acks (so fetch
  * replies ask followers to sync at once), then wait, then end. */
 void sl_repl_ack_begin(sl_repl *r);
@@ -186,8 +211,9 @@ typedef struct sl_repl_ack_wait {
 void sl_repl_ack_park(sl_repl *r, sl_repl_ack_wait *w, uint64_t seq, uint32_t n,
                       uint32_t timeout_ms, void (*fn)(sl_repl_ack_wait *w, uint32_t acked));
 
-/* Completes every parked ack wait now, with the acks counted so far (a
- * stopping server, before its request contexts go). */
+/* Completes every parked ack wait now, with the acks counted so far, and
+ * every parked applied wait with what it has (a stopping server, before
+ * its request contexts go). */
 void sl_repl_ack_flush(sl_repl *r);
 
 /* Follower → primary: stops the fetch loop, records (old history id,

@@ -104,6 +104,7 @@ struct sl_repl {
 	struct sl_repl_ack_wait *ack_parked; /* sl_repl_ack_park, earliest first not kept */
 	uint64_t waker_wake_ms;              /* when the waker wakes next (0: unknown) */
 	atomic_int applied_waiters;
+	struct sl_repl_applied_wait *applied_parked; /* sl_repl_applied_park */
 	int stopping;
 
 	/* primary side (primary.c) */
@@ -199,6 +200,12 @@ static inline uint64_t repl_ms_since(uint64_t now, uint64_t then)
 uint32_t repl_acks_count(sl_repl *r, uint64_t seq);
 uint64_t repl_ack_take(sl_repl *r, uint64_t now, struct sl_repl_ack_wait **out);
 void repl_ack_run(struct sl_repl_ack_wait *list);
+/* Takes (mu held) the parked applied waits that are over: applied, this
+ * node a primary now, or (now > 0) past their deadline; returns the next
+ * deadline of those left (UINT64_MAX: none).  Run them with
+ * repl_applied_run, mu not held. */
+uint64_t repl_applied_take(sl_repl *r, uint64_t now, struct sl_repl_applied_wait **out);
+void repl_applied_run(struct sl_repl_applied_wait *list);
 
 /* primary.c */
 int repl_primary_start(sl_repl *r, char *err, size_t cap);

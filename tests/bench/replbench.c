@@ -953,10 +953,11 @@ static void fig_lag(int load)
 	char ej[160], et[160];
 	snprintf(ej, sizeof(ej),
 	         ",\"load_clients\":%d,\"load_puts_per_sec\":%.0f,\"put_rtt_p50_us\":%.1f,"
-	         "\"pause_us\":%llu,\"probe\":\"%s\"",
-	         load, load_ops, pct_us(rtt, opt_lag_writes, 50),
+	         "\"put_rtt_p99_us\":%.1f,\"pause_us\":%llu,\"probe\":\"%s\"",
+	         load, load_ops, pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),
 	         (unsigned long long)opt_lag_pause_us, opt_probe_raw ? "raw" : "lib");
-	snprintf(et, sizeof(et), ", put RTT p50 %.1f us, %s probe", pct_us(rtt, opt_lag_writes, 50),
+	snprintf(et, sizeof(et), ", put RTT p50 %.1f p99 %.1f us, %s probe",
+	         pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),
 	         opt_probe_raw ? "raw" : "lib");
 	if (load > 0) {
 		snprintf(et + strlen(et), sizeof(et) - strlen(et),

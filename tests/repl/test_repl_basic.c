@@ -134,6 +134,94 @@ static void test_min_seq_on_follower(void **state)
 	sl_client_close(f);
 }
 
+/* Reads parked on F1 for a seq it will not have within the wait. */
+#define PARKED_READS 80
+
+typedef struct parked_read {
+	uint64_t min_seq;
+	int rc;
+	uint64_t took_ms;
+} parked_read;
+
+static void *parked_read_thread(void *arg)
+{
+	parked_read *pr = arg;
+	sl_client *f = ru_client(&F1);
+	if (f == NULL) {
+		pr->rc = SL_ECONN;
+		return NULL;
+	}
+	sl_client_set_min_seq(f, pr->min_seq);
+	void *got = NULL;
+	size_t gl = 0;
+	uint64_t t0 = tu_mono_ms();
+	pr->rc = sl_client_get(f, "ryw", 3, &got, &gl, NULL);
+	pr->took_ms = tu_mono_ms() - t0;
+	free(got);
+	sl_client_close(f);
+	return NULL;
+}
+
+/* Reads waiting for their --min-seq hold no thread of the follower: with
+ * more of them waiting than it has workers (64), a stats request (run by
+ * a worker) and a read-your-writes read are answered at once, and every
+ * waiting read gets SL_EBEHIND after its own wait (2 s here), not after
+ * another read's.  When each wait held a worker, the stats request and
+ * the read queued behind 64 blocked workers for 2 s, and the last waiting
+ * reads were answered after 4. */
+static void test_min_seq_waits_hold_no_thread(void **state)
+{
+	(void)state;
+	ru_node *f[] = {&F1};
+	ru_assert_converged(&P, f, 1);
+	static parked_read pr[PARKED_READS];
+	pthread_t th[PARKED_READS];
+	uint64_t far = ru_last_seq(&P) + 1000000;
+	for (int i = 0; i < PARKED_READS; i++) {
+		pr[i].min_seq = far;
+		pr[i].rc = 1;
+		assert_int_equal(pthread_create(&th[i], NULL, parked_read_thread, &pr[i]), 0);
+	}
+	nu_sleep_ms(400); /* all of them sent and parked */
+	uint64_t t0 = tu_mono_ms();
+	sl_client *fc = ru_client(&F1);
+	assert_non_null(fc);
+	sl_client_stats *st = NULL;
+	assert_int_equal(sl_client_stats_get(fc, &st), SL_OK);
+	sl_client_stats_free(st);
+	uint64_t stats_ms = tu_mono_ms() - t0;
+	sl_client *p = ru_client(&P);
+	assert_non_null(p);
+	uint64_t seq = 0;
+	assert_int_equal(sl_client_put(p, "ryw", 3, "fresh", 5, &seq), SL_OK);
+	sl_client_set_min_seq(fc, seq);
+	void *got = NULL;
+	size_t gl = 0;
+	t0 = tu_mono_ms();
+	assert_int_equal(sl_client_get(fc, "ryw", 3, &got, &gl, NULL), SL_OK);
+	uint64_t ryw_ms = tu_mono_ms() - t0;
+	assert_int_equal(gl, 5);
+	assert_memory_equal(got, "fresh", 5);
+	free(got);
+	sl_client_close(p);
+	sl_client_close(fc);
+	for (int i = 0; i < PARKED_READS; i++) {
+		pthread_join(th[i], NULL);
+	}
+	if (stats_ms >= 1000 || ryw_ms >= 1000) {
+		fail_msg(
+		    "with %d reads waiting: stats took %llu ms, a read of a fresh write %llu ms",
+		    PARKED_READS, (unsigned long long)stats_ms, (unsigned long long)ryw_ms);
+	}
+	for (int i = 0; i < PARKED_READS; i++) {
+		assert_int_equal(pr[i].rc, SL_EBEHIND);
+		if (pr[i].took_ms < 1800 || pr[i].took_ms > 3500) {
+			fail_msg("waiting read %d answered after %llu ms (its wait: 2000 ms)", i,
+			         (unsigned long long)pr[i].took_ms);
+		}
+	}
+}
+
 static void test_acks_and_wait(void **state)
 {
 	(void)state;
@@ -473,6 +561,7 @@ int main(void)
 	    cmocka_unit_test(test_converge_mixed_load),
 	    cmocka_unit_test(test_follower_read_only),
 	    cmocka_unit_test(test_min_seq_on_follower),
+	    cmocka_unit_test(test_min_seq_waits_hold_no_thread),
 	    cmocka_unit_test(test_acks_and_wait),
 	    cmocka_unit_test(test_acks_sync_always_follower),
 	    cmocka_unit_test(test_kill_follower_partial_resync),
