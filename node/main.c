@@ -31,6 +31,7 @@
 #include "repl.h"
 #include "server.h"
 #include "shiplog.h"
+#include "slice.h"
 
 typedef struct config {
 	const char *dir;
@@ -55,6 +56,7 @@ typedef struct config {
 	uint64_t repl_timeout_ms;
 	uint64_t min_seq_wait_ms;
 	uint64_t repl_batch_us;
+	uint64_t io_slice_us;
 } config;
 
 static void usage(FILE *f)
@@ -89,6 +91,11 @@ static void usage(FILE *f)
 	       "                              loops; unless nng, --follow tcp:// dials a plain\n"
 	       "                              socket speaking that wire format\n"
 	       "  --io-threads N              event loops for --transport epoll (default 1)\n"
+	       "  --io-slice-us US            the scheduler slice the event loops and the\n"
+	       "                              follower's fetch threads ask for (Linux 6.12+\n"
+	       "                              EEVDF; shorter: a wakeup preempts a busy thread\n"
+	       "                              sooner, same CPU share); 0: the kernel's own\n"
+	       "                              (default 100, the shortest it takes)\n"
 	       "  --repl-listen URL|none      serve followers' fetches here (default\n"
 	       "                              " SL_REPL_DEFAULT_URL "; none on a follower, by\n"
 	       "                              --follow or by the role in DIR/REPL)\n"
@@ -183,6 +190,7 @@ enum {
 	O_REPL_TIMEOUT,
 	O_MIN_SEQ_WAIT,
 	O_REPL_BATCH,
+	O_IO_SLICE,
 	O_TRANSPORT,
 	O_IO_THREADS,
 	O_VERSION,
@@ -209,6 +217,7 @@ static const struct option long_opts[] = {
     {"repl-timeout-ms", required_argument, NULL, O_REPL_TIMEOUT},
     {"min-seq-wait-ms", required_argument, NULL, O_MIN_SEQ_WAIT},
     {"repl-batch-us", required_argument, NULL, O_REPL_BATCH},
+    {"io-slice-us", required_argument, NULL, O_IO_SLICE},
     {"transport", required_argument, NULL, O_TRANSPORT},
     {"io-threads", required_argument, NULL, O_IO_THREADS},
     {"version", no_argument, NULL, O_VERSION},
@@ -236,6 +245,7 @@ static int parse_flags(int argc, char **argv, config *c)
 	    .backlog_bytes = 256ull << 20,
 	    .repl_timeout_ms = 5000,
 	    .min_seq_wait_ms = 1000,
+	    .io_slice_us = SL_SLICE_DEFAULT_US,
 	};
 	int ch;
 	uint64_t v;
@@ -367,6 +377,13 @@ static int parse_flags(int argc, char **argv, config *c)
 			if (parse_size(optarg, &c->repl_batch_us) != 0 ||
 			    c->repl_batch_us > 100000) {
 				return bad_flag("--repl-batch-us", optarg, "want 0..100000");
+			}
+			break;
+		case O_IO_SLICE:
+			if (parse_size(optarg, &c->io_slice_us) != 0 ||
+			    (c->io_slice_us != 0 &&
+			     (c->io_slice_us < 100 || c->io_slice_us > 100000))) {
+				return bad_flag("--io-slice-us", optarg, "want 0 or 100..100000");
 			}
 			break;
 		case O_MIN_SEQ_WAIT:
@@ -525,6 +542,7 @@ int main(int argc, char **argv)
 		return pr > 0 ? 0 : 1;
 	}
 	sl_log_set_level(c.log_level);
+	sl_slice_set((uint32_t)c.io_slice_us);
 
 	/* Every thread created from here on inherits this mask. */
 	sigset_t sigs;

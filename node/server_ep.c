@@ -60,6 +60,7 @@
 #include "probe.h"
 #include "repl.h"
 #include "server_int.h"
+#include "slice.h"
 #include "sp.h"
 #include "status.h"
 
@@ -904,6 +905,7 @@ static void loop_sweep(eloop *L)
 static void *loop_main(void *arg)
 {
 	eloop *L = arg;
+	sl_slice_apply(); /* --io-slice-us (slice.h) */
 	tl_loop = L;
 	sl_repl_defer_wakes();
 	struct epoll_event evs[MAX_EVENTS];

@@ -52,6 +52,7 @@
 #include "probe.h"
 #include "record.h"
 #include "repl_int.h"
+#include "slice.h"
 #include "sp.h"
 
 #define FETCH_WAIT_MS 1000
@@ -472,6 +473,7 @@ static int plain_read_reply(pending *p, Shiplog__ReplReply **out);
  * thread touches the connection again only once it is done. */
 static void *plain_reader_main(void *arg)
 {
+	sl_slice_apply(); /* --io-slice-us (slice.h) */
 	sl_repl *r = arg;
 	pthread_mutex_lock(&r->fr_mu);
 	for (;;) {
@@ -1486,6 +1488,7 @@ static int resync_or_wait(sl_repl *r, const char *url, uint64_t *backoff, uint64
 
 static void *fetch_main(void *arg)
 {
+	sl_slice_apply(); /* --io-slice-us (slice.h) */
 	sl_repl *r = arg;
 	uint64_t backoff = BACKOFF_MIN_MS;
 	int connected = 0; /* a fetch succeeded on this connection */

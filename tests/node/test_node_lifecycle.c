@@ -5,6 +5,7 @@
  * the metrics endpoint scraped over HTTP and checked by `promtool check
  * metrics`.
  */
+#include <dirent.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -86,10 +87,82 @@ static void test_bad_flags_exit_1(void **state)
 	const char *a14[] = {"--segment-bytes", "3g", NULL};
 	assert_int_equal(nu_run_to_exit(root, "bad14", a14), 1);
 	assert_true(nu_out_contains(root, "bad14", "3070m"));
+	const char *a15[] = {"--io-slice-us", "50", NULL}; /* Linux takes 100 us and up */
+	assert_int_equal(nu_run_to_exit(root, "bad15", a15), 1);
+	assert_true(nu_out_contains(root, "bad15", "--io-slice-us"));
 	const char *h[] = {"--help", NULL};
 	assert_int_equal(nu_run_to_exit(root, "help", h), 0);
 	assert_true(nu_out_contains(root, "help", "--metrics-listen"));
 	assert_true(nu_out_contains(root, "help", "default tcp://127.0.0.1:7420"));
+}
+
+/* How many of pid's threads have a scheduler slice of ns nanoseconds
+ * (the se.slice line of /proc/PID/task/TID/sched); -1 when the kernel
+ * does not show it (before EEVDF). */
+static int threads_with_slice(pid_t pid, unsigned long long ns)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	if (d == NULL) {
+		return -1;
+	}
+	int n = 0, shown = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.') {
+			continue;
+		}
+		char sp[512], line[256];
+		snprintf(sp, sizeof(sp), "%s/%s/sched", path, e->d_name);
+		FILE *f = fopen(sp, "r");
+		if (f == NULL) {
+			continue;
+		}
+		while (fgets(line, sizeof(line), f) != NULL) {
+			unsigned long long v;
+			if (strncmp(line, "se.slice", 8) == 0 &&
+			    sscanf(strchr(line, ':') + 1, "%llu", &v) == 1) {
+				shown = 1;
+				n += v == ns;
+			}
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return shown ? n : -1;
+}
+
+/* --io-slice-us: the event loop asks the scheduler for that slice
+ * (100 us by default); 0 leaves every thread with the kernel's own.  The
+ * epoll front's (the default on tcp://). */
+static void test_io_slice_of_the_loop(void **state)
+{
+	(void)state;
+	const char *tr = getenv("SL_TEST_TRANSPORT");
+	if (tr != NULL && strcmp(tr, "nng") == 0) {
+		skip(); /* nng's REP socket: its threads are nng's, no loop of ours */
+	}
+	char dir[TU_PATH];
+	subdir(dir, sizeof(dir), "slice");
+	nu_daemon d;
+	assert_int_equal(nu_start(&d, dir, NULL), 0);
+	int n = threads_with_slice(d.pid, 100000);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+	if (n < 0) {
+		skip(); /* a kernel that does not show se.slice */
+	}
+	assert_int_equal(n, 1); /* --io-threads 1: one loop */
+	const char *two[] = {"--io-slice-us", "500", "--io-threads", "2", NULL};
+	assert_int_equal(nu_start(&d, dir, two), 0);
+	n = threads_with_slice(d.pid, 500000);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+	assert_int_equal(n, 2);
+	const char *off[] = {"--io-slice-us", "0", NULL};
+	assert_int_equal(nu_start(&d, dir, off), 0);
+	n = threads_with_slice(d.pid, 100000) + threads_with_slice(d.pid, 500000);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+	assert_int_equal(n, 0);
 }
 
 static void test_dir_in_use_exit_1(void **state)
@@ -470,6 +543,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_bad_flags_exit_1),
+	    cmocka_unit_test(test_io_slice_of_the_loop),
 	    cmocka_unit_test(test_scan_pages_past_a_key_over_a_lowered_limit),
 	    cmocka_unit_test(test_dir_in_use_exit_1),
 	    cmocka_unit_test(test_malformed_repl_exit_1),

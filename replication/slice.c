@@ -1,0 +1,60 @@
+/*
+ * slice.c — see slice.h.
+ */
+#define _GNU_SOURCE
+#include "slice.h"
+
+#include <sched.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* struct sched_attr (linux/sched/types.h clashes with glibc's sched.h). */
+typedef struct slice_attr {
+	uint32_t size;
+	uint32_t sched_policy;
+	uint64_t sched_flags;
+	int32_t sched_nice;
+	uint32_t sched_priority;
+	uint64_t sched_runtime;
+	uint64_t sched_deadline;
+	uint64_t sched_period;
+	uint32_t sched_util_min;
+	uint32_t sched_util_max;
+} slice_attr;
+
+static atomic_uint slice_us = SL_SLICE_DEFAULT_US;
+
+void sl_slice_set(uint32_t us)
+{
+	atomic_store(&slice_us, us);
+}
+
+uint32_t sl_slice_get(void)
+{
+	return atomic_load(&slice_us);
+}
+
+void sl_slice_apply(void)
+{
+#if defined(SYS_sched_setattr) && defined(SYS_sched_getattr)
+	uint32_t us = atomic_load(&slice_us);
+	if (us == 0) {
+		return;
+	}
+	slice_attr a;
+	memset(&a, 0, sizeof(a));
+	/* read first: the thread's nice value (and policy) stay as they are */
+	if (syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) != 0) {
+		return;
+	}
+	if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH) {
+		return; /* real-time or deadline: not ours to change */
+	}
+	a.size = sizeof(a);
+	a.sched_flags = 0;
+	a.sched_runtime = (uint64_t)us * 1000u;
+	(void)syscall(SYS_sched_setattr, 0, &a, 0);
+#endif
+}

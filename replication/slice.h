@@ -1,0 +1,36 @@
+/*
+ * slice.h — the scheduler slice shiplogd's latency-bound threads ask for.
+ *
+ * Linux's EEVDF scheduler (6.6 and later; custom slices since 6.12) gives
+ * each thread a virtual deadline of its eligible time plus its slice: a
+ * thread that asks for a shorter slice than the default (0.75 ms times
+ * 1 + log2(CPUs)) gets an earlier deadline, so a wakeup can preempt a busy
+ * thread at once instead of waiting for that thread's slice to end.  Its
+ * share of the CPU is unchanged (that is its weight, its nice value): it
+ * runs sooner and for shorter turns.  No privilege is needed
+ * (sched_setattr on SCHED_OTHER, sched_runtime = the slice).
+ *
+ * The threads that stand between a request and its answer ask for it: the
+ * client front's event loops and the follower's fetch and reader threads.
+ * On a machine whose CPUs are busy (a primary, its followers and the
+ * clients on the same cores, or noisy neighbours) the wakeups on that path
+ * waited for another thread's slice; see docs/performance.md.
+ *
+ *   sl_slice_set(us)     the process-wide setting (--io-slice-us), before
+ *                        any thread starts; 0: the kernel's default
+ *   sl_slice_apply()     the calling thread asks for it (best effort: an
+ *                        older kernel ignores the slice or refuses, and
+ *                        a real-time thread is left as it is)
+ */
+#ifndef SL_SLICE_H
+#define SL_SLICE_H
+
+#include <stdint.h>
+
+#define SL_SLICE_DEFAULT_US 100 /* the shortest slice Linux takes */
+
+void sl_slice_set(uint32_t us);
+uint32_t sl_slice_get(void);
+void sl_slice_apply(void);
+
+#endif
