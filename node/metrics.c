@@ -234,6 +234,8 @@ static void render_repl(sl_node *n, buf *b)
 	one(b, "shiplog_repl_apply_errors_total", "counter",
 	    "Fetch replies this follower could not store (its own disk full or failing).",
 	    rs.apply_errors);
+	one(b, "shiplog_repl_min_seq_waits_total", "counter",
+	    "Reads that waited for this node to apply their min_seq.", rs.min_seq_waits);
 	one(b, "shiplog_repl_served_bytes_total", "counter", "Record bytes served to followers.",
 	    rs.bytes_served);
 	one(b, "shiplog_repl_backlog_bytes", "gauge", "Configured replication backlog.",

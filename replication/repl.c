@@ -795,6 +795,7 @@ void sl_repl_applied_park(sl_repl *r, sl_repl_applied_wait *w, uint64_t seq, uin
 	w->next = r->applied_parked;
 	r->applied_parked = w;
 	atomic_fetch_add(&r->applied_waiters, 1);
+	atomic_fetch_add(&r->min_seq_waits, 1);
 	if (r->waker_wake_ms == 0 || w->deadline_ms < r->waker_wake_ms) {
 		pthread_cond_broadcast(&r->cv); /* the waker: a sooner deadline */
 	}
@@ -1009,6 +1010,7 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 	out->records_served = atomic_load(&r->records_served);
 	out->refused_batches = atomic_load(&r->refused);
 	out->apply_errors = atomic_load(&r->apply_errors);
+	out->min_seq_waits = atomic_load(&r->min_seq_waits);
 	out->backlog_bytes = r->o.backlog_bytes;
 	out->protect_seq = r->protect_seq;
 	size_t n = 0;

@@ -163,7 +163,8 @@ struct sl_repl {
 	uint64_t durable;         /* follower: highest seq known synced */
 	atomic_uint_fast64_t resyncs_full, resyncs_partial;
 	atomic_uint_fast64_t bytes_fetched, records_fetched, refused, apply_errors;
-	atomic_uint_fast64_t fetches; /* follower: fetch replies that carried records */
+	atomic_uint_fast64_t min_seq_waits; /* sl_repl_applied_park parked a read */
+	atomic_uint_fast64_t fetches;       /* follower: fetch replies that carried records */
 };
 
 void repl_log(sl_repl *r, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

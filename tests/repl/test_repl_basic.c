@@ -177,6 +177,7 @@ static void test_min_seq_waits_hold_no_thread(void **state)
 	static parked_read pr[PARKED_READS];
 	pthread_t th[PARKED_READS];
 	uint64_t far = ru_last_seq(&P) + 1000000;
+	uint64_t waits0 = ru_stat(&F1, "repl_min_seq_waits", NULL, 0);
 	for (int i = 0; i < PARKED_READS; i++) {
 		pr[i].min_seq = far;
 		pr[i].rc = 1;
@@ -213,6 +214,7 @@ static void test_min_seq_waits_hold_no_thread(void **state)
 		    "with %d reads waiting: stats took %llu ms, a read of a fresh write %llu ms",
 		    PARKED_READS, (unsigned long long)stats_ms, (unsigned long long)ryw_ms);
 	}
+	assert_true(ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS);
 	for (int i = 0; i < PARKED_READS; i++) {
 		assert_int_equal(pr[i].rc, SL_EBEHIND);
 		if (pr[i].took_ms < 1800 || pr[i].took_ms > 3500) {
