@@ -1202,19 +1202,27 @@ int sl_handle(sl_node *n, const void *buf, size_t len, sl_reply *r)
 	return op;
 }
 
+/* Starts r (not initialised) as the reply to the request at buf: the
+ * decoded request with its id echoed, or NULL (r says why). */
+static Shiplog__Request *reply_begin(sl_reply *r, const void *buf, size_t len)
+{
+	reply_init(r);
+	Shiplog__Request *q = decode(buf, len, r);
+	if (q != NULL && q->has_id) {
+		r->resp.has_id = 1;
+		r->resp.id = q->id;
+	}
+	return q;
+}
+
 int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq)
 {
 	if (sync_seq != NULL) {
 		*sync_seq = 0;
 	}
-	reply_init(r);
-	Shiplog__Request *q = decode(buf, len, r);
+	Shiplog__Request *q = reply_begin(r, buf, len);
 	if (q == NULL) {
 		return SL_OP_INVALID;
-	}
-	if (q->has_id) {
-		r->resp.has_id = 1;
-		r->resp.id = q->id;
 	}
 	int op = op_of(q);
 	run(n, r, q, op, sync_seq, 0);
@@ -1285,14 +1293,9 @@ void sl_handle_reject(const void *buf, size_t len, int status, const char *msg, 
 
 int sl_handle_behind(sl_node *n, const void *buf, size_t len, uint64_t min_seq, sl_reply *r)
 {
-	reply_init(r);
-	Shiplog__Request *q = decode(buf, len, r);
+	Shiplog__Request *q = reply_begin(r, buf, len);
 	if (q == NULL) {
 		return SL_OP_INVALID;
-	}
-	if (q->has_id) {
-		r->resp.has_id = 1;
-		r->resp.id = q->id;
 	}
 	int op = op_of(q);
 	req_release(q);
