@@ -1032,7 +1032,8 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 		int behind;
 		if (n->repl != NULL && try_inline) {
 			/* Never wait here: a node that has not applied min_seq
-			 * yet hands the read to a worker, which waits. */
+			 * yet returns it with r->wait_applied set, and the
+			 * caller parks it (server.c invariant 6). */
 			if (sl_repl_wait_applied(n->repl, q->min_seq, 0, &applied) != SL_OK) {
 				r->wait_applied = q->min_seq;
 				return -1;
@@ -1299,9 +1300,7 @@ int sl_handle_behind(sl_node *n, const void *buf, size_t len, uint64_t min_seq, 
 	}
 	int op = op_of(q);
 	req_release(q);
-	uint64_t applied = 0;
-	sl_repl_wait_applied(n->repl, min_seq, 0, &applied);
-	fail_behind(r, applied, min_seq);
+	fail_behind(r, sl_repl_applied_seq(n->repl), min_seq);
 	return op;
 }
 

@@ -73,7 +73,8 @@ int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64
  * and then calls sl_repl_wake_fetches: followers' parked fetches are served
  * after the client has its answer.  Malformed requests are answered here
  * too.  Returns -1 (r
- * released, nothing changed) when the request is for a worker.  Such
+ * released, nothing changed) when the request is for a worker, or, with
+ * r->wait_applied set, a read whose --min-seq is not applied yet.  Such
  * requests touch memory and the page cache (mapped segments), never fsync,
  * never wait for a follower or a condition. */
 int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq);

@@ -80,7 +80,7 @@ static void usage(FILE *f)
 	       "  --pidfile PATH              write the pid here while running (default none)\n"
 	       "  --workers N                 worker threads for requests (default 64); at\n"
 	       "                              most 2 per core run at once, the others cover\n"
-	       "                              requests waiting for --acks or --min-seq\n"
+	       "                              requests that wait (WAIT, compaction)\n"
 	       "  --contexts N                requests in flight at once, --transport nng\n"
 	       "                              (default 256)\n"
 	       "  --transport auto|nng|epoll  epoll: tcp:// only, connections owned by event-\n"

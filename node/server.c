@@ -18,8 +18,9 @@
  *     It runs what cannot wait itself (sl_handle_inline: gets, puts,
  *     deletes and small batches of them, which touch memory and mapped
  *     segments only) and hands everything else to the workers: --acks,
- *     --min-seq not yet applied, scans, stats, compaction, promotion, big
- *     requests, and a write that could start a new segment.
+ *     scans, stats, compaction, promotion, big requests, and a write that
+ *     could start a new segment.  A read whose --min-seq is not applied
+ *     yet is parked (invariant 6).
  *  2. `working` counts requests being run (inline, by a worker, or waiting
  *     for the committer) whose response has not been handed back to nng;
  *     stop waits for it to reach 0 before closing.

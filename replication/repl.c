@@ -605,6 +605,15 @@ void sl_repl_notify_write(sl_repl *r, uint64_t seq)
 	sl_repl_wake_fetches(r);
 }
 
+uint64_t sl_repl_applied_seq(sl_repl *r)
+{
+	if (r == NULL) {
+		return 0;
+	}
+	return atomic_load(&r->role) == ROLE_PRIMARY ? atomic_load(&r->head)
+	                                             : atomic_load(&r->applied);
+}
+
 int sl_repl_wait_applied(sl_repl *r, uint64_t seq, uint32_t timeout_ms, uint64_t *applied)
 {
 	if (r == NULL) {
@@ -899,8 +908,13 @@ int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
 	atomic_store(&r->role, ROLE_PRIMARY);
 	atomic_store(&r->head, last);
 	repl_hex(st.hid, SL_HID_BYTES, hid);
+	/* reads parked for a --min-seq: a primary answers them now (those
+	 * past its head: behind) */
+	sl_repl_applied_wait *parked = NULL;
+	repl_applied_take(r, 0, &parked);
 	pthread_mutex_unlock(&r->mu);
 	pthread_mutex_unlock(&r->admin);
+	repl_applied_run(parked);
 	repl_log(r, 1, "promoted to primary: history %s from seq %llu", hid,
 	         (unsigned long long)last);
 	return SL_OK;

@@ -150,6 +150,9 @@ void sl_repl_wake_fetches(sl_repl *r);
 void sl_repl_defer_wakes(void);
 void sl_repl_wake_deferred(void);
 
+/* The seq this node has applied (a primary: its head); 0 for r NULL. */
+uint64_t sl_repl_applied_seq(sl_repl *r);
+
 /* Waits up to timeout_ms for the node to have applied seq.  SL_OK, or
  * SL_EBEHIND with *applied (may be NULL) set to the applied seq. */
 int sl_repl_wait_applied(sl_repl *r, uint64_t seq, uint32_t timeout_ms, uint64_t *applied);

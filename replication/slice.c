@@ -53,7 +53,10 @@ void sl_slice_apply(void)
 		return; /* real-time or deadline: not ours to change */
 	}
 	a.size = sizeof(a);
-	a.sched_flags = 0;
+	/* reset on fork: the threads this one starts (a full resync opens a
+	 * store from the fetch thread: its flusher, its compactor) get the
+	 * kernel's own slice, not this one */
+	a.sched_flags = 0x01; /* SCHED_FLAG_RESET_ON_FORK */
 	a.sched_runtime = (uint64_t)us * 1000u;
 	(void)syscall(SYS_sched_setattr, 0, &a, 0);
 #endif

@@ -20,7 +20,8 @@
  *                        any thread starts; 0: the kernel's default
  *   sl_slice_apply()     the calling thread asks for it (best effort: an
  *                        older kernel ignores the slice or refuses, and
- *                        a real-time thread is left as it is)
+ *                        a real-time thread is left as it is); threads it
+ *                        starts later get the kernel's own (reset on fork)
  */
 #ifndef SL_SLICE_H
 #define SL_SLICE_H

@@ -26,8 +26,10 @@
  * and the next save writes into it in place (no new block), truncates it
  * to its text, fsyncs and renames it over REPL; the old REPL's blocks are
  * then free for the next spare.  Without a spare (the disk filled up
- * before one could be made) a save takes the temp file's path.  The
- * spare's contents are never read.
+ * before one could be made) a save takes the temp file's path, as it does
+ * where writing in place takes new blocks too (copy-on-write filesystems:
+ * btrfs, ZFS; the spare helps on ext4, xfs, tmpfs).  The spare's contents
+ * are never read.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -292,7 +294,9 @@ int repl_state_save(const char *dir, const repl_state *st)
 	}
 	n += (size_t)snprintf(buf + n, sizeof(buf) - n, "end\n");
 	int rc = save_in_spare(dir, path, buf, n);
-	if (rc == SL_ENOTFOUND) {
+	if (rc == SL_ENOTFOUND || rc == SL_ENOSPC) {
+		/* no spare, or one that an overwrite in place does not fit (a
+		 * copy-on-write filesystem allocates anew): the temp file */
 		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		if (fd < 0) {
 			return errno == ENOSPC || errno == EDQUOT ? SL_ENOSPC : SL_EIO;

@@ -8,6 +8,7 @@
 #define SL_NODEUTIL_H
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -371,6 +372,43 @@ static inline long nu_hwm_kb(pid_t pid, int reset)
 	}
 	(void)line;
 	return nu_status_kb(pid, "VmHWM");
+}
+
+/* How many of pid's threads have a scheduler slice of ns nanoseconds
+ * (the se.slice line of /proc/PID/task/TID/sched); -1 when the kernel
+ * does not show it (before EEVDF). */
+static inline int nu_threads_with_slice(pid_t pid, unsigned long long ns)
+{
+	char path[128];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	if (d == NULL) {
+		return -1;
+	}
+	int n = 0, shown = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] == '.') {
+			continue;
+		}
+		char sp[512], line[256];
+		snprintf(sp, sizeof(sp), "%s/%s/sched", path, e->d_name);
+		FILE *f = fopen(sp, "r");
+		if (f == NULL) {
+			continue;
+		}
+		while (fgets(line, sizeof(line), f) != NULL) {
+			unsigned long long v;
+			if (strncmp(line, "se.slice", 8) == 0 &&
+			    sscanf(strchr(line, ':') + 1, "%llu", &v) == 1) {
+				shown = 1;
+				n += v == ns;
+			}
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return shown ? n : -1;
 }
 
 /* Prints the daemon's log (for failures). */

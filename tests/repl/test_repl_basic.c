@@ -183,7 +183,14 @@ static void test_min_seq_waits_hold_no_thread(void **state)
 		pr[i].rc = 1;
 		assert_int_equal(pthread_create(&th[i], NULL, parked_read_thread, &pr[i]), 0);
 	}
-	nu_sleep_ms(400); /* all of them sent and parked */
+	/* all of them parked before the stats request is timed */
+	for (int t = 0; t < 250; t++) {
+		if (ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS) {
+			break;
+		}
+		nu_sleep_ms(20);
+	}
+	assert_true(ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS);
 	uint64_t t0 = tu_mono_ms();
 	sl_client *fc = ru_client(&F1);
 	assert_non_null(fc);
@@ -214,7 +221,6 @@ static void test_min_seq_waits_hold_no_thread(void **state)
 		    "with %d reads waiting: stats took %llu ms, a read of a fresh write %llu ms",
 		    PARKED_READS, (unsigned long long)stats_ms, (unsigned long long)ryw_ms);
 	}
-	assert_true(ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS);
 	for (int i = 0; i < PARKED_READS; i++) {
 		assert_int_equal(pr[i].rc, SL_EBEHIND);
 		if (pr[i].took_ms < 1800 || pr[i].took_ms > 3500) {

@@ -307,6 +307,8 @@ static void test_primary_restarts_on_a_full_disk(void **state)
 	}
 	assert_int_equal(errno, ENOSPC);
 	close(fd);
+	char hid0[64] = "", hid1[64] = "";
+	ru_stat(&P3, "history_id", hid0, sizeof(hid0));
 	assert_int_equal(nu_stop(&P3.d, SIGTERM), 0);
 	/* It starts (it used to refuse: "cannot write replication state
 	 * ...: no space left on device") and serves what it had. */
@@ -314,6 +316,10 @@ static void test_primary_restarts_on_a_full_disk(void **state)
 		nu_dump_log(&P3.d);
 		fail_msg("the primary did not start again on its full disk");
 	}
+	/* with the new history its restart began (DIR/REPL was written) */
+	ru_stat(&P3, "history_id", hid1, sizeof(hid1));
+	assert_true(hid0[0] != '\0' && hid1[0] != '\0');
+	assert_string_not_equal(hid0, hid1);
 	assert_full_key(&P3, 0);
 	assert_full_key(&P3, acked - 1);
 	assert_int_equal(ru_stat(&P3, "keys", NULL, 0), (uint64_t)acked);

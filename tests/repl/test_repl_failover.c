@@ -5,6 +5,7 @@
  * unreplicated tail (full resync).  No acknowledged write is lost and all
  * three digests end equal.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 static char *root;
 static ru_node P, F1, F2;
 static ru_node A, C; /* test_lag_ms_and_counters_across_a_resync's own */
+static ru_node D, E; /* test_promotion_answers_parked_reads's own */
 
 #define NKEYS 400
 
@@ -44,7 +46,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
-	ru_node *all[] = {&C, &A, &F2, &F1, &P};
+	ru_node *all[] = {&E, &D, &C, &A, &F2, &F1, &P};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		if (all[i]->d.pid > 0) {
 			kill(all[i]->d.pid, SIGCONT);
@@ -134,6 +136,64 @@ static void test_lag_ms_and_counters_across_a_resync(void **state)
 	assert_int_equal(recs, 1);
 	if (lag > 500) {
 		fail_msg("lag_ms %llu for a write just made", (unsigned long long)lag);
+	}
+}
+
+typedef struct parked_get {
+	ru_node *n;
+	uint64_t min_seq;
+	int rc;
+	uint64_t done_ms; /* tu_mono_ms() when answered */
+} parked_get;
+
+static void *parked_get_main(void *arg)
+{
+	parked_get *g = arg;
+	sl_client *c = ru_client(g->n);
+	g->rc = SL_ECONN;
+	if (c != NULL) {
+		sl_client_set_min_seq(c, g->min_seq);
+		void *v = NULL;
+		size_t vl = 0;
+		g->rc = sl_client_get(c, "k", 1, &v, &vl, NULL);
+		free(v);
+		sl_client_close(c);
+	}
+	g->done_ms = tu_mono_ms();
+	return NULL;
+}
+
+/* A read parked on a follower for a --min-seq it has not applied is
+ * answered when the follower is promoted (a primary has everything it
+ * will have: behind), not at the end of its wait. */
+static void test_promotion_answers_parked_reads(void **state)
+{
+	(void)state;
+	assert_int_equal(ru_start_in(&D, root, "d", NULL, NULL), 0);
+	const char *ex[] = {"--min-seq-wait-ms", "20000", NULL};
+	assert_int_equal(ru_start_in(&E, root, "e", D.rurl, ex), 0);
+	ru_load(&D, "p", 10, 0);
+	ru_node *fe[] = {&E};
+	ru_assert_converged(&D, fe, 1);
+	parked_get g = {&E, ru_last_seq(&D) + 1000, 1, 0};
+	uint64_t waits0 = ru_stat(&E, "repl_min_seq_waits", NULL, 0);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, parked_get_main, &g), 0);
+	for (int t = 0; t < 250 && ru_stat(&E, "repl_min_seq_waits", NULL, 0) == waits0; t++) {
+		nu_sleep_ms(20);
+	}
+	assert_true(ru_stat(&E, "repl_min_seq_waits", NULL, 0) > waits0);
+	sl_client *ce = ru_client(&E);
+	assert_non_null(ce);
+	char hid[33];
+	assert_int_equal(sl_client_promote(ce, hid), SL_OK);
+	uint64_t promoted_ms = tu_mono_ms();
+	sl_client_close(ce);
+	pthread_join(th, NULL);
+	assert_int_equal(g.rc, SL_EBEHIND);
+	if (g.done_ms > promoted_ms + 800) {
+		fail_msg("the parked read was answered %llu ms after the promotion",
+		         (unsigned long long)(g.done_ms - promoted_ms));
 	}
 }
 
@@ -245,6 +305,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_follow_refuses_unusable_urls),
 	    cmocka_unit_test(test_lag_ms_and_counters_across_a_resync),
+	    cmocka_unit_test(test_promotion_answers_parked_reads),
 	    cmocka_unit_test(test_failover),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);

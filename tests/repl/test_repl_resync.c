@@ -97,6 +97,12 @@ static void test_fall_off_backlog(void **state)
 	char st[32];
 	ru_stat(&F, "repl_state", st, sizeof(st));
 	assert_string_equal(st, "streaming");
+	/* The store the resync opened (from the fetch thread) did not take
+	 * the fetch thread's short scheduler slice for its own threads (its
+	 * flusher and compactor had it): the loop, the fetch thread and its
+	 * reader thread have it, nothing else (-1: a kernel without se.slice). */
+	int sliced = nu_threads_with_slice(F.d.pid, 100000);
+	assert_true(sliced <= 3);
 	/* its segments are its own --segment-bytes (4k) again: the resync
 	 * loads into 64 MiB ones, and the active one stayed that size (a
 	 * 64 MiB file, unsealed, out of compaction) until it filled */
