@@ -282,17 +282,38 @@ static inline int nu_stop(nu_daemon *d, int sig)
 static inline int nu_sigstop(pid_t pid)
 {
 	kill(pid, SIGSTOP);
-	char path[64], buf[256];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	/* Every thread, not just the first: the stop starts when one thread
+	 * takes the signal, and on a busy machine another thread (a
+	 * follower's fetch thread) ran on, applying and acknowledging, for
+	 * as long as that one waited for a CPU. */
+	char dir[64];
+	snprintf(dir, sizeof(dir), "/proc/%d/task", (int)pid);
 	for (int waited = 0; waited < 5000; waited += 5) {
-		FILE *f = fopen(path, "r");
-		size_t n = f != NULL ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
-		if (f != NULL) {
-			fclose(f);
+		DIR *d = opendir(dir);
+		int all = d != NULL, seen = 0;
+		struct dirent *e;
+		while (all && (e = readdir(d)) != NULL) {
+			if (e->d_name[0] == '.') {
+				continue;
+			}
+			char path[360], buf[256];
+			snprintf(path, sizeof(path), "%s/%s/stat", dir, e->d_name);
+			FILE *f = fopen(path, "r");
+			size_t n = f != NULL ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+			if (f != NULL) {
+				fclose(f);
+			}
+			buf[n] = '\0';
+			const char *rp = strrchr(buf, ')'); /* "tid (comm) S ..." */
+			if (f != NULL && (rp == NULL || (rp[2] != 'T' && rp[2] != 't'))) {
+				all = 0; /* a thread that exited meanwhile does not count */
+			}
+			seen += f != NULL;
 		}
-		buf[n] = '\0';
-		const char *rp = strrchr(buf, ')'); /* "pid (comm) S ..." */
-		if (rp != NULL && (rp[2] == 'T' || rp[2] == 't')) {
+		if (d != NULL) {
+			closedir(d);
+		}
+		if (all && seen > 0) {
 			return 0;
 		}
 		nu_sleep_ms(5);

@@ -302,8 +302,8 @@ static void test_acks_sync_always_follower(void **state)
 	const char *fex[] = {"--segment-bytes", "64k", "--sync", "always", NULL};
 	assert_int_equal(ru_start(&F3, dir, P.rurl, fex), 0);
 	assert_int_equal(ru_wait_applied(&F3, ru_last_seq(&P), 10000), 0);
-	kill(F1.d.pid, SIGSTOP);
-	kill(F2.d.pid, SIGSTOP);
+	assert_int_equal(nu_sigstop(F1.d.pid), 0);
+	assert_int_equal(nu_sigstop(F2.d.pid), 0);
 	sl_client *p = ru_client(&P);
 	assert_non_null(p);
 	sl_client_set_acks(p, 1, 5000);
@@ -442,7 +442,7 @@ static void test_lag_bytes(void **state)
 	snprintf(lb, sizeof(lb), "follower.%d.lag_bytes", i);
 	assert_int_equal(ru_stat(&P, lb, NULL, 0), 0);
 	/* A stopped follower falls behind by exactly what is written. */
-	kill(F2.d.pid, SIGSTOP);
+	assert_int_equal(nu_sigstop(F2.d.pid), 0);
 	sl_client *c = ru_client(&P);
 	assert_non_null(c);
 	char k[16], v[32];
@@ -478,7 +478,7 @@ static void test_lag_ms_is_the_age_of_the_oldest_missing_write(void **state)
 	snprintf(lr, sizeof(lr), "follower.%d.lag_records", i);
 	snprintf(lm, sizeof(lm), "follower.%d.lag_ms", i);
 	usleep(200 * 1000); /* its next long poll is parked */
-	kill(F2.d.pid, SIGSTOP);
+	assert_int_equal(nu_sigstop(F2.d.pid), 0);
 	usleep(1500 * 1000); /* idle: nothing written */
 	sl_client *c = ru_client(&P);
 	assert_non_null(c);

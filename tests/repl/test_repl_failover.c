@@ -219,8 +219,8 @@ static void test_failover(void **state)
 	}
 	/* An unreplicated tail on the primary: followers paused, writes
 	 * without acks, then the primary dies. */
-	kill(F1.d.pid, SIGSTOP);
-	kill(F2.d.pid, SIGSTOP);
+	assert_int_equal(nu_sigstop(F1.d.pid), 0);
+	assert_int_equal(nu_sigstop(F2.d.pid), 0);
 	sl_client_set_acks(c, 0, 0);
 	/* The followers' parked fetches are answered by this first write
 	 * (its reply waits in their sockets); nothing asks for the rest. */

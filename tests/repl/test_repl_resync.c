@@ -249,7 +249,7 @@ static void test_primary_lost_its_tail(void **state)
 	ru_assert_converged(&P2, f, 1);
 	assert_int_equal(ru_last_seq(&P2), 100);
 
-	kill(F2.d.pid, SIGSTOP);
+	assert_int_equal(nu_sigstop(F2.d.pid), 0);
 	kill(P2.d.pid, SIGKILL);
 	nu_wait_exit(P2.d.pid, 5000);
 	P2.d.pid = -1;

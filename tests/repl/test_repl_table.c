@@ -184,7 +184,7 @@ static void test_role_change_clears_the_table(void **state)
 		assert_int_equal(sl_client_last_acks(ca), 1); /* B's */
 	}
 	assert_true(h2 > h1 + 1);
-	kill(B.d.pid, SIGSTOP);
+	assert_int_equal(nu_sigstop(B.d.pid), 0);
 
 	char hid[33];
 	assert_int_equal(sl_client_promote(cg, hid), SL_OK);
