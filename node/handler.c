@@ -1236,6 +1236,7 @@ int sl_handle_defer(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64
 int sl_handle_inline(sl_node *n, const void *buf, size_t len, sl_reply *r, uint64_t *sync_seq)
 {
 	*sync_seq = 0;
+	r->wait_applied = 0; /* set by run() only; the early returns leave it 0 */
 	if (len > INLINE_MAX_BYTES) {
 		return -1;
 	}

@@ -229,7 +229,6 @@ static void applied_done(sl_repl_applied_wait *w, int ok)
 	sreq *q = (sreq *)((char *)w - offsetof(sreq, appw));
 	sl_server *s = q->s;
 	uint64_t sync_seq = 0;
-	q->reply.wait_applied = 0;
 	int op = sl_handle_inline(s->n, q->buf, q->len, &q->reply, &sync_seq);
 	if (op < 0 && !ok && q->reply.wait_applied > 0) {
 		op = sl_handle_behind(s->n, q->buf, q->len, w->seq, &q->reply);
@@ -282,7 +281,6 @@ int srv_request(sreq *q, const void *buf, size_t len)
 	}
 	/* Invariant 1: what cannot wait runs here, one thread hop fewer. */
 	uint64_t sync_seq = 0;
-	q->reply.wait_applied = 0; /* sl_handle_inline may return before it clears it */
 	int op = sl_handle_inline(s->n, buf, len, &q->reply, &sync_seq);
 	if (op >= 0) {
 		q->op = op;

@@ -614,21 +614,26 @@ uint64_t sl_repl_applied_seq(sl_repl *r)
 	                                             : atomic_load(&r->applied);
 }
 
+/* Whether r has applied seq (a primary: has it), mu held or not. */
+static int applied_ok(sl_repl *r, uint64_t seq)
+{
+	if (atomic_load(&r->role) == ROLE_PRIMARY) {
+		return atomic_load(&r->head) >= seq;
+	}
+	return atomic_load(&r->applied) >= seq && atomic_load(&r->head) >= seq;
+}
+
 int sl_repl_wait_applied(sl_repl *r, uint64_t seq, uint32_t timeout_ms, uint64_t *applied)
 {
-	if (r == NULL) {
-		return SL_OK;
-	}
-	if (atomic_load(&r->applied) >= seq && atomic_load(&r->head) >= seq) {
+	if (r == NULL || applied_ok(r, seq)) {
 		return SL_OK;
 	}
 	if (atomic_load(&r->role) == ROLE_PRIMARY) {
 		/* A primary has applied everything it has: waiting cannot help. */
-		uint64_t h = atomic_load(&r->head);
 		if (applied != NULL) {
-			*applied = h;
+			*applied = atomic_load(&r->head);
 		}
-		return h >= seq ? SL_OK : SL_EBEHIND;
+		return SL_EBEHIND;
 	}
 	struct timespec ts;
 	abs_deadline(&ts, timeout_ms);
@@ -733,15 +738,6 @@ void sl_repl_ack_park(sl_repl *r, sl_repl_ack_wait *w, uint64_t seq, uint32_t n,
 		pthread_cond_broadcast(&r->cv);
 	}
 	pthread_mutex_unlock(&r->mu);
-}
-
-/* Whether r has applied seq (a primary: has it), mu held or not. */
-static int applied_ok(sl_repl *r, uint64_t seq)
-{
-	if (atomic_load(&r->role) == ROLE_PRIMARY) {
-		return atomic_load(&r->head) >= seq;
-	}
-	return atomic_load(&r->applied) >= seq && atomic_load(&r->head) >= seq;
 }
 
 uint64_t repl_applied_take(sl_repl *r, uint64_t now, sl_repl_applied_wait **out)
