@@ -44,8 +44,14 @@ trap "exit 143" TERM INT HUP
 # free_base N: a base port with PORT..PORT+N-1, +100, +200 all free, all
 # below the kernel's ephemeral range: there a port can be the local end of
 # another test's connection, which `ss -l` does not show but bind() refuses.
+# A port with a socket in any state counts as busy: a closed connection's
+# TIME_WAIT end keeps a plain bind() (one without SO_REUSEADDR) refused for a
+# minute: a CI run picked, for its second cluster, the first cluster's base
+# again, and its port holder failed to bind over that cluster's closed
+# connections. Each call also seeds RANDOM from the clock and its own pid.
 free_base() {
 	local n=$1 tries base i p busy lo
+	RANDOM=$(($(date +%N) % 32768 + BASHPID))
 	lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 	((lo > 21000)) || lo=50000 # a low ephemeral range: no way around it
 	for ((tries = 0; tries < 200; tries++)); do
@@ -53,7 +59,7 @@ free_base() {
 		busy=0
 		for ((i = 0; i < n; i++)); do
 			for p in $((base + i)) $((base + 100 + i)) $((base + 200 + i)); do
-				if ss -Htln "sport = :$p" | grep -q .; then busy=1; fi
+				if ss -Htan "sport = :$p" | grep -q .; then busy=1; fi
 			done
 		done
 		[ "$busy" = 0 ] && {

@@ -178,7 +178,9 @@ say "up refuses a new cluster on a busy port, and leaves no directory behind"
 b2=$(free_base 3)
 python3 -c '
 import socket, sys, time
-s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT ends
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(1)
 open(sys.argv[2], "w").write("x"); time.sleep(60)
 ' "$((b2 + 201))" "$T/busy.ready" &
 bpid=$!
