@@ -613,7 +613,7 @@ int sl_put_ex(sl_db *db, const void *key, size_t klen, const void *val, size_t v
 	if (val == NULL && vlen > 0) {
 		return SL_EINVAL;
 	}
-	uint64_t now = db->io->now_ms();
+	uint64_t now = ttl_ms != 0 ? db->io->now_ms() : 0; /* a clock read per put, else */
 	/* a TTL past the clock's range means "never expires" in practice:
 	 * clamp it rather than wrap (expired at once, or 0 = no TTL) */
 	uint64_t exp = ttl_ms == 0                     ? 0
