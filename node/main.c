@@ -11,6 +11,7 @@
 #define _GNU_SOURCE /* pthread_rwlockattr_setkind_np */
 #include <errno.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -527,8 +528,27 @@ static int fault_fdatasync(int fd)
 	return sl_io_default.fdatasync(fd);
 }
 
+/* glibc's allocator, told to keep what it has mapped.  By default a
+ * thread's heap shrinks when its top is freed and grows again with
+ * mprotect(), and a large buffer is an mmap() and a munmap(): each takes
+ * the process's mmap lock for writing, so the event loop waited behind a
+ * worker's MADV_POPULATE_WRITE of the next segment pages (which holds it
+ * for reading).  perf of the loop under 50 clients' puts: 160 sleeps in
+ * mprotect in 1.3 s, the put p99.9 4-4.6 ms against 1-2 ms for ping.
+ * Heaps now grow 8 MiB at a time and give back only a free top over
+ * 64 MiB (untouched pages cost no memory); buffers over 1 MiB (large
+ * values, catch-up replies, snapshot chunks) are still mapped apart and
+ * unmapped when freed. */
+static void malloc_keep(void)
+{
+	mallopt(M_MMAP_THRESHOLD, 1 << 20);
+	mallopt(M_TRIM_THRESHOLD, 64 << 20);
+	mallopt(M_TOP_PAD, 8 << 20);
+}
+
 int main(int argc, char **argv)
 {
+	malloc_keep();
 	config c;
 	int pr = parse_flags(argc, argv, &c);
 	int running = 2 * cpu_count();
