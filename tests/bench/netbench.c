@@ -246,7 +246,14 @@ static void make_key(worker *w, uint64_t op, char key[17])
 	} else if (opt_keyspace) {
 		k = rng_next(&w->rng) % opt_keyspace;
 	}
-	snprintf(key, 17, "key:%012llu", (unsigned long long)(k % 1000000000000ull));
+	/* "key:%012llu" by hand: snprintf was a tenth of the load client's
+	 * own (user-space) time per put */
+	k %= 1000000000000ull;
+	memcpy(key, "key:", 4);
+	for (int i = 15; i >= 4; i--, k /= 10) {
+		key[i] = (char)('0' + k % 10);
+	}
+	key[16] = '\0';
 }
 
 static const char *value_for(worker *w)
