@@ -27,18 +27,9 @@ N=${N:-200000}
 N16=${N16:-1500000}
 ROUNDS=${ROUNDS:-3}
 ENGINE=${ENGINE:-epoll}
-T=$(mktemp -d "${TMPDIR:-/var/tmp}/netbench.XXXXXX")
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$T"
-}
-trap cleanup EXIT
-
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source-path=SCRIPTDIR source=benchlib.sh
+. "$(dirname "$0")/benchlib.sh"
+bench_init netbench
 
 # start_shiplogd SYNC → sets SPID, SURL
 start_shiplogd() {
@@ -49,11 +40,7 @@ start_shiplogd() {
 	"$B/shiplogd" --dir "$T/ship" --listen "$SURL" --sync "$1" --log-level warn 2>>"$T/shiplogd.log" &
 	SPID=$!
 	PIDS+=("$SPID")
-	for _ in $(seq 100); do
-		"$B/shiplog" -a "$SURL" --timeout 200 ping >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "shiplogd did not start"; cat "$T/shiplogd.log"; exit 1
+	bench_wait_up shiplogd "$T/shiplogd.log" -
 }
 
 stop() { kill "$1"; wait "$1" 2>/dev/null || true; }
@@ -67,11 +54,7 @@ start_redis() {
 		--appendfsync "$1" --dir "$T/redis" --logfile "$T/redis.log" &
 	RPID=$!
 	PIDS+=("$RPID")
-	for _ in $(seq 100); do
-		redis-cli -p "$RPORT" ping >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "redis-server did not start"; exit 1
+	bench_wait_up redis-server "$T/redis.log" "$RPORT"
 }
 
 rss_kb() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }

@@ -14,19 +14,9 @@
 set -eu
 N=${N:-300000}
 ROUNDS=${ROUNDS:-3}
-T=$(mktemp -d "${TMPDIR:-/var/tmp}/redisrepl.XXXXXX")
-PIDS=()
-cleanup() {
-	for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-	rm -rf "$T"
-}
-trap cleanup EXIT
-
-free_port() {
-	python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+# shellcheck source-path=SCRIPTDIR source=benchlib.sh
+. "$(dirname "$0")/benchlib.sh"
+bench_init redisrepl
 
 # start_redis NAME [ARGS…] → sets RPORT, RPID
 start_redis() {
@@ -38,13 +28,7 @@ start_redis() {
 		--daemonize no --appendonly yes --appendfsync everysec "$@" >"$T/$name.log" 2>&1 &
 	RPID=$!
 	PIDS+=("$RPID")
-	for _ in $(seq 100); do
-		redis-cli -p "$RPORT" ping >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "redis-server $name did not start"
-	cat "$T/$name.log"
-	exit 1
+	bench_wait_up "redis-server $name" "$T/$name.log" "$RPORT"
 }
 
 start_redis primary
