@@ -141,6 +141,8 @@ typedef struct parked_read {
 	uint64_t min_seq;
 	int rc;
 	uint64_t took_ms;
+	char val[16]; /* the value read (up to 15 bytes) */
+	size_t vlen;
 } parked_read;
 
 static void *parked_read_thread(void *arg)
@@ -157,6 +159,10 @@ static void *parked_read_thread(void *arg)
 	uint64_t t0 = tu_mono_ms();
 	pr->rc = sl_client_get(f, "ryw", 3, &got, &gl, NULL);
 	pr->took_ms = tu_mono_ms() - t0;
+	pr->vlen = gl;
+	if (got != NULL) {
+		memcpy(pr->val, got, gl < sizeof(pr->val) - 1 ? gl : sizeof(pr->val) - 1);
+	}
 	free(got);
 	sl_client_close(f);
 	return NULL;
@@ -226,6 +232,54 @@ static void test_min_seq_waits_hold_no_thread(void **state)
 		if (pr[i].took_ms < 1800 || pr[i].took_ms > 3500) {
 			fail_msg("waiting read %d answered after %llu ms (its wait: 2000 ms)", i,
 			         (unsigned long long)pr[i].took_ms);
+		}
+	}
+}
+
+/* Reads parked for the next write are all answered by it, with its value,
+ * long before their wait (2 s) ends, by the thread that applied it; the
+ * write itself waits for the follower's ack, which the next fetch carries
+ * once those reads have run. */
+static void test_parked_reads_answered_by_the_write(void **state)
+{
+	(void)state;
+	ru_node *f[] = {&F1};
+	ru_assert_converged(&P, f, 1);
+	static parked_read pr[PARKED_READS];
+	pthread_t th[PARKED_READS];
+	uint64_t next = ru_last_seq(&P) + 1;
+	uint64_t waits0 = ru_stat(&F1, "repl_min_seq_waits", NULL, 0);
+	for (int i = 0; i < PARKED_READS; i++) {
+		memset(&pr[i], 0, sizeof(pr[i]));
+		pr[i].min_seq = next;
+		pr[i].rc = 1;
+		assert_int_equal(pthread_create(&th[i], NULL, parked_read_thread, &pr[i]), 0);
+	}
+	for (int t = 0; t < 250; t++) {
+		if (ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS) {
+			break;
+		}
+		nu_sleep_ms(20);
+	}
+	assert_true(ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS);
+	sl_client *p = ru_client(&P);
+	assert_non_null(p);
+	sl_client_set_acks(p, 1, 5000);
+	uint64_t seq = 0;
+	assert_int_equal(sl_client_put(p, "ryw", 3, "answered", 8, &seq), SL_OK);
+	assert_int_equal(seq, next);
+	assert_true(sl_client_last_acks(p) >= 1);
+	sl_client_close(p);
+	for (int i = 0; i < PARKED_READS; i++) {
+		pthread_join(th[i], NULL);
+	}
+	for (int i = 0; i < PARKED_READS; i++) {
+		if (pr[i].rc != SL_OK || pr[i].vlen != 8 || memcmp(pr[i].val, "answered", 8) != 0 ||
+		    pr[i].took_ms >= 1800) {
+			fail_msg(
+			    "parked read %d: rc %d, %zu bytes '%s', after %llu ms (want SL_OK, "
+			    "'answered', well before its 2000 ms wait)",
+			    i, pr[i].rc, pr[i].vlen, pr[i].val, (unsigned long long)pr[i].took_ms);
 		}
 	}
 }
@@ -570,6 +624,7 @@ int main(void)
 	    cmocka_unit_test(test_follower_read_only),
 	    cmocka_unit_test(test_min_seq_on_follower),
 	    cmocka_unit_test(test_min_seq_waits_hold_no_thread),
+	    cmocka_unit_test(test_parked_reads_answered_by_the_write),
 	    cmocka_unit_test(test_acks_and_wait),
 	    cmocka_unit_test(test_acks_sync_always_follower),
 	    cmocka_unit_test(test_kill_follower_partial_resync),
