@@ -168,6 +168,27 @@ static void *parked_read_thread(void *arg)
 	return NULL;
 }
 
+/* Starts PARKED_READS reads of "ryw" on F1, each with --min-seq min_seq
+ * (pr and th: PARKED_READS each), and returns once F1 counts them all
+ * parked. */
+static void park_reads(parked_read *pr, pthread_t *th, uint64_t min_seq)
+{
+	uint64_t waits0 = ru_stat(&F1, "repl_min_seq_waits", NULL, 0);
+	for (int i = 0; i < PARKED_READS; i++) {
+		memset(&pr[i], 0, sizeof(pr[i]));
+		pr[i].min_seq = min_seq;
+		pr[i].rc = 1;
+		assert_int_equal(pthread_create(&th[i], NULL, parked_read_thread, &pr[i]), 0);
+	}
+	for (int t = 0; t < 250; t++) {
+		if (ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS) {
+			break;
+		}
+		nu_sleep_ms(20);
+	}
+	assert_true(ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS);
+}
+
 /* Reads waiting for their --min-seq hold no thread of the follower: with
  * more of them waiting than it has workers (64), a stats request (run by
  * a worker) and a read-your-writes read are answered at once, and every
@@ -182,21 +203,8 @@ static void test_min_seq_waits_hold_no_thread(void **state)
 	ru_assert_converged(&P, f, 1);
 	static parked_read pr[PARKED_READS];
 	pthread_t th[PARKED_READS];
-	uint64_t far = ru_last_seq(&P) + 1000000;
-	uint64_t waits0 = ru_stat(&F1, "repl_min_seq_waits", NULL, 0);
-	for (int i = 0; i < PARKED_READS; i++) {
-		pr[i].min_seq = far;
-		pr[i].rc = 1;
-		assert_int_equal(pthread_create(&th[i], NULL, parked_read_thread, &pr[i]), 0);
-	}
 	/* all of them parked before the stats request is timed */
-	for (int t = 0; t < 250; t++) {
-		if (ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS) {
-			break;
-		}
-		nu_sleep_ms(20);
-	}
-	assert_true(ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS);
+	park_reads(pr, th, ru_last_seq(&P) + 1000000);
 	uint64_t t0 = tu_mono_ms();
 	sl_client *fc = ru_client(&F1);
 	assert_non_null(fc);
@@ -248,20 +256,7 @@ static void test_parked_reads_answered_by_the_write(void **state)
 	static parked_read pr[PARKED_READS];
 	pthread_t th[PARKED_READS];
 	uint64_t next = ru_last_seq(&P) + 1;
-	uint64_t waits0 = ru_stat(&F1, "repl_min_seq_waits", NULL, 0);
-	for (int i = 0; i < PARKED_READS; i++) {
-		memset(&pr[i], 0, sizeof(pr[i]));
-		pr[i].min_seq = next;
-		pr[i].rc = 1;
-		assert_int_equal(pthread_create(&th[i], NULL, parked_read_thread, &pr[i]), 0);
-	}
-	for (int t = 0; t < 250; t++) {
-		if (ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS) {
-			break;
-		}
-		nu_sleep_ms(20);
-	}
-	assert_true(ru_stat(&F1, "repl_min_seq_waits", NULL, 0) >= waits0 + PARKED_READS);
+	park_reads(pr, th, next);
 	sl_client *p = ru_client(&P);
 	assert_non_null(p);
 	sl_client_set_acks(p, 1, 5000);
