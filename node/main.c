@@ -535,11 +535,13 @@ static int fault_fdatasync(int fd)
  * worker's MADV_POPULATE_WRITE of the next segment pages (which holds it
  * for reading).  perf of the loop under 50 clients' puts: 160 sleeps in
  * mprotect in 1.3 s; none with these settings (the put figures did not
- * move measurably, nor did their p99.9 of 2-5 ms).  Heaps now grow 8 MiB at a time and give back
- * only a free top over 64 MiB (untouched pages cost no memory).  Setting these turns off glibc's
- * sliding mmap threshold, so it is set where that slides to after the first large free (32 MiB, its
- * ceiling): at 1 MiB every snapshot chunk a follower received was a fresh mapping, and a full
- * resync of 1 M keys took 0.725 s against 0.683 s (medians of 4 alternating runs). */
+ * move measurably, nor did their p99.9 of 2-5 ms).  Heaps now grow 8 MiB
+ * at a time and give back only a free top over 64 MiB (untouched pages
+ * cost no memory).  Setting these turns off glibc's sliding mmap
+ * threshold, so it is set where that slides to after the first large free
+ * (32 MiB, its ceiling): at 1 MiB every snapshot chunk a follower received
+ * was a fresh mapping, and a full resync of 1 M keys took 0.725 s against
+ * 0.683 s (medians of 4 alternating runs). */
 static void malloc_keep(void)
 {
 	mallopt(M_MMAP_THRESHOLD, 32 << 20);

@@ -31,11 +31,6 @@ void sl_slice_set(uint32_t us)
 	atomic_store(&slice_us, us);
 }
 
-uint32_t sl_slice_get(void)
-{
-	return atomic_load(&slice_us);
-}
-
 void sl_slice_apply(void)
 {
 #if defined(SYS_sched_setattr) && defined(SYS_sched_getattr)

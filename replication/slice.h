@@ -31,7 +31,6 @@
 #define SL_SLICE_DEFAULT_US 100 /* the shortest slice Linux takes */
 
 void sl_slice_set(uint32_t us);
-uint32_t sl_slice_get(void);
 void sl_slice_apply(void);
 
 #endif

@@ -289,7 +289,8 @@ void sl_keydir_prefetch(const sl_keydir *kd, uint64_t h)
 	}
 }
 
-/* Keeps s's hint's chunk table current (its slots: grow_slots). */
+/* Keeps s's hint's chunk table current (its slots: grow_slots); called
+ * where the table can move, an insert's arena_repack and arena_take. */
 static inline void hint_tab(sl_keydir *kd, const shard *s)
 {
 	slot_hint *sh = &kd->hint[s - kd->shards];
@@ -600,7 +601,9 @@ static int put_locked(sl_keydir *kd, shard *s, uint64_t h, const void *key, size
 		goto out;
 	}
 	uint32_t off;
-	if ((rc = arena_take(&kd->pool, &s->a, esz, &off)) != SL_OK) {
+	rc = arena_take(&kd->pool, &s->a, esz, &off);
+	hint_tab(kd, s); /* the repack or the take may have moved the chunk table */
+	if (rc != SL_OK) {
 		goto out;
 	}
 	uint8_t *e = arena_at(&s->a, off);
@@ -612,7 +615,6 @@ static int put_locked(sl_keydir *kd, shard *s, uint64_t h, const void *key, size
 	count_entry(s, loc->tomb, +1);
 	rc = 2;
 out:
-	hint_tab(kd, s); /* an insert may have grown or repacked the arena */
 	return rc;
 }
 
