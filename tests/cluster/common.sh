@@ -51,7 +51,7 @@ trap "exit 143" TERM INT HUP
 # connections. Each call also seeds RANDOM from the clock and its own pid.
 free_base() {
 	local n=$1 tries base i p busy lo
-	RANDOM=$(($(date +%N) % 32768 + BASHPID))
+	RANDOM=$((10#$(date +%N) % 32768 + BASHPID))
 	lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 	((lo > 21000)) || lo=50000 # a low ephemeral range: no way around it
 	for ((tries = 0; tries < 200; tries++)); do
