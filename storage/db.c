@@ -363,9 +363,11 @@ static int rotate(sl_db *db, size_t need, unsigned flags)
 	/* Its first MiB now, bounded (sl_seg_populate), before the flusher
 	 * can see it: else the next write's fault zero-fills a whole
 	 * read-around window with append_mu held.  Not while appends come
-	 * as pwrites (write_run), which need no populated page. */
+	 * as pwrites (write_run), which need no populated page.  Mapped
+	 * read-only under --sync everysec (segment.h). */
 	if (!atomic_load_explicit(&db->pop_off, memory_order_relaxed)) {
-		sl_seg_populate(n, 1u << 20, 1, 0);
+		sl_seg_populate(n, 1u << 20, 1,
+		                db->opt.sync == SL_SYNC_EVERYSEC ? SL_POP_MAP : SL_POP_DIRTY);
 	}
 	pthread_mutex_lock(&db->seg_mu);
 	rc = sl_db_seg_publish(db, n);

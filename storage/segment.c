@@ -248,7 +248,7 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
 #define POPULATE_STEP (1u << 20)
 #define RA_STEP       (128u << 10)
 
-void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int pages_only)
+void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int how)
 {
 #ifdef MADV_POPULATE_WRITE
 	if (!s->writable) {
@@ -280,7 +280,7 @@ void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int pages_only)
 	uint64_t step = bounded ? POPULATE_STEP : upto - from;
 	for (uint64_t off = from, n; off < upto; off += n) {
 		n = upto - off < step ? upto - off : step;
-		if (pages_only) {
+		if (how == SL_POP_PAGES) {
 			/* the appends are pwrites: no page-table entries.  The
 			 * kernel reads no more per call than the device's
 			 * readahead or request size, which may be 128 KiB. */
@@ -293,7 +293,17 @@ void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int pages_only)
 		if (bounded) {
 			readahead(s->fd, (off64_t)off, (size_t)n);
 		}
-		if (madvise(s->map + off, (size_t)n, MADV_POPULATE_WRITE) != 0) {
+		/* SL_POP_MAP for a slow writer under everysec: mapped
+		 * for writing, its pages were dirty zeros that the next
+		 * fdatasync wrote out and cleaned before the appender reached
+		 * them, so it took a write fault on each page all the same and
+		 * the disk got every page twice (340 MB written per 147 MB of
+		 * records; docs/performance.md, twentieth session).  Under
+		 * --sync always SL_POP_DIRTY is faster, zeros and all: 72 k
+		 * puts/s against 58-68 k, as each group commit's fdatasync then
+		 * finds the extents it covers converted already. */
+		if (madvise(s->map + off, (size_t)n,
+		            how == SL_POP_MAP ? MADV_POPULATE_READ : MADV_POPULATE_WRITE) != 0) {
 			break; /* EINVAL before Linux 5.14: leave the faults to the appender */
 		}
 	}

@@ -91,14 +91,29 @@ void sl_seg_close(const struct sl_io *io, sl_seg *s);
 /* Makes bytes [synced, end) durable with fdatasync.  SL_EIO on failure. */
 int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs);
 
-/* Faults pages [populated, upto) of a writable mapping in ahead of the
- * appender (MADV_POPULATE_WRITE), so appends do not page-fault.  bounded:
- * reads the pages in first with readahead(2), 1 MiB at a time, instead of
- * letting a fault zero-fill a whole read-around window in one go (see
- * segment.c).  pages_only: the readahead(2) alone, nothing mapped (the
- * appends are pwrites, which need the pages in the page cache only).
- * Best effort: older kernels just leave the faults to the appender. */
-void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int pages_only);
+/* How sl_seg_populate brings pages [populated, upto) in ahead of the
+ * appender:
+ *  - SL_POP_PAGES: into the page cache alone (readahead(2)), nothing
+ *    mapped: the appends are pwrites, which need no page-table entry;
+ *  - SL_POP_MAP: mapped read-only as well (MADV_POPULATE_READ).  The
+ *    appender's first write to a page takes a write-protect fault, and
+ *    the pages stay clean, so no sync writes them out as zeros;
+ *  - SL_POP_DIRTY: mapped writable (MADV_POPULATE_WRITE): no fault at
+ *    all, but the pages are dirty zeros, which the next fdatasync writes
+ *    out, converting the segment's preallocated (unwritten) space to
+ *    written as it goes.  For a writer that reaches its pages before a
+ *    sync does: a fast one, or any under --sync no; and under --sync
+ *    always, whose many fdatasyncs are each cheaper once no extent is
+ *    left to convert (segment.c).  The flusher and rotation choose
+ *    SL_POP_MAP for a slow writer under --sync everysec only. */
+enum { SL_POP_PAGES, SL_POP_MAP, SL_POP_DIRTY };
+
+/* Brings pages [populated, upto) of a writable mapping in ahead of the
+ * appender, `how` (SL_POP_*).  bounded: reads the pages in with
+ * readahead(2), 1 MiB at a time, instead of letting a fault zero-fill a
+ * whole read-around window in one go (see segment.c).  Best effort: older
+ * kernels just leave the faults to the appender. */
+void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int how);
 
 /* Cuts the file to its written length (drops the preallocated tail). */
 int sl_seg_trim(const struct sl_io *io, sl_seg *s);

@@ -296,7 +296,8 @@ void *sl_db_flusher_main(void *arg)
 			 * compacted and freed, and seal_mu keeps it unsealed.  A
 			 * writer that needs this again within POP_FAST_NS (more than
 			 * POP_AHEAD/2 per POP_FAST_NS: 32 MiB/s) gets whole
-			 * read-arounds, a slower one bounded steps (sl_seg_populate). */
+			 * read-arounds, a slower one bounded steps (sl_seg_populate),
+			 * mapped read-only under --sync everysec (segment.h). */
 			uint64_t t = sl_mono_ns();
 			int bounded = t - last_pop_ns > POP_FAST_NS;
 			last_pop_ns = t;
@@ -306,11 +307,13 @@ void *sl_db_flusher_main(void *arg)
 				sl_seg *a = db->active_pub;
 				pthread_mutex_unlock(&db->seg_mu);
 				uint64_t pop = a ? atomic_load(&a->populated) : 0;
-				int pages_only = atomic_load(&db->pop_off);
+				int how = atomic_load(&db->pop_off) ? SL_POP_PAGES
+				          : bounded && everysec     ? SL_POP_MAP
+				                                    : SL_POP_DIRTY;
 				more = a != NULL && !atomic_load(&a->sealed) &&
 				       pop < atomic_load(&a->end) + POP_AHEAD && pop < a->cap;
 				if (more) {
-					sl_seg_populate(a, pop + (1u << 20), bounded, pages_only);
+					sl_seg_populate(a, pop + (1u << 20), bounded, how);
 				}
 				pthread_mutex_unlock(&db->seal_mu);
 			}
