@@ -1100,6 +1100,15 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 		pthread_rwlock_unlock(&n->db_lock);
 		return -1;
 	}
+	if (!try_inline && writes) {
+		/* Handed over for want of room, most likely: the rotation now,
+		 * so the writes after this one run inline again.  Else every
+		 * write of the segment's last MiB came here, each a worker's
+		 * wakeup and a reply through the loop (7,500 puts of 100 bytes
+		 * per 64 MiB segment).  A failure leaves the segment as it is,
+		 * with the room it has: the write below reports its own. */
+		(void)sl_rotate_early(n->db, INLINE_MAX_BYTES + INLINE_ROOM_MARGIN);
+	}
 	if (want_acks) {
 		sl_repl_ack_begin(n->repl); /* before the write: its fetch replies say so */
 	}

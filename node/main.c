@@ -69,7 +69,7 @@ static void usage(FILE *f)
 	       "  --listen URL                client URL (default tcp://127.0.0.1:7420)\n"
 	       "  --sync always|everysec|no   when writes reach the disk (default everysec)\n"
 	       "  --segment-bytes N           rotate segments past N bytes (default 64m,\n"
-	       "                              4k..3070m)\n"
+	       "                              4k..3070m; from 17m, up to 1.06m early)\n"
 	       "  --compact-dead-ratio R      compact a segment at this dead share, 0<R<=1\n"
 	       "                              (default 0.5)\n"
 	       "  --metrics-listen URL        serve /metrics at http://HOST:PORT (default off)\n"

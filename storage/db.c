@@ -885,6 +885,23 @@ uint64_t sl_append_room(sl_db *db)
 	return db ? atomic_load_explicit(&db->room, memory_order_relaxed) : 0;
 }
 
+int sl_rotate_early(sl_db *db, uint64_t below)
+{
+	if (db == NULL || sl_append_room(db) >= below) {
+		return SL_OK;
+	}
+	int rc = SL_OK;
+	pthread_mutex_lock(&db->append_mu);
+	sl_seg *a = db->active; /* db->opt is read under append_mu (sl_swap_dir) */
+	if (a != NULL && !atomic_load(&db->failed) && db->opt.segment_bytes / 16 >= below &&
+	    atomic_load(&a->end) > SL_SEG_HDR_SIZE &&
+	    atomic_load_explicit(&db->room, memory_order_relaxed) < below) {
+		rc = rotate(db, 0, 0);
+	}
+	pthread_mutex_unlock(&db->append_mu);
+	return rc;
+}
+
 /* ---- reads -------------------------------------------------------------- */
 
 typedef struct get_ctx {

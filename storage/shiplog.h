@@ -326,6 +326,16 @@ uint64_t sl_last_seq(sl_db *db);
  * a lock: another writer may use the room first.  0 when read-only. */
 uint64_t sl_append_room(sl_db *db);
 
+/* Starts a new active segment now when the active one has records and
+ * less than `below` bytes of room (sl_append_room), so that the writes
+ * that follow find room again: a node hands writes that could need a
+ * rotation to its workers, and this keeps that to one rotation's time
+ * rather than the segment's last `below` bytes.  Only when segment_bytes
+ * is at least 16 * below: smaller segments keep their exact size.  SL_OK
+ * when nothing was due; else rotation's errors (the active segment then
+ * stays, with the room it has). */
+int sl_rotate_early(sl_db *db, uint64_t below);
+
 /* A content digest over the live (not deleted, not expired) keys and their
  * values, independent of order and segment layout: equal on two stores with
  * equal live contents.  out gets 32 hex digits and a NUL; *keys_out (may be

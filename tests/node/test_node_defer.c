@@ -46,6 +46,8 @@ static struct sl_io g_fio;
 static char *dir;
 static sl_node node;
 
+static uint64_t g_segment_bytes = 4 << 20; /* no rotation (whose seal would sync) */
+
 static int setup(void **state)
 {
 	(void)state;
@@ -60,7 +62,7 @@ static int setup(void **state)
 	sl_options o;
 	sl_options_init(&o);
 	o.sync = SL_SYNC_ALWAYS;
-	o.segment_bytes = 4 << 20; /* no rotation (whose seal would sync) */
+	o.segment_bytes = g_segment_bytes;
 	o.max_key_bytes = 1024;
 	o.max_value_bytes = 64 << 10;
 	o.compact_background = 0;
@@ -83,6 +85,16 @@ static int setup(void **state)
 	atomic_init(&node.compactions, 0);
 	node.metrics = NULL;
 	return 0;
+}
+
+/* setup with 24 MiB segments: big enough (16 times the room a write run
+ * inline leaves) for a worker's write to rotate early (sl_rotate_early) */
+static int setup_big(void **state)
+{
+	g_segment_bytes = 24 << 20;
+	int rc = setup(state);
+	g_segment_bytes = 4 << 20;
+	return rc;
 }
 
 static int teardown(void **state)
@@ -668,6 +680,87 @@ static void test_inline_leaves_rotation_to_workers(void **state)
 	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
 }
 
+static uint64_t segment_count(void)
+{
+	sl_stats st;
+	assert_int_equal(sl_stats_get(node.db, &st), SL_OK);
+	return st.segments;
+}
+
+/* With segments of 16 times that room or more, the write a worker gets
+ * for want of room starts the next segment first (sl_rotate_early), so
+ * the writes after it run inline again, instead of every write of the
+ * segment's last MiB going to a worker; everything written before and
+ * after reads back, also after a reopen. */
+static void test_worker_write_rotates_early(void **state)
+{
+	(void)state;
+	char v[1024];
+	memset(v, 'e', sizeof(v));
+	uint64_t seq = 0;
+	int nfill = 0;
+	for (; sl_append_room(node.db) > (1u << 20); nfill++) {
+		char k[16];
+		snprintf(k, sizeof(k), "f%d", nfill);
+		assert_int_equal(
+		    sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq), SL_OK);
+	}
+	uint64_t segs = segment_count();
+	uint64_t last = sl_last_seq(node.db);
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(run_inline(req_put("r2", "x2"), &r, &ss), -1);
+	assert_int_equal(sl_last_seq(node.db), last);
+	/* the worker's path: a new segment, then the write */
+	assert_int_equal(defer(req_put("r2", "x2"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	sl_reply_free(&r);
+	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
+	assert_int_equal(segment_count(), segs + 1);
+	assert_true(sl_append_room(node.db) > (20u << 20));
+	/* inline again */
+	assert_int_equal(run_inline(req_put("r3", "x3"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	sl_reply_free(&r);
+	assert_int_equal(sl_sync_wait(node.db, ss), SL_OK);
+	/* nothing due: room left, or an empty active segment */
+	assert_int_equal(sl_rotate_early(node.db, 1u << 20), SL_OK);
+	assert_int_equal(segment_count(), segs + 1);
+	/* segments under 16 times `below` keep their exact size */
+	assert_int_equal(sl_rotate_early(node.db, 32u << 20), SL_OK);
+	assert_int_equal(segment_count(), segs + 1);
+	for (int reopen = 0; reopen <= 1; reopen++) {
+		if (reopen) {
+			sl_close(node.db);
+			node.db = NULL;
+			sl_options o;
+			sl_options_init(&o);
+			o.segment_bytes = 24 << 20;
+			o.compact_background = 0;
+			o.quiet = tu_quiet();
+			assert_int_equal(sl_open(dir, &o, &node.db), SL_OK);
+		}
+		const char *want[][2] = {{"f0", NULL}, {"r2", "x2"}, {"r3", "x3"}};
+		char lastk[16];
+		snprintf(lastk, sizeof(lastk), "f%d", nfill - 1);
+		want[0][0] = lastk;
+		for (size_t i = 0; i < 3; i++) {
+			void *val = NULL;
+			size_t vlen = 0;
+			assert_int_equal(sl_get(node.db, want[i][0], strlen(want[i][0]), &val, &vlen),
+			                 SL_OK);
+			if (want[i][1] == NULL) {
+				assert_int_equal(vlen, sizeof(v));
+				assert_memory_equal(val, v, sizeof(v));
+			} else {
+				assert_int_equal(vlen, strlen(want[i][1]));
+				assert_memory_equal(val, want[i][1], vlen);
+			}
+			free(val);
+		}
+	}
+}
+
 /* sl_request_key finds a get's, put's or delete's key in the encoded
  * request without decoding it (the epoll front's prefetch), after other
  * fields and unknown ones, and nothing for other requests or bad bytes. */
@@ -729,6 +822,7 @@ int main(void)
 	    T(test_inline_runs_what_cannot_wait),
 	    T(test_inline_refuses_what_can_wait),
 	    T(test_inline_leaves_rotation_to_workers),
+	    cmocka_unit_test_setup_teardown(test_worker_write_rotates_early, setup_big, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
