@@ -702,8 +702,8 @@ static void test_worker_write_rotates_early(void **state)
 	for (; sl_append_room(node.db) > (1u << 20); nfill++) {
 		char k[16];
 		snprintf(k, sizeof(k), "f%d", nfill);
-		assert_int_equal(
-		    sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq), SL_OK);
+		assert_int_equal(sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq),
+		                 SL_OK);
 	}
 	uint64_t segs = segment_count();
 	uint64_t last = sl_last_seq(node.db);
@@ -747,8 +747,8 @@ static void test_worker_write_rotates_early(void **state)
 		for (size_t i = 0; i < 3; i++) {
 			void *val = NULL;
 			size_t vlen = 0;
-			assert_int_equal(sl_get(node.db, want[i][0], strlen(want[i][0]), &val, &vlen),
-			                 SL_OK);
+			assert_int_equal(
+			    sl_get(node.db, want[i][0], strlen(want[i][0]), &val, &vlen), SL_OK);
 			if (want[i][1] == NULL) {
 				assert_int_equal(vlen, sizeof(v));
 				assert_memory_equal(val, v, sizeof(v));
