@@ -22,9 +22,11 @@
  *     onto the run queue of this file's worker threads (catch-up fetches,
  *     snapshot chunks).  A write that satisfies parked fetches serves
  *     them the same way (repl_release_parked).
- *  2. A parked fetch holds no thread and no store lock; the waker thread
- *     moves it back to the run queue when the head passes its from_seq
- *     (sl_repl_notify_write) or its wait_ms ends.
+ *  2. A parked fetch holds no thread and no store lock; the write that
+ *     moves the head past its from_seq serves it (sl_repl_notify_write),
+ *     or the waker thread does when its wait_ms ends.  A fetch parks
+ *     only if the head, read after it is listed, is still below its
+ *     from_seq: a write either sees it listed or is seen.
  *  3. Records are served only from the contiguous log above the node's
  *     floor (the head of its last full resync): below it the store holds a
  *     snapshot, not a log, and the follower must full-resync.
@@ -421,9 +423,24 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 			c->next = r->parked;
 			r->parked = c;
 			atomic_store(&r->parked_any, 1);
-			pthread_cond_broadcast(&r->cv);
-			pthread_mutex_unlock(&r->mu);
-			return 1;
+			/* A write that moved the head past from_seq since the read
+			 * above either sees parked_any (sl_repl_wake_fetches: it
+			 * releases this fetch) or is seen here (both seq_cst), and
+			 * then this fetch is answered now, empty: the follower
+			 * fetches again at once. */
+			if (atomic_load(&r->head) < f->from_seq) {
+				/* The waker sleeps until its next deadline: woken only
+				 * for a sooner one.  It was woken for every fetch
+				 * parked, 900 times a second under a 50-client load,
+				 * each a context switch on the event loop's core. */
+				if (r->waker_wake_ms == 0 || c->deadline_ms < r->waker_wake_ms) {
+					pthread_cond_broadcast(&r->cv);
+				}
+				pthread_mutex_unlock(&r->mu);
+				return 1;
+			}
+			r->parked = c->next;
+			atomic_store(&r->parked_any, r->parked != NULL);
 		}
 		pthread_mutex_unlock(&r->mu);
 	}

@@ -590,9 +590,9 @@ void sl_repl_wake_fetches(sl_repl *r)
 		tl_deferred = r;
 		return;
 	}
-	/* Racy peek: a fetch parking right now broadcasts cv, and the waker
-	 * then finds the head advanced before this call (primary.c,
-	 * invariant 2). */
+	/* Racy peek, and enough: a fetch parking right now reads the head
+	 * after it sets parked_any, and is answered at once if the head is
+	 * past its from_seq (primary.c, invariant 2). */
 	if (r == NULL || !atomic_load(&r->parked_any)) {
 		return;
 	}
