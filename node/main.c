@@ -58,6 +58,7 @@ typedef struct config {
 	uint64_t min_seq_wait_ms;
 	uint64_t repl_batch_us;
 	uint64_t io_slice_us;
+	int repl_sched_batch; /* --repl-sched batch */
 } config;
 
 static void usage(FILE *f)
@@ -113,6 +114,12 @@ static void usage(FILE *f)
 	       "  --repl-batch-us US          a follower that finds records already waiting at\n"
 	       "                              each fetch pauses this long between fetches, so\n"
 	       "                              each carries more (default 0: no pause)\n"
+	       "  --repl-sched normal|batch   a follower's fetch and apply threads; batch:\n"
+	       "                              SCHED_BATCH, never preempting a running thread\n"
+	       "                              when woken, for a follower that shares its cores\n"
+	       "                              with a busy primary: the primary keeps more of\n"
+	       "                              its throughput, writes show later on this node\n"
+	       "                              under load (default normal)\n"
 	       "  --version                   print the version and exit\n"
 	       "  -h, --help                  this text\n"
 	       "\n"
@@ -192,6 +199,7 @@ enum {
 	O_MIN_SEQ_WAIT,
 	O_REPL_BATCH,
 	O_IO_SLICE,
+	O_REPL_SCHED,
 	O_TRANSPORT,
 	O_IO_THREADS,
 	O_VERSION,
@@ -219,6 +227,7 @@ static const struct option long_opts[] = {
     {"min-seq-wait-ms", required_argument, NULL, O_MIN_SEQ_WAIT},
     {"repl-batch-us", required_argument, NULL, O_REPL_BATCH},
     {"io-slice-us", required_argument, NULL, O_IO_SLICE},
+    {"repl-sched", required_argument, NULL, O_REPL_SCHED},
     {"transport", required_argument, NULL, O_TRANSPORT},
     {"io-threads", required_argument, NULL, O_IO_THREADS},
     {"version", no_argument, NULL, O_VERSION},
@@ -379,6 +388,12 @@ static int parse_flags(int argc, char **argv, config *c)
 			    c->repl_batch_us > 100000) {
 				return bad_flag("--repl-batch-us", optarg, "want 0..100000");
 			}
+			break;
+		case O_REPL_SCHED:
+			if (strcmp(optarg, "normal") != 0 && strcmp(optarg, "batch") != 0) {
+				return bad_flag("--repl-sched", optarg, "want normal or batch");
+			}
+			c->repl_sched_batch = strcmp(optarg, "batch") == 0;
 			break;
 		case O_IO_SLICE:
 			if (parse_size(optarg, &c->io_slice_us) != 0 ||
@@ -566,6 +581,7 @@ int main(int argc, char **argv)
 	}
 	sl_log_set_level(c.log_level);
 	sl_slice_set((uint32_t)c.io_slice_us);
+	sl_slice_set_batch(c.repl_sched_batch);
 
 	/* Every thread created from here on inherits this mask. */
 	sigset_t sigs;

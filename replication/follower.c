@@ -473,7 +473,7 @@ static int plain_read_reply(pending *p, Shiplog__ReplReply **out);
  * thread touches the connection again only once it is done. */
 static void *plain_reader_main(void *arg)
 {
-	sl_slice_apply(); /* --io-slice-us (slice.h) */
+	sl_slice_apply_repl(); /* --io-slice-us, --repl-sched (slice.h) */
 	sl_repl *r = arg;
 	pthread_mutex_lock(&r->fr_mu);
 	for (;;) {
@@ -1488,7 +1488,7 @@ static int resync_or_wait(sl_repl *r, const char *url, uint64_t *backoff, uint64
 
 static void *fetch_main(void *arg)
 {
-	sl_slice_apply(); /* --io-slice-us (slice.h) */
+	sl_slice_apply_repl(); /* --io-slice-us, --repl-sched (slice.h) */
 	sl_repl *r = arg;
 	uint64_t backoff = BACKOFF_MIN_MS;
 	int connected = 0; /* a fetch succeeded on this connection */

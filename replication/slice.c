@@ -25,17 +25,24 @@ typedef struct slice_attr {
 } slice_attr;
 
 static atomic_uint slice_us = SL_SLICE_DEFAULT_US;
+static atomic_int repl_batch;
 
 void sl_slice_set(uint32_t us)
 {
 	atomic_store(&slice_us, us);
 }
 
-void sl_slice_apply(void)
+void sl_slice_set_batch(int on)
+{
+	atomic_store(&repl_batch, on);
+}
+
+/* The calling thread: the slice (0: the kernel's own) and, with batch,
+ * SCHED_BATCH; its nice value stays. */
+static void apply(uint32_t us, int batch)
 {
 #if defined(SYS_sched_setattr) && defined(SYS_sched_getattr)
-	uint32_t us = atomic_load(&slice_us);
-	if (us == 0) {
+	if (us == 0 && !batch) {
 		return;
 	}
 	slice_attr a;
@@ -52,7 +59,23 @@ void sl_slice_apply(void)
 	 * store from the fetch thread: its flusher, its compactor) get the
 	 * kernel's own slice, not this one */
 	a.sched_flags = 0x01; /* SCHED_FLAG_RESET_ON_FORK */
-	a.sched_runtime = (uint64_t)us * 1000u;
+	if (batch) {
+		a.sched_policy = SCHED_BATCH;
+	}
+	a.sched_runtime = (uint64_t)us * 1000u; /* 0: the kernel's own slice */
 	(void)syscall(SYS_sched_setattr, 0, &a, 0);
+#else
+	(void)us;
+	(void)batch;
 #endif
+}
+
+void sl_slice_apply(void)
+{
+	apply(atomic_load(&slice_us), 0);
+}
+
+void sl_slice_apply_repl(void)
+{
+	apply(atomic_load(&slice_us), atomic_load(&repl_batch));
 }

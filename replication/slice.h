@@ -22,6 +22,13 @@
  *                        older kernel ignores the slice or refuses, and
  *                        a real-time thread is left as it is); threads it
  *                        starts later get the kernel's own (reset on fork)
+ *   sl_slice_set_batch(on)   --repl-sched batch, before any thread starts
+ *   sl_slice_apply_repl()    a follower's fetch and reader threads: the
+ *                        slice, and SCHED_BATCH when set.  A SCHED_BATCH
+ *                        thread is never given the CPU at wakeup while
+ *                        another runs there (no wakeup preemption): it
+ *                        takes an idle core, or the next tick (4 ms at
+ *                        HZ=250).  Its share of the CPU is unchanged.
  */
 #ifndef SL_SLICE_H
 #define SL_SLICE_H
@@ -32,5 +39,7 @@
 
 void sl_slice_set(uint32_t us);
 void sl_slice_apply(void);
+void sl_slice_set_batch(int on);
+void sl_slice_apply_repl(void);
 
 #endif

@@ -488,8 +488,9 @@ static void emit_lat(const char *bench, uint64_t *v, size_t n, const char *extra
 static node P = {.name = "primary"}, F1 = {.name = "follower1"}, F2 = {.name = "follower2"};
 static char backlog_flag[32];
 static const char *p_flags[] = {"--repl-backlog-bytes", backlog_flag, NULL};
-static const char *opt_batch_us = "0"; /* --batch-us: the followers' --repl-batch-us */
-static const char *f_flags[] = {"--repl-batch-us", NULL, NULL};
+static const char *opt_batch_us = "0";   /* --batch-us: the followers' --repl-batch-us */
+static const char *opt_sched = "normal"; /* --follower-sched: their --repl-sched */
+static const char *f_flags[] = {"--repl-batch-us", NULL, "--repl-sched", NULL, NULL};
 
 static void stop_all(void)
 {
@@ -1189,6 +1190,8 @@ static void usage(FILE *f)
 	           "                      at most 16; medians are reported)\n"
 	           "  --catchup-mb MB     log written while a follower is down (default 500)\n"
 	           "  --batch-us US       the followers' --repl-batch-us (default 0)\n"
+	           "  --follower-sched S  the followers' --repl-sched: normal (default) or\n"
+	           "                      batch\n"
 	           "  --json              one JSON object per figure\n"
 	           "  --keep              keep the data directories\n"
 	           "  --help              this text\n");
@@ -1214,6 +1217,7 @@ int sl_replbench_main(int argc, char **argv)
 	    {"json", no_argument, NULL, 'j'},
 	    {"keep", no_argument, NULL, 'K'},
 	    {"batch-us", required_argument, NULL, 'B'},
+	    {"follower-sched", required_argument, NULL, 'S'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
@@ -1262,6 +1266,16 @@ int sl_replbench_main(int argc, char **argv)
 				return 2;
 			}
 			opt_batch_us = optarg;
+			break;
+		case 'S':
+			if (strcmp(optarg, "normal") != 0 && strcmp(optarg, "batch") != 0) {
+				fprintf(stderr,
+				        "shiplog-bench repl: bad --follower-sched '%s' (normal or "
+				        "batch)\n",
+				        optarg);
+				return 2;
+			}
+			opt_sched = optarg;
 			break;
 		case 'R':
 			if (!num_ok || v == 0 || v > 16) {
@@ -1339,6 +1353,7 @@ int sl_replbench_main(int argc, char **argv)
 	}
 	snprintf(backlog_flag, sizeof(backlog_flag), "%llu", (unsigned long long)backlog);
 	f_flags[1] = opt_batch_us;
+	f_flags[3] = opt_sched;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	signal(SIGPIPE, SIG_IGN);

@@ -91,6 +91,9 @@ static void test_bad_flags_exit_1(void **state)
 	const char *a15[] = {"--io-slice-us", "50", NULL}; /* Linux takes 100 us and up */
 	assert_int_equal(nu_run_to_exit(root, "bad15", a15), 1);
 	assert_true(nu_out_contains(root, "bad15", "--io-slice-us"));
+	const char *a16[] = {"--repl-sched", "fast", NULL};
+	assert_int_equal(nu_run_to_exit(root, "bad16", a16), 1);
+	assert_true(nu_out_contains(root, "bad16", "--repl-sched"));
 	const char *h[] = {"--help", NULL};
 	assert_int_equal(nu_run_to_exit(root, "help", h), 0);
 	assert_true(nu_out_contains(root, "help", "--metrics-listen"));

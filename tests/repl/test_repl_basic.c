@@ -6,7 +6,10 @@
  * bytes of a stopped follower, and
  * followers compacting on their own while replicating.
  */
+#define _GNU_SOURCE
+#include <dirent.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -34,10 +37,18 @@ static int setup(void **state)
 	if (ru_start(&F1, dir, P.rurl, fex) != 0) {
 		return -1;
 	}
-	/* F2 batches its fetches under load (--repl-batch-us): every test
+	/* F2 batches its fetches under load (--repl-batch-us), and its fetch
+	 * and apply threads run SCHED_BATCH (--repl-sched batch): every test
 	 * below holds for it too. */
-	const char *fex2[] = {
-	    "--segment-bytes", "64k", "--min-seq-wait-ms", "2000", "--repl-batch-us", "2000", NULL};
+	const char *fex2[] = {"--segment-bytes",
+	                      "64k",
+	                      "--min-seq-wait-ms",
+	                      "2000",
+	                      "--repl-batch-us",
+	                      "2000",
+	                      "--repl-sched",
+	                      "batch",
+	                      NULL};
 	snprintf(dir, sizeof(dir), "%s/f2", root);
 	if (ru_start(&F2, dir, P.rurl, fex2) != 0) {
 		return -1;
@@ -53,6 +64,25 @@ static int teardown(void **state)
 	nu_stop(&P.d, SIGTERM);
 	ru_rm_root(root);
 	return 0;
+}
+
+/* How many of pid's threads run under the scheduling policy `policy`. */
+static int threads_with_policy(pid_t pid, int policy)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	assert_non_null(d);
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] != '.') {
+			int p = sched_getscheduler((pid_t)atoi(e->d_name));
+			n += p >= 0 && (p & ~SCHED_RESET_ON_FORK) == policy;
+		}
+	}
+	closedir(d);
+	return n;
 }
 
 static void test_converge_mixed_load(void **state)
@@ -74,6 +104,11 @@ static void test_converge_mixed_load(void **state)
 	uint64_t fetches = ru_stat(&F1, "repl_fetches", NULL, 0);
 	assert_int_equal(recs, ru_last_seq(&P));
 	assert_true(fetches >= 1);
+	/* --repl-sched batch: F2's fetch and reader threads, nobody else's */
+	int b2 = threads_with_policy(F2.d.pid, SCHED_BATCH);
+	assert_true(b2 >= 1 && b2 <= 2);
+	assert_int_equal(threads_with_policy(F1.d.pid, SCHED_BATCH), 0);
+	assert_int_equal(threads_with_policy(P.d.pid, SCHED_BATCH), 0);
 }
 
 static void test_follower_read_only(void **state)
