@@ -114,7 +114,7 @@ static void usage(FILE *f)
 	       "  --repl-batch-us US          a follower that finds records already waiting at\n"
 	       "                              each fetch pauses this long between fetches, so\n"
 	       "                              each carries more (default 0: no pause)\n"
-	       "  --repl-sched normal|batch   a follower's fetch and apply threads; batch:\n"
+	       "  --repl-sched normal|batch   a follower's fetch and reader threads; batch:\n"
 	       "                              SCHED_BATCH, never preempting a running thread\n"
 	       "                              when woken, for a follower that shares its cores\n"
 	       "                              with a busy primary: the primary keeps more of\n"

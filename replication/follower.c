@@ -1469,7 +1469,11 @@ static int resync_or_wait(sl_repl *r, const char *url, uint64_t *backoff, uint64
 {
 	int local = 0;
 	*stop = 0;
+	/* The store the resync opens starts its own threads (flusher,
+	 * compactor, loaders): not with --repl-sched batch's policy. */
+	sl_slice_apply_normal();
 	int rc = full_resync(r, url, &local);
+	sl_slice_apply_repl();
 	if (rc == SL_OK) {
 		*backoff = BACKOFF_MIN_MS;
 		*resync_backoff = RESYNC_BACKOFF_MIN_MS;

@@ -431,8 +431,8 @@ static int serve_fetch_locked(rctx *c, uint8_t *ibuf, size_t icap)
 			if (atomic_load(&r->head) < f->from_seq) {
 				/* The waker sleeps until its next deadline: woken only
 				 * for a sooner one.  It was woken for every fetch
-				 * parked, 900 times a second under a 50-client load,
-				 * each a context switch on the event loop's core. */
+				 * parked, hundreds of times a second under a 50-client
+				 * load, each a context switch on the event loop's core. */
 				if (r->waker_wake_ms == 0 || c->deadline_ms < r->waker_wake_ms) {
 					pthread_cond_broadcast(&r->cv);
 				}

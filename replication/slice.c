@@ -37,12 +37,13 @@ void sl_slice_set_batch(int on)
 	atomic_store(&repl_batch, on);
 }
 
-/* The calling thread: the slice (0: the kernel's own) and, with batch,
- * SCHED_BATCH; its nice value stays. */
-static void apply(uint32_t us, int batch)
+/* The calling thread: the slice (0: the kernel's own) and, when policy
+ * is not -1, that policy (SCHED_OTHER or SCHED_BATCH); its nice value
+ * stays. */
+static void apply(uint32_t us, int policy)
 {
 #if defined(SYS_sched_setattr) && defined(SYS_sched_getattr)
-	if (us == 0 && !batch) {
+	if (us == 0 && policy < 0) {
 		return;
 	}
 	slice_attr a;
@@ -59,23 +60,30 @@ static void apply(uint32_t us, int batch)
 	 * store from the fetch thread: its flusher, its compactor) get the
 	 * kernel's own slice, not this one */
 	a.sched_flags = 0x01; /* SCHED_FLAG_RESET_ON_FORK */
-	if (batch) {
-		a.sched_policy = SCHED_BATCH;
+	if (policy >= 0) {
+		a.sched_policy = (uint32_t)policy;
 	}
 	a.sched_runtime = (uint64_t)us * 1000u; /* 0: the kernel's own slice */
 	(void)syscall(SYS_sched_setattr, 0, &a, 0);
 #else
 	(void)us;
-	(void)batch;
+	(void)policy;
 #endif
 }
 
 void sl_slice_apply(void)
 {
-	apply(atomic_load(&slice_us), 0);
+	apply(atomic_load(&slice_us), -1);
 }
 
 void sl_slice_apply_repl(void)
 {
-	apply(atomic_load(&slice_us), atomic_load(&repl_batch));
+	apply(atomic_load(&slice_us), atomic_load(&repl_batch) ? SCHED_BATCH : -1);
+}
+
+void sl_slice_apply_normal(void)
+{
+	if (atomic_load(&repl_batch)) {
+		apply(atomic_load(&slice_us), SCHED_OTHER);
+	}
 }

@@ -29,6 +29,13 @@
  *                        another runs there (no wakeup preemption): it
  *                        takes an idle core, or the next tick (4 ms at
  *                        HZ=250).  Its share of the CPU is unchanged.
+ *                        Unlike the slice, the policy passes on to the
+ *                        threads it starts (reset on fork resets only
+ *                        real-time ones), so:
+ *   sl_slice_apply_normal()  when SCHED_BATCH is set, the calling thread
+ *                        back to SCHED_OTHER (the slice kept), before it
+ *                        starts threads of the store's own (a full
+ *                        resync opens a store: its flusher, compactor)
  */
 #ifndef SL_SLICE_H
 #define SL_SLICE_H
@@ -41,5 +48,6 @@ void sl_slice_set(uint32_t us);
 void sl_slice_apply(void);
 void sl_slice_set_batch(int on);
 void sl_slice_apply_repl(void);
+void sl_slice_apply_normal(void);
 
 #endif

@@ -43,8 +43,9 @@
 #include "record.h"
 
 #define SEGTAB_BITS  12u
-#define SL_LOAD      (1u << 8) /* append: a snapshot record, any seq order */
-#define SL_COPIED    (1u << 9) /* append: the raw record's bytes are already at end */
+#define SL_LOAD      (1u << 8)  /* append: a snapshot record, any seq order */
+#define SL_COPIED    (1u << 9)  /* append: the raw record's bytes are already at end */
+#define ROT_EARLY    (1u << 10) /* rotate: sl_rotate_early's, optional: no log */
 #define SEGTAB_CHUNK (1u << SEGTAB_BITS)
 #define SEGTAB_TOP   SL_SEGTAB_TOP
 
@@ -336,7 +337,7 @@ static int rotate(sl_db *db, size_t need, unsigned flags)
 	int rc = sl_db_take_id(db, &id);
 	if (rc != SL_OK) {
 		uint64_t held;
-		if (sl_db_log_due(&db->rot_log, &held)) {
+		if (!(flags & ROT_EARLY) && sl_db_log_due(&db->rot_log, &held)) {
 			sl_db_log(db, "error",
 			          "cannot start a segment: the store has used all %u segment ids "
 			          "(%llu more failed writes since the last such line)",
@@ -352,7 +353,7 @@ static int rotate(sl_db *db, size_t need, unsigned flags)
 		uint32_t next = id + 1;
 		atomic_compare_exchange_strong(&db->next_id, &next, id);
 		uint64_t held;
-		if (sl_db_log_due(&db->rot_log, &held)) {
+		if (!(flags & ROT_EARLY) && sl_db_log_due(&db->rot_log, &held)) {
 			sl_db_log(db, "error",
 			          "cannot start segment %u: %s (%llu more failed writes since the "
 			          "last such line)",
@@ -387,6 +388,7 @@ static int rotate(sl_db *db, size_t need, unsigned flags)
 	}
 	db->active = n;
 	sl_db_set_room(db, n);
+	db->rot_early_off = 0; /* a new segment: sl_rotate_early may try again */
 	pthread_mutex_lock(&db->sync_mu);
 	db->seal_wanted = 1;
 	pthread_cond_signal(&db->flush_cv);
@@ -893,10 +895,19 @@ int sl_rotate_early(sl_db *db, uint64_t below)
 	int rc = SL_OK;
 	pthread_mutex_lock(&db->append_mu);
 	sl_seg *a = db->active; /* db->opt is read under append_mu (sl_swap_dir) */
-	if (a != NULL && !atomic_load(&db->failed) && db->opt.segment_bytes / 16 >= below &&
+	size_t full = (size_t)db->opt.segment_bytes;
+	if (a != NULL && !atomic_load(&db->failed) && !db->rot_early_off && full / 16 >= below &&
 	    atomic_load(&a->end) > SL_SEG_HDR_SIZE &&
 	    atomic_load_explicit(&db->room, memory_order_relaxed) < below) {
-		rc = rotate(db, 0, 0);
+		/* A whole segment or none: on a nearly full disk a smaller one
+		 * (sl_db_seg_create_fit) would have less room than `below`
+		 * from the start, and every write would rotate again.  After a
+		 * failure, no more tries until the segment fills and rotates
+		 * the usual way, which logs what fails. */
+		rc = rotate(db, full > SL_SEG_HDR_SIZE ? full - SL_SEG_HDR_SIZE : 0, ROT_EARLY);
+		if (rc != SL_OK) {
+			db->rot_early_off = 1;
+		}
 	}
 	pthread_mutex_unlock(&db->append_mu);
 	return rc;

@@ -50,9 +50,10 @@ struct sl_db {
 
 	/* the appender */
 	pthread_mutex_t append_mu;
-	sl_seg *active;          /* under append_mu */
-	sl_db_limit rot_log;     /* under append_mu: failed rotations (db.c) */
-	sl_db_limit fit_log;     /* under append_mu: smaller segments on a full disk */
+	sl_seg *active;      /* under append_mu */
+	sl_db_limit rot_log; /* under append_mu: failed rotations (db.c) */
+	int rot_early_off;   /* under append_mu: sl_rotate_early failed; until the next rotation */
+	sl_db_limit fit_log; /* under append_mu: smaller segments on a full disk */
 	sl_db_limit abandon_log; /* under compact_mu: abandoned compactions (compact.c) */
 	/* under append_mu: apply_raw_many's index batch, kept from one batch
 	 * to the next (db.c) */

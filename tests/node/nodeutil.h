@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -430,6 +431,32 @@ static inline int nu_threads_with_slice(pid_t pid, unsigned long long ns)
 	}
 	closedir(d);
 	return shown ? n : -1;
+}
+
+/* How many of pid's threads run under the scheduling policy `policy`
+ * (SCHED_BATCH, ...; sched_getscheduler's reset-on-fork bit ignored). */
+#ifndef SCHED_BATCH /* sched.h shows them under _GNU_SOURCE only */
+#define SCHED_BATCH 3
+#endif
+#ifndef SCHED_RESET_ON_FORK
+#define SCHED_RESET_ON_FORK 0x40000000
+#endif
+static inline int nu_threads_with_policy(pid_t pid, int policy)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	assert_non_null(d);
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(d)) != NULL) {
+		if (e->d_name[0] != '.') {
+			int p = sched_getscheduler((pid_t)atoi(e->d_name));
+			n += p >= 0 && (p & ~SCHED_RESET_ON_FORK) == policy;
+		}
+	}
+	closedir(d);
+	return n;
 }
 
 /* Prints the daemon's log (for failures). */

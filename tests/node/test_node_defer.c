@@ -41,6 +41,22 @@ static int f_fdatasync(int fd)
 	return sl_io_default.fdatasync(fd);
 }
 
+/* fallocate fails with ENOSPC for requests of at least this many bytes
+ * while it is not 0 (a disk too full for a whole segment); counted */
+static atomic_long g_falloc_fail_from;
+static atomic_long g_falloc_calls;
+
+static int f_fallocate(int fd, off_t off, off_t len)
+{
+	atomic_fetch_add(&g_falloc_calls, 1);
+	long from = atomic_load(&g_falloc_fail_from);
+	if (from != 0 && len >= from) {
+		errno = ENOSPC;
+		return -1;
+	}
+	return sl_io_default.fallocate(fd, off, len);
+}
+
 static struct sl_io g_fio;
 
 static char *dir;
@@ -57,6 +73,8 @@ static int setup(void **state)
 	}
 	g_fio = sl_io_default;
 	g_fio.fdatasync = f_fdatasync;
+	g_fio.fallocate = f_fallocate;
+	atomic_store(&g_falloc_fail_from, 0);
 	atomic_store(&g_sync_fail, 0);
 	atomic_store(&g_sync_calls, 0);
 	sl_options o;
@@ -761,6 +779,82 @@ static void test_worker_write_rotates_early(void **state)
 	}
 }
 
+/* Fills the active segment with 1 KiB values under keys PREFIX0.. until
+ * its room is at most `room`; the number of puts. */
+static int fill_to_room(const char *prefix, uint64_t room)
+{
+	char v[1024];
+	memset(v, 'e', sizeof(v));
+	uint64_t seq = 0;
+	int n = 0;
+	for (; sl_append_room(node.db) > room; n++) {
+		char k[32];
+		snprintf(k, sizeof(k), "%s%d", prefix, n);
+		assert_int_equal(sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq),
+		                 SL_OK);
+	}
+	return n;
+}
+
+/* On a disk too full for a whole segment the early rotation fails
+ * quietly: the write goes into the room left, later worker writes do not
+ * try again (no fallocate), and once the segment fills and rotates the
+ * usual way (into the smaller segment that still fits) the early rotation
+ * is tried again, and works when there is room. */
+static void test_early_rotation_fails_quietly_on_a_full_disk(void **state)
+{
+	(void)state;
+	fill_to_room("a", 1u << 20);
+	uint64_t segs = segment_count();
+	atomic_store(&g_falloc_fail_from, (long)(16u << 20)); /* room for 8 MiB, not 24 */
+	long calls = atomic_load(&g_falloc_calls);
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(defer(req_put("w1", "v1"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	sl_reply_free(&r);
+	assert_int_equal(segment_count(), segs);
+	assert_true(atomic_load(&g_falloc_calls) > calls); /* it tried */
+	calls = atomic_load(&g_falloc_calls);
+	assert_int_equal(defer(req_put("w2", "v2"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	sl_reply_free(&r);
+	assert_int_equal(atomic_load(&g_falloc_calls), calls); /* and not again */
+	assert_int_equal(segment_count(), segs);
+	/* the segment fills: the usual rotation fits a smaller segment */
+	char v[1024];
+	memset(v, 'e', sizeof(v));
+	uint64_t seq = 0;
+	for (int i = 0; segment_count() == segs; i++) {
+		assert_true(i < 2048); /* 1 MiB of room at most */
+		char k[16];
+		snprintf(k, sizeof(k), "b%d", i);
+		assert_int_equal(sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq),
+		                 SL_OK);
+	}
+	assert_int_equal(segment_count(), segs + 1);
+	assert_true(sl_append_room(node.db) < (16u << 20));
+	/* the disk has room again: the next early rotation works */
+	atomic_store(&g_falloc_fail_from, 0);
+	fill_to_room("c", 1u << 20);
+	assert_int_equal(defer(req_put("w3", "v3"), &r, &ss), SL_OP_PUT);
+	assert_int_equal(r.resp.status, SL_OK);
+	sl_reply_free(&r);
+	assert_int_equal(segment_count(), segs + 2);
+	assert_true(sl_append_room(node.db) > (20u << 20));
+	for (int i = 1; i <= 3; i++) {
+		char k[8], want[8];
+		snprintf(k, sizeof(k), "w%d", i);
+		snprintf(want, sizeof(want), "v%d", i);
+		void *val = NULL;
+		size_t vlen = 0;
+		assert_int_equal(sl_get(node.db, k, 2, &val, &vlen), SL_OK);
+		assert_int_equal(vlen, 2);
+		assert_memory_equal(val, want, 2);
+		free(val);
+	}
+}
+
 /* sl_request_key finds a get's, put's or delete's key in the encoded
  * request without decoding it (the epoll front's prefetch), after other
  * fields and unknown ones, and nothing for other requests or bad bytes. */
@@ -823,6 +917,8 @@ int main(void)
 	    T(test_inline_refuses_what_can_wait),
 	    T(test_inline_leaves_rotation_to_workers),
 	    cmocka_unit_test_setup_teardown(test_worker_write_rotates_early, setup_big, teardown),
+	    cmocka_unit_test_setup_teardown(test_early_rotation_fails_quietly_on_a_full_disk,
+	                                    setup_big, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -66,25 +66,6 @@ static int teardown(void **state)
 	return 0;
 }
 
-/* How many of pid's threads run under the scheduling policy `policy`. */
-static int threads_with_policy(pid_t pid, int policy)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
-	DIR *d = opendir(path);
-	assert_non_null(d);
-	int n = 0;
-	struct dirent *e;
-	while ((e = readdir(d)) != NULL) {
-		if (e->d_name[0] != '.') {
-			int p = sched_getscheduler((pid_t)atoi(e->d_name));
-			n += p >= 0 && (p & ~SCHED_RESET_ON_FORK) == policy;
-		}
-	}
-	closedir(d);
-	return n;
-}
-
 static void test_converge_mixed_load(void **state)
 {
 	(void)state;
@@ -105,10 +86,10 @@ static void test_converge_mixed_load(void **state)
 	assert_int_equal(recs, ru_last_seq(&P));
 	assert_true(fetches >= 1);
 	/* --repl-sched batch: F2's fetch and reader threads, nobody else's */
-	int b2 = threads_with_policy(F2.d.pid, SCHED_BATCH);
+	int b2 = nu_threads_with_policy(F2.d.pid, SCHED_BATCH);
 	assert_true(b2 >= 1 && b2 <= 2);
-	assert_int_equal(threads_with_policy(F1.d.pid, SCHED_BATCH), 0);
-	assert_int_equal(threads_with_policy(P.d.pid, SCHED_BATCH), 0);
+	assert_int_equal(nu_threads_with_policy(F1.d.pid, SCHED_BATCH), 0);
+	assert_int_equal(nu_threads_with_policy(P.d.pid, SCHED_BATCH), 0);
 }
 
 static void test_follower_read_only(void **state)

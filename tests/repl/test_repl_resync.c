@@ -46,7 +46,9 @@ static int setup(void **state)
 	if (ru_start(&P, dir, NULL, pex) != 0) {
 		return -1;
 	}
-	const char *fex[] = {"--segment-bytes", "4k", NULL};
+	/* F's fetch and reader threads run SCHED_BATCH: every test here
+	 * holds for it too */
+	const char *fex[] = {"--segment-bytes", "4k", "--repl-sched", "batch", NULL};
 	snprintf(dir, sizeof(dir), "%s/f", root);
 	if (ru_start(&F, dir, P.rurl, fex) != 0) {
 		return -1;
@@ -103,6 +105,10 @@ static void test_fall_off_backlog(void **state)
 	 * reader thread have it, nothing else (-1: a kernel without se.slice). */
 	int sliced = nu_threads_with_slice(F.d.pid, 100000);
 	assert_true(sliced <= 3);
+	/* nor its policy (--repl-sched batch), which a new thread would
+	 * inherit: the fetch thread and its reader thread only */
+	int batch = nu_threads_with_policy(F.d.pid, SCHED_BATCH);
+	assert_true(batch >= 1 && batch <= 2);
 	/* its segments are its own --segment-bytes (4k) again: the resync
 	 * loads into 64 MiB ones, and the active one stayed that size (a
 	 * 64 MiB file, unsealed, out of compaction) until it filled */
