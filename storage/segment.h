@@ -36,6 +36,11 @@ typedef struct sl_seg {
 	_Atomic int sealed;         /* trimmed, synced, hint written (or due) */
 	_Atomic int hint_due;       /* sealed while hints were deferred: not compacted
 	                               until the flusher writes its hint */
+	/* A hint that failed (a full disk, an I/O error) is tried again by the
+	 * flusher at hint_retry_ns (sl_mono_ns; 0: none), after a wait that
+	 * doubles from 1 s to 60 s.  Under the store's seal_mu. */
+	uint64_t hint_retry_ns;
+	uint32_t hint_wait_ms;
 	_Atomic uint64_t populated; /* active: pages before this are mapped in */
 	int writable;
 	/* Log reads' checkpoints (replog.c, under the store's seg_mu): the

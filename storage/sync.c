@@ -170,6 +170,9 @@ int sl_sync_now(sl_db *db)
  * that were good, so the next open would load it, never see the damage,
  * and compaction would rewrite the segment the scan had kept as evidence.
  * Without one, every open scans it and marks it corrupt again. */
+#define HINT_RETRY_MIN_MS 1000u
+#define HINT_RETRY_MAX_MS 60000u
+
 static void hint_write(sl_db *db, sl_seg *s)
 {
 	if (atomic_load(&s->corrupt)) {
@@ -179,8 +182,18 @@ static void hint_write(sl_db *db, sl_seg *s)
 	}
 	int rc = sl_hint_write(db->io, db->dir, db->dirfd, s, SL_MAX_KEY, SL_MAX_VALUE);
 	if (rc != SL_OK) {
-		sl_db_log(db, "warn", "hint for segment %u not written: %s", s->id,
-		          sl_strerror(rc));
+		/* Tried again later (sl_db_seal_pending): a disk that was full
+		 * may have room after a compaction, and an open without the
+		 * hint scans the whole segment. */
+		s->hint_wait_ms = s->hint_wait_ms == 0                       ? HINT_RETRY_MIN_MS
+		                  : s->hint_wait_ms >= HINT_RETRY_MAX_MS / 2 ? HINT_RETRY_MAX_MS
+		                                                             : s->hint_wait_ms * 2;
+		s->hint_retry_ns = sl_mono_ns() + (uint64_t)s->hint_wait_ms * 1000000u;
+		sl_db_log(db, "warn", "hint for segment %u not written: %s; trying again in %u s",
+		          s->id, sl_strerror(rc), s->hint_wait_ms / 1000u);
+	} else {
+		s->hint_retry_ns = 0;
+		s->hint_wait_ms = 0;
 	}
 }
 
@@ -236,6 +249,19 @@ void sl_db_seal_pending(sl_db *db, int flusher)
 		if (s == NULL || sl_db_seal(db, s, defer) != SL_OK) {
 			break;
 		}
+	}
+	if (!defer) {
+		/* hints that failed, due again */
+		uint64_t now = sl_mono_ns();
+		pthread_mutex_lock(&db->seg_mu);
+		for (size_t i = 0; i < db->nsegs; i++) {
+			sl_seg *c = db->segs[i];
+			if (c->hint_retry_ns != 0 && now >= c->hint_retry_ns) {
+				c->hint_retry_ns = 0;
+				atomic_store(&c->hint_due, 1);
+			}
+		}
+		pthread_mutex_unlock(&db->seg_mu);
 	}
 	int more = 0;
 	for (int written = 0; !defer; written++) {

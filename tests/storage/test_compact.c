@@ -730,6 +730,70 @@ static void check_crash_contents(sl_db *db)
 	}
 }
 
+/* ---- a hint that fails is written later ---------------------------------- */
+
+static atomic_int g_hint_fail; /* a hint's temporary file cannot be created (ENOSPC) */
+
+static int h_open(const char *p, int f, mode_t m)
+{
+	size_t l = strlen(p);
+	if (atomic_load(&g_hint_fail) && l > 9 && strcmp(p + l - 9, ".hint.tmp") == 0) {
+		errno = ENOSPC;
+		return -1;
+	}
+	return sl_io_default.open(p, f, m);
+}
+
+/* A sealed segment whose hint could not be written (a full disk) gets it
+ * from the flusher once writing works again, without a reopen; until
+ * then it has none (an open would scan it). */
+static void test_failed_hint_written_later(void **state)
+{
+	(void)state;
+	make_dir("hintretry");
+	struct sl_io io = sl_io_default;
+	io.open = h_open;
+	sl_options o = opts();
+	o.segment_bytes = 16 * 1024;
+	o.sync = SL_SYNC_EVERYSEC;
+	o.io = &io;
+	atomic_store(&g_hint_fail, 1);
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	char k[32], v[200];
+	memset(v, 'h', sizeof(v));
+	for (int i = 0; i < 400; i++) { /* about 90 KiB: five segments or more */
+		snprintf(k, sizeof(k), "key%04d", i);
+		assert_int_equal(sl_put(db, k, strlen(k), v, sizeof(v), NULL), SL_OK);
+	}
+	int segs = count_files(".seg");
+	assert_true(segs >= 5);
+	usleep(1500 * 1000); /* the flusher has sealed them, and failed */
+	assert_int_equal(count_files(".hint"), 0);
+	atomic_store(&g_hint_fail, 0);
+	int hints = 0;
+	for (int t = 0; t < 100 && hints < segs - 1; t++) {
+		usleep(100 * 1000);
+		hints = count_files(".hint");
+	}
+	assert_int_equal(hints, segs - 1); /* every sealed one */
+	assert_int_equal(count_files(".hint.tmp"), 0);
+	sl_close(db);
+	/* and they load: every key is there */
+	sl_options plain = opts();
+	assert_int_equal(sl_open(g_dir, &plain, &db), SL_OK);
+	for (int i = 0; i < 400; i += 37) {
+		void *got;
+		size_t n;
+		snprintf(k, sizeof(k), "key%04d", i);
+		assert_int_equal(sl_get(db, k, strlen(k), &got, &n), SL_OK);
+		assert_int_equal(n, sizeof(v));
+		free(got);
+	}
+	sl_close(db);
+	remove_dir();
+}
+
 /* The crash harness: for n = 1, 2, ... a forked child opens g_dir (made
  * fresh, with prepare's contents when prepare is given) with segment_bytes
  * (0: opts()'s) through I/O hooks that _exit(77) at the n-th call counted
@@ -1431,6 +1495,7 @@ int main(void)
 	    cmocka_unit_test(test_compact_defer),
 	    cmocka_unit_test(test_defer_delays_hints),
 	    cmocka_unit_test(test_parallel_open_matches_serial),
+	    cmocka_unit_test(test_failed_hint_written_later),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
