@@ -368,7 +368,7 @@ static int rotate(sl_db *db, size_t need, unsigned flags)
 	 * read-only under --sync everysec (segment.h). */
 	if (!atomic_load_explicit(&db->pop_off, memory_order_relaxed)) {
 		sl_seg_populate(n, 1u << 20, 1,
-		                db->opt.sync == SL_SYNC_EVERYSEC ? SL_POP_MAP : SL_POP_DIRTY);
+		                sl_seg_pop_how(db->opt.sync == SL_SYNC_EVERYSEC, 1));
 	}
 	pthread_mutex_lock(&db->seg_mu);
 	rc = sl_db_seg_publish(db, n);
@@ -904,7 +904,7 @@ int sl_rotate_early(sl_db *db, uint64_t below)
 		 * from the start, and every write would rotate again.  After a
 		 * failure, no more tries until the segment fills and rotates
 		 * the usual way, which logs what fails. */
-		rc = rotate(db, full > SL_SEG_HDR_SIZE ? full - SL_SEG_HDR_SIZE : 0, ROT_EARLY);
+		rc = rotate(db, full - SL_SEG_HDR_SIZE, ROT_EARLY); /* full >= 16 * below */
 		if (rc != SL_OK) {
 			db->rot_early_off = 1;
 		}

@@ -109,11 +109,17 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs);
  *    written as it goes.  For a writer that reaches its pages before a
  *    sync does: a fast one, or any under --sync no; and under --sync
  *    always, whose many fdatasyncs are each cheaper once no extent is
- *    left to convert (segment.c).  The flusher chooses SL_POP_MAP for a
- *    slow writer under --sync everysec only; rotation, for a new
- *    segment's first MiB under --sync everysec whatever the writer's
- *    speed (at most 256 write faults for a fast one). */
+ *    left to convert (segment.c).  sl_seg_pop_how chooses between them. */
 enum { SL_POP_PAGES, SL_POP_MAP, SL_POP_DIRTY };
+
+/* The mapping for pages brought in ahead of a mapped appender: SL_POP_MAP
+ * for a slow writer under --sync everysec, SL_POP_DIRTY otherwise.  The
+ * flusher knows the writer's speed; rotation maps a new segment's first
+ * MiB as for a slow one (at most 256 write faults for a fast one). */
+static inline int sl_seg_pop_how(int everysec, int slow)
+{
+	return everysec && slow ? SL_POP_MAP : SL_POP_DIRTY;
+}
 
 /* Brings pages [populated, upto) of a writable mapping in ahead of the
  * appender, `how` (SL_POP_*).  bounded: reads the pages in with

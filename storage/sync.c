@@ -166,13 +166,14 @@ int sl_sync_now(sl_db *db)
 	return sl_db_sync_wait(db, atomic_load(&db->last_seq));
 }
 
+/* A failed hint's waits before it is tried again (hint_write). */
+#define HINT_RETRY_MIN_MS 1000u
+#define HINT_RETRY_MAX_MS 60000u
+
 /* A segment found corrupt gets no hint: a hint lists only the records
  * that were good, so the next open would load it, never see the damage,
  * and compaction would rewrite the segment the scan had kept as evidence.
  * Without one, every open scans it and marks it corrupt again. */
-#define HINT_RETRY_MIN_MS 1000u
-#define HINT_RETRY_MAX_MS 60000u
-
 static void hint_write(sl_db *db, sl_seg *s)
 {
 	if (atomic_load(&s->corrupt)) {
@@ -333,9 +334,9 @@ void *sl_db_flusher_main(void *arg)
 				sl_seg *a = db->active_pub;
 				pthread_mutex_unlock(&db->seg_mu);
 				uint64_t pop = a ? atomic_load(&a->populated) : 0;
-				int how = atomic_load(&db->pop_off) ? SL_POP_PAGES
-				          : bounded && everysec     ? SL_POP_MAP
-				                                    : SL_POP_DIRTY;
+				int how = atomic_load(&db->pop_off)
+				              ? SL_POP_PAGES
+				              : sl_seg_pop_how(everysec, bounded);
 				more = a != NULL && !atomic_load(&a->sealed) &&
 				       pop < atomic_load(&a->end) + POP_AHEAD && pop < a->cap;
 				if (more) {

@@ -659,6 +659,23 @@ static void test_inline_refuses_what_can_wait(void **state)
 	assert_int_equal(sl_last_seq(node.db), last);
 }
 
+/* Fills the active segment with 1 KiB values under keys PREFIX0.. until
+ * its room is at most `room`; the number of puts. */
+static int fill_to_room(const char *prefix, uint64_t room)
+{
+	char v[1024];
+	memset(v, 'e', sizeof(v));
+	uint64_t seq = 0;
+	int n = 0;
+	for (; sl_append_room(node.db) > room; n++) {
+		char k[32];
+		snprintf(k, sizeof(k), "%s%d", prefix, n);
+		assert_int_equal(sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq),
+		                 SL_OK);
+	}
+	return n;
+}
+
 /* A write that could start a new segment (a file created and fsynced) is
  * left to a worker; sl_append_room tells how close that is. */
 static void test_inline_leaves_rotation_to_workers(void **state)
@@ -678,12 +695,7 @@ static void test_inline_leaves_rotation_to_workers(void **state)
 	assert_int_equal(r.resp.status, SL_OK);
 	sl_reply_free(&r);
 	/* Fill the segment to within 1 MiB of its end. */
-	for (int i = 0; sl_append_room(node.db) > (1u << 20); i++) {
-		char k[16];
-		snprintf(k, sizeof(k), "f%d", i);
-		assert_int_equal(sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq),
-		                 SL_OK);
-	}
+	fill_to_room("f", 1u << 20);
 	uint64_t last = sl_last_seq(node.db);
 	assert_int_equal(run_inline(req_put("r2", "x"), &r, &ss), -1);
 	assert_int_equal(sl_last_seq(node.db), last);
@@ -713,16 +725,9 @@ static uint64_t segment_count(void)
 static void test_worker_write_rotates_early(void **state)
 {
 	(void)state;
-	char v[1024];
+	char v[1024]; /* fill_to_room's values */
 	memset(v, 'e', sizeof(v));
-	uint64_t seq = 0;
-	int nfill = 0;
-	for (; sl_append_room(node.db) > (1u << 20); nfill++) {
-		char k[16];
-		snprintf(k, sizeof(k), "f%d", nfill);
-		assert_int_equal(sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq),
-		                 SL_OK);
-	}
+	int nfill = fill_to_room("f", 1u << 20);
 	uint64_t segs = segment_count();
 	uint64_t last = sl_last_seq(node.db);
 	sl_reply r;
@@ -777,23 +782,6 @@ static void test_worker_write_rotates_early(void **state)
 			free(val);
 		}
 	}
-}
-
-/* Fills the active segment with 1 KiB values under keys PREFIX0.. until
- * its room is at most `room`; the number of puts. */
-static int fill_to_room(const char *prefix, uint64_t room)
-{
-	char v[1024];
-	memset(v, 'e', sizeof(v));
-	uint64_t seq = 0;
-	int n = 0;
-	for (; sl_append_room(node.db) > room; n++) {
-		char k[32];
-		snprintf(k, sizeof(k), "%s%d", prefix, n);
-		assert_int_equal(sl_put_ex(node.db, k, strlen(k), v, sizeof(v), 0, SL_NOWAIT, &seq),
-		                 SL_OK);
-	}
-	return n;
 }
 
 /* On a disk too full for a whole segment the early rotation fails
