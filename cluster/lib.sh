@@ -334,9 +334,11 @@ cl_wait_caught_up() {
 
 # cl_reconcile: make every running, reachable node's role match cluster.conf
 # (a follower following another primary, or a node still primary that should
-# follow, is re-pointed with `shiplog follow`). Prints what it did.
+# follow, is re-pointed with `shiplog follow`). Prints what it did; sets
+# CL_RECONCILE_LEFT to the nodes it could not reach or re-point.
 cl_reconcile() {
 	local n st role prim p_repl
+	CL_RECONCILE_LEFT=
 	p_repl=$(
 		cl_node "$PRIMARY"
 		echo "$N_REPL"
@@ -345,7 +347,8 @@ cl_reconcile() {
 		[ "$n" = "$PRIMARY" ] && continue
 		[ -n "$(cl_pid "$n")" ] || continue
 		st=$(cl_stats "$n") || {
-			cl_say "$n: unreachable; it will be re-pointed when it can be reached"
+			cl_say "$n: unreachable; once it answers, cluster/start $n re-points it"
+			CL_RECONCILE_LEFT+=" $n"
 			continue
 		}
 		role=$(cl_get "$st" role)
@@ -356,6 +359,7 @@ cl_reconcile() {
 				cl_say "$n: was $role${prim:+ of $prim}; now follows $PRIMARY ($p_repl)"
 			else
 				cl_warn "$n: follow $p_repl failed"
+				CL_RECONCILE_LEFT+=" $n"
 			fi
 		fi
 	done

@@ -6,17 +6,155 @@
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "shiplog.h"
 #include "status.h"
 
+/* A lookup run by a thread of its own, which the caller may stop waiting
+ * for: whoever lets go of it last (refs) frees it, and the addresses if
+ * the caller has not taken them.  The thread says it is done on efd. */
+typedef struct lookup {
+	pthread_mutex_t mu;
+	int refs, done, gai, efd;
+	char host[256], port[32];
+	struct addrinfo hints, *ai;
+} lookup;
+
+static void lookup_release(lookup *l)
+{
+	pthread_mutex_lock(&l->mu);
+	int last = --l->refs == 0;
+	pthread_mutex_unlock(&l->mu);
+	if (last) {
+		if (l->ai != NULL) {
+			freeaddrinfo(l->ai);
+		}
+		close(l->efd);
+		pthread_mutex_destroy(&l->mu);
+		free(l);
+	}
+}
+
+static void *lookup_main(void *arg)
+{
+	lookup *l = arg;
+	struct addrinfo *ai = NULL;
+	int gai = getaddrinfo(l->host, l->port, &l->hints, &ai);
+	pthread_mutex_lock(&l->mu);
+	l->gai = gai;
+	l->ai = gai == 0 ? ai : NULL;
+	l->done = 1;
+	uint64_t one = 1;
+	ssize_t w = write(l->efd, &one, sizeof(one));
+	(void)w; /* an eventfd of 0 takes it */
+	pthread_mutex_unlock(&l->mu);
+	lookup_release(l);
+	return NULL;
+}
+
+int sl_resolve(const char *host, const char *port, const struct addrinfo *hints, int timeout_ms,
+               int stop_fd, struct addrinfo **out, char *why, size_t cap)
+{
+	*out = NULL;
+	/* An address needs no lookup: answered at once, no thread. */
+	struct addrinfo h = *hints;
+	h.ai_flags |= AI_NUMERICHOST;
+	int gai = getaddrinfo(host, port, &h, out);
+	if (gai == 0 && *out != NULL) {
+		return SL_OK;
+	}
+	*out = NULL;
+	if (gai != EAI_NONAME) {
+		snprintf(why, cap, "cannot resolve '%.200s': %s", host, gai_strerror(gai));
+		return SL_EINVAL;
+	}
+	lookup *l = calloc(1, sizeof(*l));
+	int efd = l != NULL ? eventfd(0, EFD_CLOEXEC) : -1;
+	if (efd < 0 || strlen(host) >= sizeof(l->host) || strlen(port) >= sizeof(l->port)) {
+		snprintf(why, cap, "cannot resolve '%.200s': %s", host,
+		         efd < 0 ? strerror(errno) : "name too long");
+		if (efd >= 0) {
+			close(efd);
+		}
+		free(l);
+		return SL_EINVAL;
+	}
+	pthread_mutex_init(&l->mu, NULL);
+	l->efd = efd;
+	snprintf(l->host, sizeof(l->host), "%s", host);
+	snprintf(l->port, sizeof(l->port), "%s", port);
+	l->hints = *hints;
+	l->hints.ai_canonname = NULL;
+	l->hints.ai_addr = NULL;
+	l->hints.ai_next = NULL;
+	l->refs = 2;
+	pthread_t t;
+	pthread_attr_t ta;
+	pthread_attr_init(&ta);
+	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&t, &ta, lookup_main, l) != 0) {
+		lookup_main(l); /* no thread: here, without the deadline */
+	}
+	pthread_attr_destroy(&ta);
+	int ms = timeout_ms > 0 ? timeout_ms : 1;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	int stopped = 0;
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		long spent =
+		    (long)(t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+		if (spent >= ms) {
+			break;
+		}
+		struct pollfd pf[2] = {{.fd = efd, .events = POLLIN},
+		                       {.fd = stop_fd, .events = POLLIN}};
+		int n = poll(pf, stop_fd >= 0 ? 2 : 1, (int)(ms - spent));
+		if (n > 0 && pf[0].revents) {
+			break;
+		}
+		if (n > 0 && stop_fd >= 0 && pf[1].revents) {
+			stopped = 1;
+			break;
+		}
+		if (n < 0 && errno != EINTR) {
+			break;
+		}
+	}
+	pthread_mutex_lock(&l->mu);
+	int rc = SL_OK;
+	if (!l->done) {
+		if (stopped) {
+			snprintf(why, cap, "cannot resolve '%.200s': stopped waiting", host);
+		} else {
+			snprintf(why, cap, "cannot resolve '%.200s': no answer within %d ms", host,
+			         ms);
+		}
+		rc = SL_ETIMEDOUT; /* the lookup frees itself when it ends */
+	} else if (l->gai != 0 || l->ai == NULL) {
+		snprintf(why, cap, "cannot resolve '%.200s': %s", host,
+		         l->gai != 0 ? gai_strerror(l->gai) : "no address");
+		rc = SL_EINVAL;
+	} else {
+		*out = l->ai;
+		l->ai = NULL;
+	}
+	pthread_mutex_unlock(&l->mu);
+	lookup_release(l);
+	return rc;
+}
+
 /* One address: SL_OK, SL_ECONN or SL_ETIMEDOUT, with why. */
-static int connect_one(const struct addrinfo *ai, int timeout_ms, char *why, size_t cap)
+static int connect_one(const struct addrinfo *ai, int timeout_ms, int stop_fd, char *why,
+                       size_t cap)
 {
 	int rc = SL_ECONN;
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -29,11 +167,15 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, char *why, siz
 	} else if (errno != EINPROGRESS) {
 		snprintf(why, cap, "%s", strerror(errno));
 	} else {
-		struct pollfd p = {.fd = fd, .events = POLLOUT};
-		int n = poll(&p, 1, timeout_ms);
+		struct pollfd p[2] = {{.fd = fd, .events = POLLOUT},
+		                      {.fd = stop_fd, .events = POLLIN}};
+		int n = poll(p, stop_fd >= 0 ? 2 : 1, timeout_ms);
 		int err = 0;
 		socklen_t el = sizeof(err);
-		if (n == 0) {
+		if (n > 0 && !(p[0].revents)) {
+			rc = SL_ETIMEDOUT;
+			snprintf(why, cap, "stopped waiting");
+		} else if (n == 0) {
 			rc = SL_ETIMEDOUT;
 			snprintf(why, cap, "no answer within %d ms", timeout_ms);
 		} else if (n > 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 &&
@@ -55,6 +197,11 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, char *why, siz
 
 int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap)
 {
+	return sl_probe_tcp_stop(url, timeout_ms, -1, why, cap);
+}
+
+int sl_probe_tcp_stop(const char *url, int timeout_ms, int stop_fd, char *why, size_t cap)
+{
 	char h[256], port[32];
 	int family;
 	int sp = sl_tcp_split(url, &family, h, sizeof(h), port, sizeof(port));
@@ -72,18 +219,16 @@ int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap)
 	                         .ai_family = family,
 	                         .ai_flags = AI_ADDRCONFIG},
 	                *ai = NULL;
-	int gai = getaddrinfo(h, port, &hints, &ai);
-	if (gai != 0 || ai == NULL) {
-		snprintf(why, cap, "cannot resolve '%.200s': %s", h,
-		         gai != 0 ? gai_strerror(gai) : "no address");
-		return SL_EINVAL;
+	int rrc = sl_resolve(h, port, &hints, timeout_ms, stop_fd, &ai, why, cap);
+	if (rrc != SL_OK) {
+		return rrc;
 	}
 	int rc = SL_ECONN;
 	int tries = 0;
 	for (struct addrinfo *x = ai; x != NULL && rc != SL_OK && tries < 4;
 	     x = x->ai_next, tries++) {
 		char w[160] = "";
-		int xrc = connect_one(x, timeout_ms, w, sizeof(w));
+		int xrc = connect_one(x, timeout_ms, stop_fd, w, sizeof(w));
 		if (xrc == SL_OK || tries == 0) {
 			rc = xrc;
 			snprintf(why, cap, "%s", w);

@@ -15,8 +15,23 @@
 /* For tcp://HOST:PORT: a TCP connect within timeout_ms, closed at once
  * with a reset.  SL_OK (it connected, or not a tcp URL: nothing to probe),
  * SL_EINVAL (a port out of range, a name that does not resolve), SL_ECONN
- * (refused, unreachable) or SL_ETIMEDOUT; why (cap bytes) says which. */
+ * (refused, unreachable) or SL_ETIMEDOUT (no answer, or the name's lookup
+ * took longer than timeout_ms: sl_resolve); why (cap bytes) says which. */
 int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap);
+/* The same, ended early (SL_ETIMEDOUT, "stopped waiting") when stop_fd
+ * becomes readable: a follower's probe of its primary, stopped with it. */
+int sl_probe_tcp_stop(const char *url, int timeout_ms, int stop_fd, char *why, size_t cap);
+
+/* getaddrinfo(host, port, hints) within timeout_ms: a name whose lookup
+ * has not answered by then (a resolver that does not answer takes 5 s a
+ * try, two tries by default) is given up on (SL_ETIMEDOUT; the lookup ends
+ * in a thread of its own and frees what it found), a name that does not
+ * resolve is SL_EINVAL; why (cap bytes) says which.  stop_fd (-1: none)
+ * readable ends the wait early (SL_ETIMEDOUT).  An address (no name) is
+ * answered at once, without a thread.  SL_OK: *out for freeaddrinfo. */
+struct addrinfo;
+int sl_resolve(const char *host, const char *port, const struct addrinfo *hints, int timeout_ms,
+               int stop_fd, struct addrinfo **out, char *why, size_t cap);
 
 /* Splits tcp://HOST:PORT, tcp4:// or tcp6:// (HOST may be [v6], empty or
  * "*": every address) into host and port, with *family AF_UNSPEC, AF_INET

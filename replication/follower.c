@@ -416,9 +416,14 @@ static int plain_connect(sl_repl *r, uint64_t deadline)
 	                         .ai_family = family,
 	                         .ai_flags = AI_ADDRCONFIG},
 	                *ai = NULL;
-	if (getaddrinfo(host[0] && strcmp(host, "*") != 0 ? host : "127.0.0.1", port, &hints,
-	                &ai) != 0 ||
-	    ai == NULL) {
+	/* The name's lookup within the deadline too, and ended by a stop: a
+	 * resolver that does not answer would hold this thread (and a stop)
+	 * for 10 s. */
+	uint64_t now = repl_now_ms();
+	char why[160];
+	if (now >= deadline ||
+	    sl_resolve(host[0] && strcmp(host, "*") != 0 ? host : "127.0.0.1", port, &hints,
+	               (int)(deadline - now), r->fstop_efd, &ai, why, sizeof(why)) != SL_OK) {
 		return SL_EIO;
 	}
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -1601,7 +1606,8 @@ static void *fetch_main(void *arg)
 			 * (nng resolves and dials on its own, and may reach what
 			 * the probe did not). */
 			char why[160], msg[sizeof(r->ferr)];
-			if (sl_probe_tcp(url, PROBE_MS, why, sizeof(why)) != SL_OK) {
+			if (sl_probe_tcp_stop(url, PROBE_MS, r->fstop_efd, why, sizeof(why)) !=
+			    SL_OK) {
 				snprintf(msg, sizeof(msg), "cannot connect to %s: %s; retrying",
 				         url, why);
 				repl_follow_fail(r, strcmp(msg, last_msg) != 0 ? 2 : 0, "%s", msg);

@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "probe.h"
 #include "repl_int.h"
 
 /* Ends st's history at seq `last` (a link, the oldest dropped when full)
@@ -336,6 +337,9 @@ static int addr_is_local(const struct sockaddr *sa)
 	return local;
 }
 
+/* each of sl_repl_same_endpoint's name lookups */
+#define SAME_LOOKUP_MS 1000
+
 int sl_repl_same_endpoint(const char *dial, const char *listen)
 {
 	if (dial == NULL || listen == NULL) {
@@ -363,10 +367,15 @@ int sl_repl_same_endpoint(const char *dial, const char *listen)
 	struct addrinfo hints, *da = NULL, *la = NULL;
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_socktype = SOCK_STREAM;
-	if (getaddrinfo(d->u_hostname, NULL, &hints, &da) != 0) {
+	/* Bounded lookups (sl_resolve): a resolver that does not answer
+	 * leaves the two taken as different, as a name that does not resolve. */
+	char why[160];
+	if (sl_resolve(d->u_hostname, d->u_port, &hints, SAME_LOOKUP_MS, -1, &da, why,
+	               sizeof(why)) != SL_OK) {
 		goto out;
 	}
-	if (!wild && getaddrinfo(lh, NULL, &hints, &la) != 0) {
+	if (!wild &&
+	    sl_resolve(lh, l->u_port, &hints, SAME_LOOKUP_MS, -1, &la, why, sizeof(why)) != SL_OK) {
 		freeaddrinfo(da);
 		goto out;
 	}

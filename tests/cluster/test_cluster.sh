@@ -147,6 +147,31 @@ check_acked "$pu" "$T/acked"
 digests_equal n1 n2 n3
 [ "$("$CLI" -a "$(node_url "$P")" get important)" = yes ] || fail "$P did not come back to the new history"
 
+say "a primary that cannot answer during a failover is re-pointed by start once it can"
+# SIGSTOP: running, but silent; failover promotes another and cannot tell
+# the old primary, which then comes back still a primary (two primaries
+# taking writes) until cluster/start re-points it
+old=$p
+opid=$(jq_py "[n['pid'] for n in j['nodes'] if n['name']=='$old'][0]")
+kill -STOP "$opid"
+cl failover >"$T/fo.out" 2>&1 || { kill -CONT "$opid"; fail "failover with $old stopped: $(cat "$T/fo.out")"; }
+kill -CONT "$opid"
+grep -q "$old: unreachable; once it answers, cluster/start $old re-points it" "$T/fo.out" ||
+	fail "failover did not say how $old is re-pointed: $(cat "$T/fo.out")"
+p=$(primary_name) pu=$(node_url "$p")
+[ "$p" != "$old" ] || fail "$old still the configured primary"
+cl start "$old" >"$T/start.out" 2>&1 || fail "start of the running $old: $(cat "$T/start.out")"
+grep -q "$old: was primary; now follows $p" "$T/start.out" || fail "start did not re-point $old: $(cat "$T/start.out")"
+[ "$(jq_py "[n['role'] for n in j['nodes'] if n['name']=='$old'][0]")" = follower ] || fail "$old not a follower"
+"$CLI" -a "$(node_url "$old")" put split x 2>/dev/null && fail "$old (re-pointed) accepted a write"
+"$CLI" -a "$pu" put after-stop yes >/dev/null || fail "write on the new primary $p"
+digests_equal n1 n2 n3
+check_acked "$pu" "$T/acked"
+out=$(cl start "$old")
+if ! grep -q "already running" <<<"$out" || grep -q "now follows" <<<"$out"; then
+	fail "a second start of $old: $out"
+fi
+
 say "down, then up restarts the cluster with its data and roles"
 cl down
 no_leftovers "${ports[@]}"
