@@ -24,6 +24,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,8 +136,16 @@ static void json_set_bytes(json_t *obj, const char *name, const void *b, size_t 
 }
 
 /* Prints obj on one line and releases it. */
+/* What the command now running said on stderr, for --json: a command that
+ * fails without printing its object prints {"error": "..."} instead
+ * (cli_command), so a script reads one object a command either way. */
+static char err_said[1024];
+static size_t err_len;
+static int json_printed;
+
 static void out_json(json_t *obj)
 {
+	json_printed = 1;
 	char *s = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII);
 	json_decref(obj);
 	if (!s) {
@@ -149,6 +158,56 @@ static void out_json(json_t *obj)
 }
 
 /* ---- errors ------------------------------------------------------------ */
+
+static void errf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void errf(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	fputs(buf, stderr);
+	size_t n = strlen(buf);
+	if (err_len + n >= sizeof err_said) {
+		n = sizeof err_said - 1 - err_len;
+	}
+	memcpy(err_said + err_len, buf, n);
+	err_len += n;
+	err_said[err_len] = '\0';
+}
+
+/* err_said as one line: "shiplog: " prefixes dropped, lines joined by "; " */
+static json_t *err_json(void)
+{
+	char msg[sizeof err_said];
+	size_t m = 0;
+	const char *p = err_said;
+	while (*p) {
+		const char *nl = strchr(p, '\n');
+		size_t len = nl ? (size_t)(nl - p) : strlen(p);
+		if (len >= 9 && strncmp(p, "shiplog: ", 9) == 0) {
+			p += 9;
+			len -= 9;
+		}
+		if (len > 0) {
+			if (m > 0 && m + 2 < sizeof msg) {
+				memcpy(msg + m, "; ", 2);
+				m += 2;
+			}
+			if (m + len >= sizeof msg) {
+				len = sizeof msg - 1 - m;
+			}
+			memcpy(msg + m, p, len);
+			m += len;
+		}
+		p += (nl ? (size_t)(nl - p) + 1 : strlen(p));
+	}
+	msg[m] = '\0';
+	json_t *j = json_object();
+	json_object_set_new(j, "error", json_stringn(msg, m));
+	return j;
+}
 
 /* Reports rc from command cmd on stderr (naming the server for transport
  * errors) and returns the matching exit status. */
@@ -164,24 +223,28 @@ static int fail(cli *c, const char *cmd, int rc)
 	if (strncmp(msg, cmd, cl) == 0 && msg[cl] == ':' && msg[cl + 1] == ' ') {
 		msg += cl + 2;
 	}
-	if (strcmp(msg, sl_client_strerror(rc)) == 0) {
+	const char *se = sl_client_strerror(rc);
+	size_t sl = strlen(se);
+	if (strcmp(msg, se) == 0) {
 		msg = "";
+	} else if (strncmp(msg, se, sl) == 0 && (msg[sl] == ';' || msg[sl] == ':') &&
+	           msg[sl + 1] == ' ') {
+		msg += sl + 2; /* "server is shutting down: server is shutting down; ..." */
 	}
 	if (rc == SL_ECONN || rc == SL_ETIMEDOUT || rc == SL_ESHUTDOWN) {
-		fprintf(stderr, "shiplog: %s: server %s: %s%s%s\n", cmd, c->url,
-		        sl_client_strerror(rc), *msg ? ": " : "", msg);
+		errf("shiplog: %s: server %s: %s%s%s\n", cmd, c->url, sl_client_strerror(rc),
+		     *msg ? ": " : "", msg);
 	} else {
-		fprintf(stderr, "shiplog: %s: %s%s%s\n", cmd, sl_client_strerror(rc),
-		        *msg ? ": " : "", msg);
+		errf("shiplog: %s: %s%s%s\n", cmd, sl_client_strerror(rc), *msg ? ": " : "", msg);
 	}
 	return CLI_ERROR;
 }
 
 static int usage_error(const char *fmt, const char *arg)
 {
-	fputs("shiplog: ", stderr);
-	fprintf(stderr, fmt, arg);
-	fputs(" (see shiplog help)\n", stderr);
+	char msg[512];
+	snprintf(msg, sizeof msg, fmt, arg);
+	errf("shiplog: %s (see shiplog help)\n", msg);
 	return CLI_ERROR;
 }
 
@@ -195,8 +258,8 @@ static int connect_server(cli *c, const char *cmd)
 	int rc = sl_client_open_why(c->url, c->timeout_ms, &c->client, why, sizeof(why));
 	if (rc != SL_OK) {
 		c->client = NULL;
-		fprintf(stderr, "shiplog: %s: cannot connect to %s: %s\n", cmd, c->url,
-		        why[0] ? why : sl_client_strerror(rc));
+		errf("shiplog: %s: cannot connect to %s: %s\n", cmd, c->url,
+		     why[0] ? why : sl_client_strerror(rc));
 		return rc;
 	}
 	if (c->min_seq) {
@@ -323,16 +386,15 @@ static int read_stdin(void **out, size_t *len)
 	for (;;) {
 		if (n == cap) {
 			if (cap > STDIN_MAX) {
-				fprintf(stderr,
-				        "shiplog: put: the value on stdin is over %llu bytes\n",
-				        STDIN_MAX);
+				errf("shiplog: put: the value on stdin is over %llu bytes\n",
+				     STDIN_MAX);
 				free(b);
 				return -1;
 			}
 			char *nb = realloc(b, cap * 2);
 			if (!nb) {
 				free(b);
-				fprintf(stderr, "shiplog: put: out of memory reading stdin\n");
+				errf("shiplog: put: out of memory reading stdin\n");
 				return -1;
 			}
 			b = nb;
@@ -343,7 +405,7 @@ static int read_stdin(void **out, size_t *len)
 			continue;
 		}
 		if (r < 0) {
-			fprintf(stderr, "shiplog: put: reading stdin: %s\n", strerror(errno));
+			errf("shiplog: put: reading stdin: %s\n", strerror(errno));
 			free(b);
 			return -1;
 		}
@@ -405,9 +467,8 @@ static int check_value_limit(cli *c, size_t vlen)
 	const sl_client_stat *m = sl_client_stats_find(st, "max_value_bytes");
 	int over = m && !m->text && vlen > m->value;
 	if (over) {
-		fprintf(stderr,
-		        "shiplog: put: %s: value is %zu bytes, the server's limit is %llu\n",
-		        sl_client_strerror(SL_ETOOBIG), vlen, (unsigned long long)m->value);
+		errf("shiplog: put: %s: value is %zu bytes, the server's limit is %llu\n",
+		     sl_client_strerror(SL_ETOOBIG), vlen, (unsigned long long)m->value);
 	}
 	sl_client_stats_free(st);
 	return over;
@@ -419,9 +480,8 @@ static int cmd_put(cli *c, const cli_args *p, const cmd_opts *o)
 	size_t vlen = p->len[1];
 	if (p->len[1] == 1 && p->v[1][0] == '-') {
 		if (c->interactive) {
-			fprintf(stderr,
-			        "shiplog: put: '-' (value from stdin) is not available at the "
-			        "prompt\n");
+			errf("shiplog: put: '-' (value from stdin) is not available at the "
+			     "prompt\n");
 			return CLI_ERROR;
 		}
 		if (read_stdin(&owned, &vlen)) {
@@ -487,9 +547,9 @@ static int cmd_mget(cli *c, const cli_args *p, const cmd_opts *o)
 		missing += !found && !err;
 		errors += err;
 		if (err) {
-			fprintf(stderr, "shiplog: mget: key %d (", i + 1);
-			fwrite(p->v[i], 1, p->len[i] > 64 ? 64 : p->len[i], stderr);
-			fprintf(stderr, "): %s\n", sl_client_strerror(it->status));
+			errf("shiplog: mget: key %d (%.*s): %s\n", i + 1,
+			     (int)(p->len[i] > 64 ? 64 : p->len[i]), p->v[i],
+			     sl_client_strerror(it->status));
 		}
 		if (arr) {
 			json_t *e = json_object();
@@ -530,7 +590,7 @@ static int cmd_scan(cli *c, const cli_args *p, const cmd_opts *o)
 	size_t plen = p->n ? p->len[0] : 0;
 	void *cursor = NULL;
 	size_t curlen = 0;
-	uint64_t left = o->has_limit ? o->limit : UINT64_MAX, count = 0;
+	uint64_t left = o->has_limit ? o->limit : UINT64_MAX, count = 0, errors = 0;
 	json_t *arr = c->json ? json_array() : NULL;
 	int rc = SL_OK;
 	while (left > 0) {
@@ -548,17 +608,33 @@ static int cmd_scan(cli *c, const cli_args *p, const cmd_opts *o)
 		}
 		for (size_t i = 0; i < n && left > 0; i++, left--, count++) {
 			const sl_client_item *it = &items[i];
+			/* A value the server cannot send (over its message limit,
+			 * stored under a larger --max-value-bytes): the key comes
+			 * with SL_ETOOBIG, as a get of it would fail. */
+			int err = o->values && it->status != SL_OK;
+			errors += err;
+			if (err) {
+				errf("shiplog: scan: key %.*s: %s\n",
+				     (int)(it->klen > 64 ? 64 : it->klen), (const char *)it->key,
+				     sl_client_strerror(it->status));
+			}
 			if (arr) {
 				json_t *e = json_object();
 				json_set_bytes(e, "key", it->key, it->klen);
-				if (o->values) {
+				if (err) {
+					json_object_set_new(
+					    e, "error",
+					    json_string(sl_client_strerror(it->status)));
+				} else if (o->values) {
 					json_set_bytes(e, "value", it->val ? it->val : "",
 					               it->vlen);
 				}
 				json_array_append_new(arr, e);
 			} else {
 				out_escaped(it->key, it->klen);
-				if (o->values) {
+				if (err) {
+					out_str("\t(error)");
+				} else if (o->values) {
 					out_str("\t");
 					out_escaped(it->val, it->vlen);
 				}
@@ -581,9 +657,12 @@ static int cmd_scan(cli *c, const cli_args *p, const cmd_opts *o)
 		json_t *j = json_object();
 		json_object_set_new(j, "items", arr);
 		json_object_set_new(j, "count", json_integer((json_int_t)count));
+		if (errors) {
+			json_object_set_new(j, "errors", json_integer((json_int_t)errors));
+		}
 		out_json(j);
 	}
-	return CLI_OK;
+	return errors ? CLI_ERROR : CLI_OK;
 }
 
 static int cmd_stats(cli *c, const cli_args *p, const cmd_opts *o)
@@ -658,8 +737,9 @@ static int cmd_compact(cli *c, const cli_args *p, const cmd_opts *o)
 		             (unsigned long long)sa->value);
 		if (dl->value > 0 && k > 0 && (size_t)k < sizeof(line)) {
 			snprintf(line + k, sizeof(line) - (size_t)k,
-			         "; %llu dead bytes left (the active segment, or segments held "
-			         "for the followers' backlog)",
+			         "; %llu dead bytes left (in the active segment, segments held "
+			         "for the followers' backlog or a resync, or segments with a "
+			         "damaged record, left alone: the server's log names them)",
 			         (unsigned long long)dl->value);
 		}
 		out_str(line);
@@ -801,8 +881,8 @@ static int cmd_wait(cli *c, const cli_args *p, const cmd_opts *o)
 		out_str(line);
 	}
 	if (acks < n) {
-		fprintf(stderr, "shiplog: wait: only %u of %llu followers within %llu ms\n", acks,
-		        (unsigned long long)n, (unsigned long long)tmo);
+		errf("shiplog: wait: only %u of %llu followers within %llu ms\n", acks,
+		     (unsigned long long)n, (unsigned long long)tmo);
 		return CLI_ERROR;
 	}
 	return CLI_OK;
@@ -901,7 +981,22 @@ void cli_help_commands(FILE *f)
 	           "\"--\" ends them (shiplog put -- KEY --value-starting-with-dashes).\n");
 }
 
+static int run_command(cli *c, const cli_args *a);
+
 int cli_command(cli *c, const cli_args *a)
+{
+	err_len = 0;
+	err_said[0] = '\0';
+	json_printed = 0;
+	int rc = run_command(c, a);
+	if (c->json && rc != CLI_OK && !json_printed && err_len > 0) {
+		out_json(err_json());
+		fflush(stdout);
+	}
+	return rc;
+}
+
+static int run_command(cli *c, const cli_args *a)
 {
 	const command *cmd = NULL;
 	for (size_t i = 0; i < NCOMMANDS; i++) {
@@ -934,8 +1029,8 @@ int cli_command(cli *c, const cli_args *a)
 	if (out_failed) {
 		/* at the prompt too: a piped prompt ended with status 2 and no word
 		 * of why */
-		fprintf(stderr, "shiplog: %s: writing to stdout: %s\n", cmd->name,
-		        strerror(out_errno ? out_errno : EIO));
+		errf("shiplog: %s: writing to stdout: %s\n", cmd->name,
+		     strerror(out_errno ? out_errno : EIO));
 		clearerr(stdout);
 		return CLI_ERROR;
 	}
@@ -992,7 +1087,7 @@ static void usage(FILE *f)
 static int parse_num_opt(const char *name, const char *s, uint64_t max, uint64_t *out)
 {
 	if (parse_u64(s, out) || *out > max) {
-		fprintf(stderr, "shiplog: bad value for %s: '%s'\n", name, s);
+		errf("shiplog: bad value for %s: '%s'\n", name, s);
 		return -1;
 	}
 	return 0;

@@ -260,7 +260,21 @@ int cli_repl(cli *c)
 	if (!isatty(STDIN_FILENO)) {
 		char *line = NULL;
 		size_t cap = 0;
-		while (getline(&line, &cap, stdin) >= 0) {
+		ssize_t len;
+		unsigned long no = 0;
+		while ((len = getline(&line, &cap, stdin)) >= 0) {
+			no++;
+			/* A raw NUL would end the line early as a C string: the
+			 * rest of the value, or arguments after it, silently gone. */
+			if (memchr(line, '\0', (size_t)len) != NULL) {
+				fprintf(
+				    stderr,
+				    "shiplog: line %lu: a NUL byte in the line; not run "
+				    "(write it as \\0 inside double quotes, or use put KEY -)\n",
+				    no);
+				status = CLI_ERROR;
+				continue;
+			}
 			if (run_line(c, line, &status)) {
 				break;
 			}

@@ -381,6 +381,11 @@ static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
 			oom = 1;
 		}
 		e->k = NULL;
+		if (e->toobig) {
+			/* its value alone would take the response over the limit */
+			ents[i].has_status = 1;
+			ents[i].status = SL_ETOOBIG;
+		}
 		if (e->v != NULL) {
 			ents[i].has_value = 1;
 			ents[i].value.data = e->v;

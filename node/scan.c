@@ -133,7 +133,10 @@ static int visit(void *arg, const void *k, size_t kl, const void *v, size_t vl)
 		return SL_ENOMEM;
 	}
 	memcpy(e.k, k, kl);
-	if (!s->keys_only) {
+	if (!s->keys_only && kl + vl + ENTRY_OVERHEAD > s->budget) {
+		e.toobig = 1; /* alone over the budget: the key only (scan.h) */
+		e.vfull = vl;
+	} else if (!s->keys_only) {
 		e.v = malloc(vl ? vl : 1);
 		if (e.v == NULL) {
 			free(e.k);

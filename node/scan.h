@@ -18,8 +18,14 @@
 typedef struct sl_scan_entry {
 	uint8_t *k; /* malloc'd */
 	size_t kl;
-	uint8_t *v; /* malloc'd; NULL when keys_only */
+	uint8_t *v; /* malloc'd; NULL when keys_only or toobig */
 	size_t vl;
+	/* the value alone is over the page's byte budget (stored under a larger
+	 * --max-value-bytes than the server's now): the entry comes without
+	 * it, so the page stays within the message limit and the scan goes on
+	 * past the key; vfull is the value's length */
+	int toobig;
+	size_t vfull;
 } sl_scan_entry;
 
 typedef struct sl_scan_page {

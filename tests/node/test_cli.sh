@@ -286,6 +286,46 @@ run -a "$SMALL_URL" --min-seq 999999 --timeout 1000 digest
 if [ "$rc" = 2 ] && grep -q "applied" "$D/err"; then ok "--min-seq beyond: digest refused too"; else bad "digest --min-seq: status $rc, $(cat "$D/out" "$D/err")"; fi
 kill "$SMALL_PID"
 wait "$SMALL_PID" 2>/dev/null
+# a value stored under a larger --max-value-bytes than the server's now:
+# get refuses it, and a scan page leaves it out (SL_ETOOBIG on its key)
+# instead of sending a response over the message limit; the scan goes on
+SHRINK_URL=tcp://127.0.0.1:$(free_port)
+start_shrink() {
+	"$B/shiplogd" --dir "$D/shrinkdata" --listen "$SHRINK_URL" --repl-listen none "$@" 2>>"$D/shiplogd.log" &
+	SHRINK_PID=$!
+	for _ in $(seq 100); do "$CLI" -a "$SHRINK_URL" --timeout 200 ping >/dev/null 2>&1 && break; sleep 0.1; done
+}
+start_shrink
+"$CLI" -a "$SHRINK_URL" put a 1 >/dev/null
+head -c 2000000 /dev/zero | "$CLI" -a "$SHRINK_URL" put big - >/dev/null
+"$CLI" -a "$SHRINK_URL" put c 3 >/dev/null
+kill "$SHRINK_PID"
+wait "$SHRINK_PID" 2>/dev/null
+start_shrink --max-value-bytes 1k
+run -a "$SHRINK_URL" scan --values
+if [ "$rc" = 2 ] && [ "$(tr '\t\n' ':|' <"$D/out")" = "a:1|big:(error)|c:3|" ] && grep -q "scan: key big: " "$D/err"; then
+	ok "scan --values past a value over the limit: the others, then 2"
+else
+	bad "scan --values over the limit: status $rc, stdout $(cat -A "$D/out"), stderr $(cat "$D/err")"
+fi
+run -a "$SHRINK_URL" --json scan --values
+if [ "$rc" = 2 ] && python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["count"] == 3 and j["errors"] == 1, j
+assert [i["key"] for i in j["items"]] == ["a", "big", "c"], j
+assert "error" in j["items"][1] and "value" not in j["items"][1], j
+assert j["items"][2]["value"] == "3", j' "$D/out"; then
+	ok "scan --json --values: an error item for the value over the limit"
+else
+	bad "scan --json over the limit: status $rc, $(cat "$D/out" "$D/err")"
+fi
+expect "scan (keys) lists it" 0 "a
+big
+c
+" -a "$SHRINK_URL" scan
+kill "$SHRINK_PID"
+wait "$SHRINK_PID" 2>/dev/null
 if "$CLI" -a "127.0.0.1:$PORT" ping >/dev/null 2>&1; then ok "-a HOST:PORT means tcp://"; else bad "-a HOST:PORT"; fi
 # stdout that cannot be written: the reason is the write's (a big value's
 # error used to name isatty's ENOTTY instead)
@@ -352,6 +392,34 @@ rc=$?
 if [ "$rc" = 1 ]; then ok "pipe mode: last command's status"; else bad "pipe mode status: $rc"; fi
 printf 'ping\nquit\nput afterquit x\n' | "$CLI" -a "$URL" >"$D/out" 2>&1
 expect_rc "quit stops reading" 1 get afterquit
+# --json: a failed command prints an error object (it printed nothing)
+json_err() { # NAME WANT-IN-ERROR ARGS...
+	local name=$1 want=$2
+	shift 2
+	run "$@"
+	if [ "$rc" = 2 ] && python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert sys.argv[2] in j["error"] and len(j) == 1, j' "$D/out" "$want" &&
+		[ "$(wc -l <"$D/out")" = 1 ] && grep -q "$want" "$D/err"; then
+		ok "--json $name: an error object, and the message on stderr"
+	else
+		bad "--json $name: status $rc, stdout $(cat "$D/out"), stderr $(cat "$D/err")"
+	fi
+}
+json_err "empty key" "empty key" --json get ""
+json_err "unknown command" "unknown command 'bogus'" --json bogus
+json_err "server down" "Connection refused" -a 127.0.0.1:1 --json ping
+# a raw NUL in a piped line: refused with the line's number, not cut short
+# (it stored "ab" and said OK); the \0 escape in double quotes stores it
+printf 'put nul1 ab\0cd\n' | "$CLI" -a "$URL" >/dev/null 2>"$D/err"
+rc=$?
+if [ "$rc" = 2 ] && grep -q "line 1: a NUL byte in the line; not run" "$D/err"; then
+	ok "pipe mode: a raw NUL refused"
+else
+	bad "pipe mode, raw NUL: status $rc, stderr $(cat "$D/err")"
+fi
+expect_rc "pipe mode: nothing stored for the NUL line" 1 get nul1
+printf 'put nul2 "ab\\0cd"\n' | "$CLI" -a "$URL" >/dev/null 2>&1
+"$CLI" -a "$URL" get nul2 >"$D/out"
+if [ "$(od -An -c "$D/out" | tr -d ' ')" = 'ab\0cd' ]; then ok "pipe mode: \\0 stores a NUL"; else bad "nul2: $(od -An -c "$D/out")"; fi
 
 # A real terminal (script(1) gives a pty, so libedit runs): "pi<TAB>"
 # completes to ping; quoted keys; quit.
