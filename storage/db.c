@@ -935,8 +935,14 @@ static int read_record(sl_db *db, const sl_loc *loc, const void *key, size_t kle
 	        SL_REC_OK ||
 	    size != loc->size || r->klen != klen || memcmp(r->key, key, klen) != 0) {
 		sl_db_count(&db->n_corrupt, 1);
-		if (s != NULL) {
-			atomic_store(&s->corrupt, 1); /* never compacted away */
+		/* never compacted away; said once a segment (a read may be
+		 * repeated any number of times) */
+		if (s != NULL && atomic_exchange(&s->corrupt, 1) == 0) {
+			sl_db_log(
+			    db, "error",
+			    "segment %u: a bad record at offset %llu (%u bytes), found by a read: "
+			    "not served; the segment is kept as it is (never compacted)",
+			    (unsigned)loc->seg, (unsigned long long)loc->off, (unsigned)loc->size);
 		}
 		return SL_ECORRUPT;
 	}

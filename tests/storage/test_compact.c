@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -596,6 +597,60 @@ static void count_abandon(void *arg, const char *level, const char *msg)
 	if (strstr(msg, "compaction abandoned") != NULL) {
 		atomic_fetch_add(&g_abandon_lines, 1);
 	}
+}
+
+static _Atomic int g_read_bad_lines;
+static void count_read_bad(void *arg, const char *level, const char *msg)
+{
+	(void)arg;
+	if (strcmp(level, "error") == 0 && strstr(msg, "found by a read") != NULL) {
+		atomic_fetch_add(&g_read_bad_lines, 1);
+	}
+}
+
+/* A bad record found by a get is logged (once for its segment, however
+ * often it is read), counted, not served, and its segment is kept. */
+static void test_bad_record_read_is_logged(void **state)
+{
+	(void)state;
+	make_dir("readbad");
+	sl_options o = opts();
+	o.log_fn = count_read_bad;
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	const char *val = "VALUE-TO-DAMAGE-0123456789";
+	assert_int_equal(sl_put(db, "k", 1, val, strlen(val), NULL), SL_OK);
+	assert_int_equal(sl_put(db, "other", 5, "fine", 4, NULL), SL_OK);
+	/* the value's bytes in the segment file, one of them flipped */
+	char segp[600];
+	snprintf(segp, sizeof(segp), "%s/%010u.seg", g_dir, 1u);
+	FILE *f = fopen(segp, "rb");
+	assert_non_null(f);
+	static uint8_t buf[64 * 1024];
+	size_t n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	const uint8_t *at = memmem(buf, n, val, strlen(val));
+	assert_non_null(at);
+	int fd = open(segp, O_RDWR);
+	assert_true(fd >= 0);
+	uint8_t b = (uint8_t)(at[3] ^ 0x01);
+	assert_int_equal(pwrite(fd, &b, 1, (off_t)(at - buf) + 3), 1);
+	close(fd);
+	atomic_store(&g_read_bad_lines, 0);
+	void *v = NULL;
+	size_t vl = 0;
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(sl_get(db, "k", 1, &v, &vl), SL_ECORRUPT);
+	}
+	assert_int_equal(atomic_load(&g_read_bad_lines), 1);
+	assert_int_equal(sl_get(db, "other", 5, &v, &vl), SL_OK);
+	assert_memory_equal(v, "fine", 4);
+	free(v);
+	sl_stats st;
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_int_equal(st.corrupt_records, 3);
+	sl_close(db);
+	remove_dir();
 }
 
 static void test_disk_full_abandons(void **state)
@@ -1496,6 +1551,7 @@ int main(void)
 	    cmocka_unit_test(test_defer_delays_hints),
 	    cmocka_unit_test(test_parallel_open_matches_serial),
 	    cmocka_unit_test(test_failed_hint_written_later),
+	    cmocka_unit_test(test_bad_record_read_is_logged),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
