@@ -347,7 +347,11 @@ cl_reconcile() {
 		[ "$n" = "$PRIMARY" ] && continue
 		[ -n "$(cl_pid "$n")" ] || continue
 		st=$(cl_stats "$n") || {
-			cl_say "$n: unreachable; once it answers, cluster/start $n re-points it"
+			if [ "$NETNS" = 1 ]; then
+				cl_say "$n: unreachable; once it answers, cluster/start $n (or cluster/heal $n, if partitioned) re-points it"
+			else
+				cl_say "$n: unreachable; once it answers, cluster/start $n re-points it"
+			fi
 			CL_RECONCILE_LEFT+=" $n"
 			continue
 		}

@@ -162,19 +162,51 @@ static void out_json(json_t *obj)
 static void errf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void errf(const char *fmt, ...)
 {
-	char buf[1024];
-	va_list ap;
+	va_list ap, copy;
 	va_start(ap, fmt);
-	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_copy(copy, ap);
+	vfprintf(stderr, fmt, ap); /* whole, however long */
 	va_end(ap);
-	fputs(buf, stderr);
-	size_t n = strlen(buf);
-	if (err_len + n >= sizeof err_said) {
-		n = sizeof err_said - 1 - err_len;
+	if (err_len + 1 < sizeof err_said) {
+		int k = vsnprintf(err_said + err_len, sizeof err_said - err_len, fmt, copy);
+		if (k > 0) {
+			err_len += (size_t)k < sizeof err_said - err_len
+			               ? (size_t)k
+			               : sizeof err_said - 1 - err_len;
+		}
 	}
-	memcpy(err_said + err_len, buf, n);
-	err_len += n;
-	err_said[err_len] = '\0';
+	va_end(copy);
+}
+
+/* Replaces in place every byte of s[0..n) that is not part of a valid UTF-8
+ * sequence with '?' (a message quoting a binary key, or cut mid-character:
+ * jansson refuses such a string, and the object came out as {}). */
+static void utf8_clean(char *s, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		unsigned char c = (unsigned char)s[i];
+		size_t len = c < 0x80                 ? 1
+		             : c >= 0xC2 && c <= 0xDF ? 2
+		             : c >= 0xE0 && c <= 0xEF ? 3
+		             : c >= 0xF0 && c <= 0xF4 ? 4
+		                                      : 0;
+		int ok = len > 0 && i + len <= n;
+		for (size_t k = 1; ok && k < len; k++) {
+			unsigned char d = (unsigned char)s[i + k];
+			unsigned lo = 0x80, hi = 0xBF;
+			if (k == 1) {
+				lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+				hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+			}
+			ok = d >= lo && d <= hi;
+		}
+		if (!ok) {
+			s[i] = '?';
+			len = 1;
+		}
+		i += len;
+	}
 }
 
 /* err_said as one line: "shiplog: " prefixes dropped, lines joined by "; " */
@@ -204,9 +236,30 @@ static json_t *err_json(void)
 		p += (nl ? (size_t)(nl - p) + 1 : strlen(p));
 	}
 	msg[m] = '\0';
+	utf8_clean(msg, m);
 	json_t *j = json_object();
-	json_object_set_new(j, "error", json_stringn(msg, m));
+	json_t *e = json_stringn(msg, m);
+	json_object_set_new(j, "error", e != NULL ? e : json_string("error"));
 	return j;
+}
+
+/* For the prompt's pipe mode: a line refused before it became a command
+ * (an unterminated quote, a NUL byte) says so on stderr, and with --json
+ * as an object too, so that each line still gets one. */
+void cli_line_error(cli *c, const char *fmt, ...)
+{
+	char buf[sizeof err_said];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof buf, fmt, ap);
+	va_end(ap);
+	err_len = 0;
+	err_said[0] = '\0';
+	errf("shiplog: %s\n", buf);
+	if (c->json) {
+		out_json(err_json());
+		fflush(stdout);
+	}
 }
 
 /* Reports rc from command cmd on stderr (naming the server for transport
@@ -1073,10 +1126,12 @@ static void usage(FILE *f)
 	    "N,\n"
 	    "\"missing\": M, \"errors\": E}; digest {\"digest\", \"keys\"}; promote/follow\n"
 	    "{\"ok\": true, \"history_id\"}; wait {\"acks\": N};\n"
-	    "scan {\"items\": [{\"key\"[, \"value\"]}...], \"count\": N}; stats {name: value...};\n"
-	    "ping {\"pong\": true, \"latency_us\": N};\n"
+	    "scan {\"items\": [{\"key\"[, \"value\" | \"error\"]}...], \"count\": N[, \"errors\": "
+	    "E]};\n"
+	    "stats {name: value...}; ping {\"pong\": true, \"latency_us\": N};\n"
 	    "compact {\"ok\": true, \"reclaimed_bytes\": N, \"segments_before\": N,\n"
-	    "  \"segments_after\": N, \"dead_bytes_left\": N}.\n"
+	    "  \"segments_after\": N, \"dead_bytes_left\": N}; a command that fails without\n"
+	    "an object of its own (and a piped line refused): {\"error\": MESSAGE}.\n"
 	    "Keys and values that are valid UTF-8 are JSON strings; any other is given\n"
 	    "instead as \"key_base64\" / \"value_base64\" (RFC 4648 base64 with padding).\n"
 	    "\n"

@@ -35,6 +35,10 @@ typedef struct cli_args {
 	size_t *len;
 } cli_args;
 
+/* A piped line refused before it became a command: the message on stderr
+ * ("shiplog: " before it), and with --json an {"error": ...} object too. */
+void cli_line_error(cli *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Runs one command (a.v[0] is its name) and returns CLI_OK, CLI_NOTFOUND or
  * CLI_ERROR; output on stdout, messages on stderr. */
 int cli_command(cli *c, const cli_args *a);

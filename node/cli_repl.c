@@ -227,7 +227,7 @@ static int run_line(cli *c, const char *line, int *status)
 	cli_args a;
 	const char *err;
 	if (cli_split(line, &a, &err)) {
-		fprintf(stderr, "shiplog: %s\n", err);
+		cli_line_error(c, "%s", err);
 		*status = CLI_ERROR;
 		return 0;
 	}
@@ -267,10 +267,10 @@ int cli_repl(cli *c)
 			/* A raw NUL would end the line early as a C string: the
 			 * rest of the value, or arguments after it, silently gone. */
 			if (memchr(line, '\0', (size_t)len) != NULL) {
-				fprintf(
-				    stderr,
-				    "shiplog: line %lu: a NUL byte in the line; not run "
-				    "(write it as \\0 inside double quotes, or use put KEY -)\n",
+				cli_line_error(
+				    c,
+				    "line %lu: a NUL byte in the line; not run "
+				    "(write it as \\0 inside double quotes, or use put KEY -)",
 				    no);
 				status = CLI_ERROR;
 				continue;

@@ -152,6 +152,9 @@ int sl_client_mget(sl_client *c, size_t n, const void *const *keys, const size_t
  * cursor/curlen: resume after this key (NULL/0: from the start) — pass the
  * previous page's *cursor_out.  keys_only: 1 to skip values (val NULL).
  * On SL_OK: *items_out and *n_out the entries (free with sl_client_items_free);
+ * an entry whose value the server cannot send (over its message limit: a
+ * value stored under a larger --max-value-bytes) has status SL_ETOOBIG and
+ * val NULL, the others SL_OK;
  * *cursor_out a malloc'd cursor for the next page and *curlen_out its length,
  * or NULL/0 when the scan is complete.  Keys written during a multi-page scan
  * may or may not be seen; each key is returned at most once. */

@@ -7,6 +7,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,12 @@ typedef struct lookup {
 	struct addrinfo hints, *ai;
 } lookup;
 
+/* Lookups given up on may still run (a resolver that does not answer holds
+ * each for its own timeout, attempts x servers x seconds): at most this
+ * many at once; past it a name is refused at once, until some end. */
+#define LOOKUPS_MAX 16
+static _Atomic int lookups_running;
+
 static void lookup_release(lookup *l)
 {
 	pthread_mutex_lock(&l->mu);
@@ -48,6 +55,7 @@ static void *lookup_main(void *arg)
 	lookup *l = arg;
 	struct addrinfo *ai = NULL;
 	int gai = getaddrinfo(l->host, l->port, &l->hints, &ai);
+	atomic_fetch_sub(&lookups_running, 1);
 	pthread_mutex_lock(&l->mu);
 	l->gai = gai;
 	l->ai = gai == 0 ? ai : NULL;
@@ -76,6 +84,13 @@ int sl_resolve(const char *host, const char *port, const struct addrinfo *hints,
 		snprintf(why, cap, "cannot resolve '%.200s': %s", host, gai_strerror(gai));
 		return SL_EINVAL;
 	}
+	if (atomic_fetch_add(&lookups_running, 1) >= LOOKUPS_MAX) {
+		atomic_fetch_sub(&lookups_running, 1);
+		snprintf(why, cap,
+		         "cannot resolve '%.200s': %d lookups already waiting on the resolver",
+		         host, LOOKUPS_MAX);
+		return SL_ETIMEDOUT;
+	}
 	lookup *l = calloc(1, sizeof(*l));
 	int efd = l != NULL ? eventfd(0, EFD_CLOEXEC) : -1;
 	if (efd < 0 || strlen(host) >= sizeof(l->host) || strlen(port) >= sizeof(l->port)) {
@@ -85,6 +100,7 @@ int sl_resolve(const char *host, const char *port, const struct addrinfo *hints,
 			close(efd);
 		}
 		free(l);
+		atomic_fetch_sub(&lookups_running, 1);
 		return SL_EINVAL;
 	}
 	pthread_mutex_init(&l->mu, NULL);
@@ -100,6 +116,7 @@ int sl_resolve(const char *host, const char *port, const struct addrinfo *hints,
 	pthread_attr_t ta;
 	pthread_attr_init(&ta);
 	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&ta, 256 * 1024); /* not the 8 MiB default */
 	if (pthread_create(&t, &ta, lookup_main, l) != 0) {
 		lookup_main(l); /* no thread: here, without the deadline */
 	}

@@ -1606,8 +1606,10 @@ static void *fetch_main(void *arg)
 			 * (nng resolves and dials on its own, and may reach what
 			 * the probe did not). */
 			char why[160], msg[sizeof(r->ferr)];
+			/* (a probe ended by a stop says nothing: the loop ends) */
 			if (sl_probe_tcp_stop(url, PROBE_MS, r->fstop_efd, why, sizeof(why)) !=
-			    SL_OK) {
+			        SL_OK &&
+			    !fetch_stopping(r)) {
 				snprintf(msg, sizeof(msg), "cannot connect to %s: %s; retrying",
 				         url, why);
 				repl_follow_fail(r, strcmp(msg, last_msg) != 0 ? 2 : 0, "%s", msg);

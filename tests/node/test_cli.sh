@@ -407,6 +407,22 @@ json_err() { # NAME WANT-IN-ERROR ARGS...
 json_err "empty key" "empty key" --json get ""
 json_err "unknown command" "unknown command 'bogus'" --json bogus
 json_err "server down" "Connection refused" -a 127.0.0.1:1 --json ping
+# a message quoting bytes that are not UTF-8 (it came out as {})
+json_err "non-UTF-8 in the message" "unknown command 'bogus" --json "bogus$(printf '\377')"
+grep -q "unknown command 'bogus?'" "$D/out" || bad "--json non-UTF-8: the byte not replaced: $(cat "$D/out")"
+# piped: one object a line, a line refused before it ran included
+printf 'ping\nput j1 a\0b\nbogus\nget "x\n' | "$CLI" -a "$URL" --json >"$D/out" 2>/dev/null
+if python3 -c '
+import json, sys
+ls = open(sys.argv[1]).read().splitlines()
+assert len(ls) == 4, ls
+js = [json.loads(l) for l in ls]
+assert js[0]["pong"] is True, js
+assert "NUL byte" in js[1]["error"] and "bogus" in js[2]["error"] and "unterminated" in js[3]["error"], js' "$D/out"; then
+	ok "pipe mode --json: one object a line, refused lines included"
+else
+	bad "pipe mode --json: $(cat "$D/out")"
+fi
 # a raw NUL in a piped line: refused with the line's number, not cut short
 # (it stored "ab" and said OK); the \0 escape in double quotes stores it
 printf 'put nul1 ab\0cd\n' | "$CLI" -a "$URL" >/dev/null 2>"$D/err"

@@ -12,8 +12,16 @@
 # removed, on exit.
 set -u
 B=$(cd "${1:-$(dirname "$0")/../../build}" && pwd)
-if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null; then
-	echo "skipped: needs root and iproute2"
+if [ "$(id -u)" != 0 ] || ! command -v ip >/dev/null || ! command -v python3 >/dev/null ||
+	! command -v ss >/dev/null; then
+	echo "skipped: needs root, iproute2 and python3"
+	exit 77
+fi
+# names must go to resolv.conf's server (nss-resolve would answer .invalid
+# itself, at once)
+if ! grep -qE '^hosts:.*\bdns\b' /etc/nsswitch.conf 2>/dev/null ||
+	grep -qE '^hosts:.*\bresolve\b' /etc/nsswitch.conf; then
+	echo "skipped: hosts are not looked up through resolv.conf here"
 	exit 77
 fi
 NS=shiplog-dns-$$
@@ -24,10 +32,13 @@ fi
 D=$B/test-tmp/test_resolve.$$
 mkdir -p "$D"
 DNS_PID='' SRV_PID=''
+# alive PID: running (a zombie not yet reaped is not)
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
 cleanup() {
 	for p in $SRV_PID $DNS_PID; do
 		kill "$p" 2>/dev/null
-		while kill -0 "$p" 2>/dev/null; do sleep 0.05; done
+		for _ in $(seq 100); do alive "$p" || break; sleep 0.05; done
+		kill -9 "$p" 2>/dev/null
 	done
 	wait
 	ip netns del "$NS" 2>/dev/null
@@ -43,37 +54,35 @@ bad() {
 	echo "FAIL $1"
 }
 inns() { ip netns exec "$NS" "$@"; }
-# inns_bg PIDFILE CMD... : CMD in the namespace, in the background; its own
-# pid (not ip's, which stays as its parent) in PIDFILE
+# inns_bg VAR CMD... : CMD in the namespace, in the background, a child of
+# this shell (ip netns exec execs it), its pid in VAR
 inns_bg() {
-	local f=$1
+	local var=$1
 	shift
-	rm -f "$f"
-	# shellcheck disable=SC2016 # $$, $0 and $@ are the inner shell's
-	ip netns exec "$NS" sh -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$f" "$@" >/dev/null &
-	for _ in $(seq 100); do
-		[ -s "$f" ] && break
-		sleep 0.05
-	done
-	cat "$f"
+	ip netns exec "$NS" "$@" >/dev/null &
+	printf -v "$var" '%s' "$!"
 }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 mkdir -p "/etc/netns/$NS"
 echo "nameserver 127.0.0.1" >"/etc/netns/$NS/resolv.conf"
 inns ip link set lo up
-DNS_PID=$(inns_bg "$D/dns.pid" python3 -c '
+inns_bg DNS_PID python3 -c '
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", 53))
 while True:
     s.recvfrom(4096)
-')
-# the silent server is up when its port is taken
-for _ in $(seq 50); do
-	inns python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1",53))' 2>/dev/null || break
-	sleep 0.1
+'
+# the silent server is up once its port is bound
+for _ in $(seq 100); do
+	inns ss -Hlun 'sport = :53' | grep -q . && break
+	sleep 0.05
 done
+inns ss -Hlun 'sport = :53' | grep -q . || {
+	bad "the silent resolver did not start"
+	exit 1
+}
 
 # 1. the CLI: --timeout 500 bounds the lookup
 t0=$(now_ms)
@@ -92,9 +101,9 @@ port=$(inns python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 # up to see whether it would follow itself (sl_repl_same_endpoint)
 rport=$(inns python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 t0=$(now_ms)
-SRV_PID=$(inns_bg "$D/srv.pid" "$B/shiplogd" --dir "$D/f" --listen "tcp://127.0.0.1:$port" \
+inns_bg SRV_PID "$B/shiplogd" --dir "$D/f" --listen "tcp://127.0.0.1:$port" \
 	--repl-listen "tcp://127.0.0.1:$rport" --follow "tcp://primary.invalid:$rport" \
-	--log-level info 2>"$D/log")
+	--log-level info 2>"$D/log"
 for _ in $(seq 300); do
 	inns "$B/shiplog" -a "127.0.0.1:$port" --timeout 200 ping >/dev/null 2>&1 && break
 	sleep 0.05
@@ -118,13 +127,13 @@ esac
 sleep 1 # the fetch thread back in a lookup of the name
 t0=$(now_ms)
 kill "$SRV_PID"
-# gone, or a zombie (ip netns exec is its parent, and reaps it)
-alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
 while alive "$SRV_PID" && [ $(($(now_ms) - t0)) -lt 15000 ]; do sleep 0.02; done
 took=$(($(now_ms) - t0))
-SRV_PID=
-wait
-if [ "$took" -lt 2000 ] && grep -q "stopped cleanly" "$D/log" && ! grep -q "did not close" "$D/log"; then
+spid=$SRV_PID
+SRV_PID=''
+wait "$spid" 2>/dev/null
+if [ "$took" -lt 2000 ] && grep -q "stopped cleanly" "$D/log" && ! grep -q "did not close" "$D/log" &&
+	! grep -q "stopped waiting" "$D/log"; then
 	ok "the follower stops cleanly in $took ms"
 else
 	bad "the follower's stop took $took ms; log: $(tail -3 "$D/log")"
