@@ -678,21 +678,26 @@ static void test_swap_new_intervals(void **state)
 	 * then syncs */
 	o.segment_bytes = 64u << 20;
 	sl_db *db = open_dir(dir_a, &o);
-	/* The flusher's first pass (the new segment's populate) syncs what is
-	 * there: let it run first (under ThreadSanitizer it ran after the
-	 * puts, 1 CI run in 4, and the check below found them synced), and
-	 * retry a round of puts should another wake it. */
-	usleep(300 * 1000);
-	for (int round = 0; round < 5; round++) {
+	/* The first put asks the flusher to populate the segment ahead, and
+	 * after populating it syncs: let that pass end first (wait for its
+	 * fsync), so that the rounds below, which stay within what it
+	 * populated, wake it for nothing.  Under ThreadSanitizer the populate
+	 * ran on after the puts and its sync came between two checks. */
+	put_v(db, 'w', 0, 0);
+	for (int waited = 0; stats(db).fsyncs == 0 && waited < 10000; waited += 10) {
+		usleep(10 * 1000);
+	}
+	int unsynced = 0;
+	for (int round = 0; round < 5 && !unsynced; round++) {
 		for (int i = 0; i < 200; i++) {
 			put_v(db, 'i', i, 0);
 		}
-		if (stats(db).synced_seq < sl_last_seq(db)) {
-			break;
+		unsynced = stats(db).synced_seq < sl_last_seq(db);
+		if (!unsynced) {
+			usleep(300 * 1000);
 		}
-		usleep(300 * 1000);
 	}
-	assert_true(stats(db).synced_seq < sl_last_seq(db));
+	assert_true(unsynced);
 	sl_options o2 = base_opts();
 	o2.sync = SL_SYNC_EVERYSEC;
 	o2.sync_interval_ms = 50;
