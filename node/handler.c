@@ -414,7 +414,7 @@ static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
 
 /* ---- stats ------------------------------------------------------------ */
 
-#define MAX_STATS (48 + 16 + 9 * 64)
+#define MAX_STATS (48 + 16 + 10 * 64)
 
 static void add_stat(sl_reply *r, Shiplog__Stat *st, Shiplog__Stat **ptrs, const char *name,
                      uint64_t v, const char *text)
@@ -498,11 +498,11 @@ static void add_repl_stats(sl_node *n, sl_reply *r, Shiplog__Stat *st, Shiplog__
 	add_stat(r, st, ptrs, "followers_connected", connected, NULL);
 	for (size_t i = 0; i < rs.n_followers && i < 64; i++) {
 		const sl_repl_follower_stat *f = &rs.followers[i];
-		char *nm[9];
-		static const char *const what[9] = {"id",          "address",      "applied_seq",
-		                                    "durable_seq", "lag_records",  "lag_ms",
-		                                    "connected",   "last_seen_ms", "lag_bytes"};
-		for (int k = 0; k < 9; k++) {
+		char *nm[10];
+		static const char *const what[10] = {
+		    "id",     "address",   "applied_seq",  "durable_seq", "lag_records",
+		    "lag_ms", "connected", "last_seen_ms", "lag_bytes",   "stalled"};
+		for (int k = 0; k < 10; k++) {
 			nm[k] = own_printf(r, "follower.%zu.%s", i, what[k]);
 		}
 		add_stat(r, st, ptrs, nm[0], 0, own_printf(r, "%s", f->node_id));
@@ -514,6 +514,7 @@ static void add_repl_stats(sl_node *n, sl_reply *r, Shiplog__Stat *st, Shiplog__
 		add_stat(r, st, ptrs, nm[6], (uint64_t)f->connected, NULL);
 		add_stat(r, st, ptrs, nm[7], f->last_seen_ms_ago, NULL);
 		add_stat(r, st, ptrs, nm[8], f->lag_bytes, NULL);
+		add_stat(r, st, ptrs, nm[9], (uint64_t)f->stalled, NULL);
 	}
 	sl_repl_stats_free(&rs);
 }

@@ -28,6 +28,9 @@
  *  4. Reads go on from the old store while a resync loads; they pause only
  *     for the swap (close, exchange, reopen; for a mount point: close both,
  *     move in, open).
+ *  5. A store that failed (an fsync error) or holds damaged records (its
+ *     corrupt_records > 0: a segment cut short, a bad record) is replaced
+ *     with a full resync: the primary holds what it lost.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -1505,7 +1508,8 @@ static void *fetch_main(void *arg)
 	int last_err = 0;
 	char last_msg[sizeof(r->ferr)] = ""; /* logged once until it changes */
 	int store_err = 0;    /* the local error storing the last reply failed with */
-	int store_failed = 0; /* SL_EFAILED: the store must be replaced (above) */
+	int store_failed = 0; /* the store must be replaced (above): 1 SL_EFAILED,
+	                       * 2 it holds damaged records */
 	uint64_t last_replace_ms = 0, replace_backoff = RESYNC_BACKOFF_MIN_MS;
 	uint64_t catchup_since_ms = 0; /* full replies since (compaction deferral) */
 	uint64_t resync_backoff = RESYNC_BACKOFF_MIN_MS;
@@ -1559,11 +1563,20 @@ static void *fetch_main(void *arg)
 			} else {
 				replace_backoff = RESYNC_BACKOFF_MIN_MS;
 			}
-			repl_follow_fail(
-			    r, 3,
-			    "this node's store has failed; replacing it with a full resync "
-			    "from %s",
-			    url);
+			if (store_failed == 2) {
+				repl_follow_fail(
+				    r, 3,
+				    "this node's store has damaged records (a file was "
+				    "cut or changed on disk); replacing it with a full "
+				    "resync from %s",
+				    url);
+			} else {
+				repl_follow_fail(
+				    r, 3,
+				    "this node's store has failed; replacing it with a "
+				    "full resync from %s",
+				    url);
+			}
 			int stop;
 			if (resync_or_wait(r, url, &backoff, &resync_backoff, &stop) != SL_OK) {
 				connected = 0;
@@ -1593,6 +1606,15 @@ static void *fetch_main(void *arg)
 			if (src == SL_OK &&
 			    s.failed != 0) { /* its flusher's fdatasync failed, say */
 				store_failed = 1;
+				continue;
+			}
+			if (src == SL_OK && s.corrupt_records > 0) {
+				/* Found by the open (a sealed segment cut short,
+				 * a bad record) or by a read since: records it
+				 * reports applied are gone or unreadable, and
+				 * streaming on would never bring them back; the
+				 * primary holds them. */
+				store_failed = 2;
 				continue;
 			}
 		}

@@ -201,7 +201,9 @@ static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 		e->used = 1;
 		snprintf(e->node_id, sizeof(e->node_id), "%s", id);
 		e->caught_up_ms = now;
+		e->moved_ms = now;
 	}
+	uint64_t was = e->applied;
 	if (f->address != NULL) {
 		snprintf(e->address, sizeof(e->address), "%s", f->address);
 	}
@@ -217,6 +219,10 @@ static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 	e->last_seen_ms = now;
 	if (e->applied >= atomic_load(&r->head)) {
 		e->caught_up_ms = now;
+	}
+	if (e->applied > was) {
+		e->moved_ms = now;
+		e->stalled_said = 0;
 	}
 	if (atomic_load(&r->ack_waiters) > 0) {
 		pthread_cond_broadcast(&r->ack_cv);
@@ -243,6 +249,8 @@ static void table_forget(sl_repl *r, const char *id, uint64_t now)
 			x->applied = 0;
 			x->durable = 0;
 			x->last_seen_ms = now;
+			x->moved_ms = now;
+			x->stalled_said = 0;
 		}
 	}
 }
@@ -761,6 +769,7 @@ static void tick(sl_repl *r, uint64_t now)
 {
 	pthread_rwlock_rdlock(r->o.db_lock);
 	uint64_t seq = sl_log_backlog_seq(*r->o.dbp, r->o.backlog_bytes);
+	uint64_t head = atomic_load(&r->head);
 	pthread_mutex_lock(&r->mu);
 	/* A follower whose long poll is parked here is alive. */
 	for (rctx *c = r->parked; c != NULL; c = c->next) {
@@ -780,8 +789,27 @@ static void tick(sl_repl *r, uint64_t now)
 			memset(e, 0, sizeof(*e));
 			continue;
 		}
-		if (e->used && repl_ms_since(now, e->last_seen_ms) <= r->o.timeout_ms &&
-		    e->applied + 1 < seq) {
+		if (!e->used || repl_ms_since(now, e->last_seen_ms) > r->o.timeout_ms) {
+			continue;
+		}
+		if (follower_stalled(e, head, r->o.timeout_ms, now)) {
+			/* Seen, but storing nothing (its disk is full, say): it
+			 * would pin the log here until this disk filled too.  It
+			 * resumes from the log if what it needs is still there,
+			 * else with a full resync, like a follower that was away. */
+			if (!e->stalled_said) {
+				e->stalled_said = 1;
+				repl_log(
+				    r, 1,
+				    "follower %s (%s) has applied nothing for %llu s (at seq %llu "
+				    "of %llu): the log is no longer kept for it",
+				    e->node_id, e->address[0] ? e->address : "?",
+				    (unsigned long long)((STALL_TIMEOUTS * r->o.timeout_ms) / 1000),
+				    (unsigned long long)e->applied, (unsigned long long)head);
+			}
+			continue;
+		}
+		if (e->applied + 1 < seq) {
 			seq = e->applied + 1;
 		}
 	}

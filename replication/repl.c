@@ -1058,6 +1058,7 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 		}
 		f->last_seen_ms_ago = repl_ms_since(now, e->last_seen_ms);
 		f->connected = follower_connected(r, e, now);
+		f->stalled = follower_stalled(e, head, r->o.timeout_ms, now);
 	}
 	pthread_mutex_unlock(&r->mu);
 	/* The caller holds the store read lock (see repl.h). */

@@ -262,6 +262,8 @@ typedef struct sl_repl_follower_stat {
 	                                          * lag_ms: age of the oldest write not applied */
 	uint64_t last_seen_ms_ago;
 	int connected;
+	int stalled; /* behind and applying nothing for 10x --repl-timeout-ms: the
+	              * log is no longer kept for it */
 } sl_repl_follower_stat;
 
 typedef struct sl_repl_stats {

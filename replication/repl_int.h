@@ -55,8 +55,25 @@ typedef struct follower_ent {
 	uint64_t applied, durable;
 	uint64_t last_seen_ms;
 	uint64_t
-	    caught_up_ms; /* last time applied reached head (lag_ms beyond the write times kept) */
+	    caught_up_ms;  /* last time applied reached head (lag_ms beyond the write times kept) */
+	uint64_t moved_ms; /* last time applied grew (or the entry was made) */
+	int stalled_said;  /* its stall was logged (follower_stalled) */
 } follower_ent;
+
+/* A follower seen but whose applied seq has not moved for this many
+ * --repl-timeout-ms while behind the head (its disk is full, say) no
+ * longer holds the primary's log from compaction (tick). */
+#define STALL_TIMEOUTS 10u
+
+/* Whether e is behind head and has applied nothing for STALL_TIMEOUTS
+ * --repl-timeout-ms. */
+static inline int follower_stalled(const follower_ent *e, uint64_t head, uint64_t timeout_ms,
+                                   uint64_t now)
+{
+	uint64_t moved = e->moved_ms > e->caught_up_ms ? e->moved_ms : e->caught_up_ms;
+	return e->used && e->applied < head && now > moved &&
+	       now - moved > STALL_TIMEOUTS * timeout_ms;
+}
 
 typedef struct snap_sess {
 	uint64_t id;

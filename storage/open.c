@@ -286,7 +286,22 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 			return rc;
 		}
 		if (rc == SL_ECORRUPT) {
-			sl_db_log(db, "warn", "segment %u: damaged hint file, scanning", id);
+			/* A hint whose checksum holds, listing records past the
+			 * segment's end: the segment lost its tail (a cut at a
+			 * record boundary leaves nothing else to see) */
+			uint64_t hend = 0;
+			if (sl_hint_extent(db->io, db->dir, id, &hend) == SL_OK && hend > size) {
+				__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
+				atomic_store(&s->corrupt, 1);
+				sl_db_log(
+				    db, "warn",
+				    "segment %u: %llu bytes, its hint file lists records up to "
+				    "byte %llu: the records past the end are lost",
+				    id, (unsigned long long)size, (unsigned long long)hend);
+			} else {
+				sl_db_log(db, "warn", "segment %u: damaged hint file, scanning",
+				          id);
+			}
 		}
 	}
 	uint64_t end;

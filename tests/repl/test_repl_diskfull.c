@@ -24,9 +24,9 @@
 #include "replutil.h"
 
 static char *root;
-static char mnt[TU_PATH], mnt2[TU_PATH], mnt3[TU_PATH];
-static int mounted, mounted2, mounted3;
-static ru_node P, F, P2, F2, P3;
+static char mnt[TU_PATH], mnt2[TU_PATH], mnt3[TU_PATH], mnt4[TU_PATH];
+static int mounted, mounted2, mounted3, mounted4;
+static ru_node P, F, P2, F2, P3, P4, F4;
 
 static int setup(void **state)
 {
@@ -48,7 +48,7 @@ static int setup(void **state)
 		return -1;
 	}
 	mounted = 1;
-	P2.d.pid = F2.d.pid = P3.d.pid = -1;
+	P2.d.pid = F2.d.pid = P3.d.pid = P4.d.pid = F4.d.pid = -1;
 	char dir[TU_PATH];
 	const char *ex[] = {"--segment-bytes", "1m", NULL};
 	snprintf(dir, sizeof(dir), "%s/p", root);
@@ -66,6 +66,11 @@ static int teardown(void **state)
 	nu_stop(&F2.d, SIGTERM);
 	nu_stop(&P2.d, SIGTERM);
 	nu_stop(&P3.d, SIGTERM);
+	nu_stop(&F4.d, SIGTERM);
+	nu_stop(&P4.d, SIGTERM);
+	if (mounted4) {
+		umount2(mnt4, MNT_DETACH);
+	}
 	if (mounted) {
 		umount2(mnt, MNT_DETACH);
 	}
@@ -347,6 +352,90 @@ static void test_primary_restarts_on_a_full_disk(void **state)
 	assert_int_equal(ru_stat(&P3, "keys", NULL, 0), (uint64_t)acked + 1);
 }
 
+/* A follower that stays connected but stores nothing (its disk is full)
+ * holds the primary's log from compaction for 10x --repl-timeout-ms, then
+ * no longer: its disk grew without bound before (20 -> 279 MB with a 2 MB
+ * backlog).  Once it has room it catches up, by a full resync if its next
+ * record was compacted away. */
+static void test_stalled_follower_does_not_pin_the_log(void **state)
+{
+	(void)state;
+	if (!mounted) {
+		skip();
+	}
+	char dir[TU_PATH];
+	/* The stuck follower fetches every 2 s: a 2.5 s timeout keeps it
+	 * connected, and it stalls after 25 s. */
+	const char *pex[] = {"--segment-bytes",
+	                     "64k",
+	                     "--repl-backlog-bytes",
+	                     "64k",
+	                     "--compact-dead-ratio",
+	                     "0.1",
+	                     "--repl-timeout-ms",
+	                     "2500",
+	                     NULL};
+	snprintf(dir, sizeof(dir), "%s/p4", root);
+	assert_int_equal(ru_start(&P4, dir, NULL, pex), 0);
+	snprintf(mnt4, sizeof(mnt4), "%s/f4", root);
+	assert_int_equal(tu_mkdir_p(mnt4), 0);
+	assert_int_equal(mount("tmpfs", mnt4, "tmpfs", 0, "size=1m"), 0);
+	mounted4 = 1;
+	const char *fex[] = {"--segment-bytes", "64k", NULL};
+	assert_int_equal(ru_start(&F4, mnt4, P4.rurl, fex), 0);
+	/* 2 MB over 50 keys (100 KB live) for a 1 MB disk */
+	load_big_to(&P4, 0, 1000, 50);
+	if (ru_wait_stat_positive(&F4, "repl_apply_errors", 20000) == 0) {
+		nu_dump_log(&F4.d);
+		fail_msg("the follower never reported its disk full");
+	}
+	uint64_t stuck = ru_stat(&F4, "applied_seq", NULL, 0);
+	assert_true(stuck > 0 && stuck < ru_last_seq(&P4));
+	int fi = ru_follower_index(&P4, &F4);
+	assert_true(fi >= 0);
+	char stalled[64], connected[64];
+	snprintf(stalled, sizeof(stalled), "follower.%d.stalled", fi);
+	snprintf(connected, sizeof(connected), "follower.%d.connected", fi);
+	/* While it is not yet stalled it holds the log (it may come back). */
+	nu_sleep_ms(1500);
+	assert_int_equal(ru_stat(&P4, stalled, NULL, 0), 0);
+	assert_int_equal(ru_stat(&P4, "repl_protect_seq", NULL, 0), stuck + 1);
+	/* Overwrites go on; within 25 s (and a tick) it is stalled while
+	 * still connected, and the log past it is compacted. */
+	int next = 1000, was_stalled = 0;
+	uint64_t protect = 0;
+	for (int t = 0; t < 80 && !(was_stalled && protect > stuck + 1); t++) {
+		load_big_to(&P4, next, 100, 50);
+		next += 100;
+		nu_sleep_ms(500);
+		if (ru_stat(&P4, stalled, NULL, 0) == 1 && ru_stat(&P4, connected, NULL, 0) == 1) {
+			was_stalled = 1;
+		}
+		protect = ru_stat(&P4, "repl_protect_seq", NULL, 0);
+	}
+	if (!was_stalled || protect <= stuck + 1) {
+		nu_dump_log(&P4.d);
+		fail_msg("the stuck follower (at %llu) still holds the log: protect %llu, stalled "
+		         "%d",
+		         (unsigned long long)stuck, (unsigned long long)protect, was_stalled);
+	}
+	assert_int_equal(ru_stat(&F4, "applied_seq", NULL, 0), stuck);
+	ru_compact(&P4);
+	/* ~100 KB live, a 64 KB backlog: what is left is far below the 2 MB+
+	 * of log written since the follower stopped storing */
+	uint64_t disk = ru_stat(&P4, "disk_bytes", NULL, 0);
+	if (disk > 1024 * 1024) {
+		fail_msg("the primary keeps %llu bytes on disk after a compaction",
+		         (unsigned long long)disk);
+	}
+	/* room again: it catches up (by a full resync: its next record is gone) */
+	assert_int_equal(mount(NULL, mnt4, NULL, MS_REMOUNT, "size=64m"), 0);
+	ru_node *f[] = {&F4};
+	ru_assert_converged(&P4, f, 1);
+	assert_true(ru_stat(&F4, "resyncs_full", NULL, 0) >= 1);
+	assert_int_equal(ru_stat(&P4, stalled, NULL, 0), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -354,6 +443,7 @@ int main(void)
 	    cmocka_unit_test(test_full_resync_onto_small_disk),
 	    cmocka_unit_test(test_staging_dir_of_mount_points),
 	    cmocka_unit_test(test_primary_restarts_on_a_full_disk),
+	    cmocka_unit_test(test_stalled_follower_does_not_pin_the_log),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

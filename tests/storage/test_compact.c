@@ -653,6 +653,62 @@ static void test_bad_record_read_is_logged(void **state)
 	remove_dir();
 }
 
+static _Atomic int g_cut_lines;
+static void count_cut(void *arg, const char *level, const char *msg)
+{
+	(void)arg;
+	if (strcmp(level, "warn") == 0 && strstr(msg, "records past the end are lost") != NULL) {
+		atomic_fetch_add(&g_cut_lines, 1);
+	}
+}
+
+/* A sealed segment cut at a record boundary scans clean: only its hint
+ * says records are gone.  The open counts it (corrupt_records: what a
+ * follower resyncs on) and says so, instead of the "damaged hint file"
+ * it took for a bad hint. */
+static void test_segment_cut_short_of_its_hint_is_counted(void **state)
+{
+	(void)state;
+	make_dir("cutshort");
+	sl_options o = opts();
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < 2000; i++) {
+		put(db, i, 0); /* ~280 KiB: segment 1 is sealed and hinted */
+	}
+	sl_close(db);
+	char segp[600], hintp[600];
+	snprintf(segp, sizeof(segp), "%s/%010u.seg", g_dir, 1u);
+	snprintf(hintp, sizeof(hintp), "%s/%010u.hint", g_dir, 1u);
+	struct stat hs;
+	assert_int_equal(stat(hintp, &hs), 0);
+	FILE *f = fopen(segp, "rb");
+	assert_non_null(f);
+	static uint8_t buf[128 * 1024];
+	size_t n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	size_t off = SL_SEG_HDR_SIZE;
+	while (off < n / 2) {
+		sl_rec r;
+		size_t size = 0;
+		assert_int_equal(
+		    sl_rec_decode(buf + off, n - off, SL_MAX_KEY, SL_MAX_VALUE, &r, &size),
+		    SL_REC_OK);
+		off += size;
+	}
+	assert_int_equal(truncate(segp, (off_t)off), 0);
+	o.log_fn = count_cut;
+	atomic_store(&g_cut_lines, 0);
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	sl_stats st;
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_true(st.corrupt_records >= 1);
+	assert_int_equal(atomic_load(&g_cut_lines), 1);
+	assert_true(st.keys < 2000); /* what was cut is gone: it is not hidden */
+	sl_close(db);
+	remove_dir();
+}
+
 static void test_disk_full_abandons(void **state)
 {
 	(void)state;
@@ -1552,6 +1608,7 @@ int main(void)
 	    cmocka_unit_test(test_parallel_open_matches_serial),
 	    cmocka_unit_test(test_failed_hint_written_later),
 	    cmocka_unit_test(test_bad_record_read_is_logged),
+	    cmocka_unit_test(test_segment_cut_short_of_its_hint_is_counted),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
