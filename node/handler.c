@@ -889,7 +889,7 @@ static uint64_t written_seq(const sl_reply *r, const Shiplog__Request *q, int op
 /* promote, follow, wait, digest: replication's own operations.  They take
  * no store lock themselves except digest (promote/follow stop the fetch
  * loop, which may be waiting for the write lock). */
-static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op)
+static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, int can_park)
 {
 	char msg[256], hid[33];
 	if (op == SL_OP_DIGEST) {
@@ -943,6 +943,19 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 	uint32_t tmo = w->has_timeout_ms ? w->timeout_ms : 0;
 	uint32_t got = 0;
 	sl_repl_ack_begin(n->repl);
+	r->resp.has_seq = 1;
+	r->resp.seq = seq;
+	if (can_park && want > 0) {
+		/* Parked by the caller (sl_repl_ack_park), no worker held: 64
+		 * WAITs with a long timeout held every worker, and the writes
+		 * that need one (a new segment) waited for them, even after
+		 * their client had gone.  Completed by sl_reply_acked. */
+		r->ack_seq = seq;
+		r->ack_want = want;
+		r->ack_timeout_ms = tmo;
+		r->ack_is_wait = 1;
+		return;
+	}
 	sl_workq_blocking(1);
 	sl_repl_wait_acks(n->repl, seq, want, tmo, &got);
 	sl_workq_blocking(0);
@@ -956,6 +969,14 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 void sl_reply_acked(sl_node *n, sl_reply *r, uint32_t acked)
 {
 	if (r->ack_want == 0) {
+		return;
+	}
+	if (r->ack_is_wait) { /* a WAIT: how many have it, whatever the count */
+		sl_repl_ack_end(n->repl);
+		r->resp.has_acks = 1;
+		r->resp.acks = acked;
+		r->ack_want = 0;
+		r->ack_is_wait = 0;
 		return;
 	}
 	if (r->ack_seq > 0 && acked < r->ack_want) { /* made, not acknowledged in time */
@@ -1064,7 +1085,7 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 		}
 	}
 	if (op == SL_OP_PROMOTE || op == SL_OP_FOLLOW || op == SL_OP_WAIT || op == SL_OP_DIGEST) {
-		run_repl_op(n, r, q, op);
+		run_repl_op(n, r, q, op, defer_seq != NULL);
 		return 0;
 	}
 	int want_acks = writes && q->has_acks && q->acks > 0 && n->repl != NULL;

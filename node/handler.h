@@ -35,6 +35,7 @@ typedef struct sl_reply {
 	 * with these), then completes r with sl_reply_acked and sends it. */
 	uint64_t ack_seq;
 	uint32_t ack_want, ack_timeout_ms;
+	int ack_is_wait; /* a WAIT parked the same way: answered OK with its acks */
 	/* sl_handle_inline returned -1 for a read whose --min-seq this node
 	 * has not applied yet: that seq (0: another reason).  The caller
 	 * parks it (sl_repl_applied_park), then runs it again. */

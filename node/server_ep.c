@@ -29,9 +29,14 @@
  *     (c->inflight): a closed connection is freed when that count is 0.
  *  2. Every loop listens on the one listening socket (EPOLLEXCLUSIVE);
  *     whichever accepts a connection owns it.
- *  3. A connection with PIPE_PENDING_MAX requests unanswered, or a reply
- *     backlog over the message limit, is not read until it drains: a
- *     client that sends and never reads holds its own buffers only.
+ *  3. A connection with PIPE_PENDING_MAX requests unanswered, AWAY_MAX
+ *     of them away from the loop (a worker's, a parked wait's, the
+ *     replication's: each reply up to a message limit, a fetch's up to 64
+ *     MiB, made before the loop sees it), or a reply backlog over the
+ *     message limit, is not read until it drains: a client that sends and
+ *     never reads holds its own buffers only, at most the backlog and
+ *     AWAY_MAX replies.  (64 pipelined fetches that were never read made
+ *     64 replies of up to 64 MiB: 4 GB a connection.)
  *  4. Once a loop is dead (ep_stop) a reply queued to it is freed where it
  *     is sent, under L->mu, which also counts the connection down.
  */
@@ -66,6 +71,7 @@
 
 #define SP_MAX_HOPS      8  /* nng's default NNG_OPT_MAXTTL */
 #define PIPE_PENDING_MAX 64 /* as the nng front's per-connection limit */
+#define AWAY_MAX         2  /* requests away from the loop, a connection (invariant 3) */
 #define READ_CHUNK       (64 * 1024)
 #define ARENA_BYTES      (1024 * 1024) /* a pass's reads, run together */
 #define OUT_KEEP         (16 * 1024)   /* output buffer kept by a drained connection */
@@ -99,6 +105,7 @@ struct econn {
 	uint8_t *out;
 	size_t outoff, outlen, outcap;
 	uint32_t inflight; /* requests read and not yet answered (invariant 1) */
+	uint32_t away;     /* of those, handed to another thread (invariant 3) */
 	int queued;        /* in L->dirty */
 	struct econn *dnext;
 	struct econn *prev, *next; /* L->conns */
@@ -113,6 +120,7 @@ typedef struct ereq {
 	uint8_t *frame; /* a reply packed away from the loop: a whole SP frame */
 	size_t framelen;
 	sl_repl_sender snd; /* a replication request's (repl_room, repl_end) */
+	int away;           /* counted in c->away (set by the loop only) */
 	struct ereq *next;  /* in L's done queue */
 } ereq;
 
@@ -272,7 +280,7 @@ static int conn_write(econn *c)
 
 static int conn_full(const econn *c)
 {
-	return c->inflight >= PIPE_PENDING_MAX ||
+	return c->inflight >= PIPE_PENDING_MAX || c->away >= AWAY_MAX ||
 	       c->outlen - c->outoff >= c->L->s->n->max_msg_bytes;
 }
 
@@ -298,10 +306,13 @@ static void ep_release(sreq *q);
 static void ep_commit(sreq *q);
 static const sreq_ops ep_ops = {ep_send, ep_keep, ep_release, ep_commit};
 
-/* A reply is back on c's loop: c counts one request less. */
-static void reply_done(econn *c)
+/* e's reply is back on c's loop: c counts one request less. */
+static void reply_done(econn *c, const ereq *e)
 {
 	c->inflight--;
+	if (e->away) {
+		c->away--;
+	}
 	if (c->fd < 0) {
 		if (c->inflight == 0 && !c->queued) {
 			conn_free(c);
@@ -342,7 +353,7 @@ static void ep_send(sreq *q, sl_reply *r)
 			}
 		}
 		sl_reply_free(r);
-		reply_done(c);
+		reply_done(c, e);
 		free(e);
 		return;
 	}
@@ -461,7 +472,7 @@ static void loop_done_queue(eloop *L)
 		if (c->fd >= 0 && e->frame != NULL) {
 			conn_put_frame(c, e);
 		}
-		reply_done(c);
+		reply_done(c, e);
 		free(e->frame);
 		free(e);
 		e = next;
@@ -490,7 +501,7 @@ static void repl_end(sl_repl_sender *snd)
 {
 	ereq *e = (ereq *)((char *)snd - offsetof(ereq, snd));
 	if (tl_loop == e->c->L) {
-		reply_done(e->c);
+		reply_done(e->c, e);
 		free(e);
 		return;
 	}
@@ -511,8 +522,15 @@ static int conn_repl_request(econn *c, const uint8_t *bt, size_t btlen, const ui
 	e->btlen = btlen;
 	e->snd.room = repl_room;
 	e->snd.end = repl_end;
-	c->inflight++;
+	uint32_t n = ++c->inflight;
 	sl_repl_serve(c->L->s->n->repl, body, len, &e->snd);
+	/* Not answered yet (answered inline, e is freed and the count is
+	 * back): parked, or with a replication worker.  e stays until this
+	 * loop takes its reply. */
+	if (c->inflight == n) {
+		e->away = 1;
+		c->away++;
+	}
 	return 0;
 }
 
@@ -536,11 +554,17 @@ static int conn_request(econn *c, const uint8_t *bt, size_t btlen, const uint8_t
 	e->btlen = btlen;
 	e->copy = NULL;
 	e->frame = NULL;
+	e->away = 0;
 	c->inflight++;
 	/* A write under --sync always is queued for the committer by the
 	 * pass, not one by one: srv_request submits it at once otherwise.
 	 * So the request runs with the loop's own committer list. */
-	srv_request(&e->q, body, len);
+	if (srv_request(&e->q, body, len) == 1) {
+		/* with a worker, or parked for --min-seq: e stays until this
+		 * loop takes its reply */
+		e->away = 1;
+		c->away++;
+	}
 	return 0;
 }
 
