@@ -11,6 +11,9 @@ set_tests_properties(test_cli PROPERTIES TIMEOUT 120 LABELS "node")
 # a resolver that never answers (a network namespace of its own; 77: skipped)
 add_test(NAME test_resolve COMMAND ${CMAKE_SOURCE_DIR}/tests/node/test_resolve.sh ${CMAKE_BINARY_DIR})
 set_tests_properties(test_resolve PROPERTIES TIMEOUT 60 LABELS "node" SKIP_RETURN_CODE 77)
+# more connections than the descriptor limit leaves for them (77: skipped)
+add_test(NAME test_fdlimit COMMAND ${CMAKE_SOURCE_DIR}/tests/node/test_fdlimit.sh ${CMAKE_BINARY_DIR})
+set_tests_properties(test_fdlimit PROPERTIES TIMEOUT 120 LABELS "node" SKIP_RETURN_CODE 77)
 
 # shiplog-bench --url URL: the network benchmark (tests/bench/netbench.c);
 # shiplog-bench repl: the replication benchmark (tests/bench/replbench.c);

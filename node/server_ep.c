@@ -56,6 +56,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -154,6 +155,15 @@ struct sl_ep {
 
 static _Thread_local eloop *tl_loop; /* the loop this thread runs, if any */
 
+/* Connections open over every loop, and the most this process takes: its
+ * descriptor limit less a reserve for the store's segments, hints and
+ * compactions (FD_RESERVE, or half a small limit).  Clients that took
+ * every descriptor made the store's next segment fail with "I/O error"
+ * (EMFILE), and writes with it. */
+#define FD_RESERVE 1024
+static atomic_int ep_conns;
+static int ep_conns_max = 1 << 30;
+
 /* ---- buffers ------------------------------------------------------- */
 
 static int reserve(uint8_t **b, size_t *cap, size_t len, size_t want)
@@ -201,6 +211,7 @@ static void conn_close(econn *c)
 	epoll_ctl(L->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	c->fd = -1;
+	atomic_fetch_sub(&ep_conns, 1);
 	c->inlen = 0;
 	if (c->prev != NULL) {
 		c->prev->next = c->next;
@@ -823,6 +834,18 @@ static void loop_accept(eloop *L, int lfd, int repl)
 			close(fd);
 			continue;
 		}
+		if (atomic_load(&ep_conns) >= ep_conns_max) {
+			close(fd); /* the descriptors left are the store's */
+			uint64_t now = sl_node_mono_ns() / 1000000u;
+			if (now >= L->accept_log_ms) {
+				sl_log_warn("refusing connections: %d are open, the most the "
+				            "descriptor limit leaves beside the %d kept for the "
+				            "store (raise it with ulimit -n)",
+				            atomic_load(&ep_conns), FD_RESERVE);
+				L->accept_log_ms = now + 10000;
+			}
+			continue;
+		}
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		econn *c = calloc(1, sizeof(*c));
@@ -844,6 +867,7 @@ static void loop_accept(eloop *L, int lfd, int repl)
 			close(fd);
 			continue;
 		}
+		atomic_fetch_add(&ep_conns, 1);
 		c->next = L->conns;
 		if (L->conns != NULL) {
 			L->conns->prev = c;
@@ -1061,6 +1085,21 @@ int ep_start(sl_server *s, const sl_server_opts *o, char *err, size_t cap)
 	s->ep = ep;
 	ep->lfd = -1;
 	ep->rfd = sl_repl_listen_fd(s->n->repl);
+	/* As Redis does: the soft descriptor limit up to the hard one, then
+	 * room for connections beside the store's reserve. */
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+		if (rl.rlim_cur < rl.rlim_max) {
+			struct rlimit up = {rl.rlim_max, rl.rlim_max};
+			if (setrlimit(RLIMIT_NOFILE, &up) == 0) {
+				rl = up;
+			}
+		}
+		if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)(1 << 30)) {
+			int lim = (int)rl.rlim_cur;
+			ep_conns_max = lim > 2 * FD_RESERVE ? lim - FD_RESERVE : lim / 2;
+		}
+	}
 	int rc = ep_listen(o->listen_url, &ep->lfd, err, cap);
 	if (rc != SL_OK) {
 		return rc;
