@@ -99,6 +99,7 @@ struct econn {
 	int shaken;       /* the peer's handshake was read */
 	uint64_t born_ms; /* accepted at (for HANDSHAKE_MS) */
 	int paused;       /* not read (invariant 3) */
+	int eof;          /* the peer shut its side: closed once answered and written */
 	int repl;         /* a follower's, accepted on the replication socket */
 	uint32_t events;  /* registered with epoll */
 	uint8_t *in;
@@ -299,7 +300,7 @@ static int conn_full(const econn *c)
  * left to write. */
 static void conn_arm(econn *c)
 {
-	uint32_t ev = (c->paused ? 0 : EPOLLIN) | (c->outoff < c->outlen ? EPOLLOUT : 0);
+	uint32_t ev = (c->paused || c->eof ? 0 : EPOLLIN) | (c->outoff < c->outlen ? EPOLLOUT : 0);
 	if (ev != c->events) {
 		struct epoll_event e = {.events = ev, .data.ptr = c};
 		if (epoll_ctl(c->L->epfd, EPOLL_CTL_MOD, c->fd, &e) == 0) {
@@ -711,6 +712,16 @@ static void conn_read(econn *c)
 		room = c->incap - c->inlen;
 	}
 	ssize_t r = recv(c->fd, dst, room, 0);
+	if (r == 0 && !c->eof) {
+		/* A half-close (shutdown(SHUT_WR) after the requests): what was
+		 * asked is still answered and written, then the connection
+		 * closes (loop_write).  It was closed at once, and replies not
+		 * yet written (a worker's, a big one to a slow reader) were
+		 * lost.  Again (a hangup reported once more): closed. */
+		c->eof = 1;
+		conn_dirty(c);
+		return;
+	}
 	if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
 		conn_close(c);
 		return;
@@ -926,6 +937,10 @@ static void loop_write(eloop *L)
 			if (c->queued) { /* new replies: written next time round */
 				continue;
 			}
+		}
+		if (c->eof && c->inflight == 0 && c->outoff == c->outlen && !c->paused) {
+			conn_close(c); /* answered and written: queued again, to be freed */
+			continue;
 		}
 		conn_arm(c);
 	}

@@ -624,6 +624,54 @@ static void test_close_with_requests_in_flight(void **state)
 	assert_still_serves(&rawd);
 }
 
+/* A client that sends its requests and then shuts its side (SHUT_WR)
+ * still gets every reply, then the server closes.  It closed at once: a
+ * reply made away from the loop (here the committer's, under --sync
+ * always) was lost. */
+static void test_half_close_gets_its_replies(void **state)
+{
+	(void)state;
+	int fd = sp_connect(rawd.port);
+	assert_true(fd >= 0);
+	static char big[60 * 1024];
+	memset(big, 'h', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	obuf o = {0};
+	req_store rs;
+	uint32_t bt = 0x80000000u | 1u;
+	frame_append(&o, &bt, 1, req_put(&rs, 1, "halfclose", big)); /* the committer's */
+	for (uint32_t i = 2; i <= 11; i++) {
+		bt = 0x80000000u | i;
+		frame_append(&o, &bt, 1, req_ping(&rs, i));
+	}
+	assert_int_equal(write_full(fd, o.b, o.len), 0);
+	free(o.b);
+	assert_int_equal(shutdown(fd, SHUT_WR), 0);
+	int seen[12] = {0};
+	for (int n = 0; n < 11; n++) {
+		sp_reply r;
+		int rc = sp_read_reply(fd, &r);
+		if (rc != 0) {
+			close(fd);
+			fail_msg("reply %d of 11 after a half-close: %s", n + 1,
+			         rc == -2 ? "none in time" : "the connection ended");
+		}
+		uint32_t id = r.bt[r.nbt - 1] & 0x7fffffffu;
+		assert_true(id >= 1 && id <= 11);
+		seen[id]++;
+		assert_int_equal(r.r->status, 0);
+		shiplog__response__free_unpacked(r.r, NULL);
+	}
+	for (int i = 1; i <= 11; i++) {
+		assert_int_equal(seen[i], 1);
+	}
+	size_t got = 0;
+	assert_true(wait_closed(fd, 3000, &got)); /* and then it closes */
+	assert_int_equal(got, 0);
+	close(fd);
+	assert_still_serves(&rawd);
+}
+
 /* ---- 3-5. connections the server must close ------------------------------ */
 
 static void test_bad_handshake_closed(void **state)
@@ -1406,6 +1454,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_multiword_backtrace_echoed, stop_leftovers),
 	    cmocka_unit_test_teardown(test_frames_split_across_reads, stop_leftovers),
 	    cmocka_unit_test_teardown(test_close_with_requests_in_flight, stop_leftovers),
+	    cmocka_unit_test_teardown(test_half_close_gets_its_replies, stop_leftovers),
 	    cmocka_unit_test_teardown(test_bad_handshake_closed, stop_leftovers),
 	    cmocka_unit_test_teardown(test_message_without_request_id, stop_leftovers),
 	    cmocka_unit_test_teardown(test_oversized_length_header_closed, stop_leftovers),
