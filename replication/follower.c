@@ -1511,6 +1511,8 @@ static void *fetch_main(void *arg)
 	int store_failed = 0; /* the store must be replaced (above): 1 SL_EFAILED,
 	                       * 2 it holds damaged records */
 	uint64_t last_replace_ms = 0, replace_backoff = RESYNC_BACKOFF_MIN_MS;
+	/* a damaged store whose replacement failed streams on until then */
+	uint64_t damage_retry_ms = 0, damage_backoff = RESYNC_BACKOFF_MIN_MS;
 	uint64_t catchup_since_ms = 0; /* full replies since (compaction deferral) */
 	uint64_t resync_backoff = RESYNC_BACKOFF_MIN_MS;
 	uint64_t store_backoff = BACKOFF_MIN_MS / 2;
@@ -1583,8 +1585,19 @@ static void *fetch_main(void *arg)
 				if (stop) {
 					break;
 				}
+				if (store_failed == 2) {
+					/* Unlike a failed store, a damaged one still
+					 * takes records: it streams on (only the damaged
+					 * keys wrong) and the replacement is tried again
+					 * later, 1 s, 2 s, ... 10 min apart (a resync
+					 * needs room for a second copy of the store). */
+					store_failed = 0;
+					damage_retry_ms = repl_now_ms() + damage_backoff;
+					damage_backoff = backoff_next(damage_backoff, 600000);
+				}
 				continue;
 			}
+			damage_backoff = RESYNC_BACKOFF_MIN_MS;
 			last_replace_ms = repl_now_ms();
 			store_failed = 0;
 			store_err = 0;
@@ -1608,7 +1621,7 @@ static void *fetch_main(void *arg)
 				store_failed = 1;
 				continue;
 			}
-			if (src == SL_OK && s.corrupt_records > 0) {
+			if (src == SL_OK && s.corrupt_records > 0 && now >= damage_retry_ms) {
 				/* Found by the open (a sealed segment cut short,
 				 * a bad record) or by a read since: records it
 				 * reports applied are gone or unreadable, and

@@ -239,6 +239,16 @@ static void table_touch(sl_repl *r, const char *id, uint64_t now)
 	}
 }
 
+static void table_caught_up(sl_repl *r, const char *id, uint64_t now)
+{
+	for (int i = 0; id != NULL && i < SL_MAX_FOLLOW; i++) {
+		follower_ent *x = &r->followers[i];
+		if (x->used && strcmp(x->node_id, id) == 0) {
+			x->caught_up_ms = now;
+		}
+	}
+}
+
 /* Zeroes a follower's positions (it is resyncing onto this history) while
  * keeping it in the table as seen.  mu held. */
 static void table_forget(sl_repl *r, const char *id, uint64_t now)
@@ -771,9 +781,20 @@ static void tick(sl_repl *r, uint64_t now)
 	uint64_t seq = sl_log_backlog_seq(*r->o.dbp, r->o.backlog_bytes);
 	uint64_t head = atomic_load(&r->head);
 	pthread_mutex_lock(&r->mu);
-	/* A follower whose long poll is parked here is alive. */
+	/* A follower whose long poll is parked here is alive, and caught up
+	 * while it has applied the head (else, with a short
+	 * --repl-timeout-ms, an idle follower looked stalled; a fetch sent
+	 * ahead of storing a reply says what was applied in applied_seq). */
 	for (rctx *c = r->parked; c != NULL; c = c->next) {
 		table_touch(r, c->q->fetch->node_id, now);
+		const Shiplog__Fetch *f = c->q->fetch;
+		uint64_t ap = f->from_seq > 0 ? f->from_seq - 1 : 0;
+		if (f->has_applied_seq && f->applied_seq < ap) {
+			ap = f->applied_seq; /* sent ahead of storing a reply */
+		}
+		if (ap >= head) {
+			table_caught_up(r, f->node_id, now);
+		}
 	}
 	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
 		follower_ent *e = &r->followers[i];
@@ -804,7 +825,8 @@ static void tick(sl_repl *r, uint64_t now)
 				    "follower %s (%s) has applied nothing for %llu s (at seq %llu "
 				    "of %llu): the log is no longer kept for it",
 				    e->node_id, e->address[0] ? e->address : "?",
-				    (unsigned long long)((STALL_TIMEOUTS * r->o.timeout_ms) / 1000),
+				    (unsigned long long)(STALL_TIMEOUTS *
+				                         (uint64_t)r->o.timeout_ms / 1000),
 				    (unsigned long long)e->applied, (unsigned long long)head);
 			}
 			continue;

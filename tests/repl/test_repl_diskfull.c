@@ -24,9 +24,9 @@
 #include "replutil.h"
 
 static char *root;
-static char mnt[TU_PATH], mnt2[TU_PATH], mnt3[TU_PATH], mnt4[TU_PATH];
-static int mounted, mounted2, mounted3, mounted4;
-static ru_node P, F, P2, F2, P3, P4, F4;
+static char mnt[TU_PATH], mnt2[TU_PATH], mnt3[TU_PATH], mnt4[TU_PATH], mnt5[TU_PATH];
+static int mounted, mounted2, mounted3, mounted4, mounted5;
+static ru_node P, F, P2, F2, P3, P4, F4, P5, F5;
 
 static int setup(void **state)
 {
@@ -48,7 +48,7 @@ static int setup(void **state)
 		return -1;
 	}
 	mounted = 1;
-	P2.d.pid = F2.d.pid = P3.d.pid = P4.d.pid = F4.d.pid = -1;
+	P2.d.pid = F2.d.pid = P3.d.pid = P4.d.pid = F4.d.pid = P5.d.pid = F5.d.pid = -1;
 	char dir[TU_PATH];
 	const char *ex[] = {"--segment-bytes", "1m", NULL};
 	snprintf(dir, sizeof(dir), "%s/p", root);
@@ -68,6 +68,11 @@ static int teardown(void **state)
 	nu_stop(&P3.d, SIGTERM);
 	nu_stop(&F4.d, SIGTERM);
 	nu_stop(&P4.d, SIGTERM);
+	nu_stop(&F5.d, SIGTERM);
+	nu_stop(&P5.d, SIGTERM);
+	if (mounted5) {
+		umount2(mnt5, MNT_DETACH);
+	}
 	if (mounted4) {
 		umount2(mnt4, MNT_DETACH);
 	}
@@ -396,10 +401,15 @@ static void test_stalled_follower_does_not_pin_the_log(void **state)
 	char stalled[64], connected[64];
 	snprintf(stalled, sizeof(stalled), "follower.%d.stalled", fi);
 	snprintf(connected, sizeof(connected), "follower.%d.connected", fi);
-	/* While it is not yet stalled it holds the log (it may come back). */
-	nu_sleep_ms(1500);
+	/* While it is not yet stalled it holds the log (it may come back):
+	 * within a tick, and while its retries keep it connected */
+	uint64_t held = 0;
+	for (int t = 0; t < 50 && held != stuck + 1; t++) {
+		nu_sleep_ms(100);
+		held = ru_stat(&P4, "repl_protect_seq", NULL, 0);
+	}
+	assert_int_equal(held, stuck + 1);
 	assert_int_equal(ru_stat(&P4, stalled, NULL, 0), 0);
-	assert_int_equal(ru_stat(&P4, "repl_protect_seq", NULL, 0), stuck + 1);
 	/* Overwrites go on; within 25 s (and a tick) it is stalled while
 	 * still connected, and the log past it is compacted. */
 	int next = 1000, was_stalled = 0;
@@ -436,6 +446,64 @@ static void test_stalled_follower_does_not_pin_the_log(void **state)
 	assert_int_equal(ru_stat(&P4, stalled, NULL, 0), 0);
 }
 
+/* A follower whose store is damaged replaces it with a full resync; on
+ * a disk without room for a second copy that resync fails, and the
+ * follower streams on meanwhile (it stopped applying anything, for good),
+ * then replaces it once there is room. */
+static void test_damaged_follower_streams_while_it_cannot_resync(void **state)
+{
+	(void)state;
+	if (!mounted) {
+		skip();
+	}
+	char dir[TU_PATH];
+	const char *ex[] = {"--segment-bytes", "64k", NULL};
+	snprintf(dir, sizeof(dir), "%s/p5", root);
+	assert_int_equal(ru_start(&P5, dir, NULL, ex), 0);
+	snprintf(mnt5, sizeof(mnt5), "%s/f5", root);
+	assert_int_equal(tu_mkdir_p(mnt5), 0);
+	assert_int_equal(mount("tmpfs", mnt5, "tmpfs", 0, "size=3m"), 0);
+	mounted5 = 1;
+	assert_int_equal(ru_start(&F5, mnt5, P5.rurl, ex), 0);
+	load_big_to(&P5, 0, 900, 900); /* ~1.9 MB live: no room for two */
+	ru_node *f[] = {&F5};
+	ru_assert_converged(&P5, f, 1);
+	assert_int_equal(nu_stop(&F5.d, SIGTERM), 0);
+	/* one changed byte in its first segment (kept: all of it live) */
+	char seg[TU_PATH + 32];
+	snprintf(seg, sizeof(seg), "%s/%010u.seg", mnt5, 1u);
+	int fd = open(seg, O_RDWR);
+	assert_true(fd >= 0);
+	uint8_t b = 0;
+	assert_int_equal(pread(fd, &b, 1, 20000), 1);
+	b ^= 0x5a;
+	assert_int_equal(pwrite(fd, &b, 1, 20000), 1);
+	close(fd);
+	assert_int_equal(ru_start(&F5, NULL, NULL, NULL), 0);
+	char d[33];
+	uint64_t keys = 0;
+	ru_digest(&F5, d, &keys); /* reads every record: finds it */
+	if (ru_wait_stat_positive(&F5, "repl_apply_errors", 20000) == 0) {
+		nu_dump_log(&F5.d);
+		fail_msg("the damaged follower's resync never hit its full disk");
+	}
+	/* it streams on: new writes reach it, though its resync cannot fit */
+	load_big_to(&P5, 100000, 20, 20);
+	uint64_t head = ru_last_seq(&P5);
+	if (ru_wait_applied(&F5, head, 20000) != 0) {
+		nu_dump_log(&F5.d);
+		fail_msg("the damaged follower stopped applying while its resync failed");
+	}
+	assert_int_equal(ru_stat(&F5, "resyncs_full", NULL, 0), 0);
+	/* room: it replaces its store and ends equal */
+	assert_int_equal(mount(NULL, mnt5, NULL, MS_REMOUNT, "size=64m"), 0);
+	for (int t = 0; t < 200 && ru_stat(&F5, "resyncs_full", NULL, 0) < 1; t++) {
+		nu_sleep_ms(100);
+	}
+	assert_true(ru_stat(&F5, "resyncs_full", NULL, 0) >= 1);
+	ru_assert_converged(&P5, f, 1);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -444,6 +512,7 @@ int main(void)
 	    cmocka_unit_test(test_staging_dir_of_mount_points),
 	    cmocka_unit_test(test_primary_restarts_on_a_full_disk),
 	    cmocka_unit_test(test_stalled_follower_does_not_pin_the_log),
+	    cmocka_unit_test(test_damaged_follower_streams_while_it_cannot_resync),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
