@@ -962,8 +962,6 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 	sl_repl_ack_end(n->repl);
 	r->resp.has_acks = 1;
 	r->resp.acks = got;
-	r->resp.has_seq = 1;
-	r->resp.seq = seq;
 }
 
 void sl_reply_acked(sl_node *n, sl_reply *r, uint32_t acked)
@@ -971,15 +969,9 @@ void sl_reply_acked(sl_node *n, sl_reply *r, uint32_t acked)
 	if (r->ack_want == 0) {
 		return;
 	}
-	if (r->ack_is_wait) { /* a WAIT: how many have it, whatever the count */
-		sl_repl_ack_end(n->repl);
-		r->resp.has_acks = 1;
-		r->resp.acks = acked;
-		r->ack_want = 0;
-		r->ack_is_wait = 0;
-		return;
-	}
-	if (r->ack_seq > 0 && acked < r->ack_want) { /* made, not acknowledged in time */
+	/* made, not acknowledged in time (a WAIT: how many have it, whatever
+	 * the count) */
+	if (!r->ack_is_wait && r->ack_seq > 0 && acked < r->ack_want) {
 		fail(r, SL_ETIMEDOUT,
 		     "written as seq %llu, but only %u of %u followers have it durably after %u ms",
 		     (unsigned long long)r->ack_seq, acked, r->ack_want, r->ack_timeout_ms);
@@ -990,6 +982,7 @@ void sl_reply_acked(sl_node *n, sl_reply *r, uint32_t acked)
 		r->resp.acks = acked;
 	}
 	r->ack_want = 0;
+	r->ack_is_wait = 0;
 }
 
 /* defer_seq != NULL: under --sync always, a write that needs no follower

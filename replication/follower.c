@@ -1565,20 +1565,13 @@ static void *fetch_main(void *arg)
 			} else {
 				replace_backoff = RESYNC_BACKOFF_MIN_MS;
 			}
-			if (store_failed == 2) {
-				repl_follow_fail(
-				    r, 3,
-				    "this node's store has damaged records (a file was "
-				    "cut or changed on disk); replacing it with a full "
-				    "resync from %s",
-				    url);
-			} else {
-				repl_follow_fail(
-				    r, 3,
-				    "this node's store has failed; replacing it with a "
-				    "full resync from %s",
-				    url);
-			}
+			repl_follow_fail(r, 3,
+			                 "this node's store %s; replacing it with a full resync "
+			                 "from %s",
+			                 store_failed == 2 ? "has damaged records (a file was cut "
+			                                     "or changed on disk)"
+			                                   : "has failed",
+			                 url);
 			int stop;
 			if (resync_or_wait(r, url, &backoff, &resync_backoff, &stop) != SL_OK) {
 				connected = 0;

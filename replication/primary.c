@@ -175,6 +175,18 @@ static void links_fill(sl_repl *r, links_buf *b)
 
 /* ---- the follower table ----------------------------------------------- */
 
+/* What a fetch says its follower has applied: what precedes from_seq, or
+ * less for a fetch sent ahead of storing the last reply. */
+static uint64_t fetch_applied(const Shiplog__Fetch *f)
+{
+	uint64_t from = f->has_from_seq ? f->from_seq : 1;
+	uint64_t applied = from > 0 ? from - 1 : 0;
+	if (f->has_applied_seq && f->applied_seq < applied) {
+		applied = f->applied_seq;
+	}
+	return applied;
+}
+
 /* Records what a fetch says about its follower.  mu held. */
 static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 {
@@ -207,11 +219,7 @@ static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 	if (f->address != NULL) {
 		snprintf(e->address, sizeof(e->address), "%s", f->address);
 	}
-	uint64_t from = f->has_from_seq ? f->from_seq : 1;
-	e->applied = from > 0 ? from - 1 : 0;
-	if (f->has_applied_seq && f->applied_seq < e->applied) {
-		e->applied = f->applied_seq; /* asked ahead of storing the last reply */
-	}
+	e->applied = fetch_applied(f);
 	e->durable = f->has_durable_seq ? f->durable_seq : 0;
 	if (e->durable > e->applied) {
 		e->durable = e->applied;
@@ -229,23 +237,23 @@ static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 	}
 }
 
-static void table_touch(sl_repl *r, const char *id, uint64_t now)
+/* The entry of follower id, or NULL.  mu held. */
+static follower_ent *table_find(sl_repl *r, const char *id)
 {
 	for (int i = 0; id != NULL && i < SL_MAX_FOLLOW; i++) {
 		follower_ent *x = &r->followers[i];
 		if (x->used && strcmp(x->node_id, id) == 0) {
-			x->last_seen_ms = now;
+			return x;
 		}
 	}
+	return NULL;
 }
 
-static void table_caught_up(sl_repl *r, const char *id, uint64_t now)
+static void table_touch(sl_repl *r, const char *id, uint64_t now)
 {
-	for (int i = 0; id != NULL && i < SL_MAX_FOLLOW; i++) {
-		follower_ent *x = &r->followers[i];
-		if (x->used && strcmp(x->node_id, id) == 0) {
-			x->caught_up_ms = now;
-		}
+	follower_ent *x = table_find(r, id);
+	if (x != NULL) {
+		x->last_seen_ms = now;
 	}
 }
 
@@ -253,15 +261,13 @@ static void table_caught_up(sl_repl *r, const char *id, uint64_t now)
  * keeping it in the table as seen.  mu held. */
 static void table_forget(sl_repl *r, const char *id, uint64_t now)
 {
-	for (int i = 0; id != NULL && i < SL_MAX_FOLLOW; i++) {
-		follower_ent *x = &r->followers[i];
-		if (x->used && strcmp(x->node_id, id) == 0) {
-			x->applied = 0;
-			x->durable = 0;
-			x->last_seen_ms = now;
-			x->moved_ms = now;
-			x->stalled_said = 0;
-		}
+	follower_ent *x = table_find(r, id);
+	if (x != NULL) {
+		x->applied = 0;
+		x->durable = 0;
+		x->last_seen_ms = now;
+		x->moved_ms = now;
+		x->stalled_said = 0;
 	}
 }
 
@@ -783,17 +789,16 @@ static void tick(sl_repl *r, uint64_t now)
 	pthread_mutex_lock(&r->mu);
 	/* A follower whose long poll is parked here is alive, and caught up
 	 * while it has applied the head (else, with a short
-	 * --repl-timeout-ms, an idle follower looked stalled; a fetch sent
-	 * ahead of storing a reply says what was applied in applied_seq). */
+	 * --repl-timeout-ms, an idle follower looked stalled). */
 	for (rctx *c = r->parked; c != NULL; c = c->next) {
-		table_touch(r, c->q->fetch->node_id, now);
 		const Shiplog__Fetch *f = c->q->fetch;
-		uint64_t ap = f->from_seq > 0 ? f->from_seq - 1 : 0;
-		if (f->has_applied_seq && f->applied_seq < ap) {
-			ap = f->applied_seq; /* sent ahead of storing a reply */
+		follower_ent *e = table_find(r, f->node_id);
+		if (e == NULL) {
+			continue;
 		}
-		if (ap >= head) {
-			table_caught_up(r, f->node_id, now);
+		e->last_seen_ms = now;
+		if (fetch_applied(f) >= head) {
+			e->caught_up_ms = now;
 		}
 	}
 	for (int i = 0; i < SL_MAX_FOLLOW; i++) {

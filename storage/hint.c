@@ -176,11 +176,8 @@ out:
 	return rc;
 }
 
-/* Reads segment id's hint file whole into *out (*len bytes) once its
- * magic, version, id and checksum verify.  SL_ENOTFOUND: no hint file;
- * SL_ECORRUPT: damaged, or longer than max_len. */
-static int hint_read(const struct sl_io *io, const char *dir, uint32_t id, uint64_t max_len,
-                     uint8_t **out, size_t *len_out)
+int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
+                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
 {
 	char *path = sl_seg_path(dir, id, ".hint");
 	if (path == NULL) {
@@ -195,8 +192,8 @@ static int hint_read(const struct sl_io *io, const char *dir, uint32_t id, uint6
 	uint8_t *p = NULL;
 	struct stat st;
 	if (fstat(fd, &st) != 0 || st.st_size < (off_t)(SL_HINT_HDR_SIZE + 4) ||
-	    (uint64_t)st.st_size > max_len) {
-		goto out;
+	    (uint64_t)st.st_size > seg_size * 2 + 4096) {
+		goto out; /* a hint is never much larger than its segment */
 	}
 	size_t len = (size_t)st.st_size;
 	p = malloc(len);
@@ -216,53 +213,6 @@ static int hint_read(const struct sl_io *io, const char *dir, uint32_t id, uint6
 	    sl_get64(p + 16) != id || sl_get32(p + len - 4) != sl_crc32c(p, len - 4)) {
 		goto out;
 	}
-	*out = p;
-	*len_out = len;
-	p = NULL;
-	rc = SL_OK;
-out:
-	free(p);
-	io->close(fd);
-	return rc;
-}
-
-int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t *end_out)
-{
-	uint8_t *p = NULL;
-	size_t len = 0;
-	int rc = hint_read(io, dir, id, UINT32_MAX, &p, &len);
-	if (rc != SL_OK) {
-		return rc;
-	}
-	uint32_t count = sl_get32(p + 12);
-	uint64_t end = 0;
-	size_t off = SL_HINT_HDR_SIZE;
-	for (uint32_t i = 0; i < count; i++) {
-		if (off + SL_HINT_ENTRY_FIXED > len - 4) {
-			rc = SL_ECORRUPT;
-			break;
-		}
-		const uint8_t *e = p + off;
-		uint64_t rend = (uint64_t)sl_get32(e + 16) + sl_get32(e + 20);
-		end = rend > end ? rend : end;
-		off += SL_HINT_ENTRY_FIXED + sl_get16(e + 25);
-	}
-	free(p);
-	*end_out = end;
-	return rc;
-}
-
-int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
-                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
-{
-	uint8_t *p = NULL;
-	size_t len = 0;
-	/* a hint is never much larger than its segment */
-	int rc = hint_read(io, dir, id, seg_size * 2 + 4096, &p, &len);
-	if (rc != SL_OK) {
-		return rc;
-	}
-	rc = SL_ECORRUPT;
 	uint32_t count = sl_get32(p + 12);
 	/* Verify every entry's bounds before applying any. */
 	size_t off = SL_HINT_HDR_SIZE;
@@ -303,5 +253,22 @@ int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t 
 	}
 out:
 	free(p);
+	io->close(fd);
 	return rc;
+}
+
+static int extent_cb(void *arg, const sl_hint_entry *e)
+{
+	uint64_t *end = arg;
+	if ((uint64_t)e->off + e->size > *end) {
+		*end = (uint64_t)e->off + e->size;
+	}
+	return 0;
+}
+
+int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t *end)
+{
+	*end = 0;
+	/* record offsets are 32-bit: no segment is larger */
+	return sl_hint_load(io, dir, id, UINT32_MAX, SL_MAX_KEY, extent_cb, end);
 }

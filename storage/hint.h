@@ -29,9 +29,9 @@ typedef struct sl_hint_entry {
 int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_seg *s,
                   uint32_t max_key, uint32_t max_value);
 
-/* The end of the furthest record segment id's hint file lists (the hint
- * verified by its checksum only), in *end: a segment shorter than that
- * lost records.  SL_ENOTFOUND: no hint file; SL_ECORRUPT: damaged. */
+/* The end of the furthest record segment id's hint file lists, in *end
+ * (sl_hint_load with any segment size): a segment shorter than that lost
+ * records.  SL_ENOTFOUND: no hint file; SL_ECORRUPT: damaged. */
 int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t *end);
 
 /* Reads and verifies segment id's hint file, then calls fn for each entry
