@@ -50,6 +50,7 @@ typedef struct config {
 	int contexts;
 	int transport; /* SL_SERVER_AUTO, _NNG or _EPOLL */
 	int io_threads;
+	uint64_t frame_timeout_ms;
 	const char *repl_listen; /* NULL: default (see usage) */
 	const char *follow;
 	uint64_t backlog_bytes;
@@ -93,6 +94,9 @@ static void usage(FILE *f)
 	       "                              loops; unless nng, --follow tcp:// dials a plain\n"
 	       "                              socket speaking that wire format\n"
 	       "  --io-threads N              event loops for --transport epoll (default 1)\n"
+	       "  --frame-timeout-ms MS       a connection that sent part of a message and\n"
+	       "                              nothing more for MS is closed, with what it\n"
+	       "                              held (--transport epoll; default 30000; 0: never)\n"
 	       "  --io-slice-us US            the scheduler slice the event loops and the\n"
 	       "                              follower's fetch threads ask for (Linux 6.12+\n"
 	       "                              EEVDF; shorter: a wakeup preempts a busy thread\n"
@@ -204,6 +208,7 @@ enum {
 	O_REPL_SCHED,
 	O_TRANSPORT,
 	O_IO_THREADS,
+	O_FRAME_TIMEOUT,
 	O_VERSION,
 	O_HELP,
 };
@@ -232,6 +237,7 @@ static const struct option long_opts[] = {
     {"repl-sched", required_argument, NULL, O_REPL_SCHED},
     {"transport", required_argument, NULL, O_TRANSPORT},
     {"io-threads", required_argument, NULL, O_IO_THREADS},
+    {"frame-timeout-ms", required_argument, NULL, O_FRAME_TIMEOUT},
     {"version", no_argument, NULL, O_VERSION},
     {"help", no_argument, NULL, O_HELP},
     {NULL, 0, NULL, 0},
@@ -254,6 +260,7 @@ static int parse_flags(int argc, char **argv, config *c)
 	    .contexts = 256,
 	    .transport = SL_SERVER_AUTO,
 	    .io_threads = 1,
+	    .frame_timeout_ms = 30000,
 	    .backlog_bytes = 256ull << 20,
 	    .repl_timeout_ms = 5000,
 	    .min_seq_wait_ms = 1000,
@@ -402,6 +409,14 @@ static int parse_flags(int argc, char **argv, config *c)
 			    (c->io_slice_us != 0 &&
 			     (c->io_slice_us < 100 || c->io_slice_us > 100000))) {
 				return bad_flag("--io-slice-us", optarg, "want 0 or 100..100000");
+			}
+			break;
+		case O_FRAME_TIMEOUT:
+			if (parse_size(optarg, &c->frame_timeout_ms) != 0 ||
+			    (c->frame_timeout_ms != 0 &&
+			     (c->frame_timeout_ms < 1000 || c->frame_timeout_ms > 86400000))) {
+				return bad_flag("--frame-timeout-ms", optarg,
+				                "want 0 or 1000..86400000");
 			}
 			break;
 		case O_MIN_SEQ_WAIT:
@@ -725,6 +740,7 @@ int main(int argc, char **argv)
 	    .contexts = c.contexts,
 	    .engine = c.transport,
 	    .io_threads = c.io_threads,
+	    .frame_timeout_ms = (uint32_t)c.frame_timeout_ms,
 	    .workers = c.workers,
 	    .running = running,
 	    .drain_ms = 30000,

@@ -37,7 +37,10 @@ typedef struct sl_server_opts {
 	 * threads that own their connections and speak nng's SP framing
 	 * themselves (server_ep.c); clients cannot tell them apart. */
 	int engine;
-	int io_threads;          /* SL_SERVER_EPOLL: event loops (0: 1) */
+	int io_threads; /* SL_SERVER_EPOLL: event loops (0: 1) */
+	/* SL_SERVER_EPOLL: a connection holding part of a message that has sent
+	 * nothing more for this long is closed (0: never) */
+	uint32_t frame_timeout_ms;
 	const char *metrics_url; /* http://host:port, or NULL for none */
 	int contexts;            /* requests served at once (nng contexts) */
 	int workers;             /* worker threads running requests */

@@ -98,6 +98,9 @@ struct econn {
 	int fd;           /* -1 once closed */
 	int shaken;       /* the peer's handshake was read */
 	uint64_t born_ms; /* accepted at (for HANDSHAKE_MS) */
+	uint64_t rx;      /* bytes received, ever */
+	uint64_t rx_seen; /* rx at the last sweep that saw it move */
+	uint64_t idle_ms; /* since then, or since a message was whole (loop_sweep) */
 	int paused;       /* not read (invariant 3) */
 	int eof;          /* the peer shut its side: closed once answered and written */
 	int repl;         /* a follower's, accepted on the replication socket */
@@ -148,6 +151,7 @@ struct eloop {
 };
 
 struct sl_ep {
+	uint32_t frame_timeout_ms; /* sl_server_opts', 0: none (loop_sweep) */
 	int lfd;
 	int rfd; /* the replication listener (sl_repl_listen_fd; the repl owns it), or -1 */
 	int nloops;
@@ -729,6 +733,7 @@ static void conn_read(econn *c)
 	if (r <= 0) {
 		return;
 	}
+	c->rx += (size_t)r;
 	rdpend *pr = &L->reads[L->nreads++];
 	pr->c = c;
 	if (c->inlen > 0) {
@@ -948,7 +953,12 @@ static void loop_write(eloop *L)
 
 /* Once a second: a connection whose peer has not sent its handshake
  * within HANDSHAKE_MS is closed, as nng does (it held a descriptor for
- * good). */
+ * good); so is one holding part of a message that has sent nothing more
+ * for --frame-timeout-ms (nng has no such limit: 40 connections that each
+ * sent all but the last byte of a 17 MiB message held 678 MB for good).
+ * Progress is seen here, not at each read (no clock there): a stall is
+ * timed to within a sweep.  A paused connection's input waits on us, not
+ * on its peer, and is not timed. */
 static void loop_sweep(eloop *L)
 {
 	uint64_t now = sl_node_mono_ns() / 1000000u;
@@ -956,10 +966,21 @@ static void loop_sweep(eloop *L)
 		return;
 	}
 	L->sweep_ms = now + 1000;
+	uint32_t limit = L->s->ep->frame_timeout_ms;
 	for (econn *c = L->conns, *next; c != NULL; c = next) {
 		next = c->next;
 		if (!c->shaken && now - c->born_ms >= HANDSHAKE_MS) {
 			sl_log_debug("a peer sent no handshake within %d ms; closed", HANDSHAKE_MS);
+			conn_close(c);
+			continue;
+		}
+		if (c->rx != c->rx_seen || c->inlen == 0 || c->paused) {
+			c->rx_seen = c->rx;
+			c->idle_ms = now;
+		} else if (limit != 0 && now - c->idle_ms >= limit) {
+			sl_log_warn("a %s connection sent %zu bytes of a message and nothing more "
+			            "for %u ms; closed (--frame-timeout-ms)",
+			            c->repl ? "follower's" : "client's", c->inlen, limit);
 			conn_close(c);
 		}
 	}
@@ -1099,6 +1120,7 @@ int ep_start(sl_server *s, const sl_server_opts *o, char *err, size_t cap)
 	}
 	s->ep = ep;
 	ep->lfd = -1;
+	ep->frame_timeout_ms = o->frame_timeout_ms;
 	ep->rfd = sl_repl_listen_fd(s->n->repl);
 	/* As Redis does: the soft descriptor limit up to the hard one, then
 	 * room for connections beside the store's reserve. */

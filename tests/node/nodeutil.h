@@ -459,6 +459,20 @@ static inline int nu_threads_with_policy(pid_t pid, int policy)
 	return n;
 }
 
+/* 1 when the daemon's log holds needle. */
+static inline int nu_log_contains(const nu_daemon *d, const char *needle)
+{
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	if (tu_read_file(d->log, &buf, &len) != 0) {
+		return 0;
+	}
+	buf[len] = '\0';
+	int found = strstr((char *)buf, needle) != NULL;
+	free(buf);
+	return found;
+}
+
 /* Prints the daemon's log (for failures). */
 static inline void nu_dump_log(const nu_daemon *d)
 {

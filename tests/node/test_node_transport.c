@@ -1442,6 +1442,91 @@ static void test_paused_connection_not_read(void **state)
 	assert_int_equal(nu_stop(&d, SIGTERM), 0);
 }
 
+/* --frame-timeout-ms: a connection that sent part of a message and then
+ * nothing is closed (it held its bytes for good: 40 such connections of
+ * 17 MiB each held 678 MB); one that sends a message slowly, byte runs
+ * apart by less than the limit but over more than it in all, is answered;
+ * an idle connection holding no part of a message stays open. */
+static void test_stalled_partial_frame_closed(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/frametimeout", root);
+	static nu_daemon d;
+	const char *extra[] = {
+	    "--transport", "epoll", "--repl-listen", "none", "--frame-timeout-ms", "1500", NULL};
+	assert_int_equal(nu_start(&d, dir, extra), 0);
+	track(&d);
+
+	/* stalled: the header of a 60,000-byte message and 1,000 of its bytes */
+	int stall = sp_connect(d.port);
+	assert_true(stall >= 0);
+	uint8_t part[8 + 1000];
+	memset(part, 'x', sizeof(part));
+	uint64_t flen = 60000;
+	for (int i = 0; i < 8; i++) {
+		part[i] = (uint8_t)(flen >> (56 - 8 * i));
+	}
+	put_be32(part + 8, 0x80000001u);
+	assert_int_equal(write_full(stall, part, sizeof(part)), 0);
+	uint64_t t0 = tu_mono_ms();
+
+	/* idle: shook hands, holds nothing */
+	int idle = sp_connect(d.port);
+	assert_true(idle >= 0);
+
+	/* slow: a put, a few bytes every 500 ms (under the limit each time,
+	 * 3.5 s in all) */
+	int slow = sp_connect(d.port);
+	assert_true(slow >= 0);
+	obuf o = {0};
+	req_store rs;
+	char value[64];
+	snprintf(value, sizeof(value), "slowly-%llu", (unsigned long long)t0);
+	frame_append(&o, (uint32_t[]){0x80000007u}, 1, req_put(&rs, 7, "slow-key", value));
+	size_t step = (o.len + 7) / 8;
+	for (size_t off = 0; off < o.len; off += step) {
+		size_t n = o.len - off < step ? o.len - off : step;
+		assert_int_equal(write_full(slow, o.b + off, n), 0);
+		nu_sleep_ms(500);
+	}
+	free(o.b);
+	sp_reply r;
+	assert_int_equal(sp_read_reply(slow, &r), 0);
+	assert_int_equal(r.bt[r.nbt - 1], 0x80000007u);
+	assert_int_equal(r.r->status, 0);
+	assert_true(r.r->has_seq && r.r->seq > 0);
+	shiplog__response__free_unpacked(r.r, NULL);
+
+	/* by now (4 s in) the stalled one is closed; it was open past the
+	 * limit's first second at least */
+	size_t got = 0;
+	int closed = wait_closed(stall, 3000, &got);
+	uint64_t took = tu_mono_ms() - t0;
+	close(stall);
+	if (!closed) {
+		nu_dump_log(&d);
+		fail_msg("a connection holding part of a message for %llu ms was still open",
+		         (unsigned long long)took);
+	}
+	assert_int_equal(got, 0);
+	assert_true(nu_log_contains(&d, "--frame-timeout-ms"));
+
+	/* the idle one is served still */
+	obuf p = {0};
+	frame_append(&p, (uint32_t[]){0x80000009u}, 1, req_get(&rs, 9, "slow-key"));
+	assert_int_equal(write_full(idle, p.b, p.len), 0);
+	free(p.b);
+	assert_int_equal(sp_read_reply(idle, &r), 0);
+	assert_int_equal(r.r->status, 0);
+	assert_true(r.r->has_value);
+	assert_memory_equal(r.r->value.data, value, strlen(value));
+	shiplog__response__free_unpacked(r.r, NULL);
+	close(idle);
+	close(slow);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -1465,6 +1550,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_sigterm_under_load_keeps_acked, stop_leftovers),
 	    cmocka_unit_test_teardown(test_out_of_descriptors_no_spin, stop_leftovers),
 	    cmocka_unit_test_teardown(test_paused_connection_not_read, stop_leftovers),
+	    cmocka_unit_test_teardown(test_stalled_partial_frame_closed, stop_leftovers),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
