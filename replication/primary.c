@@ -51,7 +51,13 @@
 
 enum { ST_RECV, ST_WORK, ST_SEND };
 
-#define SNAP_IDLE_MS    30000
+#define SNAP_IDLE_MS 30000
+/* With every slot taken, a new full resync takes the slot idle the
+ * longest once it has been idle this long: a follower loading a snapshot
+ * asks for its next chunk as soon as it has written the last one, so only
+ * a stuck or made-up one is idle for seconds (8 SnapFetches under made-up
+ * node ids held every slot, and a real follower waited SNAP_IDLE_MS). */
+#define SNAP_STEAL_MS   5000
 #define MAX_WAIT_MS     10000
 #define CHUNK_DEFAULT   (4u << 20)
 #define CHUNK_MAX       (64u << 20)
@@ -206,6 +212,21 @@ static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 		           (oldest->used && x->last_seen_ms < oldest->last_seen_ms)) {
 			oldest = x;
 		}
+	}
+	if (e == NULL && oldest->used &&
+	    repl_ms_since(now, oldest->last_seen_ms) < r->o.timeout_ms) {
+		/* Full of connected followers: none is pushed out for a newcomer
+		 * (64 made-up node ids did that to every real one: their acks,
+		 * the log kept for them).  The newcomer is served, not tracked. */
+		if (repl_ms_since(now, r->table_full_log_ms) >= 10000) {
+			r->table_full_log_ms = now;
+			repl_log(r, 1,
+			         "the follower table is full (%d followers connected): %s is "
+			         "served but not tracked (its acks do not count, the log is not "
+			         "kept for it)",
+			         SL_MAX_FOLLOW, id);
+		}
+		return;
 	}
 	if (e == NULL) {
 		e = oldest;
@@ -598,10 +619,27 @@ static void serve_snap(rctx *c)
 				memset(o, 0, sizeof(*o));
 			}
 		}
+		snap_sess *idlest = NULL;
 		for (int i = 0; i < SL_MAX_SNAPS && ss == NULL; i++) {
-			if (r->snaps[i].sn == NULL && !r->snaps[i].busy) {
-				ss = &r->snaps[i];
+			snap_sess *o = &r->snaps[i];
+			if (o->sn == NULL && !o->busy) {
+				ss = o;
+			} else if (o->sn != NULL && !o->busy &&
+			           (idlest == NULL || o->last_ms < idlest->last_ms)) {
+				idlest = o;
 			}
+		}
+		if (ss == NULL && idlest != NULL &&
+		    repl_ms_since(now, idlest->last_ms) >= SNAP_STEAL_MS) {
+			repl_log(r, 2,
+			         "snapshot %llu of %s idle for %llu ms, every slot taken: closed "
+			         "for %s's full resync",
+			         (unsigned long long)idlest->id, idlest->node,
+			         (unsigned long long)repl_ms_since(now, idlest->last_ms),
+			         s->node_id ? s->node_id : "?");
+			sl_snapshot_close(idlest->sn);
+			memset(idlest, 0, sizeof(*idlest));
+			ss = idlest;
 		}
 		if (ss != NULL) {
 			/* Opening waits for a running compaction (compact_mu): not

@@ -144,6 +144,7 @@ struct sl_repl {
 	follower_ent followers[SL_MAX_FOLLOW];
 	snap_sess snaps[SL_MAX_SNAPS];
 	uint64_t next_snap_id;
+	uint64_t table_full_log_ms; /* last "the follower table is full" (table_update) */
 	uint64_t protect_seq;
 	atomic_uint_fast64_t bytes_served, records_served;
 

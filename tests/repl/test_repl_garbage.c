@@ -310,6 +310,96 @@ static void test_snapshot_is_its_followers(void **state)
 	nu_stop(&P.d, SIGTERM);
 }
 
+/* Made-up node ids on the unauthenticated replication port take no real
+ * follower's place:
+ *  - 8 SnapFetches under made-up ids took every snapshot slot, and a real
+ *    follower's full resync was refused for 35 s (until the idle sweep);
+ *    now a slot idle for 5 s goes to the next full resync;
+ *  - fetches under 64 made-up ids pushed a connected follower out of the
+ *    64-entry table (its acks, the log kept for it); now a table full of
+ *    connected followers serves a newcomer without tracking it. */
+static void test_made_up_ids_take_no_followers_place(void **state)
+{
+	(void)state;
+	assert_int_equal(ru_start_in(&P, root, "pm", NULL, NULL), 0);
+	ru_load(&P, "m", 300, 0);
+	nng_socket req = repl_dial(&P);
+	uint64_t ids[8];
+	for (int i = 0; i < 8; i++) {
+		char node[16];
+		snprintf(node, sizeof(node), "fake-%d", i);
+		Shiplog__ReplReply *rep = snap_call(req, 0, 0, node);
+		assert_int_equal(rep->snap->status, SL_OK);
+		assert_false(rep->snap->done);
+		ids[i] = rep->snap->snap_id;
+		shiplog__repl_reply__free_unpacked(rep, NULL);
+		nu_sleep_ms(20); /* fake-0 is idle the longest */
+	}
+	Shiplog__ReplReply *rep = snap_call(req, 0, 0, "real");
+	assert_int_equal(rep->snap->status, SL_EBUSY); /* every slot busy a moment ago */
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	nu_sleep_ms(5300);
+	rep = snap_call(req, 0, 0, "real");
+	if (rep->snap->status != SL_OK) {
+		nu_dump_log(&P.d);
+		fail_msg("a full resync was refused while made-up ids held every slot for 5 s: %d",
+		         (int)rep->snap->status);
+	}
+	uint64_t real = rep->snap->snap_id;
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	rep = snap_call(req, real, 1, "real");
+	assert_int_equal(rep->snap->status, SL_OK);
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	rep = snap_call(req, ids[0], 1, "fake-0"); /* its slot went to "real" */
+	assert_int_not_equal(rep->snap->status, SL_OK);
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+	rep = snap_call(req, ids[1], 1, "fake-1"); /* the others are kept */
+	assert_int_equal(rep->snap->status, SL_OK);
+	shiplog__repl_reply__free_unpacked(rep, NULL);
+
+	/* a real follower, then 70 made-up ones */
+	assert_int_equal(ru_start_in(&F, root, "fm", P.rurl, NULL), 0);
+	assert_int_equal(ru_wait_applied(&F, ru_last_seq(&P), 15000), 0);
+	int at = -1;
+	for (int waited = 0; at < 0 && waited < 5000; waited += 50) {
+		at = ru_follower_index(&P, &F);
+		nu_sleep_ms(at < 0 ? 50 : 0);
+	}
+	assert_true(at >= 0);
+	for (int i = 0; i < 70; i++) {
+		Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+		Shiplog__Fetch f = SHIPLOG__FETCH__INIT;
+		char node[24];
+		snprintf(node, sizeof(node), "made-up-%d", i);
+		f.has_from_seq = 1;
+		f.from_seq = 1;
+		f.has_max_bytes = 1;
+		f.max_bytes = 4096;
+		f.node_id = node;
+		q.op_case = SHIPLOG__REPL_REQUEST__OP_FETCH;
+		q.fetch = &f;
+		rep = repl_call(req, &q);
+		assert_int_equal(rep->op_case, SHIPLOG__REPL_REPLY__OP_FETCH);
+		assert_int_equal(rep->fetch->status, SL_OK); /* served all the same */
+		shiplog__repl_reply__free_unpacked(rep, NULL);
+	}
+	if (ru_follower_index(&P, &F) != at) {
+		nu_dump_log(&P.d);
+		fail_msg("made-up node ids pushed a connected follower out of the primary's table");
+	}
+	assert_true(nu_log_contains(&P.d, "the follower table is full"));
+	/* and it still acknowledges */
+	sl_client *c = ru_client(&P);
+	assert_non_null(c);
+	sl_client_set_acks(c, 1, 5000);
+	assert_int_equal(sl_client_put(c, "acked", 5, "v", 1, NULL), SL_OK);
+	assert_int_equal(sl_client_last_acks(c), 1);
+	sl_client_close(c);
+	nng_close(req);
+	nu_stop(&F.d, SIGTERM);
+	nu_stop(&P.d, SIGTERM);
+}
+
 /* Waits up to ms for the peer to close fd (read 0 or an error): 1 if it
  * did, 0 if fd is still open. */
 static int closed_within(int fd, int ms)
@@ -556,6 +646,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_fake_primary_garbage),
 	    cmocka_unit_test(test_snapshot_is_its_followers),
+	    cmocka_unit_test(test_made_up_ids_take_no_followers_place),
 	    cmocka_unit_test(test_diverged_follower_is_no_ack),
 	    cmocka_unit_test(test_repl_port_bad_input),
 	    cmocka_unit_test(test_follower_of_a_non_sp_peer),
