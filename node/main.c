@@ -60,6 +60,7 @@ typedef struct config {
 	uint64_t repl_batch_us;
 	uint64_t io_slice_us;
 	int repl_sched_batch; /* --repl-sched batch */
+	int repl_sched_fifo;  /* --repl-sched fifo */
 } config;
 
 static void usage(FILE *f)
@@ -120,12 +121,16 @@ static void usage(FILE *f)
 	       "  --repl-batch-us US          a follower that finds records already waiting at\n"
 	       "                              each fetch pauses this long between fetches, so\n"
 	       "                              each carries more (default 0: no pause)\n"
-	       "  --repl-sched normal|batch   a follower's fetch and reader threads; batch:\n"
-	       "                              SCHED_BATCH, never preempting a running thread\n"
-	       "                              when woken, for a follower that shares its cores\n"
-	       "                              with a busy primary: the primary keeps more of\n"
-	       "                              its throughput, writes show later on this node\n"
-	       "                              under load (default normal)\n"
+	       "  --repl-sched normal|batch|fifo  a follower's fetch and reader threads;\n"
+	       "                              batch: SCHED_BATCH, never preempting a running\n"
+	       "                              thread when woken, for a follower that shares its\n"
+	       "                              cores with a busy primary: the primary keeps more\n"
+	       "                              of its throughput, writes show later on this node\n"
+	       "                              under load; fifo: the fetch thread runs SCHED_FIFO\n"
+	       "                              while caught up, taking a busy core at once when\n"
+	       "                              records arrive: writes show sooner here under\n"
+	       "                              load, the cores' other work waits (needs root or\n"
+	       "                              CAP_SYS_NICE; else normal) (default normal)\n"
 	       "  --version                   print the version and exit\n"
 	       "  -h, --help                  this text\n"
 	       "\n"
@@ -399,10 +404,13 @@ static int parse_flags(int argc, char **argv, config *c)
 			}
 			break;
 		case O_REPL_SCHED:
-			if (strcmp(optarg, "normal") != 0 && strcmp(optarg, "batch") != 0) {
-				return bad_flag("--repl-sched", optarg, "want normal or batch");
+			if (strcmp(optarg, "normal") != 0 && strcmp(optarg, "batch") != 0 &&
+			    strcmp(optarg, "fifo") != 0) {
+				return bad_flag("--repl-sched", optarg,
+				                "want normal, batch or fifo");
 			}
 			c->repl_sched_batch = strcmp(optarg, "batch") == 0;
+			c->repl_sched_fifo = strcmp(optarg, "fifo") == 0;
 			break;
 		case O_IO_SLICE:
 			if (parse_size(optarg, &c->io_slice_us) != 0 ||
@@ -599,6 +607,7 @@ int main(int argc, char **argv)
 	sl_log_set_level(c.log_level);
 	sl_slice_set((uint32_t)c.io_slice_us);
 	sl_slice_set_batch(c.repl_sched_batch);
+	sl_slice_set_fifo(c.repl_sched_fifo);
 
 	/* Every thread created from here on inherits this mask. */
 	sigset_t sigs;

@@ -304,9 +304,12 @@ int srv_request(sreq *q, const void *buf, size_t len)
 	}
 	/* still counted in working: the worker's now, or the wait's */
 	if (q->reply.wait_applied > 0 && s->n->repl != NULL) {
-		sl_repl_applied_park(s->n->repl, &q->appw, q->reply.wait_applied,
-		                     s->n->min_seq_wait_ms, applied_done);
-		return 1;
+		/* 2: its record was applied meanwhile and the read ran right
+		 * here, answered (or handed on) before the return: q may be gone */
+		return sl_repl_applied_park(s->n->repl, &q->appw, q->reply.wait_applied,
+		                            s->n->min_seq_wait_ms, applied_done)
+		           ? 1
+		           : 2;
 	}
 	q->work.fn = work_run;
 	sl_workq_submit(s->wq, &q->work);

@@ -98,8 +98,13 @@ struct sl_server {
 /* Runs the request in buf (len bytes) read by a front into q (whose s and
  * ops are set): counts it in `working`, answers SL_ESHUTDOWN while
  * stopping, else runs it inline, through the committer or on a worker.
- * Returns 1 when a worker took the request (ops->keep was called), 0 when
- * the front may free buf at once. */
+ * Returns 1 when a worker took the request or it waits for a --min-seq
+ * (ops->keep was called: its reply comes later, from another thread), 0
+ * when the front may free buf at once, 2 when ops->keep was called but the
+ * request was answered before the return (its --min-seq was applied while
+ * it was being parked): q may be freed already, and must not be touched.
+ * (The epoll front took a 2 for a 1, counted a request away that was
+ * answered, and after two of them never read the connection again.) */
 int srv_request(sreq *q, const void *buf, size_t len);
 
 /* Queues the list head..tail (linked by dnext; each with sync_seq set and

@@ -1800,6 +1800,13 @@ static void *fetch_main(void *arg)
 		} else {
 			catchup_since_ms = 0;
 		}
+		/* --repl-sched fifo: real-time while caught up only (slice.h) */
+		if (sl_slice_repl_streaming(fr->records.len < FETCH_MAX / 2) != 0) {
+			repl_log(r, 2,
+			         "--repl-sched fifo: this process may not use SCHED_FIFO (it needs "
+			         "root, CAP_SYS_NICE or an RLIMIT_RTPRIO); the fetch thread stays "
+			         "normal");
+		}
 		uint64_t next = fr->records.len >= FETCH_MAX / 2 && fr->has_next_seq &&
 		                        !(fr->has_sync_seq && fr->sync_seq)
 		                    ? fr->next_seq

@@ -220,7 +220,7 @@ static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 		 * the log kept for them).  The newcomer is served, not tracked. */
 		if (repl_ms_since(now, r->table_full_log_ms) >= 10000) {
 			r->table_full_log_ms = now;
-			repl_log(r, 1,
+			repl_log(r, 2,
 			         "the follower table is full (%d followers connected): %s is "
 			         "served but not tracked (its acks do not count, the log is not "
 			         "kept for it)",

@@ -783,15 +783,15 @@ void repl_applied_run(sl_repl_applied_wait *list)
 	}
 }
 
-void sl_repl_applied_park(sl_repl *r, sl_repl_applied_wait *w, uint64_t seq, uint32_t timeout_ms,
-                          void (*fn)(sl_repl_applied_wait *w, int ok))
+int sl_repl_applied_park(sl_repl *r, sl_repl_applied_wait *w, uint64_t seq, uint32_t timeout_ms,
+                         void (*fn)(sl_repl_applied_wait *w, int ok))
 {
 	w->next = NULL;
 	w->seq = seq;
 	w->fn = fn;
 	if (r == NULL) {
 		fn(w, 1);
-		return;
+		return 0;
 	}
 	uint64_t now = repl_now_ms();
 	w->deadline_ms = now + timeout_ms;
@@ -804,7 +804,7 @@ void sl_repl_applied_park(sl_repl *r, sl_repl_applied_wait *w, uint64_t seq, uin
 	    atomic_load(&r->role) == ROLE_PRIMARY) {
 		pthread_mutex_unlock(&r->mu);
 		fn(w, ok);
-		return;
+		return 0;
 	}
 	w->next = r->applied_parked;
 	r->applied_parked = w;
@@ -814,6 +814,7 @@ void sl_repl_applied_park(sl_repl *r, sl_repl_applied_wait *w, uint64_t seq, uin
 		pthread_cond_broadcast(&r->cv); /* the waker: a sooner deadline */
 	}
 	pthread_mutex_unlock(&r->mu);
+	return 1;
 }
 
 void sl_repl_ack_flush(sl_repl *r)

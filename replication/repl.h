@@ -179,8 +179,9 @@ typedef struct sl_repl_applied_wait {
 	void (*fn)(struct sl_repl_applied_wait *w, int ok);
 } sl_repl_applied_wait;
 
-void sl_repl_applied_park(sl_repl *r, sl_repl_applied_wait *w, uint64_t seq, uint32_t timeout_ms,
-                          void (*fn)(sl_repl_applied_wait *w, int ok));
+/* Returns 1 when w was parked, 0 when fn ran before the return. */
+int sl_repl_applied_park(sl_repl *r, sl_repl_applied_wait *w, uint64_t seq, uint32_t timeout_ms,
+                         void (*fn)(sl_repl_applied_wait *w, int ok));
 
 /* Acks: call begin before a write that will wait for acks (so fetch
  * replies ask followers to sync at once), then wait, then end. */

@@ -26,6 +26,9 @@ typedef struct slice_attr {
 
 static atomic_uint slice_us = SL_SLICE_DEFAULT_US;
 static atomic_int repl_batch;
+static atomic_int repl_fifo;
+static _Thread_local int tl_fifo; /* this thread runs SCHED_FIFO (sl_slice_repl_streaming) */
+static atomic_int fifo_refused;   /* said once: no privilege for it */
 
 void sl_slice_set(uint32_t us)
 {
@@ -37,13 +40,18 @@ void sl_slice_set_batch(int on)
 	atomic_store(&repl_batch, on);
 }
 
+void sl_slice_set_fifo(int on)
+{
+	atomic_store(&repl_fifo, on);
+}
+
 /* The calling thread: the slice (0: the kernel's own) and, when policy
  * is not -1, that policy (SCHED_OTHER or SCHED_BATCH); its nice value
  * stays. */
 static void apply(uint32_t us, int policy)
 {
 #if defined(SYS_sched_setattr) && defined(SYS_sched_getattr)
-	if (us == 0 && policy < 0) {
+	if (us == 0 && policy < 0 && !tl_fifo) {
 		return;
 	}
 	slice_attr a;
@@ -52,7 +60,8 @@ static void apply(uint32_t us, int policy)
 	if (syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) != 0) {
 		return;
 	}
-	if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH) {
+	if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH &&
+	    !(tl_fifo && a.sched_policy == SCHED_FIFO)) {
 		return; /* real-time or deadline: not ours to change */
 	}
 	a.size = sizeof(a);
@@ -62,9 +71,14 @@ static void apply(uint32_t us, int policy)
 	a.sched_flags = 0x01; /* SCHED_FLAG_RESET_ON_FORK */
 	if (policy >= 0) {
 		a.sched_policy = (uint32_t)policy;
+	} else if (a.sched_policy == SCHED_FIFO) {
+		a.sched_policy = SCHED_OTHER; /* ours (tl_fifo): back to normal */
 	}
+	a.sched_priority = 0;
 	a.sched_runtime = (uint64_t)us * 1000u; /* 0: the kernel's own slice */
-	(void)syscall(SYS_sched_setattr, 0, &a, 0);
+	if (syscall(SYS_sched_setattr, 0, &a, 0) == 0) {
+		tl_fifo = 0;
+	}
 #else
 	(void)us;
 	(void)policy;
@@ -83,7 +97,34 @@ void sl_slice_apply_repl(void)
 
 void sl_slice_apply_normal(void)
 {
-	if (atomic_load(&repl_batch)) {
+	if (atomic_load(&repl_batch) || tl_fifo) {
 		apply(atomic_load(&slice_us), SCHED_OTHER);
 	}
+}
+
+int sl_slice_repl_streaming(int caught_up)
+{
+	if (!atomic_load(&repl_fifo) || caught_up == tl_fifo) {
+		return 0;
+	}
+	if (!caught_up) {
+		apply(atomic_load(&slice_us), -1); /* tl_fifo: back to SCHED_OTHER */
+		return 0;
+	}
+#if defined(SYS_sched_setattr)
+	slice_attr a;
+	memset(&a, 0, sizeof(a));
+	a.size = sizeof(a);
+	a.sched_policy = SCHED_FIFO;
+	a.sched_priority = 1;
+	a.sched_flags = 0x01; /* SCHED_FLAG_RESET_ON_FORK: not the threads it starts */
+	if (syscall(SYS_sched_setattr, 0, &a, 0) == 0) {
+		tl_fifo = 1;
+		return 0;
+	}
+	int first = atomic_exchange(&fifo_refused, 1) == 0;
+	return first ? -1 : 0;
+#else
+	return 0;
+#endif
 }

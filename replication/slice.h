@@ -32,10 +32,25 @@
  *                        Unlike the slice, the policy passes on to the
  *                        threads it starts (reset on fork resets only
  *                        real-time ones), so:
- *   sl_slice_apply_normal()  when SCHED_BATCH is set, the calling thread
- *                        back to SCHED_OTHER (the slice kept), before it
- *                        starts threads of the store's own (a full
- *                        resync opens a store: its flusher, compactor)
+ *   sl_slice_set_fifo(on)   --repl-sched fifo, before any thread starts
+ *   sl_slice_repl_streaming(caught_up)   the fetch thread, after each
+ *                        reply: under --repl-sched fifo it runs SCHED_FIFO
+ *                        (priority 1) while caught up (replies that are
+ *                        not full) and SCHED_OTHER while catching up (full
+ *                        replies: the work of a whole core, which a real-
+ *                        time thread would take from everything else).  A
+ *                        woken SCHED_FIFO thread takes the CPU from a busy
+ *                        SCHED_OTHER one at once; a SCHED_OTHER one that
+ *                        EEVDF does not find eligible waits for that
+ *                        thread's slice to end, which is seen only at the
+ *                        next tick (4 ms at HZ=250; perf sched showed the
+ *                        fetch thread waiting 0.5-4 ms behind a busy
+ *                        primary's event loop on the same core).  Needs
+ *                        CAP_SYS_NICE or RLIMIT_RTPRIO: -1 the first time
+ *                        it is refused (the caller says so), 0 otherwise.
+ *   sl_slice_apply_normal()  when SCHED_BATCH is set (or the thread runs
+ *                        SCHED_FIFO), the calling thread back to SCHED_OTHER (the slice kept),
+ * before it starts threads of the store's own (a full resync opens a store: its flusher, compactor)
  */
 #ifndef SL_SLICE_H
 #define SL_SLICE_H
@@ -49,5 +64,7 @@ void sl_slice_apply(void);
 void sl_slice_set_batch(int on);
 void sl_slice_apply_repl(void);
 void sl_slice_apply_normal(void);
+void sl_slice_set_fifo(int on);
+int sl_slice_repl_streaming(int caught_up);
 
 #endif
