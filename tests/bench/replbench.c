@@ -41,9 +41,7 @@
  *             from exec (and from the moment it is streaming) until it has
  *             applied the primary's head.  Then the same with the follower
  *             SIGSTOPped and SIGCONTed (its link stays up, the Redis
- *             anchor's 3C): MB/s from SIGCONT.  Before each restart or
- *             SIGCONT the disk is synced (sync(2)): the other nodes'
- *             writeback is not in the figure.  The primary keeps a backlog large
+ *             anchor's 3C): MB/s from SIGCONT.  The primary keeps a backlog large
  *             enough (--repl-backlog-bytes 2x the figure, at least 1 GiB).
  *
  *   shiplog-bench repl [--shiplogd PATH] [--dir D] [--figures LIST] [--json]
@@ -1098,15 +1096,6 @@ static void catchup_run(int live)
 	if (wait_applied(&F1, head, 300, NULL) == 0) {
 		fail("follower1 did not reach seq %llu", (unsigned long long)head);
 	}
-	/* The disk's own backlog out of the figure: the primary's and
-	 * follower1's copies of the log just written (1 GB for 500 MB), and
-	 * the earlier figures' stores, were still being written back while
-	 * follower2 caught up (149-190 MB/s from exec after the other
-	 * figures, 345 MB/s run alone).  On machines of their own, no
-	 * follower shares its disk with them. */
-	uint64_t ts0 = now_ns();
-	sync();
-	note("catch-up: synced the disk first (%.1f s)", (double)(now_ns() - ts0) / 1e9);
 	uint64_t t0;
 	if (live) {
 		t0 = now_ns();
