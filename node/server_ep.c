@@ -143,6 +143,7 @@ struct eloop {
 	sreq *chead, *ctail;       /* writes for the committer, handed over per pass */
 	uint64_t accept_resume_ms; /* the listening socket is out of the set until then */
 	uint64_t sweep_ms;         /* next look for peers that never shook hands */
+	uint64_t swept_ms;         /* the last one (loop_sweep) */
 	uint64_t accept_log_ms;    /* next time an accept failure is logged */
 	uint8_t *arena;            /* this pass's reads of connections holding no partial frame */
 	size_t arena_used;
@@ -966,6 +967,11 @@ static void loop_sweep(eloop *L)
 		return;
 	}
 	L->sweep_ms = now + 1000;
+	/* A loop that was itself held up (a pass blocked on the store being
+	 * swapped, say) has not read what came meanwhile: no peer is timed
+	 * over that stretch. */
+	int stalled = L->swept_ms != 0 && now - L->swept_ms > 2000;
+	L->swept_ms = now;
 	uint32_t limit = L->s->ep->frame_timeout_ms;
 	for (econn *c = L->conns, *next; c != NULL; c = next) {
 		next = c->next;
@@ -974,7 +980,9 @@ static void loop_sweep(eloop *L)
 			conn_close(c);
 			continue;
 		}
-		if (c->rx != c->rx_seen || c->inlen == 0 || c->paused) {
+		/* eof: the rest of that message never comes, and the
+		 * connection closes once what it asked is answered */
+		if (c->rx != c->rx_seen || c->inlen == 0 || c->paused || c->eof || stalled) {
 			c->rx_seen = c->rx;
 			c->idle_ms = now;
 		} else if (limit != 0 && now - c->idle_ms >= limit) {

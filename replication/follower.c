@@ -60,6 +60,9 @@
 
 #define FETCH_WAIT_MS 1000
 #define FETCH_MAX     (8u << 20)
+/* --repl-sched fifo: real-time only after replies this small (slice.h); a
+ * follower applying replies of megabytes back to back is catching up */
+#define FIFO_MAX_REPLY (256u << 10)
 /* The largest record any node's engine stores: what a follower takes from
  * its primary, whatever its own --max-key-bytes / --max-value-bytes (those
  * bound what clients write; a primary may hold records written under
@@ -1801,7 +1804,7 @@ static void *fetch_main(void *arg)
 			catchup_since_ms = 0;
 		}
 		/* --repl-sched fifo: real-time while caught up only (slice.h) */
-		if (sl_slice_repl_streaming(fr->records.len < FETCH_MAX / 2) != 0) {
+		if (sl_slice_repl_streaming(fr->records.len < FIFO_MAX_REPLY) != 0) {
 			repl_log(r, 2,
 			         "--repl-sched fifo: this process may not use SCHED_FIFO (it needs "
 			         "root, CAP_SYS_NICE or an RLIMIT_RTPRIO); the fetch thread stays "

@@ -4,9 +4,11 @@
 #define _GNU_SOURCE
 #include "slice.h"
 
+#include <errno.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -28,6 +30,7 @@ static atomic_uint slice_us = SL_SLICE_DEFAULT_US;
 static atomic_int repl_batch;
 static atomic_int repl_fifo;
 static _Thread_local int tl_fifo; /* this thread runs SCHED_FIFO (sl_slice_repl_streaming) */
+static _Thread_local int tl_nice; /* its nice value before (a real-time thread reports 0) */
 static atomic_int fifo_refused;   /* said once: no privilege for it */
 
 void sl_slice_set(uint32_t us)
@@ -75,9 +78,18 @@ static void apply(uint32_t us, int policy)
 		a.sched_policy = SCHED_OTHER; /* ours (tl_fifo): back to normal */
 	}
 	a.sched_priority = 0;
+	if (tl_fifo) {
+		/* the nice it had (not lower: no privilege needed) */
+		a.sched_nice = tl_nice;
+	}
 	a.sched_runtime = (uint64_t)us * 1000u; /* 0: the kernel's own slice */
 	if (syscall(SYS_sched_setattr, 0, &a, 0) == 0) {
 		tl_fifo = 0;
+	} else if (tl_fifo) {
+		struct sched_param sp = {0};
+		if (sched_setscheduler(0, SCHED_OTHER, &sp) == 0) {
+			tl_fifo = 0;
+		}
 	}
 #else
 	(void)us;
@@ -104,7 +116,8 @@ void sl_slice_apply_normal(void)
 
 int sl_slice_repl_streaming(int caught_up)
 {
-	if (!atomic_load(&repl_fifo) || caught_up == tl_fifo) {
+	if (!atomic_load(&repl_fifo) || caught_up == tl_fifo ||
+	    (caught_up && atomic_load(&fifo_refused))) {
 		return 0;
 	}
 	if (!caught_up) {
@@ -112,6 +125,9 @@ int sl_slice_repl_streaming(int caught_up)
 		return 0;
 	}
 #if defined(SYS_sched_setattr)
+	errno = 0;
+	int nice = getpriority(PRIO_PROCESS, 0); /* this thread's */
+	tl_nice = errno == 0 ? nice : 0;
 	slice_attr a;
 	memset(&a, 0, sizeof(a));
 	a.size = sizeof(a);

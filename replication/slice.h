@@ -35,8 +35,8 @@
  *   sl_slice_set_fifo(on)   --repl-sched fifo, before any thread starts
  *   sl_slice_repl_streaming(caught_up)   the fetch thread, after each
  *                        reply: under --repl-sched fifo it runs SCHED_FIFO
- *                        (priority 1) while caught up (replies that are
- *                        not full) and SCHED_OTHER while catching up (full
+ *                        (priority 1) while caught up (replies under 256
+ *                        KiB) and SCHED_OTHER while catching up (bigger
  *                        replies: the work of a whole core, which a real-
  *                        time thread would take from everything else).  A
  *                        woken SCHED_FIFO thread takes the CPU from a busy
@@ -47,7 +47,11 @@
  *                        fetch thread waiting 0.5-4 ms behind a busy
  *                        primary's event loop on the same core).  Needs
  *                        CAP_SYS_NICE or RLIMIT_RTPRIO: -1 the first time
- *                        it is refused (the caller says so), 0 otherwise.
+ *                        it is refused (the caller says so; not tried
+ *                        again), 0 otherwise.  Back to SCHED_OTHER, the
+ *                        thread gets the nice value it had (a real-time
+ *                        thread reports 0, and lowering it is refused
+ *                        without CAP_SYS_NICE).
  *   sl_slice_apply_normal()  when SCHED_BATCH is set (or the thread runs
  *                        SCHED_FIFO), the calling thread back to SCHED_OTHER (the slice kept),
  * before it starts threads of the store's own (a full resync opens a store: its flusher, compactor)

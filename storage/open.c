@@ -139,6 +139,7 @@ typedef struct load_ctx {
 	sl_seg *seg;
 	uint64_t max_seq;
 	int scanned;        /* loaded by a scan, not from a hint */
+	int tail_counted;   /* its lost tail is counted already (the hint's extent) */
 	sl_idx_batch batch; /* index entries made shard by shard */
 } load_ctx;
 
@@ -219,7 +220,11 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 		uint64_t next = sl_rec_next_valid(m, (size_t)off, (size_t)limit, mk, mv);
 		if (next >= limit) {
 			if (!active) {
-				__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
+				/* one damage, one count: a cut in the middle of a
+				 * record was counted by its hint's extent too */
+				if (!c->tail_counted) {
+					__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
+				}
 				atomic_store(&c->seg->corrupt, 1);
 				sl_db_log(db, "warn",
 				          "segment %u: bad record at offset %llu, none after it",
@@ -292,6 +297,7 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 			uint64_t hend = 0;
 			if (sl_hint_extent(db->io, db->dir, id, &hend) == SL_OK && hend > size) {
 				__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
+				c->tail_counted = 1;
 				atomic_store(&s->corrupt, 1);
 				sl_db_log(
 				    db, "warn",

@@ -1017,6 +1017,11 @@ static void fig_tput(void)
 {
 	double with[16], without[16], cost[16];
 	int n = opt_tput_rounds;
+	if (F1.pid <= 0 || F2.pid <= 0) {
+		/* kill(0, SIGSTOP) would stop this process's own group */
+		fail("a follower is not running: no throughput figure");
+		return;
+	}
 	converge(120);
 	for (int i = 0; i < n; i++) {
 		for (int k = 0; k < 2; k++) {
