@@ -143,7 +143,6 @@ struct eloop {
 	sreq *chead, *ctail;       /* writes for the committer, handed over per pass */
 	uint64_t accept_resume_ms; /* the listening socket is out of the set until then */
 	uint64_t sweep_ms;         /* next look for peers that never shook hands */
-	uint64_t swept_ms;         /* the last one (loop_sweep) */
 	uint64_t accept_log_ms;    /* next time an accept failure is logged */
 	uint8_t *arena;            /* this pass's reads of connections holding no partial frame */
 	size_t arena_used;
@@ -966,12 +965,11 @@ static void loop_sweep(eloop *L)
 	if (now < L->sweep_ms) {
 		return;
 	}
-	L->sweep_ms = now + 1000;
 	/* A loop that was itself held up (a pass blocked on the store being
 	 * swapped, say) has not read what came meanwhile: no peer is timed
-	 * over that stretch. */
-	int stalled = L->swept_ms != 0 && now - L->swept_ms > 2000;
-	L->swept_ms = now;
+	 * over that stretch (more than 2 s since the last sweep). */
+	int stalled = L->sweep_ms != 0 && now > L->sweep_ms + 1000;
+	L->sweep_ms = now + 1000;
 	uint32_t limit = L->s->ep->frame_timeout_ms;
 	for (econn *c = L->conns, *next; c != NULL; c = next) {
 		next = c->next;

@@ -54,7 +54,7 @@ void sl_slice_set_fifo(int on)
 static void apply(uint32_t us, int policy)
 {
 #if defined(SYS_sched_setattr) && defined(SYS_sched_getattr)
-	if (us == 0 && policy < 0 && !tl_fifo) {
+	if (us == 0 && policy < 0) {
 		return;
 	}
 	slice_attr a;
@@ -63,8 +63,7 @@ static void apply(uint32_t us, int policy)
 	if (syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) != 0) {
 		return;
 	}
-	if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH &&
-	    !(tl_fifo && a.sched_policy == SCHED_FIFO)) {
+	if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH) {
 		return; /* real-time or deadline: not ours to change */
 	}
 	a.size = sizeof(a);
@@ -74,23 +73,9 @@ static void apply(uint32_t us, int policy)
 	a.sched_flags = 0x01; /* SCHED_FLAG_RESET_ON_FORK */
 	if (policy >= 0) {
 		a.sched_policy = (uint32_t)policy;
-	} else if (a.sched_policy == SCHED_FIFO) {
-		a.sched_policy = SCHED_OTHER; /* ours (tl_fifo): back to normal */
-	}
-	a.sched_priority = 0;
-	if (tl_fifo) {
-		/* the nice it had (not lower: no privilege needed) */
-		a.sched_nice = tl_nice;
 	}
 	a.sched_runtime = (uint64_t)us * 1000u; /* 0: the kernel's own slice */
-	if (syscall(SYS_sched_setattr, 0, &a, 0) == 0) {
-		tl_fifo = 0;
-	} else if (tl_fifo) {
-		struct sched_param sp = {0};
-		if (sched_setscheduler(0, SCHED_OTHER, &sp) == 0) {
-			tl_fifo = 0;
-		}
-	}
+	(void)syscall(SYS_sched_setattr, 0, &a, 0);
 #else
 	(void)us;
 	(void)policy;
@@ -107,9 +92,32 @@ void sl_slice_apply_repl(void)
 	apply(atomic_load(&slice_us), atomic_load(&repl_batch) ? SCHED_BATCH : -1);
 }
 
+/* The calling thread, SCHED_FIFO by sl_slice_repl_streaming, back to
+ * SCHED_OTHER with its slice and the nice value it had (a real-time
+ * thread reads as nice 0, and lowering nice needs CAP_SYS_NICE). */
+static void fifo_off(void)
+{
+#if defined(SYS_sched_setattr)
+	slice_attr a;
+	memset(&a, 0, sizeof(a));
+	a.size = sizeof(a);
+	a.sched_policy = SCHED_OTHER;
+	a.sched_flags = 0x01; /* SCHED_FLAG_RESET_ON_FORK */
+	a.sched_nice = tl_nice;
+	a.sched_runtime = (uint64_t)atomic_load(&slice_us) * 1000u;
+	struct sched_param sp = {0};
+	if (syscall(SYS_sched_setattr, 0, &a, 0) == 0 ||
+	    sched_setscheduler(0, SCHED_OTHER, &sp) == 0) {
+		tl_fifo = 0;
+	}
+#endif
+}
+
 void sl_slice_apply_normal(void)
 {
-	if (atomic_load(&repl_batch) || tl_fifo) {
+	if (tl_fifo) {
+		fifo_off(); /* fifo and batch are one flag's values */
+	} else if (atomic_load(&repl_batch)) {
 		apply(atomic_load(&slice_us), SCHED_OTHER);
 	}
 }
@@ -121,7 +129,7 @@ int sl_slice_repl_streaming(int caught_up)
 		return 0;
 	}
 	if (!caught_up) {
-		apply(atomic_load(&slice_us), -1); /* tl_fifo: back to SCHED_OTHER */
+		fifo_off();
 		return 0;
 	}
 #if defined(SYS_sched_setattr)

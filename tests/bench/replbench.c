@@ -962,11 +962,10 @@ static void fig_lag(int load)
 	snprintf(ej, sizeof(ej),
 	         ",\"load_clients\":%d,\"load_puts_per_sec\":%.0f,\"put_rtt_p50_us\":%.1f,"
 	         "\"put_rtt_p99_us\":%.1f,\"gets_waited\":%llu,\"pause_us\":%llu,"
-	         "\"probe\":\"%s\"",
+	         "\"probe\":\"%s\",\"followers\":%d",
 	         load, load_ops, pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),
 	         (unsigned long long)waited, (unsigned long long)opt_lag_pause_us,
-	         opt_probe_raw ? "raw" : "lib");
-	snprintf(ej + strlen(ej), sizeof(ej) - strlen(ej), ",\"followers\":%d", opt_lag_followers);
+	         opt_probe_raw ? "raw" : "lib", opt_lag_followers);
 	snprintf(et, sizeof(et),
 	         ", put RTT p50 %.1f p99 %.1f us, %llu gets waited, %s probe, %d follower%s",
 	         pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),

@@ -175,14 +175,12 @@ static inline int nu_run_to_exit(const char *dir, const char *tag, const char *c
 	return st;
 }
 
-/* Whether dir/<tag>.out (nu_run_to_exit) holds needle; printed when not. */
-static inline int nu_out_contains(const char *dir, const char *tag, const char *needle)
+/* Whether the file at path holds needle; the file is printed when not. */
+static inline int nu_file_contains(const char *path, const char *needle)
 {
-	char log[TU_PATH];
-	snprintf(log, sizeof(log), "%s/%s.out", dir, tag);
 	uint8_t *buf = NULL;
 	size_t len = 0;
-	if (tu_read_file(log, &buf, &len) != 0) {
+	if (tu_read_file(path, &buf, &len) != 0) {
 		return 0;
 	}
 	buf[len] = '\0';
@@ -192,6 +190,14 @@ static inline int nu_out_contains(const char *dir, const char *tag, const char *
 	}
 	free(buf);
 	return found;
+}
+
+/* Whether dir/<tag>.out (nu_run_to_exit) holds needle; printed when not. */
+static inline int nu_out_contains(const char *dir, const char *tag, const char *needle)
+{
+	char log[TU_PATH];
+	snprintf(log, sizeof(log), "%s/%s.out", dir, tag);
+	return nu_file_contains(log, needle);
 }
 
 /* Starts shiplogd over dir listening on url (any URL it takes), with
@@ -459,18 +465,10 @@ static inline int nu_threads_with_policy(pid_t pid, int policy)
 	return n;
 }
 
-/* 1 when the daemon's log holds needle. */
+/* Whether the daemon's log holds needle; printed when not. */
 static inline int nu_log_contains(const nu_daemon *d, const char *needle)
 {
-	uint8_t *buf = NULL;
-	size_t len = 0;
-	if (tu_read_file(d->log, &buf, &len) != 0) {
-		return 0;
-	}
-	buf[len] = '\0';
-	int found = strstr((char *)buf, needle) != NULL;
-	free(buf);
-	return found;
+	return nu_file_contains(d->log, needle);
 }
 
 /* Prints the daemon's log (for failures). */

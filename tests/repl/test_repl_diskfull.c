@@ -28,6 +28,18 @@ static char mnt[TU_PATH], mnt2[TU_PATH], mnt3[TU_PATH], mnt4[TU_PATH], mnt5[TU_P
 static int mounted, mounted2, mounted3, mounted4, mounted5;
 static ru_node P, F, P2, F2, P3, P4, F4, P5, F5;
 
+/* Mounts a tmpfs of `size` (mount's "size=..." option) at root/name, the
+ * path into mnt (TU_PATH bytes): a disk that fills.  0, or -1. */
+static int mount_tmpfs(char *mnt, int *mounted, const char *name, const char *size)
+{
+	snprintf(mnt, TU_PATH, "%s/%s", root, name);
+	if (tu_mkdir_p(mnt) != 0 || mount("tmpfs", mnt, "tmpfs", 0, size) != 0) {
+		return -1;
+	}
+	*mounted = 1;
+	return 0;
+}
+
 static int setup(void **state)
 {
 	(void)state;
@@ -43,11 +55,9 @@ static int setup(void **state)
 		return -1;
 	}
 	/* the follower's directory itself (its log, f.log, stays outside) */
-	snprintf(mnt, sizeof(mnt), "%s/f", root);
-	if (tu_mkdir_p(mnt) != 0 || mount("tmpfs", mnt, "tmpfs", 0, "size=6m") != 0) {
+	if (mount_tmpfs(mnt, &mounted, "f", "size=6m") != 0) {
 		return -1;
 	}
-	mounted = 1;
 	P2.d.pid = F2.d.pid = P3.d.pid = P4.d.pid = F4.d.pid = P5.d.pid = F5.d.pid = -1;
 	char dir[TU_PATH];
 	const char *ex[] = {"--segment-bytes", "1m", NULL};
@@ -206,10 +216,7 @@ static void test_full_resync_onto_small_disk(void **state)
 	load_big_to(&P2, 0, 4000, 1000);
 	nu_sleep_ms(1200); /* a backlog tick */
 	ru_compact(&P2);
-	snprintf(mnt2, sizeof(mnt2), "%s/f2", root);
-	assert_int_equal(tu_mkdir_p(mnt2), 0);
-	assert_int_equal(mount("tmpfs", mnt2, "tmpfs", 0, "size=1m"), 0);
-	mounted2 = 1;
+	assert_int_equal(mount_tmpfs(mnt2, &mounted2, "f2", "size=1m"), 0);
 	const char *fex[] = {"--segment-bytes", "64k", NULL};
 	assert_int_equal(ru_start(&F2, mnt2, P2.rurl, fex), 0);
 	if (ru_wait_stat_positive(&F2, "repl_apply_errors", 20000) == 0) {
@@ -298,10 +305,7 @@ static void test_primary_restarts_on_a_full_disk(void **state)
 	if (!mounted) {
 		skip();
 	}
-	snprintf(mnt3, sizeof(mnt3), "%s/p3", root);
-	assert_int_equal(tu_mkdir_p(mnt3), 0);
-	assert_int_equal(mount("tmpfs", mnt3, "tmpfs", 0, "size=3m"), 0);
-	mounted3 = 1;
+	assert_int_equal(mount_tmpfs(mnt3, &mounted3, "p3", "size=3m"), 0);
 	/* the data directory is the mount point: its log (p3.log) is not */
 	char filler[TU_PATH + 16];
 	snprintf(filler, sizeof(filler), "%s/filler", mnt3);
@@ -382,10 +386,7 @@ static void test_stalled_follower_does_not_pin_the_log(void **state)
 	                     NULL};
 	snprintf(dir, sizeof(dir), "%s/p4", root);
 	assert_int_equal(ru_start(&P4, dir, NULL, pex), 0);
-	snprintf(mnt4, sizeof(mnt4), "%s/f4", root);
-	assert_int_equal(tu_mkdir_p(mnt4), 0);
-	assert_int_equal(mount("tmpfs", mnt4, "tmpfs", 0, "size=1m"), 0);
-	mounted4 = 1;
+	assert_int_equal(mount_tmpfs(mnt4, &mounted4, "f4", "size=1m"), 0);
 	const char *fex[] = {"--segment-bytes", "64k", NULL};
 	assert_int_equal(ru_start(&F4, mnt4, P4.rurl, fex), 0);
 	/* 2 MB over 50 keys (100 KB live) for a 1 MB disk */
@@ -460,10 +461,7 @@ static void test_damaged_follower_streams_while_it_cannot_resync(void **state)
 	const char *ex[] = {"--segment-bytes", "64k", NULL};
 	snprintf(dir, sizeof(dir), "%s/p5", root);
 	assert_int_equal(ru_start(&P5, dir, NULL, ex), 0);
-	snprintf(mnt5, sizeof(mnt5), "%s/f5", root);
-	assert_int_equal(tu_mkdir_p(mnt5), 0);
-	assert_int_equal(mount("tmpfs", mnt5, "tmpfs", 0, "size=3m"), 0);
-	mounted5 = 1;
+	assert_int_equal(mount_tmpfs(mnt5, &mounted5, "f5", "size=3m"), 0);
 	assert_int_equal(ru_start(&F5, mnt5, P5.rurl, ex), 0);
 	load_big_to(&P5, 0, 900, 900); /* ~1.9 MB live: no room for two */
 	ru_node *f[] = {&F5};
