@@ -23,7 +23,9 @@
  *             put+get pairs on the same connections.  The probe's client
  *             (--probe) is a plain TCP socket speaking nng's SP framing
  *             (spclient.h), as the Redis anchor's is a plain socket, or
- *             the client library.  With --lag-followers 1 (the default)
+ *             the client library.  --lag-read poll reads the Redis anchor's
+ *             way instead: plain gets (no min_seq) until the value is seen.
+ *             With --lag-followers 1 (the default)
  *             follower2 is stopped for these figures: one primary and one
  *             replica streaming, the Redis anchor's shape.  "idle": one writer
  *             pausing --lag-pause-us (default 0) between writes, as the
@@ -47,6 +49,7 @@
  *   shiplog-bench repl [--shiplogd PATH] [--dir D] [--figures LIST] [--json]
  *                      [--keys N] [--value-size B] [--acks-writes N]
  *                      [--lag-writes N] [--lag-pause-us US] [--lag-followers 1|2]
+ *                      [--lag-read park|poll]
  *                      [--load-clients N]
  *                      [--tput-requests N] [--catchup-mb MB] [--keep]
  *                      [--load-engine epoll|async|threads] [--probe raw|lib]
@@ -96,6 +99,7 @@ static uint64_t opt_tput_requests = 300000;
 static int opt_tput_rounds = 3;
 static uint64_t opt_catchup_mb = 500;
 static int opt_lag_followers = 1; /* streaming during the lag figures */
+static int opt_lag_poll;          /* --lag-read poll: plain gets until seen */
 
 static int failed;
 
@@ -832,7 +836,7 @@ static int probe_get(probe *p, const char *k, size_t kl, uint64_t min_seq, void 
 	get.key.len = kl;
 	q.op_case = SHIPLOG__REQUEST__OP_GET;
 	q.get = &get;
-	q.has_min_seq = 1;
+	q.has_min_seq = min_seq > 0;
 	q.min_seq = min_seq;
 	Shiplog__Response *r = NULL;
 	int rc = probe_call(p, &q, &r);
@@ -889,7 +893,7 @@ static void fig_lag(int load)
 	uint64_t *rtt = malloc(opt_lag_writes * sizeof(*rtt));
 	char k[17], v[4096];
 	size_t vs = opt_value_size < sizeof(v) - 32 ? opt_value_size : sizeof(v) - 32;
-	uint64_t bad = 0;
+	uint64_t bad = 0, polls = 0;
 	/* Warm-up, not measured: the first put and get on fresh connections
 	 * (nng's dial, the first pages the follower touches) took 4-13 ms,
 	 * which is connection setup, not replication lag. */
@@ -916,7 +920,31 @@ static void fig_lag(int load)
 		uint64_t t0 = now_ns();
 		int rc = probe_put(&p, k, 16, v, vs, &seq);
 		uint64_t t1 = now_ns();
-		int rc2 = probe_get(&f, k, 16, seq, &got, &gl);
+		int rc2;
+		if (!opt_lag_poll) {
+			rc2 = probe_get(&f, k, 16, seq, &got, &gl);
+		} else {
+			/* The Redis anchor's way: plain gets until the value is seen
+			 * (for at most 10 s). */
+			for (;;) {
+				rc2 = probe_get(&f, k, 16, 0, &got, &gl);
+				polls++;
+				if (rc == SL_OK && rc2 == SL_OK && gl == vs &&
+				    memcmp(got, v, vs) == 0) {
+					break;
+				}
+				free(got);
+				got = NULL;
+				gl = 0;
+				if (rc != SL_OK || (rc2 != SL_OK && rc2 != SL_ENOTFOUND) ||
+				    now_ns() - t0 > 10000000000ull) {
+					if (rc2 == SL_OK) {
+						rc2 = SL_ETIMEDOUT;
+					}
+					break;
+				}
+			}
+		}
 		uint64_t t2 = now_ns();
 		if (rc != SL_OK || rc2 != SL_OK || gl != vs || memcmp(got, v, vs) != 0) {
 			if (bad++ == 0) {
@@ -962,15 +990,20 @@ static void fig_lag(int load)
 	snprintf(ej, sizeof(ej),
 	         ",\"load_clients\":%d,\"load_puts_per_sec\":%.0f,\"put_rtt_p50_us\":%.1f,"
 	         "\"put_rtt_p99_us\":%.1f,\"gets_waited\":%llu,\"pause_us\":%llu,"
-	         "\"probe\":\"%s\",\"followers\":%d",
+	         "\"probe\":\"%s\",\"followers\":%d,\"read\":\"%s\",\"gets_per_write\":%.2f",
 	         load, load_ops, pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),
 	         (unsigned long long)waited, (unsigned long long)opt_lag_pause_us,
-	         opt_probe_raw ? "raw" : "lib", opt_lag_followers);
+	         opt_probe_raw ? "raw" : "lib", opt_lag_followers, opt_lag_poll ? "poll" : "park",
+	         opt_lag_poll ? (double)polls / (double)opt_lag_writes : 1.0);
 	snprintf(et, sizeof(et),
-	         ", put RTT p50 %.1f p99 %.1f us, %llu gets waited, %s probe, %d follower%s",
+	         ", put RTT p50 %.1f p99 %.1f us, %llu gets waited, %s probe, %d follower%s%s",
 	         pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),
 	         (unsigned long long)waited, opt_probe_raw ? "raw" : "lib", opt_lag_followers,
-	         opt_lag_followers > 1 ? "s" : "");
+	         opt_lag_followers > 1 ? "s" : "", opt_lag_poll ? ", polled" : "");
+	if (opt_lag_poll) {
+		snprintf(et + strlen(et), sizeof(et) - strlen(et), " (%.2f gets a write)",
+		         (double)polls / (double)opt_lag_writes);
+	}
 	if (load > 0) {
 		snprintf(et + strlen(et), sizeof(et) - strlen(et),
 		         ", under %d clients: %.0f puts/s", load, load_ops);
@@ -1191,6 +1224,11 @@ static void usage(FILE *f)
 	           "  --lag-followers N   followers streaming during the write->visible\n"
 	           "                      figures: 1 (default: the Redis anchor's primary and\n"
 	           "                      one replica; follower2 is stopped meanwhile) or 2\n"
+	           "  --lag-read park|poll how the probe reads the write on the follower:\n"
+	           "                      park (default) sends one get carrying the put's\n"
+	           "                      seq (--min-seq), answered once applied; poll\n"
+	           "                      sends plain gets until the value is seen, as the\n"
+	           "                      Redis anchor's probe does\n"
 	           "  --probe raw|lib     the write->visible probe's client: raw (default)\n"
 	           "                      sends its requests over a plain blocking TCP\n"
 	           "                      socket in nng's SP framing, no thread of its\n"
@@ -1223,6 +1261,7 @@ int sl_replbench_main(int argc, char **argv)
 	    {"lag-writes", required_argument, NULL, 'l'},
 	    {"lag-pause-us", required_argument, NULL, 'p'},
 	    {"lag-followers", required_argument, NULL, 'L'},
+	    {"lag-read", required_argument, NULL, 'Q'},
 	    {"load-clients", required_argument, NULL, 'c'},
 	    {"load-engine", required_argument, NULL, 'e'},
 	    {"probe", required_argument, NULL, 'P'},
@@ -1310,6 +1349,15 @@ int sl_replbench_main(int argc, char **argv)
 				return 2;
 			}
 			opt_lag_followers = (int)v;
+			break;
+		case 'Q':
+			if (strcmp(optarg, "park") && strcmp(optarg, "poll")) {
+				fprintf(stderr,
+				        "shiplog-bench repl: bad --lag-read '%s' (park or poll)\n",
+				        optarg);
+				return 2;
+			}
+			opt_lag_poll = !strcmp(optarg, "poll");
 			break;
 		case 'h':
 			usage(stdout);
