@@ -24,7 +24,9 @@
  *             (--probe) is a plain TCP socket speaking nng's SP framing
  *             (spclient.h), as the Redis anchor's is a plain socket, or
  *             the client library.  --lag-read poll reads the Redis anchor's
- *             way instead: plain gets (no min_seq) until the value is seen.
+ *             way instead: plain gets (no min_seq) until the value is seen;
+ *             --probe-spin makes the raw probe spin on its socket for each
+ *             reply (a client whose core never halts) instead of blocking.
  *             With --lag-followers 1 (the default)
  *             follower2 is stopped for these figures: one primary and one
  *             replica streaming, the Redis anchor's shape.  "idle": one writer
@@ -49,7 +51,7 @@
  *   shiplog-bench repl [--shiplogd PATH] [--dir D] [--figures LIST] [--json]
  *                      [--keys N] [--value-size B] [--acks-writes N]
  *                      [--lag-writes N] [--lag-pause-us US] [--lag-followers 1|2]
- *                      [--lag-read park|poll]
+ *                      [--lag-read park|poll] [--probe-spin]
  *                      [--load-clients N]
  *                      [--tput-requests N] [--catchup-mb MB] [--keep]
  *                      [--load-engine epoll|async|threads] [--probe raw|lib]
@@ -100,6 +102,7 @@ static int opt_tput_rounds = 3;
 static uint64_t opt_catchup_mb = 500;
 static int opt_lag_followers = 1; /* streaming during the lag figures */
 static int opt_lag_poll;          /* --lag-read poll: plain gets until seen */
+static int opt_probe_spin;        /* --probe-spin: the raw probe spins on recv */
 
 static int failed;
 
@@ -986,15 +989,17 @@ static void fig_lag(int load)
 	}
 	qsort(rtt, opt_lag_writes, sizeof(*rtt), cmp_u64);
 	double load_ops = (double)(ops1 - ops0) / secs;
-	char ej[200], et[200];
+	char ej[400], et[400];
 	snprintf(ej, sizeof(ej),
 	         ",\"load_clients\":%d,\"load_puts_per_sec\":%.0f,\"put_rtt_p50_us\":%.1f,"
 	         "\"put_rtt_p99_us\":%.1f,\"gets_waited\":%llu,\"pause_us\":%llu,"
-	         "\"probe\":\"%s\",\"followers\":%d,\"read\":\"%s\",\"gets_per_write\":%.2f",
+	         "\"probe\":\"%s\",\"followers\":%d,\"read\":\"%s\",\"gets_per_write\":%.2f,"
+	         "\"probe_spin\":%s",
 	         load, load_ops, pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),
 	         (unsigned long long)waited, (unsigned long long)opt_lag_pause_us,
 	         opt_probe_raw ? "raw" : "lib", opt_lag_followers, opt_lag_poll ? "poll" : "park",
-	         opt_lag_poll ? (double)polls / (double)opt_lag_writes : 1.0);
+	         opt_lag_poll ? (double)polls / (double)opt_lag_writes : 1.0,
+	         opt_probe_spin ? "true" : "false");
 	snprintf(et, sizeof(et),
 	         ", put RTT p50 %.1f p99 %.1f us, %llu gets waited, %s probe, %d follower%s%s",
 	         pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),
@@ -1003,6 +1008,9 @@ static void fig_lag(int load)
 	if (opt_lag_poll) {
 		snprintf(et + strlen(et), sizeof(et) - strlen(et), " (%.2f gets a write)",
 		         (double)polls / (double)opt_lag_writes);
+	}
+	if (opt_probe_spin) {
+		snprintf(et + strlen(et), sizeof(et) - strlen(et), ", spinning");
 	}
 	if (load > 0) {
 		snprintf(et + strlen(et), sizeof(et) - strlen(et),
@@ -1229,6 +1237,9 @@ static void usage(FILE *f)
 	           "                      seq (--min-seq), answered once applied; poll\n"
 	           "                      sends plain gets until the value is seen, as the\n"
 	           "                      Redis anchor's probe does\n"
+	           "  --probe-spin        the raw probe spins on its socket for each reply\n"
+	           "                      instead of blocking (its core never halts; it\n"
+	           "                      takes a core from the load meanwhile)\n"
 	           "  --probe raw|lib     the write->visible probe's client: raw (default)\n"
 	           "                      sends its requests over a plain blocking TCP\n"
 	           "                      socket in nng's SP framing, no thread of its\n"
@@ -1262,6 +1273,7 @@ int sl_replbench_main(int argc, char **argv)
 	    {"lag-pause-us", required_argument, NULL, 'p'},
 	    {"lag-followers", required_argument, NULL, 'L'},
 	    {"lag-read", required_argument, NULL, 'Q'},
+	    {"probe-spin", no_argument, NULL, 'Z'},
 	    {"load-clients", required_argument, NULL, 'c'},
 	    {"load-engine", required_argument, NULL, 'e'},
 	    {"probe", required_argument, NULL, 'P'},
@@ -1349,6 +1361,10 @@ int sl_replbench_main(int argc, char **argv)
 				return 2;
 			}
 			opt_lag_followers = (int)v;
+			break;
+		case 'Z':
+			opt_probe_spin = 1;
+			sp_set_spin(1);
 			break;
 		case 'Q':
 			if (strcmp(optarg, "park") && strcmp(optarg, "poll")) {

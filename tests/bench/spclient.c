@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 int sp_parse_url(const char *url, char *host, size_t hcap, char *port, size_t pcap)
@@ -94,11 +95,38 @@ int sp_dial(const char *host, const char *port, int timeout_ms, char *err, size_
 	return fd;
 }
 
+static int sp_spin;
+
+void sp_set_spin(int on)
+{
+	sp_spin = on != 0;
+}
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* Reads exactly n bytes. */
 static int read_full(int fd, uint8_t *p, size_t n, char *err, size_t errcap)
 {
+	uint64_t spins = 0, deadline = 0;
 	while (n > 0) {
-		ssize_t k = recv(fd, p, n, 0);
+		ssize_t k = recv(fd, p, n, sp_spin ? MSG_DONTWAIT : 0);
+		if (k < 0 && sp_spin && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if ((++spins & 1023u) == 0) {
+				uint64_t t = mono_ns();
+				if (deadline == 0) {
+					deadline = t + 10000000000ull;
+				} else if (t > deadline) {
+					snprintf(err, errcap, "receive: timed out");
+					return SL_ECONN;
+				}
+			}
+			continue;
+		}
 		if (k > 0) {
 			p += k;
 			n -= (size_t)k;

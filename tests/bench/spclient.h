@@ -41,4 +41,10 @@ int sp_dial(const char *host, const char *port, int timeout_ms, char *err, size_
 int sp_call(int fd, uint32_t id, const void *req, size_t len, uint8_t **buf, size_t *cap,
             const uint8_t **body, size_t *blen, char *err, size_t errcap);
 
+/* With on != 0, every later receive of sp_call spins on its socket
+ * (MSG_DONTWAIT) instead of blocking, for at most 10 s: a client whose
+ * core never halts between its request and the reply (docs/performance.md,
+ * "Idle round trips").  It burns its core meanwhile. */
+void sp_set_spin(int on);
+
 #endif
