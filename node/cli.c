@@ -382,6 +382,9 @@ static int split_opts(const cli_args *a, unsigned mask, cli_args *pos, cmd_opts 
 			if (is_limit) {
 				o->limit = v;
 				o->has_limit = 1;
+			} else if (v == 0) {
+				/* 0 means "no TTL" on the wire: the key never expired */
+				return usage_error("%s must be at least 1 ms", s);
 			} else {
 				o->ttl = v;
 			}
@@ -1139,11 +1142,44 @@ static void usage(FILE *f)
 	    "(message on stderr; connection errors name the server's URL).\n");
 }
 
-static int parse_num_opt(const char *name, const char *s, uint64_t max, uint64_t *out)
+/* A bad global option: the message on stderr, and with --json an error
+ * object on stdout as for any command that fails. */
+static int opt_error(const cli *c, const char *fmt, const char *arg)
 {
-	if (parse_u64(s, out) || *out > max) {
-		errf("shiplog: bad value for %s: '%s'\n", name, s);
-		return -1;
+	char msg[512];
+	snprintf(msg, sizeof msg, fmt, arg);
+	err_len = 0;
+	err_said[0] = '\0';
+	errf("shiplog: %s (see shiplog --help)\n", msg);
+	if (c->json) {
+		out_json(err_json());
+	}
+	return CLI_ERROR;
+}
+
+static int parse_num_opt(const char *s, uint64_t max, uint64_t *out)
+{
+	return parse_u64(s, out) || *out > max ? -1 : 0;
+}
+
+/* Whether --json is among the global options (before the command), so
+ * that an error in one before it is an object too. */
+static int wants_json(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *s = argv[i];
+		if (!strcmp(s, "--json")) {
+			return 1;
+		}
+		if (!strcmp(s, "--")) {
+			return 0;
+		}
+		if (!strcmp(s, "-a") || !strcmp(s, "--url") || !strcmp(s, "--timeout") ||
+		    !strcmp(s, "--acks") || !strcmp(s, "--min-seq")) {
+			i++;
+		} else if (s[0] != '-') {
+			return 0; /* the command */
+		}
 	}
 	return 0;
 }
@@ -1164,18 +1200,28 @@ int main(int argc, char **argv)
 	/* A closed stdout (`shiplog scan | head -1`) is a failed write, exit
 	 * 2 with a message, not a silent death by SIGPIPE (exit 141). */
 	signal(SIGPIPE, SIG_IGN);
+	c.json = wants_json(argc, argv);
+	opterr = 0; /* its messages are ours (opt_error), for --json */
 	uint64_t v;
 	int ch;
-	/* "+": stop at the command name; its arguments are not ours. */
-	while ((ch = getopt_long(argc, argv, "+a:h", longopts, NULL)) != -1) {
+	/* "+": stop at the command name; its arguments are not ours.  ":": a
+	 * missing argument is told from an unknown option. */
+	while ((ch = getopt_long(argc, argv, "+:a:h", longopts, NULL)) != -1) {
+		const char *bad = argv[optind - 1];
 		switch (ch) {
 		case 'a':
 			if (!optarg[0]) {
-				fprintf(stderr, "shiplog: -a needs a URL\n");
-				return CLI_ERROR;
+				return opt_error(&c, "-a needs a URL%s", "");
 			}
 			c.url = optarg;
 			if (!strstr(optarg, "://")) { /* HOST:PORT means tcp:// */
+				if (!strchr(optarg, ':')) {
+					return opt_error(
+					    &c,
+					    "-a '%s': no port (HOST:PORT, or a URL such "
+					    "as tcp://127.0.0.1:7420)",
+					    optarg);
+				}
 				snprintf(url_buf, sizeof url_buf, "tcp://%s", optarg);
 				c.url = url_buf;
 			}
@@ -1184,34 +1230,34 @@ int main(int argc, char **argv)
 			c.json = 1;
 			break;
 		case 't':
-			if (parse_num_opt("--timeout", optarg, 86400000, &v)) {
-				return CLI_ERROR;
+			if (parse_num_opt(optarg, 86400000, &v)) {
+				return opt_error(&c, "bad value for --timeout: '%s'", optarg);
 			}
 			if (v == 0) {
-				fprintf(stderr, "shiplog: --timeout must be at least 1 ms\n");
-				return CLI_ERROR;
+				return opt_error(&c, "--timeout must be at least 1 ms%s", "");
 			}
 			c.timeout_ms = (int)v;
 			c.timeout_set = 1;
 			break;
 		case 'A':
-			if (parse_num_opt("--acks", optarg, 1000, &v)) {
-				return CLI_ERROR;
+			if (parse_num_opt(optarg, 1000, &v)) {
+				return opt_error(&c, "bad value for --acks: '%s'", optarg);
 			}
 			c.acks = (uint32_t)v;
 			break;
 		case 'm':
-			if (parse_num_opt("--min-seq", optarg, UINT64_MAX, &v)) {
-				return CLI_ERROR;
+			if (parse_num_opt(optarg, UINT64_MAX, &v)) {
+				return opt_error(&c, "bad value for --min-seq: '%s'", optarg);
 			}
 			c.min_seq = v;
 			break;
 		case 'h':
 			usage(stdout);
 			return CLI_OK;
+		case ':':
+			return opt_error(&c, "option '%s' needs a value", bad);
 		default:
-			fprintf(stderr, "(see shiplog --help)\n");
-			return CLI_ERROR;
+			return opt_error(&c, "unknown option '%s'", bad);
 		}
 	}
 	int rc;

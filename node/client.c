@@ -21,6 +21,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@
 
 #include "probe.h"
 #include "shiplog.pb-c.h"
+#include "sp.h"
 
 /* The largest response we accept: a 1 GiB value (the server's upper bound)
  * plus framing.  nng's default (1 MiB) would drop large values. */
@@ -37,6 +39,8 @@
 struct sl_client {
 	nng_socket sock;
 	pthread_mutex_t mu;
+	char *url;
+	_Atomic int pipes; /* connections up (pipe_event) */
 	int timeout_ms;
 	uint64_t next_id;
 	uint64_t min_seq;
@@ -109,6 +113,16 @@ int sl_client_open(const char *url, int timeout_ms, sl_client **out)
 	return sl_client_open_why(url, timeout_ms, out, why, sizeof(why));
 }
 
+/* Counts the connections up: a request sent with none waits in nng's
+ * queue for the dialer to reconnect, for the whole timeout if the server
+ * is gone (roundtrip probes first). */
+static void pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
+{
+	(void)p;
+	sl_client *c = arg;
+	atomic_fetch_add(&c->pipes, ev == NNG_PIPE_EV_ADD_PRE ? 1 : -1);
+}
+
 int sl_client_open_why(const char *url, int timeout_ms, sl_client **out, char *why, size_t cap)
 {
 	if (why != NULL && cap > 0) {
@@ -137,15 +151,29 @@ int sl_client_open_why(const char *url, int timeout_ms, sl_client **out, char *w
 	}
 	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 50);
 	nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000);
-	int prc = sl_probe_tcp(url, c->timeout_ms, why, cap);
+	/* The handshake first, within the timeout: nng's blocking dial waits
+	 * 10 s for it (a server that accepts and hangs). */
+	int prc = sl_probe_sp(url, c->timeout_ms, SL_SP_REQ, SL_SP_REP, why, cap);
+	c->url = strdup(url);
+	if (prc == SL_OK && c->url == NULL) {
+		prc = SL_ENOMEM;
+	}
+	if (prc == SL_OK) {
+		/* ADD_PRE, not ADD_POST: nng 1.5.2 runs REM_POST for every
+		 * pipe that ran ADD_PRE (src/core/pipe.c), started or not */
+		nng_pipe_notify(c->sock, NNG_PIPE_EV_ADD_PRE, pipe_event, c);
+		nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, pipe_event, c);
+	}
 	if (prc != SL_OK) {
 		nng_close(c->sock);
+		free(c->url);
 		free(c);
 		return prc;
 	}
 	rv = nng_dial(c->sock, url, NULL, 0);
 	if (rv != 0) {
 		nng_close(c->sock);
+		free(c->url);
 		free(c);
 		return sl_client_map_nng(rv);
 	}
@@ -161,6 +189,7 @@ void sl_client_close(sl_client *c)
 	}
 	nng_close(c->sock);
 	pthread_mutex_destroy(&c->mu);
+	free(c->url);
 	free(c);
 }
 
@@ -221,6 +250,19 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 	int64_t extra = q->has_acks && q->acks > 0 ? (int64_t)c->acks_timeout_ms : 0;
 	if (q->op_case == SHIPLOG__REQUEST__OP_WAIT && q->wait->has_timeout_ms) {
 		extra = (int64_t)q->wait->timeout_ms;
+	}
+	/* Not connected (the server went away, or is coming back): a send
+	 * would wait for the dialer the whole timeout, so first see whether
+	 * anything answers there at all. */
+	if (atomic_load(&c->pipes) <= 0) {
+		char why[256] = "";
+		int prc =
+		    sl_probe_sp(c->url, c->timeout_ms, SL_SP_REQ, SL_SP_REP, why, sizeof(why));
+		if (prc != SL_OK) {
+			nng_msg_free(m);
+			set_err(c, "%s", why);
+			return prc;
+		}
 	}
 	/* One deadline for the send and the receive together: the receive
 	 * gets what the send (which waits for a connection) left of it. */

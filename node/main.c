@@ -134,11 +134,27 @@ static void usage(FILE *f)
 	       "  --version                   print the version and exit\n"
 	       "  -h, --help                  this text\n"
 	       "\n"
-	       "Sizes take k, m, g suffixes (powers of 1024).  SIGTERM or SIGINT stops the\n"
-	       "server cleanly (in-flight requests finish, data is synced).\n");
+	       "Sizes (--segment-bytes, --max-value-bytes, --max-key-bytes,\n"
+	       "--repl-backlog-bytes) take k, m, g suffixes (powers of 1024); counts and\n"
+	       "times are plain numbers.  SIGTERM or SIGINT stops the server cleanly\n"
+	       "(in-flight requests finish, data is synced).\n");
 }
 
 /* "64m" → 67108864.  0 on success, -1 on a bad or overflowing number. */
+static int parse_size(const char *s, uint64_t *out);
+
+/* A count or a time: a plain decimal number, no suffix ("1m" of
+ * milliseconds would have meant 1,048,576 ms). */
+static int parse_count(const char *s, uint64_t *out)
+{
+	for (const char *p = s; p != NULL && *p != '\0'; p++) {
+		if (*p < '0' || *p > '9') {
+			return -1;
+		}
+	}
+	return parse_size(s, out);
+}
+
 static int parse_size(const char *s, uint64_t *out)
 {
 	char *end = NULL;
@@ -337,7 +353,7 @@ static int parse_flags(int argc, char **argv, config *c)
 			c->pidfile = optarg;
 			break;
 		case O_WORKERS:
-			if (parse_size(optarg, &v) != 0 || v < 1 || v > 1024) {
+			if (parse_count(optarg, &v) != 0 || v < 1 || v > 1024) {
 				return bad_flag("--workers", optarg, "want 1..1024");
 			}
 			c->workers = (int)v;
@@ -354,13 +370,13 @@ static int parse_flags(int argc, char **argv, config *c)
 			}
 			break;
 		case O_IO_THREADS:
-			if (parse_size(optarg, &v) != 0 || v < 1 || v > 64) {
+			if (parse_count(optarg, &v) != 0 || v < 1 || v > 64) {
 				return bad_flag("--io-threads", optarg, "want 1..64");
 			}
 			c->io_threads = (int)v;
 			break;
 		case O_CONTEXTS:
-			if (parse_size(optarg, &v) != 0 || v < 1 || v > 65536) {
+			if (parse_count(optarg, &v) != 0 || v < 1 || v > 65536) {
 				return bad_flag("--contexts", optarg, "want 1..65536");
 			}
 			c->contexts = (int)v;
@@ -387,18 +403,18 @@ static int parse_flags(int argc, char **argv, config *c)
 			}
 			break;
 		case O_MIN_REPLICAS:
-			if (parse_size(optarg, &c->min_replicas) != 0 || c->min_replicas > 64) {
+			if (parse_count(optarg, &c->min_replicas) != 0 || c->min_replicas > 64) {
 				return bad_flag("--min-replicas", optarg, "want 0..64");
 			}
 			break;
 		case O_REPL_TIMEOUT:
-			if (parse_size(optarg, &c->repl_timeout_ms) != 0 ||
+			if (parse_count(optarg, &c->repl_timeout_ms) != 0 ||
 			    c->repl_timeout_ms < 100 || c->repl_timeout_ms > 3600000) {
 				return bad_flag("--repl-timeout-ms", optarg, "want 100..3600000");
 			}
 			break;
 		case O_REPL_BATCH:
-			if (parse_size(optarg, &c->repl_batch_us) != 0 ||
+			if (parse_count(optarg, &c->repl_batch_us) != 0 ||
 			    c->repl_batch_us > 100000) {
 				return bad_flag("--repl-batch-us", optarg, "want 0..100000");
 			}
@@ -413,14 +429,14 @@ static int parse_flags(int argc, char **argv, config *c)
 			c->repl_sched_fifo = strcmp(optarg, "fifo") == 0;
 			break;
 		case O_IO_SLICE:
-			if (parse_size(optarg, &c->io_slice_us) != 0 ||
+			if (parse_count(optarg, &c->io_slice_us) != 0 ||
 			    (c->io_slice_us != 0 &&
 			     (c->io_slice_us < 100 || c->io_slice_us > 100000))) {
 				return bad_flag("--io-slice-us", optarg, "want 0 or 100..100000");
 			}
 			break;
 		case O_FRAME_TIMEOUT:
-			if (parse_size(optarg, &c->frame_timeout_ms) != 0 ||
+			if (parse_count(optarg, &c->frame_timeout_ms) != 0 ||
 			    (c->frame_timeout_ms != 0 &&
 			     (c->frame_timeout_ms < 1000 || c->frame_timeout_ms > 86400000))) {
 				return bad_flag("--frame-timeout-ms", optarg,
@@ -428,7 +444,7 @@ static int parse_flags(int argc, char **argv, config *c)
 			}
 			break;
 		case O_MIN_SEQ_WAIT:
-			if (parse_size(optarg, &c->min_seq_wait_ms) != 0 ||
+			if (parse_count(optarg, &c->min_seq_wait_ms) != 0 ||
 			    c->min_seq_wait_ms > 600000) {
 				return bad_flag("--min-seq-wait-ms", optarg, "want 0..600000");
 			}

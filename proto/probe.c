@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "shiplog.h"
+#include "sp.h"
 #include "status.h"
 
 /* A lookup run by a thread of its own, which the caller may stop waiting
@@ -169,11 +170,74 @@ int sl_resolve(const char *host, const char *port, const struct addrinfo *hints,
 	return rc;
 }
 
-/* One address: SL_OK, SL_ECONN or SL_ETIMEDOUT, with why. */
-static int connect_one(const struct addrinfo *ai, int timeout_ms, int stop_fd, char *why,
-                       size_t cap)
+static long ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (long)(t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* On the connected fd: nng's SP handshake as protocol self, the peer's
+ * expected as protocol peer, by the deadline (timeout_ms from t0).  SL_OK,
+ * SL_ETIMEDOUT (it accepted and said nothing: a server that hangs),
+ * SL_EPROTO (something else answered) or SL_ECONN (closed), with why. */
+static int handshake(int fd, int self, int peer, int timeout_ms, const struct timespec *t0,
+                     int stop_fd, char *why, size_t cap)
+{
+	uint8_t hello[8], got[8];
+	sl_sp_hello(hello, self);
+	if (send(fd, hello, sizeof(hello), MSG_NOSIGNAL) != (ssize_t)sizeof(hello)) {
+		snprintf(why, cap, "%s", strerror(errno));
+		return SL_ECONN;
+	}
+	size_t have = 0;
+	while (have < sizeof(got)) {
+		long left = timeout_ms - ms_since(t0);
+		struct pollfd p[2] = {{.fd = fd, .events = POLLIN},
+		                      {.fd = stop_fd, .events = POLLIN}};
+		int n = left > 0 ? poll(p, stop_fd >= 0 ? 2 : 1, (int)left) : 0;
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n == 0) {
+			snprintf(why, cap,
+			         "it accepted the connection but did not answer within %d ms (a "
+			         "server that hangs, or not a shiplog node)",
+			         timeout_ms);
+			return SL_ETIMEDOUT;
+		}
+		if (n < 0 || !p[0].revents) {
+			snprintf(why, cap, "stopped waiting");
+			return SL_ETIMEDOUT;
+		}
+		ssize_t k = recv(fd, got + have, sizeof(got) - have, 0);
+		if (k < 0 && (errno == EINTR || errno == EAGAIN)) {
+			continue;
+		}
+		if (k <= 0) {
+			snprintf(why, cap, "%s",
+			         k == 0 ? "the connection was closed before the handshake"
+			                : strerror(errno));
+			return SL_ECONN;
+		}
+		have += (size_t)k;
+	}
+	if (!sl_sp_hello_is(got, peer)) {
+		snprintf(why, cap, "the peer is not a shiplog node (no nng %s handshake)",
+		         peer == SL_SP_REP ? "REP" : "SP");
+		return SL_EPROTO;
+	}
+	return SL_OK;
+}
+
+/* One address: SL_OK, SL_ECONN or SL_ETIMEDOUT, with why; with self != 0,
+ * then the handshake (handshake()), all within timeout_ms. */
+static int connect_one(const struct addrinfo *ai, int timeout_ms, int stop_fd, int self, int peer,
+                       char *why, size_t cap)
 {
 	int rc = SL_ECONN;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		snprintf(why, cap, "%s", strerror(errno));
@@ -202,6 +266,9 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, int stop_fd, c
 			snprintf(why, cap, "%s", strerror(err));
 		}
 	}
+	if (rc == SL_OK && self != 0) {
+		rc = handshake(fd, self, peer, timeout_ms, &t0, stop_fd, why, cap);
+	}
 	/* Close with a reset: a clean close makes nng 1.5.2's listener cool
 	 * down for 100 ms before its next accept (a failed negotiation), which
 	 * delayed this very client's real connection; a reset is a "remote
@@ -212,12 +279,8 @@ static int connect_one(const struct addrinfo *ai, int timeout_ms, int stop_fd, c
 	return rc;
 }
 
-int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap)
-{
-	return sl_probe_tcp_stop(url, timeout_ms, -1, why, cap);
-}
-
-int sl_probe_tcp_stop(const char *url, int timeout_ms, int stop_fd, char *why, size_t cap)
+static int probe(const char *url, int timeout_ms, int stop_fd, int self, int peer, char *why,
+                 size_t cap)
 {
 	char h[256], port[32];
 	int family;
@@ -244,8 +307,8 @@ int sl_probe_tcp_stop(const char *url, int timeout_ms, int stop_fd, char *why, s
 	int tries = 0;
 	for (struct addrinfo *x = ai; x != NULL && rc != SL_OK && tries < 4;
 	     x = x->ai_next, tries++) {
-		char w[160] = "";
-		int xrc = connect_one(x, timeout_ms, stop_fd, w, sizeof(w));
+		char w[200] = "";
+		int xrc = connect_one(x, timeout_ms, stop_fd, self, peer, w, sizeof(w));
 		if (xrc == SL_OK || tries == 0) {
 			rc = xrc;
 			snprintf(why, cap, "%s", w);
@@ -253,6 +316,21 @@ int sl_probe_tcp_stop(const char *url, int timeout_ms, int stop_fd, char *why, s
 	}
 	freeaddrinfo(ai);
 	return rc;
+}
+
+int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap)
+{
+	return probe(url, timeout_ms, -1, 0, 0, why, cap);
+}
+
+int sl_probe_tcp_stop(const char *url, int timeout_ms, int stop_fd, char *why, size_t cap)
+{
+	return probe(url, timeout_ms, stop_fd, 0, 0, why, cap);
+}
+
+int sl_probe_sp(const char *url, int timeout_ms, int self, int peer, char *why, size_t cap)
+{
+	return probe(url, timeout_ms, -1, self, peer, why, cap);
 }
 
 int sl_tcp_split(const char *url, int *family, char *host, size_t hcap, char *port, size_t pcap)

@@ -21,6 +21,13 @@ int sl_probe_tcp(const char *url, int timeout_ms, char *why, size_t cap);
 /* The same, ended early (SL_ETIMEDOUT, "stopped waiting") when stop_fd
  * becomes readable: a follower's probe of its primary, stopped with it. */
 int sl_probe_tcp_stop(const char *url, int timeout_ms, int stop_fd, char *why, size_t cap);
+/* sl_probe_tcp, and then on that connection nng's SP handshake as a peer of
+ * protocol self (SL_SP_REQ, sp.h), expecting protocol peer back, all within
+ * timeout_ms: nng's own dial waits 10 s for a handshake whatever the
+ * caller's timeout, so a server that accepts and hangs (SIGSTOPped, its
+ * loop stuck) is told by this one.  Adds SL_ETIMEDOUT (accepted, no
+ * handshake) and SL_EPROTO (the peer is something else). */
+int sl_probe_sp(const char *url, int timeout_ms, int self, int peer, char *why, size_t cap);
 
 /* getaddrinfo(host, port, hints) within timeout_ms: a name whose lookup
  * has not answered by then (a resolver that does not answer takes 5 s a

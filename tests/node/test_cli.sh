@@ -398,13 +398,22 @@ json_err() { # NAME WANT-IN-ERROR ARGS...
 	shift 2
 	run "$@"
 	if [ "$rc" = 2 ] && python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert sys.argv[2] in j["error"] and len(j) == 1, j' "$D/out" "$want" &&
-		[ "$(wc -l <"$D/out")" = 1 ] && grep -q "$want" "$D/err"; then
+		[ "$(wc -l <"$D/out")" = 1 ] && grep -qF -- "$want" "$D/err"; then
 		ok "--json $name: an error object, and the message on stderr"
 	else
 		bad "--json $name: status $rc, stdout $(cat "$D/out"), stderr $(cat "$D/err")"
 	fi
 }
 json_err "empty key" "empty key" --json get ""
+# a bad global option: an object too, whether --json comes before it or after
+json_err "bad --timeout" "bad value for --timeout: 'abc'" --json --timeout abc ping
+json_err "bad --timeout, --json after it" "bad value for --timeout: 'abc'" --timeout abc --json ping
+json_err "unknown option" "unknown option '--bogus'" --json --bogus ping
+json_err "option without its value" "option '--timeout' needs a value" --json --timeout
+json_err "-a without a port" "no port" --json -a 127.0.0.1 ping
+# --ttl 0 meant "no TTL" on the wire: the key never expired
+json_err "put --ttl 0" "--ttl must be at least 1 ms" --json put --ttl 0 ttl0 v
+expect_rc "put --ttl 0 stored nothing" 1 get ttl0
 json_err "unknown command" "unknown command 'bogus'" --json bogus
 json_err "server down" "Connection refused" -a 127.0.0.1:1 --json ping
 # a message quoting bytes that are not UTF-8 (it came out as {})
@@ -526,6 +535,17 @@ for b in ("repl_catchup", "repl_catchup_live"):
 assert rows["repl_catchup_live"]["reconnects"] == 0, rows
 ' "$D/out" $probe; then ok "shiplog-bench repl --probe $probe --json"; else bad "shiplog-bench repl --probe $probe: status $rc: $(cat "$D/out" "$D/err")"; fi
 	done
+	# the anchor's way of reading (plain gets until seen), the probe spinning
+	"$B/shiplog-bench" repl --dir "$D/rb" --figures lag --lag-writes 50 --load-clients 4 --lag-read poll --probe-spin --json >"$D/out" 2>"$D/err"
+	rc=$?
+	if [ "$rc" = 0 ] && python3 -c '
+import json, sys
+rows = {r["benchmark"]: r for r in map(json.loads, open(sys.argv[1]))}
+assert sorted(rows) == ["repl_visible_idle", "repl_visible_load"], rows
+for r in rows.values():
+    assert r["n"] == 50 and r["read"] == "poll" and r["probe_spin"] is True and r["gets_per_write"] >= 1 and r["gets_waited"] == 0, r
+    assert 0 < r["put_rtt_p50_us"] <= r["p50_us"] <= r["p99_us"] <= r["max_us"], r
+' "$D/out"; then ok "shiplog-bench repl --lag-read poll --probe-spin --json"; else bad "shiplog-bench repl --lag-read poll: status $rc: $(cat "$D/out" "$D/err")"; fi
 	if "$B/shiplog-bench" repl --dir "$D/rb2" --figures lag --probe nng >/dev/null 2>"$D/err"; then bad "repl --probe nng accepted"; elif grep -q "bad --probe" "$D/err"; then ok "repl --probe nng refused"; else bad "repl --probe nng: $(cat "$D/err")"; fi
 	"$B/shiplog-bench" floor -n 200 --dir "$D/floor" --json >"$D/out" 2>"$D/err"
 	rc=$?
@@ -540,10 +560,64 @@ for r in rows:
 	if "$B/shiplog-bench" floor -n 0 >/dev/null 2>"$D/err"; then bad "floor -n 0 accepted"; elif grep -q "bad -n" "$D/err"; then ok "floor -n 0 refused"; else bad "floor -n 0: $(cat "$D/err")"; fi
 fi
 
+# A server that accepts and never answers (stopped): --timeout holds (nng's
+# own dial waits 10 s for the handshake whatever the timeout).
+kill -STOP "$SRV_PID"
+t0=$(date +%s%N)
+run --timeout 300 ping
+t1=$(date +%s%N)
+kill -CONT "$SRV_PID"
+ms=$(((t1 - t0) / 1000000))
+if [ "$rc" = 2 ] && [ "$ms" -lt 3000 ] && grep -q "did not answer within 300 ms" "$D/err"; then
+	ok "a hung server: 2 after the --timeout (${ms} ms), says so"
+else
+	bad "a hung server: status $rc after $ms ms: $(cat "$D/err")"
+fi
+# Something that is not a shiplog node on the port: said at once.
+python3 -c '
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept(); c.recv(8); c.sendall(b"HTTP/1.1 400 Bad\r\n\r\n")
+try:
+    c.recv(100)
+except OSError:
+    pass  # the client resets the connection
+c.close()
+' >"$D/fakeport2" &
+FAKE=$!
+for _ in $(seq 50); do [ -s "$D/fakeport2" ] && break; sleep 0.1; done
+run -a "127.0.0.1:$(cat "$D/fakeport2")" --timeout 3000 ping
+kill "$FAKE" 2>/dev/null
+wait "$FAKE" 2>/dev/null
+if [ "$rc" = 2 ] && grep -q "not a shiplog node" "$D/err"; then ok "a peer that is not shiplog: says so"; else bad "a non-shiplog peer: status $rc: $(cat "$D/err")"; fi
+
 # ---- server gone --------------------------------------------------------------
+# A prompt fed through a pipe whose server goes away: each later command
+# fails at once, "Connection refused", not after the whole timeout.
+mkfifo "$D/fifo"
+"$CLI" -a "$URL" --timeout 5000 <"$D/fifo" >"$D/pipe.out" 2>"$D/pipe.err" &
+CP=$!
+exec 7>"$D/fifo"
+echo ping >&7
+for _ in $(seq 50); do grep -q PONG "$D/pipe.out" && break; sleep 0.1; done
 kill "$SRV_PID"
 wait "$SRV_PID" 2>/dev/null
 SRV_PID=
+t0=$(date +%s%N)
+echo ping >&7
+echo ping >&7
+exec 7>&-
+wait "$CP"
+rc=$?
+t1=$(date +%s%N)
+ms=$(((t1 - t0) / 1000000))
+if [ "$rc" = 2 ] && [ "$ms" -lt 2500 ] && [ "$(grep -c PONG "$D/pipe.out")" = 1 ] &&
+	[ "$(grep -c "Connection refused" "$D/pipe.err")" = 2 ]; then
+	ok "pipe mode, server gone: each command refused at once (${ms} ms for two)"
+else
+	bad "pipe mode, server gone: status $rc after $ms ms: $(cat "$D/pipe.out" "$D/pipe.err")"
+fi
 run --timeout 500 get k1
 if [ "$rc" = 2 ] && grep -qF "$URL" "$D/err"; then ok "server stopped: 2, names $URL"; else bad "server stopped: status $rc, stderr: $(cat "$D/err")"; fi
 
