@@ -456,8 +456,9 @@ int sl_compact_drop_finish(sl_db *db)
 	struct stat st;
 	char *buf = NULL;
 	ssize_t n = -1;
-	/* ids below 2^24: at most 9 bytes each */
-	if (fstat(fd, &st) == 0 && st.st_size < (off_t)(9u << 24) &&
+	/* ids up to SL_SEG_ID_MAX - 1 (db.h), at most 11 bytes each, one for
+	 * each input of a run */
+	if (fstat(fd, &st) == 0 && st.st_size < (off_t)(64u << 20) &&
 	    (buf = malloc((size_t)st.st_size + 1)) != NULL) {
 		n = 0;
 		while (n < st.st_size) {
@@ -480,7 +481,7 @@ int sl_compact_drop_finish(sl_db *db)
 	int rc = SL_OK;
 	for (char *p = buf, *e; rc == SL_OK && *p != '\0'; p = e) {
 		unsigned long id = strtoul(p, &e, 10);
-		if (e == p || *e != '\n' || id == 0 || id >= (1ul << 24)) {
+		if (e == p || *e != '\n' || id == 0 || id >= SL_SEG_ID_MAX) {
 			sl_db_log(db, "error", "%s is damaged; not opening", fin);
 			rc = SL_ECORRUPT;
 			break;

@@ -1342,6 +1342,26 @@ static void test_failed_unlink_keeps_mark(void **state)
 
 	remove_dir();
 
+	/* the same with segment ids past 2^24: the kept mark lists them, and
+	 * the open finishes it (it refused the mark as damaged: "DROPPING is
+	 * damaged; not opening", and every later compaction failed too) */
+	make_dir("unlinkfail_ids");
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	atomic_store(&db->next_id, (1u << 24) + 5);
+	crash_workload(db);
+	atomic_store(&g_fail_unlinks, 1000);
+	assert_int_equal(sl_compact(db), SL_EIO);
+	atomic_store(&g_fail_unlinks, 0);
+	assert_int_equal(count_files("DROPPING"), 1);
+	sl_close(db);
+	assert_int_equal(sl_open(g_dir, &d, &db), SL_OK);
+	assert_int_equal(count_files("DROPPING"), 0);
+	check_crash_contents(db);
+	assert_int_equal(sl_compact(db), SL_OK);
+	check_crash_contents(db);
+	sl_close(db);
+	remove_dir();
+
 	/* one unlink fails; the next run finishes the removal before its own */
 	make_dir("unlinkfail2");
 	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
