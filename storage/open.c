@@ -186,6 +186,37 @@ static int all_zero(const uint8_t *p, size_t n)
 	return 1;
 }
 
+/* Whether [off, limit) of s is all zero, reading only what holds data: the
+ * preallocated rest of an active segment is unwritten space, a hole to
+ * SEEK_DATA, and reading it through the mapping would bring in (and zero)
+ * every page of it. */
+static int zero_rest(const sl_seg *s, uint64_t off, uint64_t limit)
+{
+	uint64_t pos = off;
+	/* the page off is in, whatever SEEK_DATA says of it */
+	uint64_t first = (off | 4095u) + 1;
+	if (!all_zero(s->map + off, (first < limit ? first : limit) - off)) {
+		return 0;
+	}
+	pos = first;
+	while (pos < limit) {
+		off_t d = lseek(s->fd, (off_t)pos, SEEK_DATA);
+		if (d < 0) {
+			return errno == ENXIO ? 1 : all_zero(s->map + pos, limit - pos);
+		}
+		if ((uint64_t)d >= limit) {
+			return 1;
+		}
+		off_t h = lseek(s->fd, d, SEEK_HOLE);
+		uint64_t to = h < 0 || (uint64_t)h > limit ? limit : (uint64_t)h;
+		if (!all_zero(s->map + d, to - (uint64_t)d)) {
+			return 0;
+		}
+		pos = to > (uint64_t)d ? to : limit;
+	}
+	return 1;
+}
+
 /* Scans records [header, limit) into the keydir.  Returns the end of the
  * last valid record in *end_out.  A bad record followed by valid ones is
  * corruption: counted and skipped.  A bad record with nothing valid after
@@ -212,9 +243,12 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 			good_end = off;
 			continue;
 		}
-		/* A zero header ends the data of a preallocated active segment;
-		 * in a sealed one only if everything after it is zero too. */
-		if (d == SL_REC_END && (active || all_zero(m + off, limit - off))) {
+		/* A zero header ends the data if everything after it is zero
+		 * too (the preallocated rest of the active segment); zeros with
+		 * records after them are damage, counted and skipped (they cut
+		 * the active segment there, with every record after them). */
+		if (d == SL_REC_END &&
+		    (active ? zero_rest(c->seg, off, limit) : all_zero(m + off, limit - off))) {
 			break;
 		}
 		uint64_t next = sl_rec_next_valid(m, (size_t)off, (size_t)limit, mk, mv);

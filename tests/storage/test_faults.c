@@ -50,6 +50,7 @@
 
 #include "format.h"
 #include "io.h"
+#include "record.h"
 #include "shiplog.h"
 #include "testutil.h"
 
@@ -944,6 +945,106 @@ static void test_corrupt_last_record_cut(void **state)
 	kvset_free(&s);
 	free(segp);
 	free(hintp);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
+/* The offset of the n-th record (from 0) of the segment file at path, and
+ * its size; fails the test when the file has fewer. */
+static size_t nth_record(const char *path, int n, size_t *size)
+{
+	size_t len = 0;
+	uint8_t *b = NULL;
+	assert_int_equal(tu_read_file(path, &b, &len), 0);
+	size_t off = SL_SEG_HDR_SIZE;
+	for (int i = 0;; i++) {
+		sl_rec r;
+		assert_int_equal(
+		    sl_rec_decode(b + off, len - off, SL_MAX_KEY, SL_MAX_VALUE, &r, size),
+		    SL_REC_OK);
+		if (i == n) {
+			break;
+		}
+		off += *size;
+	}
+	free(b);
+	return off;
+}
+
+static void overwrite_at(const char *path, size_t off, const void *p, size_t n)
+{
+	FILE *f = fopen(path, "r+b");
+	assert_non_null(f);
+	assert_int_equal(fseek(f, (long)off, SEEK_SET), 0);
+	assert_int_equal(fwrite(p, 1, n, f), n);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* Zeros at a record boundary of the active segment with records after
+ * them (a sector lost): the records after are kept and the damage counted.
+ * It read as the clean end: the file was cut there with every record after
+ * it, nothing said so, and their seqs were given out again. */
+static void test_zeroed_stretch_in_active_segment(void **state)
+{
+	(void)state;
+	sl_options o;
+	char *dir = fault_dir("zerohole", &o, 64u << 20);
+	sl_db *db = NULL;
+	open_db(dir, &o, &db);
+	char k[32], v[100];
+	for (int i = 0; i < 200; i++) {
+		snprintf(k, sizeof k, "key%03d", i);
+		memset(v, 'a' + i % 26, sizeof v);
+		assert_int_equal(sl_put(db, k, strlen(k), v, sizeof v, NULL), SL_OK);
+	}
+	sl_close(db);
+	char *segp = seg_file(dir, highest_seg(dir), "seg");
+	size_t sz;
+	size_t off = nth_record(segp, 32, &sz);
+	uint8_t zeros[512] = {0};
+	overwrite_at(segp, off, zeros, sizeof zeros);
+	int lost = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		open_db(dir, &o, &db);
+		sl_stats st = stats(db);
+		if (pass == 0) {
+			assert_true(st.corrupt_records > 0);
+		}
+		assert_int_equal(st.last_seq, 200 + pass); /* no seq given twice */
+		int found = 0;
+		for (int i = 0; i < 200; i++) {
+			snprintf(k, sizeof k, "key%03d", i);
+			void *got = NULL;
+			size_t gl = 0;
+			int rc = sl_get(db, k, strlen(k), &got, &gl);
+			if (rc == SL_OK) {
+				memset(v, 'a' + i % 26, sizeof v);
+				assert_int_equal(gl, sizeof v);
+				assert_memory_equal(got, v, sizeof v);
+				found++;
+			} else {
+				assert_int_equal(rc, SL_ENOTFOUND);
+				assert_true(i >= 32 &&
+				            i < 32 + 512 / (int)sz + 1); /* only the zeroed */
+			}
+			free(got);
+		}
+		if (pass == 0) {
+			lost = 200 - found;
+			assert_true(lost >= 1 && lost <= 512 / (int)sz + 1);
+			uint64_t seq = 0;
+			assert_int_equal(sl_put(db, "after", 5, "x", 1, &seq), SL_OK);
+			assert_int_equal(seq, 201);
+		} else {
+			assert_int_equal(200 - found, lost);
+			void *got = NULL;
+			size_t gl = 0;
+			assert_int_equal(sl_get(db, "after", 5, &got, &gl), SL_OK);
+			free(got);
+		}
+		sl_close(db);
+	}
+	free(segp);
 	tu_rm_rf(dir);
 	free(dir);
 }
@@ -2018,6 +2119,7 @@ int main(void)
 	    cmocka_unit_test(test_corrupt_last_record_cut),
 	    cmocka_unit_test(test_lower_limits_keep_stored_records),
 	    cmocka_unit_test(test_hint_flips),
+	    cmocka_unit_test(test_zeroed_stretch_in_active_segment),
 	    cmocka_unit_test(test_busy),
 	    cmocka_unit_test(test_enospc_via_seam),
 	    cmocka_unit_test(test_nearly_full_disk),
