@@ -54,6 +54,7 @@ typedef struct config {
 	const char *repl_listen; /* NULL: default (see usage) */
 	const char *follow;
 	uint64_t backlog_bytes;
+	int backlog_set; /* --repl-backlog-bytes given */
 	uint64_t min_replicas;
 	uint64_t repl_timeout_ms;
 	uint64_t min_seq_wait_ms;
@@ -109,7 +110,8 @@ static void usage(FILE *f)
 	       "  --follow URL                be a follower of the primary whose --repl-listen\n"
 	       "                              is URL (remembered in DIR/REPL across restarts)\n"
 	       "  --repl-backlog-bytes N      log kept for followers to catch up from\n"
-	       "                              (default 256m); more is kept while a connected\n"
+	       "                              (default 256m; 0 with --repl-listen none on a\n"
+	       "                              primary); more is kept while a connected\n"
 	       "                              follower still needs it, unless it is behind\n"
 	       "                              and applied nothing for 10x --repl-timeout-ms\n"
 	       "  --min-replicas N            refuse writes while fewer than N followers are\n"
@@ -401,6 +403,7 @@ static int parse_flags(int argc, char **argv, config *c)
 			if (parse_size(optarg, &c->backlog_bytes) != 0) {
 				return bad_flag("--repl-backlog-bytes", optarg, "want a size");
 			}
+			c->backlog_set = 1;
 			break;
 		case O_MIN_REPLICAS:
 			if (parse_count(optarg, &c->min_replicas) != 0 || c->min_replicas > 64) {
@@ -715,6 +718,11 @@ int main(int argc, char **argv)
 	                                       : SL_REPL_DEFAULT_URL;
 	if (rl != NULL && strcmp(rl, "none") == 0) {
 		rl = NULL;
+		/* A node that serves no followers keeps no log for them: the
+		 * backlog held back compaction of its last 256 MiB for nothing */
+		if (!c.backlog_set && c.follow == NULL) {
+			c.backlog_bytes = 0;
+		}
 	}
 	sl_repl_opts ro = {
 	    .dir = c.dir,

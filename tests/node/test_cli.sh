@@ -326,6 +326,25 @@ c
 " -a "$SHRINK_URL" scan
 kill "$SHRINK_PID"
 wait "$SHRINK_PID" 2>/dev/null
+# --repl-listen none keeps no replication backlog: compaction reclaims the
+# overwritten log at once (it held back the last 256 MiB: "reclaimed 0")
+rm -rf "$D/shrinkdata"
+start_shrink --segment-bytes 1m
+for r in 1 2 3 4; do
+	for i in $(seq 0 99); do printf 'put k%d %s\n' "$i" "$(head -c 20000 /dev/zero | tr '\0' "$r")"; done
+done | "$CLI" -a "$SHRINK_URL" >/dev/null
+run -a "$SHRINK_URL" --json compact
+if [ "$rc" = 0 ] && python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["dead_bytes_left"] < 1000000 and j["segments_after"] <= 4, j' "$D/out"; then
+	ok "--repl-listen none: no backlog, compaction reclaims the overwritten log"
+else
+	bad "--repl-listen none, compact: status $rc, $(cat "$D/out" "$D/err")"
+fi
+expect "after the compaction, the latest value" 0 "$(head -c 20000 /dev/zero | tr '\0' 4)" -a "$SHRINK_URL" get k7
+kill "$SHRINK_PID"
+wait "$SHRINK_PID" 2>/dev/null
 if "$CLI" -a "127.0.0.1:$PORT" ping >/dev/null 2>&1; then ok "-a HOST:PORT means tcp://"; else bad "-a HOST:PORT"; fi
 # stdout that cannot be written: the reason is the write's (a big value's
 # error used to name isatty's ENOTTY instead)
