@@ -217,28 +217,6 @@ static int zero_rest(const sl_seg *s, uint64_t off, uint64_t limit)
 	return 1;
 }
 
-/* Whether the valid record at n, found by a search through damaged bytes,
- * fits a segment whose records so far came in rising seq order, the last
- * at seq `after` and ending at `from`: its seq above that, by no more than
- * the bytes between could hold records (seqs in such a segment come one
- * after another), and the record after it, when valid, higher still.  A value may hold the bytes of
- * valid records (a segment file stored as a value): found inside a damaged one, such a record was
- * served under its key, and one with an enormous seq stopped every later write. */
-static int fits_order(const uint8_t *m, uint64_t from, uint64_t n, uint64_t limit, uint64_t after)
-{
-	sl_rec r, r2;
-	size_t size, size2;
-	if (sl_rec_decode(m + n, limit - n, SL_MAX_KEY, SL_MAX_VALUE, &r, &size) != SL_REC_OK ||
-	    r.seq <= after || r.seq - after > n - from + 1) {
-		return 0;
-	}
-	uint64_t next = n + size;
-	return next >= limit ||
-	       sl_rec_decode(m + next, limit - next, SL_MAX_KEY, SL_MAX_VALUE, &r2, &size2) !=
-	           SL_REC_OK ||
-	       r2.seq > r.seq;
-}
-
 /* Scans records [header, limit) into the keydir.  Returns the end of the
  * last valid record in *end_out.  A bad record followed by valid ones is
  * corruption: counted and skipped.  A bad record with nothing valid after
@@ -250,15 +228,6 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 	const uint8_t *m = c->seg->map;
 	uint32_t mk = SL_MAX_KEY, mv = SL_MAX_VALUE;
 	uint64_t off = SL_SEG_HDR_SIZE, good_end = SL_SEG_HDR_SIZE;
-	/* The seq order of the good records so far (fits_order).  A segment
-	 * of the log holds seqs from its first_seq on, one after another; a
-	 * snapshot load's segments (first_seq 1, as the store's first) take
-	 * records in any order, so there 8 good records in a row stand for
-	 * it.  Compaction's outputs have none. */
-	uint64_t first = c->seg->first_seq;
-	uint64_t last_seq = first > 1 ? first - 1 : 0;
-	unsigned in_order = first > 1 ? 8 : 0;
-	int ordered = !(c->seg->flags & SL_SEG_COMPACTED);
 	while (off < limit) {
 		sl_rec r;
 		size_t size;
@@ -272,9 +241,6 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 			}
 			off += size;
 			good_end = off;
-			ordered = ordered && r.seq > last_seq;
-			in_order++;
-			last_seq = r.seq;
 			continue;
 		}
 		/* A zero header ends the data if everything after it is zero
@@ -286,22 +252,6 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 			break;
 		}
 		uint64_t next = sl_rec_next_valid(m, (size_t)off, (size_t)limit, mk, mv);
-		/* In a segment in seq order, a record found that does not fit
-		 * it lies inside the damaged bytes: search on past it. */
-		uint64_t unfit = 0;
-		while (ordered && in_order >= 8 && next < limit &&
-		       !fits_order(m, good_end, next, limit, last_seq)) {
-			unfit++;
-			next = sl_rec_next_valid(m, (size_t)next, (size_t)limit, mk, mv);
-		}
-		if (unfit > 0) {
-			sl_db_log(
-			    db, "warn",
-			    "segment %u: %llu record%s inside the damaged bytes at offset %llu "
-			    "not taken (out of the segment's seq order)",
-			    c->seg->id, (unsigned long long)unfit, unfit > 1 ? "s" : "",
-			    (unsigned long long)off);
-		}
 		if (next >= limit) {
 			if (!active) {
 				/* one damage, one count: a cut in the middle of a
