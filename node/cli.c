@@ -1174,8 +1174,15 @@ static int wants_json(int argc, char **argv)
 		if (!strcmp(s, "--")) {
 			return 0;
 		}
-		if (!strcmp(s, "-a") || !strcmp(s, "--url") || !strcmp(s, "--timeout") ||
-		    !strcmp(s, "--acks") || !strcmp(s, "--min-seq")) {
+		/* the options that take a value, as getopt_long takes them:
+		 * abbreviated too (--time), unless given as --opt=value */
+		static const char *const valued[] = {"--url", "--timeout", "--acks", "--min-seq"};
+		int takes = !strcmp(s, "-a");
+		for (size_t v = 0; v < sizeof valued / sizeof valued[0] && !takes; v++) {
+			size_t n = strlen(s);
+			takes = n > 2 && strchr(s, '=') == NULL && strncmp(valued[v], s, n) == 0;
+		}
+		if (takes) {
 			i++;
 		} else if (s[0] != '-') {
 			return 0; /* the command */
@@ -1207,7 +1214,16 @@ int main(int argc, char **argv)
 	/* "+": stop at the command name; its arguments are not ours.  ":": a
 	 * missing argument is told from an unknown option. */
 	while ((ch = getopt_long(argc, argv, "+:a:h", longopts, NULL)) != -1) {
-		const char *bad = argv[optind - 1];
+		/* the option at fault: a short one inside a cluster (-jx) by
+		 * its letter */
+		char shortopt[3] = {'-', (char)optopt, '\0'};
+		/* glibc: an unknown short option sets optopt to its letter, an
+		 * unknown long one to 0; a missing value leaves optind past the
+		 * option, long or short */
+		const char *bad = (ch == '?' && optopt != 0) ||
+		                          (ch == ':' && strncmp(argv[optind - 1], "--", 2) != 0)
+		                      ? shortopt
+		                      : argv[optind - 1];
 		switch (ch) {
 		case 'a':
 			if (!optarg[0]) {

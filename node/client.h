@@ -57,10 +57,17 @@ typedef struct sl_client sl_client;
 
 /* Dials url (nng URL: tcp://host:port, ipc:///path, …) and waits until the
  * connection is up.  timeout_ms bounds every later request (<= 0: default
- * 5000).  A dropped connection is re-dialed in the background; a request
- * made while it is down waits (up to its timeout) for it to come back.
+ * 5000).  Connecting checks the server's handshake within timeout_ms
+ * (a server that accepts and hangs: SL_ETIMEDOUT; not a shiplog node:
+ * SL_EPROTO).  A dropped connection is re-dialed in the background; a
+ * request made while it is down first checks that something answers at
+ * the URL: if nothing does (refused, unreachable, no handshake) it fails at
+ * once with that error (SL_ECONN, SL_ETIMEDOUT), else it waits (up to its
+ * timeout) for the connection to come back.  So a caller riding out a
+ * server's restart retries with a pause, not in a tight loop.
  * Errors: SL_EINVAL (NULL/bad url), SL_ECONN (refused/unreachable),
- * SL_ENOMEM.  On success *out owns the handle; release with sl_client_close. */
+ * SL_ETIMEDOUT, SL_EPROTO, SL_ENOMEM.  On success *out owns the handle; release with
+ * sl_client_close. */
 int sl_client_open(const char *url, int timeout_ms, sl_client **out);
 
 /* sl_client_open, and when it fails why says what it found when it can

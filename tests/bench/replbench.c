@@ -1414,6 +1414,11 @@ int sl_replbench_main(int argc, char **argv)
 			return 2;
 		}
 	}
+	if (opt_probe_spin && !opt_probe_raw) {
+		fprintf(stderr, "shiplog-bench repl: --probe-spin needs --probe raw (the client "
+		                "library's receives are nng's)\n");
+		return 2;
+	}
 	static char self[PATH_MAX + 16];
 	if (opt_shiplogd == NULL) {
 		ssize_t n = readlink("/proc/self/exe", self, PATH_MAX);

@@ -429,6 +429,8 @@ json_err "bad --timeout" "bad value for --timeout: 'abc'" --json --timeout abc p
 json_err "bad --timeout, --json after it" "bad value for --timeout: 'abc'" --timeout abc --json ping
 json_err "unknown option" "unknown option '--bogus'" --json --bogus ping
 json_err "option without its value" "option '--timeout' needs a value" --json --timeout
+json_err "an unknown letter in a cluster" "unknown option '-j'" --json -jx ping
+json_err "an abbreviated option's bad value" "bad value for --timeout: 'abc'" --time abc --json ping
 json_err "-a without a port" "no port" --json -a 127.0.0.1 ping
 # --ttl 0 meant "no TTL" on the wire: the key never expired
 json_err "put --ttl 0" "--ttl must be at least 1 ms" --json put --ttl 0 ttl0 v
