@@ -143,20 +143,6 @@ static void usage(FILE *f)
 }
 
 /* "64m" → 67108864.  0 on success, -1 on a bad or overflowing number. */
-static int parse_size(const char *s, uint64_t *out);
-
-/* A count or a time: a plain decimal number, no suffix ("1m" of
- * milliseconds would have meant 1,048,576 ms). */
-static int parse_count(const char *s, uint64_t *out)
-{
-	for (const char *p = s; p != NULL && *p != '\0'; p++) {
-		if (*p < '0' || *p > '9') {
-			return -1;
-		}
-	}
-	return parse_size(s, out);
-}
-
 static int parse_size(const char *s, uint64_t *out)
 {
 	char *end = NULL;
@@ -199,6 +185,18 @@ static int parse_size(const char *s, uint64_t *out)
 	}
 	*out = (uint64_t)v << shift;
 	return 0;
+}
+
+/* A count or a time: a plain decimal number, no suffix ("1m" of
+ * milliseconds would have meant 1,048,576 ms). */
+static int parse_count(const char *s, uint64_t *out)
+{
+	for (const char *p = s; p != NULL && *p != '\0'; p++) {
+		if (*p < '0' || *p > '9') {
+			return -1;
+		}
+	}
+	return parse_size(s, out);
 }
 
 static int bad_flag(const char *flag, const char *val, const char *why)

@@ -69,6 +69,13 @@ static void *lookup_main(void *arg)
 	return NULL;
 }
 
+static long ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (long)(t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
 int sl_resolve(const char *host, const char *port, const struct addrinfo *hints, int timeout_ms,
                int stop_fd, struct addrinfo **out, char *why, size_t cap)
 {
@@ -123,13 +130,11 @@ int sl_resolve(const char *host, const char *port, const struct addrinfo *hints,
 	}
 	pthread_attr_destroy(&ta);
 	int ms = timeout_ms > 0 ? timeout_ms : 1;
-	struct timespec t0, t1;
+	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	int stopped = 0;
 	for (;;) {
-		clock_gettime(CLOCK_MONOTONIC, &t1);
-		long spent =
-		    (long)(t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+		long spent = ms_since(&t0);
 		if (spent >= ms) {
 			break;
 		}
@@ -168,13 +173,6 @@ int sl_resolve(const char *host, const char *port, const struct addrinfo *hints,
 	pthread_mutex_unlock(&l->mu);
 	lookup_release(l);
 	return rc;
-}
-
-static long ms_since(const struct timespec *t0)
-{
-	struct timespec t1;
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	return (long)(t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
 }
 
 /* On the connected fd: nng's SP handshake as protocol self, the peer's

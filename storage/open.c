@@ -189,16 +189,14 @@ static int all_zero(const uint8_t *p, size_t n)
 /* Whether [off, limit) of s is all zero, reading only what holds data: the
  * preallocated rest of an active segment is unwritten space, a hole to
  * SEEK_DATA, and reading it through the mapping would bring in (and zero)
- * every page of it. */
+ * every page of it.  A sealed segment has no holes: all of it is read. */
 static int zero_rest(const sl_seg *s, uint64_t off, uint64_t limit)
 {
-	uint64_t pos = off;
 	/* the page off is in, whatever SEEK_DATA says of it */
-	uint64_t first = (off | 4095u) + 1;
-	if (!all_zero(s->map + off, (first < limit ? first : limit) - off)) {
+	uint64_t pos = (off | 4095u) + 1;
+	if (!all_zero(s->map + off, (pos < limit ? pos : limit) - off)) {
 		return 0;
 	}
-	pos = first;
 	while (pos < limit) {
 		off_t d = lseek(s->fd, (off_t)pos, SEEK_DATA);
 		if (d < 0) {
@@ -245,10 +243,8 @@ static int scan_segment(load_ctx *c, uint64_t limit, int active, uint64_t *end_o
 		}
 		/* A zero header ends the data if everything after it is zero
 		 * too (the preallocated rest of the active segment); zeros with
-		 * records after them are damage, counted and skipped (they cut
-		 * the active segment there, with every record after them). */
-		if (d == SL_REC_END &&
-		    (active ? zero_rest(c->seg, off, limit) : all_zero(m + off, limit - off))) {
+		 * records after them are damage, counted and skipped. */
+		if (d == SL_REC_END && zero_rest(c->seg, off, limit)) {
 			break;
 		}
 		uint64_t next = sl_rec_next_valid(m, (size_t)off, (size_t)limit, mk, mv);

@@ -856,6 +856,30 @@ static int probe_get(probe *p, const char *k, size_t kl, uint64_t min_seq, void 
 	return rc;
 }
 
+/* The Redis anchor's way of reading a write on the follower: plain gets
+ * of the 16-byte key k until one answers v (vs bytes), for at most 10 s
+ * from t0; *polls counts the gets. */
+static int probe_poll(probe *f, const char *k, const char *v, size_t vs, uint64_t t0, void **got,
+                      size_t *gl, uint64_t *polls)
+{
+	for (;;) {
+		int rc = probe_get(f, k, 16, 0, got, gl);
+		(*polls)++;
+		if (rc == SL_OK && *gl == vs && memcmp(*got, v, vs) == 0) {
+			return SL_OK;
+		}
+		free(*got);
+		*got = NULL;
+		*gl = 0;
+		if (rc != SL_OK && rc != SL_ENOTFOUND) {
+			return rc;
+		}
+		if (now_ns() - t0 > 10000000000ull) {
+			return SL_ETIMEDOUT;
+		}
+	}
+}
+
 /* write -> visible on F1; with load > 0 clients putting meanwhile. */
 #define LAG_WARMUP 100
 
@@ -923,31 +947,9 @@ static void fig_lag(int load)
 		uint64_t t0 = now_ns();
 		int rc = probe_put(&p, k, 16, v, vs, &seq);
 		uint64_t t1 = now_ns();
-		int rc2;
-		if (!opt_lag_poll) {
-			rc2 = probe_get(&f, k, 16, seq, &got, &gl);
-		} else {
-			/* The Redis anchor's way: plain gets until the value is seen
-			 * (for at most 10 s). */
-			for (;;) {
-				rc2 = probe_get(&f, k, 16, 0, &got, &gl);
-				polls++;
-				if (rc == SL_OK && rc2 == SL_OK && gl == vs &&
-				    memcmp(got, v, vs) == 0) {
-					break;
-				}
-				free(got);
-				got = NULL;
-				gl = 0;
-				if (rc != SL_OK || (rc2 != SL_OK && rc2 != SL_ENOTFOUND) ||
-				    now_ns() - t0 > 10000000000ull) {
-					if (rc2 == SL_OK) {
-						rc2 = SL_ETIMEDOUT;
-					}
-					break;
-				}
-			}
-		}
+		int rc2 = !opt_lag_poll ? probe_get(&f, k, 16, seq, &got, &gl)
+		          : rc == SL_OK ? probe_poll(&f, k, v, vs, t0, &got, &gl, &polls)
+		                        : rc;
 		uint64_t t2 = now_ns();
 		if (rc != SL_OK || rc2 != SL_OK || gl != vs || memcmp(got, v, vs) != 0) {
 			if (bad++ == 0) {
@@ -989,6 +991,7 @@ static void fig_lag(int load)
 	}
 	qsort(rtt, opt_lag_writes, sizeof(*rtt), cmp_u64);
 	double load_ops = (double)(ops1 - ops0) / secs;
+	double gets_per_write = opt_lag_poll ? (double)polls / (double)opt_lag_writes : 1.0;
 	char ej[400], et[400];
 	snprintf(ej, sizeof(ej),
 	         ",\"load_clients\":%d,\"load_puts_per_sec\":%.0f,\"put_rtt_p50_us\":%.1f,"
@@ -998,8 +1001,7 @@ static void fig_lag(int load)
 	         load, load_ops, pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),
 	         (unsigned long long)waited, (unsigned long long)opt_lag_pause_us,
 	         opt_probe_raw ? "raw" : "lib", opt_lag_followers, opt_lag_poll ? "poll" : "park",
-	         opt_lag_poll ? (double)polls / (double)opt_lag_writes : 1.0,
-	         opt_probe_spin ? "true" : "false");
+	         gets_per_write, opt_probe_spin ? "true" : "false");
 	snprintf(et, sizeof(et),
 	         ", put RTT p50 %.1f p99 %.1f us, %llu gets waited, %s probe, %d follower%s%s",
 	         pct_us(rtt, opt_lag_writes, 50), pct_us(rtt, opt_lag_writes, 99),
@@ -1007,7 +1009,7 @@ static void fig_lag(int load)
 	         opt_lag_followers > 1 ? "s" : "", opt_lag_poll ? ", polled" : "");
 	if (opt_lag_poll) {
 		snprintf(et + strlen(et), sizeof(et) - strlen(et), " (%.2f gets a write)",
-		         (double)polls / (double)opt_lag_writes);
+		         gets_per_write);
 	}
 	if (opt_probe_spin) {
 		snprintf(et + strlen(et), sizeof(et) - strlen(et), ", spinning");
