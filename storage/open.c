@@ -285,7 +285,10 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 	int hdr_ok;
 	int rc = sl_seg_open(db->io, db->dir, id, writable, &s, &hdr_ok);
 	if (rc != SL_OK) {
-		sl_db_log(db, "error", "cannot open segment %u: %s", id, sl_strerror(rc));
+		/* errno says why the file would not open (EISDIR, EACCES ...) */
+		sl_db_log(db, "error", "cannot open segment file %s/%010u.seg: %s%s%s", db->dir, id,
+		          sl_strerror(rc), rc == SL_EIO ? ": " : "",
+		          rc == SL_EIO ? strerror(errno) : "");
 		return rc;
 	}
 	uint64_t size = sl_seg_file_size(s);

@@ -156,7 +156,18 @@ int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writab
 		rc = SL_EIO;
 		goto fail;
 	}
-	uint64_t size = file_size_of(s->fd);
+	struct stat st;
+	if (fstat(s->fd, &st) != 0) {
+		rc = SL_EIO;
+		goto fail_fd;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		/* a directory opens read-only; it is not a segment */
+		errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+		rc = SL_EIO;
+		goto fail_fd;
+	}
+	uint64_t size = (uint64_t)st.st_size;
 	if ((rc = map_seg(s, (size_t)size, 0)) != SL_OK) {
 		goto fail_fd;
 	}
@@ -189,8 +200,10 @@ int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writab
 	return SL_OK;
 fail_map:
 	munmap(s->map, s->cap);
-fail_fd:
+fail_fd:;
+	int e = errno; /* for the caller's message */
 	io->close(s->fd);
+	errno = e;
 fail:
 	free(path);
 	free(s);

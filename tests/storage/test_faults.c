@@ -779,6 +779,58 @@ static void test_sealed_segment_header_flips(void **state)
  * it scanned before reaching the second (one loader thread), is not cut.
  * Once the version is right again the open cuts that tail and every key
  * reads back. */
+static char g_open_msg[512];
+static void keep_open_error(void *arg, const char *level, const char *msg)
+{
+	(void)arg;
+	if (strcmp(level, "error") == 0 && strstr(msg, "segment file") != NULL) {
+		snprintf(g_open_msg, sizeof(g_open_msg), "%s", msg);
+	}
+}
+
+/* Something that is not a file under a segment's name (a directory made
+ * by hand, a restore gone wrong): the open is refused, saying which entry
+ * and why, and changes nothing; without it the store opens whole. */
+static void test_directory_named_like_a_segment(void **state)
+{
+	(void)state;
+	sl_options o;
+	char *dir = fault_dir("dirseg", &o, 4096);
+	kvset s = {0};
+	(void)build_sealed(dir, &o, &s);
+	uint64_t *ids;
+	int n = tu_list_ids(dir, "seg", &ids);
+	assert_true(n >= 2);
+	char *bogus = seg_file(dir, ids[n - 1] + 5, "seg"); /* would be the newest */
+	assert_int_equal(mkdir(bogus, 0755), 0);
+	tu_snapshot before, after;
+	assert_int_equal(tu_snapshot_take(dir, &before), 0);
+	o.log_fn = keep_open_error;
+	g_open_msg[0] = '\0';
+	sl_db *db = NULL;
+	assert_int_equal(sl_open(dir, &o, &db), SL_EIO);
+	assert_null(db);
+	if (strstr(g_open_msg, bogus) == NULL || strstr(g_open_msg, "Is a directory") == NULL) {
+		fail_msg("the refusal does not say which entry and why: \"%s\"", g_open_msg);
+	}
+	assert_int_equal(tu_snapshot_take(dir, &after), 0);
+	if (!same_files(&before, &after)) {
+		fail_msg("the refused open changed the directory");
+	}
+	tu_snapshot_free(&after);
+	tu_snapshot_free(&before);
+	o.log_fn = NULL;
+	assert_int_equal(rmdir(bogus), 0);
+	open_db(dir, &o, &db);
+	check_kvset(db, &s, NULL, NULL, "after the directory went");
+	sl_close(db);
+	free(bogus);
+	free(ids);
+	kvset_free(&s);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
 static void test_refused_open_leaves_scanned_segments(void **state)
 {
 	(void)state;
@@ -2168,6 +2220,7 @@ int main(void)
 	    cmocka_unit_test(test_sealed_segment_flips_without_hint),
 	    cmocka_unit_test(test_sealed_segment_header_flips),
 	    cmocka_unit_test(test_refused_open_leaves_scanned_segments),
+	    cmocka_unit_test(test_directory_named_like_a_segment),
 	    cmocka_unit_test(test_corrupt_segment_stays_corrupt),
 	    cmocka_unit_test(test_corrupt_last_record_cut),
 	    cmocka_unit_test(test_lower_limits_keep_stored_records),
