@@ -16,15 +16,16 @@
  *             (stats polled every 10 ms), like Redis's waitsync.
  *   acks      one client, --acks-writes puts each with --acks 0, 1, 2 (a
  *             primary with 2 followers, no other load): p50/p99/max.
- *   lag       write -> visible on a follower: put on the primary, then a get
- *             on the follower with min_seq = the put's seq (read-your-writes:
- *             the follower answers as soon as it has applied it); latency
- *             from before the put to the get's reply, after 100 unmeasured
+ *   lag       write -> visible on a follower: put on the primary, then plain
+ *             gets on the follower until the value is seen, as the Redis
+ *             anchor's probe reads its replica; latency from before the put
+ *             to the reply of the get that saw it, after 100 unmeasured
  *             put+get pairs on the same connections.  The probe's client
  *             (--probe) is a plain TCP socket speaking nng's SP framing
  *             (spclient.h), as the Redis anchor's is a plain socket, or
- *             the client library.  --lag-read poll reads the Redis anchor's
- *             way instead: plain gets (no min_seq) until the value is seen;
+ *             the client library.  --lag-read park sends one get with
+ *             min_seq = the put's seq instead (read-your-writes: the follower
+ *             answers as soon as it has applied it);
  *             --probe-spin makes the raw probe spin on its socket for each
  *             reply (a client whose core never halts) instead of blocking.
  *             With --lag-followers 1 (the default)
@@ -101,7 +102,7 @@ static uint64_t opt_tput_requests = 300000;
 static int opt_tput_rounds = 3;
 static uint64_t opt_catchup_mb = 500;
 static int opt_lag_followers = 1; /* streaming during the lag figures */
-static int opt_lag_poll;          /* --lag-read poll: plain gets until seen */
+static int opt_lag_poll = 1;      /* --lag-read poll (default): plain gets until seen */
 static int opt_probe_spin;        /* --probe-spin: the raw probe spins on recv */
 
 static int failed;
@@ -1234,11 +1235,11 @@ static void usage(FILE *f)
 	           "  --lag-followers N   followers streaming during the write->visible\n"
 	           "                      figures: 1 (default: the Redis anchor's primary and\n"
 	           "                      one replica; follower2 is stopped meanwhile) or 2\n"
-	           "  --lag-read park|poll how the probe reads the write on the follower:\n"
-	           "                      park (default) sends one get carrying the put's\n"
-	           "                      seq (--min-seq), answered once applied; poll\n"
-	           "                      sends plain gets until the value is seen, as the\n"
-	           "                      Redis anchor's probe does\n"
+	           "  --lag-read poll|park how the probe reads the write on the follower:\n"
+	           "                      poll (default) sends plain gets until the value\n"
+	           "                      is seen, as the Redis anchor's probe does; park\n"
+	           "                      sends one get carrying the put's seq (--min-seq,\n"
+	           "                      read-your-writes), answered once applied\n"
 	           "  --probe-spin        the raw probe spins on its socket for each reply\n"
 	           "                      instead of blocking (its core never halts; it\n"
 	           "                      takes a core from the load meanwhile)\n"

@@ -550,23 +550,24 @@ assert sorted(rows) == ["repl_catchup", "repl_catchup_live", "repl_visible_idle"
 for b in ("repl_visible_idle", "repl_visible_load"):
     r = rows[b]
     assert r["n"] == 50 and r["probe"] == sys.argv[2] and 0 < r["put_rtt_p50_us"] <= r["p50_us"] <= r["p99_us"] <= r["max_us"], r
+    assert r["read"] == "poll" and r["gets_per_write"] >= 1 and r["gets_waited"] == 0, r  # the default: the anchor's way
 for b in ("repl_catchup", "repl_catchup_live"):
     r = rows[b]
     assert r["records"] == 13888 and r["bytes"] >= 13888 * 144 and r["resyncs_full"] == 0 and r["MBps"] > 0, r
 assert rows["repl_catchup_live"]["reconnects"] == 0, rows
 ' "$D/out" $probe; then ok "shiplog-bench repl --probe $probe --json"; else bad "shiplog-bench repl --probe $probe: status $rc: $(cat "$D/out" "$D/err")"; fi
 	done
-	# the anchor's way of reading (plain gets until seen), the probe spinning
-	"$B/shiplog-bench" repl --dir "$D/rb" --figures lag --lag-writes 50 --load-clients 4 --lag-read poll --probe-spin --json >"$D/out" 2>"$D/err"
+	# one get carrying the put's seq (read-your-writes), the probe spinning
+	"$B/shiplog-bench" repl --dir "$D/rb" --figures lag --lag-writes 50 --load-clients 4 --lag-read park --probe-spin --json >"$D/out" 2>"$D/err"
 	rc=$?
 	if [ "$rc" = 0 ] && python3 -c '
 import json, sys
 rows = {r["benchmark"]: r for r in map(json.loads, open(sys.argv[1]))}
 assert sorted(rows) == ["repl_visible_idle", "repl_visible_load"], rows
 for r in rows.values():
-    assert r["n"] == 50 and r["read"] == "poll" and r["probe_spin"] is True and r["gets_per_write"] >= 1 and r["gets_waited"] == 0, r
+    assert r["n"] == 50 and r["read"] == "park" and r["probe_spin"] is True and r["gets_per_write"] == 1, r
     assert 0 < r["put_rtt_p50_us"] <= r["p50_us"] <= r["p99_us"] <= r["max_us"], r
-' "$D/out"; then ok "shiplog-bench repl --lag-read poll --probe-spin --json"; else bad "shiplog-bench repl --lag-read poll: status $rc: $(cat "$D/out" "$D/err")"; fi
+' "$D/out"; then ok "shiplog-bench repl --lag-read park --probe-spin --json"; else bad "shiplog-bench repl --lag-read park: status $rc: $(cat "$D/out" "$D/err")"; fi
 	if "$B/shiplog-bench" repl --dir "$D/rb2" --figures lag --probe nng >/dev/null 2>"$D/err"; then bad "repl --probe nng accepted"; elif grep -q "bad --probe" "$D/err"; then ok "repl --probe nng refused"; else bad "repl --probe nng: $(cat "$D/err")"; fi
 	"$B/shiplog-bench" floor -n 200 --dir "$D/floor" --json >"$D/out" 2>"$D/err"
 	rc=$?
