@@ -113,7 +113,7 @@ cl_names() {
 cl_valid_node() {
 	local n=$1
 	[[ $n =~ ^n[0-9]+$ ]] && [ -f "$CL_DIR/$n/node.conf" ] && return 0
-	cl_die "no node '$n' in $CL_DIR (nodes: $(cl_names | tr '\n' ' '))"
+	cl_die "no node '$n' in $CL_DIR (nodes: $(cl_names | paste -sd ' '))"
 }
 
 # cl_node NAME: sets N_NAME N_IP N_CLIENT N_REPL N_METRICS N_NS N_VETH N_DATA N_LOG N_DIR

@@ -317,6 +317,7 @@ static int connect_server(cli *c, const char *cmd)
 	}
 	if (c->min_seq) {
 		sl_client_set_min_seq(c->client, c->min_seq);
+		sl_client_set_min_seq_wait(c->client, (int)c->timeout_ms);
 	}
 	if (c->acks) {
 		sl_client_set_acks(c->client, c->acks, (uint32_t)c->timeout_ms);
@@ -874,13 +875,18 @@ static void out_hid(cli *c, const char *hid, const char *note)
 }
 
 /* Whether the connected node says it is a primary (0 when it cannot tell). */
-static int is_primary(cli *c)
+/* Whether the node is a primary; *serves: whether it serves fetches
+ * (repl_listen is not "none"; servers without the stat are taken to). */
+static int is_primary(cli *c, int *serves)
 {
 	sl_client_stats *st = NULL;
 	int yes = 0;
+	*serves = 1;
 	if (sl_client_stats_get(c->client, &st) == SL_OK) {
 		const sl_client_stat *r = sl_client_stats_find(st, "role");
 		yes = r != NULL && r->text != NULL && strcmp(r->text, "primary") == 0;
+		const sl_client_stat *l = sl_client_stats_find(st, "repl_listen");
+		*serves = l == NULL || l->text == NULL || strcmp(l->text, "none") != 0;
 	}
 	sl_client_stats_free(st);
 	return yes;
@@ -893,12 +899,18 @@ static int cmd_promote(cli *c, const cli_args *p, const cmd_opts *o)
 	char hid[33];
 	/* promote of a primary changes nothing (and answers OK, so that
 	 * scripts may repeat it): say so */
-	int already = is_primary(c);
+	int serves;
+	int already = is_primary(c, &serves);
 	int rc = sl_client_promote(c->client, hid);
 	if (rc != SL_OK) {
 		return fail(c, "promote", rc);
 	}
-	out_hid(c, hid, already ? "already the primary, nothing changed" : NULL);
+	/* a primary nobody can follow: said, not only logged by the node */
+	out_hid(c, hid,
+	        already   ? "already the primary, nothing changed"
+	        : !serves ? "it serves no fetches (started without --repl-listen): no follower "
+	                    "can follow it until it is restarted with --repl-listen URL"
+	                  : NULL);
 	return CLI_OK;
 }
 
@@ -944,12 +956,18 @@ static int cmd_wait(cli *c, const cli_args *p, const cmd_opts *o)
 	return CLI_OK;
 }
 
+static json_t *help_json(void);
+
 static int cmd_help(cli *c, const cli_args *p, const cmd_opts *o)
 {
-	(void)c;
 	(void)p;
 	(void)o;
-	cli_help_commands(stdout);
+	if (c->json) {
+		/* one object a command, as every other command under --json */
+		out_json(help_json());
+	} else {
+		cli_help_commands(stdout);
+	}
 	return CLI_OK;
 }
 
@@ -1037,6 +1055,21 @@ void cli_help_commands(FILE *f)
 	           "\"--\" ends them (shiplog put -- KEY --value-starting-with-dashes).\n");
 }
 
+/* help under --json: {"commands": [{"name", "usage", "what"} ...]} */
+static json_t *help_json(void)
+{
+	json_t *list = json_array();
+	for (size_t i = 0; i < NCOMMANDS; i++) {
+		json_array_append_new(list, json_pack("{s:s, s:s, s:s}", "name", commands[i].name,
+		                                      "usage", commands[i].usage, "what",
+		                                      commands[i].what));
+	}
+	json_array_append_new(list,
+	                      json_pack("{s:s, s:s, s:s}", "name", "quit", "usage", "quit, exit",
+	                                "what", "(at the prompt) leave it; so does EOF"));
+	return json_pack("{s:o}", "commands", list);
+}
+
 static int run_command(cli *c, const cli_args *a);
 
 int cli_command(cli *c, const cli_args *a)
@@ -1113,8 +1146,9 @@ static void usage(FILE *f)
 	        "given)\n"
 	        "  --acks N          writes: wait (up to the timeout) until N followers have\n"
 	        "                    the write durably; fewer: exit 2 (the write WAS made)\n"
-	        "  --min-seq S       reads: answer only once the node has applied seq S (an\n"
-	        "                    error when it cannot within the timeout)\n"
+	        "  --min-seq S       reads: answer only once the node has applied seq S (asked\n"
+	        "                    again while it is behind; an error when it has not\n"
+	        "                    within the timeout)\n"
 	        "  -h, --help        this text\n"
 	        "\n",
 	        SL_CLIENT_DEFAULT_TIMEOUT_MS);

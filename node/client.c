@@ -18,6 +18,7 @@
 #include <netdb.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/util/platform.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -44,6 +45,7 @@ struct sl_client {
 	int timeout_ms;
 	uint64_t next_id;
 	uint64_t min_seq;
+	int min_seq_wait_ms; /* SL_EBEHIND sent again until this has passed */
 	uint32_t acks, acks_timeout_ms;
 	int last_acks;     /* acks reported by the last write; -1 none */
 	char primary[256]; /* the primary named by the last SL_EREADONLY */
@@ -208,6 +210,13 @@ void sl_client_set_min_seq(sl_client *c, uint64_t min_seq)
 	pthread_mutex_unlock(&c->mu);
 }
 
+void sl_client_set_min_seq_wait(sl_client *c, int wait_ms)
+{
+	pthread_mutex_lock(&c->mu);
+	c->min_seq_wait_ms = wait_ms > 0 ? wait_ms : 0;
+	pthread_mutex_unlock(&c->mu);
+}
+
 void sl_client_set_acks(sl_client *c, uint32_t acks, uint32_t acks_timeout_ms)
 {
 	pthread_mutex_lock(&c->mu);
@@ -328,12 +337,33 @@ static int call(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 	}
 	pthread_mutex_lock(&c->mu);
 	Shiplog__Response *r = NULL;
-	int rc = roundtrip(c, q, &r);
+	uint64_t t0 = mono_ms();
+	int rc;
+	for (;;) {
+		uint64_t t1 = mono_ms();
+		if ((rc = roundtrip(c, q, &r)) != SL_OK) {
+			break;
+		}
+		rc = r->has_status ? r->status : SL_EPROTO;
+		/* A node behind min_seq waits its own --min-seq-wait-ms, then
+		 * answers SL_EBEHIND (a primary at once): asked again while
+		 * min_seq_wait_ms lasts, pausing when the answer came at once. */
+		uint64_t now = mono_ms();
+		if (rc != SL_EBEHIND || c->min_seq == 0 ||
+		    now - t0 >= (uint64_t)c->min_seq_wait_ms) {
+			break;
+		}
+		shiplog__response__free_unpacked(r, NULL);
+		r = NULL;
+		if (now - t1 < 20) {
+			uint64_t left = (uint64_t)c->min_seq_wait_ms - (now - t0);
+			nng_msleep(left < 20 ? (nng_duration)left : 20);
+		}
+	}
 	pthread_mutex_unlock(&c->mu);
-	if (rc != SL_OK) {
+	if (r == NULL) {
 		return rc;
 	}
-	rc = r->has_status ? r->status : SL_EPROTO;
 	*out = r;
 	return rc;
 }

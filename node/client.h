@@ -92,6 +92,11 @@ void sl_client_set_timeout(sl_client *c, int timeout_ms);
  * most acks_timeout_ms (0: none).  Servers without replication ignore acks
  * and answer SL_EBEHIND to a min_seq above their last seq. */
 void sl_client_set_min_seq(sl_client *c, uint64_t min_seq);
+/* A read answered SL_EBEHIND (the node had not applied min_seq within its
+ * own --min-seq-wait-ms, or is a primary below it) is sent again until
+ * wait_ms have passed since the first send (0, the default: answered at
+ * once).  The CLI sets it to its --timeout. */
+void sl_client_set_min_seq_wait(sl_client *c, int wait_ms);
 void sl_client_set_acks(sl_client *c, uint32_t acks, uint32_t acks_timeout_ms);
 
 /* The server's error message for this handle's last failed call, or "" —

@@ -465,6 +465,8 @@ static void add_repl_stats(sl_node *n, sl_reply *r, Shiplog__Stat *st, Shiplog__
 	sl_repl_stats rs;
 	sl_repl_stats_get(n->repl, &rs);
 	add_stat(r, st, ptrs, "history_id", 0, own_printf(r, "%s", rs.history_id));
+	const char *lu = sl_repl_listen_url(n->repl);
+	add_stat(r, st, ptrs, "repl_listen", 0, own_printf(r, "%s", lu != NULL ? lu : "none"));
 	add_stat(r, st, ptrs, "node_id", 0, own_printf(r, "%s", rs.node_id));
 	if (rs.primary[0]) {
 		add_stat(r, st, ptrs, "primary", 0, own_printf(r, "%s", rs.primary));
@@ -931,7 +933,20 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 		r->resp.history_id = own_printf(r, "%s", hid);
 		return;
 	}
-	/* wait: like Redis WAIT, always answers how many followers have it. */
+	/* wait: like Redis WAIT, always answers how many followers have it;
+	 * and like it refused on a follower (none follow it), naming the
+	 * primary as a write refused there does */
+	if (strcmp(sl_repl_role(n->repl), "follower") == 0) {
+		char msg[512], primary[256];
+		if (sl_repl_write_check(n->repl, msg, sizeof(msg), primary, sizeof(primary)) ==
+		    SL_EREADONLY) {
+			fail(r, SL_EREADONLY, "wait: no follower follows this node: %s", msg);
+			if (primary[0]) {
+				r->resp.primary = own_printf(r, "%s", primary);
+			}
+			return;
+		}
+	}
 	const Shiplog__Wait *w = q->wait;
 	uint64_t seq = w->has_seq ? w->seq : 0;
 	if (seq == 0) {
@@ -1099,7 +1114,7 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 	 * to turn this node into a follower, so a write either lands before
 	 * that (and counts in the applied seq it starts from) or is refused. */
 	if (writes && n->repl != NULL) {
-		char msg[256], primary[256];
+		char msg[512], primary[256];
 		int rc = sl_repl_write_check(n->repl, msg, sizeof(msg), primary, sizeof(primary));
 		if (rc != SL_OK) {
 			pthread_rwlock_unlock(&n->db_lock);

@@ -571,13 +571,27 @@ static int http_start(sl_server *s, const char *url, char *err, size_t cap)
 		nng_url_free(u);
 		return SL_EINVAL;
 	}
+	/* the URL's path, if it has one, is where the metrics are served
+	 * (a path given and not served was a 404 for a scraper told it) */
+	char path[256];
+	const char *up =
+	    u->u_path != NULL && strcmp(u->u_path, "") != 0 && strcmp(u->u_path, "/") != 0
+	        ? u->u_path
+	        : "/metrics";
+	if (snprintf(path, sizeof(path), "%s", up) >= (int)sizeof(path) || u->u_query != NULL ||
+	    u->u_fragment != NULL) {
+		snprintf(err, cap,
+		         "bad --metrics-listen URL '%s' (a path under 256 bytes, no query)", url);
+		nng_url_free(u);
+		return SL_EINVAL;
+	}
 	rv = nng_http_server_hold(&s->http, u);
 	nng_url_free(u);
 	if (rv != 0) {
 		snprintf(err, cap, "metrics server %s: %s", url, nng_strerror(rv));
 		return SL_EIO;
 	}
-	if ((rv = nng_http_handler_alloc(&s->http_h, "/metrics", http_metrics)) != 0 ||
+	if ((rv = nng_http_handler_alloc(&s->http_h, path, http_metrics)) != 0 ||
 	    (rv = nng_http_handler_set_method(s->http_h, "GET")) != 0 ||
 	    (rv = nng_http_handler_set_data(s->http_h, s, NULL)) != 0 ||
 	    (rv = nng_http_server_add_handler(s->http, s->http_h)) != 0) {

@@ -496,13 +496,28 @@ int sl_repl_write_check(sl_repl *r, char *msg, size_t cap, char *primary, size_t
 	int rc = SL_OK;
 	pthread_mutex_lock(&r->mu);
 	if (atomic_load(&r->role) == ROLE_FOLLOWER) {
-		/* Clients need the primary's client URL; until the first fetch
-		 * reply brings it, name the replication URL followed. */
-		const char *to = r->primary_client[0] ? r->primary_client : r->st.primary;
-		snprintf(msg, cap, "this node is a read-only follower; write to the primary at %s",
-		         to[0] ? to : "(unknown)");
-		if (primary != NULL) {
-			snprintf(primary, pcap, "%s", to);
+		/* Clients need the primary's client URL, which the first fetch
+		 * reply brings.  Until then only the replication URL followed is
+		 * known: named as such, never as where writes go (a client
+		 * sent there gets no shiplog answer). */
+		if (r->primary_client[0]) {
+			snprintf(msg, cap,
+			         "this node is a read-only follower; write to the primary at %s",
+			         r->primary_client);
+			if (primary != NULL) {
+				snprintf(primary, pcap, "%s", r->primary_client);
+			}
+		} else if (r->st.primary[0]) {
+			snprintf(
+			    msg, cap,
+			    "this node is a read-only follower; write to its primary, whose "
+			    "client address it has not learnt yet (it has not reached it since "
+			    "it started; its replication address is %s)",
+			    r->st.primary);
+		} else {
+			snprintf(msg, cap,
+			         "this node is a read-only follower and knows no primary; write "
+			         "to the primary");
 		}
 		rc = SL_EREADONLY;
 	} else if (r->o.min_replicas > 0) {
@@ -923,6 +938,11 @@ int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
 	repl_applied_run(parked);
 	repl_log(r, 1, "promoted to primary: history %s from seq %llu", hid,
 	         (unsigned long long)last);
+	if (r->o.listen_url == NULL) {
+		repl_log(r, 2,
+		         "this primary serves no fetches (started without --repl-listen): no "
+		         "follower can follow it until it is restarted with --repl-listen URL");
+	}
 	return SL_OK;
 }
 

@@ -172,6 +172,34 @@ if ! grep -q "already running" <<<"$out" || grep -q "now follows" <<<"$out"; the
 	fail "a second start of $old: $out"
 fi
 
+say "failover --to a follower behind another is refused; without --to the write survives"
+# F is paused while G acknowledges an --acks 1 write; the primary dies; F
+# comes back behind G: promoting F would drop the acknowledged write
+others=()
+for n in n1 n2 n3; do [ "$n" = "$p" ] || others+=("$n"); done
+F=${others[0]} G=${others[1]}
+fpid=$(jq_py "[n['pid'] for n in j['nodes'] if n['name']=='$F'][0]")
+kill -STOP "$fpid"
+# the first write may still reach F: its fetch was parked on the primary,
+# and the reply waits in F's socket; the second is G's alone
+"$CLI" -a "$pu" --acks 1 put acked-by-g-first yes | grep -q "acks 1" || { kill -CONT "$fpid"; fail "--acks 1 not acknowledged by $G"; }
+"$CLI" -a "$pu" --acks 1 put only-acked-by-g yes | grep -q "acks 1" || { kill -CONT "$fpid"; fail "--acks 1 not acknowledged by $G"; }
+cl kill "$p" >/dev/null
+kill -CONT "$fpid"
+if cl failover --to "$F" >"$T/fo.out" 2>&1; then fail "failover --to $F (behind $G) succeeded: $(cat "$T/fo.out")"; fi
+grep -q "$F (seq [0-9]*) is behind $G" "$T/fo.out" && grep -q "nothing promoted" "$T/fo.out" ||
+	fail "failover --to $F did not say why: $(cat "$T/fo.out")"
+[ "$(jq_py "[n['name'] for n in j['nodes'] if n['configured_role']=='primary'][0]")" = "$p" ] ||
+	fail "a refused failover --to changed the primary"
+cl failover >"$T/fo.out" 2>&1 || fail "failover: $(cat "$T/fo.out")"
+[ "$(primary_name)" = "$G" ] || fail "promoted $(primary_name), not $G (the most advanced): $(cat "$T/fo.out")"
+dead=$p p=$G pu=$(node_url "$G")
+[ "$("$CLI" -a "$pu" get only-acked-by-g)" = yes ] || fail "the write $G acknowledged was lost"
+cl start "$dead" >/dev/null
+remember_pids
+digests_equal n1 n2 n3
+check_acked "$pu" "$T/acked"
+
 say "down, then up restarts the cluster with its data and roles"
 cl down
 no_leftovers "${ports[@]}"

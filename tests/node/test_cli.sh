@@ -86,6 +86,15 @@ for c in get put del mget scan stats compact ping help; do
 done
 expect_rc "help command exits 0" 0 help
 contains "help lists scan" "$D/out" "scan [PREFIX] [--limit N]"
+# under --json, help is one JSON object too (it was the plain text)
+run --json help
+if [ "$rc" = 0 ] && [ "$(wc -l <"$D/out")" = 1 ] && python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+names = [c["name"] for c in j["commands"]]
+assert {"get", "put", "scan", "wait", "help", "quit"} <= set(names), names
+assert all(c["usage"] and c["what"] for c in j["commands"]), j
+' "$D/out"; then ok "--json help: one JSON object"; else bad "--json help: status $rc, $(cat "$D/out" "$D/err")"; fi
 expect_rc "unknown command: 2" 2 frobnicate
 contains "unknown command named" "$D/err" "frobnicate"
 expect_rc "get without key: 2" 2 get
@@ -286,6 +295,36 @@ run -a "$SMALL_URL" --min-seq 999999 --timeout 1000 digest
 if [ "$rc" = 2 ] && grep -q "applied" "$D/err"; then ok "--min-seq beyond: digest refused too"; else bad "digest --min-seq: status $rc, $(cat "$D/out" "$D/err")"; fi
 kill "$SMALL_PID"
 wait "$SMALL_PID" 2>/dev/null
+# a follower started without --repl-listen (a follower's default), whose
+# primary is not there: wait is refused at once (nothing follows it), and
+# promote says that the new primary serves no fetches; metrics served at
+# the path --metrics-listen names
+LONE_URL=tcp://127.0.0.1:$(free_port)
+MPORT=$(free_port)
+"$B/shiplogd" --dir "$D/lonedata" --listen "$LONE_URL" --follow "tcp://127.0.0.1:$(free_port)" \
+	--metrics-listen "http://127.0.0.1:$MPORT/custom/path" 2>>"$D/shiplogd.log" &
+LONE_PID=$!
+for _ in $(seq 100); do "$CLI" -a "$LONE_URL" --timeout 200 ping >/dev/null 2>&1 && break; sleep 0.1; done
+t0=$(date +%s%N)
+"$CLI" -a "$LONE_URL" wait 1 3000 >"$D/out" 2>"$D/err"
+rc=$?
+ms=$((($(date +%s%N) - t0) / 1000000))
+if [ "$rc" = 2 ] && [ "$ms" -lt 2000 ] && grep -q "wait: read-only" "$D/err" && grep -q "replication address is" "$D/err"; then ok "wait on a follower refused at once"; else bad "wait on a follower: status $rc after $ms ms, $(cat "$D/out" "$D/err")"; fi
+if python3 -c '
+import sys, urllib.request, urllib.error
+body = urllib.request.urlopen("http://127.0.0.1:%s/custom/path" % sys.argv[1], timeout=5).read().decode()
+assert "shiplog_" in body, body[:200]
+try:
+    urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5)
+    raise SystemExit("/metrics served too")
+except urllib.error.HTTPError as e:
+    assert e.code == 404, e.code
+' "$MPORT"; then ok "--metrics-listen with a path serves that path"; else bad "--metrics-listen with a path: $(tail -3 "$D/shiplogd.log")"; fi
+"$CLI" -a "$LONE_URL" promote >"$D/out" 2>"$D/err"
+rc=$?
+if [ "$rc" = 0 ] && grep -q "^OK (it serves no fetches (started without --repl-listen)" "$D/out"; then ok "promote of a node without --repl-listen says so"; else bad "promote without --repl-listen: status $rc, $(cat "$D/out" "$D/err")"; fi
+kill "$LONE_PID"
+wait "$LONE_PID" 2>/dev/null
 # a value stored under a larger --max-value-bytes than the server's now:
 # get refuses it, and a scan page leaves it out (SL_ETOOBIG on its key)
 # instead of sending a response over the message limit; the scan goes on
@@ -550,7 +589,7 @@ assert sorted(rows) == ["repl_catchup", "repl_catchup_live", "repl_visible_idle"
 for b in ("repl_visible_idle", "repl_visible_load"):
     r = rows[b]
     assert r["n"] == 50 and r["probe"] == sys.argv[2] and 0 < r["put_rtt_p50_us"] <= r["p50_us"] <= r["p99_us"] <= r["max_us"], r
-    assert r["read"] == "poll" and r["gets_per_write"] >= 1 and r["gets_waited"] == 0, r  # the default: the anchor's way
+    assert r["read"] == "poll" and r["gets_per_write"] >= 1 and r["gets_waited"] == 0, r  # the default: as the anchor reads
 for b in ("repl_catchup", "repl_catchup_live"):
     r = rows[b]
     assert r["records"] == 13888 and r["bytes"] >= 13888 * 144 and r["resyncs_full"] == 0 and r["MBps"] > 0, r

@@ -115,6 +115,18 @@ static void test_follower_read_only(void **state)
 	sl_client_close(c);
 }
 
+static void *late_put_thread(void *arg)
+{
+	(void)arg;
+	nu_sleep_ms(3000);
+	sl_client *p = ru_client(&P);
+	if (p != NULL) {
+		(void)sl_client_put(p, "late", 4, "here", 4, NULL);
+		sl_client_close(p);
+	}
+	return NULL;
+}
+
 static void test_min_seq_on_follower(void **state)
 {
 	(void)state;
@@ -147,6 +159,34 @@ static void test_min_seq_on_follower(void **state)
 	assert_int_equal(sl_client_digest(f, dg, NULL), SL_EBEHIND);
 	sl_client_set_min_seq(f, ru_last_seq(&P));
 	assert_int_equal(sl_client_digest(f, dg, NULL), SL_OK);
+
+	/* with a wait of its own (the CLI's --timeout), a read is asked again
+	 * past the follower's --min-seq-wait-ms (2 s): a write 3 s later is
+	 * read; without it the answer is SL_EBEHIND after the follower's 2 s */
+	uint64_t next = ru_last_seq(&P) + 1;
+	sl_client_set_min_seq(f, next);
+	pthread_t late;
+	assert_int_equal(pthread_create(&late, NULL, late_put_thread, NULL), 0);
+	uint64_t t0 = tu_mono_ms();
+	assert_int_equal(sl_client_get(f, "late", 4, &got, &gl, NULL), SL_EBEHIND);
+	uint64_t took = tu_mono_ms() - t0;
+	assert_true(took >= 1900 && took < 2900);
+	sl_client_set_min_seq_wait(f, 6000);
+	assert_int_equal(sl_client_get(f, "late", 4, &got, &gl, NULL), SL_OK);
+	took = tu_mono_ms() - t0;
+	assert_true(took >= 2900 && took < 8000);
+	assert_int_equal(gl, 4);
+	assert_memory_equal(got, "here", 4);
+	free(got);
+	pthread_join(late, NULL);
+	/* a primary below min_seq answers at once: asked again, paced, until
+	 * the wait is over */
+	sl_client_set_min_seq(p, ru_last_seq(&P) + 1000);
+	sl_client_set_min_seq_wait(p, 300);
+	t0 = tu_mono_ms();
+	assert_int_equal(sl_client_get(p, "late", 4, &got, &gl, NULL), SL_EBEHIND);
+	took = tu_mono_ms() - t0;
+	assert_true(took >= 290 && took < 1000);
 	sl_client_close(p);
 	sl_client_close(f);
 }
@@ -482,10 +522,21 @@ static void test_link_down_and_last_error(void **state)
 
 	sl_client *c = ru_client(&F3);
 	assert_non_null(c);
+	/* a write before it ever reached a primary: refused, and the URL it
+	 * follows is named as a replication address, not as where writes go
+	 * (a client sent there gets no shiplog answer) */
+	assert_int_equal(sl_client_put(c, "ro", 2, "x", 1, NULL), SL_EREADONLY);
+	assert_string_equal(sl_client_primary(c), "");
+	assert_non_null(strstr(sl_client_errmsg(c), "replication address is"));
+	assert_non_null(strstr(sl_client_errmsg(c), dead));
+	assert_null(strstr(sl_client_errmsg(c), "write to the primary at"));
 	char hid[33];
 	assert_int_equal(sl_client_follow(c, P.rurl, hid), SL_OK);
-	sl_client_close(c);
 	assert_int_equal(ru_wait_applied(&F3, ru_last_seq(&P), 10000), 0);
+	/* streaming: the primary's client URL is known now */
+	assert_int_equal(sl_client_put(c, "ro", 2, "x", 1, NULL), SL_EREADONLY);
+	assert_string_equal(sl_client_primary(c), P.d.url);
+	sl_client_close(c);
 	ru_stat(&F3, "repl_state", text, sizeof(text));
 	assert_string_equal(text, "streaming");
 	assert_int_equal(ru_stat(&F3, "repl_link_down_ms", NULL, 0), 0);
