@@ -593,6 +593,27 @@ static int cmd_mget(cli *c, const cli_args *p, const cmd_opts *o)
 	if (rc != SL_OK) {
 		return fail(c, "mget", rc);
 	}
+	/* A value that did not fit in the response beside the others is
+	 * asked for alone (it fits unless it is over the limit by itself). */
+	for (int i = 0; i < p->n; i++) {
+		sl_client_item *it = &items[i];
+		if (it->status == SL_ETOOBIG) {
+			void *v = NULL;
+			size_t vl = 0;
+			uint64_t seq = 0;
+			int grc = sl_client_get(c->client, p->v[i], p->len[i], &v, &vl, &seq);
+			if (grc == SL_OK || grc == SL_ENOTFOUND || grc == SL_ETOOBIG) {
+				free(it->val);
+				it->status = grc;
+				it->val = v;
+				it->vlen = vl;
+				it->seq = seq;
+			} else {
+				free(v);
+				return fail(c, "mget", grc);
+			}
+		}
+	}
 	int missing = 0, errors = 0;
 	json_t *arr = c->json ? json_array() : NULL;
 	for (int i = 0; i < p->n; i++) {

@@ -363,6 +363,28 @@ expect "scan (keys) lists it" 0 "a
 big
 c
 " -a "$SHRINK_URL" scan
+# mget: the value over the limit is an error of its own, the others are
+# read (the whole mget failed, and printed nothing)
+run -a "$SHRINK_URL" mget a big c missing
+if [ "$rc" = 2 ] && [ "$(tr '\n' '|' <"$D/out")" = "1|(error)|3|(nil)|" ] && grep -q "mget: key 2 (big): " "$D/err"; then
+	ok "mget past a value over the limit: the others, then 2"
+else
+	bad "mget over the limit: status $rc, stdout $(cat -A "$D/out"), stderr $(cat "$D/err")"
+fi
+kill "$SHRINK_PID"
+wait "$SHRINK_PID" 2>/dev/null
+# values that fit one by one but not together: all read (asked again alone)
+start_shrink --max-value-bytes 600k
+for k in m1 m2 m3 m4; do head -c 500000 /dev/zero | tr '\0' "${k#m}" | "$CLI" -a "$SHRINK_URL" put "$k" - >/dev/null; done
+"$CLI" -a "$SHRINK_URL" --json mget m1 m2 m3 m4 a >"$D/out" 2>"$D/err"
+rc=$?
+if [ "$rc" = 0 ] && python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["found"] == 5 and j["errors"] == 0, {k: v for k, v in j.items() if k != "items"}
+for n, i in zip("1234", j["items"][:4]):
+    assert i["value"] == n * 500000, (i["key"], len(i.get("value") or ""))
+' "$D/out"; then ok "mget of values over the limit together: all read"; else bad "mget of 4 x 500 KB over a 1.6 MB limit: status $rc, $(head -c 300 "$D/out"; cat "$D/err")"; fi
 kill "$SHRINK_PID"
 wait "$SHRINK_PID" 2>/dev/null
 # --repl-listen none keeps no replication backlog: compaction reclaims the
