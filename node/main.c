@@ -200,6 +200,28 @@ static int parse_count(const char *s, uint64_t *out)
 	return parse_size(s, out);
 }
 
+/* URLs are checked with the flags, before the data directory is made (a
+ * typo in a scheme was found only at listen, after the directory and its
+ * REPL file had been created). */
+static const char *const nng_schemes[] = {
+    "tcp", "tcp4", "tcp6", "ipc",  "abstract", "inproc",   "ws",       "ws4",
+    "ws6", "wss",  "wss4", "wss6", "tls+tcp",  "tls+tcp4", "tls+tcp6", NULL};
+static const char *const http_schemes[] = {"http", NULL};
+
+static int url_usable(const char *url, const char *const *schemes)
+{
+	nng_url *u = NULL;
+	if (nng_url_parse(&u, url) != 0) {
+		return 0;
+	}
+	int ok = 0;
+	for (size_t i = 0; schemes[i] != NULL && !ok; i++) {
+		ok = strcmp(u->u_scheme, schemes[i]) == 0;
+	}
+	nng_url_free(u);
+	return ok;
+}
+
 static int bad_flag(const char *flag, const char *val, const char *why)
 {
 	fprintf(stderr, "shiplogd: bad value '%s' for %s: %s (see --help)\n", val, flag, why);
@@ -297,6 +319,11 @@ static int parse_flags(int argc, char **argv, config *c)
 			c->dir = optarg;
 			break;
 		case O_LISTEN:
+			if (!url_usable(optarg, nng_schemes)) {
+				return bad_flag("--listen", optarg,
+				                "want a URL like tcp://HOST:PORT (or ipc://PATH, "
+				                "ws://HOST:PORT/PATH, ...)");
+			}
 			c->listen = optarg;
 			break;
 		case O_SYNC:
@@ -330,6 +357,10 @@ static int parse_flags(int argc, char **argv, config *c)
 			break;
 		}
 		case O_METRICS:
+			if (!url_usable(optarg, http_schemes)) {
+				return bad_flag("--metrics-listen", optarg,
+				                "want a URL like http://HOST:PORT");
+			}
 			c->metrics = optarg;
 			break;
 		case O_LOGLEVEL:
@@ -383,6 +414,10 @@ static int parse_flags(int argc, char **argv, config *c)
 			c->contexts = (int)v;
 			break;
 		case O_REPL_LISTEN:
+			if (strcmp(optarg, "none") != 0 && !url_usable(optarg, nng_schemes)) {
+				return bad_flag("--repl-listen", optarg,
+				                "want none or a URL like tcp://HOST:PORT");
+			}
 			c->repl_listen = optarg;
 			break;
 		case O_FOLLOW:

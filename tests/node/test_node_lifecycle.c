@@ -66,6 +66,19 @@ static void test_bad_flags_exit_1(void **state)
 	assert_int_equal(nu_run_to_exit(root, "bad8", a8), 1);
 	/* a --follow URL with whitespace (REPL is line-based: a newline in it
 	 * once let a URL rewrite the node's role) */
+	/* a URL typo is refused with the flags, before the data directory is
+	 * made (it was found at listen, a fresh directory and REPL left) */
+	char nodir[TU_PATH];
+	snprintf(nodir, sizeof(nodir), "%s/never-made", root);
+	const char *const badurl[][4] = {{"--listen", "tcpp://127.0.0.1:18200"},
+	                                 {"--metrics-listen", "127.0.0.1:18400"},
+	                                 {"--repl-listen", "127.0.0.1:18500"}};
+	for (size_t i = 0; i < 3; i++) {
+		const char *ab[] = {"--dir", nodir, badurl[i][0], badurl[i][1], NULL};
+		assert_int_equal(nu_run_to_exit(root, "badurl", ab), 1);
+		assert_true(nu_out_contains(root, "badurl", badurl[i][0]));
+		assert_int_equal(access(nodir, F_OK), -1);
+	}
 	const char *a9[] = {"--follow", "tcp://127.0.0.1:1\nrole primary", NULL};
 	assert_int_equal(nu_run_to_exit(root, "bad9", a9), 1);
 	assert_true(nu_out_contains(root, "bad9", "--follow"));
