@@ -42,23 +42,31 @@
 #include "hint.h"
 #include "record.h"
 
-static int mkdir_p(const char *dir)
+/* Makes dir and its parents; a failure is logged with the path that
+ * could not be made and why ("/proc/x: No such file or directory"). */
+static int mkdir_p(sl_db *db, const char *dir)
 {
 	char *p = strdup(dir);
 	if (p == NULL) {
 		return SL_ENOMEM;
 	}
-	for (char *s = p + 1; *s; s++) {
-		if (*s == '/') {
+	int rc = SL_OK;
+	for (char *s = p + (p[0] != '\0');; s++) {
+		if (*s == '/' || *s == '\0') {
+			char c = *s;
 			*s = 0;
 			if (mkdir(p, 0755) != 0 && errno != EEXIST) {
-				free(p);
-				return SL_EIO;
+				sl_db_log(db, "error", "cannot create directory %s: %s", p,
+				          strerror(errno));
+				rc = SL_EIO;
+				break;
 			}
-			*s = '/';
+			*s = c;
+			if (c == '\0') {
+				break;
+			}
 		}
 	}
-	int rc = mkdir(p, 0755) != 0 && errno != EEXIST ? SL_EIO : SL_OK;
 	free(p);
 	return rc;
 }
@@ -648,7 +656,7 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 		goto fail;
 	}
 	uint64_t t0 = sl_mono_ns();
-	if ((rc = mkdir_p(dir)) != SL_OK) {
+	if ((rc = mkdir_p(db, dir)) != SL_OK) {
 		goto fail;
 	}
 	db->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

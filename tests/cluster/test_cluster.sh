@@ -112,6 +112,8 @@ say "failover refuses when no follower reaches a live primary's seq"
 others=()
 for n in n1 n2 n3; do [ "$n" = "$p" ] || others+=("$n"); done
 for n in "${others[@]}"; do "$CLI" -a "$(node_url "$n")" follow tcp://127.0.0.1:1 >/dev/null; done
+cl status >"$T/st.out"
+[ "$(grep -c "follows tcp://127.0.0.1:1, not $p" "$T/st.out")" = 2 ] || fail "status did not flag the followers pointed elsewhere: $(cat "$T/st.out")"
 for i in 1 2 3; do "$CLI" -a "$pu" put "only-on-$p-$i" v >/dev/null; done
 if cl failover >"$T/fo.out" 2>&1; then fail "failover promoted a follower short of the primary: $(cat "$T/fo.out")"; fi
 grep -q "nothing promoted" "$T/fo.out" || fail "failover did not say why: $(cat "$T/fo.out")"

@@ -79,6 +79,19 @@ static void test_bad_flags_exit_1(void **state)
 		assert_true(nu_out_contains(root, "badurl", badurl[i][0]));
 		assert_int_equal(access(nodir, F_OK), -1);
 	}
+	/* a data directory that cannot be made: which path, and why (it was
+	 * "I/O error" alone) */
+	char afile[TU_PATH], under[TU_PATH];
+	snprintf(afile, sizeof(afile), "%s/a-file", root);
+	snprintf(under, sizeof(under), "%s/a-file/data", root);
+	FILE *af = fopen(afile, "w");
+	assert_non_null(af);
+	fclose(af);
+	const char *amk[] = {"--dir", under, "--listen", "tcp://127.0.0.1:1", NULL};
+	assert_int_equal(nu_run_to_exit(root, "mkdir", amk), 1);
+	char want[TU_PATH + 64];
+	snprintf(want, sizeof(want), "cannot create directory %s: Not a directory", under);
+	assert_true(nu_out_contains(root, "mkdir", want));
 	const char *a9[] = {"--follow", "tcp://127.0.0.1:1\nrole primary", NULL};
 	assert_int_equal(nu_run_to_exit(root, "bad9", a9), 1);
 	assert_true(nu_out_contains(root, "bad9", "--follow"));
