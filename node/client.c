@@ -174,6 +174,11 @@ int sl_client_open_why(const char *url, int timeout_ms, sl_client **out, char *w
 	}
 	rv = nng_dial(c->sock, url, NULL, 0);
 	if (rv != 0) {
+		/* nng's reason ("Connection refused" for an ipc:// path nobody
+		 * listens on: the probe speaks only tcp://), not the status's */
+		if (why[0] == '\0') {
+			snprintf(why, cap, "%s", nng_strerror(rv));
+		}
 		nng_close(c->sock);
 		free(c->url);
 		free(c);

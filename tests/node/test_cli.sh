@@ -113,6 +113,10 @@ if [ "$rc" = 2 ] && grep -qF "$URL" "$D/err"; then ok "no server: 2, names $URL"
 # name that does not resolve, "connection failed or lost" for port 99999)
 run -a 127.0.0.1:1 --timeout 500 ping
 if [ "$rc" = 2 ] && grep -q "Connection refused" "$D/err"; then ok "refused: says so"; else bad "refused: status $rc, $(cat "$D/err")"; fi
+# an ipc:// path nobody listens on: nng's reason, not "connection failed or lost"
+"$CLI" -a "ipc://$D/no-such-socket" --timeout 1000 ping >"$D/out" 2>"$D/err"
+rc=$?
+if [ "$rc" = 2 ] && grep -q "cannot connect to ipc://$D/no-such-socket: Connection refused" "$D/err"; then ok "ipc refused: says so"; else bad "ipc refused: status $rc, $(cat "$D/err")"; fi
 run -a tcp://no-such-host.invalid:7420 --timeout 500 ping
 if [ "$rc" = 2 ] && grep -q "cannot resolve 'no-such-host.invalid'" "$D/err"; then ok "unresolvable host: says so"; else bad "unresolvable host: status $rc, $(cat "$D/err")"; fi
 run -a 127.0.0.1:99999 --timeout 500 ping
