@@ -610,6 +610,7 @@ static int cmd_mget(cli *c, const cli_args *p, const cmd_opts *o)
 				it->seq = seq;
 			} else {
 				free(v);
+				sl_client_items_free(items, (size_t)p->n);
 				return fail(c, "mget", grc);
 			}
 		}

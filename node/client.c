@@ -354,8 +354,10 @@ static int call(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 		 * answers SL_EBEHIND (a primary at once): asked again while
 		 * min_seq_wait_ms lasts, pausing when the answer came at once. */
 		uint64_t now = mono_ms();
+		/* not sent again when another answer as slow as this one (the
+		 * node's own wait) would end past the wait */
 		if (rc != SL_EBEHIND || c->min_seq == 0 ||
-		    now - t0 >= (uint64_t)c->min_seq_wait_ms) {
+		    (now - t0) + (now - t1) >= (uint64_t)c->min_seq_wait_ms) {
 			break;
 		}
 		shiplog__response__free_unpacked(r, NULL);

@@ -40,7 +40,7 @@ typedef struct sl_reply {
 	 * has not applied yet: that seq (0: another reason).  The caller
 	 * parks it (sl_repl_applied_park), then runs it again. */
 	uint64_t wait_applied;
-	char errbuf[256];
+	char errbuf[512];
 } sl_reply;
 
 /* Decodes the len bytes at buf as a Request, runs it against n and fills r

@@ -204,8 +204,8 @@ static int parse_count(const char *s, uint64_t *out)
  * typo in a scheme was found only at listen, after the directory and its
  * REPL file had been created). */
 static const char *const nng_schemes[] = {
-    "tcp", "tcp4", "tcp6", "ipc",  "abstract", "inproc",   "ws",       "ws4",
-    "ws6", "wss",  "wss4", "wss6", "tls+tcp",  "tls+tcp4", "tls+tcp6", NULL};
+    "tcp", "tcp4", "tcp6", "ipc",     "abstract", "inproc",   "ws",   "ws4", "ws6",
+    "wss", "wss4", "wss6", "tls+tcp", "tls+tcp4", "tls+tcp6", "unix", NULL};
 static const char *const http_schemes[] = {"http", NULL};
 
 static int url_usable(const char *url, const char *const *schemes)

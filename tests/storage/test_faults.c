@@ -773,12 +773,6 @@ static void test_sealed_segment_header_flips(void **state)
 	free(dir);
 }
 
-/* A sealed segment left without its hint and with a preallocated zero
- * tail (a crash between a rotation and its seal), and a later segment with
- * a flipped version byte: the open is refused, and the first segment, which
- * it scanned before reaching the second (one loader thread), is not cut.
- * Once the version is right again the open cuts that tail and every key
- * reads back. */
 static char g_open_msg[512];
 static void keep_open_error(void *arg, const char *level, const char *msg)
 {
@@ -831,6 +825,12 @@ static void test_directory_named_like_a_segment(void **state)
 	free(dir);
 }
 
+/* A sealed segment left without its hint and with a preallocated zero
+ * tail (a crash between a rotation and its seal), and a later segment with
+ * a flipped version byte: the open is refused, and the first segment, which
+ * it scanned before reaching the second (one loader thread), is not cut.
+ * Once the version is right again the open cuts that tail and every key
+ * reads back. */
 static void test_refused_open_leaves_scanned_segments(void **state)
 {
 	(void)state;
