@@ -182,11 +182,17 @@ static void test_min_seq_on_follower(void **state)
 	/* a primary below min_seq answers at once: asked again, paced, until
 	 * the wait is over */
 	sl_client_set_min_seq(p, ru_last_seq(&P) + 1000);
-	sl_client_set_min_seq_wait(p, 300);
+	sl_client_set_min_seq_wait(p, 1000);
 	t0 = tu_mono_ms();
 	assert_int_equal(sl_client_get(p, "late", 4, &got, &gl, NULL), SL_EBEHIND);
 	took = tu_mono_ms() - t0;
-	assert_true(took >= 290 && took < 1000);
+	/* answered at once each time, so asked again 20 ms apart for the
+	 * wait (without, 0 ms); it stops early only after an answer slower
+	 * than the time left, which a loaded machine may give */
+	if (took < 500 || took >= 3000) {
+		fail_msg("a primary's SL_EBEHIND asked again for %llu ms",
+		         (unsigned long long)took);
+	}
 	sl_client_close(p);
 	sl_client_close(f);
 }
