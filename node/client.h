@@ -257,7 +257,9 @@ int sl_client_wait(sl_client *c, uint32_t replicas, uint64_t seq, uint32_t timeo
  * operation's key/value is copied at queue time.  The whole batch must fit
  * the server's message limit (max value bytes + 1 MiB by default).
  * A batch is not a transaction: operations before a failing one stay
- * applied, later ones still run. */
+ * applied, later ones still run.  But a batch holding any put or del sent
+ * to a follower is refused whole (SL_EREADONLY, sl_client_primary names
+ * the primary) before any of its operations runs. */
 typedef struct sl_pipeline sl_pipeline;
 
 /* New empty pipeline bound to c (c must outlive it).  SL_ENOMEM. */

@@ -350,7 +350,10 @@ static void do_scan(sl_node *n, sl_reply *r, const Shiplog__Scan *s)
 	if (limit > n->scan_max) {
 		limit = n->scan_max;
 	}
+	/* the cursor is a second copy of the page's last key: room for the
+	 * longest (a page of 65,520-byte keys went 61 KB past the limit) */
 	size_t budget = resp_budget(n);
+	budget = budget > SL_MAX_KEY_BYTES + 16 ? budget - (SL_MAX_KEY_BYTES + 16) : 0;
 	int rc = sl_scan_page_run(n->db, plen ? s->prefix.data : NULL, plen,
 	                          clen ? s->cursor.data : NULL, clen, limit, budget,
 	                          s->has_keys_only && s->keys_only, &pg);

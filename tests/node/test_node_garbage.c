@@ -530,6 +530,70 @@ static void test_response_within_limit(void **state)
 	}
 }
 
+/* A scan page's cursor is a second copy of its last key: with keys of
+ * 65,520 bytes under a 1 MiB + 4 KiB limit (--max-value-bytes 4k), a
+ * keys-only page and its cursor went 61 KB past the limit. */
+static void test_scan_page_with_long_keys_within_limit(void **state)
+{
+	(void)state;
+	char dir[TU_PATH];
+	snprintf(dir, sizeof(dir), "%s/longkeys", root);
+	const char *extra[] = {"--max-value-bytes", "4k", "--repl-listen", "none", NULL};
+	nu_daemon ld;
+	assert_int_equal(nu_start(&ld, dir, extra), 0);
+	sl_client *c = nu_client(&ld);
+	assert_non_null(c);
+	size_t kl = 65520;
+	char *key = malloc(kl);
+	assert_non_null(key);
+	memset(key, 'k', kl);
+	for (int i = 0; i < 40; i++) {
+		snprintf(key + kl - 8, 8, "%07d", i);
+		assert_int_equal(sl_client_put(c, key, kl, "v", 1, NULL), SL_OK);
+	}
+	sl_client_close(c);
+	nng_socket s;
+	assert_int_equal(nng_req0_open(&s), 0);
+	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 10000);
+	nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, 64u << 20);
+	assert_int_equal(nng_dial(s, ld.url, NULL, 0), 0);
+	Shiplog__Scan sc = SHIPLOG__SCAN__INIT;
+	sc.has_limit = 1;
+	sc.limit = 100;
+	sc.has_keys_only = 1;
+	sc.keys_only = 1;
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.has_id = 1;
+	q.id = 1;
+	q.op_case = SHIPLOG__REQUEST__OP_SCAN;
+	q.scan = &sc;
+	uint8_t *pb;
+	size_t n = pack_req(&q, &pb);
+	nng_msg *m = NULL;
+	assert_int_equal(nng_msg_alloc(&m, n), 0);
+	memcpy(nng_msg_body(m), pb, n);
+	free(pb);
+	assert_int_equal(nng_sendmsg(s, m, 0), 0);
+	assert_int_equal(nng_recvmsg(s, &m, 0), 0);
+	size_t len = nng_msg_len(m);
+	Shiplog__Response *r = shiplog__response__unpack(NULL, len, nng_msg_body(m));
+	nng_msg_free(m);
+	nng_close(s);
+	assert_non_null(r);
+	assert_int_equal(r->status, SL_OK);
+	assert_true(r->n_entries >= 1 && r->n_entries < 40);
+	assert_int_equal(r->cursor.len, kl); /* more follow */
+	size_t limit = (4u << 10) + (1u << 20);
+	if (len > limit) {
+		fail_msg("a %zu-byte scan page (%zu keys and the cursor) from a server whose "
+		         "limit is %zu",
+		         len, r->n_entries, limit);
+	}
+	shiplog__response__free_unpacked(r, NULL);
+	free(key);
+	assert_int_equal(nu_stop(&ld, SIGTERM), 0);
+}
+
 static void test_unknown_ops(void **state)
 {
 	(void)state;
@@ -777,6 +841,7 @@ int main(void)
 	    cmocka_unit_test(test_unknown_ops),
 	    cmocka_unit_test(test_undecodable_request_keeps_its_id),
 	    cmocka_unit_test(test_mget_of_many_keys_within_the_limit),
+	    cmocka_unit_test(test_scan_page_with_long_keys_within_limit),
 	    cmocka_unit_test(test_raw_tcp_garbage),
 	    cmocka_unit_test(test_client_that_never_reads),
 	    cmocka_unit_test(test_empty_scan_cursor_refused),
