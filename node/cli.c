@@ -380,7 +380,11 @@ static int split_opts(const cli_args *a, unsigned mask, cli_args *pos, cmd_opts 
 				return usage_error("%s needs a number", s);
 			}
 			i++;
-			if (is_limit) {
+			if (is_limit && v == 0) {
+				/* 0 on the wire means the server's default page: as a
+				 * count of keys it printed nothing, silently */
+				return usage_error("%s must be at least 1", s);
+			} else if (is_limit) {
 				o->limit = v;
 				o->has_limit = 1;
 			} else if (v == 0) {

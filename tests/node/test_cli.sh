@@ -103,6 +103,8 @@ expect_rc "get with two keys: 2" 2 get a b
 expect_rc "bad --timeout: 2" 2 --timeout abc ping
 expect_rc "unknown global option: 2" 2 --bogus ping
 expect_rc "scan --limit without number: 2" 2 scan --limit
+expect_rc "scan --limit 0: 2" 2 scan --limit 0
+contains "scan --limit 0: says why" "$D/err" "--limit must be at least 1"
 expect_rc "put --ttl not a number: 2" 2 put --ttl soon k v
 
 # No server: exit 2 and the message names the address.
