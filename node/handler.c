@@ -165,7 +165,6 @@ typedef struct op_result {
 	uint64_t seq;
 	void *val; /* owned by the reply once set */
 	size_t vlen;
-	int over_budget; /* SL_ETOOBIG because the response is full */
 	char msg[200];
 } op_result;
 
@@ -202,7 +201,6 @@ static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 	if (r->bytes + vl + g->key.len > resp_budget(n)) {
 		free(v);
 		o->status = SL_ETOOBIG;
-		o->over_budget = 1;
 		snprintf(o->msg, sizeof(o->msg),
 		         "this value (%zu bytes) would take the response past the %zu-byte "
 		         "message limit",
@@ -306,10 +304,10 @@ static void do_mget(sl_node *n, sl_reply *r, const Shiplog__MGet *m)
 		g.key = m->keys[i];
 		op_result o = {0};
 		do_get(n, r, &g, &o);
-		/* o.over_budget: that entry comes with SL_ETOOBIG and no value,
-		 * as a batch get's result does, and the keys after it are still
-		 * read (one big value failed the whole mget: the CLI printed
-		 * nothing, not even the small values) */
+		/* a value past the response's budget: that entry comes with
+		 * SL_ETOOBIG and no value, as a batch get's result does, and the
+		 * keys after it are still read (one big value failed the whole
+		 * mget: the CLI printed nothing, not even the small values) */
 		if (o.status == SL_ENOMEM) {
 			fail(r, o.status, "mget: %s", o.msg[0] ? o.msg : sl_status_str(o.status));
 			r->resp.n_entries = 0;
