@@ -657,8 +657,15 @@ static int plain_read_reply(pending *p, Shiplog__ReplReply **out)
 				/* not verified here: the apply checks each record's
 				 * checksum as it stores it, while it is in cache */
 				*out = rep;
-				if (r->fcap > (16u << 20) && r->flen == 0) {
-					free(r->fbuf); /* a big chunk went: its room goes back */
+				/* A big buffer goes back once replies are small again
+				 * (caught up), not after each big one: a catch-up's
+				 * replies are up to the primary's largest record (17
+				 * MB by default), so the buffer grew to 32 MiB, was
+				 * freed after every reply and mapped afresh for the
+				 * next: a page fault for every 4 KiB received (127 k
+				 * in a 500 MB catch-up, 0.3 s of the reader's CPU). */
+				if (r->fcap > (16u << 20) && r->flen == 0 && need < r->fcap / 8) {
+					free(r->fbuf); /* its room goes back */
 					r->fbuf = NULL;
 					r->fcap = 0;
 				}

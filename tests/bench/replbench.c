@@ -1108,6 +1108,27 @@ static void fig_tput(void)
 	fflush(stdout);
 }
 
+/* A process's minor page faults so far (/proc/PID/stat field 10), or
+ * UINT64_MAX. */
+static uint64_t proc_minflt(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (f == NULL) {
+		return UINT64_MAX;
+	}
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+	unsigned long long v = 0;
+	if (p == NULL || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %llu", &v) != 1) {
+		return UINT64_MAX;
+	}
+	return v;
+}
+
 /* One catch-up of --catchup-mb MB by follower2.  live = 0: it is SIGKILLed,
  * the log written, and it is restarted (clock from exec: its store's
  * recovery, the dial and the fetches).  live = 1: it is SIGSTOPped instead
@@ -1121,6 +1142,7 @@ static void catchup_run(int live)
 	}
 	converge(120);
 	uint64_t bytes0 = live ? node_stat(&F2, "repl_bytes_fetched") : 0;
+	uint64_t flt0 = live ? proc_minflt(F2.pid) : 0;             /* a restart counts from exec */
 	uint64_t full0 = live ? node_stat(&F2, "resyncs_full") : 0; /* a restart counts from 0 */
 	uint64_t part0 = live ? node_stat(&F2, "resyncs_partial") : 0;
 	if (bytes0 == UINT64_MAX || full0 == UINT64_MAX || part0 == UINT64_MAX) {
@@ -1160,6 +1182,8 @@ static void catchup_run(int live)
 	uint64_t bytes = node_stat(&F2, "repl_bytes_fetched");
 	uint64_t full = node_stat(&F2, "resyncs_full");
 	uint64_t part = node_stat(&F2, "resyncs_partial");
+	uint64_t flt = proc_minflt(F2.pid);
+	flt = flt != UINT64_MAX && flt0 != UINT64_MAX && flt >= flt0 ? flt - flt0 : 0;
 	if (t == 0 || bytes == UINT64_MAX || full == UINT64_MAX || part == UINT64_MAX) {
 		fail("follower2 did not catch up in 600 s (or its stats cannot be read)");
 		return;
@@ -1181,31 +1205,33 @@ static void catchup_run(int live)
 		if (opt_json) {
 			printf("{\"engine\":\"shiplog\",\"benchmark\":\"repl_catchup_live\","
 			       "\"bytes\":%llu,\"records\":%llu,\"seconds\":%.3f,\"MBps\":%.1f,"
-			       "\"resyncs_full\":%llu,\"reconnects\":%llu}\n",
+			       "\"resyncs_full\":%llu,\"reconnects\":%llu,\"minor_faults\":%llu}\n",
 			       (unsigned long long)bytes, (unsigned long long)(head - head0), secs,
 			       (double)bytes / 1e6 / secs, (unsigned long long)full,
-			       (unsigned long long)part);
+			       (unsigned long long)part, (unsigned long long)flt);
 		} else {
 			printf(
 			    "catch-up (live link)    %.3f s   %.1f MB/s   (%.1f MB of log missed "
-			    "while SIGSTOPped; from SIGCONT; %s)\n",
+			    "while SIGSTOPped; from SIGCONT; %s; %llu page faults)\n",
 			    secs, (double)bytes / 1e6 / secs, (double)bytes / 1e6,
 			    part ? "its fetch had timed out: it fetched again"
-			         : "the same connection and fetch");
+			         : "the same connection and fetch",
+			    (unsigned long long)flt);
 		}
 	} else if (opt_json) {
 		printf("{\"engine\":\"shiplog\",\"benchmark\":\"repl_catchup\",\"bytes\":%llu,"
 		       "\"records\":%llu,\"seconds\":%.3f,\"MBps\":%.1f,"
 		       "\"seconds_after_streaming\":%.3f,\"MBps_after_streaming\":%.1f,"
-		       "\"resyncs_full\":%llu}\n",
+		       "\"resyncs_full\":%llu,\"minor_faults\":%llu}\n",
 		       (unsigned long long)bytes, (unsigned long long)(head - head0), secs,
 		       (double)bytes / 1e6 / secs, secs_s,
-		       secs_s > 0 ? (double)bytes / 1e6 / secs_s : 0, (unsigned long long)full);
+		       secs_s > 0 ? (double)bytes / 1e6 / secs_s : 0, (unsigned long long)full,
+		       (unsigned long long)flt);
 	} else {
 		printf("catch-up                %.3f s   %.1f MB/s   (%.1f MB of log missed; "
-		       "%.1f MB/s once streaming)\n",
+		       "%.1f MB/s once streaming; %llu page faults from exec)\n",
 		       secs, (double)bytes / 1e6 / secs, (double)bytes / 1e6,
-		       secs_s > 0 ? (double)bytes / 1e6 / secs_s : 0);
+		       secs_s > 0 ? (double)bytes / 1e6 / secs_s : 0, (unsigned long long)flt);
 	}
 	fflush(stdout);
 }

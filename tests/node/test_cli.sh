@@ -620,8 +620,9 @@ for b in ("repl_visible_idle", "repl_visible_load"):
     assert r["read"] == "poll" and r["gets_per_write"] >= 1 and r["gets_waited"] == 0, r  # the default: as the anchor reads
 for b in ("repl_catchup", "repl_catchup_live"):
     r = rows[b]
-    assert r["records"] == 13888 and r["bytes"] >= 13888 * 144 and r["resyncs_full"] == 0 and r["MBps"] > 0, r
+    assert r["records"] == 13888 and r["bytes"] >= 13888 * 144 and r["resyncs_full"] == 0 and r["MBps"] > 0 and isinstance(r["minor_faults"], int), r
 assert rows["repl_catchup_live"]["reconnects"] == 0, rows
+assert rows["repl_catchup"]["minor_faults"] > 0, rows  # from exec: a process start faults
 ' "$D/out" $probe; then ok "shiplog-bench repl --probe $probe --json"; else bad "shiplog-bench repl --probe $probe: status $rc: $(cat "$D/out" "$D/err")"; fi
 	done
 	# one get carrying the put's seq (read-your-writes), the probe spinning
