@@ -87,6 +87,13 @@ typedef struct pool {
 	pthread_mutex_t mu;
 	uint8_t *base; /* POOL_MAX reserved, or NULL: malloc */
 	size_t top;    /* bytes of base handed out */
+	/* Pages ahead of top are faulted in by a thread of the pool's own
+	 * (pool_ahead_main), not by the put that first writes them: see
+	 * POPULATE_AHEAD.  Under mu: */
+	pthread_t th;
+	pthread_cond_t cv;
+	int th_started, th_quit, th_off; /* th_off: the kernel refused, or no thread */
+	size_t populated, want;          /* bytes of base faulted in; asked for */
 	/* freed runs of k chunks (freek[k]), linked through their first
 	 * word: a run is reused whole, by an entry that needs k chunks */
 	void *freek[RUN_CLASSES];
@@ -111,9 +118,72 @@ struct sl_keydir {
 	shard shards[SL_KD_SHARDS];
 };
 
+/* How far ahead of the pool's top its thread faults pages in.  Why: the
+ * first write to each 2 MiB page of the pool faulted there and then, in
+ * the put that made it, and the kernel zeroed the page before the put went
+ * on; on this project's VMs a first touch of memory costs several times a
+ * later one (docs/performance.md, "The machine").  A follower catching up
+ * on 500 MB of new keys spent some 20 % of its applying thread's time in
+ * those faults, with the other core partly idle.  Faulted in ahead by a
+ * thread that does nothing else, they leave the applying thread (and a
+ * primary's event loop) alone.  4 MiB, two pages, resident a little before
+ * they are needed; and only once the pool holds a page's worth (a small
+ * keydir, as a test's or a compaction's, gets no thread). */
+#define POPULATE_AHEAD (4u << 20)
+#define POPULATE_STEP  (2u << 20)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older headers lack it */
+#endif
+
+static void *pool_ahead_main(void *arg)
+{
+	pool *p = arg;
+	pthread_mutex_lock(&p->mu);
+	while (!p->th_quit) {
+		if (p->populated >= p->want || p->th_off) {
+			pthread_cond_wait(&p->cv, &p->mu);
+			continue;
+		}
+		size_t from = p->populated, to = p->want;
+		pthread_mutex_unlock(&p->mu);
+		int rc = madvise(p->base + from, to - from, MADV_POPULATE_WRITE);
+		pthread_mutex_lock(&p->mu);
+		if (rc == 0) {
+			p->populated = to;
+		} else {
+			p->th_off = 1; /* an older kernel, or no memory now: the puts fault */
+		}
+	}
+	pthread_mutex_unlock(&p->mu);
+	return NULL;
+}
+
+/* Under p->mu, after top moved: asks the thread (started on first need)
+ * to fault in the pages up to POPULATE_AHEAD past top. */
+static void pool_ahead(pool *p)
+{
+	if (p->th_off || p->top < POPULATE_STEP || p->top + POPULATE_AHEAD <= p->want) {
+		return;
+	}
+	size_t want = (p->top + POPULATE_AHEAD + POPULATE_STEP - 1) & ~((size_t)POPULATE_STEP - 1);
+	p->want = want < POOL_MAX ? want : POOL_MAX;
+	if (p->populated < p->top) {
+		p->populated = p->top & ~((size_t)POPULATE_STEP - 1); /* the puts are ahead of it */
+	}
+	if (!p->th_started) {
+		if (pthread_create(&p->th, NULL, pool_ahead_main, p) != 0) {
+			p->th_off = 1;
+			return;
+		}
+		p->th_started = 1;
+	}
+	pthread_cond_signal(&p->cv);
+}
+
 static void pool_init(pool *p)
 {
 	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
 	void *b = mmap(NULL, POOL_MAX, PROT_READ | PROT_WRITE,
 	               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (b == MAP_FAILED) {
@@ -127,6 +197,14 @@ static void pool_init(pool *p)
 
 static void pool_destroy(pool *p)
 {
+	if (p->th_started) {
+		pthread_mutex_lock(&p->mu);
+		p->th_quit = 1;
+		pthread_cond_signal(&p->cv);
+		pthread_mutex_unlock(&p->mu);
+		pthread_join(p->th, NULL);
+	}
+	pthread_cond_destroy(&p->cv);
 	if (p->base != NULL) {
 		munmap(p->base, POOL_MAX);
 	}
@@ -149,6 +227,7 @@ static uint8_t *pool_take(pool *p, uint32_t k)
 	} else if (n <= POOL_MAX - p->top) {
 		r = p->base + p->top;
 		p->top += n;
+		pool_ahead(p);
 	}
 	pthread_mutex_unlock(&p->mu);
 	return r;
@@ -823,5 +902,7 @@ void sl_keydir_stats_get(sl_keydir *kd, sl_keydir_stats *out)
 	}
 	pthread_mutex_lock(&kd->pool.mu);
 	out->pool_free = kd->pool.free_bytes;
+	out->pool_top = kd->pool.top;
+	out->pool_populated = kd->pool.populated;
 	pthread_mutex_unlock(&kd->pool.mu);
 }

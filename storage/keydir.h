@@ -101,11 +101,13 @@ int sl_keydir_scan_shard(sl_keydir *kd, unsigned shard,
 void sl_keydir_barrier(sl_keydir *kd);
 
 typedef struct sl_keydir_stats {
-	uint64_t keys;       /* entries that are not tombstones */
-	uint64_t tombstones; /* entries that are */
-	uint64_t bytes;      /* slot tables + arena bytes in use */
-	uint64_t arena_cap;  /* arena bytes allocated */
-	uint64_t pool_free;  /* arena bytes freed by repacks, kept for reuse */
+	uint64_t keys;           /* entries that are not tombstones */
+	uint64_t tombstones;     /* entries that are */
+	uint64_t bytes;          /* slot tables + arena bytes in use */
+	uint64_t arena_cap;      /* arena bytes allocated */
+	uint64_t pool_free;      /* arena bytes freed by repacks, kept for reuse */
+	uint64_t pool_top;       /* bytes of the pool's reservation handed out */
+	uint64_t pool_populated; /* of the reservation, faulted in ahead (POPULATE_AHEAD) */
 } sl_keydir_stats;
 
 void sl_keydir_stats_get(sl_keydir *kd, sl_keydir_stats *out);

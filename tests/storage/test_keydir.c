@@ -1216,6 +1216,58 @@ static void without_a_reservation_arenas_are_malloced(void **state)
 #endif
 }
 
+/* The pool's pages are faulted in ahead of the puts by the pool's own
+ * thread once the keydir outgrows a 2 MiB page (keydir.c, POPULATE_AHEAD),
+ * and not at all for a small keydir; either way every key stays found,
+ * and freeing the keydir stops the thread. */
+static void pool_pages_faulted_in_ahead_of_the_puts(void **state)
+{
+	(void)state;
+	sl_keydir *kd = sl_keydir_new();
+	char k[KLEN + 1];
+	uint32_t n = 0;
+	for (; n < 100; n++) { /* a 4 KiB chunk each, in as many shards */
+		key_of(n, k);
+		sl_loc l = loc_of(n, 0);
+		assert_int_equal(put(kd, k, KLEN, &l, 0, NULL), 2);
+	}
+	usleep(50000);
+	sl_keydir_stats st = stats(kd);
+	if (st.pool_top == 0) {
+		sl_keydir_free(kd); /* no reservation (strict overcommit): nothing to fault */
+		skip();
+	}
+	assert_true(st.pool_top < (2u << 20));
+	assert_int_equal(st.pool_populated, 0); /* small: no thread, nothing ahead */
+	while (stats(kd).pool_top < (3u << 20)) {
+		key_of(n, k);
+		sl_loc l = loc_of(n, 0);
+		assert_int_equal(put(kd, k, KLEN, &l, 0, NULL), 2);
+		n++;
+	}
+	/* at least a 2 MiB page past what the puts have taken, within 5 s */
+	for (int i = 0; i < 500; i++) {
+		st = stats(kd);
+		if (st.pool_populated >= st.pool_top + (2u << 20)) {
+			break;
+		}
+		usleep(10000);
+	}
+	print_message("pool: %llu bytes taken, %llu faulted in\n", (unsigned long long)st.pool_top,
+	              (unsigned long long)st.pool_populated);
+	if (st.pool_populated < st.pool_top + (2u << 20)) {
+		fail_msg(
+		    "pool pages faulted in up to %llu, the puts have taken %llu: nothing ahead",
+		    (unsigned long long)st.pool_populated, (unsigned long long)st.pool_top);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		key_of(i, k);
+		sl_loc want = loc_of(i, 0);
+		expect_found(kd, k, KLEN, &want);
+	}
+	sl_keydir_free(kd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1242,6 +1294,7 @@ int main(void)
 	    cmocka_unit_test(repack_with_mixed_key_lengths),
 	    cmocka_unit_test(put_many_equals_puts_in_order),
 	    cmocka_unit_test(without_a_reservation_arenas_are_malloced),
+	    cmocka_unit_test(pool_pages_faulted_in_ahead_of_the_puts),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
