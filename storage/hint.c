@@ -176,8 +176,11 @@ out:
 	return rc;
 }
 
-int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
-                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
+/* sl_hint_load with the hint file's own size bounded apart from its
+ * entries' (max_file). */
+static int hint_read(const struct sl_io *io, const char *dir, uint32_t id, uint64_t max_file,
+                     uint64_t seg_size, uint32_t max_key,
+                     int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
 {
 	char *path = sl_seg_path(dir, id, ".hint");
 	if (path == NULL) {
@@ -192,8 +195,8 @@ int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t 
 	uint8_t *p = NULL;
 	struct stat st;
 	if (fstat(fd, &st) != 0 || st.st_size < (off_t)(SL_HINT_HDR_SIZE + 4) ||
-	    (uint64_t)st.st_size > seg_size * 2 + 4096) {
-		goto out; /* a hint is never much larger than its segment */
+	    (uint64_t)st.st_size > max_file) {
+		goto out; /* read whole: never larger than its segment allows */
 	}
 	size_t len = (size_t)st.st_size;
 	p = malloc(len);
@@ -257,6 +260,13 @@ out:
 	return rc;
 }
 
+int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
+                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
+{
+	/* a hint is never much larger than its segment */
+	return hint_read(io, dir, id, seg_size * 2 + 4096, seg_size, max_key, fn, arg);
+}
+
 static int extent_cb(void *arg, const sl_hint_entry *e)
 {
 	uint64_t *end = arg;
@@ -266,9 +276,13 @@ static int extent_cb(void *arg, const sl_hint_entry *e)
 	return 0;
 }
 
-int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t *end)
+int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t max_seg,
+                   uint64_t *end)
 {
 	*end = 0;
-	/* record offsets are 32-bit: no segment is larger */
-	return sl_hint_load(io, dir, id, UINT32_MAX, SL_MAX_KEY, extent_cb, end);
+	/* Its entries may end anywhere a 32-bit offset reaches (that is what
+	 * is asked: how far the segment went), but the file itself is read
+	 * whole, so it is bounded as sl_hint_load bounds it, by max_seg: a
+	 * stray file of gigabytes named like a hint was read into memory. */
+	return hint_read(io, dir, id, max_seg * 2 + 4096, UINT32_MAX, SL_MAX_KEY, extent_cb, end);
 }

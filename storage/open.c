@@ -336,7 +336,10 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 			 * segment's end: the segment lost its tail (a cut at a
 			 * record boundary leaves nothing else to see) */
 			uint64_t hend = 0;
-			if (sl_hint_extent(db->io, db->dir, id, &hend) == SL_OK && hend > size) {
+			uint64_t max_seg =
+			    size > db->opt.segment_bytes ? size : db->opt.segment_bytes;
+			if (sl_hint_extent(db->io, db->dir, id, max_seg, &hend) == SL_OK &&
+			    hend > size) {
 				__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
 				c->tail_counted = 1;
 				atomic_store(&s->corrupt, 1);

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -718,6 +719,53 @@ static void test_segment_cut_short_of_its_hint_is_counted(void **state)
 	(void)state;
 	cut_short_of_its_hint(0);  /* at a record boundary */
 	cut_short_of_its_hint(10); /* inside a record */
+}
+
+static _Atomic int g_damaged_hint_lines;
+static void count_damaged_hint(void *arg, const char *level, const char *msg)
+{
+	(void)arg;
+	if (strcmp(level, "warn") == 0 && strstr(msg, "damaged hint file, scanning") != NULL) {
+		atomic_fetch_add(&g_damaged_hint_lines, 1);
+	}
+}
+
+/* A file of gigabytes named like a sealed segment's hint (sparse here: it
+ * takes no disk) is refused by its size, never read into memory: the
+ * check for a segment shorter than its hint (sl_hint_extent) read any
+ * hint up to 8 GiB whole.  The segment is scanned instead; nothing is
+ * lost. */
+static void test_huge_hint_file_is_not_read_into_memory(void **state)
+{
+	(void)state;
+	make_dir("hugehint");
+	sl_options o = opts();
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < 2000; i++) {
+		put(db, i, 0); /* ~280 KiB: segments 1 .. 4 sealed and hinted */
+	}
+	sl_close(db);
+	char hintp[600];
+	snprintf(hintp, sizeof(hintp), "%s/%010u.hint", g_dir, 1u);
+	assert_int_equal(truncate(hintp, (off_t)6 << 30), 0);
+	struct rusage before, after;
+	assert_int_equal(getrusage(RUSAGE_SELF, &before), 0);
+	o.log_fn = count_damaged_hint;
+	atomic_store(&g_damaged_hint_lines, 0);
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	assert_int_equal(getrusage(RUSAGE_SELF, &after), 0);
+	long grew_kb = after.ru_maxrss - before.ru_maxrss;
+	if (grew_kb > 512 * 1024) {
+		fail_msg("opening with a 6 GiB hint file raised the peak RSS by %ld MiB",
+		         grew_kb / 1024);
+	}
+	assert_int_equal(atomic_load(&g_damaged_hint_lines), 1);
+	for (int i = 0; i < 2000; i++) {
+		check_value(db, i, 0);
+	}
+	sl_close(db);
+	remove_dir();
 }
 
 static void test_disk_full_abandons(void **state)
@@ -1640,6 +1688,7 @@ int main(void)
 	    cmocka_unit_test(test_failed_hint_written_later),
 	    cmocka_unit_test(test_bad_record_read_is_logged),
 	    cmocka_unit_test(test_segment_cut_short_of_its_hint_is_counted),
+	    cmocka_unit_test(test_huge_hint_file_is_not_read_into_memory),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
