@@ -1093,8 +1093,8 @@ static int full_resync(sl_repl *r, const char *url, int *local)
 	o.compact_background = 0;
 	/* One sync at the end (below), and few big segments while loading. */
 	o.sync = SL_SYNC_NO;
-	if (o.segment_bytes < (64ull << 20)) {
-		o.segment_bytes = 64ull << 20;
+	if (o.segment_bytes < SL_LOAD_SEGMENT_BYTES) {
+		o.segment_bytes = SL_LOAD_SEGMENT_BYTES;
 	}
 	sl_db *db = NULL;
 	int rc = sl_open(tmp, &o, &db);
@@ -1951,6 +1951,10 @@ static void *fetch_main(void *arg)
 	apply_free(&a);
 	plain_reader_stop(r);
 	drop_conn(r);
+	free(
+	    r->fbuf); /* up to 32 MiB after a catch-up: not kept by a node that stopped following */
+	r->fbuf = NULL;
+	r->fcap = r->flen = 0;
 	return NULL;
 }
 

@@ -149,7 +149,9 @@ static void *pool_ahead_main(void *arg)
 		int rc = madvise(p->base + from, to - from, MADV_POPULATE_WRITE);
 		pthread_mutex_lock(&p->mu);
 		if (rc == 0) {
-			p->populated = to;
+			if (to > p->populated) { /* pool_ahead may have moved it past */
+				p->populated = to;
+			}
 		} else {
 			p->th_off = 1; /* an older kernel, or no memory now: the puts fault */
 		}

@@ -768,6 +768,56 @@ static void test_huge_hint_file_is_not_read_into_memory(void **state)
 	remove_dir();
 }
 
+/* A segment written under a larger segment_bytes (as a follower's full
+ * resync writes them, SL_LOAD_SEGMENT_BYTES), then cut short: its hint,
+ * larger than a segment of this open's segment_bytes could make, is still
+ * read, and the cut counted. */
+static void test_cut_segment_from_a_larger_segment_size_is_counted(void **state)
+{
+	(void)state;
+	make_dir("cutbig");
+	sl_options o = opts();
+	o.segment_bytes = 1 << 20; /* written with 1 MiB segments */
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < 16000; i++) {
+		put(db, i, 0); /* ~2.3 MB: segments 1 and 2 sealed, hints of ~300 KiB */
+	}
+	sl_close(db);
+	char segp[600], hintp[600];
+	snprintf(segp, sizeof(segp), "%s/%010u.seg", g_dir, 1u);
+	snprintf(hintp, sizeof(hintp), "%s/%010u.hint", g_dir, 1u);
+	struct stat hs;
+	assert_int_equal(stat(hintp, &hs), 0);
+	FILE *f = fopen(segp, "rb");
+	assert_non_null(f);
+	static uint8_t buf[128 * 1024];
+	size_t n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	size_t off = SL_SEG_HDR_SIZE;
+	while (off < 64 * 1024) { /* a record boundary past 64 KiB */
+		sl_rec r;
+		size_t size = 0;
+		assert_int_equal(
+		    sl_rec_decode(buf + off, n - off, SL_MAX_KEY, SL_MAX_VALUE, &r, &size),
+		    SL_REC_OK);
+		off += size;
+	}
+	/* the hint is more than a 64 KiB segment (or one this short) makes */
+	assert_true((uint64_t)hs.st_size > 2 * off + 4096);
+	assert_int_equal(truncate(segp, (off_t)off), 0);
+	o = opts(); /* reopened with 64 KiB segments */
+	o.log_fn = count_cut;
+	atomic_store(&g_cut_lines, 0);
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	sl_stats st;
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_int_equal(st.corrupt_records, 1);
+	assert_int_equal(atomic_load(&g_cut_lines), 1);
+	sl_close(db);
+	remove_dir();
+}
+
 static void test_disk_full_abandons(void **state)
 {
 	(void)state;
@@ -1689,6 +1739,7 @@ int main(void)
 	    cmocka_unit_test(test_bad_record_read_is_logged),
 	    cmocka_unit_test(test_segment_cut_short_of_its_hint_is_counted),
 	    cmocka_unit_test(test_huge_hint_file_is_not_read_into_memory),
+	    cmocka_unit_test(test_cut_segment_from_a_larger_segment_size_is_counted),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

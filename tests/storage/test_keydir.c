@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1220,6 +1221,22 @@ static void without_a_reservation_arenas_are_malloced(void **state)
  * thread once the keydir outgrows a 2 MiB page (keydir.c, POPULATE_AHEAD),
  * and not at all for a small keydir; either way every key stays found,
  * and freeing the keydir stops the thread. */
+/* Whether this kernel has MADV_POPULATE_WRITE (Linux 5.14). */
+static int populate_write_works(void)
+{
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+	size_t n = (size_t)sysconf(_SC_PAGESIZE);
+	void *m = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED) {
+		return 0;
+	}
+	int ok = madvise(m, n, MADV_POPULATE_WRITE) == 0;
+	munmap(m, n);
+	return ok;
+}
+
 static void pool_pages_faulted_in_ahead_of_the_puts(void **state)
 {
 	(void)state;
@@ -1239,6 +1256,10 @@ static void pool_pages_faulted_in_ahead_of_the_puts(void **state)
 	}
 	assert_true(st.pool_top < (2u << 20));
 	assert_int_equal(st.pool_populated, 0); /* small: no thread, nothing ahead */
+	if (!populate_write_works()) {
+		sl_keydir_free(kd); /* before Linux 5.14: the puts fault the pages */
+		skip();
+	}
 	while (stats(kd).pool_top < (3u << 20)) {
 		key_of(n, k);
 		sl_loc l = loc_of(n, 0);
