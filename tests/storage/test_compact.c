@@ -663,6 +663,32 @@ static void count_cut(void *arg, const char *level, const char *msg)
 	}
 }
 
+/* The offset of the first record boundary at or past `past` in the
+ * segment file at path, within its first 128 KiB (past 0: half of what
+ * was read). */
+static size_t record_boundary_past(const char *path, size_t past)
+{
+	FILE *f = fopen(path, "rb");
+	assert_non_null(f);
+	static uint8_t buf[128 * 1024];
+	size_t n = fread(buf, 1, sizeof(buf), f);
+	fclose(f);
+	if (past == 0) {
+		past = n / 2;
+	}
+	assert_true(past < n);
+	size_t off = SL_SEG_HDR_SIZE;
+	while (off < past) {
+		sl_rec r;
+		size_t size = 0;
+		assert_int_equal(
+		    sl_rec_decode(buf + off, n - off, SL_MAX_KEY, SL_MAX_VALUE, &r, &size),
+		    SL_REC_OK);
+		off += size;
+	}
+	return off;
+}
+
 /* A sealed segment cut at a record boundary scans clean: only its hint
  * says records are gone.  The open counts it (corrupt_records: what a
  * follower resyncs on) and says so, instead of the "damaged hint file"
@@ -685,20 +711,7 @@ static void cut_short_of_its_hint(size_t into)
 	snprintf(hintp, sizeof(hintp), "%s/%010u.hint", g_dir, 1u);
 	struct stat hs;
 	assert_int_equal(stat(hintp, &hs), 0);
-	FILE *f = fopen(segp, "rb");
-	assert_non_null(f);
-	static uint8_t buf[128 * 1024];
-	size_t n = fread(buf, 1, sizeof(buf), f);
-	fclose(f);
-	size_t off = SL_SEG_HDR_SIZE;
-	while (off < n / 2) {
-		sl_rec r;
-		size_t size = 0;
-		assert_int_equal(
-		    sl_rec_decode(buf + off, n - off, SL_MAX_KEY, SL_MAX_VALUE, &r, &size),
-		    SL_REC_OK);
-		off += size;
-	}
+	size_t off = record_boundary_past(segp, 0);
 	assert_int_equal(truncate(segp, (off_t)(off + into)), 0);
 	o.log_fn = count_cut;
 	atomic_store(&g_cut_lines, 0);
@@ -789,20 +802,7 @@ static void test_cut_segment_from_a_larger_segment_size_is_counted(void **state)
 	snprintf(hintp, sizeof(hintp), "%s/%010u.hint", g_dir, 1u);
 	struct stat hs;
 	assert_int_equal(stat(hintp, &hs), 0);
-	FILE *f = fopen(segp, "rb");
-	assert_non_null(f);
-	static uint8_t buf[128 * 1024];
-	size_t n = fread(buf, 1, sizeof(buf), f);
-	fclose(f);
-	size_t off = SL_SEG_HDR_SIZE;
-	while (off < 64 * 1024) { /* a record boundary past 64 KiB */
-		sl_rec r;
-		size_t size = 0;
-		assert_int_equal(
-		    sl_rec_decode(buf + off, n - off, SL_MAX_KEY, SL_MAX_VALUE, &r, &size),
-		    SL_REC_OK);
-		off += size;
-	}
+	size_t off = record_boundary_past(segp, 64 * 1024);
 	/* the hint is more than a 64 KiB segment (or one this short) makes */
 	assert_true((uint64_t)hs.st_size > 2 * off + 4096);
 	assert_int_equal(truncate(segp, (off_t)off), 0);
