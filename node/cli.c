@@ -900,9 +900,9 @@ static void out_hid(cli *c, const char *hid, const char *note)
 	}
 }
 
-/* Whether the connected node says it is a primary (0 when it cannot tell). */
-/* Whether the node is a primary; *serves: whether it serves fetches
- * (repl_listen is not "none"; servers without the stat are taken to). */
+/* Whether the connected node says it is a primary (0 when it cannot tell);
+ * *serves: whether it serves fetches (repl_listen is not "none"; servers
+ * without the stat are taken to). */
 static int is_primary(cli *c, int *serves)
 {
 	sl_client_stats *st = NULL;

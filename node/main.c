@@ -235,6 +235,19 @@ static int bad_flag(const char *flag, const char *val, const char *why)
 	return -1;
 }
 
+/* A listen URL nng can use: 0, or bad_flag's -1 with nng's reason between
+ * before and after. */
+static int check_listen(const char *flag, const char *url, const char *before, const char *after)
+{
+	const char *why = url_unlistenable(url);
+	if (why == NULL) {
+		return 0;
+	}
+	char w[160];
+	snprintf(w, sizeof(w), "%s%s%s", before, why, after);
+	return bad_flag(flag, url, w);
+}
+
 enum {
 	O_DIR = 256,
 	O_LISTEN,
@@ -325,18 +338,14 @@ static int parse_flags(int argc, char **argv, config *c)
 		case O_DIR:
 			c->dir = optarg;
 			break;
-		case O_LISTEN: {
-			const char *why = url_unlistenable(optarg);
-			if (why != NULL) {
-				char w[160];
-				snprintf(w, sizeof(w),
-				         "%s; want a URL like tcp://HOST:PORT (or ipc://PATH, ...)",
-				         why);
-				return bad_flag("--listen", optarg, w);
+		case O_LISTEN:
+			if (check_listen(
+			        "--listen", optarg, "",
+			        "; want a URL like tcp://HOST:PORT (or ipc://PATH, ...)") != 0) {
+				return -1;
 			}
 			c->listen = optarg;
 			break;
-		}
 		case O_SYNC:
 			if (strcmp(optarg, "always") == 0) {
 				c->sync = SL_SYNC_ALWAYS;
@@ -424,18 +433,14 @@ static int parse_flags(int argc, char **argv, config *c)
 			}
 			c->contexts = (int)v;
 			break;
-		case O_REPL_LISTEN: {
-			const char *why =
-			    strcmp(optarg, "none") != 0 ? url_unlistenable(optarg) : NULL;
-			if (why != NULL) {
-				char w[160];
-				snprintf(w, sizeof(w), "cannot listen for replication there: %s",
-				         why);
-				return bad_flag("--repl-listen", optarg, w);
+		case O_REPL_LISTEN:
+			if (strcmp(optarg, "none") != 0 &&
+			    check_listen("--repl-listen", optarg,
+			                 "cannot listen for replication there: ", "") != 0) {
+				return -1;
 			}
 			c->repl_listen = optarg;
 			break;
-		}
 		case O_FOLLOW:
 			if (!sl_repl_url_ok(optarg)) {
 				return bad_flag(

@@ -616,6 +616,14 @@ static int plain_call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeo
 	return SL_OK;
 }
 
+/* The plain connection's read buffer goes back (its bytes are read). */
+static void fbuf_release(sl_repl *r)
+{
+	free(r->fbuf);
+	r->fbuf = NULL;
+	r->fcap = r->flen = 0;
+}
+
 /* Reads p's reply (plain_call_finish, or the reader thread). */
 static int plain_read_reply(pending *p, Shiplog__ReplReply **out)
 {
@@ -665,9 +673,7 @@ static int plain_read_reply(pending *p, Shiplog__ReplReply **out)
 				 * next: a page fault for every 4 KiB received (127 k
 				 * in a 500 MB catch-up, 0.3 s of the reader's CPU). */
 				if (r->fcap > (16u << 20) && r->flen == 0 && need < r->fcap / 8) {
-					free(r->fbuf); /* its room goes back */
-					r->fbuf = NULL;
-					r->fcap = 0;
+					fbuf_release(r); /* its room goes back */
 				}
 				return SL_OK;
 			}
@@ -1951,10 +1957,7 @@ static void *fetch_main(void *arg)
 	apply_free(&a);
 	plain_reader_stop(r);
 	drop_conn(r);
-	free(
-	    r->fbuf); /* up to 32 MiB after a catch-up: not kept by a node that stopped following */
-	r->fbuf = NULL;
-	r->fcap = r->flen = 0;
+	fbuf_release(r); /* up to 32 MiB after a catch-up: not kept once not following */
 	return NULL;
 }
 

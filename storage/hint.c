@@ -176,9 +176,9 @@ out:
 	return rc;
 }
 
-/* sl_hint_load with the hint file's own size bounded apart from its
- * entries' (max_file). */
-static int hint_read(const struct sl_io *io, const char *dir, uint32_t id, uint64_t max_file,
+/* sl_hint_load with the hint file's own size bounded by a segment of
+ * file_seg bytes, apart from its entries' (seg_size). */
+static int hint_read(const struct sl_io *io, const char *dir, uint32_t id, uint64_t file_seg,
                      uint64_t seg_size, uint32_t max_key,
                      int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
 {
@@ -195,8 +195,8 @@ static int hint_read(const struct sl_io *io, const char *dir, uint32_t id, uint6
 	uint8_t *p = NULL;
 	struct stat st;
 	if (fstat(fd, &st) != 0 || st.st_size < (off_t)(SL_HINT_HDR_SIZE + 4) ||
-	    (uint64_t)st.st_size > max_file) {
-		goto out; /* read whole: never larger than its segment allows */
+	    (uint64_t)st.st_size > file_seg * 2 + 4096) {
+		goto out; /* read whole: a hint is never much larger than its segment */
 	}
 	size_t len = (size_t)st.st_size;
 	p = malloc(len);
@@ -263,8 +263,7 @@ out:
 int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
                  uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
 {
-	/* a hint is never much larger than its segment */
-	return hint_read(io, dir, id, seg_size * 2 + 4096, seg_size, max_key, fn, arg);
+	return hint_read(io, dir, id, seg_size, seg_size, max_key, fn, arg);
 }
 
 static int extent_cb(void *arg, const sl_hint_entry *e)
@@ -284,5 +283,5 @@ int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_
 	 * is asked: how far the segment went), but the file itself is read
 	 * whole, so it is bounded as sl_hint_load bounds it, by max_seg: a
 	 * stray file of gigabytes named like a hint was read into memory. */
-	return hint_read(io, dir, id, max_seg * 2 + 4096, UINT32_MAX, SL_MAX_KEY, extent_cb, end);
+	return hint_read(io, dir, id, max_seg, UINT32_MAX, SL_MAX_KEY, extent_cb, end);
 }
