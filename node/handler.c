@@ -485,6 +485,7 @@ static void add_repl_stats(sl_node *n, sl_reply *r, Shiplog__Stat *st, Shiplog__
 	add_stat(r, st, ptrs, "repl_refused_batches", rs.refused_batches, NULL);
 	add_stat(r, st, ptrs, "repl_apply_errors", rs.apply_errors, NULL);
 	add_stat(r, st, ptrs, "repl_min_seq_waits", rs.min_seq_waits, NULL);
+	add_stat(r, st, ptrs, "repl_read_buffer_bytes", rs.read_buffer_bytes, NULL);
 	add_stat(r, st, ptrs, "repl_bytes_served", rs.bytes_served, NULL);
 	add_stat(r, st, ptrs, "repl_records_served", rs.records_served, NULL);
 	add_stat(r, st, ptrs, "repl_backlog_bytes", rs.backlog_bytes, NULL);

@@ -229,6 +229,9 @@ static void render_repl(sl_node *n, buf *b)
 	    rs.records_fetched);
 	one(b, "shiplog_repl_fetches_total", "counter",
 	    "Fetch replies that carried records, as a follower.", rs.fetches);
+	one(b, "shiplog_repl_read_buffer_bytes", "gauge",
+	    "The follower connection's read buffer (grows to the largest reply).",
+	    rs.read_buffer_bytes);
 	one(b, "shiplog_repl_refused_batches_total", "counter",
 	    "Fetch replies refused because of a bad record.", rs.refused_batches);
 	one(b, "shiplog_repl_apply_errors_total", "counter",

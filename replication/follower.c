@@ -371,6 +371,15 @@ static int plain_wait(sl_repl *r, int fd, short ev, uint64_t deadline_ms)
 	}
 }
 
+/* The plain connection's read buffer goes back (its bytes are read). */
+static void fbuf_release(sl_repl *r)
+{
+	free(r->fbuf);
+	r->fbuf = NULL;
+	r->fcap = r->flen = 0;
+	atomic_store_explicit(&r->fbuf_bytes, 0, memory_order_relaxed);
+}
+
 static void plain_close(sl_repl *r)
 {
 	pthread_mutex_lock(&r->mu);
@@ -380,7 +389,11 @@ static void plain_close(sl_repl *r)
 	if (fd >= 0) {
 		close(fd);
 	}
-	r->flen = 0;
+	if (r->fcap > (16u << 20)) {
+		fbuf_release(r); /* a catch-up's: not kept while the link is down */
+	} else {
+		r->flen = 0;
+	}
 }
 
 /* Writes len bytes at b to fd: SL_OK, or SL_EIO (lost, stopping) or
@@ -616,14 +629,6 @@ static int plain_call_start(sl_repl *r, const Shiplog__ReplRequest *q, int timeo
 	return SL_OK;
 }
 
-/* The plain connection's read buffer goes back (its bytes are read). */
-static void fbuf_release(sl_repl *r)
-{
-	free(r->fbuf);
-	r->fbuf = NULL;
-	r->fcap = r->flen = 0;
-}
-
 /* Reads p's reply (plain_call_finish, or the reader thread). */
 static int plain_read_reply(pending *p, Shiplog__ReplReply **out)
 {
@@ -690,6 +695,7 @@ static int plain_read_reply(pending *p, Shiplog__ReplReply **out)
 			}
 			r->fbuf = nb;
 			r->fcap = ncap;
+			atomic_store_explicit(&r->fbuf_bytes, ncap, memory_order_relaxed);
 		}
 		ssize_t k = recv(r->ffd, r->fbuf + r->flen, r->fcap - r->flen, MSG_DONTWAIT);
 		if (k > 0) {

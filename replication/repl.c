@@ -1051,6 +1051,7 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 	out->refused_batches = atomic_load(&r->refused);
 	out->apply_errors = atomic_load(&r->apply_errors);
 	out->min_seq_waits = atomic_load(&r->min_seq_waits);
+	out->read_buffer_bytes = atomic_load(&r->fbuf_bytes);
 	out->backlog_bytes = r->o.backlog_bytes;
 	out->protect_seq = r->protect_seq;
 	size_t n = 0;

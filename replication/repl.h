@@ -285,6 +285,7 @@ typedef struct sl_repl_stats {
 	uint64_t refused_batches;                /* follower: fetch replies refused (bad records) */
 	uint64_t apply_errors;  /* follower: fetch replies this node could not store (its disk) */
 	uint64_t min_seq_waits; /* reads parked until this node applied their --min-seq */
+	uint64_t read_buffer_bytes; /* follower: its connection's read buffer (tcp://) */
 	uint64_t backlog_bytes, protect_seq;
 	size_t n_followers;
 	sl_repl_follower_stat *followers; /* malloc'd; sl_repl_stats_free */

@@ -165,7 +165,8 @@ struct sl_repl {
 	uint32_t fnext_id; /* the last request id */
 	uint8_t *fbuf;     /* bytes read, not yet taken */
 	size_t fcap, flen;
-	char furl[256]; /* the primary it connects to */
+	atomic_size_t fbuf_bytes; /* fcap, for the stats (repl_read_buffer_bytes) */
+	char furl[256];           /* the primary it connects to */
 	/* its reader thread (follower.c, plain_reader_main), started on
 	 * first use and stopped as the fetch loop ends */
 	pthread_t fr_thread;

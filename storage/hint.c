@@ -176,11 +176,8 @@ out:
 	return rc;
 }
 
-/* sl_hint_load with the hint file's own size bounded by a segment of
- * file_seg bytes, apart from its entries' (seg_size). */
-static int hint_read(const struct sl_io *io, const char *dir, uint32_t id, uint64_t file_seg,
-                     uint64_t seg_size, uint32_t max_key,
-                     int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
+int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
+                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
 {
 	char *path = sl_seg_path(dir, id, ".hint");
 	if (path == NULL) {
@@ -195,7 +192,7 @@ static int hint_read(const struct sl_io *io, const char *dir, uint32_t id, uint6
 	uint8_t *p = NULL;
 	struct stat st;
 	if (fstat(fd, &st) != 0 || st.st_size < (off_t)(SL_HINT_HDR_SIZE + 4) ||
-	    (uint64_t)st.st_size > file_seg * 2 + 4096) {
+	    (uint64_t)st.st_size > seg_size * 2 + 4096) {
 		goto out; /* read whole: a hint is never much larger than its segment */
 	}
 	size_t len = (size_t)st.st_size;
@@ -260,28 +257,128 @@ out:
 	return rc;
 }
 
-int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
-                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
-{
-	return hint_read(io, dir, id, seg_size, seg_size, max_key, fn, arg);
-}
+/* A hint file read front to back through a buffer of HINT_BUF bytes (plus
+ * one entry), its checksum taken as the bytes go by: sl_hint_extent reads
+ * hints of any size a segment can have without holding one whole. */
+typedef struct hint_stream {
+	const struct sl_io *io;
+	int fd;
+	uint8_t *b;
+	size_t pos, len; /* unread bytes are b[pos, len) */
+	uint64_t foff;   /* the file offset of b[len] */
+	uint64_t limit;  /* the checksummed part ends here (the file's size - 4) */
+	uint32_t crc;    /* over the bytes before b[pos] */
+} hint_stream;
 
-static int extent_cb(void *arg, const sl_hint_entry *e)
+#define HS_CAP (HINT_BUF + SL_HINT_ENTRY_FIXED + SL_MAX_KEY)
+
+/* Makes n (<= HS_CAP) bytes readable at h->b + h->pos: SL_OK, SL_ECORRUPT
+ * (the checksummed part ends first) or SL_EIO. */
+static int hs_need(hint_stream *h, size_t n)
 {
-	uint64_t *end = arg;
-	if ((uint64_t)e->off + e->size > *end) {
-		*end = (uint64_t)e->off + e->size;
+	if (h->len - h->pos >= n) {
+		return SL_OK;
 	}
-	return 0;
+	h->crc = sl_crc32c_extend(h->crc, h->b, h->pos);
+	memmove(h->b, h->b + h->pos, h->len - h->pos);
+	h->len -= h->pos;
+	h->pos = 0;
+	while (h->len < n) {
+		uint64_t left = h->limit - h->foff;
+		size_t want = HS_CAP - h->len < left ? HS_CAP - h->len : (size_t)left;
+		if (want == 0) {
+			return SL_ECORRUPT;
+		}
+		ssize_t r = h->io->pread(h->fd, h->b + h->len, want, (off_t)h->foff);
+		if (r <= 0) {
+			return SL_EIO;
+		}
+		h->len += (size_t)r;
+		h->foff += (uint64_t)r;
+	}
+	return SL_OK;
 }
 
-int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t max_seg,
-                   uint64_t *end)
+int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t *end)
 {
 	*end = 0;
-	/* Its entries may end anywhere a 32-bit offset reaches (that is what
-	 * is asked: how far the segment went), but the file itself is read
-	 * whole, so it is bounded as sl_hint_load bounds it, by max_seg: a
-	 * stray file of gigabytes named like a hint was read into memory. */
-	return hint_read(io, dir, id, max_seg, UINT32_MAX, SL_MAX_KEY, extent_cb, end);
+	char *path = sl_seg_path(dir, id, ".hint");
+	if (path == NULL) {
+		return SL_ENOMEM;
+	}
+	int fd = io->open(path, O_RDONLY, 0);
+	free(path);
+	if (fd < 0) {
+		return errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
+	}
+	hint_stream h = {.io = io, .fd = fd};
+	int rc = SL_ECORRUPT;
+	struct stat st;
+	/* Its segment may have been written under any segment_bytes, and a
+	 * hint is never larger than its segment was (an entry is a record's
+	 * header and key): bounded by the largest segment there can be, and
+	 * streamed, never read whole (a stray file of gigabytes named like a
+	 * hint was read into memory). */
+	if (fstat(fd, &st) != 0 || st.st_size < (off_t)(SL_HINT_HDR_SIZE + 4) ||
+	    (uint64_t)st.st_size > (uint64_t)UINT32_MAX + 4096) {
+		goto out;
+	}
+	h.limit = (uint64_t)st.st_size - 4;
+	h.b = malloc(HS_CAP);
+	if (h.b == NULL) {
+		rc = SL_ENOMEM;
+		goto out;
+	}
+	if ((rc = hs_need(&h, SL_HINT_HDR_SIZE)) != SL_OK) {
+		goto out;
+	}
+	rc = SL_ECORRUPT;
+	if (memcmp(h.b, SL_HINT_MAGIC, 8) != 0 || sl_get32(h.b + 8) != SL_FORMAT_VERSION ||
+	    sl_get64(h.b + 16) != id) {
+		goto out;
+	}
+	uint32_t count = sl_get32(h.b + 12);
+	h.pos = SL_HINT_HDR_SIZE;
+	uint64_t far = 0;
+	for (uint32_t i = 0; i < count; i++) {
+		if ((rc = hs_need(&h, SL_HINT_ENTRY_FIXED)) != SL_OK) {
+			goto out;
+		}
+		const uint8_t *e = h.b + h.pos;
+		uint16_t klen = sl_get16(e + 25);
+		uint64_t roff = sl_get32(e + 16), rsize = sl_get32(e + 20);
+		/* sl_hint_load's checks (a uint16_t klen is within SL_MAX_KEY), the
+		 * entries allowed anywhere */
+		rc = SL_ECORRUPT;
+		if (klen == 0 || (e[24] != SL_REC_PUT && e[24] != SL_REC_DEL) ||
+		    (e[24] == SL_REC_DEL && rsize != SL_REC_HDR_SIZE + (uint64_t)klen) ||
+		    roff < SL_SEG_HDR_SIZE || rsize < SL_REC_HDR_SIZE + (uint64_t)klen) {
+			goto out;
+		}
+		if ((rc = hs_need(&h, SL_HINT_ENTRY_FIXED + klen)) != SL_OK) {
+			goto out;
+		}
+		if (roff + rsize > far) {
+			far = roff + rsize;
+		}
+		h.pos += SL_HINT_ENTRY_FIXED + klen;
+	}
+	rc = SL_ECORRUPT;
+	if (h.foff - (h.len - h.pos) != h.limit) {
+		goto out; /* bytes after the last entry */
+	}
+	uint8_t c[4];
+	ssize_t r = io->pread(fd, c, sizeof(c), (off_t)h.limit);
+	if (r != (ssize_t)sizeof(c)) {
+		rc = r < 0 ? SL_EIO : SL_ECORRUPT;
+		goto out;
+	}
+	if (sl_get32(c) == sl_crc32c_extend(h.crc, h.b, h.pos)) {
+		*end = far;
+		rc = SL_OK;
+	}
+out:
+	free(h.b);
+	io->close(fd);
+	return rc;
 }

@@ -31,12 +31,12 @@ int sl_hint_write(const struct sl_io *io, const char *dir, int dirfd, const sl_s
 
 /* The end of the furthest record segment id's hint file lists, in *end
  * (sl_hint_load with entries allowed anywhere): a segment shorter than
- * that lost records.  The hint file itself may be at most as large as a
- * segment of max_seg bytes makes (the caller passes the larger of the
- * file's size and segment_bytes).  SL_ENOTFOUND: no hint file;
- * SL_ECORRUPT: damaged, or larger than that. */
-int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t max_seg,
-                   uint64_t *end);
+ * that lost records.  The segment may have been written under any
+ * segment_bytes, so the file may be as large as the largest segment's
+ * hint; it is streamed through a buffer of about 1 MiB, never read
+ * whole.  SL_ENOTFOUND: no hint file; SL_ECORRUPT: damaged (or larger
+ * than any segment's hint); SL_EIO, SL_ENOMEM. */
+int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t *end);
 
 /* Reads and verifies segment id's hint file, then calls fn for each entry
  * in file order.  SL_ENOTFOUND when there is no hint file, SL_ECORRUPT when

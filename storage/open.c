@@ -336,16 +336,7 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 			 * segment's end: the segment lost its tail (a cut at a
 			 * record boundary leaves nothing else to see) */
 			uint64_t hend = 0;
-			/* a resync's segments are SL_LOAD_SEGMENT_BYTES, whatever
-			 * this node's segment_bytes */
-			uint64_t max_seg = db->opt.segment_bytes > SL_LOAD_SEGMENT_BYTES
-			                       ? db->opt.segment_bytes
-			                       : SL_LOAD_SEGMENT_BYTES;
-			if (size > max_seg) {
-				max_seg = size;
-			}
-			if (sl_hint_extent(db->io, db->dir, id, max_seg, &hend) == SL_OK &&
-			    hend > size) {
+			if (sl_hint_extent(db->io, db->dir, id, &hend) == SL_OK && hend > size) {
 				__atomic_fetch_add(&db->n_corrupt, 1, __ATOMIC_RELAXED);
 				c->tail_counted = 1;
 				atomic_store(&s->corrupt, 1);

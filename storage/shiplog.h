@@ -56,7 +56,7 @@ struct sl_io; /* the I/O seam, storage/io.h; tests swap it to inject faults */
 
 /* The segment size a bulk load writes at least (a follower's full resync
  * loads the primary's snapshot into a store opened with it, whatever its own
- * segment_bytes): an open's checks of a segment and its hint allow for it. */
+ * segment_bytes). */
 #define SL_LOAD_SEGMENT_BYTES (64ull << 20)
 
 /* The largest segment_bytes: a segment's offsets are 32-bit, and a segment

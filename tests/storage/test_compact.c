@@ -743,11 +743,12 @@ static void count_damaged_hint(void *arg, const char *level, const char *msg)
 	}
 }
 
-/* A file of gigabytes named like a sealed segment's hint (sparse here: it
- * takes no disk) is refused by its size, never read into memory: the
- * check for a segment shorter than its hint (sl_hint_extent) read any
- * hint up to 8 GiB whole.  The segment is scanned instead; nothing is
- * lost. */
+/* A file of gigabytes named like a sealed segment's hint (a real hint
+ * extended to 3 GiB, sparse: it takes no disk) is never read into memory:
+ * the check for a segment shorter than its hint (sl_hint_extent) read any
+ * hint up to 8 GiB whole.  The load refuses it by its size, the check
+ * streams it and stops at the first byte past its last entry.  The
+ * segment is scanned instead; nothing is lost. */
 static void test_huge_hint_file_is_not_read_into_memory(void **state)
 {
 	(void)state;
@@ -761,7 +762,7 @@ static void test_huge_hint_file_is_not_read_into_memory(void **state)
 	sl_close(db);
 	char hintp[600];
 	snprintf(hintp, sizeof(hintp), "%s/%010u.hint", g_dir, 1u);
-	assert_int_equal(truncate(hintp, (off_t)6 << 30), 0);
+	assert_int_equal(truncate(hintp, (off_t)3 << 30), 0);
 	struct rusage before, after;
 	assert_int_equal(getrusage(RUSAGE_SELF, &before), 0);
 	o.log_fn = count_damaged_hint;
@@ -770,7 +771,7 @@ static void test_huge_hint_file_is_not_read_into_memory(void **state)
 	assert_int_equal(getrusage(RUSAGE_SELF, &after), 0);
 	long grew_kb = after.ru_maxrss - before.ru_maxrss;
 	if (grew_kb > 512 * 1024) {
-		fail_msg("opening with a 6 GiB hint file raised the peak RSS by %ld MiB",
+		fail_msg("opening with a 3 GiB hint file raised the peak RSS by %ld MiB",
 		         grew_kb / 1024);
 	}
 	assert_int_equal(atomic_load(&g_damaged_hint_lines), 1);
@@ -781,20 +782,74 @@ static void test_huge_hint_file_is_not_read_into_memory(void **state)
 	remove_dir();
 }
 
-/* A segment written under a larger segment_bytes (as a follower's full
- * resync writes them, SL_LOAD_SEGMENT_BYTES), then cut short: its hint,
- * larger than a segment of this open's segment_bytes could make, is still
- * read, and the cut counted. */
-static void test_cut_segment_from_a_larger_segment_size_is_counted(void **state)
+/* A segment written under a larger segment_bytes (8 MiB here; a
+ * follower's full resync writes SL_LOAD_SEGMENT_BYTES, and the flag may
+ * change between runs), then cut short: its hint, larger than a segment of
+ * this open's segment_bytes could make and larger than the 1 MiB piece
+ * sl_hint_extent streams at a time, is still read, and the cut counted.
+ *  - CUT_DAMAGED: a byte of an entry's seq past the first MiB flipped too
+ *    (caught by the checksum alone, across the pieces): the hint is taken
+ *    for damaged, the segment scanned, and a cut at a record boundary,
+ *    which scans clean, is not counted;
+ *  - CUT_INFLATED: the hint's entries repeated until it is over 2 x
+ *    SL_LOAD_SEGMENT_BYTES, as the hint of a segment written under
+ *    --segment-bytes 1g with small records is (a 1 GiB segment of 60-byte
+ *    records has a 730 MB hint).  The bound on the hint's size was the
+ *    larger of this open's segment_bytes, SL_LOAD_SEGMENT_BYTES and the
+ *    cut file's size, so such a hint was refused as damaged and the cut
+ *    not counted. */
+enum { CUT_PLAIN, CUT_DAMAGED, CUT_INFLATED };
+
+/* Rewrites the hint at path with its entries repeated until the file is
+ * over `over` bytes, the count and checksum made to match. */
+static void inflate_hint(const char *path, size_t over)
 {
-	(void)state;
-	make_dir("cutbig");
+	FILE *f = fopen(path, "rb");
+	assert_non_null(f);
+	assert_int_equal(fseek(f, 0, SEEK_END), 0);
+	long n = ftell(f);
+	assert_true(n > (long)(SL_HINT_HDR_SIZE + 4));
+	uint8_t *h = malloc((size_t)n);
+	assert_non_null(h);
+	rewind(f);
+	assert_int_equal(fread(h, 1, (size_t)n, f), (size_t)n);
+	fclose(f);
+	size_t body = (size_t)n - SL_HINT_HDR_SIZE - 4;
+	size_t times = over / body + 1;
+	uint64_t count = (uint64_t)sl_get32(h + 12) * times;
+	assert_true(count <= UINT32_MAX);
+	sl_put32(h + 12, (uint32_t)count);
+	f = fopen(path, "wb");
+	assert_non_null(f);
+	uint32_t crc = sl_crc32c(h, SL_HINT_HDR_SIZE);
+	assert_int_equal(fwrite(h, 1, SL_HINT_HDR_SIZE, f), SL_HINT_HDR_SIZE);
+	for (size_t i = 0; i < times; i++) {
+		assert_int_equal(fwrite(h + SL_HINT_HDR_SIZE, 1, body, f), body);
+		crc = sl_crc32c_extend(crc, h + SL_HINT_HDR_SIZE, body);
+	}
+	uint8_t c[4];
+	sl_put32(c, crc);
+	assert_int_equal(fwrite(c, 1, 4, f), 4);
+	assert_int_equal(fclose(f), 0);
+	free(h);
+}
+
+static void count_cut_or_damaged_hint(void *arg, const char *level, const char *msg)
+{
+	count_cut(arg, level, msg);
+	count_damaged_hint(arg, level, msg);
+}
+
+static void cut_big_segment(int mode)
+{
+	int damage_hint = mode == CUT_DAMAGED;
+	make_dir(mode == CUT_DAMAGED ? "cutbigdmg" : mode == CUT_INFLATED ? "cutbiginf" : "cutbig");
 	sl_options o = opts();
-	o.segment_bytes = 1 << 20; /* written with 1 MiB segments */
+	o.segment_bytes = 8 << 20;
 	sl_db *db;
 	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
-	for (int i = 0; i < 16000; i++) {
-		put(db, i, 0); /* ~2.3 MB: segments 1 and 2 sealed, hints of ~300 KiB */
+	for (int i = 0; i < 60000; i++) {
+		put(db, i, 0); /* 8.6 MB: segment 1 sealed, a hint of about 2.5 MB */
 	}
 	sl_close(db);
 	char segp[600], hintp[600];
@@ -802,20 +857,58 @@ static void test_cut_segment_from_a_larger_segment_size_is_counted(void **state)
 	snprintf(hintp, sizeof(hintp), "%s/%010u.hint", g_dir, 1u);
 	struct stat hs;
 	assert_int_equal(stat(hintp, &hs), 0);
+	assert_true(hs.st_size > (2 << 20));
 	size_t off = record_boundary_past(segp, 64 * 1024);
 	/* the hint is more than a 64 KiB segment (or one this short) makes */
 	assert_true((uint64_t)hs.st_size > 2 * off + 4096);
 	assert_int_equal(truncate(segp, (off_t)off), 0);
+	if (damage_hint) {
+		/* entry n starts at 24 + 43 n (16-byte keys): the low byte of
+		 * the seq of the first entry past 1.5 MiB */
+		long at = 24 + 43 * ((3 << 19) / 43 + 1);
+		FILE *f = fopen(hintp, "r+b");
+		assert_non_null(f);
+		assert_int_equal(fseek(f, at, SEEK_SET), 0);
+		int c = fgetc(f);
+		assert_int_not_equal(c, EOF);
+		assert_int_equal(fseek(f, at, SEEK_SET), 0);
+		assert_int_equal(fputc(c ^ 1, f), c ^ 1);
+		assert_int_equal(fclose(f), 0);
+	}
+	if (mode == CUT_INFLATED) {
+		inflate_hint(hintp, 2 * SL_LOAD_SEGMENT_BYTES + 4096);
+	}
 	o = opts(); /* reopened with 64 KiB segments */
-	o.log_fn = count_cut;
+	o.log_fn = count_cut_or_damaged_hint;
 	atomic_store(&g_cut_lines, 0);
+	atomic_store(&g_damaged_hint_lines, 0);
 	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
 	sl_stats st;
 	assert_int_equal(sl_stats_get(db, &st), SL_OK);
-	assert_int_equal(st.corrupt_records, 1);
-	assert_int_equal(atomic_load(&g_cut_lines), 1);
+	assert_int_equal(st.corrupt_records, damage_hint ? 0 : 1);
+	assert_int_equal(atomic_load(&g_cut_lines), damage_hint ? 0 : 1);
+	assert_int_equal(atomic_load(&g_damaged_hint_lines), damage_hint ? 1 : 0);
+	check_value(db, 0, 0); /* the segment's first records are served */
 	sl_close(db);
 	remove_dir();
+}
+
+static void test_cut_segment_from_a_larger_segment_size_is_counted(void **state)
+{
+	(void)state;
+	cut_big_segment(CUT_PLAIN);
+}
+
+static void test_cut_segment_with_a_damaged_big_hint_is_scanned(void **state)
+{
+	(void)state;
+	cut_big_segment(CUT_DAMAGED);
+}
+
+static void test_cut_segment_with_a_hint_over_any_current_bound_is_counted(void **state)
+{
+	(void)state;
+	cut_big_segment(CUT_INFLATED);
 }
 
 static void test_disk_full_abandons(void **state)
@@ -1740,6 +1833,8 @@ int main(void)
 	    cmocka_unit_test(test_segment_cut_short_of_its_hint_is_counted),
 	    cmocka_unit_test(test_huge_hint_file_is_not_read_into_memory),
 	    cmocka_unit_test(test_cut_segment_from_a_larger_segment_size_is_counted),
+	    cmocka_unit_test(test_cut_segment_with_a_damaged_big_hint_is_scanned),
+	    cmocka_unit_test(test_cut_segment_with_a_hint_over_any_current_bound_is_counted),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
