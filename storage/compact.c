@@ -346,7 +346,7 @@ static void switch_keydir(run *r)
 		s->writable = 0;
 		atomic_store(&s->synced, atomic_load(&s->end));
 		atomic_store(&s->sealed, 1);
-		sl_db_seg_publish(db, s); /* room reserved before the run committed */
+		sl_db_seg_publish_held(db, s); /* room reserved before the run committed */
 	}
 	pthread_mutex_unlock(&db->seg_mu);
 	for (size_t i = 0; i < r->nout; i++) {
@@ -692,6 +692,9 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 		for (size_t i = 0; i < r.nout && rc == SL_OK; i++) {
 			rc = sl_db_seg_reserve(db, r.out[i].s->id, r.nout);
 		}
+		if (rc == SL_OK) {
+			db->seg_held = r.nout; /* kept free by other publishes */
+		}
 		pthread_mutex_unlock(&db->seg_mu);
 	}
 	if (rc == SL_OK) {
@@ -700,6 +703,9 @@ static int compact_once(sl_db *db, int full, uint32_t below, size_t *did)
 		rc = drop_mark_write(db, &r);
 	}
 	if (rc != SL_OK) {
+		pthread_mutex_lock(&db->seg_mu);
+		db->seg_held = 0; /* the outputs' slots, if held: no longer */
+		pthread_mutex_unlock(&db->seg_mu);
 		discard_outputs(&r);
 		for (size_t i = 0; i < r.nin; i++) {
 			atomic_store(&r.in[i]->compacting, 0);

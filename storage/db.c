@@ -189,11 +189,9 @@ int sl_db_seg_reserve(sl_db *db, uint32_t id, size_t extra)
 	return SL_OK;
 }
 
-/* Adds s to the table and the id-ordered list.  Caller holds seg_mu.
- * Fails only as sl_db_seg_reserve(db, s->id, 1) would. */
-int sl_db_seg_publish(sl_db *db, sl_seg *s)
+static int seg_insert(sl_db *db, sl_seg *s, size_t room)
 {
-	int rc = sl_db_seg_reserve(db, s->id, 1);
+	int rc = sl_db_seg_reserve(db, s->id, room);
 	if (rc != SL_OK) {
 		return rc;
 	}
@@ -207,6 +205,24 @@ int sl_db_seg_publish(sl_db *db, sl_seg *s)
 	db->nsegs++;
 	atomic_store_explicit(&chunk[s->id & (SEGTAB_CHUNK - 1)], s, memory_order_release);
 	return SL_OK;
+}
+
+/* Adds s to the table and the id-ordered list, leaving the slots a
+ * compaction holds free: a rotation while the run writes its DROPPING
+ * mark took one, and the run's last output then needed a realloc after
+ * its inputs were marked for removal.  Caller holds seg_mu.  Fails only
+ * as sl_db_seg_reserve(db, s->id, 1 + seg_held) would. */
+int sl_db_seg_publish(sl_db *db, sl_seg *s)
+{
+	return seg_insert(db, s, 1 + db->seg_held);
+}
+
+int sl_db_seg_publish_held(sl_db *db, sl_seg *s)
+{
+	if (db->seg_held > 0) {
+		db->seg_held--;
+	}
+	return seg_insert(db, s, 1);
 }
 
 void sl_db_seg_unpublish(sl_db *db, sl_seg *s)

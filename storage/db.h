@@ -42,6 +42,9 @@ struct sl_db {
 	pthread_mutex_t seg_mu;
 	sl_seg **segs;
 	size_t nsegs, capsegs;
+	/* slots of segs held for a compaction's outputs between its
+	 * reservation and its switch: other publishes leave them free */
+	size_t seg_held;
 	/* SL_SEGTAB_TOP chunks of 4096 ids: every 32-bit id (an anonymous
 	 * mapping, so the untouched part costs no memory) */
 	_Atomic(_Atomic(sl_seg *) *) *segtab;
@@ -103,8 +106,13 @@ struct sl_db {
 /* Segment `id`, or NULL.  Lock-free; see db.c invariant 5. */
 sl_seg *sl_db_seg(sl_db *db, uint32_t id);
 
-/* Adds s to the table and the id-ordered list.  Caller holds seg_mu. */
+/* Adds s to the table and the id-ordered list, leaving seg_held slots
+ * free (a compaction's outputs publish with sl_db_seg_publish_held).
+ * Caller holds seg_mu. */
 int sl_db_seg_publish(sl_db *db, sl_seg *s);
+/* sl_db_seg_publish into a slot sl_db_seg_reserve held (seg_held); caller
+ * holds seg_mu. */
+int sl_db_seg_publish_held(sl_db *db, sl_seg *s);
 /* The directory path holds ("." for a bare name, "/" for "/x"); malloc'd,
  * NULL without memory. */
 char *sl_db_parent_dir(const char *path);

@@ -252,12 +252,16 @@ void sl_db_seal_pending(sl_db *db, int flusher)
 		}
 	}
 	if (!defer) {
-		/* hints that failed, due again */
+		/* Hints that failed, due again; not a segment a compaction has
+		 * taken (pick skips hint_due ones, but this may come after the
+		 * pick): the run frees it, under the hint written from its
+		 * mapping.  compacting is set under seg_mu, as hint_due is here. */
 		uint64_t now = sl_mono_ns();
 		pthread_mutex_lock(&db->seg_mu);
 		for (size_t i = 0; i < db->nsegs; i++) {
 			sl_seg *c = db->segs[i];
-			if (c->hint_retry_ns != 0 && now >= c->hint_retry_ns) {
+			if (c->hint_retry_ns != 0 && now >= c->hint_retry_ns &&
+			    !atomic_load(&c->compacting)) {
 				c->hint_retry_ns = 0;
 				atomic_store(&c->hint_due, 1);
 			}

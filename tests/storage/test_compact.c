@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -909,6 +910,106 @@ static void test_cut_segment_with_a_hint_over_any_current_bound_is_counted(void 
 {
 	(void)state;
 	cut_big_segment(CUT_INFLATED);
+}
+
+/* A hint that failed is tried again later (sl_db_seal_pending); a
+ * compaction skips a segment whose hint is due, so that no hint is read
+ * from a segment the run frees.  But the retry could come due after the
+ * pick: it set hint_due on a segment the run had taken and wrote its hint
+ * from the mapping the run was about to unmap and free (a use after free,
+ * most likely when the disk is full: hints fail, and compaction runs to
+ * make room).  Here the first hints fail, the disk "recovers", and a full
+ * compaction waits 2.5 s in its first output's creation, past the 1 s
+ * retry: no hint may be begun for a segment the run has taken. */
+static sl_db *g_hdb;
+static _Atomic int g_hint_fail;     /* 1: a hint's .tmp cannot be created (ENOSPC) */
+static _Atomic int g_block_output;  /* 1: the next compaction output waits 2.5 s */
+static _Atomic int g_hint_on_input; /* hints begun for a segment a run had taken */
+static _Atomic int g_hint_fail_lines;
+
+static int hint_race_open(const char *path, int flags, mode_t mode)
+{
+	size_t l = strlen(path);
+	if (l >= 19 && strcmp(path + l - 9, ".hint.tmp") == 0) {
+		if (atomic_load(&g_hint_fail)) {
+			errno = ENOSPC;
+			return -1;
+		}
+		sl_db *db = g_hdb;
+		if (db != NULL) {
+			uint32_t id = (uint32_t)strtoul(path + l - 19, NULL, 10);
+			pthread_mutex_lock(&db->seg_mu);
+			sl_seg *sg = sl_db_seg(db, id);
+			if (sg != NULL && atomic_load(&sg->compacting)) {
+				atomic_fetch_add(&g_hint_on_input, 1);
+			}
+			pthread_mutex_unlock(&db->seg_mu);
+		}
+	}
+	if (l >= 8 && strcmp(path + l - 8, ".seg.tmp") == 0 &&
+	    atomic_exchange(&g_block_output, 0)) {
+		usleep(2500 * 1000);
+	}
+	return sl_io_default.open(path, flags, mode);
+}
+
+static void count_hint_fail(void *arg, const char *level, const char *msg)
+{
+	(void)arg;
+	if (strcmp(level, "warn") == 0 && strstr(msg, "not written") != NULL) {
+		atomic_fetch_add(&g_hint_fail_lines, 1);
+	}
+}
+
+static void test_hint_retry_leaves_a_compacting_segment_alone(void **state)
+{
+	(void)state;
+	make_dir("hintrace");
+	struct sl_io io = sl_io_default;
+	io.open = hint_race_open;
+	sl_options o = opts();
+	o.io = &io;
+	o.sync = SL_SYNC_EVERYSEC;
+	o.sync_interval_ms = 20; /* the flusher, which retries hints, every 20 ms */
+	o.log_fn = count_hint_fail;
+	atomic_store(&g_hint_fail, 1);
+	atomic_store(&g_hint_fail_lines, 0);
+	atomic_store(&g_hint_on_input, 0);
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	g_hdb = db;
+	for (int r = 0; r < 3; r++) {
+		for (int i = 0; i < 600; i++) {
+			put(db, i, r); /* 260 KB: 3 sealed segments, each with dead records */
+		}
+	}
+	for (int waited = 0; waited < 5000 && atomic_load(&g_hint_fail_lines) < 3; waited += 10) {
+		usleep(10 * 1000); /* the flusher seals them; their hints fail */
+	}
+	assert_true(atomic_load(&g_hint_fail_lines) >= 3);
+	atomic_store(&g_hint_fail, 0);
+	atomic_store(&g_block_output, 1);
+	assert_int_equal(sl_compact(db), SL_OK);
+	assert_int_equal(atomic_load(&g_block_output), 0); /* it did wait */
+	sl_stats st;
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_true(st.compactions >= 1);
+	if (atomic_load(&g_hint_on_input) != 0) {
+		fail_msg("%d hint(s) begun for segments a compaction had taken",
+		         atomic_load(&g_hint_on_input));
+	}
+	for (int i = 0; i < 600; i++) {
+		check_value(db, i, 2);
+	}
+	sl_close(db);
+	g_hdb = NULL;
+	o = opts();
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < 600; i++) {
+		check_value(db, i, 2);
+	}
+	sl_close(db);
+	remove_dir();
 }
 
 static void test_disk_full_abandons(void **state)
@@ -1835,6 +1936,7 @@ int main(void)
 	    cmocka_unit_test(test_cut_segment_from_a_larger_segment_size_is_counted),
 	    cmocka_unit_test(test_cut_segment_with_a_damaged_big_hint_is_scanned),
 	    cmocka_unit_test(test_cut_segment_with_a_hint_over_any_current_bound_is_counted),
+	    cmocka_unit_test(test_hint_retry_leaves_a_compacting_segment_alone),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
