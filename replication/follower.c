@@ -110,13 +110,7 @@ int repl_split_records(const uint8_t *p, size_t len, size_t max_rec,
 static int pause_ms(sl_repl *r, uint64_t ms)
 {
 	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += (time_t)(ms / 1000);
-	ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	sl_mono_after(&ts, ms);
 	pthread_mutex_lock(&r->mu);
 	while (!r->fetch_stop) {
 		if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0) {

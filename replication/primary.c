@@ -1002,15 +1002,9 @@ static void *waker_main(void *arg)
 			wake = next_tick;
 		}
 		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
 		uint64_t d = wake > now ? wake - now : 1;
 		r->waker_wake_ms = now + d; /* sl_repl_ack_park wakes it sooner */
-		ts.tv_sec += (time_t)(d / 1000);
-		ts.tv_nsec += (long)(d % 1000) * 1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		sl_mono_after(&ts, d);
 		pthread_cond_timedwait(&r->cv, &r->mu, &ts);
 	}
 	/* Stopping: parked fetches go to the workers, whose replies are

@@ -101,15 +101,11 @@ void repl_follow_fail(sl_repl *r, int level, const char *fmt, ...)
 	pthread_mutex_unlock(&r->mu);
 }
 
+/* A deadline ms from now for the timed waits on r->cv and r->ack_cv
+ * (monotonic: monotime.h). */
 static void abs_deadline(struct timespec *ts, uint32_t ms)
 {
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += (time_t)(ms / 1000);
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
+	sl_mono_after(ts, ms);
 }
 
 int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
@@ -134,8 +130,8 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	pthread_mutex_init(&r->admin, NULL);
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_mutex_init(&r->wt_mu, NULL);
-	pthread_cond_init(&r->cv, NULL);
-	pthread_cond_init(&r->ack_cv, NULL);
+	sl_cond_init_mono(&r->cv); /* timed waits on both (monotime.h) */
+	sl_cond_init_mono(&r->ack_cv);
 	/* A resync that did not finish leaves DIR.resync (or DIR/.resync, for
 	 * a DIR that is a mount point, whose finished move-in sl_open already
 	 * completed): discard it. */
@@ -191,14 +187,16 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 		st.role = ROLE_FOLLOWER;
 		snprintf(st.primary, sizeof(st.primary), "%s", o->follow_url);
 		changed = 1;
-	} else if (loaded == SL_OK && st.role == ROLE_PRIMARY && last > 0) {
+	} else if (loaded == SL_OK && st.role == ROLE_PRIMARY) {
 		/* A primary that starts again begins a new history from what
 		 * its store holds: records it served but lost (a power cut
 		 * before their fdatasync) would otherwise be numbered again
 		 * with other contents under the same history, and a follower
 		 * that applied them would go on from there, never equal
 		 * again.  Followers at or below `last` continue on the link;
-		 * one above it resyncs fully. */
+		 * one above it resyncs fully.  An empty store too (`last` 0:
+		 * everything lost, test_primary_lost_everything): only an empty
+		 * follower continues. */
 		rc = history_begin(&st, last);
 		changed = 1;
 	}
@@ -862,7 +860,11 @@ int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms,
 	pthread_mutex_lock(&r->mu);
 	/* Wake parked fetches so the followers hear "sync now". */
 	pthread_cond_broadcast(&r->cv);
+	uint64_t gen = r->ack_gen;
 	for (;;) {
+		if (r->ack_gen != gen) {
+			break; /* the role changed: the count so far (table_clear) */
+		}
 		uint32_t k = repl_acks_count(r, seq);
 		*acked = k;
 		if (k >= n || r->acks_flushed) {
@@ -880,9 +882,18 @@ int sl_repl_wait_acks(sl_repl *r, uint64_t seq, uint32_t n, uint32_t timeout_ms,
 
 /* Empties the follower table (mu held) when this node's role changes: the
  * positions followers reported to it before (another history, another
- * stint as primary) must not count as acks for the writes it takes now. */
-static void table_clear(sl_repl *r)
+ * stint as primary) must not count as acks for the writes it takes now.
+ * Writes waiting for acks are answered with the count they have (into
+ * *done, for repl_ack_run once mu is released), and blocking waits end
+ * with theirs: their seqs mean nothing under the next role either.  A
+ * write parked on a primary that was re-pointed, resynced (its write
+ * replaced) and promoted again was answered "acknowledged" by the first
+ * follower to report that seq afterwards. */
+static void table_clear(sl_repl *r, sl_repl_ack_wait **done)
 {
+	repl_ack_take(r, UINT64_MAX, done);
+	r->ack_gen++;
+	pthread_cond_broadcast(&r->ack_cv);
 	memset(r->followers, 0, sizeof(r->followers));
 	/* and the write times, which a history's seqs index: a node back to
 	 * a lower seq (a full resync) took its new writes' times for the old
@@ -925,7 +936,8 @@ int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
 		return rc;
 	}
 	r->st = st;
-	table_clear(r);
+	sl_repl_ack_wait *done = NULL;
+	table_clear(r, &done);
 	atomic_store(&r->role, ROLE_PRIMARY);
 	atomic_store(&r->head, last);
 	repl_hex(st.hid, SL_HID_BYTES, hid);
@@ -935,6 +947,7 @@ int sl_repl_promote(sl_repl *r, char hid[33], char *msg, size_t cap)
 	repl_applied_take(r, 0, &parked);
 	pthread_mutex_unlock(&r->mu);
 	pthread_mutex_unlock(&r->admin);
+	repl_ack_run(done);
 	repl_applied_run(parked);
 	repl_log(r, 1, "promoted to primary: history %s from seq %llu", hid,
 	         (unsigned long long)last);
@@ -999,8 +1012,9 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 	}
 	r->st = st;
 	r->primary_client[0] = '\0'; /* learnt again from the new primary's replies */
+	sl_repl_ack_wait *done = NULL;
 	if (atomic_load(&r->role) == ROLE_PRIMARY) {
-		table_clear(r); /* its followers' positions mean nothing now */
+		table_clear(r, &done); /* its followers' positions mean nothing now */
 	}
 	atomic_store(&r->role, ROLE_FOLLOWER);
 	/* head lags a write that released the store lock and has not
@@ -1011,6 +1025,7 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 	pthread_mutex_unlock(&r->mu);
 	pthread_rwlock_unlock(r->o.db_lock);
 	pthread_mutex_unlock(&r->admin);
+	repl_ack_run(done);
 	repl_log(r, 1, "now following %s", url);
 	return SL_OK;
 }

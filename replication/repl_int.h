@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "monotime.h"
 #include "quiet.h"
 #include "repl.h"
 #include "shiplog.pb-c.h"
@@ -98,6 +99,7 @@ struct sl_repl {
 	pthread_cond_t cv;     /* state changes: applied, acks, parked fetches, stop */
 	pthread_cond_t ack_cv; /* a follower's durable seq moved (acks waiters only) */
 	int acks_flushed;      /* sl_repl_ack_flush ran (the server stops): no ack wait blocks */
+	uint64_t ack_gen;      /* bumped when the role changes: blocking ack waits end */
 	repl_state st;
 	atomic_int role;
 	atomic_uint_fast64_t head; /* the store's last seq, as writes report it */

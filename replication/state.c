@@ -274,25 +274,11 @@ static int save_in_spare(const char *dir, const char *path, const char *buf, siz
 	return rc;
 }
 
-int repl_state_save(const char *dir, const repl_state *st)
+/* Makes n bytes of buf DIR/REPL's contents (path): into the spare, else
+ * through the temp file (tmp), synced and renamed over it.  The directory
+ * is not synced. */
+static int put_file(const char *dir, const char *path, const char *tmp, const char *buf, size_t n)
 {
-	char path[4200], tmp[4200], hid[33];
-	snprintf(path, sizeof(path), "%s/REPL", dir);
-	snprintf(tmp, sizeof(tmp), "%s/REPL.tmp", dir);
-	char buf[SPARE_BYTES];
-	size_t n = 0;
-	repl_hex(st->hid, SL_HID_BYTES, hid);
-	n += (size_t)snprintf(buf + n, sizeof(buf) - n,
-	                      "shiplog-repl 1\nnode %s\nhistory %s\nrole %s\nprimary %s\nfloor "
-	                      "%llu\n",
-	                      st->node_id, hid, st->role == ROLE_FOLLOWER ? "follower" : "primary",
-	                      st->primary[0] ? st->primary : "-", (unsigned long long)st->floor);
-	for (size_t i = 0; i < st->nlinks && n < sizeof(buf) - 80; i++) {
-		repl_hex(st->links[i].id, SL_HID_BYTES, hid);
-		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "link %s %llu\n", hid,
-		                      (unsigned long long)st->links[i].last_seq);
-	}
-	n += (size_t)snprintf(buf + n, sizeof(buf) - n, "end\n");
 	int rc = save_in_spare(dir, path, buf, n);
 	if (rc == SL_ENOTFOUND || rc == SL_ENOSPC) {
 		/* no spare, or one that an overwrite in place does not fit (a
@@ -313,8 +299,48 @@ int repl_state_save(const char *dir, const repl_state *st)
 			unlink(tmp);
 		}
 	}
+	return rc;
+}
+
+int repl_state_save(const char *dir, const repl_state *st)
+{
+	char path[4200], tmp[4200], hid[33];
+	snprintf(path, sizeof(path), "%s/REPL", dir);
+	snprintf(tmp, sizeof(tmp), "%s/REPL.tmp", dir);
+	char buf[SPARE_BYTES];
+	size_t n = 0;
+	repl_hex(st->hid, SL_HID_BYTES, hid);
+	n += (size_t)snprintf(buf + n, sizeof(buf) - n,
+	                      "shiplog-repl 1\nnode %s\nhistory %s\nrole %s\nprimary %s\nfloor "
+	                      "%llu\n",
+	                      st->node_id, hid, st->role == ROLE_FOLLOWER ? "follower" : "primary",
+	                      st->primary[0] ? st->primary : "-", (unsigned long long)st->floor);
+	for (size_t i = 0; i < st->nlinks && n < sizeof(buf) - 80; i++) {
+		repl_hex(st->links[i].id, SL_HID_BYTES, hid);
+		n += (size_t)snprintf(buf + n, sizeof(buf) - n, "link %s %llu\n", hid,
+		                      (unsigned long long)st->links[i].last_seq);
+	}
+	n += (size_t)snprintf(buf + n, sizeof(buf) - n, "end\n");
+	/* what REPL holds now: put back if the new one cannot be made
+	 * durable (below) */
+	char old[SPARE_BYTES];
+	ssize_t oldn = -1;
+	int ofd = open(path, O_RDONLY);
+	if (ofd >= 0) {
+		oldn = pread(ofd, old, sizeof(old), 0);
+		close(ofd);
+	}
+	int rc = put_file(dir, path, tmp, buf, n);
 	if (rc == SL_OK && fsync_dir(dir) != 0) {
-		rc = SL_EIO; /* renamed, but not durable: callers treat it as not saved */
+		/* Renamed, but not durable.  The callers keep the state they
+		 * had (a promotion that cannot be recorded stays a follower), so
+		 * REPL goes back to it too: left as written, the next start took
+		 * a state the node never ran with (a second primary, a review
+		 * in the twenty-seventh session). */
+		if (oldn > 0) {
+			(void)put_file(dir, path, tmp, old, (size_t)oldn);
+		}
+		rc = SL_EIO;
 	}
 	if (rc == SL_OK) {
 		spare_make(dir); /* in the old REPL's room, when the disk is full */

@@ -794,11 +794,7 @@ static void *compactor_main(void *arg)
 	pthread_mutex_lock(&db->cthread_mu);
 	while (!db->compact_stop) {
 		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		uint64_t ns =
-		    (uint64_t)ts.tv_nsec + (uint64_t)db->opt.compact_interval_ms * 1000000u;
-		ts.tv_sec += (time_t)(ns / 1000000000u);
-		ts.tv_nsec = (long)(ns % 1000000000u);
+		sl_mono_after(&ts, db->opt.compact_interval_ms);
 		pthread_cond_timedwait(&db->cthread_cv, &db->cthread_mu, &ts);
 		if (db->compact_stop) {
 			break;

@@ -11,6 +11,7 @@
 
 #include "io.h"
 #include "keydir.h"
+#include "monotime.h"
 #include "segment.h"
 #include "shiplog.h"
 

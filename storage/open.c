@@ -640,11 +640,11 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 	pthread_mutex_init(&db->append_mu, &ma);
 	pthread_mutexattr_destroy(&ma);
 	pthread_mutex_init(&db->sync_mu, NULL);
-	pthread_cond_init(&db->flush_cv, NULL);
+	sl_cond_init_mono(&db->flush_cv); /* timed waits: the flusher */
 	pthread_mutex_init(&db->compact_mu, NULL);
 	pthread_mutex_init(&db->seal_mu, NULL);
 	pthread_mutex_init(&db->cthread_mu, NULL);
-	pthread_cond_init(&db->cthread_cv, NULL);
+	sl_cond_init_mono(&db->cthread_cv); /* timed waits: the compactor */
 	if (db->opt.compact_min_bytes == 0) {
 		db->opt.compact_min_bytes = db->opt.segment_bytes / 4;
 	}

@@ -309,10 +309,7 @@ void *sl_db_flusher_main(void *arg)
 	pthread_mutex_lock(&db->sync_mu);
 	while (!db->stop) {
 		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)db->opt.sync_interval_ms * 1000000u;
-		ts.tv_sec += (time_t)(ns / 1000000000u);
-		ts.tv_nsec = (long)(ns % 1000000000u);
+		sl_mono_after(&ts, db->opt.sync_interval_ms);
 		if (!db->seal_wanted && !atomic_load(&db->pop_wanted)) {
 			pthread_cond_timedwait(&db->flush_cv, &db->sync_mu, &ts);
 		}

@@ -16,6 +16,7 @@ static char *root;
 static ru_node P, F1, F2;
 static ru_node A, C; /* test_lag_ms_and_counters_across_a_resync's own */
 static ru_node D, E; /* test_promotion_answers_parked_reads's own */
+static ru_node G, H; /* test_demotion_answers_writes_waiting_for_acks's own */
 
 #define NKEYS 400
 
@@ -46,7 +47,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
-	ru_node *all[] = {&E, &D, &C, &A, &F2, &F1, &P};
+	ru_node *all[] = {&H, &G, &E, &D, &C, &A, &F2, &F1, &P};
 	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
 		if (all[i]->d.pid > 0) {
 			kill(all[i]->d.pid, SIGCONT);
@@ -197,6 +198,110 @@ static void test_promotion_answers_parked_reads(void **state)
 	}
 }
 
+typedef struct acked_put {
+	ru_node *n;
+	int rc;
+	int acks;
+	uint64_t done_ms; /* tu_mono_ms() when answered */
+} acked_put;
+
+static void *acked_put_main(void *arg)
+{
+	acked_put *a = arg;
+	sl_client *c = ru_client(a->n);
+	a->rc = SL_ECONN;
+	if (c != NULL) {
+		sl_client_set_timeout(c, 60000);
+		sl_client_set_acks(c, 1, 30000);
+		a->rc = sl_client_put(c, "k", 1, "from-g", 6, NULL);
+		a->acks = sl_client_last_acks(c);
+		sl_client_close(c);
+	}
+	a->done_ms = tu_mono_ms();
+	return NULL;
+}
+
+static void follow_to(const ru_node *n, const ru_node *primary)
+{
+	sl_client *c = ru_client(n);
+	assert_non_null(c);
+	assert_int_equal(sl_client_follow(c, primary->rurl, NULL), SL_OK);
+	sl_client_close(c);
+}
+
+static void promote_node(const ru_node *n)
+{
+	sl_client *c = ru_client(n);
+	assert_non_null(c);
+	char hid[33];
+	assert_int_equal(sl_client_promote(c, hid), SL_OK);
+	sl_client_close(c);
+}
+
+/* A write waiting for --acks on a primary is answered when the node is
+ * re-pointed (with the acks it had), not later: its seq means nothing
+ * once the node follows another history.  G's write (seq s) waited with
+ * no follower left (H promoted at s - 1); H took its own seq s; G followed
+ * H (resyncing fully: the write is gone), was promoted again and H
+ * re-pointed at it: H's first fetch reported seq s, and G answered the
+ * lost write "acknowledged by 1" (a review in the twenty-seventh
+ * session). */
+static void test_demotion_answers_writes_waiting_for_acks(void **state)
+{
+	(void)state;
+	assert_int_equal(ru_start_in(&G, root, "g", NULL, NULL), 0);
+	assert_int_equal(ru_start_in(&H, root, "h", G.rurl, NULL), 0);
+	uint64_t base = ru_load(&G, "p", 10, 0);
+	ru_node *fh[] = {&H}, *fg[] = {&G};
+	ru_assert_converged(&G, fh, 1);
+	promote_node(&H); /* G's write below gets no follower's ack */
+	acked_put a = {&G, 1, -1, 0};
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, acked_put_main, &a), 0);
+	for (int t = 0; t < 250 && ru_last_seq(&G) <= base; t++) {
+		nu_sleep_ms(20);
+	}
+	if (ru_last_seq(&G) != base + 1) { /* written, waiting for its ack */
+		fail_msg("G's last seq %llu; the write: %s (answered: %d)",
+		         (unsigned long long)ru_last_seq(&G), sl_client_strerror(a.rc),
+		         a.done_ms != 0);
+	}
+	sl_client *c = ru_client(&H);
+	assert_non_null(c);
+	assert_int_equal(sl_client_put(c, "k", 1, "from-h", 6, NULL), SL_OK);
+	sl_client_close(c);
+	nu_sleep_ms(200);
+	assert_int_equal(a.done_ms, 0); /* still waiting */
+	uint64_t follow_ms = tu_mono_ms();
+	follow_to(&G, &H);
+	/* G resyncs fully (H's seq s replaces G's): its applied seq equals
+	 * H's before that, so wait for the resync itself */
+	assert_true(ru_wait_stat_positive(&G, "resyncs_full", 30000) > 0);
+	ru_assert_converged(&H, fg, 1);
+	promote_node(&G);
+	follow_to(&H, &G);
+	ru_assert_converged(&G, fh, 1); /* H reported seq s to G */
+	pthread_join(th, NULL);
+	if (a.rc == SL_OK) {
+		fail_msg("the write G lost was answered OK with %d ack(s)", a.acks);
+	}
+	assert_int_equal(a.rc, SL_ETIMEDOUT);
+	assert_int_equal(a.acks, 0);
+	if (a.done_ms > follow_ms + 5000) {
+		fail_msg("the write was answered %llu ms after its node was re-pointed",
+		         (unsigned long long)(a.done_ms - follow_ms));
+	}
+	void *v = NULL;
+	size_t vl = 0;
+	c = ru_client(&G);
+	assert_non_null(c);
+	assert_int_equal(sl_client_get(c, "k", 1, &v, &vl, NULL), SL_OK);
+	assert_int_equal(vl, 6);
+	assert_memory_equal(v, "from-h", 6);
+	free(v);
+	sl_client_close(c);
+}
+
 static void test_failover(void **state)
 {
 	(void)state;
@@ -306,6 +411,7 @@ int main(void)
 	    cmocka_unit_test(test_follow_refuses_unusable_urls),
 	    cmocka_unit_test(test_lag_ms_and_counters_across_a_resync),
 	    cmocka_unit_test(test_promotion_answers_parked_reads),
+	    cmocka_unit_test(test_demotion_answers_writes_waiting_for_acks),
 	    cmocka_unit_test(test_failover),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);

@@ -24,6 +24,7 @@ static ru_node P, F;
 static ru_node P2, F2; /* test_primary_lost_its_tail's own */
 static ru_node A, B;   /* test_restarted_primary_repointed's own */
 static ru_node C, D;   /* test_promoted_then_lost_its_tail's own */
+static ru_node P3, F3; /* test_primary_lost_everything's own */
 
 static int setup(void **state)
 {
@@ -62,7 +63,13 @@ static int teardown(void **state)
 	if (F2.d.pid > 0) {
 		kill(F2.d.pid, SIGCONT);
 	}
+	if (F3.d.pid > 0) {
+		kill(F3.d.pid, SIGCONT);
+	}
 	nu_stop(&F2.d, SIGTERM);
+	nu_stop(&P2.d, SIGTERM);
+	nu_stop(&F3.d, SIGTERM);
+	nu_stop(&P3.d, SIGTERM);
 	nu_stop(&P2.d, SIGTERM);
 	nu_stop(&A.d, SIGTERM);
 	nu_stop(&B.d, SIGTERM);
@@ -234,45 +241,62 @@ static void cut_log(const char *dir, uint64_t from)
 	assert_int_equal(truncate(seg, (off_t)cut), 0);
 }
 
-/* The follower applied seqs 1..100; the primary is killed and its log cut
- * back to seq 90, as a power cut before its fdatasync would leave it; it
- * restarts and takes 20 new writes, seqs 91..110, before the follower
- * fetches again.  The restarted primary began a new history at 90, so the
- * follower (at 100, past that link) resyncs fully and ends equal; under the
- * old history it went on from 101 and kept the lost 91..100 for good. */
-static void test_primary_lost_its_tail(void **state)
+/* The follower applied seqs 1..100; the primary p is killed and its log
+ * cut back to seq cut_at - 1, as a power cut before its fdatasync would
+ * leave it; it restarts and takes new writes up to seq 110 before the
+ * follower fetches again.  The restarted primary began a new history at
+ * cut_at - 1, so the follower (at 100, past that link) resyncs fully and
+ * ends equal; under the old history it went on from 101 and kept the lost
+ * records for good. */
+static void lost_tail(ru_node *p, ru_node *f, const char *pname, const char *fname, uint64_t cut_at)
 {
-	(void)state;
-	assert_int_equal(ru_start_in(&P2, root, "p2", NULL, NULL), 0);
-	assert_int_equal(ru_start_in(&F2, root, "f2", P2.rurl, NULL), 0);
-	sl_client *c = ru_client(&P2);
+	assert_int_equal(ru_start_in(p, root, pname, NULL, NULL), 0);
+	assert_int_equal(ru_start_in(f, root, fname, p->rurl, NULL), 0);
+	sl_client *c = ru_client(p);
 	assert_non_null(c);
 	for (int i = 0; i < 100; i++) {
 		put_one(c, i, "before");
 	}
 	sl_client_close(c);
-	ru_node *f[] = {&F2};
-	ru_assert_converged(&P2, f, 1);
-	assert_int_equal(ru_last_seq(&P2), 100);
+	ru_node *fl[] = {f};
+	ru_assert_converged(p, fl, 1);
+	assert_int_equal(ru_last_seq(p), 100);
 
-	assert_int_equal(nu_sigstop(F2.d.pid), 0);
-	kill(P2.d.pid, SIGKILL);
-	nu_wait_exit(P2.d.pid, 5000);
-	P2.d.pid = -1;
-	cut_log(P2.dir, 91);
+	assert_int_equal(nu_sigstop(f->d.pid), 0);
+	kill(p->d.pid, SIGKILL);
+	nu_wait_exit(p->d.pid, 5000);
+	p->d.pid = -1;
+	cut_log(p->dir, cut_at);
 
-	assert_int_equal(ru_start(&P2, NULL, NULL, NULL), 0);
-	assert_int_equal(ru_last_seq(&P2), 90);
-	c = ru_client(&P2);
+	assert_int_equal(ru_start(p, NULL, NULL, NULL), 0);
+	assert_int_equal(ru_last_seq(p), cut_at - 1);
+	c = ru_client(p);
 	assert_non_null(c);
-	for (int i = 90; i < 110; i++) {
+	for (int i = (int)cut_at - 1; i < 110; i++) {
 		put_one(c, i, "after");
 	}
 	sl_client_close(c);
-	assert_int_equal(ru_last_seq(&P2), 110);
-	kill(F2.d.pid, SIGCONT);
-	ru_assert_converged(&P2, f, 1);
-	assert_true(ru_stat(&F2, "resyncs_full", NULL, 0) >= 1);
+	assert_int_equal(ru_last_seq(p), 110);
+	kill(f->d.pid, SIGCONT);
+	ru_assert_converged(p, fl, 1);
+	assert_true(ru_stat(f, "resyncs_full", NULL, 0) >= 1);
+}
+
+static void test_primary_lost_its_tail(void **state)
+{
+	(void)state;
+	lost_tail(&P2, &F2, "p2", "f2", 91);
+}
+
+/* The same with every record lost (the log cut at seq 1): a primary that
+ * started again with an empty store kept its history (only a non-empty one
+ * began a new one), so the follower went on from 101 under it, holding
+ * the lost 1..100 beside the new 1..110 (a review in the twenty-seventh
+ * session). */
+static void test_primary_lost_everything(void **state)
+{
+	(void)state;
+	lost_tail(&P3, &F3, "p3", "f3", 1);
 }
 
 static void promote(const ru_node *n)
@@ -383,6 +407,7 @@ int main(void)
 	    cmocka_unit_test(test_stale_resync_dir_discarded),
 	    cmocka_unit_test(test_kill_during_resync),
 	    cmocka_unit_test(test_primary_lost_its_tail),
+	    cmocka_unit_test(test_primary_lost_everything),
 	    cmocka_unit_test(test_restarted_primary_repointed),
 	    cmocka_unit_test(test_promoted_then_lost_its_tail),
 	};
