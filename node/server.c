@@ -210,10 +210,14 @@ static void ack_done(sl_repl_ack_wait *w, uint32_t acked)
 	reply_and_wake(q);
 }
 
-/* Sends q's reply, or parks it until its write has its acks. */
-static void reply_or_park(sreq *q)
+/* Sends q's reply, or parks it until its write has its acks.  on_front:
+ * on the thread that read q (inline), which may count what it parks. */
+static void reply_or_park(sreq *q, int on_front)
 {
 	if (q->reply.ack_want > 0) {
+		if (on_front && q->ops->parking != NULL) {
+			q->ops->parking(q, sl_reply_size(&q->reply));
+		}
 		sl_repl_ack_park(q->s->n->repl, &q->ackw, q->reply.ack_seq, q->reply.ack_want,
 		                 q->reply.ack_timeout_ms, ack_done);
 		return;
@@ -246,7 +250,7 @@ static void applied_done(sl_repl_applied_wait *w, int ok)
 		srv_commit_submit(s, q, q);
 		return;
 	}
-	reply_or_park(q);
+	reply_or_park(q, 0);
 }
 
 static void work_run(sl_work *w)
@@ -259,7 +263,7 @@ static void work_run(sl_work *w)
 		srv_commit_submit(q->s, q, q);
 		return;
 	}
-	reply_or_park(q);
+	reply_or_park(q, 0);
 }
 
 int srv_request(sreq *q, const void *buf, size_t len)
@@ -293,7 +297,7 @@ int srv_request(sreq *q, const void *buf, size_t len)
 			}
 			return 0;
 		}
-		reply_or_park(q);
+		reply_or_park(q, 1);
 		return 0;
 	}
 	if (q->ops->keep(q, buf, len) != 0) {
@@ -426,7 +430,8 @@ static void nng_front_release(sreq *q)
 	c->req = NULL;
 }
 
-static const sreq_ops nng_front_ops = {nng_front_send, nng_front_keep, nng_front_release, NULL};
+static const sreq_ops nng_front_ops = {nng_front_send, nng_front_keep, nng_front_release, NULL,
+                                       NULL};
 
 /* ---- the context callback (nng's threads: invariant 1) -------------- */
 

@@ -32,11 +32,14 @@
  *  3. A connection with PIPE_PENDING_MAX requests unanswered, AWAY_MAX
  *     of them away from the loop (a worker's, a parked wait's, the
  *     replication's: each reply up to a message limit, a fetch's up to 64
- *     MiB, made before the loop sees it), or a reply backlog over the
- *     message limit, is not read until it drains: a client that sends and
- *     never reads holds its own buffers only, at most the backlog and
- *     AWAY_MAX replies.  (64 pipelined fetches that were never read made
- *     64 replies of up to 64 MiB: 4 GB a connection.)
+ *     MiB, made before the loop sees it), a reply backlog over the
+ *     message limit, or inline replies parked for their --acks holding
+ *     that much (c->parked), is not read until it drains: a client that
+ *     sends and never reads holds its own buffers only, at most the
+ *     backlog, the parked replies and AWAY_MAX replies.  (64 pipelined
+ *     fetches that were never read made 64 replies of up to 64 MiB: 4 GB
+ *     a connection; 64 batches reading a 16 MiB value with --acks that
+ *     no follower gave, 1 GiB.)
  *  4. Once a loop is dead (ep_stop) a reply queued to it is freed where it
  *     is sent, under L->mu, which also counts the connection down.
  */
@@ -111,6 +114,7 @@ struct econn {
 	size_t outoff, outlen, outcap;
 	uint32_t inflight; /* requests read and not yet answered (invariant 1) */
 	uint32_t away;     /* of those, handed to another thread (invariant 3) */
+	size_t parked;     /* bytes of replies parked for their --acks (invariant 3) */
 	int queued;        /* in L->dirty */
 	struct econn *dnext;
 	struct econn *prev, *next; /* L->conns */
@@ -126,6 +130,7 @@ typedef struct ereq {
 	size_t framelen;
 	sl_repl_sender snd; /* a replication request's (repl_room, repl_end) */
 	int away;           /* counted in c->away (set by the loop only) */
+	size_t parked;      /* counted in c->parked (ep_parking; the loop only) */
 	struct ereq *next;  /* in L's done queue */
 } ereq;
 
@@ -297,7 +302,8 @@ static int conn_write(econn *c)
 static int conn_full(const econn *c)
 {
 	return c->inflight >= PIPE_PENDING_MAX || c->away >= AWAY_MAX ||
-	       c->outlen - c->outoff >= c->L->s->n->max_msg_bytes;
+	       c->outlen - c->outoff >= c->L->s->n->max_msg_bytes ||
+	       c->parked >= c->L->s->n->max_msg_bytes;
 }
 
 /* Registers what c waits for: input unless paused, output while some is
@@ -320,7 +326,8 @@ static void ereq_queue(ereq *e);
 static int ep_keep(sreq *q, const void *buf, size_t len);
 static void ep_release(sreq *q);
 static void ep_commit(sreq *q);
-static const sreq_ops ep_ops = {ep_send, ep_keep, ep_release, ep_commit};
+static void ep_parking(sreq *q, size_t bytes);
+static const sreq_ops ep_ops = {ep_send, ep_keep, ep_release, ep_commit, ep_parking};
 
 /* e's reply is back on c's loop: c counts one request less. */
 static void reply_done(econn *c, const ereq *e)
@@ -329,6 +336,7 @@ static void reply_done(econn *c, const ereq *e)
 	if (e->away) {
 		c->away--;
 	}
+	c->parked -= e->parked;
 	if (c->fd < 0) {
 		if (c->inflight == 0 && !c->queued) {
 			conn_free(c);
@@ -451,6 +459,18 @@ static void ep_commit(sreq *q)
 	L->ctail = q;
 }
 
+/* An inline request's reply parked for its --acks (on the loop): its
+ * bytes count against c until it is sent.  A batch's reply may carry
+ * values of megabytes, and only PIPE_PENDING_MAX requests bounded what a
+ * connection's parked replies held (64 x 16 MiB, for as long as the
+ * client's acks timeout, a review in the twenty-seventh session). */
+static void ep_parking(sreq *q, size_t bytes)
+{
+	ereq *e = (ereq *)q;
+	e->parked = bytes;
+	e->c->parked += bytes;
+}
+
 /* Queues e's frame on c: as c's output buffer itself when that is empty
  * (a catch-up's fetch reply of megabytes is not copied again), else
  * after what is there. */
@@ -571,6 +591,7 @@ static int conn_request(econn *c, const uint8_t *bt, size_t btlen, const uint8_t
 	e->copy = NULL;
 	e->frame = NULL;
 	e->away = 0;
+	e->parked = 0;
 	c->inflight++;
 	/* A write under --sync always is queued for the committer by the
 	 * pass, not one by one: srv_request submits it at once otherwise.
@@ -780,9 +801,12 @@ static void prefetch_frames(eloop *L, const uint8_t *buf, size_t len, int stage)
 static void loop_run_reads(eloop *L)
 {
 	int n = L->nreads;
-	if (n > 1) {
+	/* The store lock only if free at once, as the inline path takes it:
+	 * a swap waiting for it (a full resync, `follow`) makes a blocking
+	 * read lock wait behind whoever holds it (a compaction, a scan), and
+	 * the loop with it.  The prefetch is only a hint. */
+	if (n > 1 && pthread_rwlock_tryrdlock(&L->s->n->db_lock) == 0) {
 		sl_node *node = L->s->n;
-		pthread_rwlock_rdlock(&node->db_lock);
 		for (int stage = 0; stage < 3; stage++) {
 			for (int i = 0; i < n; i++) {
 				econn *c = L->reads[i].c;

@@ -42,6 +42,10 @@ typedef struct sreq_ops {
 	/* Queues q (sync_seq set) for the committer, from the thread that
 	 * read it; NULL: srv_commit_submit at once. */
 	void (*commit)(sreq *q);
+	/* q's reply, of `bytes`, is about to be parked for its --acks, on the
+	 * thread that read q (an inline request): the front counts what its
+	 * connection holds that way until send.  NULL: not counted. */
+	void (*parking)(sreq *q, size_t bytes);
 } sreq_ops;
 
 struct sreq {

@@ -1411,6 +1411,13 @@ static int inline_apply(pending *p)
 	    fr->records.len >= FETCH_MAX / 2 || fr->history_id.len != SL_HID_BYTES) {
 		return 0;
 	}
+	/* The loop's look at the store (a failed or damaged one is replaced)
+	 * is due: the reply goes back to it.  Under steady writes every reply
+	 * was applied here and the loop never woke to look (a review in the
+	 * twenty-seventh session). */
+	if (repl_now_ms() >= atomic_load(&r->fcheck_ms)) {
+		return 0;
+	}
 	pthread_mutex_lock(&r->mu);
 	int ok = !r->fetch_stop && history_same(r, &fr->history_id, fr->n_history, fr->history) &&
 	         (fr->client_url == NULL || strcmp(fr->client_url, r->primary_client) == 0);
@@ -1562,6 +1569,12 @@ static void *fetch_main(void *arg)
 			continue;
 		}
 		if (store_failed) {
+			/* A fetch sent ahead (a catch-up) is dropped first: the
+			 * resync talks on the same connection, and the reader
+			 * thread, still reading that reply into the same buffer,
+			 * raced the resync's own reads (a review in the
+			 * twenty-seventh session). */
+			pend_abort(&ahead);
 			/* The store refuses writes for good (an fsync failed: what
 			 * it holds past its last good sync is unknown), and only a
 			 * reopen would clear that: replace it with the primary's
@@ -1625,6 +1638,7 @@ static void *fetch_main(void *arg)
 				durable = s.synced_seq;
 			}
 			last_stats_ms = now;
+			atomic_store(&r->fcheck_ms, now + 1000);
 			if (src == SL_OK &&
 			    s.failed != 0) { /* its flusher's fdatasync failed, say */
 				store_failed = 1;

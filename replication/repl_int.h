@@ -168,7 +168,10 @@ struct sl_repl {
 	uint8_t *fbuf;     /* bytes read, not yet taken */
 	size_t fcap, flen;
 	atomic_size_t fbuf_bytes; /* fcap, for the stats (repl_read_buffer_bytes) */
-	char furl[256];           /* the primary it connects to */
+	/* when the fetch loop's once-a-second look at the store is due
+	 * (repl_now_ms): inline_apply leaves replies to the loop from then */
+	_Atomic uint64_t fcheck_ms;
+	char furl[256]; /* the primary it connects to */
 	/* its reader thread (follower.c, plain_reader_main), started on
 	 * first use and stopped as the fetch loop ends */
 	pthread_t fr_thread;

@@ -1442,6 +1442,115 @@ static void test_paused_connection_not_read(void **state)
 	assert_int_equal(nu_stop(&d, SIGTERM), 0);
 }
 
+/* Replies parked for their --acks count against their connection as its
+ * unsent replies do: a batch {put, get of a big value} with --acks that no
+ * follower brings parks a reply holding the value, and only the 64
+ * unanswered requests bounded how many one connection parked (64 x the
+ * message limit, for as long as the client's acks timeout: 1 GiB a
+ * connection with the default 16 MiB values, a review in the
+ * twenty-seventh session).  Here 1 MiB values: 64 such batches took the
+ * server's RSS up by about 64 MiB; now the connection is not read past
+ * about one message limit of parked replies. */
+static void test_parked_replies_bounded_per_connection(void **state)
+{
+	(void)state;
+	char dir[TU_PATH], url[64], rurl[64];
+	snprintf(dir, sizeof(dir), "%s/parkedbytes", root);
+	snprintf(url, sizeof(url), "tcp://127.0.0.1:%d", nu_free_port());
+	snprintf(rurl, sizeof(rurl), "tcp://127.0.0.1:%d", nu_free_port());
+	static nu_daemon d;
+	const char *extra[] = {"--transport", "epoll", "--repl-listen", rurl, "--max-value-bytes",
+	                       "1m",          NULL};
+	if (start_on(&d, dir, url, extra) != 0) {
+		nu_dump_log(&d);
+		fail_msg("shiplogd did not come up");
+	}
+	size_t big = (1u << 20) - 4096;
+	char *v = malloc(big + 1);
+	assert_non_null(v);
+	memset(v, 'b', big);
+	v[big] = '\0';
+	sl_client *c = nu_client(&d);
+	assert_non_null(c);
+	assert_int_equal(sl_client_put(c, "big", 3, v, big, NULL), SL_OK);
+	sl_client_close(c);
+	int fd = sp_connect(atoi(strrchr(url, ':') + 1));
+	assert_true(fd >= 0);
+	long rss0 = nu_status_kb(d.pid, "RssAnon"); /* not the segments' pages */
+	obuf o = {0};
+	for (uint32_t i = 0; i < 64; i++) {
+		Shiplog__Put put = SHIPLOG__PUT__INIT;
+		put.has_key = 1;
+		put.key.data = (uint8_t *)"k";
+		put.key.len = 1;
+		put.has_value = 1;
+		put.value.data = (uint8_t *)"1";
+		put.value.len = 1;
+		Shiplog__Get get = SHIPLOG__GET__INIT;
+		get.has_key = 1;
+		get.key.data = (uint8_t *)"big";
+		get.key.len = 3;
+		Shiplog__Op op0 = SHIPLOG__OP__INIT, op1 = SHIPLOG__OP__INIT;
+		op0.op_case = SHIPLOG__OP__OP_PUT;
+		op0.put = &put;
+		op1.op_case = SHIPLOG__OP__OP_GET;
+		op1.get = &get;
+		Shiplog__Op *ops[2] = {&op0, &op1};
+		Shiplog__Batch b = SHIPLOG__BATCH__INIT;
+		b.n_ops = 2;
+		b.ops = ops;
+		Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+		q.has_id = 1;
+		q.id = i + 1;
+		q.has_acks = 1;
+		q.acks = 1;
+		q.has_acks_timeout_ms = 1;
+		q.acks_timeout_ms = 60000;
+		q.op_case = SHIPLOG__REQUEST__OP_BATCH;
+		q.batch = &b;
+		frame_append(&o, &(uint32_t){0x80000200u + i}, 1, &q);
+	}
+	int fl = fcntl(fd, F_GETFL);
+	fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+	size_t off = 0;
+	for (int t = 0; t < 300 && off < o.len; t++) {
+		ssize_t w = send(fd, o.b + off, o.len - off, MSG_NOSIGNAL);
+		if (w > 0) {
+			off += (size_t)w;
+		} else {
+			nu_sleep_ms(10);
+		}
+	}
+	nu_sleep_ms(1000); /* whatever the server reads, it has run by now */
+	long rss1 = nu_status_kb(d.pid, "RssAnon");
+	uint64_t lseq = 0;
+	{
+		sl_client *c2 = nu_client(&d);
+		assert_non_null(c2);
+		sl_client_stats *st = NULL;
+		assert_int_equal(sl_client_stats_get(c2, &st), SL_OK);
+		const sl_client_stat *s1 = sl_client_stats_find(st, "last_seq");
+		assert_non_null(s1);
+		lseq = s1->value;
+		sl_client_stats_free(st);
+		sl_client_close(c2);
+	}
+	fprintf(stderr,
+	        "parked replies: %zu of %zu bytes sent, last seq %llu, RssAnon %ld -> %ld kB\n",
+	        off, o.len, (unsigned long long)lseq, rss0, rss1);
+	free(o.b);
+	free(v);
+	assert_true(rss0 > 0 && rss1 > 0);
+	/* the put of "big" is seq 1; each batch run is one more */
+	if (lseq > 1 + 8 || rss1 - rss0 > 16 * 1024) {
+		fail_msg("%llu batches run with their replies parked, RssAnon +%ld kB",
+		         (unsigned long long)(lseq - 1), rss1 - rss0);
+	}
+	assert_true(lseq >= 2); /* and some did run */
+	close(fd);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+}
+
 /* --frame-timeout-ms: a connection that sent part of a message and then
  * nothing is closed (it held its bytes for good: 40 such connections of
  * 17 MiB each held 678 MB); one that sends a message slowly, byte runs
@@ -1550,6 +1659,7 @@ int main(void)
 	    cmocka_unit_test_teardown(test_sigterm_under_load_keeps_acked, stop_leftovers),
 	    cmocka_unit_test_teardown(test_out_of_descriptors_no_spin, stop_leftovers),
 	    cmocka_unit_test_teardown(test_paused_connection_not_read, stop_leftovers),
+	    cmocka_unit_test_teardown(test_parked_replies_bounded_per_connection, stop_leftovers),
 	    cmocka_unit_test_teardown(test_stalled_partial_frame_closed, stop_leftovers),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);

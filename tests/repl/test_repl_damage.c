@@ -8,8 +8,10 @@
  * the loss to the whole cluster; the changed byte was never repaired.
  */
 #include <dirent.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <sys/stat.h>
 
@@ -238,10 +240,74 @@ static void test_damaged_follower_resyncs(void **state)
 	damage_and_check(last_hinted(4), flip_a_byte, 1, 2);
 }
 
+/* Puts to P every 20 ms until stopped: a primary that never goes quiet. */
+static atomic_int g_ticking;
+
+static void *ticker_main(void *arg)
+{
+	(void)arg;
+	sl_client *c = ru_client(&P);
+	for (int i = 0; c != NULL && atomic_load(&g_ticking); i++) {
+		char k[32];
+		snprintf(k, sizeof(k), "tick%06d", i % 1000);
+		sl_client_put(c, k, strlen(k), "t", 1, NULL);
+		nu_sleep_ms(20);
+	}
+	sl_client_close(c);
+	return NULL;
+}
+
+/* The same over nng's REQ socket (--transport nng), whose replies are
+ * applied on nng's callback thread while the fetch loop sleeps on
+ * (inline_apply), under a steady trickle of writes: every reply was
+ * applied that way, the loop never woke for its once-a-second look at the
+ * store, and damage a read found was never repaired (a review in the
+ * twenty-seventh session).  Now inline_apply hands a reply back to the
+ * loop once that look is due. */
+static void test_damage_found_while_applying_inline(void **state)
+{
+	(void)state;
+	ru_node *f[] = {&F};
+	assert_int_equal(nu_stop(&F.d, SIGTERM), 0);
+	F.extra[2] = "--transport";
+	F.extra[3] = "nng";
+	F.extra[4] = NULL;
+	assert_int_equal(ru_start(&F, NULL, NULL, NULL), 0);
+	load_kib(600, 3);
+	ru_assert_converged(&P, f, 1);
+	uint64_t id = last_hinted(4);
+	assert_int_equal(nu_stop(&F.d, SIGTERM), 0);
+	char seg[TU_PATH + 32];
+	tu_seg_path(seg, sizeof(seg), F.dir, id, "seg");
+	flip_a_byte(seg);
+	assert_int_equal(ru_start(&F, NULL, NULL, NULL), 0);
+	atomic_store(&g_ticking, 1);
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, ticker_main, NULL), 0);
+	nu_sleep_ms(500); /* streaming, each reply applied inline */
+	char d[33];
+	uint64_t keys = 0;
+	ru_digest(&F, d, &keys); /* a read finds the changed byte */
+	int t = 0;
+	for (; t < 200 && ru_stat(&F, "resyncs_full", NULL, 0) == 0; t++) {
+		nu_sleep_ms(50);
+	}
+	uint64_t resyncs = ru_stat(&F, "resyncs_full", NULL, 0);
+	atomic_store(&g_ticking, 0);
+	pthread_join(th, NULL);
+	if (resyncs == 0 || resyncs == UINT64_MAX) {
+		nu_dump_log(&F.d);
+		fail_msg("the damaged follower did not resync while the primary kept writing");
+	}
+	ru_assert_converged(&P, f, 1);
+	assert_all_readable(&F, 600, 3);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_damaged_follower_resyncs),
+	    cmocka_unit_test(test_damage_found_while_applying_inline),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
