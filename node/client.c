@@ -244,7 +244,11 @@ static int roundtrip(sl_client *c, Shiplog__Request *q, Shiplog__Response **out)
 		q->has_min_seq = 1;
 		q->min_seq = c->min_seq;
 	}
-	if (c->acks > 0) {
+	/* acks are a write's: a read carrying them waited acks_timeout_ms
+	 * longer for a server that did not answer */
+	if (c->acks > 0 &&
+	    (q->op_case == SHIPLOG__REQUEST__OP_PUT || q->op_case == SHIPLOG__REQUEST__OP_DEL ||
+	     q->op_case == SHIPLOG__REQUEST__OP_BATCH)) {
 		q->has_acks = 1;
 		q->acks = c->acks;
 		q->has_acks_timeout_ms = 1;

@@ -630,8 +630,8 @@ int sl_put_ex(sl_db *db, const void *key, size_t klen, const void *val, size_t v
 	if (rc != SL_OK) {
 		return rc;
 	}
-	if (val == NULL && vlen > 0) {
-		return SL_EINVAL;
+	if ((val == NULL && vlen > 0) || (flags & ~SL_NOWAIT) != 0) {
+		return SL_EINVAL; /* the other bits are the store's own (SL_COPIED, ...) */
 	}
 	uint64_t now = ttl_ms != 0 ? db->io->now_ms() : 0; /* a clock read per put, else */
 	/* a TTL past the clock's range means "never expires" in practice:
@@ -667,6 +667,9 @@ int sl_delete_ex(sl_db *db, const void *key, size_t klen, unsigned flags, uint64
 	int rc = check_write(db, key, klen, 0, SL_MAX_KEY);
 	if (rc != SL_OK) {
 		return rc;
+	}
+	if ((flags & ~SL_NOWAIT) != 0) {
+		return SL_EINVAL; /* the other bits are the store's own */
 	}
 	rc = append(db, SL_REC_DEL, key, klen, NULL, 0, 0, NULL, 0, flags, seq_out);
 	if (rc == SL_OK) {

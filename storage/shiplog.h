@@ -152,7 +152,7 @@ int sl_put(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen
 int sl_put_ttl(sl_db *db, const void *key, size_t klen, const void *val, size_t vlen,
                uint64_t ttl_ms, uint64_t *seq_out);
 
-/* Flags for sl_put_ex / sl_delete_ex. */
+/* Flags for sl_put_ex / sl_delete_ex (any other bit: SL_EINVAL). */
 #define SL_NOWAIT                                                                                  \
 	1u /* under SL_SYNC_ALWAYS, return once the record is in the                               \
 	    * kernel without waiting for fdatasync; follow with                                    \

@@ -679,6 +679,12 @@ static void test_argument_errors(void **state)
 	assert_int_equal(sl_put_ttl(db, "", 0, "v", 1, 100, &seq), SL_EINVAL);
 	assert_int_equal(sl_get(db, "", 0, &v, &vl), SL_EINVAL);
 	assert_int_equal(sl_delete(db, "", 0, &seq), SL_EINVAL);
+	/* flags beyond SL_NOWAIT are the store's own: a put with SL_COPIED's
+	 * bit (1 << 9) moved the end over zeros and indexed them */
+	for (unsigned bit = 1; bit < 32; bit++) {
+		assert_int_equal(sl_put_ex(db, "b", 1, "v", 1, 0, 1u << bit, &seq), SL_EINVAL);
+		assert_int_equal(sl_delete_ex(db, "a", 1, 1u << bit, &seq), SL_EINVAL);
+	}
 
 	char key[MAX_KEY + 1];
 	memset(key, 'k', sizeof(key));
