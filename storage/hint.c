@@ -176,17 +176,29 @@ out:
 	return rc;
 }
 
-int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
-                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
+/* Opens segment id's hint file for reading: SL_OK (*fd set),
+ * SL_ENOTFOUND (none), SL_ENOMEM, SL_EIO. */
+static int hint_open(const struct sl_io *io, const char *dir, uint32_t id, int *fd)
 {
 	char *path = sl_seg_path(dir, id, ".hint");
 	if (path == NULL) {
 		return SL_ENOMEM;
 	}
-	int fd = io->open(path, O_RDONLY, 0);
+	*fd = io->open(path, O_RDONLY, 0);
 	free(path);
-	if (fd < 0) {
+	if (*fd < 0) {
 		return errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
+	}
+	return SL_OK;
+}
+
+int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
+                 uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
+{
+	int fd;
+	int orc = hint_open(io, dir, id, &fd);
+	if (orc != SL_OK) {
+		return orc;
 	}
 	int rc = SL_ECORRUPT;
 	uint8_t *p = NULL;
@@ -302,14 +314,10 @@ static int hs_need(hint_stream *h, size_t n)
 int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_t *end)
 {
 	*end = 0;
-	char *path = sl_seg_path(dir, id, ".hint");
-	if (path == NULL) {
-		return SL_ENOMEM;
-	}
-	int fd = io->open(path, O_RDONLY, 0);
-	free(path);
-	if (fd < 0) {
-		return errno == ENOENT ? SL_ENOTFOUND : SL_EIO;
+	int fd;
+	int orc = hint_open(io, dir, id, &fd);
+	if (orc != SL_OK) {
+		return orc;
 	}
 	hint_stream h = {.io = io, .fd = fd};
 	int rc = SL_ECORRUPT;

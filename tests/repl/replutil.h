@@ -123,6 +123,25 @@ static inline int ru_wait_applied(const ru_node *n, uint64_t seq, int ms)
 	return -1;
 }
 
+/* `shiplog promote` on n (asserted to succeed). */
+static inline void ru_promote(const ru_node *n)
+{
+	sl_client *c = ru_client(n);
+	assert_non_null(c);
+	char hid[33];
+	assert_int_equal(sl_client_promote(c, hid), SL_OK);
+	sl_client_close(c);
+}
+
+/* `shiplog follow` on n, pointing it at primary (asserted to succeed). */
+static inline void ru_follow(const ru_node *n, const ru_node *primary)
+{
+	sl_client *c = ru_client(n);
+	assert_non_null(c);
+	assert_int_equal(sl_client_follow(c, primary->rurl, NULL), SL_OK);
+	sl_client_close(c);
+}
+
 /* The node's digest into out (33 bytes).  0 or -1. */
 static inline int ru_digest(const ru_node *n, char out[33], uint64_t *keys)
 {

@@ -221,23 +221,6 @@ static void *acked_put_main(void *arg)
 	return NULL;
 }
 
-static void follow_to(const ru_node *n, const ru_node *primary)
-{
-	sl_client *c = ru_client(n);
-	assert_non_null(c);
-	assert_int_equal(sl_client_follow(c, primary->rurl, NULL), SL_OK);
-	sl_client_close(c);
-}
-
-static void promote_node(const ru_node *n)
-{
-	sl_client *c = ru_client(n);
-	assert_non_null(c);
-	char hid[33];
-	assert_int_equal(sl_client_promote(c, hid), SL_OK);
-	sl_client_close(c);
-}
-
 /* A write waiting for --acks on a primary is answered when the node is
  * re-pointed (with the acks it had), not later: its seq means nothing
  * once the node follows another history.  G's write (seq s) waited with
@@ -254,7 +237,7 @@ static void test_demotion_answers_writes_waiting_for_acks(void **state)
 	uint64_t base = ru_load(&G, "p", 10, 0);
 	ru_node *fh[] = {&H}, *fg[] = {&G};
 	ru_assert_converged(&G, fh, 1);
-	promote_node(&H); /* G's write below gets no follower's ack */
+	ru_promote(&H); /* G's write below gets no follower's ack */
 	acked_put a = {&G, 1, -1, 0};
 	pthread_t th;
 	assert_int_equal(pthread_create(&th, NULL, acked_put_main, &a), 0);
@@ -273,13 +256,13 @@ static void test_demotion_answers_writes_waiting_for_acks(void **state)
 	nu_sleep_ms(200);
 	assert_int_equal(a.done_ms, 0); /* still waiting */
 	uint64_t follow_ms = tu_mono_ms();
-	follow_to(&G, &H);
+	ru_follow(&G, &H);
 	/* G resyncs fully (H's seq s replaces G's): its applied seq equals
 	 * H's before that, so wait for the resync itself */
 	assert_true(ru_wait_stat_positive(&G, "resyncs_full", 30000) > 0);
 	ru_assert_converged(&H, fg, 1);
-	promote_node(&G);
-	follow_to(&H, &G);
+	ru_promote(&G);
+	ru_follow(&H, &G);
 	ru_assert_converged(&G, fh, 1); /* H reported seq s to G */
 	pthread_join(th, NULL);
 	if (a.rc == SL_OK) {

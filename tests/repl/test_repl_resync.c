@@ -299,23 +299,6 @@ static void test_primary_lost_everything(void **state)
 	lost_tail(&P3, &F3, "p3", "f3", 1);
 }
 
-static void promote(const ru_node *n)
-{
-	sl_client *c = ru_client(n);
-	assert_non_null(c);
-	char hid[33];
-	assert_int_equal(sl_client_promote(c, hid), SL_OK);
-	sl_client_close(c);
-}
-
-static void follow(const ru_node *n, const ru_node *primary)
-{
-	sl_client *c = ru_client(n);
-	assert_non_null(c);
-	assert_int_equal(sl_client_follow(c, primary->rurl, NULL), SL_OK);
-	sl_client_close(c);
-}
-
 static void put_some(const ru_node *n, int from, int count, const char *v)
 {
 	sl_client *c = ru_client(n);
@@ -343,12 +326,12 @@ static void test_restarted_primary_repointed(void **state)
 	ru_assert_converged(&A, fb, 1);
 
 	assert_int_equal(nu_stop(&A.d, SIGTERM), 0);
-	promote(&B);
+	ru_promote(&B);
 	assert_int_equal(ru_start(&A, NULL, NULL, NULL), 0); /* a primary again */
 	char role[32];
 	ru_stat(&A, "role", role, sizeof(role));
 	assert_string_equal(role, "primary");
-	follow(&A, &B);
+	ru_follow(&A, &B);
 	put_some(&B, 50, 10, "two");
 	ru_assert_converged(&B, fa, 1);
 	assert_int_equal(ru_last_seq(&A), 60);
@@ -356,14 +339,14 @@ static void test_restarted_primary_repointed(void **state)
 	assert_true(ru_stat(&A, "resyncs_partial", NULL, 0) >= 1);
 
 	assert_int_equal(nu_stop(&B.d, SIGTERM), 0);
-	promote(&A);
+	ru_promote(&A);
 	B.follow[0] = '\0';
 	assert_int_equal(ru_start(&B, NULL, NULL, NULL), 0); /* primary, by its REPL */
 	ru_stat(&B, "role", role, sizeof(role));
 	assert_string_equal(role, "primary");
 	put_some(&B, 100, 1, "B's own");
 	put_some(&A, 60, 5, "three");
-	follow(&B, &A);
+	ru_follow(&B, &A);
 	ru_assert_converged(&A, fb, 1);
 	assert_int_equal(ru_last_seq(&B), 65);
 	assert_true(ru_stat(&B, "resyncs_full", NULL, 0) >= 1);
@@ -384,7 +367,7 @@ static void test_promoted_then_lost_its_tail(void **state)
 	ru_node *fd[] = {&D}, *fc[] = {&C};
 	ru_assert_converged(&C, fd, 1);
 	assert_int_equal(nu_stop(&C.d, SIGTERM), 0);
-	promote(&D);
+	ru_promote(&D);
 	kill(D.d.pid, SIGKILL);
 	nu_wait_exit(D.d.pid, 5000);
 	D.d.pid = -1;
