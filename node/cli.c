@@ -446,20 +446,23 @@ static int read_stdin(void **out, size_t *len)
 	}
 	for (;;) {
 		if (n == cap) {
-			if (cap > STDIN_MAX) {
+			if (n > STDIN_MAX) {
 				errf("shiplog: put: the value on stdin is over %llu bytes\n",
 				     STDIN_MAX);
 				free(b);
 				return -1;
 			}
-			char *nb = realloc(b, cap * 2);
+			/* one byte past the limit at most: enough to see the
+			 * end of a value of exactly STDIN_MAX (it took 2 GiB) */
+			size_t ncap = cap * 2 > STDIN_MAX + 1 ? (size_t)STDIN_MAX + 1 : cap * 2;
+			char *nb = realloc(b, ncap);
 			if (!nb) {
 				free(b);
 				errf("shiplog: put: out of memory reading stdin\n");
 				return -1;
 			}
 			b = nb;
-			cap *= 2;
+			cap = ncap;
 		}
 		ssize_t r = read(STDIN_FILENO, b + n, cap - n);
 		if (r < 0 && errno == EINTR) {
