@@ -985,6 +985,38 @@ static int cmd_wait(cli *c, const cli_args *p, const cmd_opts *o)
 	return CLI_OK;
 }
 
+static int cmd_pause_writes(cli *c, const cli_args *p, const cmd_opts *o)
+{
+	(void)o;
+	uint64_t ms;
+	if (parse_u64(p->v[0], &ms) || ms > 86400000) {
+		return usage_error("usage: %s", "pause-writes MS (0 to 86400000; 0 resumes)");
+	}
+	uint64_t seq = 0;
+	int rc = sl_client_pause_writes(c->client, (uint32_t)ms, &seq);
+	if (rc != SL_OK) {
+		return fail(c, "pause-writes", rc);
+	}
+	if (c->json) {
+		json_t *j = json_object();
+		json_object_set_new(j, "seq", json_integer((json_int_t)seq));
+		json_object_set_new(j, "paused_ms", json_integer((json_int_t)ms));
+		out_json(j);
+	} else {
+		char line[128];
+		if (ms > 0) {
+			snprintf(line, sizeof line,
+			         "OK (writes paused for %llu ms; last seq %llu)\n",
+			         (unsigned long long)ms, (unsigned long long)seq);
+		} else {
+			snprintf(line, sizeof line, "OK (writes resumed; last seq %llu)\n",
+			         (unsigned long long)seq);
+		}
+		out_str(line);
+	}
+	return CLI_OK;
+}
+
 static json_t *help_json(void);
 
 static int cmd_help(cli *c, const cli_args *p, const cmd_opts *o)
@@ -1040,13 +1072,17 @@ static const command commands[] = {
     {"wait", 2, 2, 0, 1, cmd_wait, "wait REPLICAS TIMEOUT_MS",
      "like Redis WAIT: print how many followers have every write so far durably, waiting "
      "up to TIMEOUT_MS for REPLICAS of them (exit 2 when fewer)"},
+    {"pause-writes", 1, 1, 0, 1, cmd_pause_writes, "pause-writes MS",
+     "on a primary: refuse writes for MS milliseconds (0: resume now), serving reads and "
+     "its followers' fetches; prints the last seq, at or above every write made before "
+     "(a failover's fence: cluster/failover uses it)"},
     {"help", 0, 1, 0, 0, cmd_help, "help", "this list"},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 
-const char *const cli_command_names[] = {"get",     "put",  "del",    "mget",    "scan",   "stats",
-                                         "compact", "ping", "digest", "promote", "follow", "wait",
-                                         "help",    "quit", "exit",   NULL};
+const char *const cli_command_names[] = {
+    "get",     "put",    "del",  "mget",         "scan", "stats", "compact", "ping", "digest",
+    "promote", "follow", "wait", "pause-writes", "help", "quit",  "exit",    NULL};
 
 /* Writes text word-wrapped to 78 columns, each line indented by indent. */
 static void wrap(FILE *f, const char *text, int indent)

@@ -788,6 +788,23 @@ int sl_client_promote(sl_client *c, char hid[33])
 	return rc;
 }
 
+int sl_client_pause_writes(sl_client *c, uint32_t ms, uint64_t *last_seq)
+{
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	Shiplog__PauseWrites p = SHIPLOG__PAUSE_WRITES__INIT;
+	p.has_ms = 1;
+	p.ms = ms;
+	q.op_case = SHIPLOG__REQUEST__OP_PAUSE_WRITES;
+	q.pause_writes = &p;
+	Shiplog__Response *r = NULL;
+	int rc = call(c, &q, &r);
+	if (last_seq != NULL) {
+		*last_seq = rc == SL_OK && r != NULL && r->has_seq ? r->seq : 0;
+	}
+	shiplog__response__free_unpacked(r, NULL);
+	return rc;
+}
+
 int sl_client_follow(sl_client *c, const char *url, char hid[33])
 {
 	if (url == NULL) {

@@ -241,6 +241,12 @@ int sl_client_promote(sl_client *c, char hid[33]);
  * becomes a follower if it was a primary).  SL_EINVAL for a bad URL. */
 int sl_client_follow(sl_client *c, const char *url, char hid[33]);
 
+/* A primary refuses writes (SL_EREADONLY) for ms milliseconds, 0: no
+ * longer; it serves reads and its followers' fetches meanwhile (a
+ * failover's fence).  *last_seq (may be NULL): the node's last seq, at or
+ * above every write made before the pause.  SL_EREADONLY on a follower. */
+int sl_client_pause_writes(sl_client *c, uint32_t ms, uint64_t *last_seq);
+
 /* Like Redis WAIT: waits up to timeout_ms until `replicas` followers have
  * seq (0: the node's last seq) durably; *acks_out gets how many did (the
  * call succeeds either way).  The request is allowed timeout_ms more than

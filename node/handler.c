@@ -486,6 +486,7 @@ static void add_repl_stats(sl_node *n, sl_reply *r, Shiplog__Stat *st, Shiplog__
 	add_stat(r, st, ptrs, "repl_apply_errors", rs.apply_errors, NULL);
 	add_stat(r, st, ptrs, "repl_min_seq_waits", rs.min_seq_waits, NULL);
 	add_stat(r, st, ptrs, "repl_read_buffer_bytes", rs.read_buffer_bytes, NULL);
+	add_stat(r, st, ptrs, "writes_paused_ms", rs.writes_paused_ms, NULL);
 	add_stat(r, st, ptrs, "repl_bytes_served", rs.bytes_served, NULL);
 	add_stat(r, st, ptrs, "repl_records_served", rs.records_served, NULL);
 	add_stat(r, st, ptrs, "repl_backlog_bytes", rs.backlog_bytes, NULL);
@@ -728,6 +729,8 @@ static int op_of(const Shiplog__Request *q)
 		return SL_OP_WAIT;
 	case SHIPLOG__REQUEST__OP_DIGEST:
 		return SL_OP_DIGEST;
+	case SHIPLOG__REQUEST__OP_PAUSE_WRITES:
+		return SL_OP_PAUSE_WRITES;
 	default:
 		return SL_OP_INVALID;
 	}
@@ -921,6 +924,19 @@ static void run_repl_op(sl_node *n, sl_reply *r, const Shiplog__Request *q, int 
 		r->resp.history_id = own_printf(r, "%s", hid);
 		return;
 	}
+	if (op == SL_OP_PAUSE_WRITES) {
+		uint32_t ms =
+		    q->pause_writes != NULL && q->pause_writes->has_ms ? q->pause_writes->ms : 0;
+		uint64_t last = 0;
+		int rc = sl_repl_pause_writes(n->repl, ms, &last, msg, sizeof(msg));
+		if (rc != SL_OK) {
+			fail(r, rc, "pause-writes: %s", msg);
+			return;
+		}
+		r->resp.has_seq = 1;
+		r->resp.seq = last;
+		return;
+	}
 	if (op == SL_OP_FOLLOW) {
 		int rc = sl_repl_follow(n->repl, q->follow->url, msg, sizeof(msg));
 		if (rc != SL_OK) {
@@ -1090,7 +1106,8 @@ static int run(sl_node *n, sl_reply *r, const Shiplog__Request *q, int op, uint6
 			return 0;
 		}
 	}
-	if (op == SL_OP_PROMOTE || op == SL_OP_FOLLOW || op == SL_OP_WAIT || op == SL_OP_DIGEST) {
+	if (op == SL_OP_PROMOTE || op == SL_OP_FOLLOW || op == SL_OP_WAIT || op == SL_OP_DIGEST ||
+	    op == SL_OP_PAUSE_WRITES) {
 		run_repl_op(n, r, q, op, defer_seq != NULL);
 		return 0;
 	}

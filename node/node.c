@@ -6,8 +6,8 @@
 #include <time.h>
 
 const char *const sl_op_names[SL_OP_COUNT] = {
-    "get",  "put",   "del",     "mget",   "scan", "stats",  "compact",
-    "ping", "batch", "promote", "follow", "wait", "digest", "invalid",
+    "get",   "put",     "del",    "mget", "scan",   "stats",        "compact", "ping",
+    "batch", "promote", "follow", "wait", "digest", "pause_writes", "invalid",
 };
 
 uint64_t sl_node_mono_ns(void)

@@ -35,6 +35,7 @@ enum {
 	SL_OP_FOLLOW,
 	SL_OP_WAIT,
 	SL_OP_DIGEST,
+	SL_OP_PAUSE_WRITES,
 	SL_OP_INVALID, /* malformed or unknown: no operation could be read */
 	SL_OP_COUNT
 };

@@ -518,6 +518,12 @@ int sl_repl_write_check(sl_repl *r, char *msg, size_t cap, char *primary, size_t
 			         "to the primary");
 		}
 		rc = SL_EREADONLY;
+	} else if (r->pause_until_ms != 0 && repl_now_ms() < r->pause_until_ms) {
+		snprintf(msg, cap,
+		         "writes are paused on this primary for %llu ms more (pause-writes: a "
+		         "failover may be under way); retry, at the new primary if there is one",
+		         (unsigned long long)(r->pause_until_ms - repl_now_ms()));
+		rc = SL_EREADONLY;
 	} else if (r->o.min_replicas > 0) {
 		uint32_t n = connected_followers(r, repl_now_ms());
 		if (n < r->o.min_replicas) {
@@ -893,6 +899,7 @@ static void table_clear(sl_repl *r, sl_repl_ack_wait **done)
 {
 	repl_ack_take(r, UINT64_MAX, done);
 	r->ack_gen++;
+	r->pause_until_ms = 0; /* a pause is a primary's, for this stint */
 	pthread_cond_broadcast(&r->ack_cv);
 	memset(r->followers, 0, sizeof(r->followers));
 	/* and the write times, which a history's seqs index: a node back to
@@ -1030,6 +1037,38 @@ int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap)
 	return SL_OK;
 }
 
+int sl_repl_pause_writes(sl_repl *r, uint32_t ms, uint64_t *last, char *msg, size_t cap)
+{
+	msg[0] = '\0';
+	*last = 0;
+	if (r == NULL) {
+		snprintf(msg, cap, "replication is not available on this server");
+		return SL_ENOTSUP;
+	}
+	/* The store's write lock, as follow takes it: writes check the pause
+	 * under its read lock, so each one either lands before (at or below
+	 * *last) or is refused. */
+	pthread_rwlock_wrlock(r->o.db_lock);
+	pthread_mutex_lock(&r->mu);
+	int rc = SL_OK;
+	if (atomic_load(&r->role) != ROLE_PRIMARY) {
+		snprintf(msg, cap, "this node is a follower: it takes no writes to pause");
+		rc = SL_EREADONLY;
+	} else {
+		r->pause_until_ms = ms ? repl_now_ms() + ms : 0;
+		*last = sl_last_seq(*r->o.dbp);
+	}
+	pthread_mutex_unlock(&r->mu);
+	pthread_rwlock_unlock(r->o.db_lock);
+	if (rc == SL_OK) {
+		repl_log(r, 1,
+		         ms ? "writes paused for %u ms at seq %llu"
+		            : "writes resumed%.0u at seq %llu",
+		         ms, (unsigned long long)*last);
+	}
+	return rc;
+}
+
 int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 {
 	memset(out, 0, sizeof(*out));
@@ -1067,6 +1106,8 @@ int sl_repl_stats_get(sl_repl *r, sl_repl_stats *out)
 	out->apply_errors = atomic_load(&r->apply_errors);
 	out->min_seq_waits = atomic_load(&r->min_seq_waits);
 	out->read_buffer_bytes = atomic_load(&r->fbuf_bytes);
+	uint64_t pnow = repl_now_ms();
+	out->writes_paused_ms = r->pause_until_ms > pnow ? r->pause_until_ms - pnow : 0;
 	out->backlog_bytes = r->o.backlog_bytes;
 	out->protect_seq = r->protect_seq;
 	size_t n = 0;

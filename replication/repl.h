@@ -252,6 +252,13 @@ int sl_repl_same_endpoint(const char *dial, const char *listen);
  * SL_EINVAL for an empty/bad url. */
 int sl_repl_follow(sl_repl *r, const char *url, char *msg, size_t cap);
 
+/* A primary refuses writes for ms milliseconds (0: no longer), serving
+ * reads and fetches (a failover's fence: its followers catch up with a
+ * head that no longer moves).  *last gets the store's last seq: every
+ * write made before the pause is at or below it (taken under the store's
+ * write lock).  SL_EREADONLY on a follower.  A role change ends it. */
+int sl_repl_pause_writes(sl_repl *r, uint32_t ms, uint64_t *last, char *msg, size_t cap);
+
 /* The current history id (33 bytes, hex). */
 void sl_repl_history_id(sl_repl *r, char hid[33]);
 
@@ -286,6 +293,7 @@ typedef struct sl_repl_stats {
 	uint64_t apply_errors;  /* follower: fetch replies this node could not store (its disk) */
 	uint64_t min_seq_waits; /* reads parked until this node applied their --min-seq */
 	uint64_t read_buffer_bytes; /* follower: its connection's read buffer (tcp://) */
+	uint64_t writes_paused_ms;  /* primary: how much longer writes are paused */
 	uint64_t backlog_bytes, protect_seq;
 	size_t n_followers;
 	sl_repl_follower_stat *followers; /* malloc'd; sl_repl_stats_free */

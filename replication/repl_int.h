@@ -92,14 +92,15 @@ struct sl_repl {
 	sl_repl_opts o;
 	char dir[4096];
 
-	pthread_mutex_t admin; /* one promote or follow at a time (they stop and
-	                        * start the fetch loop; two joining it at once
-	                        * was undefined, and could leave two loops) */
-	pthread_mutex_t mu;    /* everything below unless said otherwise */
-	pthread_cond_t cv;     /* state changes: applied, acks, parked fetches, stop */
-	pthread_cond_t ack_cv; /* a follower's durable seq moved (acks waiters only) */
-	int acks_flushed;      /* sl_repl_ack_flush ran (the server stops): no ack wait blocks */
-	uint64_t ack_gen;      /* bumped when the role changes: blocking ack waits end */
+	pthread_mutex_t admin;   /* one promote or follow at a time (they stop and
+	                          * start the fetch loop; two joining it at once
+	                          * was undefined, and could leave two loops) */
+	pthread_mutex_t mu;      /* everything below unless said otherwise */
+	pthread_cond_t cv;       /* state changes: applied, acks, parked fetches, stop */
+	pthread_cond_t ack_cv;   /* a follower's durable seq moved (acks waiters only) */
+	int acks_flushed;        /* sl_repl_ack_flush ran (the server stops): no ack wait blocks */
+	uint64_t ack_gen;        /* bumped when the role changes: blocking ack waits end */
+	uint64_t pause_until_ms; /* sl_repl_pause_writes: writes refused until (repl_now_ms) */
 	repl_state st;
 	atomic_int role;
 	atomic_uint_fast64_t head; /* the store's last seq, as writes report it */

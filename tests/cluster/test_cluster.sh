@@ -98,6 +98,31 @@ digests_equal n1 n2 n3
 check_acked "$n1" "$T/acked"
 "$CLI" -a "$n1" put x y 2>/dev/null && fail "n1 (follower) accepted a write"
 
+say "failover with the primary alive, during --acks 1 writes: none lost"
+# the old primary's writes are paused first (pause-writes): the seq it
+# pauses at is final, and the follower promoted holds it
+rm -f "$T/stop"
+writer "$pu" live "$T/acked-live" &
+wpid=$!
+sleep 1
+if ! cl failover >"$T/fo.out" 2>&1; then
+	touch "$T/stop"
+	wait "$wpid" || true
+	fail "failover with a live primary: $(cat "$T/fo.out")"
+fi
+touch "$T/stop"
+wait "$wpid" || true
+grep -q "writes paused" "$T/fo.out" || fail "the old primary's writes were not paused: $(cat "$T/fo.out")"
+echo "  $(wc -l <"$T/acked-live") writes acknowledged, some during the failover"
+[ -s "$T/acked-live" ] || fail "no write acknowledged"
+old_p=$p
+p=$(primary_name)
+[ "$p" != "$old_p" ] || fail "$old_p still primary"
+pu=$(node_url "$p")
+check_acked "$pu" "$T/acked-live"
+digests_equal n1 n2 n3
+[ "$("$CLI" -a "$(node_url "$old_p")" stats | sed -n 's/^writes_paused_ms: //p')" = 0 ] || fail "$old_p still pauses writes"
+
 say "stop a follower, write, start it: it catches up"
 f=n2
 [ "$p" = n2 ] && f=n3
