@@ -192,6 +192,28 @@ static int hint_open(const struct sl_io *io, const char *dir, uint32_t id, int *
 	return SL_OK;
 }
 
+/* Whether the SL_HINT_HDR_SIZE bytes at p are the header of segment id's
+ * hint (its entry count aside). */
+static int hint_hdr_ok(const uint8_t *p, uint32_t id)
+{
+	return memcmp(p, SL_HINT_MAGIC, 8) == 0 && sl_get32(p + 8) == SL_FORMAT_VERSION &&
+	       sl_get64(p + 16) == id;
+}
+
+/* Whether the entry whose SL_HINT_ENTRY_FIXED bytes are at e is well
+ * formed: a key of 1 to max_key bytes, a put or a delete (a delete's
+ * record is its header and key), a record of at least its header and key,
+ * past the segment's header and ending by seg_size. */
+static int hint_entry_ok(const uint8_t *e, uint32_t max_key, uint64_t seg_size)
+{
+	uint16_t klen = sl_get16(e + 25);
+	uint64_t roff = sl_get32(e + 16), rsize = sl_get32(e + 20);
+	return klen != 0 && klen <= max_key && (e[24] == SL_REC_PUT || e[24] == SL_REC_DEL) &&
+	       (e[24] != SL_REC_DEL || rsize == SL_REC_HDR_SIZE + (uint64_t)klen) &&
+	       roff >= SL_SEG_HDR_SIZE && rsize >= SL_REC_HDR_SIZE + (uint64_t)klen &&
+	       roff + rsize <= seg_size;
+}
+
 int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t seg_size,
                  uint32_t max_key, int (*fn)(void *arg, const sl_hint_entry *e), void *arg)
 {
@@ -221,8 +243,7 @@ int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t 
 		}
 		got += (size_t)r;
 	}
-	if (memcmp(p, SL_HINT_MAGIC, 8) != 0 || sl_get32(p + 8) != SL_FORMAT_VERSION ||
-	    sl_get64(p + 16) != id || sl_get32(p + len - 4) != sl_crc32c(p, len - 4)) {
+	if (!hint_hdr_ok(p, id) || sl_get32(p + len - 4) != sl_crc32c(p, len - 4)) {
 		goto out;
 	}
 	uint32_t count = sl_get32(p + 12);
@@ -234,11 +255,8 @@ int sl_hint_load(const struct sl_io *io, const char *dir, uint32_t id, uint64_t 
 		}
 		const uint8_t *e = p + off;
 		uint16_t klen = sl_get16(e + 25);
-		uint64_t roff = sl_get32(e + 16), rsize = sl_get32(e + 20);
-		if (klen == 0 || klen > max_key || (e[24] != SL_REC_PUT && e[24] != SL_REC_DEL) ||
-		    (e[24] == SL_REC_DEL && rsize != SL_REC_HDR_SIZE + (uint64_t)klen) ||
-		    roff < SL_SEG_HDR_SIZE || rsize < SL_REC_HDR_SIZE + (uint64_t)klen ||
-		    roff + rsize > seg_size || off + SL_HINT_ENTRY_FIXED + klen > len - 4) {
+		if (!hint_entry_ok(e, max_key, seg_size) ||
+		    off + SL_HINT_ENTRY_FIXED + klen > len - 4) {
 			goto out;
 		}
 		off += SL_HINT_ENTRY_FIXED + klen;
@@ -341,8 +359,7 @@ int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_
 		goto out;
 	}
 	rc = SL_ECORRUPT;
-	if (memcmp(h.b, SL_HINT_MAGIC, 8) != 0 || sl_get32(h.b + 8) != SL_FORMAT_VERSION ||
-	    sl_get64(h.b + 16) != id) {
+	if (!hint_hdr_ok(h.b, id)) {
 		goto out;
 	}
 	uint32_t count = sl_get32(h.b + 12);
@@ -354,20 +371,16 @@ int sl_hint_extent(const struct sl_io *io, const char *dir, uint32_t id, uint64_
 		}
 		const uint8_t *e = h.b + h.pos;
 		uint16_t klen = sl_get16(e + 25);
-		uint64_t roff = sl_get32(e + 16), rsize = sl_get32(e + 20);
-		/* sl_hint_load's checks (a uint16_t klen is within SL_MAX_KEY), the
-		 * entries allowed anywhere */
+		uint64_t rend = (uint64_t)sl_get32(e + 16) + sl_get32(e + 20);
 		rc = SL_ECORRUPT;
-		if (klen == 0 || (e[24] != SL_REC_PUT && e[24] != SL_REC_DEL) ||
-		    (e[24] == SL_REC_DEL && rsize != SL_REC_HDR_SIZE + (uint64_t)klen) ||
-		    roff < SL_SEG_HDR_SIZE || rsize < SL_REC_HDR_SIZE + (uint64_t)klen) {
+		if (!hint_entry_ok(e, SL_MAX_KEY, UINT64_MAX)) { /* records anywhere */
 			goto out;
 		}
 		if ((rc = hs_need(&h, SL_HINT_ENTRY_FIXED + klen)) != SL_OK) {
 			goto out;
 		}
-		if (roff + rsize > far) {
-			far = roff + rsize;
+		if (rend > far) {
+			far = rend;
 		}
 		h.pos += SL_HINT_ENTRY_FIXED + klen;
 	}
