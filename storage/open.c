@@ -88,7 +88,19 @@ static int list_segments(sl_db *db, uint32_t **ids_out, size_t *n_out)
 	size_t n = 0, cap = 0;
 	struct dirent *e;
 	int rc = SL_OK;
-	while ((e = readdir(d)) != NULL) {
+	for (;;) {
+		/* A listing cut short by an error (EIO from a damaged
+		 * directory block, ENOMEM) is no list: opened without its last
+		 * segments, the store would hand out their seqs and ids again. */
+		errno = 0;
+		if ((e = readdir(d)) == NULL) {
+			if (errno != 0) {
+				sl_db_log(db, "error", "cannot list %s: %s", db->dir,
+				          strerror(errno));
+				rc = SL_EIO;
+			}
+			break;
+		}
 		size_t len = strlen(e->d_name);
 		if (len > 4 && strcmp(e->d_name + len - 4, ".tmp") == 0 && !db->opt.read_only) {
 			unlinkat(db->dirfd, e->d_name, 0);
@@ -300,7 +312,7 @@ static int load_segment_into(load_ctx *c, sl_db *db, uint32_t id, int last, uint
 		return rc;
 	}
 	uint64_t size = sl_seg_file_size(s);
-	if (!hdr_ok && !last) {
+	if (!hdr_ok && (!last || !writable)) {
 		/* Its first_seq (1 now) and flags are unknown: it is kept out of
 		 * the replication log (a log read from a seq below its records
 		 * would start in it and skip the segments before), and 1 stays a

@@ -100,6 +100,9 @@ int sl_seg_create_as(const struct sl_io *io, const char *dir, int dirfd, uint32_
 	snprintf(sfx, sizeof(sfx), ".seg%s", suffix);
 	char *path = sl_seg_path(dir, id, sfx);
 	sl_seg *s = calloc(1, sizeof(*s));
+	if (s != NULL) {
+		pthread_mutex_init(&s->sync_lock, NULL);
+	}
 	if (path == NULL || s == NULL) {
 		goto fail;
 	}
@@ -147,6 +150,9 @@ int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writab
 	int rc = SL_ENOMEM;
 	char *path = sl_seg_path(dir, id, ".seg");
 	sl_seg *s = calloc(1, sizeof(*s));
+	if (s != NULL) {
+		pthread_mutex_init(&s->sync_lock, NULL);
+	}
 	if (path == NULL || s == NULL) {
 		goto fail;
 	}
@@ -225,15 +231,12 @@ void sl_seg_close(const struct sl_io *io, sl_seg *s)
 	}
 	io->close(s->fd);
 	free(s->ckpt);
+	pthread_mutex_destroy(&s->sync_lock);
 	free(s);
 }
 
-int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
+static int sync_locked(const struct sl_io *io, sl_seg *s, uint64_t end, uint64_t *fsyncs)
 {
-	uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
-	if (atomic_load(&s->synced) >= end) {
-		return SL_OK;
-	}
 	if (fsyncs != NULL) {
 		__atomic_fetch_add(fsyncs, 1, __ATOMIC_RELAXED);
 	}
@@ -249,6 +252,7 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
 		}
 	}
 	if (io->fdatasync(s->fd) != 0) {
+		atomic_store(&s->sync_err, 1);
 		return SL_EIO;
 	}
 	/* Monotonic: a concurrent syncer may have covered more already. */
@@ -258,12 +262,44 @@ int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
 	return SL_OK;
 }
 
+/* Linux reports a writeback error to one fdatasync of an open file and
+ * then forgets it: the failed pages are clean again and their bytes are
+ * not on the disk, so the next fdatasync of the same descriptor returns 0.
+ * A failure is therefore sticky here, and one segment's fdatasyncs are
+ * serialized, so that no fdatasync returning 0 is taken for success after,
+ * or while, another one on the same file reported the error. */
+int sl_seg_sync(const struct sl_io *io, sl_seg *s, uint64_t *fsyncs)
+{
+	uint64_t end = atomic_load_explicit(&s->end, memory_order_acquire);
+	if (atomic_load(&s->synced) >= end) {
+		return SL_OK;
+	}
+	pthread_mutex_lock(&s->sync_lock);
+	int rc = SL_OK;
+	if (atomic_load(&s->sync_err)) {
+		rc = SL_EIO;
+	} else if (atomic_load(&s->synced) < end) { /* else: covered meanwhile */
+		rc = sync_locked(io, s, end, fsyncs);
+	}
+	pthread_mutex_unlock(&s->sync_lock);
+	return rc;
+}
+
 #define POPULATE_STEP (1u << 20)
 #define RA_STEP       (128u << 10)
 
+/* Linux 5.14; older headers lack them (an older kernel answers EINVAL,
+ * below).  Without them this did nothing and `populated` never moved: the
+ * flusher, asked for pages ahead, asked again for ever. */
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
 void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int how)
 {
-#ifdef MADV_POPULATE_WRITE
 	if (!s->writable) {
 		return;
 	}
@@ -323,10 +359,6 @@ void sl_seg_populate(sl_seg *s, uint64_t upto, int bounded, int how)
 	if (upto > from || upto == lim) {
 		atomic_store(&s->populated, upto >= lim ? s->cap : upto);
 	}
-#else
-	(void)s;
-	(void)upto;
-#endif
 }
 
 int sl_seg_trim(const struct sl_io *io, sl_seg *s)

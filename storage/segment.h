@@ -9,6 +9,7 @@
 #ifndef SL_SEGMENT_H
 #define SL_SEGMENT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,12 +31,16 @@ typedef struct sl_seg {
 	_Atomic uint64_t ttl_first; /* the earliest (0: none yet) */
 	_Atomic uint64_t end;       /* bytes written: header + whole records */
 	_Atomic uint64_t synced;    /* bytes known durable */
-	_Atomic uint64_t live;      /* bytes of put records the keydir points at */
-	_Atomic uint64_t tomb;      /* bytes of tombstones the keydir points at */
-	_Atomic int corrupt;        /* a bad record was found: never compacted */
-	_Atomic int sealed;         /* trimmed, synced, hint written (or due) */
-	_Atomic int hint_due;       /* sealed while hints were deferred: not compacted
-	                               until the flusher writes its hint */
+	/* An fdatasync of this file failed: sticky (sl_seg_sync).  sync_lock
+	 * serializes the segment's fdatasyncs. */
+	_Atomic int sync_err;
+	pthread_mutex_t sync_lock;
+	_Atomic uint64_t live; /* bytes of put records the keydir points at */
+	_Atomic uint64_t tomb; /* bytes of tombstones the keydir points at */
+	_Atomic int corrupt;   /* a bad record was found: never compacted */
+	_Atomic int sealed;    /* trimmed, synced, hint written (or due) */
+	_Atomic int hint_due;  /* sealed while hints were deferred: not compacted
+	                          until the flusher writes its hint */
 	/* A hint that failed (a full disk, an I/O error) is tried again by the
 	 * flusher at hint_retry_ns (sl_mono_ns; 0: none), after a wait that
 	 * doubles from 1 s to 60 s.  Under the store's seal_mu. */

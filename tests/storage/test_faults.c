@@ -2080,6 +2080,84 @@ static void test_sync_covers_every_segment(void **state)
 	free(dir);
 }
 
+/* Linux reports a writeback error to one fdatasync of a file and then
+ * forgets it: the next fdatasync of the same descriptor returns 0 although
+ * the bytes never reached the disk.  once_fdatasync plays that for segment
+ * g_once_id once armed: its next fdatasync fails with EIO, every later one
+ * returns 0 without syncing.  The flusher's seal of a segment failed that
+ * way and, in the same pass, its periodic sync fdatasynced the segment
+ * again, got 0 and published synced_seq as the last seq: sl_sync_wait then
+ * answered "durable" for records a power loss would lose. */
+static _Atomic int g_once_id;     /* the segment */
+static _Atomic int g_once_armed;  /* its next fdatasync fails */
+static _Atomic int g_once_failed; /* it failed: later ones "succeed", syncing nothing */
+
+static int once_fdatasync(int fd)
+{
+	int id = fd >= 0 && fd < SY_FDS ? atomic_load(&g_id_of_fd[fd]) : 0;
+	if (id > 0 && id == atomic_load(&g_once_id) && atomic_load(&g_once_armed)) {
+		if (!atomic_exchange(&g_once_failed, 1)) {
+			errno = EIO;
+			return -1;
+		}
+		return 0;
+	}
+	return sl_io_default.fdatasync(fd);
+}
+
+static void test_fsync_error_reported_once(void **state)
+{
+	(void)state;
+	sl_options o;
+	char *dir = fault_dir("once", &o, 64 << 10);
+	struct sl_io io = sl_io_default;
+	io.open = sy_open;
+	io.fdatasync = once_fdatasync;
+	io.rename = sy_rename;
+	o.io = &io;
+	o.sync = SL_SYNC_EVERYSEC;
+	o.sync_interval_ms = 60000;
+	atomic_store(&g_once_id, 2);
+	atomic_store(&g_once_armed, 0);
+	atomic_store(&g_once_failed, 0);
+	sl_db *db;
+	open_db(dir, &o, &db);
+	/* The flusher seals segment 1 and stops in its hint's rename while
+	 * segments 2 and 3 start; then segment 2's next fdatasync is armed
+	 * and the flusher let go: its pass seals segment 2 (which fails),
+	 * then syncs. */
+	atomic_store(&g_hint_hold, 1);
+	char key[32], val[1000];
+	memset(val, 'v', sizeof(val));
+	uint64_t seq = 0;
+	for (int i = 0; highest_seg(dir) < 3; i++) {
+		assert_true(i < 400);
+		snprintf(key, sizeof(key), "k%d", i);
+		assert_int_equal(sl_put(db, key, strlen(key), val, sizeof(val), &seq), SL_OK);
+	}
+	atomic_store(&g_once_armed, 1);
+	atomic_store(&g_hint_hold, 0);
+	uint64_t t0 = tu_mono_ms();
+	while (!stats(db).failed && tu_mono_ms() - t0 < 10000) {
+		usleep(5000);
+	}
+	assert_true(atomic_load(&g_once_failed));
+	assert_true(stats(db).failed != 0);
+	usleep(200 * 1000); /* the rest of the flusher's pass */
+	sl_stats st = stats(db);
+	if (st.synced_seq >= seq) {
+		fail_msg("segment 2's fdatasync failed, yet synced_seq = %llu (last seq %llu)",
+		         (unsigned long long)st.synced_seq, (unsigned long long)seq);
+	}
+	assert_int_equal(sl_sync_wait(db, seq), SL_EFAILED);
+	assert_true(sl_sync_now(db) < 0);
+	assert_int_equal(stats(db).synced_seq, st.synced_seq);
+	atomic_store(&g_once_armed, 0);
+	sl_close(db);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
 /* ======================================================================
  * A damaged header on the newest file, a compaction output
  * ====================================================================== */
@@ -2212,6 +2290,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sync_covers_every_segment),
+	    cmocka_unit_test(test_fsync_error_reported_once),
 	    cmocka_unit_test(test_damaged_output_header),
 	    cmocka_unit_test(test_keys_aimed_at_one_shard),
 	    cmocka_unit_test(test_torn_tail_every_offset_put),

@@ -25,6 +25,7 @@
 #include "io.h"
 #include "record.h"
 #include "shiplog.h"
+#include "testutil.h"
 
 static char g_base[512];
 
@@ -750,6 +751,54 @@ static void test_hole_in_the_log_is_stale(void **state)
 	rmbase();
 }
 
+/* A blank newest segment (a crash during a rotation left it zeroed) read
+ * its first_seq as 1; a writable open rewrites its header, a read-only one
+ * kept it in the replication log, so every read from seq 1 started in it
+ * and found nothing, while last_seq said 150. */
+static void test_read_only_blank_newest_segment_left_out_of_the_log(void **state)
+{
+	(void)state;
+	mkbase();
+	sl_db *a = open_at("a");
+	char k[32], v[100];
+	memset(v, 'v', sizeof(v));
+	for (int i = 0; i < 150; i++) {
+		snprintf(k, sizeof(k), "k%04d", i);
+		assert_int_equal(sl_put(a, k, strlen(k), v, sizeof(v), NULL), SL_OK);
+	}
+	uint64_t last = sl_last_seq(a);
+	sl_close(a);
+	char dir[600], path[700];
+	snprintf(dir, sizeof(dir), "%s/a", g_base);
+	uint64_t *ids;
+	int n = tu_list_ids(dir, "seg", &ids);
+	assert_true(n >= 2);
+	tu_seg_path(path, sizeof(path), dir, ids[n - 1] + 1, "seg");
+	free(ids);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	static const uint8_t zeros[64 << 10];
+	assert_int_equal(fwrite(zeros, 1, sizeof(zeros), f), sizeof(zeros));
+	assert_int_equal(fclose(f), 0);
+
+	sl_options o;
+	sl_options_init(&o);
+	o.read_only = 1;
+	o.quiet = 1;
+	o.compact_background = 0;
+	assert_int_equal(sl_open(dir, &o, &a), SL_OK);
+	assert_int_equal(sl_last_seq(a), last);
+	static uint8_t buf[1 << 20];
+	size_t len = 0;
+	uint64_t next = 0;
+	assert_int_equal(sl_log_read(a, 1, buf, sizeof(buf), &len, &next), SL_OK);
+	assert_true(len > 0);
+	assert_int_equal(sl_get64(buf + 12), 1); /* from seq 1 on */
+	assert_int_equal(next, last + 1);
+	sl_close(a);
+	rmbase();
+}
+
 /* Ships a's log from `from` into b (a follower catching up after a full
  * resync) and asserts their digests are equal; a's digest into da. */
 static void catch_up_equal(sl_db *a, sl_db *b, uint64_t from, char da[33])
@@ -988,6 +1037,7 @@ int main(void)
 	    cmocka_unit_test(test_snapshot_loads_equal),
 	    cmocka_unit_test(test_snapshot_is_the_store_at_its_head),
 	    cmocka_unit_test(test_digest_layout_independent),
+	    cmocka_unit_test(test_read_only_blank_newest_segment_left_out_of_the_log),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

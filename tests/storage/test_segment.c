@@ -522,15 +522,19 @@ static void sync_calls_fdatasync_only_when_behind(void **state)
 	assert_int_equal(sl_seg_sync(&fio, s, NULL), SL_OK);
 	assert_int_equal(n_fdatasync, 1);
 
-	/* A failed fdatasync reports SL_EIO and does not advance synced. */
+	/* A failed fdatasync reports SL_EIO and does not advance synced.  It
+	 * stays failed: Linux reports a writeback error once, so the next
+	 * fdatasync of the file may return 0 with the bytes lost. */
 	append(s, 2, "k2", "v2");
 	uint64_t before = atomic_load(&s->synced);
 	fdatasync_fail = 1;
 	assert_int_equal(sl_seg_sync(&fio, s, &fsyncs), SL_EIO);
 	assert_int_equal(atomic_load(&s->synced), before);
 	fdatasync_fail = 0;
-	assert_int_equal(sl_seg_sync(&fio, s, &fsyncs), SL_OK);
-	assert_int_equal(atomic_load(&s->synced), atomic_load(&s->end));
+	n_fdatasync = 0;
+	assert_int_equal(sl_seg_sync(&fio, s, &fsyncs), SL_EIO);
+	assert_int_equal(n_fdatasync, 0);
+	assert_int_equal(atomic_load(&s->synced), before);
 	sl_seg_close(&fio, s);
 }
 
