@@ -149,7 +149,7 @@ static int parse_size(const char *s, uint64_t *out)
 {
 	char *end = NULL;
 	errno = 0;
-	if (s == NULL || *s == '\0' || *s == '-') {
+	if (s == NULL || *s < '0' || *s > '9') { /* strtoull takes " -1" */
 		return -1;
 	}
 	unsigned long long v = strtoull(s, &end, 10);
@@ -605,9 +605,26 @@ static int pidfile_ready(void *arg, char *err, size_t cap)
 	return 0;
 }
 
+/* Removes the pidfile at path if it holds this process's pid (a start
+ * that failed after writing it; never another process's). */
+static void pidfile_remove_own(const char *path)
+{
+	FILE *f = path != NULL ? fopen(path, "r") : NULL;
+	if (f == NULL) {
+		return;
+	}
+	long pid = 0;
+	int ours = fscanf(f, "%ld", &pid) == 1 && pid == (long)getpid();
+	fclose(f);
+	if (ours) {
+		unlink(path);
+	}
+}
+
 static const char *g_pidfile;
 static pthread_mutex_t g_teardown_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_teardown_done;
+static int g_final_sync_ok = 1; /* the final sync's outcome, for the watchdog's exit */
 
 static void *shutdown_watchdog(void *arg)
 {
@@ -619,12 +636,14 @@ static void *shutdown_watchdog(void *arg)
 		return NULL;
 	}
 	sl_log_error("the network library did not close its sockets within %d s "
-	             "(nanomsg/nng#1543); exiting with the data synced",
-	             TEARDOWN_LIMIT_S);
+	             "(nanomsg/nng#1543); exiting %s",
+	             TEARDOWN_LIMIT_S,
+	             g_final_sync_ok ? "with the data synced"
+	                             : "(status 1: the final sync failed)");
 	if (g_pidfile != NULL) {
 		unlink(g_pidfile);
 	}
-	_exit(0);
+	_exit(g_final_sync_ok ? 0 : 1);
 	return NULL;
 }
 
@@ -843,6 +862,7 @@ int main(int argc, char **argv)
 	char err[512];
 	if (n.metrics == NULL || (rc = sl_server_start(&n, &so, &srv, err, sizeof(err))) != SL_OK) {
 		sl_log_error("%s; refusing to start", n.metrics ? err : "out of memory");
+		pidfile_remove_own(c.pidfile); /* written if the front failed after its ready */
 		sl_repl_stop(n.repl);
 		sl_close(n.db);
 		sl_metrics_free(n.metrics);
@@ -882,6 +902,7 @@ int main(int argc, char **argv)
 	}
 	pthread_t watchdog;
 	g_pidfile = c.pidfile;
+	g_final_sync_ok = rc == SL_OK;
 	int wd = pthread_create(&watchdog, NULL, shutdown_watchdog, NULL) == 0;
 	sl_server_stop(srv);
 	sl_repl_stop(n.repl);

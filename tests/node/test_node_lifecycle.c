@@ -120,6 +120,11 @@ static void test_bad_flags_exit_1(void **state)
 	const char *a16[] = {"--repl-sched", "fast", NULL};
 	assert_int_equal(nu_run_to_exit(root, "bad16", a16), 1);
 	assert_true(nu_out_contains(root, "bad16", "--repl-sched"));
+	/* strtoull skips blanks and negates: " -1" was 2^64-1 bytes of
+	 * backlog, so the primary never compacted */
+	const char *a17[] = {"--repl-backlog-bytes", " -1", NULL};
+	assert_int_equal(nu_run_to_exit(root, "bad17", a17), 1);
+	assert_true(nu_out_contains(root, "bad17", "--repl-backlog-bytes"));
 	const char *h[] = {"--help", NULL};
 	assert_int_equal(nu_run_to_exit(root, "help", h), 0);
 	assert_true(nu_out_contains(root, "help", "--metrics-listen"));
