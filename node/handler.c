@@ -603,6 +603,7 @@ static void do_batch(sl_node *n, sl_reply *r, const Shiplog__Batch *b)
 		return;
 	}
 	size_t budget = resp_budget(n); /* as do_get's */
+	r->budget = budget;
 	/* Every result's framing, status and seq (at most 16 bytes; 65,536 of
 	 * them fit in the 1 MiB of slack) is reserved first, so values and
 	 * texts fill only what is left: a batch's response stays within the
@@ -1382,8 +1383,14 @@ void sl_reply_sync_failed(sl_reply *r, int rc)
 			/* A get's result carries a value (never NULL when found). */
 			if (x->status == SL_OK && x->has_seq && !x->has_value) {
 				x->status = rc;
+				/* within the batch's budget, as do_batch's texts: a
+				 * batch of 65,536 puts got 66 bytes each, 4 MB over
+				 * the message limit; the status says it all */
 				char *e = own_printf(r, "sync: %s", sl_status_str(rc));
-				x->error = e != NULL ? e : (char *)"sync failed";
+				if (e != NULL && r->bytes + strlen(e) <= r->budget) {
+					x->error = e;
+					r->bytes += strlen(e);
+				}
 			}
 		}
 		return;

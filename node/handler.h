@@ -29,6 +29,7 @@ typedef struct sl_reply {
 	void **owned; /* freed by sl_reply_free */
 	size_t nowned, capowned;
 	size_t bytes;  /* running size of the values/keys added, for budgets */
+	size_t budget; /* a batch's: what bytes may reach (sl_reply_sync_failed) */
 	int wake_repl; /* a write: call sl_repl_wake_fetches once r is sent */
 	/* A write with --acks run by sl_handle_defer or sl_handle_inline:
 	 * made, not yet acknowledged.  The caller parks it (sl_repl_ack_park

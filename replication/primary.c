@@ -193,6 +193,15 @@ static uint64_t fetch_applied(const Shiplog__Fetch *f)
 	return applied;
 }
 
+/* Whether the table's (possibly cut) id `stored` is id: ids are kept cut
+ * to the table's width, so a longer one is compared as cut (compared whole,
+ * each fetch of a 50-character id took a new slot, the same id in each). */
+static int same_id(const char *stored, const char *id)
+{
+	size_t w = sizeof(((follower_ent *)0)->node_id) - 1;
+	return strncmp(stored, id, w) == 0 && (strlen(id) >= w || stored[strlen(id)] == '\0');
+}
+
 /* Records what a fetch says about its follower.  mu held. */
 static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 {
@@ -200,7 +209,7 @@ static void table_update(sl_repl *r, const Shiplog__Fetch *f, uint64_t now)
 	follower_ent *e = NULL, *oldest = NULL;
 	for (int i = 0; i < SL_MAX_FOLLOW; i++) {
 		follower_ent *x = &r->followers[i];
-		if (x->used && strcmp(x->node_id, id) == 0) {
+		if (x->used && same_id(x->node_id, id)) {
 			e = x;
 			break;
 		}
@@ -263,7 +272,7 @@ static follower_ent *table_find(sl_repl *r, const char *id)
 {
 	for (int i = 0; id != NULL && i < SL_MAX_FOLLOW; i++) {
 		follower_ent *x = &r->followers[i];
-		if (x->used && strcmp(x->node_id, id) == 0) {
+		if (x->used && same_id(x->node_id, id)) {
 			return x;
 		}
 	}

@@ -493,6 +493,57 @@ static void test_sync_failed_batch(void **state)
 	sl_reply_free(&r);
 }
 
+/* A batch of many puts whose sync failed: each result's "sync: ..." text
+ * counts against the reply's budget, as do_batch's own texts do (65,536
+ * puts got 66 bytes each, a reply 4 MB over the message limit). */
+static void test_sync_failed_big_batch_within_limit(void **state)
+{
+	(void)state;
+	enum { N = 40000 };
+	Shiplog__Put *p = calloc(N, sizeof(*p));
+	Shiplog__Op *ops = calloc(N, sizeof(*ops));
+	Shiplog__Op **ptrs = calloc(N, sizeof(*ptrs));
+	assert_non_null(p);
+	assert_non_null(ops);
+	assert_non_null(ptrs);
+	for (int i = 0; i < N; i++) {
+		shiplog__put__init(&p[i]);
+		p[i].has_key = 1;
+		p[i].key = bin("k");
+		p[i].has_value = 1;
+		p[i].value = bin("v");
+		shiplog__op__init(&ops[i]);
+		ops[i].op_case = SHIPLOG__OP__OP_PUT;
+		ops[i].put = &p[i];
+		ptrs[i] = &ops[i];
+	}
+	Shiplog__Batch b = SHIPLOG__BATCH__INIT;
+	b.n_ops = N;
+	b.ops = ptrs;
+	Shiplog__Request q = SHIPLOG__REQUEST__INIT;
+	q.op_case = SHIPLOG__REQUEST__OP_BATCH;
+	q.batch = &b;
+	enc e = pack(&q);
+	assert_true(e.len < node.max_msg_bytes);
+	sl_reply r;
+	uint64_t ss;
+	assert_int_equal(defer(e, &r, &ss), SL_OP_BATCH);
+	assert_int_equal(r.resp.n_results, N);
+	sl_reply_sync_failed(&r, SL_EFAILED);
+	for (int i = 0; i < N; i++) {
+		assert_int_equal(r.resp.results[i]->status, SL_EFAILED);
+	}
+	assert_non_null(r.resp.results[0]->error); /* the first ones carry the text */
+	if (sl_reply_size(&r) > node.max_msg_bytes) {
+		fail_msg("reply %zu bytes, limit %zu", sl_reply_size(&r),
+		         (size_t)node.max_msg_bytes);
+	}
+	sl_reply_free(&r);
+	free(p);
+	free(ops);
+	free(ptrs);
+}
+
 /* A deferred put whose fdatasync fails: sl_sync_wait reports it, and the
  * store refuses further writes. */
 static void test_failed_fdatasync(void **state)
@@ -900,6 +951,7 @@ int main(void)
 	    T(test_batch_sync_seq_is_highest_write),
 	    T(test_sync_failed_single_put),
 	    T(test_sync_failed_batch),
+	    T(test_sync_failed_big_batch_within_limit),
 	    T(test_failed_fdatasync),
 	    T(test_inline_runs_what_cannot_wait),
 	    T(test_inline_refuses_what_can_wait),

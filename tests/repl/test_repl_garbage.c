@@ -357,6 +357,38 @@ static void test_made_up_ids_take_no_followers_place(void **state)
 	assert_int_equal(rep->snap->status, SL_OK);
 	shiplog__repl_reply__free_unpacked(rep, NULL);
 
+	/* an id longer than the table keeps (39 characters), fetching three
+	 * times: one entry (compared whole against the cut one, each fetch
+	 * took a new slot: the same series three times in /metrics) */
+	char longid[51];
+	memset(longid, 'L', 50);
+	longid[50] = '\0';
+	for (int i = 0; i < 3; i++) {
+		Shiplog__ReplRequest q = SHIPLOG__REPL_REQUEST__INIT;
+		Shiplog__Fetch f = SHIPLOG__FETCH__INIT;
+		f.has_from_seq = 1;
+		f.from_seq = 1;
+		f.has_max_bytes = 1;
+		f.max_bytes = 4096;
+		f.node_id = longid;
+		q.op_case = SHIPLOG__REPL_REQUEST__OP_FETCH;
+		q.fetch = &f;
+		rep = repl_call(req, &q);
+		assert_int_equal(rep->op_case, SHIPLOG__REPL_REPLY__OP_FETCH);
+		shiplog__repl_reply__free_unpacked(rep, NULL);
+	}
+	int same = 0;
+	for (int i = 0; i < 8; i++) {
+		char name[64], got[64];
+		snprintf(name, sizeof(name), "follower.%d.id", i);
+		got[0] = '\0';
+		ru_stat(&P, name, got, sizeof(got));
+		same += strncmp(got, longid, 39) == 0;
+	}
+	if (same != 1) {
+		fail_msg("a 50-character node id fetching 3 times has %d table entries", same);
+	}
+
 	/* a real follower, then 70 made-up ones */
 	assert_int_equal(ru_start_in(&F, root, "fm", P.rurl, NULL), 0);
 	assert_int_equal(ru_wait_applied(&F, ru_last_seq(&P), 15000), 0);
