@@ -187,7 +187,20 @@ static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 	}
 	void *v = NULL;
 	size_t vl = 0;
-	int rc = sl_get_seq(n->db, g->key.data, g->key.len, &v, &vl, &o->seq);
+	/* The budget first: a value that does not fit is neither read nor
+	 * kept (a batch or mget of many gets of one big value read and
+	 * copied it once a get, and could hold a copy a get). */
+	size_t budget = resp_budget(n);
+	size_t room = budget > r->bytes + g->key.len ? budget - r->bytes - g->key.len : 0;
+	int rc = sl_get_max(n->db, g->key.data, g->key.len, room, &v, &vl, &o->seq);
+	if (rc == SL_ETOOBIG) {
+		o->status = SL_ETOOBIG;
+		snprintf(o->msg, sizeof(o->msg),
+		         "this value (%zu bytes) would take the response past the %zu-byte "
+		         "message limit",
+		         vl, n->max_msg_bytes);
+		return;
+	}
 	if (rc != SL_OK) {
 		o->status = rc;
 		if (rc != SL_ENOTFOUND) {
@@ -195,10 +208,7 @@ static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 		}
 		return;
 	}
-	/* The budget first: a value that does not fit is freed now, not held
-	 * with the reply (a batch of many gets of one big value kept a copy
-	 * per get, and could take the server's memory). */
-	if (r->bytes + vl + g->key.len > resp_budget(n)) {
+	if (r->bytes + vl + g->key.len > budget) { /* an empty value with no room */
 		free(v);
 		o->status = SL_ETOOBIG;
 		snprintf(o->msg, sizeof(o->msg),

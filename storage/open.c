@@ -840,13 +840,34 @@ int sl_swap_dir(sl_db *db, const char *other, const sl_options *o)
 		/* Both entries changed: make both parents durable (one when they
 		 * share it). */
 		char *p1 = sl_db_parent_dir(other), *p2 = sl_db_parent_dir(db->dir);
-		if (fsync_dir(db->io, p1) != 0 ||
-		    (p2 != NULL && p1 != NULL && strcmp(p1, p2) != 0 &&
-		     fsync_dir(db->io, p2) != 0)) {
-			sl_db_log(db, "warn", "fsync of the parent directory of %s failed", other);
+		int two = p2 != NULL && p1 != NULL && strcmp(p1, p2) != 0;
+		int unsynced = fsync_dir(db->io, p1) != 0 || (two && fsync_dir(db->io, p2) != 0);
+		/* Not known durable: traded back, so that the caller, told
+		 * SL_EIO, finds both where they were.  Reported done, a power
+		 * loss could bring the old store back under the caller's name
+		 * after the caller had counted the new one durable. */
+		if (unsynced &&
+		    renameat2(AT_FDCWD, db->dir, AT_FDCWD, other, RENAME_EXCHANGE) == 0) {
+			fsync_dir(db->io, p1);
+			if (two) {
+				fsync_dir(db->io, p2);
+			}
+			sl_db_log(db, "error",
+			          "fsync of the parent directory of %s failed: the directories "
+			          "are traded back",
+			          other);
+			rc = SL_EIO;
+			free(nd);
+		} else if (unsynced) {
+			sl_db_log(db, "warn",
+			          "fsync of the parent directory of %s failed, and trading back "
+			          "failed too: the exchange stands",
+			          other);
 		}
 		free(p1);
 		free(p2);
+	}
+	if (rc == SL_OK) {
 		free(db->dir);
 		db->dir = nd;
 		pthread_mutex_lock(&db->sync_mu);

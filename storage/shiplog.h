@@ -192,6 +192,12 @@ void sl_prefetch_value(sl_db *db, const void *key, size_t klen);
 int sl_get_seq(sl_db *db, const void *key, size_t klen, void **val_out, size_t *vlen_out,
                uint64_t *seq_out);
 
+/* As sl_get_seq, but a value longer than max_vlen is SL_ETOOBIG with its
+ * length in *vlen_out, found from the index alone: neither read, checked
+ * nor copied (a reply's room). */
+int sl_get_max(sl_db *db, const void *key, size_t klen, size_t max_vlen, void **val_out,
+               size_t *vlen_out, uint64_t *seq_out);
+
 /* Writes a tombstone for key.  SL_ENOTFOUND (nothing written) when the key
  * has no live value. */
 int sl_delete(sl_db *db, const void *key, size_t klen, uint64_t *seq_out);

@@ -2158,6 +2158,58 @@ static void test_fsync_error_reported_once(void **state)
 	free(dir);
 }
 
+/* sl_get_max tells a value too long for the caller's room from the index
+ * alone: a damaged big value is SL_ETOOBIG there (never read, so never
+ * checked), SL_ECORRUPT to a read that takes it; an expired one is not
+ * found either way. */
+static void test_get_max_reads_no_value_too_long(void **state)
+{
+	(void)state;
+	sl_options o;
+	char *dir = fault_dir("getmax", &o, 1 << 20);
+	sl_db *db;
+	open_db(dir, &o, &db);
+	enum { BIG = 100000 };
+	char *big = malloc(BIG);
+	assert_non_null(big);
+	memset(big, 'B', BIG);
+	assert_int_equal(sl_put(db, "big", 3, big, BIG, NULL), SL_OK);
+	assert_int_equal(sl_put_ttl(db, "gone", 4, big, BIG, 1, NULL), SL_OK);
+	void *v = NULL;
+	size_t vl = 0;
+	uint64_t seq = 0;
+	assert_int_equal(sl_get_max(db, "big", 3, BIG, &v, &vl, &seq), SL_OK);
+	assert_int_equal(vl, BIG);
+	free(v);
+	/* a byte in the middle of the value, through the file */
+	char *seg = seg_file(dir, 1, "seg");
+	int fd = open(seg, O_RDWR);
+	assert_true(fd >= 0);
+	size_t flen = (size_t)lseek(fd, 0, SEEK_END);
+	char *all = malloc(flen);
+	assert_non_null(all);
+	assert_int_equal(pread(fd, all, flen, 0), (ssize_t)flen);
+	char *at = memchr(all, 'B', flen);
+	assert_non_null(at);
+	assert_int_equal(pwrite(fd, "X", 1, (off_t)(at - all) + BIG / 2), 1);
+	close(fd);
+	free(all);
+	free(seg);
+	v = NULL;
+	vl = 0;
+	assert_int_equal(sl_get_max(db, "big", 3, BIG - 1, &v, &vl, &seq), SL_ETOOBIG);
+	assert_null(v);
+	assert_int_equal(vl, BIG);
+	assert_int_equal(sl_get_max(db, "big", 3, SIZE_MAX, &v, &vl, &seq), SL_ECORRUPT);
+	usleep(20 * 1000); /* "gone" expires (1 ms) */
+	assert_int_equal(sl_get_max(db, "gone", 4, 10, &v, &vl, &seq), SL_ENOTFOUND);
+	assert_int_equal(sl_get_max(db, "gone", 4, SIZE_MAX, &v, &vl, &seq), SL_ENOTFOUND);
+	sl_close(db);
+	free(big);
+	tu_rm_rf(dir);
+	free(dir);
+}
+
 /* ======================================================================
  * A damaged header on the newest file, a compaction output
  * ====================================================================== */
@@ -2291,6 +2343,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 	    cmocka_unit_test(test_sync_covers_every_segment),
 	    cmocka_unit_test(test_fsync_error_reported_once),
+	    cmocka_unit_test(test_get_max_reads_no_value_too_long),
 	    cmocka_unit_test(test_damaged_output_header),
 	    cmocka_unit_test(test_keys_aimed_at_one_shard),
 	    cmocka_unit_test(test_torn_tail_every_offset_put),

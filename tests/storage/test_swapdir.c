@@ -33,6 +33,7 @@
 
 #include <cmocka.h>
 
+#include "io.h"
 #include "shiplog.h"
 #include "testutil.h"
 
@@ -589,6 +590,69 @@ static void test_swap_errors_change_nothing(void **state)
 	free(missing);
 }
 
+/* A parent directory's fsync that fails after the exchange: not known
+ * durable, so the directories are traded back and the swap fails (it was
+ * reported done: a follower counted the new store durable, and a power
+ * loss could bring the old one back under its name). */
+static _Atomic int g_dirsync_fail;
+
+static int dirsync_fsync(int fd)
+{
+	struct stat st;
+	if (atomic_load(&g_dirsync_fail) && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+		errno = EIO;
+		return -1;
+	}
+	return fsync(fd);
+}
+
+static void test_swap_parent_fsync_failure_trades_back(void **state)
+{
+	(void)state;
+	char *dir_a = tu_mkdtemp("swap-pfs-a");
+	char *dir_b = tu_mkdtemp("swap-pfs-b");
+	assert_non_null(dir_a);
+	assert_non_null(dir_b);
+	struct sl_io io = sl_io_default;
+	io.fsync = dirsync_fsync;
+	sl_options oa = base_opts();
+	oa.io = &io;
+	sl_db *a = open_dir(dir_a, &oa);
+	for (int i = 0; i < 50; i++) {
+		put_v(a, 'a', i, 1);
+	}
+	sl_options ob = base_opts();
+	sl_db *b = open_dir(dir_b, &ob);
+	put_v(b, 'b', 0, 3);
+	sl_close(b);
+	tu_snapshot b_files;
+	assert_int_equal(tu_snapshot_take(dir_b, &b_files), 0);
+	sl_options o2 = base_opts();
+	o2.sync = SL_SYNC_ALWAYS;
+	atomic_store(&g_dirsync_fail, 1);
+	int rc = sl_swap_dir(a, dir_b, &o2);
+	atomic_store(&g_dirsync_fail, 0);
+	if (rc != SL_EIO) {
+		fail_msg("swap with a failing parent fsync: %s (%d), wanted SL_EIO",
+		         sl_strerror(rc), rc);
+	}
+	assert_dir_equals(dir_b, &b_files); /* b's store is back under its name */
+	assert_int_equal(sl_sync_policy(a), SL_SYNC_NO);
+	put_v(a, 'a', 50, 1); /* the handle still writes at its own path */
+	check_v(a, 'a', 0, 1);
+	sl_close(a);
+	a = open_dir(dir_a, &oa);
+	check_v(a, 'a', 0, 1);
+	check_v(a, 'a', 50, 1);
+	check_absent(a, 'b', 0);
+	sl_close(a);
+	tu_snapshot_free(&b_files);
+	tu_rm_rf(dir_a);
+	tu_rm_rf(dir_b);
+	free(dir_a);
+	free(dir_b);
+}
+
 /* ---- 4. SL_SYNC_ALWAYS after the swap ------------------------------------ */
 
 static void test_swap_sync_always(void **state)
@@ -914,6 +978,7 @@ int main(void)
 	    cmocka_unit_test(test_swap_basic),
 	    cmocka_unit_test(test_swap_starts_compaction),
 	    cmocka_unit_test(test_swap_errors_change_nothing),
+	    cmocka_unit_test(test_swap_parent_fsync_failure_trades_back),
 	    cmocka_unit_test(test_swap_sync_always),
 	    cmocka_unit_test(test_swap_new_intervals),
 	    cmocka_unit_test(test_move_in),
