@@ -2210,6 +2210,66 @@ static void test_get_max_reads_no_value_too_long(void **state)
 	free(dir);
 }
 
+/* A data directory the open makes, with its parents: each new entry is
+ * made durable in its parent (they were never fsynced: a power loss could
+ * take the directory, and the acknowledged writes in it, away). */
+#define DS_MAX 16
+static _Atomic int g_nds;
+static ino_t g_ds_ino[DS_MAX];
+
+static int ds_fsync(int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+		int i = atomic_fetch_add(&g_nds, 1);
+		if (i < DS_MAX) {
+			g_ds_ino[i] = st.st_ino;
+		}
+	}
+	return sl_io_default.fsync(fd);
+}
+
+static int ds_synced(const char *path)
+{
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	for (int i = 0; i < atomic_load(&g_nds) && i < DS_MAX; i++) {
+		if (g_ds_ino[i] == st.st_ino) {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static void test_new_data_directory_entries_synced(void **state)
+{
+	(void)state;
+	char *root = tu_mkdtemp("mkdirs");
+	assert_non_null(root);
+	char x[600], y[700], z[800];
+	snprintf(x, sizeof(x), "%s/x", root);
+	snprintf(y, sizeof(y), "%s/y", x);
+	snprintf(z, sizeof(z), "%s/z", y);
+	struct sl_io io = sl_io_default;
+	io.fsync = ds_fsync;
+	sl_options o;
+	sl_options_init(&o);
+	o.quiet = tu_quiet();
+	o.sync = SL_SYNC_ALWAYS;
+	o.io = &io;
+	atomic_store(&g_nds, 0);
+	sl_db *db;
+	open_db(z, &o, &db);
+	assert_int_equal(sl_put(db, "k", 1, "v", 1, NULL), SL_OK);
+	assert_true(ds_synced(root)); /* holds x */
+	assert_true(ds_synced(x));    /* holds y */
+	assert_true(ds_synced(y));    /* holds z */
+	assert_true(ds_synced(z));    /* holds the segment */
+	sl_close(db);
+	tu_rm_rf(root);
+	free(root);
+}
+
 /* ======================================================================
  * A damaged header on the newest file, a compaction output
  * ====================================================================== */
@@ -2344,6 +2404,7 @@ int main(void)
 	    cmocka_unit_test(test_sync_covers_every_segment),
 	    cmocka_unit_test(test_fsync_error_reported_once),
 	    cmocka_unit_test(test_get_max_reads_no_value_too_long),
+	    cmocka_unit_test(test_new_data_directory_entries_synced),
 	    cmocka_unit_test(test_damaged_output_header),
 	    cmocka_unit_test(test_keys_aimed_at_one_shard),
 	    cmocka_unit_test(test_torn_tail_every_offset_put),
