@@ -1052,10 +1052,13 @@ int sl_pipeline_exec(sl_pipeline *p, const sl_client_item **items_out, size_t *n
 	if (p == NULL || items_out == NULL || n_out == NULL) {
 		return SL_EINVAL;
 	}
+	/* "n 0" on any failure (client.h): the last exec's items, freed
+	 * here, were left to a caller telling a short-of-acks batch (n > 0)
+	 * from a failed round trip */
+	*items_out = NULL;
+	*n_out = 0;
 	clear_results(p);
 	if (p->n == 0) {
-		*items_out = NULL;
-		*n_out = 0;
 		return SL_OK;
 	}
 	batch_view v = {0};

@@ -247,6 +247,10 @@ static void applied_done(sl_repl_applied_wait *w, int ok)
 	q->ops->release(q);
 	q->buf = NULL;
 	if (sync_seq > 0) {
+		/* the committer syncs up to each request's own sync_seq: left
+		 * 0, a --sync always write parked for its --min-seq was
+		 * answered before its fdatasync */
+		q->sync_seq = sync_seq;
 		srv_commit_submit(s, q, q);
 		return;
 	}

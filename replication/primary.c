@@ -618,7 +618,7 @@ static void serve_snap(rctx *c)
 			/* idle for a second at least: a follower streaming asks for
 			 * its next chunk at once, so two nodes sharing an id (a
 			 * copied data directory) do not close each other's */
-			if (o->sn != NULL && !o->busy && strcmp(o->node, s->node_id) == 0 &&
+			if (o->sn != NULL && !o->busy && same_id(o->node, s->node_id) &&
 			    repl_ms_since(now, o->last_ms) >= 1000) {
 				repl_log(r, 2,
 				         "snapshot %llu abandoned by %s (it asked for a new one); "

@@ -56,20 +56,26 @@ static int mkdir_p(sl_db *db, const char *dir)
 			char c = *s;
 			*s = 0;
 			if (mkdir(p, 0755) == 0) {
-				/* its entry durable in its parent, before a
+				/* its entry durable in its parent (".": a relative
+				 * first name, the default data directory), before a
 				 * segment's acknowledged writes depend on it */
 				char *slash = strrchr(p, '/');
+				char keep = 0;
+				const char *parent = ".";
 				if (slash != NULL) {
-					char keep = slash[slash == p];
+					keep = slash[slash == p];
 					slash[slash == p] = '\0';
-					int fd = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-					if (fd < 0 || db->io->fsync(fd) != 0) {
-						sl_db_log(db, "warn",
-						          "fsync of directory %s failed", p);
-					}
-					if (fd >= 0) {
-						close(fd);
-					}
+					parent = p;
+				}
+				int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+				if (fd < 0 || db->io->fsync(fd) != 0) {
+					sl_db_log(db, "warn", "fsync of directory %s failed",
+					          parent);
+				}
+				if (fd >= 0) {
+					close(fd);
+				}
+				if (slash != NULL) {
 					slash[slash == p] = keep;
 				}
 			} else if (errno != EEXIST) {

@@ -577,6 +577,24 @@ static void test_batch_short_of_acks(void **state)
 	assert_int_equal(sl_client_get(c, "sa2", 3, &v, &vl, &gs), SL_OK);
 	free(v);
 	assert_int_equal(gs, seq2); /* written once */
+
+	/* short of acks again (n 2), then a round trip that fails (the
+	 * server stopped past the timeout): n 0 and no items, the queue
+	 * kept.  n and it were left from the exec before, it pointing at
+	 * items that exec had freed. */
+	assert_int_equal(sl_pipeline_put(p, "sa3", 3, "v3", 2, 0), SL_OK);
+	assert_int_equal(sl_pipeline_put(p, "sa4", 3, "v4", 2, 0), SL_OK);
+	assert_int_equal(sl_pipeline_exec(p, &it, &n), SL_ETIMEDOUT);
+	assert_int_equal(n, 2);
+	assert_int_equal(sl_pipeline_put(p, "sa5", 3, "v5", 2, 0), SL_OK);
+	sl_client_set_timeout(ca, 300);
+	assert_int_equal(kill(d.pid, SIGSTOP), 0);
+	int rc = sl_pipeline_exec(p, &it, &n);
+	assert_int_equal(kill(d.pid, SIGCONT), 0);
+	assert_int_equal(rc, SL_ETIMEDOUT);
+	assert_int_equal(n, 0);
+	assert_null(it);
+	assert_int_equal(sl_pipeline_len(p), 1);
 	sl_pipeline_free(p);
 	sl_client_close(ca);
 }

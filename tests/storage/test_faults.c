@@ -2266,6 +2266,19 @@ static void test_new_data_directory_entries_synced(void **state)
 	assert_true(ds_synced(y));    /* holds z */
 	assert_true(ds_synced(z));    /* holds the segment */
 	sl_close(db);
+	/* a bare relative name (shiplogd's default --dir): its parent is "." */
+	char cwd[4096];
+	assert_non_null(getcwd(cwd, sizeof(cwd)));
+	assert_int_equal(chdir(root), 0);
+	atomic_store(&g_nds, 0);
+	int rc = sl_open("rel", &o, &db);
+	int rel_synced = rc == SL_OK && ds_synced(".");
+	if (rc == SL_OK) {
+		sl_close(db);
+	}
+	assert_int_equal(chdir(cwd), 0);
+	assert_int_equal(rc, SL_OK);
+	assert_true(rel_synced);
 	tu_rm_rf(root);
 	free(root);
 }
