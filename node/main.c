@@ -863,6 +863,7 @@ int main(int argc, char **argv)
 	if (n.metrics == NULL || (rc = sl_server_start(&n, &so, &srv, err, sizeof(err))) != SL_OK) {
 		sl_log_error("%s; refusing to start", n.metrics ? err : "out of memory");
 		pidfile_remove_own(c.pidfile); /* written if the front failed after its ready */
+		sl_repl_start_failed(n.repl);
 		sl_repl_stop(n.repl);
 		sl_close(n.db);
 		sl_metrics_free(n.metrics);

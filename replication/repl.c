@@ -209,6 +209,8 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 		free(r);
 		return rc;
 	}
+	r->st_found = r->st;
+	r->st_rewrote = changed && loaded == SL_OK;
 	r->st = st;
 	if (r->o.listen_is_default && st.role == ROLE_FOLLOWER) {
 		/* no --repl-listen, no --follow, a follower by its REPL: the
@@ -224,6 +226,7 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	r->fstop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	rc = repl_primary_start(r, err, cap);
 	if (rc != SL_OK) {
+		sl_repl_start_failed(r);
 		sl_repl_stop(r);
 		return rc;
 	}
@@ -240,6 +243,16 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	}
 	*out = r;
 	return SL_OK;
+}
+
+void sl_repl_start_failed(sl_repl *r)
+{
+	/* A supervisor restarting a primary whose client port another
+	 * process held added a link per refused start; after 64 the oldest,
+	 * the one its followers were on, went, and each resynced fully. */
+	if (r != NULL && r->st_rewrote && repl_state_save(r->dir, &r->st_found) != SL_OK) {
+		repl_log(r, 2, "could not restore %s/REPL after the failed start", r->dir);
+	}
 }
 
 void sl_repl_stop(sl_repl *r)

@@ -77,6 +77,12 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap);
 
 /* Stops the fetch loop and the listener and frees r.  NULL is fine.  Call
  * after the client server has stopped and before the store is closed. */
+/* The node's start failed after sl_repl_start (its client port, say): the
+ * replication state the start found is written back (a restarted primary's
+ * new history, a --follow), so a refused start changes nothing.  Call
+ * before sl_repl_stop. */
+void sl_repl_start_failed(sl_repl *r);
+
 void sl_repl_stop(sl_repl *r);
 
 /* ---- the replication listener on the node's epoll front ---------------- */

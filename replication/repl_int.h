@@ -102,6 +102,11 @@ struct sl_repl {
 	uint64_t ack_gen;        /* bumped when the role changes: blocking ack waits end */
 	uint64_t pause_until_ms; /* sl_repl_pause_writes: writes refused until (repl_now_ms) */
 	repl_state st;
+	/* The REPL this start found, when it wrote another (a new history, a
+	 * --follow): written back if the start fails (sl_repl_start_failed),
+	 * so that a refused start adds no link. */
+	repl_state st_found;
+	int st_rewrote;
 	atomic_int role;
 	atomic_uint_fast64_t head; /* the store's last seq, as writes report it */
 	/* The engine's counters of the stores a full resync replaced (under

@@ -275,6 +275,38 @@ static void test_address_in_use_exit_1(void **state)
 	assert_int_equal(nu_stop(&d, SIGTERM), 0);
 }
 
+/* A primary's start that fails after the replication state was read (its
+ * client port held by another process) leaves REPL as it was: each refused
+ * start added a link to the history, and after 64 of them the one its
+ * followers were on was gone (every follower resynced fully). */
+static void test_refused_start_keeps_repl(void **state)
+{
+	(void)state;
+	char dir[TU_PATH], dir2[TU_PATH], repl[TU_PATH + 8];
+	subdir(dir, sizeof(dir), "keeprepl");
+	subdir(dir2, sizeof(dir2), "keeprepl2");
+	nu_daemon d, d2;
+	assert_int_equal(nu_start(&d, dir, NULL), 0);
+	assert_int_equal(nu_stop(&d, SIGTERM), 0);
+	snprintf(repl, sizeof(repl), "%s/REPL", dir);
+	uint8_t *before = NULL, *after = NULL;
+	size_t lb = 0, la = 0;
+	assert_int_equal(tu_read_file(repl, &before, &lb), 0);
+	assert_int_equal(nu_start(&d2, dir2, NULL), 0);
+	const char *a[] = {"--dir", dir, "--listen", d2.url, NULL};
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(nu_run_to_exit(root, "keeprepl", a), 1);
+		assert_true(nu_out_contains(root, "keeprepl", "in use"));
+	}
+	assert_int_equal(nu_stop(&d2, SIGTERM), 0);
+	assert_int_equal(tu_read_file(repl, &after, &la), 0);
+	if (la != lb || memcmp(before, after, lb) != 0) {
+		fail_msg("two refused starts changed %s (%zu -> %zu bytes)", repl, lb, la);
+	}
+	free(before);
+	free(after);
+}
+
 static void test_sigterm_sigint_exit_0_keep_data(void **state)
 {
 	(void)state;
@@ -593,6 +625,7 @@ int main(void)
 	    cmocka_unit_test(test_dir_in_use_exit_1),
 	    cmocka_unit_test(test_malformed_repl_exit_1),
 	    cmocka_unit_test(test_address_in_use_exit_1),
+	    cmocka_unit_test(test_refused_start_keeps_repl),
 	    cmocka_unit_test(test_sigterm_sigint_exit_0_keep_data),
 	    cmocka_unit_test(test_sigterm_under_load),
 	    cmocka_unit_test(test_metrics_promtool),
