@@ -512,5 +512,8 @@ int main(void)
 	    cmocka_unit_test(test_stalled_follower_does_not_pin_the_log),
 	    cmocka_unit_test(test_damaged_follower_streams_while_it_cannot_resync),
 	};
-	return cmocka_run_group_tests(tests, setup, teardown);
+	int failed = cmocka_run_group_tests(tests, setup, teardown);
+	/* without a mount namespace every test skipped: say so to ctest
+	 * (SKIP_RETURN_CODE 77), not "passed" */
+	return failed != 0 ? 1 : mounted ? 0 : 77;
 }

@@ -195,6 +195,9 @@ static void test_fake_primary_garbage(void **state)
 	assert_int_equal(ru_stat(&F, "keys", NULL, 0), 2);
 	assert_true(ru_stat(&F, "repl_refused_batches", NULL, 0) >= 4);
 	assert_int_equal(ru_stat(&F, "corrupt_records", NULL, 0), 0);
+	/* a clean stop, its fetch to the fake primary unanswered (F is
+	 * started again by a later test: stopped here, by its pid) */
+	assert_int_equal(nu_stop(&F.d, SIGTERM), 0);
 }
 
 /* A raw replication REQ socket dialed to n's --repl-listen. */
