@@ -363,10 +363,15 @@ static void switch_keydir(run *r)
 			to.off = m->out_off;
 			to.size = m->out_size;
 			to.tomb = m->out_tomb;
+			/* counted before the swap: a put of the key right after it
+			 * takes `to` off the output's count, which then went below
+			 * zero for a moment (stats showed ~1.8e19 live bytes) */
+			sl_db_account(db, &to, +1);
 			if (sl_keydir_cas(db->kd, sl_keydir_hash(rec.key, rec.klen), rec.key,
 			                  rec.klen, &from, &to)) {
-				sl_db_account(db, &to, +1);
 				sl_db_account(db, &from, -1);
+			} else {
+				sl_db_account(db, &to, -1);
 			}
 		}
 	}
@@ -567,6 +572,21 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 		pthread_mutex_unlock(&db->seg_mu);
 		return SL_ENOMEM;
 	}
+	/* The two lowest first_seqs (the lowest one's holder): a segment
+	 * whose last seq is below every other segment's first_seq holds only
+	 * tombstones the drop rule takes, compacted alone ("Dropping"). */
+	uint64_t min1 = UINT64_MAX, min2 = UINT64_MAX;
+	size_t min1_at = SIZE_MAX;
+	for (size_t i = 0; i < db->nsegs; i++) {
+		uint64_t f = db->segs[i]->first_seq;
+		if (f < min1) {
+			min2 = min1;
+			min1 = f;
+			min1_at = i;
+		} else if (f < min2) {
+			min2 = f;
+		}
+	}
 	int merge_small = 0;
 	for (int pass = 0; pass < 2; pass++) {
 		if (pass == 1) {
@@ -592,6 +612,16 @@ static int pick(sl_db *db, int full, uint32_t below, run *r)
 			uint64_t ttl = atomic_load(&s->ttl_bytes);
 			if (ttl > dead && now >= atomic_load(&s->ttl_last)) {
 				dead = ttl < size ? ttl : size;
+			}
+			/* Tombstones that hide nothing any more are dead too: a
+			 * segment of them (the output of runs that had to keep
+			 * them) was never picked again, so a delete-heavy store's
+			 * tombstones, and the keydir's entries for them, grew for
+			 * good, every later one kept behind it. */
+			uint64_t others_min = i == min1_at ? min2 : min1;
+			if (s->last_seq < others_min) {
+				uint64_t t = atomic_load(&s->tomb);
+				dead = dead + t < size ? dead + t : size;
 			}
 			int small = size < min_bytes;
 			int want;
@@ -763,9 +793,12 @@ int sl_compact(sl_db *db)
 	uint32_t below = atomic_load(&db->next_id);
 	int rc;
 	size_t did;
+	/* A run that finds a bad record is abandoned whole and marks its
+	 * segment corrupt, which no later run takes: go on with the others
+	 * (it stopped there, and said OK having compacted nothing). */
 	do { /* in runs of a bounded size, until every older segment is done */
 		rc = compact_once(db, 1, below, &did);
-	} while (rc == SL_OK && did > 0 && !atomic_load(&db->compact_stop));
+	} while ((rc == SL_OK || rc == SL_ECORRUPT) && did > 0 && !atomic_load(&db->compact_stop));
 	pthread_mutex_unlock(&db->compact_mu);
 	return rc == SL_ECORRUPT ? SL_OK : rc;
 }

@@ -465,6 +465,123 @@ static void wait_compactions(sl_db *db, uint64_t at_least, sl_stats *st)
  * (an older value would come back): they become tombstones, which keep
  * those values hidden across a reopen and do not make the segment worth
  * compacting again. */
+/* Tombstones that hide nothing any more are reclaimed in the background.
+ * Churned keys are put and deleted while an older segment of long-lived
+ * keys stays: their tombstones must be kept, and end up in segments of
+ * tombstones only.  Once the long-lived keys are deleted and their
+ * segment is gone, those tombstones hide nothing; a segment of them has no
+ * dead bytes by the count (the keydir points at every tombstone), so the
+ * background compactor never took one again, and a delete-heavy store
+ * kept every tombstone it ever wrote (only a manual compact dropped them). */
+static void test_tombstones_reclaimed_in_background(void **state)
+{
+	(void)state;
+	make_dir("tombbg");
+	sl_options o = opts();
+	o.compact_background = 1;
+	o.compact_interval_ms = 20;
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < 500; i++) { /* long-lived */
+		put(db, i, 0);
+	}
+	for (int i = 0; i < 3000; i++) { /* churned */
+		put(db, 1000 + i, 0);
+	}
+	for (int i = 0; i < 3000; i++) {
+		del(db, 1000 + i);
+	}
+	for (int i = 0; i < 600; i++) { /* the tombstones out of the active segment */
+		put(db, 200000 + i, 0);
+	}
+	sl_stats st;
+	wait_compactions(db, 1, &st);
+	usleep(300 * 1000);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_true(st.tombstones >= 3000); /* kept: the long-lived segment stays */
+	for (int i = 0; i < 500; i++) {
+		del(db, i);
+	}
+	for (int i = 0; i < 600; i++) {
+		put(db, 300000 + i, 0);
+	}
+	uint64_t t0 = sl_mono_ns();
+	do {
+		usleep(50 * 1000);
+		assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	} while (st.tombstones > 600 && sl_mono_ns() - t0 < 10000000000ull);
+	if (st.tombstones > 600) {
+		fail_msg("%llu tombstones still on disk 10 s after they stopped hiding anything",
+		         (unsigned long long)st.tombstones);
+	}
+	for (int i = 0; i < 3000; i += 97) {
+		check_absent(db, 1000 + i);
+	}
+	for (int i = 0; i < 600; i += 7) {
+		check_value(db, 200000 + i, 0);
+	}
+	/* no churn once they are gone */
+	usleep(300 * 1000);
+	uint64_t runs = (sl_stats_get(db, &st), st.compactions);
+	usleep(300 * 1000);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	assert_int_equal(st.compactions, runs);
+	sl_close(db);
+	/* and the deleted keys stay deleted after a reopen */
+	o.compact_background = 0;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < 3000; i += 13) {
+		check_absent(db, 1000 + i);
+	}
+	for (int i = 0; i < 500; i += 13) {
+		check_absent(db, i);
+	}
+	sl_close(db);
+}
+
+/* A full compaction whose first run finds a bad record (damage after
+ * the open, in a live record of the oldest segment: its hint was loaded,
+ * nothing read it) goes on with the other segments. */
+static void test_full_compaction_goes_on_past_a_bad_record(void **state)
+{
+	(void)state;
+	make_dir("badrec");
+	sl_options o = opts();
+	sl_db *db;
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	for (int i = 0; i < 400; i++) { /* segment 1: key 0 first */
+		put(db, i, 0);
+	}
+	for (int r = 1; r <= 6; r++) { /* dead bytes in every segment */
+		for (int i = 100; i < 400; i++) {
+			put(db, i, r);
+		}
+	}
+	sl_close(db);
+	assert_int_equal(sl_open(g_dir, &o, &db), SL_OK);
+	sl_stats before, st;
+	assert_int_equal(sl_stats_get(db, &before), SL_OK);
+	assert_true(before.segments >= 4);
+	/* a value byte of key 0's record, the first in segment 1 */
+	char path[600];
+	snprintf(path, sizeof(path), "%s/0000000001.seg", g_dir);
+	int fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, "#", 1, SL_SEG_HDR_SIZE + SL_REC_HDR_SIZE + 16 + 50), 1);
+	close(fd);
+	assert_int_equal(sl_compact(db), SL_OK);
+	assert_int_equal(sl_stats_get(db, &st), SL_OK);
+	if (st.compactions == 0 || st.disk_bytes >= before.disk_bytes) {
+		fail_msg("compactions %llu, disk %llu -> %llu bytes: stopped at the bad record",
+		         (unsigned long long)st.compactions, (unsigned long long)before.disk_bytes,
+		         (unsigned long long)st.disk_bytes);
+	}
+	for (int i = 100; i < 400; i += 11) {
+		check_value(db, i, 6);
+	}
+	sl_close(db);
+}
+
 static void test_ttl_reclaimed_in_background(void **state)
 {
 	(void)state;
@@ -1917,6 +2034,8 @@ int main(void)
 	    cmocka_unit_test(test_protect_hook),
 	    cmocka_unit_test(test_ttl_dropped),
 	    cmocka_unit_test(test_ttl_reclaimed_in_background),
+	    cmocka_unit_test(test_full_compaction_goes_on_past_a_bad_record),
+	    cmocka_unit_test(test_tombstones_reclaimed_in_background),
 	    cmocka_unit_test(test_full_compaction_skips_unexpired_ttl),
 	    cmocka_unit_test(test_disk_full_abandons),
 	    cmocka_unit_test(test_crash_inside_compaction),
