@@ -342,6 +342,10 @@ static void pend_cb(void *arg)
 
 /* Waits until fd is ready for ev or deadline_ms passes: 1 ready, 0 timed
  * out, -1 asked to stop. */
+/* A reply whose bytes keep coming is waited for this long after the last
+ * of them (plain_read_reply). */
+#define REPLY_PROGRESS_MS 5000u
+
 static int plain_wait(sl_repl *r, int fd, short ev, uint64_t deadline_ms)
 {
 	for (;;) {
@@ -694,6 +698,14 @@ static int plain_read_reply(pending *p, Shiplog__ReplReply **out)
 		ssize_t k = recv(r->ffd, r->fbuf + r->flen, r->fcap - r->flen, MSG_DONTWAIT);
 		if (k > 0) {
 			r->flen += (size_t)k;
+			/* Bytes arriving: the reply is on its way, however long a
+			 * big one takes.  The deadline was fixed at the send, and
+			 * a reply over 6 s on the wire (a 16 MiB value at 20
+			 * Mbit/s) timed out at every try, for ever. */
+			uint64_t t = repl_now_ms() + REPLY_PROGRESS_MS;
+			if (p->deadline_ms < t) {
+				p->deadline_ms = t;
+			}
 			continue;
 		}
 		if (k < 0 && errno == EINTR) {

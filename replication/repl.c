@@ -119,7 +119,15 @@ int sl_repl_start(const sl_repl_opts *o, sl_repl **out, char *err, size_t cap)
 	r->o = *o;
 	r->ffd = -1;
 	r->fstop_efd = -1;
-	snprintf(r->dir, sizeof(r->dir), "%s", o->dir);
+	/* The store is open, so the directory exists: its real path, for a
+	 * full resync's staging beside it and the exchange (`--dir .` made
+	 * the staging "..resync" inside the store and an exchange with ".",
+	 * which Linux refuses: every resync failed, for ever; a symlink to a
+	 * directory was exchanged itself, the old store left behind). */
+	char *real = realpath(o->dir, NULL);
+	snprintf(r->dir, sizeof(r->dir), "%s",
+	         real != NULL && strlen(real) < sizeof(r->dir) ? real : o->dir);
+	free(real);
 	size_t dl = strlen(r->dir);
 	while (dl > 1 && r->dir[dl - 1] == '/') {
 		r->dir[--dl] = '\0';

