@@ -60,9 +60,14 @@ check_acked "$n2" "$T/acked-a"
 
 say "partition the primary n1; it takes a write nobody acknowledges; failover"
 echo "  [$SECONDS s]"; cl partition n1
-if ip netns exec "shiplog-$id-n1" "$CLI" -a "$n1" --acks 1 --timeout 1500 put cut-off x >/dev/null 2>&1; then
-	fail "a write on the cut-off primary was acknowledged by a follower"
-fi
+# made on n1 (a seq), acknowledged by no follower (acks 0, exit 2): any
+# other failure (n1 not reached) would not show what the heal must undo
+rc=0
+ip netns exec "shiplog-$id-n1" "$CLI" -a "$n1" --json --acks 1 --timeout 1500 put cut-off x \
+	>"$T/cutoff.json" 2>/dev/null || rc=$?
+[ "$rc" = 2 ] || fail "the write on the cut-off primary: exit $rc, want 2 (made, not acknowledged)"
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); sys.exit(0 if j.get("seq", 0) > 0 and j.get("acks") == 0 else 1)' \
+	"$T/cutoff.json" || fail "the write on the cut-off primary: $(cat "$T/cutoff.json"), want a seq and acks 0"
 echo "  [$SECONDS s]"; cl failover --timeout 30
 p=$(primary_name)
 [ "$p" != n1 ] || fail "n1 still primary"
