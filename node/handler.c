@@ -179,6 +179,15 @@ static size_t resp_budget(const sl_node *n)
 	return n->max_msg_bytes - 4096;
 }
 
+/* A get whose value (vl bytes) does not fit the response. */
+static void too_big(const sl_node *n, op_result *o, size_t vl)
+{
+	o->status = SL_ETOOBIG;
+	snprintf(o->msg, sizeof(o->msg),
+	         "this value (%zu bytes) would take the response past the %zu-byte message limit",
+	         vl, n->max_msg_bytes);
+}
+
 static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 {
 	o->status = check_key(&g->key, g->has_key, SL_MAX_KEY_BYTES, o->msg, sizeof(o->msg));
@@ -194,11 +203,7 @@ static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 	size_t room = budget > r->bytes + g->key.len ? budget - r->bytes - g->key.len : 0;
 	int rc = sl_get_max(n->db, g->key.data, g->key.len, room, &v, &vl, &o->seq);
 	if (rc == SL_ETOOBIG) {
-		o->status = SL_ETOOBIG;
-		snprintf(o->msg, sizeof(o->msg),
-		         "this value (%zu bytes) would take the response past the %zu-byte "
-		         "message limit",
-		         vl, n->max_msg_bytes);
+		too_big(n, o, vl);
 		return;
 	}
 	if (rc != SL_OK) {
@@ -210,11 +215,7 @@ static void do_get(sl_node *n, sl_reply *r, const Shiplog__Get *g, op_result *o)
 	}
 	if (r->bytes + vl + g->key.len > budget) { /* an empty value with no room */
 		free(v);
-		o->status = SL_ETOOBIG;
-		snprintf(o->msg, sizeof(o->msg),
-		         "this value (%zu bytes) would take the response past the %zu-byte "
-		         "message limit",
-		         vl, n->max_msg_bytes);
+		too_big(n, o, vl);
 		return;
 	}
 	if (own(r, v) != 0) {
