@@ -25,6 +25,7 @@
 #include "keydir.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -138,6 +139,12 @@ struct sl_keydir {
 static void *pool_ahead_main(void *arg)
 {
 	pool *p = arg;
+	/* Started by whichever thread first needs it: a follower's applying
+	 * thread, say, under --repl-sched batch or a short --io-slice-us,
+	 * whose policy and slice it inherited.  It is the store's: the
+	 * default policy, which also resets a custom slice. */
+	struct sched_param sp = {0};
+	pthread_setschedparam(pthread_self(), SCHED_OTHER, &sp);
 	pthread_mutex_lock(&p->mu);
 	while (!p->th_quit) {
 		if (p->populated >= p->want || p->th_off) {
