@@ -537,6 +537,7 @@ static void test_tombstones_reclaimed_in_background(void **state)
 		check_absent(db, i);
 	}
 	sl_close(db);
+	remove_dir();
 }
 
 /* A full compaction whose first run finds a bad record (damage after
@@ -580,6 +581,7 @@ static void test_full_compaction_goes_on_past_a_bad_record(void **state)
 		check_value(db, i, 6);
 	}
 	sl_close(db);
+	remove_dir();
 }
 
 static void test_ttl_reclaimed_in_background(void **state)
