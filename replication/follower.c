@@ -340,12 +340,12 @@ static void pend_cb(void *arg)
  * request abandoned by pend_abort or a timeout) is skipped.  A stop
  * (repl_follower_stop) interrupts any wait through r->fstop_efd. */
 
-/* Waits until fd is ready for ev or deadline_ms passes: 1 ready, 0 timed
- * out, -1 asked to stop. */
 /* A reply whose bytes keep coming is waited for this long after the last
  * of them (plain_read_reply). */
 #define REPLY_PROGRESS_MS 5000u
 
+/* Waits until fd is ready for ev or deadline_ms passes: 1 ready, 0 timed
+ * out, -1 asked to stop. */
 static int plain_wait(sl_repl *r, int fd, short ev, uint64_t deadline_ms)
 {
 	for (;;) {

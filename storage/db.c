@@ -980,11 +980,10 @@ static int get_cb(void *arg, const sl_loc *loc)
 		/* told by the index, before the checksum and the copy (an mget
 		 * of one 16 MiB key 20,000 times checked and copied it 20,000
 		 * times, to answer "too big" for all but the first); expired
-		 * is still "not found", as live_cb tells */
-		sl_seg *s = sl_db_seg(c->db, loc->seg);
-		uint64_t exp = s != NULL ? sl_get64(s->map + loc->off + 20) : 0;
-		if (exp != 0 && exp <= c->db->io->now_ms()) {
-			return SL_ENOTFOUND;
+		 * is still "not found" */
+		int live = live_cb(c->db, loc);
+		if (live != SL_OK) {
+			return live;
 		}
 		c->vlen = loc->size - SL_REC_HDR_SIZE - c->klen;
 		return SL_ETOOBIG;

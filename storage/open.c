@@ -42,6 +42,17 @@
 #include "hint.h"
 #include "record.h"
 
+/* fsyncs directory dir (NULL: -1, as a failure).  0 or -1. */
+static int fsync_dir(const struct sl_io *io, const char *dir)
+{
+	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+	int rc = fd >= 0 && io->fsync(fd) == 0 ? 0 : -1;
+	if (fd >= 0) {
+		close(fd);
+	}
+	return rc;
+}
+
 /* Makes dir and its parents; a failure is logged with the path that
  * could not be made and why ("/proc/x: No such file or directory"). */
 static int mkdir_p(sl_db *db, const char *dir)
@@ -59,25 +70,12 @@ static int mkdir_p(sl_db *db, const char *dir)
 				/* its entry durable in its parent (".": a relative
 				 * first name, the default data directory), before a
 				 * segment's acknowledged writes depend on it */
-				char *slash = strrchr(p, '/');
-				char keep = 0;
-				const char *parent = ".";
-				if (slash != NULL) {
-					keep = slash[slash == p];
-					slash[slash == p] = '\0';
-					parent = p;
+				char *parent = sl_db_parent_dir(p);
+				if (fsync_dir(db->io, parent) != 0) {
+					sl_db_log(db, "warn",
+					          "fsync of the directory holding %s failed", p);
 				}
-				int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-				if (fd < 0 || db->io->fsync(fd) != 0) {
-					sl_db_log(db, "warn", "fsync of directory %s failed",
-					          parent);
-				}
-				if (fd >= 0) {
-					close(fd);
-				}
-				if (slash != NULL) {
-					slash[slash == p] = keep;
-				}
+				free(parent);
 			} else if (errno != EEXIST) {
 				sl_db_log(db, "error", "cannot create directory %s: %s", p,
 				          strerror(errno));
@@ -819,18 +817,6 @@ int sl_open(const char *dir, const sl_options *o, sl_db **out)
 fail:
 	flusher_stop(db); /* started when only the compactor failed to start */
 	db_free(db);
-	return rc;
-}
-
-/* The directory holding path (malloc'd; trailing slashes of path are
- * ignored), or NULL on ENOMEM. */
-static int fsync_dir(const struct sl_io *io, const char *dir)
-{
-	int fd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
-	int rc = fd >= 0 && io->fsync(fd) == 0 ? 0 : -1;
-	if (fd >= 0) {
-		close(fd);
-	}
 	return rc;
 }
 

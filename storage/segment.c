@@ -91,6 +91,17 @@ int sl_seg_create(const struct sl_io *io, const char *dir, int dirfd, uint32_t i
 	return sl_seg_create_as(io, dir, dirfd, id, first_seq, cap, "", 0, out);
 }
 
+/* A zeroed segment with its sync_lock made (sl_seg_close destroys it), or
+ * NULL. */
+static sl_seg *seg_new(void)
+{
+	sl_seg *s = calloc(1, sizeof(*s));
+	if (s != NULL) {
+		pthread_mutex_init(&s->sync_lock, NULL);
+	}
+	return s;
+}
+
 int sl_seg_create_as(const struct sl_io *io, const char *dir, int dirfd, uint32_t id,
                      uint64_t first_seq, size_t cap, const char *suffix, uint32_t flags,
                      sl_seg **out)
@@ -99,10 +110,7 @@ int sl_seg_create_as(const struct sl_io *io, const char *dir, int dirfd, uint32_
 	char sfx[32];
 	snprintf(sfx, sizeof(sfx), ".seg%s", suffix);
 	char *path = sl_seg_path(dir, id, sfx);
-	sl_seg *s = calloc(1, sizeof(*s));
-	if (s != NULL) {
-		pthread_mutex_init(&s->sync_lock, NULL);
-	}
+	sl_seg *s = seg_new();
 	if (path == NULL || s == NULL) {
 		goto fail;
 	}
@@ -149,10 +157,7 @@ int sl_seg_open(const struct sl_io *io, const char *dir, uint32_t id, int writab
 {
 	int rc = SL_ENOMEM;
 	char *path = sl_seg_path(dir, id, ".seg");
-	sl_seg *s = calloc(1, sizeof(*s));
-	if (s != NULL) {
-		pthread_mutex_init(&s->sync_lock, NULL);
-	}
+	sl_seg *s = seg_new();
 	if (path == NULL || s == NULL) {
 		goto fail;
 	}
