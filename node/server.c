@@ -232,8 +232,10 @@ static void applied_done(sl_repl_applied_wait *w, int ok)
 {
 	sreq *q = (sreq *)((char *)w - offsetof(sreq, appw));
 	sl_server *s = q->s;
-	uint64_t sync_seq = 0;
-	int op = sl_handle_inline(s->n, q->buf, q->len, &q->reply, &sync_seq);
+	/* into q, as work_run's: the committer syncs up to each request's
+	 * own sync_seq (a local copy, never stored, answered a --sync always
+	 * write re-run after its --min-seq wait before its fdatasync) */
+	int op = sl_handle_inline(s->n, q->buf, q->len, &q->reply, &q->sync_seq);
 	if (op < 0 && !ok && q->reply.wait_applied > 0) {
 		op = sl_handle_behind(s->n, q->buf, q->len, w->seq, &q->reply);
 	}
@@ -246,11 +248,7 @@ static void applied_done(sl_repl_applied_wait *w, int ok)
 	q->op = op;
 	q->ops->release(q);
 	q->buf = NULL;
-	if (sync_seq > 0) {
-		/* the committer syncs up to each request's own sync_seq: left
-		 * 0, a --sync always write parked for its --min-seq was
-		 * answered before its fdatasync */
-		q->sync_seq = sync_seq;
+	if (q->sync_seq > 0) {
 		srv_commit_submit(s, q, q);
 		return;
 	}
